@@ -1,0 +1,81 @@
+"""Model checkpoints as plain tensors plus a JSON card: loading one never runs stored code.
+
+A checkpoint is a directory holding ``weights.safetensors`` (parameters and buffers) and
+``card.json`` (architecture name and arguments, normalisation, class names, classes forgotten
+so far). ``load_checkpoint`` rebuilds the architecture from the card and loads the tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unsir.errors import UnlearningInputError
+from unsir.models import ModelSpec, build_model
+from unsir.splits import Normalization
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is, beyond its weights: enough to rebuild and to use it correctly."""
+
+    spec: ModelSpec
+    normalization: Normalization
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    forgotten_classes: tuple[int, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec.to_dict(),
+            "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "forgotten_classes": list(self.forgotten_classes),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelCard":
+        return cls(
+            spec=ModelSpec.from_dict(raw["spec"]),
+            normalization=Normalization(tuple(raw["normalization"]["mean"]), tuple(raw["normalization"]["std"])),
+            class_names=tuple(raw["class_names"]),
+            input_shape=tuple(int(v) for v in raw["input_shape"]),
+            forgotten_classes=tuple(int(c) for c in raw.get("forgotten_classes", ())),
+        )
+
+    def with_forgotten(self, classes: tuple[int, ...]) -> "ModelCard":
+        """A card for the unlearned model: the union of earlier and new forgotten classes."""
+        merged = tuple(sorted(set(self.forgotten_classes) | set(classes)))
+        return ModelCard(self.spec, self.normalization, self.class_names, self.input_shape, merged)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or non-contiguous storage: store independent copies.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE))
+    (directory / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
+    directory = Path(directory)
+    weights, card_path = directory / WEIGHTS_FILE, directory / CARD_FILE
+    if not weights.is_file() or not card_path.is_file():
+        raise UnlearningInputError(
+            f"{str(directory)!r} is not a checkpoint; expected {WEIGHTS_FILE} and {CARD_FILE} in it"
+        )
+    card = ModelCard.from_dict(json.loads(card_path.read_text()))
+    model = build_model(card.spec)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.to(device).eval(), card

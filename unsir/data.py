@@ -1,0 +1,212 @@
+"""Datasets behind one small interface: tensors, labels, class names and stable sample ids.
+
+Every loader reads from local files (or from scikit-learn's bundled digits); nothing is
+downloaded unless the caller asks for it explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+import torch
+
+from unsir.errors import UnlearningInputError
+
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn")
+
+
+@dataclass(frozen=True)
+class ClassificationData:
+    """A labelled image dataset held in memory.
+
+    ``images`` is float32 in [0, 1] with shape (N, C, H, W); ``labels`` is int64 (N,);
+    ``sample_ids`` are stable, unique strings so that manifests can name every sample.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    sample_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise UnlearningInputError(
+                f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}"
+            )
+        n = self.images.shape[0]
+        if self.labels.shape != (n,) or len(self.sample_ids) != n:
+            raise UnlearningInputError(
+                f"{n} images but {tuple(self.labels.shape)} labels and "
+                f"{len(self.sample_ids)} sample ids; expected one of each per image"
+            )
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)):
+            raise UnlearningInputError(
+                f"labels must lie in [0, {len(self.class_names) - 1}], "
+                f"got [{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def sample_digests(self) -> list[str]:
+        """SHA-256 of each sample's pixels and label: ties a manifest row to its content."""
+        images = self.images.contiguous().numpy()
+        labels = self.labels.numpy()
+        return [
+            hashlib.sha256(images[i].tobytes() + int(labels[i]).to_bytes(2, "little")).hexdigest()
+            for i in range(len(self))
+        ]
+
+
+def resolve_classes(requested: list[int | str] | tuple[int | str, ...], class_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Turn class names or indices into sorted, unique class indices, or fail naming the bad one."""
+    indices: set[int] = set()
+    for item in requested:
+        if isinstance(item, str) and item in class_names:
+            indices.add(class_names.index(item))
+            continue
+        try:
+            index = int(item)
+        except (TypeError, ValueError):
+            raise UnlearningInputError(
+                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
+                f"or one of {list(class_names)}"
+            ) from None
+        if not 0 <= index < len(class_names):
+            raise UnlearningInputError(
+                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
+                f"or one of {list(class_names)}"
+            )
+        indices.add(index)
+    return tuple(sorted(indices))
+
+
+def load_digits() -> ClassificationData:
+    """scikit-learn's handwritten digits: 1797 real 8x8 images, 10 classes, shipped offline."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    # Pixel values are 0..16; scale to [0, 1] like every other loader.
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    return ClassificationData(
+        name="digits",
+        images=images,
+        labels=labels,
+        class_names=tuple(str(c) for c in bunch.target_names),
+        sample_ids=tuple(f"digits-{i:05d}" for i in range(len(labels))),
+    )
+
+
+def _stack_pil_dataset(name: str, dataset, class_names: tuple[str, ...], id_prefix: str) -> ClassificationData:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    images, labels = [], []
+    for image, label in dataset:
+        tensor = pil_to_tensor(image)
+        if tensor.shape[0] == 4:  # drop alpha from RGBA image files
+            tensor = tensor[:3]
+        images.append(tensor)
+        labels.append(int(label))
+    if not images:
+        raise UnlearningInputError(f"dataset {name!r} holds no images")
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) != 1:
+        raise UnlearningInputError(
+            f"dataset {name!r} mixes image shapes {sorted(shapes)[:3]}; pass image_size to resize"
+        )
+    stacked = torch.stack(images).to(torch.float32) / 255.0
+    return ClassificationData(
+        name=name,
+        images=stacked,
+        labels=torch.tensor(labels, dtype=torch.int64),
+        class_names=class_names,
+        sample_ids=tuple(f"{id_prefix}-{i:06d}" for i in range(len(labels))),
+    )
+
+
+def load_torchvision(name: str, root: str | Path, *, train: bool = True, download: bool = False) -> ClassificationData:
+    """One split of a torchvision dataset read from ``root`` (downloaded only if asked)."""
+    import torchvision.datasets as tvd
+
+    key = name.lower()
+    if key not in TORCHVISION_DATASETS:
+        raise UnlearningInputError(f"unknown torchvision dataset {name!r}; expected one of {TORCHVISION_DATASETS}")
+    root = Path(root)
+    if not download and not root.exists():
+        raise UnlearningInputError(f"dataset root {str(root)!r} does not exist and download is off")
+    split_name = "train" if train else "test"
+    try:
+        if key == "svhn":
+            dataset = tvd.SVHN(str(root), split=split_name, download=download)
+            class_names = tuple(str(i) for i in range(10))
+        else:
+            cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST}[key]
+            dataset = cls(str(root), train=train, download=download)
+            class_names = tuple(dataset.classes)
+    except RuntimeError as err:  # torchvision raises RuntimeError for missing/corrupt files
+        raise UnlearningInputError(f"cannot read {name!r} from {str(root)!r}: {err}") from err
+    return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
+
+
+def load_image_folder(root: str | Path, *, image_size: int | None = None) -> ClassificationData:
+    """Images laid out as ``root/<class name>/<image file>`` (torchvision's ImageFolder)."""
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UnlearningInputError(f"image folder {str(root)!r} is not a directory")
+    transform = T.Resize((image_size, image_size)) if image_size else None
+    try:
+        dataset = tvd.ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as err:
+        raise UnlearningInputError(f"cannot read image folder {str(root)!r}: {err}") from err
+    data = _stack_pil_dataset(root.name, dataset, tuple(dataset.classes), "img")
+    # Ids from relative paths stay stable when files are added elsewhere in the tree.
+    ids = tuple(str(Path(p).relative_to(root)) for p, _ in dataset.samples)
+    return ClassificationData(data.name, data.images, data.labels, data.class_names, ids)
+
+
+def load_dataset(name: str, root: str | Path | None = None, *, image_size: int | None = None, download: bool = False) -> ClassificationData:
+    """Load a dataset by name: ``digits``, a torchvision name, or ``imagefolder``.
+
+    For torchvision datasets the official train and test splits are concatenated; the
+    project's own stratified split (``unsir.splits``) then decides train/val/test.
+    """
+    key = name.lower()
+    if key == "digits":
+        return load_digits()
+    if key == "imagefolder":
+        if root is None:
+            raise UnlearningInputError("dataset 'imagefolder' needs a root directory")
+        return load_image_folder(root, image_size=image_size)
+    if key in TORCHVISION_DATASETS:
+        if root is None:
+            raise UnlearningInputError(f"dataset {name!r} needs a root directory")
+        parts = [load_torchvision(key, root, train=t, download=download) for t in (True, False)]
+        return ClassificationData(
+            name=key,
+            images=torch.cat([p.images for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            class_names=parts[0].class_names,
+            sample_ids=parts[0].sample_ids + parts[1].sample_ids,
+        )
+    raise UnlearningInputError(
+        f"unknown dataset {name!r}; expected 'digits', 'imagefolder' or one of {TORCHVISION_DATASETS}"
+    )
+
+

@@ -1,0 +1,140 @@
+"""Classifier architectures, named so that a checkpoint can rebuild them without pickling code.
+
+Unlearning works on any ``nn.Module`` classifier whose last learnable layer is an
+``nn.Linear``; these builders are the ones the project trains itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from unsir.errors import UnlearningInputError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an architecture: its name and its arguments."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelSpec":
+        return cls(raw["arch"], int(raw["num_classes"]), int(raw["in_channels"]), dict(raw.get("kwargs", {})))
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks with BatchNorm and a linear head: trains on 8x8 digits in seconds."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * width, 128),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class AllCNN(nn.Module):
+    """All-convolutional net (Springenberg et al. 2015) as used in the UNSIR paper, with BatchNorm."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 96):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        wide = 2 * width
+        self.features = nn.Sequential(
+            *block(in_channels, width), *block(width, width), *block(width, width, stride=2),
+            nn.Dropout(0.5),
+            *block(width, wide), *block(wide, wide), *block(wide, wide, stride=2),
+            nn.Dropout(0.5),
+            *block(wide, wide), *block(wide, wide, kernel=1),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.classifier = nn.Linear(wide, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    # CIFAR stem: a 3x3 stride-1 conv and no max-pool keep spatial detail of 32x32 inputs.
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _mobilenet_v2(num_classes: int, in_channels: int = 3) -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(weights=None, num_classes=num_classes)
+    # Stride 1 in the stem for 32x32 inputs, as in CIFAR ports of MobileNetV2.
+    first = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=1, padding=1, bias=False)
+    return model
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "allcnn": AllCNN,
+    "resnet18_cifar": _resnet18_cifar,
+    "mobilenet_v2": _mobilenet_v2,
+}
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A freshly initialised model (seed torch beforehand for reproducible weights)."""
+    try:
+        builder = ARCHITECTURES[spec.arch]
+    except KeyError:
+        raise UnlearningInputError(f"unknown architecture {spec.arch!r}; expected one of {sorted(ARCHITECTURES)}") from None
+    return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of a classifier: its input is the penultimate representation."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UnlearningInputError(f"{type(model).__name__} has no nn.Linear layer to read features from")
+    return linears[-1]
+
+
+@torch.inference_mode()
+def penultimate_features(model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Inputs of the classifier head, captured with a forward hook (any architecture)."""
+    captured: list[torch.Tensor] = []
+    hook = classifier_head(model).register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size].to(device))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured)

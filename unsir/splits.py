@@ -1,0 +1,152 @@
+"""Deterministic stratified splits, the split manifest, retain subsets and normalisation.
+
+The manifest is a table with one row per sample (``sample_id``, ``label``, ``split``,
+``digest``): the pipeline versions it and validates it before any compute, and every
+downstream step selects samples through it rather than through array positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from unsir.data import ClassificationData
+from unsir.errors import UnlearningInputError
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 0.7
+    val: float = 0.0
+    test: float = 0.3
+
+    def __post_init__(self) -> None:
+        values = (self.train, self.val, self.test)
+        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6 or self.train <= 0 or self.test <= 0:
+            raise UnlearningInputError(
+                f"split fractions must be non-negative, sum to 1, with train and test > 0; got "
+                f"train={self.train}, val={self.val}, test={self.test}"
+            )
+
+
+def make_split_manifest(data: ClassificationData, *, seed: int, fractions: SplitFractions = SplitFractions()) -> pd.DataFrame:
+    """Assign every sample to train/val/test, stratified by label, reproducibly from ``seed``."""
+    positions = np.arange(len(data))
+    labels = data.labels.numpy()
+    train_pos, rest_pos = train_test_split(
+        positions, train_size=fractions.train, stratify=labels, random_state=seed
+    )
+    split = np.empty(len(data), dtype=object)
+    split[train_pos] = "train"
+    if fractions.val > 0:
+        val_share = fractions.val / (fractions.val + fractions.test)
+        val_pos, test_pos = train_test_split(
+            rest_pos, train_size=val_share, stratify=labels[rest_pos], random_state=seed
+        )
+        split[val_pos] = "val"
+        split[test_pos] = "test"
+    else:
+        split[rest_pos] = "test"
+    return pd.DataFrame(
+        {
+            "sample_id": list(data.sample_ids),
+            "label": labels.astype(np.int64),
+            "split": split.astype(str),
+            "digest": data.sample_digests(),
+        }
+    )
+
+
+def split_positions(manifest: pd.DataFrame, split: str) -> np.ndarray:
+    """Row positions (into the dataset the manifest was made from) of one split."""
+    if split not in SPLITS:
+        raise UnlearningInputError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return np.flatnonzero(manifest["split"].to_numpy() == split)
+
+
+def draw_retain_subset(
+    manifest: pd.DataFrame,
+    *,
+    forget_classes: tuple[int, ...],
+    per_class: int,
+    seed: int,
+    num_classes: int,
+) -> pd.DataFrame:
+    """Draw ``per_class`` training samples of every retain class, never a forget-class sample.
+
+    Returns the subset's manifest rows (sorted by sample id, so the same seed gives the same
+    file byte for byte). A class with fewer training samples than ``per_class`` gives all it has.
+    """
+    check_forget_classes(forget_classes, num_classes)
+    if per_class <= 0:
+        raise UnlearningInputError(f"retain samples per class must be positive, got {per_class}")
+    train = manifest[manifest["split"] == "train"]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(num_classes):
+        if label in forget_classes:
+            continue
+        rows = train[train["label"] == label]
+        if rows.empty:
+            raise UnlearningInputError(f"retain class {label} has no training sample to draw from")
+        take = min(per_class, len(rows))
+        chosen.append(rows.iloc[np.sort(rng.choice(len(rows), size=take, replace=False))])
+    return pd.concat(chosen).sort_values("sample_id").reset_index(drop=True)
+
+
+def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> None:
+    """Forget classes must be known and must leave at least one class to retain."""
+    if not forget_classes:
+        raise UnlearningInputError("no forget class given; expected at least one class index")
+    for c in forget_classes:
+        if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
+            raise UnlearningInputError(
+                f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]"
+            )
+    if len(set(forget_classes)) >= num_classes:
+        raise UnlearningInputError(
+            f"forgetting classes {sorted(set(forget_classes))} would forget every one of the "
+            f"{num_classes} classes; at least one class must be retained"
+        )
+
+
+def select(data: ClassificationData, manifest_rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the samples named by ``manifest_rows`` (matched by sample id)."""
+    index = {sid: i for i, sid in enumerate(data.sample_ids)}
+    try:
+        positions = [index[sid] for sid in manifest_rows["sample_id"]]
+    except KeyError as err:
+        raise UnlearningInputError(f"sample id {err.args[0]!r} is not in dataset {data.name!r}") from None
+    positions_t = torch.as_tensor(positions, dtype=torch.long)
+    return data.images[positions_t], data.labels[positions_t]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std, computed on the training split and kept with the model."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, images: torch.Tensor) -> "Normalization":
+        mean = images.mean(dim=(0, 2, 3))
+        # A constant channel would divide by zero; treat it as unit spread.
+        std = images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != len(self.mean):
+            raise UnlearningInputError(
+                f"images have {images.shape[1]} channels, normalisation expects {len(self.mean)}"
+            )
+        mean = torch.tensor(self.mean, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images - mean) / std

@@ -1,0 +1,135 @@
+"""Plain training and inference loops over in-memory tensors.
+
+Batches are sliced from tensors already on the device, in an order drawn from an explicit
+``torch.Generator``: no DataLoader workers, no hidden global state, so the hot loop costs what
+a bare PyTorch loop costs and the same seed gives the same model.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from unsir.errors import UnlearningInputError
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """One optimisation phase: Adam (or SGD) at ``lr`` for ``epochs`` epochs of ``batch_size``."""
+
+    lr: float = 1e-3
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 0 or self.batch_size <= 0:
+            raise UnlearningInputError(
+                f"optimiser settings need lr > 0, epochs >= 0, batch_size > 0; got lr={self.lr}, "
+                f"epochs={self.epochs}, batch_size={self.batch_size}"
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise UnlearningInputError(f"unknown optimizer {self.optimizer!r}; expected 'adam' or 'sgd'")
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator for batch order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    generator: torch.Generator | None,
+    loss_sign: float = 1.0,
+) -> float:
+    """One pass of cross-entropy training; ``images``/``labels`` already on the model's device.
+
+    ``loss_sign=-1`` ascends the loss (gradient ascent, used by NegGrad). Returns the mean loss.
+    """
+    model.train()
+    device = images.device
+    total, count = torch.zeros((), device=device), 0
+    for batch in iterate_batches(len(images), batch_size, generator):
+        batch = batch.to(device)
+        x, y = images[batch], labels[batch]
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        (loss_sign * loss).backward()
+        optimizer.step()
+        total += loss.detach() * len(batch)
+        count += len(batch)
+    return float(total) / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: OptimConfig,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None,
+    progress: bool = False,
+    description: str = "train",
+) -> nn.Module:
+    """Train ``model`` in place for ``config.epochs`` epochs; returns it for chaining."""
+    if len(images) == 0:
+        raise UnlearningInputError(f"{description}: no training samples given")
+    model.to(device)
+    x, y = images.to(device), labels.to(device)
+    optimizer = config.make_optimizer(model.parameters())
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        loss = train_one_epoch(model, x, y, optimizer, batch_size=config.batch_size, generator=generator)
+        if progress:
+            print(
+                f"\r{description}: epoch {epoch + 1}/{config.epochs} loss {loss:.4f} "
+                f"({time.perf_counter() - started:.1f}s)",
+                end="" if epoch + 1 < config.epochs else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for ``images`` in eval() mode, on CPU; restores the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
