@@ -1,0 +1,310 @@
+"""Data contracts on the split manifest and the retain subset, checked by Great Expectations.
+
+This is the only module that imports Great Expectations. The pipeline validates its inputs
+here before any compute: a manifest with a duplicated sample, an unknown split, a class
+missing from the test split or a retain subset that leaks a forget-class sample would make
+every later number meaningless, so it must stop the run with a message naming what is wrong.
+
+Each check is a real GE expectation run on an ephemeral context against a pandas frame.
+Checks that need a join or a count (class counts per split, retain rows against the
+manifest) are computed with pandas into small derived frames first, so that the expectation
+and its failure message can name the split, class or sample concerned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
+KNOWN_SPLITS = ("train", "val", "test")
+DIGEST_PATTERN = r"^[0-9a-f]{64}$"
+INTEGER_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                  "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64"]
+
+# How many offending values or rows a failure line quotes before it summarises.
+_SAMPLE_SIZE = 5
+
+
+class ValidationFailed(Exception):
+    """The data broke its contract; ``report`` holds every failure found, not just the first."""
+
+    def __init__(self, report: "ValidationReport") -> None:
+        self.report = report
+        lines = "\n".join(f"  - {line}" for line in report.failures)
+        super().__init__(
+            f"data validation failed: {len(report.failures)} failure(s) "
+            f"out of {report.evaluated} expectation(s) evaluated:\n{lines}"
+        )
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of one validation: ``evaluated`` counts the GE expectations that were run."""
+
+    success: bool
+    failures: tuple[str, ...]
+    evaluated: int
+
+    def to_markdown(self) -> str:
+        """A short report for a Prefect markdown artifact."""
+        status = "passed" if self.success else "FAILED"
+        lines = [
+            "# Data validation",
+            "",
+            f"**Status:** {status}  ",
+            f"**Expectations evaluated:** {self.evaluated}  ",
+            f"**Failures:** {len(self.failures)}",
+        ]
+        if self.failures:
+            lines += ["", "## Failures", ""]
+            lines += [f"- {_escape_markdown(line)}" for line in self.failures]
+        return "\n".join(lines) + "\n"
+
+
+def validate_splits(
+    manifest: pd.DataFrame,
+    retain_subset: pd.DataFrame,
+    *,
+    num_classes: int,
+    forget_classes: tuple[int, ...],
+    min_per_class: int,
+    extra_failures: Sequence[str] = (),
+) -> ValidationReport:
+    """Check the manifest, the class balance of each split, the forget classes and the retain subset.
+
+    ``extra_failures`` are failures found elsewhere (for example DVC digest mismatches); they are
+    appended so that one report, and one error, lists everything wrong with the inputs.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if min_per_class < 0:
+        raise ValueError(f"min_per_class must be non-negative, got {min_per_class}")
+
+    failures: list[str] = []
+    evaluated = 0
+
+    def run(table: str, frame: pd.DataFrame, expectations: list[gxe.Expectation],
+            index_columns: Sequence[str] = ()) -> None:
+        nonlocal evaluated
+        result = _validate_frame(table, frame, expectations, index_columns)
+        evaluated += result.statistics["evaluated_expectations"]
+        failures.extend(_describe(table, frame, r) for r in result.results if not r.success)
+
+    manifest_ok = _has_columns(manifest, MANIFEST_COLUMNS)
+    run("manifest", manifest, _manifest_expectations(manifest_ok, num_classes),
+        ["sample_id"] if manifest_ok else ())
+    if manifest_ok:
+        run("class counts", _class_counts(manifest, num_classes),
+            [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)],
+            ["split", "label"])
+
+    forget = pd.DataFrame({"forget_class": list(forget_classes)})
+    run("forget classes", forget, [
+        # At least one class to forget, each a known class, and at least one class left over.
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="forget_class", min_value=0, max_value=num_classes - 1),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="forget_class", max_value=num_classes - 1),
+    ])
+
+    retain_ok = _has_columns(retain_subset, MANIFEST_COLUMNS)
+    run("retain subset", retain_subset, _retain_expectations(retain_ok, forget_classes),
+        ["sample_id"] if retain_ok else ())
+    if retain_ok and manifest_ok:
+        run("retain vs manifest", _retain_against_train(retain_subset, manifest), [
+            # A null means the id is not in the manifest's train split at all.
+            gxe.ExpectColumnValuesToNotBeNull(column="train_split_digest"),
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="digest", column_B="train_split_digest", ignore_row_if="either_value_is_missing"
+            ),
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="label", column_B="train_split_label", ignore_row_if="either_value_is_missing"
+            ),
+        ], ["sample_id"])
+
+    failures.extend(str(f) for f in extra_failures)
+    return ValidationReport(success=not failures, failures=tuple(failures), evaluated=evaluated)
+
+
+def require_valid(report: ValidationReport) -> None:
+    """Raise :class:`ValidationFailed` listing every failure if the report is not a success."""
+    if not report.success:
+        raise ValidationFailed(report)
+
+
+# --- expectations -------------------------------------------------------------------------
+
+
+def _column_presence(columns: Iterable[str]) -> list[gxe.Expectation]:
+    return [gxe.ExpectColumnToExist(column=c) for c in columns]
+
+
+def _manifest_expectations(columns_ok: bool, num_classes: int) -> list[gxe.Expectation]:
+    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+    if not columns_ok:
+        # Every other expectation would only raise "column does not exist"; the presence
+        # failures above already say what is wrong.
+        return expectations
+    expectations += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in MANIFEST_COLUMNS]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=INTEGER_DTYPES),
+        gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=num_classes - 1),
+        # Unique ids also make the splits disjoint: a sample cannot sit in two of them.
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(KNOWN_SPLITS)),
+        gxe.ExpectColumnValuesToMatchRegex(column="digest", regex=DIGEST_PATTERN),
+    ]
+    return expectations
+
+
+def _retain_expectations(columns_ok: bool, forget_classes: tuple[int, ...]) -> list[gxe.Expectation]:
+    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+    if not columns_ok:
+        return expectations
+    expectations += [
+        gxe.ExpectColumnValuesToNotBeNull(column="sample_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=INTEGER_DTYPES),
+        gxe.ExpectColumnValuesToNotBeInSet(column="label", value_set=list(forget_classes)),
+    ]
+    return expectations
+
+
+def _class_counts(manifest: pd.DataFrame, num_classes: int) -> pd.DataFrame:
+    """Rows per (split, class) for every known split present and every class, zeros included.
+
+    Unknown splits and out-of-range labels are left out here: the manifest expectations
+    already report them, and counting them would only repeat the failure.
+    """
+    splits = [s for s in KNOWN_SPLITS if (manifest["split"] == s).any()]
+    in_range = manifest[manifest["split"].isin(splits) & manifest["label"].isin(range(num_classes))]
+    counts = in_range.groupby(["split", "label"]).size()
+    grid = pd.MultiIndex.from_product([splits, range(num_classes)], names=["split", "label"])
+    return counts.reindex(grid, fill_value=0).rename("count").reset_index()
+
+
+def _retain_against_train(retain: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Each retain row beside what the manifest's train split records for its id (NA if absent)."""
+    train = manifest.loc[manifest["split"] == "train", ["sample_id", "digest", "label"]]
+    # Duplicated ids are reported on the manifest; keep one so the join stays one-to-one.
+    train = train.drop_duplicates("sample_id").rename(
+        columns={"digest": "train_split_digest", "label": "train_split_label"}
+    )
+    return retain[["sample_id", "digest", "label"]].merge(train, on="sample_id", how="left")
+
+
+def _has_columns(frame: pd.DataFrame, columns: Iterable[str]) -> bool:
+    return all(c in frame.columns for c in columns)
+
+
+# --- Great Expectations plumbing ----------------------------------------------------------
+
+_LOCK = threading.Lock()
+_BATCH_DEFINITIONS: dict[str, Any] = {}
+_CONTEXT: Any = None
+
+
+def _batch_definition(table: str) -> Any:
+    """A whole-dataframe batch definition for ``table`` on one lazily created ephemeral context.
+
+    Creating the context costs little, but reusing it keeps the data source and assets from
+    piling up names; callers hold ``_LOCK`` because a GE context is not thread-safe.
+    """
+    global _CONTEXT
+    if _CONTEXT is None:
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        context.data_sources.add_pandas("unsir_frames")
+        _CONTEXT = context
+    if table not in _BATCH_DEFINITIONS:
+        asset = _CONTEXT.data_sources.get("unsir_frames").add_dataframe_asset(table)
+        _BATCH_DEFINITIONS[table] = asset.add_batch_definition_whole_dataframe("whole")
+    return _BATCH_DEFINITIONS[table]
+
+
+def _validate_frame(
+    table: str, frame: pd.DataFrame, expectations: list[gxe.Expectation], index_columns: Sequence[str]
+) -> ExpectationSuiteValidationResult:
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": _SAMPLE_SIZE}
+    if index_columns:
+        result_format["unexpected_index_column_names"] = list(index_columns)
+    with _LOCK:
+        batch = _batch_definition(table).get_batch(batch_parameters={"dataframe": frame})
+        # A suite needs an active context to exist, so it is built after the context is.
+        suite = gx.ExpectationSuite(name=f"unsir-{table.replace(' ', '-')}")
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        return batch.validate(suite, result_format=result_format)
+
+
+_UNINTERESTING_KWARGS = {"batch_id", "column", "column_A", "column_B", "result_format"}
+
+
+def _describe(table: str, frame: pd.DataFrame, result: ExpectationValidationResult) -> str:
+    """One readable line: table, expectation, column, what was expected and what was found."""
+    config = result.expectation_config
+    kwargs = dict(config.kwargs)
+    where = ""
+    if "column" in kwargs:
+        where = f" on column {kwargs['column']!r}"
+    elif "column_A" in kwargs:
+        where = f" on columns {kwargs['column_A']!r} and {kwargs['column_B']!r}"
+    expected = ", ".join(
+        f"{k}={v!r}" for k, v in sorted(kwargs.items()) if k not in _UNINTERESTING_KWARGS and v is not None
+    )
+    head = f"{table}: {config.type}{where}" + (f" ({expected})" if expected else "")
+    if config.type == "expect_column_to_exist":
+        return f"{head}: the column is missing; found columns {list(map(str, frame.columns))}"
+    return f"{head}: {_found(result)}"
+
+
+def _found(result: ExpectationValidationResult) -> str:
+    info = result.exception_info or {}
+    messages = _exception_messages(info)
+    if messages:
+        return f"could not be evaluated: {'; '.join(sorted(set(messages)))}"
+    details: Mapping[str, Any] = result.result or {}
+    if "unexpected_count" in details:
+        count, total = details["unexpected_count"], details.get("element_count")
+        text = f"{count} of {total} rows unexpected"
+        rows = details.get("partial_unexpected_index_list")
+        if rows and isinstance(rows[0], Mapping):
+            quoted = "; ".join(", ".join(f"{k}={_plain(v)}" for k, v in row.items()) for row in rows[:_SAMPLE_SIZE])
+            return f"{text}: {quoted}" + (" ..." if count > _SAMPLE_SIZE else "")
+        values = [_plain(v) for v in details.get("partial_unexpected_list", [])[:_SAMPLE_SIZE]]
+        return f"{text}, e.g. {values}"
+    if "observed_value" in details:
+        return f"observed {_plain(details['observed_value'])!r}"
+    return "failed"
+
+
+def _exception_messages(info: Mapping[str, Any]) -> list[str]:
+    # GE nests exception info per metric when a metric fails, flat otherwise.
+    if info.get("raised_exception"):
+        return [str(info.get("exception_message"))]
+    return [
+        str(v.get("exception_message"))
+        for v in info.values()
+        if isinstance(v, Mapping) and v.get("raised_exception")
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars print as ``np.int64(3)``; show the plain Python value instead."""
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
+
+
+def _escape_markdown(text: str) -> str:
+    # Underscores inside words do not start emphasis in CommonMark; pipes and stars can.
+    return text.replace("|", "\\|").replace("*", "\\*")
