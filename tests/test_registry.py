@@ -1,0 +1,196 @@
+"""The MLflow registry service against a real SQLite tracking store under a temporary folder.
+
+Creating the SQLite schema costs MLflow about 5 s, so one store (and one registered
+checkpoint) is shared by the whole module; tests that add versions assert on counts relative
+to what they found, so they do not depend on order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unsir.checkpoint import WEIGHTS_FILE, ModelCard, save_checkpoint
+from unsir.models import ModelSpec, build_model
+from unsir.splits import Normalization
+from unsir_pipeline.registry import IDEMPOTENCY_TAG, ModelRegistry, RegistryError
+
+MODEL_NAME = "digits-small-cnn"
+SPEC = ModelSpec("small_cnn", 10, 1)
+CARD = ModelCard(SPEC, Normalization((0.3,), (0.4,)), tuple(str(i) for i in range(10)), (1, 8, 8))
+EXAMPLE = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+
+
+def _checkpoint(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(directory, build_model(SPEC), CARD)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    registry = ModelRegistry(uri, MODEL_NAME, "unlearning", artifact_location=(root / "artifacts").as_uri())
+    checkpoint = _checkpoint(root / "trained", seed=0)
+    with registry.start_run("train", tags={"step": "train"}) as run_id:
+        version = registry.register_checkpoint(
+            checkpoint,
+            input_example=EXAMPLE,
+            tags={"dataset": "digits", "forgotten_classes": ""},
+            idempotency_key="train-run-1",
+            alias="champion",
+        )
+    return {"uri": uri, "root": root, "registry": registry, "version": version, "run_id": run_id,
+            "checkpoint": checkpoint}
+
+
+def test_alias_resolves_to_the_registered_version(store: dict) -> None:
+    assert store["registry"].has_model()
+    assert store["registry"].resolve_alias("champion") == store["version"]
+
+
+def test_version_carries_tags_run_and_alias(store: dict) -> None:
+    info = store["registry"].get_version(store["version"])
+    assert info.version == store["version"]
+    assert info.tags["dataset"] == "digits"
+    assert info.tags[IDEMPOTENCY_TAG] == "train-run-1"
+    assert info.run_id == store["run_id"]
+    assert "champion" in info.aliases
+    assert datetime.fromisoformat(info.created_at).tzinfo is not None
+
+
+def test_retried_registration_returns_the_same_version(store: dict) -> None:
+    registry: ModelRegistry = store["registry"]
+    before = registry.list_versions()
+    with registry.start_run("train-retry"):
+        again = registry.register_checkpoint(
+            store["checkpoint"], input_example=EXAMPLE, tags={"dataset": "digits"}, idempotency_key="train-run-1"
+        )
+    assert again == store["version"]
+    assert registry.list_versions() == before
+
+
+def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None:
+    model, card, version = store["registry"].load_model("champion", dest=tmp_path / "by-alias")
+    assert version == store["version"]
+    assert card == CARD
+    saved = load_file(str(store["checkpoint"] / WEIGHTS_FILE))
+    loaded = model.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert not model.training
+
+    by_number, _, same = store["registry"].load_model(store["version"], dest=tmp_path / "by-number")
+    assert same == version
+    assert torch.equal(by_number.classifier.weight, model.classifier.weight)
+
+
+def test_pyfunc_model_serves_probabilities(store: dict) -> None:
+    mlflow.set_registry_uri(store["uri"])
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
+    batch = np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    probabilities = served.predict(batch)
+    assert probabilities.shape == (5, 10)
+    assert np.all(probabilities >= 0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_missing_alias_is_named(store: dict) -> None:
+    with pytest.raises(RegistryError, match="no alias 'retired'") as info:
+        store["registry"].resolve_alias("retired")
+    assert MODEL_NAME in str(info.value)
+
+
+def test_unregistered_model_is_reported_as_such(store: dict) -> None:
+    other = ModelRegistry(store["uri"], "never-registered", "unlearning")
+    assert not other.has_model()
+    with pytest.raises(RegistryError, match="'never-registered' is not registered"):
+        other.resolve_alias("champion")
+    with pytest.raises(RegistryError, match="no version 7"):
+        store["registry"].get_version(7)
+
+
+def test_new_key_registers_a_new_version_and_aliases_move(store: dict, tmp_path: Path) -> None:
+    registry: ModelRegistry = store["registry"]
+    count = len(registry.list_versions())
+    with registry.start_run("unlearn"):
+        new = registry.register_checkpoint(
+            _checkpoint(tmp_path / "unlearned", seed=1),
+            input_example=EXAMPLE,
+            tags={"forgotten_classes": "3"},
+            idempotency_key="unlearn-run-1",
+            alias="challenger",
+        )
+    versions = registry.list_versions()
+    assert len(versions) == count + 1
+    assert [v.version for v in versions] == sorted(v.version for v in versions)
+    assert registry.resolve_alias("challenger") == new != store["version"]
+
+    registry.set_version_tags(new, {"promoted_by": "test"})
+    registry.set_alias("champion", new)
+    registry.delete_alias("challenger")
+    info = registry.get_version(new)
+    assert info.aliases == ("champion",)
+    assert info.tags["promoted_by"] == "test"
+    with pytest.raises(RegistryError, match="'challenger'"):
+        registry.resolve_alias("challenger")
+    registry.set_alias("champion", store["version"])  # leave the module's alias as found
+
+
+def test_run_logging_reaches_the_tracking_store(store: dict, tmp_path: Path) -> None:
+    registry: ModelRegistry = store["registry"]
+    report = tmp_path / "report.txt"
+    report.write_text("ok\n")
+    with registry.start_run("evaluate", tags={"kind": "eval"}) as run_id:
+        registry.log_params({"lr": 0.01, "epochs": 3})
+        registry.log_metrics({"forget_accuracy": 0.05}, step=2)
+        registry.log_dict({"classes": [3]}, "forget.json")
+        registry.log_artifact(report, "reports")
+    run = mlflow.MlflowClient(tracking_uri=store["uri"]).get_run(run_id)
+    assert run.data.params == {"lr": "0.01", "epochs": "3"}
+    assert run.data.metrics == {"forget_accuracy": 0.05}
+    assert run.data.tags["kind"] == "eval"
+    artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri=store["uri"]).list_artifacts(run_id)}
+    assert {"forget.json", "reports"} <= artifacts
+
+
+def test_logging_and_registering_need_an_active_run(store: dict) -> None:
+    registry: ModelRegistry = store["registry"]
+    with pytest.raises(RegistryError, match="no active run"):
+        registry.log_metrics({"x": 1.0})
+    with pytest.raises(RegistryError, match="no active run"):
+        registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={}, idempotency_key="k")
+
+
+def test_pickled_module_loads_only_when_allowed(store: dict, tmp_path: Path) -> None:
+    import mlflow.pytorch
+
+    uri = store["uri"]
+    registry = ModelRegistry(uri, "pickled", "legacy", artifact_location=(tmp_path / "artifacts").as_uri())
+    checkpoint = _checkpoint(tmp_path / "ck", seed=2)
+    torch.manual_seed(2)
+    module = build_model(SPEC)
+    # A version as older code logged it: a pickled module, with its card as an extra file.
+    with registry.start_run("legacy") as run_id:
+        info = mlflow.pytorch.log_model(
+            module,
+            name="model",
+            serialization_format="pickle",  # MLflow 3.17 defaults to pt2 (torch.export)
+            pip_requirements=["torch"],
+            extra_files=[str(checkpoint / "card.json")],
+        )
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.create_registered_model("pickled")
+        client.create_model_version("pickled", info.model_uri, run_id=run_id, model_id=info.model_id)
+
+    with pytest.raises(RegistryError, match="allow_pickled_module=True"):
+        registry.load_model(1, dest=tmp_path / "refused")
+    model, card, version = registry.load_model(1, dest=tmp_path / "allowed", allow_pickled_module=True)
+    assert version == 1 and card == CARD
+    assert torch.equal(model.classifier.weight, module.classifier.weight)

@@ -1,0 +1,417 @@
+"""MLflow tracking and Model Registry behind one service object.
+
+This is the only module that imports MLflow. Models are registered as pyfunc "models from
+code" (``unsir_pipeline/serving_model.py``) carrying the safetensors checkpoint as an
+artifact, so serving needs no pickle and :meth:`ModelRegistry.load_model` can rebuild the
+``nn.Module`` from plain tensors. Versions are addressed by aliases (``champion``,
+``challenger``), never by the deprecated stages. Registration is idempotent on a caller-given
+key, so a retried task does not create a second version.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before MLflow is imported: no telemetry look-up (the machine may be offline), no progress
+# bars in task logs. ``setdefault`` leaves an operator's explicit choice alone.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.entities.model_registry.model_version_status import ModelVersionStatus  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import Model, infer_signature  # noqa: E402
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode  # noqa: E402
+from torch import nn  # noqa: E402
+
+import unsir  # noqa: E402
+from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint  # noqa: E402
+
+SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
+CHECKPOINT_ARTIFACT = "checkpoint"
+IDEMPOTENCY_TAG = "idempotency_key"
+# Listed explicitly: inferring them costs MLflow several seconds per model.
+PIP_REQUIREMENTS = ["torch", "safetensors", "numpy"]
+_READY_TIMEOUT_S = 300.0
+
+
+class RegistryError(Exception):
+    """The tracking server or registry could not do what was asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version, as plain values a task can log or return."""
+
+    version: int
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    run_id: str | None
+    created_at: str
+
+
+class ModelRegistry:
+    """Runs, metrics and artifacts of one experiment, and the versions of one registered model.
+
+    ``artifact_location`` is used only when the experiment does not exist yet; with a SQLite
+    tracking URI it keeps artifacts out of the current working directory.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        experiment_name: str,
+        *,
+        artifact_location: str | None = None,
+    ) -> None:
+        if not model_name:
+            raise RegistryError("model_name must be a non-empty string")
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.experiment_name = experiment_name
+        self.artifact_location = artifact_location
+        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._run_id: str | None = None
+
+    # --- runs ---------------------------------------------------------------------------
+
+    @contextmanager
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """Open a run in the experiment (created if needed) and yield its id.
+
+        ``mlflow.pyfunc.log_model`` only logs to the fluent active run, so the global tracking
+        URI is pointed at this registry for the run's duration; everything else goes through
+        this object's explicit client.
+        """
+        if self._run_id is not None:
+            raise RegistryError(f"run {self._run_id} is still active; runs of one registry do not nest")
+        experiment_id = self._experiment_id()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            self._run_id = run.info.run_id
+            try:
+                yield run.info.run_id
+            finally:
+                self._run_id = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        run_id = self._active_run()
+        self._client.log_batch(run_id, params=[Param(str(k), str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        run_id = self._active_run()
+        now = int(time.time() * 1000)
+        batch = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()]
+        self._client.log_batch(run_id, metrics=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise RegistryError(f"cannot log artifact {str(path)!r}: no such file or directory")
+        run_id = self._active_run()
+        if path.is_dir():
+            self._client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict[str, Any], filename: str) -> None:
+        self._client.log_dict(self._active_run(), data, filename)
+
+    def log_figure(self, fig: Any, filename: str) -> None:
+        """Log a matplotlib (or plotly) figure as an image artifact."""
+        self._client.log_figure(self._active_run(), fig, filename)
+
+    # --- registration -------------------------------------------------------------------
+
+    def register_checkpoint(
+        self,
+        checkpoint_dir: Path,
+        *,
+        input_example: np.ndarray,
+        tags: dict[str, str],
+        idempotency_key: str,
+        alias: str | None = None,
+    ) -> int:
+        """Log ``checkpoint_dir`` as a pyfunc model in the active run and register a new version.
+
+        If a version already carries ``idempotency_key`` (a retry of the same task), that
+        version is returned and nothing is logged or registered. The alias, if given, is
+        (re)pointed at the returned version in both cases.
+        """
+        run_id = self._active_run()
+        if not idempotency_key:
+            raise RegistryError("idempotency_key must be a non-empty string (e.g. the task run id)")
+        if IDEMPOTENCY_TAG in tags:
+            raise RegistryError(f"tag {IDEMPOTENCY_TAG!r} is reserved; pass it as idempotency_key")
+        existing = self._version_with_key(idempotency_key)
+        if existing is not None:
+            if alias:
+                self.set_alias(alias, existing)
+            return existing
+
+        checkpoint_dir = Path(checkpoint_dir)
+        try:
+            model, _card = load_checkpoint(checkpoint_dir, device="cpu")
+        except ValueError as err:
+            raise RegistryError(f"cannot register {str(checkpoint_dir)!r}: {err}") from err
+        example = np.asarray(input_example, dtype=np.float32)
+        with torch.inference_mode():
+            output = torch.softmax(model(torch.from_numpy(example)), dim=1).numpy()
+
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING_MODEL_FILE),
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
+                # Ship the core library with the model so serving needs only the pip packages.
+                code_paths=[str(Path(unsir.__file__).parent)],
+                signature=infer_signature(example, output),
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+            self._ensure_registered_model()
+            version = self._client.create_model_version(
+                name=self.model_name,
+                source=info.model_uri,
+                run_id=run_id,
+                tags={**tags, IDEMPOTENCY_TAG: idempotency_key},
+                model_id=info.model_id,
+                await_creation_for=int(_READY_TIMEOUT_S),
+            )
+        except MlflowException as err:
+            raise RegistryError(
+                f"registering {str(checkpoint_dir)!r} as model {self.model_name!r} failed: {err.message}"
+            ) from err
+        number = int(version.version)
+        self._wait_ready(number)
+        if alias:
+            self.set_alias(alias, number)
+        return number
+
+    def _ensure_registered_model(self) -> None:
+        try:
+            self._client.create_registered_model(self.model_name)
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+
+    def _wait_ready(self, version: int) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while True:
+            status = self._client.get_model_version(self.model_name, str(version)).status
+            if status == ModelVersionStatus.to_string(ModelVersionStatus.READY):
+                return
+            if status == ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION):
+                raise RegistryError(f"model {self.model_name!r} version {version} failed registration")
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"model {self.model_name!r} version {version} still {status} after {_READY_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.2)
+
+    def _version_with_key(self, key: str) -> int | None:
+        # Filtered here rather than in a search string, so no key needs quoting.
+        if not self.has_model():
+            return None
+        matches = [v.version for v in self.list_versions() if v.tags.get(IDEMPOTENCY_TAG) == key]
+        return min(matches) if matches else None
+
+    # --- aliases, versions, tags --------------------------------------------------------
+
+    def resolve_alias(self, alias: str) -> int:
+        try:
+            return int(self._client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException as err:
+            if not self.has_model():
+                raise RegistryError(
+                    f"model {self.model_name!r} is not registered, so alias {alias!r} cannot be resolved"
+                ) from err
+            known = sorted({a for v in self.list_versions() for a in v.aliases})
+            raise RegistryError(
+                f"model {self.model_name!r} has no alias {alias!r}; its aliases are {known}"
+            ) from err
+
+    def set_alias(self, alias: str, version: int) -> None:
+        try:
+            self._client.set_registered_model_alias(self.model_name, alias, str(version))
+        except MlflowException as err:
+            raise RegistryError(
+                f"cannot point alias {alias!r} of model {self.model_name!r} at version {version}: {err.message}"
+            ) from err
+
+    def delete_alias(self, alias: str) -> None:
+        try:
+            self._client.delete_registered_model_alias(self.model_name, alias)
+        except MlflowException as err:
+            raise RegistryError(
+                f"cannot delete alias {alias!r} of model {self.model_name!r}: {err.message}"
+            ) from err
+
+    def get_version(self, version: int) -> VersionInfo:
+        return _version_info(self._model_version(version))
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        self._model_version(version)  # fail with a clear message if it does not exist
+        for key, value in tags.items():
+            self._client.set_model_version_tag(self.model_name, str(version), key, str(value))
+
+    def list_versions(self) -> list[VersionInfo]:
+        versions: list[ModelVersion] = []
+        token: str | None = None
+        while True:
+            page = self._client.search_model_versions(
+                filter_string=f"name = '{_quote(self.model_name)}'", page_token=token
+            )
+            versions.extend(page)
+            token = page.token
+            if not token:
+                break
+        # Search results leave aliases out; the registered model maps each alias to a version.
+        aliases = self._aliases_by_version()
+        return sorted((_version_info(v, aliases) for v in versions), key=lambda v: v.version)
+
+    def _aliases_by_version(self) -> dict[int, tuple[str, ...]]:
+        try:
+            alias_map = self._client.get_registered_model(self.model_name).aliases or {}
+        except MlflowException:
+            return {}
+        by_version: dict[int, list[str]] = {}
+        for alias, version in alias_map.items():
+            by_version.setdefault(int(version), []).append(alias)
+        return {v: tuple(sorted(a)) for v, a in by_version.items()}
+
+    def has_model(self) -> bool:
+        try:
+            self._client.get_registered_model(self.model_name)
+        except MlflowException:
+            return False
+        return True
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load_model(
+        self,
+        ref: str | int,
+        *,
+        dest: Path,
+        device: torch.device | str = "cpu",
+        allow_pickled_module: bool = False,
+    ) -> tuple[nn.Module, ModelCard, int]:
+        """Load a version (alias name or number) as an ``nn.Module`` with its card.
+
+        The safetensors checkpoint logged with the version is downloaded into ``dest`` and
+        rebuilt without unpickling anything. A version logged with the ``mlflow.pytorch``
+        flavour instead stores a pickled module, whose loading runs arbitrary code: it is
+        loaded only if ``allow_pickled_module`` is set, and only if a ``card.json`` came with it.
+        """
+        version = self._resolve_ref(ref)
+        uri = f"models:/{self.model_name}/{version}"
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(dest), tracking_uri=self.tracking_uri,
+                    registry_uri=self.tracking_uri,
+                )
+            )
+        except MlflowException as err:
+            raise RegistryError(f"cannot download {uri}: {err.message}") from err
+        flavors = Model.load(str(local)).flavors
+        pyfunc_artifacts = flavors.get("python_function", {}).get("artifacts", {})
+        if CHECKPOINT_ARTIFACT in pyfunc_artifacts:
+            checkpoint = local / pyfunc_artifacts[CHECKPOINT_ARTIFACT]["path"]
+            try:
+                model, card = load_checkpoint(checkpoint, device=device)
+            except ValueError as err:
+                raise RegistryError(f"{uri} has a broken checkpoint artifact: {err}") from err
+            return model, card, version
+        if "pytorch" not in flavors:
+            raise RegistryError(
+                f"{uri} has neither a {CHECKPOINT_ARTIFACT!r} artifact nor the pytorch flavour; "
+                f"its flavours are {sorted(flavors)}"
+            )
+        if not allow_pickled_module:
+            raise RegistryError(
+                f"{uri} stores a serialised torch module (mlflow.pytorch flavour, pickle or "
+                "torch.export) and no safetensors checkpoint; loading it executes stored code. "
+                "Pass allow_pickled_module=True only if you trust whoever logged it."
+            )
+        cards = sorted(local.rglob(CARD_FILE))
+        if not cards:
+            raise RegistryError(f"{uri} is a pickled torch module without a {CARD_FILE} artifact; cannot build its card")
+        card = ModelCard.from_dict(json.loads(cards[0].read_text()))
+        # Imported here: only this opt-in path needs it, and it costs 2-3 s.
+        from mlflow import pytorch as mlflow_pytorch
+
+        model = mlflow_pytorch.load_model(str(local), map_location=torch.device(device))
+        return model.eval(), card, version
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _resolve_ref(self, ref: str | int) -> int:
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            self._model_version(ref)
+            return ref
+        if isinstance(ref, str) and ref.isdigit():
+            self._model_version(int(ref))
+            return int(ref)
+        if isinstance(ref, str) and ref:
+            return self.resolve_alias(ref)
+        raise RegistryError(f"model reference must be an alias name or a version number, got {ref!r}")
+
+    def _model_version(self, version: int) -> ModelVersion:
+        try:
+            return self._client.get_model_version(self.model_name, str(version))
+        except MlflowException as err:
+            raise RegistryError(f"model {self.model_name!r} has no version {version!r}") from err
+
+    def _active_run(self) -> str:
+        if self._run_id is None:
+            raise RegistryError("no active run; call this inside `with registry.start_run(...)`")
+        return self._run_id
+
+    def _experiment_id(self) -> str:
+        experiment = self._client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self._client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+        except MlflowException as err:
+            # Another process may have created it between the look-up and the create.
+            experiment = self._client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                raise RegistryError(f"cannot create experiment {self.experiment_name!r}: {err.message}") from err
+            return experiment.experiment_id
+
+
+def _version_info(version: ModelVersion, aliases: dict[int, tuple[str, ...]] | None = None) -> VersionInfo:
+    created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=timezone.utc)
+    number = int(version.version)
+    return VersionInfo(
+        version=number,
+        aliases=aliases.get(number, ()) if aliases is not None else tuple(sorted(version.aliases or ())),
+        tags=dict(version.tags or {}),
+        run_id=version.run_id or None,
+        created_at=created.isoformat(),
+    )
+
+
+def _quote(value: str) -> str:
+    """Escape a value for a single-quoted MLflow search string."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
