@@ -30,7 +30,9 @@ def _manifest() -> pd.DataFrame:
         for label in range(NUM_CLASSES):
             for i in range(per_class):
                 sid = f"{split}-{label}-{i}"
-                rows.append({"sample_id": sid, "label": label, "split": split, "digest": _digest(sid)})
+                rows.append(
+                    {"sample_id": sid, "label": label, "split": split, "digest": _digest(sid)}
+                )
     return pd.DataFrame(rows)
 
 
@@ -61,19 +63,28 @@ def _set(frame: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
 
 
 MANIFEST_CORRUPTIONS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], list[str]]] = {
-    "label out of range": (lambda m: _set(m, 0, "label", 7), ["'label'", "label=7", "sample_id=train-0-0"]),
+    "label out of range": (
+        lambda m: _set(m, 0, "label", 7),
+        ["'label'", "label=7", "sample_id=train-0-0"],
+    ),
     "sample in two splits": (
         lambda m: _set(m, 12, "sample_id", "train-0-0"),
         ["expect_column_values_to_be_unique", "sample_id=train-0-0"],
     ),
     "unknown split": (lambda m: _set(m, 3, "split", "holdout"), ["'split'", "split=holdout"]),
     "malformed digest": (lambda m: _set(m, 5, "digest", "ABC"), ["'digest'", "digest=ABC"]),
-    "missing digest": (lambda m: _set(m, 5, "digest", None), ["expect_column_values_to_not_be_null", "'digest'"]),
+    "missing digest": (
+        lambda m: _set(m, 5, "digest", None),
+        ["expect_column_values_to_not_be_null", "'digest'"],
+    ),
     "class absent from test": (
         lambda m: m[~((m["split"] == "test") & (m["label"] == 2))].reset_index(drop=True),
         ["class counts", "split=test, label=2", "count=0"],
     ),
-    "missing column": (lambda m: m.drop(columns="split"), ["expect_column_to_exist", "'split'", "missing"]),
+    "missing column": (
+        lambda m: m.drop(columns="split"),
+        ["expect_column_to_exist", "'split'", "missing"],
+    ),
 }
 
 
@@ -99,14 +110,20 @@ def test_too_few_rows_per_class_names_split_and_class() -> None:
 
 @pytest.mark.parametrize(
     ("forget", "fragment"),
-    [((0, 1, 2), "expect_column_unique_value_count_to_be_between"), ((5,), "e.g. [5]"), ((), "row_count")],
+    [
+        ((0, 1, 2), "expect_column_unique_value_count_to_be_between"),
+        ((5,), "e.g. [5]"),
+        ((), "row_count"),
+    ],
 )
 def test_bad_forget_classes_fail(forget: tuple[int, ...], fragment: str) -> None:
     manifest = _manifest()
     retain = _retain(manifest)
     retain = retain[~retain["label"].isin(forget)]
     report = _validate(manifest, retain, forget_classes=forget)
-    assert any(f.startswith("forget classes:") and fragment in f for f in report.failures), report.failures
+    assert any(f.startswith("forget classes:") and fragment in f for f in report.failures), (
+        report.failures
+    )
 
 
 def test_retain_subset_leaks_and_strangers_are_named() -> None:
@@ -129,13 +146,17 @@ def test_duplicate_retain_ids_fail() -> None:
     manifest = _manifest()
     retain = _retain(manifest)
     report = _validate(manifest, pd.concat([retain, retain.iloc[[0]]], ignore_index=True))
-    assert any(f.startswith("retain subset: expect_column_values_to_be_unique") for f in report.failures)
+    assert any(
+        f.startswith("retain subset: expect_column_values_to_be_unique") for f in report.failures
+    )
 
 
 def test_extra_failures_are_reported_and_raised_with_every_line() -> None:
     manifest = _manifest()
     report = _validate(
-        _set(manifest, 12, "digest", "xyz"), _retain(manifest), extra_failures=["data/manifest.csv: recorded md5 a, found b"]
+        _set(manifest, 12, "digest", "xyz"),
+        _retain(manifest),
+        extra_failures=["data/manifest.csv: recorded md5 a, found b"],
     )
     assert report.failures[-1] == "data/manifest.csv: recorded md5 a, found b"
     with pytest.raises(ValidationFailed) as info:

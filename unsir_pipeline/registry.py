@@ -17,28 +17,28 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
-from mlflow.entities.model_registry import ModelVersion  # noqa: E402
-from mlflow.entities.model_registry.model_version_status import ModelVersionStatus  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models import Model, infer_signature  # noqa: E402
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode  # noqa: E402
-from torch import nn  # noqa: E402
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from torch import nn
 
-import unsir  # noqa: E402
-from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint  # noqa: E402
+import unsir
+from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint
 
 SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -98,7 +98,9 @@ class ModelRegistry:
         this object's explicit client.
         """
         if self._run_id is not None:
-            raise RegistryError(f"run {self._run_id} is still active; runs of one registry do not nest")
+            raise RegistryError(
+                f"run {self._run_id} is still active; runs of one registry do not nest"
+            )
         experiment_id = self._experiment_id()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
@@ -217,7 +219,9 @@ class ModelRegistry:
             if status == ModelVersionStatus.to_string(ModelVersionStatus.READY):
                 return
             if status == ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION):
-                raise RegistryError(f"model {self.model_name!r} version {version} failed registration")
+                raise RegistryError(
+                    f"model {self.model_name!r} version {version} failed registration"
+                )
             if time.monotonic() > deadline:
                 raise RegistryError(
                     f"model {self.model_name!r} version {version} still {status} after {_READY_TIMEOUT_S:.0f} s"
@@ -326,7 +330,9 @@ class ModelRegistry:
         try:
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(dest), tracking_uri=self.tracking_uri,
+                    artifact_uri=uri,
+                    dst_path=str(dest),
+                    tracking_uri=self.tracking_uri,
                     registry_uri=self.tracking_uri,
                 )
             )
@@ -354,7 +360,9 @@ class ModelRegistry:
             )
         cards = sorted(local.rglob(CARD_FILE))
         if not cards:
-            raise RegistryError(f"{uri} is a pickled torch module without a {CARD_FILE} artifact; cannot build its card")
+            raise RegistryError(
+                f"{uri} is a pickled torch module without a {CARD_FILE} artifact; cannot build its card"
+            )
         card = ModelCard.from_dict(json.loads(cards[0].read_text()))
         # Imported here: only this opt-in path needs it, and it costs 2-3 s.
         from mlflow import pytorch as mlflow_pytorch
@@ -373,7 +381,9 @@ class ModelRegistry:
             return int(ref)
         if isinstance(ref, str) and ref:
             return self.resolve_alias(ref)
-        raise RegistryError(f"model reference must be an alias name or a version number, got {ref!r}")
+        raise RegistryError(
+            f"model reference must be an alias name or a version number, got {ref!r}"
+        )
 
     def _model_version(self, version: int) -> ModelVersion:
         try:
@@ -391,21 +401,29 @@ class ModelRegistry:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            return self._client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+            return self._client.create_experiment(
+                self.experiment_name, artifact_location=self.artifact_location
+            )
         except MlflowException as err:
             # Another process may have created it between the look-up and the create.
             experiment = self._client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
-                raise RegistryError(f"cannot create experiment {self.experiment_name!r}: {err.message}") from err
+                raise RegistryError(
+                    f"cannot create experiment {self.experiment_name!r}: {err.message}"
+                ) from err
             return experiment.experiment_id
 
 
-def _version_info(version: ModelVersion, aliases: dict[int, tuple[str, ...]] | None = None) -> VersionInfo:
-    created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=timezone.utc)
+def _version_info(
+    version: ModelVersion, aliases: dict[int, tuple[str, ...]] | None = None
+) -> VersionInfo:
+    created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC)
     number = int(version.version)
     return VersionInfo(
         version=number,
-        aliases=aliases.get(number, ()) if aliases is not None else tuple(sorted(version.aliases or ())),
+        aliases=aliases.get(number, ())
+        if aliases is not None
+        else tuple(sorted(version.aliases or ())),
         tags=dict(version.tags or {}),
         run_id=version.run_id or None,
         created_at=created.isoformat(),

@@ -21,12 +21,16 @@ class CheckpointClassifier(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.model, self.card = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
 
-    def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+    def predict(
+        self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None
+    ) -> np.ndarray:
         """``model_input`` is a float32 batch (N, C, H, W) already normalised with the card's stats."""
         batch = np.asarray(model_input, dtype=np.float32)
         expected = tuple(self.card.input_shape)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, expected))}), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {', '.join(map(str, expected))}), got {batch.shape}"
+            )
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(batch))
         return torch.softmax(logits, dim=1).numpy()

@@ -29,8 +29,24 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
 KNOWN_SPLITS = ("train", "val", "test")
 DIGEST_PATTERN = r"^[0-9a-f]{64}$"
-INTEGER_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                  "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64"]
+INTEGER_DTYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
+]
 
 # How many offending values or rows a failure line quotes before it summarises.
 _SAMPLE_SIZE = 5
@@ -39,7 +55,7 @@ _SAMPLE_SIZE = 5
 class ValidationFailed(Exception):
     """The data broke its contract; ``report`` holds every failure found, not just the first."""
 
-    def __init__(self, report: "ValidationReport") -> None:
+    def __init__(self, report: ValidationReport) -> None:
         self.report = report
         lines = "\n".join(f"  - {line}" for line in report.failures)
         super().__init__(
@@ -94,43 +110,75 @@ def validate_splits(
     failures: list[str] = []
     evaluated = 0
 
-    def run(table: str, frame: pd.DataFrame, expectations: list[gxe.Expectation],
-            index_columns: Sequence[str] = ()) -> None:
+    def run(
+        table: str,
+        frame: pd.DataFrame,
+        expectations: list[gxe.Expectation],
+        index_columns: Sequence[str] = (),
+    ) -> None:
         nonlocal evaluated
         result = _validate_frame(table, frame, expectations, index_columns)
         evaluated += result.statistics["evaluated_expectations"]
         failures.extend(_describe(table, frame, r) for r in result.results if not r.success)
 
     manifest_ok = _has_columns(manifest, MANIFEST_COLUMNS)
-    run("manifest", manifest, _manifest_expectations(manifest_ok, num_classes),
-        ["sample_id"] if manifest_ok else ())
+    run(
+        "manifest",
+        manifest,
+        _manifest_expectations(manifest_ok, num_classes),
+        ["sample_id"] if manifest_ok else (),
+    )
     if manifest_ok:
-        run("class counts", _class_counts(manifest, num_classes),
+        run(
+            "class counts",
+            _class_counts(manifest, num_classes),
             [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)],
-            ["split", "label"])
+            ["split", "label"],
+        )
 
     forget = pd.DataFrame({"forget_class": list(forget_classes)})
-    run("forget classes", forget, [
-        # At least one class to forget, each a known class, and at least one class left over.
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="forget_class", min_value=0, max_value=num_classes - 1),
-        gxe.ExpectColumnUniqueValueCountToBeBetween(column="forget_class", max_value=num_classes - 1),
-    ])
+    run(
+        "forget classes",
+        forget,
+        [
+            # At least one class to forget, each a known class, and at least one class left over.
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="forget_class", min_value=0, max_value=num_classes - 1
+            ),
+            gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column="forget_class", max_value=num_classes - 1
+            ),
+        ],
+    )
 
     retain_ok = _has_columns(retain_subset, MANIFEST_COLUMNS)
-    run("retain subset", retain_subset, _retain_expectations(retain_ok, forget_classes),
-        ["sample_id"] if retain_ok else ())
+    run(
+        "retain subset",
+        retain_subset,
+        _retain_expectations(retain_ok, forget_classes),
+        ["sample_id"] if retain_ok else (),
+    )
     if retain_ok and manifest_ok:
-        run("retain vs manifest", _retain_against_train(retain_subset, manifest), [
-            # A null means the id is not in the manifest's train split at all.
-            gxe.ExpectColumnValuesToNotBeNull(column="train_split_digest"),
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="digest", column_B="train_split_digest", ignore_row_if="either_value_is_missing"
-            ),
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="label", column_B="train_split_label", ignore_row_if="either_value_is_missing"
-            ),
-        ], ["sample_id"])
+        run(
+            "retain vs manifest",
+            _retain_against_train(retain_subset, manifest),
+            [
+                # A null means the id is not in the manifest's train split at all.
+                gxe.ExpectColumnValuesToNotBeNull(column="train_split_digest"),
+                gxe.ExpectColumnPairValuesToBeEqual(
+                    column_A="digest",
+                    column_B="train_split_digest",
+                    ignore_row_if="either_value_is_missing",
+                ),
+                gxe.ExpectColumnPairValuesToBeEqual(
+                    column_A="label",
+                    column_B="train_split_label",
+                    ignore_row_if="either_value_is_missing",
+                ),
+            ],
+            ["sample_id"],
+        )
 
     failures.extend(str(f) for f in extra_failures)
     return ValidationReport(success=not failures, failures=tuple(failures), evaluated=evaluated)
@@ -150,7 +198,9 @@ def _column_presence(columns: Iterable[str]) -> list[gxe.Expectation]:
 
 
 def _manifest_expectations(columns_ok: bool, num_classes: int) -> list[gxe.Expectation]:
-    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+    expectations = _column_presence(MANIFEST_COLUMNS) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1)
+    ]
     if not columns_ok:
         # Every other expectation would only raise "column does not exist"; the presence
         # failures above already say what is wrong.
@@ -167,8 +217,12 @@ def _manifest_expectations(columns_ok: bool, num_classes: int) -> list[gxe.Expec
     return expectations
 
 
-def _retain_expectations(columns_ok: bool, forget_classes: tuple[int, ...]) -> list[gxe.Expectation]:
-    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+def _retain_expectations(
+    columns_ok: bool, forget_classes: tuple[int, ...]
+) -> list[gxe.Expectation]:
+    expectations = _column_presence(MANIFEST_COLUMNS) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1)
+    ]
     if not columns_ok:
         return expectations
     expectations += [
@@ -234,9 +288,15 @@ def _batch_definition(table: str) -> Any:
 
 
 def _validate_frame(
-    table: str, frame: pd.DataFrame, expectations: list[gxe.Expectation], index_columns: Sequence[str]
+    table: str,
+    frame: pd.DataFrame,
+    expectations: list[gxe.Expectation],
+    index_columns: Sequence[str],
 ) -> ExpectationSuiteValidationResult:
-    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": _SAMPLE_SIZE}
+    result_format: dict[str, Any] = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": _SAMPLE_SIZE,
+    }
     if index_columns:
         result_format["unexpected_index_column_names"] = list(index_columns)
     with _LOCK:
@@ -261,7 +321,9 @@ def _describe(table: str, frame: pd.DataFrame, result: ExpectationValidationResu
     elif "column_A" in kwargs:
         where = f" on columns {kwargs['column_A']!r} and {kwargs['column_B']!r}"
     expected = ", ".join(
-        f"{k}={v!r}" for k, v in sorted(kwargs.items()) if k not in _UNINTERESTING_KWARGS and v is not None
+        f"{k}={v!r}"
+        for k, v in sorted(kwargs.items())
+        if k not in _UNINTERESTING_KWARGS and v is not None
     )
     head = f"{table}: {config.type}{where}" + (f" ({expected})" if expected else "")
     if config.type == "expect_column_to_exist":
@@ -280,7 +342,9 @@ def _found(result: ExpectationValidationResult) -> str:
         text = f"{count} of {total} rows unexpected"
         rows = details.get("partial_unexpected_index_list")
         if rows and isinstance(rows[0], Mapping):
-            quoted = "; ".join(", ".join(f"{k}={_plain(v)}" for k, v in row.items()) for row in rows[:_SAMPLE_SIZE])
+            quoted = "; ".join(
+                ", ".join(f"{k}={_plain(v)}" for k, v in row.items()) for row in rows[:_SAMPLE_SIZE]
+            )
             return f"{text}: {quoted}" + (" ..." if count > _SAMPLE_SIZE else "")
         values = [_plain(v) for v in details.get("partial_unexpected_list", [])[:_SAMPLE_SIZE]]
         return f"{text}, e.g. {values}"

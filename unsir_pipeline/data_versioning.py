@@ -1,0 +1,277 @@
+"""Data versioning with DVC: the repository, stages, tracked files, the remote, digest checks.
+
+This is the only module that talks to DVC. It drives DVC's command line (``python -m dvc``
+from this interpreter, so the venv's DVC is the one used) rather than its Python internals:
+the CLI is DVC's stable interface, each call is isolated in its own process, and its
+error output can be quoted as is. A call costs about 0.3 s.
+
+Digests are read from ``dvc.lock`` and ``*.dvc`` files directly and recomputed here, so
+that checking data before a run (``verify``) needs no DVC process at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import yaml
+
+REMOTE_NAME = "local"
+_STDERR_TAIL_LINES = 20
+_CHUNK = 1 << 20
+# Walking these would be slow or pointless; hidden directories (.git, .dvc, .venv) are
+# skipped as well.
+_SKIPPED_DIRS = {"__pycache__", "node_modules", "venv"}
+
+
+class DataVersioningError(Exception):
+    """A DVC command failed or DVC metadata could not be read; the message says which and why."""
+
+
+def ensure_repo(project_dir: Path, remote_dir: Path) -> None:
+    """Make ``project_dir`` a DVC project with a local default remote; safe to call again.
+
+    Inside a git repository whose root is elsewhere, DVC is initialised with ``--subdir``;
+    outside any git repository, with ``--no-scm``. Analytics and the update check are
+    switched off in the project's config so that later CLI calls stay offline and quiet.
+    """
+    project_dir = Path(project_dir).resolve()
+    remote_dir = Path(remote_dir).resolve()
+    project_dir.mkdir(parents=True, exist_ok=True)
+    remote_dir.mkdir(parents=True, exist_ok=True)
+    if not (project_dir / ".dvc").is_dir():
+        git_root = _git_root(project_dir)
+        if git_root is None:
+            flags = ["--no-scm"]
+        elif git_root != project_dir:
+            flags = ["--subdir"]
+        else:
+            flags = []
+        _dvc(project_dir, "init", "--quiet", *flags)
+    _dvc(project_dir, "config", "core.analytics", "false")
+    _dvc(project_dir, "config", "core.check_update", "false")
+    # -f replaces an existing remote of that name, which is what makes this idempotent.
+    _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, str(remote_dir))
+
+
+def repro(project_dir: Path, targets: Sequence[str] = ()) -> None:
+    """Run ``dvc repro`` (all stages, or ``targets``); stages whose inputs are unchanged are skipped."""
+    _dvc(_project(project_dir), "repro", *targets)
+
+
+def track(project_dir: Path, path: Path) -> str:
+    """``dvc add`` a file (or directory) and return the md5 DVC recorded for it.
+
+    Adding an unchanged file again changes nothing and returns the same digest.
+    """
+    project_dir = _project(project_dir)
+    relative = _relative(project_dir, path)
+    if not (project_dir / relative).exists():
+        raise DataVersioningError(
+            f"cannot track {relative}: no such file or directory in {project_dir}"
+        )
+    _dvc(project_dir, "add", "--quiet", relative)
+    digest = recorded_digests(project_dir).get(relative)
+    if digest is None:
+        raise DataVersioningError(f"`dvc add {relative}` succeeded but no .dvc file records it")
+    return digest
+
+
+def push(project_dir: Path) -> None:
+    """Upload every tracked output in the cache to the default remote."""
+    _dvc(_project(project_dir), "push", "--quiet")
+
+
+def recorded_digests(project_dir: Path) -> dict[str, str]:
+    """md5 of every output recorded in ``dvc.lock`` files and ``*.dvc`` files.
+
+    Keys are POSIX paths relative to ``project_dir``; a directory output's digest ends in
+    ``.dir``, as DVC writes it.
+    """
+    project_dir = _project(project_dir)
+    digests: dict[str, str] = {}
+    for meta in _metadata_files(project_dir):
+        for base, out in _outputs(meta):
+            md5 = out.get("md5")
+            if not md5 or "path" not in out:
+                continue
+            # Normalised, not resolved: with symlinked cache links, resolving would land in the cache.
+            digests[_relative(project_dir, base / out["path"])] = str(md5)
+    return digests
+
+
+def verify(project_dir: Path, paths: Sequence[str]) -> list[str]:
+    """Recompute the md5 of each path and list every way it differs from what DVC recorded.
+
+    An empty list means every path matches. Files are hashed as DVC 3 does (plain md5 of the
+    bytes); a directory output is checked file by file against its ``.dir`` listing in the
+    cache.
+    """
+    project_dir = _project(project_dir)
+    recorded = recorded_digests(project_dir)
+    problems: list[str] = []
+    for given in paths:
+        relative = _relative(project_dir, given)
+        expected = recorded.get(relative)
+        target = project_dir / relative
+        if expected is None:
+            problems.append(f"{relative}: not tracked by DVC")
+        elif not target.exists():
+            problems.append(f"{relative}: recorded md5 {expected}, but the path does not exist")
+        elif expected.endswith(".dir"):
+            problems.extend(_verify_directory(project_dir, relative, expected))
+        elif target.is_dir():
+            problems.append(f"{relative}: recorded as a file (md5 {expected}), found a directory")
+        else:
+            found = file_md5(target)
+            if found != expected:
+                problems.append(f"{relative}: recorded md5 {expected}, found {found}")
+    return problems
+
+
+def file_md5(path: Path) -> str:
+    """Plain md5 of a file's bytes, read in chunks (DVC 3's file hash)."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # DVC_NO_ANALYTICS also covers `dvc init`, which runs before the config can say so.
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    command = [sys.executable, "-m", "dvc", *args]
+    try:
+        result = subprocess.run(
+            command, cwd=project_dir, env=env, capture_output=True, text=True, check=False
+        )
+    except OSError as err:
+        raise DataVersioningError(
+            f"cannot start `dvc {' '.join(args)}` in {project_dir}: {err}"
+        ) from err
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()
+        tail = "\n".join(output[-_STDERR_TAIL_LINES:]) or "(no output)"
+        raise DataVersioningError(
+            f"`dvc {' '.join(args)}` in {project_dir} exited with code {result.returncode}:\n{tail}"
+        )
+    return result
+
+
+def _project(project_dir: Path) -> Path:
+    project_dir = Path(project_dir).resolve()
+    if not (project_dir / ".dvc").is_dir():
+        raise DataVersioningError(
+            f"{project_dir} is not a DVC project (no .dvc directory); call ensure_repo first"
+        )
+    return project_dir
+
+
+def _git_root(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` holding ``.git`` (a directory or a worktree file)."""
+    for directory in (start, *start.parents):
+        if (directory / ".git").exists():
+            return directory
+    return None
+
+
+def _relative(project_dir: Path, path: str | Path) -> str:
+    """``path`` (absolute, or relative to ``project_dir``) as a POSIX path relative to the project."""
+    candidate = Path(path)
+    absolute = candidate if candidate.is_absolute() else project_dir / candidate
+    absolute = Path(os.path.normpath(absolute))
+    try:
+        return absolute.relative_to(project_dir).as_posix()
+    except ValueError:
+        raise DataVersioningError(
+            f"{str(path)!r} is outside the DVC project {project_dir}"
+        ) from None
+
+
+def _metadata_files(project_dir: Path) -> Iterator[Path]:
+    """Every ``dvc.lock`` and ``*.dvc`` file, skipping hidden and tool directories."""
+    for root, dirs, files in os.walk(project_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if name == "dvc.lock" or name.endswith(".dvc"):
+                yield Path(root) / name
+
+
+def _outputs(meta: Path) -> Iterator[tuple[Path, dict]]:
+    """(directory its path is relative to, output entry) for each output a metadata file records."""
+    try:
+        content = yaml.safe_load(meta.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DataVersioningError(f"cannot read DVC metadata {meta}: {err}") from err
+    if not isinstance(content, dict):
+        raise DataVersioningError(f"DVC metadata {meta} is not a mapping")
+    if meta.name == "dvc.lock":
+        wdirs = _stage_wdirs(meta.parent)
+        for name, stage in (content.get("stages") or {}).items():
+            base = meta.parent / wdirs.get(name.split("@")[0], ".")
+            for out in stage.get("outs") or []:
+                yield base, out
+    else:
+        base = meta.parent / content.get("wdir", ".")
+        for out in content.get("outs") or []:
+            yield base, out
+
+
+def _stage_wdirs(directory: Path) -> dict[str, str]:
+    """Working directories of the stages in ``dvc.yaml`` (lock paths are relative to them)."""
+    pipeline = directory / "dvc.yaml"
+    if not pipeline.is_file():
+        return {}
+    try:
+        stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DataVersioningError(f"cannot read {pipeline}: {err}") from err
+    return {
+        name: str(stage["wdir"])
+        for name, stage in stages.items()
+        if isinstance(stage, dict) and "wdir" in stage
+    }
+
+
+def _verify_directory(project_dir: Path, relative: str, expected: str) -> list[str]:
+    """Compare a directory with the file listing DVC cached for its ``.dir`` digest."""
+    listing_path = _cache_dir(project_dir) / "files" / "md5" / expected[:2] / expected[2:]
+    if not listing_path.is_file():
+        return [
+            f"{relative}: recorded md5 {expected}, but its file listing is not in the local cache to compare with"
+        ]
+    try:
+        listing = json.loads(listing_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataVersioningError(
+            f"cannot read DVC directory listing {listing_path}: {err}"
+        ) from err
+    recorded = {entry["relpath"]: entry["md5"] for entry in listing}
+    directory = project_dir / relative
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    problems = []
+    for name in sorted(recorded.keys() | present):
+        where = f"{relative}/{name}"
+        if name not in present:
+            problems.append(f"{where}: recorded md5 {recorded[name]}, but the file is missing")
+        elif name not in recorded:
+            problems.append(f"{where}: not recorded in {relative} (md5 {expected})")
+        else:
+            found = file_md5(directory / name)
+            if found != recorded[name]:
+                problems.append(f"{where}: recorded md5 {recorded[name]}, found {found}")
+    return problems
+
+
+def _cache_dir(project_dir: Path) -> Path:
+    result = _dvc(project_dir, "cache", "dir")
+    return Path(result.stdout.strip())
