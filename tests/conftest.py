@@ -1,0 +1,39 @@
+"""Shared fixtures. The digits model is trained once per session: a few seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unsir.data import load_digits
+from unsir.models import ModelSpec, build_model
+from unsir.problem import prepare_splits
+from unsir.splits import make_split_manifest
+from unsir.training import OptimConfig, fit, seed_everything
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_manifest(digits):
+    return make_split_manifest(digits, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_splits(digits, digits_manifest):
+    return prepare_splits(digits, digits_manifest)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model(digits_splits):
+    """A small CNN trained on digits to ~97% test accuracy (15 epochs, ~2 s)."""
+    generator = seed_everything(0)
+    model = build_model(ModelSpec("small_cnn", 10, 1))
+    fit(model, digits_splits.train_images, digits_splits.train_labels, OptimConfig(lr=1e-3, epochs=15, batch_size=32),
+        device=CPU, generator=generator)
+    return model.eval()

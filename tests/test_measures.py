@@ -1,0 +1,94 @@
+"""Denominators and definitions of every measure, on hand-made cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unsir.measures import (
+    EvaluationData,
+    activation_distance,
+    confusion_matrix,
+    evaluate_model,
+    forget_retain_accuracy,
+    js_divergence,
+    membership_inference,
+    per_class_accuracy,
+    relearn_steps,
+    weight_distance,
+)
+from unsir.training import OptimConfig
+
+CPU = torch.device("cpu")
+
+
+def test_forget_and_retain_accuracy_divide_by_their_own_counts():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 1, 2, 2, 2, 2, 0])
+    forget, retain = forget_retain_accuracy(preds, labels, (0,), 3)
+    assert forget == pytest.approx(1 / 3)  # 1 of the 3 class-0 samples, not of 10
+    assert retain == pytest.approx(6 / 7)
+    per_class = per_class_accuracy(preds, labels, 4)
+    np.testing.assert_allclose(per_class[:3], [1 / 3, 1.0, 0.8])
+    assert math.isnan(per_class[3])  # no sample: undefined, not 0
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    matrix = confusion_matrix(torch.tensor([1, 1, 0]), torch.tensor([0, 1, 0]), 2)
+    assert matrix.tolist() == [[1, 1], [0, 1]]
+
+
+def _logits_with_entropy(n, confident):
+    logits = torch.zeros(n, 4)
+    logits[:, 0] = 8.0 if confident else 0.2
+    return logits
+
+
+def test_membership_inference_calls_confident_targets_members():
+    members, nonmembers = _logits_with_entropy(50, True), _logits_with_entropy(50, False)
+    labels = torch.zeros(50, dtype=torch.long)
+    as_members = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20])
+    as_outsiders = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, False), labels[:20])
+    assert as_members == 1.0 and as_outsiders == 0.0
+    loss_based = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20], feature="loss")
+    assert loss_based == 1.0
+
+
+def test_js_divergence_and_activation_distance_bounds():
+    a = torch.tensor([[10.0, -10.0]])
+    b = torch.tensor([[-10.0, 10.0]])
+    assert js_divergence(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert js_divergence(a, b) == pytest.approx(math.log(2), abs=1e-4)
+    assert activation_distance(a, b) == pytest.approx(math.sqrt(2), abs=1e-4)
+
+
+def test_weight_distance_is_relative():
+    a, b = nn.Linear(2, 1, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        b.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    assert weight_distance(a, a) == 0.0
+    assert weight_distance(b, a) == pytest.approx(1.0)
+
+
+def test_relearn_steps_zero_when_target_already_met_and_counts_otherwise(trained_digits_model, digits_splits):
+    forget = digits_splits.train_labels == 5
+    test_forget = digits_splits.test_labels == 5
+    args = (digits_splits.train_images[forget], digits_splits.train_labels[forget], digits_splits.test_images[test_forget], digits_splits.test_labels[test_forget])
+    kwargs = dict(config=OptimConfig(lr=1e-3, batch_size=16), max_steps=50, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert relearn_steps(trained_digits_model, *args, target_accuracy=0.5, **kwargs) == 0
+    fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    steps = relearn_steps(fresh, *args, target_accuracy=0.9, **kwargs)
+    assert 0 < steps <= 50
+    assert all(p.grad is None for p in fresh.parameters()), "relearning must work on a copy"
+
+
+def test_evaluate_model_reports_forget_retain_and_mia(trained_digits_model, digits_splits):
+    data = EvaluationData(digits_splits.train_images, digits_splits.train_labels, digits_splits.test_images, digits_splits.test_labels, 10, (3,))
+    result = evaluate_model(trained_digits_model, data, device=CPU, original=trained_digits_model)
+    assert result.metrics["forget_acc"] > 0.85 and result.metrics["retain_acc"] > 0.85
+    assert 0.0 <= result.metrics["mia"] <= 1.0
+    assert result.metrics["weight_distance"] == 0.0
+    assert len(result.per_class_test) == 10 and sum(map(sum, result.confusion_test)) == len(digits_splits.test_labels)

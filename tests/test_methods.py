@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from unsir.errors import UnlearningInputError
+from unsir.measures import evaluate_model
+from unsir.methods import METHODS, UnlearningTask, make_method
+from unsir.methods.unsir import UNSIRConfig
+from unsir.noise import NoiseConfig
+from unsir.problem import build_task
+from unsir.splits import draw_retain_subset
+from unsir.training import OptimConfig
+
+CPU = torch.device("cpu")
+FAST = UNSIRConfig(
+    noise=NoiseConfig(batch_size=64, steps=40),
+    noise_copies=5,
+    impair=OptimConfig(lr=2e-3, batch_size=32),
+    repair=OptimConfig(lr=1e-3, epochs=3, batch_size=32),
+)
+
+
+def _task(digits, manifest, splits, forget, per_class=50, **kwargs):
+    rows = draw_retain_subset(manifest, forget_classes=forget, per_class=per_class, seed=0, num_classes=10)
+    return build_task(splits, digits, rows, forget, **kwargs)
+
+
+def test_every_method_is_registered_by_name():
+    assert {"unsir", "noise_free", "retrain", "finetune", "neggrad", "random_labels"} <= set(METHODS)
+    with pytest.raises(UnlearningInputError, match="unknown unlearning method 'magic'"):
+        make_method("magic")
+    with pytest.raises(UnlearningInputError, match="no settings"):
+        make_method("unsir", noise_cpies=3)
+
+
+@pytest.mark.parametrize("forget", [(3,), (3, 8)])
+def test_unsir_forgets_and_keeps_retain_accuracy(trained_digits_model, digits, digits_manifest, digits_splits, forget):
+    task = _task(digits, digits_manifest, digits_splits, forget)
+    before = evaluate_model(trained_digits_model, digits_splits.evaluation_data(forget), device=CPU).metrics
+    result = make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    after = evaluate_model(result.model, digits_splits.evaluation_data(forget), device=CPU).metrics
+    assert before["forget_acc"] > 0.85
+    assert after["forget_acc"] < 0.10
+    assert after["retain_acc"] > before["retain_acc"] - 0.05
+    assert set(result.timings_s) == {"noise_s", "impair_s", "repair_s"}
+    assert sorted(result.noise) == list(forget)
+
+
+def test_unlearning_leaves_the_original_model_untouched(trained_digits_model, digits, digits_manifest, digits_splits):
+    before = {k: v.clone() for k, v in trained_digits_model.state_dict().items()}
+    task = _task(digits, digits_manifest, digits_splits, (1,))
+    make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in trained_digits_model.state_dict().items())
+
+
+def test_same_seed_gives_same_unlearned_model(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (6,))
+
+    def run(seed):
+        model = make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(seed)).model
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(4), run(4))
+    assert not torch.equal(run(4), run(5))
+
+
+@pytest.mark.parametrize("name", ["retrain", "finetune", "neggrad", "random_labels", "noise_free"])
+def test_baselines_run_behind_the_same_interface(trained_digits_model, digits, digits_manifest, digits_splits, name):
+    task = _task(digits, digits_manifest, digits_splits, (2,), with_baseline_data=True)
+    overrides = {"train": OptimConfig(lr=2e-3, epochs=2, batch_size=64)} if name == "retrain" else {}
+    result = make_method(name, **overrides).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert result.wall_s > 0 and result.model is not trained_digits_model
+    if name == "retrain":  # never saw class 2
+        assert evaluate_model(result.model, digits_splits.evaluation_data((2,)), device=CPU).metrics["forget_acc"] == 0.0
+
+
+def test_baselines_needing_more_data_say_so(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (2,))
+    with pytest.raises(UnlearningInputError, match="forget_train_images"):
+        make_method("neggrad").unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
+
+
+class ForwardCounter:
+    def __init__(self, model):
+        self.calls = 0
+        model.register_forward_hook(self.hook)
+
+    def hook(self, *_):
+        self.calls += 1
+
+
+@pytest.mark.parametrize(
+    ("forget", "retain_x", "retain_y", "message"),
+    [
+        ((12,), torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 4]), "unknown forget class 12"),
+        (tuple(range(10)), torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 4]), "every one of the 10 classes"),
+        ((3,), torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "retain subset is empty"),
+        ((3,), torch.zeros(4, 1, 8, 8), torch.tensor([0, 3, 2, 4]), r"samples of forget classes \[3\]"),
+        ((3,), torch.zeros(4, 8, 8), torch.tensor([0, 1, 2, 4]), r"shape \(N, C, H, W\)"),
+        ((3,), torch.zeros(4, 1, 8), torch.tensor([0, 1, 2, 4]), r"shape \(N, C, H, W\)"),
+    ],
+)
+def test_bad_input_fails_before_any_compute(trained_digits_model, forget, retain_x, retain_y, message):
+    import copy
+
+    model = copy.deepcopy(trained_digits_model)
+    counter = ForwardCounter(model)
+    task = UnlearningTask(forget_classes=forget, num_classes=10, retain_images=retain_x, retain_labels=retain_y)
+    with pytest.raises(UnlearningInputError, match=message):
+        make_method("unsir", FAST).unlearn(model, task, device=CPU, generator=torch.Generator())
+    assert counter.calls == 0
+
+
+def test_wrong_input_shape_for_the_model_is_a_clear_error(trained_digits_model):
+    task = UnlearningTask(forget_classes=(3,), num_classes=10, retain_images=torch.zeros(4, 3, 8, 8), retain_labels=torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(UnlearningInputError, match=r"cannot take samples of shape \(3, 8, 8\)"):
+        make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
+
+
+def test_class_count_mismatch_is_a_clear_error(trained_digits_model):
+    task = UnlearningTask(forget_classes=(3,), num_classes=12, retain_images=torch.zeros(4, 1, 8, 8), retain_labels=torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(UnlearningInputError, match=r"expected \(N, 12\) logits"):
+        make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from unsir.data import resolve_classes
+from unsir.errors import UnlearningInputError
+from unsir.splits import Normalization, SplitFractions, draw_retain_subset, make_split_manifest
+
+
+def test_manifest_is_deterministic_stratified_and_complete(digits, digits_manifest):
+    again = make_split_manifest(digits, seed=0)
+    assert digits_manifest.equals(again)
+    assert not digits_manifest.equals(make_split_manifest(digits, seed=1))
+    assert len(digits_manifest) == len(digits) and digits_manifest["sample_id"].is_unique
+    share = digits_manifest.groupby("label")["split"].apply(lambda s: (s == "train").mean())
+    assert share.between(0.65, 0.75).all(), share  # every class split ~70/30
+    assert digits_manifest["digest"].str.fullmatch(r"[0-9a-f]{64}").all()
+
+
+def test_manifest_with_validation_split(digits):
+    manifest = make_split_manifest(digits, seed=0, fractions=SplitFractions(0.6, 0.2, 0.2))
+    counts = manifest["split"].value_counts(normalize=True)
+    assert counts["val"] == pytest.approx(0.2, abs=0.01)
+
+
+def test_retain_subset_has_no_forget_class_and_n_per_class(digits_manifest):
+    rows = draw_retain_subset(digits_manifest, forget_classes=(3, 8), per_class=20, seed=5, num_classes=10)
+    assert not rows["label"].isin([3, 8]).any()
+    assert rows.groupby("label").size().to_dict() == {c: 20 for c in range(10) if c not in (3, 8)}
+    assert set(rows["split"]) == {"train"}
+    again = draw_retain_subset(digits_manifest, forget_classes=(3, 8), per_class=20, seed=5, num_classes=10)
+    assert rows.equals(again)
+
+
+@pytest.mark.parametrize(
+    ("forget", "per_class", "message"),
+    [((10,), 5, "unknown forget class 10"), (tuple(range(10)), 5, "every one of the 10 classes"), ((), 5, "no forget class"), ((1,), 0, "must be positive")],
+)
+def test_retain_subset_rejects_bad_input(digits_manifest, forget, per_class, message):
+    with pytest.raises(UnlearningInputError, match=message):
+        draw_retain_subset(digits_manifest, forget_classes=forget, per_class=per_class, seed=0, num_classes=10)
+
+
+def test_resolve_classes_accepts_names_and_indices():
+    names = ("cat", "dog", "frog")
+    assert resolve_classes(["dog", 0, "2"], names) == (0, 1, 2)
+    with pytest.raises(UnlearningInputError, match="unknown class 'bird'"):
+        resolve_classes(["bird"], names)
+
+
+def test_normalization_fit_on_train_gives_zero_mean_unit_std():
+    images = torch.rand(64, 3, 4, 4) * 5 + 2
+    norm = Normalization.fit(images)
+    out = norm.apply(images)
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (out.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
+    with pytest.raises(UnlearningInputError, match="1 channels"):
+        norm.apply(torch.zeros(2, 1, 4, 4))

@@ -1,0 +1,139 @@
+"""The measures that judge forgetting, defined as in ``shared/UNSIR.md``, and one function
+that applies them all to a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from unsir.errors import UnlearningInputError
+from unsir.measures.accuracy import forget_retain_accuracy, group_accuracy, per_class_accuracy
+from unsir.measures.distance import activation_distance, js_divergence, weight_distance, zrf_score
+from unsir.measures.membership import MIA_FEATURES, membership_inference
+from unsir.measures.probe import linear_probe_forget_accuracy
+from unsir.measures.relearn import relearn_steps
+from unsir.splits import check_forget_classes
+from unsir.training import OptimConfig, predict_logits
+
+__all__ = [
+    "EvaluationConfig", "EvaluationData", "ModelEvaluation", "evaluate_model", "forget_retain_accuracy",
+    "group_accuracy", "per_class_accuracy", "membership_inference", "js_divergence", "activation_distance",
+    "zrf_score", "weight_distance", "relearn_steps", "linear_probe_forget_accuracy", "confusion_matrix",
+]
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """Normalised train and test tensors, and which classes count as forgotten."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    forget_classes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check_forget_classes(tuple(self.forget_classes), self.num_classes)
+
+    def mask(self, labels: torch.Tensor, forget: bool) -> torch.Tensor:
+        inside = torch.isin(labels, torch.as_tensor(self.forget_classes, dtype=labels.dtype))
+        return inside if forget else ~inside
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    mia_feature: str = "entropy"
+    probe: bool = False
+    relearn: bool = False
+    relearn_target_fraction: float = 0.9  # of the original model's forget-test accuracy
+    relearn_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, batch_size=16))
+    relearn_max_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if self.mia_feature not in MIA_FEATURES:
+            raise UnlearningInputError(f"unknown MIA feature {self.mia_feature!r}; expected one of {MIA_FEATURES}")
+        if not 0 < self.relearn_target_fraction <= 1:
+            raise UnlearningInputError(f"relearn_target_fraction must be in (0, 1], got {self.relearn_target_fraction}")
+
+
+@dataclass
+class ModelEvaluation:
+    metrics: dict[str, float]
+    per_class_test: list[float]
+    confusion_test: list[list[int]]
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels.cpu().numpy(), predictions.cpu().numpy()), 1)
+    return matrix
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: EvaluationData,
+    *,
+    device: torch.device,
+    config: EvaluationConfig = EvaluationConfig(),
+    original: nn.Module | None = None,
+    reference: nn.Module | None = None,
+    random_model: nn.Module | None = None,
+    original_forget_acc: float | None = None,
+    generator: torch.Generator | None = None,
+) -> ModelEvaluation:
+    """Every measure of ``model``; those needing another model run only when it is given.
+
+    ``original``: the model before unlearning (weight distance). ``reference``: the retrained
+    model (JS divergence, activation distance on D_f). ``random_model``: an untrained one (ZRF).
+    """
+    train_logits = predict_logits(model, data.train_images, device=device)
+    test_logits = predict_logits(model, data.test_images, device=device)
+    train_pred, test_pred = train_logits.argmax(1), test_logits.argmax(1)
+    forget_acc, retain_acc = forget_retain_accuracy(test_pred, data.test_labels, data.forget_classes, data.num_classes)
+    forget_acc_train, retain_acc_train = forget_retain_accuracy(train_pred, data.train_labels, data.forget_classes, data.num_classes)
+    per_class = per_class_accuracy(test_pred, data.test_labels, data.num_classes)
+
+    f_tr, r_tr = data.mask(data.train_labels, True), data.mask(data.train_labels, False)
+    f_te, r_te = data.mask(data.test_labels, True), data.mask(data.test_labels, False)
+    metrics = {
+        "forget_acc": forget_acc,
+        "retain_acc": retain_acc,
+        "forget_acc_train": forget_acc_train,
+        "retain_acc_train": retain_acc_train,
+        "test_acc": float((test_pred == data.test_labels).float().mean()),
+        "mia": membership_inference(
+            train_logits[r_tr], data.train_labels[r_tr], test_logits[r_te], data.test_labels[r_te],
+            train_logits[f_tr], data.train_labels[f_tr], feature=config.mia_feature,
+        ),
+    }
+    forget_train_images = data.train_images[f_tr]
+    if original is not None:
+        metrics["weight_distance"] = weight_distance(model, original)
+    if reference is not None:
+        ref_logits = predict_logits(reference, forget_train_images, device=device)
+        metrics["js_to_retrain"] = js_divergence(train_logits[f_tr], ref_logits)
+        metrics["activation_distance"] = activation_distance(train_logits[f_tr], ref_logits)
+    if random_model is not None:
+        metrics["zrf"] = zrf_score(train_logits[f_tr], predict_logits(random_model, forget_train_images, device=device))
+    if config.probe:
+        metrics["probe_forget_acc"] = linear_probe_forget_accuracy(
+            model, data.train_images, data.train_labels, data.test_images, data.test_labels, data.forget_classes, device=device
+        )
+    if config.relearn:
+        if original_forget_acc is None:
+            raise UnlearningInputError("relearn time needs original_forget_acc, the original model's forget accuracy")
+        metrics["relearn_steps"] = float(
+            relearn_steps(
+                model, forget_train_images, data.train_labels[f_tr], data.test_images[f_te], data.test_labels[f_te],
+                target_accuracy=config.relearn_target_fraction * original_forget_acc, config=config.relearn_optim,
+                max_steps=config.relearn_max_steps, device=device,
+                generator=generator if generator is not None else torch.Generator().manual_seed(0),
+            )
+        )
+    confusion = confusion_matrix(test_pred, data.test_labels, data.num_classes)
+    return ModelEvaluation(metrics, [float(v) for v in per_class], confusion.tolist())

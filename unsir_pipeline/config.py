@@ -1,0 +1,180 @@
+"""Pipeline configuration: ``params.yaml`` read once into frozen, validated models.
+
+Unknown keys and ill-typed values are rejected at load with the offending key path. Command
+line overrides (``key.path=value``, values parsed as YAML) are applied before validation and
+recorded, so a run's parameters and their hash say exactly what it ran with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unsir.methods.unsir import UNSIRConfig
+from unsir.noise import NoiseConfig
+from unsir.splits import SplitFractions
+from unsir.training import OptimConfig
+
+
+class ConfigError(ValueError):
+    """params.yaml or an override is invalid; the message names the key and the problem."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OptimParams(Frozen):
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(default=0.0, ge=0)
+
+    def to_core(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, weight_decay=self.weight_decay)
+
+
+class FractionsParams(Frozen):
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(ge=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "FractionsParams":
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test}")
+        return self
+
+    def to_core(self) -> SplitFractions:
+        return SplitFractions(self.train, self.val, self.test)
+
+
+class DataParams(Frozen):
+    name: str = Field(description="digits, cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder")
+    root: str | None = None
+    image_size: int | None = Field(default=None, gt=0)
+    split_seed: int = 0
+    fractions: FractionsParams
+    retain_per_class: int = Field(gt=0)
+    retain_seed: int = 0
+    min_per_class: int = Field(default=1, ge=1, description="validation: samples of each class in each split")
+
+
+class ModelParams(Frozen):
+    arch: str
+    kwargs: dict = Field(default_factory=dict)
+    seed: int = 0
+    train: OptimParams
+
+
+class NoiseParams(Frozen):
+    batch_size: int = Field(gt=0)
+    steps: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    l2_weight: float = Field(ge=0)
+    l2_reduction: Literal["pixel_mean", "pixel_sum"] = "pixel_mean"
+
+
+class UnlearnParams(Frozen):
+    forget_classes: list[int | str] = Field(min_length=1, description="default for `dvc repro`; the CLI overrides it")
+    seed: int = 0
+    noise: NoiseParams
+    noise_copies: int = Field(ge=0)
+    impair: OptimParams
+    repair: OptimParams
+
+    def to_core(self) -> UNSIRConfig:
+        return UNSIRConfig(
+            noise=NoiseConfig(**self.noise.model_dump()),
+            noise_copies=self.noise_copies,
+            impair=self.impair.to_core(),
+            repair=self.repair.to_core(),
+        )
+
+
+class EvaluationParams(Frozen):
+    mia_feature: Literal["entropy", "loss"] = "entropy"
+
+
+class GateParams(Frozen):
+    """Promotion gate: a challenger becomes champion only when every bound holds."""
+
+    max_forget_acc: float = Field(ge=0, le=1)
+    max_retain_drop: float = Field(ge=0, le=1, description="original retain acc minus unlearned, test split")
+    max_mia: float = Field(ge=0, le=1, description="membership inference on the forget-train set")
+
+
+class RegistryParams(Frozen):
+    tracking_uri: str = Field(description="sqlite:///... (relative paths are under the project) or http(s)://server")
+    model_name: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    allow_pickled_module: bool = False
+
+
+class PathParams(Frozen):
+    state_dir: str = "state"
+    data_dir: str = "data"
+    dvc_remote: str = "state/dvc-remote"
+
+
+class Params(Frozen):
+    data: DataParams
+    model: ModelParams
+    unlearn: UnlearnParams
+    evaluation: EvaluationParams
+    gates: GateParams
+    registry: RegistryParams
+    paths: PathParams
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+    def digest(self) -> str:
+        """A stable hash of every parameter: tags a model version with what produced it."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict, in place."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section of params.yaml")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"override {override!r}: unknown key {key!r}")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"parameters file {str(path)!r} not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    # The environment wins for where services live, as services are per deployment.
+    if os.environ.get("MLFLOW_TRACKING_URI") and isinstance(raw.get("registry"), dict):
+        raw["registry"]["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid {path.name}: {problems}") from None
