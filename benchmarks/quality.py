@@ -27,11 +27,10 @@ from unsir.methods import METHODS, make_method
 from unsir.methods.baselines import RetrainConfig
 from unsir.methods.unsir import UNSIRConfig
 from unsir.models import ModelSpec, build_model
-from unsir.noise import NoiseConfig
 from unsir.problem import build_task, prepare_splits
 from unsir.recipes import recipe_for
 from unsir.splits import draw_retain_subset, make_split_manifest
-from unsir.training import OptimConfig, fit, seed_everything
+from unsir.training import fit, seed_everything
 
 # Measures reported in the printed table (the JSON has all of them).
 TABLE_COLUMNS = ("forget_acc", "retain_acc", "mia", "js_to_retrain", "probe_forget_acc", "relearn_steps", "anamnesis", "wall_s")

@@ -1,0 +1,1 @@
+"""Prefect flows: fixed sequences of the tasks in ``tasks/``."""

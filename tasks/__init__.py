@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that call one pipeline step, log, and return a small handle."""

@@ -56,7 +56,10 @@ def ensure_repo(project_dir: Path, remote_dir: Path) -> None:
     _dvc(project_dir, "config", "core.analytics", "false")
     _dvc(project_dir, "config", "core.check_update", "false")
     # -f replaces an existing remote of that name, which is what makes this idempotent.
-    _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, str(remote_dir))
+    # A remote inside the project is given relative to it (DVC stores it relative to .dvc/),
+    # so the committed config works in every clone.
+    url = os.path.relpath(remote_dir, project_dir) if remote_dir.is_relative_to(project_dir) else str(remote_dir)
+    _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
 
 
 def repro(project_dir: Path, targets: Sequence[str] = ()) -> None:
@@ -148,7 +151,9 @@ def file_md5(path: Path) -> str:
 
 def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # DVC_NO_ANALYTICS also covers `dvc init`, which runs before the config can say so.
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # Stage commands (`unsir stage ...`) must resolve to this environment's entry points.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path}
     command = [sys.executable, "-m", "dvc", *args]
     try:
         result = subprocess.run(

@@ -90,8 +90,11 @@ class ModelRegistry:
     # --- runs ---------------------------------------------------------------------------
 
     @contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-        """Open a run in the experiment (created if needed) and yield its id.
+    def start_run(
+        self, run_name: str | None = None, tags: dict[str, str] | None = None, *, run_id: str | None = None
+    ) -> Iterator[str]:
+        """Open a run in the experiment (created if needed) and yield its id; with ``run_id``,
+        resume that run instead (each pipeline task resumes the flow run's MLflow run).
 
         ``mlflow.pyfunc.log_model`` only logs to the fluent active run, so the global tracking
         URI is pointed at this registry for the run's duration; everything else goes through
@@ -104,12 +107,27 @@ class ModelRegistry:
         experiment_id = self._experiment_id()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        if run_id is not None:
+            context = mlflow.start_run(run_id=run_id, tags=tags)
+        else:
+            context = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        with context as run:
             self._run_id = run.info.run_id
             try:
                 yield run.info.run_id
             finally:
                 self._run_id = None
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        """The id of a run of the experiment carrying ``tag=value`` (a retried flow's run)."""
+        experiment = self._client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        runs = self._client.search_runs([experiment.experiment_id], filter_string=f"tags.{tag} = '{_quote(value)}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._client.set_terminated(run_id, status=status)
 
     def log_params(self, params: dict[str, Any]) -> None:
         run_id = self._active_run()

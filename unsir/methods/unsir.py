@@ -20,7 +20,7 @@ from unsir.training import OptimConfig, fit
 class UNSIRConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     noise_copies: int = 5  # copies of every noise tensor in the impair set (official: 20)
-    impair: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=1, batch_size=32))
+    impair: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, epochs=1, batch_size=32))
     repair: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=3, batch_size=32))
 
 

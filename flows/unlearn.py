@@ -1,0 +1,101 @@
+"""The ``unlearn`` flow: forget classes from the registered champion, prove it, register it.
+
+    resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
+    -> load-registered-model -> learn-noise -> impair -> repair -> evaluate
+    -> register-model-version -> promotion-gate
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from prefect import flow, runtime
+
+from tasks import data, evaluation, model, unlearning
+from tasks.common import workspace
+from unsir_pipeline import steps
+
+
+@dataclass
+class UnlearnResult:
+    forget_classes: list[int]
+    forget_class_names: list[str]
+    all_forgotten: list[int]
+    parent_version: int
+    new_version: int
+    promoted: bool
+    gate_reasons: list[str]
+    metrics: dict[str, float]
+    per_class: list[dict]
+    mlflow_run_id: str
+    flow_run_id: str
+    device: str
+    compute_s: dict[str, float] = field(default_factory=dict)
+    task_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Clock:
+    """Wall time of each task as the flow sees it (scheduling and I/O included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+
+@flow(name="unlearn", log_prints=True, validate_parameters=True)
+def unlearn(forget_classes: list[str], project_dir: str = ".", overrides: list[str] | None = None, alias: str | None = None) -> dict:
+    overrides = list(overrides or [])
+    ws = workspace(project_dir, overrides)
+    alias = alias or ws.params.registry.champion_alias
+    flow_run_id = str(runtime.flow_run.id or "local")
+    clock = _Clock()
+
+    parent = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, alias)
+    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, flow_run_id, forget_classes)
+    registry = steps.registry_for(ws)
+    try:
+        handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent["forgotten_classes"])
+        digests = clock("version-data", data.version_data, project_dir, overrides, handles["retain_subset"])
+        clock("load-registered-model", model.load_registered_model, project_dir, overrides, flow_run_id, parent["version"])
+        noise = clock("learn-noise", unlearning.learn_noise, project_dir, overrides, flow_run_id, handles["forget_classes"], handles["retain_subset"])
+        impaired = clock("impair", unlearning.impair, project_dir, overrides, flow_run_id, handles["retain_subset"])
+        repaired = clock("repair", unlearning.repair, project_dir, overrides, flow_run_id, handles["retain_subset"], handles["all_forgotten"])
+        result = clock("evaluate", evaluation.evaluate, project_dir, overrides, flow_run_id, mlflow_run_id, handles["all_forgotten"])
+        tags = steps.lineage_tags(
+            ws, parent_version=parent["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
+            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id,
+        )
+        version = clock("register-model-version", model.register_model_version, project_dir, overrides, flow_run_id, mlflow_run_id, tags)
+        decision = clock("promotion-gate", model.promotion_gate, project_dir, overrides, version, result["metrics"])
+    except BaseException:
+        registry.end_run(mlflow_run_id, status="FAILED")
+        raise
+    compute = {"noise_s": noise["seconds"], "impair_s": impaired["seconds"], "repair_s": repaired["seconds"]}
+    with registry.start_run(run_id=mlflow_run_id):
+        registry.log_metrics({**{f"compute_{k}": v for k, v in compute.items()}, **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()}})
+    return UnlearnResult(
+        forget_classes=handles["forget_classes"],
+        forget_class_names=[handles["class_names"][c] for c in handles["forget_classes"]],
+        all_forgotten=handles["all_forgotten"],
+        parent_version=parent["version"],
+        new_version=version,
+        promoted=decision["promoted"],
+        gate_reasons=decision["reasons"],
+        metrics=result["metrics"],
+        per_class=result["per_class"],
+        mlflow_run_id=mlflow_run_id,
+        flow_run_id=flow_run_id,
+        device=noise["device"],
+        compute_s=compute,
+        task_s=clock.seconds,
+    ).to_dict()

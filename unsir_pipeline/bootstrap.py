@@ -1,0 +1,61 @@
+"""First run on a new machine: version the embedded data, train the original model and
+register it as the champion. Safe to run again: an existing champion is kept."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from unsir.checkpoint import load_checkpoint
+from unsir.problem import prepare_splits
+from unsir_pipeline import data_versioning
+from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.registry import RegistryError
+from unsir_pipeline.steps import FORGOTTEN_TAG, registry_for
+from unsir_pipeline.workspace import Workspace, load_prepared
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    version: int
+    created: bool
+    test_acc: float | None = None
+
+
+def bootstrap(ws: Workspace) -> BootstrapResult:
+    registry = registry_for(ws)
+    champion = ws.params.registry.champion_alias
+    if registry.has_model():
+        try:
+            return BootstrapResult(registry.resolve_alias(champion), created=False)
+        except RegistryError as err:
+            raise RegistryError(
+                f"model {ws.params.registry.model_name!r} has versions but no {champion!r} alias; "
+                f"choose one with `unsir promote VERSION --reason ...`"
+            ) from err
+
+    data_versioning.ensure_repo(ws.root, ws.path(ws.params.paths.dvc_remote))
+    data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
+    data_versioning.push(ws.root)
+    train_report = json.loads((ws.reports_dir / "train.json").read_text())
+    recorded = data_versioning.recorded_digests(ws.root)
+
+    model, card = load_checkpoint(ws.original_model_dir)
+    data, manifest = load_prepared(ws)
+    splits = prepare_splits(data, manifest, normalization=card.normalization)
+    input_example = splits.test_images[:2].numpy()
+    tags = {
+        FORGOTTEN_TAG: "[]",
+        "origin": "bootstrap",
+        "params_digest": ws.params.digest(),
+        "data_digests": json.dumps(recorded, sort_keys=True),
+        "git_commit": git_commit(ws.root),
+    }
+    with registry.start_run(run_name="bootstrap", tags={"git_commit": tags["git_commit"]}) as run_id:
+        registry.log_params({"arch": card.spec.arch, "params_digest": ws.params.digest(), "dataset": data.name})
+        registry.log_metrics({"test_acc": train_report["test_acc"], "train_s": train_report["train_s"]})
+        version = registry.register_checkpoint(
+            ws.original_model_dir, input_example=input_example, tags={**tags, "mlflow_run_id": run_id},
+            idempotency_key=f"bootstrap-{ws.params.digest()}", alias=champion,
+        )
+    return BootstrapResult(version, created=True, test_acc=train_report["test_acc"])

@@ -1,0 +1,185 @@
+"""The ``unsir`` command: bootstrap, forget, list and promote models, run DVC stages.
+
+Errors print one line naming what was wrong and exit non-zero; ``--debug`` shows tracebacks.
+Heavy imports (Prefect, MLflow, torch) happen after argument parsing, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unsir", description="Machine unlearning pipeline (UNSIR) with Prefect, MLflow, DVC and Great Expectations.")
+    parser.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set unlearn.seed=1 (repeatable; recorded with the run)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("bootstrap", help="prepare and version the data, train and register the first champion (idempotent)")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("forget", help="forget classes from the champion now and show before/after")
+    p.add_argument("classes", nargs="+", help="class names or indices")
+    p.add_argument("--alias", default=None, help="model alias to start from (default: the champion alias)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("models", help="registered versions, aliases and lineage")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("promote", help="point the champion alias at VERSION by hand")
+    p.add_argument("version", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", default=None, help="who promotes (default: the current user)")
+
+    p = commands.add_parser("stage", help="run one DVC stage (called by dvc repro)")
+    p.add_argument("name", choices=["prepare", "train", "unlearn", "evaluate"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    project = Path(args.project).resolve()
+    if not (project / "params.yaml").is_file():
+        print(f"error: no params.yaml in {project}; run from the project directory or pass --project", file=sys.stderr)
+        return EXIT_USAGE
+
+    from unsir_pipeline.environment import configure
+
+    configure(project)
+    try:
+        return COMMANDS[args.command](project, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line for people and scripts; --debug for the rest
+        if args.debug:
+            raise
+        print(f"error: {_describe(err)}", file=sys.stderr)
+        return EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
+
+
+def _describe(err: Exception) -> str:
+    message = str(err).strip() or type(err).__name__
+    first = message.splitlines()[0]
+    rest = message.splitlines()[1:]
+    # Validation failures list one failed expectation per line: keep them, they are the point.
+    return first + ("".join(f"\n  {line}" for line in rest) if type(err).__name__ == "ValidationFailed" else "")
+
+
+def _is_user_error(err: Exception) -> bool:
+    from unsir.errors import UnlearningInputError
+    from unsir_pipeline.config import ConfigError
+
+    return isinstance(err, (UnlearningInputError, ConfigError))
+
+
+def _workspace(project: Path, args):
+    from unsir_pipeline.workspace import Workspace
+
+    return Workspace.load(project, tuple(args.overrides))
+
+
+def cmd_bootstrap(project: Path, args) -> int:
+    from unsir_pipeline.bootstrap import bootstrap
+
+    result = bootstrap(_workspace(project, args))
+    if args.json:
+        print(json.dumps({"version": result.version, "created": result.created, "test_acc": result.test_acc}))
+    elif result.created:
+        print(f"registered the original model as version {result.version} (champion), test accuracy {result.test_acc:.4f}")
+    else:
+        print(f"already bootstrapped: champion is version {result.version}")
+    return 0
+
+
+def cmd_forget(project: Path, args) -> int:
+    ws = _workspace(project, args)
+    from unsir_pipeline.bootstrap import bootstrap
+
+    bootstrap(ws)  # the main job starts from a registered champion; a no-op when there is one
+    from flows.unlearn import unlearn
+
+    result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides), alias=args.alias)
+    if args.json:
+        print(json.dumps(result, default=float))
+    else:
+        print(format_result(result))
+    return 0
+
+
+def format_result(result: dict) -> str:
+    m = result["metrics"]
+    lines = [
+        f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
+        f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}",
+        "",
+        f"{'class':<12}{'before':>10}{'after':>10}",
+    ]
+    for row in result["per_class"]:
+        mark = "  (forgotten)" if row["forgotten"] else ""
+        lines.append(f"{row['class']:<12}{row['before']:>10.3f}{row['after']:>10.3f}{mark}")
+    lines += [
+        "",
+        f"{'test split':<28}{'before':>10}{'after':>10}",
+        f"{'forget accuracy':<28}{m['original_forget_acc']:>10.4f}{m['forget_acc']:>10.4f}",
+        f"{'retain accuracy':<28}{m['original_retain_acc']:>10.4f}{m['retain_acc']:>10.4f}",
+        f"{'membership inference (D_f)':<28}{m['original_mia']:>10.4f}{m['mia']:>10.4f}",
+        "",
+        "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
+        *[f"  {reason}" for reason in result["gate_reasons"]],
+        f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow run {result['mlflow_run_id']}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_models(project: Path, args) -> int:
+    from unsir_pipeline.steps import summarize_versions
+
+    versions = summarize_versions(_workspace(project, args))
+    if args.json:
+        print(json.dumps(versions))
+        return 0
+    if not versions:
+        print("no registered versions; run `unsir bootstrap`")
+        return 0
+    print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'gate':<18}created")
+    for v in versions:
+        print(f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
+              f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}")
+    return 0
+
+
+def cmd_promote(project: Path, args) -> int:
+    from unsir_pipeline.steps import promote_by_hand
+
+    ws = _workspace(project, args)
+    by = args.by or getpass.getuser()
+    promote_by_hand(ws, args.version, args.reason, by)
+    print(f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
+    return 0
+
+
+def cmd_stage(project: Path, args) -> int:
+    from unsir_pipeline import workspace as w
+
+    ws = _workspace(project, args)
+    stage = {"prepare": w.prepare_data, "train": w.train_original, "unlearn": w.unlearn_original, "evaluate": w.evaluate_unlearned}[args.name]
+    out = stage(ws)
+    print(f"stage {args.name}: {out}")
+    return 0
+
+
+COMMANDS = {"bootstrap": cmd_bootstrap, "forget": cmd_forget, "models": cmd_models, "promote": cmd_promote, "stage": cmd_stage}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Figures logged with every unlearning run: per-class accuracy before and after, and the
+confusion matrices of both models."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and workers
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def per_class_accuracy_figure(class_names: list[str], before: list[float], after: list[float], forgotten: list[int]) -> Figure:
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 3.5))
+    x = np.arange(len(class_names))
+    ax.bar(x - 0.2, before, width=0.4, label="before (parent)", color="#8da0cb")
+    ax.bar(x + 0.2, after, width=0.4, label="after (unlearned)", color="#fc8d62")
+    for c in forgotten:
+        ax.axvspan(c - 0.5, c + 0.5, color="#e5e5e5", zorder=0)
+    ax.set_xticks(x, class_names, rotation=45 if len(class_names) > 12 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Per-class accuracy (forgotten classes shaded)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(class_names: list[str], before: list[list[int]], after: list[list[int]]) -> Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    for ax, matrix, title in zip(axes, (before, after), ("parent", "unlearned")):
+        ax.imshow(np.asarray(matrix), cmap="Blues")
+        ax.set_title(f"confusion, {title}")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ticks = np.arange(len(class_names))
+        ax.set_xticks(ticks, class_names, fontsize=7)
+        ax.set_yticks(ticks, class_names, fontsize=7)
+    fig.tight_layout()
+    return fig

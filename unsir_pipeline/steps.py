@@ -1,0 +1,325 @@
+"""The unlearning flow's steps as plain functions over handles (paths, versions, run ids).
+
+Each step reads its inputs from files or the registry, calls the core library, and writes its
+output to the run directory, so a Prefect task is a thin wrapper and a retried task redoes
+exactly its own step. Nothing here imports Prefect: the steps run from a notebook too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from unsir.data import resolve_classes
+from unsir.errors import UnlearningInputError
+from unsir.measures import EvaluationConfig, evaluate_model
+from unsir.methods.base import UnlearningTask, prepare
+from unsir.methods.unsir import impair, repair
+from unsir.noise import learn_error_maximizing_noise
+from unsir.problem import prepare_splits
+from unsir.splits import check_forget_classes, select
+from unsir_pipeline import data_versioning
+from unsir_pipeline.plots import confusion_figure, per_class_accuracy_figure
+from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.registry import ModelRegistry
+from unsir_pipeline.validation import ValidationReport, validate_splits
+from unsir_pipeline.workspace import Workspace, load_prepared, read_manifest, write_retain_subset
+
+FORGOTTEN_TAG = "forgotten_classes"
+
+
+def registry_for(ws: Workspace) -> ModelRegistry:
+    r = ws.params.registry
+    return ModelRegistry(ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Files of one flow run, under ``state/runs/<flow run id>``."""
+
+    root: Path
+
+    @classmethod
+    def for_run(cls, ws: Workspace, run_key: str) -> "RunPaths":
+        root = ws.runs_dir / run_key
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    parent = property(lambda self: self.root / "parent")
+    download = property(lambda self: self.root / "download")
+    noise = property(lambda self: self.root / "noise.safetensors")
+    impaired = property(lambda self: self.root / "impaired")
+    unlearned = property(lambda self: self.root / "unlearned")
+    evaluation = property(lambda self: self.root / "evaluation.json")
+    per_class_plot = property(lambda self: self.root / "per_class_accuracy.png")
+    confusion_plot = property(lambda self: self.root / "confusion_matrices.png")
+
+
+# --- 0. tracking run and parent model --------------------------------------------------------
+
+def open_tracking_run(ws: Workspace, flow_run_id: str, requested: list[str]) -> str:
+    """The MLflow run for this flow run, created once: a retried flow resumes the same run."""
+    registry = registry_for(ws)
+    existing = registry.find_run("prefect_flow_run_id", flow_run_id)
+    if existing:
+        return existing
+    tags = {"prefect_flow_run_id": flow_run_id, "requested_classes": json.dumps(requested), "git_commit": git_commit(ws.root)}
+    with registry.start_run(run_name=f"unlearn-{flow_run_id[:8]}", tags=tags) as run_id:
+        registry.log_params({**flatten(ws.params.model_dump(mode="json")), "params_digest": ws.params.digest(),
+                             "overrides": json.dumps(list(ws.overrides))})
+    return run_id
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resolve_parent(ws: Workspace, alias: str) -> dict:
+    """Which version the alias points at, and what it has already forgotten (from its tags)."""
+    registry = registry_for(ws)
+    version = registry.resolve_alias(alias)
+    info = registry.get_version(version)
+    return {"version": version, "forgotten_classes": json.loads(info.tags.get(FORGOTTEN_TAG, "[]"))}
+
+
+def resolve_request(requested: list[str], class_names: tuple[str, ...], already_forgotten: list[int]) -> tuple[int, ...]:
+    """Class names or indices to new forget classes; refuses repeats and forgetting everything."""
+    classes = resolve_classes(requested, class_names)
+    repeated = sorted(set(classes) & set(already_forgotten))
+    if repeated:
+        raise UnlearningInputError(
+            f"classes {[class_names[c] for c in repeated]} were already forgotten by the parent model "
+            f"(forgotten so far: {[class_names[c] for c in already_forgotten]})"
+        )
+    check_forget_classes(tuple(sorted(set(classes) | set(already_forgotten))), len(class_names))
+    return classes
+
+
+# --- 1. validation ---------------------------------------------------------------------------
+
+def validate_inputs(ws: Workspace, requested: list[str], already_forgotten: list[int]) -> tuple[ValidationReport, dict]:
+    """Resolve the request, draw the retain subset and validate everything before compute.
+
+    Returns the report and, when it passed, the handles later steps need.
+    """
+    data, manifest = load_prepared(ws)
+    new_classes = resolve_request(requested, data.class_names, already_forgotten)
+    all_forgotten = tuple(sorted(set(new_classes) | set(already_forgotten)))
+    retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
+    mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
+    report = validate_splits(
+        manifest, read_manifest(retain_path), num_classes=data.num_classes, forget_classes=all_forgotten,
+        min_per_class=ws.params.data.min_per_class, extra_failures=mismatches,
+    )
+    handles = {
+        "forget_classes": list(new_classes),
+        "all_forgotten": list(all_forgotten),
+        "class_names": list(data.class_names),
+        "retain_subset": str(retain_path),
+    }
+    return report, handles
+
+
+def version_data(ws: Workspace, retain_subset: str) -> dict[str, str]:
+    """DVC-track the retain subset, push to the remote, and return the data digests used."""
+    retain_md5 = data_versioning.track(ws.root, Path(retain_subset))
+    data_versioning.push(ws.root)
+    recorded = data_versioning.recorded_digests(ws.root)
+    relative = str(Path(retain_subset).relative_to(ws.root))
+    digests = {k: v for k, v in recorded.items() if k.startswith(str(ws.prepared_dir.relative_to(ws.root)))}
+    digests[relative] = retain_md5
+    return digests
+
+
+# --- 2. model loading ------------------------------------------------------------------------
+
+def load_parent(ws: Workspace, run: RunPaths, version: int) -> str:
+    """Download the parent version and keep its checkpoint in the run directory."""
+    model, card, _ = registry_for(ws).load_model(
+        version, dest=run.download, allow_pickled_module=ws.params.registry.allow_pickled_module
+    )
+    save_checkpoint(run.parent, model, card)
+    return str(run.parent)
+
+
+def _retain_tensors(ws: Workspace, retain_subset: str, card: ModelCard) -> tuple[torch.Tensor, torch.Tensor]:
+    data, _ = load_prepared(ws)
+    images, labels = select(data, read_manifest(Path(retain_subset)))
+    return card.normalization.apply(images), labels
+
+
+# --- 3-5. UNSIR ------------------------------------------------------------------------------
+
+def learn_noise(ws: Workspace, run: RunPaths, forget_classes: list[int], retain_subset: str) -> dict:
+    """Step 1 of UNSIR. The task is checked against the model first, so bad input fails here."""
+    model, card = load_checkpoint(run.parent)
+    device = ws.device()
+    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
+    task = UnlearningTask(tuple(forget_classes), len(card.class_names), retain_x, retain_y)
+    working = prepare(model, task, device)
+    started = time.perf_counter()
+    noise = learn_error_maximizing_noise(
+        working, task.forget_classes, card.input_shape, ws.params.unlearn.to_core().noise,
+        device=device, generator=torch.Generator().manual_seed(ws.params.unlearn.seed),
+    )
+    seconds = _elapsed(started, device)
+    save_file({str(c): t.cpu().contiguous() for c, t in noise.items()}, str(run.noise))
+    return {"noise": str(run.noise), "device": str(device), "seconds": seconds}
+
+
+def impair_step(ws: Workspace, run: RunPaths, retain_subset: str) -> dict:
+    model, card = load_checkpoint(run.parent)
+    device = ws.device()
+    noise = {int(c): t for c, t in load_file(str(run.noise)).items()}
+    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
+    started = time.perf_counter()
+    impair(model, noise, retain_x, retain_y, ws.params.unlearn.to_core(), device=device,
+           generator=torch.Generator().manual_seed(ws.params.unlearn.seed + 1))
+    seconds = _elapsed(started, device)
+    save_checkpoint(run.impaired, model.cpu(), card)
+    return {"checkpoint": str(run.impaired), "seconds": seconds}
+
+
+def repair_step(ws: Workspace, run: RunPaths, retain_subset: str, all_forgotten: list[int]) -> dict:
+    model, card = load_checkpoint(run.impaired)
+    device = ws.device()
+    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
+    started = time.perf_counter()
+    repair(model, retain_x, retain_y, ws.params.unlearn.to_core(), device=device,
+           generator=torch.Generator().manual_seed(ws.params.unlearn.seed + 2))
+    seconds = _elapsed(started, device)
+    save_checkpoint(run.unlearned, model.cpu(), card.with_forgotten(tuple(all_forgotten)))
+    return {"checkpoint": str(run.unlearned), "seconds": seconds}
+
+
+def _elapsed(started: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+# --- 6. evaluation ---------------------------------------------------------------------------
+
+def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dict:
+    """Parent and unlearned model on the test split, every class forgotten so far counted as
+    forget classes; writes the figures and ``evaluation.json``."""
+    parent, card = load_checkpoint(run.parent)
+    unlearned, _ = load_checkpoint(run.unlearned)
+    data, manifest = load_prepared(ws)
+    splits = prepare_splits(data, manifest, normalization=card.normalization)
+    evaluation_data = splits.evaluation_data(tuple(all_forgotten))
+    device = ws.device()
+    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature)
+    before = evaluate_model(parent, evaluation_data, device=device, config=config)
+    after = evaluate_model(unlearned, evaluation_data, device=device, config=config, original=parent)
+    names = list(card.class_names)
+    per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
+    confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
+    result = {
+        "forget_classes": list(all_forgotten),
+        "metrics": {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}},
+        "per_class": [
+            {"class": names[c], "before": before.per_class_test[c], "after": after.per_class_test[c], "forgotten": c in all_forgotten}
+            for c in range(len(names))
+        ],
+    }
+    run.evaluation.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# --- 7. registration and the promotion gate ------------------------------------------------
+
+def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
+                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str) -> dict[str, str]:
+    return {
+        "parent_version": str(parent_version),
+        FORGOTTEN_TAG: json.dumps(sorted(all_forgotten)),
+        "forgotten_this_run": json.dumps(sorted(new_classes)),
+        "params_digest": ws.params.digest(),
+        "data_digests": json.dumps(data_digests, sort_keys=True),
+        "git_commit": git_commit(ws.root),
+        "prefect_flow_run_id": flow_run_id,
+        "mlflow_run_id": mlflow_run_id,
+        "method": "unsir",
+    }
+
+
+def gate_decision(ws: Workspace, metrics: dict[str, float]) -> tuple[bool, list[str]]:
+    """Whether the challenger may replace the champion, with one reason per bound."""
+    g = ws.params.gates
+    drop = metrics["original_retain_acc"] - metrics["retain_acc"]
+    checks = [
+        (metrics["forget_acc"] <= g.max_forget_acc, f"forget accuracy {metrics['forget_acc']:.4f} (max {g.max_forget_acc})"),
+        (drop <= g.max_retain_drop, f"retain accuracy drop {drop:+.4f} (max {g.max_retain_drop})"),
+        (metrics["mia"] <= g.max_mia, f"membership inference {metrics['mia']:.4f} (max {g.max_mia})"),
+    ]
+    return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
+
+
+def summarize_versions(ws: Workspace) -> list[dict]:
+    """Registered versions with aliases and lineage, oldest first (for `unsir models`)."""
+    out = []
+    for v in registry_for(ws).list_versions():
+        out.append({
+            "version": v.version,
+            "aliases": list(v.aliases),
+            "created_at": v.created_at,
+            "parent_version": v.tags.get("parent_version"),
+            "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+            "gate": v.tags.get("gate_decision"),
+            "tags": v.tags,
+        })
+    return out
+
+
+
+def apply_gate(ws: Workspace, version: int, metrics: dict[str, float]) -> tuple[bool, list[str]]:
+    """Record the gate's decision on the version and move ``champion`` when it passed."""
+    promoted, reasons = gate_decision(ws, metrics)
+    registry = registry_for(ws)
+    registry.set_version_tags(version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)})
+    if promoted:
+        registry.set_alias(ws.params.registry.champion_alias, version)
+    return promoted, reasons
+
+
+def promote_by_hand(ws: Workspace, version: int, reason: str, by: str) -> None:
+    registry = registry_for(ws)
+    registry.get_version(version)  # fails clearly when the version does not exist
+    registry.set_version_tags(version, {"promoted_by": by, "promotion_reason": reason, "gate_decision": "promoted-by-hand"})
+    registry.set_alias(ws.params.registry.champion_alias, version)
+
+
+def input_example(ws: Workspace, run: RunPaths, count: int) -> np.ndarray:
+    """A few normalised test images: the signature and example logged with the model."""
+    _, card = load_checkpoint(run.parent)
+    data, manifest = load_prepared(ws)
+    images, _ = select(data, manifest[manifest["split"] == "test"].head(count))
+    return card.normalization.apply(images).numpy()
+
+
+def summary_markdown(result: dict) -> str:
+    m = result["metrics"]
+    rows = [
+        ("forget accuracy (test)", m["original_forget_acc"], m["forget_acc"]),
+        ("retain accuracy (test)", m["original_retain_acc"], m["retain_acc"]),
+        ("forget accuracy (train)", m["original_forget_acc_train"], m["forget_acc_train"]),
+        ("retain accuracy (train)", m["original_retain_acc_train"], m["retain_acc_train"]),
+        ("membership inference on forget-train", m["original_mia"], m["mia"]),
+    ]
+    lines = [f"# Unlearning of classes {result['forget_classes']}", "", "| measure | before | after |", "|---|---|---|"]
+    lines += [f"| {name} | {before:.4f} | {after:.4f} |" for name, before, after in rows]
+    return "\n".join(lines) + "\n"

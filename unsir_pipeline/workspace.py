@@ -1,0 +1,218 @@
+"""Where a project's files live, and the steps that read and write them.
+
+A workspace is a project directory (the one holding ``params.yaml``) plus its validated
+parameters. Every path the pipeline uses is a property here, so that DVC stages, Prefect tasks
+and the CLI agree on them. The functions below are the pipeline's data-side steps: each calls
+the core library and writes plain files (safetensors, CSV, JSON) that DVC versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from unsir.data import ClassificationData, load_dataset, resolve_classes
+from unsir.methods import make_method
+from unsir.measures import evaluate_model
+from unsir.models import ModelSpec, build_model
+from unsir.problem import build_task, prepare_splits
+from unsir.splits import draw_retain_subset, make_split_manifest
+from unsir.training import fit, seed_everything
+from unsir_pipeline.config import Params, load_params
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    params: Params
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, root: str | Path = ".", overrides: tuple[str, ...] | list[str] = ()) -> "Workspace":
+        root = Path(root).resolve()
+        return cls(root, load_params(root / PARAMS_FILE, tuple(overrides)), tuple(overrides))
+
+    def path(self, relative: str) -> Path:
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else self.root / candidate
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.params.paths.state_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.params.paths.data_dir)
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.data_dir / "prepared"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.prepared_dir / "manifest.csv"
+
+    @property
+    def retain_dir(self) -> Path:
+        return self.data_dir / "retain"
+
+    @property
+    def original_model_dir(self) -> Path:
+        return self.root / "models" / "original"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The params' tracking URI, with a relative SQLite path anchored at the project."""
+        uri = self.params.registry.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            db = self.root / uri[len(prefix):]
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(db)
+        return uri
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Local artifact store for a local (SQLite) registry; a server decides its own."""
+        if self.tracking_uri.startswith("sqlite:"):
+            return (self.state_dir / "mlflow" / "artifacts").as_uri()
+        return None
+
+    def device(self) -> torch.device:
+        if self.params.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.params.device)
+
+
+@lru_cache(maxsize=8)
+def open_workspace(root: str, overrides: tuple[str, ...] = ()) -> Workspace:
+    """The workspace of a project directory, its parameters validated once per process."""
+    return Workspace.load(root, overrides)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def prepare_data(ws: Workspace) -> Path:
+    """Load the configured dataset, split it, and write tensors, metadata and the manifest."""
+    p = ws.params.data
+    data = load_dataset(p.name, ws.path(p.root) if p.root else None, image_size=p.image_size)
+    manifest = make_split_manifest(data, seed=p.split_seed, fractions=p.fractions.to_core())
+    ws.prepared_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"images": data.images.contiguous(), "labels": data.labels}, str(ws.prepared_dir / "dataset.safetensors"))
+    meta = {"name": data.name, "class_names": list(data.class_names), "sample_ids": list(data.sample_ids)}
+    (ws.prepared_dir / "dataset.json").write_text(json.dumps(meta) + "\n")
+    manifest.to_csv(ws.manifest_path, index=False)
+    return ws.prepared_dir
+
+
+def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
+    if not ws.manifest_path.is_file():
+        raise FileNotFoundError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` or `dvc repro prepare`")
+    tensors = load_file(str(ws.prepared_dir / "dataset.safetensors"))
+    meta = json.loads((ws.prepared_dir / "dataset.json").read_text())
+    data = ClassificationData(meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"]))
+    return data, read_manifest(ws.manifest_path)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"sample_id": str, "label": "int64", "split": str, "digest": str}, keep_default_na=False)
+
+
+def retain_subset_path(ws: Workspace, forget_classes: tuple[int, ...]) -> Path:
+    p = ws.params.data
+    name = "-".join(str(c) for c in forget_classes)
+    return ws.retain_dir / f"retain-forget{name}-n{p.retain_per_class}-seed{p.retain_seed}.csv"
+
+
+def write_retain_subset(ws: Workspace, manifest: pd.DataFrame, forget_classes: tuple[int, ...], num_classes: int) -> Path:
+    """Draw D_r_sub (never a forget-class sample) and write it; same inputs, same bytes."""
+    p = ws.params.data
+    rows = draw_retain_subset(manifest, forget_classes=forget_classes, per_class=p.retain_per_class, seed=p.retain_seed, num_classes=num_classes)
+    path = retain_subset_path(ws, forget_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, index=False)
+    return path
+
+
+# --- the original model ---------------------------------------------------------------------
+
+def train_original(ws: Workspace) -> dict[str, float]:
+    """Train the starting model on the train split; write its checkpoint and metrics."""
+    data, manifest = load_prepared(ws)
+    splits = prepare_splits(data, manifest)
+    m = ws.params.model
+    spec = ModelSpec(m.arch, data.num_classes, data.input_shape[0], dict(m.kwargs))
+    generator = seed_everything(m.seed)
+    model = build_model(spec)
+    device = ws.device()
+    started = time.perf_counter()
+    fit(model, splits.train_images, splits.train_labels, m.train.to_core(), device=device, generator=generator,
+        progress=os.environ.get("UNSIR_PROGRESS", "1") == "1", description="train original model")
+    train_s = time.perf_counter() - started
+    card = ModelCard(spec, splits.normalization, data.class_names, data.input_shape)
+    save_checkpoint(ws.original_model_dir, model.cpu(), card)
+    # Any single class works for overall test accuracy; forget accuracy is not meaningful yet.
+    metrics = evaluate_model(model, splits.evaluation_data((0,)), device=device).metrics
+    summary = {"test_acc": metrics["test_acc"], "train_s": train_s, "epochs": m.train.epochs}
+    ws.reports_dir.mkdir(parents=True, exist_ok=True)
+    (ws.reports_dir / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --- the DVC stages' unlearning and evaluation, on the original model ------------------------
+
+def unlearn_original(ws: Workspace) -> Path:
+    """Forget ``unlearn.forget_classes`` from the original model with UNSIR (DVC stage)."""
+    data, manifest = load_prepared(ws)
+    model, card = load_checkpoint(ws.original_model_dir)
+    forget = resolve_classes(ws.params.unlearn.forget_classes, data.class_names)
+    out = ws.root / "models" / "unlearned"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = draw_retain_subset(manifest, forget_classes=forget, per_class=ws.params.data.retain_per_class,
+                              seed=ws.params.data.retain_seed, num_classes=data.num_classes)
+    rows.to_csv(out / "retain_subset.csv", index=False)
+    splits = prepare_splits(data, manifest, normalization=card.normalization)
+    task = build_task(splits, data, rows, forget)
+    result = make_method("unsir", ws.params.unlearn.to_core()).unlearn(
+        model, task, device=ws.device(), generator=torch.Generator().manual_seed(ws.params.unlearn.seed)
+    )
+    save_checkpoint(out, result.model.cpu(), card.with_forgotten(forget))
+    (out / "timings.json").write_text(json.dumps(result.timings_s, indent=2) + "\n")
+    return out
+
+
+def evaluate_unlearned(ws: Workspace) -> dict[str, float]:
+    """Original and unlearned model side by side on the test split (DVC stage)."""
+    data, manifest = load_prepared(ws)
+    original, card = load_checkpoint(ws.original_model_dir)
+    unlearned, unlearned_card = load_checkpoint(ws.root / "models" / "unlearned")
+    splits = prepare_splits(data, manifest, normalization=card.normalization)
+    evaluation_data = splits.evaluation_data(unlearned_card.forgotten_classes)
+    before = evaluate_model(original, evaluation_data, device=ws.device())
+    after = evaluate_model(unlearned, evaluation_data, device=ws.device(), original=original)
+    metrics = {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}}
+    ws.reports_dir.mkdir(parents=True, exist_ok=True)
+    (ws.reports_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    pd.DataFrame({"class": list(data.class_names), "before": before.per_class_test, "after": after.per_class_test}).to_csv(
+        ws.reports_dir / "per_class.csv", index=False
+    )
+    return metrics
