@@ -53,14 +53,14 @@ class _Clock:
 
 
 @flow(name="unlearn", log_prints=True, validate_parameters=True)
-def unlearn(forget_classes: list[str], project_dir: str = ".", overrides: list[str] | None = None, alias: str | None = None) -> dict:
+def unlearn(forget_classes: list[str], project_dir: str = ".", overrides: list[str] | None = None, parent: str | None = None) -> dict:
     overrides = list(overrides or [])
     ws = workspace(project_dir, overrides)
-    alias = alias or ws.params.registry.champion_alias
+    parent_ref = parent or ws.params.registry.champion_alias
     flow_run_id = str(runtime.flow_run.id or "local")
     clock = _Clock()
 
-    parent = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, alias)
+    parent = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, parent_ref)
     mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, flow_run_id, forget_classes)
     registry = steps.registry_for(ws)
     try:

@@ -19,9 +19,9 @@ def open_tracking_run(project_dir: str, overrides: list[str], flow_run_id: str, 
 
 
 @task(name="resolve-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def resolve_model_version(project_dir: str, overrides: list[str], alias: str) -> dict:
-    parent = steps.resolve_parent(workspace(project_dir, overrides), alias)
-    get_run_logger().info("alias %r is version %s (forgotten so far: %s)", alias, parent["version"], parent["forgotten_classes"])
+def resolve_model_version(project_dir: str, overrides: list[str], ref: str) -> dict:
+    parent = steps.resolve_parent(workspace(project_dir, overrides), ref)
+    get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent["version"], parent["forgotten_classes"])
     return parent
 
 

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Before Prefect or MLflow is imported anywhere: keep their state out of $HOME and offline.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="unsir-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("UNSIR_PROGRESS", "0")
+
 import pytest
 import torch
 
@@ -37,3 +48,12 @@ def trained_digits_model(digits_splits):
     fit(model, digits_splits.train_images, digits_splits.train_labels, OptimConfig(lr=1e-3, epochs=15, batch_size=32),
         device=CPU, generator=generator)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -15,6 +15,9 @@ from unsir_pipeline.steps import FORGOTTEN_TAG, registry_for
 from unsir_pipeline.workspace import Workspace, load_prepared
 
 
+ORIGINAL_ALIAS = "original"
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     version: int
@@ -58,4 +61,6 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
             ws.original_model_dir, input_example=input_example, tags={**tags, "mlflow_run_id": run_id},
             idempotency_key=f"bootstrap-{ws.params.digest()}", alias=champion,
         )
+    # The original model keeps an alias of its own: a demo or an audit can always start from it.
+    registry.set_alias(ORIGINAL_ALIAS, version)
     return BootstrapResult(version, created=True, test_acc=train_report["test_acc"])

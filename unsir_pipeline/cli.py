@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("forget", help="forget classes from the champion now and show before/after")
     p.add_argument("classes", nargs="+", help="class names or indices")
-    p.add_argument("--alias", default=None, help="model alias to start from (default: the champion alias)")
+    p.add_argument("--from", dest="parent", default=None, metavar="ALIAS_OR_VERSION",
+                   help="model to start from: an alias or a version number (default: the champion alias)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("models", help="registered versions, aliases and lineage")
@@ -108,7 +109,7 @@ def cmd_forget(project: Path, args) -> int:
     bootstrap(ws)  # the main job starts from a registered champion; a no-op when there is one
     from flows.unlearn import unlearn
 
-    result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides), alias=args.alias)
+    result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides), parent=args.parent)
     if args.json:
         print(json.dumps(result, default=float))
     else:

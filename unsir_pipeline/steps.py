@@ -87,10 +87,11 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def resolve_parent(ws: Workspace, alias: str) -> dict:
-    """Which version the alias points at, and what it has already forgotten (from its tags)."""
+def resolve_parent(ws: Workspace, ref: str) -> dict:
+    """Which version an alias (or a version number) names, and what it has already forgotten
+    (from its tags)."""
     registry = registry_for(ws)
-    version = registry.resolve_alias(alias)
+    version = int(ref) if ref.isdigit() else registry.resolve_alias(ref)
     info = registry.get_version(version)
     return {"version": version, "forgotten_classes": json.loads(info.tags.get(FORGOTTEN_TAG, "[]"))}
 

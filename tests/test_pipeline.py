@@ -1,0 +1,221 @@
+"""The unlearning pipeline end to end on digits: a real temporary MLflow registry (SQLite),
+Prefect's test harness, real DVC and Great Expectations, in a temporary project copy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from unsir.errors import UnlearningInputError
+from unsir_pipeline import data_versioning
+from unsir_pipeline.bootstrap import bootstrap
+from unsir_pipeline.cli import main
+from unsir_pipeline.registry import RegistryError
+from unsir_pipeline.steps import registry_for
+from unsir_pipeline.validation import ValidationFailed
+from unsir_pipeline.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path) -> Path:
+    """A copy of the project's pipeline files in a fresh git repository."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "unsir", root / "unsir", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"]["train"]["epochs"] = 15  # half the default: same accuracy on digits, faster
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(command, cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness) -> Path:
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project")
+    result = bootstrap(Workspace.load(root))
+    assert result.created and result.version == 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    from flows.unlearn import unlearn
+
+    return unlearn(forget_classes=["3"], project_dir=str(project))
+
+
+def test_bootstrap_registered_the_original_as_champion_once(project):
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    again = bootstrap(ws)
+    assert not again.created
+    v1 = registry.get_version(1)
+    assert "original" in v1.aliases
+    assert json.loads(v1.tags["forgotten_classes"]) == []
+    assert "data/prepared" in json.loads(v1.tags["data_digests"])
+    assert (project / "dvc.lock").is_file() and (project / ".dvc").is_dir()
+
+
+def test_flow_forgets_registers_and_promotes(project, first_run):
+    result = first_run
+    assert result["parent_version"] == 1 and result["new_version"] == 2
+    assert result["forget_classes"] == [3] and result["all_forgotten"] == [3]
+    m = result["metrics"]
+    assert m["original_forget_acc"] > 0.9
+    assert m["forget_acc"] <= 0.02
+    assert m["original_retain_acc"] - m["retain_acc"] <= 0.03
+    assert result["promoted"] is True
+
+    registry = registry_for(Workspace.load(project))
+    version = registry.get_version(2)
+    assert set(version.aliases) >= {"champion", "challenger"}
+    tags = version.tags
+    assert tags["parent_version"] == "1"
+    assert json.loads(tags["forgotten_classes"]) == [3]
+    assert tags["prefect_flow_run_id"] == result["flow_run_id"]
+    assert tags["mlflow_run_id"] == result["mlflow_run_id"]
+    assert tags["params_digest"] == Workspace.load(project).params.digest()
+    assert tags["git_commit"] != "unknown"
+    assert tags["gate_decision"] == "promoted"
+    digests = json.loads(tags["data_digests"])
+    retain_key = next(k for k in digests if k.startswith("data/retain/"))
+    assert digests[retain_key] == data_versioning.file_md5(project / retain_key)
+    assert (project / (retain_key + ".dvc")).is_file()
+
+    # Metrics and figures are on the MLflow run; the registered model loads back without pickle.
+    import mlflow
+
+    client = mlflow.MlflowClient(Workspace.load(project).tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["forget_acc"] == pytest.approx(m["forget_acc"])
+    artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"], "evaluation")}
+    assert {"evaluation/per_class_accuracy.png", "evaluation/confusion_matrices.png"} <= artifacts
+    model, card, number = registry.load_model("champion", dest=project / "state" / "check")
+    assert number == 2 and card.forgotten_classes == (3,)
+
+
+def test_second_batch_keeps_earlier_classes_forgotten(project, first_run):
+    from flows.unlearn import unlearn
+
+    result = unlearn(forget_classes=["8"], project_dir=str(project))
+    assert result["parent_version"] == 2 and result["new_version"] == 3
+    assert result["all_forgotten"] == [3, 8]
+    assert result["metrics"]["forget_acc"] <= 0.02  # over classes 3 and 8 together
+    per_class = {row["class"]: row["after"] for row in result["per_class"]}
+    assert per_class["3"] <= 0.02 and per_class["8"] <= 0.02
+    retain = pd.read_csv(next((project / "data" / "retain").glob("retain-forget3-8-*.csv")))
+    assert not retain["label"].isin([3, 8]).any()
+    tags = registry_for(Workspace.load(project)).get_version(3).tags
+    assert json.loads(tags["forgotten_classes"]) == [3, 8] and json.loads(tags["forgotten_this_run"]) == [8]
+
+
+def test_already_forgotten_or_unknown_class_is_refused(project, first_run):
+    from flows.unlearn import unlearn
+
+    before = len(registry_for(Workspace.load(project)).list_versions())
+    with pytest.raises(UnlearningInputError, match="already forgotten"):
+        unlearn(forget_classes=["3"], project_dir=str(project), parent="2")
+    with pytest.raises(UnlearningInputError, match="unknown class 'eleven'"):
+        unlearn(forget_classes=["eleven"], project_dir=str(project))
+    assert len(registry_for(Workspace.load(project)).list_versions()) == before
+
+
+def test_missing_alias_is_a_clear_error(project):
+    from flows.unlearn import unlearn
+
+    with pytest.raises(RegistryError, match="no alias 'staging'"):
+        unlearn(forget_classes=["1"], project_dir=str(project), parent="staging")
+
+
+def test_retried_registration_returns_the_same_version(project, first_run):
+    from prefect import flow
+
+    from tasks.model import register_model_version
+
+    registry = registry_for(Workspace.load(project))
+    tags = dict(registry.get_version(first_run["new_version"]).tags)
+    tags.pop("idempotency_key")
+
+    @flow(name="retry-registration")
+    def retry() -> int:
+        return register_model_version(str(project), [], first_run["flow_run_id"], first_run["mlflow_run_id"], tags)
+
+    count = len(registry.list_versions())
+    assert retry() == first_run["new_version"]
+    assert len(registry.list_versions()) == count
+
+
+def test_corrupted_manifest_stops_the_flow_before_compute(project, first_run):
+    from flows.unlearn import unlearn
+
+    manifest_path = project / "data" / "prepared" / "manifest.csv"
+    original = manifest_path.read_bytes()
+    manifest = pd.read_csv(manifest_path)
+    manifest.loc[5, "sample_id"] = manifest.loc[4, "sample_id"]  # duplicate id
+    manifest.loc[7, "label"] = 42  # unknown class
+    manifest.to_csv(manifest_path, index=False)
+    registry = registry_for(Workspace.load(project))
+    count = len(registry.list_versions())
+    runs_before = set((project / "state" / "runs").iterdir())
+    try:
+        with pytest.raises(ValidationFailed) as caught:
+            unlearn(forget_classes=["5"], project_dir=str(project))
+    finally:
+        manifest_path.write_bytes(original)
+    message = str(caught.value)
+    assert "sample_id" in message and "42" in message
+    assert "data/prepared/manifest.csv" in message and "recorded md5" in message  # DVC digest check
+    assert len(registry.list_versions()) == count
+    new_runs = set((project / "state" / "runs").iterdir()) - runs_before
+    assert not any((run / "noise.safetensors").exists() for run in new_runs)
+
+
+def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys):
+    assert main(["--project", str(project), "forget", "banana"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown class 'banana'")
+
+    assert main(["--project", str(project), "--set", "unlearn.sed=1", "models"]) == 2
+    assert "unknown key 'unlearn.sed'" in capsys.readouterr().err
+
+    assert main(["--project", str(project), "models", "--json"]) == 0
+    versions = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in versions][:2] == [1, 2]
+    assert versions[1]["parent_version"] == "1" and versions[1]["forgotten_classes"] == [3]
+
+    assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester"]) == 0
+    capsys.readouterr()
+    version = registry_for(Workspace.load(project)).get_version(1)
+    assert "champion" in version.aliases and version.tags["promoted_by"] == "tester"
+    assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 1
+    assert "no version 99" in capsys.readouterr().err
+
+
+def test_cli_forget_json(project, first_run, capsys):
+    assert main(["--project", str(project), "forget", "1", "--from", "original", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["forget_classes"] == [1] and out["parent_version"] == 1
+    assert {"forget_acc", "retain_acc", "mia", "original_forget_acc", "original_retain_acc"} <= set(out["metrics"])
+    assert isinstance(out["promoted"], bool) and out["new_version"] > 1
+
+
+def test_dvc_repro_runs_the_whole_pipeline_offline(tmp_path):
+    root = make_project(tmp_path / "repro")
+    ws = Workspace.load(root)
+    data_versioning.ensure_repo(root, ws.path(ws.params.paths.dvc_remote))
+    data_versioning.repro(root)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "unlearn", "evaluate"}
+    evaluation = json.loads((root / "reports" / "evaluation.json").read_text())
+    assert evaluation["forget_acc"] <= 0.02 and evaluation["original_forget_acc"] > 0.9
+    assert evaluation["original_retain_acc"] - evaluation["retain_acc"] <= 0.03
