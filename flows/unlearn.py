@@ -30,6 +30,7 @@ class UnlearnResult:
     per_class: list[dict]
     mlflow_run_id: str
     flow_run_id: str
+    run_key: str
     device: str
     compute_s: dict[str, float] = field(default_factory=dict)
     task_s: dict[str, float] = field(default_factory=dict)
@@ -53,29 +54,42 @@ class _Clock:
 
 
 @flow(name="unlearn", log_prints=True, validate_parameters=True)
-def unlearn(forget_classes: list[str], project_dir: str = ".", overrides: list[str] | None = None, parent: str | None = None) -> dict:
+def unlearn(
+    forget_classes: list[str],
+    project_dir: str = ".",
+    overrides: list[str] | None = None,
+    parent: str | None = None,
+    run_key: str | None = None,
+) -> dict:
+    """Forget ``forget_classes`` from ``parent`` (default: the champion).
+
+    ``run_key`` names the run's directory, its MLflow run and its registration; it defaults to
+    the flow run id. A caller that may rerun the same work (a deletion batch resumed after a
+    crash) passes a stable key, so the rerun resumes instead of registering a second version.
+    """
     overrides = list(overrides or [])
     ws = workspace(project_dir, overrides)
     parent_ref = parent or ws.params.registry.champion_alias
     flow_run_id = str(runtime.flow_run.id or "local")
+    run_key = run_key or flow_run_id
     clock = _Clock()
 
     parent = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, parent_ref)
-    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, flow_run_id, forget_classes)
+    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, run_key, flow_run_id, forget_classes)
     registry = steps.registry_for(ws)
     try:
         handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent["forgotten_classes"])
         digests = clock("version-data", data.version_data, project_dir, overrides, handles["retain_subset"])
-        clock("load-registered-model", model.load_registered_model, project_dir, overrides, flow_run_id, parent["version"])
-        noise = clock("learn-noise", unlearning.learn_noise, project_dir, overrides, flow_run_id, handles["forget_classes"], handles["retain_subset"])
-        impaired = clock("impair", unlearning.impair, project_dir, overrides, flow_run_id, handles["retain_subset"])
-        repaired = clock("repair", unlearning.repair, project_dir, overrides, flow_run_id, handles["retain_subset"], handles["all_forgotten"])
-        result = clock("evaluate", evaluation.evaluate, project_dir, overrides, flow_run_id, mlflow_run_id, handles["all_forgotten"])
+        clock("load-registered-model", model.load_registered_model, project_dir, overrides, run_key, parent["version"])
+        noise = clock("learn-noise", unlearning.learn_noise, project_dir, overrides, run_key, handles["forget_classes"], handles["retain_subset"])
+        impaired = clock("impair", unlearning.impair, project_dir, overrides, run_key, handles["retain_subset"])
+        repaired = clock("repair", unlearning.repair, project_dir, overrides, run_key, handles["retain_subset"], handles["all_forgotten"])
+        result = clock("evaluate", evaluation.evaluate, project_dir, overrides, run_key, mlflow_run_id, handles["all_forgotten"])
         tags = steps.lineage_tags(
             ws, parent_version=parent["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
-            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id,
+            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=run_key,
         )
-        version = clock("register-model-version", model.register_model_version, project_dir, overrides, flow_run_id, mlflow_run_id, tags)
+        version = clock("register-model-version", model.register_model_version, project_dir, overrides, run_key, mlflow_run_id, tags)
         decision = clock("promotion-gate", model.promotion_gate, project_dir, overrides, version, result["metrics"])
     except BaseException:
         registry.end_run(mlflow_run_id, status="FAILED")
@@ -95,6 +109,7 @@ def unlearn(forget_classes: list[str], project_dir: str = ".", overrides: list[s
         per_class=result["per_class"],
         mlflow_run_id=mlflow_run_id,
         flow_run_id=flow_run_id,
+        run_key=run_key,
         device=noise["device"],
         compute_s=compute,
         task_s=clock.seconds,

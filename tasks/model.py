@@ -12,8 +12,8 @@ from unsir_pipeline import steps
 
 
 @task(name="open-tracking-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def open_tracking_run(project_dir: str, overrides: list[str], flow_run_id: str, requested: list[str]) -> str:
-    run_id = steps.open_tracking_run(workspace(project_dir, overrides), flow_run_id, requested)
+def open_tracking_run(project_dir: str, overrides: list[str], run_key: str, flow_run_id: str, requested: list[str]) -> str:
+    run_id = steps.open_tracking_run(workspace(project_dir, overrides), run_key, flow_run_id, requested)
     get_run_logger().info("MLflow run %s", run_id)
     return run_id
 
@@ -34,15 +34,15 @@ def load_registered_model(project_dir: str, overrides: list[str], run_key: str, 
 
 @task(name="register-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def register_model_version(project_dir: str, overrides: list[str], run_key: str, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2) -> int:
-    """Register the unlearned checkpoint as ``challenger``. Keyed on the flow run id: a retry
-    returns the version already registered instead of adding one."""
+    """Register the unlearned checkpoint as ``challenger``. Keyed on the run key (the flow run
+    id, or a batch's stable key): a retry returns the version already registered."""
     ws = workspace(project_dir, overrides)
     run = run_paths(project_dir, overrides, run_key)
     registry = steps.registry_for(ws)
     with registry.start_run(run_id=mlflow_run_id):
         version = registry.register_checkpoint(
             run.unlearned, input_example=steps.input_example(ws, run, input_example_count), tags=tags,
-            idempotency_key=tags["prefect_flow_run_id"], alias=ws.params.registry.challenger_alias,
+            idempotency_key=tags["run_key"], alias=ws.params.registry.challenger_alias,
         )
     get_run_logger().info("registered version %s as %r; lineage %s", version, ws.params.registry.challenger_alias, json.dumps(tags))
     return version

@@ -148,7 +148,7 @@ def test_retried_registration_returns_the_same_version(project, first_run):
 
     @flow(name="retry-registration")
     def retry() -> int:
-        return register_model_version(str(project), [], first_run["flow_run_id"], first_run["mlflow_run_id"], tags)
+        return register_model_version(str(project), [], first_run["run_key"], first_run["mlflow_run_id"], tags)
 
     count = len(registry.list_versions())
     assert retry() == first_run["new_version"]

@@ -128,12 +128,19 @@ def format_result(result: dict) -> str:
     for row in result["per_class"]:
         mark = "  (forgotten)" if row["forgotten"] else ""
         lines.append(f"{row['class']:<12}{row['before']:>10.3f}{row['after']:>10.3f}{mark}")
+    has_ref = "reference_forget_acc" in m
+    header = f"{'test split':<28}{'before':>10}{'after':>10}" + (f"{'retrained':>11}" if has_ref else "")
+
+    def row(label: str, key: str) -> str:
+        ref = f"{m['reference_' + key]:>11.4f}" if has_ref else ""
+        return f"{label:<28}{m['original_' + key]:>10.4f}{m[key]:>10.4f}{ref}"
+
     lines += [
         "",
-        f"{'test split':<28}{'before':>10}{'after':>10}",
-        f"{'forget accuracy':<28}{m['original_forget_acc']:>10.4f}{m['forget_acc']:>10.4f}",
-        f"{'retain accuracy':<28}{m['original_retain_acc']:>10.4f}{m['retain_acc']:>10.4f}",
-        f"{'membership inference (D_f)':<28}{m['original_mia']:>10.4f}{m['mia']:>10.4f}",
+        header,
+        row("forget accuracy", "forget_acc"),
+        row("retain accuracy", "retain_acc"),
+        row("membership inference (D_f)", "mia"),
         "",
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],

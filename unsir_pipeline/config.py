@@ -101,6 +101,9 @@ class UnlearnParams(Frozen):
 
 class EvaluationParams(Frozen):
     mia_feature: Literal["entropy", "loss"] = "entropy"
+    retrain_reference: bool = Field(
+        default=False, description="also retrain from scratch on the retain classes and report it side by side"
+    )
 
 
 class GateParams(Frozen):

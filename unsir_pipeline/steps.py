@@ -20,7 +20,9 @@ from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
 from unsir.measures import EvaluationConfig, evaluate_model
+from unsir.methods import make_method
 from unsir.methods.base import UnlearningTask, prepare
+from unsir.methods.baselines import RetrainConfig
 from unsir.methods.unsir import impair, repair
 from unsir.noise import learn_error_maximizing_noise
 from unsir.problem import prepare_splits
@@ -64,14 +66,14 @@ class RunPaths:
 
 # --- 0. tracking run and parent model --------------------------------------------------------
 
-def open_tracking_run(ws: Workspace, flow_run_id: str, requested: list[str]) -> str:
-    """The MLflow run for this flow run, created once: a retried flow resumes the same run."""
+def open_tracking_run(ws: Workspace, run_key: str, flow_run_id: str, requested: list[str]) -> str:
+    """The MLflow run for this run key, created once: a retried or resumed run reuses it."""
     registry = registry_for(ws)
-    existing = registry.find_run("prefect_flow_run_id", flow_run_id)
+    existing = registry.find_run("run_key", run_key)
     if existing:
         return existing
-    tags = {"prefect_flow_run_id": flow_run_id, "requested_classes": json.dumps(requested), "git_commit": git_commit(ws.root)}
-    with registry.start_run(run_name=f"unlearn-{flow_run_id[:8]}", tags=tags) as run_id:
+    tags = {"run_key": run_key, "prefect_flow_run_id": flow_run_id, "requested_classes": json.dumps(requested), "git_commit": git_commit(ws.root)}
+    with registry.start_run(run_name=f"unlearn-{run_key[:12]}", tags=tags) as run_id:
         registry.log_params({**flatten(ws.params.model_dump(mode="json")), "params_digest": ws.params.digest(),
                              "overrides": json.dumps(list(ws.overrides))})
     return run_id
@@ -224,14 +226,21 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     evaluation_data = splits.evaluation_data(tuple(all_forgotten))
     device = ws.device()
     config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature)
+    reference = None
+    if ws.params.evaluation.retrain_reference:
+        reference = retrain_reference(ws, splits, tuple(all_forgotten), parent, device)
     before = evaluate_model(parent, evaluation_data, device=device, config=config)
-    after = evaluate_model(unlearned, evaluation_data, device=device, config=config, original=parent)
+    after = evaluate_model(unlearned, evaluation_data, device=device, config=config, original=parent, reference=reference)
+    metrics = {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}}
+    if reference is not None:
+        ref = evaluate_model(reference, evaluation_data, device=device, config=config)
+        metrics.update({f"reference_{k}": v for k, v in ref.metrics.items()})
     names = list(card.class_names)
     per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
     confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
     result = {
         "forget_classes": list(all_forgotten),
-        "metrics": {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}},
+        "metrics": metrics,
         "per_class": [
             {"class": names[c], "before": before.per_class_test[c], "after": after.per_class_test[c], "forgotten": c in all_forgotten}
             for c in range(len(names))
@@ -241,11 +250,22 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     return result
 
 
+def retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], parent, device: torch.device):
+    """The gold standard: the same architecture trained from scratch, as long as the original,
+    on the retain classes only. Costs a full training run (seconds on digits)."""
+    keep = ~torch.isin(splits.train_labels, torch.as_tensor(forget_classes))
+    x, y = splits.train_images[keep], splits.train_labels[keep]
+    task = UnlearningTask(forget_classes, splits.num_classes, x, y, retain_train_images=x, retain_train_labels=y)
+    method = make_method("retrain", RetrainConfig(train=ws.params.model.train.to_core()))
+    return method.unlearn(parent, task, device=device, generator=torch.Generator().manual_seed(ws.params.model.seed)).model
+
+
 # --- 7. registration and the promotion gate ------------------------------------------------
 
 def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
-                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str) -> dict[str, str]:
+                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str, run_key: str) -> dict[str, str]:
     return {
+        "run_key": run_key,
         "parent_version": str(parent_version),
         FORGOTTEN_TAG: json.dumps(sorted(all_forgotten)),
         "forgotten_this_run": json.dumps(sorted(new_classes)),
