@@ -1,0 +1,325 @@
+"""The audit trail: hash chaining, idempotent appends, and tamper detection.
+
+Tampering is done as an attacker with the file would do it: raw sqlite3, dropping the
+append-only triggers first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from unsir_pipeline.audit import GENESIS, AuditError, AuditLog, VerifyResult
+
+
+def _hash(row: dict) -> str:
+    """The documented recipe, written out independently of the module."""
+    body = {
+        key: row[key] for key in ("seq", "ts", "event", "actor", "idempotency_key", "prev_hash")
+    }
+    body["request_ids"] = json.loads(row["request_ids"])
+    body["payload"] = json.loads(row["payload"])
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _tamper(path: Path, *statements: str, params: tuple = ()) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER audit_no_update")
+        conn.execute("DROP TRIGGER audit_no_delete")
+        for statement in statements:
+            conn.execute(statement, params if "?" in statement else ())
+
+
+def _row(path: Path, seq: int) -> dict:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM audit WHERE seq = ?", (seq,)).fetchone())
+
+
+@pytest.fixture(scope="module")
+def ten_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten records: 1..10, payload {"n": seq}, request ids req-a (odd) / req-a, req-b (even).
+    Written once (each append is fsynced) and copied for every test that tampers with it."""
+    path = tmp_path_factory.mktemp("ten") / "audit.db"
+    log = AuditLog(path)
+    for n in range(1, 11):
+        log.append(
+            "request-added" if n % 2 else "batch-finished",
+            actor="tester",
+            payload={"n": n},
+            request_ids=("req-a",) if n % 2 else ("req-a", "req-b"),
+        )
+    return path
+
+
+@pytest.fixture
+def log(ten_records: Path, tmp_path: Path) -> AuditLog:
+    # The last connection to close checkpoints the WAL, so the .db file alone holds the records.
+    for name in (ten_records.name, ten_records.name + ".head"):
+        shutil.copyfile(ten_records.with_name(name), tmp_path / name)
+    return AuditLog(tmp_path / ten_records.name)
+
+
+def test_append_chains_each_record_to_the_one_before(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db")
+    first = log.append(
+        "request-added", actor="alice", payload={"classes": (3,)}, request_ids=["req-1"]
+    )
+    second = log.append("batch-finished", actor="batch", payload={"version": 2})
+
+    assert (first.seq, second.seq) == (1, 2)
+    assert first.prev_hash == GENESIS
+    assert second.prev_hash == first.hash
+    assert first.payload == {"classes": [3]}  # as read back: JSON has no tuples
+    assert datetime.fromisoformat(first.ts).utcoffset() == timedelta(0)
+    assert log.records() == [first, second]
+    # Anyone can re-check a record with the recipe in the module docstring.
+    assert _hash(_row(log.path, 1)) == first.hash
+    assert _hash(_row(log.path, 2)) == second.hash
+
+
+def test_records_filter_by_request_and_event_in_seq_order(log: AuditLog) -> None:
+    assert [r.seq for r in log.records(request_id="req-b")] == [2, 4, 6, 8, 10]
+    assert [r.seq for r in log.records(request_id="req-a", event="request-added")] == [
+        1,
+        3,
+        5,
+        7,
+        9,
+    ]
+    assert log.records(request_id="req-") == []  # whole ids only, not substrings
+    assert log.records()[4].to_dict()["request_ids"] == ["req-a"]
+
+
+def test_idempotent_append_returns_the_existing_record_and_writes_nothing(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db")
+    first = log.append("batch-finished", actor="batch", payload={"v": 2}, idempotency_key="batch-7")
+    head = log.head_path.read_text()
+
+    retried = log.append(
+        "batch-finished", actor="batch", payload={"v": 3}, idempotency_key="batch-7"
+    )
+
+    assert retried == first
+    assert len(log.records()) == 1
+    assert log.head_path.read_text() == head
+    with pytest.raises(
+        AuditError, match="'batch-7' already belongs to record 1 .*'batch-finished'"
+    ):
+        log.append("model-promoted", actor="batch", payload={}, idempotency_key="batch-7")
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"mia": float("nan")}, r"payload.mia is nan"),
+        ({"per_class": {3: 0.1}}, r"payload.per_class has key 3 of type int"),
+        ({"model": object()}, r"not JSON-serialisable"),
+    ],
+)
+def test_append_refuses_payloads_json_cannot_hold_exactly(tmp_path: Path, payload, message) -> None:
+    log = AuditLog(tmp_path / "audit.db")
+    with pytest.raises(AuditError, match=message):
+        log.append("evaluated", actor="batch", payload=payload)
+    assert log.records() == []
+
+
+def test_append_refuses_blank_actor(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="actor must be a non-empty string, got ''"):
+        AuditLog(tmp_path / "audit.db").append("e", actor="", payload={})
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"])
+def test_table_refuses_updates_and_deletes(log: AuditLog, statement: str) -> None:
+    with (
+        sqlite3.connect(log.path) as conn,
+        pytest.raises(sqlite3.DatabaseError, match="append-only"),
+    ):
+        conn.execute(statement)
+    assert log.verify().ok
+
+
+def test_untouched_log_verifies(log: AuditLog, tmp_path: Path) -> None:
+    assert log.verify() == VerifyResult(ok=True, records=10, first_bad_seq=None, problem=None)
+    assert AuditLog(tmp_path / "empty.db").verify().ok
+
+
+def test_edited_payload_is_found(log: AuditLog) -> None:
+    _tamper(log.path, """UPDATE audit SET payload = '{"n":700}' WHERE seq = 7""")
+
+    result = log.verify()
+
+    assert (result.ok, result.first_bad_seq) == (False, 7)
+    assert result.problem.startswith("record 7: content does not match its hash")
+
+
+def test_edited_and_rehashed_record_is_found_by_the_next_link(log: AuditLog) -> None:
+    row = _row(log.path, 7)
+    row["payload"] = '{"n":700}'
+    _tamper(
+        log.path,
+        "UPDATE audit SET payload = ?, hash = ? WHERE seq = 7",
+        params=(row["payload"], _hash(row)),
+    )
+
+    result = log.verify()
+
+    assert result.first_bad_seq == 8
+    assert result.problem.startswith("record 8: prev_hash does not match record 7")
+
+
+def test_swapped_payloads_are_found_at_the_first(log: AuditLog) -> None:
+    _tamper(
+        log.path,
+        """UPDATE audit SET payload = '{"n":6}' WHERE seq = 3""",
+        """UPDATE audit SET payload = '{"n":3}' WHERE seq = 6""",
+    )
+
+    result = log.verify()
+
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "record 3:" in result.problem
+
+
+def test_deleted_middle_record_is_found(log: AuditLog) -> None:
+    _tamper(log.path, "DELETE FROM audit WHERE seq = 5")
+
+    result = log.verify()
+
+    assert (result.ok, result.records, result.first_bad_seq) == (False, 9, 5)
+    assert (
+        result.problem == "record 5 is missing: the log jumps from record 4 to record 6 (deleted?)"
+    )
+
+
+def test_deleted_first_record_is_found(log: AuditLog) -> None:
+    _tamper(log.path, "DELETE FROM audit WHERE seq = 1")
+
+    result = log.verify()
+
+    assert result.first_bad_seq == 1
+    assert "the log starts at record 2" in result.problem
+
+
+def test_deleted_last_record_is_found_by_the_head_anchor(log: AuditLog) -> None:
+    _tamper(log.path, "DELETE FROM audit WHERE seq = 10")
+
+    result = log.verify()
+
+    assert (result.ok, result.records, result.first_bad_seq) == (False, 9, 10)
+    assert result.problem == (
+        "log ends at record 9 but the head anchor records 10 (records removed from the end?)"
+    )
+
+
+def test_append_refuses_to_cover_up_a_cut_tail(log: AuditLog) -> None:
+    # Appending would write a new record 10 and re-anchor: the deletion would become invisible.
+    _tamper(log.path, "DELETE FROM audit WHERE seq = 10")
+
+    with pytest.raises(AuditError, match="log ends at record 9 .* head anchor records 10"):
+        log.append("request-added", actor="tester", payload={})
+
+    assert log.verify().first_bad_seq == 10
+
+
+def test_missing_head_anchor_is_found_and_blocks_appends(log: AuditLog) -> None:
+    log.head_path.unlink()
+
+    result = log.verify()
+
+    assert (result.ok, result.first_bad_seq) == (False, 11)
+    assert result.problem == f"head anchor {log.head_path} is missing (deleted?)"
+    with pytest.raises(AuditError, match="head anchor is missing"):
+        log.append("request-added", actor="tester", payload={})
+
+
+def test_unreadable_head_anchor_is_reported_not_raised(log: AuditLog) -> None:
+    log.head_path.write_text("{not json")
+
+    result = log.verify()
+
+    assert not result.ok
+    assert "is unreadable: '{not json'" in result.problem
+
+
+def test_reordered_seqs_are_found(log: AuditLog) -> None:
+    _tamper(
+        log.path,
+        "UPDATE audit SET seq = -1 WHERE seq = 3",
+        "UPDATE audit SET seq = 3 WHERE seq = 4",
+        "UPDATE audit SET seq = 4 WHERE seq = -1",
+    )
+
+    result = log.verify()
+
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert result.problem.startswith("record 3:")
+
+
+def test_reordered_and_rehashed_records_are_found_by_prev_hash(log: AuditLog) -> None:
+    # A careful attacker swaps records 3 and 4 and re-hashes both under their new seqs; each
+    # record is then self-consistent, and only the chain's links give it away.
+    third, fourth = _row(log.path, 3), _row(log.path, 4)
+    third["seq"], fourth["seq"] = 4, 3
+    _tamper(log.path, "DELETE FROM audit WHERE seq IN (3, 4)")
+    with sqlite3.connect(log.path) as conn:
+        for row in (fourth, third):
+            row["hash"] = _hash(row)
+            conn.execute(
+                "INSERT INTO audit VALUES (:seq, :ts, :event, :actor, :request_ids, :payload,"
+                " :idempotency_key, :prev_hash, :hash)",
+                row,
+            )
+
+    result = log.verify()
+
+    assert result.first_bad_seq == 3
+    assert result.problem.startswith("record 3: prev_hash does not match record 2")
+
+
+def test_log_from_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    AuditLog(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 2")
+
+    with pytest.raises(AuditError, match="schema version 2.*expects version 1"):
+        AuditLog(path)
+
+
+def _append_many(path: Path, worker: int, count: int, barrier) -> None:
+    log = AuditLog(path)
+    barrier.wait()
+    for i in range(count):
+        log.append("concurrent", actor=f"worker-{worker}", payload={"worker": worker, "i": i})
+
+
+def test_two_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    AuditLog(path)
+    # spawn, not fork: the test process has torch loaded, and a clean child is what a second
+    # batch process would be.
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_append_many, args=(path, w, 20, barrier)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+    log = AuditLog(path)
+    assert log.verify() == VerifyResult(ok=True, records=40, first_bad_seq=None, problem=None)
+    records = log.records()
+    assert [r.seq for r in records] == list(range(1, 41))
+    for w in range(2):
+        assert [r.payload["i"] for r in records if r.payload["worker"] == w] == list(range(20))
+    assert not list(tmp_path.glob("*.tmp-*"))  # anchor temp files were all replaced

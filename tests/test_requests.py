@@ -1,0 +1,263 @@
+"""The deletion-request store: intake, the batch lifecycle, and safety across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from unsir_pipeline.requests import STATUSES, DeletionRequest, RequestError, RequestStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RequestStore:
+    return RequestStore(tmp_path / "requests.db")
+
+
+def test_add_sorts_classes_keeps_names_aligned_and_stamps_utc(store: RequestStore) -> None:
+    request = store.add([7, 3], ["seven", "three"], "alice", "consent withdrawn")
+
+    assert re.fullmatch(r"req-[0-9a-f]{12}", request.id)
+    assert request.classes == (3, 7)
+    assert request.class_names == ("three", "seven")
+    assert request.requested == ("three", "seven")  # defaults to the names
+    assert (request.status, request.attempts, request.batch_id) == ("pending", 0, None)
+    assert (request.model_version, request.error) == (None, None)
+    created = datetime.fromisoformat(request.created_at)
+    assert created.utcoffset() == timedelta(0)
+    assert request.updated_at == request.created_at
+    assert store.get(request.id) == request
+
+
+def test_add_keeps_the_raw_request_and_dedupes_repeated_classes(store: RequestStore) -> None:
+    request = store.add([3, 3], ["three", "three"], "bob", "", requested=["3", "three"])
+
+    assert request.classes == (3,)
+    assert request.requested == ("3", "three")
+    assert request.to_dict()["requested"] == ["3", "three"]
+    assert request.to_dict()["classes"] == [3]
+
+
+def test_store_persists_across_instances_and_creates_parent_dirs(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "state" / "requests.db"
+    first = RequestStore(path).add([1], ["one"], "alice", "gdpr")
+
+    assert RequestStore(path).get(first.id) == first
+
+
+def test_store_uses_wal_so_readers_do_not_block_a_batch(store: RequestStore) -> None:
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize(
+    ("classes", "names", "requester", "message"),
+    [
+        ([1, 2], ["one"], "alice", r"same length, got 2 and 1"),
+        ([], [], "alice", r"at least one class"),
+        ([-1], ["minus"], "alice", r"integer >= 0, got -1"),
+        ([True], ["true"], "alice", r"integer >= 0, got True"),
+        ([1, 1], ["one", "uno"], "alice", r"class 1 is given two names, 'one' and 'uno'"),
+        ([1], [""], "alice", r"class_names entry for class 1 must be a non-empty string"),
+        ([1], ["one"], "  ", r"requester must be a non-empty string, got '  '"),
+        ("12", ["one", "two"], "alice", r"must be sequences"),
+    ],
+)
+def test_add_refuses_malformed_input_naming_it(
+    store: RequestStore, classes, names, requester, message
+) -> None:
+    with pytest.raises(RequestError, match=message):
+        store.add(classes, names, requester, "reason")
+    assert store.list() == []
+
+
+def test_rejected_request_keeps_what_was_asked_and_never_runs(store: RequestStore) -> None:
+    rejected = store.add_rejected(
+        [], [], "carol", "please", "no class named 'unicorn'", requested=["unicorn"]
+    )
+    store.add([2], ["two"], "dave", "gdpr")
+
+    assert rejected.status == "rejected"
+    assert rejected.error == "no class named 'unicorn'"
+    assert rejected.requested == ("unicorn",)
+    assert rejected.classes == ()
+    claimed = store.claim_pending("batch-1")
+    assert [r.requester for r in claimed] == ["dave"]
+    assert store.get(rejected.id).status == "rejected"
+    with pytest.raises(RequestError, match="refusal must be a non-empty string"):
+        store.add_rejected([], [], "carol", "please", "")
+
+
+def test_get_unknown_id_names_it(store: RequestStore) -> None:
+    with pytest.raises(RequestError, match="'req-000000000000'"):
+        store.get("req-000000000000")
+
+
+def test_list_is_oldest_first_and_filters_by_status(store: RequestStore) -> None:
+    ids = [store.add([i], [str(i)], "alice", "r").id for i in range(4)]
+    store.claim_pending("batch-1")
+    late = store.add([9], ["nine"], "bob", "r")
+
+    assert [r.id for r in store.list()] == [*ids, late.id]
+    assert [r.id for r in store.list("running")] == ids
+    assert [r.id for r in store.list("pending")] == [late.id]
+    assert store.list("done") == []
+
+
+def test_list_unknown_status_names_the_valid_ones(store: RequestStore) -> None:
+    with pytest.raises(RequestError, match="'finished'.*" + ", ".join(STATUSES)):
+        store.list("finished")
+
+
+def test_claim_pending_takes_every_pending_request_once(store: RequestStore) -> None:
+    a = store.add([1], ["one"], "alice", "r")
+    b = store.add([2], ["two"], "bob", "r")
+
+    claimed = store.claim_pending("batch-1")
+
+    assert [r.id for r in claimed] == [a.id, b.id]
+    assert all(r.status == "running" and r.batch_id == "batch-1" for r in claimed)
+    assert all(r.attempts == 1 for r in claimed)
+    assert claimed[0].updated_at >= a.updated_at
+    assert store.claim_pending("batch-2") == []
+    assert store.batch_requests("batch-1") == claimed
+    assert store.batch_requests("batch-2") == []
+
+
+def test_mark_done_touches_only_that_batch_and_is_a_no_op_when_retried(
+    store: RequestStore,
+) -> None:
+    first = store.add([1], ["one"], "alice", "r")
+    store.claim_pending("batch-1")
+    second = store.add([2], ["two"], "bob", "r")
+    store.claim_pending("batch-2")
+
+    done = store.mark_done("batch-1", 4)
+
+    assert [(r.id, r.status, r.model_version) for r in done] == [(first.id, "done", 4)]
+    assert store.get(second.id).status == "running"
+    assert store.mark_done("batch-1", 4) == []
+    with pytest.raises(RequestError, match="model_version must be an integer >= 1, got 0"):
+        store.mark_done("batch-2", 0)
+
+
+def test_release_retries_until_max_attempts_then_fails(store: RequestStore) -> None:
+    request = store.add([1], ["one"], "alice", "r")
+
+    store.claim_pending("batch-1")
+    (released,) = store.release("batch-1", "CUDA out of memory", max_attempts=2)
+    assert (released.status, released.attempts) == ("pending", 1)
+    assert released.error == "CUDA out of memory"
+    assert released.batch_id == "batch-1"  # the batch that held it stays visible
+
+    store.claim_pending("batch-2")
+    (failed,) = store.release("batch-2", "CUDA out of memory again", max_attempts=2)
+    assert (failed.id, failed.status, failed.attempts) == (request.id, "failed", 2)
+    assert store.claim_pending("batch-3") == []
+
+
+def test_release_leaves_other_batches_alone(store: RequestStore) -> None:
+    store.add([1], ["one"], "alice", "r")
+    store.claim_pending("batch-1")
+
+    assert store.release("batch-other", "boom", max_attempts=3) == []
+    assert store.list("running") != []
+    with pytest.raises(RequestError, match="max_attempts must be an integer >= 1, got 0"):
+        store.release("batch-1", "boom", max_attempts=0)
+
+
+def test_release_stale_frees_a_killed_batchs_requests_only(store: RequestStore) -> None:
+    killed = store.add([1], ["one"], "alice", "r")
+    store.claim_pending("batch-killed")
+    finished = store.add([2], ["two"], "bob", "r")
+    store.claim_pending("batch-ok")
+    store.mark_done("batch-ok", 2)
+    waiting = store.add([3], ["three"], "carol", "r")
+
+    released = store.release_stale("batch killed before finishing", max_attempts=3)
+
+    assert [(r.id, r.status) for r in released] == [(killed.id, "pending")]
+    assert released[0].error == "batch killed before finishing"
+    assert store.get(finished.id).status == "done"
+    assert store.get(waiting.id) == waiting
+
+
+def test_return_to_pending_reopens_the_rejected_versions_requests(store: RequestStore) -> None:
+    forgotten = store.add([1], ["one"], "alice", "r")
+    store.claim_pending("batch-1")
+    store.mark_done("batch-1", 5)
+    other = store.add([2], ["two"], "bob", "r")
+    store.claim_pending("batch-2")
+    store.mark_done("batch-2", 6)
+
+    reopened = store.return_to_pending(5, "reviewer: retain accuracy too low")
+
+    assert [r.id for r in reopened] == [forgotten.id]
+    assert reopened[0].status == "pending"
+    assert reopened[0].model_version is None
+    assert reopened[0].error == "reviewer: retain accuracy too low"
+    assert store.get(other.id).model_version == 6
+    (again,) = store.claim_pending("batch-3")
+    assert (again.id, again.attempts) == (forgotten.id, 2)
+
+
+def test_every_status_change_moves_updated_at(store: RequestStore) -> None:
+    request = store.add([1], ["one"], "alice", "r")
+    stamps = [request.updated_at]
+    stamps.append(store.claim_pending("b")[0].updated_at)
+    stamps.append(store.mark_done("b", 2)[0].updated_at)
+    stamps.append(store.return_to_pending(2, "rejected")[0].updated_at)
+
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == len(stamps)
+    assert store.get(request.id).created_at == request.created_at
+
+
+def test_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "requests.db"
+    RequestStore(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+
+    with pytest.raises(RequestError, match="schema version 99.*expects version 1"):
+        RequestStore(path)
+
+
+def test_deletion_request_is_immutable(store: RequestStore) -> None:
+    request = store.add([1], ["one"], "alice", "r")
+    with pytest.raises(AttributeError):
+        request.status = "done"  # type: ignore[misc]
+    assert isinstance(request, DeletionRequest)
+
+
+def _claim(path: Path, batch_id: str, barrier) -> None:
+    store = RequestStore(path)
+    barrier.wait()
+    store.claim_pending(batch_id)
+
+
+def test_two_processes_claiming_at_once_never_share_a_request(tmp_path: Path) -> None:
+    path = tmp_path / "requests.db"
+    store = RequestStore(path)
+    for i in range(30):
+        store.add([i], [str(i)], "alice", "r")
+    # spawn, not fork: the test process has torch loaded, and a clean child is what a second
+    # `unsir` process would be.
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_claim, args=(path, f"batch-{w}", barrier)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+    requests = store.list()
+    # A request claimed twice would show attempts == 2.
+    assert all(r.status == "running" and r.attempts == 1 for r in requests)
+    assert {r.batch_id for r in requests} <= {"batch-0", "batch-1"}
+    assert len(requests) == 30

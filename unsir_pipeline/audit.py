@@ -1,0 +1,524 @@
+"""An append-only, hash-chained audit trail: what was done about each deletion request, provably.
+
+A regulator asking "when was this person's class forgotten, by which model version, and who
+approved it?" must get an answer that nobody could have quietly rewritten. Each record therefore
+carries the hash of the record before it: editing, deleting, inserting or reordering any record
+breaks the chain at that record, and :meth:`AuditLog.verify` names it.
+
+How a record's hash is computed (so anyone can re-check the log with ``sqlite3`` and a few lines
+of any language)::
+
+    sha256(json.dumps({"seq", "ts", "event", "actor", "request_ids", "payload",
+                       "idempotency_key", "prev_hash"}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8")).hexdigest()
+
+with ``prev_hash`` of the first record equal to :data:`GENESIS`.
+
+A chain alone cannot show that its *last* records were removed, so a small head anchor
+``<log>.head`` (JSON ``{"records": n, "hash": "<hash of record n>"}``) is rewritten atomically on
+every append and checked by :meth:`AuditLog.verify`. Triggers make the table append-only for any
+code path that goes through SQLite; someone with the file can drop them, which is what the chain
+and the anchor are for. This module talks to nothing but SQLite and the anchor file, and imports
+nothing from the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq             INTEGER PRIMARY KEY,
+    ts              TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    actor           TEXT NOT NULL,
+    request_ids     TEXT NOT NULL,        -- JSON list of str
+    payload         TEXT NOT NULL,        -- canonical JSON object
+    idempotency_key TEXT UNIQUE,
+    prev_hash       TEXT NOT NULL,
+    hash            TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: UPDATE of audit records is refused');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: DELETE of audit records is refused');
+END;
+"""
+
+_COLUMNS = "seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, hash"
+
+
+class AuditError(Exception):
+    """The audit log was given a bad value, or what is stored cannot be read as a record."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit record as stored. ``payload`` is a fresh dict per read; changing it changes
+    nothing stored (and would no longer match ``hash``)."""
+
+    seq: int
+    ts: str
+    event: str
+    actor: str
+    request_ids: tuple[str, ...]
+    payload: dict[str, Any]
+    idempotency_key: str | None
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (a deep copy), for ``--json`` output and reports."""
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "event": self.event,
+            "actor": self.actor,
+            "request_ids": list(self.request_ids),
+            "payload": json.loads(_canonical(self.payload)),
+            "idempotency_key": self.idempotency_key,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :meth:`AuditLog.verify`: ``ok``, or the first record found wrong and why."""
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    problem: str | None
+
+
+def _canonical(value: Any) -> str:
+    # allow_nan=False: NaN/Infinity are not JSON, and a log anyone must be able to re-hash
+    # cannot depend on Python's extension of it.
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _record_hash(
+    seq: int,
+    ts: str,
+    event: str,
+    actor: str,
+    request_ids: Sequence[str],
+    payload: dict[str, Any],
+    idempotency_key: str | None,
+    prev_hash: str,
+) -> str:
+    body = {
+        "seq": seq,
+        "ts": ts,
+        "event": event,
+        "actor": actor,
+        "request_ids": list(request_ids),
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _payload_problem(value: Any, where: str) -> str | None:
+    """The first thing in ``value`` that JSON would reject or silently change, with its path, so
+    the error names it: NaN/Infinity (not JSON) and non-string keys (JSON turns 1 into "1")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} is {value}, which JSON cannot hold; record null instead"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has key {key!r} of type {type(key).__name__}; expected str keys"
+            found = _payload_problem(item, f"{where}.{key}")
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _payload_problem(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise AuditError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_row(row: sqlite3.Row) -> AuditRecord:
+    """A stored row as a record; :class:`AuditError` naming the record if a column is unreadable
+    (possible only if someone wrote the table by hand)."""
+    seq = row["seq"]
+    try:
+        request_ids = json.loads(row["request_ids"])
+        payload = json.loads(row["payload"])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise AuditError(f"record {seq}: request_ids or payload is not valid JSON ({err})") from err
+    if not isinstance(request_ids, list) or not all(isinstance(r, str) for r in request_ids):
+        raise AuditError(
+            f"record {seq}: request_ids must be a JSON list of strings, got {row['request_ids']!r}"
+        )
+    if not isinstance(payload, dict):
+        raise AuditError(f"record {seq}: payload must be a JSON object, got {row['payload']!r}")
+    return AuditRecord(
+        seq=seq,
+        ts=row["ts"],
+        event=row["event"],
+        actor=row["actor"],
+        request_ids=tuple(request_ids),
+        payload=payload,
+        idempotency_key=row["idempotency_key"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+class AuditLog:
+    """The audit trail in one SQLite file plus its head anchor; safe to share between processes.
+
+    Each method opens its own connection, so an instance may be used across threads and survives
+    ``fork``; there is nothing to close.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.head_path = self.path.with_name(self.path.name + ".head")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise AuditError(
+                    f"{self.path} holds audit schema version {version}; this code expects "
+                    f"version {SCHEMA_VERSION}"
+                )
+            # executescript() would COMMIT our transaction, so run the statements one by one.
+            for statement in _split_statements(_SCHEMA):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # A new log gets its anchor at once, so that a missing anchor always means tampering
+            # (or a lost file), never "nothing appended yet".
+            count = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+            if count == 0 and not self.head_path.exists():
+                self._write_head(0, GENESIS)
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")  # an appended record survives a power cut
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """IMMEDIATE takes the write lock before reading the head, so two writers cannot both
+        extend record n and fork the chain."""
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read_head(self) -> tuple[int, str] | None:
+        """The anchor's (records, hash), None if the file is missing; AuditError if unreadable."""
+        try:
+            text = self.head_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            head = json.loads(text)
+            return int(head["records"]), str(head["hash"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise AuditError(
+                f"head anchor {self.head_path} is unreadable: {text[:200]!r}; expected "
+                '{"records": <int>, "hash": "<sha256>"}'
+            ) from err
+
+    def _check_head(self, conn: sqlite3.Connection) -> tuple[int, str]:
+        """The anchor, after checking it names the log's last record.
+
+        Appending over a log whose tail was cut would re-anchor it and hide the cut for good, so
+        a disagreement stops the append; only a person who has looked (verify) can resolve it.
+        """
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        actual = (last["seq"], last["hash"]) if last else (0, GENESIS)
+        head = self._read_head()
+        if head != actual:
+            found = "is missing" if head is None else f"records {head[0]} (hash {head[1][:12]}...)"
+            raise AuditError(
+                f"refusing to append to {self.path}: the log ends at record {actual[0]} "
+                f"(hash {actual[1][:12]}...) but its head anchor {found}; run verify() to see "
+                "what was removed"
+            )
+        return head
+
+    def _write_head(self, records: int, head_hash: str) -> None:
+        """Replace the anchor atomically: a reader sees the old one or the new one, never half."""
+        tmp = self.head_path.with_name(f"{self.head_path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(_canonical({"records": records, "hash": head_hash}))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.head_path)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        event: str,
+        *,
+        actor: str,
+        payload: dict[str, Any],
+        request_ids: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> AuditRecord:
+        """Append one record and return it as stored.
+
+        With an ``idempotency_key`` already in the log, the existing record is returned and
+        nothing is written, so a retried batch does not duplicate its records; reusing a key for
+        a different event is a caller bug and raises :class:`AuditError`.
+        """
+        _check_text("event", event)
+        _check_text("actor", actor)
+        if not isinstance(payload, dict):
+            raise AuditError(f"payload must be a dict, got {type(payload).__name__}: {payload!r}")
+        if isinstance(request_ids, (str, bytes)) or not all(
+            isinstance(r, str) and r for r in request_ids
+        ):
+            raise AuditError(
+                f"request_ids must be a sequence of non-empty strings, got {request_ids!r}"
+            )
+        if idempotency_key is not None:
+            _check_text("idempotency_key", idempotency_key)
+        problem = _payload_problem(payload, "payload")
+        if problem:
+            raise AuditError(f"event {event!r}: {problem}")
+        try:
+            # Round-trip, so the record returned equals the one records() will read back
+            # (tuples become lists) and its hash is over exactly that.
+            payload = json.loads(_canonical(payload))
+        except (TypeError, ValueError) as err:
+            raise AuditError(f"payload of event {event!r} is not JSON-serialisable: {err}") from err
+        request_ids = tuple(request_ids)
+
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            head: tuple[int, str] | None = None
+            try:
+                record = self._existing(conn, idempotency_key, event)
+                if record is None:
+                    previous = self._check_head(conn)
+                    record = self._insert(conn, event, actor, payload, request_ids, idempotency_key)
+                    # Written while we hold the write lock, so anchors follow chain order. Should
+                    # the commit fail, the old anchor is put back below; only a crash in the
+                    # instant between the two leaves it one record ahead (verify reports that).
+                    self._write_head(record.seq, record.hash)
+                    head = previous
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if head is not None:
+                    self._write_head(*head)
+                raise
+        return record
+
+    def _existing(
+        self, conn: sqlite3.Connection, idempotency_key: str | None, event: str
+    ) -> AuditRecord | None:
+        if idempotency_key is None:
+            return None
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit WHERE idempotency_key = ?", (idempotency_key,)
+        ).fetchone()
+        if row is None:
+            return None
+        existing = _parse_row(row)
+        if existing.event != event:
+            raise AuditError(
+                f"idempotency_key {idempotency_key!r} already belongs to record {existing.seq} "
+                f"(event {existing.event!r}), not to event {event!r}"
+            )
+        return existing
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        event: str,
+        actor: str,
+        payload: dict[str, Any],
+        request_ids: tuple[str, ...],
+        idempotency_key: str | None,
+    ) -> AuditRecord:
+        """Insert the next record after the current head; the caller holds the write lock."""
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev_hash = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+        ts = _now()
+        digest = _record_hash(
+            seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash
+        )
+        conn.execute(
+            f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                ts,
+                event,
+                actor,
+                _canonical(list(request_ids)),
+                _canonical(payload),
+                idempotency_key,
+                prev_hash,
+                digest,
+            ),
+        )
+        return AuditRecord(
+            seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, digest
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def records(
+        self, *, request_id: str | None = None, event: str | None = None
+    ) -> list[AuditRecord]:
+        """Records in seq order; only those naming ``request_id`` and/or of kind ``event``."""
+        clauses, params = [], []
+        if request_id is not None:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(audit.request_ids) WHERE value = ?)")
+            params.append(request_id)
+        if event is not None:
+            clauses.append("event = ?")
+            params.append(event)
+        where = " AND ".join(clauses) or "1"
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit WHERE {where} ORDER BY seq", params
+            ).fetchall()
+        return [_parse_row(row) for row in rows]
+
+    def verify(self) -> VerifyResult:
+        """Walk the chain from record 1 and check the head anchor; stop at the first problem.
+
+        Per record: its content must hash to its ``hash`` (else edited, or moved to another
+        seq), its ``seq`` must follow the previous one (else records are missing), and its
+        ``prev_hash`` must be the previous record's hash (else records were deleted, inserted or
+        reordered, or the previous one was edited and re-hashed). Then the anchor must record
+        the same number of records and the same last hash (else records were cut from the end).
+        """
+        with closing(self._connect()) as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq").fetchall()
+        count = len(rows)
+
+        def bad(seq: int, problem: str) -> VerifyResult:
+            return VerifyResult(ok=False, records=count, first_bad_seq=seq, problem=problem)
+
+        expected_seq, prev_hash = 1, GENESIS
+        for row in rows:
+            seq = row["seq"]
+            try:
+                record = _parse_row(row)
+            except AuditError as err:
+                return bad(seq, f"{err} (edited?)")
+            recomputed = _record_hash(
+                record.seq,
+                record.ts,
+                record.event,
+                record.actor,
+                record.request_ids,
+                record.payload,
+                record.idempotency_key,
+                record.prev_hash,
+            )
+            if recomputed != record.hash:
+                return bad(
+                    seq,
+                    f"record {seq}: content does not match its hash "
+                    "(edited, or moved from another position?)",
+                )
+            if seq != expected_seq:
+                if expected_seq == 1:
+                    where = f"the log starts at record {seq}"
+                else:
+                    where = f"the log jumps from record {expected_seq - 1} to record {seq}"
+                return bad(expected_seq, f"record {expected_seq} is missing: {where} (deleted?)")
+            if record.prev_hash != prev_hash:
+                previous = "the genesis hash" if seq == 1 else f"record {seq - 1}"
+                return bad(
+                    seq,
+                    f"record {seq}: prev_hash does not match {previous} (records deleted, "
+                    "inserted or reordered, or the one before edited and re-hashed?)",
+                )
+            expected_seq, prev_hash = seq + 1, record.hash
+
+        try:
+            head = self._read_head()
+        except AuditError as err:
+            return bad(count + 1, str(err))
+        if head is None:
+            return bad(count + 1, f"head anchor {self.head_path} is missing (deleted?)")
+        head_records, head_hash = head
+        if head_records > count:
+            return bad(
+                count + 1,
+                f"log ends at record {count} but the head anchor records {head_records} "
+                "(records removed from the end?)",
+            )
+        if head_records < count:
+            return bad(
+                head_records + 1,
+                f"log has {count} records but the head anchor records {head_records} "
+                f"(records from {head_records + 1} on written around append(), "
+                "or the anchor rolled back?)",
+            )
+        if head_hash != prev_hash:
+            return bad(
+                count,
+                f"record {count}: hash does not match the head anchor (last record replaced?)",
+            )
+        return VerifyResult(ok=True, records=count, first_bad_seq=None, problem=None)
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split the schema into statements; a trigger body's inner ``;`` belongs to the trigger."""
+    statements, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined and sqlite3.complete_statement(joined):
+            statements.append(joined)
+            current = []
+    return statements

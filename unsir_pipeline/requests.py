@@ -1,0 +1,427 @@
+"""A durable store of deletion requests: who asked to forget which classes, and what came of it.
+
+Requests outlive any one batch run, so they live in SQLite rather than in a flow's memory: a
+batch that is killed half-way leaves its requests ``running``, and the next batch puts them back
+in the queue (:meth:`RequestStore.release_stale`). Every state change happens inside
+``BEGIN IMMEDIATE`` so two processes (a CLI adding requests, a scheduled batch claiming them)
+never see or write a half-done change, and every change stamps ``updated_at``.
+
+Lifecycle::
+
+    add                                      -> pending
+    add_rejected                             -> rejected   (refused at intake; never runs)
+    pending --claim_pending-->                  running    (batch_id set, attempts + 1)
+    running --mark_done-->                      done       (model_version set)
+    running --release / release_stale-->        pending, or failed once attempts >= max_attempts
+    done    --return_to_pending-->              pending    (a reviewer rejected the version)
+
+This module talks to nothing but SQLite and imports nothing from the pipeline, so the queue can
+be inspected from a notebook or a shell without Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("pending", "running", "done", "failed", "rejected")
+
+# Bumped when the table changes shape; a store written by another layout is refused, not guessed at.
+SCHEMA_VERSION = 1
+# How long a writer waits for another process's transaction before giving up.
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: "oldest first"
+    id            TEXT NOT NULL UNIQUE,
+    classes       TEXT NOT NULL,                      -- JSON list of ints
+    class_names   TEXT NOT NULL,                      -- JSON list of str, same order
+    requested     TEXT NOT NULL,                      -- JSON list of the raw strings asked for
+    requester     TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    attempts      INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    batch_id      TEXT,
+    model_version INTEGER,
+    error         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE INDEX IF NOT EXISTS requests_batch ON requests (batch_id);
+"""
+
+_COLUMNS = (
+    "id, classes, class_names, requested, requester, reason, status, attempts, batch_id, "
+    "model_version, error, created_at, updated_at"
+)
+
+
+class RequestError(ValueError):
+    """A request operation got a bad value (unknown id, unknown status, malformed classes)."""
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """One request to forget classes, as stored; a snapshot, never updated in place."""
+
+    id: str
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    requester: str
+    reason: str
+    status: str
+    attempts: int
+    batch_id: str | None
+    model_version: int | None
+    error: str | None
+    created_at: str
+    updated_at: str
+    # What the requester typed, before resolution to class indices: kept so that a refused
+    # request still shows what was asked even when nothing in it named a known class.
+    requested: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (tuples become lists), for ``--json`` output and logs."""
+        data = asdict(self)
+        for key in ("classes", "class_names", "requested"):
+            data[key] = list(data[key])
+        return data
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _row_to_request(row: sqlite3.Row) -> DeletionRequest:
+    return DeletionRequest(
+        id=row["id"],
+        classes=tuple(json.loads(row["classes"])),
+        class_names=tuple(json.loads(row["class_names"])),
+        requester=row["requester"],
+        reason=row["reason"],
+        status=row["status"],
+        attempts=row["attempts"],
+        batch_id=row["batch_id"],
+        model_version=row["model_version"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        requested=tuple(json.loads(row["requested"])),
+    )
+
+
+def _check_text(name: str, value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        expected = "a string" if allow_empty else "a non-empty string"
+        raise RequestError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    # bool is an int subclass; True as a model version or attempt limit is a bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _normalise_classes(
+    classes: Sequence[int], class_names: Sequence[str], *, allow_empty: bool
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Sort classes ascending and keep each name beside its index, so two requests for the same
+    classes look the same however they were typed."""
+    if isinstance(classes, (str, bytes)) or isinstance(class_names, (str, bytes)):
+        raise RequestError(
+            f"classes and class_names must be sequences, got {classes!r} and {class_names!r}"
+        )
+    classes, class_names = tuple(classes), tuple(class_names)
+    if len(classes) != len(class_names):
+        raise RequestError(
+            f"classes {list(classes)} and class_names {list(class_names)} must have the same "
+            f"length, got {len(classes)} and {len(class_names)}"
+        )
+    if not classes and not allow_empty:
+        raise RequestError("classes must name at least one class to forget, got none")
+    names: dict[int, str] = {}
+    for index, name in zip(classes, class_names, strict=True):
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise RequestError(f"class index must be an integer >= 0, got {index!r}")
+        _check_text(f"class_names entry for class {index}", name)
+        if names.setdefault(index, name) != name:
+            raise RequestError(
+                f"class {index} is given two names, {names[index]!r} and {name!r}; expected one"
+            )
+    ordered = sorted(names)
+    return tuple(ordered), tuple(names[i] for i in ordered)
+
+
+def _normalise_requested(
+    requested: Sequence[str] | None, default: tuple[str, ...]
+) -> tuple[str, ...]:
+    if requested is None:
+        return default
+    if isinstance(requested, (str, bytes)) or not all(isinstance(r, str) for r in requested):
+        raise RequestError(f"requested must be a sequence of strings, got {requested!r}")
+    return tuple(requested)
+
+
+class RequestStore:
+    """Deletion requests in one SQLite file, safe to share between processes.
+
+    Each method opens its own connection, so a store object may be used across threads and
+    survives ``fork``; there is nothing to close.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as conn:
+            # WAL lets readers (``unsir requests``) run while a batch writes; the mode is a
+            # property of the file, so setting it once here is enough.
+            conn.execute("PRAGMA journal_mode=WAL")
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RequestError(
+                    f"{self.path} holds request schema version {version}; this code expects "
+                    f"version {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        return f"RequestStore({str(self.path)!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")  # a committed request survives a power cut
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: IMMEDIATE takes the write lock up front, so a read-then-update
+        (claim every pending request) cannot interleave with another process's."""
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _select(
+        self, conn: sqlite3.Connection, where: str, params: Sequence[Any]
+    ) -> list[DeletionRequest]:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE {where} ORDER BY seq", params
+        ).fetchall()
+        return [_row_to_request(row) for row in rows]
+
+    def _transition(
+        self, where: str, params: Sequence[Any], assignments: str, values: Sequence[Any]
+    ) -> list[DeletionRequest]:
+        """Apply ``assignments`` to every row matching ``where``, in one transaction, and return
+        the changed rows as they are afterwards (oldest first)."""
+        with self._transaction() as conn:
+            # RETURNING (SQLite >= 3.35) reads the changed rows in the same statement, whatever
+            # their number; its order is unspecified, hence the sort.
+            rows = conn.execute(
+                f"UPDATE requests SET {assignments}, updated_at = ? WHERE {where} "
+                f"RETURNING seq, {_COLUMNS}",
+                [*values, _now(), *params],
+            ).fetchall()
+        return [_row_to_request(row) for row in sorted(rows, key=lambda row: row["seq"])]
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def _insert(
+        self,
+        classes: tuple[int, ...],
+        class_names: tuple[str, ...],
+        requested: tuple[str, ...],
+        requester: str,
+        reason: str,
+        status: str,
+        error: str | None,
+    ) -> DeletionRequest:
+        request_id = f"req-{uuid.uuid4().hex[:12]}"
+        now = _now()
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO requests ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL, ?, ?, ?)",
+                (
+                    request_id,
+                    json.dumps(list(classes)),
+                    json.dumps(list(class_names)),
+                    json.dumps(list(requested)),
+                    requester,
+                    reason,
+                    status,
+                    error,
+                    now,
+                    now,
+                ),
+            )
+            return self._select(conn, "id = ?", (request_id,))[0]
+
+    def add(
+        self,
+        classes: Sequence[int],
+        class_names: Sequence[str],
+        requester: str,
+        reason: str,
+        *,
+        requested: Sequence[str] | None = None,
+    ) -> DeletionRequest:
+        """Queue a request (status ``pending``). Classes are stored sorted and unique, each name
+        beside its index. ``requested`` is what the requester typed; by default the names."""
+        classes, class_names = _normalise_classes(classes, class_names, allow_empty=False)
+        return self._insert(
+            classes,
+            class_names,
+            _normalise_requested(requested, class_names),
+            _check_text("requester", requester),
+            _check_text("reason", reason, allow_empty=True),
+            "pending",
+            None,
+        )
+
+    def add_rejected(
+        self,
+        classes: Sequence[int],
+        class_names: Sequence[str],
+        requester: str,
+        reason: str,
+        refusal: str,
+        *,
+        requested: Sequence[str] | None = None,
+    ) -> DeletionRequest:
+        """Record a request refused at intake (status ``rejected``, ``error`` = ``refusal``).
+
+        Refusals are stored, not dropped, so that "I asked and nothing happened" can be answered.
+        ``classes`` holds whatever did resolve (possibly nothing); ``requested`` keeps the raw
+        strings, including those that named no known class.
+        """
+        classes, class_names = _normalise_classes(classes, class_names, allow_empty=True)
+        return self._insert(
+            classes,
+            class_names,
+            _normalise_requested(requested, class_names),
+            _check_text("requester", requester),
+            _check_text("reason", reason, allow_empty=True),
+            "rejected",
+            _check_text("refusal", refusal),
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> DeletionRequest:
+        with closing(self._connect()) as conn:
+            found = self._select(conn, "id = ?", (request_id,))
+        if not found:
+            raise RequestError(f"no deletion request with id {request_id!r} in {self.path}")
+        return found[0]
+
+    def list(self, status: str | None = None) -> list[DeletionRequest]:
+        """Every request, or those with ``status``, oldest first."""
+        if status is not None and status not in STATUSES:
+            raise RequestError(
+                f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}"
+            )
+        with closing(self._connect()) as conn:
+            if status is None:
+                return self._select(conn, "1", ())
+            return self._select(conn, "status = ?", (status,))
+
+    def batch_requests(self, batch_id: str) -> list[DeletionRequest]:
+        """The requests a batch holds or held (the last batch to claim each), oldest first."""
+        with closing(self._connect()) as conn:
+            return self._select(conn, "batch_id = ?", (_check_text("batch_id", batch_id),))
+
+    # -- batch lifecycle -------------------------------------------------------------------
+
+    def claim_pending(self, batch_id: str) -> list[DeletionRequest]:
+        """Move every pending request to ``running`` under ``batch_id`` and count the attempt.
+
+        Atomic: two batches claiming at once each get a disjoint set (one of them usually none).
+        """
+        _check_text("batch_id", batch_id)
+        return self._transition(
+            "status = 'pending'",
+            (),
+            "status = 'running', batch_id = ?, attempts = attempts + 1",
+            (batch_id,),
+        )
+
+    def mark_done(self, batch_id: str, model_version: int) -> list[DeletionRequest]:
+        """The batch's running requests were forgotten by ``model_version``: mark them ``done``.
+
+        Returns the requests this call changed; a retried call changes and returns nothing (see
+        :meth:`batch_requests` for the batch's full list). ``error`` keeps the last failure, if any.
+        """
+        _check_text("batch_id", batch_id)
+        _check_positive_int("model_version", model_version)
+        return self._transition(
+            "status = 'running' AND batch_id = ?",
+            (batch_id,),
+            "status = 'done', model_version = ?",
+            (model_version,),
+        )
+
+    def release(self, batch_id: str, error: str, max_attempts: int) -> list[DeletionRequest]:
+        """The batch failed: its running requests go back to ``pending`` to be retried, or to
+        ``failed`` once they have been attempted ``max_attempts`` times; ``error`` is recorded."""
+        _check_text("batch_id", batch_id)
+        return self._release(
+            "status = 'running' AND batch_id = ?", (batch_id,), error, max_attempts
+        )
+
+    def release_stale(self, error: str, max_attempts: int) -> list[DeletionRequest]:
+        """Release every running request, whichever batch holds it.
+
+        Only a batch that holds the batch lock may call this: at that moment no other batch can be
+        running, so anything still ``running`` belongs to a batch that was killed.
+        """
+        return self._release("status = 'running'", (), error, max_attempts)
+
+    def _release(
+        self, where: str, params: Sequence[Any], error: str, max_attempts: int
+    ) -> list[DeletionRequest]:
+        _check_text("error", error)
+        _check_positive_int("max_attempts", max_attempts)
+        return self._transition(
+            where,
+            params,
+            "status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, error = ?",
+            (max_attempts, error),
+        )
+
+    def return_to_pending(self, model_version: int, error: str) -> list[DeletionRequest]:
+        """A reviewer rejected ``model_version``: the requests it completed are not honoured after
+        all. They go back to ``pending`` with ``model_version`` cleared and ``error`` = the reason;
+        ``attempts`` and ``batch_id`` keep their history."""
+        _check_positive_int("model_version", model_version)
+        _check_text("error", error)
+        return self._transition(
+            "status = 'done' AND model_version = ?",
+            (model_version,),
+            "status = 'pending', model_version = NULL, error = ?",
+            (error,),
+        )
