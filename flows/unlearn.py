@@ -32,6 +32,8 @@ class UnlearnResult:
     flow_run_id: str
     run_key: str
     device: str
+    data_digests: dict[str, str] = field(default_factory=dict)
+    expectations_passed: int = 0
     compute_s: dict[str, float] = field(default_factory=dict)
     task_s: dict[str, float] = field(default_factory=dict)
 
@@ -111,6 +113,8 @@ def unlearn(
         flow_run_id=flow_run_id,
         run_key=run_key,
         device=noise["device"],
+        data_digests=digests,
+        expectations_passed=handles["expectations_passed"],
         compute_s=compute,
         task_s=clock.seconds,
     ).to_dict()

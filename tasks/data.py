@@ -18,6 +18,7 @@ def validate_data_splits(project_dir: str, overrides: list[str], requested: list
     report, handles = steps.validate_inputs(workspace(project_dir, overrides), requested, already_forgotten)
     create_markdown_artifact(key="data-validation", markdown=report.to_markdown(), description="Great Expectations result")
     require_valid(report)
+    handles["expectations_passed"] = report.evaluated
     get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, handles["forget_classes"])
     return handles
 

@@ -41,6 +41,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.add_argument("--by", default=None, help="who promotes (default: the current user)")
 
+    p = commands.add_parser("reject", help="reject a version held for review; its requests go back to pending")
+    p.add_argument("version", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", default=None, help="who rejects (default: the current user)")
+
+    request = commands.add_parser("request", help="deletion requests").add_subparsers(dest="request_command", required=True)
+    p = request.add_parser("add", help="file a deletion request (refused at once if invalid; the refusal is recorded)")
+    p.add_argument("--classes", nargs="+", required=True, help="class names or indices")
+    p.add_argument("--requester", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--json", action="store_true")
+    p = request.add_parser("list", help="requests, oldest first")
+    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed", "rejected"])
+    p.add_argument("--json", action="store_true")
+    p = request.add_parser("show", help="one request")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    batch = commands.add_parser("batch", help="deletion batches").add_subparsers(dest="batch_command", required=True)
+    p = batch.add_parser("run", help="forget every pending request now, in one unlearning run")
+    p.add_argument("--json", action="store_true")
+    batch.add_parser("serve", help="serve the batch on params.yaml's cron schedule (needs PREFECT_API_URL: a Prefect server)")
+
+    review = commands.add_parser("review", help="versions held by the promotion gate").add_subparsers(dest="review_command", required=True)
+    p = review.add_parser("list", help="versions waiting for a reviewer")
+    p.add_argument("--json", action="store_true")
+
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(dest="audit_command", required=True)
+    audit.add_parser("verify", help="check the whole hash chain; non-zero exit naming the first bad record")
+    p = audit.add_parser("show", help="the trail, or one request's history from arrival to production")
+    p.add_argument("--request", default=None, metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p = audit.add_parser("report", help="write a self-contained HTML evidence report for a batch")
+    p.add_argument("batch_id")
+    p.add_argument("--out", default=None, help="output file (default: reports/evidence-<batch>.html)")
+
     p = commands.add_parser("stage", help="run one DVC stage (called by dvc repro)")
     p.add_argument("name", choices=["prepare", "train", "unlearn", "evaluate"])
     return parser
@@ -79,8 +115,9 @@ def _describe(err: Exception) -> str:
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
     from unsir_pipeline.config import ConfigError
+    from unsir_pipeline.deletion_requests import RequestError
 
-    return isinstance(err, (UnlearningInputError, ConfigError))
+    return isinstance(err, (UnlearningInputError, ConfigError, RequestError))
 
 
 def _workspace(project: Path, args):
@@ -167,13 +204,127 @@ def cmd_models(project: Path, args) -> int:
 
 
 def cmd_promote(project: Path, args) -> int:
-    from unsir_pipeline.steps import promote_by_hand
+    from unsir_pipeline.batches import promote
 
     ws = _workspace(project, args)
     by = args.by or getpass.getuser()
-    promote_by_hand(ws, args.version, args.reason, by)
+    promote(ws, args.version, by, args.reason)
     print(f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
     return 0
+
+
+def cmd_reject(project: Path, args) -> int:
+    from unsir_pipeline.batches import reject
+
+    ws = _workspace(project, args)
+    by = args.by or getpass.getuser()
+    returned = reject(ws, args.version, by, args.reason)
+    print(f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending")
+    return 0
+
+
+def _print_requests(requests: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in requests]))
+        return
+    if not requests:
+        print("no requests")
+        return
+    print(f"{'id':<18}{'status':<10}{'classes':<14}{'version':>8}  {'requester':<16}created")
+    for r in requests:
+        print(f"{r.id:<18}{r.status:<10}{','.join(r.class_names) or '-':<14}{r.model_version or '-':>8}  {r.requester:<16}{r.created_at}")
+        if r.error:
+            print(f"{'':<18}{r.error}")
+
+
+def cmd_request(project: Path, args) -> int:
+    from unsir_pipeline import batches
+
+    ws = _workspace(project, args)
+    if args.request_command == "add":
+        request = batches.file_request(ws, list(args.classes), args.requester, args.reason)
+        print(json.dumps(request.to_dict()) if args.json else f"request {request.id} pending: forget {list(request.class_names)}")
+    elif args.request_command == "list":
+        _print_requests(batches.request_store(ws).list(args.status), args.json)
+    else:
+        request = batches.request_store(ws).get(args.id)
+        print(json.dumps(request.to_dict()) if args.json else "\n".join(f"{k:<14}{v}" for k, v in request.to_dict().items()))
+    return 0
+
+
+def cmd_batch(project: Path, args) -> int:
+    import os
+
+    ws = _workspace(project, args)
+    from flows.deletion_batch import deletion_batch
+
+    if args.batch_command == "serve":
+        if not os.environ.get("PREFECT_API_URL"):
+            print("error: `unsir batch serve` needs a Prefect server: run `prefect server start` and set "
+                  "PREFECT_API_URL=http://127.0.0.1:4200/api (ephemeral mode cannot run schedules)", file=sys.stderr)
+            return EXIT_USAGE
+        deletion_batch.serve(name="deletion-batch", cron=ws.params.requests.schedule,
+                             parameters={"project_dir": str(project), "overrides": list(args.overrides)})
+        return 0
+    result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
+    if args.json:
+        print(json.dumps(result, default=float))
+    elif result["status"] == "done" and "metrics" in result:
+        print(f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version {result['new_version']}\n")
+        print(format_result(result))
+    elif result["status"] == "done":
+        print(f"batch {result['batch_id']}: requests done; their classes were already forgotten by version {result['new_version']}")
+    else:
+        print(f"batch {result['status']}: {result.get('reason', 'nothing pending')}")
+    return 0
+
+
+def cmd_review(project: Path, args) -> int:
+    from unsir_pipeline.batches import versions_awaiting_review
+
+    waiting = versions_awaiting_review(_workspace(project, args))
+    if args.json:
+        print(json.dumps(waiting))
+    elif not waiting:
+        print("no version is waiting for review")
+    else:
+        for v in waiting:
+            print(f"version {v['version']} (forgotten {v['forgotten_classes']}): {v['gate_reasons']}")
+    return 0
+
+
+def cmd_audit(project: Path, args) -> int:
+    from unsir_pipeline import batches
+
+    ws = _workspace(project, args)
+    log = batches.audit_log(ws)
+    if args.audit_command == "verify":
+        result = log.verify()
+        if result.ok:
+            print(f"audit trail intact: {result.records} records, hash chain and head anchor verified")
+            return 0
+        print(f"error: audit trail TAMPERED at record {result.first_bad_seq}: {result.problem}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.audit_command == "show":
+        history = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
+        if args.json:
+            print(json.dumps(history))
+            return 0
+        if args.request:
+            print(f"request {args.request}: status {history['request']['status']}, version {history['request']['model_version'] or '-'}"
+                  f" ({history['production']})")
+        for rec in history["records"]:
+            print(f"{rec['seq']:>5}  {rec['ts']}  {rec['event']:<20}{rec['actor']:<16}{_brief(rec['payload'])}")
+        return 0
+    out = Path(args.out) if args.out else ws.reports_dir / f"evidence-{args.batch_id}.html"
+    batches.write_batch_report(ws, args.batch_id, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _brief(payload: dict) -> str:
+    keys = ("model_version", "classes", "promoted", "error", "refusal", "reason")
+    return ", ".join(f"{k}={payload[k]}" for k in keys if k in payload)
 
 
 def cmd_stage(project: Path, args) -> int:
@@ -186,7 +337,10 @@ def cmd_stage(project: Path, args) -> int:
     return 0
 
 
-COMMANDS = {"bootstrap": cmd_bootstrap, "forget": cmd_forget, "models": cmd_models, "promote": cmd_promote, "stage": cmd_stage}
+COMMANDS = {
+    "bootstrap": cmd_bootstrap, "forget": cmd_forget, "models": cmd_models, "promote": cmd_promote, "reject": cmd_reject,
+    "request": cmd_request, "batch": cmd_batch, "review": cmd_review, "audit": cmd_audit, "stage": cmd_stage,
+}
 
 
 if __name__ == "__main__":

@@ -123,6 +123,15 @@ class RegistryParams(Frozen):
     allow_pickled_module: bool = False
 
 
+class RequestParams(Frozen):
+    """Deletion requests, scheduled batches and the audit trail."""
+
+    store: str = Field(default="state/requests.sqlite", description="SQLite file of deletion requests")
+    audit_log: str = Field(default="state/audit.sqlite", description="SQLite file of the hash-chained audit trail")
+    max_attempts: int = Field(default=3, ge=1, description="a request failing this many batches becomes failed")
+    schedule: str = Field(default="0 2 * * *", description="cron schedule of `unsir batch serve`")
+
+
 class PathParams(Frozen):
     state_dir: str = "state"
     data_dir: str = "data"
@@ -136,6 +145,7 @@ class Params(Frozen):
     evaluation: EvaluationParams
     gates: GateParams
     registry: RegistryParams
+    requests: RequestParams = RequestParams()
     paths: PathParams
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 

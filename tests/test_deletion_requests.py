@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.requests import STATUSES, DeletionRequest, RequestError, RequestStore
+from unsir_pipeline.deletion_requests import STATUSES, DeletionRequest, RequestError, RequestStore
 
 
 @pytest.fixture

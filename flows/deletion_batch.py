@@ -1,0 +1,78 @@
+"""The ``deletion-batch`` flow: forget every pending deletion request in one unlearning run.
+
+    lock -> claim-pending-requests -> unlearn (subflow) -> complete-requests
+                                   \\-> on any failure: release-requests (pending, or failed
+                                        after requests.max_attempts), error recorded
+
+Two batches never run at once (a file lock in the state directory; a second batch ends at
+once). A batch killed at any point leaves its requests ``running``; the next batch releases
+them and, when it holds exactly the same requests, resumes under the same run key, so no second
+model version and no duplicate audit record is written.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.unlearn import unlearn
+from tasks.common import workspace
+from tasks.requests import claim_pending_requests, complete_requests, release_requests
+from unsir_pipeline import batches
+from unsir_pipeline.steps import resolve_parent
+from unsir_pipeline.validation import ValidationFailed
+
+
+@flow(name="deletion-batch", log_prints=True)
+def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -> dict:
+    overrides = list(overrides or [])
+    ws = workspace(project_dir, overrides)
+    logger = get_run_logger()
+    with batches.batch_lock(ws) as acquired:
+        if not acquired:
+            logger.info("another deletion batch is running; this one ends now")
+            return {"status": "skipped", "reason": "another deletion batch is running"}
+        batch = claim_pending_requests(project_dir, overrides)
+        if batch is None:
+            return {"status": "empty"}
+        batches.record(ws, batch, "batch_resumed" if batch.resumed else "batch_started",
+                       {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}})
+        try:
+            champion = resolve_parent(ws, ws.params.registry.champion_alias)
+            todo = sorted(set(batch.classes) - set(champion["forgotten_classes"]))
+            if not todo:  # an interrupted batch already got its version promoted
+                version = champion["version"]
+                complete_requests(project_dir, overrides, batch.batch_id, version)
+                batches.record(ws, batch, "batch_finished", {"model_version": version, "note": "classes already forgotten by the champion"})
+                return {"status": "done", "batch_id": batch.batch_id, "new_version": version, "request_ids": batch.request_ids, "promoted": True}
+            result = unlearn(forget_classes=[str(c) for c in todo], project_dir=project_dir, overrides=overrides, run_key=batch.run_key)
+        except ValidationFailed as err:
+            batches.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})
+            _fail(ws, project_dir, overrides, batch, err)
+            raise
+        except BaseException as err:
+            _fail(ws, project_dir, overrides, batch, err)
+            raise
+        _record_success(ws, batch, result)
+        complete_requests(project_dir, overrides, batch.batch_id, result["new_version"])
+        batches.record(ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]})
+    return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
+
+
+def _record_success(ws, batch: batches.ClaimedBatch, result: dict) -> None:
+    links = {"mlflow_run_id": result["mlflow_run_id"], "prefect_flow_run_id": result["flow_run_id"]}
+    batches.record(ws, batch, "validation_passed", {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links})
+    batches.record(ws, batch, "unlearning_metrics", {
+        "forget_classes": result["forget_classes"], "all_forgotten": result["all_forgotten"], "metrics": result["metrics"],
+        "per_class": result["per_class"], "compute_s": result["compute_s"], "device": result["device"], **links,
+    })
+    batches.record(ws, batch, "model_registered", {
+        "model_version": result["new_version"], "parent_version": result["parent_version"],
+        "forgotten_classes": result["all_forgotten"], "data_digests": result["data_digests"], **links,
+    })
+    batches.record(ws, batch, "gate_decision", {"model_version": result["new_version"], "promoted": result["promoted"], "reasons": result["gate_reasons"]})
+
+
+def _fail(ws, project_dir: str, overrides: list[str], batch: batches.ClaimedBatch, err: BaseException) -> None:
+    message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    statuses = release_requests(project_dir, overrides, batch.batch_id, message)
+    batches.record(ws, batch, "batch_failed", {"error": message, "statuses": statuses})

@@ -1,0 +1,239 @@
+"""Dataset loaders read local files into one in-memory form, or fail naming what is wrong.
+
+MNIST-style data is written by the tests themselves in torchvision's raw layout (a handful of
+28x28 images), so the real torchvision readers run with no download and no fixture files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unsir.data import ClassificationData, load_dataset, load_image_folder, load_torchvision
+from unsir.errors import UnlearningInputError
+
+MNIST_CLASSES = (
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+)
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX format: two zero bytes, type 0x08 (unsigned byte), the rank, big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _mnist_split(count: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images that tell each other apart: a per-image background level and one bright pixel."""
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    for i in range(count):
+        images[i] = 10 * (offset + i)
+        images[i, offset + i, 27 - i] = 255
+    labels = np.array([(7 * (offset + i)) % 10 for i in range(count)], dtype=np.uint8)
+    return images, labels
+
+
+def _write_mnist_root(root: Path, folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """torchvision's expected files, uncompressed; it checks no md5 on the raw idx files."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    splits = {"train": _mnist_split(3, 0), "t10k": _mnist_split(2, 3)}
+    for prefix, (images, labels) in splits.items():
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return splits
+
+
+def _write_png(path: Path, mode: str, size: tuple[int, int], color: tuple[int, ...]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes of 5x5 PNGs, one of them RGBA with half-transparent pixels."""
+    root = tmp_path / "pets"
+    _write_png(root / "cat" / "a.png", "RGB", (5, 5), (255, 0, 0))
+    _write_png(root / "cat" / "b.png", "RGBA", (5, 5), (0, 255, 0, 128))
+    _write_png(root / "dog" / "c.png", "RGB", (5, 5), (0, 0, 255))
+    _write_png(root / "emu" / "d.png", "RGB", (5, 5), (51, 102, 153))
+    return root
+
+
+def test_digits_are_real_images_in_unit_range_with_unique_ids(digits):
+    assert digits.name == "digits"
+    assert digits.images.shape == (1797, 1, 8, 8) and digits.images.dtype == torch.float32
+    assert float(digits.images.min()) == 0.0 and float(digits.images.max()) == 1.0
+    assert digits.labels.dtype == torch.int64 and set(digits.labels.tolist()) == set(range(10))
+    assert digits.class_names == tuple(str(i) for i in range(10))
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert len(set(digits.sample_ids)) == len(digits) == 1797
+    assert load_dataset("DIGITS").sample_ids == digits.sample_ids  # names are case-insensitive
+
+
+@pytest.mark.parametrize(
+    ("name", "folder", "class_names"),
+    [
+        ("mnist", "MNIST", MNIST_CLASSES),
+        ("fashionmnist", "FashionMNIST", FASHION_CLASSES),
+    ],
+)
+def test_mnist_style_data_is_read_from_a_local_root(tmp_path, name, folder, class_names):
+    splits = _write_mnist_root(tmp_path, folder)
+    data = load_dataset(name, tmp_path)
+
+    # The official train and test splits are concatenated, train first.
+    expected_images = np.concatenate([splits["train"][0], splits["t10k"][0]])
+    expected_labels = np.concatenate([splits["train"][1], splits["t10k"][1]])
+    assert data.name == name
+    assert data.images.shape == (5, 1, 28, 28)
+    assert torch.equal(data.images, torch.from_numpy(expected_images).float().unsqueeze(1) / 255.0)
+    assert data.labels.tolist() == expected_labels.tolist()
+    assert data.class_names == class_names
+    assert data.sample_ids == (
+        f"{name}-train-000000",
+        f"{name}-train-000001",
+        f"{name}-train-000002",
+        f"{name}-test-000000",
+        f"{name}-test-000001",
+    )
+
+
+def test_one_torchvision_split_can_be_read_alone(tmp_path):
+    splits = _write_mnist_root(tmp_path, "MNIST")
+    test = load_torchvision("MNIST", tmp_path, train=False)
+    assert len(test) == 2 and test.labels.tolist() == splits["t10k"][1].tolist()
+    assert test.sample_ids == ("mnist-test-000000", "mnist-test-000001")
+
+
+def test_image_folder_reads_rgb_and_rgba_with_path_ids(image_folder):
+    data = load_image_folder(image_folder)
+    assert data.name == "pets"
+    assert data.class_names == ("cat", "dog", "emu")
+    assert data.sample_ids == ("cat/a.png", "cat/b.png", "dog/c.png", "emu/d.png")
+    assert data.labels.tolist() == [0, 0, 1, 2]
+    assert data.images.shape == (4, 3, 5, 5)
+    # The RGBA image keeps its colour and loses its alpha channel (not blended with it).
+    assert data.images[0, :, 2, 2].tolist() == [1.0, 0.0, 0.0]
+    assert data.images[1, :, 2, 2].tolist() == [0.0, 1.0, 0.0]
+    assert torch.allclose(data.images[3, :, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
+    assert load_dataset("imagefolder", image_folder).sample_ids == data.sample_ids
+
+
+def test_image_folder_ids_survive_a_new_class(image_folder):
+    before = load_image_folder(image_folder)
+    _write_png(image_folder / "ant" / "z.png", "RGB", (5, 5), (9, 9, 9))
+    after = load_image_folder(image_folder)
+    # A class sorted first shifts every label and index, but a file keeps its id and pixels.
+    assert after.class_names[0] == "ant" and after.labels.tolist() == [0, 1, 1, 2, 3]
+    pixels_after = dict(zip(after.sample_ids, after.images))
+    for sample_id, pixels in zip(before.sample_ids, before.images):
+        assert torch.equal(pixels_after[sample_id], pixels)
+
+
+def test_image_folder_needs_image_size_for_mixed_sizes(image_folder):
+    _write_png(image_folder / "dog" / "wide.png", "RGB", (9, 3), (0, 0, 0))
+    with pytest.raises(UnlearningInputError, match="mixes image shapes.*pass image_size"):
+        load_image_folder(image_folder)
+    resized = load_dataset("imagefolder", image_folder, image_size=4)
+    assert resized.images.shape == (5, 3, 4, 4)
+    assert resized.sample_ids[-2:] == ("dog/wide.png", "emu/d.png")
+
+
+def test_unknown_dataset_name_is_named():
+    with pytest.raises(UnlearningInputError, match=r"unknown dataset 'imagenet'.*'digits'"):
+        load_dataset("imagenet")
+    with pytest.raises(UnlearningInputError, match=r"unknown torchvision dataset 'kmnist'"):
+        load_torchvision("kmnist", ".")
+
+
+def test_missing_root_without_download_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UnlearningInputError, match=re.escape(str(missing)) + ".*download is off"):
+        load_dataset("mnist", missing)
+    with pytest.raises(UnlearningInputError, match="needs a root directory"):
+        load_dataset("cifar10")
+    with pytest.raises(UnlearningInputError, match=re.escape(str(missing)) + ".*not a directory"):
+        load_dataset("imagefolder", missing)
+
+
+def test_cifar10_root_without_files_fails_naming_the_root(tmp_path):
+    root = tmp_path / "empty-cifar"
+    root.mkdir()
+    with pytest.raises(
+        UnlearningInputError, match=r"cannot read 'cifar10' from .*" + re.escape(str(root))
+    ):
+        load_dataset("cifar10", root)
+
+
+def test_image_folder_without_class_folders_is_an_input_error(tmp_path):
+    with pytest.raises(UnlearningInputError, match=re.escape(str(tmp_path))):
+        load_image_folder(tmp_path)
+
+
+def _data(labels: list[int], ids: tuple[str, ...] = ("a", "b", "c")) -> ClassificationData:
+    """Three blank images, two classes, and whatever labels and ids the test passes."""
+    return ClassificationData(
+        "tiny", torch.zeros(3, 1, 2, 2), torch.tensor(labels, dtype=torch.int64), ("0", "1"), ids
+    )
+
+
+def test_classification_data_rejects_inconsistent_inputs():
+    assert len(_data([0, 1, 1])) == 3  # the consistent case is accepted
+    with pytest.raises(UnlearningInputError, match=r"3 images but \(2,\) labels"):
+        _data([0, 1])
+    with pytest.raises(UnlearningInputError, match="2 sample ids"):
+        _data([0, 1, 1], ids=("a", "b"))
+    with pytest.raises(UnlearningInputError, match=r"labels must lie in \[0, 1\], got \[0, 5\]"):
+        _data([0, 5, 1])
+    with pytest.raises(UnlearningInputError, match=r"got \[-1, 1\]"):
+        _data([-1, 0, 1])
+    with pytest.raises(UnlearningInputError, match=r"shape \(N, C, H, W\), got \(3, 2, 2\)"):
+        ClassificationData(
+            "flat", torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64), ("0",), ("a", "b", "c")
+        )
+
+
+def test_sample_digests_follow_pixels_and_labels():
+    images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 1])
+    base = ClassificationData("d", images, labels, ("0", "1"), ("a", "b", "c")).sample_digests()
+    assert len(set(base)) == 3 and all(re.fullmatch(r"[0-9a-f]{64}", d) for d in base)
+
+    nudged = images.clone()
+    nudged[1, 0, 2, 3] += 1e-3
+    changed = ClassificationData("d", nudged, labels, ("0", "1"), ("a", "b", "c")).sample_digests()
+    assert changed[1] != base[1] and changed[0] == base[0] and changed[2] == base[2]
+
+    relabelled = ClassificationData(
+        "d", images, torch.tensor([0, 1, 0]), ("0", "1"), ("a", "b", "c")
+    )
+    assert relabelled.sample_digests()[:2] == base[:2] and relabelled.sample_digests()[2] != base[2]

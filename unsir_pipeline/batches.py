@@ -1,0 +1,264 @@
+"""Deletion requests and scheduled batches: intake, the batch lock, claiming, resuming, review.
+
+Requests pile up in the request store; a batch claims every pending request and forgets their
+classes together in one unlearning run. Every step leaves a record in the audit trail. Nothing
+here imports Prefect: the ``deletion-batch`` flow calls these functions around the ``unlearn``
+flow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from unsir.data import resolve_classes
+from unsir.errors import UnlearningInputError
+from unsir.splits import check_forget_classes
+from unsir_pipeline.audit import AuditLog
+from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore
+from unsir_pipeline.steps import FORGOTTEN_TAG, promote_by_hand, registry_for, resolve_parent
+from unsir_pipeline.workspace import Workspace
+
+SYSTEM_ACTOR = "deletion-batch"
+
+
+class RequestRefused(UnlearningInputError):
+    """A deletion request was refused at intake; it is recorded with status ``rejected``."""
+
+    def __init__(self, request: DeletionRequest, reason: str):
+        super().__init__(f"request {request.id} refused: {reason}")
+        self.request = request
+
+
+def request_store(ws: Workspace) -> RequestStore:
+    return RequestStore(ws.path(ws.params.requests.store))
+
+
+def audit_log(ws: Workspace) -> AuditLog:
+    return AuditLog(ws.path(ws.params.requests.audit_log))
+
+
+def provenance(ws: Workspace) -> dict[str, str]:
+    """What every audit record links to on the code and configuration side."""
+    return {"git_commit": git_commit(ws.root), "params_digest": ws.params.digest()}
+
+
+def _class_names(ws: Workspace) -> tuple[str, ...]:
+    meta = ws.prepared_dir / "dataset.json"
+    if not meta.is_file():
+        raise UnlearningInputError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` first")
+    return tuple(json.loads(meta.read_text())["class_names"])
+
+
+# --- intake ---------------------------------------------------------------------------------
+
+def file_request(ws: Workspace, requested: list[str], requester: str, reason: str) -> DeletionRequest:
+    """Record a deletion request, or refuse it at once (unknown class, already forgotten, or
+    forgetting every class together with what is pending); a refusal is recorded too."""
+    store, audit = request_store(ws), audit_log(ws)
+    names = _class_names(ws)
+    champion = resolve_parent(ws, ws.params.registry.champion_alias)
+    classes: tuple[int, ...] = ()
+    try:
+        classes = resolve_classes(requested, names)
+        repeated = sorted(set(classes) & set(champion["forgotten_classes"]))
+        if repeated:
+            raise UnlearningInputError(
+                f"classes {[names[c] for c in repeated]} are already forgotten by the champion (version {champion['version']})"
+            )
+        pending = {c for r in store.list("pending") + store.list("running") for c in r.classes}
+        try:
+            check_forget_classes(tuple(sorted(set(classes) | pending | set(champion["forgotten_classes"]))), len(names))
+        except UnlearningInputError as err:
+            raise UnlearningInputError(f"{err} (counting classes already forgotten and pending requests)") from None
+    except UnlearningInputError as err:
+        request = store.add_rejected(classes, [names[c] for c in classes], requester, reason, str(err), requested=requested)
+        audit.append("request_refused", actor=requester, request_ids=[request.id],
+                     payload={"requested": list(requested), "reason": reason, "refusal": str(err), **provenance(ws)})
+        raise RequestRefused(request, str(err)) from None
+    request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested)
+    audit.append("request_received", actor=requester, request_ids=[request.id], payload={
+        "classes": list(classes), "class_names": [names[c] for c in classes], "requested": list(requested),
+        "reason": reason, "champion_version": champion["version"], **provenance(ws),
+    })
+    return request
+
+
+# --- batches --------------------------------------------------------------------------------
+
+@contextmanager
+def batch_lock(ws: Workspace) -> Iterator[bool]:
+    """An exclusive, non-blocking lock: yields False when another batch holds it. The OS drops
+    the lock when its process dies, so a killed batch never blocks the next one."""
+    path = ws.state_dir / "batch.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: str
+    run_key: str
+    requests: list[DeletionRequest]
+    resumed: bool
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [r.id for r in self.requests]
+
+    @property
+    def attempt(self) -> int:
+        return max(r.attempts for r in self.requests)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted({c for r in self.requests for c in r.classes})
+
+
+def claim_batch(ws: Workspace) -> ClaimedBatch | None:
+    """Recover requests of a killed batch, then claim every pending request (call holding the
+    lock). A batch that repeats an interrupted one — the same requests, whose version was not
+    rejected — reuses its key, so its run resumes instead of registering a second version."""
+    store, audit = request_store(ws), audit_log(ws)
+    stale = store.release_stale("the batch holding this request stopped before finishing", ws.params.requests.max_attempts)
+    if stale:
+        audit.append("batch_recovered", actor=SYSTEM_ACTOR, request_ids=[r.id for r in stale], payload={
+            "interrupted_batches": sorted({r.batch_id for r in stale if r.batch_id}),
+            "statuses": {r.id: r.status for r in stale}, **provenance(ws),
+        })
+    pending = store.list("pending")
+    if not pending:
+        return None
+    prior = {r.batch_id for r in pending}
+    batch_id = f"batch-{uuid.uuid4().hex[:12]}"
+    resumable = len(prior) == 1 and None not in prior
+    if resumable:
+        (candidate,) = prior
+        earlier = {r.id for r in store.batch_requests(candidate)}
+        resumable = earlier == {r.id for r in pending} and not _version_rejected(ws, candidate)
+        if resumable:
+            batch_id = candidate
+    claimed = store.claim_pending(batch_id)
+    # A request filed between the listing and the claim changes the set: then start afresh.
+    same_set = {r.id for r in claimed} == {r.id for r in pending}
+    run_key = batch_id if same_set else f"{batch_id}-{uuid.uuid4().hex[:6]}"
+    return ClaimedBatch(batch_id, run_key, claimed, resumed=resumable and same_set)
+
+
+def _version_rejected(ws: Workspace, run_key: str) -> bool:
+    registry = registry_for(ws)
+    if not registry.has_model():
+        return False
+    return any(v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected" for v in registry.list_versions())
+
+
+# Events that happen once per attempt (a resumed batch starts, and may fail, again); the others
+# describe the run's result, which a resumed batch reproduces and must not record twice.
+PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validation_failed"}
+
+
+def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, actor: str = SYSTEM_ACTOR) -> None:
+    """One audit record of a batch's step, keyed so that a resumed batch does not repeat it."""
+    key = f"{batch.run_key}:{event}" + (f":attempt-{batch.attempt}" if event in PER_ATTEMPT_EVENTS else "")
+    audit_log(ws).append(event, actor=actor, request_ids=batch.request_ids, idempotency_key=key,
+                         payload={"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt, **payload, **provenance(ws)})
+
+
+# --- review ---------------------------------------------------------------------------------
+
+def versions_awaiting_review(ws: Workspace) -> list[dict]:
+    out = []
+    for v in registry_for(ws).list_versions():
+        if v.tags.get("gate_decision") == "held" and "review_decision" not in v.tags:
+            out.append({"version": v.version, "aliases": list(v.aliases), "gate_reasons": v.tags.get("gate_reasons", ""),
+                        "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")), "run_key": v.tags.get("run_key")})
+    return out
+
+
+def promote(ws: Workspace, version: int, by: str, reason: str) -> None:
+    """Move ``champion`` to ``version`` by hand; recorded on the version and in the audit trail."""
+    registry = registry_for(ws)
+    previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
+    promote_by_hand(ws, version, reason, by)
+    registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
+    requests = [r.id for r in request_store(ws).list() if r.model_version == version]
+    audit_log(ws).append("version_promoted", actor=by, request_ids=requests, payload={
+        "model_version": version, "previous_champion": previous, "reason": reason, **provenance(ws)})
+
+
+def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
+    """Reject a version: it can never become champion, and the requests it completed go back
+    to pending for the next batch."""
+    registry = registry_for(ws)
+    info = registry.get_version(version)
+    champion = ws.params.registry.champion_alias
+    if champion in info.aliases:
+        raise UnlearningInputError(f"version {version} is the {champion!r}; promote another version first, then reject it")
+    registry.set_version_tags(version, {"review_decision": "rejected", "reviewed_by": by, "review_reason": reason})
+    if ws.params.registry.challenger_alias in info.aliases:
+        registry.delete_alias(ws.params.registry.challenger_alias)
+    returned = request_store(ws).return_to_pending(version, f"version {version} rejected by {by}: {reason}")
+    audit_log(ws).append("version_rejected", actor=by, request_ids=[r.id for r in returned], payload={
+        "model_version": version, "reason": reason, "requests_returned": [r.id for r in returned], **provenance(ws)})
+    return returned
+
+
+def batch_ids_of(ws: Workspace) -> list[str]:
+    """Batches that appear in the audit trail, oldest first."""
+    seen: list[str] = []
+    for rec in audit_log(ws).records():
+        if rec.event in ("batch_started", "batch_resumed") and rec.payload.get("batch_id") not in seen:
+            seen.append(rec.payload["batch_id"])
+    return seen
+
+
+def audit_path(ws: Workspace) -> Path:
+    return ws.path(ws.params.requests.audit_log)
+
+
+# --- reading the trail ----------------------------------------------------------------------
+
+def request_history(ws: Workspace, request_id: str) -> dict:
+    """A request from its arrival to the model version in production, from the audit trail."""
+    request = request_store(ws).get(request_id)
+    records = [r.to_dict() for r in audit_log(ws).records(request_id=request_id)]
+    production = "not forgotten yet"
+    if request.model_version is not None:
+        aliases = registry_for(ws).get_version(request.model_version).aliases
+        champion = ws.params.registry.champion_alias
+        production = (f"version {request.model_version} is the {champion} (in production)" if champion in aliases
+                      else f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})")
+    return {"request": request.to_dict(), "production": production, "records": records}
+
+
+def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
+    """The HTML evidence report of one batch (see ``unsir_pipeline.report``)."""
+    from unsir_pipeline.report import batch_report_html
+
+    log = audit_log(ws)
+    records = [r for r in log.records() if r.payload.get("batch_id") == batch_id]
+    if not records:
+        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known batches: {batch_ids_of(ws)}")
+    store = request_store(ws)
+    ids = sorted({i for r in records for i in r.request_ids})
+    requests = [store.get(i) for i in ids]
+    registry = registry_for(ws)
+    aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry.has_model() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(batch_report_html(batch_id, records, requests, log.verify(), aliases), encoding="utf-8")
+    return out
