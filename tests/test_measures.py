@@ -92,3 +92,26 @@ def test_evaluate_model_reports_forget_retain_and_mia(trained_digits_model, digi
     assert 0.0 <= result.metrics["mia"] <= 1.0
     assert result.metrics["weight_distance"] == 0.0
     assert len(result.per_class_test) == 10 and sum(map(sum, result.confusion_test)) == len(digits_splits.test_labels)
+
+
+def test_membership_attack_without_signal_does_not_call_unsure_samples_members():
+    """Members and non-members alike (both confident): the free logistic regression may learn
+    that *higher* entropy means member and call every unsure forget sample a member; the
+    monotone attack keeps the premise that members are fit better."""
+    gen = torch.Generator().manual_seed(0)
+    members = _logits_with_entropy(200, True) + 0.3 * torch.randn(200, 4, generator=gen)
+    nonmembers = _logits_with_entropy(200, True) + 0.3 * torch.randn(200, 4, generator=gen)
+    unsure = _logits_with_entropy(50, False)
+    labels = torch.zeros(200, dtype=torch.long)
+    constrained = membership_inference(members, labels, nonmembers, labels, unsure, labels[:50])
+    assert constrained == 0.0
+
+
+def test_monotone_threshold_separates_and_can_call_nobody_a_member():
+    from unsir.measures.membership import monotone_threshold
+
+    values = np.array([0.1, 0.2, 0.3, 0.9, 1.0, 1.1])
+    members = np.array([1, 1, 1, 0, 0, 0])
+    assert 0.3 <= monotone_threshold(values, members) < 0.9
+    inverted = np.array([0, 0, 0, 1, 1, 1])  # members have the HIGHER values: no monotone signal
+    assert monotone_threshold(values, inverted) < values.min()

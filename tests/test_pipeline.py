@@ -4,8 +4,6 @@ Prefect's test harness, real DVC and Great Expectations, in a temporary project 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -21,22 +19,9 @@ from unsir_pipeline.steps import registry_for
 from unsir_pipeline.validation import ValidationFailed
 from unsir_pipeline.workspace import Workspace
 
+from conftest import make_project
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_project(root: Path) -> Path:
-    """A copy of the project's pipeline files in a fresh git repository."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "unsir", root / "unsir", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["model"]["train"]["epochs"] = 15  # half the default: same accuracy on digits, faster
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        subprocess.run(command, cwd=root, check=True)
-    return root
 
 
 @pytest.fixture(scope="module")

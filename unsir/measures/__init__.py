@@ -106,11 +106,10 @@ def evaluate_model(
         "forget_acc_train": forget_acc_train,
         "retain_acc_train": retain_acc_train,
         "test_acc": float((test_pred == data.test_labels).float().mean()),
-        "mia": membership_inference(
-            train_logits[r_tr], data.train_labels[r_tr], test_logits[r_te], data.test_labels[r_te],
-            train_logits[f_tr], data.train_labels[f_tr], feature=config.mia_feature,
-        ),
     }
+    mia_inputs = (train_logits[r_tr], data.train_labels[r_tr], test_logits[r_te], data.test_labels[r_te], train_logits[f_tr], data.train_labels[f_tr])
+    metrics["mia"] = membership_inference(*mia_inputs, feature=config.mia_feature)
+    metrics["mia_unconstrained"] = membership_inference(*mia_inputs, feature=config.mia_feature, unconstrained=True)
     forget_train_images = data.train_images[f_tr]
     if original is not None:
         metrics["weight_distance"] = weight_distance(model, original)

@@ -1,0 +1,232 @@
+"""Deletion requests, scheduled batches, review and the audit trail, end to end on digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unsir_pipeline import batches
+from unsir_pipeline.bootstrap import bootstrap
+from unsir_pipeline.cli import main
+from unsir_pipeline.steps import registry_for
+from unsir_pipeline.workspace import Workspace
+
+from conftest import make_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness) -> Path:
+    root = make_project(tmp_path_factory.mktemp("batches") / "project")
+    bootstrap(Workspace.load(root))
+    return root
+
+
+def ws_of(root: Path, *overrides: str) -> Workspace:
+    return Workspace.load(root, overrides)
+
+
+def versions(root: Path) -> list[int]:
+    return [v.version for v in registry_for(ws_of(root)).list_versions()]
+
+
+def events(root: Path, batch_id: str) -> list[str]:
+    return [r.event for r in batches.audit_log(ws_of(root)).records() if r.payload.get("batch_id") == batch_id]
+
+
+@pytest.fixture(scope="module")
+def first_batch(project):
+    """Three requests filed at different times, then one batch."""
+    from flows.deletion_batch import deletion_batch
+
+    ws = ws_of(project)
+    filed = []
+    for classes, who in ((["3"], "alice"), (["8"], "bob <b>"), (["3"], "carol")):
+        filed.append(batches.file_request(ws, classes, who, "<script>alert('x')</script> consent withdrawn"))
+        time.sleep(0.01)
+    result = deletion_batch(project_dir=str(project))
+    return filed, result
+
+
+def test_three_requests_become_one_batch_and_one_version(project, first_batch):
+    filed, result = first_batch
+    assert result["status"] == "done" and result["all_forgotten"] == [3, 8]
+    store = batches.request_store(ws_of(project))
+    done = [store.get(r.id) for r in filed]
+    assert {r.status for r in done} == {"done"} and {r.model_version for r in done} == {result["new_version"]}
+    assert result["metrics"]["forget_acc"] <= 0.02
+    evs = events(project, result["batch_id"])
+    assert evs == ["batch_started", "validation_passed", "unlearning_metrics", "model_registered", "gate_decision", "batch_finished"]
+    registered = next(r for r in batches.audit_log(ws_of(project)).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"])
+    for link in ("mlflow_run_id", "prefect_flow_run_id", "data_digests", "git_commit", "params_digest"):
+        assert registered.payload[link], link
+    assert set(registered.request_ids) == {r.id for r in filed}
+
+
+def test_an_empty_batch_ends_at_once(project, first_batch):
+    from flows.deletion_batch import deletion_batch
+
+    before = versions(project)
+    assert deletion_batch(project_dir=str(project))["status"] == "empty"
+    assert versions(project) == before
+
+
+def test_refused_requests_are_recorded(project, first_batch):
+    ws = ws_of(project)
+    with pytest.raises(batches.RequestRefused, match="already forgotten"):
+        batches.file_request(ws, ["8"], "dave", "again")
+    with pytest.raises(batches.RequestRefused, match="unknown class 'cat'"):
+        batches.file_request(ws, ["cat"], "dave", "typo")
+    with pytest.raises(batches.RequestRefused, match="every one of the 10 classes"):
+        batches.file_request(ws, [str(c) for c in range(10) if c not in (3, 8)], "eve", "everything")
+    rejected = batches.request_store(ws).list("rejected")
+    assert [r.requester for r in rejected][-3:] == ["dave", "dave", "eve"]
+    refused = batches.audit_log(ws).records(event="request_refused")
+    assert {rec.request_ids[0] for rec in refused} >= {r.id for r in rejected}
+
+
+def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch):
+    from flows.deletion_batch import deletion_batch
+
+    weak = ["unlearn.noise_copies=0", "unlearn.impair.lr=0.00001", "unlearn.repair.lr=0.00001"]  # a recipe too weak to forget
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["1"], "frank", "gate test")
+    result = deletion_batch(project_dir=str(project), overrides=weak)
+    assert result["promoted"] is False
+    held = result["new_version"]
+    champion = registry_for(ws).resolve_alias("champion")
+    assert champion != held
+    assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [held]
+
+    assert main(["--project", str(project), "reject", str(held), "--by", "reviewer", "--reason", "MIA too high"]) == 0
+    assert batches.request_store(ws).get(request.id).status == "pending"
+    tags = registry_for(ws).get_version(held).tags
+    assert tags["review_decision"] == "rejected" and tags["reviewed_by"] == "reviewer"
+    assert batches.versions_awaiting_review(ws) == []
+    rejected = batches.audit_log(ws).records(event="version_rejected")[-1]
+    assert rejected.payload["model_version"] == held and request.id in rejected.request_ids
+
+    # The next batch must not resurrect the rejected version: it registers a new one.
+    again = deletion_batch(project_dir=str(project))
+    assert again["new_version"] not in (held, champion) and again["promoted"] is True
+    assert batches.request_store(ws).get(request.id).status == "done"
+
+
+def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
+    from flows.deletion_batch import deletion_batch
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["6"], "grace", "kill test")
+    env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
+    env.pop("PREFECT_API_URL", None)  # the child runs its own ephemeral Prefect
+    child = subprocess.Popen([sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = project / "state" / "runs"
+    deadline = time.monotonic() + 180
+    key = None
+    while time.monotonic() < deadline and child.poll() is None:
+        current = batches.request_store(ws).get(request.id)
+        if current.status == "running" and (runs / current.batch_id / "noise.safetensors").exists():
+            key = current.batch_id
+            break
+        time.sleep(0.05)
+    assert key is not None, "the child batch never reached the noise step"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert batches.request_store(ws).get(request.id).status == "running"  # nothing marked it done
+    count = len(versions(project))
+
+    result = deletion_batch(project_dir=str(project))
+    assert result["batch_id"] == key and result["run_key"] == key  # resumed under the same key
+    assert batches.request_store(ws).get(request.id).status == "done"
+    assert len(versions(project)) == count + 1
+    evs = events(project, key)
+    assert evs.count("model_registered") == 1 and evs.count("batch_started") == 1 and "batch_resumed" in evs
+    recovered = batches.audit_log(ws).records(event="batch_recovered")[-1]
+    assert request.id in recovered.request_ids
+    assert batches.audit_log(ws).verify().ok
+
+
+def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_batch):
+    """Replaying the recording of a finished batch (a retry) adds nothing."""
+    _, result = first_batch
+    ws = ws_of(project)
+    log = batches.audit_log(ws)
+    before = len(log.records())
+    claimed = batches.ClaimedBatch(result["batch_id"], result["run_key"], batches.request_store(ws).batch_requests(result["batch_id"]), resumed=True)
+    for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
+        batches.record(ws, claimed, event, {"replayed": True})
+    assert len(log.records()) == before
+
+
+def test_audit_show_traces_a_request_to_production(project, first_batch, capsys):
+    filed, result = first_batch
+    assert main(["--project", str(project), "audit", "show", "--request", filed[0].id, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert [r["event"] for r in history["records"]][:2] == ["request_received", "batch_started"]
+    assert "model_registered" in [r["event"] for r in history["records"]]
+    assert history["request"]["model_version"] == result["new_version"]
+
+
+def test_tampering_with_any_record_is_detected_and_named(project, first_batch, tmp_path, capsys):
+    ws = ws_of(project)
+    source = batches.audit_path(ws)
+    assert main(["--project", str(project), "audit", "verify"]) == 0
+    capsys.readouterr()
+
+    def tampered(statement: str) -> str:
+        copy = tmp_path / "project"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("runs", "mlflow", "prefect*", "dvc-remote", ".git"))
+        db = copy / source.relative_to(project)
+        with sqlite3.connect(db) as conn:
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.executescript(statement)
+        assert main(["--project", str(copy), "audit", "verify"]) == 1
+        return capsys.readouterr().err
+
+    assert "record 2" in tampered("UPDATE audit SET payload = replace(payload, 'consent', 'CONSENT') WHERE seq = 2")
+    assert "record 3" in tampered("DELETE FROM audit WHERE seq = 3")
+    swapped = tampered("UPDATE audit SET seq = -1 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = -1;")
+    assert "record 4" in swapped
+    last = len(batches.audit_log(ws).records())
+    assert f"record {last}" in tampered(f"DELETE FROM audit WHERE seq = {last}")
+
+
+def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_path):
+    _, result = first_batch
+    out = batches.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")
+    html = out.read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html  # request text is escaped
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'id="per-class-chart"' in dom and dom.count('class="bar-after"') == 10
+    forget_after = f"{100 * result['metrics']['forget_acc']:.2f}%"
+    assert f'id="fig-0">{forget_after}<' in dom
+    assert f"id=\"new-version\">{result['new_version']}<" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, "--window-size=1200,1400", f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    pixels = Image.open(shot).convert("RGB").getdata()
+    orange = sum(1 for p in pixels if abs(p[0] - 0xFC) < 12 and abs(p[1] - 0x8D) < 12 and abs(p[2] - 0x62) < 12)
+    blue = sum(1 for p in pixels if abs(p[0] - 0x8D) < 12 and abs(p[1] - 0xA0) < 12 and abs(p[2] - 0xCB) < 12)
+    assert orange > 500 and blue > 500, "the chart's bars did not render"
