@@ -5,18 +5,12 @@ from unsir.errors import UnlearningInputError
 from unsir.measures import evaluate_model
 from unsir.methods import METHODS, UnlearningTask, make_method
 from unsir.methods.unsir import UNSIRConfig
-from unsir.noise import NoiseConfig
 from unsir.problem import build_task
 from unsir.splits import draw_retain_subset
 from unsir.training import OptimConfig
 
 CPU = torch.device("cpu")
-FAST = UNSIRConfig(
-    noise=NoiseConfig(batch_size=64, steps=40),
-    noise_copies=5,
-    impair=OptimConfig(lr=2e-3, batch_size=32),
-    repair=OptimConfig(lr=1e-3, epochs=3, batch_size=32),
-)
+FAST = UNSIRConfig()  # the shipped digits recipe
 
 
 def _task(digits, manifest, splits, forget, per_class=50, **kwargs):

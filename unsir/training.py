@@ -54,8 +54,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True) -> Iterator[torch.Tensor]:
+def iterate_batches(
+    n: int, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True, device: torch.device | None = None
+) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    # One host-to-device copy per epoch: on CUDA a blocking .to() per batch would stall the CPU
+    # until the GPU drains its queue, every step.
+    if device is not None:
+        order = order.to(device)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
 
@@ -77,8 +83,7 @@ def train_one_epoch(
     model.train()
     device = images.device
     total, count = torch.zeros((), device=device), 0
-    for batch in iterate_batches(len(images), batch_size, generator):
-        batch = batch.to(device)
+    for batch in iterate_batches(len(images), batch_size, generator, device=device):
         x, y = images[batch], labels[batch]
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)

@@ -105,18 +105,40 @@ class ModelRegistry:
                 f"run {self._run_id} is still active; runs of one registry do not nest"
             )
         experiment_id = self._experiment_id()
+        with self._global_uris():
+            if run_id is not None:
+                context = mlflow.start_run(run_id=run_id, tags=tags)
+            else:
+                context = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+            with context as run:
+                self._run_id = run.info.run_id
+                try:
+                    yield run.info.run_id
+                finally:
+                    self._run_id = None
+
+    @contextmanager
+    def _global_uris(self) -> Iterator[None]:
+        """Point MLflow's global (fluent) URIs at this registry for a block, then restore them.
+
+        ``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into the environment, which
+        the pipeline reads as an operator's setting: restoring it keeps one project's registry
+        from leaking into the next one opened in the same process.
+        """
+        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        if run_id is not None:
-            context = mlflow.start_run(run_id=run_id, tags=tags)
-        else:
-            context = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
-        with context as run:
-            self._run_id = run.info.run_id
-            try:
-                yield run.info.run_id
-            finally:
-                self._run_id = None
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved_uris[0])
+            mlflow.set_registry_uri(saved_uris[1])
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def find_run(self, tag: str, value: str) -> str | None:
         """The id of a run of the experiment carrying ``tag=value`` (a retried flow's run)."""
@@ -346,14 +368,16 @@ class ModelRegistry:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(dest),
-                    tracking_uri=self.tracking_uri,
-                    registry_uri=self.tracking_uri,
+            # download_artifacts resolves models:/ URIs through the global registry URI.
+            with self._global_uris():
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=uri,
+                        dst_path=str(dest),
+                        tracking_uri=self.tracking_uri,
+                        registry_uri=self.tracking_uri,
+                    )
                 )
-            )
         except MlflowException as err:
             raise RegistryError(f"cannot download {uri}: {err.message}") from err
         flavors = Model.load(str(local)).flavors
