@@ -102,9 +102,16 @@ def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None
     assert torch.equal(by_number.classifier.weight, model.classifier.weight)
 
 
-def test_pyfunc_model_serves_probabilities(store: dict) -> None:
+def test_pyfunc_model_serves_probabilities(store: dict, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's fallback store (./mlflow.db) must not land in the repo
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(store["uri"])
     mlflow.set_registry_uri(store["uri"])
-    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     batch = np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)
     probabilities = served.predict(batch)
     assert probabilities.shape == (5, 10)

@@ -30,7 +30,7 @@ L2_REDUCTIONS = ("pixel_mean", "pixel_sum")
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    batch_size: int = 64  # noise samples per forget class (official: 256)
+    batch_size: int = 48  # noise samples per forget class (official: 256)
     steps: int = 10  # Adam steps on the whole tensor (official: 5 x 8 = 40 at lr 0.1)
     lr: float = 0.5
     l2_weight: float = 0.1
