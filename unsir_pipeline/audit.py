@@ -29,17 +29,18 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from unsir_pipeline import sqlite_files
+
 GENESIS = "0" * 64
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -209,20 +210,8 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.head_path = self.path.with_name(self.path.name + ".head")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+        sqlite_files.ensure_schema(self.path, _SCHEMA, SCHEMA_VERSION, AuditError, "audit")
         with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise AuditError(
-                    f"{self.path} holds audit schema version {version}; this code expects "
-                    f"version {SCHEMA_VERSION}"
-                )
-            # executescript() would COMMIT our transaction, so run the statements one by one.
-            for statement in _split_statements(_SCHEMA):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # A new log gets its anchor at once, so that a missing anchor always means tampering
             # (or a lost file), never "nothing appended yet".
             count = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
@@ -235,24 +224,12 @@ class AuditLog:
     # -- connections -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")  # an appended record survives a power cut
-        return conn
+        return sqlite_files.connect(self.path)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self):
         """IMMEDIATE takes the write lock before reading the head, so two writers cannot both
         extend record n and fork the chain."""
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        return sqlite_files.transaction(self.path)
 
     def _read_head(self) -> tuple[int, str] | None:
         """The anchor's (records, hash), None if the file is missing; AuditError if unreadable."""
@@ -510,15 +487,3 @@ class AuditLog:
                 f"record {count}: hash does not match the head anchor (last record replaced?)",
             )
         return VerifyResult(ok=True, records=count, first_bad_seq=None, problem=None)
-
-
-def _split_statements(script: str) -> list[str]:
-    """Split the schema into statements; a trigger body's inner ``;`` belongs to the trigger."""
-    statements, current = [], []
-    for line in script.strip().splitlines():
-        current.append(line)
-        joined = "\n".join(current).strip()
-        if joined and sqlite3.complete_statement(joined):
-            statements.append(joined)
-            current = []
-    return statements

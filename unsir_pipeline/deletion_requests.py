@@ -24,19 +24,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from unsir_pipeline import sqlite_files
 
 STATUSES = ("pending", "running", "done", "failed", "rejected")
 
 # Bumped when the table changes shape; a store written by another layout is refused, not guessed at.
 SCHEMA_VERSION = 1
 # How long a writer waits for another process's transaction before giving up.
-BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (
@@ -182,22 +183,7 @@ class RequestStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            # WAL lets readers (``unsir requests``) run while a batch writes; the mode is a
-            # property of the file, so setting it once here is enough.
-            conn.execute("PRAGMA journal_mode=WAL")
-        with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise RequestError(
-                    f"{self.path} holds request schema version {version}; this code expects "
-                    f"version {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        sqlite_files.ensure_schema(self.path, _SCHEMA, SCHEMA_VERSION, RequestError, "request")
 
     def __repr__(self) -> str:
         return f"RequestStore({str(self.path)!r})"
@@ -205,25 +191,12 @@ class RequestStore:
     # -- connections -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")  # a committed request survives a power cut
-        return conn
+        return sqlite_files.connect(self.path)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: IMMEDIATE takes the write lock up front, so a read-then-update
-        (claim every pending request) cannot interleave with another process's."""
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self):
+        """One write transaction: a read-then-update (claim every pending request) cannot
+        interleave with another process's."""
+        return sqlite_files.transaction(self.path)
 
     def _select(
         self, conn: sqlite3.Connection, where: str, params: Sequence[Any]

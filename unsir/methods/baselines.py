@@ -32,6 +32,19 @@ class RetrainConfig:
     train: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=30, batch_size=32))
 
 
+def _train_on_retain_set(method: UnlearningMethod, model, task, *, device, generator, from_scratch: bool) -> UnlearningResult:
+    """Train on the whole retain training set: from fresh weights (retrain) or on (fine-tune)."""
+    task.require("retain_train_images", method=method.name)
+    working = prepare(model, task, device)
+    timings: dict[str, float] = {}
+    with timed(timings, "train_s", device):
+        if from_scratch:
+            reinitialize(working, derived_seed(generator))
+        fit(working, task.retain_train_images, task.retain_train_labels, method.config.train,
+            device=device, generator=generator, description=method.name)
+    return UnlearningResult(working.eval(), timings)
+
+
 @register
 class Retrain(UnlearningMethod):
     """Train the same architecture from scratch on the retain training set: the reference."""
@@ -40,14 +53,7 @@ class Retrain(UnlearningMethod):
     Config = RetrainConfig
 
     def unlearn(self, model, task, *, device, generator) -> UnlearningResult:
-        task.require("retain_train_images", method=self.name)
-        working = prepare(model, task, device)
-        timings: dict[str, float] = {}
-        with timed(timings, "train_s", device):
-            reinitialize(working, derived_seed(generator))
-            fit(working, task.retain_train_images, task.retain_train_labels, self.config.train,
-                device=device, generator=generator, description="retrain")
-        return UnlearningResult(working.eval(), timings)
+        return _train_on_retain_set(self, model, task, device=device, generator=generator, from_scratch=True)
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,7 @@ class Finetune(UnlearningMethod):
     Config = FinetuneConfig
 
     def unlearn(self, model, task, *, device, generator) -> UnlearningResult:
-        task.require("retain_train_images", method=self.name)
-        working = prepare(model, task, device)
-        timings: dict[str, float] = {}
-        with timed(timings, "train_s", device):
-            fit(working, task.retain_train_images, task.retain_train_labels, self.config.train,
-                device=device, generator=generator, description="finetune")
-        return UnlearningResult(working.eval(), timings)
+        return _train_on_retain_set(self, model, task, device=device, generator=generator, from_scratch=False)
 
 
 @dataclass(frozen=True)
