@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -81,7 +82,7 @@ def unsir_config_from(args: argparse.Namespace, base: UNSIRConfig) -> UNSIRConfi
 
 
 def summarize(values: list[float]) -> dict[str, float]:
-    clean = [v for v in values if v == v]  # drop NaN
+    clean = [v for v in values if not math.isnan(v)]
     if not clean:
         return {"mean": float("nan"), "std": float("nan")}
     return {"mean": statistics.fmean(clean), "std": statistics.pstdev(clean) if len(clean) > 1 else 0.0}

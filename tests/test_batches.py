@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_project
 
 from unsir_pipeline import batches
 from unsir_pipeline.bootstrap import bootstrap
 from unsir_pipeline.cli import main
 from unsir_pipeline.steps import registry_for
 from unsir_pipeline.workspace import Workspace
-
-from conftest import make_project
 
 pytestmark = pytest.mark.slow
 

@@ -77,7 +77,7 @@ def test_relearn_steps_zero_when_target_already_met_and_counts_otherwise(trained
     forget = digits_splits.train_labels == 5
     test_forget = digits_splits.test_labels == 5
     args = (digits_splits.train_images[forget], digits_splits.train_labels[forget], digits_splits.test_images[test_forget], digits_splits.test_labels[test_forget])
-    kwargs = dict(config=OptimConfig(lr=1e-3, batch_size=16), max_steps=50, device=CPU, generator=torch.Generator().manual_seed(0))
+    kwargs = {"config": OptimConfig(lr=1e-3, batch_size=16), "max_steps": 50, "device": CPU, "generator": torch.Generator().manual_seed(0)}
     assert relearn_steps(trained_digits_model, *args, target_accuracy=0.5, **kwargs) == 0
     fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     steps = relearn_steps(fresh, *args, target_accuracy=0.9, **kwargs)

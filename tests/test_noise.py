@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from unsir.errors import UnlearningInputError
-from unsir.noise import NoiseConfig, build_impair_set, learn_error_maximizing_noise, noise_regularizer
+from unsir.noise import (
+    NoiseConfig,
+    build_impair_set,
+    learn_error_maximizing_noise,
+    noise_regularizer,
+)
 
 CPU = torch.device("cpu")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_project
 
 from unsir.errors import UnlearningInputError
 from unsir_pipeline import data_versioning
@@ -18,8 +19,6 @@ from unsir_pipeline.registry import RegistryError
 from unsir_pipeline.steps import registry_for
 from unsir_pipeline.validation import ValidationFailed
 from unsir_pipeline.workspace import Workspace
-
-from conftest import make_project
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +84,7 @@ def test_flow_forgets_registers_and_promotes(project, first_run):
     assert run.data.metrics["forget_acc"] == pytest.approx(m["forget_acc"])
     artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"], "evaluation")}
     assert {"evaluation/per_class_accuracy.png", "evaluation/confusion_matrices.png"} <= artifacts
-    model, card, number = registry.load_model("champion", dest=project / "state" / "check")
+    _, card, number = registry.load_model("champion", dest=project / "state" / "check")
     assert number == 2 and card.forgotten_classes == (3,)
 
 

@@ -43,7 +43,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelCard":
+    def from_dict(cls, raw: dict) -> ModelCard:
         return cls(
             spec=ModelSpec.from_dict(raw["spec"]),
             normalization=Normalization(tuple(raw["normalization"]["mean"]), tuple(raw["normalization"]["std"])),
@@ -52,7 +52,7 @@ class ModelCard:
             forgotten_classes=tuple(int(c) for c in raw.get("forgotten_classes", ())),
         )
 
-    def with_forgotten(self, classes: tuple[int, ...]) -> "ModelCard":
+    def with_forgotten(self, classes: tuple[int, ...]) -> ModelCard:
         """A card for the unlearned model: the union of earlier and new forgotten classes."""
         merged = tuple(sorted(set(self.forgotten_classes) | set(classes)))
         return ModelCard(self.spec, self.normalization, self.class_names, self.input_shape, merged)

@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import torch
 
 from unsir.errors import UnlearningInputError

@@ -28,7 +28,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelSpec":
+    def from_dict(cls, raw: dict) -> ModelSpec:
         return cls(raw["arch"], int(raw["num_classes"]), int(raw["in_channels"]), dict(raw.get("kwargs", {})))
 
 

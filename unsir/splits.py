@@ -136,7 +136,7 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def fit(cls, images: torch.Tensor) -> "Normalization":
+    def fit(cls, images: torch.Tensor) -> Normalization:
         mean = images.mean(dim=(0, 2, 3))
         # A constant channel would divide by zero; treat it as unit spread.
         std = images.std(dim=(0, 2, 3)).clamp_min(1e-6)

@@ -20,8 +20,8 @@ from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
 from unsir.splits import check_forget_classes
 from unsir_pipeline.audit import AuditLog
-from unsir_pipeline.provenance import git_commit
 from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore
+from unsir_pipeline.provenance import git_commit
 from unsir_pipeline.steps import FORGOTTEN_TAG, promote_by_hand, registry_for, resolve_parent
 from unsir_pipeline.workspace import Workspace
 

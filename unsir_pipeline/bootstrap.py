@@ -14,7 +14,6 @@ from unsir_pipeline.registry import RegistryError
 from unsir_pipeline.steps import FORGOTTEN_TAG, registry_for
 from unsir_pipeline.workspace import Workspace, load_prepared
 
-
 ORIGINAL_ALIAS = "original"
 
 
@@ -43,7 +42,7 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
     train_report = json.loads((ws.reports_dir / "train.json").read_text())
     recorded = data_versioning.recorded_digests(ws.root)
 
-    model, card = load_checkpoint(ws.original_model_dir)
+    _, card = load_checkpoint(ws.original_model_dir)
     data, manifest = load_prepared(ws)
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     input_example = splits.test_images[:2].numpy()

@@ -157,8 +157,8 @@ def cmd_forget(project: Path, args) -> int:
 def format_result(result: dict) -> str:
     m = result["metrics"]
     lines = [
-        f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
-        f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}",
+        (f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
+         f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}"),
         "",
         f"{'class':<12}{'before':>10}{'after':>10}",
     ]

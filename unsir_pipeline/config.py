@@ -47,7 +47,7 @@ class FractionsParams(Frozen):
     test: float = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "FractionsParams":
+    def _sum_to_one(self) -> FractionsParams:
         if abs(self.train + self.val + self.test - 1) > 1e-6:
             raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test}")
         return self

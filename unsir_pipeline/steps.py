@@ -49,7 +49,7 @@ class RunPaths:
     root: Path
 
     @classmethod
-    def for_run(cls, ws: Workspace, run_key: str) -> "RunPaths":
+    def for_run(cls, ws: Workspace, run_key: str) -> RunPaths:
         root = ws.runs_dir / run_key
         root.mkdir(parents=True, exist_ok=True)
         return cls(root)

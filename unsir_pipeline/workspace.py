@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.data import ClassificationData, load_dataset, resolve_classes
-from unsir.methods import make_method
 from unsir.measures import evaluate_model
+from unsir.methods import make_method
 from unsir.models import ModelSpec, build_model
 from unsir.problem import build_task, prepare_splits
 from unsir.splits import draw_retain_subset, make_split_manifest
@@ -39,7 +39,7 @@ class Workspace:
     overrides: tuple[str, ...] = ()
 
     @classmethod
-    def load(cls, root: str | Path = ".", overrides: tuple[str, ...] | list[str] = ()) -> "Workspace":
+    def load(cls, root: str | Path = ".", overrides: tuple[str, ...] | list[str] = ()) -> Workspace:
         root = Path(root).resolve()
         return cls(root, load_params(root / PARAMS_FILE, tuple(overrides)), tuple(overrides))
 

@@ -19,9 +19,21 @@ from unsir.splits import check_forget_classes
 from unsir.training import OptimConfig, predict_logits
 
 __all__ = [
-    "EvaluationConfig", "EvaluationData", "ModelEvaluation", "evaluate_model", "forget_retain_accuracy",
-    "group_accuracy", "per_class_accuracy", "membership_inference", "js_divergence", "activation_distance",
-    "zrf_score", "weight_distance", "relearn_steps", "linear_probe_forget_accuracy", "confusion_matrix",
+    "EvaluationConfig",
+    "EvaluationData",
+    "ModelEvaluation",
+    "activation_distance",
+    "confusion_matrix",
+    "evaluate_model",
+    "forget_retain_accuracy",
+    "group_accuracy",
+    "js_divergence",
+    "linear_probe_forget_accuracy",
+    "membership_inference",
+    "per_class_accuracy",
+    "relearn_steps",
+    "weight_distance",
+    "zrf_score",
 ]
 
 

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unsir.methods.base import UnlearningMethod, UnlearningResult, derived_seed, prepare, register, timed
+from unsir.methods.base import (
+    UnlearningMethod,
+    UnlearningResult,
+    derived_seed,
+    prepare,
+    register,
+    timed,
+)
 from unsir.training import OptimConfig, fit, train_one_epoch
 
 

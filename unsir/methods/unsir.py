@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unsir.methods.base import UnlearningMethod, UnlearningResult, UnlearningTask, prepare, register, timed
+from unsir.methods.base import (
+    UnlearningMethod,
+    UnlearningResult,
+    UnlearningTask,
+    prepare,
+    register,
+    timed,
+)
 from unsir.noise import NoiseConfig, build_impair_set, learn_error_maximizing_noise
 from unsir.training import OptimConfig, fit
 
