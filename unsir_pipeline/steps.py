@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,11 +29,12 @@ from unsir.noise import learn_error_maximizing_noise
 from unsir.problem import prepare_splits
 from unsir.splits import check_forget_classes, select
 from unsir_pipeline import data_versioning
-from unsir_pipeline.plots import confusion_figure, per_class_accuracy_figure
 from unsir_pipeline.provenance import git_commit
 from unsir_pipeline.registry import ModelRegistry
-from unsir_pipeline.validation import ValidationReport, validate_splits
 from unsir_pipeline.workspace import Workspace, load_prepared, read_manifest, write_retain_subset
+
+if TYPE_CHECKING:
+    from unsir_pipeline.validation import ValidationReport
 
 FORGOTTEN_TAG = "forgotten_classes"
 
@@ -118,6 +120,9 @@ def validate_inputs(ws: Workspace, requested: list[str], already_forgotten: list
 
     Returns the report and, when it passed, the handles later steps need.
     """
+    # Great Expectations takes ~1.5 s to import: only the steps that validate pay for it.
+    from unsir_pipeline.validation import validate_splits
+
     data, manifest = load_prepared(ws)
     new_classes = resolve_request(requested, data.class_names, already_forgotten)
     all_forgotten = tuple(sorted(set(new_classes) | set(already_forgotten)))
@@ -219,6 +224,9 @@ def _elapsed(started: float, device: torch.device) -> float:
 def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dict:
     """Parent and unlearned model on the test split, every class forgotten so far counted as
     forget classes; writes the figures and ``evaluation.json``."""
+    # matplotlib is imported only by the step that draws.
+    from unsir_pipeline.plots import confusion_figure, per_class_accuracy_figure
+
     parent, card = load_checkpoint(run.parent)
     unlearned, _ = load_checkpoint(run.unlearned)
     data, manifest = load_prepared(ws)
