@@ -229,3 +229,41 @@ def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_
     orange = sum(1 for p in pixels if abs(p[0] - 0xFC) < 12 and abs(p[1] - 0x8D) < 12 and abs(p[2] - 0x62) < 12)
     blue = sum(1 for p in pixels if abs(p[0] - 0x8D) < 12 and abs(p[1] - 0xA0) < 12 and abs(p[2] - 0xCB) < 12)
     assert orange > 500 and blue > 500, "the chart's bars did not render"
+
+
+def test_two_batches_never_run_at_once(project, first_batch):
+    from flows.deletion_batch import deletion_batch
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["2"], "heidi", "lock test")
+    with batches.batch_lock(ws) as held:  # another batch holds the lock
+        assert held
+        result = deletion_batch(project_dir=str(project))
+    assert result["status"] == "skipped"
+    assert batches.request_store(ws).get(request.id).status == "pending"  # untouched, picked up later
+    assert deletion_batch(project_dir=str(project))["status"] == "done"
+    assert batches.request_store(ws).get(request.id).status == "done"
+
+
+def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_batch):
+    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.validation import ValidationFailed
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["4"], "ivan", "failure test")
+    manifest = project / "data" / "prepared" / "manifest.csv"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b",train,", b",holdout,", 3))  # an unknown split
+    count = len(versions(project))
+    try:
+        with pytest.raises(ValidationFailed):
+            deletion_batch(project_dir=str(project))
+    finally:
+        manifest.write_bytes(original)
+    failed = batches.request_store(ws).get(request.id)
+    assert failed.status == "pending" and "ValidationFailed" in failed.error and failed.attempts == 1
+    assert len(versions(project)) == count
+    evs = events(project, failed.batch_id)
+    assert evs == ["batch_started", "validation_failed", "batch_failed"]
+    assert deletion_batch(project_dir=str(project))["status"] == "done"  # the next batch completes it
+    assert batches.request_store(ws).get(request.id).status == "done"
