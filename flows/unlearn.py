@@ -76,19 +76,19 @@ def unlearn(
     run_key = run_key or flow_run_id
     clock = _Clock()
 
-    parent = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, parent_ref)
+    parent_info = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, parent_ref)
     mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, run_key, flow_run_id, forget_classes)
     registry = steps.registry_for(ws)
     try:
-        handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent["forgotten_classes"])
+        handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent_info["forgotten_classes"])
         digests = clock("version-data", data.version_data, project_dir, overrides, handles["retain_subset"])
-        clock("load-registered-model", model.load_registered_model, project_dir, overrides, run_key, parent["version"])
+        clock("load-registered-model", model.load_registered_model, project_dir, overrides, run_key, parent_info["version"])
         noise = clock("learn-noise", unlearning.learn_noise, project_dir, overrides, run_key, handles["forget_classes"], handles["retain_subset"])
         impaired = clock("impair", unlearning.impair, project_dir, overrides, run_key, handles["retain_subset"])
         repaired = clock("repair", unlearning.repair, project_dir, overrides, run_key, handles["retain_subset"], handles["all_forgotten"])
         result = clock("evaluate", evaluation.evaluate, project_dir, overrides, run_key, mlflow_run_id, handles["all_forgotten"])
         tags = steps.lineage_tags(
-            ws, parent_version=parent["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
+            ws, parent_version=parent_info["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
             data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=run_key,
         )
         version = clock("register-model-version", model.register_model_version, project_dir, overrides, run_key, mlflow_run_id, tags)
@@ -103,7 +103,7 @@ def unlearn(
         forget_classes=handles["forget_classes"],
         forget_class_names=[handles["class_names"][c] for c in handles["forget_classes"]],
         all_forgotten=handles["all_forgotten"],
-        parent_version=parent["version"],
+        parent_version=parent_info["version"],
         new_version=version,
         promoted=decision["promoted"],
         gate_reasons=decision["reasons"],
