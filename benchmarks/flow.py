@@ -28,7 +28,8 @@ def make_project(root: Path) -> None:
     root.mkdir(parents=True)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "unsir", root / "unsir", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("unsir", "unsir_pipeline"):  # dvc.yaml's stages depend on their code
+        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "bench"]):
         subprocess.run(command, cwd=root, check=True)
 

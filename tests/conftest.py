@@ -73,7 +73,8 @@ def make_project(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "unsir", root / "unsir", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("unsir", "unsir_pipeline"):  # dvc.yaml's stages depend on their code
+        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["train"]["epochs"] = 15
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -40,6 +40,8 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
     data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
     data_versioning.push(ws.root)
     train_report = json.loads((ws.reports_dir / "train.json").read_text())
+    timing = ws.reports_dir / "train_timing.json"
+    train_s = json.loads(timing.read_text())["train_s"] if timing.is_file() else float("nan")
     recorded = data_versioning.recorded_digests(ws.root)
 
     _, card = load_checkpoint(ws.original_model_dir)
@@ -55,7 +57,7 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
     }
     with registry.start_run(run_name="bootstrap", tags={"git_commit": tags["git_commit"]}) as run_id:
         registry.log_params({"arch": card.spec.arch, "params_digest": ws.params.digest(), "dataset": data.name})
-        registry.log_metrics({"test_acc": train_report["test_acc"], "train_s": train_report["train_s"]})
+        registry.log_metrics({"test_acc": train_report["test_acc"], "train_s": train_s})
         version = registry.register_checkpoint(
             ws.original_model_dir, input_example=input_example, tags={**tags, "mlflow_run_id": run_id},
             idempotency_key=f"bootstrap-{ws.params.digest()}", alias=champion,
