@@ -267,3 +267,27 @@ def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_
     assert evs == ["batch_started", "validation_failed", "batch_failed"]
     assert deletion_batch(project_dir=str(project))["status"] == "done"  # the next batch completes it
     assert batches.request_store(ws).get(request.id).status == "done"
+
+
+def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch):
+    """A tracking server that does not answer: bounded retries with backoff, then the batch
+    fails and its requests go back to pending; the next batch (server back) completes them."""
+    import socket
+
+    from flows.deletion_batch import deletion_batch
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["0"], "judy", "server down")
+    down = [f"registry.tracking_uri=http://127.0.0.1:{port}", "registry.http_max_retries=2", "registry.http_backoff_factor=0", "registry.http_timeout_s=2"]
+    started = time.monotonic()
+    with pytest.raises(Exception, match=str(port)):
+        deletion_batch(project_dir=str(project), overrides=down)
+    assert time.monotonic() - started < 60  # not MLflow's default 7 retries x 120 s
+    failed = batches.request_store(ws).get(request.id)
+    assert failed.status == "pending" and str(port) in failed.error
+    assert "batch_failed" in events(project, failed.batch_id)
+    assert deletion_batch(project_dir=str(project))["status"] == "done"
+    assert batches.request_store(ws).get(request.id).status == "done"

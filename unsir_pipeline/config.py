@@ -121,6 +121,9 @@ class RegistryParams(Frozen):
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
     allow_pickled_module: bool = False
+    http_timeout_s: int = Field(default=30, gt=0, description="per request to an MLflow server")
+    http_max_retries: int = Field(default=3, ge=0, description="retries on connection errors and 5xx, with backoff")
+    http_backoff_factor: int = Field(default=1, ge=0, description="exponential backoff: factor * 2**retry seconds")
 
 
 class RequestParams(Frozen):

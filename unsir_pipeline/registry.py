@@ -34,13 +34,19 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from torch import nn
 
 import unsir
 from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint
 
 SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
+# The HTTP settings an operator exported before this process started; configuration never
+# overrides them.
+_OPERATOR_HTTP_SETTINGS = {
+    k for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    if k in os.environ
+}
 CHECKPOINT_ARTIFACT = "checkpoint"
 IDEMPOTENCY_TAG = "idempotency_key"
 # Listed explicitly: inferring them costs MLflow several seconds per model.
@@ -77,9 +83,22 @@ class ModelRegistry:
         experiment_name: str,
         *,
         artifact_location: str | None = None,
+        http_timeout_s: int | None = None,
+        http_max_retries: int | None = None,
+        http_backoff_factor: int | None = None,
     ) -> None:
         if not model_name:
             raise RegistryError("model_name must be a non-empty string")
+        # MLflow reads its HTTP policy from the environment at every request; its defaults (7
+        # retries, factor 2, 120 s timeout) keep a batch waiting for minutes on a dead server.
+        # An operator's explicit environment wins over the configuration.
+        for variable, value in (
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", http_timeout_s),
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", http_max_retries),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", http_backoff_factor),
+        ):
+            if value is not None and variable not in _OPERATOR_HTTP_SETTINGS:
+                os.environ[variable] = str(int(value))
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.experiment_name = experiment_name
@@ -340,10 +359,14 @@ class ModelRegistry:
         return {v: tuple(sorted(a)) for v, a in by_version.items()}
 
     def has_model(self) -> bool:
+        """Whether the model is registered. An unreachable server is an error, not a "no": a
+        batch must fail naming the server, not report the model missing."""
         try:
             self._client.get_registered_model(self.model_name)
-        except MlflowException:
-            return False
+        except MlflowException as err:
+            if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return False
+            raise RegistryError(f"cannot reach the MLflow registry at {self.tracking_uri}: {err.message}") from err
         return True
 
     # --- loading ------------------------------------------------------------------------

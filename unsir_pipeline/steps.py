@@ -41,7 +41,10 @@ FORGOTTEN_TAG = "forgotten_classes"
 
 def registry_for(ws: Workspace) -> ModelRegistry:
     r = ws.params.registry
-    return ModelRegistry(ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location)
+    return ModelRegistry(
+        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
+        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
+    )
 
 
 @dataclass(frozen=True)
