@@ -66,3 +66,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_shipped_params_carry_the_measured_digits_recipe():
+    """params.yaml and the library's defaults must not drift apart: both are the recipe that
+    benchmarks/quality.py measured (README, "Benchmarks")."""
+    from unsir.methods.unsir import UNSIRConfig
+    from unsir.recipes import DIGITS
+
+    params = load_params(ROOT / "params.yaml")
+    assert params.unlearn.to_core() == UNSIRConfig() == DIGITS.unsir
+    assert params.model.train.to_core() == DIGITS.train
+    assert params.model.arch == DIGITS.arch and params.data.retain_per_class == DIGITS.retain_per_class
