@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-batch", type=int, default=None)
     parser.add_argument("--noise-copies", type=int, default=None)
     parser.add_argument("--noise-steps", type=int, default=None)
+    parser.add_argument("--noise-lr", type=float, default=None)
     parser.add_argument("--l2-weight", type=float, default=None)
     parser.add_argument("--no-probe", action="store_true", help="skip the linear-probe measure")
     parser.add_argument("--no-relearn", action="store_true", help="skip relearn time")
@@ -66,7 +67,7 @@ def unsir_config_from(args: argparse.Namespace, base: UNSIRConfig) -> UNSIRConfi
     noise = base.noise
     noise = replace(
         noise,
-        **{k: v for k, v in {"batch_size": args.noise_batch, "steps": args.noise_steps, "l2_weight": args.l2_weight}.items() if v is not None},
+        **{k: v for k, v in {"batch_size": args.noise_batch, "steps": args.noise_steps, "lr": args.noise_lr, "l2_weight": args.l2_weight}.items() if v is not None},
     )
     impair, repair = base.impair, base.repair
     if args.batch_size:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir.measures import EvaluationConfig, evaluate_model
+from unsir.measures import EvaluationConfig, compare_models
 from unsir.methods import make_method
 from unsir.methods.base import UnlearningTask, prepare
 from unsir.methods.baselines import RetrainConfig
@@ -240,18 +240,14 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     reference = None
     if ws.params.evaluation.retrain_reference:
         reference = retrain_reference(ws, splits, tuple(all_forgotten), parent, device)
-    before = evaluate_model(parent, evaluation_data, device=device, config=config)
-    after = evaluate_model(unlearned, evaluation_data, device=device, config=config, original=parent, reference=reference)
-    metrics = {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}}
-    if reference is not None:
-        ref = evaluate_model(reference, evaluation_data, device=device, config=config)
-        metrics.update({f"reference_{k}": v for k, v in ref.metrics.items()})
+    comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
+    before, after = comparison.before, comparison.after
     names = list(card.class_names)
     per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
     confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
     result = {
         "forget_classes": list(all_forgotten),
-        "metrics": metrics,
+        "metrics": comparison.metrics,
         "per_class": [
             {"class": names[c], "before": before.per_class_test[c], "after": after.per_class_test[c], "forgotten": c in all_forgotten}
             for c in range(len(names))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.data import ClassificationData, load_dataset, resolve_classes
-from unsir.measures import evaluate_model
+from unsir.measures import EvaluationConfig, compare_models
 from unsir.methods import make_method
 from unsir.models import ModelSpec, build_model
 from unsir.problem import build_task, prepare_splits
@@ -125,12 +125,22 @@ def prepare_data(ws: Workspace) -> Path:
 
 
 def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
+    """The prepared data set and its manifest. The flow's steps each ask for them; they are
+    read from disk once per process and read again only when a file changed."""
     if not ws.manifest_path.is_file():
         raise FileNotFoundError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` or `dvc repro prepare`")
-    tensors = load_file(str(ws.prepared_dir / "dataset.safetensors"))
-    meta = json.loads((ws.prepared_dir / "dataset.json").read_text())
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(ws.prepared_dir.iterdir()))
+    data, manifest = _read_prepared(str(ws.prepared_dir), stamp)
+    return data, manifest.copy()  # callers may filter or edit the table; the tensors are only indexed
+
+
+@lru_cache(maxsize=2)
+def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData, pd.DataFrame]:
+    directory = Path(prepared_dir)
+    tensors = load_file(str(directory / "dataset.safetensors"))
+    meta = json.loads((directory / "dataset.json").read_text())
     data = ClassificationData(meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"]))
-    return data, read_manifest(ws.manifest_path)
+    return data, read_manifest(directory / "manifest.csv")
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -210,9 +220,9 @@ def evaluate_unlearned(ws: Workspace) -> dict[str, float]:
     unlearned, unlearned_card = load_checkpoint(ws.root / "models" / "unlearned")
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     evaluation_data = splits.evaluation_data(unlearned_card.forgotten_classes)
-    before = evaluate_model(original, evaluation_data, device=ws.device())
-    after = evaluate_model(unlearned, evaluation_data, device=ws.device(), original=original)
-    metrics = {**after.metrics, **{f"original_{k}": v for k, v in before.metrics.items()}}
+    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature)
+    comparison = compare_models(original, unlearned, evaluation_data, device=ws.device(), config=config)
+    before, after, metrics = comparison.before, comparison.after, comparison.metrics
     ws.reports_dir.mkdir(parents=True, exist_ok=True)
     (ws.reports_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
     pd.DataFrame({"class": list(data.class_names), "before": before.per_class_test, "after": after.per_class_test}).to_csv(

@@ -148,3 +148,38 @@ def evaluate_model(
         )
     confusion = confusion_matrix(test_pred, data.test_labels, data.num_classes)
     return ModelEvaluation(metrics, [float(v) for v in per_class], confusion.tolist())
+
+
+@dataclass
+class Comparison:
+    """A model before and after unlearning (and optionally the retrained reference), measured
+    on the same data: what every report of an unlearning run shows."""
+
+    before: ModelEvaluation
+    after: ModelEvaluation
+    reference: ModelEvaluation | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The unlearned model's measures, with the original's (``original_``) and the
+        reference's (``reference_``) beside them."""
+        merged = {**self.after.metrics, **{f"original_{k}": v for k, v in self.before.metrics.items()}}
+        if self.reference is not None:
+            merged.update({f"reference_{k}": v for k, v in self.reference.metrics.items()})
+        return merged
+
+
+def compare_models(
+    original: nn.Module,
+    unlearned: nn.Module,
+    data: EvaluationData,
+    *,
+    device: torch.device,
+    config: EvaluationConfig = EvaluationConfig(),
+    reference: nn.Module | None = None,
+) -> Comparison:
+    return Comparison(
+        before=evaluate_model(original, data, device=device, config=config),
+        after=evaluate_model(unlearned, data, device=device, config=config, original=original, reference=reference),
+        reference=evaluate_model(reference, data, device=device, config=config) if reference is not None else None,
+    )
