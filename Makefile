@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-throughput bench-flow lint clean-state
+.PHONY: venv demo test bench bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,23 @@ bench-throughput: $(STAMP)
 bench-flow: $(STAMP)
 	$(BIN)/python benchmarks/flow.py
 
+# The same flows against the local services stack (its own temporary one), through the worker.
+bench-flow-services: $(STAMP)
+	$(BIN)/python benchmarks/flow.py --services --out reports/bench/flow-services.json
+
+# Shared services on this machine, without Docker (infra/local/README.md): PostgreSQL, MLflow,
+# Prefect and a process worker on 127.0.0.1. Settings come from the environment (UNSIR_*_PORT...).
+services-up: $(STAMP)
+	$(BIN)/python infra/local/stack.py up
+
+services-down:
+	$(BIN)/python infra/local/stack.py down
+
+services-status:
+	$(BIN)/python infra/local/stack.py status
+
 lint: $(STAMP)
-	$(BIN)/ruff check unsir unsir_pipeline flows tasks benchmarks tests
+	$(BIN)/ruff check unsir unsir_pipeline flows tasks benchmarks tests infra
 
 clean-state:
 	rm -rf state models data/prepared data/retain reports/*.json reports/*.csv

@@ -13,11 +13,13 @@ import pytest
 
 from unsir_pipeline.data_versioning import (
     DataVersioningError,
+    default_remote,
     ensure_repo,
     push,
     recorded_digests,
     repro,
     track,
+    use_remote,
     verify,
 )
 
@@ -41,14 +43,46 @@ def project(tmp_path: Path) -> Path:
 
 def test_ensure_repo_is_idempotent(tmp_path: Path) -> None:
     root = _git_init(tmp_path / "repo")
-    remote = tmp_path / "remote"
-    ensure_repo(root, remote)
+    ensure_repo(root, "state/remote")
     config = (root / ".dvc" / "config").read_text()
-    ensure_repo(root, remote)
+    ensure_repo(root, root / "state" / "remote")  # the same directory, given absolute
     assert (root / ".dvc" / "config").read_text() == config
     assert "analytics = false" in config and "check_update = false" in config
-    assert "remote = local" in config and f"url = {remote.resolve()}" in config
+    # Inside the project: committed, relative to .dvc/, so it works in every clone.
+    assert "remote = local" in config and "url = ../state/remote" in config
+    assert not (root / ".dvc" / "config.local").exists()
     assert "no_scm" not in config  # git-backed
+
+
+def test_a_deployment_remote_stays_out_of_the_committed_config(tmp_path: Path) -> None:
+    root = _git_init(tmp_path / "repo")
+    ensure_repo(root, "state/remote")
+    committed = (root / ".dvc" / "config").read_text()
+
+    use_remote(root, "s3://unsir-dvc/store", endpoint="http://127.0.0.1:9000")
+    assert (root / ".dvc" / "config").read_text() == committed
+    local = (root / ".dvc" / "config.local").read_text()
+    assert "s3://unsir-dvc/store" in local and "endpointurl = http://127.0.0.1:9000" in local
+    assert default_remote(root) == "s3://unsir-dvc/store"
+
+    shared = tmp_path / "team-remote"  # a directory outside the project is a deployment's too
+    use_remote(root, shared)
+    assert default_remote(root) == str(shared.resolve())
+    assert (root / ".dvc" / "config").read_text() == committed
+
+    use_remote(root, "state/remote")  # back to the committed default
+    assert default_remote(root) == "../state/remote"
+
+
+def test_push_goes_to_the_deployment_remote(project: Path, tmp_path: Path) -> None:
+    data = project / "data" / "subset.csv"
+    data.parent.mkdir()
+    data.write_text("sample_id,label\na,0\n")
+    digest = track(project, data)
+    shared = tmp_path / "team-remote"
+    use_remote(project, shared)
+    push(project)
+    assert (shared / "files" / "md5" / digest[:2] / digest[2:]).is_file()
 
 
 def test_subdir_and_no_scm_projects(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
 
-    data_versioning.ensure_repo(ws.root, ws.path(ws.params.paths.dvc_remote))
+    data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
     data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
     data_versioning.push(ws.root)
     train_report = json.loads((ws.reports_dir / "train.json").read_text())

@@ -138,7 +138,10 @@ class RequestParams(Frozen):
 class PathParams(Frozen):
     state_dir: str = "state"
     data_dir: str = "data"
-    dvc_remote: str = "state/dvc-remote"
+    dvc_remote: str = Field(default="state/dvc-remote",
+                            description="DVC remote: a directory or a URL (s3://bucket/path)")
+    dvc_remote_endpoint: str | None = Field(default=None,
+                                            description="S3-compatible endpoint of the remote (MinIO)")
 
 
 class Params(Frozen):
@@ -174,6 +177,13 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+SERVICE_ENVIRONMENT = {
+    "MLFLOW_TRACKING_URI": ("registry", "tracking_uri"),
+    "UNSIR_DVC_REMOTE": ("paths", "dvc_remote"),
+    "UNSIR_DVC_REMOTE_ENDPOINT": ("paths", "dvc_remote_endpoint"),
+}
+
+
 def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     path = Path(path)
     try:
@@ -187,8 +197,10 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for override in overrides:
         apply_override(raw, override)
     # The environment wins for where services live, as services are per deployment.
-    if os.environ.get("MLFLOW_TRACKING_URI") and isinstance(raw.get("registry"), dict):
-        raw["registry"]["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    # (Prefect reads PREFECT_API_URL itself; MLflow's credentials stay in its own variables.)
+    for variable, (section, key) in SERVICE_ENVIRONMENT.items():
+        if os.environ.get(variable) and isinstance(raw.get(section), dict):
+            raw[section][key] = os.environ[variable]
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

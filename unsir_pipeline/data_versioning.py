@@ -11,6 +11,7 @@ that checking data before a run (``verify``) needs no DVC process at all.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-REMOTE_NAME = "local"
+REMOTE_NAME = "local"              # the committed default, inside the project
+DEPLOYMENT_REMOTE_NAME = "shared"  # a deployment's own remote, in .dvc/config.local
 _STDERR_TAIL_LINES = 20
 _CHUNK = 1 << 20
 # Walking these would be slow or pointless; hidden directories (.git, .dvc, .venv) are
@@ -33,17 +35,15 @@ class DataVersioningError(Exception):
     """A DVC command failed or DVC metadata could not be read; the message says which and why."""
 
 
-def ensure_repo(project_dir: Path, remote_dir: Path) -> None:
-    """Make ``project_dir`` a DVC project with a local default remote; safe to call again.
+def ensure_repo(project_dir: Path, remote: str | Path, endpoint: str | None = None) -> None:
+    """Make ``project_dir`` a DVC project whose default remote is ``remote``; safe to call again.
 
     Inside a git repository whose root is elsewhere, DVC is initialised with ``--subdir``;
     outside any git repository, with ``--no-scm``. Analytics and the update check are
     switched off in the project's config so that later CLI calls stay offline and quiet.
     """
     project_dir = Path(project_dir).resolve()
-    remote_dir = Path(remote_dir).resolve()
     project_dir.mkdir(parents=True, exist_ok=True)
-    remote_dir.mkdir(parents=True, exist_ok=True)
     if not (project_dir / ".dvc").is_dir():
         git_root = _git_root(project_dir)
         if git_root is None:
@@ -53,13 +53,41 @@ def ensure_repo(project_dir: Path, remote_dir: Path) -> None:
         else:
             flags = []
         _dvc(project_dir, "init", "--quiet", *flags)
-    _dvc(project_dir, "config", "core.analytics", "false")
-    _dvc(project_dir, "config", "core.check_update", "false")
-    # -f replaces an existing remote of that name, which is what makes this idempotent.
-    # A remote inside the project is given relative to it (DVC stores it relative to .dvc/),
-    # so the committed config works in every clone.
-    url = os.path.relpath(remote_dir, project_dir) if remote_dir.is_relative_to(project_dir) else str(remote_dir)
-    _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
+    core = _read_config(project_dir / ".dvc" / "config").get("core", {})
+    if core.get("analytics") != "false" or core.get("check_update") != "false":
+        _dvc(project_dir, "config", "core.analytics", "false")
+        _dvc(project_dir, "config", "core.check_update", "false")
+    use_remote(project_dir, remote, endpoint)
+
+
+def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = None) -> None:
+    """Make ``remote`` (a directory or a URL such as ``s3://bucket/path``) the default remote.
+
+    A directory inside the project is written to ``.dvc/config``, relative to it, so the
+    committed config works in every clone. Anything else (an object store, a shared
+    directory) belongs to one deployment, not to the repository: it goes to
+    ``.dvc/config.local``, which git ignores, and wins over the committed default.
+    ``endpoint`` is an S3-compatible endpoint URL (MinIO). Calls DVC only when the
+    configuration differs, so every run can call this cheaply.
+    """
+    project_dir = _project(project_dir)
+    url, stored, deployment = _remote_url(project_dir, remote)
+    if _effective_remote(project_dir) == (stored, endpoint):
+        return
+    if not deployment:
+        if _read_config(project_dir / ".dvc" / "config.local").get("core", {}).get("remote"):
+            _dvc(project_dir, "remote", "default", "--local", "--unset")
+        # -f replaces an existing remote of that name, which is what makes this idempotent.
+        _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
+        return
+    _dvc(project_dir, "remote", "add", "--local", "--default", "--force", DEPLOYMENT_REMOTE_NAME, url)
+    if endpoint:
+        _dvc(project_dir, "remote", "modify", "--local", DEPLOYMENT_REMOTE_NAME, "endpointurl", endpoint)
+
+
+def default_remote(project_dir: Path) -> str | None:
+    """The URL (or directory) ``dvc push`` would upload to, as configured now."""
+    return _effective_remote(_project(project_dir))[0]
 
 
 def repro(project_dir: Path, targets: Sequence[str] = ()) -> None:
@@ -280,3 +308,41 @@ def _verify_directory(project_dir: Path, relative: str, expected: str) -> list[s
 def _cache_dir(project_dir: Path) -> Path:
     result = _dvc(project_dir, "cache", "dir")
     return Path(result.stdout.strip())
+
+
+def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str, bool]:
+    """(URL to give ``dvc remote add`` from the project, URL as DVC stores it in ``.dvc/``,
+    whether it belongs to this deployment only)."""
+    text = str(remote)
+    if "://" in text:
+        return text, text, True
+    directory = Path(text) if Path(text).is_absolute() else project_dir / text
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.is_relative_to(project_dir):
+        relative = os.path.relpath(directory, project_dir)
+        return relative, os.path.relpath(directory, project_dir / ".dvc"), False
+    return str(directory), str(directory), True
+
+
+def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
+    """(url, endpointurl) of the default remote, config.local winning over config."""
+    merged: dict[str, dict[str, str]] = {}
+    for name in ("config", "config.local"):
+        for section, values in _read_config(project_dir / ".dvc" / name).items():
+            merged.setdefault(section, {}).update(values)
+    name = merged.get("core", {}).get("remote")
+    if not name:
+        return None, None
+    section = merged.get(f'remote "{name}"', {})
+    return section.get("url"), section.get("endpointurl")
+
+
+def _read_config(path: Path) -> dict[str, dict[str, str]]:
+    """A DVC config file as {section: {key: value}}; section names unquoted (``remote "x"``)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text()) if path.is_file() else None
+    except (OSError, configparser.Error) as err:
+        raise DataVersioningError(f"cannot read DVC config {path}: {err}") from err
+    return {section.strip("'"): dict(parser[section]) for section in parser.sections()}

@@ -147,6 +147,8 @@ def validate_inputs(ws: Workspace, requested: list[str], already_forgotten: list
 def version_data(ws: Workspace, retain_subset: str) -> dict[str, str]:
     """DVC-track the retain subset, push to the remote, and return the data digests used."""
     retain_md5 = data_versioning.track(ws.root, Path(retain_subset))
+    # The remote can change between runs (UNSIR_DVC_REMOTE): a shared store for a team.
+    data_versioning.use_remote(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
     data_versioning.push(ws.root)
     recorded = data_versioning.recorded_digests(ws.root)
     relative = str(Path(retain_subset).relative_to(ws.root))

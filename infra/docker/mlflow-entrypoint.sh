@@ -1,0 +1,33 @@
+#!/bin/sh
+# Renders the basic-auth configuration from the environment, then starts the tracking server.
+# The file holds no password: MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD, and
+# only to create that user on the first start against an empty auth database.
+set -eu
+
+: "${MLFLOW_BACKEND_STORE_URI:?must be a postgresql:// URI}"
+: "${MLFLOW_AUTH_DATABASE_URI:?must be a postgresql:// URI}"
+: "${MLFLOW_ARTIFACTS_DESTINATION:?must be an s3:// URI}"
+: "${MLFLOW_AUTH_ADMIN_USERNAME:?must name the admin user}"
+: "${MLFLOW_AUTH_ADMIN_PASSWORD:?must be set (12 characters at least)}"
+: "${MLFLOW_FLASK_SERVER_SECRET_KEY:?must be set}"
+
+config_dir="$(mktemp -d)"
+# The database URI carries the database password: readable by this user only.
+umask 077
+cat > "$config_dir/basic_auth.ini" <<INI
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = ${MLFLOW_AUTH_DATABASE_URI}
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$config_dir/basic_auth.ini"
+
+exec mlflow server \
+    --host 0.0.0.0 \
+    --port 5000 \
+    --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
+    --serve-artifacts \
+    --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
+    --app-name basic-auth \
+    "$@"

@@ -1,0 +1,205 @@
+"""The pipeline against real servers on loopback: PostgreSQL, the MLflow tracking server (basic
+auth), the Prefect server and a process worker, started and stopped by `infra/local/stack.py`,
+the command behind `make services-up` / `make services-down`.
+
+CI installs Debian's PostgreSQL (`.ci/run`); everything else comes from the project's venv.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_project
+
+pytestmark = pytest.mark.slow
+
+STACK = ROOT / "infra" / "local" / "stack.py"
+BIN = Path(sys.executable).parent
+# A client's own settings must not leak in from the test process (the Prefect test harness).
+_CLIENT_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI",
+                     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "UNSIR_DVC_REMOTE")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    project: Path
+    directory: Path
+    stack_env: dict[str, str]
+    client: dict[str, str]
+
+    def run_stack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(STACK), *args], env=self.stack_env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def env(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES}
+        return {**base, **self.client}
+
+    def unsir(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "unsir"), "--project", str(self.project), *args],
+                              env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+
+    def pids(self) -> dict[str, int]:
+        return {line["service"]: line["pid"] for line in
+                map(json.loads, self.run_stack("status").stdout.splitlines()) if line["pid"]}
+
+    def mlflow(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
+        user, password = auth or (self.client["MLFLOW_TRACKING_USERNAME"], self.client["MLFLOW_TRACKING_PASSWORD"])
+        headers = {} if auth == ("", "") else {
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        request = urllib.request.Request(self.client["MLFLOW_TRACKING_URI"] + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as err:
+            return err.code, {}
+
+    def requests(self) -> dict[str, dict]:
+        listed = self.unsir("request", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        return {r["id"]: r for r in json.loads(listed.stdout)}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    project = make_project(tmp_path_factory.mktemp("services") / "project")
+    for name in ("flows", "tasks"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+    # Outside pytest's private (0700) temporary root: PostgreSQL runs as its own user under root.
+    directory = Path(tempfile.mkdtemp(prefix="unsir-services-"))
+    stack_env = {
+        **{k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES},
+        "UNSIR_SERVICES_DIR": str(directory), "UNSIR_PROJECT_DIR": str(project),
+        "UNSIR_PG_PORT": str(_free_port()), "UNSIR_MLFLOW_PORT": str(_free_port()),
+        "UNSIR_PREFECT_PORT": str(_free_port()), "UNSIR_PREFECT_UI": "false",
+    }
+    stack = Stack(project, directory, stack_env, {})
+    started = stack.run_stack("up", timeout=600)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        stack.client = dict(line.split("=", 1) for line in (directory / "client.env").read_text().splitlines())
+        yield stack
+    finally:
+        stack.run_stack("down")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_every_server_listens_on_loopback_only(stack):
+    for port in ("UNSIR_PG_PORT", "UNSIR_MLFLOW_PORT", "UNSIR_PREFECT_PORT"):
+        with socket.create_connection(("127.0.0.1", int(stack.stack_env[port])), timeout=3):
+            pass
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=False).stdout \
+        if shutil.which("ss") else Path("/proc/net/tcp").read_text()
+    for port in ("UNSIR_PG_PORT", "UNSIR_MLFLOW_PORT", "UNSIR_PREFECT_PORT"):
+        number = int(stack.stack_env[port])
+        if shutil.which("ss"):
+            bound = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{number}")]
+            assert bound and all(address.startswith("127.0.0.1:") for address in bound), bound
+        else:  # /proc/net/tcp: local address as hex "0100007F:PORT"
+            bound = [line.split()[1] for line in listening.splitlines()[1:] if line.split()[1].endswith(f":{number:04X}")]
+            assert bound and all(address.startswith("0100007F:") for address in bound), bound
+
+
+def test_a_request_without_credentials_is_refused(stack):
+    path = "/api/2.0/mlflow/registered-models/search"
+    assert stack.mlflow(path, auth=("", ""))[0] == 401
+    assert stack.mlflow(path, auth=(stack.client["MLFLOW_TRACKING_USERNAME"], "wrong-password"))[0] == 401
+    assert stack.mlflow(path)[0] == 200
+    # The Prefect API too: its auth string is required.
+    api = stack.client["PREFECT_API_URL"]
+    request = urllib.request.Request(f"{api}/flows/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+
+
+def test_deletion_batch_runs_through_the_worker(stack):
+    bootstrap = stack.unsir("bootstrap")
+    assert bootstrap.returncode == 0, bootstrap.stderr[-2000:]
+    filed = [stack.unsir("request", "add", "--classes", c, "--requester", who, "--reason", "consent withdrawn", "--json")
+             for c, who in (("3", "alice"), ("8", "bob"))]
+    ids = [json.loads(f.stdout)["id"] for f in filed]
+
+    # Triggered on the server; only the worker (its own process) can run it.
+    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "deletion-batch/deletion-batch",
+                          "--watch", "--watch-timeout", "400"],
+                         cwd=stack.project, env=stack.env(), capture_output=True, text=True, timeout=450, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "Completed" in run.stdout
+    flow_run_id = next(word for line in run.stdout.splitlines() if "UUID" in line for word in line.split()
+                       if word.count("-") == 4)
+    worker_log = (stack.directory / "logs" / "worker.log").read_text()
+    assert flow_run_id in worker_log  # this worker picked it up
+
+    # The new version and its alias, read over HTTP with credentials.
+    status, alias = stack.mlflow("/api/2.0/mlflow/registered-models/alias?name=unsir-classifier&alias=challenger")
+    assert status == 200
+    version = alias["model_version"]
+    assert version["version"] == "2"
+    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    assert json.loads(tags["forgotten_classes"]) == [3, 8]
+    assert stack.mlflow("/api/2.0/mlflow/registered-models/alias?name=unsir-classifier&alias=original")[1][
+        "model_version"]["version"] == "1"
+    requests = stack.requests()
+    assert all(requests[i]["status"] == "done" and requests[i]["model_version"] == 2 for i in ids)
+    # The retain subset went to the stack's shared DVC remote.
+    assert any((stack.directory / "dvc-remote").rglob("*"))
+
+
+def test_mlflow_stopped_mid_batch_loses_no_request(stack):
+    filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
+    request_id = json.loads(filed.stdout)["id"]
+    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=1",
+                    "--set", "registry.http_timeout_s=5"]
+    batch = subprocess.Popen([str(BIN / "unsir"), "--project", str(stack.project), *fast_failure, "batch", "run"],
+                             env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while stack.requests()[request_id]["status"] != "running":
+        assert batch.poll() is None and time.monotonic() < deadline, "the batch never claimed the request"
+        time.sleep(0.3)
+    stopped = stack.run_stack("down", "mlflow")
+    assert stopped.returncode == 0 and "mlflow: stopped" in stopped.stdout
+
+    output, _ = batch.communicate(timeout=300)
+    assert batch.returncode != 0, output[-3000:]
+    assert "Retrying" in output  # the HTTP client retried before giving up
+    after = stack.requests()[request_id]
+    assert after["status"] == "pending" and after["attempts"] == 1 and after["error"], after
+
+    restarted = stack.run_stack("up", "mlflow")
+    assert restarted.returncode == 0, restarted.stderr
+    rerun = stack.unsir("batch", "run", "--json")
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert json.loads(rerun.stdout.splitlines()[-1])["status"] == "done"
+    assert stack.requests()[request_id]["status"] == "done"
+
+
+def test_services_stop_by_process_id(stack):
+    pids = stack.pids()
+    assert set(pids) == {"postgres", "mlflow", "prefect", "worker"}
+    stopped = stack.run_stack("down")
+    assert stopped.returncode == 0, stopped.stderr
+    for service, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], service
+    assert stack.pids() == {}
