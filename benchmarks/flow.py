@@ -180,10 +180,11 @@ def time_deletion_batch(project: Path) -> dict:
     wall = time.perf_counter() - t0
     if not flow_run.state or not flow_run.state.is_completed():
         raise RuntimeError(f"the deletion batch ended {flow_run.state}")
-    queue_s = (flow_run.start_time - flow_run.created).total_seconds() if flow_run.start_time else None
+    # Through a worker, the run waits in the pool's queue until the worker's next poll.
+    queued = how.startswith("deployment") and flow_run.start_time
+    queue_s = (flow_run.start_time - flow_run.created).total_seconds() if queued else None
     # Per-task seconds as the unlearn subflow logged them to its MLflow run.
-    mlflow.set_tracking_uri(ws.params.registry.tracking_uri)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
     version = max(client.search_model_versions(f"name='{ws.params.registry.model_name}'"), key=lambda v: int(v.version))
     run_id = version.run_id or version.tags.get("mlflow_run_id")
     metrics = client.get_run(run_id).data.metrics if run_id else {}

@@ -20,13 +20,17 @@ default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
 database_uri = ${MLFLOW_AUTH_DATABASE_URI}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Without it every request pays a PBKDF2 password check (measured on the local stack: 0.24 s
+# a request, a registration makes dozens). A changed password can stay valid this long.
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$config_dir/basic_auth.ini"
+
+# MLflow reads MLFLOW_BACKEND_STORE_URI itself: the password stays off the command line.
 
 exec mlflow server \
     --host 0.0.0.0 \
     --port 5000 \
-    --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
     --serve-artifacts \
     --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
     --app-name basic-auth \
