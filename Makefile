@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/unsir forget 3 --from original
 
 test: $(STAMP)
+	infra/system-packages.sh postgresql chromium
 	$(BIN)/pytest
 
 bench: $(STAMP)
@@ -34,11 +35,13 @@ bench-flow: $(STAMP)
 
 # The same flows against the local services stack (its own temporary one), through the worker.
 bench-flow-services: $(STAMP)
+	infra/system-packages.sh postgresql
 	$(BIN)/python benchmarks/flow.py --services --out reports/bench/flow-services.json
 
 # Shared services on this machine, without Docker (infra/local/README.md): PostgreSQL, MLflow,
 # Prefect and a process worker on 127.0.0.1. Settings come from the environment (UNSIR_*_PORT...).
 services-up: $(STAMP)
+	infra/system-packages.sh postgresql
 	$(BIN)/python infra/local/stack.py up
 
 services-down:
