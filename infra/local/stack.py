@@ -55,6 +55,10 @@ class Settings:
 
     directory: Path
     project_dir: Path
+    pg_data: Path
+    artifacts_dir: Path
+    dvc_remote_dir: Path
+    log_dir: Path
     python_bin: Path
     pg_bin: Path
     pg_port: int
@@ -71,9 +75,18 @@ class Settings:
         env = os.environ
         project_dir = Path(env.get("UNSIR_PROJECT_DIR", PROJECT_DIR)).resolve()
         directory = Path(env.get("UNSIR_SERVICES_DIR", project_dir / "state" / "services"))
+        directory = directory.resolve()
+
+        def place(variable: str, default: str) -> Path:
+            return Path(env.get(variable) or directory / default).resolve()
+
         return cls(
-            directory=directory.resolve(),
+            directory=directory,
             project_dir=project_dir,
+            pg_data=place("UNSIR_PG_DATA", "postgres"),
+            artifacts_dir=place("UNSIR_MLFLOW_ARTIFACTS", "mlflow-artifacts"),
+            dvc_remote_dir=place("UNSIR_DVC_REMOTE_DIR", "dvc-remote"),
+            log_dir=place("UNSIR_LOG_DIR", "logs"),
             python_bin=Path(sys.executable).parent,
             pg_bin=Path(env["UNSIR_PG_BIN"]) if env.get("UNSIR_PG_BIN") else _find_pg_bin(),
             pg_port=_port("UNSIR_PG_PORT", 5433),
@@ -144,7 +157,7 @@ def client_environment(settings: Settings, creds: dict[str, str]) -> dict[str, s
         "MLFLOW_TRACKING_PASSWORD": creds["UNSIR_MLFLOW_PASSWORD"],
         "PREFECT_API_URL": settings.prefect_api_url,
         "PREFECT_API_AUTH_STRING": f"{settings.prefect_user}:{creds['UNSIR_PREFECT_PASSWORD']}",
-        "UNSIR_DVC_REMOTE": str(settings.path("dvc-remote")),
+        "UNSIR_DVC_REMOTE": str(settings.dvc_remote_dir),
         "UNSIR_PROJECT_DIR": str(settings.project_dir),
     }
 
@@ -186,7 +199,7 @@ def pid_of(settings: Settings, service: str) -> int | None:
 
 def _spawn(settings: Settings, service: str, argv: list[str], env: dict[str, str],
            user: str | None = None, cwd: Path | None = None) -> int:
-    log_path = settings.path("logs", f"{service}.log")
+    log_path = settings.log_dir / f"{service}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {argv[0]}\n".encode())
@@ -212,7 +225,7 @@ def _wait(settings: Settings, service: str, ready, timeout_s: float = START_TIME
 
 
 def _log_tail(settings: Settings, service: str, lines: int = 15) -> str:
-    path = settings.path("logs", f"{service}.log")
+    path = settings.log_dir / f"{service}.log"
     tail = path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
     return f"{path}:\n" + "\n".join(tail)
 
@@ -260,7 +273,7 @@ def _basic(user_password: str) -> dict[str, str]:
 # --- services --------------------------------------------------------------------------------
 
 def start_postgres(settings: Settings, creds: dict[str, str]) -> None:
-    data = settings.path("postgres")
+    data = settings.pg_data
     user = "postgres" if os.geteuid() == 0 else None
     if not (data / "PG_VERSION").is_file():
         data.mkdir(parents=True, exist_ok=True)
@@ -327,7 +340,7 @@ def start_mlflow(settings: Settings, creds: dict[str, str]) -> None:
         f"auth_cache_ttl_seconds = {os.environ.get('UNSIR_MLFLOW_AUTH_CACHE_S', '60')}",
         "",
     ]))
-    artifacts = settings.path("mlflow-artifacts")
+    artifacts = settings.artifacts_dir
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {
         **_base_env(),
@@ -383,7 +396,7 @@ def deploy(settings: Settings, client_env: dict[str, str]) -> None:
         [str(settings.python_bin / "prefect"), "--no-prompt", "deploy", "--all"],
         cwd=settings.project_dir, env=env, capture_output=True, text=True, check=False,
     )
-    log = settings.path("logs", "deploy.log")
+    log = settings.log_dir / "deploy.log"
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise StackError(f"`prefect deploy --all` in {settings.project_dir} failed; see {log}")
@@ -448,7 +461,7 @@ def up(settings: Settings, services: list[str]) -> None:
         else:
             start_worker(settings, client_env)
         print(f"{service}: up in {time.monotonic() - started:.1f} s (pid {pid_of(settings, service)}, "
-              f"log {settings.path('logs', service + '.log')})")
+              f"log {settings.log_dir / (service + '.log')})")
     print(f"client settings: set -a; . {settings.path('client.env')}; set +a")
 
 
@@ -462,7 +475,7 @@ def status(settings: Settings) -> list[dict]:
     urls = {"mlflow": settings.mlflow_url, "prefect": settings.prefect_api_url,
             "postgres": f"postgresql://127.0.0.1:{settings.pg_port}", "worker": settings.work_pool}
     return [{"service": s, "pid": pid_of(settings, s), "running": pid_of(settings, s) is not None,
-             "address": urls[s], "log": str(settings.path("logs", f"{s}.log"))} for s in SERVICES]
+             "address": urls[s], "log": str(settings.log_dir / f"{s}.log")} for s in SERVICES]
 
 
 def main(argv: list[str] | None = None) -> int:
