@@ -70,6 +70,10 @@ def test_a_deployment_remote_stays_out_of_the_committed_config(tmp_path: Path) -
     assert default_remote(root) == str(shared.resolve())
     assert (root / ".dvc" / "config").read_text() == committed
 
+    use_remote(root, "state/services/dvc-remote")  # inside the project, but not the committed one
+    assert default_remote(root) == "../state/services/dvc-remote"
+    assert (root / ".dvc" / "config").read_text() == committed
+
     use_remote(root, "state/remote")  # back to the committed default
     assert default_remote(root) == "../state/remote"
 

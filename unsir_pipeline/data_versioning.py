@@ -63,22 +63,25 @@ def ensure_repo(project_dir: Path, remote: str | Path, endpoint: str | None = No
 def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = None) -> None:
     """Make ``remote`` (a directory or a URL such as ``s3://bucket/path``) the default remote.
 
-    A directory inside the project is written to ``.dvc/config``, relative to it, so the
-    committed config works in every clone. Anything else (an object store, a shared
-    directory) belongs to one deployment, not to the repository: it goes to
-    ``.dvc/config.local``, which git ignores, and wins over the committed default.
+    The repository's own remote is a directory inside the project, written to ``.dvc/config``
+    relative to it so that the committed config works in every clone; once there, it is never
+    rewritten. Any other remote (an object store, a team's directory, another directory of
+    this checkout) belongs to one deployment, not to the repository: it goes to
+    ``.dvc/config.local``, which git ignores and which wins over the committed default.
     ``endpoint`` is an S3-compatible endpoint URL (MinIO). Calls DVC only when the
     configuration differs, so every run can call this cheaply.
     """
     project_dir = _project(project_dir)
-    url, stored, deployment = _remote_url(project_dir, remote)
+    url, stored, inside = _remote_url(project_dir, remote)
     if _effective_remote(project_dir) == (stored, endpoint):
         return
-    if not deployment:
+    committed = _configured_remote(_read_config(project_dir / ".dvc" / "config"))
+    if inside and endpoint is None and committed[0] in (None, stored):
         if _read_config(project_dir / ".dvc" / "config.local").get("core", {}).get("remote"):
             _dvc(project_dir, "remote", "default", "--local", "--unset")
-        # -f replaces an existing remote of that name, which is what makes this idempotent.
-        _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
+        if committed[0] is None:
+            # -f replaces an existing remote of that name, which is what makes this idempotent.
+            _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
         return
     _dvc(project_dir, "remote", "add", "--local", "--default", "--force", DEPLOYMENT_REMOTE_NAME, url)
     if endpoint:
@@ -312,17 +315,17 @@ def _cache_dir(project_dir: Path) -> Path:
 
 def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str, bool]:
     """(URL to give ``dvc remote add`` from the project, URL as DVC stores it in ``.dvc/``,
-    whether it belongs to this deployment only)."""
+    whether it is a directory inside the project)."""
     text = str(remote)
     if "://" in text:
-        return text, text, True
+        return text, text, False
     directory = Path(text) if Path(text).is_absolute() else project_dir / text
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     if directory.is_relative_to(project_dir):
         relative = os.path.relpath(directory, project_dir)
-        return relative, os.path.relpath(directory, project_dir / ".dvc"), False
-    return str(directory), str(directory), True
+        return relative, os.path.relpath(directory, project_dir / ".dvc"), True
+    return str(directory), str(directory), False
 
 
 def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
@@ -331,10 +334,15 @@ def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
     for name in ("config", "config.local"):
         for section, values in _read_config(project_dir / ".dvc" / name).items():
             merged.setdefault(section, {}).update(values)
-    name = merged.get("core", {}).get("remote")
+    return _configured_remote(merged)
+
+
+def _configured_remote(config: dict[str, dict[str, str]]) -> tuple[str | None, str | None]:
+    """(url, endpointurl) of the default remote that ``config`` names, or (None, None)."""
+    name = config.get("core", {}).get("remote")
     if not name:
         return None, None
-    section = merged.get(f'remote "{name}"', {})
+    section = config.get(f'remote "{name}"', {})
     return section.get("url"), section.get("endpointurl")
 
 
