@@ -45,8 +45,18 @@ def audit_log(ws: Workspace) -> AuditLog:
 
 
 def provenance(ws: Workspace) -> dict[str, str]:
-    """What every audit record links to on the code and configuration side."""
-    return {"git_commit": git_commit(ws.root), "params_digest": ws.params.digest()}
+    """What every audit record links to on the code and configuration side, and which
+    registry its version numbers belong to (with shared services, another one than the
+    embedded default; any credentials in the URI are left out)."""
+    return {"git_commit": git_commit(ws.root), "params_digest": ws.params.digest(),
+            "registry": f"{_without_credentials(ws.params.registry.tracking_uri)}#{ws.params.registry.model_name}"}
+
+
+def _without_credentials(uri: str) -> str:
+    scheme, separator, rest = uri.partition("://")
+    if not separator or "@" not in rest.split("/", 1)[0]:
+        return uri
+    return f"{scheme}://{rest.split('@', 1)[1]}"
 
 
 def _class_names(ws: Workspace) -> tuple[str, ...]:
