@@ -105,19 +105,13 @@ def stack(tmp_path_factory) -> Stack:
 
 
 def test_every_server_listens_on_loopback_only(stack):
+    # /proc/net/tcp: "local_address" is hex "0100007F:PORT" for 127.0.0.1; state 0A is LISTEN.
+    listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    listening += [line.split() for line in Path("/proc/net/tcp6").read_text().splitlines()[1:]]
     for port in ("UNSIR_PG_PORT", "UNSIR_MLFLOW_PORT", "UNSIR_PREFECT_PORT"):
-        with socket.create_connection(("127.0.0.1", int(stack.stack_env[port])), timeout=3):
-            pass
-    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=False).stdout \
-        if shutil.which("ss") else Path("/proc/net/tcp").read_text()
-    for port in ("UNSIR_PG_PORT", "UNSIR_MLFLOW_PORT", "UNSIR_PREFECT_PORT"):
-        number = int(stack.stack_env[port])
-        if shutil.which("ss"):
-            bound = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{number}")]
-            assert bound and all(address.startswith("127.0.0.1:") for address in bound), bound
-        else:  # /proc/net/tcp: local address as hex "0100007F:PORT"
-            bound = [line.split()[1] for line in listening.splitlines()[1:] if line.split()[1].endswith(f":{number:04X}")]
-            assert bound and all(address.startswith("0100007F:") for address in bound), bound
+        suffix = f":{int(stack.stack_env[port]):04X}"
+        bound = [fields[1] for fields in listening if fields[3] == "0A" and fields[1].endswith(suffix)]
+        assert bound and all(address.startswith("0100007F:") for address in bound), (port, bound)
 
 
 def test_a_request_without_credentials_is_refused(stack):

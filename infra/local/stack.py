@@ -299,15 +299,23 @@ def start_postgres(settings: Settings, creds: dict[str, str]) -> None:
         str(settings.pg_bin / "postgres"), "-D", str(data), "-p", str(settings.pg_port),
         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
     ], env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}, user=user, cwd=data)
-    _wait(settings, "postgres", lambda: _connect(settings, creds, "postgres") is not None)
-    connection = _connect(settings, creds, "postgres")
+    connections = []  # the one that answers is kept for creating the databases
+
+    def accepts_connections() -> bool:
+        connections.append(_connect(settings, creds, "postgres"))
+        return connections[-1] is not None
+
+    _wait(settings, "postgres", accepts_connections)
+    connection = connections[-1]
     connection.autocommit = True
-    with connection.cursor() as cursor:
-        for name in DATABASES:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-    connection.close()
+    try:
+        with connection.cursor() as cursor:
+            for name in DATABASES:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
 
 
 def _connect(settings: Settings, creds: dict[str, str], database: str):
@@ -446,8 +454,9 @@ def up(settings: Settings, services: list[str]) -> None:
     for service in SERVICES:
         if service not in services:
             continue
-        if pid_of(settings, service) is not None:
-            print(f"{service}: already running (pid {pid_of(settings, service)})")
+        running = pid_of(settings, service)
+        if running is not None:
+            print(f"{service}: already running (pid {running})")
             continue
         started = time.monotonic()
         if service == "postgres":
