@@ -16,10 +16,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unsir.checkpoint import WEIGHTS_FILE, ModelCard, save_checkpoint
+from unsir.checkpoint import (
+    WEIGHTS_FILE,
+    CheckpointIntegrityError,
+    ModelCard,
+    load_checkpoint,
+    save_checkpoint,
+    weights_sha256,
+)
 from unsir.models import ModelSpec, build_model
 from unsir.splits import Normalization
-from unsir_pipeline.registry import IDEMPOTENCY_TAG, ModelRegistry, RegistryError
+from unsir_pipeline.registry import (
+    IDEMPOTENCY_TAG,
+    WEIGHTS_SHA256_TAG,
+    ModelRegistry,
+    RegistryError,
+)
 
 MODEL_NAME = "digits-small-cnn"
 SPEC = ModelSpec("small_cnn", 10, 1)
@@ -222,3 +234,64 @@ def test_pickled_module_loads_only_when_allowed(store: dict, tmp_path: Path) -> 
     )
     assert version == 1 and card == CARD
     assert torch.equal(model.classifier.weight, module.classifier.weight)
+
+
+# --- checkpoint integrity ------------------------------------------------------------------
+
+
+def _stored_weights(store: dict, version: int) -> Path:
+    """The weights file of ``version`` inside the artifact store (not a downloaded copy)."""
+    client = mlflow.MlflowClient(tracking_uri=store["uri"], registry_uri=store["uri"])
+    model_id = client.get_model_version(MODEL_NAME, str(version)).source.removeprefix("models:/")
+    found = [p for p in (store["root"] / "artifacts").rglob(WEIGHTS_FILE) if model_id in p.parts]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _register(store: dict, checkpoint: Path, key: str) -> int:
+    registry: ModelRegistry = store["registry"]
+    with registry.start_run(key):
+        return registry.register_checkpoint(checkpoint, input_example=EXAMPLE, tags={}, idempotency_key=key)
+
+
+def test_registration_records_the_weights_sha256(store: dict) -> None:
+    tags = store["registry"].get_version(store["version"]).tags
+    assert tags[WEIGHTS_SHA256_TAG] == weights_sha256(store["checkpoint"])
+    assert tags[WEIGHTS_SHA256_TAG] == weights_sha256(_stored_weights(store, store["version"]).parent)
+
+
+def test_weights_tag_is_reserved(store: dict) -> None:
+    registry: ModelRegistry = store["registry"]
+    with registry.start_run("reserved"), pytest.raises(RegistryError, match=WEIGHTS_SHA256_TAG):
+        registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={WEIGHTS_SHA256_TAG: "0" * 64},
+                                     idempotency_key="reserved-tag")
+
+
+def test_bit_flipped_stored_weights_are_refused_naming_the_version(store: dict, tmp_path: Path) -> None:
+    version = _register(store, _checkpoint(tmp_path / "flip", seed=5), "flip-bits")
+    recorded = store["registry"].get_version(version).tags[WEIGHTS_SHA256_TAG]
+    stored = _stored_weights(store, version)
+    data = bytearray(stored.read_bytes())
+    data[-3] ^= 0x10  # one bit of one weight: still a valid safetensors file
+    stored.write_bytes(bytes(data))
+    found = weights_sha256(stored.parent)
+    with pytest.raises(RegistryError) as caught:
+        store["registry"].load_model(version, dest=tmp_path / "dl")
+    message = str(caught.value)
+    assert f"version {version}" in message and recorded in message and found in message
+    assert isinstance(caught.value.__cause__, CheckpointIntegrityError)
+
+
+def test_truncated_stored_weights_are_refused_not_a_parser_error(store: dict, tmp_path: Path) -> None:
+    version = _register(store, _checkpoint(tmp_path / "cut", seed=6), "truncate")
+    stored = _stored_weights(store, version)
+    stored.write_bytes(stored.read_bytes()[:100])
+    with pytest.raises(RegistryError, match=rf"version {version}: weights file .* has sha256 [0-9a-f]{{64}}, but"):
+        store["registry"].load_model(version, dest=tmp_path / "dl")
+
+
+def test_unparseable_weights_are_an_integrity_error(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "local", seed=7)
+    (checkpoint / WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+    with pytest.raises(CheckpointIntegrityError, match="not a readable safetensors file"):
+        load_checkpoint(checkpoint, label="the local copy")

@@ -18,6 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from torch import nn
 
 import unsir
-from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint
+from unsir.checkpoint import CARD_FILE, WEIGHTS_FILE, ModelCard, load_checkpoint, weights_sha256
 
 SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
 # The HTTP settings an operator exported before this process started; configuration never
@@ -49,9 +50,12 @@ _OPERATOR_HTTP_SETTINGS = {
 }
 CHECKPOINT_ARTIFACT = "checkpoint"
 IDEMPOTENCY_TAG = "idempotency_key"
+# The sha256 of the weights file, set when the version is created and checked at every load.
+WEIGHTS_SHA256_TAG = "weights_sha256"
 # Listed explicitly: inferring them costs MLflow several seconds per model.
 PIP_REQUIREMENTS = ["torch", "safetensors", "numpy"]
 _READY_TIMEOUT_S = 300.0
+_log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
@@ -217,8 +221,9 @@ class ModelRegistry:
         run_id = self._active_run()
         if not idempotency_key:
             raise RegistryError("idempotency_key must be a non-empty string (e.g. the task run id)")
-        if IDEMPOTENCY_TAG in tags:
-            raise RegistryError(f"tag {IDEMPOTENCY_TAG!r} is reserved; pass it as idempotency_key")
+        for reserved in (IDEMPOTENCY_TAG, WEIGHTS_SHA256_TAG):
+            if reserved in tags:
+                raise RegistryError(f"tag {reserved!r} is reserved; registration sets it")
         existing = self._version_with_key(idempotency_key)
         if existing is not None:
             if alias:
@@ -227,7 +232,10 @@ class ModelRegistry:
 
         checkpoint_dir = Path(checkpoint_dir)
         try:
-            model, _card = load_checkpoint(checkpoint_dir, device="cpu")
+            # Hashed before it is read, and the same digest is then checked by the load: what
+            # was evaluated is what gets registered.
+            sha256 = weights_sha256(checkpoint_dir) if (checkpoint_dir / WEIGHTS_FILE).is_file() else None
+            model, _card = load_checkpoint(checkpoint_dir, device="cpu", expected_sha256=sha256)
         except ValueError as err:
             raise RegistryError(f"cannot register {str(checkpoint_dir)!r}: {err}") from err
         example = np.asarray(input_example, dtype=np.float32)
@@ -250,7 +258,8 @@ class ModelRegistry:
                 name=self.model_name,
                 source=info.model_uri,
                 run_id=run_id,
-                tags={**tags, IDEMPOTENCY_TAG: idempotency_key},
+                # Set at creation, in the same call: no version ever exists without its digest.
+                tags={**tags, IDEMPOTENCY_TAG: idempotency_key, WEIGHTS_SHA256_TAG: str(sha256)},
                 model_id=info.model_id,
                 await_creation_for=int(_READY_TIMEOUT_S),
             )
@@ -333,6 +342,21 @@ class ModelRegistry:
         for key, value in tags.items():
             self._client.set_model_version_tag(self.model_name, str(version), key, str(value))
 
+    def model_tags(self) -> dict[str, str]:
+        """Tags of the registered model itself ({} when it is not registered)."""
+        if not self.has_model():
+            return {}
+        return dict(self._client.get_registered_model(self.model_name).tags or {})
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        """Set a tag on the registered model (the audit trail anchors its head here)."""
+        try:
+            self._client.set_registered_model_tag(self.model_name, key, value)
+        except MlflowException as err:
+            raise RegistryError(
+                f"cannot set tag {key!r} on model {self.model_name!r}: {err.message}"
+            ) from err
+
     def list_versions(self) -> list[VersionInfo]:
         versions: list[ModelVersion] = []
         token: str | None = None
@@ -388,6 +412,7 @@ class ModelRegistry:
         """
         version = self._resolve_ref(ref)
         uri = f"models:/{self.model_name}/{version}"
+        expected_sha256 = self._model_version(version).tags.get(WEIGHTS_SHA256_TAG)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         try:
@@ -407,8 +432,14 @@ class ModelRegistry:
         pyfunc_artifacts = flavors.get("python_function", {}).get("artifacts", {})
         if CHECKPOINT_ARTIFACT in pyfunc_artifacts:
             checkpoint = local / pyfunc_artifacts[CHECKPOINT_ARTIFACT]["path"]
+            if expected_sha256 is None:
+                # Registered before digests were recorded: nothing to check against.
+                _log.warning("%s has no %s tag; its weights are loaded unchecked", uri, WEIGHTS_SHA256_TAG)
             try:
-                model, card = load_checkpoint(checkpoint, device=device)
+                model, card = load_checkpoint(
+                    checkpoint, device=device, expected_sha256=expected_sha256,
+                    label=f"model {self.model_name!r} version {version}",
+                )
             except ValueError as err:
                 raise RegistryError(f"{uri} has a broken checkpoint artifact: {err}") from err
             return model, card, version
