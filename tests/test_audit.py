@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.audit import GENESIS, AuditError, AuditLog, VerifyResult
+from unsir_pipeline.audit import (
+    GENESIS,
+    AuditError,
+    AuditLog,
+    VerifyResult,
+    audit_key_from_env,
+    head_mac,
+)
 
 
 def _hash(row: dict) -> str:
@@ -323,3 +330,107 @@ def test_two_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
     for w in range(2):
         assert [r.payload["i"] for r in records if r.payload["worker"] == w] == list(range(20))
     assert not list(tmp_path.glob("*.tmp-*"))  # anchor temp files were all replaced
+
+
+# --- the signed head anchor ----------------------------------------------------------------
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def _forge(path: Path, seq: int, payload: dict) -> None:
+    """Edit record ``seq`` and recompute every hash from there on, as an attacker with the
+    project's own recipe would; then rewrite the (unkeyed) head anchor to match."""
+    _tamper(path, "UPDATE audit SET payload = ? WHERE seq = ?", params=(json.dumps(payload), seq))
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY seq")]
+        prev = rows[seq - 2]["hash"] if seq > 1 else GENESIS
+        for row in rows[seq - 1 :]:
+            row["prev_hash"] = prev
+            row["hash"] = prev = _hash(row)
+            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"]))
+    path.with_name(path.name + ".head").write_text(json.dumps({"records": len(rows), "hash": prev}))
+
+
+@pytest.fixture
+def signed_log(tmp_path: Path) -> AuditLog:
+    log = AuditLog(tmp_path / "signed.db", key=KEY)
+    for n in range(1, 6):
+        log.append("request-added", actor="tester", payload={"n": n}, request_ids=("req-a",))
+    return log
+
+
+def test_signed_head_carries_the_hmac_of_records_and_hash(signed_log: AuditLog) -> None:
+    head = json.loads(signed_log.head_path.read_text())
+    assert head["mac"] == head_mac(KEY, 5, head["hash"]) != head_mac(OTHER_KEY, 5, head["hash"])
+    assert signed_log.verify() == VerifyResult(ok=True, records=5, first_bad_seq=None, problem=None, signed=True)
+
+
+def test_rewritten_chain_with_recomputed_hashes_is_found_with_the_key(signed_log: AuditLog) -> None:
+    _forge(signed_log.path, 2, {"n": 200})
+
+    # Without the key the forgery is consistent: this is what the key is for.
+    assert AuditLog(signed_log.path).verify().ok
+    result = signed_log.verify()
+    assert not result.ok and "is not signed, but an audit key is configured" in result.problem
+    with pytest.raises(AuditError, match="refusing to append .* not signed"):
+        signed_log.append("request-added", actor="tester", payload={})
+
+
+def test_anchor_signed_with_another_key_is_found(signed_log: AuditLog) -> None:
+    records, head_hash = signed_log.head()
+    signed_log.head_path.write_text(json.dumps({"records": records, "hash": head_hash, "mac": head_mac(OTHER_KEY, records, head_hash)}))
+
+    result = signed_log.verify()
+
+    assert not result.ok and "does not match the audit key" in result.problem
+
+
+def test_a_process_without_the_key_cannot_strip_the_signature(signed_log: AuditLog) -> None:
+    keyless = AuditLog(signed_log.path)
+    with pytest.raises(AuditError, match="is signed, but this process has no audit key"):
+        keyless.append("request-added", actor="tester", payload={})
+    assert signed_log.verify().ok and len(signed_log.records()) == 5
+
+
+def test_sign_head_adopts_an_intact_unsigned_trail_only(log: AuditLog) -> None:
+    keyed = AuditLog(log.path, key=KEY)
+    assert not keyed.verify().ok  # written before the key existed
+
+    assert keyed.sign_head().signed
+    assert keyed.verify().ok
+
+    _tamper(log.path, """UPDATE audit SET payload = '{"n":700}' WHERE seq = 7""")
+    with pytest.raises(AuditError, match="refusing to sign .* record 7"):
+        keyed.sign_head()
+
+
+def test_key_from_env_text_or_file(tmp_path: Path) -> None:
+    assert audit_key_from_env({}) is None
+    assert audit_key_from_env({"UNSIR_AUDIT_KEY": "x" * 32}) == b"x" * 32
+    key_file = tmp_path / "secrets" / "audit.key"
+    key_file.parent.mkdir()
+    key_file.write_text("y" * 40 + "\n")
+    assert audit_key_from_env({"UNSIR_AUDIT_KEY_FILE": str(key_file)}) == b"y" * 40
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"UNSIR_AUDIT_KEY": "short"}, "has 5 bytes; expected at least 32"),
+        ({"UNSIR_AUDIT_KEY": "x" * 32, "UNSIR_AUDIT_KEY_FILE": "/k"}, "both UNSIR_AUDIT_KEY and UNSIR_AUDIT_KEY_FILE"),
+        ({"UNSIR_AUDIT_KEY_FILE": "/nonexistent/audit.key"}, "UNSIR_AUDIT_KEY_FILE=/nonexistent/audit.key: cannot read"),
+    ],
+)
+def test_bad_key_settings_are_named(environ: dict, message: str) -> None:
+    with pytest.raises(AuditError, match=message):
+        audit_key_from_env(environ)
+
+
+def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "services").mkdir(parents=True)
+    (state / "services" / "audit.key").write_text("z" * 32)
+    with pytest.raises(AuditError, match="lies inside .*state"):
+        audit_key_from_env({"UNSIR_AUDIT_KEY_FILE": str(state / "services" / "audit.key")}, forbidden_dirs=[state])

@@ -18,18 +18,29 @@ A chain alone cannot show that its *last* records were removed, so a small head 
 ``<log>.head`` (JSON ``{"records": n, "hash": "<hash of record n>"}``) is rewritten atomically on
 every append and checked by :meth:`AuditLog.verify`. Triggers make the table append-only for any
 code path that goes through SQLite; someone with the file can drop them, which is what the chain
-and the anchor are for. This module talks to nothing but SQLite and the anchor file, and imports
-nothing from the pipeline.
+and the anchor are for.
+
+The chain and an unkeyed anchor stop accidents and careless edits, not someone who can write the
+directory: they can recompute every hash and rewrite the anchor. Given a key that lives outside
+the project's state (:func:`audit_key_from_env`), the anchor also carries
+``"mac": HMAC-SHA256(key, {"purpose": "unsir-audit-head/v1", "records": n, "hash": h})`` (the
+same canonical JSON), so a rewritten chain can no longer be re-anchored without the key. With a
+key, an unsigned or wrongly signed anchor is a verification failure and blocks appends. The
+anchor cannot show that *both* files were deleted; the pipeline cross-checks the trail against
+the request store and the registry for that (``unsir_pipeline.batches.verify_trail``). See
+``docs/audit.md`` for the threat model. This module talks to nothing but SQLite, the anchor file
+and the key's source, and imports nothing else from the pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +50,13 @@ from typing import Any
 from unsir_pipeline import sqlite_files
 
 GENESIS = "0" * 64
+
+# Where the HMAC key of the head anchor comes from: the key itself, or a file holding it.
+KEY_ENV = "UNSIR_AUDIT_KEY"
+KEY_FILE_ENV = "UNSIR_AUDIT_KEY_FILE"
+# 32 bytes: a key shorter than SHA-256's output weakens the MAC.
+MIN_KEY_BYTES = 32
+_MAC_PURPOSE = "unsir-audit-head/v1"
 
 SCHEMA_VERSION = 1
 
@@ -109,6 +127,8 @@ class VerifyResult:
     records: int
     first_bad_seq: int | None
     problem: str | None
+    # Whether the head anchor's HMAC was checked with the audit key (False without a key).
+    signed: bool = False
 
 
 def _canonical(value: Any) -> str:
@@ -166,6 +186,50 @@ def _payload_problem(value: Any, where: str) -> str | None:
     return None
 
 
+def audit_key_from_env(
+    environ: Mapping[str, str] | None = None, *, forbidden_dirs: Sequence[Path] = ()
+) -> bytes | None:
+    """The anchor's HMAC key from ``UNSIR_AUDIT_KEY`` (the key as text) or
+    ``UNSIR_AUDIT_KEY_FILE`` (a file holding it); None when neither is set.
+
+    A key file inside one of ``forbidden_dirs`` (the project's state directory) is refused:
+    whoever can rewrite the trail could read the key there and re-sign a forged head.
+    """
+    environ = os.environ if environ is None else environ
+    text, file_name = environ.get(KEY_ENV), environ.get(KEY_FILE_ENV)
+    if text and file_name:
+        raise AuditError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; set only one")
+    if text:
+        key, source = text.encode("utf-8"), KEY_ENV
+    elif file_name:
+        path = Path(file_name).expanduser().resolve()
+        for directory in forbidden_dirs:
+            if path.is_relative_to(Path(directory).resolve()):
+                raise AuditError(
+                    f"{KEY_FILE_ENV}={file_name} lies inside {directory}, which anyone who can "
+                    "rewrite the audit trail can read; keep the key outside the project's state"
+                )
+        try:
+            key = path.read_bytes().strip()
+        except OSError as err:
+            raise AuditError(f"{KEY_FILE_ENV}={file_name}: cannot read the audit key ({err})") from err
+        source = f"{KEY_FILE_ENV}={file_name}"
+    else:
+        return None
+    if len(key) < MIN_KEY_BYTES:
+        raise AuditError(
+            f"the audit key from {source} has {len(key)} bytes; expected at least {MIN_KEY_BYTES} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return key
+
+
+def head_mac(key: bytes, records: int, head_hash: str) -> str:
+    """HMAC-SHA256 (hex) of a head anchor, as stored in its ``mac`` field."""
+    message = _canonical({"purpose": _MAC_PURPOSE, "records": records, "hash": head_hash})
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 def _check_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise AuditError(f"{name} must be a non-empty string, got {value!r}")
@@ -207,8 +271,11 @@ class AuditLog:
     ``fork``; there is nothing to close.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, key: bytes | None = None) -> None:
         self.path = Path(path)
+        if key is not None and (not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES):
+            raise AuditError(f"key must be at least {MIN_KEY_BYTES} bytes, got {type(key).__name__} of length {len(key)}")
+        self._key = key
         self.head_path = self.path.with_name(self.path.name + ".head")
         sqlite_files.ensure_schema(self.path, _SCHEMA, SCHEMA_VERSION, AuditError, "audit")
         with self._transaction() as conn:
@@ -219,7 +286,12 @@ class AuditLog:
                 self._write_head(0, GENESIS)
 
     def __repr__(self) -> str:
-        return f"AuditLog({str(self.path)!r})"
+        return f"AuditLog({str(self.path)!r}, signed={self._key is not None})"
+
+    @property
+    def signed(self) -> bool:
+        """Whether this log signs and checks its head anchor with a key."""
+        return self._key is not None
 
     # -- connections -----------------------------------------------------------------------
 
@@ -233,18 +305,78 @@ class AuditLog:
 
     def _read_head(self) -> tuple[int, str] | None:
         """The anchor's (records, hash), None if the file is missing; AuditError if unreadable."""
+        raw = self._read_head_raw()
+        return None if raw is None else (raw[0], raw[1])
+
+    def _read_head_raw(self) -> tuple[int, str, str | None] | None:
+        """The anchor's (records, hash, mac or None); None if missing; AuditError if unreadable."""
         try:
             text = self.head_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
         try:
             head = json.loads(text)
-            return int(head["records"]), str(head["hash"])
-        except (ValueError, TypeError, KeyError) as err:
+            mac = head.get("mac")
+            return int(head["records"]), str(head["hash"]), None if mac is None else str(mac)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise AuditError(
                 f"head anchor {self.head_path} is unreadable: {text[:200]!r}; expected "
                 '{"records": <int>, "hash": "<sha256>"}'
             ) from err
+
+    def _signature_problem(self, records: int, head_hash: str, mac: str | None) -> str | None:
+        """What is wrong with the anchor's signature for this process, or None.
+
+        With a key: the anchor must be signed with it. Without one: a signed anchor must not be
+        overwritten unsigned (that would silently drop the protection), so it is a problem for
+        appends; verify() only reports it as unchecked.
+        """
+        if self._key is None:
+            if mac is not None:
+                return (
+                    f"head anchor {self.head_path} is signed, but this process has no audit key "
+                    f"to check it (set {KEY_ENV} or {KEY_FILE_ENV})"
+                )
+            return None
+        if mac is None:
+            return (
+                f"head anchor {self.head_path} is not signed, but an audit key is configured "
+                "(anchor replaced by someone without the key, or written before the key was "
+                "set: check the trail, then call sign_head())"
+            )
+        if not hmac.compare_digest(mac, head_mac(self._key, records, head_hash)):
+            return (
+                f"head anchor {self.head_path} has a signature that does not match the audit "
+                "key (anchor forged, or signed with another key)"
+            )
+        return None
+
+    def head(self) -> tuple[int, str] | None:
+        """The head anchor's (records, hash), None if it is missing."""
+        return self._read_head()
+
+    def record_hash(self, seq: int) -> str | None:
+        """The stored hash of record ``seq``, None if there is no such record."""
+        with closing(self._connect()) as conn:
+            row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else row["hash"]
+
+    def sign_head(self) -> VerifyResult:
+        """Sign the current head with the key, after verifying the chain; for a trail written
+        before the key was configured. Refused when the chain does not verify, since signing
+        would vouch for whatever is there."""
+        if self._key is None:
+            raise AuditError(f"no audit key to sign with; set {KEY_ENV} or {KEY_FILE_ENV}")
+        with self._transaction():
+            result = self._verify_chain_and_head(check_signature=False)
+            if not result.ok:
+                raise AuditError(
+                    f"refusing to sign the head of {self.path}: record {result.first_bad_seq}: "
+                    f"{result.problem}"
+                )
+            records, head_hash = self._read_head() or (0, GENESIS)
+            self._write_head(records, head_hash)
+        return self.verify()
 
     def _check_head(self, conn: sqlite3.Connection) -> tuple[int, str]:
         """The anchor, after checking it names the log's last record.
@@ -254,7 +386,12 @@ class AuditLog:
         """
         last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         actual = (last["seq"], last["hash"]) if last else (0, GENESIS)
-        head = self._read_head()
+        raw = self._read_head_raw()
+        head = None if raw is None else (raw[0], raw[1])
+        if raw is not None:
+            problem = self._signature_problem(*raw)
+            if problem:
+                raise AuditError(f"refusing to append to {self.path}: {problem}")
         if head != actual:
             found = "is missing" if head is None else f"records {head[0]} (hash {head[1][:12]}...)"
             raise AuditError(
@@ -267,8 +404,11 @@ class AuditLog:
     def _write_head(self, records: int, head_hash: str) -> None:
         """Replace the anchor atomically: a reader sees the old one or the new one, never half."""
         tmp = self.head_path.with_name(f"{self.head_path.name}.tmp-{os.getpid()}")
+        head: dict[str, Any] = {"records": records, "hash": head_hash}
+        if self._key is not None:
+            head["mac"] = head_mac(self._key, records, head_hash)
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(_canonical({"records": records, "hash": head_hash}))
+            handle.write(_canonical(head))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.head_path)
@@ -414,8 +554,12 @@ class AuditLog:
         seq), its ``seq`` must follow the previous one (else records are missing), and its
         ``prev_hash`` must be the previous record's hash (else records were deleted, inserted or
         reordered, or the previous one was edited and re-hashed). Then the anchor must record
-        the same number of records and the same last hash (else records were cut from the end).
+        the same number of records and the same last hash (else records were cut from the end),
+        and, with a key, carry its HMAC (else the anchor was rewritten without the key).
         """
+        return self._verify_chain_and_head(check_signature=True)
+
+    def _verify_chain_and_head(self, *, check_signature: bool) -> VerifyResult:
         with closing(self._connect()) as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq").fetchall()
         count = len(rows)
@@ -462,12 +606,17 @@ class AuditLog:
             expected_seq, prev_hash = seq + 1, record.hash
 
         try:
-            head = self._read_head()
+            raw = self._read_head_raw()
         except AuditError as err:
             return bad(count + 1, str(err))
-        if head is None:
+        if raw is None:
             return bad(count + 1, f"head anchor {self.head_path} is missing (deleted?)")
-        head_records, head_hash = head
+        head_records, head_hash, mac = raw
+        # Checked before the counts: a forged anchor's numbers mean nothing.
+        if check_signature and self._key is not None:
+            problem = self._signature_problem(head_records, head_hash, mac)
+            if problem:
+                return bad(count + 1, problem)
         if head_records > count:
             return bad(
                 count + 1,
@@ -486,4 +635,7 @@ class AuditLog:
                 count,
                 f"record {count}: hash does not match the head anchor (last record replaced?)",
             )
-        return VerifyResult(ok=True, records=count, first_bad_seq=None, problem=None)
+        return VerifyResult(
+            ok=True, records=count, first_bad_seq=None, problem=None,
+            signed=check_signature and self._key is not None,
+        )
