@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.deletion_requests import STATUSES, DeletionRequest, RequestError, RequestStore
+from unsir_pipeline.deletion_requests import (
+    STATUSES,
+    DeletionRequest,
+    RequestError,
+    RequestStore,
+    check_request_fields,
+)
 
 
 @pytest.fixture
@@ -261,3 +267,49 @@ def test_two_processes_claiming_at_once_never_share_a_request(tmp_path: Path) ->
     assert all(r.status == "running" and r.attempts == 1 for r in requests)
     assert {r.batch_id for r in requests} <= {"batch-0", "batch-1"}
     assert len(requests) == 30
+
+
+# --- limits on request text ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requester", "reason", "message"),
+    [
+        ("alice\nid  status  mallory", "r", r"requester contains control character U\+000A at position 5: 'alice\\nid  status  mallory'"),
+        ("alice", "ok\x1b[2Jcleared", r"reason contains control character U\+001B at position 2"),
+        ("alice", "tab\there", r"reason contains control character U\+0009"),
+        ("alice\x00", "r", r"requester contains control character U\+0000"),
+        ("\u202eecila", "r", r"requester contains control character U\+202E at position 0"),
+        ("a" * 201, "r", r"requester has 201 characters; the limit is 200: 'a{60}'\.\.\. \(201 characters\)"),
+        ("alice", "x" * 1_000_000, r"reason has 1000000 characters; the limit is 2000: 'x{60}'\.\.\. \(1000000 characters\)"),
+        ("al\udcffce", "r", r"requester is not valid UTF-8 \(byte 0xff at position 2\)"),
+        (b"al\xffce", "r", r"requester is not valid UTF-8 \(byte 0xff at position 2\)"),
+    ],
+)
+def test_request_text_limits_name_field_value_and_limit(store: RequestStore, requester, reason, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        store.add([1], ["one"], requester, reason)
+    with pytest.raises(RequestError, match=message):
+        store.add_rejected([], [], requester, reason, "refused")
+    assert store.list() == []
+
+
+def test_text_at_the_limit_and_non_ascii_is_accepted(store: RequestStore) -> None:
+    request = store.add([1], ["one"], "Zoë Ångström <zoe@corp>", "é" * 2000, requested=["ünö"])
+    assert store.get(request.id).reason == "é" * 2000
+    assert store.get(request.id).requested == ("ünö",)
+
+
+def test_requested_entries_are_limited_too(store: RequestStore) -> None:
+    with pytest.raises(RequestError, match=r"requested\[1\] contains control character U\+000A"):
+        store.add([1], ["one"], "alice", "r", requested=["one", "x\ny"])
+    with pytest.raises(RequestError, match=r"requested names 65 classes; the limit is 64"):
+        store.add([1], ["one"], "alice", "r", requested=["1"] * 65)
+    with pytest.raises(RequestError, match=r"class_names entry for class 1 has 201 characters"):
+        store.add([1], ["n" * 201], "alice", "r")
+
+
+def test_check_request_fields_runs_before_anything_is_stored() -> None:
+    check_request_fields("alice", "", ["3"])
+    with pytest.raises(RequestError, match=r"requested\[0\] has 101 characters; the limit is 100"):
+        check_request_fields("alice", "r", ["3" * 101])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from contextlib import closing
@@ -37,7 +38,16 @@ STATUSES = ("pending", "running", "done", "failed", "rejected")
 
 # Bumped when the table changes shape; a store written by another layout is refused, not guessed at.
 SCHEMA_VERSION = 1
-# How long a writer waits for another process's transaction before giving up.
+
+# Longest text each field may hold, in characters. A request is read by people (``request
+# list``, the evidence report) and travels in every audit record: a megabyte reason would run
+# any table off the page and bloat the trail for nothing.
+TEXT_LIMITS = {"requester": 200, "reason": 2000, "requested": 100, "class_names": 200}
+MAX_REQUESTED = 64
+# Bidirectional overrides and isolates reorder what a terminal shows ("U+202E" spoofing); line
+# and paragraph separators start a new line in some viewers, like a newline.
+_INVISIBLE_LAYOUT = {"\u2028", "\u2029", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+_PREVIEW = 60
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (
@@ -120,11 +130,70 @@ def _row_to_request(row: sqlite3.Row) -> DeletionRequest:
     )
 
 
+def _preview(value: str | bytes) -> str:
+    """The start of a bad value, quoted, with its full length when cut."""
+    if len(value) <= _PREVIEW:
+        return repr(value)
+    return f"{value[:_PREVIEW]!r}... ({len(value)} characters)"
+
+
 def _check_text(name: str, value: object, *, allow_empty: bool = False) -> str:
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(
+                f"{name} is not valid UTF-8 (byte 0x{value[err.start]:02x} at position {err.start}): "
+                f"{_preview(value)}; expected text"
+            ) from None
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         expected = "a string" if allow_empty else "a non-empty string"
-        raise RequestError(f"{name} must be {expected}, got {value!r}")
+        raise RequestError(f"{name} must be {expected}, got {_preview(value) if isinstance(value, (str, bytes)) else repr(value)}")
     return value
+
+
+def check_request_text(name: str, value: object, *, limit: int, allow_empty: bool = False) -> str:
+    """Text a person typed into a request: a string of valid UTF-8, at most ``limit`` characters,
+    with no control character (newline, tab, escape, NUL...) and no bidirectional override.
+
+    The error names the field, the offending character and its position, the value (cut) and
+    the limit, so that whoever filed it can fix it.
+    """
+    text = _check_text(name, value, allow_empty=allow_empty)
+    # Python keeps undecodable bytes of argv or a file as lone surrogates (surrogateescape):
+    # report them as what they were, bytes that are not UTF-8, not as a codec traceback later.
+    for position, char in enumerate(text):
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            raise RequestError(
+                f"{name} is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at position {position}): "
+                f"{_preview(text)}; expected text"
+            )
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            raise RequestError(f"{name} holds a lone surrogate U+{ord(char):04X} at position {position}: {_preview(text)}")
+    if len(text) > limit:
+        raise RequestError(f"{name} has {len(text)} characters; the limit is {limit}: {_preview(text)}")
+    for position, char in enumerate(text):
+        if unicodedata.category(char) == "Cc" or char in _INVISIBLE_LAYOUT:
+            raise RequestError(
+                f"{name} contains control character U+{ord(char):04X} at position {position}: "
+                f"{_preview(text)}; expected printable text on one line (at most {limit} characters)"
+            )
+    return text
+
+
+def check_request_fields(requester: object, reason: object, requested: object = None) -> None:
+    """Every free-text field of a request, checked before anything is stored or recorded."""
+    check_request_text("requester", requester, limit=TEXT_LIMITS["requester"])
+    check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True)
+    if requested is None:
+        return
+    if isinstance(requested, (str, bytes)):
+        raise RequestError(f"requested must be a sequence of strings, got {_preview(requested)}")
+    requested = list(requested)  # type: ignore[call-overload]
+    if len(requested) > MAX_REQUESTED:
+        raise RequestError(f"requested names {len(requested)} classes; the limit is {MAX_REQUESTED}")
+    for i, entry in enumerate(requested):
+        check_request_text(f"requested[{i}]", entry, limit=TEXT_LIMITS["requested"])
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -155,7 +224,7 @@ def _normalise_classes(
     for index, name in zip(classes, class_names, strict=True):
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise RequestError(f"class index must be an integer >= 0, got {index!r}")
-        _check_text(f"class_names entry for class {index}", name)
+        check_request_text(f"class_names entry for class {index}", name, limit=TEXT_LIMITS["class_names"])
         if names.setdefault(index, name) != name:
             raise RequestError(
                 f"class {index} is given two names, {names[index]!r} and {name!r}; expected one"
@@ -171,7 +240,11 @@ def _normalise_requested(
         return default
     if isinstance(requested, (str, bytes)) or not all(isinstance(r, str) for r in requested):
         raise RequestError(f"requested must be a sequence of strings, got {requested!r}")
-    return tuple(requested)
+    if len(requested) > MAX_REQUESTED:
+        raise RequestError(f"requested names {len(requested)} classes; the limit is {MAX_REQUESTED}")
+    return tuple(
+        check_request_text(f"requested[{i}]", r, limit=TEXT_LIMITS["requested"]) for i, r in enumerate(requested)
+    )
 
 
 class RequestStore:
@@ -270,8 +343,8 @@ class RequestStore:
             classes,
             class_names,
             _normalise_requested(requested, class_names),
-            _check_text("requester", requester),
-            _check_text("reason", reason, allow_empty=True),
+            check_request_text("requester", requester, limit=TEXT_LIMITS["requester"]),
+            check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True),
             "pending",
             None,
         )
@@ -297,8 +370,8 @@ class RequestStore:
             classes,
             class_names,
             _normalise_requested(requested, class_names),
-            _check_text("requester", requester),
-            _check_text("reason", reason, allow_empty=True),
+            check_request_text("requester", requester, limit=TEXT_LIMITS["requester"]),
+            check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True),
             "rejected",
             _check_text("refusal", refusal),
         )
