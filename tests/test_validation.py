@@ -11,6 +11,7 @@ import pytest
 from unsir_pipeline.validation import (
     ValidationFailed,
     ValidationReport,
+    manifest_row_failures,
     require_valid,
     validate_splits,
 )
@@ -173,3 +174,86 @@ def test_markdown_lists_status_and_failures() -> None:
     assert "FAILED" in markdown and "**Expectations evaluated:** 4" in markdown
     assert "- a \\| b" in markdown and "- c" in markdown
     assert "passed" in ValidationReport(True, (), 4).to_markdown()
+
+
+# --- row by row, against the data set --------------------------------------------------------
+
+
+def _rows(digits, manifest: pd.DataFrame, **kwargs) -> list[str]:
+    return manifest_row_failures(manifest, digits, **kwargs)
+
+
+def test_clean_manifest_matches_its_data_set_row_by_row(digits, digits_manifest) -> None:
+    assert _rows(digits, digits_manifest) == []
+    report = validate_splits(digits_manifest, digits_manifest[digits_manifest["split"] == "train"].head(20),
+                             num_classes=10, forget_classes=(3,), min_per_class=1, data=digits)
+    assert report.failures == () or all("retain subset" in f for f in report.failures)
+    assert not any(f.startswith("manifest rows:") for f in report.failures)
+
+
+def test_flipped_label_is_named_by_line_and_id(digits, digits_manifest) -> None:
+    manifest = digits_manifest.copy()
+    pos = 117
+    true_label = int(manifest.loc[pos, "label"])
+    manifest.loc[pos, "label"] = (true_label + 1) % 10
+    sid = manifest.loc[pos, "sample_id"]
+
+    failures = _rows(digits, manifest)
+
+    assert any(f"1 rows carry another label than the data set's: line {pos + 2} (sample_id {sid!r}, "
+               f"label {(true_label + 1) % 10}, data set {true_label})" in f for f in failures), failures
+    assert any(f"class {true_label} " in f and "manifest rows, but the data set has" in f for f in failures)
+
+
+def test_deleted_rows_are_counted_and_named(digits, digits_manifest) -> None:
+    dropped = digits_manifest.iloc[100:161]
+    failures = _rows(digits, digits_manifest.drop(index=dropped.index))
+    assert any(f.startswith("61 samples of the data set 'digits' have no manifest row (deleted rows?): "
+                            f"sample_id {dropped.iloc[0]['sample_id']!r}") for f in failures), failures
+
+
+def test_duplicated_unknown_and_out_of_range_rows_are_named(digits, digits_manifest) -> None:
+    manifest = digits_manifest.copy()
+    manifest.loc[5, "sample_id"] = manifest.loc[4, "sample_id"]
+    manifest.loc[9, "sample_id"] = "stranger"
+    manifest.loc[12, "label"] = 10
+
+    text = "\n".join(_rows(digits, manifest))
+
+    assert f"2 rows repeat a sample_id: line 6 (sample_id {manifest.loc[4, 'sample_id']!r}); line 7" in text
+    assert "1 rows name a sample the data set 'digits' does not have: line 11 (sample_id 'stranger')" in text
+    assert "1 rows have a label outside 0..9: line 14 (sample_id" in text and "label 10" in text
+
+
+def test_digest_is_recomputed_on_a_seeded_sample(digits, digits_manifest) -> None:
+    manifest = digits_manifest.copy()
+    manifest["digest"] = manifest["digest"].astype(object)
+    manifest.loc[:, "digest"] = ["f" * 64] * len(manifest)  # every row altered
+
+    sampled = _rows(digits, manifest, sample_rows=50)
+    assert any(f.startswith("50 of 50 rows checked have a digest that does not match") for f in sampled), sampled
+    assert _rows(digits, manifest, sample_rows=50) == sampled  # the same rows each time
+    one = digits_manifest.copy()
+    one.loc[3, "digest"] = "0" * 64
+    assert any(f"line 5 (sample_id {one.loc[3, 'sample_id']!r}, recorded 000000000000..." in f for f in _rows(digits, one))
+
+
+def test_retain_subset_edited_by_hand_is_reported_not_redrawn(tmp_path, monkeypatch) -> None:
+    from unsir_pipeline import data_versioning
+    from unsir_pipeline.validation import require_retain_subset_unaltered
+
+    path = tmp_path / "retain.csv"
+    drawn = "sample_id,label,split,digest\na,0,train,x\n"
+    path.write_text(drawn)
+    record = path.with_name("retain.csv.dvc")
+    record.write_text("outs:\n- md5: 123\n  path: retain.csv\n")
+    recorded = {"answer": []}
+    monkeypatch.setattr(data_versioning, "verify", lambda root, paths: recorded["answer"])
+
+    require_retain_subset_unaltered(tmp_path, path, drawn)  # the same draw: nothing to say
+    require_retain_subset_unaltered(tmp_path, path, drawn + "b,1,train,y\n")  # matches its record: redraw
+    recorded["answer"] = ["data/retain/retain.csv: recorded md5 123, found 456"]
+    with pytest.raises(ValidationFailed, match=r"recorded md5 123, found 456: it was changed after it was drawn"):
+        require_retain_subset_unaltered(tmp_path, path, drawn + "b,1,train,y\n")
+    record.unlink()
+    require_retain_subset_unaltered(tmp_path, path, "anything")  # never recorded: nothing to compare with

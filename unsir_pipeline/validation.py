@@ -9,22 +9,34 @@ Each check is a real GE expectation run on an ephemeral context against a pandas
 Checks that need a join or a count (class counts per split, retain rows against the
 manifest) are computed with pandas into small derived frames first, so that the expectation
 and its failure message can name the split, class or sample concerned.
+
+The expectations see the manifest alone. :func:`manifest_row_failures` checks it row by row
+against the data set it describes (every id known and present once, every label the data
+set's, per-class counts equal, content digests recomputed on a sample of rows), naming the
+manifest's lines; :func:`require_retain_subset_unaltered` refuses to redraw over a retain
+subset that matches neither a fresh draw nor its DVC record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
+
+if TYPE_CHECKING:
+    from unsir.data import ClassificationData
 
 MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
 KNOWN_SPLITS = ("train", "val", "test")
@@ -50,6 +62,9 @@ INTEGER_DTYPES = [
 
 # How many offending values or rows a failure line quotes before it summarises.
 _SAMPLE_SIZE = 5
+# Rows whose content digest is recomputed per validation: every row of a small data set, a
+# seeded sample of a large one (hashing CIFAR-10 whole costs about a second).
+DIGEST_SAMPLE_ROWS = 2048
 
 
 class ValidationFailed(Exception):
@@ -96,11 +111,15 @@ def validate_splits(
     forget_classes: tuple[int, ...],
     min_per_class: int,
     extra_failures: Sequence[str] = (),
+    data: ClassificationData | None = None,
+    digest_sample_rows: int = DIGEST_SAMPLE_ROWS,
 ) -> ValidationReport:
     """Check the manifest, the class balance of each split, the forget classes and the retain subset.
 
     ``extra_failures`` are failures found elsewhere (for example DVC digest mismatches); they are
-    appended so that one report, and one error, lists everything wrong with the inputs.
+    appended so that one report, and one error, lists everything wrong with the inputs. With
+    ``data`` (the data set the manifest describes) the manifest is also checked row by row
+    against it (:func:`manifest_row_failures`).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -180,6 +199,10 @@ def validate_splits(
             ["sample_id"],
         )
 
+    if data is not None and manifest_ok:
+        rows = manifest_row_failures(manifest, data, sample_rows=digest_sample_rows)
+        evaluated += 1
+        failures.extend(f"manifest rows: {line}" for line in rows)
     failures.extend(str(f) for f in extra_failures)
     return ValidationReport(success=not failures, failures=tuple(failures), evaluated=evaluated)
 
@@ -187,6 +210,126 @@ def validate_splits(
 def require_valid(report: ValidationReport) -> None:
     """Raise :class:`ValidationFailed` listing every failure if the report is not a success."""
     if not report.success:
+        raise ValidationFailed(report)
+
+
+# --- row by row, against the data set ------------------------------------------------------
+
+
+def _lines(positions: Sequence[int], manifest: pd.DataFrame, detail: Callable[[int], str] | None = None) -> str:
+    """'line 7 (sample_id x), line 9 (...) and 3 more': line numbers as in the CSV file (the
+    header is line 1)."""
+    ids = manifest["sample_id"].to_numpy()
+    shown = [
+        f"line {pos + 2} (sample_id {ids[pos]!r}{', ' + detail(pos) if detail else ''})"
+        for pos in positions[:_SAMPLE_SIZE]
+    ]
+    more = len(positions) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _sample_digest(images: Any, labels: Any, index: int) -> str:
+    # The recipe of ClassificationData.sample_digests, for one sample.
+    return hashlib.sha256(images[index].tobytes() + int(labels[index]).to_bytes(2, "little")).hexdigest()
+
+
+def manifest_row_failures(
+    manifest: pd.DataFrame, data: ClassificationData, *, sample_rows: int = DIGEST_SAMPLE_ROWS, seed: int = 0
+) -> list[str]:
+    """Every way the manifest's rows disagree with the data set, each naming the rows.
+
+    Checked: sample ids unique and known to the data set, no sample of the data set left out,
+    labels in range and equal to the data set's, per-class counts equal, and the content
+    digest recomputed for ``sample_rows`` rows (all of them when there are fewer; a seeded
+    sample otherwise, so that a rerun checks the same rows).
+    """
+    if not _has_columns(manifest, MANIFEST_COLUMNS):
+        return []  # the column expectations already say what is missing
+    failures: list[str] = []
+    num_classes = len(data.class_names)
+    index_of = {sid: i for i, sid in enumerate(data.sample_ids)}
+    ids = manifest["sample_id"].astype(str).to_numpy()
+    labels = pd.to_numeric(manifest["label"], errors="coerce").to_numpy()
+    data_labels = data.labels.numpy()
+
+    duplicated = np.flatnonzero(pd.Series(ids).duplicated(keep=False).to_numpy())
+    if len(duplicated):
+        failures.append(f"{len(duplicated)} rows repeat a sample_id: {_lines(duplicated, manifest)}")
+    unknown = np.flatnonzero([sid not in index_of for sid in ids])
+    if len(unknown):
+        failures.append(f"{len(unknown)} rows name a sample the data set {data.name!r} does not have: {_lines(unknown, manifest)}")
+    missing = sorted(set(index_of) - set(ids), key=index_of.__getitem__)
+    if missing:
+        quoted = ", ".join(repr(m) for m in missing[:_SAMPLE_SIZE])
+        failures.append(
+            f"{len(missing)} samples of the data set {data.name!r} have no manifest row (deleted rows?): "
+            f"sample_id {quoted}" + (f" and {len(missing) - _SAMPLE_SIZE} more" if len(missing) > _SAMPLE_SIZE else "")
+        )
+    valid = ~np.isnan(labels.astype(float))
+    in_range = valid & (labels >= 0) & (labels < num_classes)
+    out_of_range = np.flatnonzero(~in_range)
+    if len(out_of_range):
+        failures.append(
+            f"{len(out_of_range)} rows have a label outside 0..{num_classes - 1}: "
+            + _lines(out_of_range, manifest, lambda pos: f"label {_plain(manifest['label'].iloc[pos])!r}")
+        )
+    known = np.array([sid in index_of for sid in ids], dtype=bool)
+    rows_idx = np.array([index_of.get(sid, -1) for sid in ids])
+    relabelled = np.flatnonzero(known & in_range & (labels != data_labels[np.where(known, rows_idx, 0)]))
+    if len(relabelled):
+        failures.append(
+            f"{len(relabelled)} rows carry another label than the data set's: "
+            + _lines(relabelled, manifest, lambda pos: f"label {int(labels[pos])}, data set {int(data_labels[rows_idx[pos]])}")
+        )
+    manifest_counts = np.bincount(labels[in_range].astype(int), minlength=num_classes)
+    data_counts = np.bincount(data_labels, minlength=num_classes)
+    for label in np.flatnonzero(manifest_counts != data_counts):
+        failures.append(
+            f"class {int(label)} ({data.class_names[label]!r}): {int(manifest_counts[label])} manifest rows, "
+            f"but the data set has {int(data_counts[label])} samples"
+        )
+
+    candidates = np.flatnonzero(known)
+    if len(candidates) > sample_rows:
+        candidates = np.sort(np.random.default_rng(seed).choice(candidates, size=sample_rows, replace=False))
+    images = data.images.contiguous().numpy()
+    digests = manifest["digest"].astype(str).to_numpy()
+    altered = np.array(
+        [pos for pos in candidates if _sample_digest(images, data_labels, rows_idx[pos]) != digests[pos]], dtype=int
+    )
+    if len(altered):
+        failures.append(
+            f"{len(altered)} of {len(candidates)} rows checked have a digest that does not match the sample's "
+            "content: " + _lines(altered, manifest, lambda pos: f"recorded {digests[pos][:12]}..., "
+                                 f"content {_sample_digest(images, data_labels, rows_idx[pos])[:12]}...")
+        )
+    return failures
+
+
+def require_retain_subset_unaltered(project_dir: Path, path: Path, fresh: str) -> None:
+    """Before a retain subset is (re)drawn over ``path``: an existing file that is neither the
+    fresh draw (``fresh``, the CSV text about to be written) nor what DVC recorded for it was
+    changed by hand; raise :class:`ValidationFailed` naming it instead of overwriting the
+    evidence. A file equal to its record but not to the draw is legitimate (the manifest
+    changed since) and is redrawn."""
+    from unsir_pipeline import data_versioning
+
+    record = path.with_name(path.name + ".dvc")
+    if not path.is_file() or not record.is_file():
+        return
+    if path.read_bytes() == fresh.encode("utf-8"):
+        return
+    mismatches = data_versioning.verify(project_dir, [str(path)])
+    if mismatches:
+        report = ValidationReport(
+            success=False,
+            failures=tuple(
+                f"retain subset {m}: it was changed after it was drawn and recorded; restore it "
+                f"(`dvc checkout {record.name}`) or delete it to draw it again"
+                for m in mismatches
+            ),
+            evaluated=1,
+        )
         raise ValidationFailed(report)
 
 

@@ -159,6 +159,9 @@ def write_retain_subset(ws: Workspace, manifest: pd.DataFrame, forget_classes: t
     rows = draw_retain_subset(manifest, forget_classes=forget_classes, per_class=p.retain_per_class, seed=p.retain_seed, num_classes=num_classes)
     path = retain_subset_path(ws, forget_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A hand-edited subset is reported, not silently redrawn (imported here: GE costs 1.5 s).
+    from unsir_pipeline.validation import require_retain_subset_unaltered
+    require_retain_subset_unaltered(ws.root, path, rows.to_csv(index=False))
     rows.to_csv(path, index=False)
     return path
 
