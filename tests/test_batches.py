@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from conftest import make_project
 
 from unsir_pipeline import batches
+from unsir_pipeline.audit import AuditLog
 from unsir_pipeline.bootstrap import bootstrap
 from unsir_pipeline.cli import main
 from unsir_pipeline.steps import registry_for
@@ -291,3 +293,139 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
     assert "batch_failed" in events(project, failed.batch_id)
     assert deletion_batch(project_dir=str(project))["status"] == "done"
     assert batches.request_store(ws).get(request.id).status == "done"
+
+
+# --- evidence that holds (issue 11) --------------------------------------------------------
+
+def _copy_with_registry(project: Path, dest: Path) -> Path:
+    """The project with its own copy of the registry database (the artifacts stay shared)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(project, dest, ignore=shutil.ignore_patterns("runs", "prefect*", "dvc-remote", ".git", "artifacts"))
+    return dest
+
+
+def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anchor(project, first_batch):
+    _, result = first_batch
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    info = registry.get_version(result["new_version"])
+    record = next(r for r in batches.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"])
+    assert len(info.tags["weights_sha256"]) == 64 and record.payload["weights_sha256"] == info.tags["weights_sha256"]
+    assert (info.tags[batches.AUDIT_SEQ_TAG], info.tags[batches.AUDIT_HASH_TAG]) == (str(record.seq), record.hash)
+    anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
+    assert anchored["records"] >= record.seq and batches.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
+    report = batches.verify_trail(ws)
+    assert report.ok, (report.chain, report.problems)
+
+
+def test_audit_verify_reports_a_deleted_trail_instead_of_resetting_it(project, first_batch, tmp_path, capsys):
+    copy = _copy_with_registry(project, tmp_path / "deleted")
+    trail = copy / "state" / "audit.sqlite"
+    for path in copy.glob("state/audit.sqlite*"):
+        path.unlink()
+
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert f"the audit trail {trail} does not exist" in err
+    assert "the registry anchored the trail at" in err and "trail deleted?" in err
+    assert not trail.exists()  # verify did not start a fresh trail
+    with pytest.raises(Exception, match="the trail was deleted; refusing to start a new one"):
+        batches.file_request(ws_of(copy), ["5"], "mallory", "cover-up")
+    assert not trail.exists()
+
+
+def test_a_chain_rewritten_with_recomputed_hashes_is_detected(project, first_batch, tmp_path, capsys):
+    copy = _copy_with_registry(project, tmp_path / "forged")
+    db = copy / "state" / "audit.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("UPDATE audit SET payload = replace(payload, 'consent', 'CONSENT') WHERE seq = 2")
+        rows = [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY seq")]
+        prev = rows[0]["hash"]
+        for row in rows[1:]:  # the project's own recipe, as anyone can read it in audit.py
+            body = {k: row[k] for k in ("seq", "ts", "event", "actor", "idempotency_key")}
+            body.update(request_ids=json.loads(row["request_ids"]), payload=json.loads(row["payload"]), prev_hash=prev)
+            prev = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (body["prev_hash"], prev, row["seq"]))
+    (copy / "state" / "audit.sqlite.head").write_text(json.dumps({"records": len(rows), "hash": prev}))
+    assert AuditLog(db).verify().ok  # the chain alone is fooled
+
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "(trail rewritten?)" in err and "the registry anchored record" in err
+
+
+def test_audit_verify_names_requests_missing_from_the_store(project, first_batch, tmp_path, capsys):
+    filed, _ = first_batch
+    copy = _copy_with_registry(project, tmp_path / "requests")
+    with sqlite3.connect(copy / "state" / "requests.sqlite") as conn:
+        conn.execute("DELETE FROM requests WHERE id = ?", (filed[1].id,))
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert f"names request {filed[1].id}, which the request store does not hold" in capsys.readouterr().err
+
+
+def test_bit_flipped_champion_weights_are_refused_before_any_compute(project, first_batch):
+    from unsir_pipeline.registry import RegistryError
+    from unsir_pipeline.steps import RunPaths, load_parent
+
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    champion = registry.resolve_alias("champion")
+    source = registry.get_version(champion).tags["weights_sha256"]
+    stored = [p for p in (project / "state").rglob("weights.safetensors")
+              if "artifacts" in p.parts and hashlib.sha256(p.read_bytes()).hexdigest() == source]
+    assert stored, "the champion's stored weights were not found"
+    original = stored[0].read_bytes()
+    flipped = bytearray(original)
+    flipped[-5] ^= 0x01
+    try:
+        stored[0].write_bytes(bytes(flipped))
+        run = RunPaths.for_run(ws, "flip-test")
+        with pytest.raises(RegistryError, match=rf"version {champion}: .* has sha256 [0-9a-f]{{64}}, but {source} was recorded"):
+            load_parent(ws, run, champion)
+        assert not run.parent.exists()  # nothing was written for the next step to use
+    finally:
+        stored[0].write_bytes(original)
+
+
+_STALL_IN_REGISTRATION = """
+import pathlib, sys, time
+from unsir_pipeline import registry
+def stall(self, version):
+    pathlib.Path(sys.argv[2]).write_text(str(version))
+    time.sleep(600)
+registry.ModelRegistry._wait_ready = stall  # the version exists; the task has not returned
+from unsir_pipeline.cli import main
+sys.exit(main(["--project", sys.argv[1], "batch", "run"]))
+"""
+
+
+def test_batch_killed_during_registration_leaves_one_version_and_one_record(project, first_batch, tmp_path):
+    from flows.deletion_batch import deletion_batch
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["5"], "kim", "kill during registration")
+    count = len(versions(project))
+    marker = tmp_path / "registered"
+    env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
+    env.pop("PREFECT_API_URL", None)
+    child = subprocess.Popen([sys.executable, "-c", _STALL_IN_REGISTRATION, str(project), str(marker)], cwd=Path(__file__).resolve().parents[1],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None and not marker.exists():
+        time.sleep(0.05)
+    assert marker.exists(), "the child batch never reached register-model-version"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert len(versions(project)) == count + 1  # created, then killed
+    key = batches.request_store(ws).get(request.id).batch_id
+
+    result = deletion_batch(project_dir=str(project))
+    assert result["run_key"] == key and result["new_version"] == int(marker.read_text())
+    assert len(versions(project)) == count + 1
+    assert events(project, key).count("model_registered") == 1
+    assert batches.request_store(ws).get(request.id).status == "done"
+    report = batches.verify_trail(ws)
+    assert report.ok, (report.chain, report.problems)

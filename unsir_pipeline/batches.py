@@ -9,6 +9,7 @@ flow.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import json
 import uuid
 from collections.abc import Iterator
@@ -19,13 +20,28 @@ from pathlib import Path
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
 from unsir.splits import check_forget_classes
-from unsir_pipeline.audit import AuditLog
-from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore
+from unsir_pipeline.audit import (
+    AuditError,
+    AuditLog,
+    AuditRecord,
+    VerifyResult,
+    audit_key_from_env,
+    head_mac,
+)
+from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore, check_request_fields
 from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.registry import WEIGHTS_SHA256_TAG, RegistryError
 from unsir_pipeline.steps import FORGOTTEN_TAG, promote_by_hand, registry_for, resolve_parent
 from unsir_pipeline.workspace import Workspace
 
 SYSTEM_ACTOR = "deletion-batch"
+# The audit chain's head as the registry last saw it (registered-model tag), and the record
+# that registered each version (version tags): evidence kept outside the project's state.
+AUDIT_HEAD_TAG = "audit_head"
+AUDIT_SEQ_TAG = "audit_seq"
+AUDIT_HASH_TAG = "audit_hash"
+# Records after which the batch anchors the head in the registry: the version exists by then.
+ANCHORED_EVENTS = {"model_registered", "gate_decision", "batch_finished"}
 
 
 class RequestRefused(UnlearningInputError):
@@ -40,8 +56,25 @@ def request_store(ws: Workspace) -> RequestStore:
     return RequestStore(ws.path(ws.params.requests.store))
 
 
+def audit_key(ws: Workspace) -> bytes | None:
+    """The anchor's HMAC key from the environment; a key file in the state directory is refused."""
+    return audit_key_from_env(forbidden_dirs=[ws.state_dir])
+
+
 def audit_log(ws: Workspace) -> AuditLog:
-    return AuditLog(ws.path(ws.params.requests.audit_log))
+    """The audit trail. A missing trail beside a request store that holds requests was deleted:
+    refuse to start a fresh one over it (that would reset the evidence); verify_trail reports it."""
+    path = ws.path(ws.params.requests.audit_log)
+    store_path = ws.path(ws.params.requests.store)
+    if not path.exists() and store_path.exists():
+        count = len(RequestStore(store_path).list())
+        if count:
+            raise AuditError(
+                f"the audit trail {path} does not exist, but the request store {store_path} holds "
+                f"{count} request(s): the trail was deleted; refusing to start a new one "
+                "(run `unsir audit verify`)"
+            )
+    return AuditLog(path, key=audit_key(ws))
 
 
 def provenance(ws: Workspace) -> dict[str, str]:
@@ -71,6 +104,9 @@ def _class_names(ws: Workspace) -> tuple[str, ...]:
 def file_request(ws: Workspace, requested: list[str], requester: str, reason: str) -> DeletionRequest:
     """Record a deletion request, or refuse it at once (unknown class, already forgotten, or
     forgetting every class together with what is pending); a refusal is recorded too."""
+    # Free text first: a value that could spoof a line of `request list` is neither stored nor
+    # recorded, not even as a refusal.
+    check_request_fields(requester, reason, requested)
     store, audit = request_store(ws), audit_log(ws)
     names = _class_names(ws)
     champion = resolve_parent(ws, ws.params.registry.champion_alias)
@@ -185,8 +221,69 @@ PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validat
 def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, actor: str = SYSTEM_ACTOR) -> None:
     """One audit record of a batch's step, keyed so that a resumed batch does not repeat it."""
     key = f"{batch.run_key}:{event}" + (f":attempt-{batch.attempt}" if event in PER_ATTEMPT_EVENTS else "")
-    audit_log(ws).append(event, actor=actor, request_ids=batch.request_ids, idempotency_key=key,
-                         payload={"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt, **payload, **provenance(ws)})
+    log = audit_log(ws)
+    version = payload.get("model_version")
+    registry = registry_for(ws) if event in ANCHORED_EVENTS else None
+    if registry is not None and event == "model_registered" and isinstance(version, int) and WEIGHTS_SHA256_TAG not in payload:
+        # The digest the registry checks at every load, kept in the trail too: a registry tag
+        # changed later no longer matches the record.
+        digest = registry.get_version(version).tags.get(WEIGHTS_SHA256_TAG)
+        if digest:
+            payload = {**payload, WEIGHTS_SHA256_TAG: digest}
+    stored = log.append(event, actor=actor, request_ids=batch.request_ids, idempotency_key=key,
+                        payload={"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt, **payload, **provenance(ws)})
+    if registry is not None:
+        if event == "model_registered" and isinstance(version, int):
+            registry.set_version_tags(version, {AUDIT_SEQ_TAG: str(stored.seq), AUDIT_HASH_TAG: stored.hash})
+        anchor_in_registry(ws, log, registry)
+
+
+def anchor_in_registry(ws: Workspace, log: AuditLog | None = None, registry=None) -> tuple[int, str]:
+    """Write the trail's head into the registry (registered-model tag ``audit_head``).
+
+    The new head must extend the one anchored before: a trail that was deleted, cut or
+    rewritten since is refused here, so the anchor is never moved onto a forged history. With
+    an audit key the tag carries the HMAC too.
+    """
+    log = log or audit_log(ws)
+    registry = registry or registry_for(ws)
+    head = log.head()
+    if head is None:
+        raise AuditError(f"the audit trail {log.path} has no head anchor; run `unsir audit verify`")
+    problem = _registry_anchor_problem(log, registry.model_tags().get(AUDIT_HEAD_TAG), audit_key(ws))
+    if problem:
+        raise AuditError(f"refusing to re-anchor the audit trail in the registry: {problem}")
+    records, head_hash = head
+    value: dict[str, object] = {"records": records, "hash": head_hash}
+    key = audit_key(ws)
+    if key is not None:
+        value["mac"] = head_mac(key, records, head_hash)
+    registry.set_model_tag(AUDIT_HEAD_TAG, json.dumps(value, sort_keys=True, separators=(",", ":")))
+    return records, head_hash
+
+
+def _registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) -> str | None:
+    """Whether the trail still holds the record the registry's anchor names, with its hash."""
+    if tag is None:
+        return None
+    try:
+        anchored = json.loads(tag)
+        records, head_hash = int(anchored["records"]), str(anchored["hash"])
+    except (ValueError, TypeError, KeyError) as err:
+        return f"the registry's {AUDIT_HEAD_TAG} tag is unreadable: {tag[:200]!r} ({err})"
+    if key is not None and "mac" in anchored and not hmac.compare_digest(str(anchored["mac"]), head_mac(key, records, head_hash)):
+        return f"the registry's {AUDIT_HEAD_TAG} tag has a signature that does not match the audit key"
+    if records == 0:
+        return None
+    found = log.record_hash(records)
+    if found is None:
+        held = len(log.records())
+        what = "the trail is empty (deleted?)" if held == 0 else f"the trail holds only {held} records (cut or reset?)"
+        return f"the registry anchored record {records} (hash {head_hash[:12]}...), but {what}"
+    if found != head_hash:
+        return (f"the registry anchored record {records} with hash {head_hash[:12]}..., but the trail's "
+                f"record {records} has hash {found[:12]}... (trail rewritten?)")
+    return None
 
 
 # --- review ---------------------------------------------------------------------------------
@@ -207,8 +304,10 @@ def promote(ws: Workspace, version: int, by: str, reason: str) -> None:
     promote_by_hand(ws, version, reason, by)
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
-    audit_log(ws).append("version_promoted", actor=by, request_ids=requests, payload={
+    log = audit_log(ws)
+    log.append("version_promoted", actor=by, request_ids=requests, payload={
         "model_version": version, "previous_champion": previous, "reason": reason, **provenance(ws)})
+    anchor_in_registry(ws, log, registry)
 
 
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
@@ -223,8 +322,10 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     if ws.params.registry.challenger_alias in info.aliases:
         registry.delete_alias(ws.params.registry.challenger_alias)
     returned = request_store(ws).return_to_pending(version, f"version {version} rejected by {by}: {reason}")
-    audit_log(ws).append("version_rejected", actor=by, request_ids=[r.id for r in returned], payload={
+    log = audit_log(ws)
+    log.append("version_rejected", actor=by, request_ids=[r.id for r in returned], payload={
         "model_version": version, "reason": reason, "requests_returned": [r.id for r in returned], **provenance(ws)})
+    anchor_in_registry(ws, log, registry)
     return returned
 
 
@@ -272,3 +373,130 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(batch_report_html(batch_id, records, requests, log.verify(), aliases), encoding="utf-8")
     return out
+
+
+# --- verifying the trail against everything else ---------------------------------------------
+
+@dataclass(frozen=True)
+class TrailReport:
+    """What ``unsir audit verify`` found: the chain's own check, then every disagreement between
+    the trail, the request store and the registry (``problems``), and what was not checked."""
+
+    chain: VerifyResult
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    records: int
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and not self.problems
+
+
+def verify_trail(ws: Workspace) -> TrailReport:
+    """Verify the chain and its anchors, and cross-check the trail with the request store and
+    the registered versions. Never creates or resets a trail: a deleted one is a problem."""
+    path = ws.path(ws.params.requests.audit_log)
+    problems: list[str] = []
+    warnings: list[str] = []
+    key = audit_key(ws)
+    if key is None:
+        warnings.append(
+            "the head anchor is not signed (no UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the trail "
+            "is protected against accidents, not against someone who can write the state directory"
+        )
+    existed = path.exists()
+    if not existed:
+        problems.append(f"the audit trail {path} does not exist")
+        chain = VerifyResult(ok=True, records=0, first_bad_seq=None, problem=None)
+        records: list[AuditRecord] = []
+        log = None
+    else:
+        log = AuditLog(path, key=key)
+        chain = log.verify()
+        try:
+            records = log.records()
+        except AuditError as err:  # an unreadable record: the chain check names it already
+            records = []
+            problems.append(str(err))
+
+    store_path = ws.path(ws.params.requests.store)
+    requests = RequestStore(store_path).list() if store_path.exists() else []
+    problems += _requests_against_trail(requests, records, existed)
+
+    registry = registry_for(ws)
+    try:
+        if registry.has_model():
+            versions = {v.version: v for v in registry.list_versions()}
+            tag = registry.model_tags().get(AUDIT_HEAD_TAG)
+            if log is not None:
+                anchor_problem = _registry_anchor_problem(log, tag, key)
+                if anchor_problem:
+                    problems.append(anchor_problem)
+            elif tag is not None:
+                problems.append(f"the registry anchored the trail at {tag}, but the trail file is gone (deleted?)")
+            if tag is None:
+                warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
+            problems += _versions_against_trail(versions, records, requests)
+        else:
+            warnings.append("no model is registered: nothing to cross-check in the registry")
+    except RegistryError as err:
+        problems.append(f"cannot cross-check the registry: {err}")
+    return TrailReport(chain=chain, problems=tuple(problems), warnings=tuple(warnings), records=len(records))
+
+
+def _requests_against_trail(requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool) -> list[str]:
+    problems: list[str] = []
+    if requests and not records:
+        where = "does not exist" if not trail_exists else "is empty"
+        problems.append(f"the request store holds {len(requests)} request(s) but the audit trail {where}: trail deleted?")
+        return problems
+    known = {r.id for r in requests}
+    named: dict[str, list[AuditRecord]] = {}
+    for rec in records:
+        for request_id in rec.request_ids:
+            named.setdefault(request_id, []).append(rec)
+            if request_id not in known:
+                problems.append(f"record {rec.seq} ({rec.event}) names request {request_id}, which the request store does not hold (deleted?)")
+    for request in requests:
+        mine = named.get(request.id, [])
+        intake = "request_refused" if request.status == "rejected" else "request_received"
+        if not any(r.event == intake for r in mine):
+            problems.append(f"request {request.id} ({request.status}) has no {intake} record in the trail")
+        # model_registered names the batch's requests too: a batch killed between marking them
+        # done and recording batch_finished still leaves this evidence.
+        if request.status == "done" and not any(
+            r.event in ("model_registered", "batch_finished") and r.payload.get("model_version") == request.model_version
+            for r in mine
+        ):
+            problems.append(f"request {request.id} is done with version {request.model_version}, but no "
+                            "model_registered or batch_finished record says so")
+    return problems
+
+
+def _versions_against_trail(versions: dict, records: list[AuditRecord], requests: list[DeletionRequest]) -> list[str]:
+    problems: list[str] = []
+    by_seq = {r.seq: r for r in records}
+    for rec in records:
+        if rec.event != "model_registered" or not isinstance(rec.payload.get("model_version"), int):
+            continue
+        number = rec.payload["model_version"]
+        info = versions.get(number)
+        if info is None:
+            problems.append(f"record {rec.seq} registered version {number}, which the registry does not hold (deleted?)")
+            continue
+        recorded = rec.payload.get(WEIGHTS_SHA256_TAG)
+        if recorded and info.tags.get(WEIGHTS_SHA256_TAG) != recorded:
+            problems.append(f"version {number}: {WEIGHTS_SHA256_TAG} tag {info.tags.get(WEIGHTS_SHA256_TAG)} differs from "
+                            f"record {rec.seq}'s {recorded}")
+    for number, info in versions.items():
+        seq, digest = info.tags.get(AUDIT_SEQ_TAG), info.tags.get(AUDIT_HASH_TAG)
+        if seq is None:
+            continue
+        rec = by_seq.get(int(seq)) if seq.isdigit() else None
+        if rec is None or rec.hash != digest:
+            found = "is missing" if rec is None else f"has hash {rec.hash[:12]}..."
+            problems.append(f"version {number} was registered by record {seq} (hash {str(digest)[:12]}...), but that record {found}")
+    for request in requests:
+        if request.status == "done" and request.model_version not in versions:
+            problems.append(f"request {request.id} is done with version {request.model_version}, which the registry does not hold")
+    return problems

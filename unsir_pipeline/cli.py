@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the whole hash chain; non-zero exit naming the first bad record")
+    audit.add_parser("verify", help="check the hash chain, its anchors, the request store and the registry against it; non-zero exit naming what is wrong")
+    audit.add_parser("sign-head", help="sign an intact trail's head with the audit key (UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)")
     p = audit.add_parser("show", help="the trail, or one request's history from arrival to production")
     p.add_argument("--request", default=None, metavar="ID")
     p.add_argument("--json", action="store_true")
@@ -297,14 +298,25 @@ def cmd_audit(project: Path, args) -> int:
     from unsir_pipeline import batches
 
     ws = _workspace(project, args)
-    log = batches.audit_log(ws)
-    if args.audit_command == "verify":
-        result = log.verify()
-        if result.ok:
-            print(f"audit trail intact: {result.records} records, hash chain and head anchor verified")
+    if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
+        report = batches.verify_trail(ws)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if report.ok:
+            signed = ", head anchor signed" if report.chain.signed else ""
+            print(f"audit trail intact: {report.records} records, hash chain and head anchor verified{signed}; "
+                  "request store and registry agree with it")
             return 0
-        print(f"error: audit trail TAMPERED at record {result.first_bad_seq}: {result.problem}", file=sys.stderr)
+        if not report.chain.ok:
+            print(f"error: audit trail TAMPERED at record {report.chain.first_bad_seq}: {report.chain.problem}", file=sys.stderr)
+        for problem in report.problems:
+            print(f"error: audit evidence disagrees: {problem}", file=sys.stderr)
         return EXIT_FAILED
+    log = batches.audit_log(ws)
+    if args.audit_command == "sign-head":
+        result = log.sign_head()
+        print(f"head anchor of {result.records} records signed with the audit key")
+        return 0
     if args.audit_command == "show":
         history = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
         if args.json:

@@ -16,7 +16,7 @@ from unsir_pipeline.deletion_requests import DeletionRequest
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;color:#1b1b1b;line-height:1.45}
 h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;width:100%;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left}
+table{border-collapse:collapse;width:100%;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;overflow-wrap:anywhere}
 th{background:#f4f4f4} .num{text-align:right;font-variant-numeric:tabular-nums} .ok{color:#1a7f37} .bad{color:#b42318}
 code{font-size:.85em;word-break:break-all} .note{background:#fafafa;border-left:4px solid #8da0cb;padding:.5rem 1rem}
 """
@@ -99,6 +99,7 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
             f"<tr><td>Prefect flow run</td><td><code>{_e(p.get('prefect_flow_run_id'))}</code></td></tr>"
             f"<tr><td>git commit</td><td><code>{_e(p.get('git_commit'))}</code></td></tr>"
             f"<tr><td>parameters digest</td><td><code>{_e(p.get('params_digest'))}</code></td></tr>"
+            + (f"<tr><td>weights sha256</td><td><code>{_e(p['weights_sha256'])}</code></td></tr>" if p.get("weights_sha256") else "")
             + "".join(f"<tr><td>DVC md5 {_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in sorted(p.get("data_digests", {}).items()))
             + "</table>"
         )
@@ -106,7 +107,8 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
         f"<tr><td class='num'>{rec.seq}</td><td>{_e(rec.ts)}</td><td>{_e(rec.event)}</td><td>{_e(rec.actor)}</td><td><code>{_e(rec.hash[:16])}</code></td></tr>"
         for rec in records
     )
-    chain_line = (f"<span class='ok'>intact</span> ({chain.records} records verified)" if chain.ok
+    signed = ", head anchor signed with the audit key" if chain.signed else ", head anchor not signed"
+    chain_line = (f"<span class='ok'>intact</span> ({chain.records} records verified{signed})" if chain.ok
                   else f"<span class='bad'>BROKEN at record {chain.first_bad_seq}: {_e(chain.problem)}</span>")
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!doctype html>
