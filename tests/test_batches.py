@@ -429,3 +429,46 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     assert batches.request_store(ws).get(request.id).status == "done"
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
+
+
+def test_hand_edited_retain_subset_is_reported_not_redrawn(project, first_batch):
+    from unsir_pipeline.validation import ValidationFailed
+    from unsir_pipeline.workspace import load_prepared, write_retain_subset
+
+    ws = ws_of(project)
+    _, manifest = load_prepared(ws)
+    subset = write_retain_subset(ws, manifest, (3, 8), 10)  # the first batch's subset, unchanged
+    assert subset.with_name(subset.name + ".dvc").is_file()
+    original = subset.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    tampered = "".join(lines[:1] + lines[2:])  # one retain row removed by hand
+    subset.write_text(tampered)
+    try:
+        with pytest.raises(ValidationFailed, match=rf"{subset.name}: recorded md5 [0-9a-f]{{32}}, found [0-9a-f]{{32}}: it was changed"):
+            write_retain_subset(ws, manifest, (3, 8), 10)
+        assert subset.read_text() == tampered  # the evidence is left where it was
+    finally:
+        subset.write_bytes(original)
+
+
+def test_signed_anchor_end_to_end(project, first_batch, tmp_path, capsys, monkeypatch):
+    copy = _copy_with_registry(project, tmp_path / "signed")
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    assert "the head anchor is not signed" in capsys.readouterr().err
+
+    monkeypatch.setenv("UNSIR_AUDIT_KEY", "s" * 64)
+    assert main(["--project", str(copy), "audit", "verify"]) == 1  # a key, but an unsigned anchor
+    assert "is not signed, but an audit key is configured" in capsys.readouterr().err
+    assert main(["--project", str(copy), "audit", "sign-head"]) == 0
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    assert "head anchor signed" in capsys.readouterr().out
+
+    head = copy / "state" / "audit.sqlite.head"
+    anchor = json.loads(head.read_text())
+    head.write_text(json.dumps({"records": anchor["records"], "hash": anchor["hash"]}))  # signature stripped
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    monkeypatch.setenv("UNSIR_AUDIT_KEY_FILE", str(copy / "state" / "audit.key"))
+    monkeypatch.delenv("UNSIR_AUDIT_KEY")
+    (copy / "state" / "audit.key").write_text("k" * 64)
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert "lies inside" in capsys.readouterr().err
