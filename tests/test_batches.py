@@ -472,3 +472,26 @@ def test_signed_anchor_end_to_end(project, first_batch, tmp_path, capsys, monkey
     (copy / "state" / "audit.key").write_text("k" * 64)
     assert main(["--project", str(copy), "audit", "verify"]) == 1
     assert "lies inside" in capsys.readouterr().err
+
+
+def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_recorded(project, first_batch, capsys):
+    from unsir_pipeline.deletion_requests import RequestError
+
+    ws = ws_of(project)
+    before = (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records()))
+    with pytest.raises(RequestError, match=r"requester contains control character U\+000A at position 3"):
+        batches.file_request(ws, ["5"], "eve\nreq-000000000000  done", "r")
+    assert main(["--project", str(project), "request", "add", "--classes", "5", "--requester", "eve",
+                 "--reason", "x" * 2001]) == 2
+    assert "reason has 2001 characters; the limit is 2000" in capsys.readouterr().err
+    assert (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records())) == before
+
+
+def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(project, first_batch, tmp_path):
+    copy = _copy_with_registry(project, tmp_path / "reset")
+    ws = ws_of(copy)
+    registry = registry_for(ws)
+    anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
+    registry.set_model_tag(batches.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
+    with pytest.raises(Exception, match=rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"):
+        batches.claim_batch(ws)

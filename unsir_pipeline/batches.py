@@ -181,6 +181,14 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     lock). A batch that repeats an interrupted one — the same requests, whose version was not
     rejected — reuses its key, so its run resumes instead of registering a second version."""
     store, audit = request_store(ws), audit_log(ws)
+    # A trail the registry no longer recognises (deleted, cut, rewritten) stops the batch before
+    # it claims anything or computes; otherwise it would fail only when re-anchoring, after
+    # registering a version.
+    registry = registry_for(ws)
+    if registry.has_model():
+        problem = _registry_anchor_problem(audit, registry.model_tags().get(AUDIT_HEAD_TAG), audit_key(ws))
+        if problem:
+            raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
     stale = store.release_stale("the batch holding this request stopped before finishing", ws.params.requests.max_attempts)
     if stale:
         audit.append("batch_recovered", actor=SYSTEM_ACTOR, request_ids=[r.id for r in stale], payload={
