@@ -184,11 +184,16 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     # A trail the registry no longer recognises (deleted, cut, rewritten) stops the batch before
     # it claims anything or computes; otherwise it would fail only when re-anchoring, after
     # registering a version.
-    registry = registry_for(ws)
-    if registry.has_model():
-        problem = _registry_anchor_problem(audit, registry.model_tags().get(AUDIT_HEAD_TAG), audit_key(ws))
-        if problem:
-            raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
+    try:
+        registry = registry_for(ws)
+        tag = registry.model_tags().get(AUDIT_HEAD_TAG)
+    except RegistryError:
+        # Unreachable: the batch fails at its first registry call, inside the flow's error
+        # handling, which records the failure on its requests; nothing to compare with here.
+        tag = None
+    problem = _registry_anchor_problem(audit, tag, audit_key(ws))
+    if problem:
+        raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
     stale = store.release_stale("the batch holding this request stopped before finishing", ws.params.requests.max_attempts)
     if stale:
         audit.append("batch_recovered", actor=SYSTEM_ACTOR, request_ids=[r.id for r in stale], payload={
@@ -258,10 +263,15 @@ def anchor_in_registry(ws: Workspace, log: AuditLog | None = None, registry=None
     head = log.head()
     if head is None:
         raise AuditError(f"the audit trail {log.path} has no head anchor; run `unsir audit verify`")
-    problem = _registry_anchor_problem(log, registry.model_tags().get(AUDIT_HEAD_TAG), audit_key(ws))
+    tag = registry.model_tags().get(AUDIT_HEAD_TAG)
+    problem = _registry_anchor_problem(log, tag, audit_key(ws))
     if problem:
         raise AuditError(f"refusing to re-anchor the audit trail in the registry: {problem}")
     records, head_hash = head
+    if tag is not None and int(json.loads(tag)["records"]) >= records:
+        # Another process (a promotion beside a batch) already anchored this head or a later one:
+        # the anchor only moves forward.
+        return records, head_hash
     value: dict[str, object] = {"records": records, "hash": head_hash}
     key = audit_key(ws)
     if key is not None:
