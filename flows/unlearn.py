@@ -1,8 +1,8 @@
 """The ``unlearn`` flow: forget classes from the registered champion, prove it, register it.
 
     resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
-    -> load-registered-model -> learn-noise -> impair -> repair -> evaluate
-    -> register-model-version -> promotion-gate
+    -> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
+    -> evaluate -> register-model-version -> promotion-gate
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prefect import flow, runtime
 
 from tasks import data, evaluation, model, unlearning
 from tasks.common import workspace
-from unsir_pipeline import steps
+from unsir_pipeline import promotion, steps
 
 
 @dataclass
@@ -36,6 +36,10 @@ class UnlearnResult:
     expectations_passed: int = 0
     compute_s: dict[str, float] = field(default_factory=dict)
     task_s: dict[str, float] = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)
+    verified: bool | None = None
+    verified_forgotten_classes: list[int] = field(default_factory=list)
+    reads_forget_train: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,20 +87,26 @@ def unlearn(
         handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent_info["forgotten_classes"])
         digests = clock("version-data", data.version_data, project_dir, overrides, handles["retain_subset"])
         clock("load-registered-model", model.load_registered_model, project_dir, overrides, run_key, parent_info["version"])
-        noise = clock("learn-noise", unlearning.learn_noise, project_dir, overrides, run_key, handles["forget_classes"], handles["retain_subset"])
-        impaired = clock("impair", unlearning.impair, project_dir, overrides, run_key, handles["retain_subset"])
-        repaired = clock("repair", unlearning.repair, project_dir, overrides, run_key, handles["retain_subset"], handles["all_forgotten"])
+        unlearned = clock("unlearn", unlearning.unlearn, project_dir, overrides, run_key, mlflow_run_id,
+                          handles["forget_classes"], handles["all_forgotten"], handles["retain_subset"])
         result = clock("evaluate", evaluation.evaluate, project_dir, overrides, run_key, mlflow_run_id, handles["all_forgotten"])
-        tags = steps.lineage_tags(
+        per_class = [row["after"] for row in result["per_class"]]
+        verified_forgotten = promotion.measured_forgotten(per_class, ws.params.gates.max_forget_acc)
+        tags = promotion.lineage_tags(
             ws, parent_version=parent_info["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
             data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=run_key,
+            rounds=len(unlearned["rounds"]), verified=unlearned["verified"], verified_forgotten=verified_forgotten,
         )
         version = clock("register-model-version", model.register_model_version, project_dir, overrides, run_key, mlflow_run_id, tags)
-        decision = clock("promotion-gate", model.promotion_gate, project_dir, overrides, version, result["metrics"])
+        candidate = promotion.GateInput(
+            metrics=result["metrics"], per_class_test=per_class, forget_classes=handles["all_forgotten"],
+            verified=unlearned["verified"], rounds=len(unlearned["rounds"]),
+        )
+        decision = clock("promotion-gate", model.promotion_gate, project_dir, overrides, version, candidate)
     except BaseException:
         registry.end_run(mlflow_run_id, status="FAILED")
         raise
-    compute = {"noise_s": noise["seconds"], "impair_s": impaired["seconds"], "repair_s": repaired["seconds"]}
+    compute = dict(unlearned["timings_s"])
     with registry.start_run(run_id=mlflow_run_id):
         registry.log_metrics({**{f"compute_{k}": v for k, v in compute.items()}, **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()}})
     return UnlearnResult(
@@ -112,9 +122,12 @@ def unlearn(
         mlflow_run_id=mlflow_run_id,
         flow_run_id=flow_run_id,
         run_key=run_key,
-        device=noise["device"],
+        device=unlearned["device"],
         data_digests=digests,
         expectations_passed=handles["expectations_passed"],
         compute_s=compute,
         task_s=clock.seconds,
+        rounds=unlearned["rounds"],
+        verified=unlearned["verified"],
+        verified_forgotten_classes=verified_forgotten,
     ).to_dict()

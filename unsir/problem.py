@@ -26,6 +26,9 @@ class PreparedSplits:
     test_labels: torch.Tensor
     normalization: Normalization
     class_names: tuple[str, ...]
+    # The validation split (may be empty): forgetting is verified on it, never trained on.
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -46,8 +49,12 @@ def prepare_splits(data: ClassificationData, manifest: pd.DataFrame, normalizati
     model carries its own, and must be evaluated with them)."""
     train_x, train_y = select(data, manifest[manifest["split"] == "train"])
     test_x, test_y = select(data, manifest[manifest["split"] == "test"])
+    val_x, val_y = select(data, manifest[manifest["split"] == "val"])
     normalization = normalization or Normalization.fit(train_x)
-    return PreparedSplits(normalization.apply(train_x), train_y, normalization.apply(test_x), test_y, normalization, data.class_names)
+    return PreparedSplits(
+        normalization.apply(train_x), train_y, normalization.apply(test_x), test_y, normalization, data.class_names,
+        normalization.apply(val_x) if len(val_y) else None, val_y if len(val_y) else None,
+    )
 
 
 def build_task(
@@ -58,8 +65,9 @@ def build_task(
     *,
     with_baseline_data: bool = False,
 ) -> UnlearningTask:
-    """The unlearning task: D_r_sub from ``retain_rows``; with ``with_baseline_data`` also the
-    full retain and forget training sets that baselines (not UNSIR) read."""
+    """The unlearning task: D_r_sub from ``retain_rows``, the validation split when the manifest
+    has one (UNSIR verifies forgetting on it); with ``with_baseline_data`` also the full retain
+    and forget training sets that baselines (not UNSIR) read."""
     retain_x, retain_y = select(data, retain_rows)
     extra: dict[str, torch.Tensor] = {}
     if with_baseline_data:
@@ -75,5 +83,7 @@ def build_task(
         num_classes=splits.num_classes,
         retain_images=splits.normalization.apply(retain_x),
         retain_labels=retain_y,
+        validation_images=splits.val_images,
+        validation_labels=splits.val_labels,
         **extra,
     )

@@ -1,54 +1,105 @@
-"""Measured default recipes: which architecture, training and UNSIR settings to use per dataset.
+"""UNSIR settings that fit the model and the data, chosen from measurements.
 
-The digits recipe comes from ``benchmarks/quality.py`` runs on a 2-core CPU (README,
-"Benchmarks"). The 3x32x32 recipe keeps the official notebook's settings, which have not been
-measured here (no data set of that size ships offline); treat them as a starting point.
+A recipe is derived, not looked up per data set:
+
+- **noise per forget class scales with the retain subset**: the noise batch equals the retain
+  samples per class (clamped to 16..256) and every noise sample is copied 5 times in round 1,
+  so the impair set holds 5x as much noise per forget class as retain data per class, whatever
+  the subset size or the number of classes (the official notebook's 256 x 20 against 1000 per
+  class is the same ratio). Round r of the verified loop copies ``5 * r`` times.
+- **the noise lives in the normalised input space** (unit variance per channel, the same
+  statistics the model was trained with), initialised from a standard normal, and its L2 term
+  is a per-pixel mean, so neither depends on the resolution or the channel count.
+- **learning rates and repair length per architecture family**, measured with
+  ``benchmarks/quality.py`` on a tuning grid (``benchmarks/README.md``): a compact CNN without
+  residual blocks takes Adam 2e-3 / 1e-3; deep BatchNorm networks (AllCNN, ResNet18,
+  MobileNetV2) take the same impair rate with a gentler repair.
+
+The official notebook's settings stay available, by name, as ``OFFICIAL``: faithful to the
+paper, and measured here to collapse small models (``shared/UNSIR.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from unsir.errors import UnlearningInputError
 from unsir.methods.unsir import UNSIRConfig
 from unsir.noise import NoiseConfig
 from unsir.training import OptimConfig
+from unsir.verification import VerificationConfig
+
+NOISE_TO_RETAIN_RATIO = 5  # noise samples per forget class / retain samples per class, round 1
 
 
 @dataclass(frozen=True)
-class Recipe:
-    arch: str
-    train: OptimConfig
-    unsir: UNSIRConfig
-    retain_per_class: int
-    measured: bool
-    arch_kwargs: dict = field(default_factory=dict)
+class FamilySettings:
+    """What differs between architecture families: the optimiser steps of impair and repair."""
+
+    impair: OptimConfig
+    repair: OptimConfig
+    train: OptimConfig  # how the benchmark trains the original (and the retrained reference)
 
 
-DIGITS = Recipe(
-    arch="small_cnn",
-    train=OptimConfig(lr=1e-3, epochs=30, batch_size=32),
-    unsir=UNSIRConfig(),
-    retain_per_class=50,
-    measured=True,
-)
-
-# The official notebook (CIFAR-10, ResNet18): noise batch 256, 40 Adam steps at 0.1, lambda 0.1
-# over a pixel sum, 20 copies, impair Adam 0.02 and repair Adam 0.01, batch 256, one epoch each.
-CIFAR_OFFICIAL = Recipe(
-    arch="resnet18_cifar",
-    train=OptimConfig(lr=1e-3, epochs=40, batch_size=256),
-    unsir=UNSIRConfig(
-        noise=NoiseConfig(batch_size=256, steps=40, lr=0.1, l2_weight=0.1, l2_reduction="pixel_sum"),
-        noise_copies=20,
-        impair=OptimConfig(lr=0.02, epochs=1, batch_size=256),
-        repair=OptimConfig(lr=0.01, epochs=1, batch_size=256),
+FAMILIES: dict[str, FamilySettings] = {
+    "compact": FamilySettings(
+        impair=OptimConfig(lr=2e-3, epochs=1, batch_size=32),
+        repair=OptimConfig(lr=1e-3, epochs=3, batch_size=32),
+        train=OptimConfig(lr=1e-3, epochs=30, batch_size=32),
     ),
-    retain_per_class=1000,
-    measured=False,
+    "deep": FamilySettings(
+        impair=OptimConfig(lr=2e-3, epochs=1, batch_size=32),
+        repair=OptimConfig(lr=5e-4, epochs=3, batch_size=32),
+        train=OptimConfig(lr=1e-3, epochs=15, batch_size=32),
+    ),
+}
+
+ARCHITECTURE_FAMILY = {
+    "small_cnn": "compact",
+    "allcnn": "deep",
+    "resnet18_cifar": "deep",
+    "mobilenet_v2": "deep",
+}
+
+
+def family_of(arch: str) -> str:
+    try:
+        return ARCHITECTURE_FAMILY[arch]
+    except KeyError:
+        raise UnlearningInputError(
+            f"no measured UNSIR recipe for architecture {arch!r}; expected one of {sorted(ARCHITECTURE_FAMILY)} "
+            "(or give the settings explicitly)"
+        ) from None
+
+
+def unsir_config_for(arch: str, *, retain_per_class: int) -> UNSIRConfig:
+    """The measured UNSIR settings for ``arch`` with a retain subset of ``retain_per_class``."""
+    if retain_per_class <= 0:
+        raise UnlearningInputError(f"retain_per_class must be positive, got {retain_per_class}")
+    family = FAMILIES[family_of(arch)]
+    noise_batch = min(max(retain_per_class, 16), 256)
+    copies = max(1, round(NOISE_TO_RETAIN_RATIO * retain_per_class / noise_batch))
+    return UNSIRConfig(
+        noise=NoiseConfig(batch_size=noise_batch, steps=10, lr=0.5, l2_weight=0.1, l2_reduction="pixel_mean"),
+        noise_copies=copies,
+        impair=family.impair,
+        repair=family.repair,
+        verification=VerificationConfig(),
+    )
+
+
+def training_for(arch: str) -> OptimConfig:
+    """How the benchmark trains an original of ``arch`` (and its retrained reference)."""
+    return FAMILIES[family_of(arch)].train
+
+
+# The official notebook (CIFAR-10, ResNet18), implemented faithfully: noise batch 256, 40 Adam
+# steps at 0.1, lambda 0.1 over a pixel sum, 20 copies of every sample, impair Adam 0.02 and
+# repair Adam 0.01 with batch 256, one epoch each, one round, no verification.
+OFFICIAL = UNSIRConfig(
+    noise=NoiseConfig(batch_size=256, steps=40, lr=0.1, l2_weight=0.1, l2_reduction="pixel_sum"),
+    noise_copies=20,
+    impair=OptimConfig(lr=0.02, epochs=1, batch_size=256),
+    repair=OptimConfig(lr=0.01, epochs=1, batch_size=256),
+    verification=VerificationConfig(max_rounds=1),
 )
-
-RECIPES = {"digits": DIGITS, "cifar10": CIFAR_OFFICIAL, "cifar100": CIFAR_OFFICIAL, "svhn": CIFAR_OFFICIAL}
-
-
-def recipe_for(dataset: str) -> Recipe:
-    return RECIPES.get(dataset.lower(), DIGITS)

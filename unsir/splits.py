@@ -23,8 +23,9 @@ MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
 
 @dataclass(frozen=True)
 class SplitFractions:
-    train: float = 0.7
-    val: float = 0.0
+    # A validation split is where forgetting is verified (``unsir.verification``).
+    train: float = 0.55
+    val: float = 0.15
     test: float = 0.3
 
     def __post_init__(self) -> None:

@@ -31,7 +31,8 @@ from unsir_pipeline.audit import (
 from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore, check_request_fields
 from unsir_pipeline.provenance import git_commit
 from unsir_pipeline.registry import WEIGHTS_SHA256_TAG, RegistryError
-from unsir_pipeline.steps import FORGOTTEN_TAG, promote_by_hand, registry_for, resolve_parent
+from unsir_pipeline.promotion import FORGOTTEN_TAG, promote_by_hand, registry_for
+from unsir_pipeline.steps import resolve_parent
 from unsir_pipeline.workspace import Workspace
 
 SYSTEM_ACTOR = "deletion-batch"
@@ -315,17 +316,23 @@ def versions_awaiting_review(ws: Workspace) -> list[dict]:
     return out
 
 
-def promote(ws: Workspace, version: int, by: str, reason: str) -> None:
-    """Move ``champion`` to ``version`` by hand; recorded on the version and in the audit trail."""
+def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool = False) -> list[str]:
+    """Move ``champion`` to ``version`` by hand; recorded on the version and in the audit trail.
+
+    Refused when the version failed its gate or would bring back a class that a promoted
+    version forgot, unless ``override``: then the overridden problems go on the record.
+    """
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
-    promote_by_hand(ws, version, reason, by)
+    overridden = promote_by_hand(ws, version, reason, by, override=override)
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
     log = audit_log(ws)
     log.append("version_promoted", actor=by, request_ids=requests, payload={
-        "model_version": version, "previous_champion": previous, "reason": reason, **provenance(ws)})
+        "model_version": version, "previous_champion": previous, "reason": reason,
+        "override": bool(overridden), "overridden_problems": overridden, **provenance(ws)})
     anchor_in_registry(ws, log, registry)
+    return overridden
 
 
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:

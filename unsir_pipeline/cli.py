@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", type=int)
     p.add_argument("--reason", required=True)
     p.add_argument("--by", default=None, help="who promotes (default: the current user)")
+    p.add_argument("--override", action="store_true",
+                   help="promote a version that failed its gate or would bring back a forgotten class (recorded)")
 
     p = commands.add_parser("reject", help="reject a version held for review; its requests go back to pending")
     p.add_argument("version", type=int)
@@ -209,7 +211,9 @@ def cmd_promote(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     by = args.by or getpass.getuser()
-    promote(ws, args.version, by, args.reason)
+    overridden = promote(ws, args.version, by, args.reason, override=args.override)
+    for problem in overridden:
+        print(f"overridden: {problem}")
     print(f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from unsir.methods.unsir import UNSIRConfig
 from unsir.noise import NoiseConfig
+from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import SplitFractions
 from unsir.training import OptimConfig
+from unsir.verification import VerificationConfig
 
 
 class ConfigError(ValueError):
@@ -82,25 +85,51 @@ class NoiseParams(Frozen):
     l2_reduction: Literal["pixel_mean", "pixel_sum"] = "pixel_mean"
 
 
+class VerificationParams(Frozen):
+    """When forgetting counts as done on the validation split (``unsir.verification``)."""
+
+    max_rounds: int = Field(default=4, ge=1, description="UNSIR rounds at most; round r copies the noise r times")
+    max_forget_acc: float = Field(default=0.0, ge=0, le=1, description="forget-class accuracy on the validation split")
+    max_forget_confidence: float = Field(
+        default=0.1, ge=0, le=1, description="highest probability a forget-class validation sample gives its class"
+    )
+
+    def to_core(self) -> VerificationConfig:
+        return VerificationConfig(**self.model_dump())
+
+
 class UnlearnParams(Frozen):
     forget_classes: list[int | str] = Field(min_length=1, description="default for `dvc repro`; the CLI overrides it")
     seed: int = 0
-    noise: NoiseParams
-    noise_copies: int = Field(ge=0)
-    impair: OptimParams
-    repair: OptimParams
+    recipe: Literal["measured", "official"] = Field(
+        default="measured",
+        description="measured: derived from model.arch and data.retain_per_class (unsir/recipes.py); "
+        "official: the paper's notebook settings",
+    )
+    # Explicit settings win over the recipe's; leave them out to use the recipe.
+    noise: NoiseParams | None = None
+    noise_copies: int | None = Field(default=None, ge=0)
+    impair: OptimParams | None = None
+    repair: OptimParams | None = None
+    polish: OptimParams | None = None
+    verification: VerificationParams = VerificationParams()
 
-    def to_core(self) -> UNSIRConfig:
-        return UNSIRConfig(
-            noise=NoiseConfig(**self.noise.model_dump()),
-            noise_copies=self.noise_copies,
-            impair=self.impair.to_core(),
-            repair=self.repair.to_core(),
+    def to_core(self, arch: str, retain_per_class: int) -> UNSIRConfig:
+        base = OFFICIAL if self.recipe == "official" else unsir_config_for(arch, retain_per_class=retain_per_class)
+        return replace(
+            base,
+            noise=NoiseConfig(**self.noise.model_dump()) if self.noise else base.noise,
+            noise_copies=base.noise_copies if self.noise_copies is None else self.noise_copies,
+            impair=self.impair.to_core() if self.impair else base.impair,
+            repair=self.repair.to_core() if self.repair else base.repair,
+            polish=self.polish.to_core() if self.polish else base.polish,
+            verification=self.verification.to_core(),
         )
 
 
 class EvaluationParams(Frozen):
     mia_feature: Literal["entropy", "loss"] = "entropy"
+    relearn: bool = Field(default=True, description="relearn time of the unlearned (and retrained) model: anamnesis")
     retrain_reference: bool = Field(
         default=False, description="also retrain from scratch on the retain classes and report it side by side"
     )
@@ -109,9 +138,18 @@ class EvaluationParams(Frozen):
 class GateParams(Frozen):
     """Promotion gate: a challenger becomes champion only when every bound holds."""
 
-    max_forget_acc: float = Field(ge=0, le=1)
+    max_forget_acc: float = Field(
+        ge=0, le=1, description="test accuracy of every class forgotten so far, and of every class a promoted version forgot"
+    )
     max_retain_drop: float = Field(ge=0, le=1, description="original retain acc minus unlearned, test split")
-    max_mia: float = Field(ge=0, le=1, description="membership inference on the forget-train set")
+    max_retain_gap: float = Field(
+        default=0.015, ge=0, le=1, description="retrained retain acc minus unlearned (with evaluation.retrain_reference)"
+    )
+    max_mia_gap: float = Field(
+        default=0.05, ge=0, le=1,
+        description="|MIA - retrained MIA|, or MIA minus the attack's rate on held-out non-members without a reference",
+    )
+    require_verified: bool = Field(default=True, description="hold a version whose validation check failed")
 
 
 class RegistryParams(Frozen):
@@ -155,6 +193,10 @@ class Params(Frozen):
     paths: PathParams
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
+    def unsir_config(self) -> UNSIRConfig:
+        """The UNSIR settings this configuration runs: the recipe for the model, then overrides."""
+        return self.unlearn.to_core(self.model.arch, self.data.retain_per_class)
+
     def digest(self) -> str:
         """A stable hash of every parameter: tags a model version with what produced it."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -172,9 +214,22 @@ def apply_override(raw: dict, override: str) -> None:
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section of params.yaml")
         node = node[part]
-    if parts[-1] not in node:
+    # A key may be absent from the file when the schema has it (optional settings such as
+    # unlearn.noise_copies, which the recipe fills in otherwise).
+    if parts[-1] not in node and not _schema_has(parts):
         raise ConfigError(f"override {override!r}: unknown key {key!r}")
     node[parts[-1]] = yaml.safe_load(value)
+
+
+def _schema_has(parts: list[str]) -> bool:
+    model: type[BaseModel] | None = Params
+    for part in parts:
+        if model is None or part not in model.model_fields:
+            return False
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return True
 
 
 SERVICE_ENVIRONMENT = {

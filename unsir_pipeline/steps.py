@@ -9,42 +9,32 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from unsir.checkpoint import load_checkpoint, save_checkpoint
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir.measures import EvaluationConfig, compare_models
+from unsir.measures import EvaluationConfig, compare_models, membership_inference
 from unsir.methods import make_method
-from unsir.methods.base import UnlearningTask, prepare
+from unsir.methods.base import UnlearningTask
 from unsir.methods.baselines import RetrainConfig
-from unsir.methods.unsir import impair, repair
-from unsir.noise import learn_error_maximizing_noise
-from unsir.problem import prepare_splits
+from unsir.problem import build_task, prepare_splits
 from unsir.splits import check_forget_classes, select
+from unsir.training import predict_logits
 from unsir_pipeline import data_versioning
+from unsir_pipeline.promotion import FORGOTTEN_TAG, registry_for
 from unsir_pipeline.provenance import git_commit
-from unsir_pipeline.registry import ModelRegistry
 from unsir_pipeline.workspace import Workspace, load_prepared, read_manifest, write_retain_subset
 
 if TYPE_CHECKING:
     from unsir_pipeline.validation import ValidationReport
 
-FORGOTTEN_TAG = "forgotten_classes"
-
-
-def registry_for(ws: Workspace) -> ModelRegistry:
-    r = ws.params.registry
-    return ModelRegistry(
-        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
-        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
-    )
+__all__ = ["FORGOTTEN_TAG", "registry_for"]  # re-exported for callers of this module
 
 
 @dataclass(frozen=True)
@@ -61,8 +51,6 @@ class RunPaths:
 
     parent = property(lambda self: self.root / "parent")
     download = property(lambda self: self.root / "download")
-    noise = property(lambda self: self.root / "noise.safetensors")
-    impaired = property(lambda self: self.root / "impaired")
     unlearned = property(lambda self: self.root / "unlearned")
     evaluation = property(lambda self: self.root / "evaluation.json")
     per_class_plot = property(lambda self: self.root / "per_class_accuracy.png")
@@ -168,60 +156,33 @@ def load_parent(ws: Workspace, run: RunPaths, version: int) -> str:
     return str(run.parent)
 
 
-def _retain_tensors(ws: Workspace, retain_subset: str, card: ModelCard) -> tuple[torch.Tensor, torch.Tensor]:
-    data, _ = load_prepared(ws)
-    images, labels = select(data, read_manifest(Path(retain_subset)))
-    return card.normalization.apply(images), labels
+# --- 3. UNSIR, verified ---------------------------------------------------------------------
 
+def unlearn_step(ws: Workspace, run: RunPaths, forget_classes: list[int], all_forgotten: list[int],
+                 retain_subset: str) -> dict:
+    """UNSIR on the parent: rounds of noise, impair and repair until the new forget classes are
+    forgotten on the validation split, or the round budget runs out.
 
-# --- 3-5. UNSIR ------------------------------------------------------------------------------
-
-def learn_noise(ws: Workspace, run: RunPaths, forget_classes: list[int], retain_subset: str) -> dict:
-    """Step 1 of UNSIR. The task is checked against the model first, so bad input fails here."""
+    The same call as the DVC stage's (``workspace.unlearn_original``): one method, one seeded
+    generator, so the same parameters and parent give the same weights. The task holds D_r_sub
+    and the validation split only; no forget-class training sample is ever loaded.
+    """
     model, card = load_checkpoint(run.parent)
+    data, manifest = load_prepared(ws)
+    splits = prepare_splits(data, manifest, normalization=card.normalization)
+    task = build_task(splits, data, read_manifest(Path(retain_subset)), tuple(forget_classes))
+    earlier = sorted(set(all_forgotten) - set(forget_classes))
+    if earlier and task.validation_labels is not None:
+        # Classes the parent already forgot are neither verified again here nor retain samples.
+        keep = ~torch.isin(task.validation_labels, torch.as_tensor(earlier))
+        task = replace(task, validation_images=task.validation_images[keep], validation_labels=task.validation_labels[keep])
     device = ws.device()
-    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
-    task = UnlearningTask(tuple(forget_classes), len(card.class_names), retain_x, retain_y)
-    working = prepare(model, task, device)
-    started = time.perf_counter()
-    noise = learn_error_maximizing_noise(
-        working, task.forget_classes, card.input_shape, ws.params.unlearn.to_core().noise,
-        device=device, generator=torch.Generator().manual_seed(ws.params.unlearn.seed),
+    result = make_method("unsir", ws.params.unsir_config()).unlearn(
+        model, task, device=device, generator=torch.Generator().manual_seed(ws.params.unlearn.seed)
     )
-    seconds = _elapsed(started, device)
-    save_file({str(c): t.cpu().contiguous() for c, t in noise.items()}, str(run.noise))
-    return {"noise": str(run.noise), "device": str(device), "seconds": seconds}
-
-
-def impair_step(ws: Workspace, run: RunPaths, retain_subset: str) -> dict:
-    model, card = load_checkpoint(run.parent)
-    device = ws.device()
-    noise = {int(c): t for c, t in load_file(str(run.noise)).items()}
-    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
-    started = time.perf_counter()
-    impair(model, noise, retain_x, retain_y, ws.params.unlearn.to_core(), device=device,
-           generator=torch.Generator().manual_seed(ws.params.unlearn.seed + 1))
-    seconds = _elapsed(started, device)
-    save_checkpoint(run.impaired, model.cpu(), card)
-    return {"checkpoint": str(run.impaired), "seconds": seconds}
-
-
-def repair_step(ws: Workspace, run: RunPaths, retain_subset: str, all_forgotten: list[int]) -> dict:
-    model, card = load_checkpoint(run.impaired)
-    device = ws.device()
-    retain_x, retain_y = _retain_tensors(ws, retain_subset, card)
-    started = time.perf_counter()
-    repair(model, retain_x, retain_y, ws.params.unlearn.to_core(), device=device,
-           generator=torch.Generator().manual_seed(ws.params.unlearn.seed + 2))
-    seconds = _elapsed(started, device)
-    save_checkpoint(run.unlearned, model.cpu(), card.with_forgotten(tuple(all_forgotten)))
-    return {"checkpoint": str(run.unlearned), "seconds": seconds}
-
-
-def _elapsed(started: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    save_checkpoint(run.unlearned, result.model.cpu(), card.with_forgotten(tuple(all_forgotten)))
+    return {"checkpoint": str(run.unlearned), "device": str(device), "timings_s": result.timings_s,
+            "rounds": result.rounds, "verified": result.verified}
 
 
 # --- 6. evaluation ---------------------------------------------------------------------------
@@ -244,12 +205,16 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
         reference = retrain_reference(ws, splits, tuple(all_forgotten), parent, device)
     comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
     before, after = comparison.before, comparison.after
+    metrics = dict(comparison.metrics)
+    metrics.update(nonmember_rate(unlearned, splits, tuple(all_forgotten), ws.params.evaluation.mia_feature, device))
+    if ws.params.evaluation.relearn:
+        metrics.update(relearn_evidence(parent, unlearned, reference, evaluation_data, config, device))
     names = list(card.class_names)
     per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
     confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
     result = {
         "forget_classes": list(all_forgotten),
-        "metrics": comparison.metrics,
+        "metrics": metrics,
         "per_class": [
             {"class": names[c], "before": before.per_class_test[c], "after": after.per_class_test[c], "forgotten": c in all_forgotten}
             for c in range(len(names))
@@ -257,6 +222,38 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     }
     run.evaluation.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def nonmember_rate(model, splits, forget_classes: tuple[int, ...], feature: str, device: torch.device) -> dict:
+    """The attack's "member" rate on held-out non-members (retain-class validation samples it
+    was not fit on): what a model that never saw a sample scores, the MIA baseline when no
+    retrained reference is computed."""
+    if splits.val_images is None:
+        return {}
+    keep = lambda labels: ~torch.isin(labels, torch.as_tensor(forget_classes))  # noqa: E731
+    train = predict_logits(model, splits.train_images, device=device)
+    test = predict_logits(model, splits.test_images, device=device)
+    val = predict_logits(model, splits.val_images, device=device)
+    tr, te, va = keep(splits.train_labels), keep(splits.test_labels), keep(splits.val_labels)
+    rate = membership_inference(train[tr], splits.train_labels[tr], test[te], splits.test_labels[te],
+                                val[va], splits.val_labels[va], feature=feature)
+    return {"mia_nonmember_rate": rate}
+
+
+def relearn_evidence(parent, unlearned, reference, evaluation_data, config: EvaluationConfig, device) -> dict:
+    """Relearn time (fine-tuning steps on forget data until 90% of the parent's forget accuracy
+    is back) of the unlearned model and of the retrained one, and their ratio (anamnesis)."""
+    from unsir.measures import evaluate_model
+
+    target = evaluate_model(parent, evaluation_data, device=device, config=config).metrics["forget_acc"]
+    relearn = replace(config, relearn=True)
+    out = {"relearn_steps": evaluate_model(unlearned, evaluation_data, device=device, config=relearn,
+                                           original_forget_acc=target).metrics["relearn_steps"]}
+    if reference is not None:
+        out["reference_relearn_steps"] = evaluate_model(reference, evaluation_data, device=device, config=relearn,
+                                                        original_forget_acc=target).metrics["relearn_steps"]
+        out["anamnesis"] = out["relearn_steps"] / out["reference_relearn_steps"] if out["reference_relearn_steps"] else float("nan")
+    return out
 
 
 def retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], parent, device: torch.device):
@@ -269,35 +266,7 @@ def retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], pa
     return method.unlearn(parent, task, device=device, generator=torch.Generator().manual_seed(ws.params.model.seed)).model
 
 
-# --- 7. registration and the promotion gate ------------------------------------------------
-
-def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
-                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str, run_key: str) -> dict[str, str]:
-    return {
-        "run_key": run_key,
-        "parent_version": str(parent_version),
-        FORGOTTEN_TAG: json.dumps(sorted(all_forgotten)),
-        "forgotten_this_run": json.dumps(sorted(new_classes)),
-        "params_digest": ws.params.digest(),
-        "data_digests": json.dumps(data_digests, sort_keys=True),
-        "git_commit": git_commit(ws.root),
-        "prefect_flow_run_id": flow_run_id,
-        "mlflow_run_id": mlflow_run_id,
-        "method": "unsir",
-    }
-
-
-def gate_decision(ws: Workspace, metrics: dict[str, float]) -> tuple[bool, list[str]]:
-    """Whether the challenger may replace the champion, with one reason per bound."""
-    g = ws.params.gates
-    drop = metrics["original_retain_acc"] - metrics["retain_acc"]
-    checks = [
-        (metrics["forget_acc"] <= g.max_forget_acc, f"forget accuracy {metrics['forget_acc']:.4f} (max {g.max_forget_acc})"),
-        (drop <= g.max_retain_drop, f"retain accuracy drop {drop:+.4f} (max {g.max_retain_drop})"),
-        (metrics["mia"] <= g.max_mia, f"membership inference {metrics['mia']:.4f} (max {g.max_mia})"),
-    ]
-    return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
-
+# --- 7. registration ------------------------------------------------------------------------
 
 def summarize_versions(ws: Workspace) -> list[dict]:
     """Registered versions with aliases and lineage, oldest first (for `unsir models`)."""
@@ -309,28 +278,12 @@ def summarize_versions(ws: Workspace) -> list[dict]:
             "created_at": v.created_at,
             "parent_version": v.tags.get("parent_version"),
             "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+            "verified_forgotten_classes": json.loads(v.tags.get("verified_forgotten_classes", "null") or "null"),
             "gate": v.tags.get("gate_decision"),
             "tags": v.tags,
         })
     return out
 
-
-
-def apply_gate(ws: Workspace, version: int, metrics: dict[str, float]) -> tuple[bool, list[str]]:
-    """Record the gate's decision on the version and move ``champion`` when it passed."""
-    promoted, reasons = gate_decision(ws, metrics)
-    registry = registry_for(ws)
-    registry.set_version_tags(version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)})
-    if promoted:
-        registry.set_alias(ws.params.registry.champion_alias, version)
-    return promoted, reasons
-
-
-def promote_by_hand(ws: Workspace, version: int, reason: str, by: str) -> None:
-    registry = registry_for(ws)
-    registry.get_version(version)  # fails clearly when the version does not exist
-    registry.set_version_tags(version, {"promoted_by": by, "promotion_reason": reason, "gate_decision": "promoted-by-hand"})
-    registry.set_alias(ws.params.registry.champion_alias, version)
 
 
 def input_example(ws: Workspace, run: RunPaths, count: int) -> np.ndarray:

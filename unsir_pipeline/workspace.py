@@ -207,7 +207,7 @@ def unlearn_original(ws: Workspace) -> Path:
     rows.to_csv(out / "retain_subset.csv", index=False)
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     task = build_task(splits, data, rows, forget)
-    result = make_method("unsir", ws.params.unlearn.to_core()).unlearn(
+    result = make_method("unsir", ws.params.unsir_config()).unlearn(
         model, task, device=ws.device(), generator=torch.Generator().manual_seed(ws.params.unlearn.seed)
     )
     save_checkpoint(out, result.model.cpu(), card.with_forgotten(forget))

@@ -39,6 +39,10 @@ class UnlearningTask:
     retain_train_labels: torch.Tensor | None = None
     forget_train_images: torch.Tensor | None = None
     forget_train_labels: torch.Tensor | None = None
+    # A validation split (never trained on; forget-class samples included): UNSIR measures on
+    # it whether forgetting is done and keeps going until it is (``unsir.verification``).
+    validation_images: torch.Tensor | None = None
+    validation_labels: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -56,6 +60,7 @@ class UnlearningTask:
         for name, (x, y) in {
             "retain training set": (self.retain_train_images, self.retain_train_labels),
             "forget training set": (self.forget_train_images, self.forget_train_labels),
+            "validation set": (self.validation_images, self.validation_labels),
         }.items():
             if x is not None or y is not None:
                 _check_pair(name, x, y)
@@ -86,6 +91,10 @@ class UnlearningResult:
     model: nn.Module
     timings_s: dict[str, float] = field(default_factory=dict)
     noise: dict[int, torch.Tensor] | None = None
+    # One entry per UNSIR round (its settings, seconds and validation check); empty for methods
+    # without rounds. ``verified`` is None when no validation split was given.
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    verified: bool | None = None
 
     @property
     def wall_s(self) -> float:

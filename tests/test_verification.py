@@ -1,0 +1,176 @@
+"""Verified forgetting: the round loop, its zero-glance premise, the recipe's choice, the gate."""
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import unsir.methods.unsir as unsir_module
+from unsir.errors import UnlearningInputError
+from unsir.methods import make_method
+from unsir.methods.unsir import UNSIRConfig
+from unsir.problem import build_task
+from unsir.recipes import OFFICIAL, unsir_config_for
+from unsir.splits import draw_retain_subset
+from unsir.verification import VerificationConfig, check_forgetting
+from unsir_pipeline.config import load_params
+from unsir_pipeline.promotion import GateInput, gate_decision
+
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _task(digits, manifest, splits, forget):
+    rows = draw_retain_subset(manifest, forget_classes=forget, per_class=50, seed=0, num_classes=10)
+    return build_task(splits, digits, rows, forget)
+
+
+def test_the_default_split_has_a_validation_part_that_the_task_carries(digits, digits_manifest, digits_splits):
+    counts = digits_manifest["split"].value_counts()
+    assert counts["val"] > 0.1 * len(digits_manifest)
+    task = _task(digits, digits_manifest, digits_splits, (5,))
+    assert task.validation_images is not None and (task.validation_labels == 5).sum() >= 20
+    assert task.forget_train_images is None  # UNSIR's task holds no forget-class training sample
+
+
+def test_the_loop_stops_at_the_first_round_that_passes(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    lenient = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=4, max_forget_acc=1.0, max_forget_confidence=1.0))
+    result = make_method("unsir", lenient).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert result.verified is True
+    assert len(result.rounds) == 1
+    assert result.rounds[0]["val_forget_acc"] <= 1.0 and result.rounds[0]["verified"] == 1.0
+
+
+def test_the_loop_stops_at_its_budget_and_says_so(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    # No model gives a forget-class sample a probability below 0: the check can never pass.
+    impossible = replace(UNSIRConfig(), polish=None,
+                         verification=VerificationConfig(max_rounds=3, max_forget_confidence=0.0))
+    result = make_method("unsir", impossible).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert result.verified is False
+    assert [r["round"] for r in result.rounds] == [1, 2, 3]
+    # Round r copies the noise r times as often as round 1.
+    assert [r["noise_copies"] for r in result.rounds] == [5, 10, 15]
+
+
+def test_without_a_validation_split_unsir_runs_one_unverified_round(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = replace(_task(digits, digits_manifest, digits_splits, (3,)), validation_images=None, validation_labels=None)
+    result = make_method("unsir", UNSIRConfig()).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert result.verified is None and len(result.rounds) == 1
+
+
+def test_no_step_trains_on_a_forget_class_sample(trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch):
+    """Every tensor UNSIR trains on is D_r_sub plus noise: no row equals a forget-class sample
+    of the training split or of the validation split (which is only measured)."""
+    forget = (5,)
+    task = _task(digits, digits_manifest, digits_splits, forget)
+    forget_samples = torch.cat([
+        digits_splits.train_images[digits_splits.train_labels == 5],
+        digits_splits.val_images[digits_splits.val_labels == 5],
+    ]).flatten(1)
+    trained_on = []
+    real_fit = unsir_module.fit
+
+    def recording_fit(model, images, labels, *args, **kwargs):
+        trained_on.append(images.detach().cpu().flatten(1))
+        return real_fit(model, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(unsir_module, "fit", recording_fit)
+    config = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=2, max_forget_confidence=0.0))
+    make_method("unsir", config).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert len(trained_on) == 2 * 2 + 1  # impair and repair per round, then the polish
+    for images in trained_on:
+        distances = torch.cdist(images, forget_samples)
+        assert float(distances.min()) > 1e-4
+
+
+def test_check_forgetting_measures_confidence_not_only_accuracy(trained_digits_model, digits_splits):
+    check = check_forgetting(trained_digits_model, digits_splits.val_images, digits_splits.val_labels, (3,), device=CPU)
+    assert check.forget_acc > 0.8 and check.forget_confidence > 0.9
+    assert not check.passes(VerificationConfig())
+    with pytest.raises(UnlearningInputError, match="no sample of forget classes"):
+        keep = digits_splits.val_labels != 3
+        check_forgetting(trained_digits_model, digits_splits.val_images[keep], digits_splits.val_labels[keep], (3,), device=CPU)
+
+
+def test_the_recipe_follows_the_architecture_and_the_retain_subset():
+    small = unsir_config_for("small_cnn", retain_per_class=50)
+    assert (small.noise.batch_size, small.noise_copies, small.impair.lr, small.repair.lr) == (50, 5, 2e-3, 1e-3)
+    assert small.noise.l2_reduction == "pixel_mean"
+    # 1000 retain samples per class: the noise batch caps at 256, copies keep 5x the retain share.
+    large = unsir_config_for("resnet18_cifar", retain_per_class=1000)
+    assert (large.noise.batch_size, large.noise_copies) == (256, 20)
+    assert large.repair.lr < small.repair.lr  # deep BatchNorm networks take a gentler repair
+    assert unsir_config_for("small_cnn", retain_per_class=8).noise.batch_size == 16
+    with pytest.raises(UnlearningInputError, match="'vit_b16'"):
+        unsir_config_for("vit_b16", retain_per_class=50)
+    assert OFFICIAL.noise_copies == 20 and OFFICIAL.impair.lr == 0.02 and OFFICIAL.noise.l2_reduction == "pixel_sum"
+
+
+def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():
+    params = load_params(ROOT / "params.yaml")
+    assert params.unsir_config() == unsir_config_for(params.model.arch, retain_per_class=params.data.retain_per_class)
+    changed = load_params(ROOT / "params.yaml", ["unlearn.noise_copies=9", "unlearn.verification.max_rounds=2"])
+    assert changed.unsir_config().noise_copies == 9 and changed.unsir_config().verification.max_rounds == 2
+    official = load_params(ROOT / "params.yaml", ["unlearn.recipe=official"])
+    assert official.unsir_config().impair == OFFICIAL.impair
+
+
+def _gate_ws():
+    return SimpleNamespace(params=load_params(ROOT / "params.yaml"))
+
+
+def _metrics(**changes):
+    metrics = {"forget_acc": 0.0, "retain_acc": 0.99, "original_retain_acc": 0.995, "mia": 0.02,
+               "reference_mia": 0.03, "reference_retain_acc": 0.995}
+    metrics.update(changes)
+    return metrics
+
+
+def _candidate(metrics, per_class=None, verified=True):
+    per_class = per_class or [0.99] * 10
+    return GateInput(metrics=metrics, per_class_test=per_class, forget_classes=[3], verified=verified, rounds=1)
+
+
+def test_the_gate_passes_a_model_that_forgot_and_matches_retraining():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class), set())
+    assert ok, reasons
+
+
+def test_the_gate_refuses_a_model_that_still_classifies_the_forget_class_whatever_its_mia():
+    # MIA identical to the retrained model's, yet the class is still classified at 59%.
+    per_class = [0.99] * 10
+    per_class[3] = 0.59
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(forget_acc=0.59, mia=0.03), per_class), set())
+    assert not ok
+    assert any(r.startswith("FAIL: membership inference") and "still classified" in r for r in reasons)
+
+
+def test_the_gate_judges_mia_against_the_retrained_model_not_zero():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    # Retraining itself scores 0.30: an unlearned model at 0.28 is as good as it gets.
+    ok, _ = gate_decision(_gate_ws(), _candidate(_metrics(mia=0.28, reference_mia=0.30), per_class), set())
+    assert ok
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(mia=0.40, reference_mia=0.30), per_class), set())
+    assert not ok and any("FAIL: membership inference" in r for r in reasons)
+
+
+def test_the_gate_holds_a_version_that_would_bring_a_deleted_class_back():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class), {2, 6})
+    assert not ok
+    assert any("still classified: [2, 6]" in r for r in reasons)
+
+
+def test_the_gate_holds_a_version_whose_budget_ran_out():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class, verified=False), set())
+    assert not ok and any("round budget ran out" in r for r in reasons)

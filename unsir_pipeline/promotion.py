@@ -1,0 +1,170 @@
+"""Lineage, the promotion gate and hand promotion: when a version may become champion.
+
+A deletion stays deleted: a candidate becomes champion only when it has *measured* forgetting
+(test-split accuracy at most ``gates.max_forget_acc``) of every class it was asked to forget and
+of every class any promoted version ever forgot, so no promotion can bring a forgotten class
+back. Tags keep what was requested apart from what was verified:
+
+- ``forgotten_classes``: every class requested so far in this version's lineage;
+- ``verified_forgotten_classes``: the classes this version was measured to have forgotten;
+- ``rounds`` / ``verified``: how many UNSIR rounds ran and whether the validation check passed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from unsir.errors import UnlearningInputError
+from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.registry import ModelRegistry
+from unsir_pipeline.workspace import Workspace
+
+FORGOTTEN_TAG = "forgotten_classes"
+VERIFIED_TAG = "verified_forgotten_classes"
+PROMOTED_DECISIONS = ("promoted", "promoted-by-hand", "promoted-by-override")
+
+
+class PromotionRefused(UnlearningInputError):
+    """A hand promotion the rules refuse; the message lists every reason."""
+
+
+def registry_for(ws: Workspace) -> ModelRegistry:
+    r = ws.params.registry
+    return ModelRegistry(
+        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
+        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
+    )
+
+
+def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
+                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str, run_key: str,
+                 rounds: int, verified: bool | None, verified_forgotten: list[int]) -> dict[str, str]:
+    return {
+        "run_key": run_key,
+        "parent_version": str(parent_version),
+        FORGOTTEN_TAG: json.dumps(sorted(all_forgotten)),
+        "forgotten_this_run": json.dumps(sorted(new_classes)),
+        VERIFIED_TAG: json.dumps(sorted(verified_forgotten)),
+        "rounds": str(rounds),
+        "verified": json.dumps(verified),
+        # UNSIR's premise, recorded with the version: no step read a forget-class training sample.
+        "reads_forget_train": "false",
+        "params_digest": ws.params.digest(),
+        "data_digests": json.dumps(data_digests, sort_keys=True),
+        "git_commit": git_commit(ws.root),
+        "prefect_flow_run_id": flow_run_id,
+        "mlflow_run_id": mlflow_run_id,
+        "method": "unsir",
+    }
+
+
+def measured_forgotten(per_class_test: list[float], max_forget_acc: float) -> list[int]:
+    """Classes whose test accuracy is at most the gate's bound: forgotten, as measured."""
+    return [c for c, acc in enumerate(per_class_test) if acc <= max_forget_acc]
+
+
+def classes_that_must_stay_forgotten(registry: ModelRegistry, *, exclude_version: int | None = None) -> set[int]:
+    """Every class a promoted version was verified to have forgotten: deletions that are done."""
+    done: set[int] = set()
+    for v in registry.list_versions():
+        if v.version == exclude_version or v.tags.get("gate_decision") not in PROMOTED_DECISIONS:
+            continue
+        # Versions registered before verification existed carry only the requested set.
+        done |= set(json.loads(v.tags.get(VERIFIED_TAG, v.tags.get(FORGOTTEN_TAG, "[]"))))
+    return done
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """What the gate judges: the candidate's measures and its per-class test accuracy."""
+
+    metrics: dict[str, float]
+    per_class_test: list[float]
+    forget_classes: list[int]  # every class this version was asked to forget
+    verified: bool | None  # UNSIR's validation check (None: no validation split)
+    rounds: int
+
+
+def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[int]) -> tuple[bool, list[str]]:
+    """Whether the candidate may replace the champion, with one reason per bound."""
+    g = ws.params.gates
+    m = candidate.metrics
+    checks: list[tuple[bool, str]] = []
+    forgotten = set(measured_forgotten(candidate.per_class_test, g.max_forget_acc))
+    still_known = sorted((set(candidate.forget_classes) | must_stay_forgotten) - forgotten)
+    checks.append((m["forget_acc"] <= g.max_forget_acc,
+                   f"forget accuracy {m['forget_acc']:.4f} (max {g.max_forget_acc})"))
+    checks.append((not still_known,
+                   "every requested and every earlier-deleted class measured forgotten"
+                   + (f"; still classified: {still_known}" if still_known else "")))
+    drop = m["original_retain_acc"] - m["retain_acc"]
+    checks.append((drop <= g.max_retain_drop, f"retain accuracy drop {drop:+.4f} (max {g.max_retain_drop})"))
+    if "reference_retain_acc" in m:
+        gap = m["reference_retain_acc"] - m["retain_acc"]
+        checks.append((gap <= g.max_retain_gap, f"retain accuracy {gap:+.4f} below retrained (max {g.max_retain_gap})"))
+    # MIA is judged against what a model that never saw the class achieves, and only for a
+    # model that no longer classifies the forget class: a low MIA next to a high forget
+    # accuracy is an attack with no signal, not evidence of forgetting.
+    if "reference_mia" in m:
+        baseline, against = m["reference_mia"], "retrained"
+    else:
+        baseline, against = m.get("mia_nonmember_rate", 0.0), "held-out non-members"
+    mia_gap = abs(m["mia"] - baseline)
+    classifies = m["forget_acc"] > g.max_forget_acc
+    checks.append((mia_gap <= g.max_mia_gap and not classifies,
+                   f"membership inference {m['mia']:.4f} vs {baseline:.4f} ({against}), gap max {g.max_mia_gap}"
+                   + ("; the forget class is still classified" if classifies else "")))
+    if g.require_verified:
+        checks.append((candidate.verified is not False,
+                       f"forgetting verified on the validation split after {candidate.rounds} round(s)"
+                       + ("" if candidate.verified is not False else "; the round budget ran out")))
+    return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
+
+
+def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool, list[str]]:
+    """Record the gate's decision on the version and move ``champion`` when it passed."""
+    registry = registry_for(ws)
+    promoted, reasons = gate_decision(ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version))
+    registry.set_version_tags(version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)})
+    if promoted:
+        registry.set_alias(ws.params.registry.champion_alias, version)
+    return promoted, reasons
+
+
+def promotion_problems(ws: Workspace, version: int) -> list[str]:
+    """Why ``version`` may not become champion by hand: a failed gate, or a class that must stay
+    forgotten and that the version was not measured to have forgotten."""
+    registry = registry_for(ws)
+    info = registry.get_version(version)  # fails clearly when the version does not exist
+    problems = []
+    decision = info.tags.get("gate_decision")
+    if decision == "held":
+        problems.append(f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})")
+    if info.tags.get("review_decision") == "rejected":
+        problems.append(f"version {version} was rejected in review")
+    verified = set(json.loads(info.tags.get(VERIFIED_TAG, info.tags.get(FORGOTTEN_TAG, "[]"))))
+    missing = sorted(classes_that_must_stay_forgotten(registry, exclude_version=version) - verified)
+    if missing:
+        problems.append(f"version {version} was not measured to have forgotten classes {missing}, "
+                        "which earlier promoted versions forgot")
+    return problems
+
+
+def promote_by_hand(ws: Workspace, version: int, reason: str, by: str, *, override: bool = False) -> list[str]:
+    """Move ``champion`` to ``version``. Refused, naming every reason, when the version failed
+    its gate or would bring a forgotten class back, unless ``override`` (recorded). Returns the
+    problems that were overridden (empty when none)."""
+    if not reason.strip():
+        raise PromotionRefused("a promotion needs a reason (--reason TEXT)")
+    problems = promotion_problems(ws, version)
+    if problems and not override:
+        raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
+    registry = registry_for(ws)
+    registry.set_version_tags(version, {
+        "promoted_by": by, "promotion_reason": reason,
+        "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
+        **({"overridden_problems": "; ".join(problems)} if problems else {}),
+    })
+    registry.set_alias(ws.params.registry.champion_alias, version)
+    return problems
