@@ -495,3 +495,13 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     registry.set_model_tag(batches.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
     with pytest.raises(Exception, match=rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"):
         batches.claim_batch(ws)
+
+
+def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(project, first_batch, tmp_path, capsys):
+    _, result = first_batch
+    copy = _copy_with_registry(project, tmp_path / "retagged")
+    registry = registry_for(ws_of(copy))
+    registry.set_version_tags(result["new_version"], {"weights_sha256": "e" * 64})  # re-tagged to pass off other weights
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert f"version {result['new_version']}: weights_sha256 tag {'e' * 64} differs from record" in err
