@@ -15,6 +15,7 @@ from unsir_pipeline.data_versioning import (
     DataVersioningError,
     default_remote,
     ensure_repo,
+    pull,
     push,
     recorded_digests,
     repro,
@@ -45,37 +46,39 @@ def test_ensure_repo_is_idempotent(tmp_path: Path) -> None:
     root = _git_init(tmp_path / "repo")
     ensure_repo(root, "state/remote")
     config = (root / ".dvc" / "config").read_text()
+    local = (root / ".dvc" / "config.local").read_text()
     ensure_repo(root, root / "state" / "remote")  # the same directory, given absolute
     assert (root / ".dvc" / "config").read_text() == config
+    assert (root / ".dvc" / "config.local").read_text() == local
     assert "analytics = false" in config and "check_update = false" in config
-    # Inside the project: committed, relative to .dvc/, so it works in every clone.
-    assert "remote = local" in config and "url = ../state/remote" in config
-    assert not (root / ".dvc" / "config.local").exists()
     assert "no_scm" not in config  # git-backed
+    # The remote is this clone's choice: never in the committed config, relative to .dvc/.
+    assert "remote" not in config
+    assert "remote = shared" in local and "url = ../state/remote" in local
+    assert default_remote(root) == "../state/remote"
 
 
-def test_a_deployment_remote_stays_out_of_the_committed_config(tmp_path: Path) -> None:
+def test_the_committed_config_never_names_a_remote(tmp_path: Path) -> None:
     root = _git_init(tmp_path / "repo")
     ensure_repo(root, "state/remote")
     committed = (root / ".dvc" / "config").read_text()
 
     use_remote(root, "s3://unsir-dvc/store", endpoint="http://127.0.0.1:9000")
-    assert (root / ".dvc" / "config").read_text() == committed
     local = (root / ".dvc" / "config.local").read_text()
     assert "s3://unsir-dvc/store" in local and "endpointurl = http://127.0.0.1:9000" in local
     assert default_remote(root) == "s3://unsir-dvc/store"
 
-    shared = tmp_path / "team-remote"  # a directory outside the project is a deployment's too
+    shared = tmp_path / "team-remote"  # a directory outside the project
     use_remote(root, shared)
     assert default_remote(root) == str(shared.resolve())
-    assert (root / ".dvc" / "config").read_text() == committed
+    # Replacing the remote drops the old one's endpoint rather than carrying it over.
+    assert "endpointurl" not in (root / ".dvc" / "config.local").read_text()
 
-    use_remote(root, "state/services/dvc-remote")  # inside the project, but not the committed one
-    assert default_remote(root) == "../state/services/dvc-remote"
-    assert (root / ".dvc" / "config").read_text() == committed
-
-    use_remote(root, "state/remote")  # back to the committed default
+    use_remote(root, "state/remote")
     assert default_remote(root) == "../state/remote"
+    assert (root / ".dvc" / "config").read_text() == committed
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=root, check=False)
+    assert ignored.returncode == 0  # config.local never reaches another clone
 
 
 def test_push_goes_to_the_deployment_remote(project: Path, tmp_path: Path) -> None:
@@ -173,3 +176,120 @@ def test_paths_outside_the_project_are_refused(project: Path, tmp_path: Path) ->
         verify(project, [str(tmp_path / "elsewhere.csv")])
     with pytest.raises(DataVersioningError, match="not a DVC project"):
         recorded_digests(tmp_path)
+
+
+def _git(directory: Path, *args: str) -> str:
+    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    return subprocess.run(
+        ["git", *identity, *args], cwd=directory, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_a_second_clone_pulls_from_the_shared_remote(tmp_path: Path) -> None:
+    shared = tmp_path / "team-remote"
+    first = _git_init(tmp_path / "first")
+    ensure_repo(first, shared)
+    table = first / "data" / "table.csv"
+    table.parent.mkdir()
+    table.write_text("x\n1\n")
+    track(first, table)
+    code = "import pathlib; pathlib.Path('stage.txt').write_text('made by a stage\\n')"
+    _write_stage(first, "make", code, "stage.txt")
+    repro(first)
+    push(first)
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", "data")
+    assert _git(first, "status", "--porcelain") == ""
+
+    second = tmp_path / "second"
+    _git(tmp_path, "clone", "-q", str(first), str(second))
+    # The first clone's remote stayed in its own config.local: the clone has none, and says so.
+    with pytest.raises(DataVersioningError, match="no DVC remote configured; set UNSIR_DVC_REMOTE"):
+        pull(second)
+    use_remote(second, shared)
+    pull(second)
+    assert (second / "data" / "table.csv").read_text() == "x\n1\n"
+    assert (second / "stage.txt").read_text() == "made by a stage\n"
+    assert _git(second, "status", "--porcelain") == ""
+
+
+def test_repro_pulls_recorded_outputs_instead_of_rebuilding(tmp_path: Path) -> None:
+    shared = tmp_path / "team-remote"
+    first = _git_init(tmp_path / "first")
+    ensure_repo(first, shared)
+    # Not reproducible on purpose, like training: every run writes different bytes.
+    code = "import pathlib, uuid; pathlib.Path('model.bin').write_text(uuid.uuid4().hex)"
+    _write_stage(first, "train", code, "model.bin")
+    repro(first)
+    push(first)
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", "model")
+
+    second = tmp_path / "second"
+    _git(tmp_path, "clone", "-q", str(first), str(second))
+    ensure_repo(second, shared)
+    repro(second, ["train"])
+    assert (second / "model.bin").read_text() == (first / "model.bin").read_text()
+    assert _git(second, "status", "--porcelain") == ""  # dvc.lock untouched
+
+
+def test_an_ignored_run_file_is_tracked_without_dirtying_the_tree(project: Path, tmp_path: Path) -> None:
+    (project / ".gitignore").write_text("/data/retain/\n")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "project")
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+
+    digest = track(project, subset)
+    assert digest == _md5(subset)
+    assert track(project, subset) == digest  # idempotent
+    assert (project / "data" / "retain" / "retain-forget3.csv.dvc").is_file()
+    assert recorded_digests(project)["data/retain/retain-forget3.csv"] == digest
+    assert _git(project, "status", "--porcelain", "--untracked-files=all") == ""
+
+    push(project)  # the side store shares the project's remote
+    assert (tmp_path / "remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+    use_remote(project, tmp_path / "other-remote")
+    push(project)  # and follows it when the remote changes
+    assert (tmp_path / "other-remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+
+
+def test_push_without_a_remote_names_the_fix(tmp_path: Path) -> None:
+    root = _git_init(tmp_path / "repo")
+    ensure_repo(root, tmp_path / "remote")
+    (root / ".dvc" / "config.local").unlink()
+    with pytest.raises(DataVersioningError, match=r"cannot push from .*: no DVC remote configured"):
+        push(root)
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path: Path) -> None:
+    from conftest import make_project
+
+    root = make_project(tmp_path / "project")
+    ensure_repo(root, tmp_path / "remote")
+    # What a user has after `python -m venv .venv && pip install ...`, never activated: the
+    # interpreter in .venv/bin, and a PATH whose python3 lacks the package.
+    venv_python = root / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    venv_python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1", "UNSIR_PROGRESS": "0"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=root, env=env,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (root / "data" / "prepared" / "manifest.csv").is_file()
+    assert verify(root, ["data/prepared"]) == []
+
+
+def test_the_stage_wrapper_names_the_fix_when_no_python_has_the_package(tmp_path: Path) -> None:
+    wrapper = Path(__file__).resolve().parents[1] / "unsir_pipeline" / "templates" / "run-stage.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(["sh", str(wrapper), "prepare"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)
+    if result.returncode == 0:  # pragma: no cover - a system python3 with the package installed
+        pytest.skip("the system python3 has unsir-pipeline installed")
+    assert result.returncode == 127
+    assert "no Python with unsir-pipeline installed for stage 'prepare'" in result.stderr
+    assert "UNSIR_PYTHON" in result.stderr

@@ -22,13 +22,19 @@ from pathlib import Path
 
 import yaml
 
-REMOTE_NAME = "local"              # the committed default, inside the project
-DEPLOYMENT_REMOTE_NAME = "shared"  # a deployment's own remote, in .dvc/config.local
+# The remote lives in .dvc/config.local (git-ignored), never in the committed .dvc/config:
+# where a team keeps its data (a shared directory, an object store) is a fact about a
+# deployment, and a directory inside one clone is useless to every other clone.
+REMOTE_NAME = "shared"
 _STDERR_TAIL_LINES = 20
 _CHUNK = 1 << 20
 # Walking these would be slow or pointless; hidden directories (.git, .dvc, .venv) are
 # skipped as well.
 _SKIPPED_DIRS = {"__pycache__", "node_modules", "venv"}
+NO_REMOTE_HELP = (
+    "set UNSIR_DVC_REMOTE (a shared directory or s3://bucket/path) and run `unsir bootstrap`, "
+    "or `dvc remote add --local --default shared URL`"
+)
 
 
 class DataVersioningError(Exception):
@@ -53,39 +59,29 @@ def ensure_repo(project_dir: Path, remote: str | Path, endpoint: str | None = No
         else:
             flags = []
         _dvc(project_dir, "init", "--quiet", *flags)
-    core = _read_config(project_dir / ".dvc" / "config").get("core", {})
-    if core.get("analytics") != "false" or core.get("check_update") != "false":
-        _dvc(project_dir, "config", "core.analytics", "false")
-        _dvc(project_dir, "config", "core.check_update", "false")
+    _quiet_config(project_dir)
     use_remote(project_dir, remote, endpoint)
 
 
 def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = None) -> None:
-    """Make ``remote`` (a directory or a URL such as ``s3://bucket/path``) the default remote.
+    """Make ``remote`` (a directory or a URL such as ``s3://bucket/path``) the default remote
+    of this clone, in ``.dvc/config.local``.
 
-    The repository's own remote is a directory inside the project, written to ``.dvc/config``
-    relative to it so that the committed config works in every clone; once there, it is never
-    rewritten. Any other remote (an object store, a team's directory, another directory of
-    this checkout) belongs to one deployment, not to the repository: it goes to
-    ``.dvc/config.local``, which git ignores and which wins over the committed default.
-    ``endpoint`` is an S3-compatible endpoint URL (MinIO). Calls DVC only when the
-    configuration differs, so every run can call this cheaply.
+    The committed ``.dvc/config`` is never written: a remote is chosen per deployment (by
+    ``paths.dvc_remote`` or ``UNSIR_DVC_REMOTE``), and ``config.local`` wins over anything
+    committed. A relative directory is taken from the project and stored relative to
+    ``.dvc/``, as DVC does. ``endpoint`` is an S3-compatible endpoint URL (MinIO). Calls DVC
+    only when the configuration differs, so every run can call this cheaply.
     """
     project_dir = _project(project_dir)
-    url, stored, inside = _remote_url(project_dir, remote)
-    if _effective_remote(project_dir) == (stored, endpoint):
+    url, stored = _remote_url(project_dir, remote)
+    local = _read_config(project_dir / ".dvc" / "config.local")
+    if _configured_remote(local) == (stored, endpoint):
         return
-    committed = _configured_remote(_read_config(project_dir / ".dvc" / "config"))
-    if inside and endpoint is None and committed[0] in (None, stored):
-        if _read_config(project_dir / ".dvc" / "config.local").get("core", {}).get("remote"):
-            _dvc(project_dir, "remote", "default", "--local", "--unset")
-        if committed[0] is None:
-            # -f replaces an existing remote of that name, which is what makes this idempotent.
-            _dvc(project_dir, "remote", "add", "--default", "--force", REMOTE_NAME, url)
-        return
-    _dvc(project_dir, "remote", "add", "--local", "--default", "--force", DEPLOYMENT_REMOTE_NAME, url)
+    # --force replaces the whole section (a stale endpointurl included): idempotent.
+    _dvc(project_dir, "remote", "add", "--local", "--default", "--force", REMOTE_NAME, url)
     if endpoint:
-        _dvc(project_dir, "remote", "modify", "--local", DEPLOYMENT_REMOTE_NAME, "endpointurl", endpoint)
+        _dvc(project_dir, "remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
 
 
 def default_remote(project_dir: Path) -> str | None:
@@ -94,22 +90,39 @@ def default_remote(project_dir: Path) -> str | None:
 
 
 def repro(project_dir: Path, targets: Sequence[str] = ()) -> None:
-    """Run ``dvc repro`` (all stages, or ``targets``); stages whose inputs are unchanged are skipped."""
-    _dvc(_project(project_dir), "repro", *targets)
+    """Run ``dvc repro`` (all stages, or ``targets``); stages whose inputs are unchanged are skipped.
+
+    With a remote configured, outputs that ``dvc.lock`` records and the remote holds are
+    pulled instead of rebuilt (``--pull``): a clone gets the team's model of record rather
+    than training one whose bytes differ. What the remote lacks is rebuilt.
+    """
+    project_dir = _project(project_dir)
+    pull = ["--pull"] if default_remote(project_dir) else []
+    _dvc(project_dir, "repro", *pull, *targets)
 
 
 def track(project_dir: Path, path: Path) -> str:
     """``dvc add`` a file (or directory) and return the md5 DVC recorded for it.
 
-    Adding an unchanged file again changes nothing and returns the same digest.
+    A path that git ignores (per-run data such as retain subsets, under ``data/retain/``) is
+    tracked by a side store: a DVC project without git rooted at the path's directory, sharing
+    this project's cache and remote. Its ``.dvc`` file then sits beside the path, git-ignored,
+    so a run leaves the git tree clean; ``push`` uploads it with the rest. Adding an unchanged
+    file again changes nothing and returns the same digest.
     """
     project_dir = _project(project_dir)
     relative = _relative(project_dir, path)
-    if not (project_dir / relative).exists():
+    target = project_dir / relative
+    if not target.exists():
         raise DataVersioningError(
             f"cannot track {relative}: no such file or directory in {project_dir}"
         )
-    _dvc(project_dir, "add", "--quiet", relative)
+    if _git_ignored(project_dir, relative):
+        store = target.parent
+        _ensure_side_store(project_dir, store)
+        _dvc(store, "add", "--quiet", target.name)
+    else:
+        _dvc(project_dir, "add", "--quiet", relative)
     digest = recorded_digests(project_dir).get(relative)
     if digest is None:
         raise DataVersioningError(f"`dvc add {relative}` succeeded but no .dvc file records it")
@@ -117,8 +130,22 @@ def track(project_dir: Path, path: Path) -> str:
 
 
 def push(project_dir: Path) -> None:
-    """Upload every tracked output in the cache to the default remote."""
-    _dvc(_project(project_dir), "push", "--quiet")
+    """Upload every tracked output in the cache, side stores' included, to the default remote."""
+    project_dir = _project(project_dir)
+    if default_remote(project_dir) is None:
+        raise DataVersioningError(f"cannot push from {project_dir}: no DVC remote configured; {NO_REMOTE_HELP}")
+    _dvc(project_dir, "push", "--quiet")
+    for store in _side_stores(project_dir):
+        _sync_side_store(project_dir, store)
+        _dvc(store, "push", "--quiet")
+
+
+def pull(project_dir: Path, targets: Sequence[str] = ()) -> None:
+    """Download what ``dvc.lock`` and the ``*.dvc`` files record (or ``targets``) from the remote."""
+    project_dir = _project(project_dir)
+    if default_remote(project_dir) is None:
+        raise DataVersioningError(f"cannot pull into {project_dir}: no DVC remote configured; {NO_REMOTE_HELP}")
+    _dvc(project_dir, "pull", "--quiet", *targets)
 
 
 def recorded_digests(project_dir: Path) -> dict[str, str]:
@@ -182,9 +209,10 @@ def file_md5(path: Path) -> str:
 
 def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # DVC_NO_ANALYTICS also covers `dvc init`, which runs before the config can say so.
-    # Stage commands (`unsir stage ...`) must resolve to this environment's entry points.
+    # Stage commands run this interpreter (UNSIR_PYTHON, read by the stage wrapper), and
+    # `unsir` resolves to this environment's entry point, activated or not.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path}
+    env = {"UNSIR_PYTHON": sys.executable, **os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path}
     command = [sys.executable, "-m", "dvc", *args]
     try:
         result = subprocess.run(
@@ -201,6 +229,76 @@ def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
             f"`dvc {' '.join(args)}` in {project_dir} exited with code {result.returncode}:\n{tail}"
         )
     return result
+
+
+def _quiet_config(project_dir: Path) -> None:
+    core = _read_config(project_dir / ".dvc" / "config").get("core", {})
+    if core.get("analytics") != "false" or core.get("check_update") != "false":
+        _dvc(project_dir, "config", "core.analytics", "false")
+        _dvc(project_dir, "config", "core.check_update", "false")
+
+
+def _git_ignored(project_dir: Path, relative: str) -> bool:
+    """Whether git ignores ``relative`` (False outside a git repository)."""
+    try:
+        result = subprocess.run(
+            ["git", "check-ignore", "--quiet", "--", relative],
+            cwd=project_dir, capture_output=True, text=True, check=False,
+        )
+    except OSError:
+        return False  # no git: DVC runs without SCM and ignores nothing
+    # 0: ignored; 1: not ignored; 128: not a git repository (or another git error).
+    return result.returncode == 0
+
+
+def _ensure_side_store(project_dir: Path, store: Path) -> None:
+    """A git-less DVC project at ``store`` that shares ``project_dir``'s cache and remote.
+
+    DVC refuses a ``.dvc`` file that git ignores inside a git-backed project; without git
+    there is nothing to refuse. The outer project skips the store as a sub-repository.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    if not (store / ".dvc").is_dir():
+        _dvc(store, "init", "--quiet", "--no-scm")
+    _quiet_config(store)
+    _sync_side_store(project_dir, store)
+
+
+def _sync_side_store(project_dir: Path, store: Path) -> None:
+    """Point a side store at the project's cache and current default remote (absolute paths)."""
+    wanted: dict[str, dict[str, str]] = {"cache": {"dir": str(_cache_dir(project_dir))}}
+    url, endpoint = default_remote(project_dir), _effective_remote(project_dir)[1]
+    if url:
+        wanted["core"] = {"remote": REMOTE_NAME}
+        remote = {"url": _absolute_remote(project_dir, url)}
+        if endpoint:
+            remote["endpointurl"] = endpoint
+        wanted[f'remote "{REMOTE_NAME}"'] = remote
+    path = store / ".dvc" / "config.local"
+    if _read_config(path) == wanted:
+        return
+    parser = configparser.ConfigParser(interpolation=None)
+    for section, values in wanted.items():
+        parser[f"'{section}'" if '"' in section else section] = values  # DVC's quoting
+    with path.open("w") as handle:
+        parser.write(handle)
+
+
+def _side_stores(project_dir: Path) -> list[Path]:
+    """Every side store (a directory holding its own ``.dvc``) below the project."""
+    stores = []
+    for root, dirs, _ in os.walk(project_dir):
+        if ".dvc" in dirs and Path(root) != project_dir:
+            stores.append(Path(root))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+    return stores
+
+
+def _absolute_remote(project_dir: Path, url: str) -> str:
+    """A remote as stored in ``.dvc/config*`` (relative directories are relative to ``.dvc/``)."""
+    if "://" in url or Path(url).is_absolute():
+        return url
+    return str((project_dir / ".dvc" / url).resolve())
 
 
 def _project(project_dir: Path) -> Path:
@@ -313,19 +411,18 @@ def _cache_dir(project_dir: Path) -> Path:
     return Path(result.stdout.strip())
 
 
-def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str, bool]:
-    """(URL to give ``dvc remote add`` from the project, URL as DVC stores it in ``.dvc/``,
-    whether it is a directory inside the project)."""
+def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str]:
+    """(URL to give ``dvc remote add`` from the project, URL as DVC stores it in ``.dvc/``)."""
     text = str(remote)
     if "://" in text:
-        return text, text, False
+        return text, text
     directory = Path(text) if Path(text).is_absolute() else project_dir / text
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     if directory.is_relative_to(project_dir):
         relative = os.path.relpath(directory, project_dir)
-        return relative, os.path.relpath(directory, project_dir / ".dvc"), True
-    return str(directory), str(directory), False
+        return relative, os.path.relpath(directory, project_dir / ".dvc")
+    return str(directory), str(directory)
 
 
 def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
