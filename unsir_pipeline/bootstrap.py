@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 
 from unsir.checkpoint import load_checkpoint
-from unsir.problem import prepare_splits
+from unsir.splits import select
 from unsir_pipeline import data_versioning
+from unsir_pipeline.progress import Progress, relay
 from unsir_pipeline.provenance import git_commit
 from unsir_pipeline.registry import RegistryError
 from unsir_pipeline.steps import FORGOTTEN_TAG, registry_for
@@ -24,7 +25,10 @@ class BootstrapResult:
     test_acc: float | None = None
 
 
-def bootstrap(ws: Workspace) -> BootstrapResult:
+def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResult:
+    """``progress`` (off by default) announces each step; the training stage's epochs reach
+    it from DVC's child process through :func:`unsir_pipeline.progress.relay`."""
+    progress = progress or Progress("bootstrap", enabled=False)
     registry = registry_for(ws)
     champion = ws.params.registry.champion_alias
     if registry.has_model():
@@ -36,18 +40,25 @@ def bootstrap(ws: Workspace) -> BootstrapResult:
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
 
+    progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
-    data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
+    progress.step(f"[2/4] dvc repro train: prepare {ws.params.data.name}, train {ws.params.model.arch} "
+                  f"for {ws.params.model.train.epochs} epochs")
+    with relay(progress):
+        data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
+    progress.step("[3/4] dvc push")
     data_versioning.push(ws.root)
     train_report = json.loads((ws.reports_dir / "train.json").read_text())
     timing = ws.reports_dir / "train_timing.json"
     train_s = json.loads(timing.read_text())["train_s"] if timing.is_file() else float("nan")
     recorded = data_versioning.recorded_digests(ws.root)
 
+    progress.step("[4/4] register the original model")
     _, card = load_checkpoint(ws.original_model_dir)
     data, manifest = load_prepared(ws)
-    splits = prepare_splits(data, manifest, normalization=card.normalization)
-    input_example = splits.test_images[:2].numpy()
+    # Raw [0, 1] images: the served model normalises them itself (serving_model.py).
+    test_images, _ = select(data, manifest[manifest["split"] == "test"].head(2))
+    input_example = test_images.numpy()
     tags = {
         FORGOTTEN_TAG: "[]",
         "origin": "bootstrap",

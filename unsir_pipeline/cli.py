@@ -1,6 +1,9 @@
-"""The ``unsir`` command: bootstrap, forget, list and promote models, run DVC stages.
+"""The ``unsir`` command: bootstrap, forget, list, promote and serve models, run DVC stages.
 
-Errors print one line naming what was wrong and exit non-zero; ``--debug`` shows tracebacks.
+Errors print one line naming what was wrong; ``--debug`` shows tracebacks. Exit codes: 0 done,
+1 the pipeline failed, 2 bad input or configuration. Bad input (a version, an alias, a class, a
+parameter, an argument that is not UTF-8) is refused before Prefect starts or an MLflow run
+opens. Precedence of settings: ``--set`` flag, then the environment, then ``params.yaml``.
 Heavy imports (Prefect, MLflow, torch) happen after argument parsing, so ``--help`` is instant.
 """
 
@@ -16,101 +19,227 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
+JSON_HELP = "print one JSON object on stdout instead of text (no progress lines)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command shows its epilog's examples as written."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("unsir-pipeline")
+    except PackageNotFoundError:  # run from a source tree that pip never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unsir", description="Machine unlearning pipeline (UNSIR) with Prefect, MLflow, DVC and Great Expectations.")
-    parser.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")
+    parser = _Parser(
+        prog="unsir", description="Machine unlearning pipeline (UNSIR) with Prefect, MLflow, DVC and Great Expectations.",
+        epilog=_examples("unsir bootstrap", "unsir forget 3 --from original",
+                         "unsir --set registry.tracking_uri=http://127.0.0.1:5000 models --json", "unsir serve --port 5001")
+        + "\n\nprecedence: a --set flag wins over the environment (MLFLOW_TRACKING_URI, UNSIR_DVC_REMOTE, ...),"
+          "\nwhich wins over params.yaml.\nexit codes: 0 done, 1 the pipeline failed, 2 bad input or configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    parser.add_argument("--project", default=".", metavar="DIR",
+                        help="project directory holding params.yaml (default: .), e.g. --project ~/unlearning")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter, e.g. --set unlearn.seed=1 (repeatable; recorded with the run)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
+                        help="override a parameter of params.yaml, e.g. --set unlearn.seed=1 (repeatable; validated like "
+                             "the file; wins over the environment; recorded with the run)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser("bootstrap", help="prepare and version the data, train and register the first champion (idempotent)")
-    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("bootstrap", help="prepare and version the data, train and register the first champion (idempotent)",
+                            epilog=_examples("unsir bootstrap", "unsir bootstrap --json"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("forget", help="forget classes from the champion now and show before/after")
-    p.add_argument("classes", nargs="+", help="class names or indices")
+    p = commands.add_parser("forget", help="forget classes from the champion now and show before/after",
+                            epilog=_examples("unsir forget 3", "unsir forget 3 8 --from original", "unsir forget 1 --from 2 --json"))
+    p.add_argument("classes", nargs="+", metavar="CLASS", help="class names or indices of the data set, e.g. 3 or cat")
     p.add_argument("--from", dest="parent", default=None, metavar="ALIAS_OR_VERSION",
-                   help="model to start from: an alias or a version number (default: the champion alias)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+                   help="model to start from: an alias (champion, original) or a version number (default: the champion alias)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("models", help="registered versions, aliases and lineage")
-    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("models", help="registered versions, aliases and lineage", epilog=_examples("unsir models", "unsir models --json"))
+    p.add_argument("--json", action="store_true", help="print a JSON list of versions")
 
-    p = commands.add_parser("promote", help="point the champion alias at VERSION by hand")
-    p.add_argument("version", type=int)
-    p.add_argument("--reason", required=True)
+    p = commands.add_parser("promote", help="point the champion alias at VERSION by hand",
+                            epilog=_examples('unsir promote 3 --reason "reviewed by the DPO" --by alice',
+                                             'unsir promote 1 --reason "rollback drill" --override --json'))
+    p.add_argument("version", type=int, metavar="VERSION", help="registered version number, e.g. 3")
+    p.add_argument("--reason", required=True, help="why, recorded on the version and in the audit trail")
     p.add_argument("--by", default=None, help="who promotes (default: the current user)")
     p.add_argument("--override", action="store_true",
                    help="promote a version that failed its gate or would bring back a forgotten class (recorded)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("reject", help="reject a version held for review; its requests go back to pending")
-    p.add_argument("version", type=int)
-    p.add_argument("--reason", required=True)
+    p = commands.add_parser("reject", help="reject a version held for review; its requests go back to pending",
+                            epilog=_examples('unsir reject 4 --reason "MIA too high" --by bob'))
+    p.add_argument("version", type=int, metavar="VERSION", help="registered version number held for review, e.g. 4")
+    p.add_argument("--reason", required=True, help="why, recorded on the version and in the audit trail")
     p.add_argument("--by", default=None, help="who rejects (default: the current user)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    request = commands.add_parser("request", help="deletion requests").add_subparsers(dest="request_command", required=True)
-    p = request.add_parser("add", help="file a deletion request (refused at once if invalid; the refusal is recorded)")
-    p.add_argument("--classes", nargs="+", required=True, help="class names or indices")
-    p.add_argument("--requester", required=True)
-    p.add_argument("--reason", required=True)
-    p.add_argument("--json", action="store_true")
-    p = request.add_parser("list", help="requests, oldest first")
-    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed", "rejected"])
-    p.add_argument("--json", action="store_true")
-    p = request.add_parser("show", help="one request")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    request = commands.add_parser("request", help="deletion requests",
+                                  epilog=_examples('unsir request add --classes 3 --requester alice --reason "consent withdrawn"',
+                                                   "unsir request list --status pending")
+                                  ).add_subparsers(dest="request_command", required=True, metavar="SUBCOMMAND")
+    p = request.add_parser("add", help="file a deletion request (refused at once if invalid; the refusal is recorded)",
+                           epilog=_examples('unsir request add --classes 3 8 --requester alice --reason "consent withdrawn"'))
+    p.add_argument("--classes", nargs="+", required=True, metavar="CLASS", help="class names or indices, e.g. --classes 3 8")
+    p.add_argument("--requester", required=True, help="who asks (UTF-8 text, no control characters), e.g. alice")
+    p.add_argument("--reason", required=True, help="why (UTF-8 text, no control characters), e.g. \"consent withdrawn\"")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = request.add_parser("list", help="requests, oldest first", epilog=_examples("unsir request list", "unsir request list --status failed --json"))
+    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed", "rejected"],
+                   help="only requests in this state")
+    p.add_argument("--json", action="store_true", help="print a JSON list of requests")
+    p = request.add_parser("show", help="one request", epilog=_examples("unsir request show r-20260101-ab12cd"))
+    p.add_argument("id", help="request id as `unsir request list` shows it")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    batch = commands.add_parser("batch", help="deletion batches").add_subparsers(dest="batch_command", required=True)
-    p = batch.add_parser("run", help="forget every pending request now, in one unlearning run")
-    p.add_argument("--json", action="store_true")
-    batch.add_parser("serve", help="serve the batch on params.yaml's cron schedule (needs PREFECT_API_URL: a Prefect server)")
+    batch = commands.add_parser("batch", help="deletion batches", epilog=_examples("unsir batch run", "unsir batch serve")
+                                ).add_subparsers(dest="batch_command", required=True, metavar="SUBCOMMAND")
+    p = batch.add_parser("run", help="forget every pending request now, in one unlearning run", epilog=_examples("unsir batch run --json"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    batch.add_parser("serve", help="serve the batch on params.yaml's cron schedule (needs PREFECT_API_URL: a Prefect server)",
+                     epilog=_examples("PREFECT_API_URL=http://127.0.0.1:4200/api unsir batch serve"))
 
-    review = commands.add_parser("review", help="versions held by the promotion gate").add_subparsers(dest="review_command", required=True)
-    p = review.add_parser("list", help="versions waiting for a reviewer")
-    p.add_argument("--json", action="store_true")
+    review = commands.add_parser("review", help="versions held by the promotion gate", epilog=_examples("unsir review list")
+                                 ).add_subparsers(dest="review_command", required=True, metavar="SUBCOMMAND")
+    p = review.add_parser("list", help="versions waiting for a reviewer", epilog=_examples("unsir review list --json"))
+    p.add_argument("--json", action="store_true", help="print a JSON list of versions")
 
-    audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(dest="audit_command", required=True)
-    audit.add_parser("verify", help="check the hash chain, its anchors, the request store and the registry against it; non-zero exit naming what is wrong")
-    audit.add_parser("sign-head", help="sign an intact trail's head with the audit key (UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)")
-    p = audit.add_parser("show", help="the trail, or one request's history from arrival to production")
-    p.add_argument("--request", default=None, metavar="ID")
-    p.add_argument("--json", action="store_true")
-    p = audit.add_parser("report", help="write a self-contained HTML evidence report for a batch")
-    p.add_argument("batch_id")
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail", epilog=_examples("unsir audit verify", "unsir audit show --request ID")
+                                ).add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    p = audit.add_parser("verify", help="check the hash chain, its anchors, the request store and the registry against it; non-zero exit naming what is wrong",
+                         epilog=_examples("unsir audit verify", "unsir audit verify --json"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = audit.add_parser("sign-head", help="sign an intact trail's head with the audit key (UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)",
+                         epilog=_examples("UNSIR_AUDIT_KEY_FILE=~/.unsir/audit.key unsir audit sign-head"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = audit.add_parser("show", help="the trail, or one request's history from arrival to production",
+                         epilog=_examples("unsir audit show", "unsir audit show --request r-20260101-ab12cd --json"))
+    p.add_argument("--request", default=None, metavar="ID", help="only this request's history")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = audit.add_parser("report", help="write a self-contained HTML evidence report for a batch",
+                         epilog=_examples("unsir audit report b-20260101-0001 --out evidence.html"))
+    p.add_argument("batch_id", help="batch id as `unsir audit show` lists it")
     p.add_argument("--out", default=None, help="output file (default: reports/evidence-<batch>.html)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("stage", help="run one DVC stage (called by dvc repro)")
-    p.add_argument("name", choices=["prepare", "train", "unlearn", "evaluate"])
+    p = commands.add_parser("serve", help="serve a registered model (default: the champion) over HTTP on 127.0.0.1, following its alias",
+                            epilog=_examples("unsir serve", "unsir serve --alias challenger --port 5002",
+                                             "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
+                                             "     -d '{\"inputs\": [[[[0.0, 0.5, ...]]]]}'   # see docs/serving.md"))
+    p.add_argument("--alias", default=None, help="alias to serve and follow (default: registry.champion_alias, champion)")
+    p.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default: 5001; 0 picks a free one)")
+    p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="how often to check where the alias points (default: 5)")
+    p.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long the scoring server may take to answer /ping (default: 300)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per event (serving, alias-moved, stopped)")
+
+    p = commands.add_parser(
+        "init", help="create a new project (params.yaml, dvc.yaml, .gitignore, git and DVC) in a directory",
+        epilog="examples:\n  unsir init ~/unlearning\n  cd ~/unlearning && unsir bootstrap",
+    )
+    p.add_argument("directory", metavar="DIR", help="directory to create or fill, e.g. ~/unlearning (no params.yaml or dvc.yaml in it yet)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+
+    p = commands.add_parser("stage", help="run one DVC stage (called by dvc repro)", epilog=_examples("unsir stage train"))
+    p.add_argument("name", choices=["prepare", "train", "unlearn", "evaluate"], help="the dvc.yaml stage")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
 
 
+class UsageError(ValueError):
+    """Bad input found before any work started (exit 2); the message names the value."""
+
+
+# SQLite's words for a state directory that is read-only, missing or full.
+_STATE_ERRORS = ("unable to open database file", "disk I/O error", "attempt to write a readonly database",
+                 "database or disk is full", "Read-only file system", "No space left on device")
+
+
+def _check_utf8(argv: list[str]) -> None:
+    """Python decodes undecodable argument bytes to lone surrogates; refuse them by position
+    rather than fail later with a codec error that names nothing."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            option = f" (value of {argv[position - 2]})" if position > 1 and argv[position - 2].startswith("-") else ""
+            raise UsageError(f"argument {position}{option} is not valid UTF-8: '{shown}' (bytes shown as \\xNN)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    # argv None: this process *is* the command (the `unsir` entry point), so it owns signals
+    # and Prefect's temporary server; a caller passing argv (a test) keeps its own.
+    owns_process = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _check_utf8(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
+    if args.command == "init":  # before the params.yaml check: init is what writes it
+        return cmd_init(args)
     project = Path(args.project).resolve()
     if not (project / "params.yaml").is_file():
         print(f"error: no params.yaml in {project}; run from the project directory or pass --project", file=sys.stderr)
         return EXIT_USAGE
 
+    from unsir_pipeline import runtime
     from unsir_pipeline.environment import configure
 
-    configure(project)
+    if owns_process:
+        runtime.handle_sigterm()
     try:
+        configure(project)
+        runtime.configure_threads()
+        runtime.configure_prefect(quiet_console=getattr(args, "json", False) or _progress(args).enabled)
         return COMMANDS[args.command](project, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except runtime.Terminated:
+        print("terminated", file=sys.stderr)
+        raise
     except Exception as err:  # one clear line for people and scripts; --debug for the rest
         if args.debug:
             raise
-        print(f"error: {_describe(err)}", file=sys.stderr)
+        print(f"error: {_describe(err, project)}", file=sys.stderr)
         return EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
+    finally:
+        if owns_process:
+            runtime.stop_prefect_server()
 
 
-def _describe(err: Exception) -> str:
+def _describe(err: Exception, project: Path | None = None) -> str:
+    from unsir_pipeline.runtime import describe_startup_failure
+
+    startup = describe_startup_failure(err)
+    if startup:
+        return startup
     message = str(err).strip() or type(err).__name__
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
+    if project is not None and any(words in message for words in _STATE_ERRORS):
+        return (f"cannot use the project's state files under {project} (paths.state_dir, the MLflow and Prefect "
+                f"databases): {first}; check they exist, are writable and the disk has space")
     # Validation failures list one failed expectation per line: keep them, they are the point.
     return first + ("".join(f"\n  {line}" for line in rest) if type(err).__name__ == "ValidationFailed" else "")
 
@@ -119,8 +248,52 @@ def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
     from unsir_pipeline.config import ConfigError
     from unsir_pipeline.deletion_requests import RequestError
+    from unsir_pipeline.runtime import RuntimeSettingError
 
-    return isinstance(err, (UnlearningInputError, ConfigError, RequestError))
+    return isinstance(err, (UnlearningInputError, ConfigError, RequestError, UsageError, RuntimeSettingError))
+
+
+def _progress(args):
+    from unsir_pipeline.progress import Progress, wanted
+
+    return Progress(args.command, wanted(quiet=getattr(args, "json", False)))
+
+
+def _emit(args, payload: dict, text: str) -> None:
+    """One JSON object with --json, else the text."""
+    print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
+
+
+def _require_version(ws, version: int) -> None:
+    """Refuse a version number the registry does not have, naming the ones it has (exit 2)."""
+    from unsir_pipeline.promotion import registry_for
+
+    registry = registry_for(ws)
+    name = ws.params.registry.model_name
+    if not registry.has_model():
+        raise UsageError(f"model {name!r} has no version {version}: nothing is registered yet (run `unsir bootstrap`)")
+    known = [v.version for v in registry.list_versions()]
+    if version not in known:
+        raise UsageError(f"model {name!r} has no version {version}; its versions are {known}")
+
+
+def _require_model_ref(ws, ref: str) -> int:
+    """The version an alias or version number names; exit 2 naming the ones that exist."""
+    from unsir_pipeline.promotion import registry_for
+
+    registry = registry_for(ws)
+    name = ws.params.registry.model_name
+    if not registry.has_model():
+        raise UsageError(f"--from {ref}: model {name!r} is not registered yet (run `unsir bootstrap`)")
+    versions = registry.list_versions()
+    if ref.isdigit():
+        if int(ref) not in {v.version for v in versions}:
+            raise UsageError(f"--from {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}")
+        return int(ref)
+    aliases = {alias: v.version for v in versions for alias in v.aliases}
+    if ref not in aliases:
+        raise UsageError(f"--from {ref!r}: model {name!r} has no alias {ref!r}; its aliases are {sorted(aliases)}")
+    return aliases[ref]
 
 
 def _workspace(project: Path, args):
@@ -132,7 +305,7 @@ def _workspace(project: Path, args):
 def cmd_bootstrap(project: Path, args) -> int:
     from unsir_pipeline.bootstrap import bootstrap
 
-    result = bootstrap(_workspace(project, args))
+    result = bootstrap(_workspace(project, args), progress=_progress(args))
     if args.json:
         print(json.dumps({"version": result.version, "created": result.created, "test_acc": result.test_acc}))
     elif result.created:
@@ -142,14 +315,40 @@ def cmd_bootstrap(project: Path, args) -> int:
     return 0
 
 
+def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
+    """Everything about a forget request that can be wrong, checked before Prefect starts or an
+    MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
+    were not forgotten already. Returns the parent's version number."""
+    from unsir_pipeline.promotion import FORGOTTEN_TAG, registry_for
+    from unsir_pipeline.steps import resolve_request
+
+    version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
+    meta = ws.prepared_dir / "dataset.json"
+    if meta.is_file():  # else the flow prepares the data and checks the classes itself
+        class_names = tuple(json.loads(meta.read_text())["class_names"])
+        forgotten = json.loads(registry_for(ws).get_version(version).tags.get(FORGOTTEN_TAG, "[]"))
+        resolve_request(list(classes), class_names, forgotten)
+    return version
+
+
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
     from unsir_pipeline.bootstrap import bootstrap
+    from unsir_pipeline.progress import Progress, flow_steps
+    from unsir_pipeline.promotion import registry_for
 
-    bootstrap(ws)  # the main job starts from a registered champion; a no-op when there is one
+    progress = _progress(args)
+    if registry_for(ws).has_model():
+        check_forget_request(ws, args.classes, args.parent)  # before any server or run starts
+    # The main job starts from a registered champion; a no-op when there is one.
+    bootstrap(ws, progress=Progress("bootstrap", progress.enabled))
+    check_forget_request(ws, args.classes, args.parent)
+    progress.step("starting the unlearn flow (Prefect)")
     from flows.unlearn import unlearn
 
-    result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides), parent=args.parent)
+    with flow_steps(progress):
+        result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides),
+                         parent=args.parent)
     if args.json:
         print(json.dumps(result, default=float))
     else:
@@ -210,11 +409,15 @@ def cmd_promote(project: Path, args) -> int:
     from unsir_pipeline.batches import promote
 
     ws = _workspace(project, args)
+    _require_version(ws, args.version)
     by = args.by or getpass.getuser()
     overridden = promote(ws, args.version, by, args.reason, override=args.override)
-    for problem in overridden:
-        print(f"overridden: {problem}")
-    print(f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
+    if not args.json:
+        for problem in overridden:
+            print(f"overridden: {problem}")
+    _emit(args, {"version": args.version, "alias": ws.params.registry.champion_alias, "by": by, "reason": args.reason,
+                 "overridden": list(overridden)},
+          f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
     return 0
 
 
@@ -222,9 +425,12 @@ def cmd_reject(project: Path, args) -> int:
     from unsir_pipeline.batches import reject
 
     ws = _workspace(project, args)
+    _require_version(ws, args.version)
     by = args.by or getpass.getuser()
     returned = reject(ws, args.version, by, args.reason)
-    print(f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending")
+    _emit(args, {"version": args.version, "rejected": True, "by": by, "reason": args.reason,
+                 "requests_pending_again": [r.id for r in returned]},
+          f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending")
     return 0
 
 
@@ -304,6 +510,12 @@ def cmd_audit(project: Path, args) -> int:
     ws = _workspace(project, args)
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
         report = batches.verify_trail(ws)
+        if args.json:
+            print(json.dumps({"ok": report.ok, "records": report.records, "chain_ok": report.chain.ok,
+                              "first_bad_seq": report.chain.first_bad_seq, "chain_problem": report.chain.problem,
+                              "signed": report.chain.signed, "problems": list(report.problems),
+                              "warnings": list(report.warnings)}))
+            return 0 if report.ok else EXIT_FAILED
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if report.ok:
@@ -319,7 +531,7 @@ def cmd_audit(project: Path, args) -> int:
     log = batches.audit_log(ws)
     if args.audit_command == "sign-head":
         result = log.sign_head()
-        print(f"head anchor of {result.records} records signed with the audit key")
+        _emit(args, {"signed": True, "records": result.records}, f"head anchor of {result.records} records signed with the audit key")
         return 0
     if args.audit_command == "show":
         history = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
@@ -334,7 +546,7 @@ def cmd_audit(project: Path, args) -> int:
         return 0
     out = Path(args.out) if args.out else ws.reports_dir / f"evidence-{args.batch_id}.html"
     batches.write_batch_report(ws, args.batch_id, out)
-    print(f"wrote {out}")
+    _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
 
 
@@ -343,19 +555,63 @@ def _brief(payload: dict) -> str:
     return ", ".join(f"{k}={payload[k]}" for k in keys if k in payload)
 
 
+def cmd_init(args) -> int:
+    from unsir_pipeline.config import ConfigError
+    from unsir_pipeline.data_versioning import DataVersioningError
+    from unsir_pipeline.project_init import ProjectInitError, init_project
+
+    try:
+        result = init_project(args.directory)
+    except (ProjectInitError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except DataVersioningError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"project": str(result.root), "written": list(result.written),
+                          "git_initialised": result.git_initialised, "dvc_remote": result.dvc_remote}))
+        return 0
+    print(f"created project {result.root}: {', '.join(result.written)}"
+          + (" (new git repository)" if result.git_initialised else ""))
+    print(f"DVC remote: {result.dvc_remote} (set UNSIR_DVC_REMOTE for a shared one; docs/dvc.md)")
+    print(f"next: cd {result.root} && unsir bootstrap")
+    return 0
+
+
 def cmd_stage(project: Path, args) -> int:
     from unsir_pipeline import workspace as w
+    from unsir_pipeline.progress import relayed_stderr
 
     ws = _workspace(project, args)
     stage = {"prepare": w.prepare_data, "train": w.train_original, "unlearn": w.unlearn_original, "evaluate": w.evaluate_unlearned}[args.name]
-    out = stage(ws)
-    print(f"stage {args.name}: {out}")
+    with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
+        out = stage(ws)
+    _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
+    return 0
+
+
+def cmd_serve(project: Path, args) -> int:
+    from unsir_pipeline import serving
+
+    ws = _workspace(project, args)
+    alias = args.alias or ws.params.registry.champion_alias
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
+    if args.poll <= 0 or args.startup_timeout <= 0:
+        raise UsageError(f"--poll {args.poll} and --startup-timeout {args.startup_timeout} must be positive seconds")
+    _require_model_ref(ws, alias)
+    port = args.port or serving.free_port()
+    supervisor = serving.Supervisor(ws, alias, port, poll_s=args.poll, startup_s=args.startup_timeout,
+                                    report=serving.printer(args.json))
+    supervisor.follow()
     return 0
 
 
 COMMANDS = {
     "bootstrap": cmd_bootstrap, "forget": cmd_forget, "models": cmd_models, "promote": cmd_promote, "reject": cmd_reject,
     "request": cmd_request, "batch": cmd_batch, "review": cmd_review, "audit": cmd_audit, "stage": cmd_stage,
+    "serve": cmd_serve,
 }
 
 

@@ -34,8 +34,9 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 from torch import nn
 
 import unsir
@@ -239,8 +240,14 @@ class ModelRegistry:
         except ValueError as err:
             raise RegistryError(f"cannot register {str(checkpoint_dir)!r}: {err}") from err
         example = np.asarray(input_example, dtype=np.float32)
-        with torch.inference_mode():
-            output = torch.softmax(model(torch.from_numpy(example)), dim=1).numpy()
+        # The served model takes images as the data set gives them and normalises them itself:
+        # a normalised example would document (and test) the wrong contract.
+        if example.size and (example.min() < 0 or example.max() > 1):
+            raise RegistryError(
+                f"input_example for {str(checkpoint_dir)!r} must hold raw images in [0, 1] (the serving "
+                f"contract), got values in [{example.min():.3f}, {example.max():.3f}]: pass them unnormalised"
+            )
+        del model  # loaded above only to prove the checkpoint is intact before logging it
 
         try:
             info = mlflow.pyfunc.log_model(
@@ -249,9 +256,10 @@ class ModelRegistry:
                 artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
                 # Ship the core library with the model so serving needs only the pip packages.
                 code_paths=[str(Path(unsir.__file__).parent)],
-                signature=infer_signature(example, output),
+                signature=serving_signature(_card),
                 input_example=example,
                 pip_requirements=PIP_REQUIREMENTS,
+                metadata=serving_metadata(_card),
             )
             self._ensure_registered_model()
             version = self._client.create_model_version(
@@ -508,6 +516,32 @@ class ModelRegistry:
                     f"cannot create experiment {self.experiment_name!r}: {err.message}"
                 ) from err
             return experiment.experiment_id
+
+
+def serving_signature(card: ModelCard) -> ModelSignature:
+    """What the served model takes and returns (``unsir_pipeline/serving_model.py``): float32
+    images in [0, 1] shaped (N, C, H, W); per row a label, its class name and probabilities."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape), "images")]),
+        outputs=Schema([
+            ColSpec(DataType.long, "label"),
+            ColSpec(DataType.string, "class_name"),
+            ColSpec(Array(DataType.double), "probabilities"),
+        ]),
+    )
+
+
+def serving_metadata(card: ModelCard) -> dict[str, Any]:
+    """The contract in words, stored in the MLmodel file beside the signature."""
+    return {
+        "input": "float32 images in [0, 1] as the data set gives them, shape (N, C, H, W); "
+                 "the model normalises them with the mean and std below",
+        "output": "per row: label (int), class_name (str), probabilities (one per class)",
+        "normalization": {"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
+        "class_names": list(card.class_names),
+        "forgotten_classes": list(card.forgotten_classes),
+        "forgotten_classes_policy": "never predicted: probability 0, masked out of the argmax",
+    }
 
 
 def _version_info(

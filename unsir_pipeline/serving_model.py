@@ -1,39 +1,76 @@
-"""The pyfunc wrapper MLflow serves: a safetensors checkpoint in, class probabilities out.
+"""The pyfunc model MLflow serves: images as the data set gives them in, a label per row out.
+
+Contract (``docs/serving.md``; the registered signature states it too):
+
+- input: float32 images in [0, 1], shape (N, C, H, W), exactly as the data set gives them. The
+  model normalises them itself with the mean and std of its ``card.json``: a client never needs
+  the training statistics.
+- output, one row per image: ``label`` (int), ``class_name`` (str) and ``probabilities`` (one
+  float per class, summing to 1).
+- classes the model has forgotten (``forgotten_classes`` in the card) are never predicted: their
+  logits are masked to -inf before the softmax, so their probability is exactly 0 and they can
+  never be the argmax.
 
 Logged with MLflow's "models from code": MLflow stores this file's source, not a pickle of
 an object, and ``mlflow.models.set_model`` below names the model it defines. Loading it runs
-only this file and ``unsir.checkpoint.load_checkpoint``, which reads plain tensors.
+only this file and ``unsir.checkpoint.load_checkpoint``, which reads plain tensors. Only the
+core library ``unsir`` ships with the model, so this file imports nothing from the pipeline.
 """
 
 from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
+from torch import nn
 
-from unsir.checkpoint import load_checkpoint
+from unsir.checkpoint import ModelCard, load_checkpoint
+
+OUTPUT_COLUMNS = ("label", "class_name", "probabilities")
+# Pixels a little outside [0, 1] are rounding; a batch far outside was normalised already.
+_RANGE_SLACK = 1e-3
+
+
+def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.DataFrame:
+    """Label, class name and probabilities for raw images, forgotten classes masked out."""
+    batch = np.asarray(images, dtype=np.float32)
+    expected = tuple(card.input_shape)
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+        raise ValueError(
+            f"expected float32 images of shape (N, {', '.join(map(str, expected))}) in [0, 1], got shape {batch.shape}"
+        )
+    if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
+        raise ValueError(
+            f"expected pixel values in [0, 1] as the data set gives them, got [{batch.min():.3f}, {batch.max():.3f}]; "
+            "do not normalise: the model applies its own mean and std"
+        )
+    x = card.normalization.apply(torch.from_numpy(batch))
+    model.eval()
+    with torch.inference_mode():
+        logits = model(x).float()
+        if card.forgotten_classes:
+            logits[:, list(card.forgotten_classes)] = float("-inf")
+        probabilities = torch.softmax(logits, dim=1)
+    labels = probabilities.argmax(dim=1).tolist()
+    return pd.DataFrame({
+        "label": pd.Series(labels, dtype="int64"),
+        "class_name": pd.Series([card.class_names[i] for i in labels], dtype="object"),
+        "probabilities": probabilities.double().tolist(),
+    })
 
 
 class CheckpointClassifier(PythonModel):
-    """Softmax over a checkpointed classifier's logits, on CPU, in eval mode."""
+    """A checkpointed classifier on CPU, in eval mode, behind the contract above."""
 
     def load_context(self, context: PythonModelContext) -> None:
         self.model, self.card = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
 
     def predict(
         self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None
-    ) -> np.ndarray:
-        """``model_input`` is a float32 batch (N, C, H, W) already normalised with the card's stats."""
-        batch = np.asarray(model_input, dtype=np.float32)
-        expected = tuple(self.card.input_shape)
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-            raise ValueError(
-                f"expected a batch of shape (N, {', '.join(map(str, expected))}), got {batch.shape}"
-            )
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch))
-        return torch.softmax(logits, dim=1).numpy()
+    ) -> pd.DataFrame:
+        return predict_rows(self.model, self.card, model_input)
 
 
 mlflow.models.set_model(CheckpointClassifier())

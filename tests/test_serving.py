@@ -1,0 +1,174 @@
+"""The serving contract: raw [0, 1] images in; label, class name and probabilities out;
+forgotten classes never predicted. Then MLflow's real scoring server, started by `unsir serve`,
+against a registered model, following the champion alias when it moves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_project
+
+from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from unsir.models import ModelSpec
+from unsir.splits import select
+from unsir_pipeline.registry import serving_signature
+from unsir_pipeline.serving_model import predict_rows
+
+
+@pytest.fixture(scope="module")
+def digits_card(digits, digits_splits) -> ModelCard:
+    return ModelCard(ModelSpec("small_cnn", 10, 1), digits_splits.normalization, digits.class_names, digits.input_shape)
+
+
+def _own_labels(model, card: ModelCard, images: np.ndarray) -> np.ndarray:
+    """What the checkpoint itself predicts: logits of the normalised images, forgotten masked."""
+    with torch.inference_mode():
+        logits = model(card.normalization.apply(torch.from_numpy(images)))
+        logits[:, list(card.forgotten_classes)] = float("-inf")
+        return logits.argmax(1).numpy()
+
+
+def test_raw_images_in_labels_names_and_probabilities_out(trained_digits_model, digits, digits_card):
+    images = digits.images[:64].numpy()
+    rows = predict_rows(trained_digits_model, digits_card, images)
+    assert list(rows.columns) == ["label", "class_name", "probabilities"]
+    assert rows["label"].tolist() == _own_labels(trained_digits_model, digits_card, images).tolist()
+    assert rows["class_name"].tolist() == [digits.class_names[i] for i in rows["label"]]
+    probabilities = np.array(rows["probabilities"].tolist())
+    assert probabilities.shape == (64, 10) and np.allclose(probabilities.sum(1), 1)
+    # Raw pixels are what it was trained on once normalised: it reads digits right.
+    assert (rows["label"].to_numpy() == digits.labels[:64].numpy()).mean() > 0.9
+
+
+def test_forgotten_classes_are_never_predicted(trained_digits_model, digits, digits_card):
+    images = digits.images[:200].numpy()
+    plain = predict_rows(trained_digits_model, digits_card, images)
+    assert (plain["label"] == 3).sum() > 5  # the mask below has something to change
+    card = replace(digits_card, forgotten_classes=(3,))
+    masked = predict_rows(trained_digits_model, card, images)
+    assert 3 not in set(masked["label"])
+    assert all(p[3] == 0.0 for p in masked["probabilities"])
+    unchanged = plain["label"] != 3
+    assert masked["label"][unchanged].tolist() == plain["label"][unchanged].tolist()
+
+
+def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_digits_model, digits, digits_card):
+    normalised = digits_card.normalization.apply(digits.images[:4]).numpy()
+    with pytest.raises(ValueError, match=r"pixel values in \[0, 1\].*do not normalise"):
+        predict_rows(trained_digits_model, digits_card, normalised)
+    with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\).*got shape \(4, 64\)"):
+        predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
+
+
+def test_signature_states_raw_images_and_labelled_rows(digits_card):
+    signature = serving_signature(digits_card)
+    spec = signature.inputs.inputs[0]
+    assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 8, 8)
+    assert signature.outputs.input_names() == ["label", "class_name", "probabilities"]
+
+
+# --- MLflow's real scoring server -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory) -> Path:
+    from unsir_pipeline.bootstrap import bootstrap
+    from unsir_pipeline.workspace import Workspace
+
+    root = make_project(tmp_path_factory.mktemp("serving") / "project")
+    assert bootstrap(Workspace.load(root)).version == 1
+    return root
+
+
+def _post(port: int, images: np.ndarray) -> list[dict]:
+    body = json.dumps({"inputs": images.tolist()}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def _next_event(process: subprocess.Popen, kind: str) -> dict:
+    """The supervisor's next JSON event of ``kind`` (it prints one per line)."""
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == kind:
+            return event
+    raise AssertionError(f"`unsir serve` exited (code {process.wait()}) before reporting {kind!r}")
+
+
+def _session_processes(session: int) -> list[str]:
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            alive.append(stat.parent.name)
+    return alive
+
+
+@pytest.mark.slow
+def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_project):
+    from unsir_pipeline.promotion import FORGOTTEN_TAG
+    from unsir_pipeline.serving import free_port
+    from unsir_pipeline.steps import registry_for
+    from unsir_pipeline.workspace import Workspace, load_prepared
+
+    ws = Workspace.load(served_project)
+    registry = registry_for(ws)
+    data, manifest = load_prepared(ws)
+    images_t, labels_t = select(data, manifest[manifest["split"] == "test"].head(60))
+    images = images_t.numpy()
+    model, card = load_checkpoint(ws.original_model_dir)
+
+    port = free_port()
+    # PATH without the environment's bin: the supervisor must find uvicorn on its own.
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "UNSIR_PROGRESS": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(served_project), "serve", "--port", str(port),
+         "--poll", "1", "--json"],
+        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    sessions = [server.pid]  # the supervisor's session, then each scoring server's own
+    try:
+        first = _next_event(server, "serving")
+        assert first["version"] == 1
+        sessions.append(first["pid"])
+        answers = _post(port, images)
+        assert [a["label"] for a in answers] == _own_labels(model, card, images).tolist()
+        assert [a["class_name"] for a in answers] == [card.class_names[a["label"]] for a in answers]
+        assert np.allclose([sum(a["probabilities"]) for a in answers], 1)
+        assert (np.array([a["label"] for a in answers]) == labels_t.numpy()).mean() > 0.9  # raw pixels read right
+
+        # Version 2: the same weights whose card forgets class 3; the champion alias moves to it.
+        forgetting = served_project / "state" / "v2-checkpoint"
+        save_checkpoint(forgetting, model, card.with_forgotten((3,)))
+        with registry.start_run(run_name="serving-test"):
+            version = registry.register_checkpoint(forgetting, input_example=images[:2], tags={FORGOTTEN_TAG: "[3]"},
+                                                   idempotency_key="serving-test-v2")
+        registry.set_alias(ws.params.registry.champion_alias, version)
+        moved = _next_event(server, "alias-moved")
+        assert (moved["from_version"], moved["to_version"]) == (1, version)
+        second = _next_event(server, "serving")
+        assert second["version"] == version
+        sessions.append(second["pid"])
+        assert _session_processes(first["pid"]) == []  # the old server was stopped, workers and all
+        after = [a["label"] for a in _post(port, images)]
+        assert 3 in [a["label"] for a in answers] and 3 not in after
+        assert after == _own_labels(model, card.with_forgotten((3,)), images).tolist()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    assert code == 128 + signal.SIGTERM
+    assert [pid for session in sessions for pid in _session_processes(session)] == []  # servers and workers too

@@ -1,0 +1,176 @@
+"""Progress of long commands on the terminal (stderr); silent for scripts and ``--json``.
+
+On by default when stderr is a terminal; ``UNSIR_PROGRESS=1`` forces it on, ``UNSIR_PROGRESS=0``
+off. Child processes learn the decision through the same variable (the training stage run by
+``dvc repro`` prints its epochs only when it is ``1``), and what they print reaches the terminal
+through :func:`relay`, since DVC captures its stages' output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+ENV = "UNSIR_PROGRESS"
+# A child process (a DVC stage) appends its progress here; the parent copies it to stderr.
+RELAY_ENV = "UNSIR_PROGRESS_FILE"
+
+
+def wanted(quiet: bool, stream: TextIO | None = None) -> bool:
+    """Whether to show progress: never when ``quiet`` (``--json``), else UNSIR_PROGRESS, else
+    whether ``stream`` (stderr) is a terminal."""
+    if quiet:
+        return False
+    setting = os.environ.get(ENV, "").strip()
+    if setting in ("0", "1"):
+        return setting == "1"
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+    """Step lines such as ``bootstrap: [2/4] train the original model`` on stderr."""
+
+    def __init__(self, command: str, enabled: bool, stream: TextIO | None = None) -> None:
+        self.command = command
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+
+    def step(self, message: str) -> None:
+        if self.enabled:
+            elapsed = time.monotonic() - self.started
+            print(f"{self.command}: {message} ({elapsed:.0f}s)", file=self.stream, flush=True)
+
+
+@contextmanager
+def relay(progress: Progress, poll_s: float = 0.2) -> Iterator[None]:
+    """Copy what child processes write to ``$UNSIR_PROGRESS_FILE`` onto ``progress``'s stream
+    while the block runs, and tell them (``UNSIR_PROGRESS``) whether to write anything."""
+    saved = {k: os.environ.get(k) for k in (ENV, RELAY_ENV)}
+    os.environ[ENV] = "1" if progress.enabled else "0"
+    if not progress.enabled:
+        try:
+            yield
+        finally:
+            _restore(saved)
+        return
+    handle, name = tempfile.mkstemp(prefix="unsir-progress-", suffix=".log")
+    os.close(handle)
+    os.environ[RELAY_ENV] = name
+    stop = threading.Event()
+
+    def copy() -> None:
+        with open(name, encoding="utf-8", errors="replace") as source:
+            while True:
+                chunk = source.read()
+                if chunk:
+                    progress.stream.write(chunk)
+                    progress.stream.flush()
+                elif stop.is_set():
+                    return
+                else:
+                    time.sleep(poll_s)
+
+    thread = threading.Thread(target=copy, name="unsir-progress-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        Path(name).unlink(missing_ok=True)
+        _restore(saved)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+class _Tee:
+    """A text stream writing to two others (a stage's stderr and the relay file)."""
+
+    def __init__(self, first: TextIO, second: TextIO) -> None:
+        self.first, self.second = first, second
+
+    def write(self, text: str) -> int:
+        self.second.write(text)
+        self.second.flush()
+        return self.first.write(text)
+
+    def flush(self) -> None:
+        self.first.flush()
+        self.second.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextmanager
+def relayed_stderr() -> Iterator[None]:
+    """In a child process started under :func:`relay`: copy stderr to the relay file too, so
+    the training stage's epoch lines reach the user's terminal through DVC."""
+    target = os.environ.get(RELAY_ENV)
+    if not target or os.environ.get(ENV) != "1":
+        yield
+        return
+    with open(target, "a", encoding="utf-8") as sink:
+        saved = sys.stderr
+        sys.stderr = _Tee(saved, sink)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stderr = saved
+
+
+class FlowStepHandler(logging.Handler):
+    """Turns Prefect's "Finished in state ..." task-run records into one progress line per
+    step of a flow (``forget: [4] version-data done in 0.9s``). Prefect's own console lines
+    are turned down while progress is on (see ``runtime.quiet_prefect_console``)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(level=logging.INFO)
+        self.progress = progress
+        self.done = 0
+        self.started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = getattr(record, "task_name", None)
+        message = record.getMessage()
+        if name is None:
+            if message.startswith("Beginning flow run"):
+                self.progress.step(f"flow {getattr(record, 'flow_name', '')!s} started")
+            return
+        if message.startswith("Finished in state"):
+            self.done += 1
+            state = message.removeprefix("Finished in state ").split("(")[0].strip()
+            self.progress.step(f"[{self.done}] {name} {'done' if state == 'Completed' else state.lower()}")
+
+
+@contextmanager
+def flow_steps(progress: Progress) -> Iterator[None]:
+    """Show each finished task of the flows run inside the block as a progress line."""
+    if not progress.enabled:
+        yield
+        return
+    handler = FlowStepHandler(progress)
+    loggers = [logging.getLogger("prefect.task_runs"), logging.getLogger("prefect.flow_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

@@ -1,0 +1,110 @@
+"""Process settings that let a command survive a busy machine and stop cleanly.
+
+- torch threads: ``UNSIR_TORCH_THREADS`` (default: half the CPUs this process may use, at least
+  1, at most 4). torch's own default takes every core; on a loaded 2-core host that made the
+  bootstrap's training run over 10 minutes instead of 2. Exported as ``OMP_NUM_THREADS`` and
+  ``MKL_NUM_THREADS`` too, so DVC's stage processes get the same count.
+- Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
+  (Prefect's own setting; Prefect's default is 20 s, ours 120 s). When it still does not start,
+  :func:`describe_startup_failure` gives the one line that names the fix.
+- SIGTERM is turned into an orderly exit (exit code 143), so Prefect's temporary server, the
+  MLflow run and child processes are stopped as they are for Ctrl-C; :func:`stop_prefect_server`
+  stops the temporary server explicitly.
+
+Everything here must run before torch or Prefect is imported: both read these variables then.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+THREADS_ENV = "UNSIR_TORCH_THREADS"
+PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+DEFAULT_PREFECT_STARTUP_S = 120
+EXIT_SIGTERM = 128 + signal.SIGTERM
+_PREFECT_TIMEOUT_MESSAGE = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+class RuntimeSettingError(ValueError):
+    """An environment variable read here holds a value that cannot be used; names it."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def torch_threads() -> int:
+    """The thread count from UNSIR_TORCH_THREADS, or half the available CPUs (1 to 4)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, min(4, available_cpus() // 2))
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeSettingError(f"{THREADS_ENV}={raw!r}: expected a positive whole number of threads, e.g. 1")
+    return int(raw)
+
+
+def configure_threads() -> int:
+    """Apply :func:`torch_threads` to this process and the processes it starts."""
+    threads = torch_threads()
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    if "torch" in sys.modules:  # already imported (a test, a notebook): tell it directly
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
+
+
+def configure_prefect(*, quiet_console: bool) -> None:
+    """A start-up timeout for Prefect's temporary server that a busy machine can meet (an
+    operator's value wins), and, with ``quiet_console``, Prefect's INFO lines kept off the
+    console (``--json`` output and progress lines replace them)."""
+    raw = os.environ.get(PREFECT_STARTUP_ENV, "").strip()
+    if raw and not raw.isdigit():
+        raise RuntimeSettingError(f"{PREFECT_STARTUP_ENV}={raw!r}: expected a whole number of seconds, e.g. 300")
+    os.environ.setdefault(PREFECT_STARTUP_ENV, str(DEFAULT_PREFECT_STARTUP_S))
+    if quiet_console:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+
+
+def describe_startup_failure(err: BaseException) -> str | None:
+    """The one line naming the fix when Prefect's temporary server did not start; else None."""
+    if _PREFECT_TIMEOUT_MESSAGE not in str(err):
+        return None
+    timeout = os.environ.get(PREFECT_STARTUP_ENV, str(DEFAULT_PREFECT_STARTUP_S))
+    return (
+        f"Prefect's temporary server did not answer within {timeout}s (a busy machine?): raise "
+        f"{PREFECT_STARTUP_ENV} (e.g. =300), or start one with `prefect server start` and set "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api"
+    )
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM, so ``finally`` blocks and atexit handlers run."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # One orderly shutdown: a second SIGTERM during clean-up must not interrupt the clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(EXIT_SIGTERM)
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` (Python's default ends the process at once, and
+    Prefect's temporary server, a child process, then outlives it)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_prefect_server() -> None:
+    """Stop Prefect's temporary server if this process started one (idempotent)."""
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:
+        return
+    for server in list(module.SubprocessASGIServer._instances.values()):
+        server.stop()

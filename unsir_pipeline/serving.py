@@ -1,0 +1,176 @@
+"""``unsir serve``: MLflow's scoring server on 127.0.0.1 for the version an alias names, moved
+to the new version when the alias moves.
+
+A small supervisor: it resolves the alias, runs ``mlflow models serve`` for that version number
+(so what is served is always a known version), polls the alias every ``poll_s`` seconds, and
+when it points elsewhere stops the server and starts one for the new version on the same port
+(requests fail for the few seconds of the restart). The server runs with this environment's
+``bin`` first on PATH: ``mlflow models serve`` starts ``uvicorn`` by name, which is not found
+when the environment is not activated. It runs in a process group of its own, stopped as a
+whole (uvicorn's workers included) on exit, SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from unsir_pipeline.registry import RegistryError
+from unsir_pipeline.workspace import Workspace
+
+HOST = "127.0.0.1"
+
+
+class ServeError(RuntimeError):
+    """The scoring server could not be started or kept running; the message says why."""
+
+
+@dataclass
+class Served:
+    version: int
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_environment(ws: Workspace) -> dict[str, str]:
+    """The scoring server's environment: this interpreter's bin first on PATH, the project's
+    registry, and the same thread count as the pipeline (runtime.configure_threads)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "MLFLOW_TRACKING_URI": ws.tracking_uri,
+        "MLFLOW_REGISTRY_URI": ws.tracking_uri,
+    }
+
+
+def serve_command(model_name: str, version: int, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "--model-uri", f"models:/{model_name}/{version}",
+        "--env-manager", "local", "--host", HOST, "--port", str(port),
+    ]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout_s: float) -> None:
+    """Until ``/ping`` answers 200; fail naming the exit code if the server dies first."""
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{HOST}:{port}/ping"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServeError(f"`mlflow models serve` exited with code {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise ServeError(f"the scoring server did not answer {url} within {timeout_s:.0f}s (UNSIR_SERVE_STARTUP_S)")
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:  # already gone between poll() and killpg()
+        pass
+
+
+class Supervisor:
+    """Serve ``alias`` of the workspace's registered model on ``port``; follow the alias."""
+
+    def __init__(self, ws: Workspace, alias: str, port: int, *, poll_s: float, startup_s: float,
+                 report: Callable[[dict], None]) -> None:
+        from unsir_pipeline.promotion import registry_for
+
+        self.ws, self.alias, self.port = ws, alias, port
+        self.poll_s, self.startup_s, self.report = poll_s, startup_s, report
+        self.registry = registry_for(ws)
+        self.model_name = ws.params.registry.model_name
+        self.served: Served | None = None
+
+    def start(self, version: int) -> None:
+        process = subprocess.Popen(
+            serve_command(self.model_name, version, self.port), env=server_environment(self.ws),
+            cwd=self.ws.root, start_new_session=True, stdin=subprocess.DEVNULL,
+        )
+        self.served = Served(version, process)
+        try:
+            wait_ready(self.port, process, self.startup_s)
+        except BaseException:
+            stop(process)
+            self.served = None
+            raise
+        # The pid is also the server's process group and session (start_new_session above).
+        self.report({"event": "serving", "alias": self.alias, "version": version,
+                     "url": f"http://{HOST}:{self.port}/invocations", "pid": process.pid})
+
+    def follow(self, iterations: int | None = None) -> None:
+        """Serve, then poll the alias; ``iterations`` bounds the polls (None: until stopped)."""
+        self.start(self.registry.resolve_alias(self.alias))
+        count = 0
+        try:
+            while iterations is None or count < iterations:
+                count += 1
+                time.sleep(self.poll_s)
+                assert self.served is not None
+                if self.served.process.poll() is not None:
+                    code = self.served.process.returncode
+                    self.report({"event": "restarting", "reason": f"server exited with code {code}",
+                                 "version": self.served.version})
+                    self.start(self.served.version)
+                    continue
+                try:
+                    current = self.registry.resolve_alias(self.alias)
+                except RegistryError as err:  # a registry hiccup or a deleted alias must not stop serving
+                    self.report({"event": "warning", "reason": f"cannot resolve alias {self.alias!r}: {err}"})
+                    continue
+                if current != self.served.version:
+                    self.report({"event": "alias-moved", "alias": self.alias,
+                                 "from_version": self.served.version, "to_version": current})
+                    stop(self.served.process)
+                    self.start(current)
+        finally:
+            if self.served is not None:
+                stop(self.served.process)
+                self.report({"event": "stopped", "version": self.served.version})
+
+
+def text_report(event: dict) -> str:
+    kind = event["event"]
+    if kind == "serving":
+        return f"serving version {event['version']} ({event['alias']}) at {event['url']}"
+    if kind == "alias-moved":
+        return f"alias {event['alias']!r} moved from version {event['from_version']} to {event['to_version']}: restarting"
+    if kind == "stopped":
+        return f"stopped serving version {event['version']}"
+    return f"{kind}: {event.get('reason', '')}"
+
+
+def printer(as_json: bool) -> Callable[[dict], None]:
+    def report(event: dict) -> None:
+        print(json.dumps(event) if as_json else text_report(event), flush=True)
+
+    return report
