@@ -1,0 +1,181 @@
+"""Packaging: supported Pythons, licence and metadata, the templates shipped as package data,
+and `unsir init` writing a working project outside this checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from unsir_pipeline.cli import main
+from unsir_pipeline.config import load_params
+from unsir_pipeline.data_versioning import default_remote
+from unsir_pipeline.project_init import TEMPLATES, ProjectInitError, init_project
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _git(directory: Path, *args: str) -> str:
+    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    return subprocess.run(["git", *identity, *args], cwd=directory, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_requires_python_admits_311_and_312_only() -> None:
+    supported = SpecifierSet(PYPROJECT["requires-python"])
+    assert "3.11.9" in supported and "3.12.7" in supported
+    assert "3.10.14" not in supported and "3.13.0" not in supported
+    classifiers = set(PYPROJECT["classifiers"])
+    assert {"Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12"} <= classifiers
+
+
+def test_licence_and_metadata() -> None:
+    assert PYPROJECT["license"] == "MIT" and PYPROJECT["license-files"] == ["LICENSE"]
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in licence
+    assert PYPROJECT["authors"] and {"machine-unlearning", "mlops"} <= set(PYPROJECT["keywords"])
+    # A licence expression and a licence classifier together are an error for setuptools >= 77.
+    assert not any(c.startswith("License ::") for c in PYPROJECT["classifiers"])
+
+
+def test_every_template_ships_as_package_data() -> None:
+    from importlib import resources
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert package_data["unsir_pipeline"] == ["templates/*"]
+    templates = resources.files("unsir_pipeline") / "templates"
+    for name in TEMPLATES:
+        assert (templates / name).is_file(), name
+        assert "/" not in name and not name.startswith(".")  # matched by templates/*
+
+
+def test_the_template_params_are_the_repositorys() -> None:
+    # A symlink in the source tree; the wheel carries its content (test_wheel_... below).
+    template = ROOT / "unsir_pipeline" / "templates" / "params.yaml"
+    assert template.read_text() == (ROOT / "params.yaml").read_text()
+
+
+def _stages(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["stages"]
+
+
+def test_the_template_pipeline_has_the_repositorys_stages() -> None:
+    """Same stages, params, outputs, metrics and plots; only the source-file dependencies
+    (which an installed package does not have beside the project) and the wrapper's path differ."""
+    repository = _stages(ROOT / "dvc.yaml")
+    template = _stages(ROOT / "unsir_pipeline" / "templates" / "dvc.yaml")
+    assert list(template) == list(repository)
+
+    def outputs(stage: dict, kind: str) -> list:
+        return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get(kind, [])]
+
+    produced = {out for stage in repository.values() for kind in ("outs", "metrics", "plots") for out in outputs(stage, kind)}
+    for name, stage in repository.items():
+        assert template[name]["cmd"] == f"sh run-stage.sh {name}"
+        assert stage["cmd"] == f"sh unsir_pipeline/templates/run-stage.sh {name}"
+        assert template[name]["params"] == stage["params"]
+        for kind in ("outs", "metrics", "plots"):
+            assert template[name].get(kind) == stage.get(kind), (name, kind)
+        assert template[name].get("deps", []) == [d for d in stage.get("deps", []) if d in produced]
+
+
+def test_init_writes_a_project_whose_params_validate(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("UNSIR_DVC_REMOTE", raising=False)
+    project = tmp_path / "new" / "unlearning"
+    assert main(["init", str(project)]) == 0
+    assert f"next: cd {project} && unsir bootstrap" in capsys.readouterr().out
+
+    for name in TEMPLATES.values():
+        assert (project / name).is_file(), name
+    assert os.access(project / "run-stage.sh", os.X_OK)
+    params = load_params(project / "params.yaml")
+    assert params.data.name == "digits"  # the embedded default: nothing to download
+    assert yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["prepare"]["cmd"] == "sh run-stage.sh prepare"
+    # A git repository of its own, a DVC project whose remote is this clone's, in config.local.
+    assert (project / ".git").is_dir() and (project / ".dvc").is_dir()
+    assert "remote" not in (project / ".dvc" / "config").read_text()
+    assert default_remote(project) == "../state/dvc-remote"
+    staged = set(_git(project, "diff", "--cached", "--name-only").split())
+    assert set(TEMPLATES.values()) | {".dvc/config", ".dvcignore"} <= staged
+    assert "state" not in _git(project, "status", "--porcelain", "--untracked-files=all")
+
+
+def test_init_inside_a_repository_leaves_its_git_alone(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    result = init_project(tmp_path / "pipelines" / "unlearning")
+    assert not result.git_initialised
+    assert not (result.root / ".git").exists() and (result.root / ".dvc").is_dir()
+    # Only what `dvc init` stages itself; our files are left for the repository's owner to add.
+    staged = set(_git(tmp_path, "diff", "--cached", "--name-only").split())
+    assert staged == {f"pipelines/unlearning/{n}" for n in (".dvc/.gitignore", ".dvc/config", ".dvcignore")}
+
+
+def test_init_refuses_an_existing_project_and_changes_nothing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert main(["init", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already has dvc.yaml" in err
+    assert not (tmp_path / "params.yaml").exists() and not (tmp_path / ".dvc").exists()
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(ProjectInitError, match="it is a file, expected a directory"):
+        init_project(a_file)
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "UNSIR_", "PREFECT_"))}
+    return {**env, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "UNSIR_PROGRESS": "0", "DVC_NO_ANALYTICS": "1"}
+
+
+@pytest.mark.slow
+def test_bootstrap_runs_in_an_initialised_project(tmp_path: Path) -> None:
+    project = init_project(tmp_path / "unlearning").root
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["train"]["epochs"] = 3  # the user's own file: a short training is enough here
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "new project")
+
+    result = subprocess.run([sys.executable, "-m", "unsir_pipeline.cli", "bootstrap", "--json"], cwd=project,
+                            env=_clean_env(tmp_path), capture_output=True, text=True, check=False, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["version"] == 1
+    assert (project / "models" / "original" ).is_dir()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train"}
+    # Everything the run wrote is git-ignored except the lock it made: the trained model is this
+    # machine's result, which its owner commits with `dvc push` (docs/dvc.md).
+    assert _git(project, "status", "--porcelain", "--untracked-files=all") == "?? dvc.lock\n"
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_templates_and_the_licence(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("unsir", "unsir_pipeline", "flows", "tasks"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("unsir_pipeline-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for template in TEMPLATES:
+            assert f"unsir_pipeline/templates/{template}" in names
+        params = archive.read("unsir_pipeline/templates/params.yaml").decode()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert params == (ROOT / "params.yaml").read_text()  # the symlink's content, not a link
+    assert "Requires-Python: <3.13,>=3.11" in metadata and "License-Expression: MIT" in metadata
