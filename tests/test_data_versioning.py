@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,50 @@ def test_the_stage_wrapper_names_the_fix_when_no_python_has_the_package(tmp_path
     assert result.returncode == 127
     assert "no Python with unsir-pipeline installed for stage 'prepare'" in result.stderr
     assert "UNSIR_PYTHON" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_flows_version_data_step_leaves_the_tree_clean(tmp_path: Path) -> None:
+    """steps.version_data as the flow calls it, in a project with the repository's .gitignore:
+    the retain subset is tracked and pushed, its md5 is in the lineage, git sees nothing new."""
+    from conftest import make_project
+
+    from unsir_pipeline.steps import version_data
+    from unsir_pipeline.workspace import Workspace, load_prepared, write_retain_subset
+
+    root = make_project(tmp_path / "project")
+    shutil.copy(Path(__file__).resolve().parents[1] / ".gitignore", root / ".gitignore")
+    ws = Workspace.load(root, [f"paths.dvc_remote={tmp_path / 'team-remote'}"])
+    ensure_repo(root, ws.params.paths.dvc_remote)
+    repro(root, ["prepare"])
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "prepared")
+    data, manifest = load_prepared(ws)
+    subset = write_retain_subset(ws, manifest, (3,), data.num_classes)
+
+    digests = version_data(ws, str(subset))
+    key = subset.relative_to(root).as_posix()
+    assert digests[key] == _md5(subset) and "data/prepared" in digests
+    assert (tmp_path / "team-remote" / "files" / "md5" / digests[key][:2] / digests[key][2:]).is_file()
+    assert _git(root, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.slow
+def test_the_committed_lock_claims_only_what_reproduces(tmp_path: Path) -> None:
+    """dvc.lock commits `prepare` alone, and `prepare` run afresh from the repository's code and
+    params gives exactly the md5s it records: the claim the lock makes holds on this machine."""
+    import yaml
+    from conftest import make_project
+
+    repository = Path(__file__).resolve().parents[1]
+    committed = yaml.safe_load((repository / "dvc.lock").read_text())["stages"]
+    assert set(committed) == {"prepare"}  # model hashes are not reproducible (docs/dvc.md)
+
+    root = make_project(tmp_path / "project")
+    ensure_repo(root, tmp_path / "remote")
+    repro(root, ["prepare"])
+    fresh = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]
+    stale = "the committed dvc.lock is stale: run `dvc repro prepare` and commit dvc.lock"
+    assert fresh["deps"] == committed["prepare"]["deps"], stale
+    assert fresh["params"] == committed["prepare"]["params"], stale
+    assert fresh["outs"] == committed["prepare"]["outs"]  # same inputs, same bytes
