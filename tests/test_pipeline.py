@@ -177,10 +177,22 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     assert [v["version"] for v in versions][:2] == [1, 2]
     assert versions[1]["parent_version"] == "1" and versions[1]["forgotten_classes"] == [3]
 
-    assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester"]) == 0
-    capsys.readouterr()
+    # Rolling back to the original would bring class 3 back: refused unless overridden.
+    assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester"]) == 2
+    assert "not measured to have forgotten classes [3" in capsys.readouterr().err
+    assert "champion" not in registry_for(Workspace.load(project)).get_version(1).aliases
+    assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester",
+                 "--override"]) == 0
+    assert "overridden: version 1 was not measured" in capsys.readouterr().out
     version = registry_for(Workspace.load(project)).get_version(1)
     assert "champion" in version.aliases and version.tags["promoted_by"] == "tester"
+    assert version.tags["gate_decision"] == "promoted-by-override"
+    champion = str(registry_for(Workspace.load(project)).resolve_alias("champion"))
+    assert champion == "1"
+    # Put the verified champion back for the tests that follow.
+    latest = max(v.version for v in registry_for(Workspace.load(project)).list_versions()
+                 if v.tags.get("gate_decision") == "promoted")
+    assert main(["--project", str(project), "promote", str(latest), "--reason", "restore", "--by", "tester"]) == 0
     assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 1
     assert "no version 99" in capsys.readouterr().err
 
@@ -191,6 +203,22 @@ def test_cli_forget_json(project, first_run, capsys):
     assert out["forget_classes"] == [1] and out["parent_version"] == 1
     assert {"forget_acc", "retain_acc", "mia", "original_forget_acc", "original_retain_acc"} <= set(out["metrics"])
     assert isinstance(out["promoted"], bool) and out["new_version"] > 1
+
+
+def test_a_promotion_never_brings_a_deleted_class_back(project, first_run):
+    """Class 3 is forgotten by a promoted version; forgetting class 0 from the original (which
+    still knows 3) passes every other bound but is held, naming class 3."""
+    from flows.unlearn import unlearn
+
+    result = unlearn(forget_classes=["0"], project_dir=str(project), parent="original")
+    assert result["all_forgotten"] == [0] and result["metrics"]["forget_acc"] <= 0.01
+    assert result["promoted"] is False
+    assert any(r.startswith("FAIL") and "still classified: [3" in r for r in result["gate_reasons"])
+    tags = registry_for(Workspace.load(project)).get_version(result["new_version"]).tags
+    assert json.loads(tags["verified_forgotten_classes"]) == [0]
+    assert json.loads(tags["forgotten_classes"]) == [0]
+    assert tags["reads_forget_train"] == "false" and int(tags["rounds"]) >= 1
+    assert result["rounds"] and all("val_forget_acc" in r for r in result["rounds"])
 
 
 def test_dvc_repro_runs_the_whole_pipeline_offline(tmp_path):

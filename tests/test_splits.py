@@ -12,7 +12,7 @@ def test_manifest_is_deterministic_stratified_and_complete(digits, digits_manife
     assert not digits_manifest.equals(make_split_manifest(digits, seed=1))
     assert len(digits_manifest) == len(digits) and digits_manifest["sample_id"].is_unique
     share = digits_manifest.groupby("label")["split"].apply(lambda s: (s == "train").mean())
-    assert share.between(0.65, 0.75).all(), share  # every class split ~70/30
+    assert share.between(0.5, 0.6).all(), share  # every class split ~55/15/30
     assert digits_manifest["digest"].str.fullmatch(r"[0-9a-f]{64}").all()
 
 

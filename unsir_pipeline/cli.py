@@ -380,12 +380,30 @@ def format_result(result: dict) -> str:
         row("forget accuracy", "forget_acc"),
         row("retain accuracy", "retain_acc"),
         row("membership inference (D_f)", "mia"),
+        *([f"{'relearn steps (anamnesis)':<28}{'':>10}{m['relearn_steps']:>10.0f}"
+           + (f"{m['reference_relearn_steps']:>11.0f}" if "reference_relearn_steps" in m else "")]
+          if "relearn_steps" in m else []),
         "",
+        _rounds_line(result),
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],
         f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow run {result['mlflow_run_id']}",
     ]
     return "\n".join(lines)
+
+
+def _rounds_line(result: dict) -> str:
+    """How many UNSIR rounds ran and what the validation split said after the last one."""
+    rounds = result.get("rounds") or []
+    if not rounds:
+        return "UNSIR: no rounds recorded"
+    last = rounds[-1]
+    if result.get("verified") is None:
+        return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
+    return (f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
+            f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
+            + ("verified forgotten" if result["verified"] else "NOT verified (round budget ran out)")
+            + "; no forget-class training sample read")
 
 
 def cmd_models(project: Path, args) -> int:
