@@ -21,7 +21,7 @@ WORKDIR /app
 
 # Dependencies first, so that a code change does not reinstall torch. The Linux torch wheels
 # on PyPI carry CUDA: the one image runs on a CPU or, given a GPU, on CUDA.
-COPY --chown=unsir:unsir pyproject.toml README.md ./
+COPY --chown=unsir:unsir pyproject.toml README.md LICENSE ./
 COPY --chown=unsir:unsir unsir/__init__.py unsir/__init__.py
 COPY --chown=unsir:unsir unsir_pipeline/__init__.py unsir_pipeline/__init__.py
 COPY --chown=unsir:unsir flows/__init__.py flows/__init__.py
