@@ -193,7 +193,7 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     latest = max(v.version for v in registry_for(Workspace.load(project)).list_versions()
                  if v.tags.get("gate_decision") == "promoted")
     assert main(["--project", str(project), "promote", str(latest), "--reason", "restore", "--by", "tester"]) == 0
-    assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 1
+    assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 2  # bad input
     assert "no version 99" in capsys.readouterr().err
 
 
