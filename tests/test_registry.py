@@ -36,7 +36,8 @@ from unsir_pipeline.registry import (
 MODEL_NAME = "digits-small-cnn"
 SPEC = ModelSpec("small_cnn", 10, 1)
 CARD = ModelCard(SPEC, Normalization((0.3,), (0.4,)), tuple(str(i) for i in range(10)), (1, 8, 8))
-EXAMPLE = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+# Raw pixels in [0, 1]: the serving contract (the model normalises them itself).
+EXAMPLE = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
 
 
 def _checkpoint(directory: Path, seed: int) -> Path:
@@ -114,7 +115,7 @@ def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None
     assert torch.equal(by_number.classifier.weight, model.classifier.weight)
 
 
-def test_pyfunc_model_serves_probabilities(store: dict, tmp_path, monkeypatch) -> None:
+def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # MLflow's fallback store (./mlflow.db) must not land in the repo
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(store["uri"])
@@ -124,11 +125,22 @@ def test_pyfunc_model_serves_probabilities(store: dict, tmp_path, monkeypatch) -
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    batch = np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)
-    probabilities = served.predict(batch)
+    batch = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
+    rows = served.predict(batch)
+    probabilities = np.array(rows["probabilities"].tolist())
     assert probabilities.shape == (5, 10)
     assert np.all(probabilities >= 0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert rows["label"].tolist() == probabilities.argmax(1).tolist()
+    assert rows["class_name"].tolist() == [CARD.class_names[i] for i in rows["label"]]
+    signature = served.metadata.get_input_schema().inputs[0]
+    assert signature.type == np.dtype(np.float32) and signature.shape == (-1, 1, 8, 8)
+
+
+def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
+    normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with store["registry"].start_run(run_name="bad-example"), pytest.raises(RegistryError, match=r"raw images in \[0, 1\]"):
+        store["registry"].register_checkpoint(store["checkpoint"], input_example=normalised, tags={}, idempotency_key="bad")
 
 
 def test_missing_alias_is_named(store: dict) -> None:

@@ -522,7 +522,7 @@ def serving_signature(card: ModelCard) -> ModelSignature:
     """What the served model takes and returns (``unsir_pipeline/serving_model.py``): float32
     images in [0, 1] shaped (N, C, H, W); per row a label, its class name and probabilities."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape), "images")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape))]),
         outputs=Schema([
             ColSpec(DataType.long, "label"),
             ColSpec(DataType.string, "class_name"),

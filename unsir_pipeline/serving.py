@@ -84,18 +84,37 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float) -> None:
     raise ServeError(f"the scoring server did not answer {url} within {timeout_s:.0f}s (UNSIR_SERVE_STARTUP_S)")
 
 
-def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
-    """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
-    if process.poll() is not None:
-        return
+def _group_alive(pgid: int) -> bool:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:  # already gone between poll() and killpg()
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    ``mlflow models serve`` execs uvicorn in a child process that outlives it by the time of
+    a graceful shutdown: wait for the group, not only for the process we started, or the next
+    server finds the port still taken."""
+    pgid = process.pid  # start_new_session: the leader's pid is the group id
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group is gone already
+        process.poll()
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        process.poll()  # reap our own child, or it stays a member of the group as a zombie
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
         pass
+    process.wait()
 
 
 class Supervisor:
@@ -114,7 +133,8 @@ class Supervisor:
     def start(self, version: int) -> None:
         process = subprocess.Popen(
             serve_command(self.model_name, version, self.port), env=server_environment(self.ws),
-            cwd=self.ws.root, start_new_session=True, stdin=subprocess.DEVNULL,
+            # Its access log goes to stderr: stdout carries this command's own reports (--json).
+            cwd=self.ws.root, start_new_session=True, stdin=subprocess.DEVNULL, stdout=sys.stderr,
         )
         self.served = Served(version, process)
         try:

@@ -1,0 +1,276 @@
+"""The command line keeps its word: exit 2 for bad input before any work starts, errors that name
+the bad value, help and examples everywhere, --json, precedence flag > environment > file,
+thread and Prefect settings, progress on a terminal only, and no server left after SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_project
+
+from unsir_pipeline import progress as progress_module
+from unsir_pipeline import runtime
+from unsir_pipeline.cli import build_parser, main
+from unsir_pipeline.workspace import Workspace
+
+CLI = [sys.executable, "-m", "unsir_pipeline.cli"]
+
+
+@pytest.fixture
+def params_only(tmp_path) -> Path:
+    """A directory with the project's params.yaml and nothing registered."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "unsir"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+# --- help, version, parsing -----------------------------------------------------------------
+
+def test_every_option_has_help_and_every_command_examples():
+    missing, without_examples = [], []
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction) and not action.help:
+                missing.append(f"{path} {action.dest}")
+        if "examples:" not in (parser.epilog or ""):
+            without_examples.append(path)
+    assert missing == [] and without_examples == []
+
+
+def test_version_is_printed(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("unsir ")
+
+
+@pytest.mark.parametrize("command", [["promote", "1", "--reason", "x"], ["reject", "1", "--reason", "x"],
+                                     ["audit", "verify"], ["audit", "sign-head"], ["audit", "report", "b"],
+                                     ["stage", "train"], ["serve"]])
+def test_reporting_commands_take_json(command):
+    assert build_parser().parse_args([*command, "--json"]).json is True
+
+
+def test_non_utf8_argument_exits_2_naming_it(params_only):
+    result = subprocess.run(
+        [*CLI, "--project", str(params_only), "request", "add", "--classes", "3", "--requester", b"al\xffce", "--reason", "x"],
+        capture_output=True, check=False,
+    )
+    assert result.returncode == 2
+    err = result.stderr.decode().strip()
+    assert err == "error: argument 8 (value of --requester) is not valid UTF-8: 'al\\xffce' (bytes shown as \\xNN)"
+
+
+# --- configuration: precedence and validation -------------------------------------------------
+
+def test_unknown_architecture_exits_2_naming_the_field(params_only, capsys):
+    assert main(["--project", str(params_only), "--set", "model.arch=nope", "models"]) == 2
+    err = capsys.readouterr().err
+    assert "model.arch" in err and "'nope'" in err and "small_cnn" in err
+
+
+def test_precedence_is_flag_then_environment_then_file(params_only, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert Workspace.load(params_only).params.registry.tracking_uri == "sqlite:///state/mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert Workspace.load(params_only).params.registry.tracking_uri == "http://from-env:5000"
+    flag = ("registry.tracking_uri=http://from-flag:5000",)
+    assert Workspace.load(params_only, flag).params.registry.tracking_uri == "http://from-flag:5000"
+
+
+# --- runtime settings ---------------------------------------------------------------------------
+
+def test_torch_threads_default_and_setting(monkeypatch):
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
+    assert runtime.torch_threads() == 1  # a 2-core host keeps a core for the other processes
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 64)
+    assert runtime.torch_threads() == 4
+    monkeypatch.setenv(runtime.THREADS_ENV, "3")
+    assert runtime.torch_threads() == 3
+
+
+def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch, capsys):
+    monkeypatch.setenv(runtime.THREADS_ENV, "many")
+    assert main(["--project", str(params_only), "models"]) == 2
+    assert "UNSIR_TORCH_THREADS='many'" in capsys.readouterr().err
+
+
+def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
+    code = ("from unsir_pipeline import runtime; runtime.configure_prefect(quiet_console=False); "
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())")
+    env = {k: v for k, v in os.environ.items() if k != runtime.PREFECT_STARTUP_ENV}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == str(runtime.DEFAULT_PREFECT_STARTUP_S)
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, runtime.PREFECT_STARTUP_ENV: "300"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "300"
+
+
+def test_startup_failure_is_one_line_naming_the_fix():
+    err = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stderr: ...")
+    line = runtime.describe_startup_failure(err)
+    assert "\n" not in line and runtime.PREFECT_STARTUP_ENV in line and "PREFECT_API_URL" in line
+    assert runtime.describe_startup_failure(RuntimeError("something else")) is None
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv(progress_module.ENV, raising=False)
+    assert progress_module.wanted(quiet=False, stream=Terminal())
+    assert not progress_module.wanted(quiet=False, stream=io.StringIO())
+    assert not progress_module.wanted(quiet=True, stream=Terminal())
+    monkeypatch.setenv(progress_module.ENV, "1")
+    assert not progress_module.wanted(quiet=True, stream=Terminal())
+
+
+def test_a_child_process_progress_reaches_the_parent_stream():
+    child = ("import sys; from unsir_pipeline.progress import relayed_stderr\n"
+             "with relayed_stderr(): print('train: epoch 2/2', file=sys.stderr)")
+    shown = io.StringIO()
+    with progress_module.relay(progress_module.Progress("bootstrap", enabled=True, stream=shown)):
+        subprocess.run([sys.executable, "-c", child], check=True, capture_output=True)  # as DVC captures it
+    assert "train: epoch 2/2" in shown.getvalue()
+    quiet = io.StringIO()
+    with progress_module.relay(progress_module.Progress("bootstrap", enabled=False, stream=quiet)):
+        subprocess.run([sys.executable, "-c", child], check=True, capture_output=True)
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_flow_steps_are_shown_as_they_finish(prefect_harness):
+    from prefect import flow, task
+
+    @task(name="first-step")
+    def first() -> int:
+        return 1
+
+    @task(name="second-step")
+    def second(x: int) -> int:
+        return x + 1
+
+    @flow(name="progress-check")
+    def two_steps() -> int:
+        return second(first())
+
+    shown = io.StringIO()
+    with progress_module.flow_steps(progress_module.Progress("forget", enabled=True, stream=shown)):
+        assert two_steps() == 2
+    lines = shown.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines if "] " in line] == ["forget: [1] first-step done", "forget: [2] second-step done"]
+
+
+# --- against a bootstrapped project -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    from unsir_pipeline.bootstrap import bootstrap
+
+    root = make_project(tmp_path_factory.mktemp("cli") / "project")
+    assert bootstrap(Workspace.load(root)).version == 1
+    return root
+
+
+def _runs(project: Path) -> list:
+    import mlflow
+
+    ws = Workspace.load(project)
+    client = mlflow.MlflowClient(ws.tracking_uri)
+    experiment = client.get_experiment_by_name(ws.params.registry.experiment)
+    return client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "named"), [
+    (["forget", "1", "--from", "999"], "--from 999: model 'unsir-classifier' has no version 999; its versions are [1]"),
+    (["forget", "1", "--from", "nosuchalias"], "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'"),
+    (["forget", "eleven"], "unknown class 'eleven'"),
+    (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
+    (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
+])
+def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
+    before = len(_runs(project))
+    assert main(["--project", str(project), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0]
+    assert len(_runs(project)) == before  # no MLflow run opened (and none left FAILED)
+
+
+@pytest.mark.slow
+def test_promote_json(project, capsys):
+    assert main(["--project", str(project), "promote", "1", "--reason", "drill", "--by", "tester", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["version"] == 1 and out["alias"] == "champion" and out["by"] == "tester"
+
+
+def _session_processes(session: int) -> list[str]:
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # exited while we looked
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[3]) == session and fields[0] != "Z":
+            alive.append(cmdline)
+    return alive
+
+
+def _forget_process(project: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "--project", str(project), "forget", "1"], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_forget_leaves_no_server_running(project, stop_signal):
+    child = _forget_process(project, UNSIR_PROGRESS="1")
+    try:
+        for line in child.stderr:  # the first task has finished: the Prefect server is up
+            if "forget: [1] " in line:
+                break
+        else:
+            raise AssertionError(f"forget exited with {child.wait()} before its flow started")
+        assert any("prefect.server" in p for p in _session_processes(child.pid))
+        child.send_signal(stop_signal)
+        code = child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert code == (128 + signal.SIGTERM if stop_signal == signal.SIGTERM else 130)
+    assert _session_processes(child.pid) == []
+
+
+@pytest.mark.slow
+def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
+    child = _forget_process(project, **{runtime.PREFECT_STARTUP_ENV: "0"})
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: Prefect's temporary server did not answer within 0s")
+    assert runtime.PREFECT_STARTUP_ENV in last and "PREFECT_API_URL" in last
+    assert _session_processes(child.pid) == []
