@@ -99,7 +99,9 @@ def test_refused_requests_are_recorded(project, first_batch):
 def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch):
     from flows.deletion_batch import deletion_batch
 
-    weak = ["unlearn.noise_copies=0", "unlearn.impair.lr=0.00001", "unlearn.repair.lr=0.00001"]  # a recipe too weak to forget
+    weak = ["unlearn.noise_copies=0", "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
+            "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
+            "unlearn.polish={lr: 0.00001, epochs: 1, batch_size: 32}"]  # a recipe too weak to forget
     ws = ws_of(project)
     request = batches.file_request(ws, ["1"], "frank", "gate test")
     result = deletion_batch(project_dir=str(project), overrides=weak)
@@ -137,11 +139,12 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     key = None
     while time.monotonic() < deadline and child.poll() is None:
         current = batches.request_store(ws).get(request.id)
-        if current.status == "running" and (runs / current.batch_id / "noise.safetensors").exists():
+        # The parent is loaded into the run directory just before the unlearning compute starts.
+        if current.status == "running" and (runs / current.batch_id / "parent" / "weights.safetensors").exists():
             key = current.batch_id
             break
         time.sleep(0.05)
-    assert key is not None, "the child batch never reached the noise step"
+    assert key is not None, "the child batch never reached the unlearning step"
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert batches.request_store(ws).get(request.id).status == "running"  # nothing marked it done
