@@ -29,9 +29,9 @@ from unsir_pipeline.audit import (
     head_mac,
 )
 from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore, check_request_fields
-from unsir_pipeline.provenance import git_commit
-from unsir_pipeline.registry import WEIGHTS_SHA256_TAG, RegistryError
 from unsir_pipeline.promotion import FORGOTTEN_TAG, promote_by_hand, registry_for
+from unsir_pipeline.provenance import git_commit
+from unsir_pipeline.registry import WEIGHTS_SHA256_TAG, ModelRegistry, RegistryError, VersionInfo
 from unsir_pipeline.steps import resolve_parent
 from unsir_pipeline.workspace import Workspace
 
@@ -252,7 +252,7 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
         anchor_in_registry(ws, log, registry)
 
 
-def anchor_in_registry(ws: Workspace, log: AuditLog | None = None, registry=None) -> tuple[int, str]:
+def anchor_in_registry(ws: Workspace, log: AuditLog | None = None, registry: ModelRegistry | None = None) -> tuple[int, str]:
     """Write the trail's head into the registry (registered-model tag ``audit_head``).
 
     The new head must extend the one anchored before: a trail that was deleted, cut or
@@ -498,7 +498,7 @@ def _requests_against_trail(requests: list[DeletionRequest], records: list[Audit
     return problems
 
 
-def _versions_against_trail(versions: dict, records: list[AuditRecord], requests: list[DeletionRequest]) -> list[str]:
+def _versions_against_trail(versions: dict[int, VersionInfo], records: list[AuditRecord], requests: list[DeletionRequest]) -> list[str]:
     problems: list[str] = []
     by_seq = {r.seq: r for r in records}
     for rec in records:
