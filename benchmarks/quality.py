@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--part", choices=sorted(PARTS), default="heldout")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the part's seeds")
     parser.add_argument("--singles", type=int, nargs="*", default=None, help="single classes (default: all)")
+    parser.add_argument("--sets", nargs="+", default=None, help="explicit class sets, e.g. 0,7 0,2,3 (replaces the grid)")
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--triples", type=int, default=5)
     parser.add_argument("--retain-per-class", type=int, default=50)
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ...]]:
     """All single classes, then pairs and triples drawn with the part's draw seed. The
     held-out draw skips every set the tuning draw produced."""
+    if args.sets:
+        return [tuple(int(c) for c in s.split(",")) for s in args.sets]
     singles = [(c,) for c in (args.singles if args.singles is not None else range(num_classes))]
 
     def draw(size: int, count: int, seed: int) -> list[tuple[int, ...]]:

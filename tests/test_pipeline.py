@@ -205,6 +205,23 @@ def test_cli_forget_json(project, first_run, capsys):
     assert isinstance(out["promoted"], bool) and out["new_version"] > 1
 
 
+def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
+    """One way to run UNSIR: the same params.yaml and parent give the same weights from
+    `unsir forget` (the flow) and from `dvc repro` (the stage)."""
+    import torch
+
+    from unsir.checkpoint import load_checkpoint
+    from unsir_pipeline.workspace import unlearn_original
+
+    ws = Workspace.load(project)
+    assert ws.params.unlearn.forget_classes == [3] and first_run["parent_version"] == 1
+    stage_dir = unlearn_original(ws)
+    from_stage, _ = load_checkpoint(stage_dir)
+    from_flow, _ = load_checkpoint(ws.runs_dir / first_run["run_key"] / "unlearned")
+    for (name, a), (_, b) in zip(from_stage.state_dict().items(), from_flow.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_a_promotion_never_brings_a_deleted_class_back(project, first_run):
     """Class 3 is forgotten by a promoted version; forgetting class 0 from the original (which
     still knows 3) passes every other bound but is held, naming class 3."""

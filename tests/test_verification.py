@@ -81,7 +81,7 @@ def test_no_step_trains_on_a_forget_class_sample(trained_digits_model, digits, d
     monkeypatch.setattr(unsir_module, "fit", recording_fit)
     config = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=2, max_forget_confidence=0.0))
     make_method("unsir", config).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
-    assert len(trained_on) == 2 * 2 + 1  # impair and repair per round, then the polish
+    assert len(trained_on) >= 2 * 2 + 1  # impair and repair per round, then polish epochs
     for images in trained_on:
         distances = torch.cdist(images, forget_samples)
         assert float(distances.min()) > 1e-4
