@@ -272,9 +272,9 @@ def test_registration_records_the_weights_sha256(store: dict) -> None:
     assert tags[WEIGHTS_SHA256_TAG] == weights_sha256(_stored_weights(store, store["version"]).parent)
 
 
-def test_weights_tag_is_reserved(store: dict) -> None:
+def test_weights_tag_cannot_claim_another_digest(store: dict) -> None:
     registry: ModelRegistry = store["registry"]
-    with registry.start_run("reserved"), pytest.raises(RegistryError, match=WEIGHTS_SHA256_TAG):
+    with registry.start_run("reserved"), pytest.raises(RegistryError, match=rf"tag 'weights_sha256' is 0{{64}}, but the weights file hashes to {weights_sha256(store['checkpoint'])}"):
         registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={WEIGHTS_SHA256_TAG: "0" * 64},
                                      idempotency_key="reserved-tag")
 

@@ -222,9 +222,8 @@ class ModelRegistry:
         run_id = self._active_run()
         if not idempotency_key:
             raise RegistryError("idempotency_key must be a non-empty string (e.g. the task run id)")
-        for reserved in (IDEMPOTENCY_TAG, WEIGHTS_SHA256_TAG):
-            if reserved in tags:
-                raise RegistryError(f"tag {reserved!r} is reserved; registration sets it")
+        if IDEMPOTENCY_TAG in tags:
+            raise RegistryError(f"tag {IDEMPOTENCY_TAG!r} is reserved; pass it as idempotency_key")
         existing = self._version_with_key(idempotency_key)
         if existing is not None:
             if alias:
@@ -239,6 +238,13 @@ class ModelRegistry:
             model, _card = load_checkpoint(checkpoint_dir, device="cpu", expected_sha256=sha256)
         except ValueError as err:
             raise RegistryError(f"cannot register {str(checkpoint_dir)!r}: {err}") from err
+        # Registration computes the digest; a caller's tag (copied from another version, say)
+        # may only confirm it, never replace it.
+        if tags.get(WEIGHTS_SHA256_TAG, sha256) != sha256:
+            raise RegistryError(
+                f"cannot register {str(checkpoint_dir)!r}: tag {WEIGHTS_SHA256_TAG!r} is "
+                f"{tags[WEIGHTS_SHA256_TAG]}, but the weights file hashes to {sha256}"
+            )
         example = np.asarray(input_example, dtype=np.float32)
         # The served model takes images as the data set gives them and normalises them itself:
         # a normalised example would document (and test) the wrong contract.
