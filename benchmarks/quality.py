@@ -238,8 +238,9 @@ def summarize(runs: list[dict]) -> dict:
 def print_summary(dataset: str, result: dict) -> None:
     s = result["summary"]
     u = s["unsir"]
+    singles = s["unsir_pass_share_single_class"]
     print(f"\n== {dataset} / {result['arch']}: {s['runs']} runs, UNSIR passes {s['unsir_pass_share']:.1%} "
-          f"(single classes {s['unsir_pass_share_single_class']:.1%})"
+          + (f"(single classes {singles:.1%})" if singles is not None else "")
           + (f", noise-free control {s['noise_free_pass_share']:.1%}" if s["noise_free_pass_share"] is not None else ""))
     print(f"   forget acc mean {u['forget_acc']['mean']:.4f} worst {u['forget_acc']['worst']:.4f}; "
           f"retain gap to retrain mean {100 * u['retain_gap_to_retrain']['mean']:+.2f} pts "
