@@ -8,7 +8,6 @@ exactly its own step. Nothing here imports Prefect: the steps run from a noteboo
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -230,7 +229,9 @@ def nonmember_rate(model, splits, forget_classes: tuple[int, ...], feature: str,
     retrained reference is computed."""
     if splits.val_images is None:
         return {}
-    keep = lambda labels: ~torch.isin(labels, torch.as_tensor(forget_classes))  # noqa: E731
+    def keep(labels: torch.Tensor) -> torch.Tensor:
+        return ~torch.isin(labels, torch.as_tensor(forget_classes))
+
     train = predict_logits(model, splits.train_images, device=device)
     test = predict_logits(model, splits.test_images, device=device)
     val = predict_logits(model, splits.val_images, device=device)
@@ -287,11 +288,11 @@ def summarize_versions(ws: Workspace) -> list[dict]:
 
 
 def input_example(ws: Workspace, run: RunPaths, count: int) -> np.ndarray:
-    """A few normalised test images: the signature and example logged with the model."""
-    _, card = load_checkpoint(run.parent)
+    """A few test images as the data set gives them (the served model normalises them itself):
+    the example logged with the model."""
     data, manifest = load_prepared(ws)
     images, _ = select(data, manifest[manifest["split"] == "test"].head(count))
-    return card.normalization.apply(images).numpy()
+    return images.numpy()
 
 
 def summary_markdown(result: dict) -> str:
