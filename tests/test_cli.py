@@ -270,7 +270,7 @@ def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     child = _forget_process(project, **{runtime.PREFECT_STARTUP_ENV: "0"})
     _, err = child.communicate(timeout=300)
     assert child.returncode == 1
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: Prefect's temporary server did not answer within 0s")
-    assert runtime.PREFECT_STARTUP_ENV in last and "PREFECT_API_URL" in last
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: Prefect's temporary server did not answer within 0s")
+    assert runtime.PREFECT_STARTUP_ENV in errors[0] and "PREFECT_API_URL" in errors[0]
     assert _session_processes(child.pid) == []

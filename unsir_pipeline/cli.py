@@ -214,18 +214,19 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](project, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if owns_process:
+            runtime.stop_prefect_server()
         return 130
     except runtime.Terminated:
         print("terminated", file=sys.stderr)
+        if owns_process:
+            runtime.stop_prefect_server()
         raise
     except Exception as err:  # one clear line for people and scripts; --debug for the rest
         if args.debug:
             raise
         print(f"error: {_describe(err, project)}", file=sys.stderr)
         return EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
-    finally:
-        if owns_process:
-            runtime.stop_prefect_server()
 
 
 def _describe(err: Exception, project: Path | None = None) -> str:

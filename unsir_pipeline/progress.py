@@ -48,7 +48,10 @@ class Progress:
     def step(self, message: str) -> None:
         if self.enabled:
             elapsed = time.monotonic() - self.started
-            print(f"{self.command}: {message} ({elapsed:.0f}s)", file=self.stream, flush=True)
+            # Written, not print()ed: inside a flow with log_prints, Prefect turns print() into a
+            # log record, which would come back here (FlowStepHandler) and recurse.
+            self.stream.write(f"{self.command}: {message} ({elapsed:.0f}s)\n")
+            self.stream.flush()
 
 
 @contextmanager

@@ -102,9 +102,13 @@ def handle_sigterm() -> None:
 
 
 def stop_prefect_server() -> None:
-    """Stop Prefect's temporary server if this process started one (idempotent)."""
+    """Stop Prefect's temporary server if this process started one, now rather than at exit
+    (idempotent; on a normal exit Prefect's own atexit handler does it after its last logs)."""
     module = sys.modules.get("prefect.server.api.server")
     if module is None:
         return
+    handlers = sys.modules.get("prefect.logging.handlers")
+    if handlers is not None:  # the crash records still queued for the server, sent first
+        handlers.APILogWorker.drain_all(timeout=5)
     for server in list(module.SubprocessASGIServer._instances.values()):
         server.stop()
