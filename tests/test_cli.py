@@ -130,6 +130,14 @@ def test_startup_failure_is_one_line_naming_the_fix():
     assert runtime.describe_startup_failure(RuntimeError("something else")) is None
 
 
+def test_state_that_cannot_be_written_is_named(tmp_path):
+    from unsir_pipeline.cli import _describe
+
+    err = RuntimeError("(sqlite3.OperationalError) unable to open database file\n[SQL: ...]")
+    line = _describe(err, tmp_path)
+    assert "\n" not in line and str(tmp_path) in line and "unable to open database file" in line and "writable" in line
+
+
 # --- progress -----------------------------------------------------------------------------------
 
 def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
