@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unsir.methods.unsir import UNSIRConfig
 from unsir.noise import NoiseConfig
@@ -71,10 +71,19 @@ class DataParams(Frozen):
 
 
 class ModelParams(Frozen):
-    arch: str
+    arch: str = Field(description="a name in unsir.models.ARCHITECTURES")
     kwargs: dict = Field(default_factory=dict)
     seed: int = 0
     train: OptimParams
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from unsir.models import ARCHITECTURES
+
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+        return arch
 
 
 class NoiseParams(Frozen):
@@ -249,13 +258,14 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    for override in overrides:
-        apply_override(raw, override)
-    # The environment wins for where services live, as services are per deployment.
+    # Precedence: a --set flag, then the environment, then the file. The environment says where
+    # services live for a deployment; an explicit flag on one command says more than that.
     # (Prefect reads PREFECT_API_URL itself; MLflow's credentials stay in its own variables.)
     for variable, (section, key) in SERVICE_ENVIRONMENT.items():
         if os.environ.get(variable) and isinstance(raw.get(section), dict):
             raw[section][key] = os.environ[variable]
+    for override in overrides:
+        apply_override(raw, override)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
