@@ -282,3 +282,29 @@ def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     assert len(errors) == 1 and errors[0].startswith("error: Prefect's temporary server did not answer within 0s")
     assert runtime.PREFECT_STARTUP_ENV in errors[0] and "PREFECT_API_URL" in errors[0]
     assert _session_processes(child.pid) == []
+
+
+def _quick_project(root: Path) -> Path:
+    """A fresh project whose training is 3 epochs: what is tested is what reaches the terminal."""
+    import yaml
+
+    make_project(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"]["train"]["epochs"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.mark.slow
+def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(tmp_path):
+    env = {**os.environ, "UNSIR_PROGRESS": "1"}  # as on a terminal
+    shown = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "a")), "bootstrap"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert "bootstrap: [2/4] dvc repro train" in shown.stderr
+    assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
+    assert "bootstrap: [4/4] register the original model" in shown.stderr
+
+    quiet = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "b")), "bootstrap", "--json"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert json.loads(quiet.stdout)["created"] is True
+    assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr
