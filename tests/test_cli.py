@@ -94,6 +94,16 @@ def test_precedence_is_flag_then_environment_then_file(params_only, monkeypatch)
     assert Workspace.load(params_only, flag).params.registry.tracking_uri == "http://from-flag:5000"
 
 
+def test_a_set_flag_wins_over_the_environment_on_the_command_line(params_only, monkeypatch, capsys):
+    # The environment names a closed port: had it won, `models` would fail to reach it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    flag = f"registry.tracking_uri=sqlite:///{params_only / 'flag.db'}"
+    assert main(["--project", str(params_only), "--set", flag, "models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert (params_only / "flag.db").is_file()
+
+
 # --- runtime settings ---------------------------------------------------------------------------
 
 def test_torch_threads_default_and_setting(monkeypatch):
@@ -216,6 +226,8 @@ def _runs(project: Path) -> list:
     (["forget", "eleven"], "unknown class 'eleven'"),
     (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
     (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
+    (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
+    (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
 ])
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
     before = len(_runs(project))

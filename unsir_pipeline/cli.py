@@ -278,22 +278,22 @@ def _require_version(ws, version: int) -> None:
         raise UsageError(f"model {name!r} has no version {version}; its versions are {known}")
 
 
-def _require_model_ref(ws, ref: str) -> int:
+def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
     """The version an alias or version number names; exit 2 naming the ones that exist."""
     from unsir_pipeline.promotion import registry_for
 
     registry = registry_for(ws)
     name = ws.params.registry.model_name
     if not registry.has_model():
-        raise UsageError(f"--from {ref}: model {name!r} is not registered yet (run `unsir bootstrap`)")
+        raise UsageError(f"{option} {ref}: model {name!r} is not registered yet (run `unsir bootstrap`)")
     versions = registry.list_versions()
     if ref.isdigit():
         if int(ref) not in {v.version for v in versions}:
-            raise UsageError(f"--from {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}")
+            raise UsageError(f"{option} {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}")
         return int(ref)
     aliases = {alias: v.version for v in versions for alias in v.aliases}
     if ref not in aliases:
-        raise UsageError(f"--from {ref!r}: model {name!r} has no alias {ref!r}; its aliases are {sorted(aliases)}")
+        raise UsageError(f"{option} {ref!r}: model {name!r} has no alias {ref!r}; its aliases are {sorted(aliases)}")
     return aliases[ref]
 
 
@@ -619,7 +619,9 @@ def cmd_serve(project: Path, args) -> int:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
     if args.poll <= 0 or args.startup_timeout <= 0:
         raise UsageError(f"--poll {args.poll} and --startup-timeout {args.startup_timeout} must be positive seconds")
-    _require_model_ref(ws, alias)
+    if alias.isdigit():
+        raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
+    _require_model_ref(ws, alias, option="--alias")
     port = args.port or serving.free_port()
     supervisor = serving.Supervisor(ws, alias, port, poll_s=args.poll, startup_s=args.startup_timeout,
                                     report=serving.printer(args.json))
