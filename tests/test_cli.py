@@ -108,11 +108,14 @@ def test_a_set_flag_wins_over_the_environment_on_the_command_line(params_only, m
 
 def test_torch_threads_default_and_setting(monkeypatch):
     monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
     assert runtime.torch_threads() == 1  # a 2-core host keeps a core for the other processes
     monkeypatch.setattr(runtime, "available_cpus", lambda: 64)
     assert runtime.torch_threads() == 4
-    monkeypatch.setenv(runtime.THREADS_ENV, "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")  # an operator's OpenMP setting is kept...
+    assert runtime.torch_threads() == 6
+    monkeypatch.setenv(runtime.THREADS_ENV, "3")  # ...unless ours says otherwise
     assert runtime.torch_threads() == 3
 
 

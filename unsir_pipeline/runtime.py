@@ -1,7 +1,7 @@
 """Process settings that let a command survive a busy machine and stop cleanly.
 
-- torch threads: ``UNSIR_TORCH_THREADS`` (default: half the CPUs this process may use, at least
-  1, at most 4). torch's own default takes every core; on a loaded 2-core host that made the
+- torch threads: ``UNSIR_TORCH_THREADS``, else ``OMP_NUM_THREADS``, else half the CPUs this
+  process may use (at least 1, at most 4). torch's own default takes every core; on a loaded 2-core host that made the
   bootstrap's training run over 10 minutes instead of 2. Exported as ``OMP_NUM_THREADS`` and
   ``MKL_NUM_THREADS`` too, so DVC's stage processes get the same count.
 - Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
@@ -40,10 +40,12 @@ def available_cpus() -> int:
 
 
 def torch_threads() -> int:
-    """The thread count from UNSIR_TORCH_THREADS, or half the available CPUs (1 to 4)."""
+    """The thread count from UNSIR_TORCH_THREADS, else an operator's OMP_NUM_THREADS, else half
+    the available CPUs (1 to 4)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     if not raw:
-        return max(1, min(4, available_cpus() // 2))
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        return int(omp) if omp.isdigit() and int(omp) > 0 else max(1, min(4, available_cpus() // 2))
     if not raw.isdigit() or int(raw) < 1:
         raise RuntimeSettingError(f"{THREADS_ENV}={raw!r}: expected a positive whole number of threads, e.g. 1")
     return int(raw)
