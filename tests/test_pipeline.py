@@ -159,9 +159,10 @@ def test_corrupted_manifest_stops_the_flow_before_compute(project, first_run):
     message = str(caught.value)
     assert "sample_id" in message and "42" in message
     assert "data/prepared/manifest.csv" in message and "recorded md5" in message  # DVC digest check
+    assert "manifest rows:" in message  # the row-by-row check names the rows
     assert len(registry.list_versions()) == count
     new_runs = set((project / "state" / "runs").iterdir()) - runs_before
-    assert not any((run / "noise.safetensors").exists() for run in new_runs)
+    assert not any((run / "unlearned").exists() for run in new_runs)
 
 
 def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys):

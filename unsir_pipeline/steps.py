@@ -120,7 +120,7 @@ def validate_inputs(ws: Workspace, requested: list[str], already_forgotten: list
     mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
     report = validate_splits(
         manifest, read_manifest(retain_path), num_classes=data.num_classes, forget_classes=all_forgotten,
-        min_per_class=ws.params.data.min_per_class, extra_failures=mismatches,
+        min_per_class=ws.params.data.min_per_class, extra_failures=mismatches, data=data,
     )
     handles = {
         "forget_classes": list(new_classes),
