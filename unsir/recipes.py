@@ -1,5 +1,13 @@
 """UNSIR settings that fit the model and the data, chosen from measurements.
 
+**The shipped recipe does not use the noise.** On the benchmark's tuning half (digits, compact
+CNN, seed 0, 25 class sets) the verified rounds *without* the error-maximising noise passed 76%
+of the runs and with it 56%: the noise forgot no better (both reach 0-1% forget accuracy with
+rounds) and cost retain accuracy and MIA. The held-out half and every other architecture and
+data set measured say the same (``benchmarks/README.md``). So ``recipe_for`` returns
+``noise_copies=0`` (the paper's noise-free control, verified), and ``with_noise=True`` the
+paper's method with its noise, as measured here; ``OFFICIAL`` is the notebook's settings.
+
 A recipe is derived, not looked up per data set:
 
 - **noise per forget class scales with the retain subset**: the noise batch equals the retain
@@ -72,13 +80,14 @@ def family_of(arch: str) -> str:
         ) from None
 
 
-def unsir_config_for(arch: str, *, retain_per_class: int) -> UNSIRConfig:
-    """The measured UNSIR settings for ``arch`` with a retain subset of ``retain_per_class``."""
+def unsir_config_for(arch: str, *, retain_per_class: int, with_noise: bool = False) -> UNSIRConfig:
+    """The measured settings for ``arch`` with a retain subset of ``retain_per_class``: without
+    the noise by default (measured better), with it when ``with_noise``."""
     if retain_per_class <= 0:
         raise UnlearningInputError(f"retain_per_class must be positive, got {retain_per_class}")
     family = FAMILIES[family_of(arch)]
     noise_batch = min(max(retain_per_class, 16), 256)
-    copies = max(1, round(NOISE_TO_RETAIN_RATIO * retain_per_class / noise_batch))
+    copies = max(1, round(NOISE_TO_RETAIN_RATIO * retain_per_class / noise_batch)) if with_noise else 0
     return UNSIRConfig(
         noise=NoiseConfig(batch_size=noise_batch, steps=10, lr=0.5, l2_weight=0.1, l2_reduction="pixel_mean"),
         noise_copies=copies,

@@ -96,7 +96,7 @@ class UNSIR(UnlearningMethod):
         for number in range(1, max_rounds + 1):
             config = self.config.for_round(number)
             record: dict[str, float] = {"round": number, "noise_copies": config.noise_copies}
-            if self.uses_noise:
+            if self.uses_noise and config.noise_copies > 0:  # no copies: the noise would go unused
                 with timed(record, "noise_s", device):
                     noise = learn_error_maximizing_noise(
                         working, task.forget_classes, task.input_shape, config.noise, device=device, generator=generator
