@@ -25,9 +25,8 @@ SETTINGS = [[str(c)] for c in range(10)] + [["1", "7"], ["0", "4", "9"]]
 
 def make_project(root: Path) -> Path:
     root.mkdir(parents=True)
-    for name in ("params.yaml", "dvc.yaml", "run-stage.sh"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, root / name)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, root / name)
     for package in ("unsir", "unsir_pipeline"):
         shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
@@ -40,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/bench/pipeline-sweep.json")
     args = parser.parse_args(argv)
+    project = make_project(Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project")
+    # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
+    from unsir_pipeline.environment import configure
+
+    configure(project)
     from flows.unlearn import unlearn
     from unsir_pipeline.bootstrap import bootstrap
     from unsir_pipeline.workspace import Workspace
 
-    project = make_project(Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project")
     bootstrap(Workspace.load(project))
     rows = []
     for classes in SETTINGS:
