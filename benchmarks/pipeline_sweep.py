@@ -13,33 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from flow import make_project  # benchmarks/flow.py: the same temporary project copy
+
 SETTINGS = [[str(c)] for c in range(10)] + [["1", "7"], ["0", "4", "9"]]
-
-
-def make_project(root: Path) -> Path:
-    root.mkdir(parents=True)
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, root / name)
-    for package in ("unsir", "unsir_pipeline"):
-        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "init"]):
-        subprocess.run(command, cwd=root, check=True)
-    return root
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/bench/pipeline-sweep.json")
     args = parser.parse_args(argv)
-    project = make_project(Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project")
+    project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
+    make_project(project)
     # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
     from unsir_pipeline.environment import configure
 

@@ -186,6 +186,15 @@ def _git(directory: Path, *args: str) -> str:
     ).stdout
 
 
+def _publish_and_clone(first: Path, second: Path, message: str) -> None:
+    """What a teammate does: reproduce, push the outputs, commit; then someone clones."""
+    repro(first)
+    push(first)
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", message)
+    _git(second.parent, "clone", "-q", str(first), str(second))
+
+
 def test_a_second_clone_pulls_from_the_shared_remote(tmp_path: Path) -> None:
     shared = tmp_path / "team-remote"
     first = _git_init(tmp_path / "first")
@@ -196,14 +205,9 @@ def test_a_second_clone_pulls_from_the_shared_remote(tmp_path: Path) -> None:
     track(first, table)
     code = "import pathlib; pathlib.Path('stage.txt').write_text('made by a stage\\n')"
     _write_stage(first, "make", code, "stage.txt")
-    repro(first)
-    push(first)
-    _git(first, "add", "-A")
-    _git(first, "commit", "-qm", "data")
-    assert _git(first, "status", "--porcelain") == ""
-
     second = tmp_path / "second"
-    _git(tmp_path, "clone", "-q", str(first), str(second))
+    _publish_and_clone(first, second, "data")
+    assert _git(first, "status", "--porcelain") == ""
     # The first clone's remote stayed in its own config.local: the clone has none, and says so.
     with pytest.raises(DataVersioningError, match="no DVC remote configured; set UNSIR_DVC_REMOTE"):
         pull(second)
@@ -221,13 +225,8 @@ def test_repro_pulls_recorded_outputs_instead_of_rebuilding(tmp_path: Path) -> N
     # Not reproducible on purpose, like training: every run writes different bytes.
     code = "import pathlib, uuid; pathlib.Path('model.bin').write_text(uuid.uuid4().hex)"
     _write_stage(first, "train", code, "model.bin")
-    repro(first)
-    push(first)
-    _git(first, "add", "-A")
-    _git(first, "commit", "-qm", "model")
-
     second = tmp_path / "second"
-    _git(tmp_path, "clone", "-q", str(first), str(second))
+    _publish_and_clone(first, second, "model")
     ensure_repo(second, shared)
     repro(second, ["train"])
     assert (second / "model.bin").read_text() == (first / "model.bin").read_text()

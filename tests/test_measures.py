@@ -115,3 +115,25 @@ def test_monotone_threshold_separates_and_can_call_nobody_a_member():
     assert 0.3 <= monotone_threshold(values, members) < 0.9
     inverted = np.array([0, 0, 0, 1, 1, 1])  # members have the HIGHER values: no monotone signal
     assert monotone_threshold(values, inverted) < values.min()
+
+
+def test_comparison_times_relearning_against_the_originals_forget_accuracy(trained_digits_model, digits_splits):
+    """The unlearned and reference models relearn towards the original's forget accuracy; the
+    original itself is not timed, and the validation split gives the attack's non-member rate."""
+    import copy
+
+    from unsir.measures import EvaluationConfig, compare_models
+
+    data = digits_splits.evaluation_data((3,))
+    assert data.val_images is not None
+    damaged = copy.deepcopy(trained_digits_model)
+    with torch.no_grad():
+        damaged.classifier.bias[3] -= 50.0  # never predicts 3 until relearned
+    comparison = compare_models(trained_digits_model, damaged, data, device=torch.device("cpu"),
+                                config=EvaluationConfig(relearn=True), reference=damaged)
+    m = comparison.metrics
+    assert m["forget_acc"] == 0.0 and m["original_forget_acc"] > 0.8
+    assert m["relearn_steps"] >= 1 and m["relearn_steps"] == m["reference_relearn_steps"]
+    assert m["anamnesis"] == 1.0
+    assert "original_relearn_steps" not in m
+    assert 0.0 <= m["mia_nonmember_rate"] <= 1.0

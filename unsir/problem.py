@@ -40,7 +40,8 @@ class PreparedSplits:
 
     def evaluation_data(self, forget_classes: tuple[int, ...]) -> EvaluationData:
         return EvaluationData(
-            self.train_images, self.train_labels, self.test_images, self.test_labels, self.num_classes, tuple(forget_classes)
+            self.train_images, self.train_labels, self.test_images, self.test_labels, self.num_classes,
+            tuple(forget_classes), self.val_images, self.val_labels,
         )
 
 

@@ -18,13 +18,12 @@ import torch
 from unsir.checkpoint import load_checkpoint, save_checkpoint
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir.measures import EvaluationConfig, compare_models, membership_inference
+from unsir.measures import EvaluationConfig, compare_models
 from unsir.methods import make_method
 from unsir.methods.base import UnlearningTask
 from unsir.methods.baselines import RetrainConfig
 from unsir.problem import build_task, prepare_splits
 from unsir.splits import check_forget_classes, select
-from unsir.training import predict_logits
 from unsir_pipeline import data_versioning
 from unsir_pipeline.promotion import FORGOTTEN_TAG, registry_for
 from unsir_pipeline.provenance import git_commit
@@ -198,16 +197,13 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     evaluation_data = splits.evaluation_data(tuple(all_forgotten))
     device = ws.device()
-    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature)
+    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature, relearn=ws.params.evaluation.relearn)
     reference = None
     if ws.params.evaluation.retrain_reference:
         reference = retrain_reference(ws, splits, tuple(all_forgotten), parent, device)
     comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
     before, after = comparison.before, comparison.after
-    metrics = dict(comparison.metrics)
-    metrics.update(nonmember_rate(unlearned, splits, tuple(all_forgotten), ws.params.evaluation.mia_feature, device))
-    if ws.params.evaluation.relearn:
-        metrics.update(relearn_evidence(parent, unlearned, reference, evaluation_data, config, device))
+    metrics = comparison.metrics
     names = list(card.class_names)
     per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
     confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
@@ -221,40 +217,6 @@ def evaluate_step(ws: Workspace, run: RunPaths, all_forgotten: list[int]) -> dic
     }
     run.evaluation.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def nonmember_rate(model, splits, forget_classes: tuple[int, ...], feature: str, device: torch.device) -> dict:
-    """The attack's "member" rate on held-out non-members (retain-class validation samples it
-    was not fit on): what a model that never saw a sample scores, the MIA baseline when no
-    retrained reference is computed."""
-    if splits.val_images is None:
-        return {}
-    def keep(labels: torch.Tensor) -> torch.Tensor:
-        return ~torch.isin(labels, torch.as_tensor(forget_classes))
-
-    train = predict_logits(model, splits.train_images, device=device)
-    test = predict_logits(model, splits.test_images, device=device)
-    val = predict_logits(model, splits.val_images, device=device)
-    tr, te, va = keep(splits.train_labels), keep(splits.test_labels), keep(splits.val_labels)
-    rate = membership_inference(train[tr], splits.train_labels[tr], test[te], splits.test_labels[te],
-                                val[va], splits.val_labels[va], feature=feature)
-    return {"mia_nonmember_rate": rate}
-
-
-def relearn_evidence(parent, unlearned, reference, evaluation_data, config: EvaluationConfig, device) -> dict:
-    """Relearn time (fine-tuning steps on forget data until 90% of the parent's forget accuracy
-    is back) of the unlearned model and of the retrained one, and their ratio (anamnesis)."""
-    from unsir.measures import evaluate_model
-
-    target = evaluate_model(parent, evaluation_data, device=device, config=config).metrics["forget_acc"]
-    relearn = replace(config, relearn=True)
-    out = {"relearn_steps": evaluate_model(unlearned, evaluation_data, device=device, config=relearn,
-                                           original_forget_acc=target).metrics["relearn_steps"]}
-    if reference is not None:
-        out["reference_relearn_steps"] = evaluate_model(reference, evaluation_data, device=device, config=relearn,
-                                                        original_forget_acc=target).metrics["relearn_steps"]
-        out["anamnesis"] = out["relearn_steps"] / out["reference_relearn_steps"] if out["reference_relearn_steps"] else float("nan")
-    return out
 
 
 def retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], parent, device: torch.device):

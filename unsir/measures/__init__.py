@@ -3,7 +3,7 @@ that applies them all to a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EvaluationData:
-    """Normalised train and test tensors, and which classes count as forgotten."""
+    """Normalised train and test tensors, and which classes count as forgotten. A validation
+    split, when given, holds non-members the MIA attack is not fit on."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -47,6 +48,8 @@ class EvaluationData:
     test_labels: torch.Tensor
     num_classes: int
     forget_classes: tuple[int, ...]
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_forget_classes(tuple(self.forget_classes), self.num_classes)
@@ -122,6 +125,14 @@ def evaluate_model(
     mia_inputs = (train_logits[r_tr], data.train_labels[r_tr], test_logits[r_te], data.test_labels[r_te], train_logits[f_tr], data.train_labels[f_tr])
     metrics["mia"] = membership_inference(*mia_inputs, feature=config.mia_feature)
     metrics["mia_unconstrained"] = membership_inference(*mia_inputs, feature=config.mia_feature, unconstrained=True)
+    if data.val_images is not None and data.val_labels is not None:
+        # The same attack on retain-class samples it was not fit on: the rate at which it calls
+        # a true non-member a member, the MIA a model that never saw the forget class would get.
+        r_va = data.mask(data.val_labels, False)
+        val_logits = predict_logits(model, data.val_images[r_va], device=device)
+        metrics["mia_nonmember_rate"] = membership_inference(
+            *mia_inputs[:4], val_logits, data.val_labels[r_va], feature=config.mia_feature
+        )
     forget_train_images = data.train_images[f_tr]
     if original is not None:
         metrics["weight_distance"] = weight_distance(model, original)
@@ -166,6 +177,8 @@ class Comparison:
         merged = {**self.after.metrics, **{f"original_{k}": v for k, v in self.before.metrics.items()}}
         if self.reference is not None:
             merged.update({f"reference_{k}": v for k, v in self.reference.metrics.items()})
+            if "relearn_steps" in merged and merged.get("reference_relearn_steps"):
+                merged["anamnesis"] = merged["relearn_steps"] / merged["reference_relearn_steps"]
         return merged
 
 
@@ -178,8 +191,14 @@ def compare_models(
     config: EvaluationConfig = EvaluationConfig(),
     reference: nn.Module | None = None,
 ) -> Comparison:
+    """With ``config.relearn``, the unlearned and the reference model are timed relearning to
+    ``relearn_target_fraction`` of the original's forget accuracy (the original is not)."""
+    before = evaluate_model(original, data, device=device, config=replace(config, relearn=False))
+    target = before.metrics["forget_acc"]
     return Comparison(
-        before=evaluate_model(original, data, device=device, config=config),
-        after=evaluate_model(unlearned, data, device=device, config=config, original=original, reference=reference),
-        reference=evaluate_model(reference, data, device=device, config=config) if reference is not None else None,
+        before=before,
+        after=evaluate_model(unlearned, data, device=device, config=config, original=original, reference=reference,
+                             original_forget_acc=target),
+        reference=evaluate_model(reference, data, device=device, config=config, original_forget_acc=target)
+        if reference is not None else None,
     )

@@ -108,13 +108,7 @@ class UNSIR(UnlearningMethod):
             for key in ("noise_s", "impair_s", "repair_s"):
                 timings[key] = timings.get(key, 0.0) + record.get(key, 0.0)
             if verify:
-                with timed(timings, "verify_s", device):
-                    check = check_forgetting(
-                        working, task.validation_images, task.validation_labels, task.forget_classes, device=device
-                    )
-                record.update(check.as_dict())
-                verified = check.passes(self.config.verification)
-                record["verified"] = float(verified)
+                verified = self._verify(working, task, record, timings, device=device)
             rounds.append(record)
             if verified:
                 break
@@ -122,6 +116,14 @@ class UNSIR(UnlearningMethod):
             verified = self._polish(working, task, rounds[-1], timings, verified, device=device, generator=generator)
         return UnlearningResult(working.eval(), timings, noise or None, rounds=rounds, verified=verified)
 
+    def _verify(self, working, task: UnlearningTask, record: dict, timings: dict, *, device) -> bool:
+        """Measure forgetting on the validation split into ``record``; True when it passes."""
+        with timed(timings, "verify_s", device):
+            check = check_forgetting(working, task.validation_images, task.validation_labels, task.forget_classes,
+                                     device=device)
+        record.update(check.as_dict())
+        record["verified"] = float(check.passes(self.config.verification))
+        return bool(record["verified"])
 
     def _polish(self, working, task: UnlearningTask, record: dict, timings: dict, verified: bool | None, *,
                 device, generator) -> bool | None:
@@ -133,16 +135,14 @@ class UNSIR(UnlearningMethod):
         record["polished"] = 1.0
         if task.validation_images is None:
             return verified
-        with timed(timings, "verify_s", device):
-            check = check_forgetting(working, task.validation_images, task.validation_labels, task.forget_classes,
-                                     device=device)
-        if before is not None and not check.passes(self.config.verification):
+        last_round = dict(record)
+        passed = self._verify(working, task, record, timings, device=device)
+        if before is not None and not passed:
+            # The polish brought a forget class back: keep the last round's model and record.
             working.load_state_dict(before)
-            record["polished"] = 0.0
+            record.clear()
+            record.update(last_round, polished=0.0)
             return verified
-        record.update(check.as_dict())
-        passed = check.passes(self.config.verification)
-        record["verified"] = float(passed)
         return passed
 
 
