@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             runtime.stop_prefect_server()
         raise
     except Exception as err:  # one clear line for people and scripts; --debug for the rest
+        if owns_process and runtime.was_terminated():  # Prefect re-raised the SIGTERM as a crash
+            print("terminated", file=sys.stderr)
+            runtime.stop_prefect_server()
+            return runtime.EXIT_SIGTERM
         if args.debug:
             raise
         print(f"error: {_describe(err, project)}", file=sys.stderr)

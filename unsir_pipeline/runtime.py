@@ -91,10 +91,21 @@ class Terminated(SystemExit):
     """Raised in the main thread on SIGTERM, so ``finally`` blocks and atexit handlers run."""
 
 
+_terminated = False
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _terminated
+    _terminated = True
     # One orderly shutdown: a second SIGTERM during clean-up must not interrupt the clean-up.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(EXIT_SIGTERM)
+
+
+def was_terminated() -> bool:
+    """True once SIGTERM arrived: Prefect's engine may catch :class:`Terminated` inside a run and
+    re-raise it as a crash of its own, which must still end the process as terminated."""
+    return _terminated
 
 
 def handle_sigterm() -> None:
