@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,54 @@ def test_the_wheel_carries_the_templates_and_the_licence(tmp_path: Path) -> None
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert params == (ROOT / "params.yaml").read_text()  # the symlink's content, not a link
     assert "Requires-Python: <3.13,>=3.11" in metadata and "License-Expression: MIT" in metadata
+
+
+FENCED_BLOCK = re.compile(r"^```.*?^```", flags=re.DOTALL | re.MULTILINE)
+
+
+def _markdown_files() -> list[Path]:
+    """The project's own Markdown files: hidden directories, the virtual environment and the
+    pipeline's outputs (state, data, models, reports) are not walked."""
+    skipped = {"state", "data", "models", "reports", "node_modules", "__pycache__"}
+    found = []
+    for directory, subdirectories, files in os.walk(ROOT):
+        subdirectories[:] = [d for d in subdirectories
+                             if not d.startswith(".") and d not in skipped]
+        found += [Path(directory) / name for name in files if name.endswith(".md")]
+    return sorted(found)
+
+
+def _heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors: a heading lower-cased, punctuation dropped, spaces made hyphens."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCED_BLOCK.sub("", markdown),
+                          flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_in_the_markdown_resolves() -> None:
+    files = _markdown_files()
+    assert ROOT / "README.md" in files and ROOT / "docs" / "cli.md" in files
+    broken = []
+    for page in files:
+        text = page.read_text()
+        # Links inside code blocks and code spans are examples, not links.
+        prose = re.sub(r"`[^`\n]*`", "", FENCED_BLOCK.sub("", text))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif (anchor and resolved.suffix == ".md"
+                  and anchor not in _heading_anchors(resolved.read_text())):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_readme_is_short_and_its_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    assert "make demo" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "make test" in [line.strip() for line in ci]
