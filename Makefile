@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch/torchvision resolve to the wheels on this machine's disk (see README).
+	# torch/torchvision are pinned in pyproject.toml; pip resolves them like any other dependency.
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -29,6 +29,7 @@ from unsir.methods.base import (
     register,
     timed,
 )
+from unsir.models import classifier_head
 from unsir.noise import NoiseConfig, build_impair_set, learn_error_maximizing_noise
 from unsir.training import OptimConfig, fit
 from unsir.verification import VerificationConfig, check_forgetting
@@ -45,6 +46,10 @@ class UNSIRConfig:
     # that the high-rate steps cost, and is too gentle to relearn a forgotten class (checked
     # on the validation split, and undone if it did). None: no polish.
     polish: OptimConfig | None = field(default_factory=lambda: OptimConfig(lr=2e-4, epochs=2, batch_size=32))
+    # Before round 1, give the forget classes' rows of the classifier head fresh weights, as a
+    # model built from scratch has: the rows hold nothing but those classes, and retraining
+    # starts from such rows. Shared layers are left to impair and repair.
+    reset_forget_head: bool = False
 
     def for_round(self, round_number: int) -> UNSIRConfig:
         """Round r's settings: every noise sample copied ``noise_copies * r`` times."""
@@ -79,6 +84,19 @@ def repair(
     return fit(model, retain_images, retain_labels, config.repair, device=device, generator=generator, description="repair")
 
 
+def reset_head_rows(model: nn.Module, classes, *, generator: torch.Generator) -> None:
+    """Re-draw the classifier head's rows of ``classes`` as ``nn.Linear`` initialises them."""
+    head = classifier_head(model)
+    bound = 1.0 / head.in_features ** 0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    rows = torch.as_tensor(sorted(classes), dtype=torch.long)
+    with torch.no_grad():
+        fresh = (torch.rand((len(rows), head.in_features), generator=generator) * 2 - 1) * bound
+        head.weight[rows.to(head.weight.device)] = fresh.to(head.weight)
+        if head.bias is not None:
+            fresh_bias = (torch.rand(len(rows), generator=generator) * 2 - 1) * bound
+            head.bias[rows.to(head.bias.device)] = fresh_bias.to(head.bias)
+
+
 @register
 class UNSIR(UnlearningMethod):
     name = "unsir"
@@ -87,6 +105,8 @@ class UNSIR(UnlearningMethod):
 
     def unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
         working = prepare(model, task, device)
+        if self.config.reset_forget_head:
+            reset_head_rows(working, task.forget_classes, generator=generator)
         verify = task.validation_images is not None
         max_rounds = self.config.verification.max_rounds if verify else 1
         timings: dict[str, float] = {}
