@@ -1,5 +1,6 @@
 """Verified forgetting: the round loop, its zero-glance premise, the recipe's choice, the gate."""
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,9 +99,12 @@ def test_check_forgetting_measures_confidence_not_only_accuracy(trained_digits_m
 
 
 def test_the_recipe_follows_the_architecture_and_the_retain_subset():
-    # The shipped choice: no noise (measured better on the tuning half).
-    assert unsir_config_for("small_cnn", retain_per_class=50).noise_copies == 0
+    # The shipped choice: no noise, the forget classes' head rows re-drawn (measured better on
+    # the tuning half); with the noise, the paper's method leaves the head alone.
+    shipped = unsir_config_for("small_cnn", retain_per_class=50)
+    assert shipped.noise_copies == 0 and shipped.reset_forget_rows
     small = unsir_config_for("small_cnn", retain_per_class=50, with_noise=True)
+    assert not small.reset_forget_rows
     assert (small.noise.batch_size, small.noise_copies, small.impair.lr, small.repair.lr) == (50, 5, 2e-3, 1e-3)
     assert small.noise.l2_reduction == "pixel_mean"
     # 1000 retain samples per class: the noise batch caps at 256, copies keep 5x the retain share.
@@ -111,6 +115,20 @@ def test_the_recipe_follows_the_architecture_and_the_retain_subset():
     with pytest.raises(UnlearningInputError, match="'vit_b16'"):
         unsir_config_for("vit_b16", retain_per_class=50)
     assert OFFICIAL.noise_copies == 20 and OFFICIAL.impair.lr == 0.02 and OFFICIAL.noise.l2_reduction == "pixel_sum"
+
+
+def test_resetting_the_forget_rows_touches_nothing_else(trained_digits_model):
+    model = copy.deepcopy(trained_digits_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unsir_module.reset_head_rows(model, (2, 7), generator=torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    rows_changed = (before["classifier.weight"] != after["classifier.weight"]).any(dim=1)
+    assert rows_changed.nonzero().flatten().tolist() == [2, 7]
+    # Fresh rows are small, like nn.Linear's own initialisation, not zero.
+    bound = 1 / model.classifier.in_features ** 0.5
+    assert 0 < after["classifier.weight"][[2, 7]].abs().max() <= bound
 
 
 def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():

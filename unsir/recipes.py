@@ -1,12 +1,19 @@
 """UNSIR settings that fit the model and the data, chosen from measurements.
 
-**The shipped recipe does not use the noise.** On the benchmark's tuning half (digits, compact
-CNN, seed 0, 25 class sets) the verified rounds *without* the error-maximising noise passed 76%
-of the runs and with it 56%: the noise forgot no better (both reach 0-1% forget accuracy with
-rounds) and cost retain accuracy and MIA. The held-out half and every other architecture and
-data set measured say the same (``benchmarks/README.md``). So ``unsir_config_for`` returns
-``noise_copies=0`` (the paper's noise-free control, verified), and ``with_noise=True`` the
-paper's method with its noise, as measured here; ``OFFICIAL`` is the notebook's settings.
+**The shipped recipe does not use the noise, and re-draws the forget classes' head rows.**
+On the benchmark's tuning half (digits, compact CNN, seeds 0 and 1, 25 class sets each):
+
+- the verified rounds *with* the paper's error-maximising noise kept within the three bounds in
+  56% of the seed-0 runs, the same rounds *without* it in 76% (counting the gate's validation
+  check too: 13 and 15 of 25; seeds 0-1 without noise: 29 of 50, 3.2 rounds on average): the
+  noise forgot no better and cost retain accuracy and MIA;
+- re-drawing the forget classes' rows of the classifier head first (as a model built from
+  scratch has them) made round 1 enough in every run and passed 40 of 50, at a third of the
+  time; an independent retraining passed 46 of 50 by the same bounds.
+
+The held-out half and the other architectures and data sets measured are in
+``benchmarks/README.md``. ``unsir_config_for`` returns that recipe; ``with_noise=True`` the
+paper's method (noise, no head reset), as measured here; ``OFFICIAL`` the notebook's settings.
 
 A recipe is derived, not looked up per data set:
 
@@ -92,6 +99,7 @@ def unsir_config_for(arch: str, *, retain_per_class: int, with_noise: bool = Fal
     return UNSIRConfig(
         noise=NoiseConfig(batch_size=noise_batch, steps=10, lr=0.5, l2_weight=0.1, l2_reduction="pixel_mean"),
         noise_copies=copies,
+        reset_forget_rows=not with_noise,
         impair=family.impair,
         repair=family.repair,
         verification=VerificationConfig(),
