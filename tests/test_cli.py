@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_project
 
-from unsir_pipeline import progress as progress_module
-from unsir_pipeline import runtime
 from unsir_pipeline.cli import build_parser, main
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.cli import progress as progress_module
+from unsir_pipeline.settings import runtime
+from unsir_pipeline.settings.workspace import Workspace
 
 CLI = [sys.executable, "-m", "unsir_pipeline.cli"]
 
@@ -167,7 +167,7 @@ def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
 
 
 def test_a_child_process_progress_reaches_the_parent_stream():
-    child = ("import sys; from unsir_pipeline.progress import relayed_stderr\n"
+    child = ("import sys; from unsir_pipeline.cli.progress import relayed_stderr\n"
              "with relayed_stderr(): print('train: epoch 2/2', file=sys.stderr)")
     shown = io.StringIO()
     with progress_module.relay(progress_module.Progress("bootstrap", enabled=True, stream=shown)):
@@ -206,7 +206,7 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    from unsir_pipeline.bootstrap import bootstrap
+    from unsir_pipeline.cli.bootstrap import bootstrap
 
     root = make_project(tmp_path_factory.mktemp("cli") / "project")
     assert bootstrap(Workspace.load(root)).version == 1
