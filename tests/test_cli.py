@@ -126,7 +126,7 @@ def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch
 
 
 def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
-    code = ("from unsir_pipeline import runtime; runtime.configure_prefect(quiet_console=False); "
+    code = ("from unsir_pipeline.settings import runtime; runtime.configure_prefect(quiet_console=False); "
             "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())")
     env = {k: v for k, v in os.environ.items() if k != runtime.PREFECT_STARTUP_ENV}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -144,7 +144,7 @@ def test_startup_failure_is_one_line_naming_the_fix():
 
 
 def test_state_that_cannot_be_written_is_named(tmp_path):
-    from unsir_pipeline.cli import _describe
+    from unsir_pipeline.cli.commands import _describe
 
     err = RuntimeError("(sqlite3.OperationalError) unable to open database file\n[SQL: ...]")
     line = _describe(err, tmp_path)
