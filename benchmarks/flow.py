@@ -94,13 +94,13 @@ def start_stack(workdir: Path, project: Path) -> tuple[dict[str, str], float]:
 
 def measure(project: Path, n_runs: int) -> dict:
     started = time.perf_counter()
-    from unsir_pipeline.environment import configure
+    from unsir_pipeline.settings.environment import configure
 
     configure(project)
     import_started = time.perf_counter()
-    from flows.unlearn import unlearn
-    from unsir_pipeline.bootstrap import bootstrap
-    from unsir_pipeline.workspace import Workspace
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.flows.unlearn import unlearn
+    from unsir_pipeline.settings.workspace import Workspace
 
     import_s = time.perf_counter() - import_started
     boot_started = time.perf_counter()
@@ -159,8 +159,8 @@ def time_deletion_batch(project: Path) -> dict:
     import mlflow
     from prefect.client.orchestration import get_client
 
-    from unsir_pipeline import batches
-    from unsir_pipeline.workspace import Workspace
+    from unsir_pipeline.governance import batches
+    from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(project)
     batches.file_request(ws, ["8"], "benchmark", "flow benchmark")
@@ -171,7 +171,7 @@ def time_deletion_batch(project: Path) -> dict:
         flow_run = run_deployment("deletion-batch/deletion-batch", timeout=900)
         how = "deployment run, picked up by the process worker"
     else:
-        from flows.deletion_batch import deletion_batch
+        from unsir_pipeline.flows.deletion_batch import deletion_batch
 
         state = deletion_batch(project_dir=str(project), return_state=True)
         with get_client(sync_client=True) as client:

@@ -30,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
     make_project(project)
     # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
-    from unsir_pipeline.environment import configure
+    from unsir_pipeline.settings.environment import configure
 
     configure(project)
-    from flows.unlearn import unlearn
-    from unsir_pipeline.bootstrap import bootstrap
-    from unsir_pipeline.workspace import Workspace
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.flows.unlearn import unlearn
+    from unsir_pipeline.settings.workspace import Workspace
 
     bootstrap(Workspace.load(project))
     rows = []

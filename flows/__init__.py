@@ -1,1 +1,2 @@
-"""Prefect flows: fixed sequences of the tasks in ``tasks/``."""
+"""Prefect flows (installed as ``unsir_pipeline.flows``): fixed sequences of the tasks in
+``tasks/``."""

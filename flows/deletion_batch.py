@@ -14,51 +14,56 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.unlearn import unlearn
-from tasks.common import workspace
-from tasks.requests import claim_pending_requests, complete_requests, release_requests
-from unsir_pipeline import batches
-from unsir_pipeline.steps import resolve_parent
-from unsir_pipeline.validation import ValidationFailed
+from unsir_pipeline.adapters.registry import registry_for
+from unsir_pipeline.adapters.validation import ValidationFailed
+from unsir_pipeline.flows.unlearn import unlearn
+from unsir_pipeline.governance import batches
+from unsir_pipeline.governance.promotion import resolve_parent
+from unsir_pipeline.settings.workspace import Workspace, open_workspace
+from unsir_pipeline.tasks.requests import (
+    claim_pending_requests,
+    complete_requests,
+    release_requests,
+)
 
 
 @flow(name="deletion-batch", log_prints=True)
 def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -> dict:
     overrides = list(overrides or [])
-    ws = workspace(project_dir, overrides)
+    ws = open_workspace(project_dir, tuple(overrides))
     logger = get_run_logger()
     with batches.batch_lock(ws) as acquired:
         if not acquired:
             logger.info("another deletion batch is running; this one ends now")
             return {"status": "skipped", "reason": "another deletion batch is running"}
-        batch = claim_pending_requests(project_dir, overrides)
+        batch = claim_pending_requests(ws)
         if batch is None:
             return {"status": "empty"}
         batches.record(ws, batch, "batch_resumed" if batch.resumed else "batch_started",
                        {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}})
         try:
-            champion = resolve_parent(ws, ws.params.registry.champion_alias)
-            todo = sorted(set(batch.classes) - set(champion["forgotten_classes"]))
+            champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
+            todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
             if not todo:  # an interrupted batch already got its version promoted
-                version = champion["version"]
-                complete_requests(project_dir, overrides, batch.batch_id, version)
+                version = champion.version
+                complete_requests(ws, batch.batch_id, version)
                 batches.record(ws, batch, "batch_finished", {"model_version": version, "note": "classes already forgotten by the champion"})
                 return {"status": "done", "batch_id": batch.batch_id, "new_version": version, "request_ids": batch.request_ids, "promoted": True}
             result = unlearn(forget_classes=[str(c) for c in todo], project_dir=project_dir, overrides=overrides, run_key=batch.run_key)
         except ValidationFailed as err:
             batches.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})
-            _fail(ws, project_dir, overrides, batch, err)
+            _fail(ws, batch, err)
             raise
         except BaseException as err:
-            _fail(ws, project_dir, overrides, batch, err)
+            _fail(ws, batch, err)
             raise
         _record_success(ws, batch, result)
-        complete_requests(project_dir, overrides, batch.batch_id, result["new_version"])
+        complete_requests(ws, batch.batch_id, result["new_version"])
         batches.record(ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]})
     return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
 
 
-def _record_success(ws, batch: batches.ClaimedBatch, result: dict) -> None:
+def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:
     links = {"mlflow_run_id": result["mlflow_run_id"], "prefect_flow_run_id": result["flow_run_id"]}
     batches.record(ws, batch, "validation_passed", {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links})
     batches.record(ws, batch, "unlearning_metrics", {
@@ -77,7 +82,7 @@ def _record_success(ws, batch: batches.ClaimedBatch, result: dict) -> None:
     batches.record(ws, batch, "gate_decision", {"model_version": result["new_version"], "promoted": result["promoted"], "reasons": result["gate_reasons"]})
 
 
-def _fail(ws, project_dir: str, overrides: list[str], batch: batches.ClaimedBatch, err: BaseException) -> None:
+def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
     message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    statuses = release_requests(project_dir, overrides, batch.batch_id, message)
+    statuses = release_requests(ws, batch.batch_id, message)
     batches.record(ws, batch, "batch_failed", {"error": message, "statuses": statuses})

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 from prefect import flow, runtime
 
-from tasks import data, evaluation, model, unlearning
-from tasks.common import workspace
-from unsir_pipeline import promotion, steps
+from unsir_pipeline.adapters.registry import registry_for
+from unsir_pipeline.governance import promotion
+from unsir_pipeline.settings.workspace import RunContext, open_workspace
+from unsir_pipeline.tasks import data, evaluation, model, unlearning
 
 
 @dataclass
@@ -73,61 +74,59 @@ def unlearn(
     the flow run id. A caller that may rerun the same work (a deletion batch resumed after a
     crash) passes a stable key, so the rerun resumes instead of registering a second version.
     """
-    overrides = list(overrides or [])
-    ws = workspace(project_dir, overrides)
+    ws = open_workspace(project_dir, tuple(overrides or ()))
     parent_ref = parent or ws.params.registry.champion_alias
     flow_run_id = str(runtime.flow_run.id or "local")
-    run_key = run_key or flow_run_id
+    ctx = RunContext.open(ws, run_key or flow_run_id, flow_run_id)
     clock = _Clock()
 
-    parent_info = clock("resolve-model-version", model.resolve_model_version, project_dir, overrides, parent_ref)
-    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, project_dir, overrides, run_key, flow_run_id, forget_classes)
-    registry = steps.registry_for(ws)
+    parent_model = clock("resolve-model-version", model.resolve_model_version, ctx, parent_ref)
+    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, ctx, forget_classes)
+    registry = registry_for(ws)
     try:
-        handles = clock("validate-data-splits", data.validate_data_splits, project_dir, overrides, forget_classes, parent_info["forgotten_classes"])
-        digests = clock("version-data", data.version_data, project_dir, overrides, handles["retain_subset"])
-        clock("load-registered-model", model.load_registered_model, project_dir, overrides, run_key, parent_info["version"])
-        unlearned = clock("unlearn", unlearning.unlearn, project_dir, overrides, run_key, mlflow_run_id,
-                          handles["forget_classes"], handles["all_forgotten"], handles["retain_subset"])
-        result = clock("evaluate", evaluation.evaluate, project_dir, overrides, run_key, mlflow_run_id, handles["all_forgotten"])
-        per_class = [row["after"] for row in result["per_class"]]
+        request = clock("validate-data-splits", data.validate_data_splits, ctx, forget_classes, parent_model)
+        digests = clock("version-data", data.version_data, ws, request.retain_subset)
+        clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
+        unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
+        result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
+        per_class = [row["after"] for row in result.per_class]
         verified_forgotten = promotion.measured_forgotten(per_class, ws.params.gates.max_forget_acc)
         tags = promotion.lineage_tags(
-            ws, parent_version=parent_info["version"], all_forgotten=handles["all_forgotten"], new_classes=handles["forget_classes"],
-            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=run_key,
-            rounds=len(unlearned["rounds"]), verified=unlearned["verified"], verified_forgotten=verified_forgotten,
+            ws, parent_version=parent_model.version, all_forgotten=request.all_forgotten, new_classes=request.forget_classes,
+            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=ctx.run_key,
+            rounds=len(unlearned.rounds), verified=unlearned.verified, verified_forgotten=verified_forgotten,
         )
-        version = clock("register-model-version", model.register_model_version, project_dir, overrides, run_key, mlflow_run_id, tags)
+        version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags)
         candidate = promotion.GateInput(
-            metrics=result["metrics"], per_class_test=per_class, forget_classes=handles["all_forgotten"],
-            verified=unlearned["verified"], rounds=len(unlearned["rounds"]),
+            metrics=result.metrics, per_class_test=per_class, forget_classes=request.all_forgotten,
+            verified=unlearned.verified, rounds=len(unlearned.rounds),
         )
-        decision = clock("promotion-gate", model.promotion_gate, project_dir, overrides, version, candidate)
+        decision = clock("promotion-gate", model.promotion_gate, ctx, version, candidate)
     except BaseException:
         registry.end_run(mlflow_run_id, status="FAILED")
         raise
-    compute = dict(unlearned["timings_s"])
+    compute = dict(unlearned.timings_s)
     with registry.start_run(run_id=mlflow_run_id):
         registry.log_metrics({**{f"compute_{k}": v for k, v in compute.items()}, **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()}})
     return UnlearnResult(
-        forget_classes=handles["forget_classes"],
-        forget_class_names=[handles["class_names"][c] for c in handles["forget_classes"]],
-        all_forgotten=handles["all_forgotten"],
-        parent_version=parent_info["version"],
+        forget_classes=request.forget_classes,
+        forget_class_names=[request.class_names[c] for c in request.forget_classes],
+        all_forgotten=request.all_forgotten,
+        parent_version=parent_model.version,
         new_version=version,
-        promoted=decision["promoted"],
-        gate_reasons=decision["reasons"],
-        metrics=result["metrics"],
-        per_class=result["per_class"],
+        promoted=decision.promoted,
+        gate_reasons=decision.reasons,
+        metrics=result.metrics,
+        per_class=result.per_class,
         mlflow_run_id=mlflow_run_id,
         flow_run_id=flow_run_id,
-        run_key=run_key,
-        device=unlearned["device"],
+        run_key=ctx.run_key,
+        device=unlearned.device,
         data_digests=digests,
-        expectations_passed=handles["expectations_passed"],
+        expectations_passed=request.expectations_passed,
         compute_s=compute,
         task_s=clock.seconds,
-        rounds=unlearned["rounds"],
-        verified=unlearned["verified"],
+        rounds=unlearned.rounds,
+        verified=unlearned.verified,
         verified_forgotten_classes=verified_forgotten,
     ).to_dict()

@@ -1,1 +1,2 @@
-"""Prefect tasks: thin wrappers that call one pipeline step, log, and return a small handle."""
+"""Prefect tasks (installed as ``unsir_pipeline.tasks``): each task is one step of a flow and
+holds its body, calling the core library and the one module of each external system."""

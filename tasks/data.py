@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import workspace
-from unsir_pipeline import steps
-from unsir_pipeline.validation import require_valid
+from unsir_pipeline.adapters import data_versioning
+from unsir_pipeline.adapters.prepared_data import load_prepared, read_manifest, write_retain_subset
+from unsir_pipeline.governance.deletion_requests import resolve_request
+from unsir_pipeline.governance.promotion import ParentModel
+from unsir_pipeline.settings.workspace import RunContext, Workspace
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A request that passed validation: the classes to forget now, every class forgotten once
+    this run is done, and the retain subset (D_r_sub) drawn for it."""
+
+    forget_classes: list[int]
+    all_forgotten: list[int]
+    class_names: list[str]
+    retain_subset: Path
+    expectations_passed: int
 
 
 @task(name="validate-data-splits", cache_policy=NO_CACHE)
-def validate_data_splits(project_dir: str, overrides: list[str], requested: list[str], already_forgotten: list[int]) -> dict:
-    """Great Expectations over the manifest and the retain subset, plus DVC digests; a failure
-    stops the flow before any compute, listing every failed expectation."""
-    report, handles = steps.validate_inputs(workspace(project_dir, overrides), requested, already_forgotten)
+def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentModel) -> ValidatedRequest:
+    """Resolve the request, draw the retain subset, and run Great Expectations over the manifest
+    and the retain subset, plus DVC digests; a failure stops the flow before any compute,
+    listing every failed expectation."""
+    # Great Expectations takes ~1.5 s to import: only the steps that validate pay for it.
+    from unsir_pipeline.adapters.validation import require_valid, validate_splits
+
+    ws = ctx.ws
+    data, manifest = load_prepared(ws)
+    new_classes = resolve_request(requested, data.class_names, forgotten=parent.forgotten_classes,
+                                  forgotten_by=f"the parent model (version {parent.version})")
+    all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes)))
+    retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
+    mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
+    report = validate_splits(
+        manifest, read_manifest(retain_path), num_classes=data.num_classes, forget_classes=all_forgotten,
+        min_per_class=ws.params.data.min_per_class, extra_failures=mismatches, data=data,
+    )
     create_markdown_artifact(key="data-validation", markdown=report.to_markdown(), description="Great Expectations result")
     require_valid(report)
-    handles["expectations_passed"] = report.evaluated
-    get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, handles["forget_classes"])
-    return handles
+    get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, list(new_classes))
+    return ValidatedRequest(list(new_classes), list(all_forgotten), list(data.class_names), retain_path, report.evaluated)
 
 
 @task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def version_data(project_dir: str, overrides: list[str], retain_subset: str) -> dict[str, str]:
-    digests = steps.version_data(workspace(project_dir, overrides), retain_subset)
+def version_data(ws: Workspace, retain_subset: Path) -> dict[str, str]:
+    """DVC-track the retain subset, push to the remote, and return the data digests used."""
+    retain_md5 = data_versioning.track(ws.root, retain_subset)
+    # The remote can change between runs (UNSIR_DVC_REMOTE): a shared store for a team.
+    data_versioning.use_remote(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
+    data_versioning.push(ws.root)
+    recorded = data_versioning.recorded_digests(ws.root)
+    relative = str(retain_subset.relative_to(ws.root))
+    digests = {k: v for k, v in recorded.items() if k.startswith(str(ws.prepared_dir.relative_to(ws.root)))}
+    digests[relative] = retain_md5
     get_run_logger().info("data versioned with DVC: %s", digests)
     return digests

@@ -3,45 +3,76 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_paths, workspace
-from unsir_pipeline import promotion, steps
+from unsir.checkpoint import save_checkpoint
+from unsir.splits import select
+from unsir_pipeline.adapters.prepared_data import load_prepared
+from unsir_pipeline.adapters.provenance import git_commit
+from unsir_pipeline.adapters.registry import registry_for
+from unsir_pipeline.governance import promotion
+from unsir_pipeline.settings.workspace import RunContext
 
 
 @task(name="open-tracking-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def open_tracking_run(project_dir: str, overrides: list[str], run_key: str, flow_run_id: str, requested: list[str]) -> str:
-    run_id = steps.open_tracking_run(workspace(project_dir, overrides), run_key, flow_run_id, requested)
+def open_tracking_run(ctx: RunContext, requested: list[str]) -> str:
+    """The MLflow run for this run key, created once: a retried or resumed run reuses it."""
+    ws = ctx.ws
+    registry = registry_for(ws)
+    run_id = registry.find_run("run_key", ctx.run_key)
+    if run_id is None:
+        tags = {"run_key": ctx.run_key, "prefect_flow_run_id": ctx.flow_run_id,
+                "requested_classes": json.dumps(requested), "git_commit": git_commit(ws.root)}
+        with registry.start_run(run_name=f"unlearn-{ctx.run_key[:12]}", tags=tags) as run_id:
+            registry.log_params({**_flatten(ws.params.model_dump(mode="json")), "params_digest": ws.params.digest(),
+                                 "overrides": json.dumps(list(ws.overrides))})
     get_run_logger().info("MLflow run %s", run_id)
     return run_id
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @task(name="resolve-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def resolve_model_version(project_dir: str, overrides: list[str], ref: str) -> dict:
-    parent = steps.resolve_parent(workspace(project_dir, overrides), ref)
-    get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent["version"], parent["forgotten_classes"])
+def resolve_model_version(ctx: RunContext, ref: str) -> promotion.ParentModel:
+    parent = promotion.resolve_parent(registry_for(ctx.ws), ref)
+    get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent.version, parent.forgotten_classes)
     return parent
 
 
 @task(name="load-registered-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def load_registered_model(project_dir: str, overrides: list[str], run_key: str, version: int) -> str:
-    path = steps.load_parent(workspace(project_dir, overrides), run_paths(project_dir, overrides, run_key), version)
-    get_run_logger().info("loaded version %s into %s (safetensors, no pickle)", version, path)
-    return path
+def load_registered_model(ctx: RunContext, version: int) -> Path:
+    """Download the parent version and keep its checkpoint in the run directory."""
+    model, card, _ = registry_for(ctx.ws).load_model(
+        version, dest=ctx.paths.download, allow_pickled_module=ctx.ws.params.registry.allow_pickled_module
+    )
+    save_checkpoint(ctx.paths.parent, model, card)
+    get_run_logger().info("loaded version %s into %s (safetensors, no pickle)", version, ctx.paths.parent)
+    return ctx.paths.parent
 
 
 @task(name="register-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register_model_version(project_dir: str, overrides: list[str], run_key: str, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2) -> int:
+def register_model_version(ctx: RunContext, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2) -> int:
     """Register the unlearned checkpoint as ``challenger``. Keyed on the run key (the flow run
     id, or a batch's stable key): a retry returns the version already registered."""
-    ws = workspace(project_dir, overrides)
-    run = run_paths(project_dir, overrides, run_key)
-    registry = steps.registry_for(ws)
+    ws = ctx.ws
+    # A few test images as the data set gives them (the served model normalises them itself).
+    data, manifest = load_prepared(ws)
+    images, _ = select(data, manifest[manifest["split"] == "test"].head(input_example_count))
+    registry = registry_for(ws)
     with registry.start_run(run_id=mlflow_run_id):
         version = registry.register_checkpoint(
-            run.unlearned, input_example=steps.input_example(ws, run, input_example_count), tags=tags,
+            ctx.paths.unlearned, input_example=images.numpy(), tags=tags,
             idempotency_key=tags["run_key"], alias=ws.params.registry.challenger_alias,
         )
     get_run_logger().info("registered version %s as %r; lineage %s", version, ws.params.registry.challenger_alias, json.dumps(tags))
@@ -49,10 +80,9 @@ def register_model_version(project_dir: str, overrides: list[str], run_key: str,
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def promotion_gate(project_dir: str, overrides: list[str], version: int, candidate: promotion.GateInput) -> dict:
+def promotion_gate(ctx: RunContext, version: int, candidate: promotion.GateInput) -> promotion.GateDecision:
     """Move ``champion`` to the new version only when every bound in params.yaml holds and no
     class that a promoted version forgot would come back."""
-    ws = workspace(project_dir, overrides)
-    promoted, reasons = promotion.apply_gate(ws, version, candidate)
+    promoted, reasons = promotion.apply_gate(ctx.ws, version, candidate)
     get_run_logger().info("version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons))
-    return {"promoted": promoted, "reasons": reasons}
+    return promotion.GateDecision(promoted, reasons)

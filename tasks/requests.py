@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import workspace
-from unsir_pipeline import batches
+from unsir_pipeline.governance import batches
+from unsir_pipeline.settings.workspace import Workspace
 
 
 @task(name="claim-pending-requests", cache_policy=NO_CACHE)
-def claim_pending_requests(project_dir: str, overrides: list[str]) -> batches.ClaimedBatch | None:
-    batch = batches.claim_batch(workspace(project_dir, overrides))
+def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
+    batch = batches.claim_batch(ws)
     if batch is None:
         get_run_logger().info("no pending deletion request")
     else:
@@ -21,15 +21,14 @@ def claim_pending_requests(project_dir: str, overrides: list[str]) -> batches.Cl
 
 
 @task(name="complete-requests", cache_policy=NO_CACHE)
-def complete_requests(project_dir: str, overrides: list[str], batch_id: str, version: int) -> list[str]:
-    done = batches.request_store(workspace(project_dir, overrides)).mark_done(batch_id, version)
+def complete_requests(ws: Workspace, batch_id: str, version: int) -> list[str]:
+    done = batches.request_store(ws).mark_done(batch_id, version)
     get_run_logger().info("%d request(s) done with version %s", len(done), version)
     return [r.id for r in done]
 
 
 @task(name="release-requests", cache_policy=NO_CACHE)
-def release_requests(project_dir: str, overrides: list[str], batch_id: str, error: str) -> dict[str, str]:
-    ws = workspace(project_dir, overrides)
+def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]:
     released = batches.request_store(ws).release(batch_id, error, ws.params.requests.max_attempts)
     get_run_logger().warning("batch failed; requests back to %s", {r.id: r.status for r in released})
     return {r.id: r.status for r in released}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.audit import (
+from unsir_pipeline.governance.audit import (
     GENESIS,
     AuditError,
     AuditLog,

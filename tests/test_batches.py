@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import make_project
 
-from unsir_pipeline import batches
-from unsir_pipeline.audit import AuditLog
-from unsir_pipeline.bootstrap import bootstrap
+from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.steps import registry_for
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.cli.bootstrap import bootstrap
+from unsir_pipeline.governance import batches
+from unsir_pipeline.governance.audit import AuditLog
+from unsir_pipeline.settings.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def events(root: Path, batch_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def first_batch(project):
     """Three requests filed at different times, then one batch."""
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     filed = []
@@ -75,7 +75,7 @@ def test_three_requests_become_one_batch_and_one_version(project, first_batch):
 
 
 def test_an_empty_batch_ends_at_once(project, first_batch):
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     before = versions(project)
     assert deletion_batch(project_dir=str(project))["status"] == "empty"
@@ -97,7 +97,7 @@ def test_refused_requests_are_recorded(project, first_batch):
 
 
 def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch):
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     weak = ["unlearn.noise_copies=0", "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
             "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
@@ -128,7 +128,7 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
 
 
 def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["6"], "grace", "kill test")
@@ -239,7 +239,7 @@ def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_
 
 
 def test_two_batches_never_run_at_once(project, first_batch):
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["2"], "heidi", "lock test")
@@ -253,8 +253,8 @@ def test_two_batches_never_run_at_once(project, first_batch):
 
 
 def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_batch):
-    from flows.deletion_batch import deletion_batch
-    from unsir_pipeline.validation import ValidationFailed
+    from unsir_pipeline.adapters.validation import ValidationFailed
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["4"], "ivan", "failure test")
@@ -281,7 +281,7 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
     fails and its requests go back to pending; the next batch (server back) completes them."""
     import socket
 
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -372,8 +372,9 @@ def test_audit_verify_names_requests_missing_from_the_store(project, first_batch
 
 
 def test_bit_flipped_champion_weights_are_refused_before_any_compute(project, first_batch):
-    from unsir_pipeline.registry import RegistryError
-    from unsir_pipeline.steps import RunPaths, load_parent
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.settings.workspace import RunContext
+    from unsir_pipeline.tasks.model import load_registered_model
 
     ws = ws_of(project)
     registry = registry_for(ws)
@@ -387,17 +388,17 @@ def test_bit_flipped_champion_weights_are_refused_before_any_compute(project, fi
     flipped[-5] ^= 0x01
     try:
         stored[0].write_bytes(bytes(flipped))
-        run = RunPaths.for_run(ws, "flip-test")
+        ctx = RunContext.open(ws, "flip-test", "flip-test")
         with pytest.raises(RegistryError, match=rf"version {champion}: .* has sha256 [0-9a-f]{{64}}, but {source} was recorded"):
-            load_parent(ws, run, champion)
-        assert not run.parent.exists()  # nothing was written for the next step to use
+            load_registered_model.fn(ctx, champion)
+        assert not ctx.paths.parent.exists()  # nothing was written for the next step to use
     finally:
         stored[0].write_bytes(original)
 
 
 _STALL_IN_REGISTRATION = """
 import pathlib, sys, time
-from unsir_pipeline import registry
+from unsir_pipeline.adapters import registry
 def stall(self, version):
     pathlib.Path(sys.argv[2]).write_text(str(version))
     time.sleep(600)
@@ -408,7 +409,7 @@ sys.exit(main(["--project", sys.argv[1], "batch", "run"]))
 
 
 def test_batch_killed_during_registration_leaves_one_version_and_one_record(project, first_batch, tmp_path):
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["5"], "kim", "kill during registration")
@@ -437,8 +438,8 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
 
 
 def test_hand_edited_retain_subset_is_reported_not_redrawn(project, first_batch):
-    from unsir_pipeline.validation import ValidationFailed
-    from unsir_pipeline.workspace import load_prepared, write_retain_subset
+    from unsir_pipeline.adapters.prepared_data import load_prepared, write_retain_subset
+    from unsir_pipeline.adapters.validation import ValidationFailed
 
     ws = ws_of(project)
     _, manifest = load_prepared(ws)
@@ -480,7 +481,7 @@ def test_signed_anchor_end_to_end(project, first_batch, tmp_path, capsys, monkey
 
 
 def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_recorded(project, first_batch, capsys):
-    from unsir_pipeline.deletion_requests import RequestError
+    from unsir_pipeline.governance.deletion_requests import RequestError
 
     ws = ws_of(project)
     before = (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records()))

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_project
 
-from unsir_pipeline import progress as progress_module
-from unsir_pipeline import runtime
 from unsir_pipeline.cli import build_parser, main
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.cli import progress as progress_module
+from unsir_pipeline.settings import runtime
+from unsir_pipeline.settings.workspace import Workspace
 
 CLI = [sys.executable, "-m", "unsir_pipeline.cli"]
 
@@ -126,7 +126,7 @@ def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch
 
 
 def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
-    code = ("from unsir_pipeline import runtime; runtime.configure_prefect(quiet_console=False); "
+    code = ("from unsir_pipeline.settings import runtime; runtime.configure_prefect(quiet_console=False); "
             "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())")
     env = {k: v for k, v in os.environ.items() if k != runtime.PREFECT_STARTUP_ENV}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -144,7 +144,7 @@ def test_startup_failure_is_one_line_naming_the_fix():
 
 
 def test_state_that_cannot_be_written_is_named(tmp_path):
-    from unsir_pipeline.cli import _describe
+    from unsir_pipeline.cli.commands import _describe
 
     err = RuntimeError("(sqlite3.OperationalError) unable to open database file\n[SQL: ...]")
     line = _describe(err, tmp_path)
@@ -167,7 +167,7 @@ def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
 
 
 def test_a_child_process_progress_reaches_the_parent_stream():
-    child = ("import sys; from unsir_pipeline.progress import relayed_stderr\n"
+    child = ("import sys; from unsir_pipeline.cli.progress import relayed_stderr\n"
              "with relayed_stderr(): print('train: epoch 2/2', file=sys.stderr)")
     shown = io.StringIO()
     with progress_module.relay(progress_module.Progress("bootstrap", enabled=True, stream=shown)):
@@ -206,7 +206,7 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    from unsir_pipeline.bootstrap import bootstrap
+    from unsir_pipeline.cli.bootstrap import bootstrap
 
     root = make_project(tmp_path_factory.mktemp("cli") / "project")
     assert bootstrap(Workspace.load(root)).version == 1

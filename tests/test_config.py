@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unsir_pipeline.config import ConfigError, load_params
+from unsir_pipeline.settings.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "configs"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.data_versioning import (
+from unsir_pipeline.adapters.data_versioning import (
     DataVersioningError,
     default_remote,
     ensure_repo,
@@ -297,12 +297,14 @@ def test_the_stage_wrapper_names_the_fix_when_no_python_has_the_package(tmp_path
 
 @pytest.mark.slow
 def test_the_flows_version_data_step_leaves_the_tree_clean(tmp_path: Path) -> None:
-    """steps.version_data as the flow calls it, in a project with the repository's .gitignore:
+    """The version-data task's body as the flow calls it, in a project with the repository's .gitignore:
     the retain subset is tracked and pushed, its md5 is in the lineage, git sees nothing new."""
     from conftest import make_project
+    from prefect.logging import disable_run_logger
 
-    from unsir_pipeline.steps import version_data
-    from unsir_pipeline.workspace import Workspace, load_prepared, write_retain_subset
+    from unsir_pipeline.adapters.prepared_data import load_prepared, write_retain_subset
+    from unsir_pipeline.settings.workspace import Workspace
+    from unsir_pipeline.tasks.data import version_data
 
     root = make_project(tmp_path / "project")
     shutil.copy(Path(__file__).resolve().parents[1] / ".gitignore", root / ".gitignore")
@@ -314,7 +316,8 @@ def test_the_flows_version_data_step_leaves_the_tree_clean(tmp_path: Path) -> No
     data, manifest = load_prepared(ws)
     subset = write_retain_subset(ws, manifest, (3,), data.num_classes)
 
-    digests = version_data(ws, str(subset))
+    with disable_run_logger():
+        digests = version_data.fn(ws, subset)
     key = subset.relative_to(root).as_posix()
     assert digests[key] == _md5(subset) and "data/prepared" in digests
     assert (tmp_path / "team-remote" / "files" / "md5" / digests[key][:2] / digests[key][2:]).is_file()

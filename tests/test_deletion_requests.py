@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.deletion_requests import (
+from unsir_pipeline.governance.deletion_requests import (
     STATUSES,
     DeletionRequest,
     RequestError,

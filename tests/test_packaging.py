@@ -17,10 +17,10 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
+from unsir_pipeline.adapters.data_versioning import default_remote
 from unsir_pipeline.cli import main
-from unsir_pipeline.config import load_params
-from unsir_pipeline.data_versioning import default_remote
-from unsir_pipeline.project_init import TEMPLATES, ProjectInitError, init_project
+from unsir_pipeline.cli.project_init import TEMPLATES, ProjectInitError, init_project
+from unsir_pipeline.settings.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -47,6 +47,21 @@ def test_licence_and_metadata() -> None:
     assert PYPROJECT["authors"] and {"machine-unlearning", "mlops"} <= set(PYPROJECT["keywords"])
     # A licence expression and a licence classifier together are an error for setuptools >= 77.
     assert not any(c.startswith("License ::") for c in PYPROJECT["classifiers"])
+
+
+def test_every_package_folder_is_installed_under_its_namespaced_name() -> None:
+    """pyproject.toml lists the packages by hand, because package-dir installs the top-level
+    flows/ and tasks/ folders as unsir_pipeline.flows and unsir_pipeline.tasks: a package folder
+    missing from the list would be missing from the wheel."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folder_to_package = {folder: name for name, folder in setuptools["package-dir"].items()}
+    assert folder_to_package == {"flows": "unsir_pipeline.flows", "tasks": "unsir_pipeline.tasks"}
+    found = set()
+    for top in ("unsir", "unsir_pipeline", *folder_to_package):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT).parts
+            found.add(".".join((folder_to_package.get(parts[0], parts[0]), *parts[1:])))
+    assert set(setuptools["packages"]) == found
 
 
 def test_every_template_ships_as_package_data() -> None:

@@ -12,13 +12,12 @@ import yaml
 from conftest import make_project
 
 from unsir.errors import UnlearningInputError
-from unsir_pipeline import data_versioning
-from unsir_pipeline.bootstrap import bootstrap
+from unsir_pipeline.adapters import data_versioning
+from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.cli import main
-from unsir_pipeline.registry import RegistryError
-from unsir_pipeline.steps import registry_for
-from unsir_pipeline.validation import ValidationFailed
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.cli.bootstrap import bootstrap
+from unsir_pipeline.settings.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +32,7 @@ def project(tmp_path_factory, prefect_harness) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(project):
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     return unlearn(forget_classes=["3"], project_dir=str(project))
 
@@ -89,7 +88,7 @@ def test_flow_forgets_registers_and_promotes(project, first_run):
 
 
 def test_second_batch_keeps_earlier_classes_forgotten(project, first_run):
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     result = unlearn(forget_classes=["8"], project_dir=str(project))
     assert result["parent_version"] == 2 and result["new_version"] == 3
@@ -104,7 +103,7 @@ def test_second_batch_keeps_earlier_classes_forgotten(project, first_run):
 
 
 def test_already_forgotten_or_unknown_class_is_refused(project, first_run):
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     before = len(registry_for(Workspace.load(project)).list_versions())
     with pytest.raises(UnlearningInputError, match="already forgotten"):
@@ -115,7 +114,7 @@ def test_already_forgotten_or_unknown_class_is_refused(project, first_run):
 
 
 def test_missing_alias_is_a_clear_error(project):
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     with pytest.raises(RegistryError, match="no alias 'staging'"):
         unlearn(forget_classes=["1"], project_dir=str(project), parent="staging")
@@ -124,7 +123,8 @@ def test_missing_alias_is_a_clear_error(project):
 def test_retried_registration_returns_the_same_version(project, first_run):
     from prefect import flow
 
-    from tasks.model import register_model_version
+    from unsir_pipeline.settings.workspace import RunContext
+    from unsir_pipeline.tasks.model import register_model_version
 
     registry = registry_for(Workspace.load(project))
     tags = dict(registry.get_version(first_run["new_version"]).tags)
@@ -132,7 +132,8 @@ def test_retried_registration_returns_the_same_version(project, first_run):
 
     @flow(name="retry-registration")
     def retry() -> int:
-        return register_model_version(str(project), [], first_run["run_key"], first_run["mlflow_run_id"], tags)
+        ctx = RunContext.open(Workspace.load(project), first_run["run_key"], "retry-registration")
+        return register_model_version(ctx, first_run["mlflow_run_id"], tags)
 
     count = len(registry.list_versions())
     assert retry() == first_run["new_version"]
@@ -140,7 +141,7 @@ def test_retried_registration_returns_the_same_version(project, first_run):
 
 
 def test_corrupted_manifest_stops_the_flow_before_compute(project, first_run):
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     manifest_path = project / "data" / "prepared" / "manifest.csv"
     original = manifest_path.read_bytes()
@@ -212,7 +213,7 @@ def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
     import torch
 
     from unsir.checkpoint import load_checkpoint
-    from unsir_pipeline.workspace import unlearn_original
+    from unsir_pipeline.stages import unlearn_original
 
     ws = Workspace.load(project)
     assert ws.params.unlearn.forget_classes == [3] and first_run["parent_version"] == 1
@@ -226,7 +227,7 @@ def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
 def test_a_promotion_never_brings_a_deleted_class_back(project, first_run):
     """Class 3 is forgotten by a promoted version; forgetting class 0 from the original (which
     still knows 3) passes every other bound but is held, naming class 3."""
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     result = unlearn(forget_classes=["0"], project_dir=str(project), parent="original")
     assert result["all_forgotten"] == [0] and result["metrics"]["forget_acc"] <= 0.01

@@ -26,7 +26,7 @@ from unsir.checkpoint import (
 )
 from unsir.models import ModelSpec, build_model
 from unsir.splits import Normalization
-from unsir_pipeline.registry import (
+from unsir_pipeline.adapters.registry import (
     IDEMPOTENCY_TAG,
     WEIGHTS_SHA256_TAG,
     ModelRegistry,

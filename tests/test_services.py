@@ -158,7 +158,7 @@ def test_deletion_batch_runs_through_the_worker(stack):
     requests = stack.requests()
     assert all(requests[i]["status"] == "done" and requests[i]["model_version"] == 2 for i in ids)
     # The audit trail says which registry those version numbers belong to, without credentials.
-    from unsir_pipeline.audit import AuditLog
+    from unsir_pipeline.governance.audit import AuditLog
 
     finished = AuditLog(stack.project / "state" / "audit.sqlite").records(request_id=ids[0], event="batch_finished")
     assert finished and finished[-1].payload["registry"] == f"{stack.client['MLFLOW_TRACKING_URI']}#unsir-classifier"

@@ -21,8 +21,8 @@ from conftest import make_project
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.models import ModelSpec
 from unsir.splits import select
-from unsir_pipeline.registry import serving_signature
-from unsir_pipeline.serving_model import predict_rows
+from unsir_pipeline.adapters.registry import serving_signature
+from unsir_pipeline.adapters.serving_model import predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_signature_states_raw_images_and_labelled_rows(digits_card):
 
 @pytest.fixture(scope="module")
 def served_project(tmp_path_factory) -> Path:
-    from unsir_pipeline.bootstrap import bootstrap
-    from unsir_pipeline.workspace import Workspace
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.settings.workspace import Workspace
 
     root = make_project(tmp_path_factory.mktemp("serving") / "project")
     assert bootstrap(Workspace.load(root)).version == 1
@@ -120,10 +120,11 @@ def _session_processes(session: int) -> list[str]:
 
 @pytest.mark.slow
 def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_project):
-    from unsir_pipeline.promotion import FORGOTTEN_TAG
-    from unsir_pipeline.serving import free_port
-    from unsir_pipeline.steps import registry_for
-    from unsir_pipeline.workspace import Workspace, load_prepared
+    from unsir_pipeline.adapters.prepared_data import load_prepared
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.adapters.serving import free_port
+    from unsir_pipeline.governance.promotion import FORGOTTEN_TAG
+    from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(served_project)
     registry = registry_for(ws)

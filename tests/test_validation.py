@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pandas as pd
 import pytest
 
-from unsir_pipeline.validation import (
+from unsir_pipeline.adapters.validation import (
     ValidationFailed,
     ValidationReport,
     manifest_row_failures,
@@ -239,8 +239,8 @@ def test_digest_is_recomputed_on_a_seeded_sample(digits, digits_manifest) -> Non
 
 
 def test_retain_subset_edited_by_hand_is_reported_not_redrawn(tmp_path, monkeypatch) -> None:
-    from unsir_pipeline import data_versioning
-    from unsir_pipeline.validation import require_retain_subset_unaltered
+    from unsir_pipeline.adapters import data_versioning
+    from unsir_pipeline.adapters.validation import require_retain_subset_unaltered
 
     path = tmp_path / "retain.csv"
     drawn = "sample_id,label,split,digest\na,0,train,x\n"

@@ -16,8 +16,8 @@ from unsir.problem import build_task
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
 from unsir.verification import VerificationConfig, check_forgetting
-from unsir_pipeline.config import load_params
-from unsir_pipeline.promotion import GateInput, gate_decision
+from unsir_pipeline.governance.promotion import GateInput, gate_decision
+from unsir_pipeline.settings.config import load_params
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,6 +24,12 @@ WORKDIR /app
 COPY --chown=unsir:unsir pyproject.toml README.md LICENSE ./
 COPY --chown=unsir:unsir unsir/__init__.py unsir/__init__.py
 COPY --chown=unsir:unsir unsir_pipeline/__init__.py unsir_pipeline/__init__.py
+COPY --chown=unsir:unsir unsir_pipeline/adapters/__init__.py unsir_pipeline/adapters/__init__.py
+COPY --chown=unsir:unsir unsir_pipeline/cli/__init__.py unsir_pipeline/cli/__init__.py
+COPY --chown=unsir:unsir unsir_pipeline/governance/__init__.py unsir_pipeline/governance/__init__.py
+COPY --chown=unsir:unsir unsir_pipeline/settings/__init__.py unsir_pipeline/settings/__init__.py
+COPY --chown=unsir:unsir unsir/measures/__init__.py unsir/measures/__init__.py
+COPY --chown=unsir:unsir unsir/methods/__init__.py unsir/methods/__init__.py
 COPY --chown=unsir:unsir flows/__init__.py flows/__init__.py
 COPY --chown=unsir:unsir tasks/__init__.py tasks/__init__.py
 RUN pip install -e . "dvc-s3==3.3.0"

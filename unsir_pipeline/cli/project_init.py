@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from unsir_pipeline import data_versioning
-from unsir_pipeline.config import load_params
+from unsir_pipeline.adapters import data_versioning
+from unsir_pipeline.settings.config import load_params
 
 # Template name in unsir_pipeline/templates -> file name in the project. The .gitignore ships
 # without its dot: hidden files are easy to lose from package data.

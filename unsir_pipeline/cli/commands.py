@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no params.yaml in {project}; run from the project directory or pass --project", file=sys.stderr)
         return EXIT_USAGE
 
-    from unsir_pipeline import runtime
-    from unsir_pipeline.environment import configure
+    from unsir_pipeline.settings import runtime
+    from unsir_pipeline.settings.environment import configure
 
     if owns_process:
         runtime.handle_sigterm()
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _describe(err: Exception, project: Path | None = None) -> str:
-    from unsir_pipeline.runtime import describe_startup_failure
+    from unsir_pipeline.settings.runtime import describe_startup_failure
 
     startup = describe_startup_failure(err)
     if startup:
@@ -251,15 +251,15 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
-    from unsir_pipeline.config import ConfigError
-    from unsir_pipeline.deletion_requests import RequestError
-    from unsir_pipeline.runtime import RuntimeSettingError
+    from unsir_pipeline.governance.deletion_requests import RequestError
+    from unsir_pipeline.settings.config import ConfigError
+    from unsir_pipeline.settings.runtime import RuntimeSettingError
 
     return isinstance(err, (UnlearningInputError, ConfigError, RequestError, UsageError, RuntimeSettingError))
 
 
 def _progress(args):
-    from unsir_pipeline.progress import Progress, wanted
+    from unsir_pipeline.cli.progress import Progress, wanted
 
     return Progress(args.command, wanted(quiet=getattr(args, "json", False)))
 
@@ -271,7 +271,7 @@ def _emit(args, payload: dict, text: str) -> None:
 
 def _require_version(ws, version: int) -> None:
     """Refuse a version number the registry does not have, naming the ones it has (exit 2)."""
-    from unsir_pipeline.promotion import registry_for
+    from unsir_pipeline.adapters.registry import registry_for
 
     registry = registry_for(ws)
     name = ws.params.registry.model_name
@@ -284,7 +284,7 @@ def _require_version(ws, version: int) -> None:
 
 def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
     """The version an alias or version number names; exit 2 naming the ones that exist."""
-    from unsir_pipeline.promotion import registry_for
+    from unsir_pipeline.adapters.registry import registry_for
 
     registry = registry_for(ws)
     name = ws.params.registry.model_name
@@ -302,13 +302,13 @@ def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
 
 
 def _workspace(project: Path, args):
-    from unsir_pipeline.workspace import Workspace
+    from unsir_pipeline.settings.workspace import Workspace
 
     return Workspace.load(project, tuple(args.overrides))
 
 
 def cmd_bootstrap(project: Path, args) -> int:
-    from unsir_pipeline.bootstrap import bootstrap
+    from unsir_pipeline.cli.bootstrap import bootstrap
 
     result = bootstrap(_workspace(project, args), progress=_progress(args))
     if args.json:
@@ -324,23 +324,25 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
     MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
     were not forgotten already. Returns the parent's version number."""
-    from unsir_pipeline.promotion import FORGOTTEN_TAG, registry_for
-    from unsir_pipeline.steps import resolve_request
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance.deletion_requests import resolve_request
+    from unsir_pipeline.governance.promotion import resolve_parent
 
     version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
     meta = ws.prepared_dir / "dataset.json"
     if meta.is_file():  # else the flow prepares the data and checks the classes itself
         class_names = tuple(json.loads(meta.read_text())["class_names"])
-        forgotten = json.loads(registry_for(ws).get_version(version).tags.get(FORGOTTEN_TAG, "[]"))
-        resolve_request(list(classes), class_names, forgotten)
+        parent_model = resolve_parent(registry_for(ws), str(version))
+        resolve_request(list(classes), class_names, forgotten=parent_model.forgotten_classes,
+                        forgotten_by=f"the parent model (version {version})")
     return version
 
 
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
-    from unsir_pipeline.bootstrap import bootstrap
-    from unsir_pipeline.progress import Progress, flow_steps
-    from unsir_pipeline.promotion import registry_for
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.cli.progress import Progress, flow_steps
 
     progress = _progress(args)
     if registry_for(ws).has_model():
@@ -349,7 +351,7 @@ def cmd_forget(project: Path, args) -> int:
     bootstrap(ws, progress=Progress("bootstrap", progress.enabled))
     check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
-    from flows.unlearn import unlearn
+    from unsir_pipeline.flows.unlearn import unlearn
 
     with flow_steps(progress):
         result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides),
@@ -411,9 +413,24 @@ def _rounds_line(result: dict) -> str:
             + "; no forget-class training sample read")
 
 
-def cmd_models(project: Path, args) -> int:
-    from unsir_pipeline.steps import summarize_versions
+def summarize_versions(ws) -> list[dict]:
+    """Registered versions with aliases and lineage, oldest first (for `unsir models`)."""
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
 
+    return [{
+        "version": v.version,
+        "aliases": list(v.aliases),
+        "created_at": v.created_at,
+        "parent_version": v.tags.get("parent_version"),
+        "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+        "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
+        "gate": v.tags.get("gate_decision"),
+        "tags": v.tags,
+    } for v in registry_for(ws).list_versions()]
+
+
+def cmd_models(project: Path, args) -> int:
     versions = summarize_versions(_workspace(project, args))
     if args.json:
         print(json.dumps(versions))
@@ -429,7 +446,7 @@ def cmd_models(project: Path, args) -> int:
 
 
 def cmd_promote(project: Path, args) -> int:
-    from unsir_pipeline.batches import promote
+    from unsir_pipeline.governance.batches import promote
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
@@ -445,7 +462,7 @@ def cmd_promote(project: Path, args) -> int:
 
 
 def cmd_reject(project: Path, args) -> int:
-    from unsir_pipeline.batches import reject
+    from unsir_pipeline.governance.batches import reject
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
@@ -472,7 +489,7 @@ def _print_requests(requests: list, as_json: bool) -> None:
 
 
 def cmd_request(project: Path, args) -> int:
-    from unsir_pipeline import batches
+    from unsir_pipeline.governance import batches
 
     ws = _workspace(project, args)
     if args.request_command == "add":
@@ -490,7 +507,7 @@ def cmd_batch(project: Path, args) -> int:
     import os
 
     ws = _workspace(project, args)
-    from flows.deletion_batch import deletion_batch
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     if args.batch_command == "serve":
         if not os.environ.get("PREFECT_API_URL"):
@@ -514,7 +531,7 @@ def cmd_batch(project: Path, args) -> int:
 
 
 def cmd_review(project: Path, args) -> int:
-    from unsir_pipeline.batches import versions_awaiting_review
+    from unsir_pipeline.governance.batches import versions_awaiting_review
 
     waiting = versions_awaiting_review(_workspace(project, args))
     if args.json:
@@ -528,7 +545,7 @@ def cmd_review(project: Path, args) -> int:
 
 
 def cmd_audit(project: Path, args) -> int:
-    from unsir_pipeline import batches
+    from unsir_pipeline.governance import batches
 
     ws = _workspace(project, args)
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
@@ -579,9 +596,9 @@ def _brief(payload: dict) -> str:
 
 
 def cmd_init(args) -> int:
-    from unsir_pipeline.config import ConfigError
-    from unsir_pipeline.data_versioning import DataVersioningError
-    from unsir_pipeline.project_init import ProjectInitError, init_project
+    from unsir_pipeline.adapters.data_versioning import DataVersioningError
+    from unsir_pipeline.cli.project_init import ProjectInitError, init_project
+    from unsir_pipeline.settings.config import ConfigError
 
     try:
         result = init_project(args.directory)
@@ -603,11 +620,12 @@ def cmd_init(args) -> int:
 
 
 def cmd_stage(project: Path, args) -> int:
-    from unsir_pipeline import workspace as w
-    from unsir_pipeline.progress import relayed_stderr
+    from unsir_pipeline import stages
+    from unsir_pipeline.cli.progress import relayed_stderr
 
     ws = _workspace(project, args)
-    stage = {"prepare": w.prepare_data, "train": w.train_original, "unlearn": w.unlearn_original, "evaluate": w.evaluate_unlearned}[args.name]
+    stage = {"prepare": stages.prepare_data, "train": stages.train_original, "unlearn": stages.unlearn_original,
+             "evaluate": stages.evaluate_unlearned}[args.name]
     with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
         out = stage(ws)
     _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
@@ -615,7 +633,7 @@ def cmd_stage(project: Path, args) -> int:
 
 
 def cmd_serve(project: Path, args) -> int:
-    from unsir_pipeline import serving
+    from unsir_pipeline.adapters import serving
 
     ws = _workspace(project, args)
     alias = args.alias or ws.params.registry.champion_alias

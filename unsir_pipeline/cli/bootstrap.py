@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 from unsir.checkpoint import load_checkpoint
 from unsir.splits import select
-from unsir_pipeline import data_versioning
-from unsir_pipeline.progress import Progress, relay
-from unsir_pipeline.provenance import git_commit
-from unsir_pipeline.registry import RegistryError
-from unsir_pipeline.steps import FORGOTTEN_TAG, registry_for
-from unsir_pipeline.workspace import Workspace, load_prepared
+from unsir_pipeline.adapters import data_versioning
+from unsir_pipeline.adapters.prepared_data import load_prepared
+from unsir_pipeline.adapters.provenance import git_commit
+from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.cli.progress import Progress, relay
+from unsir_pipeline.governance.promotion import FORGOTTEN_TAG
+from unsir_pipeline.settings.workspace import Workspace
 
 ORIGINAL_ALIAS = "original"
 
@@ -27,7 +28,7 @@ class BootstrapResult:
 
 def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResult:
     """``progress`` (off by default) announces each step; the training stage's epochs reach
-    it from DVC's child process through :func:`unsir_pipeline.progress.relay`."""
+    it from DVC's child process through :func:`unsir_pipeline.cli.progress.relay`."""
     progress = progress or Progress("bootstrap", enabled=False)
     registry = registry_for(ws)
     champion = ws.params.registry.champion_alias

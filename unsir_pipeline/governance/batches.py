@@ -19,8 +19,15 @@ from pathlib import Path
 
 from unsir.data import resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir.splits import check_forget_classes
-from unsir_pipeline.audit import (
+from unsir_pipeline.adapters.provenance import git_commit
+from unsir_pipeline.adapters.registry import (
+    WEIGHTS_SHA256_TAG,
+    ModelRegistry,
+    RegistryError,
+    VersionInfo,
+    registry_for,
+)
+from unsir_pipeline.governance.audit import (
     AuditError,
     AuditLog,
     AuditRecord,
@@ -28,12 +35,14 @@ from unsir_pipeline.audit import (
     audit_key_from_env,
     head_mac,
 )
-from unsir_pipeline.deletion_requests import DeletionRequest, RequestStore, check_request_fields
-from unsir_pipeline.promotion import FORGOTTEN_TAG, promote_by_hand, registry_for
-from unsir_pipeline.provenance import git_commit
-from unsir_pipeline.registry import WEIGHTS_SHA256_TAG, ModelRegistry, RegistryError, VersionInfo
-from unsir_pipeline.steps import resolve_parent
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.governance.deletion_requests import (
+    DeletionRequest,
+    RequestStore,
+    check_request_fields,
+    resolve_request,
+)
+from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, promote_by_hand, resolve_parent
+from unsir_pipeline.settings.workspace import Workspace
 
 SYSTEM_ACTOR = "deletion-batch"
 # The audit chain's head as the registry last saw it (registered-model tag), and the record
@@ -110,20 +119,13 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     check_request_fields(requester, reason, requested)
     store, audit = request_store(ws), audit_log(ws)
     names = _class_names(ws)
-    champion = resolve_parent(ws, ws.params.registry.champion_alias)
+    champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
     try:
-        classes = resolve_classes(requested, names)
-        repeated = sorted(set(classes) & set(champion["forgotten_classes"]))
-        if repeated:
-            raise UnlearningInputError(
-                f"classes {[names[c] for c in repeated]} are already forgotten by the champion (version {champion['version']})"
-            )
-        pending = {c for r in store.list("pending") + store.list("running") for c in r.classes}
-        try:
-            check_forget_classes(tuple(sorted(set(classes) | pending | set(champion["forgotten_classes"]))), len(names))
-        except UnlearningInputError as err:
-            raise UnlearningInputError(f"{err} (counting classes already forgotten and pending requests)") from None
+        classes = resolve_classes(requested, names)  # a refusal records the classes it named
+        pending = sorted({c for r in store.list("pending") + store.list("running") for c in r.classes})
+        resolve_request(requested, names, forgotten=champion.forgotten_classes,
+                        forgotten_by=f"the champion (version {champion.version})", pending=pending)
     except UnlearningInputError as err:
         request = store.add_rejected(classes, [names[c] for c in classes], requester, reason, str(err), requested=requested)
         audit.append("request_refused", actor=requester, request_ids=[request.id],
@@ -132,7 +134,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested)
     audit.append("request_received", actor=requester, request_ids=[request.id], payload={
         "classes": list(classes), "class_names": [names[c] for c in classes], "requested": list(requested),
-        "reason": reason, "champion_version": champion["version"], **provenance(ws),
+        "reason": reason, "champion_version": champion.version, **provenance(ws),
     })
     return request
 
@@ -383,8 +385,8 @@ def request_history(ws: Workspace, request_id: str) -> dict:
 
 
 def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
-    """The HTML evidence report of one batch (see ``unsir_pipeline.report``)."""
-    from unsir_pipeline.report import batch_report_html
+    """The HTML evidence report of one batch (see ``unsir_pipeline.governance.report``)."""
+    from unsir_pipeline.governance.report import batch_report_html
 
     log = audit_log(ws)
     records = [r for r in log.records() if r.payload.get("batch_id") == batch_id]

@@ -312,7 +312,7 @@ def require_retain_subset_unaltered(project_dir: Path, path: Path, fresh: str) -
     changed by hand; raise :class:`ValidationFailed` naming it instead of overwriting the
     evidence. A file equal to its record but not to the draw is legitimate (the manifest
     changed since) and is redrawn."""
-    from unsir_pipeline import data_versioning
+    from unsir_pipeline.adapters import data_versioning
 
     record = path.with_name(path.name + ".dvc")
     if not path.is_file() or not record.is_file():

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from unsir_pipeline import sqlite_files
+from unsir_pipeline.adapters import sqlite_files
 
 STATUSES = ("pending", "running", "done", "failed", "rejected")
 
@@ -471,3 +471,36 @@ class RequestStore:
             "status = 'pending', model_version = NULL, error = ?",
             (error,),
         )
+
+
+def resolve_request(
+    requested: Sequence[str], class_names: Sequence[str], *, forgotten: Sequence[int], forgotten_by: str,
+    pending: Sequence[int] = (),
+) -> tuple[int, ...]:
+    """The one check of the classes a request names, for `request add`, `forget` and the batch.
+
+    Every name or index must be a class of the data set and none forgotten already (by
+    ``forgotten_by``, e.g. "the champion (version 3)"); together with the classes forgotten so
+    far and those of ``pending`` requests, at least one class must remain. Returns the class
+    indices; raises :class:`unsir.errors.UnlearningInputError` naming the offending classes.
+    """
+    # The core imports torch: only the callers that check classes pay for it.
+    from unsir.data import resolve_classes
+    from unsir.errors import UnlearningInputError
+    from unsir.splits import check_forget_classes
+
+    names = tuple(class_names)
+    classes = resolve_classes(list(requested), names)
+    repeated = sorted(set(classes) & set(forgotten))
+    if repeated:
+        raise UnlearningInputError(
+            f"classes {[names[c] for c in repeated]} are already forgotten by {forgotten_by} "
+            f"(forgotten so far: {[names[c] for c in sorted(forgotten)]})"
+        )
+    together = tuple(sorted(set(classes) | set(forgotten) | set(pending)))
+    try:
+        check_forget_classes(together, len(names))
+    except UnlearningInputError as err:
+        counted = "classes already forgotten and pending requests" if pending else "classes already forgotten"
+        raise UnlearningInputError(f"{err} (counting {counted})") from None
+    return classes

@@ -1,4 +1,5 @@
-"""A self-contained HTML evidence report for one deletion batch, built from the audit trail.
+"""A self-contained HTML evidence report for one deletion batch, built from the audit trail,
+and the Markdown summary of one unlearning run.
 
 No script, no external resource: the chart is inline SVG, so the file can be archived and
 opened years later. Every string that came from a request (requester, reason, class names
@@ -10,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from unsir_pipeline.audit import AuditRecord, VerifyResult
-from unsir_pipeline.deletion_requests import DeletionRequest
+from unsir_pipeline.governance.audit import AuditRecord, VerifyResult
+from unsir_pipeline.governance.deletion_requests import DeletionRequest
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;color:#1b1b1b;line-height:1.45}
@@ -142,3 +143,18 @@ records, not the honesty of whoever wrote the first one.</p>
 </div>
 </body></html>
 """
+
+
+def summary_markdown(forget_classes: list[int], metrics: dict[str, float]) -> str:
+    """The Markdown summary of one unlearning run (the flow's ``unlearning-summary`` artifact)."""
+    m = metrics
+    rows = [
+        ("forget accuracy (test)", m["original_forget_acc"], m["forget_acc"]),
+        ("retain accuracy (test)", m["original_retain_acc"], m["retain_acc"]),
+        ("forget accuracy (train)", m["original_forget_acc_train"], m["forget_acc_train"]),
+        ("retain accuracy (train)", m["original_retain_acc_train"], m["retain_acc_train"]),
+        ("membership inference on forget-train", m["original_mia"], m["mia"]),
+    ]
+    lines = [f"# Unlearning of classes {forget_classes}", "", "| measure | before | after |", "|---|---|---|"]
+    lines += [f"| {name} | {before:.4f} | {after:.4f} |" for name, before, after in rows]
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """MLflow tracking and Model Registry behind one service object.
 
 This is the only module that imports MLflow. Models are registered as pyfunc "models from
-code" (``unsir_pipeline/serving_model.py``) carrying the safetensors checkpoint as an
+code" (``unsir_pipeline/adapters/serving_model.py``) carrying the safetensors checkpoint as an
 artifact, so serving needs no pickle and :meth:`ModelRegistry.load_model` can rebuild the
 ``nn.Module`` from plain tensors. Versions are addressed by aliases (``champion``,
 ``challenger``), never by the deprecated stages. Registration is idempotent on a caller-given
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -41,6 +41,9 @@ from torch import nn
 
 import unsir
 from unsir.checkpoint import CARD_FILE, WEIGHTS_FILE, ModelCard, load_checkpoint, weights_sha256
+
+if TYPE_CHECKING:
+    from unsir_pipeline.settings.workspace import Workspace
 
 SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
 # The HTTP settings an operator exported before this process started; configuration never
@@ -524,8 +527,17 @@ class ModelRegistry:
             return experiment.experiment_id
 
 
+def registry_for(ws: Workspace) -> ModelRegistry:
+    """The registry a workspace's parameters name (its tracking URI anchored at the project)."""
+    r = ws.params.registry
+    return ModelRegistry(
+        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
+        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
+    )
+
+
 def serving_signature(card: ModelCard) -> ModelSignature:
-    """What the served model takes and returns (``unsir_pipeline/serving_model.py``): float32
+    """What the served model takes and returns (``unsir_pipeline/adapters/serving_model.py``): float32
     images in [0, 1] shaped (N, C, H, W); per row a label, its class name and probabilities."""
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape))]),

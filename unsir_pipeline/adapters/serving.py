@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unsir_pipeline.registry import RegistryError
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.settings.workspace import Workspace
 
 HOST = "127.0.0.1"
 
@@ -122,8 +122,6 @@ class Supervisor:
 
     def __init__(self, ws: Workspace, alias: str, port: int, *, poll_s: float, startup_s: float,
                  report: Callable[[dict], None]) -> None:
-        from unsir_pipeline.promotion import registry_for
-
         self.ws, self.alias, self.port = ws, alias, port
         self.poll_s, self.startup_s, self.report = poll_s, startup_s, report
         self.registry = registry_for(ws)

@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 
 from unsir.errors import UnlearningInputError
-from unsir_pipeline.provenance import git_commit
-from unsir_pipeline.registry import ModelRegistry
-from unsir_pipeline.workspace import Workspace
+from unsir_pipeline.adapters.provenance import git_commit
+from unsir_pipeline.adapters.registry import ModelRegistry, registry_for
+from unsir_pipeline.settings.workspace import Workspace
 
 FORGOTTEN_TAG = "forgotten_classes"
 VERIFIED_TAG = "verified_forgotten_classes"
@@ -29,12 +29,20 @@ class PromotionRefused(UnlearningInputError):
     """A hand promotion the rules refuse; the message lists every reason."""
 
 
-def registry_for(ws: Workspace) -> ModelRegistry:
-    r = ws.params.registry
-    return ModelRegistry(
-        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
-        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
-    )
+@dataclass(frozen=True)
+class ParentModel:
+    """A registered version a run starts from, and every class its lineage has forgotten."""
+
+    version: int
+    forgotten_classes: list[int]
+
+
+def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
+    """Which version an alias (or a version number) names, and what it has already forgotten
+    (from its tags)."""
+    version = int(ref) if ref.isdigit() else registry.resolve_alias(ref)
+    info = registry.get_version(version)
+    return ParentModel(version, json.loads(info.tags.get(FORGOTTEN_TAG, "[]")))
 
 
 def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
@@ -84,6 +92,14 @@ class GateInput:
     forget_classes: list[int]  # every class this version was asked to forget
     verified: bool | None  # UNSIR's validation check (None: no validation split)
     rounds: int
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the gate promoted the version, with one reason per bound."""
+
+    promoted: bool
+    reasons: list[str]
 
 
 def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[int]) -> tuple[bool, list[str]]:

@@ -1,0 +1,58 @@
+"""The project's prepared data set on disk: the files DVC versions (tensors, metadata, the split
+manifest) and the retain subsets drawn from them. Every step that needs the data reads it here.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from unsir.data import ClassificationData
+from unsir.splits import draw_retain_subset
+from unsir_pipeline.settings.workspace import Workspace
+
+
+def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
+    """The prepared data set and its manifest. The flow's steps each ask for them; they are
+    read from disk once per process and read again only when a file changed."""
+    if not ws.manifest_path.is_file():
+        raise FileNotFoundError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` or `dvc repro prepare`")
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(ws.prepared_dir.iterdir()))
+    data, manifest = _read_prepared(str(ws.prepared_dir), stamp)
+    return data, manifest.copy()  # callers may filter or edit the table; the tensors are only indexed
+
+
+@lru_cache(maxsize=2)
+def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData, pd.DataFrame]:
+    directory = Path(prepared_dir)
+    tensors = load_file(str(directory / "dataset.safetensors"))
+    meta = json.loads((directory / "dataset.json").read_text())
+    data = ClassificationData(meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"]))
+    return data, read_manifest(directory / "manifest.csv")
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"sample_id": str, "label": "int64", "split": str, "digest": str}, keep_default_na=False)
+
+
+def retain_subset_path(ws: Workspace, forget_classes: tuple[int, ...]) -> Path:
+    p = ws.params.data
+    name = "-".join(str(c) for c in forget_classes)
+    return ws.retain_dir / f"retain-forget{name}-n{p.retain_per_class}-seed{p.retain_seed}.csv"
+
+
+def write_retain_subset(ws: Workspace, manifest: pd.DataFrame, forget_classes: tuple[int, ...], num_classes: int) -> Path:
+    """Draw D_r_sub (never a forget-class sample) and write it; same inputs, same bytes."""
+    p = ws.params.data
+    rows = draw_retain_subset(manifest, forget_classes=forget_classes, per_class=p.retain_per_class, seed=p.retain_seed, num_classes=num_classes)
+    path = retain_subset_path(ws, forget_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A hand-edited subset is reported, not silently redrawn (imported here: GE costs 1.5 s).
+    from unsir_pipeline.adapters.validation import require_retain_subset_unaltered
+    require_retain_subset_unaltered(ws.root, path, rows.to_csv(index=False))
+    rows.to_csv(path, index=False)
+    return path

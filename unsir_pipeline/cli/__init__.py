@@ -1,0 +1,6 @@
+"""The command line (``unsir``): the commands, the first run (bootstrap), ``unsir init`` and
+progress lines. It sits above the flows and is imported by nothing in the pipeline."""
+
+from unsir_pipeline.cli.commands import build_parser, main
+
+__all__ = ["build_parser", "main"]
