@@ -140,6 +140,9 @@ def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():
     assert official.unsir_config().impair == OFFICIAL.impair
     noisy = load_params(ROOT / "params.yaml", ["unlearn.recipe=measured_with_noise"])
     assert noisy.unsir_config().noise_copies == 5 and params.unsir_config().noise_copies == 0
+    assert params.unsir_config().reset_forget_rows and not noisy.unsir_config().reset_forget_rows
+    kept = load_params(ROOT / "params.yaml", ["unlearn.reset_forget_rows=false"])
+    assert not kept.unsir_config().reset_forget_rows
 
 
 def _gate_ws():

@@ -122,6 +122,8 @@ class UnlearnParams(Frozen):
     impair: OptimParams | None = None
     repair: OptimParams | None = None
     polish: OptimParams | None = None
+    reset_forget_rows: bool | None = Field(
+        default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)")
     verification: VerificationParams = VerificationParams()
 
     def to_core(self, arch: str, retain_per_class: int) -> UNSIRConfig:
@@ -137,6 +139,7 @@ class UnlearnParams(Frozen):
             impair=self.impair.to_core() if self.impair else base.impair,
             repair=self.repair.to_core() if self.repair else base.repair,
             polish=self.polish.to_core() if self.polish else base.polish,
+            reset_forget_rows=base.reset_forget_rows if self.reset_forget_rows is None else self.reset_forget_rows,
             verification=self.verification.to_core(),
         )
 
