@@ -255,6 +255,21 @@ def test_an_ignored_run_file_is_tracked_without_dirtying_the_tree(project: Path,
     assert (tmp_path / "other-remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()
 
 
+def test_a_rewritten_dvc_lock_does_not_mark_the_code_dirty(tmp_path: Path) -> None:
+    from unsir_pipeline.adapters.provenance import git_commit
+
+    root = _git_init(tmp_path / "repo")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    (root / "params.yaml").write_text("seed: 0\n")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "project")
+    head = _git(root, "rev-parse", "HEAD").strip()
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # a training elsewhere
+    assert git_commit(root) == head
+    (root / "params.yaml").write_text("seed: 1\n")  # a changed configuration is dirty
+    assert git_commit(root) == f"{head}-dirty"
+
+
 def test_push_without_a_remote_names_the_fix(tmp_path: Path) -> None:
     root = _git_init(tmp_path / "repo")
     ensure_repo(root, tmp_path / "remote")
