@@ -30,9 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
     make_project(project)
     # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
+    from unsir_pipeline.settings import runtime
     from unsir_pipeline.settings.environment import configure
 
     configure(project)
+    # As the CLI does: one torch thread, and a Prefect start-up timeout a busy machine can meet.
+    runtime.configure_threads()
+    runtime.configure_prefect(quiet_console=False)
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.flows.unlearn import unlearn
     from unsir_pipeline.settings.workspace import Workspace
