@@ -294,7 +294,7 @@ def summarize(timings: dict[str, list[dict[str, float]]], work: Workload) -> dic
         "bare_samples_per_s": bare,
         "ratio": ours / bare,
         # The spread of back-to-back pairs: wide means other load disturbed the measurement.
-        "ratio_per_repeat": [o / b for o, b in zip(rates["ours"]["total"], rates["bare"]["total"])],
+        "ratio_per_repeat": [o / b for o, b in zip(rates["ours"]["total"], rates["bare"]["total"], strict=True)],
         "target_ratio": TARGET_RATIO,
         "meets_target": ours / bare >= TARGET_RATIO,
         "phases": phases,

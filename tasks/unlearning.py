@@ -46,7 +46,7 @@ def unlearn(ctx: RunContext, mlflow_run_id: str, request: ValidatedRequest) -> U
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     task = build_task(splits, data, read_manifest(request.retain_subset), tuple(request.forget_classes))
     earlier = sorted(set(request.all_forgotten) - set(request.forget_classes))
-    if earlier and task.validation_labels is not None:
+    if earlier and task.validation_images is not None and task.validation_labels is not None:
         # Classes the parent already forgot are neither verified again here nor retain samples.
         keep = ~torch.isin(task.validation_labels, torch.as_tensor(earlier))
         task = replace(task, validation_images=task.validation_images[keep], validation_labels=task.validation_labels[keep])

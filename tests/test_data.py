@@ -154,8 +154,8 @@ def test_image_folder_ids_survive_a_new_class(image_folder):
     after = load_image_folder(image_folder)
     # A class sorted first shifts every label and index, but a file keeps its id and pixels.
     assert after.class_names[0] == "ant" and after.labels.tolist() == [0, 1, 1, 2, 3]
-    pixels_after = dict(zip(after.sample_ids, after.images))
-    for sample_id, pixels in zip(before.sample_ids, before.images):
+    pixels_after = dict(zip(after.sample_ids, after.images, strict=True))
+    for sample_id, pixels in zip(before.sample_ids, before.images, strict=True):
         assert torch.equal(pixels_after[sample_id], pixels)
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError
@@ -59,7 +60,8 @@ class ModelCard:
             spec=ModelSpec.from_dict(raw["spec"]),
             normalization=Normalization(tuple(raw["normalization"]["mean"]), tuple(raw["normalization"]["std"])),
             class_names=tuple(raw["class_names"]),
-            input_shape=tuple(int(v) for v in raw["input_shape"]),
+            # Written by to_dict from a (channels, height, width) shape.
+            input_shape=cast(tuple[int, int, int], tuple(int(v) for v in raw["input_shape"])),
             forgotten_classes=tuple(int(c) for c in raw.get("forgotten_classes", ())),
         )
 

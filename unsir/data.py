@@ -7,6 +7,7 @@ downloaded unless the caller asks for it explicitly.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class ClassificationData:
         ]
 
 
-def resolve_classes(requested: list[int | str] | tuple[int | str, ...], class_names: tuple[str, ...]) -> tuple[int, ...]:
+def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]) -> tuple[int, ...]:
     """Turn class names or indices into sorted, unique class indices, or fail naming the bad one."""
     indices: set[int] = set()
     for item in requested:

@@ -92,7 +92,7 @@ def learn_error_maximizing_noise(
             loss.backward()
             optimizer.step()
     finally:
-        for p, flag in zip(model.parameters(), grad_flags):
+        for p, flag in zip(model.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
     learned = noise.detach()

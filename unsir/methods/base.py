@@ -64,6 +64,7 @@ class UnlearningTask:
         }.items():
             if x is not None or y is not None:
                 _check_pair(name, x, y)
+                assert x is not None  # _check_pair refuses a missing half
                 if tuple(x.shape[1:]) != self.input_shape:
                     raise UnlearningInputError(
                         f"{name} samples have shape {tuple(x.shape[1:])}, the retain subset's have {self.input_shape}"

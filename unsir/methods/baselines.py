@@ -26,10 +26,13 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Fresh weights for any architecture: call every module's own ``reset_parameters``."""
     torch.manual_seed(seed)
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
+        # getattr, not hasattr: nn.Module's attribute type would make the call a Tensor's.
+        reset_parameters = getattr(module, "reset_parameters", None)
+        if reset_parameters is not None:
+            reset_parameters()
+        reset_running_stats = getattr(module, "reset_running_stats", None)
+        if reset_running_stats is not None:
+            reset_running_stats()
     return model
 
 

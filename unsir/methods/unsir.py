@@ -139,6 +139,8 @@ class UNSIR(UnlearningMethod):
 
     def _verify(self, working, task: UnlearningTask, record: dict, timings: dict, *, device) -> bool:
         """Measure forgetting on the validation split into ``record``; True when it passes."""
+        # unlearn verifies only when the task has a validation split (both halves, by its checks).
+        assert task.validation_images is not None and task.validation_labels is not None
         with timed(timings, "verify_s", device):
             check = check_forgetting(working, task.validation_images, task.validation_labels, task.forget_classes,
                                      device=device)

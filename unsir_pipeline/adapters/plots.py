@@ -30,7 +30,7 @@ def per_class_accuracy_figure(class_names: list[str], before: list[float], after
 
 def confusion_figure(class_names: list[str], before: list[list[int]], after: list[list[int]]) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    for ax, matrix, title in zip(axes, (before, after), ("parent", "unlearned")):
+    for ax, matrix, title in zip(axes, (before, after), ("parent", "unlearned"), strict=True):
         ax.imshow(np.asarray(matrix), cmap="Blues")
         ax.set_title(f"confusion, {title}")
         ax.set_xlabel("predicted")

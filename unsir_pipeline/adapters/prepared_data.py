@@ -36,7 +36,8 @@ def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData,
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"sample_id": str, "label": "int64", "split": str, "digest": str}, keep_default_na=False)
+    dtypes: dict[str, str | type[str]] = {"sample_id": str, "label": "int64", "split": str, "digest": str}
+    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
 
 
 def retain_subset_path(ws: Workspace, forget_classes: tuple[int, ...]) -> Path:

@@ -12,6 +12,7 @@ whole (uvicorn's workers included) on exit, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,10 +111,8 @@ def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
         if not _group_alive(pgid):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 

@@ -216,7 +216,7 @@ def require_valid(report: ValidationReport) -> None:
 # --- row by row, against the data set ------------------------------------------------------
 
 
-def _lines(positions: Sequence[int], manifest: pd.DataFrame, detail: Callable[[int], str] | None = None) -> str:
+def _lines(positions: Sequence[int] | np.ndarray, manifest: pd.DataFrame, detail: Callable[[int], str] | None = None) -> str:
     """'line 7 (sample_id x), line 9 (...) and 3 more': line numbers as in the CSV file (the
     header is line 1)."""
     ids = manifest["sample_id"].to_numpy()
@@ -457,6 +457,7 @@ _UNINTERESTING_KWARGS = {"batch_id", "column", "column_A", "column_B", "result_f
 def _describe(table: str, frame: pd.DataFrame, result: ExpectationValidationResult) -> str:
     """One readable line: table, expectation, column, what was expected and what was found."""
     config = result.expectation_config
+    assert config is not None  # a suite's results carry their expectation
     kwargs = dict(config.kwargs)
     where = ""
     if "column" in kwargs:

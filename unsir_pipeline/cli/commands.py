@@ -14,6 +14,7 @@ import getpass
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -371,9 +372,9 @@ def format_result(result: dict) -> str:
         "",
         f"{'class':<12}{'before':>10}{'after':>10}",
     ]
-    for row in result["per_class"]:
-        mark = "  (forgotten)" if row["forgotten"] else ""
-        lines.append(f"{row['class']:<12}{row['before']:>10.3f}{row['after']:>10.3f}{mark}")
+    for entry in result["per_class"]:
+        mark = "  (forgotten)" if entry["forgotten"] else ""
+        lines.append(f"{entry['class']:<12}{entry['before']:>10.3f}{entry['after']:>10.3f}{mark}")
     has_ref = "reference_forget_acc" in m
     header = f"{'test split':<28}{'before':>10}{'after':>10}" + (f"{'retrained':>11}" if has_ref else "")
 
@@ -574,7 +575,7 @@ def cmd_audit(project: Path, args) -> int:
         _emit(args, {"signed": True, "records": result.records}, f"head anchor of {result.records} records signed with the audit key")
         return 0
     if args.audit_command == "show":
-        history = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
+        history: dict[str, Any] = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
         if args.json:
             print(json.dumps(history))
             return 0

@@ -131,7 +131,7 @@ def relayed_stderr() -> Iterator[None]:
         return
     with open(target, "a", encoding="utf-8") as sink:
         saved = sys.stderr
-        sys.stderr = _Tee(saved, sink)  # type: ignore[assignment]
+        sys.stderr = _Tee(saved, sink)
         try:
             yield
         finally:

@@ -211,6 +211,7 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     resumable = len(prior) == 1 and None not in prior
     if resumable:
         (candidate,) = prior
+        assert candidate is not None  # `None not in prior`
         earlier = {r.id for r in store.batch_requests(candidate)}
         resumable = earlier == {r.id for r in pending} and not _version_rejected(ws, candidate)
         if resumable:
@@ -519,9 +520,9 @@ def _versions_against_trail(versions: dict[int, VersionInfo], records: list[Audi
         seq, digest = info.tags.get(AUDIT_SEQ_TAG), info.tags.get(AUDIT_HASH_TAG)
         if seq is None:
             continue
-        rec = by_seq.get(int(seq)) if seq.isdigit() else None
-        if rec is None or rec.hash != digest:
-            found = "is missing" if rec is None else f"has hash {rec.hash[:12]}..."
+        registering = by_seq.get(int(seq)) if seq.isdigit() else None
+        if registering is None or registering.hash != digest:
+            found = "is missing" if registering is None else f"has hash {registering.hash[:12]}..."
             problems.append(f"version {number} was registered by record {seq} (hash {str(digest)[:12]}...), but that record {found}")
     for request in requests:
         if request.status == "done" and request.model_version not in versions:

@@ -21,6 +21,7 @@ be inspected from a notebook or a shell without Prefect or MLflow.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import unicodedata
@@ -189,10 +190,11 @@ def check_request_fields(requester: object, reason: object, requested: object = 
         return
     if isinstance(requested, (str, bytes)):
         raise RequestError(f"requested must be a sequence of strings, got {_preview(requested)}")
-    requested = list(requested)  # type: ignore[call-overload]
-    if len(requested) > MAX_REQUESTED:
-        raise RequestError(f"requested names {len(requested)} classes; the limit is {MAX_REQUESTED}")
-    for i, entry in enumerate(requested):
+    # Any iterable, as before; each entry is checked below. A non-iterable raises TypeError.
+    names: list[object] = list(requested)  # type: ignore[call-overload]
+    if len(names) > MAX_REQUESTED:
+        raise RequestError(f"requested names {len(names)} classes; the limit is {MAX_REQUESTED}")
+    for i, entry in enumerate(names):
         check_request_text(f"requested[{i}]", entry, limit=TEXT_LIMITS["requested"])
 
 
@@ -385,6 +387,7 @@ class RequestStore:
             raise RequestError(f"no deletion request with id {request_id!r} in {self.path}")
         return found[0]
 
+    # Below this method, a bare `list` in the class's annotations would name it: builtins.list.
     def list(self, status: str | None = None) -> list[DeletionRequest]:
         """Every request, or those with ``status``, oldest first."""
         if status is not None and status not in STATUSES:
@@ -396,14 +399,14 @@ class RequestStore:
                 return self._select(conn, "1", ())
             return self._select(conn, "status = ?", (status,))
 
-    def batch_requests(self, batch_id: str) -> list[DeletionRequest]:
+    def batch_requests(self, batch_id: str) -> builtins.list[DeletionRequest]:
         """The requests a batch holds or held (the last batch to claim each), oldest first."""
         with closing(self._connect()) as conn:
             return self._select(conn, "batch_id = ?", (_check_text("batch_id", batch_id),))
 
     # -- batch lifecycle -------------------------------------------------------------------
 
-    def claim_pending(self, batch_id: str) -> list[DeletionRequest]:
+    def claim_pending(self, batch_id: str) -> builtins.list[DeletionRequest]:
         """Move every pending request to ``running`` under ``batch_id`` and count the attempt.
 
         Atomic: two batches claiming at once each get a disjoint set (one of them usually none).
@@ -416,7 +419,7 @@ class RequestStore:
             (batch_id,),
         )
 
-    def mark_done(self, batch_id: str, model_version: int) -> list[DeletionRequest]:
+    def mark_done(self, batch_id: str, model_version: int) -> builtins.list[DeletionRequest]:
         """The batch's running requests were forgotten by ``model_version``: mark them ``done``.
 
         Returns the requests this call changed; a retried call changes and returns nothing (see
@@ -431,7 +434,7 @@ class RequestStore:
             (model_version,),
         )
 
-    def release(self, batch_id: str, error: str, max_attempts: int) -> list[DeletionRequest]:
+    def release(self, batch_id: str, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
         """The batch failed: its running requests go back to ``pending`` to be retried, or to
         ``failed`` once they have been attempted ``max_attempts`` times; ``error`` is recorded."""
         _check_text("batch_id", batch_id)
@@ -439,7 +442,7 @@ class RequestStore:
             "status = 'running' AND batch_id = ?", (batch_id,), error, max_attempts
         )
 
-    def release_stale(self, error: str, max_attempts: int) -> list[DeletionRequest]:
+    def release_stale(self, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
         """Release every running request, whichever batch holds it.
 
         Only a batch that holds the batch lock may call this: at that moment no other batch can be
@@ -449,7 +452,7 @@ class RequestStore:
 
     def _release(
         self, where: str, params: Sequence[Any], error: str, max_attempts: int
-    ) -> list[DeletionRequest]:
+    ) -> builtins.list[DeletionRequest]:
         _check_text("error", error)
         _check_positive_int("max_attempts", max_attempts)
         return self._transition(
@@ -459,7 +462,7 @@ class RequestStore:
             (max_attempts, error),
         )
 
-    def return_to_pending(self, model_version: int, error: str) -> list[DeletionRequest]:
+    def return_to_pending(self, model_version: int, error: str) -> builtins.list[DeletionRequest]:
         """A reviewer rejected ``model_version``: the requests it completed are not honoured after
         all. They go back to ``pending`` with ``model_version`` cleared and ``error`` = the reason;
         ``attempts`` and ``batch_id`` keep their history."""

@@ -88,7 +88,7 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
     lineage = "<p>No model version was registered by this batch.</p>"
     if registered:
         p = registered.payload
-        aliases = ", ".join(current_aliases.get(int(version), [])) or "none"
+        aliases = ", ".join(current_aliases.get(int(p["model_version"]), [])) or "none"
         reasons = "".join(f"<li>{_e(x)}</li>" for x in (gate.payload.get("reasons", []) if gate else []))
         lineage = (
             f"<p>Version <b>{_e(p['parent_version'])}</b> &rarr; version <b id='new-version'>{_e(version)}</b>; classes forgotten so far: "
