@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-
 # Files the pipeline itself rewrites: DVC records each stage's output hashes in dvc.lock, and a
 # training on another machine writes other hashes. The lineage carries those data digests on
 # their own, so a changed dvc.lock says nothing about the code and must not mark it dirty.
