@@ -152,10 +152,14 @@ class StateDatabase:
                 yield conn
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """One read transaction: its statements see one consistent state."""
-        with self._connect() as conn, conn.begin():
-            yield conn
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """One read transaction. With ``snapshot``, all its statements see the same committed
+        state (PostgreSQL's REPEATABLE READ; a SQLite read transaction always does)."""
+        with self._connect() as conn:
+            if snapshot and not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
