@@ -4,10 +4,11 @@
                                    \\-> on any failure: release-requests (pending, or failed
                                         after requests.max_attempts), error recorded
 
-Two batches never run at once (a file lock in the state directory; a second batch ends at
-once). A batch killed at any point leaves its requests ``running``; the next batch releases
-them and, when it holds exactly the same requests, resumes under the same run key, so no second
-model version and no duplicate audit record is written.
+Two batches never run at once (a file lock in the state directory; with a shared state
+database, a Prefect global concurrency limit; a second batch ends at once). A batch killed at
+any point leaves its requests ``running``; the next batch releases them and, when it holds
+exactly the same requests, resumes under the same run key, so no second model version and no
+duplicate audit record is written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows.unlearn import unlearn
 from tasks.common import workspace
 from tasks.requests import claim_pending_requests, complete_requests, release_requests
-from unsir_pipeline import batches
+from unsir_pipeline import batch_locks, batches
 from unsir_pipeline.steps import resolve_parent
 from unsir_pipeline.validation import ValidationFailed
 
@@ -27,7 +28,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
     overrides = list(overrides or [])
     ws = workspace(project_dir, overrides)
     logger = get_run_logger()
-    with batches.batch_lock(ws) as acquired:
+    with batch_locks.deletion_batch_lock(ws) as acquired:
         if not acquired:
             logger.info("another deletion batch is running; this one ends now")
             return {"status": "skipped", "reason": "another deletion batch is running"}

@@ -252,6 +252,13 @@ class RequestStore:
     def __repr__(self) -> str:
         return f"RequestStore({self.db.shown!r})"
 
+    @staticmethod
+    def exists(path: Path | str) -> bool:
+        """Whether a store was ever created at ``path`` (a file, or a database holding the
+        table); opens and creates nothing."""
+        db = StateDatabase(path)
+        return db.path.exists() if db.path is not None else db.table_exists("requests")
+
     # -- transactions ----------------------------------------------------------------------
 
     def _select(self, conn: sa.Connection, where: sa.ColumnElement[bool]) -> list[DeletionRequest]:

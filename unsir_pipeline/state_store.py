@@ -253,7 +253,7 @@ def version_table(store: str) -> str:
     return f"unsir_{store}_schema"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _revisions(store: str) -> tuple[str, frozenset[str]]:
     """``store``'s head revision and every revision of its branch, from the shipped scripts."""
     from alembic.script import ScriptDirectory
