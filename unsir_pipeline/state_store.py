@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,8 +175,8 @@ class StateDatabase:
         detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
         expected = ("a writable SQLite file" if self.is_sqlite else
                     "a running PostgreSQL server that accepts these credentials and holds this database")
-        return StateError(f"cannot open the state database {self.shown}: {detail}; expected {expected} "
-                          "(state.database_url or UNSIR_STATE_DATABASE_URL)")
+        source = "" if self.is_sqlite else " (state.database_url or UNSIR_STATE_DATABASE_URL)"
+        return StateError(f"cannot open the state database {self.shown}: {detail}; expected {expected}{source}")
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -240,10 +241,13 @@ class StateDatabase:
 
     def _sqlite_wal(self) -> None:
         # The journal mode is a property of the file, and cannot change inside a transaction.
-        raw = self.engine.raw_connection()
+        try:
+            raw = self.engine.raw_connection()
+        except DBAPIError as err:
+            raise self.unreachable(err) from err
         try:
             raw.driver_connection.execute("PRAGMA journal_mode=WAL")
-        except Exception as err:  # sqlite3.Error: the file is not a database, or not writable
+        except sqlite3.Error as err:  # the file is not a database, or not writable
             raise StateError(f"cannot open the state database {self.shown}: {err}; expected a SQLite file") from err
         finally:
             raw.close()
