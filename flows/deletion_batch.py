@@ -4,10 +4,11 @@
                                    \\-> on any failure: release-requests (pending, or failed
                                         after requests.max_attempts), error recorded
 
-Two batches never run at once (a file lock in the state directory; a second batch ends at
-once). A batch killed at any point leaves its requests ``running``; the next batch releases
-them and, when it holds exactly the same requests, resumes under the same run key, so no second
-model version and no duplicate audit record is written.
+Two batches never run at once (a file lock in the state directory; with a shared state
+database, a Prefect global concurrency limit; a second batch ends at once). A batch killed at
+any point leaves its requests ``running``; the next batch releases them and, when it holds
+exactly the same requests, resumes under the same run key, so no second model version and no
+duplicate audit record is written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prefect import flow, get_run_logger
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
-from unsir_pipeline.governance import batches
+from unsir_pipeline.governance import batch_locks, batches
 from unsir_pipeline.governance.promotion import resolve_parent
 from unsir_pipeline.settings.workspace import Workspace, open_workspace
 from unsir_pipeline.tasks.requests import (
@@ -32,7 +33,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
     overrides = list(overrides or [])
     ws = open_workspace(project_dir, tuple(overrides))
     logger = get_run_logger()
-    with batches.batch_lock(ws) as acquired:
+    with batch_locks.deletion_batch_lock(ws) as acquired:
         if not acquired:
             logger.info("another deletion batch is running; this one ends now")
             return {"status": "skipped", "reason": "another deletion batch is running"}

@@ -292,14 +292,42 @@ def test_reordered_and_rehashed_records_are_found_by_prev_hash(log: AuditLog) ->
     assert result.problem.startswith("record 3: prev_hash does not match record 2")
 
 
-def test_log_from_another_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
-    AuditLog(path)
+def _as_written_before_migrations(path: Path, user_version: int) -> None:
+    """The trail's layout before migrations: the audit table and its triggers, no version
+    table, the schema version in PRAGMA user_version."""
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("DROP TABLE unsir_audit_schema")
+        conn.execute("DROP TABLE audit_head")
+        conn.execute(f"PRAGMA user_version = {user_version}")
+
+
+def test_log_written_before_migrations_is_adopted_and_keeps_verifying(log: AuditLog) -> None:
+    _as_written_before_migrations(log.path, 1)
+
+    adopted = AuditLog(log.path)
+
+    assert adopted.verify() == VerifyResult(ok=True, records=10, first_bad_seq=None, problem=None)
+    adopted.append("after-migration", actor="tester", payload={"n": 11})
+    assert adopted.verify().ok and adopted.verify().records == 11
+    assert adopted.db.revision("audit") == ["audit_0002"]
+    # The triggers came through the adoption.
+    with sqlite3.connect(log.path) as conn, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit WHERE seq = 1")
+
+
+def test_log_from_another_schema_version_is_refused(log: AuditLog) -> None:
+    _as_written_before_migrations(log.path, 2)
 
     with pytest.raises(AuditError, match="schema version 2.*expects version 1"):
-        AuditLog(path)
+        AuditLog(log.path)
+
+
+def test_log_from_a_newer_revision_is_refused(log: AuditLog) -> None:
+    with sqlite3.connect(log.path) as conn:
+        conn.execute("UPDATE unsir_audit_schema SET version_num = 'audit_9999'")
+
+    with pytest.raises(AuditError, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"):
+        AuditLog(log.path)
 
 
 def _append_many(path: Path, worker: int, count: int, barrier) -> None:

@@ -66,3 +66,60 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+# --- state.database_url: where requests and the audit trail live ---------------------------
+
+
+def test_state_database_url_from_the_environment_stays_out_of_the_digest(monkeypatch):
+    base = load_params(ROOT / "params.yaml")
+    assert base.state.database_url is None  # embedded SQLite files by default
+    monkeypatch.setenv("UNSIR_STATE_DATABASE_URL", "postgresql://unsir:s3cret@db.example:5432/unsir_state")
+    shared = load_params(ROOT / "params.yaml")
+    assert shared.state.database_url == "postgresql://unsir:s3cret@db.example:5432/unsir_state"
+    # Deployment, not model: the digest and the parameters logged to MLflow never carry it.
+    assert shared.digest() == base.digest() and "state" not in shared.model_dump()
+    assert "s3cret" not in repr(shared)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("mysql://unsir:s3cret@db/state", r"'mysql://unsir:\*\*\*@db/state' names 'mysql'; expected postgresql://"),
+    ("postgresql://unsir:s3cret@db", r"lacks a host or a database name"),
+    ("postgresql+asyncpg://unsir:s3cret@db/state", r"names 'postgresql\+asyncpg'"),
+    ("sqlite:///relative.db", r"must name an absolute file path"),
+    ("db.example:5432", r"is not a URL"),
+])
+def test_bad_state_database_url_is_named_without_its_password(url, message):
+    with pytest.raises(ConfigError, match=r"state\.database_url: .*" + message) as refused:
+        load_params(ROOT / "params.yaml", [f"state.database_url={url}"])
+    assert "s3cret" not in str(refused.value)
+
+
+def test_unreachable_state_database_is_named_without_its_password(tmp_path):
+    import socket
+
+    from unsir_pipeline.adapters.state_store import StateError
+    from unsir_pipeline.governance.deletion_requests import RequestStore
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StateError, match=rf"cannot open the state database postgresql\+psycopg2://unsir:\*\*\*@127\.0\.0\.1:{port}/state: .*refused.*expected a running PostgreSQL") as refused:
+        RequestStore(f"postgresql://unsir:s3cret@127.0.0.1:{port}/state")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from unsir_pipeline.governance.batch_locks import BatchLockError, deletion_batch_lock
+    from unsir_pipeline.settings.workspace import Workspace
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    ws = Workspace.load(tmp_path, ["state.database_url=postgresql://unsir:pw@127.0.0.1:1/state"])
+    refused = pytest.raises(BatchLockError, match="set PREFECT_API_URL")
+    with temporary_settings(updates={PREFECT_API_URL: None}), refused, deletion_batch_lock(ws):
+        pass
+    embedded = Workspace.load(tmp_path)  # embedded state: the file lock, no server needed
+    with temporary_settings(updates={PREFECT_API_URL: None}), deletion_batch_lock(embedded) as held:
+        assert held

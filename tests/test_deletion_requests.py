@@ -223,13 +223,59 @@ def test_every_status_change_moves_updated_at(store: RequestStore) -> None:
     assert store.get(request.id).created_at == request.created_at
 
 
+# The store's layout before migrations (schema version 1, in PRAGMA user_version).
+LEGACY_SCHEMA = """
+CREATE TABLE requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, classes TEXT NOT NULL,
+    class_names TEXT NOT NULL, requested TEXT NOT NULL, requester TEXT NOT NULL, reason TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'rejected')),
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0), batch_id TEXT, model_version INTEGER,
+    error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE INDEX requests_status ON requests (status);
+CREATE INDEX requests_batch ON requests (batch_id);
+"""
+
+
+def _legacy_store(path: Path, user_version: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(LEGACY_SCHEMA)
+        conn.execute(
+            "INSERT INTO requests (id, classes, class_names, requested, requester, reason, status, created_at, updated_at) "
+            "VALUES ('req-000000000001', '[4]', '[\"four\"]', '[\"4\"]', 'alice', 'old', 'pending', "
+            "'2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:00:00.000000+00:00')"
+        )
+        conn.execute(f"PRAGMA user_version = {user_version}")
+
+
+def test_store_written_before_migrations_is_adopted_and_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "requests.db"
+    _legacy_store(path, 1)
+
+    store = RequestStore(path)
+
+    old = store.get("req-000000000001")
+    assert (old.classes, old.requester, old.status) == ((4,), "alice", "pending")
+    new = store.add([5], ["five"], "bob", "new")
+    assert [r.id for r in store.claim_pending("batch-1")] == [old.id, new.id]
+    assert store.db.revision("requests") == ["requests_0001"]
+
+
 def test_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "requests.db"
+    _legacy_store(path, 99)
+
+    with pytest.raises(RequestError, match="schema version 99.*expects version 1"):
+        RequestStore(path)
+
+
+def test_store_from_a_newer_revision_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "requests.db"
     RequestStore(path)
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 99")
+        conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
 
-    with pytest.raises(RequestError, match="schema version 99.*expects version 1"):
+    with pytest.raises(RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0001'"):
         RequestStore(path)
 
 

@@ -68,7 +68,7 @@ def test_every_template_ships_as_package_data() -> None:
     from importlib import resources
 
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert package_data["unsir_pipeline"] == ["templates/*"]
+    assert package_data["unsir_pipeline"][0] == "templates/*"
     templates = resources.files("unsir_pipeline") / "templates"
     for name in TEMPLATES:
         assert (templates / name).is_file(), name
@@ -190,6 +190,10 @@ def test_the_wheel_carries_the_templates_and_the_licence(tmp_path: Path) -> None
         names = set(archive.namelist())
         for template in TEMPLATES:
             assert f"unsir_pipeline/templates/{template}" in names
+        # The state database's migrations, which run at open from the installed package.
+        migrations = {n for n in names if n.startswith("unsir_pipeline/adapters/migrations/")}
+        assert {"unsir_pipeline/adapters/migrations/env.py", "unsir_pipeline/adapters/migrations/versions/requests_0001_baseline.py",
+                "unsir_pipeline/adapters/migrations/versions/audit_0002_shared_head.py"} <= migrations
         params = archive.read("unsir_pipeline/templates/params.yaml").decode()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -160,7 +160,9 @@ def test_deletion_batch_runs_through_the_worker(stack):
     # The audit trail says which registry those version numbers belong to, without credentials.
     from unsir_pipeline.governance.audit import AuditLog
 
-    finished = AuditLog(stack.project / "state" / "audit.sqlite").records(request_id=ids[0], event="batch_finished")
+    # With the stack, the trail lives in its PostgreSQL, not in the checkout's state directory.
+    assert not (stack.project / "state" / "audit.sqlite").exists()
+    finished = AuditLog(stack.client["UNSIR_STATE_DATABASE_URL"]).records(request_id=ids[0], event="batch_finished")
     assert finished and finished[-1].payload["registry"] == f"{stack.client['MLFLOW_TRACKING_URI']}#unsir-classifier"
     # The retain subset went to the stack's shared DVC remote, configured for this checkout only.
     assert any((stack.directory / "dvc-remote").rglob("*"))
@@ -194,6 +196,118 @@ def test_mlflow_stopped_mid_batch_loses_no_request(stack):
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert json.loads(rerun.stdout.splitlines()[-1])["status"] == "done"
     assert stack.requests()[request_id]["status"] == "done"
+
+
+# --- shared state: two checkouts (two machines) against one stack ----------------------------
+
+
+def _claim_in(url: str, batch_id: str, barrier, out) -> None:
+    from unsir_pipeline.governance.deletion_requests import RequestStore
+
+    store = RequestStore(url)
+    barrier.wait()
+    out.put((batch_id, [r.id for r in store.claim_pending(batch_id)]))
+
+
+def test_requests_filed_on_one_machine_are_claimed_once_on_another(stack):
+    import multiprocessing
+
+    import psycopg2
+
+    from unsir_pipeline.governance.audit import AuditLog
+    from unsir_pipeline.governance.deletion_requests import RequestStore
+
+    # A database of its own: the batch tests below must not see these requests.
+    url = stack.client["UNSIR_STATE_DATABASE_URL"]
+    admin = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://").rsplit("/", 1)[0] + "/postgres")
+    admin.autocommit = True
+    admin.cursor().execute("CREATE DATABASE store_test")
+    admin.close()
+    url = url.rsplit("/", 1)[0] + "/store_test"
+
+    machine_a, machine_b = RequestStore(url), RequestStore(url)
+    filed = machine_a.add([3], ["3"], "alice", "filed on A")
+    assert machine_b.get(filed.id) == filed
+    claimed = machine_b.claim_pending("batch-b")
+    assert [r.id for r in claimed] == [filed.id] and machine_a.get(filed.id).batch_id == "batch-b"
+    assert machine_a.claim_pending("batch-a") == []
+
+    # Two worker processes claiming at once never take the same request (FOR UPDATE SKIP LOCKED).
+    ids = {machine_a.add([i % 10], [str(i % 10)], "bob", "r").id for i in range(40)}
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_claim_in, args=(url, f"batch-{w}", barrier, out)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    results = dict(out.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert not set(results["batch-0"]) & set(results["batch-1"])
+    assert set(results["batch-0"]) | set(results["batch-1"]) == ids
+    assert all(r.attempts == 1 for r in machine_b.list("running"))
+
+    # One chain, extended from both machines; each sees it intact.
+    trail_a, trail_b = AuditLog(url), AuditLog(url)
+    trail_a.append("request_received", actor="alice", payload={"on": "a"}, request_ids=[filed.id])
+    trail_b.append("batch_started", actor="worker", payload={"on": "b"}, request_ids=[filed.id])
+    assert [r.seq for r in trail_a.records(request_id=filed.id)] == [1, 2]
+    assert trail_a.verify().ok and trail_b.verify().ok and trail_b.verify().records == 2
+
+
+def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from unsir_pipeline.governance import batch_locks
+
+    server = {PREFECT_API_URL: stack.client["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"]}
+    with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as held:
+        assert held
+        skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view
+        assert skipped.returncode == 0, skipped.stderr[-2000:]
+        assert json.loads(skipped.stdout.splitlines()[-1])["status"] == "skipped"
+        with batch_locks.global_lock("unsir-deletion-batch") as again:
+            assert not again
+    with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as released:
+        assert released
+
+
+def test_a_request_filed_in_one_checkout_is_forgotten_by_a_batch_in_another(stack, tmp_path):
+    other = make_project(tmp_path / "machine-b")  # a second checkout: its own state directory
+    machine_b = Stack(other, stack.directory, stack.stack_env, stack.client)
+    bootstrapped = stack.unsir("bootstrap")  # a no-op when an earlier test bootstrapped the registry
+    assert bootstrapped.returncode == 0, bootstrapped.stderr[-2000:]
+    # B's data, as `dvc pull` from the shared remote would bring it.
+    shutil.copytree(stack.project / "data" / "prepared", other / "data" / "prepared")
+    versions = "/api/2.0/mlflow/model-versions/search?filter=name%3D%27unsir-classifier%27"
+    versions_before = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
+    filed = machine_b.unsir("request", "add", "--classes", "1", "--requester", "dora", "--reason", "filed on B", "--json")
+    assert filed.returncode == 0, filed.stderr[-2000:]
+    request_id = json.loads(filed.stdout)["id"]
+    assert stack.requests()[request_id]["status"] == "pending"  # machine A sees it at once
+
+    batch = stack.unsir("batch", "run", "--json", timeout=600)  # the batch runs on machine A
+    assert batch.returncode == 0, batch.stdout[-2000:] + batch.stderr[-2000:]
+    result = json.loads(batch.stdout.splitlines()[-1])
+    assert result["status"] == "done" and result["request_ids"] == [request_id]
+
+    for machine in (stack, machine_b):
+        request = machine.requests()[request_id]
+        assert request["status"] == "done" and request["model_version"] == result["new_version"]
+        verified = machine.unsir("audit", "verify", "--json")
+        assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
+        assert json.loads(verified.stdout)["ok"]
+    # One claim, one chain, one new version.
+    from unsir_pipeline.governance.audit import AuditLog
+
+    records = [r for r in AuditLog(stack.client["UNSIR_STATE_DATABASE_URL"]).records(request_id=request_id)]
+    assert [r.event for r in records].count("batch_started") == 1
+    assert [r.event for r in records].count("model_registered") == 1
+    assert {r.payload.get("batch_id") for r in records if "batch_id" in r.payload} == {result["batch_id"]}
+    versions_after = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
+    assert versions_after - versions_before == {str(result["new_version"])}
+    for machine in (stack.project, other):
+        assert not (machine / "state" / "requests.sqlite").exists()
 
 
 def test_services_stop_by_process_id(stack):

@@ -10,7 +10,8 @@ environment (see `infra/local/README.md`); passwords that are not given are gene
 kept in `<dir>/secrets.env` (mode 600), so a restart finds the same databases.
 
 What a pipeline client needs (tracking URI, Prefect API URL and auth string, MLflow
-credentials, the DVC remote) is written to `<dir>/client.env`:
+credentials, the DVC remote, the state database holding requests and the audit trail) is written
+to `<dir>/client.env`:
 
     set -a; . state/services/client.env; set +a
 
@@ -41,7 +42,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SERVICES = ("postgres", "mlflow", "prefect", "worker")  # start order; `down` goes backwards
-DATABASES = ("mlflow", "mlflow_auth", "prefect")
+DATABASES = ("mlflow", "mlflow_auth", "prefect", "unsir_state")  # unsir_state: requests and audit trail
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 30
 
@@ -160,6 +161,8 @@ def client_environment(settings: Settings, creds: dict[str, str]) -> dict[str, s
         "PREFECT_API_AUTH_STRING": f"{settings.prefect_user}:{creds['UNSIR_PREFECT_PASSWORD']}",
         "UNSIR_DVC_REMOTE": str(settings.dvc_remote_dir),
         "UNSIR_PROJECT_DIR": str(settings.project_dir),
+        # Deletion requests and the audit trail, shared by every checkout and worker.
+        "UNSIR_STATE_DATABASE_URL": _database_url(settings, creds, "unsir_state"),
     }
 
 

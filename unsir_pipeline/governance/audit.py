@@ -5,8 +5,10 @@ approved it?" must get an answer that nobody could have quietly rewritten. Each 
 carries the hash of the record before it: editing, deleting, inserting or reordering any record
 breaks the chain at that record, and :meth:`AuditLog.verify` names it.
 
-How a record's hash is computed (so anyone can re-check the log with ``sqlite3`` and a few lines
-of any language)::
+The trail lives in the state database (``unsir_pipeline.adapters.state_store``): a SQLite file under the
+project's state directory by default, or the stack's PostgreSQL when ``state.database_url`` is
+set; the statements are the same on both. How a record's hash is computed (so anyone can re-check
+the log with ``sqlite3`` or ``psql`` and a few lines of any language)::
 
     sha256(json.dumps({"seq", "ts", "event", "actor", "request_ids", "payload",
                        "idempotency_key", "prev_hash"}, sort_keys=True, separators=(",", ":"),
@@ -15,10 +17,12 @@ of any language)::
 with ``prev_hash`` of the first record equal to :data:`GENESIS`.
 
 A chain alone cannot show that its *last* records were removed, so a small head anchor
-``<log>.head`` (JSON ``{"records": n, "hash": "<hash of record n>"}``) is rewritten atomically on
-every append and checked by :meth:`AuditLog.verify`. Triggers make the table append-only for any
-code path that goes through SQLite; someone with the file can drop them, which is what the chain
-and the anchor are for.
+(``{"records": n, "hash": "<hash of record n>"}``) is rewritten on every append and checked by
+:meth:`AuditLog.verify`: for a SQLite trail, the file ``<log>.head`` (JSON, replaced atomically);
+for a trail in a shared database, the one row of table ``audit_head``, written in the appending
+transaction (a file would be seen by one machine only). Triggers make the table append-only for
+any code path that goes through the database; someone with the file, or the database's owner,
+can drop them, which is what the chain and the anchor are for.
 
 The chain and an unkeyed anchor stop accidents and careless edits, not someone who can write the
 directory: they can recompute every hash and rewrite the anchor. Given a key that lives outside
@@ -28,8 +32,8 @@ same canonical JSON), so a rewritten chain can no longer be re-anchored without 
 key, an unsigned or wrongly signed anchor is a verification failure and blocks appends. The
 anchor cannot show that *both* files were deleted; the pipeline cross-checks the trail against
 the request store and the registry for that (``unsir_pipeline.governance.batches.verify_trail``). See
-``docs/audit.md`` for the threat model. This module talks to nothing but SQLite, the anchor file
-and the key's source, and imports nothing else from the pipeline.
+``docs/audit.md`` for the threat model. This module talks to nothing but the state database, the
+anchor file and the key's source, and imports nothing else from the pipeline.
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ import hmac
 import json
 import math
 import os
-import sqlite3
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from unsir_pipeline.adapters import sqlite_files
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from unsir_pipeline.adapters.state_store import StateDatabase
 
 GENESIS = "0" * 64
 
@@ -58,31 +63,24 @@ KEY_FILE_ENV = "UNSIR_AUDIT_KEY_FILE"
 MIN_KEY_BYTES = 32
 _MAC_PURPOSE = "unsir-audit-head/v1"
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq             INTEGER PRIMARY KEY,
-    ts              TEXT NOT NULL,
-    event           TEXT NOT NULL,
-    actor           TEXT NOT NULL,
-    request_ids     TEXT NOT NULL,        -- JSON list of str
-    payload         TEXT NOT NULL,        -- canonical JSON object
-    idempotency_key TEXT UNIQUE,
-    prev_hash       TEXT NOT NULL,
-    hash            TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'audit log is append-only: UPDATE of audit records is refused');
-END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'audit log is append-only: DELETE of audit records is refused');
-END;
-"""
-
-_COLUMNS = "seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, hash"
+# The tables as the statements see them; their DDL is the migrations' (unsir_pipeline/adapters/migrations).
+_METADATA = sa.MetaData()
+_AUDIT = sa.Table(
+    "audit",
+    _METADATA,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    *(sa.Column(name, sa.Text) for name in ("ts", "event", "actor", "request_ids", "payload", "idempotency_key",
+                                            "prev_hash", "hash")),
+)
+_HEAD = sa.Table(
+    "audit_head",
+    _METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("records", sa.Integer),
+    sa.Column("hash", sa.Text),
+    sa.Column("mac", sa.Text),
+)
+_HEAD_ROW = 1
 
 
 class AuditError(Exception):
@@ -236,7 +234,7 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-def _parse_row(row: sqlite3.Row) -> AuditRecord:
+def _parse_row(row: sa.RowMapping) -> AuditRecord:
     """A stored row as a record; :class:`AuditError` naming the record if a column is unreadable
     (possible only if someone wrote the table by hand)."""
     seq = row["seq"]
@@ -265,51 +263,75 @@ def _parse_row(row: sqlite3.Row) -> AuditRecord:
 
 
 class AuditLog:
-    """The audit trail in one SQLite file plus its head anchor; safe to share between processes.
+    """The audit trail in the state database plus its head anchor; safe to share between
+    processes (and, in a shared database, machines).
 
-    Each method opens its own connection, so an instance may be used across threads and survives
-    ``fork``; there is nothing to close.
+    Each method runs its own transaction, so an instance may be used across threads and survives
+    ``fork``; there is nothing to close. Opening it creates or migrates the tables.
     """
 
-    def __init__(self, path: Path, *, key: bytes | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, *, key: bytes | None = None) -> None:
+        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string)."""
+        self.db = StateDatabase(path)
+        self.path = self.db.path  # None for a database server
         if key is not None and (not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES):
             raise AuditError(f"key must be at least {MIN_KEY_BYTES} bytes, got {type(key).__name__} of length {len(key)}")
         self._key = key
-        self.head_path = self.path.with_name(self.path.name + ".head")
-        sqlite_files.ensure_schema(self.path, _SCHEMA, SCHEMA_VERSION, AuditError, "audit")
-        with self._transaction() as conn:
+        # A SQLite trail's anchor is a file beside it; a shared database's, a row in it.
+        self.head_path = None if self.path is None else self.path.with_name(self.path.name + ".head")
+        self.head_where = str(self.head_path) if self.head_path else f"(table audit_head of {self.db.shown})"
+        self.db.migrate("audit", AuditError)
+        with self.db.write() as conn:
+            self._lock_chain(conn)
             # A new log gets its anchor at once, so that a missing anchor always means tampering
             # (or a lost file), never "nothing appended yet".
-            count = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-            if count == 0 and not self.head_path.exists():
-                self._write_head(0, GENESIS)
+            count = conn.execute(sa.select(sa.func.count()).select_from(_AUDIT)).scalar_one()
+            if count == 0 and self._read_head_raw(conn) is None:
+                self._write_head(0, GENESIS, conn, create=True)
 
     def __repr__(self) -> str:
-        return f"AuditLog({str(self.path)!r}, signed={self._key is not None})"
+        return f"AuditLog({self.db.shown!r}, signed={self._key is not None})"
 
     @property
     def signed(self) -> bool:
         """Whether this log signs and checks its head anchor with a key."""
         return self._key is not None
 
-    # -- connections -----------------------------------------------------------------------
+    @staticmethod
+    def exists(path: Path | str) -> bool:
+        """Whether a trail was ever started at ``path`` (a file, or a database holding its
+        tables and anchor or records); opens and creates nothing."""
+        db = StateDatabase(path)
+        if db.path is not None:
+            return db.path.exists()
+        if not db.table_exists("audit_head"):
+            return False
+        with db.read() as conn:
+            anchored = conn.execute(sa.select(_HEAD.c.id)).first() is not None
+            return anchored or conn.execute(sa.select(_AUDIT.c.seq).limit(1)).first() is not None
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite_files.connect(self.path)
+    # -- the head anchor -------------------------------------------------------------------
 
-    def _transaction(self):
-        """IMMEDIATE takes the write lock before reading the head, so two writers cannot both
-        extend record n and fork the chain."""
-        return sqlite_files.transaction(self.path)
+    def _lock_chain(self, conn: sa.Connection) -> None:
+        """Hold the chain's head for this write transaction, so two writers cannot both extend
+        record n and fork the chain: the anchor row's lock on PostgreSQL; on SQLite the write
+        transaction (BEGIN IMMEDIATE) holds the file already and FOR UPDATE is not rendered."""
+        conn.execute(sa.select(_HEAD.c.id).where(_HEAD.c.id == _HEAD_ROW).with_for_update())
 
     def _read_head(self) -> tuple[int, str] | None:
-        """The anchor's (records, hash), None if the file is missing; AuditError if unreadable."""
+        """The anchor's (records, hash), None if it is missing; AuditError if unreadable."""
         raw = self._read_head_raw()
         return None if raw is None else (raw[0], raw[1])
 
-    def _read_head_raw(self) -> tuple[int, str, str | None] | None:
-        """The anchor's (records, hash, mac or None); None if missing; AuditError if unreadable."""
+    def _read_head_raw(self, conn: sa.Connection | None = None) -> tuple[int, str, str | None] | None:
+        """The anchor's (records, hash, mac or None); None if missing; AuditError if unreadable.
+        A row anchor is read in ``conn``'s transaction when given."""
+        if self.head_path is None:
+            if conn is None:
+                with self.db.read() as own:
+                    return self._read_head_raw(own)
+            row = conn.execute(sa.select(_HEAD.c.records, _HEAD.c.hash, _HEAD.c.mac).where(_HEAD.c.id == _HEAD_ROW)).first()
+            return None if row is None else (int(row.records), str(row.hash), row.mac)
         try:
             text = self.head_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -320,7 +342,7 @@ class AuditLog:
             return int(head["records"]), str(head["hash"]), None if mac is None else str(mac)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise AuditError(
-                f"head anchor {self.head_path} is unreadable: {text[:200]!r}; expected "
+                f"head anchor {self.head_where} is unreadable: {text[:200]!r}; expected "
                 '{"records": <int>, "hash": "<sha256>"}'
             ) from err
 
@@ -334,19 +356,19 @@ class AuditLog:
         if self._key is None:
             if mac is not None:
                 return (
-                    f"head anchor {self.head_path} is signed, but this process has no audit key "
+                    f"head anchor {self.head_where} is signed, but this process has no audit key "
                     f"to check it (set {KEY_ENV} or {KEY_FILE_ENV})"
                 )
             return None
         if mac is None:
             return (
-                f"head anchor {self.head_path} is not signed, but an audit key is configured "
+                f"head anchor {self.head_where} is not signed, but an audit key is configured "
                 "(anchor replaced by someone without the key, or written before the key was "
                 "set: check the trail, then call sign_head())"
             )
         if not hmac.compare_digest(mac, head_mac(self._key, records, head_hash)):
             return (
-                f"head anchor {self.head_path} has a signature that does not match the audit "
+                f"head anchor {self.head_where} has a signature that does not match the audit "
                 "key (anchor forged, or signed with another key)"
             )
         return None
@@ -357,9 +379,8 @@ class AuditLog:
 
     def record_hash(self, seq: int) -> str | None:
         """The stored hash of record ``seq``, None if there is no such record."""
-        with closing(self._connect()) as conn:
-            row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else row["hash"]
+        with self.db.read() as conn:
+            return conn.execute(sa.select(_AUDIT.c.hash).where(_AUDIT.c.seq == seq)).scalar_one_or_none()
 
     def sign_head(self) -> VerifyResult:
         """Sign the current head with the key, after verifying the chain; for a trail written
@@ -367,46 +388,61 @@ class AuditLog:
         would vouch for whatever is there."""
         if self._key is None:
             raise AuditError(f"no audit key to sign with; set {KEY_ENV} or {KEY_FILE_ENV}")
-        with self._transaction():
+        with self.db.write() as conn:
+            self._lock_chain(conn)
             result = self._verify_chain_and_head(check_signature=False)
             if not result.ok:
                 raise AuditError(
-                    f"refusing to sign the head of {self.path}: record {result.first_bad_seq}: "
+                    f"refusing to sign the head of {self.db.shown}: record {result.first_bad_seq}: "
                     f"{result.problem}"
                 )
-            records, head_hash = self._read_head() or (0, GENESIS)
-            self._write_head(records, head_hash)
+            raw = self._read_head_raw(conn)
+            records, head_hash = (raw[0], raw[1]) if raw else (0, GENESIS)
+            self._write_head(records, head_hash, conn, create=raw is None)
         return self.verify()
 
-    def _check_head(self, conn: sqlite3.Connection) -> tuple[int, str]:
+    def _check_head(self, conn: sa.Connection) -> tuple[int, str]:
         """The anchor, after checking it names the log's last record.
 
         Appending over a log whose tail was cut would re-anchor it and hide the cut for good, so
         a disagreement stops the append; only a person who has looked (verify) can resolve it.
         """
-        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        actual = (last["seq"], last["hash"]) if last else (0, GENESIS)
-        raw = self._read_head_raw()
+        last = conn.execute(sa.select(_AUDIT.c.seq, _AUDIT.c.hash).order_by(_AUDIT.c.seq.desc()).limit(1)).first()
+        actual = (last.seq, last.hash) if last else (0, GENESIS)
+        raw = self._read_head_raw(conn)
         head = None if raw is None else (raw[0], raw[1])
         if raw is not None:
             problem = self._signature_problem(*raw)
             if problem:
-                raise AuditError(f"refusing to append to {self.path}: {problem}")
+                raise AuditError(f"refusing to append to {self.db.shown}: {problem}")
         if head != actual:
             found = "is missing" if head is None else f"records {head[0]} (hash {head[1][:12]}...)"
             raise AuditError(
-                f"refusing to append to {self.path}: the log ends at record {actual[0]} "
+                f"refusing to append to {self.db.shown}: the log ends at record {actual[0]} "
                 f"(hash {actual[1][:12]}...) but its head anchor {found}; run verify() to see "
                 "what was removed"
             )
         return head
 
-    def _write_head(self, records: int, head_hash: str) -> None:
-        """Replace the anchor atomically: a reader sees the old one or the new one, never half."""
-        tmp = self.head_path.with_name(f"{self.head_path.name}.tmp-{os.getpid()}")
+    def _write_head(self, records: int, head_hash: str, conn: sa.Connection | None = None, *,
+                    create: bool = False) -> None:
+        """Replace the anchor atomically: a reader sees the old one or the new one, never half.
+        A row anchor is written in ``conn``'s transaction (``create``: the row may be missing)."""
         head: dict[str, Any] = {"records": records, "hash": head_hash}
         if self._key is not None:
             head["mac"] = head_mac(self._key, records, head_hash)
+        if self.head_path is None:
+            assert conn is not None, "a row anchor is written in the caller's transaction"
+            values = {"records": records, "hash": head_hash, "mac": head.get("mac")}
+            if conn.execute(sa.update(_HEAD).where(_HEAD.c.id == _HEAD_ROW).values(**values)).rowcount or not create:
+                return
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(_HEAD).values(id=_HEAD_ROW, **values))
+            except IntegrityError:
+                pass  # another process opening the new trail at once anchored it first
+            return
+        tmp = self.head_path.with_name(f"{self.head_path.name}.tmp-{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(_canonical(head))
             handle.flush()
@@ -453,36 +489,32 @@ class AuditLog:
             raise AuditError(f"payload of event {event!r} is not JSON-serialisable: {err}") from err
         request_ids = tuple(request_ids)
 
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            head: tuple[int, str] | None = None
-            try:
+        head: tuple[int, str] | None = None
+        try:
+            with self.db.write() as conn:
+                self._lock_chain(conn)
                 record = self._existing(conn, idempotency_key, event)
                 if record is None:
                     previous = self._check_head(conn)
                     record = self._insert(conn, event, actor, payload, request_ids, idempotency_key)
-                    # Written while we hold the write lock, so anchors follow chain order. Should
-                    # the commit fail, the old anchor is put back below; only a crash in the
-                    # instant between the two leaves it one record ahead (verify reports that).
-                    self._write_head(record.seq, record.hash)
+                    # Written while we hold the write lock, so anchors follow chain order. A row
+                    # anchor commits with the record; a file anchor is put back below should the
+                    # commit fail, and only a crash in the instant between the two leaves it one
+                    # record ahead (verify reports that).
+                    self._write_head(record.seq, record.hash, conn)
                     head = previous
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if head is not None:
-                    self._write_head(*head)
-                raise
+        except BaseException:
+            if head is not None and self.head_path is not None:
+                self._write_head(*head)
+            raise
         return record
 
     def _existing(
-        self, conn: sqlite3.Connection, idempotency_key: str | None, event: str
+        self, conn: sa.Connection, idempotency_key: str | None, event: str
     ) -> AuditRecord | None:
         if idempotency_key is None:
             return None
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM audit WHERE idempotency_key = ?", (idempotency_key,)
-        ).fetchone()
+        row = conn.execute(sa.select(_AUDIT).where(_AUDIT.c.idempotency_key == idempotency_key)).mappings().first()
         if row is None:
             return None
         existing = _parse_row(row)
@@ -495,7 +527,7 @@ class AuditLog:
 
     def _insert(
         self,
-        conn: sqlite3.Connection,
+        conn: sa.Connection,
         event: str,
         actor: str,
         payload: dict[str, Any],
@@ -503,26 +535,23 @@ class AuditLog:
         idempotency_key: str | None,
     ) -> AuditRecord:
         """Insert the next record after the current head; the caller holds the write lock."""
-        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev_hash = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+        last = conn.execute(sa.select(_AUDIT.c.seq, _AUDIT.c.hash).order_by(_AUDIT.c.seq.desc()).limit(1)).first()
+        seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS)
         ts = _now()
         digest = _record_hash(
             seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash
         )
-        conn.execute(
-            f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                seq,
-                ts,
-                event,
-                actor,
-                _canonical(list(request_ids)),
-                _canonical(payload),
-                idempotency_key,
-                prev_hash,
-                digest,
-            ),
-        )
+        conn.execute(sa.insert(_AUDIT).values(
+            seq=seq,
+            ts=ts,
+            event=event,
+            actor=actor,
+            request_ids=_canonical(list(request_ids)),
+            payload=_canonical(payload),
+            idempotency_key=idempotency_key,
+            prev_hash=prev_hash,
+            hash=digest,
+        ))
         return AuditRecord(
             seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, digest
         )
@@ -533,19 +562,17 @@ class AuditLog:
         self, *, request_id: str | None = None, event: str | None = None
     ) -> list[AuditRecord]:
         """Records in seq order; only those naming ``request_id`` and/or of kind ``event``."""
-        clauses, params = [], []
+        query = sa.select(_AUDIT).order_by(_AUDIT.c.seq)
         if request_id is not None:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(audit.request_ids) WHERE value = ?)")
-            params.append(request_id)
+            # The JSON text narrows the rows in the database (the same statement on every
+            # backend); the exact match is on the parsed list below.
+            query = query.where(_AUDIT.c.request_ids.contains(_canonical(request_id), autoescape=True))
         if event is not None:
-            clauses.append("event = ?")
-            params.append(event)
-        where = " AND ".join(clauses) or "1"
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit WHERE {where} ORDER BY seq", params
-            ).fetchall()
-        return [_parse_row(row) for row in rows]
+            query = query.where(_AUDIT.c.event == event)
+        with self.db.read() as conn:
+            rows = conn.execute(query).mappings().all()
+        records = [_parse_row(row) for row in rows]
+        return [r for r in records if request_id is None or request_id in r.request_ids]
 
     def verify(self) -> VerifyResult:
         """Walk the chain from record 1 and check the head anchor; stop at the first problem.
@@ -560,8 +587,11 @@ class AuditLog:
         return self._verify_chain_and_head(check_signature=True)
 
     def _verify_chain_and_head(self, *, check_signature: bool) -> VerifyResult:
-        with closing(self._connect()) as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq").fetchall()
+        # One snapshot for the records and a row anchor: an append committing in between would
+        # otherwise look like records cut from the end.
+        with self.db.read(snapshot=True) as conn:
+            rows = conn.execute(sa.select(_AUDIT).order_by(_AUDIT.c.seq)).mappings().all()
+            row_head = None if self.head_path is not None else self._read_head_raw(conn)
         count = len(rows)
 
         def bad(seq: int, problem: str) -> VerifyResult:
@@ -606,11 +636,11 @@ class AuditLog:
             expected_seq, prev_hash = seq + 1, record.hash
 
         try:
-            raw = self._read_head_raw()
+            raw = row_head if self.head_path is None else self._read_head_raw()
         except AuditError as err:
             return bad(count + 1, str(err))
         if raw is None:
-            return bad(count + 1, f"head anchor {self.head_path} is missing (deleted?)")
+            return bad(count + 1, f"head anchor {self.head_where} is missing (deleted?)")
         head_records, head_hash, mac = raw
         # Checked before the counts: a forged anchor's numbers mean nothing.
         if check_signature and self._key is not None:

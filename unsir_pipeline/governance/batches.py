@@ -27,6 +27,7 @@ from unsir_pipeline.adapters.registry import (
     VersionInfo,
     registry_for,
 )
+from unsir_pipeline.adapters.state_store import StateDatabase
 from unsir_pipeline.governance.audit import (
     AuditError,
     AuditLog,
@@ -62,8 +63,14 @@ class RequestRefused(UnlearningInputError):
         self.request = request
 
 
+def state_target(ws: Workspace, relative: str) -> Path | str:
+    """Where a store lives: the shared database when ``state.database_url`` is set (requests and
+    trail together), else its SQLite file under the project."""
+    return ws.params.state.database_url or ws.path(relative)
+
+
 def request_store(ws: Workspace) -> RequestStore:
-    return RequestStore(ws.path(ws.params.requests.store))
+    return RequestStore(state_target(ws, ws.params.requests.store))
 
 
 def audit_key(ws: Workspace) -> bytes | None:
@@ -74,17 +81,18 @@ def audit_key(ws: Workspace) -> bytes | None:
 def audit_log(ws: Workspace) -> AuditLog:
     """The audit trail. A missing trail beside a request store that holds requests was deleted:
     refuse to start a fresh one over it (that would reset the evidence); verify_trail reports it."""
-    path = ws.path(ws.params.requests.audit_log)
-    store_path = ws.path(ws.params.requests.store)
-    if not path.exists() and store_path.exists():
-        count = len(RequestStore(store_path).list())
+    target = state_target(ws, ws.params.requests.audit_log)
+    store_target = state_target(ws, ws.params.requests.store)
+    if not AuditLog.exists(target) and RequestStore.exists(store_target):
+        store = RequestStore(store_target)
+        count = len(store.list())
         if count:
             raise AuditError(
-                f"the audit trail {path} does not exist, but the request store {store_path} holds "
-                f"{count} request(s): the trail was deleted; refusing to start a new one "
-                "(run `unsir audit verify`)"
+                f"the audit trail in {store.db.shown if isinstance(target, str) else target} does not exist, but the "
+                f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
+                "a new one (run `unsir audit verify`)"
             )
-    return AuditLog(path, key=audit_key(ws))
+    return AuditLog(target, key=audit_key(ws))
 
 
 def provenance(ws: Workspace) -> dict[str, str]:
@@ -423,7 +431,7 @@ class TrailReport:
 def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
     the registered versions. Never creates or resets a trail: a deleted one is a problem."""
-    path = ws.path(ws.params.requests.audit_log)
+    target = state_target(ws, ws.params.requests.audit_log)
     problems: list[str] = []
     warnings: list[str] = []
     key = audit_key(ws)
@@ -432,14 +440,15 @@ def verify_trail(ws: Workspace) -> TrailReport:
             "the head anchor is not signed (no UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the trail "
             "is protected against accidents, not against someone who can write the state directory"
         )
-    existed = path.exists()
+    existed = AuditLog.exists(target)
     if not existed:
-        problems.append(f"the audit trail {path} does not exist")
+        where = target if isinstance(target, Path) else f"in {StateDatabase(target).shown}"
+        problems.append(f"the audit trail {where} does not exist")
         chain = VerifyResult(ok=True, records=0, first_bad_seq=None, problem=None)
         records: list[AuditRecord] = []
         log = None
     else:
-        log = AuditLog(path, key=key)
+        log = AuditLog(target, key=key)
         chain = log.verify()
         try:
             records = log.records()
@@ -447,8 +456,8 @@ def verify_trail(ws: Workspace) -> TrailReport:
             records = []
             problems.append(str(err))
 
-    store_path = ws.path(ws.params.requests.store)
-    requests = RequestStore(store_path).list() if store_path.exists() else []
+    store_target = state_target(ws, ws.params.requests.store)
+    requests = RequestStore(store_target).list() if RequestStore.exists(store_target) else []
     problems += _requests_against_trail(requests, records, existed)
 
     registry = registry_for(ws)

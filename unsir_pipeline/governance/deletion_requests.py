@@ -1,10 +1,14 @@
 """A durable store of deletion requests: who asked to forget which classes, and what came of it.
 
-Requests outlive any one batch run, so they live in SQLite rather than in a flow's memory: a
-batch that is killed half-way leaves its requests ``running``, and the next batch puts them back
-in the queue (:meth:`RequestStore.release_stale`). Every state change happens inside
-``BEGIN IMMEDIATE`` so two processes (a CLI adding requests, a scheduled batch claiming them)
-never see or write a half-done change, and every change stamps ``updated_at``.
+Requests outlive any one batch run, so they live in a database rather than in a flow's memory:
+a SQLite file under the project's state directory by default, or the stack's PostgreSQL when
+``state.database_url`` is set (``unsir_pipeline.adapters.state_store``), through the same SQLAlchemy
+statements. A batch that is killed half-way leaves its requests ``running``, and the next batch
+puts them back in the queue (:meth:`RequestStore.release_stale`). Every state change is one
+transaction, so two processes (a CLI adding requests, a scheduled batch claiming them) never
+see or write a half-done change, and every change stamps ``updated_at``. Claims lock the rows
+they take (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer), so two workers on
+two machines never take the same request.
 
 Lifecycle::
 
@@ -15,30 +19,27 @@ Lifecycle::
     running --release / release_stale-->        pending, or failed once attempts >= max_attempts
     done    --return_to_pending-->              pending    (a reviewer rejected the version)
 
-This module talks to nothing but SQLite and imports nothing from the pipeline, so the queue can
-be inspected from a notebook or a shell without Prefect or MLflow.
+This module talks to nothing but the state database and imports nothing else from the pipeline,
+so the queue can be inspected from a notebook or a shell without Prefect or MLflow.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import sqlite3
 import unicodedata
 import uuid
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from unsir_pipeline.adapters import sqlite_files
+import sqlalchemy as sa
+
+from unsir_pipeline.adapters.state_store import StateDatabase
 
 STATUSES = ("pending", "running", "done", "failed", "rejected")
-
-# Bumped when the table changes shape; a store written by another layout is refused, not guessed at.
-SCHEMA_VERSION = 1
 
 # Longest text each field may hold, in characters. A request is read by people (``request
 # list``, the evidence report) and travels in every audit record: a megabyte reason would run
@@ -50,31 +51,18 @@ MAX_REQUESTED = 64
 _INVISIBLE_LAYOUT = {"\u2028", "\u2029", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 _PREVIEW = 60
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS requests (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: "oldest first"
-    id            TEXT NOT NULL UNIQUE,
-    classes       TEXT NOT NULL,                      -- JSON list of ints
-    class_names   TEXT NOT NULL,                      -- JSON list of str, same order
-    requested     TEXT NOT NULL,                      -- JSON list of the raw strings asked for
-    requester     TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
-    attempts      INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    batch_id      TEXT,
-    model_version INTEGER,
-    error         TEXT,
-    created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
-CREATE INDEX IF NOT EXISTS requests_batch ON requests (batch_id);
-"""
-
-_COLUMNS = (
-    "id, classes, class_names, requested, requester, reason, status, attempts, batch_id, "
-    "model_version, error, created_at, updated_at"
+# The table as the statements see it; its DDL is the migrations' (unsir_pipeline/adapters/migrations).
+_REQUESTS = sa.Table(
+    "requests",
+    sa.MetaData(),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    *(sa.Column(name, sa.Text) for name in ("id", "classes", "class_names", "requested", "requester", "reason", "status")),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("model_version", sa.Integer),
+    *(sa.Column(name, sa.Text) for name in ("error", "created_at", "updated_at")),
 )
+_COLUMNS = [c for c in _REQUESTS.c if c.name != "seq"]
 
 
 class RequestError(ValueError):
@@ -113,7 +101,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _row_to_request(row: sqlite3.Row) -> DeletionRequest:
+def _row_to_request(row: sa.RowMapping) -> DeletionRequest:
     return DeletionRequest(
         id=row["id"],
         classes=tuple(json.loads(row["classes"])),
@@ -250,50 +238,55 @@ def _normalise_requested(
 
 
 class RequestStore:
-    """Deletion requests in one SQLite file, safe to share between processes.
+    """Deletion requests in the state database (a SQLite file, or a database URL), safe to
+    share between processes and machines.
 
-    Each method opens its own connection, so a store object may be used across threads and
-    survives ``fork``; there is nothing to close.
+    Each method runs its own transaction, so a store object may be used across threads and
+    survives ``fork``; there is nothing to close. Opening it creates or migrates the table.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        sqlite_files.ensure_schema(self.path, _SCHEMA, SCHEMA_VERSION, RequestError, "request")
+    def __init__(self, path: Path | str) -> None:
+        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string)."""
+        self.db = StateDatabase(path)
+        self.path = self.db.path  # None for a database server
+        self.db.migrate("requests", RequestError)
 
     def __repr__(self) -> str:
-        return f"RequestStore({str(self.path)!r})"
+        return f"RequestStore({self.db.shown!r})"
 
-    # -- connections -----------------------------------------------------------------------
+    @staticmethod
+    def exists(path: Path | str) -> bool:
+        """Whether a store was ever created at ``path`` (a file, or a database holding the
+        table); opens and creates nothing."""
+        db = StateDatabase(path)
+        return db.path.exists() if db.path is not None else db.table_exists("requests")
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite_files.connect(self.path)
+    # -- transactions ----------------------------------------------------------------------
 
-    def _transaction(self):
-        """One write transaction: a read-then-update (claim every pending request) cannot
-        interleave with another process's."""
-        return sqlite_files.transaction(self.path)
-
-    def _select(
-        self, conn: sqlite3.Connection, where: str, params: Sequence[Any]
-    ) -> list[DeletionRequest]:
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM requests WHERE {where} ORDER BY seq", params
-        ).fetchall()
+    def _select(self, conn: sa.Connection, where: sa.ColumnElement[bool]) -> list[DeletionRequest]:
+        rows = conn.execute(sa.select(*_COLUMNS).where(where).order_by(_REQUESTS.c.seq)).mappings()
         return [_row_to_request(row) for row in rows]
 
-    def _transition(
-        self, where: str, params: Sequence[Any], assignments: str, values: Sequence[Any]
-    ) -> list[DeletionRequest]:
-        """Apply ``assignments`` to every row matching ``where``, in one transaction, and return
-        the changed rows as they are afterwards (oldest first)."""
-        with self._transaction() as conn:
-            # RETURNING (SQLite >= 3.35) reads the changed rows in the same statement, whatever
-            # their number; its order is unspecified, hence the sort.
+    def _transition(self, where: sa.ColumnElement[bool], values: dict[str, Any], *, claim: bool = False) -> list[DeletionRequest]:
+        """Apply ``values`` to every row matching ``where``, in one transaction, and return the
+        changed rows as they are afterwards (oldest first).
+
+        The rows are locked first (``SELECT ... FOR UPDATE``; on SQLite the write transaction
+        holds the file's lock). With ``claim``, rows another transaction holds are skipped
+        (``SKIP LOCKED``): two workers claiming at once each get a disjoint set, without waiting.
+        """
+        table = _REQUESTS
+        with self.db.write() as conn:
+            locked = conn.execute(
+                sa.select(table.c.seq).where(where).order_by(table.c.seq).with_for_update(skip_locked=claim)
+            ).scalars().all()
+            if not locked:
+                return []
             rows = conn.execute(
-                f"UPDATE requests SET {assignments}, updated_at = ? WHERE {where} "
-                f"RETURNING seq, {_COLUMNS}",
-                [*values, _now(), *params],
-            ).fetchall()
+                sa.update(table).where(table.c.seq.in_(locked)).values(**values, updated_at=_now())
+                .returning(table.c.seq, *_COLUMNS)
+            ).mappings().all()
+        # RETURNING's order is unspecified, hence the sort.
         return [_row_to_request(row) for row in sorted(rows, key=lambda row: row["seq"])]
 
     # -- intake ----------------------------------------------------------------------------
@@ -310,24 +303,21 @@ class RequestStore:
     ) -> DeletionRequest:
         request_id = f"req-{uuid.uuid4().hex[:12]}"
         now = _now()
-        with self._transaction() as conn:
-            conn.execute(
-                f"INSERT INTO requests ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL, ?, ?, ?)",
-                (
-                    request_id,
-                    json.dumps(list(classes)),
-                    json.dumps(list(class_names)),
-                    json.dumps(list(requested)),
-                    requester,
-                    reason,
-                    status,
-                    error,
-                    now,
-                    now,
-                ),
-            )
-            return self._select(conn, "id = ?", (request_id,))[0]
+        with self.db.write() as conn:
+            conn.execute(sa.insert(_REQUESTS).values(
+                id=request_id,
+                classes=json.dumps(list(classes)),
+                class_names=json.dumps(list(class_names)),
+                requested=json.dumps(list(requested)),
+                requester=requester,
+                reason=reason,
+                status=status,
+                attempts=0,
+                error=error,
+                created_at=now,
+                updated_at=now,
+            ))
+            return self._select(conn, _REQUESTS.c.id == request_id)[0]
 
     def add(
         self,
@@ -381,10 +371,10 @@ class RequestStore:
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, request_id: str) -> DeletionRequest:
-        with closing(self._connect()) as conn:
-            found = self._select(conn, "id = ?", (request_id,))
+        with self.db.read() as conn:
+            found = self._select(conn, _REQUESTS.c.id == request_id)
         if not found:
-            raise RequestError(f"no deletion request with id {request_id!r} in {self.path}")
+            raise RequestError(f"no deletion request with id {request_id!r} in {self.db.shown}")
         return found[0]
 
     # Below this method, a bare `list` in the class's annotations would name it: builtins.list.
@@ -394,29 +384,27 @@ class RequestStore:
             raise RequestError(
                 f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}"
             )
-        with closing(self._connect()) as conn:
-            if status is None:
-                return self._select(conn, "1", ())
-            return self._select(conn, "status = ?", (status,))
+        with self.db.read() as conn:
+            return self._select(conn, sa.true() if status is None else _REQUESTS.c.status == status)
 
     def batch_requests(self, batch_id: str) -> builtins.list[DeletionRequest]:
         """The requests a batch holds or held (the last batch to claim each), oldest first."""
-        with closing(self._connect()) as conn:
-            return self._select(conn, "batch_id = ?", (_check_text("batch_id", batch_id),))
+        with self.db.read() as conn:
+            return self._select(conn, _REQUESTS.c.batch_id == _check_text("batch_id", batch_id))
 
     # -- batch lifecycle -------------------------------------------------------------------
 
     def claim_pending(self, batch_id: str) -> builtins.list[DeletionRequest]:
         """Move every pending request to ``running`` under ``batch_id`` and count the attempt.
 
-        Atomic: two batches claiming at once each get a disjoint set (one of them usually none).
+        Atomic: two batches claiming at once, on one machine or two, each get a disjoint set
+        (one of them usually none).
         """
         _check_text("batch_id", batch_id)
         return self._transition(
-            "status = 'pending'",
-            (),
-            "status = 'running', batch_id = ?, attempts = attempts + 1",
-            (batch_id,),
+            _REQUESTS.c.status == "pending",
+            {"status": "running", "batch_id": batch_id, "attempts": _REQUESTS.c.attempts + 1},
+            claim=True,
         )
 
     def mark_done(self, batch_id: str, model_version: int) -> builtins.list[DeletionRequest]:
@@ -428,10 +416,8 @@ class RequestStore:
         _check_text("batch_id", batch_id)
         _check_positive_int("model_version", model_version)
         return self._transition(
-            "status = 'running' AND batch_id = ?",
-            (batch_id,),
-            "status = 'done', model_version = ?",
-            (model_version,),
+            (_REQUESTS.c.status == "running") & (_REQUESTS.c.batch_id == batch_id),
+            {"status": "done", "model_version": model_version},
         )
 
     def release(self, batch_id: str, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
@@ -439,7 +425,7 @@ class RequestStore:
         ``failed`` once they have been attempted ``max_attempts`` times; ``error`` is recorded."""
         _check_text("batch_id", batch_id)
         return self._release(
-            "status = 'running' AND batch_id = ?", (batch_id,), error, max_attempts
+            (_REQUESTS.c.status == "running") & (_REQUESTS.c.batch_id == batch_id), error, max_attempts
         )
 
     def release_stale(self, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
@@ -448,19 +434,15 @@ class RequestStore:
         Only a batch that holds the batch lock may call this: at that moment no other batch can be
         running, so anything still ``running`` belongs to a batch that was killed.
         """
-        return self._release("status = 'running'", (), error, max_attempts)
+        return self._release(_REQUESTS.c.status == "running", error, max_attempts)
 
     def _release(
-        self, where: str, params: Sequence[Any], error: str, max_attempts: int
+        self, where: sa.ColumnElement[bool], error: str, max_attempts: int
     ) -> builtins.list[DeletionRequest]:
         _check_text("error", error)
         _check_positive_int("max_attempts", max_attempts)
-        return self._transition(
-            where,
-            params,
-            "status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, error = ?",
-            (max_attempts, error),
-        )
+        status = sa.case((_REQUESTS.c.attempts >= max_attempts, "failed"), else_="pending")
+        return self._transition(where, {"status": status, "error": error})
 
     def return_to_pending(self, model_version: int, error: str) -> builtins.list[DeletionRequest]:
         """A reviewer rejected ``model_version``: the requests it completed are not honoured after
@@ -469,10 +451,8 @@ class RequestStore:
         _check_positive_int("model_version", model_version)
         _check_text("error", error)
         return self._transition(
-            "status = 'done' AND model_version = ?",
-            (model_version,),
-            "status = 'pending', model_version = NULL, error = ?",
-            (error,),
+            (_REQUESTS.c.status == "done") & (_REQUESTS.c.model_version == model_version),
+            {"status": "pending", "model_version": None, "error": error},
         )
 
 

@@ -190,6 +190,34 @@ class RequestParams(Frozen):
     schedule: str = Field(default="0 2 * * *", description="cron schedule of `unsir batch serve`")
 
 
+class StateParams(Frozen):
+    """Where deletion requests and the audit trail live (``unsir_pipeline.adapters.state_store``)."""
+
+    database_url: str | None = Field(
+        default=None, repr=False,  # it may hold a password
+        description="none: the SQLite files of `requests` under the project; with shared services, "
+        "postgresql://user:password@host:port/database (env UNSIR_STATE_DATABASE_URL)",
+    )
+    batch_lock: str = Field(
+        default="unsir-deletion-batch", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="with a database URL and a Prefect server: the global concurrency limit that "
+        "lets one deletion batch run at a time (created with limit 1 when missing)",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from unsir_pipeline.adapters.state_store import StateError, parse_database_url
+
+        try:
+            parse_database_url(url)
+        except StateError as err:
+            raise ValueError(str(err)) from None
+        return url
+
+
 class PathParams(Frozen):
     state_dir: str = "state"
     data_dir: str = "data"
@@ -207,6 +235,9 @@ class Params(Frozen):
     gates: GateParams
     registry: RegistryParams
     requests: RequestParams = RequestParams()
+    # Where state lives is the deployment's, not the model's: left out of model_dump(), so out of
+    # the digest and of the parameters logged to MLflow (the URL may hold a password).
+    state: StateParams = Field(default=StateParams(), exclude=True)
     paths: PathParams
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -227,6 +258,8 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     node = raw
     parts = key.split(".")
+    if len(parts) > 1 and parts[0] in OPTIONAL_SECTIONS and raw.get(parts[0]) is None:
+        raw[parts[0]] = {}
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section of params.yaml")
@@ -253,7 +286,10 @@ SERVICE_ENVIRONMENT = {
     "MLFLOW_TRACKING_URI": ("registry", "tracking_uri"),
     "UNSIR_DVC_REMOTE": ("paths", "dvc_remote"),
     "UNSIR_DVC_REMOTE_ENDPOINT": ("paths", "dvc_remote_endpoint"),
+    "UNSIR_STATE_DATABASE_URL": ("state", "database_url"),
 }
+# Sections the file may leave out whole; the environment can still set a key in them.
+OPTIONAL_SECTIONS = ("state",)
 
 
 def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
@@ -270,6 +306,8 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     # services live for a deployment; an explicit flag on one command says more than that.
     # (Prefect reads PREFECT_API_URL itself; MLflow's credentials stay in its own variables.)
     for variable, (section, key) in SERVICE_ENVIRONMENT.items():
+        if os.environ.get(variable) and section in OPTIONAL_SECTIONS and raw.get(section) is None:
+            raw[section] = {}
         if os.environ.get(variable) and isinstance(raw.get(section), dict):
             raw[section][key] = os.environ[variable]
     for override in overrides:

@@ -1,0 +1,278 @@
+"""The one SQL database that holds deletion requests and the audit trail, embedded or shared.
+
+By default each store is a SQLite file under the project's state directory, as before. With
+``state.database_url`` (or ``UNSIR_STATE_DATABASE_URL``) set to a PostgreSQL URL, both live in
+that database, so every checkout and worker pointed at the stack sees the same requests and
+extends the same trail. The request store and the audit log run the same SQLAlchemy Core
+statements on both; what differs is confined here (connections, locking) and to the
+migrations.
+
+Schema changes are Alembic migrations shipped in ``unsir_pipeline/adapters/migrations``, applied at open
+with a configuration built in code (no ``alembic.ini``). Each store keeps its own revision
+(version table ``unsir_requests_schema`` / ``unsir_audit_schema``), so the two SQLite files
+each carry only their own tables. A SQLite file written before the migrations existed
+(``PRAGMA user_version = 1``) is stamped at the baseline revision, whose schema is that one.
+
+Write transactions serialise the read-then-write steps (claim the pending requests, extend the
+chain from its head): on SQLite every write transaction is ``BEGIN IMMEDIATE`` (one writer at a
+time, across processes); on PostgreSQL the statements take row locks (``FOR UPDATE``, ``SKIP
+LOCKED`` for claims), and migrations hold an advisory lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
+
+BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+STORES = ("requests", "audit")
+# The schema files of this layout carried before Alembic (PRAGMA user_version).
+LEGACY_SQLITE_VERSION = 1
+# Serialises migrations of one PostgreSQL database (pg_advisory_xact_lock key: "unsir" in hex).
+_MIGRATION_LOCK_KEY = 0x756E736972
+EXPECTED_URL = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or sqlite:////absolute/path.sqlite)"
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "sqlite": ("pysqlite",)}
+
+
+class StateError(ValueError):
+    """The state database's URL is malformed, it cannot be reached, or it holds a schema this
+    code does not know; the message names the database (never its password)."""
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``; also for a URL SQLAlchemy cannot parse."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def parse_database_url(url: str) -> URL:
+    """A validated database URL; PostgreSQL without a driver gets psycopg2 (the stack's)."""
+    if not isinstance(url, str) or not url.strip():
+        raise StateError(f"state database URL must be a non-empty string, got {url!r}; expected {EXPECTED_URL}")
+    try:
+        parsed = sa.make_url(url)
+    except ArgumentError:
+        raise StateError(f"state database URL {redact(url)!r} is not a URL; expected {EXPECTED_URL}") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend not in _DRIVERS or ("+" in parsed.drivername and driver not in _DRIVERS[backend]):
+        raise StateError(f"state database URL {redact(url)!r} names {parsed.drivername!r}; expected {EXPECTED_URL} "
+                         f"(drivers: {', '.join(d for ds in _DRIVERS.values() for d in ds)})")
+    if backend == "postgresql":
+        if not parsed.host or not parsed.database:
+            raise StateError(f"state database URL {redact(url)!r} lacks a host or a database name; expected {EXPECTED_URL}")
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+    elif not parsed.database or parsed.database == ":memory:" or not Path(parsed.database).is_absolute():
+        raise StateError(f"state database URL {redact(url)!r}: a SQLite URL must name an absolute file path; "
+                         f"expected {EXPECTED_URL}")
+    return parsed
+
+
+_ENGINES: dict[tuple[str, int], Engine] = {}
+
+
+def _engine(url: URL) -> Engine:
+    """One engine per database and process (a pool must not cross ``fork``)."""
+    key = (url.render_as_string(hide_password=False), os.getpid())
+    if key not in _ENGINES:
+        if url.get_backend_name() == "sqlite":
+            # No pool: a connection kept open would outlive a file that was deleted and made
+            # again (the tamper tests, a reset project); opening a SQLite file costs microseconds.
+            engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            sa.event.listen(engine, "connect", _sqlite_connect)
+            sa.event.listen(engine, "begin", _sqlite_begin)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        _ENGINES[key] = engine
+    return _ENGINES[key]
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    # No implicit transactions from the driver: _sqlite_begin issues BEGIN itself.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    dbapi_connection.execute("PRAGMA synchronous = FULL")  # a committed write survives a power cut
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock before the first read, so a read-then-write cannot
+    # interleave with another process's; reads take no lock (WAL: they never block the writer).
+    immediate = conn.get_execution_options().get("unsir_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class StateDatabase:
+    """A SQLite file or a database URL, with its engine, transactions and migrations.
+
+    Holds no connection: each transaction takes one (from the pool on PostgreSQL), so an
+    instance may be shared across threads and survives ``fork``.
+    """
+
+    def __init__(self, target: Path | str) -> None:
+        if isinstance(target, Path):
+            self.url = URL.create("sqlite", database=str(target.resolve()))
+        else:
+            self.url = parse_database_url(target)
+        self.path = Path(self.url.database) if self.is_sqlite and self.url.database else None
+        # What messages show: the file, or the URL without its password.
+        self.shown = str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def engine(self) -> Engine:
+        return _engine(self.url)
+
+    def __repr__(self) -> str:
+        return f"StateDatabase({self.shown!r})"
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, committed at the end and rolled back on any exception."""
+        with self._connect() as conn:
+            conn.execution_options(unsir_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """One read transaction. With ``snapshot``, all its statements see the same committed
+        state (PostgreSQL's REPEATABLE READ; a SQLite read transaction always does)."""
+        with self._connect() as conn:
+            if snapshot and not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as err:
+            raise self.unreachable(err) from err
+        with conn:
+            yield conn
+
+    def unreachable(self, err: DBAPIError) -> StateError:
+        detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+        expected = ("a writable SQLite file" if self.is_sqlite else
+                    "a running PostgreSQL server that accepts these credentials and holds this database")
+        source = "" if self.is_sqlite else " (state.database_url or UNSIR_STATE_DATABASE_URL)"
+        return StateError(f"cannot open the state database {self.shown}: {detail}; expected {expected}{source}")
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def table_exists(self, name: str) -> bool:
+        with self.read() as conn:
+            return sa.inspect(conn).has_table(name)
+
+    def revision(self, store: str) -> list[str]:
+        """The revisions ``store``'s version table records (none before the first migration)."""
+        table = version_table(store)
+        with self.read() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return []
+            return list(conn.execute(sa.text(f"SELECT version_num FROM {table}")).scalars())
+
+    def migrate(self, store: str, error: type[Exception]) -> None:
+        """Create or upgrade ``store``'s tables to this code's head revision.
+
+        A database already at the head costs one query. A schema this code does not know (a
+        newer revision, another layout) raises ``error``, naming what was found and expected.
+        """
+        head, known = _revisions(store)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.revision(store) == [head]:
+            return
+        if self.path is not None:
+            self._sqlite_wal()
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+        from alembic.util import CommandError
+
+        config = _alembic_config(store)
+        try:
+            with self.write() as conn:
+                if not self.is_sqlite:  # two processes opening a new database at once
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                current = MigrationContext.configure(conn, opts={"version_table": version_table(store)}).get_current_heads()
+                unknown = [rev for rev in current if rev not in known]
+                if unknown:
+                    raise error(f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
+                                f"know (written by a newer version?); this code expects revision {head!r}")
+                config.attributes["connection"] = conn
+                if not current and sa.inspect(conn).has_table(store):
+                    command.stamp(config, self._legacy_revision(conn, store, error))
+                command.upgrade(config, f"{store}@head")
+        except DBAPIError as err:
+            raise self.unreachable(err) from err
+        except CommandError as err:
+            raise error(f"{self.shown}: cannot migrate the {store} schema to revision {head!r}: {err}") from err
+
+    def _legacy_revision(self, conn: Connection, store: str, error: type[Exception]) -> str:
+        """The revision of a store written before migrations existed: only a SQLite file of the
+        old layout (user_version 1) is adopted; anything else is refused, not guessed at."""
+        what = "request" if store == "requests" else store
+        found = conn.exec_driver_sql("PRAGMA user_version").scalar() if self.is_sqlite else None
+        if found != LEGACY_SQLITE_VERSION:
+            version = f"schema version {found}" if self.is_sqlite else "a table without a schema revision"
+            raise error(f"{self.shown} holds {what} {version}; this code expects version {LEGACY_SQLITE_VERSION} "
+                        f"or a database migrated by this project (table {version_table(store)})")
+        return f"{store}_0001"
+
+    def _sqlite_wal(self) -> None:
+        # The journal mode is a property of the file, and cannot change inside a transaction.
+        try:
+            raw = self.engine.raw_connection()
+        except DBAPIError as err:
+            raise self.unreachable(err) from err
+        try:
+            driver = raw.driver_connection
+            assert driver is not None  # a fresh connection from the pool is open
+            driver.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as err:  # the file is not a database, or not writable
+            raise StateError(f"cannot open the state database {self.shown}: {err}; expected a SQLite file") from err
+        finally:
+            raw.close()
+
+
+def version_table(store: str) -> str:
+    return f"unsir_{store}_schema"
+
+
+@functools.cache
+def _revisions(store: str) -> tuple[str, frozenset[str]]:
+    """``store``'s head revision and every revision of its branch, from the shipped scripts."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(store))
+    head = script.get_revision(f"{store}@head").revision
+    return head, frozenset(rev.revision for rev in script.iterate_revisions(head, "base"))
+
+
+def _alembic_config(store: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["version_table"] = version_table(store)
+    return config
