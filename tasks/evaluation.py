@@ -86,5 +86,5 @@ def _retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], p
     keep = ~torch.isin(splits.train_labels, torch.as_tensor(forget_classes))
     x, y = splits.train_images[keep], splits.train_labels[keep]
     task = UnlearningTask(forget_classes, splits.num_classes, x, y, retain_train_images=x, retain_train_labels=y)
-    method = make_method("retrain", RetrainConfig(train=ws.params.model.train.to_core()))
+    method = make_method("retrain", RetrainConfig(train=ws.params.model.train))
     return method.unlearn(parent, task, device=device, generator=torch.Generator().manual_seed(ws.params.model.seed)).model

@@ -53,6 +53,42 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
         load_params(ROOT / "params.yaml", ["unlearn.seed"])
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("unlearn.impair={lr: -1, epochs: 1, batch_size: 32}", r"unlearn\.impair\.lr: must be > 0, got -1\.0"),
+    ("model.train.weight_decay=-0.1", r"model\.train\.weight_decay: must be >= 0, got -0\.1"),
+    ("model.train.optimizer=rmsprop", r"model\.train\.optimizer: Input should be 'adam' or 'sgd'"),
+    ("unlearn.verification.max_rounds=0", r"unlearn\.verification\.max_rounds: must be >= 1, got 0"),
+    ("data.fractions.test=0", r"data\.fractions\.test: must be > 0, got 0"),
+    ("unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}", r"unlearn\.impair\.momentun: Unexpected"),
+])
+def test_core_config_sections_are_validated_by_the_core_with_the_key_path(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(ROOT / "params.yaml", [override])
+
+
+def test_core_config_sections_load_as_the_core_dataclasses():
+    from unsir.noise import NoiseConfig
+    from unsir.training import OptimConfig
+
+    params = load_params(ROOT / "params.yaml", [
+        "unlearn.impair={lr: 0.05, epochs: 2, batch_size: 8, optimizer: sgd}",
+        "unlearn.noise={batch_size: 4, steps: 3, lr: 0.2, l2_weight: 0.0, l2_reduction: pixel_sum}",
+        "model.train.momentum=0.5",
+    ])
+    core = params.unsir_config()
+    assert core.impair == OptimConfig(lr=0.05, epochs=2, batch_size=8, optimizer="sgd")
+    assert core.noise == NoiseConfig(batch_size=4, steps=3, lr=0.2, l2_weight=0.0, l2_reduction="pixel_sum")
+    assert params.model.train.momentum == 0.5
+
+
+def test_digest_leaves_out_only_the_momentum_adam_never_reads():
+    base = load_params(ROOT / "params.yaml")
+    assert base.model_dump()["model"]["train"]["momentum"] == 0.9  # logged with the parameters
+    assert load_params(ROOT / "params.yaml", ["model.train.momentum=0.5"]).digest() == base.digest()
+    sgd = load_params(ROOT / "params.yaml", ["model.train.optimizer=sgd"])
+    assert load_params(ROOT / "params.yaml", ["model.train.optimizer=sgd", "model.train.momentum=0.5"]).digest() != sgd.digest()
+
+
 def test_params_are_frozen():
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(Exception, match="frozen"):

@@ -83,6 +83,17 @@ class ForwardCounter:
         self.calls += 1
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"lr": 0.0}, r"lr must be > 0, got 0\.0"),
+    ({"epochs": -1}, r"epochs must be >= 0, got -1"),
+    ({"optimizer": "rmsprop"}, r"optimizer must be 'adam' or 'sgd', got 'rmsprop'"),
+    ({"weight_decay": -0.1}, r"weight_decay must be >= 0, got -0\.1"),
+])
+def test_optimiser_settings_name_the_bad_value(settings, message):
+    with pytest.raises(UnlearningInputError, match=message):
+        OptimConfig(**settings)
+
+
 @pytest.mark.parametrize(
     ("forget", "retain_x", "retain_y", "message"),
     [

@@ -22,6 +22,16 @@ def test_manifest_with_validation_split(digits):
     assert counts["val"] == pytest.approx(0.2, abs=0.01)
 
 
+@pytest.mark.parametrize(("fractions", "message"), [
+    ((0.0, 0.5, 0.5), r"train must be > 0, got 0\.0"),
+    ((0.6, -0.1, 0.5), r"val must be >= 0, got -0\.1"),
+    ((0.7, 0.2, 0.3), r"train \+ val \+ test must be 1, got 1\.2"),
+])
+def test_split_fractions_name_the_bad_value(fractions, message):
+    with pytest.raises(UnlearningInputError, match=message):
+        SplitFractions(*fractions)
+
+
 def test_retain_subset_has_no_forget_class_and_n_per_class(digits_manifest):
     rows = draw_retain_subset(digits_manifest, forget_classes=(3, 8), per_class=20, seed=5, num_classes=10)
     assert not rows["label"].isin([3, 8]).any()

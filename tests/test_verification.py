@@ -89,6 +89,15 @@ def test_no_step_trains_on_a_forget_class_sample(trained_digits_model, digits, d
         assert float(distances.min()) > 1e-4
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"max_rounds": 0}, r"max_rounds must be >= 1, got 0"),
+    ({"max_forget_confidence": 1.5}, r"max_forget_confidence must be in \[0, 1\], got 1\.5"),
+])
+def test_verification_settings_name_the_bad_value(settings, message):
+    with pytest.raises(UnlearningInputError, match=message):
+        VerificationConfig(**settings)
+
+
 def test_check_forgetting_measures_confidence_not_only_accuracy(trained_digits_model, digits_splits):
     check = check_forgetting(trained_digits_model, digits_splits.val_images, digits_splits.val_labels, (3,), device=CPU)
     assert check.forget_acc > 0.8 and check.forget_confidence > 0.9

@@ -7,3 +7,12 @@ with a message naming the bad value and what was expected.
 
 class UnlearningInputError(ValueError):
     """A caller passed something the library cannot work with (bad class, shape, subset...)."""
+
+
+class ConfigValueError(UnlearningInputError):
+    """A config dataclass holds a value outside what it accepts; ``key`` names the field."""
+
+    def __init__(self, key: str, expected: str, value: object) -> None:
+        self.key = key
+        self.problem = f"must be {expected}, got {value!r}"
+        super().__init__(f"{key} {self.problem}")

@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from unsir.data import ClassificationData
-from unsir.errors import UnlearningInputError
+from unsir.errors import ConfigValueError, UnlearningInputError
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
@@ -23,17 +23,27 @@ MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
 
 @dataclass(frozen=True)
 class SplitFractions:
+    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
+    __pydantic_config__ = {"extra": "forbid"}
+
     # A validation split is where forgetting is verified (``unsir.verification``).
     train: float = 0.55
     val: float = 0.15
     test: float = 0.3
 
     def __post_init__(self) -> None:
-        values = (self.train, self.val, self.test)
-        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6 or self.train <= 0 or self.test <= 0:
+        # With all three >= 0 (train and test > 0) and a sum of 1, each is also below 1.
+        for key, value, ok, expected in (
+            ("train", self.train, self.train > 0, "> 0"),
+            ("val", self.val, self.val >= 0, ">= 0"),
+            ("test", self.test, self.test > 0, "> 0"),
+        ):
+            if not ok:
+                raise ConfigValueError(key, expected, value)
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
             raise UnlearningInputError(
-                f"split fractions must be non-negative, sum to 1, with train and test > 0; got "
-                f"train={self.train}, val={self.val}, test={self.test}"
+                f"train + val + test must be 1, got {total} (train={self.train}, val={self.val}, test={self.test})"
             )
 
 

@@ -12,33 +12,40 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from unsir.errors import UnlearningInputError
+from unsir.errors import ConfigValueError, UnlearningInputError
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """One optimisation phase: Adam (or SGD) at ``lr`` for ``epochs`` epochs of ``batch_size``."""
 
+    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
+    __pydantic_config__ = {"extra": "forbid"}
+
     lr: float = 1e-3
     epochs: int = 1
     batch_size: int = 32
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = 0.0
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 0 or self.batch_size <= 0:
-            raise UnlearningInputError(
-                f"optimiser settings need lr > 0, epochs >= 0, batch_size > 0; got lr={self.lr}, "
-                f"epochs={self.epochs}, batch_size={self.batch_size}"
-            )
-        if self.optimizer not in ("adam", "sgd"):
-            raise UnlearningInputError(f"unknown optimizer {self.optimizer!r}; expected 'adam' or 'sgd'")
+        for key, value, ok, expected in (
+            ("lr", self.lr, self.lr > 0, "> 0"),
+            ("epochs", self.epochs, self.epochs >= 0, ">= 0"),
+            ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
+            ("optimizer", self.optimizer, self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("momentum", self.momentum, self.momentum >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ConfigValueError(key, expected, value)
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "adam":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unsir.errors import UnlearningInputError
+from unsir.errors import ConfigValueError, UnlearningInputError
 from unsir.training import predict_logits
 
 
@@ -28,17 +28,20 @@ from unsir.training import predict_logits
 class VerificationConfig:
     """When forgetting counts as done, and how many UNSIR rounds may be spent reaching it."""
 
+    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
+    __pydantic_config__ = {"extra": "forbid"}
+
     max_rounds: int = 4  # round r learns new noise against the current model, copies x r
     max_forget_acc: float = 0.0  # forget-class accuracy on the validation split
     max_forget_confidence: float = 0.1  # highest forget-class probability of any such sample
 
     def __post_init__(self) -> None:
         if self.max_rounds < 1:
-            raise UnlearningInputError(f"verification needs max_rounds >= 1, got {self.max_rounds}")
-        for name in ("max_forget_acc", "max_forget_confidence"):
-            value = getattr(self, name)
+            raise ConfigValueError("max_rounds", ">= 1", self.max_rounds)
+        for key in ("max_forget_acc", "max_forget_confidence"):
+            value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
-                raise UnlearningInputError(f"verification {name} must lie in [0, 1], got {value}")
+                raise ConfigValueError(key, "in [0, 1]", value)
 
 
 @dataclass(frozen=True)

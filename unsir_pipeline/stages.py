@@ -33,7 +33,7 @@ def prepare_data(ws: Workspace) -> Path:
     """Load the configured dataset, split it, and write tensors, metadata and the manifest."""
     p = ws.params.data
     data = load_dataset(p.name, ws.path(p.root) if p.root else None, image_size=p.image_size)
-    manifest = make_split_manifest(data, seed=p.split_seed, fractions=p.fractions.to_core())
+    manifest = make_split_manifest(data, seed=p.split_seed, fractions=p.fractions)
     ws.prepared_dir.mkdir(parents=True, exist_ok=True)
     save_file({"images": data.images.contiguous(), "labels": data.labels}, str(ws.prepared_dir / "dataset.safetensors"))
     meta = {"name": data.name, "class_names": list(data.class_names), "sample_ids": list(data.sample_ids)}
@@ -54,7 +54,7 @@ def train_original(ws: Workspace) -> dict[str, float]:
     model = build_model(spec)
     device = ws.device()
     started = time.perf_counter()
-    fit(model, splits.train_images, splits.train_labels, m.train.to_core(), device=device, generator=generator,
+    fit(model, splits.train_images, splits.train_labels, m.train, device=device, generator=generator,
         progress=os.environ.get("UNSIR_PROGRESS", "1") == "1", description="train original model")
     train_s = time.perf_counter() - started
     card = ModelCard(spec, splits.normalization, data.class_names, data.input_shape)

@@ -1,6 +1,9 @@
 """Pipeline configuration: ``params.yaml`` read once into frozen, validated models.
 
-Unknown keys and ill-typed values are rejected at load with the offending key path. Command
+The core's config dataclasses (``OptimConfig``, ``NoiseConfig``, ``VerificationConfig``,
+``SplitFractions``) are the schema of their sections: pydantic validates them directly, their
+``__post_init__`` holds the bounds. Unknown keys and ill-typed values are rejected at load with
+the offending key path. Command
 line overrides (``key.path=value``, values parsed as YAML) are applied before validation and
 recorded, so a run's parameters and their hash say exactly what it ran with.
 """
@@ -10,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
+import typing
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unsir.errors import ConfigValueError
 from unsir.methods.unsir import UNSIRConfig
 from unsir.noise import NoiseConfig
 from unsir.recipes import OFFICIAL, unsir_config_for
@@ -33,38 +38,12 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class OptimParams(Frozen):
-    lr: float = Field(gt=0)
-    epochs: int = Field(ge=0)
-    batch_size: int = Field(gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = Field(default=0.0, ge=0)
-
-    def to_core(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, weight_decay=self.weight_decay)
-
-
-class FractionsParams(Frozen):
-    train: float = Field(gt=0, lt=1)
-    val: float = Field(ge=0, lt=1)
-    test: float = Field(gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> FractionsParams:
-        if abs(self.train + self.val + self.test - 1) > 1e-6:
-            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test}")
-        return self
-
-    def to_core(self) -> SplitFractions:
-        return SplitFractions(self.train, self.val, self.test)
-
-
 class DataParams(Frozen):
     name: str = Field(description="digits, cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder")
     root: str | None = None
     image_size: int | None = Field(default=None, gt=0)
     split_seed: int = 0
-    fractions: FractionsParams
+    fractions: SplitFractions
     retain_per_class: int = Field(gt=0)
     retain_seed: int = 0
     min_per_class: int = Field(default=1, ge=1, description="validation: samples of each class in each split")
@@ -74,7 +53,7 @@ class ModelParams(Frozen):
     arch: str = Field(description="a name in unsir.models.ARCHITECTURES")
     kwargs: dict = Field(default_factory=dict)
     seed: int = 0
-    train: OptimParams
+    train: OptimConfig
 
     @field_validator("arch")
     @classmethod
@@ -84,27 +63,6 @@ class ModelParams(Frozen):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
         return arch
-
-
-class NoiseParams(Frozen):
-    batch_size: int = Field(gt=0)
-    steps: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    l2_weight: float = Field(ge=0)
-    l2_reduction: Literal["pixel_mean", "pixel_sum"] = "pixel_mean"
-
-
-class VerificationParams(Frozen):
-    """When forgetting counts as done on the validation split (``unsir.verification``)."""
-
-    max_rounds: int = Field(default=4, ge=1, description="UNSIR rounds at most; round r copies the noise r times")
-    max_forget_acc: float = Field(default=0.0, ge=0, le=1, description="forget-class accuracy on the validation split")
-    max_forget_confidence: float = Field(
-        default=0.1, ge=0, le=1, description="highest probability a forget-class validation sample gives its class"
-    )
-
-    def to_core(self) -> VerificationConfig:
-        return VerificationConfig(**self.model_dump())
 
 
 class UnlearnParams(Frozen):
@@ -117,31 +75,15 @@ class UnlearnParams(Frozen):
         "error-maximising noise; official: the paper's notebook settings",
     )
     # Explicit settings win over the recipe's; leave them out to use the recipe.
-    noise: NoiseParams | None = None
+    noise: NoiseConfig | None = None
     noise_copies: int | None = Field(default=None, ge=0)
-    impair: OptimParams | None = None
-    repair: OptimParams | None = None
-    polish: OptimParams | None = None
+    impair: OptimConfig | None = None
+    repair: OptimConfig | None = None
+    polish: OptimConfig | None = None
     reset_forget_rows: bool | None = Field(
         default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)")
-    verification: VerificationParams = VerificationParams()
-
-    def to_core(self, arch: str, retain_per_class: int) -> UNSIRConfig:
-        if self.recipe == "official":
-            base = OFFICIAL
-        else:
-            base = unsir_config_for(arch, retain_per_class=retain_per_class,
-                                    with_noise=self.recipe == "measured_with_noise")
-        return replace(
-            base,
-            noise=NoiseConfig(**self.noise.model_dump()) if self.noise else base.noise,
-            noise_copies=base.noise_copies if self.noise_copies is None else self.noise_copies,
-            impair=self.impair.to_core() if self.impair else base.impair,
-            repair=self.repair.to_core() if self.repair else base.repair,
-            polish=self.polish.to_core() if self.polish else base.polish,
-            reset_forget_rows=base.reset_forget_rows if self.reset_forget_rows is None else self.reset_forget_rows,
-            verification=self.verification.to_core(),
-        )
+    # When forgetting counts as done on the validation split (unsir.verification).
+    verification: VerificationConfig = VerificationConfig()
 
 
 class EvaluationParams(Frozen):
@@ -243,12 +185,37 @@ class Params(Frozen):
 
     def unsir_config(self) -> UNSIRConfig:
         """The UNSIR settings this configuration runs: the recipe for the model, then overrides."""
-        return self.unlearn.to_core(self.model.arch, self.data.retain_per_class)
+        unlearn = self.unlearn
+        if unlearn.recipe == "official":
+            base = OFFICIAL
+        else:
+            base = unsir_config_for(self.model.arch, retain_per_class=self.data.retain_per_class,
+                                    with_noise=unlearn.recipe == "measured_with_noise")
+        return replace(
+            base,
+            noise=unlearn.noise or base.noise,
+            noise_copies=base.noise_copies if unlearn.noise_copies is None else unlearn.noise_copies,
+            impair=unlearn.impair or base.impair,
+            repair=unlearn.repair or base.repair,
+            polish=unlearn.polish or base.polish,
+            reset_forget_rows=base.reset_forget_rows if unlearn.reset_forget_rows is None else unlearn.reset_forget_rows,
+            verification=unlearn.verification,
+        )
 
     def digest(self) -> str:
         """A stable hash of every parameter: tags a model version with what produced it."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(_without_adam_momentum(self.model_dump(mode="json")),
+                               sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _without_adam_momentum(node: Any) -> Any:
+    # Adam never reads ``momentum``: leaving it out of an Adam phase keeps the digests of
+    # configurations written before it was a key, and two runs that differ only there agree.
+    if isinstance(node, dict):
+        adam = node.get("optimizer") == "adam"
+        return {k: _without_adam_momentum(v) for k, v in node.items() if not (adam and k == "momentum")}
+    return node
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -272,14 +239,28 @@ def apply_override(raw: dict, override: str) -> None:
 
 
 def _schema_has(parts: list[str]) -> bool:
-    model: type[BaseModel] | None = Params
+    section: type | None = Params
     for part in parts:
-        if model is None or part not in model.model_fields:
+        annotations = _field_annotations(section)
+        if part not in annotations:
             return False
-        annotation = model.model_fields[part].annotation
+        annotation = annotations[part]
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        section = next((c for c in candidates if isinstance(c, type)
+                        and (issubclass(c, BaseModel) or is_dataclass(c))), None)
     return True
+
+
+def _field_annotations(section: type | None) -> dict[str, Any]:
+    """The fields of a pydantic model or of a core config dataclass, with their types."""
+    if section is None:
+        return {}
+    if issubclass(section, BaseModel):
+        return {name: field.annotation for name, field in section.model_fields.items()}
+    if is_dataclass(section):
+        hints = typing.get_type_hints(section)
+        return {field.name: hints[field.name] for field in fields(section)}
+    return {}
 
 
 SERVICE_ENVIRONMENT = {
@@ -315,5 +296,14 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(_describe(error) for error in err.errors())
         raise ConfigError(f"invalid {path.name}: {problems}") from None
+
+
+def _describe(error: Any) -> str:
+    """``key.path: problem``; a core dataclass's bound names its field, so it joins the path."""
+    loc = [str(part) for part in error["loc"]]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigValueError):
+        return f"{'.'.join([*loc, cause.key])}: {cause.problem}"
+    return f"{'.'.join(loc)}: {error['msg']}"
