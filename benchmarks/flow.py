@@ -37,7 +37,11 @@ def make_project(root: Path) -> None:
     shutil.copy(ROOT / "prefect.yaml", root / "prefect.yaml")  # the worker's deployment
     for package in ("unsir", "unsir_pipeline", "flows", "tasks"):  # dvc.yaml's stages depend on their code
         shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "bench"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "bench"],
+    ):
         subprocess.run(command, cwd=root, check=True)
 
 
@@ -45,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench" / "flow.json"))
-    parser.add_argument("--services", action="store_true",
-                        help="run against a local services stack started for the benchmark")
+    parser.add_argument(
+        "--services", action="store_true", help="run against a local services stack started for the benchmark"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="unsir-flow-bench-"))
@@ -79,16 +84,24 @@ def start_stack(workdir: Path, project: Path) -> tuple[dict[str, str], float]:
             probe.bind(("127.0.0.1", 0))
             return probe.getsockname()[1]
 
-    env = {**os.environ, "UNSIR_SERVICES_DIR": str(workdir / "services"), "UNSIR_PROJECT_DIR": str(project),
-           "UNSIR_PG_PORT": str(free_port()), "UNSIR_MLFLOW_PORT": str(free_port()),
-           "UNSIR_PREFECT_PORT": str(free_port()), "UNSIR_PREFECT_UI": "false"}
+    env = {
+        **os.environ,
+        "UNSIR_SERVICES_DIR": str(workdir / "services"),
+        "UNSIR_PROJECT_DIR": str(project),
+        "UNSIR_PG_PORT": str(free_port()),
+        "UNSIR_MLFLOW_PORT": str(free_port()),
+        "UNSIR_PREFECT_PORT": str(free_port()),
+        "UNSIR_PREFECT_UI": "false",
+    }
     started = time.perf_counter()
     subprocess.run([sys.executable, str(STACK), "up"], env=env, check=True)
     up_s = time.perf_counter() - started
     client = dict(line.split("=", 1) for line in (workdir / "services" / "client.env").read_text().splitlines())
     os.environ.update(client)  # before Prefect and MLflow are imported
-    print(f"services up in {up_s:.1f}s: MLflow {client['MLFLOW_TRACKING_URI']}, "
-          f"Prefect {client['PREFECT_API_URL']}", file=sys.stderr)
+    print(
+        f"services up in {up_s:.1f}s: MLflow {client['MLFLOW_TRACKING_URI']}, Prefect {client['PREFECT_API_URL']}",
+        file=sys.stderr,
+    )
     return env, up_s
 
 
@@ -112,8 +125,19 @@ def measure(project: Path, n_runs: int) -> dict:
         t0 = time.perf_counter()
         result = unlearn(forget_classes=["3"], project_dir=str(project), parent="original")
         wall = time.perf_counter() - t0
-        runs.append({"wall_s": wall, "task_s": result["task_s"], "compute_s": result["compute_s"], "forget_acc": result["metrics"]["forget_acc"]})
-        print(f"run {i + 1}: flow {wall:.2f}s, tasks {sum(result['task_s'].values()):.2f}s, UNSIR compute {sum(result['compute_s'].values()):.3f}s", file=sys.stderr)
+        runs.append(
+            {
+                "wall_s": wall,
+                "task_s": result["task_s"],
+                "compute_s": result["compute_s"],
+                "forget_acc": result["metrics"]["forget_acc"],
+            }
+        )
+        print(
+            f"run {i + 1}: flow {wall:.2f}s, tasks {sum(result['task_s'].values()):.2f}s, UNSIR compute "
+            f"{sum(result['compute_s'].values()):.3f}s",
+            file=sys.stderr,
+        )
 
     def med(values):
         return statistics.median(values)
@@ -140,8 +164,10 @@ def measure(project: Path, n_runs: int) -> dict:
         "total_s": time.perf_counter() - started,
     }
     print(f"\nflow wall time (median of {n_runs}; first run {first_wall:.2f}s): {wall:.2f}s")
-    print(f"UNSIR compute inside it (noise + impair + repair): {report['compute_total_s']:.3f}s "
-          f"({100 * report['compute_total_s'] / wall:.1f}% of the flow)")
+    print(
+        f"UNSIR compute inside it (noise + impair + repair): {report['compute_total_s']:.3f}s "
+        f"({100 * report['compute_total_s'] / wall:.1f}% of the flow)"
+    )
     print(f"\n{'task':<26}{'wall s':>9}{'compute s':>11}")
     compute_of = {"unlearn": sum(compute.values())}
     for task_name, seconds in sorted(per_task.items(), key=lambda kv: -kv[1]):
@@ -149,8 +175,10 @@ def measure(project: Path, n_runs: int) -> dict:
         print(f"{task_name:<26}{seconds:>9.3f}{(f'{c:.3f}' if c is not None else '-'):>11}")
     print(f"{'(Prefect, outside tasks)':<26}{report['outside_tasks_s']:>9.3f}")
     print(f"\none-off per process: imports {import_s:.2f}s, bootstrap {bootstrap_s:.2f}s")
-    print(f"deletion batch ({batch['how']}): {batch['wall_s']:.2f}s from trigger to completion"
-          + (f", of which {batch['queue_s']:.2f}s waiting for the worker" if batch.get("queue_s") is not None else ""))
+    print(
+        f"deletion batch ({batch['how']}): {batch['wall_s']:.2f}s from trigger to completion"
+        + (f", of which {batch['queue_s']:.2f}s waiting for the worker" if batch.get("queue_s") is not None else "")
+    )
     return report
 
 
@@ -189,8 +217,14 @@ def time_deletion_batch(project: Path) -> dict:
     run_id = version.run_id or version.tags.get("mlflow_run_id")
     metrics = client.get_run(run_id).data.metrics if run_id else {}
     task_s = {k.removeprefix("task_s_").replace("_", "-"): v for k, v in metrics.items() if k.startswith("task_s_")}
-    return {"how": how, "wall_s": wall, "queue_s": queue_s, "flow_run_s": flow_run.total_run_time.total_seconds(),
-            "task_s": task_s, "model_version": int(version.version)}
+    return {
+        "how": how,
+        "wall_s": wall,
+        "queue_s": queue_s,
+        "flow_run_s": flow_run.total_run_time.total_seconds(),
+        "task_s": task_s,
+        "model_version": int(version.version),
+    }
 
 
 if __name__ == "__main__":

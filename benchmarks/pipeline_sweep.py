@@ -48,19 +48,32 @@ def main(argv: list[str] | None = None) -> int:
         result = unlearn(forget_classes=classes, project_dir=str(project), parent="original")
         m = result["metrics"]
         own = [r for r in result["gate_reasons"] if "earlier-deleted" not in r]
-        rows.append({
-            "forget": classes, "forget_acc": m["forget_acc"], "retain_acc": m["retain_acc"],
-            "original_retain_acc": m["original_retain_acc"], "reference_retain_acc": m.get("reference_retain_acc"),
-            "mia": m["mia"], "reference_mia": m.get("reference_mia"), "rounds": len(result["rounds"]),
-            "verified": result["verified"], "own_checks_pass": all(r.startswith("pass") for r in own),
-            "promoted": result["promoted"], "gate_reasons": result["gate_reasons"],
-            "unsir_s": sum(result["compute_s"].values()), "flow_s": time.perf_counter() - started,
-        })
+        rows.append(
+            {
+                "forget": classes,
+                "forget_acc": m["forget_acc"],
+                "retain_acc": m["retain_acc"],
+                "original_retain_acc": m["original_retain_acc"],
+                "reference_retain_acc": m.get("reference_retain_acc"),
+                "mia": m["mia"],
+                "reference_mia": m.get("reference_mia"),
+                "rounds": len(result["rounds"]),
+                "verified": result["verified"],
+                "own_checks_pass": all(r.startswith("pass") for r in own),
+                "promoted": result["promoted"],
+                "gate_reasons": result["gate_reasons"],
+                "unsir_s": sum(result["compute_s"].values()),
+                "flow_s": time.perf_counter() - started,
+            }
+        )
         r = rows[-1]
-        print(f"forget {classes}: forget {r['forget_acc']:.3f} retain {r['retain_acc']:.3f} "
-              f"(original {r['original_retain_acc']:.3f}, retrained {r['reference_retain_acc']:.3f}) "
-              f"mia {r['mia']:.3f} (retrained {r['reference_mia']:.3f}) rounds {r['rounds']} "
-              f"{'PASS' if r['own_checks_pass'] else 'FAIL'} {[x for x in own if x.startswith('FAIL')]}", flush=True)
+        print(
+            f"forget {classes}: forget {r['forget_acc']:.3f} retain {r['retain_acc']:.3f} "
+            f"(original {r['original_retain_acc']:.3f}, retrained {r['reference_retain_acc']:.3f}) "
+            f"mia {r['mia']:.3f} (retrained {r['reference_mia']:.3f}) rounds {r['rounds']} "
+            f"{'PASS' if r['own_checks_pass'] else 'FAIL'} {[x for x in own if x.startswith('FAIL')]}",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": rows, "passed": sum(r["own_checks_pass"] for r in rows)}, indent=2) + "\n")

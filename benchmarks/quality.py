@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--part", choices=sorted(PARTS), default="heldout")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the part's seeds")
     parser.add_argument("--singles", type=int, nargs="*", default=None, help="single classes (default: all)")
-    parser.add_argument("--sets", nargs="+", default=None, help="explicit class sets, e.g. 0,7 0,2,3 (replaces the grid)")
+    parser.add_argument(
+        "--sets", nargs="+", default=None, help="explicit class sets, e.g. 0,7 0,2,3 (replaces the grid)"
+    )
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--triples", type=int, default=5)
     parser.add_argument("--retain-per-class", type=int, default=50)
@@ -131,12 +133,18 @@ def configured(config, args: argparse.Namespace):
     if args.no_polish:
         config = replace(config, polish=None)
     if config.polish is not None and (args.polish_epochs is not None or args.polish_lr is not None):
-        config = replace(config, polish=replace(
-            config.polish, epochs=args.polish_epochs if args.polish_epochs is not None else config.polish.epochs,
-            lr=args.polish_lr or config.polish.lr))
+        config = replace(
+            config,
+            polish=replace(
+                config.polish,
+                epochs=args.polish_epochs if args.polish_epochs is not None else config.polish.epochs,
+                lr=args.polish_lr or config.polish.lr,
+            ),
+        )
     if args.max_forget_confidence is not None:
-        config = replace(config, verification=replace(config.verification,
-                                                      max_forget_confidence=args.max_forget_confidence))
+        config = replace(
+            config, verification=replace(config.verification, max_forget_confidence=args.max_forget_confidence)
+        )
     if args.max_rounds is not None:
         config = replace(config, verification=replace(config.verification, max_rounds=args.max_rounds))
     return config
@@ -159,8 +167,10 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
         "shipped": ("unsir", configured(unsir_config_for(arch, retain_per_class=args.retain_per_class), args)),
     }
     if not args.no_noise:
-        methods["unsir_noise"] = ("unsir", configured(
-            unsir_config_for(arch, retain_per_class=args.retain_per_class, with_noise=True), args))
+        methods["unsir_noise"] = (
+            "unsir",
+            configured(unsir_config_for(arch, retain_per_class=args.retain_per_class, with_noise=True), args),
+        )
     eval_cfg = EvaluationConfig(probe=False, relearn=args.relearn)
     seeds = args.seeds if args.seeds is not None else PARTS[args.part]["seeds"]
     runs = []
@@ -175,15 +185,25 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
         train_s = time.perf_counter() - started
         for forget in class_sets(data.num_classes, args):
             rows = draw_retain_subset(
-                manifest, forget_classes=forget, per_class=args.retain_per_class, seed=seed, num_classes=data.num_classes
+                manifest,
+                forget_classes=forget,
+                per_class=args.retain_per_class,
+                seed=seed,
+                num_classes=data.num_classes,
             )
             task = build_task(splits, data, rows, forget, with_baseline_data=True)
             # UNSIR gets a task without forget-class training samples at all.
             zero_glance = replace(task, forget_train_images=None, forget_train_labels=None)
             evaluation_data = splits.evaluation_data(forget)
-            original_eval = evaluate_model(original, evaluation_data, device=device, config=replace(eval_cfg, relearn=False))
-            run: dict = {"seed": seed, "forget_classes": list(forget), "original": original_eval.metrics,
-                         "original_train_s": train_s}
+            original_eval = evaluate_model(
+                original, evaluation_data, device=device, config=replace(eval_cfg, relearn=False)
+            )
+            run: dict = {
+                "seed": seed,
+                "forget_classes": list(forget),
+                "original": original_eval.metrics,
+                "original_train_s": train_s,
+            }
             reference = None
             for name, (method_name, config) in methods.items():
                 method = make_method(method_name, config)
@@ -191,35 +211,60 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
                 # CPU time of this process (one torch thread): unlike wall time, it does not
                 # grow when other work shares the machine, so the ratio to retraining is stable.
                 cpu_started = time.process_time()
-                outcome = method.unlearn(original, task if method_name == "retrain" else zero_glance, device=device,
-                                         generator=torch.Generator().manual_seed(method_seed))
+                outcome = method.unlearn(
+                    original,
+                    task if method_name == "retrain" else zero_glance,
+                    device=device,
+                    generator=torch.Generator().manual_seed(method_seed),
+                )
                 cpu_s = time.process_time() - cpu_started
                 if name == "retrain":
                     reference = outcome.model
                 measured = evaluate_model(
-                    outcome.model, evaluation_data, device=device, config=eval_cfg, original=original,
+                    outcome.model,
+                    evaluation_data,
+                    device=device,
+                    config=eval_cfg,
+                    original=original,
                     reference=reference if name != "retrain" else None,
-                    original_forget_acc=original_eval.metrics["forget_acc"], generator=torch.Generator().manual_seed(seed),
+                    original_forget_acc=original_eval.metrics["forget_acc"],
+                    generator=torch.Generator().manual_seed(seed),
                 ).metrics
-                run[name] = {**measured, "wall_s": outcome.wall_s, "cpu_s": cpu_s,
-                             "rounds": len(outcome.rounds) or None, "verified": outcome.verified,
-                             "round_log": outcome.rounds}
+                run[name] = {
+                    **measured,
+                    "wall_s": outcome.wall_s,
+                    "cpu_s": cpu_s,
+                    "rounds": len(outcome.rounds) or None,
+                    "verified": outcome.verified,
+                    "round_log": outcome.rounds,
+                }
             for name in methods:
                 if name != "retrain":
                     run[name]["pass"] = passes(run[name], run["retrain"])
                     run[name]["cpu_ratio"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
                     run[name]["wall_ratio"] = run[name]["wall_s"] / run["retrain"]["wall_s"]
             runs.append(run)
-            print(f"{data.name}/{arch} seed {seed} forget {list(forget)}: retrain mia {run['retrain']['mia']:.3f} "
-                  f"retain {run['retrain']['retain_acc']:.3f} | " + " | ".join(
-                      f"{name} forget {run[name]['forget_acc']:.3f} retain "
-                      f"{run[name]['retain_acc'] - run['retrain']['retain_acc']:+.3f} mia {run[name]['mia']:.3f} "
-                      f"rounds {run[name]['rounds']} cpu {run[name]['cpu_ratio']:.3f} "
-                      + ("PASS" if gate_passes(run[name]) else f"FAIL {failed(run[name])}")
-                      for name in methods if name != "retrain"), flush=True)
-    return {"arch": arch, "train": asdict(train_cfg),
-            "recipes": {name: asdict(config) for name, (_, config) in methods.items() if name != "retrain"},
-            "seeds": seeds, "summary": summarize(runs, [name for name in methods if name != "retrain"]), "runs": runs}
+            print(
+                f"{data.name}/{arch} seed {seed} forget {list(forget)}: retrain mia {run['retrain']['mia']:.3f} "
+                f"retain {run['retrain']['retain_acc']:.3f} | "
+                + " | ".join(
+                    f"{name} forget {run[name]['forget_acc']:.3f} retain "
+                    f"{run[name]['retain_acc'] - run['retrain']['retain_acc']:+.3f} mia {run[name]['mia']:.3f} "
+                    f"rounds {run[name]['rounds']} cpu {run[name]['cpu_ratio']:.3f} "
+                    + ("PASS" if gate_passes(run[name]) else f"FAIL {failed(run[name])}")
+                    for name in methods
+                    if name != "retrain"
+                ),
+                flush=True,
+            )
+    return {
+        "arch": arch,
+        "train": asdict(train_cfg),
+        "recipes": {name: asdict(config) for name, (_, config) in methods.items() if name != "retrain"},
+        "seeds": seeds,
+        "summary": summarize(runs, [name for name in methods if name != "retrain"]),
+        "runs": runs,
+    }
 
 
 def failed(row: dict) -> list[str]:
@@ -235,6 +280,7 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
     """Per method: the share of runs within the three bounds, the share the gate would promote
     (bounds and the validation check), single classes apart, and the worst case of each measure
     (highest forget accuracy, lowest retain gap, largest MIA gap, slowest time ratio)."""
+
     def mean_worst(values: list[float], worst) -> dict:
         return {"mean": statistics.fmean(values), "worst": worst(values)}
 
@@ -249,14 +295,18 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
             "failures_by_criterion": {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]},
             "forget_acc": mean_worst([r["forget_acc"] for r in rows], max),
             "retain_gap_to_retrain": mean_worst(
-                [r[name]["retain_acc"] - r["retrain"]["retain_acc"] for r in runs], min),
+                [r[name]["retain_acc"] - r["retrain"]["retain_acc"] for r in runs], min
+            ),
             "mia_gap_to_retrain": mean_worst([abs(r[name]["mia"] - r["retrain"]["mia"]) for r in runs], max),
             "cpu_time_ratio_to_retrain": mean_worst([r["cpu_ratio"] for r in rows], max),
             "wall_time_ratio_to_retrain": mean_worst([r["wall_ratio"] for r in rows], max),
             "rounds": mean_worst([r["rounds"] or 0 for r in rows], max),
             "rounds_ran_out": sum(r["verified"] is False for r in rows),
-            "failures": [{"seed": r["seed"], "forget_classes": r["forget_classes"], "failed": failed(r[name])}
-                         for r in runs if not gate_passes(r[name])],
+            "failures": [
+                {"seed": r["seed"], "forget_classes": r["forget_classes"], "failed": failed(r[name])}
+                for r in runs
+                if not gate_passes(r[name])
+            ],
         }
     summary["retrain_mia"] = mean_worst([r["retrain"]["mia"] for r in runs], max)
     return summary
@@ -264,21 +314,29 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
 
 def print_summary(dataset: str, result: dict) -> None:
     s = result["summary"]
-    print(f"\n== {dataset} / {result['arch']}: {s['runs']} runs (retrained MIA mean {s['retrain_mia']['mean']:.3f}, "
-          f"worst {s['retrain_mia']['worst']:.3f})")
+    print(
+        f"\n== {dataset} / {result['arch']}: {s['runs']} runs (retrained MIA mean {s['retrain_mia']['mean']:.3f}, "
+        f"worst {s['retrain_mia']['worst']:.3f})"
+    )
     for name, m in s.items():
         if not isinstance(m, dict) or "pass_share" not in m:
             continue
         singles = m["single_class_gate_pass_share"]
-        print(f"   {name}: within bounds {m['pass_share']:.1%}, gate passes {m['gate_pass_share']:.1%}"
-              + (f" (single classes {singles:.1%})" if singles is not None else "")
-              + f"; failures {m['failures_by_criterion']}, rounds ran out {m['rounds_ran_out']}")
-        print(f"      forget acc mean {m['forget_acc']['mean']:.4f} worst {m['forget_acc']['worst']:.4f}; retain gap "
-              f"mean {100 * m['retain_gap_to_retrain']['mean']:+.2f} worst {100 * m['retain_gap_to_retrain']['worst']:+.2f} "
-              f"pts; MIA gap mean {m['mia_gap_to_retrain']['mean']:.3f} worst {m['mia_gap_to_retrain']['worst']:.3f}; "
-              f"CPU time / retrain mean {m['cpu_time_ratio_to_retrain']['mean']:.3f} worst "
-              f"{m['cpu_time_ratio_to_retrain']['worst']:.3f} (wall worst {m['wall_time_ratio_to_retrain']['worst']:.3f}); "
-              f"rounds mean {m['rounds']['mean']:.2f} worst {m['rounds']['worst']}")
+        print(
+            f"   {name}: within bounds {m['pass_share']:.1%}, gate passes {m['gate_pass_share']:.1%}"
+            + (f" (single classes {singles:.1%})" if singles is not None else "")
+            + f"; failures {m['failures_by_criterion']}, rounds ran out {m['rounds_ran_out']}"
+        )
+        print(
+            f"      forget acc mean {m['forget_acc']['mean']:.4f} worst {m['forget_acc']['worst']:.4f}; retain gap "
+            f"mean {100 * m['retain_gap_to_retrain']['mean']:+.2f} worst "
+            f"{100 * m['retain_gap_to_retrain']['worst']:+.2f} "
+            f"pts; MIA gap mean {m['mia_gap_to_retrain']['mean']:.3f} worst {m['mia_gap_to_retrain']['worst']:.3f}; "
+            f"CPU time / retrain mean {m['cpu_time_ratio_to_retrain']['mean']:.3f} worst "
+            f"{m['cpu_time_ratio_to_retrain']['worst']:.3f} (wall worst "
+            f"{m['wall_time_ratio_to_retrain']['worst']:.3f}); "
+            f"rounds mean {m['rounds']['mean']:.2f} worst {m['rounds']['worst']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     data = resize(load_dataset(args.dataset, args.root), args.image_size)
     report = {
-        "dataset": data.name, "image_size": data.images.shape[-1], "part": args.part, "device": str(device),
-        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "dataset": data.name,
+        "image_size": data.images.shape[-1],
+        "part": args.part,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
         "criteria": {"max_forget_acc": MAX_FORGET_ACC, "max_retain_gap": MAX_RETAIN_GAP, "max_mia_gap": MAX_MIA_GAP},
         "reads_forget_train": {"shipped": False, "unsir_noise": False, "retrain": True, "retrain_again": True},
         "verification_split": "val",

@@ -84,9 +84,7 @@ class Workload:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--samples",
@@ -108,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.samples <= 0 or args.batch_size <= 0 or args.repeats <= 0:
         parser.error(
-            f"--samples, --batch-size and --repeats must be positive; got {args.samples}, {args.batch_size}, {args.repeats}"
+            f"--samples, --batch-size and --repeats must be positive; got {args.samples}, {args.batch_size}, "
+            f"{args.repeats}"
         )
     return args
 
@@ -119,9 +118,7 @@ def make_workload(arch: str, samples: int, *, device: torch.device, seed: int) -
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn((samples, *shape), generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (samples,), generator=generator).to(device)
-    noise = {
-        c: torch.randn((NOISE_BATCH, *shape), generator=generator).to(device) for c in NOISE_CLASSES
-    }
+    noise = {c: torch.randn((NOISE_BATCH, *shape), generator=generator).to(device) for c in NOISE_CLASSES}
     impair_images, impair_labels = build_impair_set(noise, images, labels, copies=NOISE_COPIES)
     return Workload(images, labels, noise, impair_images, impair_labels)
 
@@ -129,9 +126,7 @@ def make_workload(arch: str, samples: int, *, device: torch.device, seed: int) -
 def fresh_model(arch: str, *, device: torch.device, seed: int) -> nn.Module:
     """The same initial weights for every measurement, so both sides do identical work."""
     torch.manual_seed(seed)
-    return build_model(
-        ModelSpec(arch, NUM_CLASSES, INPUT_SHAPES.get(arch, DEFAULT_INPUT_SHAPE)[0])
-    ).to(device)
+    return build_model(ModelSpec(arch, NUM_CLASSES, INPUT_SHAPES.get(arch, DEFAULT_INPUT_SHAPE)[0])).to(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -180,9 +175,7 @@ def unsir_config(batch_size: int) -> UNSIRConfig:
 Phases = dict[str, Callable[[], object]]
 
 
-def ours_phases(
-    model: nn.Module, work: Workload, config: UNSIRConfig, *, device: torch.device, seed: int
-) -> Phases:
+def ours_phases(model: nn.Module, work: Workload, config: UNSIRConfig, *, device: torch.device, seed: int) -> Phases:
     """The library's impair and repair calls on ``model``, to be run in that order."""
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -206,9 +199,7 @@ def ours_phases(
     }
 
 
-def bare_phases(
-    model: nn.Module, work: Workload, batch_size: int, *, device: torch.device, seed: int
-) -> Phases:
+def bare_phases(model: nn.Module, work: Workload, batch_size: int, *, device: torch.device, seed: int) -> Phases:
     """The hand-written loop over the same impair set, then over the same retain set."""
     generator = torch.Generator(device=device).manual_seed(seed)
     return {
@@ -253,9 +244,7 @@ def make_phases(
     }
 
 
-def warm_up(
-    args: argparse.Namespace, work: Workload, config: UNSIRConfig, device: torch.device
-) -> None:
+def warm_up(args: argparse.Namespace, work: Workload, config: UNSIRConfig, device: torch.device) -> None:
     """A few untimed batches through each side on throwaway models: first-call costs land here."""
     n = min(len(work.retain_images), WARMUP_BATCHES * args.batch_size)
     x, y = work.retain_images[:n], work.retain_labels[:n]

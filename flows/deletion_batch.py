@@ -40,17 +40,37 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
         batch = claim_pending_requests(ws)
         if batch is None:
             return {"status": "empty"}
-        batches.record(ws, batch, "batch_resumed" if batch.resumed else "batch_started",
-                       {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}})
+        batches.record(
+            ws,
+            batch,
+            "batch_resumed" if batch.resumed else "batch_started",
+            {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}},
+        )
         try:
             champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
             todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
             if not todo:  # an interrupted batch already got its version promoted
                 version = champion.version
                 complete_requests(ws, batch.batch_id, version)
-                batches.record(ws, batch, "batch_finished", {"model_version": version, "note": "classes already forgotten by the champion"})
-                return {"status": "done", "batch_id": batch.batch_id, "new_version": version, "request_ids": batch.request_ids, "promoted": True}
-            result = unlearn(forget_classes=[str(c) for c in todo], project_dir=project_dir, overrides=overrides, run_key=batch.run_key)
+                batches.record(
+                    ws,
+                    batch,
+                    "batch_finished",
+                    {"model_version": version, "note": "classes already forgotten by the champion"},
+                )
+                return {
+                    "status": "done",
+                    "batch_id": batch.batch_id,
+                    "new_version": version,
+                    "request_ids": batch.request_ids,
+                    "promoted": True,
+                }
+            result = unlearn(
+                forget_classes=[str(c) for c in todo],
+                project_dir=project_dir,
+                overrides=overrides,
+                run_key=batch.run_key,
+            )
         except ValidationFailed as err:
             batches.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})
             _fail(ws, batch, err)
@@ -60,27 +80,59 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             raise
         _record_success(ws, batch, result)
         complete_requests(ws, batch.batch_id, result["new_version"])
-        batches.record(ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]})
+        batches.record(
+            ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]}
+        )
     return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
 
 
 def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:
     links = {"mlflow_run_id": result["mlflow_run_id"], "prefect_flow_run_id": result["flow_run_id"]}
-    batches.record(ws, batch, "validation_passed", {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links})
-    batches.record(ws, batch, "unlearning_metrics", {
-        "forget_classes": result["forget_classes"], "all_forgotten": result["all_forgotten"], "metrics": result["metrics"],
-        "per_class": result["per_class"], "compute_s": result["compute_s"], "device": result["device"],
-        # UNSIR's premise, on the record: rounds of noise, impair and repair on D_r_sub only,
-        # verified on the validation split; no forget-class training sample was read.
-        "rounds": result["rounds"], "verified": result["verified"], "reads_forget_train": result["reads_forget_train"],
-        "verification_split": "val", **links,
-    })
-    batches.record(ws, batch, "model_registered", {
-        "model_version": result["new_version"], "parent_version": result["parent_version"],
-        "forgotten_classes": result["all_forgotten"], "verified_forgotten_classes": result["verified_forgotten_classes"],
-        "data_digests": result["data_digests"], **links,
-    })
-    batches.record(ws, batch, "gate_decision", {"model_version": result["new_version"], "promoted": result["promoted"], "reasons": result["gate_reasons"]})
+    batches.record(
+        ws,
+        batch,
+        "validation_passed",
+        {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links},
+    )
+    batches.record(
+        ws,
+        batch,
+        "unlearning_metrics",
+        {
+            "forget_classes": result["forget_classes"],
+            "all_forgotten": result["all_forgotten"],
+            "metrics": result["metrics"],
+            "per_class": result["per_class"],
+            "compute_s": result["compute_s"],
+            "device": result["device"],
+            # UNSIR's premise, on the record: rounds of noise, impair and repair on D_r_sub only,
+            # verified on the validation split; no forget-class training sample was read.
+            "rounds": result["rounds"],
+            "verified": result["verified"],
+            "reads_forget_train": result["reads_forget_train"],
+            "verification_split": "val",
+            **links,
+        },
+    )
+    batches.record(
+        ws,
+        batch,
+        "model_registered",
+        {
+            "model_version": result["new_version"],
+            "parent_version": result["parent_version"],
+            "forgotten_classes": result["all_forgotten"],
+            "verified_forgotten_classes": result["verified_forgotten_classes"],
+            "data_digests": result["data_digests"],
+            **links,
+        },
+    )
+    batches.record(
+        ws,
+        batch,
+        "gate_decision",
+        {"model_version": result["new_version"], "promoted": result["promoted"], "reasons": result["gate_reasons"]},
+    )
 
 
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:

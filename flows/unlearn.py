@@ -1,8 +1,8 @@
 """The ``unlearn`` flow: forget classes from the registered champion, prove it, register it.
 
-    resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
-    -> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
-    -> evaluate -> register-model-version -> promotion-gate
+resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
+-> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
+-> evaluate -> register-model-version -> promotion-gate
 """
 
 from __future__ import annotations
@@ -92,14 +92,25 @@ def unlearn(
         per_class = [row["after"] for row in result.per_class]
         verified_forgotten = promotion.measured_forgotten(per_class, ws.params.gates.max_forget_acc)
         tags = promotion.lineage_tags(
-            ws, parent_version=parent_model.version, all_forgotten=request.all_forgotten, new_classes=request.forget_classes,
-            data_digests=digests, flow_run_id=flow_run_id, mlflow_run_id=mlflow_run_id, run_key=ctx.run_key,
-            rounds=len(unlearned.rounds), verified=unlearned.verified, verified_forgotten=verified_forgotten,
+            ws,
+            parent_version=parent_model.version,
+            all_forgotten=request.all_forgotten,
+            new_classes=request.forget_classes,
+            data_digests=digests,
+            flow_run_id=flow_run_id,
+            mlflow_run_id=mlflow_run_id,
+            run_key=ctx.run_key,
+            rounds=len(unlearned.rounds),
+            verified=unlearned.verified,
+            verified_forgotten=verified_forgotten,
         )
         version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags)
         candidate = promotion.GateInput(
-            metrics=result.metrics, per_class_test=per_class, forget_classes=request.all_forgotten,
-            verified=unlearned.verified, rounds=len(unlearned.rounds),
+            metrics=result.metrics,
+            per_class_test=per_class,
+            forget_classes=request.all_forgotten,
+            verified=unlearned.verified,
+            rounds=len(unlearned.rounds),
         )
         decision = clock("promotion-gate", model.promotion_gate, ctx, version, candidate)
     except BaseException:
@@ -107,7 +118,12 @@ def unlearn(
         raise
     compute = dict(unlearned.timings_s)
     with registry.start_run(run_id=mlflow_run_id):
-        registry.log_metrics({**{f"compute_{k}": v for k, v in compute.items()}, **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()}})
+        registry.log_metrics(
+            {
+                **{f"compute_{k}": v for k, v in compute.items()},
+                **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()},
+            }
+        )
     return UnlearnResult(
         forget_classes=request.forget_classes,
         forget_class_names=[request.class_names[c] for c in request.forget_classes],

@@ -38,19 +38,32 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
 
     ws = ctx.ws
     data, manifest = load_prepared(ws)
-    new_classes = resolve_request(requested, data.class_names, forgotten=parent.forgotten_classes,
-                                  forgotten_by=f"the parent model (version {parent.version})")
+    new_classes = resolve_request(
+        requested,
+        data.class_names,
+        forgotten=parent.forgotten_classes,
+        forgotten_by=f"the parent model (version {parent.version})",
+    )
     all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes)))
     retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
     mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
     report = validate_splits(
-        manifest, read_manifest(retain_path), num_classes=data.num_classes, forget_classes=all_forgotten,
-        min_per_class=ws.params.data.min_per_class, extra_failures=mismatches, data=data,
+        manifest,
+        read_manifest(retain_path),
+        num_classes=data.num_classes,
+        forget_classes=all_forgotten,
+        min_per_class=ws.params.data.min_per_class,
+        extra_failures=mismatches,
+        data=data,
     )
-    create_markdown_artifact(key="data-validation", markdown=report.to_markdown(), description="Great Expectations result")
+    create_markdown_artifact(
+        key="data-validation", markdown=report.to_markdown(), description="Great Expectations result"
+    )
     require_valid(report)
     get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, list(new_classes))
-    return ValidatedRequest(list(new_classes), list(all_forgotten), list(data.class_names), retain_path, report.evaluated)
+    return ValidatedRequest(
+        list(new_classes), list(all_forgotten), list(data.class_names), retain_path, report.evaluated
+    )
 
 
 @task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -55,13 +55,20 @@ def evaluate(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int]) -> E
     comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
     before, after = comparison.before, comparison.after
     names = list(card.class_names)
-    per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(run.per_class_plot, dpi=110)
+    per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(
+        run.per_class_plot, dpi=110
+    )
     confusion_figure(names, before.confusion_test, after.confusion_test).savefig(run.confusion_plot, dpi=110)
     result = Evaluation(
         forget_classes=list(all_forgotten),
         metrics=comparison.metrics,
         per_class=[
-            {"class": names[c], "before": before.per_class_test[c], "after": after.per_class_test[c], "forgotten": c in all_forgotten}
+            {
+                "class": names[c],
+                "before": before.per_class_test[c],
+                "after": after.per_class_test[c],
+                "forgotten": c in all_forgotten,
+            }
             for c in range(len(names))
         ],
     )
@@ -72,11 +79,20 @@ def evaluate(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int]) -> E
         registry.log_metrics(result.metrics)
         for path in (run.per_class_plot, run.confusion_plot, run.evaluation):
             registry.log_artifact(path, "evaluation")
-    create_table_artifact(key="per-class-accuracy", table=result.per_class, description="test accuracy before and after")
+    create_table_artifact(
+        key="per-class-accuracy", table=result.per_class, description="test accuracy before and after"
+    )
     create_markdown_artifact(key="unlearning-summary", markdown=summary_markdown(result.forget_classes, result.metrics))
     m = result.metrics
-    get_run_logger().info("forget acc %.4f -> %.4f, retain acc %.4f -> %.4f, MIA %.3f -> %.3f",
-                          m["original_forget_acc"], m["forget_acc"], m["original_retain_acc"], m["retain_acc"], m["original_mia"], m["mia"])
+    get_run_logger().info(
+        "forget acc %.4f -> %.4f, retain acc %.4f -> %.4f, MIA %.3f -> %.3f",
+        m["original_forget_acc"],
+        m["forget_acc"],
+        m["original_retain_acc"],
+        m["retain_acc"],
+        m["original_mia"],
+        m["mia"],
+    )
     return result
 
 
@@ -87,4 +103,6 @@ def _retrain_reference(ws: Workspace, splits, forget_classes: tuple[int, ...], p
     x, y = splits.train_images[keep], splits.train_labels[keep]
     task = UnlearningTask(forget_classes, splits.num_classes, x, y, retain_train_images=x, retain_train_labels=y)
     method = make_method("retrain", RetrainConfig(train=ws.params.model.train))
-    return method.unlearn(parent, task, device=device, generator=torch.Generator().manual_seed(ws.params.model.seed)).model
+    return method.unlearn(
+        parent, task, device=device, generator=torch.Generator().manual_seed(ws.params.model.seed)
+    ).model

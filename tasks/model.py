@@ -24,11 +24,20 @@ def open_tracking_run(ctx: RunContext, requested: list[str]) -> str:
     registry = registry_for(ws)
     run_id = registry.find_run("run_key", ctx.run_key)
     if run_id is None:
-        tags = {"run_key": ctx.run_key, "prefect_flow_run_id": ctx.flow_run_id,
-                "requested_classes": json.dumps(requested), "git_commit": git_commit(ws.root)}
+        tags = {
+            "run_key": ctx.run_key,
+            "prefect_flow_run_id": ctx.flow_run_id,
+            "requested_classes": json.dumps(requested),
+            "git_commit": git_commit(ws.root),
+        }
         with registry.start_run(run_name=f"unlearn-{ctx.run_key[:12]}", tags=tags) as run_id:
-            registry.log_params({**_flatten(ws.params.model_dump(mode="json")), "params_digest": ws.params.digest(),
-                                 "overrides": json.dumps(list(ws.overrides))})
+            registry.log_params(
+                {
+                    **_flatten(ws.params.model_dump(mode="json")),
+                    "params_digest": ws.params.digest(),
+                    "overrides": json.dumps(list(ws.overrides)),
+                }
+            )
     get_run_logger().info("MLflow run %s", run_id)
     return run_id
 
@@ -62,7 +71,9 @@ def load_registered_model(ctx: RunContext, version: int) -> Path:
 
 
 @task(name="register-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register_model_version(ctx: RunContext, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2) -> int:
+def register_model_version(
+    ctx: RunContext, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2
+) -> int:
     """Register the unlearned checkpoint as ``challenger``. Keyed on the run key (the flow run
     id, or a batch's stable key): a retry returns the version already registered."""
     ws = ctx.ws
@@ -72,10 +83,15 @@ def register_model_version(ctx: RunContext, mlflow_run_id: str, tags: dict[str, 
     registry = registry_for(ws)
     with registry.start_run(run_id=mlflow_run_id):
         version = registry.register_checkpoint(
-            ctx.paths.unlearned, input_example=images.numpy(), tags=tags,
-            idempotency_key=tags["run_key"], alias=ws.params.registry.challenger_alias,
+            ctx.paths.unlearned,
+            input_example=images.numpy(),
+            tags=tags,
+            idempotency_key=tags["run_key"],
+            alias=ws.params.registry.challenger_alias,
         )
-    get_run_logger().info("registered version %s as %r; lineage %s", version, ws.params.registry.challenger_alias, json.dumps(tags))
+    get_run_logger().info(
+        "registered version %s as %r; lineage %s", version, ws.params.registry.challenger_alias, json.dumps(tags)
+    )
     return version
 
 
@@ -84,5 +100,7 @@ def promotion_gate(ctx: RunContext, version: int, candidate: promotion.GateInput
     """Move ``champion`` to the new version only when every bound in params.yaml holds and no
     class that a promoted version forgot would come back."""
     promoted, reasons = promotion.apply_gate(ctx.ws, version, candidate)
-    get_run_logger().info("version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons))
+    get_run_logger().info(
+        "version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons)
+    )
     return promotion.GateDecision(promoted, reasons)

@@ -15,8 +15,13 @@ def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
     if batch is None:
         get_run_logger().info("no pending deletion request")
     else:
-        get_run_logger().info("batch %s%s claimed %d request(s) for classes %s", batch.batch_id,
-                              " (resumed)" if batch.resumed else "", len(batch.requests), batch.classes)
+        get_run_logger().info(
+            "batch %s%s claimed %d request(s) for classes %s",
+            batch.batch_id,
+            " (resumed)" if batch.resumed else "",
+            len(batch.requests),
+            batch.classes,
+        )
     return batch
 
 

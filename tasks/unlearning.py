@@ -49,7 +49,9 @@ def unlearn(ctx: RunContext, mlflow_run_id: str, request: ValidatedRequest) -> U
     if earlier and task.validation_images is not None and task.validation_labels is not None:
         # Classes the parent already forgot are neither verified again here nor retain samples.
         keep = ~torch.isin(task.validation_labels, torch.as_tensor(earlier))
-        task = replace(task, validation_images=task.validation_images[keep], validation_labels=task.validation_labels[keep])
+        task = replace(
+            task, validation_images=task.validation_images[keep], validation_labels=task.validation_labels[keep]
+        )
     device = ws.device()
     result = make_method("unsir", ws.params.unsir_config()).unlearn(
         model, task, device=device, generator=torch.Generator().manual_seed(ws.params.unlearn.seed)
@@ -60,12 +62,18 @@ def unlearn(ctx: RunContext, mlflow_run_id: str, request: ValidatedRequest) -> U
     registry = registry_for(ws)
     with registry.start_run(run_id=mlflow_run_id):
         for record in out.rounds:
-            registry.log_metrics({f"round_{k}": float(v) for k, v in record.items() if k != "round"},
-                                 step=int(record["round"]))
+            registry.log_metrics(
+                {f"round_{k}": float(v) for k, v in record.items() if k != "round"}, step=int(record["round"])
+            )
         registry.log_metrics({"rounds": float(len(out.rounds)), "verified": float(bool(out.verified))})
     logger = get_run_logger()
     for record in out.rounds:
         logger.info("round %d: %s", int(record["round"]), json.dumps({k: round(v, 4) for k, v in record.items()}))
-    logger.info("classes %s %s after %d round(s) on %s", request.forget_classes,
-                "verified forgotten" if out.verified else "NOT verified forgotten", len(out.rounds), out.device)
+    logger.info(
+        "classes %s %s after %d round(s) on %s",
+        request.forget_classes,
+        "verified forgotten" if out.verified else "NOT verified forgotten",
+        len(out.rounds),
+        out.device,
+    )
     return out

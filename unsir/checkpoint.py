@@ -124,8 +124,7 @@ def load_checkpoint(
         tensors = load_file(str(weights))
     except SafetensorError as err:
         raise CheckpointIntegrityError(
-            f"{name}: weights file {str(weights)!r} is not a readable safetensors file ({err}); "
-            "truncated or corrupted?"
+            f"{name}: weights file {str(weights)!r} is not a readable safetensors file ({err}); truncated or corrupted?"
         ) from err
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), card

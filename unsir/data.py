@@ -34,9 +34,7 @@ class ClassificationData:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
-            raise UnlearningInputError(
-                f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}"
-            )
+            raise UnlearningInputError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
         n = self.images.shape[0]
         if self.labels.shape != (n,) or len(self.sample_ids) != n:
             raise UnlearningInputError(
@@ -175,7 +173,12 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
             dataset = tvd.SVHN(str(root), split=split_name, download=download)
             class_names = tuple(str(i) for i in range(10))
         else:
-            cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST}[key]
+            cls = {
+                "cifar10": tvd.CIFAR10,
+                "cifar100": tvd.CIFAR100,
+                "mnist": tvd.MNIST,
+                "fashionmnist": tvd.FashionMNIST,
+            }[key]
             dataset = cls(str(root), train=train, download=download)
             class_names = tuple(dataset.classes)
     except RuntimeError as err:  # torchvision raises RuntimeError for missing/corrupt files
@@ -202,7 +205,9 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
     return ClassificationData(data.name, data.images, data.labels, data.class_names, ids)
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, image_size: int | None = None, download: bool = False) -> ClassificationData:
+def load_dataset(
+    name: str, root: str | Path | None = None, *, image_size: int | None = None, download: bool = False
+) -> ClassificationData:
     """Load a dataset by name: ``digits``, a torchvision name, or ``imagefolder``.
 
     For torchvision datasets the official train and test splits are concatenated; the
@@ -231,5 +236,3 @@ def load_dataset(name: str, root: str | Path | None = None, *, image_size: int |
     raise UnlearningInputError(
         f"unknown dataset {name!r}; expected 'digits', 'mnist5k', 'imagefolder' or one of {TORCHVISION_DATASETS}"
     )
-
-

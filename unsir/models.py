@@ -66,12 +66,18 @@ class AllCNN(nn.Module):
 
         wide = 2 * width
         self.features = nn.Sequential(
-            *block(in_channels, width), *block(width, width), *block(width, width, stride=2),
+            *block(in_channels, width),
+            *block(width, width),
+            *block(width, width, stride=2),
             nn.Dropout(0.5),
-            *block(width, wide), *block(wide, wide), *block(wide, wide, stride=2),
+            *block(width, wide),
+            *block(wide, wide),
+            *block(wide, wide, stride=2),
             nn.Dropout(0.5),
-            *block(wide, wide), *block(wide, wide, kernel=1),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *block(wide, wide),
+            *block(wide, wide, kernel=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.classifier = nn.Linear(wide, num_classes)
 
@@ -112,7 +118,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     try:
         builder = ARCHITECTURES[spec.arch]
     except KeyError:
-        raise UnlearningInputError(f"unknown architecture {spec.arch!r}; expected one of {sorted(ARCHITECTURES)}") from None
+        raise UnlearningInputError(
+            f"unknown architecture {spec.arch!r}; expected one of {sorted(ARCHITECTURES)}"
+        ) from None
     return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
 
 
@@ -125,10 +133,14 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 
 @torch.inference_mode()
-def penultimate_features(model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+def penultimate_features(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 512
+) -> torch.Tensor:
     """Inputs of the classifier head, captured with a forward hook (any architecture)."""
     captured: list[torch.Tensor] = []
-    hook = classifier_head(model).register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu()))
+    hook = classifier_head(model).register_forward_hook(
+        lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu())
+    )
     was_training = model.training
     model.eval()
     try:

@@ -40,12 +40,20 @@ class PreparedSplits:
 
     def evaluation_data(self, forget_classes: tuple[int, ...]) -> EvaluationData:
         return EvaluationData(
-            self.train_images, self.train_labels, self.test_images, self.test_labels, self.num_classes,
-            tuple(forget_classes), self.val_images, self.val_labels,
+            self.train_images,
+            self.train_labels,
+            self.test_images,
+            self.test_labels,
+            self.num_classes,
+            tuple(forget_classes),
+            self.val_images,
+            self.val_labels,
         )
 
 
-def prepare_splits(data: ClassificationData, manifest: pd.DataFrame, normalization: Normalization | None = None) -> PreparedSplits:
+def prepare_splits(
+    data: ClassificationData, manifest: pd.DataFrame, normalization: Normalization | None = None
+) -> PreparedSplits:
     """Normalised train and test tensors; statistics are fit on train unless given (a registered
     model carries its own, and must be evaluated with them)."""
     train_x, train_y = select(data, manifest[manifest["split"] == "train"])
@@ -53,8 +61,14 @@ def prepare_splits(data: ClassificationData, manifest: pd.DataFrame, normalizati
     val_x, val_y = select(data, manifest[manifest["split"] == "val"])
     normalization = normalization or Normalization.fit(train_x)
     return PreparedSplits(
-        normalization.apply(train_x), train_y, normalization.apply(test_x), test_y, normalization, data.class_names,
-        normalization.apply(val_x) if len(val_y) else None, val_y if len(val_y) else None,
+        normalization.apply(train_x),
+        train_y,
+        normalization.apply(test_x),
+        test_y,
+        normalization,
+        data.class_names,
+        normalization.apply(val_x) if len(val_y) else None,
+        val_y if len(val_y) else None,
     )
 
 

@@ -47,13 +47,13 @@ class SplitFractions:
             )
 
 
-def make_split_manifest(data: ClassificationData, *, seed: int, fractions: SplitFractions = SplitFractions()) -> pd.DataFrame:
+def make_split_manifest(
+    data: ClassificationData, *, seed: int, fractions: SplitFractions = SplitFractions()
+) -> pd.DataFrame:
     """Assign every sample to train/val/test, stratified by label, reproducibly from ``seed``."""
     positions = np.arange(len(data))
     labels = data.labels.numpy()
-    train_pos, rest_pos = train_test_split(
-        positions, train_size=fractions.train, stratify=labels, random_state=seed
-    )
+    train_pos, rest_pos = train_test_split(positions, train_size=fractions.train, stratify=labels, random_state=seed)
     split = np.empty(len(data), dtype=object)
     split[train_pos] = "train"
     if fractions.val > 0:
@@ -118,9 +118,7 @@ def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> N
         raise UnlearningInputError("no forget class given; expected at least one class index")
     for c in forget_classes:
         if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-            raise UnlearningInputError(
-                f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]"
-            )
+            raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
     if len(set(forget_classes)) >= num_classes:
         raise UnlearningInputError(
             f"forgetting classes {sorted(set(forget_classes))} would forget every one of the "

@@ -62,7 +62,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def iterate_batches(
-    n: int, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True, device: torch.device | None = None
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    *,
+    shuffle: bool = True,
+    device: torch.device | None = None,
 ) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     # One host-to-device copy per epoch: on CUDA a blocking .to() per batch would stall the CPU
@@ -134,7 +139,9 @@ def fit(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024
+) -> torch.Tensor:
     """Logits for ``images`` in eval() mode, on CPU; restores the model's previous mode."""
     was_training = model.training
     model.eval()

@@ -29,6 +29,7 @@ from unsir_pipeline.settings.workspace import Workspace
 
 # --- data -----------------------------------------------------------------------------------
 
+
 def prepare_data(ws: Workspace) -> Path:
     """Load the configured dataset, split it, and write tensors, metadata and the manifest."""
     p = ws.params.data
@@ -44,6 +45,7 @@ def prepare_data(ws: Workspace) -> Path:
 
 # --- the original model ---------------------------------------------------------------------
 
+
 def train_original(ws: Workspace) -> dict[str, float]:
     """Train the starting model on the train split; write its checkpoint and metrics."""
     data, manifest = load_prepared(ws)
@@ -54,8 +56,16 @@ def train_original(ws: Workspace) -> dict[str, float]:
     model = build_model(spec)
     device = ws.device()
     started = time.perf_counter()
-    fit(model, splits.train_images, splits.train_labels, m.train, device=device, generator=generator,
-        progress=os.environ.get("UNSIR_PROGRESS", "1") == "1", description="train original model")
+    fit(
+        model,
+        splits.train_images,
+        splits.train_labels,
+        m.train,
+        device=device,
+        generator=generator,
+        progress=os.environ.get("UNSIR_PROGRESS", "1") == "1",
+        description="train original model",
+    )
     train_s = time.perf_counter() - started
     card = ModelCard(spec, splits.normalization, data.class_names, data.input_shape)
     save_checkpoint(ws.original_model_dir, model.cpu(), card)
@@ -64,12 +74,15 @@ def train_original(ws: Workspace) -> dict[str, float]:
     ws.reports_dir.mkdir(parents=True, exist_ok=True)
     # Wall time stays out of the DVC-tracked metrics: the same inputs must give the same bytes,
     # or every clone's `dvc repro` would rewrite dvc.lock.
-    (ws.reports_dir / "train.json").write_text(json.dumps({"test_acc": test_acc, "epochs": m.train.epochs}, indent=2) + "\n")
+    (ws.reports_dir / "train.json").write_text(
+        json.dumps({"test_acc": test_acc, "epochs": m.train.epochs}, indent=2) + "\n"
+    )
     (ws.reports_dir / "train_timing.json").write_text(json.dumps({"train_s": train_s}) + "\n")
     return {"test_acc": test_acc, "train_s": train_s, "epochs": m.train.epochs}
 
 
 # --- the DVC stages' unlearning and evaluation, on the original model ------------------------
+
 
 def unlearn_original(ws: Workspace) -> Path:
     """Forget ``unlearn.forget_classes`` from the original model with UNSIR (DVC stage)."""
@@ -78,8 +91,13 @@ def unlearn_original(ws: Workspace) -> Path:
     forget = resolve_classes(ws.params.unlearn.forget_classes, data.class_names)
     out = ws.root / "models" / "unlearned"
     out.mkdir(parents=True, exist_ok=True)
-    rows = draw_retain_subset(manifest, forget_classes=forget, per_class=ws.params.data.retain_per_class,
-                              seed=ws.params.data.retain_seed, num_classes=data.num_classes)
+    rows = draw_retain_subset(
+        manifest,
+        forget_classes=forget,
+        per_class=ws.params.data.retain_per_class,
+        seed=ws.params.data.retain_seed,
+        num_classes=data.num_classes,
+    )
     rows.to_csv(out / "retain_subset.csv", index=False)
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     task = build_task(splits, data, rows, forget)
@@ -104,7 +122,7 @@ def evaluate_unlearned(ws: Workspace) -> dict[str, float]:
     before, after, metrics = comparison.before, comparison.after, comparison.metrics
     ws.reports_dir.mkdir(parents=True, exist_ok=True)
     (ws.reports_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    pd.DataFrame({"class": list(data.class_names), "before": before.per_class_test, "after": after.per_class_test}).to_csv(
-        ws.reports_dir / "per_class.csv", index=False
-    )
+    pd.DataFrame(
+        {"class": list(data.class_names), "before": before.per_class_test, "after": after.per_class_test}
+    ).to_csv(ws.reports_dir / "per_class.csv", index=False)
     return metrics

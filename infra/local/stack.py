@@ -127,15 +127,19 @@ def _find_pg_bin() -> Path:
         return Path(found).resolve().parent
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not candidates:
-        raise StackError("PostgreSQL's server is not installed: `apt-get install postgresql` "
-                         "(or set UNSIR_PG_BIN to the directory holding initdb and postgres)")
+        raise StackError(
+            "PostgreSQL's server is not installed: `apt-get install postgresql` "
+            "(or set UNSIR_PG_BIN to the directory holding initdb and postgres)"
+        )
     return candidates[-1].parent
 
 
 # --- credentials ----------------------------------------------------------------------------
 
 SECRET_VARIABLES = (
-    "UNSIR_PG_PASSWORD", "UNSIR_MLFLOW_PASSWORD", "UNSIR_PREFECT_PASSWORD",
+    "UNSIR_PG_PASSWORD",
+    "UNSIR_MLFLOW_PASSWORD",
+    "UNSIR_PREFECT_PASSWORD",
     "UNSIR_MLFLOW_SECRET_KEY",  # signs the basic-auth app's CSRF tokens
 )
 
@@ -144,8 +148,7 @@ def credentials(settings: Settings) -> dict[str, str]:
     """Passwords from the environment, else from `secrets.env`, else new ones written there."""
     stored_path = settings.path("secrets.env")
     stored = _read_env_file(stored_path)
-    values = {name: os.environ.get(name) or stored.get(name) or secrets.token_urlsafe(18)
-              for name in SECRET_VARIABLES}
+    values = {name: os.environ.get(name) or stored.get(name) or secrets.token_urlsafe(18) for name in SECRET_VARIABLES}
     if values != stored:
         _write_private(stored_path, "".join(f"{k}={v}\n" for k, v in values.items()))
     return values
@@ -182,6 +185,7 @@ def _write_private(path: Path, text: str) -> None:
 
 # --- processes -------------------------------------------------------------------------------
 
+
 def pid_of(settings: Settings, service: str) -> int | None:
     """The process id recorded for ``service`` if that process is still alive."""
     pid_file = settings.path("run", f"{service}.pid")
@@ -201,16 +205,29 @@ def pid_of(settings: Settings, service: str) -> int | None:
     return None if state == "Z" else pid
 
 
-def _spawn(settings: Settings, service: str, argv: list[str], env: dict[str, str],
-           user: str | None = None, cwd: Path | None = None) -> int:
+def _spawn(
+    settings: Settings,
+    service: str,
+    argv: list[str],
+    env: dict[str, str],
+    user: str | None = None,
+    cwd: Path | None = None,
+) -> int:
     log_path = settings.log_dir / f"{service}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {argv[0]}\n".encode())
         log.flush()
         process = subprocess.Popen(
-            argv, env=env, cwd=cwd or settings.directory, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, user=user, group=user,
+            argv,
+            env=env,
+            cwd=cwd or settings.directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=user,
+            group=user,
         )
     settings.path("run").mkdir(parents=True, exist_ok=True)
     settings.path("run", f"{service}.pid").write_text(str(process.pid))
@@ -274,6 +291,7 @@ def _basic(user_password: str) -> dict[str, str]:
 
 # --- services --------------------------------------------------------------------------------
 
+
 def start_postgres(settings: Settings, creds: dict[str, str]) -> None:
     data = settings.pg_data
     user = "postgres" if os.geteuid() == 0 else None
@@ -287,20 +305,48 @@ def start_postgres(settings: Settings, creds: dict[str, str]) -> None:
                 os.chown(path, account.pw_uid, account.pw_gid)
         data.chmod(0o700)
         result = subprocess.run(
-            [str(settings.pg_bin / "initdb"), "-D", str(data), "-U", settings.db_user,
-             f"--pwfile={password_file}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
-            user=user, group=user, capture_output=True, text=True, check=False,
+            [
+                str(settings.pg_bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                settings.db_user,
+                f"--pwfile={password_file}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            user=user,
+            group=user,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         password_file.unlink()
         if result.returncode != 0:
-            raise StackError(f"initdb {data} failed ({result.returncode}): {result.stderr.strip()[-800:]}"
-                             + (f" (it runs as {user!r}: every directory above {data} must let that user in)"
-                                if user else ""))
+            raise StackError(
+                f"initdb {data} failed ({result.returncode}): {result.stderr.strip()[-800:]}"
+                + (f" (it runs as {user!r}: every directory above {data} must let that user in)" if user else "")
+            )
     # TCP on loopback only; no Unix socket, so nothing is written outside the data directory.
-    _spawn(settings, "postgres", [
-        str(settings.pg_bin / "postgres"), "-D", str(data), "-p", str(settings.pg_port),
-        "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-    ], env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}, user=user, cwd=data)
+    _spawn(
+        settings,
+        "postgres",
+        [
+            str(settings.pg_bin / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(settings.pg_port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+        ],
+        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+        user=user,
+        cwd=data,
+    )
     connections = []  # the one that answers is kept for creating the databases
 
     def accepts_connections() -> bool:
@@ -324,32 +370,41 @@ def _connect(settings: Settings, creds: dict[str, str], database: str):
     import psycopg2
 
     try:
-        return psycopg2.connect(host="127.0.0.1", port=settings.pg_port, user=settings.db_user,
-                                password=creds["UNSIR_PG_PASSWORD"], dbname=database, connect_timeout=3)
+        return psycopg2.connect(
+            host="127.0.0.1",
+            port=settings.pg_port,
+            user=settings.db_user,
+            password=creds["UNSIR_PG_PASSWORD"],
+            dbname=database,
+            connect_timeout=3,
+        )
     except psycopg2.OperationalError:
         return None
 
 
-def _database_url(settings: Settings, creds: dict[str, str], database: str,
-                  driver: str = "postgresql+psycopg2") -> str:
-    return (f"{driver}://{settings.db_user}:{creds['UNSIR_PG_PASSWORD']}"
-            f"@127.0.0.1:{settings.pg_port}/{database}")
+def _database_url(settings: Settings, creds: dict[str, str], database: str, driver: str = "postgresql+psycopg2") -> str:
+    return f"{driver}://{settings.db_user}:{creds['UNSIR_PG_PASSWORD']}@127.0.0.1:{settings.pg_port}/{database}"
 
 
 def start_mlflow(settings: Settings, creds: dict[str, str]) -> None:
     # The basic-auth app reads its config from a file; it holds a database password, so 600.
     auth_config = settings.path("run", "mlflow-auth.ini")
-    _write_private(auth_config, "\n".join([
-        "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = {_database_url(settings, creds, 'mlflow_auth')}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        # Each request otherwise pays a PBKDF2 check of the password (~0.2 s on 2 cores; a
-        # model registration makes dozens). The price: a changed or deleted password still
-        # works on the other server worker for up to this many seconds.
-        f"auth_cache_ttl_seconds = {os.environ.get('UNSIR_MLFLOW_AUTH_CACHE_S', '60')}",
-        "",
-    ]))
+    _write_private(
+        auth_config,
+        "\n".join(
+            [
+                "[mlflow]",
+                "default_permission = READ",
+                f"database_uri = {_database_url(settings, creds, 'mlflow_auth')}",
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                # Each request otherwise pays a PBKDF2 check of the password (~0.2 s on 2 cores; a
+                # model registration makes dozens). The price: a changed or deleted password still
+                # works on the other server worker for up to this many seconds.
+                f"auth_cache_ttl_seconds = {os.environ.get('UNSIR_MLFLOW_AUTH_CACHE_S', '60')}",
+                "",
+            ]
+        ),
+    )
     artifacts = settings.artifacts_dir
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {
@@ -364,11 +419,26 @@ def start_mlflow(settings: Settings, creds: dict[str, str]) -> None:
         # The server's job runner (GenAI scorers) starts four queue consumers; the pipeline uses none.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("UNSIR_MLFLOW_JOBS", "false"),
     }
-    _spawn(settings, "mlflow", [
-        str(settings.python_bin / "mlflow"), "server", "--host", "127.0.0.1",
-        "--port", str(settings.mlflow_port), "--workers", os.environ.get("UNSIR_MLFLOW_WORKERS", "2"),
-        "--serve-artifacts", "--artifacts-destination", str(artifacts), "--app-name", "basic-auth",
-    ], env=env)
+    _spawn(
+        settings,
+        "mlflow",
+        [
+            str(settings.python_bin / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            os.environ.get("UNSIR_MLFLOW_WORKERS", "2"),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(artifacts),
+            "--app-name",
+            "basic-auth",
+        ],
+        env=env,
+    )
     _wait(settings, "mlflow", lambda: _http_ok(f"{settings.mlflow_url}/health"))
 
 
@@ -384,18 +454,32 @@ def start_prefect(settings: Settings, creds: dict[str, str]) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": os.environ.get("UNSIR_PREFECT_UI", "true"),
     }
-    _spawn(settings, "prefect", [
-        str(settings.python_bin / "prefect"), "server", "start", "--host", "127.0.0.1",
-        "--port", str(settings.prefect_port),
-    ], env=env)
+    _spawn(
+        settings,
+        "prefect",
+        [
+            str(settings.python_bin / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.prefect_port),
+        ],
+        env=env,
+    )
     _wait(settings, "prefect", lambda: _http_ok(f"{settings.prefect_api_url}/health", _basic(auth)))
 
 
 def deploy(settings: Settings, client_env: dict[str, str]) -> None:
     """`prefect deploy --all` from the project: the deletion batch, on the process work pool."""
     pool = json.dumps({"name": settings.work_pool, "type": "process"}).encode()
-    request = urllib.request.Request(f"{settings.prefect_api_url}/work_pools/", data=pool,
-                                     headers=_basic(client_env["PREFECT_API_AUTH_STRING"]), method="POST")
+    request = urllib.request.Request(
+        f"{settings.prefect_api_url}/work_pools/",
+        data=pool,
+        headers=_basic(client_env["PREFECT_API_AUTH_STRING"]),
+        method="POST",
+    )
     try:
         urllib.request.urlopen(request, timeout=10).close()
     except urllib.error.HTTPError as err:
@@ -404,7 +488,11 @@ def deploy(settings: Settings, client_env: dict[str, str]) -> None:
     env = {**_base_env(), **client_env, "PREFECT_HOME": str(settings.path("prefect-client"))}
     result = subprocess.run(
         [str(settings.python_bin / "prefect"), "--no-prompt", "deploy", "--all"],
-        cwd=settings.project_dir, env=env, capture_output=True, text=True, check=False,
+        cwd=settings.project_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     log = settings.log_dir / "deploy.log"
     log.write_text(result.stdout + result.stderr)
@@ -413,14 +501,26 @@ def deploy(settings: Settings, client_env: dict[str, str]) -> None:
 
 
 def start_worker(settings: Settings, client_env: dict[str, str]) -> None:
-    env = {**_base_env(), **client_env, "PREFECT_HOME": str(settings.path("prefect-worker")),
-           "UNSIR_PROGRESS": "0"}
+    env = {**_base_env(), **client_env, "PREFECT_HOME": str(settings.path("prefect-worker")), "UNSIR_PROGRESS": "0"}
     name = f"unsir-local-{os.uname().nodename}"
     started = datetime.now(UTC)
-    _spawn(settings, "worker", [
-        str(settings.python_bin / "prefect"), "worker", "start", "--pool", settings.work_pool,
-        "--type", "process", "--name", name,
-    ], env=env, cwd=settings.project_dir)
+    _spawn(
+        settings,
+        "worker",
+        [
+            str(settings.python_bin / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            settings.work_pool,
+            "--type",
+            "process",
+            "--name",
+            name,
+        ],
+        env=env,
+        cwd=settings.project_dir,
+    )
     auth = client_env["PREFECT_API_AUTH_STRING"]
     url = f"{settings.prefect_api_url}/work_pools/{settings.work_pool}/workers/filter"
 
@@ -433,8 +533,12 @@ def start_worker(settings: Settings, client_env: dict[str, str]) -> None:
             return False
         # A worker of the same name that ran before stays ONLINE for a while: ask for a
         # heartbeat from this one.
-        return any(w.get("name") == name and w.get("last_heartbeat_time")
-                   and datetime.fromisoformat(w["last_heartbeat_time"]) >= started for w in workers)
+        return any(
+            w.get("name") == name
+            and w.get("last_heartbeat_time")
+            and datetime.fromisoformat(w["last_heartbeat_time"]) >= started
+            for w in workers
+        )
 
     _wait(settings, "worker", online)
 
@@ -446,6 +550,7 @@ def _base_env() -> dict[str, str]:
 
 
 # --- commands --------------------------------------------------------------------------------
+
 
 def up(settings: Settings, services: list[str]) -> None:
     settings.directory.mkdir(parents=True, exist_ok=True)
@@ -471,8 +576,10 @@ def up(settings: Settings, services: list[str]) -> None:
                 deploy(settings, client_env)
         else:
             start_worker(settings, client_env)
-        print(f"{service}: up in {time.monotonic() - started:.1f} s (pid {pid_of(settings, service)}, "
-              f"log {settings.log_dir / (service + '.log')})")
+        print(
+            f"{service}: up in {time.monotonic() - started:.1f} s (pid {pid_of(settings, service)}, "
+            f"log {settings.log_dir / (service + '.log')})"
+        )
     print(f"client settings: set -a; . {settings.path('client.env')}; set +a")
 
 
@@ -483,17 +590,28 @@ def down(settings: Settings, services: list[str]) -> None:
 
 
 def status(settings: Settings) -> list[dict]:
-    urls = {"mlflow": settings.mlflow_url, "prefect": settings.prefect_api_url,
-            "postgres": f"postgresql://127.0.0.1:{settings.pg_port}", "worker": settings.work_pool}
-    return [{"service": s, "pid": pid_of(settings, s), "running": pid_of(settings, s) is not None,
-             "address": urls[s], "log": str(settings.log_dir / f"{s}.log")} for s in SERVICES]
+    urls = {
+        "mlflow": settings.mlflow_url,
+        "prefect": settings.prefect_api_url,
+        "postgres": f"postgresql://127.0.0.1:{settings.pg_port}",
+        "worker": settings.work_pool,
+    }
+    return [
+        {
+            "service": s,
+            "pid": pid_of(settings, s),
+            "running": pid_of(settings, s) is not None,
+            "address": urls[s],
+            "log": str(settings.log_dir / f"{s}.log"),
+        }
+        for s in SERVICES
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("services", nargs="*", metavar="SERVICE",
-                        help=f"some of {', '.join(SERVICES)} (default: all)")
+    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"some of {', '.join(SERVICES)} (default: all)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.services if s not in SERVICES]
     try:

@@ -110,7 +110,9 @@ def evaluate_model(
     test_logits = predict_logits(model, data.test_images, device=device)
     train_pred, test_pred = train_logits.argmax(1), test_logits.argmax(1)
     forget_acc, retain_acc = forget_retain_accuracy(test_pred, data.test_labels, data.forget_classes, data.num_classes)
-    forget_acc_train, retain_acc_train = forget_retain_accuracy(train_pred, data.train_labels, data.forget_classes, data.num_classes)
+    forget_acc_train, retain_acc_train = forget_retain_accuracy(
+        train_pred, data.train_labels, data.forget_classes, data.num_classes
+    )
     per_class = per_class_accuracy(test_pred, data.test_labels, data.num_classes)
 
     f_tr, r_tr = data.mask(data.train_labels, True), data.mask(data.train_labels, False)
@@ -122,7 +124,14 @@ def evaluate_model(
         "retain_acc_train": retain_acc_train,
         "test_acc": float((test_pred == data.test_labels).float().mean()),
     }
-    mia_inputs = (train_logits[r_tr], data.train_labels[r_tr], test_logits[r_te], data.test_labels[r_te], train_logits[f_tr], data.train_labels[f_tr])
+    mia_inputs = (
+        train_logits[r_tr],
+        data.train_labels[r_tr],
+        test_logits[r_te],
+        data.test_labels[r_te],
+        train_logits[f_tr],
+        data.train_labels[f_tr],
+    )
     metrics["mia"] = membership_inference(*mia_inputs, feature=config.mia_feature)
     metrics["mia_unconstrained"] = membership_inference(*mia_inputs, feature=config.mia_feature, unconstrained=True)
     if data.val_images is not None and data.val_labels is not None:
@@ -144,16 +153,28 @@ def evaluate_model(
         metrics["zrf"] = zrf_score(train_logits[f_tr], predict_logits(random_model, forget_train_images, device=device))
     if config.probe:
         metrics["probe_forget_acc"] = linear_probe_forget_accuracy(
-            model, data.train_images, data.train_labels, data.test_images, data.test_labels, data.forget_classes, device=device
+            model,
+            data.train_images,
+            data.train_labels,
+            data.test_images,
+            data.test_labels,
+            data.forget_classes,
+            device=device,
         )
     if config.relearn:
         if original_forget_acc is None:
             raise UnlearningInputError("relearn time needs original_forget_acc, the original model's forget accuracy")
         metrics["relearn_steps"] = float(
             relearn_steps(
-                model, forget_train_images, data.train_labels[f_tr], data.test_images[f_te], data.test_labels[f_te],
-                target_accuracy=config.relearn_target_fraction * original_forget_acc, config=config.relearn_optim,
-                max_steps=config.relearn_max_steps, device=device,
+                model,
+                forget_train_images,
+                data.train_labels[f_tr],
+                data.test_images[f_te],
+                data.test_labels[f_te],
+                target_accuracy=config.relearn_target_fraction * original_forget_acc,
+                config=config.relearn_optim,
+                max_steps=config.relearn_max_steps,
+                device=device,
                 generator=generator if generator is not None else torch.Generator().manual_seed(0),
             )
         )
@@ -197,8 +218,16 @@ def compare_models(
     target = before.metrics["forget_acc"]
     return Comparison(
         before=before,
-        after=evaluate_model(unlearned, data, device=device, config=config, original=original, reference=reference,
-                             original_forget_acc=target),
+        after=evaluate_model(
+            unlearned,
+            data,
+            device=device,
+            config=config,
+            original=original,
+            reference=reference,
+            original_forget_acc=target,
+        ),
         reference=evaluate_model(reference, data, device=device, config=config, original_forget_acc=target)
-        if reference is not None else None,
+        if reference is not None
+        else None,
     )

@@ -55,7 +55,12 @@ def membership_inference(
             f"membership inference needs members, non-members and targets; got "
             f"{len(member_logits)}, {len(nonmember_logits)}, {len(target_logits)} samples"
         )
-    x = np.concatenate([sample_feature(member_logits, member_labels, feature), sample_feature(nonmember_logits, nonmember_labels, feature)])
+    x = np.concatenate(
+        [
+            sample_feature(member_logits, member_labels, feature),
+            sample_feature(nonmember_logits, nonmember_labels, feature),
+        ]
+    )
     y = np.concatenate([np.ones(len(member_logits)), np.zeros(len(nonmember_logits))])
     attack = LogisticRegression(class_weight="balanced", solver="lbfgs")
     attack.fit(x, y)

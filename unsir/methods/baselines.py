@@ -42,7 +42,9 @@ class RetrainConfig:
     train: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=30, batch_size=32))
 
 
-def _train_on_retain_set(method: UnlearningMethod, model, task, *, device, generator, from_scratch: bool) -> UnlearningResult:
+def _train_on_retain_set(
+    method: UnlearningMethod, model, task, *, device, generator, from_scratch: bool
+) -> UnlearningResult:
     """Train on the whole retain training set: from fresh weights (retrain) or on (fine-tune)."""
     task.require("retain_train_images", method=method.name)
     working = prepare(model, task, device)
@@ -50,8 +52,15 @@ def _train_on_retain_set(method: UnlearningMethod, model, task, *, device, gener
     with timed(timings, "train_s", device):
         if from_scratch:
             reinitialize(working, derived_seed(generator))
-        fit(working, task.retain_train_images, task.retain_train_labels, method.config.train,
-            device=device, generator=generator, description=method.name)
+        fit(
+            working,
+            task.retain_train_images,
+            task.retain_train_labels,
+            method.config.train,
+            device=device,
+            generator=generator,
+            description=method.name,
+        )
     return UnlearningResult(working.eval(), timings)
 
 
@@ -103,7 +112,9 @@ class NegGrad(UnlearningMethod):
             x, y = task.forget_train_images.to(device), task.forget_train_labels.to(device)
             optimizer = cfg.make_optimizer(working.parameters())
             for _ in range(cfg.epochs):
-                train_one_epoch(working, x, y, optimizer, batch_size=cfg.batch_size, generator=generator, loss_sign=-1.0)
+                train_one_epoch(
+                    working, x, y, optimizer, batch_size=cfg.batch_size, generator=generator, loss_sign=-1.0
+                )
         return UnlearningResult(working.eval(), timings)
 
 

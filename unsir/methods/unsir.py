@@ -82,13 +82,15 @@ def repair(
     generator: torch.Generator,
 ) -> nn.Module:
     """Train on D_r_sub alone: restores the retain classes the impair step damaged."""
-    return fit(model, retain_images, retain_labels, config.repair, device=device, generator=generator, description="repair")
+    return fit(
+        model, retain_images, retain_labels, config.repair, device=device, generator=generator, description="repair"
+    )
 
 
 def reset_head_rows(model: nn.Module, classes, *, generator: torch.Generator) -> None:
     """Re-draw the classifier head's rows of ``classes`` as ``nn.Linear`` initialises them."""
     head = classifier_head(model)
-    bound = 1.0 / head.in_features ** 0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    bound = 1.0 / head.in_features**0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     rows = torch.as_tensor(sorted(classes), dtype=torch.long)
     with torch.no_grad():
         fresh = (torch.rand((len(rows), head.in_features), generator=generator) * 2 - 1) * bound
@@ -123,7 +125,9 @@ class UNSIR(UnlearningMethod):
                         working, task.forget_classes, task.input_shape, config.noise, device=device, generator=generator
                     )
             with timed(record, "impair_s", device):
-                impair(working, noise, task.retain_images, task.retain_labels, config, device=device, generator=generator)
+                impair(
+                    working, noise, task.retain_images, task.retain_labels, config, device=device, generator=generator
+                )
             with timed(record, "repair_s", device):
                 repair(working, task.retain_images, task.retain_labels, config, device=device, generator=generator)
             for key in ("noise_s", "impair_s", "repair_s"):
@@ -142,19 +146,28 @@ class UNSIR(UnlearningMethod):
         # unlearn verifies only when the task has a validation split (both halves, by its checks).
         assert task.validation_images is not None and task.validation_labels is not None
         with timed(timings, "verify_s", device):
-            check = check_forgetting(working, task.validation_images, task.validation_labels, task.forget_classes,
-                                     device=device)
+            check = check_forgetting(
+                working, task.validation_images, task.validation_labels, task.forget_classes, device=device
+            )
         record.update(check.as_dict())
         record["verified"] = float(check.passes(self.config.verification))
         return bool(record["verified"])
 
-    def _polish(self, working, task: UnlearningTask, record: dict, timings: dict, verified: bool | None, *,
-                device, generator) -> bool | None:
+    def _polish(
+        self, working, task: UnlearningTask, record: dict, timings: dict, verified: bool | None, *, device, generator
+    ) -> bool | None:
         """The low-rate repair after the last round; undone if it brought a forget class back."""
         before = copy.deepcopy(working.state_dict()) if verified else None
         with timed(timings, "polish_s", device):
-            fit(working, task.retain_images, task.retain_labels, self.config.polish, device=device,
-                generator=generator, description="polish")
+            fit(
+                working,
+                task.retain_images,
+                task.retain_labels,
+                self.config.polish,
+                device=device,
+                generator=generator,
+                description="polish",
+            )
         record["polished"] = 1.0
         if task.validation_images is None:
             return verified

@@ -114,9 +114,7 @@ def track(project_dir: Path, path: Path) -> str:
     relative = _relative(project_dir, path)
     target = project_dir / relative
     if not target.exists():
-        raise DataVersioningError(
-            f"cannot track {relative}: no such file or directory in {project_dir}"
-        )
+        raise DataVersioningError(f"cannot track {relative}: no such file or directory in {project_dir}")
     if _git_ignored(project_dir, relative):
         store = target.parent
         _ensure_side_store(project_dir, store)
@@ -215,13 +213,9 @@ def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"UNSIR_PYTHON": sys.executable, **os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path}
     command = [sys.executable, "-m", "dvc", *args]
     try:
-        result = subprocess.run(
-            command, cwd=project_dir, env=env, capture_output=True, text=True, check=False
-        )
+        result = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, check=False)
     except OSError as err:
-        raise DataVersioningError(
-            f"cannot start `dvc {' '.join(args)}` in {project_dir}: {err}"
-        ) from err
+        raise DataVersioningError(f"cannot start `dvc {' '.join(args)}` in {project_dir}: {err}") from err
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()
         tail = "\n".join(output[-_STDERR_TAIL_LINES:]) or "(no output)"
@@ -243,7 +237,10 @@ def _git_ignored(project_dir: Path, relative: str) -> bool:
     try:
         result = subprocess.run(
             ["git", "check-ignore", "--quiet", "--", relative],
-            cwd=project_dir, capture_output=True, text=True, check=False,
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError:
         return False  # no git: DVC runs without SCM and ignores nothing
@@ -304,9 +301,7 @@ def _absolute_remote(project_dir: Path, url: str) -> str:
 def _project(project_dir: Path) -> Path:
     project_dir = Path(project_dir).resolve()
     if not (project_dir / ".dvc").is_dir():
-        raise DataVersioningError(
-            f"{project_dir} is not a DVC project (no .dvc directory); call ensure_repo first"
-        )
+        raise DataVersioningError(f"{project_dir} is not a DVC project (no .dvc directory); call ensure_repo first")
     return project_dir
 
 
@@ -326,9 +321,7 @@ def _relative(project_dir: Path, path: str | Path) -> str:
     try:
         return absolute.relative_to(project_dir).as_posix()
     except ValueError:
-        raise DataVersioningError(
-            f"{str(path)!r} is outside the DVC project {project_dir}"
-        ) from None
+        raise DataVersioningError(f"{str(path)!r} is outside the DVC project {project_dir}") from None
 
 
 def _metadata_files(project_dir: Path) -> Iterator[Path]:
@@ -369,26 +362,18 @@ def _stage_wdirs(directory: Path) -> dict[str, str]:
         stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError) as err:
         raise DataVersioningError(f"cannot read {pipeline}: {err}") from err
-    return {
-        name: str(stage["wdir"])
-        for name, stage in stages.items()
-        if isinstance(stage, dict) and "wdir" in stage
-    }
+    return {name: str(stage["wdir"]) for name, stage in stages.items() if isinstance(stage, dict) and "wdir" in stage}
 
 
 def _verify_directory(project_dir: Path, relative: str, expected: str) -> list[str]:
     """Compare a directory with the file listing DVC cached for its ``.dir`` digest."""
     listing_path = _cache_dir(project_dir) / "files" / "md5" / expected[:2] / expected[2:]
     if not listing_path.is_file():
-        return [
-            f"{relative}: recorded md5 {expected}, but its file listing is not in the local cache to compare with"
-        ]
+        return [f"{relative}: recorded md5 {expected}, but its file listing is not in the local cache to compare with"]
     try:
         listing = json.loads(listing_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise DataVersioningError(
-            f"cannot read DVC directory listing {listing_path}: {err}"
-        ) from err
+        raise DataVersioningError(f"cannot read DVC directory listing {listing_path}: {err}") from err
     recorded = {entry["relpath"]: entry["md5"] for entry in listing}
     directory = project_dir / relative
     present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}

@@ -12,7 +12,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def per_class_accuracy_figure(class_names: list[str], before: list[float], after: list[float], forgotten: list[int]) -> Figure:
+def per_class_accuracy_figure(
+    class_names: list[str], before: list[float], after: list[float], forgotten: list[int]
+) -> Figure:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 3.5))
     x = np.arange(len(class_names))
     ax.bar(x - 0.2, before, width=0.4, label="before (parent)", color="#8da0cb")

@@ -31,7 +31,9 @@ def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData,
     directory = Path(prepared_dir)
     tensors = load_file(str(directory / "dataset.safetensors"))
     meta = json.loads((directory / "dataset.json").read_text())
-    data = ClassificationData(meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"]))
+    data = ClassificationData(
+        meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"])
+    )
     return data, read_manifest(directory / "manifest.csv")
 
 
@@ -46,14 +48,23 @@ def retain_subset_path(ws: Workspace, forget_classes: tuple[int, ...]) -> Path:
     return ws.retain_dir / f"retain-forget{name}-n{p.retain_per_class}-seed{p.retain_seed}.csv"
 
 
-def write_retain_subset(ws: Workspace, manifest: pd.DataFrame, forget_classes: tuple[int, ...], num_classes: int) -> Path:
+def write_retain_subset(
+    ws: Workspace, manifest: pd.DataFrame, forget_classes: tuple[int, ...], num_classes: int
+) -> Path:
     """Draw D_r_sub (never a forget-class sample) and write it; same inputs, same bytes."""
     p = ws.params.data
-    rows = draw_retain_subset(manifest, forget_classes=forget_classes, per_class=p.retain_per_class, seed=p.retain_seed, num_classes=num_classes)
+    rows = draw_retain_subset(
+        manifest,
+        forget_classes=forget_classes,
+        per_class=p.retain_per_class,
+        seed=p.retain_seed,
+        num_classes=num_classes,
+    )
     path = retain_subset_path(ws, forget_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hand-edited subset is reported, not silently redrawn (imported here: GE costs 1.5 s).
     from unsir_pipeline.adapters.validation import require_retain_subset_unaltered
+
     require_retain_subset_unaltered(ws.root, path, rows.to_csv(index=False))
     rows.to_csv(path, index=False)
     return path

@@ -49,7 +49,8 @@ SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
 # The HTTP settings an operator exported before this process started; configuration never
 # overrides them.
 _OPERATOR_HTTP_SETTINGS = {
-    k for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    k
+    for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
     if k in os.environ
 }
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -128,9 +129,7 @@ class ModelRegistry:
         this object's explicit client.
         """
         if self._run_id is not None:
-            raise RegistryError(
-                f"run {self._run_id} is still active; runs of one registry do not nest"
-            )
+            raise RegistryError(f"run {self._run_id} is still active; runs of one registry do not nest")
         experiment_id = self._experiment_id()
         with self._global_uris():
             if run_id is not None:
@@ -172,7 +171,9 @@ class ModelRegistry:
         experiment = self._client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return None
-        runs = self._client.search_runs([experiment.experiment_id], filter_string=f"tags.{tag} = '{_quote(value)}'", max_results=1)
+        runs = self._client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.{tag} = '{_quote(value)}'", max_results=1
+        )
         return runs[0].info.run_id if runs else None
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -304,9 +305,7 @@ class ModelRegistry:
             if status == ModelVersionStatus.to_string(ModelVersionStatus.READY):
                 return
             if status == ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION):
-                raise RegistryError(
-                    f"model {self.model_name!r} version {version} failed registration"
-                )
+                raise RegistryError(f"model {self.model_name!r} version {version} failed registration")
             if time.monotonic() > deadline:
                 raise RegistryError(
                     f"model {self.model_name!r} version {version} still {status} after {_READY_TIMEOUT_S:.0f} s"
@@ -331,9 +330,7 @@ class ModelRegistry:
                     f"model {self.model_name!r} is not registered, so alias {alias!r} cannot be resolved"
                 ) from err
             known = sorted({a for v in self.list_versions() for a in v.aliases})
-            raise RegistryError(
-                f"model {self.model_name!r} has no alias {alias!r}; its aliases are {known}"
-            ) from err
+            raise RegistryError(f"model {self.model_name!r} has no alias {alias!r}; its aliases are {known}") from err
 
     def set_alias(self, alias: str, version: int) -> None:
         try:
@@ -347,9 +344,7 @@ class ModelRegistry:
         try:
             self._client.delete_registered_model_alias(self.model_name, alias)
         except MlflowException as err:
-            raise RegistryError(
-                f"cannot delete alias {alias!r} of model {self.model_name!r}: {err.message}"
-            ) from err
+            raise RegistryError(f"cannot delete alias {alias!r} of model {self.model_name!r}: {err.message}") from err
 
     def get_version(self, version: int) -> VersionInfo:
         return _version_info(self._model_version(version))
@@ -370,9 +365,7 @@ class ModelRegistry:
         try:
             self._client.set_registered_model_tag(self.model_name, key, value)
         except MlflowException as err:
-            raise RegistryError(
-                f"cannot set tag {key!r} on model {self.model_name!r}: {err.message}"
-            ) from err
+            raise RegistryError(f"cannot set tag {key!r} on model {self.model_name!r}: {err.message}") from err
 
     def list_versions(self) -> list[VersionInfo]:
         versions: list[ModelVersion] = []
@@ -454,7 +447,9 @@ class ModelRegistry:
                 _log.warning("%s has no %s tag; its weights are loaded unchecked", uri, WEIGHTS_SHA256_TAG)
             try:
                 model, card = load_checkpoint(
-                    checkpoint, device=device, expected_sha256=expected_sha256,
+                    checkpoint,
+                    device=device,
+                    expected_sha256=expected_sha256,
                     label=f"model {self.model_name!r} version {version}",
                 )
             except ValueError as err:
@@ -494,9 +489,7 @@ class ModelRegistry:
             return int(ref)
         if isinstance(ref, str) and ref:
             return self.resolve_alias(ref)
-        raise RegistryError(
-            f"model reference must be an alias name or a version number, got {ref!r}"
-        )
+        raise RegistryError(f"model reference must be an alias name or a version number, got {ref!r}")
 
     def _model_version(self, version: int) -> ModelVersion:
         try:
@@ -514,16 +507,12 @@ class ModelRegistry:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            return self._client.create_experiment(
-                self.experiment_name, artifact_location=self.artifact_location
-            )
+            return self._client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
         except MlflowException as err:
             # Another process may have created it between the look-up and the create.
             experiment = self._client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
-                raise RegistryError(
-                    f"cannot create experiment {self.experiment_name!r}: {err.message}"
-                ) from err
+                raise RegistryError(f"cannot create experiment {self.experiment_name!r}: {err.message}") from err
             return experiment.experiment_id
 
 
@@ -531,8 +520,13 @@ def registry_for(ws: Workspace) -> ModelRegistry:
     """The registry a workspace's parameters name (its tracking URI anchored at the project)."""
     r = ws.params.registry
     return ModelRegistry(
-        ws.tracking_uri, r.model_name, r.experiment, artifact_location=ws.artifact_location,
-        http_timeout_s=r.http_timeout_s, http_max_retries=r.http_max_retries, http_backoff_factor=r.http_backoff_factor,
+        ws.tracking_uri,
+        r.model_name,
+        r.experiment,
+        artifact_location=ws.artifact_location,
+        http_timeout_s=r.http_timeout_s,
+        http_max_retries=r.http_max_retries,
+        http_backoff_factor=r.http_backoff_factor,
     )
 
 
@@ -541,11 +535,13 @@ def serving_signature(card: ModelCard) -> ModelSignature:
     images in [0, 1] shaped (N, C, H, W); per row a label, its class name and probabilities."""
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape))]),
-        outputs=Schema([
-            ColSpec(DataType.long, "label"),
-            ColSpec(DataType.string, "class_name"),
-            ColSpec(Array(DataType.double), "probabilities"),
-        ]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.long, "label"),
+                ColSpec(DataType.string, "class_name"),
+                ColSpec(Array(DataType.double), "probabilities"),
+            ]
+        ),
     )
 
 
@@ -553,7 +549,7 @@ def serving_metadata(card: ModelCard) -> dict[str, Any]:
     """The contract in words, stored in the MLmodel file beside the signature."""
     return {
         "input": "float32 images in [0, 1] as the data set gives them, shape (N, C, H, W); "
-                 "the model normalises them with the mean and std below",
+        "the model normalises them with the mean and std below",
         "output": "per row: label (int), class_name (str), probabilities (one per class)",
         "normalization": {"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
         "class_names": list(card.class_names),
@@ -562,16 +558,12 @@ def serving_metadata(card: ModelCard) -> dict[str, Any]:
     }
 
 
-def _version_info(
-    version: ModelVersion, aliases: dict[int, tuple[str, ...]] | None = None
-) -> VersionInfo:
+def _version_info(version: ModelVersion, aliases: dict[int, tuple[str, ...]] | None = None) -> VersionInfo:
     created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC)
     number = int(version.version)
     return VersionInfo(
         version=number,
-        aliases=aliases.get(number, ())
-        if aliases is not None
-        else tuple(sorted(version.aliases or ())),
+        aliases=aliases.get(number, ()) if aliases is not None else tuple(sorted(version.aliases or ())),
         tags=dict(version.tags or {}),
         run_id=version.run_id or None,
         created_at=created.isoformat(),

@@ -62,9 +62,19 @@ def server_environment(ws: Workspace) -> dict[str, str]:
 
 def serve_command(model_name: str, version: int, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "models", "serve",
-        "--model-uri", f"models:/{model_name}/{version}",
-        "--env-manager", "local", "--host", HOST, "--port", str(port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "--model-uri",
+        f"models:/{model_name}/{version}",
+        "--env-manager",
+        "local",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
     ]
 
 
@@ -119,8 +129,9 @@ def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
 class Supervisor:
     """Serve ``alias`` of the workspace's registered model on ``port``; follow the alias."""
 
-    def __init__(self, ws: Workspace, alias: str, port: int, *, poll_s: float, startup_s: float,
-                 report: Callable[[dict], None]) -> None:
+    def __init__(
+        self, ws: Workspace, alias: str, port: int, *, poll_s: float, startup_s: float, report: Callable[[dict], None]
+    ) -> None:
         self.ws, self.alias, self.port = ws, alias, port
         self.poll_s, self.startup_s, self.report = poll_s, startup_s, report
         self.registry = registry_for(ws)
@@ -129,9 +140,13 @@ class Supervisor:
 
     def start(self, version: int) -> None:
         process = subprocess.Popen(
-            serve_command(self.model_name, version, self.port), env=server_environment(self.ws),
+            serve_command(self.model_name, version, self.port),
+            env=server_environment(self.ws),
             # Its access log goes to stderr: stdout carries this command's own reports (--json).
-            cwd=self.ws.root, start_new_session=True, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+            cwd=self.ws.root,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
         )
         self.served = Served(version, process)
         try:
@@ -141,8 +156,15 @@ class Supervisor:
             self.served = None
             raise
         # The pid is also the server's process group and session (start_new_session above).
-        self.report({"event": "serving", "alias": self.alias, "version": version,
-                     "url": f"http://{HOST}:{self.port}/invocations", "pid": process.pid})
+        self.report(
+            {
+                "event": "serving",
+                "alias": self.alias,
+                "version": version,
+                "url": f"http://{HOST}:{self.port}/invocations",
+                "pid": process.pid,
+            }
+        )
 
     def follow(self, iterations: int | None = None) -> None:
         """Serve, then poll the alias; ``iterations`` bounds the polls (None: until stopped)."""
@@ -155,8 +177,13 @@ class Supervisor:
                 assert self.served is not None
                 if self.served.process.poll() is not None:
                     code = self.served.process.returncode
-                    self.report({"event": "restarting", "reason": f"server exited with code {code}",
-                                 "version": self.served.version})
+                    self.report(
+                        {
+                            "event": "restarting",
+                            "reason": f"server exited with code {code}",
+                            "version": self.served.version,
+                        }
+                    )
                     self.start(self.served.version)
                     continue
                 try:
@@ -165,8 +192,14 @@ class Supervisor:
                     self.report({"event": "warning", "reason": f"cannot resolve alias {self.alias!r}: {err}"})
                     continue
                 if current != self.served.version:
-                    self.report({"event": "alias-moved", "alias": self.alias,
-                                 "from_version": self.served.version, "to_version": current})
+                    self.report(
+                        {
+                            "event": "alias-moved",
+                            "alias": self.alias,
+                            "from_version": self.served.version,
+                            "to_version": current,
+                        }
+                    )
                     stop(self.served.process)
                     self.start(current)
         finally:
@@ -180,7 +213,9 @@ def text_report(event: dict) -> str:
     if kind == "serving":
         return f"serving version {event['version']} ({event['alias']}) at {event['url']}"
     if kind == "alias-moved":
-        return f"alias {event['alias']!r} moved from version {event['from_version']} to {event['to_version']}: restarting"
+        return (
+            f"alias {event['alias']!r} moved from version {event['from_version']} to {event['to_version']}: restarting"
+        )
     if kind == "stopped":
         return f"stopped serving version {event['version']}"
     return f"{kind}: {event.get('reason', '')}"

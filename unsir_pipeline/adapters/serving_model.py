@@ -54,11 +54,13 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             logits[:, list(card.forgotten_classes)] = float("-inf")
         probabilities = torch.softmax(logits, dim=1)
     labels = probabilities.argmax(dim=1).tolist()
-    return pd.DataFrame({
-        "label": pd.Series(labels, dtype="int64"),
-        "class_name": pd.Series([card.class_names[i] for i in labels], dtype="object"),
-        "probabilities": probabilities.double().tolist(),
-    })
+    return pd.DataFrame(
+        {
+            "label": pd.Series(labels, dtype="int64"),
+            "class_name": pd.Series([card.class_names[i] for i in labels], dtype="object"),
+            "probabilities": probabilities.double().tolist(),
+        }
+    )
 
 
 class CheckpointClassifier(PythonModel):
@@ -67,9 +69,7 @@ class CheckpointClassifier(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.model, self.card = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
 
-    def predict(
-        self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None
-    ) -> pd.DataFrame:
+    def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         return predict_rows(self.model, self.card, model_input)
 
 

@@ -69,16 +69,21 @@ def parse_database_url(url: str) -> URL:
         raise StateError(f"state database URL {redact(url)!r} is not a URL; expected {EXPECTED_URL}") from None
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend not in _DRIVERS or ("+" in parsed.drivername and driver not in _DRIVERS[backend]):
-        raise StateError(f"state database URL {redact(url)!r} names {parsed.drivername!r}; expected {EXPECTED_URL} "
-                         f"(drivers: {', '.join(d for ds in _DRIVERS.values() for d in ds)})")
+        raise StateError(
+            f"state database URL {redact(url)!r} names {parsed.drivername!r}; expected {EXPECTED_URL} "
+            f"(drivers: {', '.join(d for ds in _DRIVERS.values() for d in ds)})"
+        )
     if backend == "postgresql":
         if not parsed.host or not parsed.database:
-            raise StateError(f"state database URL {redact(url)!r} lacks a host or a database name; expected {EXPECTED_URL}")
+            raise StateError(
+                f"state database URL {redact(url)!r} lacks a host or a database name; expected {EXPECTED_URL}"
+            )
         if "+" not in parsed.drivername:
             parsed = parsed.set(drivername="postgresql+psycopg2")
     elif not parsed.database or parsed.database == ":memory:" or not Path(parsed.database).is_absolute():
-        raise StateError(f"state database URL {redact(url)!r}: a SQLite URL must name an absolute file path; "
-                         f"expected {EXPECTED_URL}")
+        raise StateError(
+            f"state database URL {redact(url)!r}: a SQLite URL must name an absolute file path; expected {EXPECTED_URL}"
+        )
     return parsed
 
 
@@ -173,8 +178,11 @@ class StateDatabase:
 
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
-        expected = ("a writable SQLite file" if self.is_sqlite else
-                    "a running PostgreSQL server that accepts these credentials and holds this database")
+        expected = (
+            "a writable SQLite file"
+            if self.is_sqlite
+            else "a running PostgreSQL server that accepts these credentials and holds this database"
+        )
         source = "" if self.is_sqlite else " (state.database_url or UNSIR_STATE_DATABASE_URL)"
         return StateError(f"cannot open the state database {self.shown}: {detail}; expected {expected}{source}")
 
@@ -214,11 +222,15 @@ class StateDatabase:
             with self.write() as conn:
                 if not self.is_sqlite:  # two processes opening a new database at once
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                current = MigrationContext.configure(conn, opts={"version_table": version_table(store)}).get_current_heads()
+                current = MigrationContext.configure(
+                    conn, opts={"version_table": version_table(store)}
+                ).get_current_heads()
                 unknown = [rev for rev in current if rev not in known]
                 if unknown:
-                    raise error(f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
-                                f"know (written by a newer version?); this code expects revision {head!r}")
+                    raise error(
+                        f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
+                        f"know (written by a newer version?); this code expects revision {head!r}"
+                    )
                 config.attributes["connection"] = conn
                 if not current and sa.inspect(conn).has_table(store):
                     command.stamp(config, self._legacy_revision(conn, store, error))
@@ -235,8 +247,10 @@ class StateDatabase:
         found = conn.exec_driver_sql("PRAGMA user_version").scalar() if self.is_sqlite else None
         if found != LEGACY_SQLITE_VERSION:
             version = f"schema version {found}" if self.is_sqlite else "a table without a schema revision"
-            raise error(f"{self.shown} holds {what} {version}; this code expects version {LEGACY_SQLITE_VERSION} "
-                        f"or a database migrated by this project (table {version_table(store)})")
+            raise error(
+                f"{self.shown} holds {what} {version}; this code expects version {LEGACY_SQLITE_VERSION} "
+                f"or a database migrated by this project (table {version_table(store)})"
+            )
         return f"{store}_0001"
 
     def _sqlite_wal(self) -> None:

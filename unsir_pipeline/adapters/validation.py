@@ -162,12 +162,8 @@ def validate_splits(
         [
             # At least one class to forget, each a known class, and at least one class left over.
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="forget_class", min_value=0, max_value=num_classes - 1
-            ),
-            gxe.ExpectColumnUniqueValueCountToBeBetween(
-                column="forget_class", max_value=num_classes - 1
-            ),
+            gxe.ExpectColumnValuesToBeBetween(column="forget_class", min_value=0, max_value=num_classes - 1),
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column="forget_class", max_value=num_classes - 1),
         ],
     )
 
@@ -216,7 +212,9 @@ def require_valid(report: ValidationReport) -> None:
 # --- row by row, against the data set ------------------------------------------------------
 
 
-def _lines(positions: Sequence[int] | np.ndarray, manifest: pd.DataFrame, detail: Callable[[int], str] | None = None) -> str:
+def _lines(
+    positions: Sequence[int] | np.ndarray, manifest: pd.DataFrame, detail: Callable[[int], str] | None = None
+) -> str:
     """'line 7 (sample_id x), line 9 (...) and 3 more': line numbers as in the CSV file (the
     header is line 1)."""
     ids = manifest["sample_id"].to_numpy()
@@ -257,7 +255,9 @@ def manifest_row_failures(
         failures.append(f"{len(duplicated)} rows repeat a sample_id: {_lines(duplicated, manifest)}")
     unknown = np.flatnonzero([sid not in index_of for sid in ids])
     if len(unknown):
-        failures.append(f"{len(unknown)} rows name a sample the data set {data.name!r} does not have: {_lines(unknown, manifest)}")
+        failures.append(
+            f"{len(unknown)} rows name a sample the data set {data.name!r} does not have: {_lines(unknown, manifest)}"
+        )
     missing = sorted(set(index_of) - set(ids), key=index_of.__getitem__)
     if missing:
         quoted = ", ".join(repr(m) for m in missing[:_SAMPLE_SIZE])
@@ -279,7 +279,11 @@ def manifest_row_failures(
     if len(relabelled):
         failures.append(
             f"{len(relabelled)} rows carry another label than the data set's: "
-            + _lines(relabelled, manifest, lambda pos: f"label {int(labels[pos])}, data set {int(data_labels[rows_idx[pos]])}")
+            + _lines(
+                relabelled,
+                manifest,
+                lambda pos: f"label {int(labels[pos])}, data set {int(data_labels[rows_idx[pos]])}",
+            )
         )
     manifest_counts = np.bincount(labels[in_range].astype(int), minlength=num_classes)
     data_counts = np.bincount(data_labels, minlength=num_classes)
@@ -300,8 +304,15 @@ def manifest_row_failures(
     if len(altered):
         failures.append(
             f"{len(altered)} of {len(candidates)} rows checked have a digest that does not match the sample's "
-            "content: " + _lines(altered, manifest, lambda pos: f"recorded {digests[pos][:12]}..., "
-                                 f"content {_sample_digest(images, data_labels, rows_idx[pos])[:12]}...")
+            "content: "
+            + _lines(
+                altered,
+                manifest,
+                lambda pos: (
+                    f"recorded {digests[pos][:12]}..., "
+                    f"content {_sample_digest(images, data_labels, rows_idx[pos])[:12]}..."
+                ),
+            )
         )
     return failures
 
@@ -341,9 +352,7 @@ def _column_presence(columns: Iterable[str]) -> list[gxe.Expectation]:
 
 
 def _manifest_expectations(columns_ok: bool, num_classes: int) -> list[gxe.Expectation]:
-    expectations = _column_presence(MANIFEST_COLUMNS) + [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1)
-    ]
+    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
     if not columns_ok:
         # Every other expectation would only raise "column does not exist"; the presence
         # failures above already say what is wrong.
@@ -360,12 +369,8 @@ def _manifest_expectations(columns_ok: bool, num_classes: int) -> list[gxe.Expec
     return expectations
 
 
-def _retain_expectations(
-    columns_ok: bool, forget_classes: tuple[int, ...]
-) -> list[gxe.Expectation]:
-    expectations = _column_presence(MANIFEST_COLUMNS) + [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1)
-    ]
+def _retain_expectations(columns_ok: bool, forget_classes: tuple[int, ...]) -> list[gxe.Expectation]:
+    expectations = _column_presence(MANIFEST_COLUMNS) + [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
     if not columns_ok:
         return expectations
     expectations += [
@@ -465,9 +470,7 @@ def _describe(table: str, frame: pd.DataFrame, result: ExpectationValidationResu
     elif "column_A" in kwargs:
         where = f" on columns {kwargs['column_A']!r} and {kwargs['column_B']!r}"
     expected = ", ".join(
-        f"{k}={v!r}"
-        for k, v in sorted(kwargs.items())
-        if k not in _UNINTERESTING_KWARGS and v is not None
+        f"{k}={v!r}" for k, v in sorted(kwargs.items()) if k not in _UNINTERESTING_KWARGS and v is not None
     )
     head = f"{table}: {config.type}{where}" + (f" ({expected})" if expected else "")
     if config.type == "expect_column_to_exist":
@@ -486,9 +489,7 @@ def _found(result: ExpectationValidationResult) -> str:
         text = f"{count} of {total} rows unexpected"
         rows = details.get("partial_unexpected_index_list")
         if rows and isinstance(rows[0], Mapping):
-            quoted = "; ".join(
-                ", ".join(f"{k}={_plain(v)}" for k, v in row.items()) for row in rows[:_SAMPLE_SIZE]
-            )
+            quoted = "; ".join(", ".join(f"{k}={_plain(v)}" for k, v in row.items()) for row in rows[:_SAMPLE_SIZE])
             return f"{text}: {quoted}" + (" ..." if count > _SAMPLE_SIZE else "")
         values = [_plain(v) for v in details.get("partial_unexpected_list", [])[:_SAMPLE_SIZE]]
         return f"{text}, e.g. {values}"
@@ -502,9 +503,7 @@ def _exception_messages(info: Mapping[str, Any]) -> list[str]:
     if info.get("raised_exception"):
         return [str(info.get("exception_message"))]
     return [
-        str(v.get("exception_message"))
-        for v in info.values()
-        if isinstance(v, Mapping) and v.get("raised_exception")
+        str(v.get("exception_message")) for v in info.values() if isinstance(v, Mapping) and v.get("raised_exception")
     ]
 
 

@@ -43,8 +43,10 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
 
     progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
-    progress.step(f"[2/4] dvc repro train: prepare {ws.params.data.name}, train {ws.params.model.arch} "
-                  f"for {ws.params.model.train.epochs} epochs")
+    progress.step(
+        f"[2/4] dvc repro train: prepare {ws.params.data.name}, train {ws.params.model.arch} "
+        f"for {ws.params.model.train.epochs} epochs"
+    )
     with relay(progress):
         data_versioning.repro(ws.root, ["train"])  # prepare + train, skipped when up to date
     progress.step("[3/4] dvc push")
@@ -71,8 +73,11 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
         registry.log_params({"arch": card.spec.arch, "params_digest": ws.params.digest(), "dataset": data.name})
         registry.log_metrics({"test_acc": train_report["test_acc"], "train_s": train_s})
         version = registry.register_checkpoint(
-            ws.original_model_dir, input_example=input_example, tags={**tags, "mlflow_run_id": run_id},
-            idempotency_key=f"bootstrap-{ws.params.digest()}", alias=champion,
+            ws.original_model_dir,
+            input_example=input_example,
+            tags={**tags, "mlflow_run_id": run_id},
+            idempotency_key=f"bootstrap-{ws.params.digest()}",
+            alias=champion,
         )
     # The original model keeps an alias of its own: a demo or an audit can always start from it.
     registry.set_alias(ORIGINAL_ALIAS, version)

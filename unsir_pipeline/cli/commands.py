@@ -46,119 +46,232 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="unsir", description="Machine unlearning pipeline (UNSIR) with Prefect, MLflow, DVC and Great Expectations.",
-        epilog=_examples("unsir bootstrap", "unsir forget 3 --from original",
-                         "unsir --set registry.tracking_uri=http://127.0.0.1:5000 models --json", "unsir serve --port 5001")
+        prog="unsir",
+        description="Machine unlearning pipeline (UNSIR) with Prefect, MLflow, DVC and Great Expectations.",
+        epilog=_examples(
+            "unsir bootstrap",
+            "unsir forget 3 --from original",
+            "unsir --set registry.tracking_uri=http://127.0.0.1:5000 models --json",
+            "unsir serve --port 5001",
+        )
         + "\n\nprecedence: a --set flag wins over the environment (MLFLOW_TRACKING_URI, UNSIR_DVC_REMOTE, ...),"
-          "\nwhich wins over params.yaml.\nexit codes: 0 done, 1 the pipeline failed, 2 bad input or configuration.",
+        "\nwhich wins over params.yaml.\nexit codes: 0 done, 1 the pipeline failed, 2 bad input or configuration.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
-    parser.add_argument("--project", default=".", metavar="DIR",
-                        help="project directory holding params.yaml (default: .), e.g. --project ~/unlearning")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter of params.yaml, e.g. --set unlearn.seed=1 (repeatable; validated like "
-                             "the file; wins over the environment; recorded with the run)")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit"
+    )
+    parser.add_argument(
+        "--project",
+        default=".",
+        metavar="DIR",
+        help="project directory holding params.yaml (default: .), e.g. --project ~/unlearning",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter of params.yaml, e.g. --set unlearn.seed=1 (repeatable; validated like "
+        "the file; wins over the environment; recorded with the run)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser("bootstrap", help="prepare and version the data, train and register the first champion (idempotent)",
-                            epilog=_examples("unsir bootstrap", "unsir bootstrap --json"))
+    p = commands.add_parser(
+        "bootstrap",
+        help="prepare and version the data, train and register the first champion (idempotent)",
+        epilog=_examples("unsir bootstrap", "unsir bootstrap --json"),
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("forget", help="forget classes from the champion now and show before/after",
-                            epilog=_examples("unsir forget 3", "unsir forget 3 8 --from original", "unsir forget 1 --from 2 --json"))
+    p = commands.add_parser(
+        "forget",
+        help="forget classes from the champion now and show before/after",
+        epilog=_examples("unsir forget 3", "unsir forget 3 8 --from original", "unsir forget 1 --from 2 --json"),
+    )
     p.add_argument("classes", nargs="+", metavar="CLASS", help="class names or indices of the data set, e.g. 3 or cat")
-    p.add_argument("--from", dest="parent", default=None, metavar="ALIAS_OR_VERSION",
-                   help="model to start from: an alias (champion, original) or a version number (default: the champion alias)")
+    p.add_argument(
+        "--from",
+        dest="parent",
+        default=None,
+        metavar="ALIAS_OR_VERSION",
+        help="model to start from: an alias (champion, original) or a version number (default: the champion alias)",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("models", help="registered versions, aliases and lineage", epilog=_examples("unsir models", "unsir models --json"))
+    p = commands.add_parser(
+        "models",
+        help="registered versions, aliases and lineage",
+        epilog=_examples("unsir models", "unsir models --json"),
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of versions")
 
-    p = commands.add_parser("promote", help="point the champion alias at VERSION by hand",
-                            epilog=_examples('unsir promote 3 --reason "reviewed by the DPO" --by alice',
-                                             'unsir promote 1 --reason "rollback drill" --override --json'))
+    p = commands.add_parser(
+        "promote",
+        help="point the champion alias at VERSION by hand",
+        epilog=_examples(
+            'unsir promote 3 --reason "reviewed by the DPO" --by alice',
+            'unsir promote 1 --reason "rollback drill" --override --json',
+        ),
+    )
     p.add_argument("version", type=int, metavar="VERSION", help="registered version number, e.g. 3")
     p.add_argument("--reason", required=True, help="why, recorded on the version and in the audit trail")
     p.add_argument("--by", default=None, help="who promotes (default: the current user)")
-    p.add_argument("--override", action="store_true",
-                   help="promote a version that failed its gate or would bring back a forgotten class (recorded)")
+    p.add_argument(
+        "--override",
+        action="store_true",
+        help="promote a version that failed its gate or would bring back a forgotten class (recorded)",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("reject", help="reject a version held for review; its requests go back to pending",
-                            epilog=_examples('unsir reject 4 --reason "MIA too high" --by bob'))
+    p = commands.add_parser(
+        "reject",
+        help="reject a version held for review; its requests go back to pending",
+        epilog=_examples('unsir reject 4 --reason "MIA too high" --by bob'),
+    )
     p.add_argument("version", type=int, metavar="VERSION", help="registered version number held for review, e.g. 4")
     p.add_argument("--reason", required=True, help="why, recorded on the version and in the audit trail")
     p.add_argument("--by", default=None, help="who rejects (default: the current user)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    request = commands.add_parser("request", help="deletion requests",
-                                  epilog=_examples('unsir request add --classes 3 --requester alice --reason "consent withdrawn"',
-                                                   "unsir request list --status pending")
-                                  ).add_subparsers(dest="request_command", required=True, metavar="SUBCOMMAND")
-    p = request.add_parser("add", help="file a deletion request (refused at once if invalid; the refusal is recorded)",
-                           epilog=_examples('unsir request add --classes 3 8 --requester alice --reason "consent withdrawn"'))
-    p.add_argument("--classes", nargs="+", required=True, metavar="CLASS", help="class names or indices, e.g. --classes 3 8")
+    request = commands.add_parser(
+        "request",
+        help="deletion requests",
+        epilog=_examples(
+            'unsir request add --classes 3 --requester alice --reason "consent withdrawn"',
+            "unsir request list --status pending",
+        ),
+    ).add_subparsers(dest="request_command", required=True, metavar="SUBCOMMAND")
+    p = request.add_parser(
+        "add",
+        help="file a deletion request (refused at once if invalid; the refusal is recorded)",
+        epilog=_examples('unsir request add --classes 3 8 --requester alice --reason "consent withdrawn"'),
+    )
+    p.add_argument(
+        "--classes", nargs="+", required=True, metavar="CLASS", help="class names or indices, e.g. --classes 3 8"
+    )
     p.add_argument("--requester", required=True, help="who asks (UTF-8 text, no control characters), e.g. alice")
-    p.add_argument("--reason", required=True, help="why (UTF-8 text, no control characters), e.g. \"consent withdrawn\"")
+    p.add_argument("--reason", required=True, help='why (UTF-8 text, no control characters), e.g. "consent withdrawn"')
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = request.add_parser("list", help="requests, oldest first", epilog=_examples("unsir request list", "unsir request list --status failed --json"))
-    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed", "rejected"],
-                   help="only requests in this state")
+    p = request.add_parser(
+        "list",
+        help="requests, oldest first",
+        epilog=_examples("unsir request list", "unsir request list --status failed --json"),
+    )
+    p.add_argument(
+        "--status",
+        default=None,
+        choices=["pending", "running", "done", "failed", "rejected"],
+        help="only requests in this state",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of requests")
     p = request.add_parser("show", help="one request", epilog=_examples("unsir request show r-20260101-ab12cd"))
     p.add_argument("id", help="request id as `unsir request list` shows it")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    batch = commands.add_parser("batch", help="deletion batches", epilog=_examples("unsir batch run", "unsir batch serve")
-                                ).add_subparsers(dest="batch_command", required=True, metavar="SUBCOMMAND")
-    p = batch.add_parser("run", help="forget every pending request now, in one unlearning run", epilog=_examples("unsir batch run --json"))
+    batch = commands.add_parser(
+        "batch", help="deletion batches", epilog=_examples("unsir batch run", "unsir batch serve")
+    ).add_subparsers(dest="batch_command", required=True, metavar="SUBCOMMAND")
+    p = batch.add_parser(
+        "run",
+        help="forget every pending request now, in one unlearning run",
+        epilog=_examples("unsir batch run --json"),
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    batch.add_parser("serve", help="serve the batch on params.yaml's cron schedule (needs PREFECT_API_URL: a Prefect server)",
-                     epilog=_examples("PREFECT_API_URL=http://127.0.0.1:4200/api unsir batch serve"))
+    batch.add_parser(
+        "serve",
+        help="serve the batch on params.yaml's cron schedule (needs PREFECT_API_URL: a Prefect server)",
+        epilog=_examples("PREFECT_API_URL=http://127.0.0.1:4200/api unsir batch serve"),
+    )
 
-    review = commands.add_parser("review", help="versions held by the promotion gate", epilog=_examples("unsir review list")
-                                 ).add_subparsers(dest="review_command", required=True, metavar="SUBCOMMAND")
+    review = commands.add_parser(
+        "review", help="versions held by the promotion gate", epilog=_examples("unsir review list")
+    ).add_subparsers(dest="review_command", required=True, metavar="SUBCOMMAND")
     p = review.add_parser("list", help="versions waiting for a reviewer", epilog=_examples("unsir review list --json"))
     p.add_argument("--json", action="store_true", help="print a JSON list of versions")
 
-    audit = commands.add_parser("audit", help="the tamper-evident audit trail", epilog=_examples("unsir audit verify", "unsir audit show --request ID")
-                                ).add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    p = audit.add_parser("verify", help="check the hash chain, its anchors, the request store and the registry against it; non-zero exit naming what is wrong",
-                         epilog=_examples("unsir audit verify", "unsir audit verify --json"))
+    audit = commands.add_parser(
+        "audit",
+        help="the tamper-evident audit trail",
+        epilog=_examples("unsir audit verify", "unsir audit show --request ID"),
+    ).add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    p = audit.add_parser(
+        "verify",
+        help="check the hash chain, its anchors, the request store and the registry against it; non-zero exit naming "
+        "what is wrong",
+        epilog=_examples("unsir audit verify", "unsir audit verify --json"),
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = audit.add_parser("sign-head", help="sign an intact trail's head with the audit key (UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)",
-                         epilog=_examples("UNSIR_AUDIT_KEY_FILE=~/.unsir/audit.key unsir audit sign-head"))
+    p = audit.add_parser(
+        "sign-head",
+        help="sign an intact trail's head with the audit key (UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)",
+        epilog=_examples("UNSIR_AUDIT_KEY_FILE=~/.unsir/audit.key unsir audit sign-head"),
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = audit.add_parser("show", help="the trail, or one request's history from arrival to production",
-                         epilog=_examples("unsir audit show", "unsir audit show --request r-20260101-ab12cd --json"))
+    p = audit.add_parser(
+        "show",
+        help="the trail, or one request's history from arrival to production",
+        epilog=_examples("unsir audit show", "unsir audit show --request r-20260101-ab12cd --json"),
+    )
     p.add_argument("--request", default=None, metavar="ID", help="only this request's history")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = audit.add_parser("report", help="write a self-contained HTML evidence report for a batch",
-                         epilog=_examples("unsir audit report b-20260101-0001 --out evidence.html"))
+    p = audit.add_parser(
+        "report",
+        help="write a self-contained HTML evidence report for a batch",
+        epilog=_examples("unsir audit report b-20260101-0001 --out evidence.html"),
+    )
     p.add_argument("batch_id", help="batch id as `unsir audit show` lists it")
     p.add_argument("--out", default=None, help="output file (default: reports/evidence-<batch>.html)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = commands.add_parser("serve", help="serve a registered model (default: the champion) over HTTP on 127.0.0.1, following its alias",
-                            epilog=_examples("unsir serve", "unsir serve --alias challenger --port 5002",
-                                             "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
-                                             "     -d '{\"inputs\": [[[[0.0, 0.5, ...]]]]}'   # see docs/serving.md"))
-    p.add_argument("--alias", default=None, help="alias to serve and follow (default: registry.champion_alias, champion)")
+    p = commands.add_parser(
+        "serve",
+        help="serve a registered model (default: the champion) over HTTP on 127.0.0.1, following its alias",
+        epilog=_examples(
+            "unsir serve",
+            "unsir serve --alias challenger --port 5002",
+            "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
+            "     -d '{\"inputs\": [[[[0.0, 0.5, ...]]]]}'   # see docs/serving.md",
+        ),
+    )
+    p.add_argument(
+        "--alias", default=None, help="alias to serve and follow (default: registry.champion_alias, champion)"
+    )
     p.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default: 5001; 0 picks a free one)")
-    p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="how often to check where the alias points (default: 5)")
-    p.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="how long the scoring server may take to answer /ping (default: 300)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per event (serving, alias-moved, stopped)")
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to check where the alias points (default: 5)",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the scoring server may take to answer /ping (default: 300)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per event (serving, alias-moved, stopped)"
+    )
 
     p = commands.add_parser(
-        "init", help="create a new project (params.yaml, dvc.yaml, .gitignore, git and DVC) in a directory",
+        "init",
+        help="create a new project (params.yaml, dvc.yaml, .gitignore, git and DVC) in a directory",
         epilog="examples:\n  unsir init ~/unlearning\n  cd ~/unlearning && unsir bootstrap",
     )
-    p.add_argument("directory", metavar="DIR", help="directory to create or fill, e.g. ~/unlearning (no params.yaml or dvc.yaml in it yet)")
+    p.add_argument(
+        "directory",
+        metavar="DIR",
+        help="directory to create or fill, e.g. ~/unlearning (no params.yaml or dvc.yaml in it yet)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
 
-    p = commands.add_parser("stage", help="run one DVC stage (called by dvc repro)", epilog=_examples("unsir stage train"))
+    p = commands.add_parser(
+        "stage", help="run one DVC stage (called by dvc repro)", epilog=_examples("unsir stage train")
+    )
     p.add_argument("name", choices=["prepare", "train", "unlearn", "evaluate"], help="the dvc.yaml stage")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
@@ -169,8 +282,14 @@ class UsageError(ValueError):
 
 
 # SQLite's words for a state directory that is read-only, missing or full.
-_STATE_ERRORS = ("unable to open database file", "disk I/O error", "attempt to write a readonly database",
-                 "database or disk is full", "Read-only file system", "No space left on device")
+_STATE_ERRORS = (
+    "unable to open database file",
+    "disk I/O error",
+    "attempt to write a readonly database",
+    "database or disk is full",
+    "Read-only file system",
+    "No space left on device",
+)
 
 
 def _check_utf8(argv: list[str]) -> None:
@@ -182,7 +301,9 @@ def _check_utf8(argv: list[str]) -> None:
         except UnicodeEncodeError:
             shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
             option = f" (value of {argv[position - 2]})" if position > 1 and argv[position - 2].startswith("-") else ""
-            raise UsageError(f"argument {position}{option} is not valid UTF-8: '{shown}' (bytes shown as \\xNN)") from None
+            raise UsageError(
+                f"argument {position}{option} is not valid UTF-8: '{shown}' (bytes shown as \\xNN)"
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +365,10 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
     if project is not None and any(words in message for words in _STATE_ERRORS):
-        return (f"cannot use the project's state files under {project} (paths.state_dir, the MLflow and Prefect "
-                f"databases): {first}; check they exist, are writable and the disk has space")
+        return (
+            f"cannot use the project's state files under {project} (paths.state_dir, the MLflow and Prefect "
+            f"databases): {first}; check they exist, are writable and the disk has space"
+        )
     # Validation failures list one failed expectation per line: keep them, they are the point.
     return first + ("".join(f"\n  {line}" for line in rest) if type(err).__name__ == "ValidationFailed" else "")
 
@@ -294,7 +417,9 @@ def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
     versions = registry.list_versions()
     if ref.isdigit():
         if int(ref) not in {v.version for v in versions}:
-            raise UsageError(f"{option} {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}")
+            raise UsageError(
+                f"{option} {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}"
+            )
         return int(ref)
     aliases = {alias: v.version for v in versions for alias in v.aliases}
     if ref not in aliases:
@@ -315,7 +440,9 @@ def cmd_bootstrap(project: Path, args) -> int:
     if args.json:
         print(json.dumps({"version": result.version, "created": result.created, "test_acc": result.test_acc}))
     elif result.created:
-        print(f"registered the original model as version {result.version} (champion), test accuracy {result.test_acc:.4f}")
+        print(
+            f"registered the original model as version {result.version} (champion), test accuracy {result.test_acc:.4f}"
+        )
     else:
         print(f"already bootstrapped: champion is version {result.version}")
     return 0
@@ -334,8 +461,12 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     if meta.is_file():  # else the flow prepares the data and checks the classes itself
         class_names = tuple(json.loads(meta.read_text())["class_names"])
         parent_model = resolve_parent(registry_for(ws), str(version))
-        resolve_request(list(classes), class_names, forgotten=parent_model.forgotten_classes,
-                        forgotten_by=f"the parent model (version {version})")
+        resolve_request(
+            list(classes),
+            class_names,
+            forgotten=parent_model.forgotten_classes,
+            forgotten_by=f"the parent model (version {version})",
+        )
     return version
 
 
@@ -355,8 +486,12 @@ def cmd_forget(project: Path, args) -> int:
     from unsir_pipeline.flows.unlearn import unlearn
 
     with flow_steps(progress):
-        result = unlearn(forget_classes=list(args.classes), project_dir=str(project), overrides=list(args.overrides),
-                         parent=args.parent)
+        result = unlearn(
+            forget_classes=list(args.classes),
+            project_dir=str(project),
+            overrides=list(args.overrides),
+            parent=args.parent,
+        )
     if args.json:
         print(json.dumps(result, default=float))
     else:
@@ -367,8 +502,10 @@ def cmd_forget(project: Path, args) -> int:
 def format_result(result: dict) -> str:
     m = result["metrics"]
     lines = [
-        (f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
-         f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}"),
+        (
+            f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
+            f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}"
+        ),
         "",
         f"{'class':<12}{'before':>10}{'after':>10}",
     ]
@@ -388,14 +525,20 @@ def format_result(result: dict) -> str:
         row("forget accuracy", "forget_acc"),
         row("retain accuracy", "retain_acc"),
         row("membership inference (D_f)", "mia"),
-        *([f"{'relearn steps (anamnesis)':<28}{'':>10}{m['relearn_steps']:>10.0f}"
-           + (f"{m['reference_relearn_steps']:>11.0f}" if "reference_relearn_steps" in m else "")]
-          if "relearn_steps" in m else []),
+        *(
+            [
+                f"{'relearn steps (anamnesis)':<28}{'':>10}{m['relearn_steps']:>10.0f}"
+                + (f"{m['reference_relearn_steps']:>11.0f}" if "reference_relearn_steps" in m else "")
+            ]
+            if "relearn_steps" in m
+            else []
+        ),
         "",
         _rounds_line(result),
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],
-        f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow run {result['mlflow_run_id']}",
+        f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow "
+        f"run {result['mlflow_run_id']}",
     ]
     return "\n".join(lines)
 
@@ -408,10 +551,12 @@ def _rounds_line(result: dict) -> str:
     last = rounds[-1]
     if result.get("verified") is None:
         return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
-    return (f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
-            f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
-            + ("verified forgotten" if result["verified"] else "NOT verified (round budget ran out)")
-            + "; no forget-class training sample read")
+    return (
+        f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
+        f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
+        + ("verified forgotten" if result["verified"] else "NOT verified (round budget ran out)")
+        + "; no forget-class training sample read"
+    )
 
 
 def summarize_versions(ws) -> list[dict]:
@@ -419,16 +564,19 @@ def summarize_versions(ws) -> list[dict]:
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
 
-    return [{
-        "version": v.version,
-        "aliases": list(v.aliases),
-        "created_at": v.created_at,
-        "parent_version": v.tags.get("parent_version"),
-        "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
-        "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
-        "gate": v.tags.get("gate_decision"),
-        "tags": v.tags,
-    } for v in registry_for(ws).list_versions()]
+    return [
+        {
+            "version": v.version,
+            "aliases": list(v.aliases),
+            "created_at": v.created_at,
+            "parent_version": v.tags.get("parent_version"),
+            "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+            "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
+            "gate": v.tags.get("gate_decision"),
+            "tags": v.tags,
+        }
+        for v in registry_for(ws).list_versions()
+    ]
 
 
 def cmd_models(project: Path, args) -> int:
@@ -441,8 +589,10 @@ def cmd_models(project: Path, args) -> int:
         return 0
     print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'gate':<18}created")
     for v in versions:
-        print(f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
-              f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}")
+        print(
+            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
+            f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}"
+        )
     return 0
 
 
@@ -456,9 +606,17 @@ def cmd_promote(project: Path, args) -> int:
     if not args.json:
         for problem in overridden:
             print(f"overridden: {problem}")
-    _emit(args, {"version": args.version, "alias": ws.params.registry.champion_alias, "by": by, "reason": args.reason,
-                 "overridden": list(overridden)},
-          f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})")
+    _emit(
+        args,
+        {
+            "version": args.version,
+            "alias": ws.params.registry.champion_alias,
+            "by": by,
+            "reason": args.reason,
+            "overridden": list(overridden),
+        },
+        f"version {args.version} is now {ws.params.registry.champion_alias!r} (by {by}: {args.reason})",
+    )
     return 0
 
 
@@ -469,9 +627,17 @@ def cmd_reject(project: Path, args) -> int:
     _require_version(ws, args.version)
     by = args.by or getpass.getuser()
     returned = reject(ws, args.version, by, args.reason)
-    _emit(args, {"version": args.version, "rejected": True, "by": by, "reason": args.reason,
-                 "requests_pending_again": [r.id for r in returned]},
-          f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending")
+    _emit(
+        args,
+        {
+            "version": args.version,
+            "rejected": True,
+            "by": by,
+            "reason": args.reason,
+            "requests_pending_again": [r.id for r in returned],
+        },
+        f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending",
+    )
     return 0
 
 
@@ -484,7 +650,10 @@ def _print_requests(requests: list, as_json: bool) -> None:
         return
     print(f"{'id':<18}{'status':<10}{'classes':<14}{'version':>8}  {'requester':<16}created")
     for r in requests:
-        print(f"{r.id:<18}{r.status:<10}{','.join(r.class_names) or '-':<14}{r.model_version or '-':>8}  {r.requester:<16}{r.created_at}")
+        print(
+            f"{r.id:<18}{r.status:<10}{','.join(r.class_names) or '-':<14}{r.model_version or '-':>8}  "
+            f"{r.requester:<16}{r.created_at}"
+        )
         if r.error:
             print(f"{'':<18}{r.error}")
 
@@ -495,12 +664,20 @@ def cmd_request(project: Path, args) -> int:
     ws = _workspace(project, args)
     if args.request_command == "add":
         request = batches.file_request(ws, list(args.classes), args.requester, args.reason)
-        print(json.dumps(request.to_dict()) if args.json else f"request {request.id} pending: forget {list(request.class_names)}")
+        print(
+            json.dumps(request.to_dict())
+            if args.json
+            else f"request {request.id} pending: forget {list(request.class_names)}"
+        )
     elif args.request_command == "list":
         _print_requests(batches.request_store(ws).list(args.status), args.json)
     else:
         request = batches.request_store(ws).get(args.id)
-        print(json.dumps(request.to_dict()) if args.json else "\n".join(f"{k:<14}{v}" for k, v in request.to_dict().items()))
+        print(
+            json.dumps(request.to_dict())
+            if args.json
+            else "\n".join(f"{k:<14}{v}" for k, v in request.to_dict().items())
+        )
     return 0
 
 
@@ -512,20 +689,32 @@ def cmd_batch(project: Path, args) -> int:
 
     if args.batch_command == "serve":
         if not os.environ.get("PREFECT_API_URL"):
-            print("error: `unsir batch serve` needs a Prefect server: run `prefect server start` and set "
-                  "PREFECT_API_URL=http://127.0.0.1:4200/api (ephemeral mode cannot run schedules)", file=sys.stderr)
+            print(
+                "error: `unsir batch serve` needs a Prefect server: run `prefect server start` and set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api (ephemeral mode cannot run schedules)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
-        deletion_batch.serve(name="deletion-batch", cron=ws.params.requests.schedule,
-                             parameters={"project_dir": str(project), "overrides": list(args.overrides)})
+        deletion_batch.serve(
+            name="deletion-batch",
+            cron=ws.params.requests.schedule,
+            parameters={"project_dir": str(project), "overrides": list(args.overrides)},
+        )
         return 0
     result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
     if args.json:
         print(json.dumps(result, default=float))
     elif result["status"] == "done" and "metrics" in result:
-        print(f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version {result['new_version']}\n")
+        print(
+            f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version "
+            f"{result['new_version']}\n"
+        )
         print(format_result(result))
     elif result["status"] == "done":
-        print(f"batch {result['batch_id']}: requests done; their classes were already forgotten by version {result['new_version']}")
+        print(
+            f"batch {result['batch_id']}: requests done; their classes were already forgotten by version "
+            f"{result['new_version']}"
+        )
     else:
         print(f"batch {result['status']}: {result.get('reason', 'nothing pending')}")
     return 0
@@ -552,36 +741,62 @@ def cmd_audit(project: Path, args) -> int:
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
         report = batches.verify_trail(ws)
         if args.json:
-            print(json.dumps({"ok": report.ok, "records": report.records, "chain_ok": report.chain.ok,
-                              "first_bad_seq": report.chain.first_bad_seq, "chain_problem": report.chain.problem,
-                              "signed": report.chain.signed, "problems": list(report.problems),
-                              "warnings": list(report.warnings)}))
+            print(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "records": report.records,
+                        "chain_ok": report.chain.ok,
+                        "first_bad_seq": report.chain.first_bad_seq,
+                        "chain_problem": report.chain.problem,
+                        "signed": report.chain.signed,
+                        "problems": list(report.problems),
+                        "warnings": list(report.warnings),
+                    }
+                )
+            )
             return 0 if report.ok else EXIT_FAILED
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if report.ok:
             signed = ", head anchor signed" if report.chain.signed else ""
-            print(f"audit trail intact: {report.records} records, hash chain and head anchor verified{signed}; "
-                  "request store and registry agree with it")
+            print(
+                f"audit trail intact: {report.records} records, hash chain and head anchor verified{signed}; "
+                "request store and registry agree with it"
+            )
             return 0
         if not report.chain.ok:
-            print(f"error: audit trail TAMPERED at record {report.chain.first_bad_seq}: {report.chain.problem}", file=sys.stderr)
+            print(
+                f"error: audit trail TAMPERED at record {report.chain.first_bad_seq}: {report.chain.problem}",
+                file=sys.stderr,
+            )
         for problem in report.problems:
             print(f"error: audit evidence disagrees: {problem}", file=sys.stderr)
         return EXIT_FAILED
     log = batches.audit_log(ws)
     if args.audit_command == "sign-head":
         result = log.sign_head()
-        _emit(args, {"signed": True, "records": result.records}, f"head anchor of {result.records} records signed with the audit key")
+        _emit(
+            args,
+            {"signed": True, "records": result.records},
+            f"head anchor of {result.records} records signed with the audit key",
+        )
         return 0
     if args.audit_command == "show":
-        history: dict[str, Any] = batches.request_history(ws, args.request) if args.request else {"records": [r.to_dict() for r in log.records()]}
+        history: dict[str, Any] = (
+            batches.request_history(ws, args.request)
+            if args.request
+            else {"records": [r.to_dict() for r in log.records()]}
+        )
         if args.json:
             print(json.dumps(history))
             return 0
         if args.request:
-            print(f"request {args.request}: status {history['request']['status']}, version {history['request']['model_version'] or '-'}"
-                  f" ({history['production']})")
+            print(
+                f"request {args.request}: status {history['request']['status']}, version "
+                f"{history['request']['model_version'] or '-'}"
+                f" ({history['production']})"
+            )
         for rec in history["records"]:
             print(f"{rec['seq']:>5}  {rec['ts']}  {rec['event']:<20}{rec['actor']:<16}{_brief(rec['payload'])}")
         return 0
@@ -610,11 +825,21 @@ def cmd_init(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"project": str(result.root), "written": list(result.written),
-                          "git_initialised": result.git_initialised, "dvc_remote": result.dvc_remote}))
+        print(
+            json.dumps(
+                {
+                    "project": str(result.root),
+                    "written": list(result.written),
+                    "git_initialised": result.git_initialised,
+                    "dvc_remote": result.dvc_remote,
+                }
+            )
+        )
         return 0
-    print(f"created project {result.root}: {', '.join(result.written)}"
-          + (" (new git repository)" if result.git_initialised else ""))
+    print(
+        f"created project {result.root}: {', '.join(result.written)}"
+        + (" (new git repository)" if result.git_initialised else "")
+    )
     print(f"DVC remote: {result.dvc_remote} (set UNSIR_DVC_REMOTE for a shared one; docs/dvc.md)")
     print(f"next: cd {result.root} && unsir bootstrap")
     return 0
@@ -625,8 +850,12 @@ def cmd_stage(project: Path, args) -> int:
     from unsir_pipeline.cli.progress import relayed_stderr
 
     ws = _workspace(project, args)
-    stage = {"prepare": stages.prepare_data, "train": stages.train_original, "unlearn": stages.unlearn_original,
-             "evaluate": stages.evaluate_unlearned}[args.name]
+    stage = {
+        "prepare": stages.prepare_data,
+        "train": stages.train_original,
+        "unlearn": stages.unlearn_original,
+        "evaluate": stages.evaluate_unlearned,
+    }[args.name]
     with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
         out = stage(ws)
     _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
@@ -646,15 +875,24 @@ def cmd_serve(project: Path, args) -> int:
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
     _require_model_ref(ws, alias, option="--alias")
     port = args.port or serving.free_port()
-    supervisor = serving.Supervisor(ws, alias, port, poll_s=args.poll, startup_s=args.startup_timeout,
-                                    report=serving.printer(args.json))
+    supervisor = serving.Supervisor(
+        ws, alias, port, poll_s=args.poll, startup_s=args.startup_timeout, report=serving.printer(args.json)
+    )
     supervisor.follow()
     return 0
 
 
 COMMANDS = {
-    "bootstrap": cmd_bootstrap, "forget": cmd_forget, "models": cmd_models, "promote": cmd_promote, "reject": cmd_reject,
-    "request": cmd_request, "batch": cmd_batch, "review": cmd_review, "audit": cmd_audit, "stage": cmd_stage,
+    "bootstrap": cmd_bootstrap,
+    "forget": cmd_forget,
+    "models": cmd_models,
+    "promote": cmd_promote,
+    "reject": cmd_reject,
+    "request": cmd_request,
+    "batch": cmd_batch,
+    "review": cmd_review,
+    "audit": cmd_audit,
+    "stage": cmd_stage,
     "serve": cmd_serve,
 }
 

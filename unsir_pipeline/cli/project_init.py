@@ -76,19 +76,21 @@ def init_project(directory: str | Path) -> InitResult:
     if git_initialised:
         # `dvc init` stages its own files; stage ours beside them so the first commit is one
         # `git commit`. Inside an existing repository its index is left to its owner.
-        subprocess.run(["git", "add", "--", *TEMPLATES.values(), ".dvc/config"], cwd=root,
-                       check=True, capture_output=True)
-    return InitResult(
-        root, tuple(TEMPLATES.values()), git_initialised, data_versioning.default_remote(root)
-    )
+        subprocess.run(
+            ["git", "add", "--", *TEMPLATES.values(), ".dvc/config"], cwd=root, check=True, capture_output=True
+        )
+    return InitResult(root, tuple(TEMPLATES.values()), git_initialised, data_versioning.default_remote(root))
 
 
 def _git_toplevel(directory: Path) -> Path | None:
     """The git work tree ``directory`` is inside, or None (also when git is not installed)."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=directory,
-            capture_output=True, text=True, check=False,
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError:
         return None

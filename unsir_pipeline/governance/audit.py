@@ -69,8 +69,10 @@ _AUDIT = sa.Table(
     "audit",
     _METADATA,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    *(sa.Column(name, sa.Text) for name in ("ts", "event", "actor", "request_ids", "payload", "idempotency_key",
-                                            "prev_hash", "hash")),
+    *(
+        sa.Column(name, sa.Text)
+        for name in ("ts", "event", "actor", "request_ids", "payload", "idempotency_key", "prev_hash", "hash")
+    ),
 )
 _HEAD = sa.Table(
     "audit_head",
@@ -132,9 +134,7 @@ class VerifyResult:
 def _canonical(value: Any) -> str:
     # allow_nan=False: NaN/Infinity are not JSON, and a log anyone must be able to re-hash
     # cannot depend on Python's extension of it.
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _record_hash(
@@ -244,9 +244,7 @@ def _parse_row(row: sa.RowMapping) -> AuditRecord:
     except (TypeError, json.JSONDecodeError) as err:
         raise AuditError(f"record {seq}: request_ids or payload is not valid JSON ({err})") from err
     if not isinstance(request_ids, list) or not all(isinstance(r, str) for r in request_ids):
-        raise AuditError(
-            f"record {seq}: request_ids must be a JSON list of strings, got {row['request_ids']!r}"
-        )
+        raise AuditError(f"record {seq}: request_ids must be a JSON list of strings, got {row['request_ids']!r}")
     if not isinstance(payload, dict):
         raise AuditError(f"record {seq}: payload must be a JSON object, got {row['payload']!r}")
     return AuditRecord(
@@ -275,7 +273,9 @@ class AuditLog:
         self.db = StateDatabase(path)
         self.path = self.db.path  # None for a database server
         if key is not None and (not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES):
-            raise AuditError(f"key must be at least {MIN_KEY_BYTES} bytes, got {type(key).__name__} of length {len(key)}")
+            raise AuditError(
+                f"key must be at least {MIN_KEY_BYTES} bytes, got {type(key).__name__} of length {len(key)}"
+            )
         self._key = key
         # A SQLite trail's anchor is a file beside it; a shared database's, a row in it.
         self.head_path = None if self.path is None else self.path.with_name(self.path.name + ".head")
@@ -330,7 +330,9 @@ class AuditLog:
             if conn is None:
                 with self.db.read() as own:
                     return self._read_head_raw(own)
-            row = conn.execute(sa.select(_HEAD.c.records, _HEAD.c.hash, _HEAD.c.mac).where(_HEAD.c.id == _HEAD_ROW)).first()
+            row = conn.execute(
+                sa.select(_HEAD.c.records, _HEAD.c.hash, _HEAD.c.mac).where(_HEAD.c.id == _HEAD_ROW)
+            ).first()
             return None if row is None else (int(row.records), str(row.hash), row.mac)
         try:
             text = self.head_path.read_text(encoding="utf-8")
@@ -393,8 +395,7 @@ class AuditLog:
             result = self._verify_chain_and_head(check_signature=False)
             if not result.ok:
                 raise AuditError(
-                    f"refusing to sign the head of {self.db.shown}: record {result.first_bad_seq}: "
-                    f"{result.problem}"
+                    f"refusing to sign the head of {self.db.shown}: record {result.first_bad_seq}: {result.problem}"
                 )
             raw = self._read_head_raw(conn)
             records, head_hash = (raw[0], raw[1]) if raw else (0, GENESIS)
@@ -424,8 +425,9 @@ class AuditLog:
             )
         return head
 
-    def _write_head(self, records: int, head_hash: str, conn: sa.Connection | None = None, *,
-                    create: bool = False) -> None:
+    def _write_head(
+        self, records: int, head_hash: str, conn: sa.Connection | None = None, *, create: bool = False
+    ) -> None:
         """Replace the anchor atomically: a reader sees the old one or the new one, never half.
         A row anchor is written in ``conn``'s transaction (``create``: the row may be missing)."""
         head: dict[str, Any] = {"records": records, "hash": head_hash}
@@ -470,12 +472,8 @@ class AuditLog:
         _check_text("actor", actor)
         if not isinstance(payload, dict):
             raise AuditError(f"payload must be a dict, got {type(payload).__name__}: {payload!r}")
-        if isinstance(request_ids, (str, bytes)) or not all(
-            isinstance(r, str) and r for r in request_ids
-        ):
-            raise AuditError(
-                f"request_ids must be a sequence of non-empty strings, got {request_ids!r}"
-            )
+        if isinstance(request_ids, (str, bytes)) or not all(isinstance(r, str) and r for r in request_ids):
+            raise AuditError(f"request_ids must be a sequence of non-empty strings, got {request_ids!r}")
         if idempotency_key is not None:
             _check_text("idempotency_key", idempotency_key)
         problem = _payload_problem(payload, "payload")
@@ -509,9 +507,7 @@ class AuditLog:
             raise
         return record
 
-    def _existing(
-        self, conn: sa.Connection, idempotency_key: str | None, event: str
-    ) -> AuditRecord | None:
+    def _existing(self, conn: sa.Connection, idempotency_key: str | None, event: str) -> AuditRecord | None:
         if idempotency_key is None:
             return None
         row = conn.execute(sa.select(_AUDIT).where(_AUDIT.c.idempotency_key == idempotency_key)).mappings().first()
@@ -538,29 +534,25 @@ class AuditLog:
         last = conn.execute(sa.select(_AUDIT.c.seq, _AUDIT.c.hash).order_by(_AUDIT.c.seq.desc()).limit(1)).first()
         seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS)
         ts = _now()
-        digest = _record_hash(
-            seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash
+        digest = _record_hash(seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash)
+        conn.execute(
+            sa.insert(_AUDIT).values(
+                seq=seq,
+                ts=ts,
+                event=event,
+                actor=actor,
+                request_ids=_canonical(list(request_ids)),
+                payload=_canonical(payload),
+                idempotency_key=idempotency_key,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
         )
-        conn.execute(sa.insert(_AUDIT).values(
-            seq=seq,
-            ts=ts,
-            event=event,
-            actor=actor,
-            request_ids=_canonical(list(request_ids)),
-            payload=_canonical(payload),
-            idempotency_key=idempotency_key,
-            prev_hash=prev_hash,
-            hash=digest,
-        ))
-        return AuditRecord(
-            seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, digest
-        )
+        return AuditRecord(seq, ts, event, actor, request_ids, payload, idempotency_key, prev_hash, digest)
 
     # -- reading ---------------------------------------------------------------------------
 
-    def records(
-        self, *, request_id: str | None = None, event: str | None = None
-    ) -> list[AuditRecord]:
+    def records(self, *, request_id: str | None = None, event: str | None = None) -> list[AuditRecord]:
         """Records in seq order; only those naming ``request_id`` and/or of kind ``event``."""
         query = sa.select(_AUDIT).order_by(_AUDIT.c.seq)
         if request_id is not None:
@@ -617,8 +609,7 @@ class AuditLog:
             if recomputed != record.hash:
                 return bad(
                     seq,
-                    f"record {seq}: content does not match its hash "
-                    "(edited, or moved from another position?)",
+                    f"record {seq}: content does not match its hash (edited, or moved from another position?)",
                 )
             if seq != expected_seq:
                 if expected_seq == 1:
@@ -666,6 +657,9 @@ class AuditLog:
                 f"record {count}: hash does not match the head anchor (last record replaced?)",
             )
         return VerifyResult(
-            ok=True, records=count, first_bad_seq=None, problem=None,
+            ok=True,
+            records=count,
+            first_bad_seq=None,
+            problem=None,
             signed=check_signature and self._key is not None,
         )

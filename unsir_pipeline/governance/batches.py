@@ -99,8 +99,11 @@ def provenance(ws: Workspace) -> dict[str, str]:
     """What every audit record links to on the code and configuration side, and which
     registry its version numbers belong to (with shared services, another one than the
     embedded default; any credentials in the URI are left out)."""
-    return {"git_commit": git_commit(ws.root), "params_digest": ws.params.digest(),
-            "registry": f"{_without_credentials(ws.params.registry.tracking_uri)}#{ws.params.registry.model_name}"}
+    return {
+        "git_commit": git_commit(ws.root),
+        "params_digest": ws.params.digest(),
+        "registry": f"{_without_credentials(ws.params.registry.tracking_uri)}#{ws.params.registry.model_name}",
+    }
 
 
 def _without_credentials(uri: str) -> str:
@@ -119,6 +122,7 @@ def _class_names(ws: Workspace) -> tuple[str, ...]:
 
 # --- intake ---------------------------------------------------------------------------------
 
+
 def file_request(ws: Workspace, requested: list[str], requester: str, reason: str) -> DeletionRequest:
     """Record a deletion request, or refuse it at once (unknown class, already forgotten, or
     forgetting every class together with what is pending); a refusal is recorded too."""
@@ -132,22 +136,43 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     try:
         classes = resolve_classes(requested, names)  # a refusal records the classes it named
         pending = sorted({c for r in store.list("pending") + store.list("running") for c in r.classes})
-        resolve_request(requested, names, forgotten=champion.forgotten_classes,
-                        forgotten_by=f"the champion (version {champion.version})", pending=pending)
+        resolve_request(
+            requested,
+            names,
+            forgotten=champion.forgotten_classes,
+            forgotten_by=f"the champion (version {champion.version})",
+            pending=pending,
+        )
     except UnlearningInputError as err:
-        request = store.add_rejected(classes, [names[c] for c in classes], requester, reason, str(err), requested=requested)
-        audit.append("request_refused", actor=requester, request_ids=[request.id],
-                     payload={"requested": list(requested), "reason": reason, "refusal": str(err), **provenance(ws)})
+        request = store.add_rejected(
+            classes, [names[c] for c in classes], requester, reason, str(err), requested=requested
+        )
+        audit.append(
+            "request_refused",
+            actor=requester,
+            request_ids=[request.id],
+            payload={"requested": list(requested), "reason": reason, "refusal": str(err), **provenance(ws)},
+        )
         raise RequestRefused(request, str(err)) from None
     request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested)
-    audit.append("request_received", actor=requester, request_ids=[request.id], payload={
-        "classes": list(classes), "class_names": [names[c] for c in classes], "requested": list(requested),
-        "reason": reason, "champion_version": champion.version, **provenance(ws),
-    })
+    audit.append(
+        "request_received",
+        actor=requester,
+        request_ids=[request.id],
+        payload={
+            "classes": list(classes),
+            "class_names": [names[c] for c in classes],
+            "requested": list(requested),
+            "reason": reason,
+            "champion_version": champion.version,
+            **provenance(ws),
+        },
+    )
     return request
 
 
 # --- batches --------------------------------------------------------------------------------
+
 
 @contextmanager
 def batch_lock(ws: Workspace) -> Iterator[bool]:
@@ -205,12 +230,20 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem:
         raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
-    stale = store.release_stale("the batch holding this request stopped before finishing", ws.params.requests.max_attempts)
+    stale = store.release_stale(
+        "the batch holding this request stopped before finishing", ws.params.requests.max_attempts
+    )
     if stale:
-        audit.append("batch_recovered", actor=SYSTEM_ACTOR, request_ids=[r.id for r in stale], payload={
-            "interrupted_batches": sorted({r.batch_id for r in stale if r.batch_id}),
-            "statuses": {r.id: r.status for r in stale}, **provenance(ws),
-        })
+        audit.append(
+            "batch_recovered",
+            actor=SYSTEM_ACTOR,
+            request_ids=[r.id for r in stale],
+            payload={
+                "interrupted_batches": sorted({r.batch_id for r in stale if r.batch_id}),
+                "statuses": {r.id: r.status for r in stale},
+                **provenance(ws),
+            },
+        )
     pending = store.list("pending")
     if not pending:
         return None
@@ -235,7 +268,10 @@ def _version_rejected(ws: Workspace, run_key: str) -> bool:
     registry = registry_for(ws)
     if not registry.has_model():
         return False
-    return any(v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected" for v in registry.list_versions())
+    return any(
+        v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected"
+        for v in registry.list_versions()
+    )
 
 
 # Events that happen once per attempt (a resumed batch starts, and may fail, again); the others
@@ -249,21 +285,39 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
     log = audit_log(ws)
     version = payload.get("model_version")
     registry = registry_for(ws) if event in ANCHORED_EVENTS else None
-    if registry is not None and event == "model_registered" and isinstance(version, int) and WEIGHTS_SHA256_TAG not in payload:
+    if (
+        registry is not None
+        and event == "model_registered"
+        and isinstance(version, int)
+        and WEIGHTS_SHA256_TAG not in payload
+    ):
         # The digest the registry checks at every load, kept in the trail too: a registry tag
         # changed later no longer matches the record.
         digest = registry.get_version(version).tags.get(WEIGHTS_SHA256_TAG)
         if digest:
             payload = {**payload, WEIGHTS_SHA256_TAG: digest}
-    stored = log.append(event, actor=actor, request_ids=batch.request_ids, idempotency_key=key,
-                        payload={"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt, **payload, **provenance(ws)})
+    stored = log.append(
+        event,
+        actor=actor,
+        request_ids=batch.request_ids,
+        idempotency_key=key,
+        payload={
+            "batch_id": batch.batch_id,
+            "run_key": batch.run_key,
+            "attempt": batch.attempt,
+            **payload,
+            **provenance(ws),
+        },
+    )
     if registry is not None:
         if event == "model_registered" and isinstance(version, int):
             registry.set_version_tags(version, {AUDIT_SEQ_TAG: str(stored.seq), AUDIT_HASH_TAG: stored.hash})
         anchor_in_registry(ws, log, registry)
 
 
-def anchor_in_registry(ws: Workspace, log: AuditLog | None = None, registry: ModelRegistry | None = None) -> tuple[int, str]:
+def anchor_in_registry(
+    ws: Workspace, log: AuditLog | None = None, registry: ModelRegistry | None = None
+) -> tuple[int, str]:
     """Write the trail's head into the registry (registered-model tag ``audit_head``).
 
     The new head must extend the one anchored before: a trail that was deleted, cut or
@@ -301,7 +355,11 @@ def _registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) 
         records, head_hash = int(anchored["records"]), str(anchored["hash"])
     except (ValueError, TypeError, KeyError) as err:
         return f"the registry's {AUDIT_HEAD_TAG} tag is unreadable: {tag[:200]!r} ({err})"
-    if key is not None and "mac" in anchored and not hmac.compare_digest(str(anchored["mac"]), head_mac(key, records, head_hash)):
+    if (
+        key is not None
+        and "mac" in anchored
+        and not hmac.compare_digest(str(anchored["mac"]), head_mac(key, records, head_hash))
+    ):
         return f"the registry's {AUDIT_HEAD_TAG} tag has a signature that does not match the audit key"
     if records == 0:
         return None
@@ -311,19 +369,29 @@ def _registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) 
         what = "the trail is empty (deleted?)" if held == 0 else f"the trail holds only {held} records (cut or reset?)"
         return f"the registry anchored record {records} (hash {head_hash[:12]}...), but {what}"
     if found != head_hash:
-        return (f"the registry anchored record {records} with hash {head_hash[:12]}..., but the trail's "
-                f"record {records} has hash {found[:12]}... (trail rewritten?)")
+        return (
+            f"the registry anchored record {records} with hash {head_hash[:12]}..., but the trail's "
+            f"record {records} has hash {found[:12]}... (trail rewritten?)"
+        )
     return None
 
 
 # --- review ---------------------------------------------------------------------------------
 
+
 def versions_awaiting_review(ws: Workspace) -> list[dict]:
     out = []
     for v in registry_for(ws).list_versions():
         if v.tags.get("gate_decision") == "held" and "review_decision" not in v.tags:
-            out.append({"version": v.version, "aliases": list(v.aliases), "gate_reasons": v.tags.get("gate_reasons", ""),
-                        "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")), "run_key": v.tags.get("run_key")})
+            out.append(
+                {
+                    "version": v.version,
+                    "aliases": list(v.aliases),
+                    "gate_reasons": v.tags.get("gate_reasons", ""),
+                    "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+                    "run_key": v.tags.get("run_key"),
+                }
+            )
     return out
 
 
@@ -339,9 +407,19 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
     log = audit_log(ws)
-    log.append("version_promoted", actor=by, request_ids=requests, payload={
-        "model_version": version, "previous_champion": previous, "reason": reason,
-        "override": bool(overridden), "overridden_problems": overridden, **provenance(ws)})
+    log.append(
+        "version_promoted",
+        actor=by,
+        request_ids=requests,
+        payload={
+            "model_version": version,
+            "previous_champion": previous,
+            "reason": reason,
+            "override": bool(overridden),
+            "overridden_problems": overridden,
+            **provenance(ws),
+        },
+    )
     anchor_in_registry(ws, log, registry)
     return overridden
 
@@ -353,14 +431,25 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     info = registry.get_version(version)
     champion = ws.params.registry.champion_alias
     if champion in info.aliases:
-        raise UnlearningInputError(f"version {version} is the {champion!r}; promote another version first, then reject it")
+        raise UnlearningInputError(
+            f"version {version} is the {champion!r}; promote another version first, then reject it"
+        )
     registry.set_version_tags(version, {"review_decision": "rejected", "reviewed_by": by, "review_reason": reason})
     if ws.params.registry.challenger_alias in info.aliases:
         registry.delete_alias(ws.params.registry.challenger_alias)
     returned = request_store(ws).return_to_pending(version, f"version {version} rejected by {by}: {reason}")
     log = audit_log(ws)
-    log.append("version_rejected", actor=by, request_ids=[r.id for r in returned], payload={
-        "model_version": version, "reason": reason, "requests_returned": [r.id for r in returned], **provenance(ws)})
+    log.append(
+        "version_rejected",
+        actor=by,
+        request_ids=[r.id for r in returned],
+        payload={
+            "model_version": version,
+            "reason": reason,
+            "requests_returned": [r.id for r in returned],
+            **provenance(ws),
+        },
+    )
     anchor_in_registry(ws, log, registry)
     return returned
 
@@ -380,6 +469,7 @@ def audit_path(ws: Workspace) -> Path:
 
 # --- reading the trail ----------------------------------------------------------------------
 
+
 def request_history(ws: Workspace, request_id: str) -> dict:
     """A request from its arrival to the model version in production, from the audit trail."""
     request = request_store(ws).get(request_id)
@@ -388,8 +478,11 @@ def request_history(ws: Workspace, request_id: str) -> dict:
     if request.model_version is not None:
         aliases = registry_for(ws).get_version(request.model_version).aliases
         champion = ws.params.registry.champion_alias
-        production = (f"version {request.model_version} is the {champion} (in production)" if champion in aliases
-                      else f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})")
+        production = (
+            f"version {request.model_version} is the {champion} (in production)"
+            if champion in aliases
+            else f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})"
+        )
     return {"request": request.to_dict(), "production": production, "records": records}
 
 
@@ -412,6 +505,7 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
 
 
 # --- verifying the trail against everything else ---------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrailReport:
@@ -481,11 +575,15 @@ def verify_trail(ws: Workspace) -> TrailReport:
     return TrailReport(chain=chain, problems=tuple(problems), warnings=tuple(warnings), records=len(records))
 
 
-def _requests_against_trail(requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool) -> list[str]:
+def _requests_against_trail(
+    requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool
+) -> list[str]:
     problems: list[str] = []
     if requests and not records:
         where = "does not exist" if not trail_exists else "is empty"
-        problems.append(f"the request store holds {len(requests)} request(s) but the audit trail {where}: trail deleted?")
+        problems.append(
+            f"the request store holds {len(requests)} request(s) but the audit trail {where}: trail deleted?"
+        )
         return problems
     known = {r.id for r in requests}
     named: dict[str, list[AuditRecord]] = {}
@@ -493,7 +591,10 @@ def _requests_against_trail(requests: list[DeletionRequest], records: list[Audit
         for request_id in rec.request_ids:
             named.setdefault(request_id, []).append(rec)
             if request_id not in known:
-                problems.append(f"record {rec.seq} ({rec.event}) names request {request_id}, which the request store does not hold (deleted?)")
+                problems.append(
+                    f"record {rec.seq} ({rec.event}) names request {request_id}, which the request store does not "
+                    "hold (deleted?)"
+                )
     for request in requests:
         mine = named.get(request.id, [])
         intake = "request_refused" if request.status == "rejected" else "request_received"
@@ -502,15 +603,20 @@ def _requests_against_trail(requests: list[DeletionRequest], records: list[Audit
         # model_registered names the batch's requests too: a batch killed between marking them
         # done and recording batch_finished still leaves this evidence.
         if request.status == "done" and not any(
-            r.event in ("model_registered", "batch_finished") and r.payload.get("model_version") == request.model_version
+            r.event in ("model_registered", "batch_finished")
+            and r.payload.get("model_version") == request.model_version
             for r in mine
         ):
-            problems.append(f"request {request.id} is done with version {request.model_version}, but no "
-                            "model_registered or batch_finished record says so")
+            problems.append(
+                f"request {request.id} is done with version {request.model_version}, but no "
+                "model_registered or batch_finished record says so"
+            )
     return problems
 
 
-def _versions_against_trail(versions: dict[int, VersionInfo], records: list[AuditRecord], requests: list[DeletionRequest]) -> list[str]:
+def _versions_against_trail(
+    versions: dict[int, VersionInfo], records: list[AuditRecord], requests: list[DeletionRequest]
+) -> list[str]:
     problems: list[str] = []
     by_seq = {r.seq: r for r in records}
     for rec in records:
@@ -519,12 +625,16 @@ def _versions_against_trail(versions: dict[int, VersionInfo], records: list[Audi
         number = rec.payload["model_version"]
         info = versions.get(number)
         if info is None:
-            problems.append(f"record {rec.seq} registered version {number}, which the registry does not hold (deleted?)")
+            problems.append(
+                f"record {rec.seq} registered version {number}, which the registry does not hold (deleted?)"
+            )
             continue
         recorded = rec.payload.get(WEIGHTS_SHA256_TAG)
         if recorded and info.tags.get(WEIGHTS_SHA256_TAG) != recorded:
-            problems.append(f"version {number}: {WEIGHTS_SHA256_TAG} tag {info.tags.get(WEIGHTS_SHA256_TAG)} differs from "
-                            f"record {rec.seq}'s {recorded}")
+            problems.append(
+                f"version {number}: {WEIGHTS_SHA256_TAG} tag {info.tags.get(WEIGHTS_SHA256_TAG)} differs from "
+                f"record {rec.seq}'s {recorded}"
+            )
     for number, info in versions.items():
         seq, digest = info.tags.get(AUDIT_SEQ_TAG), info.tags.get(AUDIT_HASH_TAG)
         if seq is None:
@@ -532,8 +642,12 @@ def _versions_against_trail(versions: dict[int, VersionInfo], records: list[Audi
         registering = by_seq.get(int(seq)) if seq.isdigit() else None
         if registering is None or registering.hash != digest:
             found = "is missing" if registering is None else f"has hash {registering.hash[:12]}..."
-            problems.append(f"version {number} was registered by record {seq} (hash {str(digest)[:12]}...), but that record {found}")
+            problems.append(
+                f"version {number} was registered by record {seq} (hash {str(digest)[:12]}...), but that record {found}"
+            )
     for request in requests:
         if request.status == "done" and request.model_version not in versions:
-            problems.append(f"request {request.id} is done with version {request.model_version}, which the registry does not hold")
+            problems.append(
+                f"request {request.id} is done with version {request.model_version}, which the registry does not hold"
+            )
     return problems

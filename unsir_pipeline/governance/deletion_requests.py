@@ -56,7 +56,10 @@ _REQUESTS = sa.Table(
     "requests",
     sa.MetaData(),
     sa.Column("seq", sa.Integer, primary_key=True),
-    *(sa.Column(name, sa.Text) for name in ("id", "classes", "class_names", "requested", "requester", "reason", "status")),
+    *(
+        sa.Column(name, sa.Text)
+        for name in ("id", "classes", "class_names", "requested", "requester", "reason", "status")
+    ),
     sa.Column("attempts", sa.Integer),
     sa.Column("batch_id", sa.Text),
     sa.Column("model_version", sa.Integer),
@@ -137,7 +140,9 @@ def _check_text(name: str, value: object, *, allow_empty: bool = False) -> str:
             ) from None
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         expected = "a string" if allow_empty else "a non-empty string"
-        raise RequestError(f"{name} must be {expected}, got {_preview(value) if isinstance(value, (str, bytes)) else repr(value)}")
+        raise RequestError(
+            f"{name} must be {expected}, got {_preview(value) if isinstance(value, (str, bytes)) else repr(value)}"
+        )
     return value
 
 
@@ -158,7 +163,9 @@ def check_request_text(name: str, value: object, *, limit: int, allow_empty: boo
                 f"{_preview(text)}; expected text"
             )
         if 0xD800 <= ord(char) <= 0xDFFF:
-            raise RequestError(f"{name} holds a lone surrogate U+{ord(char):04X} at position {position}: {_preview(text)}")
+            raise RequestError(
+                f"{name} holds a lone surrogate U+{ord(char):04X} at position {position}: {_preview(text)}"
+            )
     if len(text) > limit:
         raise RequestError(f"{name} has {len(text)} characters; the limit is {limit}: {_preview(text)}")
     for position, char in enumerate(text):
@@ -199,9 +206,7 @@ def _normalise_classes(
     """Sort classes ascending and keep each name beside its index, so two requests for the same
     classes look the same however they were typed."""
     if isinstance(classes, (str, bytes)) or isinstance(class_names, (str, bytes)):
-        raise RequestError(
-            f"classes and class_names must be sequences, got {classes!r} and {class_names!r}"
-        )
+        raise RequestError(f"classes and class_names must be sequences, got {classes!r} and {class_names!r}")
     classes, class_names = tuple(classes), tuple(class_names)
     if len(classes) != len(class_names):
         raise RequestError(
@@ -216,16 +221,12 @@ def _normalise_classes(
             raise RequestError(f"class index must be an integer >= 0, got {index!r}")
         check_request_text(f"class_names entry for class {index}", name, limit=TEXT_LIMITS["class_names"])
         if names.setdefault(index, name) != name:
-            raise RequestError(
-                f"class {index} is given two names, {names[index]!r} and {name!r}; expected one"
-            )
+            raise RequestError(f"class {index} is given two names, {names[index]!r} and {name!r}; expected one")
     ordered = sorted(names)
     return tuple(ordered), tuple(names[i] for i in ordered)
 
 
-def _normalise_requested(
-    requested: Sequence[str] | None, default: tuple[str, ...]
-) -> tuple[str, ...]:
+def _normalise_requested(requested: Sequence[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
     if requested is None:
         return default
     if isinstance(requested, (str, bytes)) or not all(isinstance(r, str) for r in requested):
@@ -267,7 +268,9 @@ class RequestStore:
         rows = conn.execute(sa.select(*_COLUMNS).where(where).order_by(_REQUESTS.c.seq)).mappings()
         return [_row_to_request(row) for row in rows]
 
-    def _transition(self, where: sa.ColumnElement[bool], values: dict[str, Any], *, claim: bool = False) -> list[DeletionRequest]:
+    def _transition(
+        self, where: sa.ColumnElement[bool], values: dict[str, Any], *, claim: bool = False
+    ) -> list[DeletionRequest]:
         """Apply ``values`` to every row matching ``where``, in one transaction, and return the
         changed rows as they are afterwards (oldest first).
 
@@ -277,15 +280,25 @@ class RequestStore:
         """
         table = _REQUESTS
         with self.db.write() as conn:
-            locked = conn.execute(
-                sa.select(table.c.seq).where(where).order_by(table.c.seq).with_for_update(skip_locked=claim)
-            ).scalars().all()
+            locked = (
+                conn.execute(
+                    sa.select(table.c.seq).where(where).order_by(table.c.seq).with_for_update(skip_locked=claim)
+                )
+                .scalars()
+                .all()
+            )
             if not locked:
                 return []
-            rows = conn.execute(
-                sa.update(table).where(table.c.seq.in_(locked)).values(**values, updated_at=_now())
-                .returning(table.c.seq, *_COLUMNS)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.seq.in_(locked))
+                    .values(**values, updated_at=_now())
+                    .returning(table.c.seq, *_COLUMNS)
+                )
+                .mappings()
+                .all()
+            )
         # RETURNING's order is unspecified, hence the sort.
         return [_row_to_request(row) for row in sorted(rows, key=lambda row: row["seq"])]
 
@@ -304,19 +317,21 @@ class RequestStore:
         request_id = f"req-{uuid.uuid4().hex[:12]}"
         now = _now()
         with self.db.write() as conn:
-            conn.execute(sa.insert(_REQUESTS).values(
-                id=request_id,
-                classes=json.dumps(list(classes)),
-                class_names=json.dumps(list(class_names)),
-                requested=json.dumps(list(requested)),
-                requester=requester,
-                reason=reason,
-                status=status,
-                attempts=0,
-                error=error,
-                created_at=now,
-                updated_at=now,
-            ))
+            conn.execute(
+                sa.insert(_REQUESTS).values(
+                    id=request_id,
+                    classes=json.dumps(list(classes)),
+                    class_names=json.dumps(list(class_names)),
+                    requested=json.dumps(list(requested)),
+                    requester=requester,
+                    reason=reason,
+                    status=status,
+                    attempts=0,
+                    error=error,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             return self._select(conn, _REQUESTS.c.id == request_id)[0]
 
     def add(
@@ -381,9 +396,7 @@ class RequestStore:
     def list(self, status: str | None = None) -> list[DeletionRequest]:
         """Every request, or those with ``status``, oldest first."""
         if status is not None and status not in STATUSES:
-            raise RequestError(
-                f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}"
-            )
+            raise RequestError(f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}")
         with self.db.read() as conn:
             return self._select(conn, sa.true() if status is None else _REQUESTS.c.status == status)
 
@@ -436,9 +449,7 @@ class RequestStore:
         """
         return self._release(_REQUESTS.c.status == "running", error, max_attempts)
 
-    def _release(
-        self, where: sa.ColumnElement[bool], error: str, max_attempts: int
-    ) -> builtins.list[DeletionRequest]:
+    def _release(self, where: sa.ColumnElement[bool], error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
         _check_text("error", error)
         _check_positive_int("max_attempts", max_attempts)
         status = sa.case((_REQUESTS.c.attempts >= max_attempts, "failed"), else_="pending")
@@ -457,7 +468,11 @@ class RequestStore:
 
 
 def resolve_request(
-    requested: Sequence[str], class_names: Sequence[str], *, forgotten: Sequence[int], forgotten_by: str,
+    requested: Sequence[str],
+    class_names: Sequence[str],
+    *,
+    forgotten: Sequence[int],
+    forgotten_by: str,
     pending: Sequence[int] = (),
 ) -> tuple[int, ...]:
     """The one check of the classes a request names, for `request add`, `forget` and the batch.

@@ -45,9 +45,20 @@ def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
     return ParentModel(version, json.loads(info.tags.get(FORGOTTEN_TAG, "[]")))
 
 
-def lineage_tags(ws: Workspace, *, parent_version: int, all_forgotten: list[int], new_classes: list[int],
-                 data_digests: dict[str, str], flow_run_id: str, mlflow_run_id: str, run_key: str,
-                 rounds: int, verified: bool | None, verified_forgotten: list[int]) -> dict[str, str]:
+def lineage_tags(
+    ws: Workspace,
+    *,
+    parent_version: int,
+    all_forgotten: list[int],
+    new_classes: list[int],
+    data_digests: dict[str, str],
+    flow_run_id: str,
+    mlflow_run_id: str,
+    run_key: str,
+    rounds: int,
+    verified: bool | None,
+    verified_forgotten: list[int],
+) -> dict[str, str]:
     return {
         "run_key": run_key,
         "parent_version": str(parent_version),
@@ -109,11 +120,16 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
     checks: list[tuple[bool, str]] = []
     forgotten = set(measured_forgotten(candidate.per_class_test, g.max_forget_acc))
     still_known = sorted((set(candidate.forget_classes) | must_stay_forgotten) - forgotten)
-    checks.append((m["forget_acc"] <= g.max_forget_acc,
-                   f"forget accuracy {m['forget_acc']:.4f} (max {g.max_forget_acc})"))
-    checks.append((not still_known,
-                   "every requested and every earlier-deleted class measured forgotten"
-                   + (f"; still classified: {still_known}" if still_known else "")))
+    checks.append(
+        (m["forget_acc"] <= g.max_forget_acc, f"forget accuracy {m['forget_acc']:.4f} (max {g.max_forget_acc})")
+    )
+    checks.append(
+        (
+            not still_known,
+            "every requested and every earlier-deleted class measured forgotten"
+            + (f"; still classified: {still_known}" if still_known else ""),
+        )
+    )
     drop = m["original_retain_acc"] - m["retain_acc"]
     checks.append((drop <= g.max_retain_drop, f"retain accuracy drop {drop:+.4f} (max {g.max_retain_drop})"))
     if "reference_retain_acc" in m:
@@ -128,21 +144,33 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
         baseline, against = m.get("mia_nonmember_rate", 0.0), "held-out non-members"
     mia_gap = abs(m["mia"] - baseline)
     classifies = m["forget_acc"] > g.max_forget_acc
-    checks.append((mia_gap <= g.max_mia_gap and not classifies,
-                   f"membership inference {m['mia']:.4f} vs {baseline:.4f} ({against}), gap max {g.max_mia_gap}"
-                   + ("; the forget class is still classified" if classifies else "")))
+    checks.append(
+        (
+            mia_gap <= g.max_mia_gap and not classifies,
+            f"membership inference {m['mia']:.4f} vs {baseline:.4f} ({against}), gap max {g.max_mia_gap}"
+            + ("; the forget class is still classified" if classifies else ""),
+        )
+    )
     if g.require_verified:
-        checks.append((candidate.verified is not False,
-                       f"forgetting verified on the validation split after {candidate.rounds} round(s)"
-                       + ("" if candidate.verified is not False else "; the round budget ran out")))
+        checks.append(
+            (
+                candidate.verified is not False,
+                f"forgetting verified on the validation split after {candidate.rounds} round(s)"
+                + ("" if candidate.verified is not False else "; the round budget ran out"),
+            )
+        )
     return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
 
 
 def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool, list[str]]:
     """Record the gate's decision on the version and move ``champion`` when it passed."""
     registry = registry_for(ws)
-    promoted, reasons = gate_decision(ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version))
-    registry.set_version_tags(version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)})
+    promoted, reasons = gate_decision(
+        ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version)
+    )
+    registry.set_version_tags(
+        version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
+    )
     if promoted:
         registry.set_alias(ws.params.registry.champion_alias, version)
     return promoted, reasons
@@ -156,14 +184,18 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     problems = []
     decision = info.tags.get("gate_decision")
     if decision == "held":
-        problems.append(f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})")
+        problems.append(
+            f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})"
+        )
     if info.tags.get("review_decision") == "rejected":
         problems.append(f"version {version} was rejected in review")
     verified = set(json.loads(info.tags.get(VERIFIED_TAG, info.tags.get(FORGOTTEN_TAG, "[]"))))
     missing = sorted(classes_that_must_stay_forgotten(registry, exclude_version=version) - verified)
     if missing:
-        problems.append(f"version {version} was not measured to have forgotten classes {missing}, "
-                        "which earlier promoted versions forgot")
+        problems.append(
+            f"version {version} was not measured to have forgotten classes {missing}, "
+            "which earlier promoted versions forgot"
+        )
     return problems
 
 
@@ -177,10 +209,14 @@ def promote_by_hand(ws: Workspace, version: int, reason: str, by: str, *, overri
     if problems and not override:
         raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
     registry = registry_for(ws)
-    registry.set_version_tags(version, {
-        "promoted_by": by, "promotion_reason": reason,
-        "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
-        **({"overridden_problems": "; ".join(problems)} if problems else {}),
-    })
+    registry.set_version_tags(
+        version,
+        {
+            "promoted_by": by,
+            "promotion_reason": reason,
+            "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
+            **({"overridden_problems": "; ".join(problems)} if problems else {}),
+        },
+    )
     registry.set_alias(ws.params.registry.champion_alias, version)
     return problems

@@ -37,10 +37,14 @@ def per_class_svg(per_class: list[dict]) -> str:
     plot_h = height - bottom - top
     slot = (width - left - 10) / max(len(per_class), 1)
     bar = slot * 0.36
-    parts = [f'<svg id="per-class-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-class accuracy before and after">']
+    parts = [
+        f'<svg id="per-class-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-class accuracy before and after">'
+    ]
     for tick in (0, 0.5, 1.0):
         y = top + plot_h * (1 - tick)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/><text x="4" y="{y + 4:.1f}" font-size="11">{int(tick * 100)}%</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/><text x="4" y="{y + 4:.1f}" font-size="11">{int(tick * 100)}%</text>'
+        )
     for i, row in enumerate(per_class):
         x0 = left + i * slot
         if row.get("forgotten"):
@@ -48,16 +52,29 @@ def per_class_svg(per_class: list[dict]) -> str:
         for j, (key, colour) in enumerate((("before", "#8da0cb"), ("after", "#fc8d62"))):
             value = float(row.get(key) or 0.0)
             h = plot_h * value
-            parts.append(f'<rect class="bar-{key}" x="{x0 + slot * 0.12 + j * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}"><title>{_e(row["class"])} {key}: {_pct(value)}</title></rect>')
-        parts.append(f'<text x="{x0 + slot / 2:.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{_e(row["class"])}</text>')
-    parts.append(f'<rect x="{left}" y="{height - 14}" width="10" height="10" fill="#8da0cb"/><text x="{left + 14}" y="{height - 5}" font-size="11">before (parent)</text>')
-    parts.append(f'<rect x="{left + 120}" y="{height - 14}" width="10" height="10" fill="#fc8d62"/><text x="{left + 134}" y="{height - 5}" font-size="11">after (unlearned); forgotten classes shaded</text>')
+            parts.append(
+                f'<rect class="bar-{key}" x="{x0 + slot * 0.12 + j * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}"><title>{_e(row["class"])} {key}: {_pct(value)}</title></rect>'
+            )
+        parts.append(
+            f'<text x="{x0 + slot / 2:.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{_e(row["class"])}</text>'
+        )
+    parts.append(
+        f'<rect x="{left}" y="{height - 14}" width="10" height="10" fill="#8da0cb"/><text x="{left + 14}" y="{height - 5}" font-size="11">before (parent)</text>'
+    )
+    parts.append(
+        f'<rect x="{left + 120}" y="{height - 14}" width="10" height="10" fill="#fc8d62"/><text x="{left + 134}" y="{height - 5}" font-size="11">after (unlearned); forgotten classes shaded</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[DeletionRequest], chain: VerifyResult,
-                      current_aliases: dict[int, list[str]]) -> str:
+def batch_report_html(
+    batch_id: str,
+    records: list[AuditRecord],
+    requests: list[DeletionRequest],
+    chain: VerifyResult,
+    current_aliases: dict[int, list[str]],
+) -> str:
     by_event: dict[str, AuditRecord] = {}
     for rec in records:
         by_event[rec.event] = rec  # the latest of each kind
@@ -66,7 +83,11 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
     gate = by_event.get("gate_decision")
     m = metrics_rec.payload["metrics"] if metrics_rec else {}
     version = registered.payload["model_version"] if registered else None
-    status = "finished" if "batch_finished" in by_event else ("failed" if "batch_failed" in by_event else "in progress or interrupted")
+    status = (
+        "finished"
+        if "batch_finished" in by_event
+        else ("failed" if "batch_failed" in by_event else "in progress or interrupted")
+    )
 
     rows = "".join(
         f"<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.requester)}</td><td>{_e(r.reason)}</td>"
@@ -75,23 +96,39 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
     )
     has_ref = "reference_mia" in m
     figures = [
-        ("forget-class accuracy (test)", m.get("original_forget_acc"), m.get("forget_acc"), m.get("reference_forget_acc")),
-        ("retain-class accuracy (test)", m.get("original_retain_acc"), m.get("retain_acc"), m.get("reference_retain_acc")),
+        (
+            "forget-class accuracy (test)",
+            m.get("original_forget_acc"),
+            m.get("forget_acc"),
+            m.get("reference_forget_acc"),
+        ),
+        (
+            "retain-class accuracy (test)",
+            m.get("original_retain_acc"),
+            m.get("retain_acc"),
+            m.get("reference_retain_acc"),
+        ),
         ("membership inference on forget-train samples", m.get("original_mia"), m.get("mia"), m.get("reference_mia")),
     ]
     figure_rows = "".join(
         f'<tr><td>{_e(name)}</td><td class="num">{_pct(b)}</td><td class="num" id="fig-{i}">{_pct(a)}</td>'
-        + (f'<td class="num">{_pct(r)}</td>' if has_ref else "") + "</tr>"
+        + (f'<td class="num">{_pct(r)}</td>' if has_ref else "")
+        + "</tr>"
         for i, (name, b, a, r) in enumerate(figures)
     )
-    chart = per_class_svg(metrics_rec.payload["per_class"]) if metrics_rec else "<p>No evaluation was recorded for this batch.</p>"
+    chart = (
+        per_class_svg(metrics_rec.payload["per_class"])
+        if metrics_rec
+        else "<p>No evaluation was recorded for this batch.</p>"
+    )
     lineage = "<p>No model version was registered by this batch.</p>"
     if registered:
         p = registered.payload
         aliases = ", ".join(current_aliases.get(int(p["model_version"]), [])) or "none"
         reasons = "".join(f"<li>{_e(x)}</li>" for x in (gate.payload.get("reasons", []) if gate else []))
         lineage = (
-            f"<p>Version <b>{_e(p['parent_version'])}</b> &rarr; version <b id='new-version'>{_e(version)}</b>; classes forgotten so far: "
+            f"<p>Version <b>{_e(p['parent_version'])}</b> &rarr; version <b id='new-version'>{_e(version)}</b>; "
+            "classes forgotten so far: "
             f"{_e(p['forgotten_classes'])}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
             f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
@@ -100,8 +137,15 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
             f"<tr><td>Prefect flow run</td><td><code>{_e(p.get('prefect_flow_run_id'))}</code></td></tr>"
             f"<tr><td>git commit</td><td><code>{_e(p.get('git_commit'))}</code></td></tr>"
             f"<tr><td>parameters digest</td><td><code>{_e(p.get('params_digest'))}</code></td></tr>"
-            + (f"<tr><td>weights sha256</td><td><code>{_e(p['weights_sha256'])}</code></td></tr>" if p.get("weights_sha256") else "")
-            + "".join(f"<tr><td>DVC md5 {_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in sorted(p.get("data_digests", {}).items()))
+            + (
+                f"<tr><td>weights sha256</td><td><code>{_e(p['weights_sha256'])}</code></td></tr>"
+                if p.get("weights_sha256")
+                else ""
+            )
+            + "".join(
+                f"<tr><td>DVC md5 {_e(k)}</td><td><code>{_e(v)}</code></td></tr>"
+                for k, v in sorted(p.get("data_digests", {}).items())
+            )
             + "</table>"
         )
     events = "".join(
@@ -109,8 +153,11 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
         for rec in records
     )
     signed = ", head anchor signed with the audit key" if chain.signed else ", head anchor not signed"
-    chain_line = (f"<span class='ok'>intact</span> ({chain.records} records verified{signed})" if chain.ok
-                  else f"<span class='bad'>BROKEN at record {chain.first_bad_seq}: {_e(chain.problem)}</span>")
+    chain_line = (
+        f"<span class='ok'>intact</span> ({chain.records} records verified{signed})"
+        if chain.ok
+        else f"<span class='bad'>BROKEN at record {chain.first_bad_seq}: {_e(chain.problem)}</span>"
+    )
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Unlearning evidence: {_e(batch_id)}</title><style>{STYLE}</style></head>
@@ -122,7 +169,7 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
 <h2>Accuracy per class, before and after</h2>
 {chart}
 <h2>Key figures</h2>
-<table id="key-figures"><tr><th>measure</th><th>before (parent)</th><th>after (unlearned)</th>{'<th>retrained from scratch</th>' if has_ref else ''}</tr>{figure_rows}</table>
+<table id="key-figures"><tr><th>measure</th><th>before (parent)</th><th>after (unlearned)</th>{"<th>retrained from scratch</th>" if has_ref else ""}</tr>{figure_rows}</table>
 <h2>Model lineage</h2>
 {lineage}
 <h2>Audit records of this batch</h2>
@@ -132,7 +179,7 @@ def batch_report_html(batch_id: str, records: list[AuditRecord], requests: list[
 <p><b>It shows</b> that the registered version classifies the test samples of the forgotten classes at the
 accuracy above while keeping the retain classes' accuracy, that a membership-inference attack (a logistic
 regression on the entropy of the model's outputs) judges the forget-class training samples as members at the
-rate above{', next to a model retrained from scratch without those classes' if has_ref else ''}, that the
+rate above{", next to a model retrained from scratch without those classes" if has_ref else ""}, that the
 unlearning read no forget-class sample (UNSIR trains on noise and a retain subset whose DVC digest is listed),
 and that this record of it has not been altered since it was written (the hash chain).</p>
 <p><b>It does not prove</b> that no information about the forgotten classes remains in the weights: behaviour

@@ -81,7 +81,8 @@ class UnlearnParams(Frozen):
     repair: OptimConfig | None = None
     polish: OptimConfig | None = None
     reset_forget_rows: bool | None = Field(
-        default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)")
+        default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)"
+    )
     # When forgetting counts as done on the validation split (unsir.verification).
     verification: VerificationConfig = VerificationConfig()
 
@@ -98,14 +99,21 @@ class GateParams(Frozen):
     """Promotion gate: a challenger becomes champion only when every bound holds."""
 
     max_forget_acc: float = Field(
-        ge=0, le=1, description="test accuracy of every class forgotten so far, and of every class a promoted version forgot"
+        ge=0,
+        le=1,
+        description="test accuracy of every class forgotten so far, and of every class a promoted version forgot",
     )
     max_retain_drop: float = Field(ge=0, le=1, description="original retain acc minus unlearned, test split")
     max_retain_gap: float = Field(
-        default=0.015, ge=0, le=1, description="retrained retain acc minus unlearned (with evaluation.retrain_reference)"
+        default=0.015,
+        ge=0,
+        le=1,
+        description="retrained retain acc minus unlearned (with evaluation.retrain_reference)",
     )
     max_mia_gap: float = Field(
-        default=0.05, ge=0, le=1,
+        default=0.05,
+        ge=0,
+        le=1,
         description="|MIA - retrained MIA|, or MIA minus the attack's rate on held-out non-members without a reference",
     )
     require_verified: bool = Field(default=True, description="hold a version whose validation check failed")
@@ -136,12 +144,15 @@ class StateParams(Frozen):
     """Where deletion requests and the audit trail live (``unsir_pipeline.adapters.state_store``)."""
 
     database_url: str | None = Field(
-        default=None, repr=False,  # it may hold a password
+        default=None,
+        repr=False,  # it may hold a password
         description="none: the SQLite files of `requests` under the project; with shared services, "
         "postgresql://user:password@host:port/database (env UNSIR_STATE_DATABASE_URL)",
     )
     batch_lock: str = Field(
-        default="unsir-deletion-batch", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        default="unsir-deletion-batch",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="with a database URL and a Prefect server: the global concurrency limit that "
         "lets one deletion batch run at a time (created with limit 1 when missing)",
     )
@@ -163,10 +174,10 @@ class StateParams(Frozen):
 class PathParams(Frozen):
     state_dir: str = "state"
     data_dir: str = "data"
-    dvc_remote: str = Field(default="state/dvc-remote",
-                            description="DVC remote: a directory or a URL (s3://bucket/path)")
-    dvc_remote_endpoint: str | None = Field(default=None,
-                                            description="S3-compatible endpoint of the remote (MinIO)")
+    dvc_remote: str = Field(
+        default="state/dvc-remote", description="DVC remote: a directory or a URL (s3://bucket/path)"
+    )
+    dvc_remote_endpoint: str | None = Field(default=None, description="S3-compatible endpoint of the remote (MinIO)")
 
 
 class Params(Frozen):
@@ -189,8 +200,11 @@ class Params(Frozen):
         if unlearn.recipe == "official":
             base = OFFICIAL
         else:
-            base = unsir_config_for(self.model.arch, retain_per_class=self.data.retain_per_class,
-                                    with_noise=unlearn.recipe == "measured_with_noise")
+            base = unsir_config_for(
+                self.model.arch,
+                retain_per_class=self.data.retain_per_class,
+                with_noise=unlearn.recipe == "measured_with_noise",
+            )
         return replace(
             base,
             noise=unlearn.noise or base.noise,
@@ -198,14 +212,17 @@ class Params(Frozen):
             impair=unlearn.impair or base.impair,
             repair=unlearn.repair or base.repair,
             polish=unlearn.polish or base.polish,
-            reset_forget_rows=base.reset_forget_rows if unlearn.reset_forget_rows is None else unlearn.reset_forget_rows,
+            reset_forget_rows=base.reset_forget_rows
+            if unlearn.reset_forget_rows is None
+            else unlearn.reset_forget_rows,
             verification=unlearn.verification,
         )
 
     def digest(self) -> str:
         """A stable hash of every parameter: tags a model version with what produced it."""
-        canonical = json.dumps(_without_adam_momentum(self.model_dump(mode="json")),
-                               sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(
+            _without_adam_momentum(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -246,8 +263,9 @@ def _schema_has(parts: list[str]) -> bool:
             return False
         annotation = annotations[part]
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        section = next((c for c in candidates if isinstance(c, type)
-                        and (issubclass(c, BaseModel) or is_dataclass(c))), None)
+        section = next(
+            (c for c in candidates if isinstance(c, type) and (issubclass(c, BaseModel) or is_dataclass(c))), None
+        )
     return True
 
 

@@ -72,7 +72,7 @@ class Workspace:
         uri = self.params.registry.tracking_uri
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            db = self.root / uri[len(prefix):]
+            db = self.root / uri[len(prefix) :]
             db.parent.mkdir(parents=True, exist_ok=True)
             return prefix + str(db)
         return uri
@@ -132,4 +132,3 @@ class RunContext:
     @classmethod
     def open(cls, ws: Workspace, run_key: str, flow_run_id: str) -> RunContext:
         return cls(ws, run_key, flow_run_id, RunPaths.for_run(ws, run_key))
-

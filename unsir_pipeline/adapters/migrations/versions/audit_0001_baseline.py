@@ -32,19 +32,27 @@ def upgrade() -> None:
     )
     if bind.dialect.name == "sqlite":
         for name, verb in (("audit_no_update", "UPDATE"), ("audit_no_delete", "DELETE")):
-            op.execute(f"CREATE TRIGGER {name} BEFORE {verb} ON audit BEGIN "
-                       f"SELECT RAISE(ABORT, '{_APPEND_ONLY.format(verb)}'); END")
+            op.execute(
+                f"CREATE TRIGGER {name} BEFORE {verb} ON audit BEGIN "
+                f"SELECT RAISE(ABORT, '{_APPEND_ONLY.format(verb)}'); END"
+            )
     else:
         op.execute(
             "CREATE FUNCTION unsir_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"RAISE EXCEPTION '{_APPEND_ONLY.format('%')}', TG_OP; END $$"
         )
-        op.execute("CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit FOR EACH ROW "
-                   "EXECUTE FUNCTION unsir_audit_append_only()")
-        op.execute("CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit FOR EACH ROW "
-                   "EXECUTE FUNCTION unsir_audit_append_only()")
-        op.execute("CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit FOR EACH STATEMENT "
-                   "EXECUTE FUNCTION unsir_audit_append_only()")
+        op.execute(
+            "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit FOR EACH ROW "
+            "EXECUTE FUNCTION unsir_audit_append_only()"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit FOR EACH ROW "
+            "EXECUTE FUNCTION unsir_audit_append_only()"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit FOR EACH STATEMENT "
+            "EXECUTE FUNCTION unsir_audit_append_only()"
+        )
 
 
 def downgrade() -> None:
