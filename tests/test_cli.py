@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from conftest import ROOT, clone_project
 
 from unsir_pipeline.cli import build_parser, main
 from unsir_pipeline.cli import progress as progress_module
@@ -205,12 +205,8 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
 # --- against a bootstrapped project -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    from unsir_pipeline.cli.bootstrap import bootstrap
-
-    root = make_project(tmp_path_factory.mktemp("cli") / "project")
-    assert bootstrap(Workspace.load(root)).version == 1
-    return root
+def project(tmp_path_factory, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("cli") / "project")
 
 
 def _runs(project: Path) -> list:
@@ -299,11 +295,14 @@ def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     assert _session_processes(child.pid) == []
 
 
-def _quick_project(root: Path) -> Path:
-    """A fresh project whose training is 3 epochs: what is tested is what reaches the terminal."""
+def _quick_project(bootstrapped: Path, root: Path) -> Path:
+    """The session's project without its state (nothing registered), its data prepared, and its
+    training changed to 3 epochs so that bootstrap trains again: what is tested is what
+    reaches the terminal."""
     import yaml
 
-    make_project(root)
+    shutil.copytree(bootstrapped, root, symlinks=True,
+                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped else [])
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["train"]["epochs"] = 3
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -311,15 +310,15 @@ def _quick_project(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(tmp_path):
+def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_project, tmp_path):
     env = {**os.environ, "UNSIR_PROGRESS": "1"}  # as on a terminal
-    shown = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "a")), "bootstrap"],
+    shown = subprocess.run([*CLI, "--project", str(_quick_project(bootstrapped_project, tmp_path / "a")), "bootstrap"],
                            env=env, capture_output=True, text=True, check=True)
     assert "bootstrap: [2/4] dvc repro train" in shown.stderr
     assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
     assert "bootstrap: [4/4] register the original model" in shown.stderr
 
-    quiet = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "b")), "bootstrap", "--json"],
+    quiet = subprocess.run([*CLI, "--project", str(_quick_project(bootstrapped_project, tmp_path / "b")), "bootstrap", "--json"],
                            env=env, capture_output=True, text=True, check=True)
     assert json.loads(quiet.stdout)["created"] is True
     assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr

@@ -133,6 +133,11 @@ def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_pat
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert rows["label"].tolist() == probabilities.argmax(1).tolist()
     assert rows["class_name"].tolist() == [CARD.class_names[i] for i in rows["label"]]
+    # The served weights are the checkpoint's: the same probabilities as its own model's.
+    model, card = load_checkpoint(store["checkpoint"])
+    with torch.inference_mode():
+        own = torch.softmax(model(card.normalization.apply(torch.from_numpy(batch))), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, own, rtol=1e-5, atol=1e-6)
     signature = served.metadata.get_input_schema().inputs[0]
     assert signature.type == np.dtype(np.float32) and signature.shape == (-1, 1, 8, 8)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +80,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    project = make_project(tmp_path_factory.mktemp("services") / "project")
+def stack(tmp_path_factory, bootstrapped_project) -> Stack:
+    # The session's project with its data prepared and its model trained (DVC outputs, cache and
+    # lock), but without its state: `unsir bootstrap` registers it with the stack's MLflow.
+    project = tmp_path_factory.mktemp("services") / "project"
+    shutil.copytree(bootstrapped_project, project, symlinks=True,
+                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped_project else [])
     for name in ("flows", "tasks"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
