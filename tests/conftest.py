@@ -80,7 +80,8 @@ def make_project(root: Path, *, retrain_reference: bool = False) -> Path:
     params["model"]["train"]["epochs"] = 15
     params["evaluation"]["retrain_reference"] = retrain_reference
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *identity, "commit", "-qm", "init"]):
         subprocess.run(command, cwd=root, check=True)
     return root
 
@@ -113,7 +114,7 @@ def clone_project(source: Path, dest: Path) -> Path:
                 columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
                            if row[2].upper().startswith(("VARCHAR", "TEXT"))]
                 for column in columns:
-                    conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
-                                 (str(source), str(dest), str(source)))
+                    conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                 f'WHERE instr("{column}", ?) > 0', (str(source), str(dest), str(source)))
         conn.close()
     return dest
