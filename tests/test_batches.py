@@ -49,7 +49,9 @@ def events(root: Path, batch_id: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first_batch(project):
-    """Three requests filed at different times, then one batch."""
+    """Three requests filed at different times, then one batch. The test projects leave the
+    retrained reference off; this batch has it on, as shipped: judged against it (not against
+    held-out non-members) its version is promoted, and the later batches start from it."""
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
@@ -57,13 +59,14 @@ def first_batch(project):
     for classes, who in ((["3"], "alice"), (["8"], "bob <b>"), (["3"], "carol")):
         filed.append(batches.file_request(ws, classes, who, "<script>alert('x')</script> consent withdrawn"))
         time.sleep(0.01)
-    result = deletion_batch(project_dir=str(project))
+    result = deletion_batch(project_dir=str(project), overrides=["evaluation.retrain_reference=true"])
     return filed, result
 
 
 def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     filed, result = first_batch
-    assert result["status"] == "done" and result["all_forgotten"] == [3, 8]
+    assert result["status"] == "done" and result["all_forgotten"] == [3, 8] and result["promoted"] is True
+    assert "reference_retain_acc" in result["metrics"]
     store = batches.request_store(ws_of(project))
     done = [store.get(r.id) for r in filed]
     assert {r.status for r in done} == {"done"} and {r.model_version for r in done} == {result["new_version"]}
@@ -203,7 +206,8 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     # Replaying the recording of a finished batch adds nothing either.
     _, first = first_batch
     before = len(batches.audit_log(ws).records())
-    claimed = batches.ClaimedBatch(first["batch_id"], first["run_key"], batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True)
+    claimed = batches.ClaimedBatch(first["batch_id"], first["run_key"],
+                                   batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True)
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
         batches.record(ws, claimed, event, {"replayed": True})
     assert len(batches.audit_log(ws).records()) == before

@@ -314,7 +314,6 @@ def _validate_job(manifest: dict) -> None:
 
 def test_job_template_passes_prefects_validation(job_template):
     from prefect.server.schemas.actions import WorkPoolCreate
-
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     WorkPoolCreate(name="unsir-gpu", type="kubernetes", base_job_template=job_template)  # raises if invalid

@@ -175,12 +175,16 @@ def test_deletion_batch_runs_through_the_worker(stack):
 def test_mlflow_stopped_mid_batch_loses_no_request(stack):
     filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
     request_id = json.loads(filed.stdout)["id"]
-    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=1",
+    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=0",
                     "--set", "registry.http_timeout_s=5"]
     batch = subprocess.Popen([str(BIN / "unsir"), "--project", str(stack.project), *fast_failure, "batch", "run"],
                              env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from unsir_pipeline.governance.batches import request_store
+    from unsir_pipeline.settings.workspace import Workspace
+
+    store = request_store(Workspace.load(stack.project))  # read in process: a CLI call per poll is seconds
     deadline = time.monotonic() + 120
-    while stack.requests()[request_id]["status"] != "running":
+    while store.get(request_id).status != "running":
         assert batch.poll() is None and time.monotonic() < deadline, "the batch never claimed the request"
         time.sleep(0.3)
     stopped = stack.run_stack("down", "mlflow")
