@@ -65,9 +65,10 @@ def prefect_harness():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_project(root: Path) -> Path:
+def make_project(root: Path, *, retrain_reference: bool = False) -> Path:
     """A copy of the project's pipeline files in a fresh git repository (training shortened
-    to 15 epochs: the same accuracy on digits, half the time)."""
+    to 15 epochs: the same accuracy on digits, half the time). The retrained reference (a
+    second full training in every evaluation) is off unless a test asserts on it."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,43 @@ def make_project(root: Path) -> Path:
         shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["train"]["epochs"] = 15
+    params["evaluation"]["retrain_reference"] = retrain_reference
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *identity, "commit", "-qm", "init"]):
         subprocess.run(command, cwd=root, check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def bootstrapped_project(tmp_path_factory) -> Path:
+    """A project bootstrapped once per session: data prepared, the original trained and
+    registered as version 1 (champion, original). Never used directly: tests take their own
+    copy with :func:`clone_project`, since every flow adds versions and records."""
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.settings.workspace import Workspace
+
+    root = make_project(tmp_path_factory.mktemp("bootstrapped") / "project")
+    result = bootstrap(Workspace.load(root))
+    assert result.created and result.version == 1
+    return root
+
+
+def clone_project(source: Path, dest: Path) -> Path:
+    """A self-contained copy of a project: its files, git and DVC state, and its SQLite MLflow
+    store with every absolute path (artifact locations, model sources) moved to the copy."""
+    import sqlite3
+
+    shutil.copytree(source, dest, symlinks=True)
+    db = dest / "state" / "mlflow" / "mlflow.db"
+    if db.is_file():
+        with sqlite3.connect(db) as conn:
+            tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
+                           if row[2].upper().startswith(("VARCHAR", "TEXT"))]
+                for column in columns:
+                    conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                 f'WHERE instr("{column}", ?) > 0', (str(source), str(dest), str(source)))
+        conn.close()
+    return dest

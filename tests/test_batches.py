@@ -14,23 +14,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_project
+from conftest import clone_project
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.cli.bootstrap import bootstrap
 from unsir_pipeline.governance import batches
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
+# A recipe too weak to forget: its version is held by the gate, and it costs little compute.
+WEAK = ["unlearn.noise_copies=0", "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
+        "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
+        "unlearn.polish={lr: 0.00001, epochs: 1, batch_size: 32}"]
+
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_harness) -> Path:
-    root = make_project(tmp_path_factory.mktemp("batches") / "project")
-    bootstrap(Workspace.load(root))
-    return root
+def project(tmp_path_factory, prefect_harness, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("batches") / "project")
 
 
 def ws_of(root: Path, *overrides: str) -> Workspace:
@@ -47,7 +49,9 @@ def events(root: Path, batch_id: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first_batch(project):
-    """Three requests filed at different times, then one batch."""
+    """Three requests filed at different times, then one batch. The test projects leave the
+    retrained reference off; this batch has it on, as shipped: judged against it (not against
+    held-out non-members) its version is promoted, and the later batches start from it."""
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
@@ -55,13 +59,14 @@ def first_batch(project):
     for classes, who in ((["3"], "alice"), (["8"], "bob <b>"), (["3"], "carol")):
         filed.append(batches.file_request(ws, classes, who, "<script>alert('x')</script> consent withdrawn"))
         time.sleep(0.01)
-    result = deletion_batch(project_dir=str(project))
+    result = deletion_batch(project_dir=str(project), overrides=["evaluation.retrain_reference=true"])
     return filed, result
 
 
 def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     filed, result = first_batch
-    assert result["status"] == "done" and result["all_forgotten"] == [3, 8]
+    assert result["status"] == "done" and result["all_forgotten"] == [3, 8] and result["promoted"] is True
+    assert "reference_retain_acc" in result["metrics"]
     store = batches.request_store(ws_of(project))
     done = [store.get(r.id) for r in filed]
     assert {r.status for r in done} == {"done"} and {r.model_version for r in done} == {result["new_version"]}
@@ -99,12 +104,9 @@ def test_refused_requests_are_recorded(project, first_batch):
 def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch):
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
-    weak = ["unlearn.noise_copies=0", "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
-            "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
-            "unlearn.polish={lr: 0.00001, epochs: 1, batch_size: 32}"]  # a recipe too weak to forget
     ws = ws_of(project)
     request = batches.file_request(ws, ["1"], "frank", "gate test")
-    result = deletion_batch(project_dir=str(project), overrides=weak)
+    result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["promoted"] is False
     held = result["new_version"]
     champion = registry_for(ws).resolve_alias("champion")
@@ -163,16 +165,54 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     assert batches.audit_log(ws).verify().ok
 
 
-def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_batch):
-    """Replaying the recording of a finished batch (a retry) adds nothing."""
-    _, result = first_batch
+def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_batch, monkeypatch):
+    """A batch that crashes after registering its version, before its gate decision is on the
+    record, is retried by the next batch under the same run key: the unlearn subflow and the
+    recording run again, and the trail holds one version and one record per step."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
     ws = ws_of(project)
-    log = batches.audit_log(ws)
-    before = len(log.records())
-    claimed = batches.ClaimedBatch(result["batch_id"], result["run_key"], batches.request_store(ws).batch_requests(result["batch_id"]), resumed=True)
+    request = batches.file_request(ws, ["7"], "lee", "retry test")
+    count = len(versions(project))
+    record = batches.record
+
+    def crash_at_the_gate_decision(ws, batch, event, payload, **kwargs):
+        if event == "gate_decision":
+            raise ConnectionError("the audit store went away")
+        record(ws, batch, event, payload, **kwargs)
+
+    # WEAK: the version is held, so the retry cannot end early on a champion that already
+    # forgot the class; it reruns the whole subflow.
+    with monkeypatch.context() as patched:
+        patched.setattr(batches, "record", crash_at_the_gate_decision)
+        with pytest.raises(ConnectionError, match="the audit store went away"):
+            deletion_batch(project_dir=str(project), overrides=WEAK)
+    key = batches.request_store(ws).get(request.id).batch_id
+    assert batches.request_store(ws).get(request.id).status == "running"  # as if killed
+    assert len(versions(project)) == count + 1
+    assert events(project, key) == ["batch_started", "validation_passed", "unlearning_metrics", "model_registered"]
+    registered = next(r for r in batches.audit_log(ws).records(event="model_registered") if r.payload["run_key"] == key)
+
+    result = deletion_batch(project_dir=str(project), overrides=WEAK)
+    assert result["run_key"] == key and result["new_version"] == registered.payload["model_version"]
+    assert result["promoted"] is False
+    assert len(versions(project)) == count + 1
+    evs = events(project, key)
+    for step in ("batch_started", "batch_resumed", "validation_passed", "unlearning_metrics", "model_registered",
+                 "gate_decision", "batch_finished"):
+        assert evs.count(step) == 1, (step, evs)
+    assert batches.request_store(ws).get(request.id).status == "done"
+
+    # Replaying the recording of a finished batch adds nothing either.
+    _, first = first_batch
+    before = len(batches.audit_log(ws).records())
+    claimed = batches.ClaimedBatch(first["batch_id"], first["run_key"],
+                                   batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True)
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
         batches.record(ws, claimed, event, {"replayed": True})
-    assert len(log.records()) == before
+    assert len(batches.audit_log(ws).records()) == before
+    report = batches.verify_trail(ws)
+    assert report.ok, (report.chain, report.problems)
 
 
 def test_audit_show_traces_a_request_to_production(project, first_batch, capsys):

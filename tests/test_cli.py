@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from conftest import ROOT, clone_project
 
 from unsir_pipeline.cli import build_parser, main
 from unsir_pipeline.cli import progress as progress_module
@@ -69,7 +69,8 @@ def test_reporting_commands_take_json(command):
 
 def test_non_utf8_argument_exits_2_naming_it(params_only):
     result = subprocess.run(
-        [*CLI, "--project", str(params_only), "request", "add", "--classes", "3", "--requester", b"al\xffce", "--reason", "x"],
+        [*CLI, "--project", str(params_only), "request", "add", "--classes", "3", "--requester", b"al\xffce",
+         "--reason", "x"],
         capture_output=True, check=False,
     )
     assert result.returncode == 2
@@ -199,18 +200,15 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
     with progress_module.flow_steps(progress_module.Progress("forget", enabled=True, stream=shown)):
         assert two_steps() == 2
     lines = shown.getvalue().splitlines()
-    assert [line.split(" (")[0] for line in lines if "] " in line] == ["forget: [1] first-step done", "forget: [2] second-step done"]
+    steps = [line.split(" (")[0] for line in lines if "] " in line]
+    assert steps == ["forget: [1] first-step done", "forget: [2] second-step done"]
 
 
 # --- against a bootstrapped project -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    from unsir_pipeline.cli.bootstrap import bootstrap
-
-    root = make_project(tmp_path_factory.mktemp("cli") / "project")
-    assert bootstrap(Workspace.load(root)).version == 1
-    return root
+def project(tmp_path_factory, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("cli") / "project")
 
 
 def _runs(project: Path) -> list:
@@ -225,7 +223,8 @@ def _runs(project: Path) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize(("argv", "named"), [
     (["forget", "1", "--from", "999"], "--from 999: model 'unsir-classifier' has no version 999; its versions are [1]"),
-    (["forget", "1", "--from", "nosuchalias"], "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'"),
+    (["forget", "1", "--from", "nosuchalias"],
+     "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'"),
     (["forget", "eleven"], "unknown class 'eleven'"),
     (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
     (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
@@ -299,11 +298,14 @@ def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     assert _session_processes(child.pid) == []
 
 
-def _quick_project(root: Path) -> Path:
-    """A fresh project whose training is 3 epochs: what is tested is what reaches the terminal."""
+def _quick_project(bootstrapped: Path, root: Path) -> Path:
+    """The session's project without its state (nothing registered), its data prepared, and its
+    training changed to 3 epochs so that bootstrap trains again: what is tested is what
+    reaches the terminal."""
     import yaml
 
-    make_project(root)
+    shutil.copytree(bootstrapped, root, symlinks=True,
+                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped else [])
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["train"]["epochs"] = 3
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -311,15 +313,16 @@ def _quick_project(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(tmp_path):
+def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_project, tmp_path):
     env = {**os.environ, "UNSIR_PROGRESS": "1"}  # as on a terminal
-    shown = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "a")), "bootstrap"],
-                           env=env, capture_output=True, text=True, check=True)
+    first, second = (_quick_project(bootstrapped_project, tmp_path / name) for name in ("a", "b"))
+    shown = subprocess.run([*CLI, "--project", str(first), "bootstrap"], env=env, capture_output=True, text=True,
+                           check=True)
     assert "bootstrap: [2/4] dvc repro train" in shown.stderr
     assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
     assert "bootstrap: [4/4] register the original model" in shown.stderr
 
-    quiet = subprocess.run([*CLI, "--project", str(_quick_project(tmp_path / "b")), "bootstrap", "--json"],
-                           env=env, capture_output=True, text=True, check=True)
+    quiet = subprocess.run([*CLI, "--project", str(second), "bootstrap", "--json"], env=env, capture_output=True,
+                           text=True, check=True)
     assert json.loads(quiet.stdout)["created"] is True
     assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr

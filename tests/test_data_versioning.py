@@ -311,21 +311,19 @@ def test_the_stage_wrapper_names_the_fix_when_no_python_has_the_package(tmp_path
 
 
 @pytest.mark.slow
-def test_the_flows_version_data_step_leaves_the_tree_clean(tmp_path: Path) -> None:
+def test_the_flows_version_data_step_leaves_the_tree_clean(bootstrapped_project: Path, tmp_path: Path) -> None:
     """The version-data task's body as the flow calls it, in a project with the repository's .gitignore:
     the retain subset is tracked and pushed, its md5 is in the lineage, git sees nothing new."""
-    from conftest import make_project
+    from conftest import clone_project
     from prefect.logging import disable_run_logger
 
     from unsir_pipeline.adapters.prepared_data import load_prepared, write_retain_subset
     from unsir_pipeline.settings.workspace import Workspace
     from unsir_pipeline.tasks.data import version_data
 
-    root = make_project(tmp_path / "project")
+    root = clone_project(bootstrapped_project, tmp_path / "project")  # data prepared by `dvc repro`
     shutil.copy(Path(__file__).resolve().parents[1] / ".gitignore", root / ".gitignore")
     ws = Workspace.load(root, [f"paths.dvc_remote={tmp_path / 'team-remote'}"])
-    ensure_repo(root, ws.params.paths.dvc_remote)
-    repro(root, ["prepare"])
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "prepared")
     data, manifest = load_prepared(ws)
@@ -340,20 +338,18 @@ def test_the_flows_version_data_step_leaves_the_tree_clean(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_the_committed_lock_claims_only_what_reproduces(tmp_path: Path) -> None:
+def test_the_committed_lock_claims_only_what_reproduces(bootstrapped_project: Path) -> None:
     """dvc.lock commits `prepare` alone, and `prepare` run afresh from the repository's code and
     params gives exactly the md5s it records: the claim the lock makes holds on this machine."""
     import yaml
-    from conftest import make_project
 
     repository = Path(__file__).resolve().parents[1]
     committed = yaml.safe_load((repository / "dvc.lock").read_text())["stages"]
     assert set(committed) == {"prepare"}  # model hashes are not reproducible (docs/dvc.md)
 
-    root = make_project(tmp_path / "project")
-    ensure_repo(root, tmp_path / "remote")
-    repro(root, ["prepare"])
-    fresh = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]
+    # The session's project ran `prepare` afresh (bootstrap's `dvc repro train`) in a new
+    # repository holding the repository's code and params.yaml.
+    fresh = yaml.safe_load((bootstrapped_project / "dvc.lock").read_text())["stages"]["prepare"]
     stale = "the committed dvc.lock is stale: run `dvc repro prepare` and commit dvc.lock"
     assert fresh["deps"] == committed["prepare"]["deps"], stale
     assert fresh["params"] == committed["prepare"]["params"], stale

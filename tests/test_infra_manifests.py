@@ -314,9 +314,16 @@ def _validate_job(manifest: dict) -> None:
 
 def test_job_template_passes_prefects_validation(job_template):
     from prefect.server.schemas.actions import WorkPoolCreate
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    pool = WorkPoolCreate(name="unsir-gpu", type="kubernetes", base_job_template=job_template)
-    assert pool.base_job_template == job_template
+    WorkPoolCreate(name="unsir-gpu", type="kubernetes", base_job_template=job_template)  # raises if invalid
+    # The same validator refuses the template once a variable it uses is no longer declared.
+    undeclared = copy.deepcopy(job_template)
+    del undeclared["variables"]["properties"]["gpu_count"]
+    with pytest.raises(ValueError, match=r"undeclared variable\(s\): gpu_count"):
+        WorkPoolCreate(name="unsir-gpu", type="kubernetes", base_job_template=undeclared)
+    # Every key of the job configuration is a setting the Kubernetes worker reads.
+    assert set(job_template["job_configuration"]) <= set(KubernetesWorkerJobConfiguration.model_fields)
 
 
 def test_job_template_uses_every_variable_it_declares(job_template):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_project
+from conftest import clone_project
 
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
@@ -21,20 +21,21 @@ from unsir_pipeline.settings.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
+# The test projects leave the retrained reference off (a second full training in every
+# evaluation); the first run turns it on, and its test asserts what the reference adds.
+REFERENCE = ["evaluation.retrain_reference=true"]
+
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_harness) -> Path:
-    root = make_project(tmp_path_factory.mktemp("pipeline") / "project")
-    result = bootstrap(Workspace.load(root))
-    assert result.created and result.version == 1
-    return root
+def project(tmp_path_factory, prefect_harness, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 @pytest.fixture(scope="module")
 def first_run(project):
     from unsir_pipeline.flows.unlearn import unlearn
 
-    return unlearn(forget_classes=["3"], project_dir=str(project))
+    return unlearn(forget_classes=["3"], project_dir=str(project), overrides=REFERENCE)
 
 
 def test_bootstrap_registered_the_original_as_champion_once(project):
@@ -58,6 +59,11 @@ def test_flow_forgets_registers_and_promotes(project, first_run):
     assert m["forget_acc"] <= 0.02
     assert m["original_retain_acc"] - m["retain_acc"] <= 0.03
     assert result["promoted"] is True
+    # The retrained reference was trained and measured, and the gate judged against it.
+    assert m["reference_forget_acc"] == 0.0 and m["reference_retain_acc"] > 0.9
+    assert m["anamnesis"] == m["relearn_steps"] / m["reference_relearn_steps"]
+    assert any("below retrained" in r for r in result["gate_reasons"])
+    assert any("(retrained)" in r for r in result["gate_reasons"] if r.startswith("pass: membership"))
 
     registry = registry_for(Workspace.load(project))
     version = registry.get_version(2)
@@ -67,7 +73,8 @@ def test_flow_forgets_registers_and_promotes(project, first_run):
     assert json.loads(tags["forgotten_classes"]) == [3]
     assert tags["prefect_flow_run_id"] == result["flow_run_id"]
     assert tags["mlflow_run_id"] == result["mlflow_run_id"]
-    assert tags["params_digest"] == Workspace.load(project).params.digest()
+    assert tags["params_digest"] == Workspace.load(project, REFERENCE).params.digest()
+    assert tags["params_digest"] != Workspace.load(project).params.digest()  # the override is in the lineage
     assert tags["git_commit"] != "unknown"
     assert tags["gate_decision"] == "promoted"
     digests = json.loads(tags["data_digests"])
@@ -199,12 +206,23 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     assert "no version 99" in capsys.readouterr().err
 
 
-def test_cli_forget_json(project, first_run, capsys):
-    assert main(["--project", str(project), "forget", "1", "--from", "original", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["forget_classes"] == [1] and out["parent_version"] == 1
-    assert {"forget_acc", "retain_acc", "mia", "original_forget_acc", "original_retain_acc"} <= set(out["metrics"])
-    assert isinstance(out["promoted"], bool) and out["new_version"] > 1
+def test_cli_forget_json_and_a_promotion_never_brings_a_deleted_class_back(project, first_run, capsys):
+    """`unsir forget --json` prints the flow's result. Class 3 is forgotten by a promoted version;
+    forgetting class 0 from the original (which still knows 3) passes every other bound but is
+    held, naming class 3."""
+    assert main(["--project", str(project), "forget", "0", "--from", "original", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["forget_classes"] == [0] and result["parent_version"] == 1 and result["new_version"] > 1
+    assert {"forget_acc", "retain_acc", "mia", "original_forget_acc", "original_retain_acc"} <= set(result["metrics"])
+    assert "reference_retain_acc" not in result["metrics"]  # the reference is off in this project
+    assert result["all_forgotten"] == [0] and result["metrics"]["forget_acc"] <= 0.01
+    assert result["promoted"] is False
+    assert any(r.startswith("FAIL") and "still classified: [3" in r for r in result["gate_reasons"])
+    tags = registry_for(Workspace.load(project)).get_version(result["new_version"]).tags
+    assert json.loads(tags["verified_forgotten_classes"]) == [0]
+    assert json.loads(tags["forgotten_classes"]) == [0]
+    assert tags["reads_forget_train"] == "false" and int(tags["rounds"]) >= 1
+    assert result["rounds"] and all("val_forget_acc" in r for r in result["rounds"])
 
 
 def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
@@ -224,24 +242,8 @@ def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
         assert torch.equal(a, b), name
 
 
-def test_a_promotion_never_brings_a_deleted_class_back(project, first_run):
-    """Class 3 is forgotten by a promoted version; forgetting class 0 from the original (which
-    still knows 3) passes every other bound but is held, naming class 3."""
-    from unsir_pipeline.flows.unlearn import unlearn
-
-    result = unlearn(forget_classes=["0"], project_dir=str(project), parent="original")
-    assert result["all_forgotten"] == [0] and result["metrics"]["forget_acc"] <= 0.01
-    assert result["promoted"] is False
-    assert any(r.startswith("FAIL") and "still classified: [3" in r for r in result["gate_reasons"])
-    tags = registry_for(Workspace.load(project)).get_version(result["new_version"]).tags
-    assert json.loads(tags["verified_forgotten_classes"]) == [0]
-    assert json.loads(tags["forgotten_classes"]) == [0]
-    assert tags["reads_forget_train"] == "false" and int(tags["rounds"]) >= 1
-    assert result["rounds"] and all("val_forget_acc" in r for r in result["rounds"])
-
-
-def test_dvc_repro_runs_the_whole_pipeline_offline(tmp_path):
-    root = make_project(tmp_path / "repro")
+def test_dvc_repro_runs_the_whole_pipeline_offline(bootstrapped_project, tmp_path):
+    root = clone_project(bootstrapped_project, tmp_path / "repro")  # prepare and train done and locked
     ws = Workspace.load(root)
     data_versioning.ensure_repo(root, ws.path(ws.params.paths.dvc_remote))
     data_versioning.repro(root)

@@ -7,6 +7,7 @@ to what they found, so they do not depend on order.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None
 def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # MLflow's fallback store (./mlflow.db) must not land in the repo
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    # set_tracking_uri also exports the URI to the environment, where every later Workspace of
+    # the session would take it over its params.yaml: the environment is restored too.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
     mlflow.set_tracking_uri(store["uri"])
     mlflow.set_registry_uri(store["uri"])
     try:
@@ -133,14 +140,20 @@ def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_pat
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert rows["label"].tolist() == probabilities.argmax(1).tolist()
     assert rows["class_name"].tolist() == [CARD.class_names[i] for i in rows["label"]]
+    # The served weights are the checkpoint's: the same probabilities as its own model's.
+    model, card = load_checkpoint(store["checkpoint"])
+    with torch.inference_mode():
+        own = torch.softmax(model(card.normalization.apply(torch.from_numpy(batch))), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, own, rtol=1e-5, atol=1e-6)
     signature = served.metadata.get_input_schema().inputs[0]
     assert signature.type == np.dtype(np.float32) and signature.shape == (-1, 1, 8, 8)
 
 
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
     normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
-    with store["registry"].start_run(run_name="bad-example"), pytest.raises(RegistryError, match=r"raw images in \[0, 1\]"):
-        store["registry"].register_checkpoint(store["checkpoint"], input_example=normalised, tags={}, idempotency_key="bad")
+    registry: ModelRegistry = store["registry"]
+    with registry.start_run(run_name="bad-example"), pytest.raises(RegistryError, match=r"raw images in \[0, 1\]"):
+        registry.register_checkpoint(store["checkpoint"], input_example=normalised, tags={}, idempotency_key="bad")
 
 
 def test_missing_alias_is_named(store: dict) -> None:
@@ -274,7 +287,9 @@ def test_registration_records_the_weights_sha256(store: dict) -> None:
 
 def test_weights_tag_cannot_claim_another_digest(store: dict) -> None:
     registry: ModelRegistry = store["registry"]
-    with registry.start_run("reserved"), pytest.raises(RegistryError, match=rf"tag 'weights_sha256' is 0{{64}}, but the weights file hashes to {weights_sha256(store['checkpoint'])}"):
+    digest = weights_sha256(store["checkpoint"])
+    refused = rf"tag 'weights_sha256' is 0{{64}}, but the weights file hashes to {digest}"
+    with registry.start_run("reserved"), pytest.raises(RegistryError, match=refused):
         registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={WEIGHTS_SHA256_TAG: "0" * 64},
                                      idempotency_key="reserved-tag")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +80,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    project = make_project(tmp_path_factory.mktemp("services") / "project")
+def stack(tmp_path_factory, bootstrapped_project) -> Stack:
+    # The session's project with its data prepared and its model trained (DVC outputs, cache and
+    # lock), but without its state: `unsir bootstrap` registers it with the stack's MLflow.
+    project = tmp_path_factory.mktemp("services") / "project"
+    shutil.copytree(bootstrapped_project, project, symlinks=True,
+                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped_project else [])
     for name in ("flows", "tasks"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
@@ -173,12 +177,16 @@ def test_deletion_batch_runs_through_the_worker(stack):
 def test_mlflow_stopped_mid_batch_loses_no_request(stack):
     filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
     request_id = json.loads(filed.stdout)["id"]
-    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=1",
+    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=0",
                     "--set", "registry.http_timeout_s=5"]
     batch = subprocess.Popen([str(BIN / "unsir"), "--project", str(stack.project), *fast_failure, "batch", "run"],
                              env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from unsir_pipeline.governance.batches import request_store
+    from unsir_pipeline.settings.workspace import Workspace
+
+    store = request_store(Workspace.load(stack.project))  # read in process: a CLI call per poll is seconds
     deadline = time.monotonic() + 120
-    while stack.requests()[request_id]["status"] != "running":
+    while store.get(request_id).status != "running":
         assert batch.poll() is None and time.monotonic() < deadline, "the batch never claimed the request"
         time.sleep(0.3)
     stopped = stack.run_stack("down", "mlflow")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_project
+from conftest import clone_project
 
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.models import ModelSpec
@@ -80,13 +80,8 @@ def test_signature_states_raw_images_and_labelled_rows(digits_card):
 # --- MLflow's real scoring server -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served_project(tmp_path_factory) -> Path:
-    from unsir_pipeline.cli.bootstrap import bootstrap
-    from unsir_pipeline.settings.workspace import Workspace
-
-    root = make_project(tmp_path_factory.mktemp("serving") / "project")
-    assert bootstrap(Workspace.load(root)).version == 1
-    return root
+def served_project(tmp_path_factory, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("serving") / "project")
 
 
 def _post(port: int, images: np.ndarray) -> list[dict]:

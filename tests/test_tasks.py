@@ -1,0 +1,174 @@
+"""Task bodies called directly with ``task.fn(...)``: no Prefect server, no flow run, a copy of
+the session's bootstrapped project. The flow tests run the same tasks end to end; these pin
+down what each task decides, in seconds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from conftest import clone_project
+from prefect.logging import disable_run_logger
+
+from unsir.checkpoint import load_checkpoint, save_checkpoint
+from unsir.errors import UnlearningInputError
+from unsir_pipeline.adapters.registry import registry_for
+from unsir_pipeline.governance.promotion import GateInput, ParentModel
+from unsir_pipeline.settings.workspace import RunContext, Workspace
+from unsir_pipeline.tasks import data, evaluation, model
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, bootstrapped_project) -> Path:
+    return clone_project(bootstrapped_project, tmp_path_factory.mktemp("tasks") / "project")
+
+
+@pytest.fixture
+def artifacts(monkeypatch) -> dict[str, object]:
+    """Prefect artifacts, kept here instead of posted to a Prefect API."""
+    kept: dict[str, object] = {}
+
+    def keep(key: str, **kwargs) -> None:
+        kept[key] = kwargs.get("markdown", kwargs.get("table"))
+
+    for module in (data, evaluation):
+        for name in ("create_markdown_artifact", "create_table_artifact"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, lambda key, _keep=keep, **kwargs: _keep(key, **kwargs))
+    return kept
+
+
+def _context(project: Path, run_key: str, *overrides: str) -> RunContext:
+    return RunContext.open(Workspace.load(project, overrides), run_key, f"flow-{run_key}")
+
+
+# --- validate-data-splits: the request's classes, the retain subset, the expectations ---------
+
+def test_a_request_is_resolved_and_its_retain_subset_drawn(project, artifacts):
+    ctx = _context(project, "unit-request")
+    with disable_run_logger():
+        request = data.validate_data_splits.fn(ctx, ["8"], ParentModel(1, [3]))
+    assert request.forget_classes == [8] and request.all_forgotten == [3, 8]  # the parent's and the new
+    assert request.class_names == [str(c) for c in range(10)]
+    retain = pd.read_csv(request.retain_subset)
+    assert set(retain["label"]) == set(range(10)) - {3, 8}
+    assert retain["label"].value_counts().eq(ctx.ws.params.data.retain_per_class).all()
+    assert request.expectations_passed > 0 and "data-validation" in artifacts
+
+
+@pytest.mark.parametrize(("requested", "parent", "message"), [
+    (["3"], ParentModel(2, [3]), r"\['3'\] are already forgotten by the parent model \(version 2\)"),
+    (["eleven"], ParentModel(1, []), "unknown class 'eleven'"),
+    ([str(c) for c in range(1, 10)], ParentModel(2, [0]), "every one of the 10 classes"),
+])
+def test_a_bad_request_is_refused_before_anything_is_written(project, artifacts, requested, parent, message):
+    ctx = _context(project, "unit-refused")
+    retain_dir = ctx.ws.root / "data" / "retain"
+    before = sorted(retain_dir.glob("*")) if retain_dir.exists() else []
+    with disable_run_logger(), pytest.raises(UnlearningInputError, match=message):
+        data.validate_data_splits.fn(ctx, requested, parent)
+    assert (sorted(retain_dir.glob("*")) if retain_dir.exists() else []) == before
+    assert artifacts == {}
+
+
+# --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------
+
+def test_evaluation_shapes_per_class_rows_metrics_and_the_runs_files(project, artifacts):
+    ctx = _context(project, "unit-evaluate", "evaluation.relearn=false")
+    parent, card = load_checkpoint(ctx.ws.original_model_dir)
+    save_checkpoint(ctx.paths.parent, parent, card)
+    with torch.no_grad():  # an "unlearned" model that never predicts class 3
+        parent.classifier.bias[3] -= 1e4
+    save_checkpoint(ctx.paths.unlearned, parent, card.with_forgotten((3,)))
+    registry = registry_for(ctx.ws)
+    with registry.start_run(run_name="unit-evaluate") as run_id:
+        pass
+
+    with disable_run_logger():
+        result = evaluation.evaluate.fn(ctx, run_id, [3])
+    assert result.forget_classes == [3]
+    assert [row["class"] for row in result.per_class] == [str(c) for c in range(10)]
+    assert [row["forgotten"] for row in result.per_class] == [c == 3 for c in range(10)]
+    three = result.per_class[3]
+    assert three["before"] > 0.9 and three["after"] == 0.0
+    # Samples once taken for a 3 go to other classes: no other class loses accuracy.
+    assert all(row["after"] >= row["before"] for row in result.per_class if not row["forgotten"])
+    m = result.metrics
+    assert m["forget_acc"] == 0.0 and m["original_forget_acc"] == pytest.approx(three["before"])
+    assert "reference_retain_acc" not in m and "relearn_steps" not in m  # both off here
+    assert json.loads(ctx.paths.evaluation.read_text()) == result.to_dict()
+    assert ctx.paths.per_class_plot.stat().st_size > 0 and ctx.paths.confusion_plot.stat().st_size > 0
+    logged = mlflow.MlflowClient(ctx.ws.tracking_uri).get_run(run_id)
+    assert logged.data.metrics["forget_acc"] == 0.0
+    assert {a.path for a in mlflow.MlflowClient(ctx.ws.tracking_uri).list_artifacts(run_id, "evaluation")} == {
+        "evaluation/evaluation.json", "evaluation/per_class_accuracy.png", "evaluation/confusion_matrices.png"}
+    assert artifacts["per-class-accuracy"] == result.per_class
+    assert "unlearning-summary" in artifacts
+
+
+# --- promotion-gate: when champion moves ----------------------------------------------------
+
+def _register_candidate(project: Path, key: str) -> int:
+    """The original's weights registered again as a new version (what it is does not matter to
+    the gate: it judges the measures it is given)."""
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    example = torch.rand(2, 1, 8, 8).numpy()
+    with registry.start_run(run_name=key):
+        return registry.register_checkpoint(ws.original_model_dir, input_example=example, tags={},
+                                            idempotency_key=key)
+
+
+def _candidate(per_class: list[float], forget_classes: list[int], **metrics: float) -> GateInput:
+    forget_acc = sum(per_class[c] for c in forget_classes) / len(forget_classes)
+    base = {"forget_acc": forget_acc, "original_retain_acc": 0.97, "retain_acc": 0.96, "mia": 0.5,
+            "mia_nonmember_rate": 0.5}
+    return GateInput(metrics={**base, **metrics}, per_class_test=per_class, forget_classes=forget_classes,
+                     verified=True, rounds=1)
+
+
+def test_the_gate_promotes_a_version_that_passes_and_holds_one_that_brings_a_class_back(project):
+    registry = registry_for(Workspace.load(project))
+    champion = registry.resolve_alias("champion")
+
+    forgot_3 = _register_candidate(project, "unit-gate-forgot-3")
+    registry.set_version_tags(forgot_3, {"verified_forgotten_classes": "[3]"})
+    with disable_run_logger():
+        passed = model.promotion_gate.fn(_context(project, "unit-gate-1"), forgot_3,
+                                         _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3]))
+    assert passed.promoted is True and all(r.startswith("pass: ") for r in passed.reasons)
+    assert registry.resolve_alias("champion") == forgot_3 != champion
+    assert registry.get_version(forgot_3).tags["gate_decision"] == "promoted"
+
+    # Forgets class 0 perfectly, but class 3 (deleted by the promoted version) is back at 95%.
+    knows_3 = _register_candidate(project, "unit-gate-knows-3")
+    with disable_run_logger():
+        held = model.promotion_gate.fn(_context(project, "unit-gate-2"), knows_3,
+                                       _candidate([0.0] + [0.97] * 2 + [0.95] + [0.97] * 6, [0]))
+    assert held.promoted is False
+    assert [r for r in held.reasons if r.startswith("FAIL")] == [
+        "FAIL: every requested and every earlier-deleted class measured forgotten; still classified: [3]"]
+    assert registry.resolve_alias("champion") == forgot_3  # unchanged
+    tags = registry.get_version(knows_3).tags
+    assert tags["gate_decision"] == "held" and "still classified: [3]" in tags["gate_reasons"]
+
+
+def test_the_gate_judges_every_bound_it_is_given(project):
+    registry = registry_for(Workspace.load(project))
+    champion = registry.resolve_alias("champion")
+    version = _register_candidate(project, "unit-gate-bounds")
+    weak = _candidate([0.97] * 5 + [0.2] + [0.97] * 4, [5], retain_acc=0.90, mia=0.9,
+                      reference_retain_acc=0.97, reference_mia=0.5)
+    weak = replace(weak, verified=False, rounds=4)
+    with disable_run_logger():
+        decision = model.promotion_gate.fn(_context(project, "unit-gate-3"), version, weak)
+    assert decision.promoted is False
+    failed = [r for r in decision.reasons if r.startswith("FAIL")]
+    assert [r.split(" ")[1] for r in failed] == ["forget", "every", "retain", "retain", "membership", "forgetting"]
+    assert "below retrained" in failed[3] and "(retrained)" in failed[4] and "round budget ran out" in failed[5]
+    assert registry.resolve_alias("champion") == champion
