@@ -66,6 +66,7 @@ services-status:
 # tools/typecheck.py so that flows/ and tasks/ are checked as unsir_pipeline.flows and .tasks.
 lint: $(STAMP)
 	$(BIN)/ruff check unsir unsir_pipeline flows tasks benchmarks tests infra tools
+	$(BIN)/ruff format --check unsir unsir_pipeline flows tasks benchmarks tests infra tools
 	$(BIN)/python tools/typecheck.py
 
 clean-state:

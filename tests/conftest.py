@@ -48,8 +48,14 @@ def trained_digits_model(digits_splits):
     """A small CNN trained on digits to ~97% test accuracy (15 epochs, ~2 s)."""
     generator = seed_everything(0)
     model = build_model(ModelSpec("small_cnn", 10, 1))
-    fit(model, digits_splits.train_images, digits_splits.train_labels, OptimConfig(lr=1e-3, epochs=15, batch_size=32),
-        device=CPU, generator=generator)
+    fit(
+        model,
+        digits_splits.train_images,
+        digits_splits.train_labels,
+        OptimConfig(lr=1e-3, epochs=15, batch_size=32),
+        device=CPU,
+        generator=generator,
+    )
     return model.eval()
 
 
@@ -111,10 +117,15 @@ def clone_project(source: Path, dest: Path) -> Path:
         with sqlite3.connect(db) as conn:
             tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             for table in tables:
-                columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
-                           if row[2].upper().startswith(("VARCHAR", "TEXT"))]
+                columns = [
+                    row[1]
+                    for row in conn.execute(f'PRAGMA table_info("{table}")')
+                    if row[2].upper().startswith(("VARCHAR", "TEXT"))
+                ]
                 for column in columns:
-                    conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                                 f'WHERE instr("{column}", ?) > 0', (str(source), str(dest), str(source)))
+                    conn.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (str(source), str(dest), str(source)),
+                    )
         conn.close()
     return dest

@@ -28,9 +28,7 @@ from unsir_pipeline.governance.audit import (
 
 def _hash(row: dict) -> str:
     """The documented recipe, written out independently of the module."""
-    body = {
-        key: row[key] for key in ("seq", "ts", "event", "actor", "idempotency_key", "prev_hash")
-    }
+    body = {key: row[key] for key in ("seq", "ts", "event", "actor", "idempotency_key", "prev_hash")}
     body["request_ids"] = json.loads(row["request_ids"])
     body["payload"] = json.loads(row["payload"])
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -77,9 +75,7 @@ def log(ten_records: Path, tmp_path: Path) -> AuditLog:
 
 def test_append_chains_each_record_to_the_one_before(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.db")
-    first = log.append(
-        "request-added", actor="alice", payload={"classes": (3,)}, request_ids=["req-1"]
-    )
+    first = log.append("request-added", actor="alice", payload={"classes": (3,)}, request_ids=["req-1"])
     second = log.append("batch-finished", actor="batch", payload={"version": 2})
 
     assert (first.seq, second.seq) == (1, 2)
@@ -111,16 +107,12 @@ def test_idempotent_append_returns_the_existing_record_and_writes_nothing(tmp_pa
     first = log.append("batch-finished", actor="batch", payload={"v": 2}, idempotency_key="batch-7")
     head = log.head_path.read_text()
 
-    retried = log.append(
-        "batch-finished", actor="batch", payload={"v": 3}, idempotency_key="batch-7"
-    )
+    retried = log.append("batch-finished", actor="batch", payload={"v": 3}, idempotency_key="batch-7")
 
     assert retried == first
     assert len(log.records()) == 1
     assert log.head_path.read_text() == head
-    with pytest.raises(
-        AuditError, match="'batch-7' already belongs to record 1 .*'batch-finished'"
-    ):
+    with pytest.raises(AuditError, match="'batch-7' already belongs to record 1 .*'batch-finished'"):
         log.append("model-promoted", actor="batch", payload={}, idempotency_key="batch-7")
 
 
@@ -202,9 +194,7 @@ def test_deleted_middle_record_is_found(log: AuditLog) -> None:
     result = log.verify()
 
     assert (result.ok, result.records, result.first_bad_seq) == (False, 9, 5)
-    assert (
-        result.problem == "record 5 is missing: the log jumps from record 4 to record 6 (deleted?)"
-    )
+    assert result.problem == "record 5 is missing: the log jumps from record 4 to record 6 (deleted?)"
 
 
 def test_deleted_first_record_is_found(log: AuditLog) -> None:
@@ -222,9 +212,7 @@ def test_deleted_last_record_is_found_by_the_head_anchor(log: AuditLog) -> None:
     result = log.verify()
 
     assert (result.ok, result.records, result.first_bad_seq) == (False, 9, 10)
-    assert result.problem == (
-        "log ends at record 9 but the head anchor records 10 (records removed from the end?)"
-    )
+    assert result.problem == ("log ends at record 9 but the head anchor records 10 (records removed from the end?)")
 
 
 def test_append_refuses_to_cover_up_a_cut_tail(log: AuditLog) -> None:
@@ -326,7 +314,9 @@ def test_log_from_a_newer_revision_is_refused(log: AuditLog) -> None:
     with sqlite3.connect(log.path) as conn:
         conn.execute("UPDATE unsir_audit_schema SET version_num = 'audit_9999'")
 
-    with pytest.raises(AuditError, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"):
+    with pytest.raises(
+        AuditError, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"
+    ):
         AuditLog(log.path)
 
 
@@ -377,7 +367,9 @@ def _forge(path: Path, seq: int, payload: dict) -> None:
         for row in rows[seq - 1 :]:
             row["prev_hash"] = prev
             row["hash"] = prev = _hash(row)
-            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"]))
+            conn.execute(
+                "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"])
+            )
     path.with_name(path.name + ".head").write_text(json.dumps({"records": len(rows), "hash": prev}))
 
 
@@ -408,7 +400,9 @@ def test_rewritten_chain_with_recomputed_hashes_is_found_with_the_key(signed_log
 
 def test_anchor_signed_with_another_key_is_found(signed_log: AuditLog) -> None:
     records, head_hash = signed_log.head()
-    signed_log.head_path.write_text(json.dumps({"records": records, "hash": head_hash, "mac": head_mac(OTHER_KEY, records, head_hash)}))
+    signed_log.head_path.write_text(
+        json.dumps({"records": records, "hash": head_hash, "mac": head_mac(OTHER_KEY, records, head_hash)})
+    )
 
     result = signed_log.verify()
 
@@ -448,7 +442,10 @@ def test_key_from_env_text_or_file(tmp_path: Path) -> None:
     [
         ({"UNSIR_AUDIT_KEY": "short"}, "has 5 bytes; expected at least 32"),
         ({"UNSIR_AUDIT_KEY": "x" * 32, "UNSIR_AUDIT_KEY_FILE": "/k"}, "both UNSIR_AUDIT_KEY and UNSIR_AUDIT_KEY_FILE"),
-        ({"UNSIR_AUDIT_KEY_FILE": "/nonexistent/audit.key"}, "UNSIR_AUDIT_KEY_FILE=/nonexistent/audit.key: cannot read"),
+        (
+            {"UNSIR_AUDIT_KEY_FILE": "/nonexistent/audit.key"},
+            "UNSIR_AUDIT_KEY_FILE=/nonexistent/audit.key: cannot read",
+        ),
     ],
 )
 def test_bad_key_settings_are_named(environ: dict, message: str) -> None:

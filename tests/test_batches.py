@@ -25,9 +25,12 @@ from unsir_pipeline.settings.workspace import Workspace
 pytestmark = pytest.mark.slow
 
 # A recipe too weak to forget: its version is held by the gate, and it costs little compute.
-WEAK = ["unlearn.noise_copies=0", "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
-        "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
-        "unlearn.polish={lr: 0.00001, epochs: 1, batch_size: 32}"]
+WEAK = [
+    "unlearn.noise_copies=0",
+    "unlearn.impair={lr: 0.00001, epochs: 1, batch_size: 32}",
+    "unlearn.repair={lr: 0.00001, epochs: 1, batch_size: 32}",
+    "unlearn.polish={lr: 0.00001, epochs: 1, batch_size: 32}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,19 @@ def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     assert {r.status for r in done} == {"done"} and {r.model_version for r in done} == {result["new_version"]}
     assert result["metrics"]["forget_acc"] <= 0.02
     evs = events(project, result["batch_id"])
-    assert evs == ["batch_started", "validation_passed", "unlearning_metrics", "model_registered", "gate_decision", "batch_finished"]
-    registered = next(r for r in batches.audit_log(ws_of(project)).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"])
+    assert evs == [
+        "batch_started",
+        "validation_passed",
+        "unlearning_metrics",
+        "model_registered",
+        "gate_decision",
+        "batch_finished",
+    ]
+    registered = next(
+        r
+        for r in batches.audit_log(ws_of(project)).records(event="model_registered")
+        if r.payload["batch_id"] == result["batch_id"]
+    )
     for link in ("mlflow_run_id", "prefect_flow_run_id", "data_digests", "git_commit", "params_digest"):
         assert registered.payload[link], link
     assert set(registered.request_ids) == {r.id for r in filed}
@@ -136,8 +150,13 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     request = batches.file_request(ws, ["6"], "grace", "kill test")
     env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
     env.pop("PREFECT_API_URL", None)  # the child runs its own ephemeral Prefect
-    child = subprocess.Popen([sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     runs = project / "state" / "runs"
     deadline = time.monotonic() + 180
     key = None
@@ -198,16 +217,24 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     assert result["promoted"] is False
     assert len(versions(project)) == count + 1
     evs = events(project, key)
-    for step in ("batch_started", "batch_resumed", "validation_passed", "unlearning_metrics", "model_registered",
-                 "gate_decision", "batch_finished"):
+    for step in (
+        "batch_started",
+        "batch_resumed",
+        "validation_passed",
+        "unlearning_metrics",
+        "model_registered",
+        "gate_decision",
+        "batch_finished",
+    ):
         assert evs.count(step) == 1, (step, evs)
     assert batches.request_store(ws).get(request.id).status == "done"
 
     # Replaying the recording of a finished batch adds nothing either.
     _, first = first_batch
     before = len(batches.audit_log(ws).records())
-    claimed = batches.ClaimedBatch(first["batch_id"], first["run_key"],
-                                   batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True)
+    claimed = batches.ClaimedBatch(
+        first["batch_id"], first["run_key"], batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True
+    )
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
         batches.record(ws, claimed, event, {"replayed": True})
     assert len(batches.audit_log(ws).records()) == before
@@ -233,7 +260,9 @@ def test_tampering_with_any_record_is_detected_and_named(project, first_batch, t
     def tampered(statement: str) -> str:
         copy = tmp_path / "project"
         shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("runs", "mlflow", "prefect*", "dvc-remote", ".git"))
+        shutil.copytree(
+            project, copy, ignore=shutil.ignore_patterns("runs", "mlflow", "prefect*", "dvc-remote", ".git")
+        )
         db = copy / source.relative_to(project)
         with sqlite3.connect(db) as conn:
             for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
@@ -244,7 +273,10 @@ def test_tampering_with_any_record_is_detected_and_named(project, first_batch, t
 
     assert "record 2" in tampered("UPDATE audit SET payload = replace(payload, 'consent', 'CONSENT') WHERE seq = 2")
     assert "record 3" in tampered("DELETE FROM audit WHERE seq = 3")
-    swapped = tampered("UPDATE audit SET seq = -1 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = -1;")
+    swapped = tampered(
+        "UPDATE audit SET seq = -1 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; UPDATE audit SET seq = 5 "
+        "WHERE seq = -1;"
+    )
     assert "record 4" in swapped
     last = len(batches.audit_log(ws).records())
     assert f"record {last}" in tampered(f"DELETE FROM audit WHERE seq = {last}")
@@ -260,16 +292,32 @@ def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert 'id="per-class-chart"' in dom and dom.count('class="bar-after"') == 10
     forget_after = f"{100 * result['metrics']['forget_acc']:.2f}%"
     assert f'id="fig-0">{forget_after}<' in dom
-    assert f"id=\"new-version\">{result['new_version']}<" in dom
+    assert f'id="new-version">{result["new_version"]}<' in dom
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=1200,1400", f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, "--window-size=1200,1400", f"--screenshot={shot}", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     pixels = Image.open(shot).convert("RGB").getdata()
@@ -328,7 +376,12 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
         port = probe.getsockname()[1]
     ws = ws_of(project)
     request = batches.file_request(ws, ["0"], "judy", "server down")
-    down = [f"registry.tracking_uri=http://127.0.0.1:{port}", "registry.http_max_retries=2", "registry.http_backoff_factor=0", "registry.http_timeout_s=2"]
+    down = [
+        f"registry.tracking_uri=http://127.0.0.1:{port}",
+        "registry.http_max_retries=2",
+        "registry.http_backoff_factor=0",
+        "registry.http_timeout_s=2",
+    ]
     started = time.monotonic()
     with pytest.raises(Exception, match=str(port)):
         deletion_batch(project_dir=str(project), overrides=down)
@@ -342,6 +395,7 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
 
 # --- evidence that holds (issue 11) --------------------------------------------------------
 
+
 def _copy_with_registry(project: Path, dest: Path) -> Path:
     """The project with its own copy of the registry database (the artifacts stay shared)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -354,11 +408,17 @@ def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anch
     ws = ws_of(project)
     registry = registry_for(ws)
     info = registry.get_version(result["new_version"])
-    record = next(r for r in batches.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"])
+    record = next(
+        r
+        for r in batches.audit_log(ws).records(event="model_registered")
+        if r.payload["batch_id"] == result["batch_id"]
+    )
     assert len(info.tags["weights_sha256"]) == 64 and record.payload["weights_sha256"] == info.tags["weights_sha256"]
     assert (info.tags[batches.AUDIT_SEQ_TAG], info.tags[batches.AUDIT_HASH_TAG]) == (str(record.seq), record.hash)
     anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
-    assert anchored["records"] >= record.seq and batches.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
+    assert (
+        anchored["records"] >= record.seq and batches.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
+    )
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
@@ -392,8 +452,12 @@ def test_a_chain_rewritten_with_recomputed_hashes_is_detected(project, first_bat
         for row in rows[1:]:  # the project's own recipe, as anyone can read it in audit.py
             body = {k: row[k] for k in ("seq", "ts", "event", "actor", "idempotency_key")}
             body.update(request_ids=json.loads(row["request_ids"]), payload=json.loads(row["payload"]), prev_hash=prev)
-            prev = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
-            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (body["prev_hash"], prev, row["seq"]))
+            prev = hashlib.sha256(
+                json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            ).hexdigest()
+            conn.execute(
+                "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (body["prev_hash"], prev, row["seq"])
+            )
     (copy / "state" / "audit.sqlite.head").write_text(json.dumps({"records": len(rows), "hash": prev}))
     assert AuditLog(db).verify().ok  # the chain alone is fooled
 
@@ -420,8 +484,11 @@ def test_bit_flipped_champion_weights_are_refused_before_any_compute(project, fi
     registry = registry_for(ws)
     champion = registry.resolve_alias("champion")
     source = registry.get_version(champion).tags["weights_sha256"]
-    stored = [p for p in (project / "state").rglob("weights.safetensors")
-              if "artifacts" in p.parts and hashlib.sha256(p.read_bytes()).hexdigest() == source]
+    stored = [
+        p
+        for p in (project / "state").rglob("weights.safetensors")
+        if "artifacts" in p.parts and hashlib.sha256(p.read_bytes()).hexdigest() == source
+    ]
     assert stored, "the champion's stored weights were not found"
     original = stored[0].read_bytes()
     flipped = bytearray(original)
@@ -429,7 +496,9 @@ def test_bit_flipped_champion_weights_are_refused_before_any_compute(project, fi
     try:
         stored[0].write_bytes(bytes(flipped))
         ctx = RunContext.open(ws, "flip-test", "flip-test")
-        with pytest.raises(RegistryError, match=rf"version {champion}: .* has sha256 [0-9a-f]{{64}}, but {source} was recorded"):
+        with pytest.raises(
+            RegistryError, match=rf"version {champion}: .* has sha256 [0-9a-f]{{64}}, but {source} was recorded"
+        ):
             load_registered_model.fn(ctx, champion)
         assert not ctx.paths.parent.exists()  # nothing was written for the next step to use
     finally:
@@ -457,8 +526,14 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     marker = tmp_path / "registered"
     env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
     env.pop("PREFECT_API_URL", None)
-    child = subprocess.Popen([sys.executable, "-c", _STALL_IN_REGISTRATION, str(project), str(marker)], cwd=Path(__file__).resolve().parents[1],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALL_IN_REGISTRATION, str(project), str(marker)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None and not marker.exists():
         time.sleep(0.05)
@@ -490,7 +565,9 @@ def test_hand_edited_retain_subset_is_reported_not_redrawn(project, first_batch)
     tampered = "".join(lines[:1] + lines[2:])  # one retain row removed by hand
     subset.write_text(tampered)
     try:
-        with pytest.raises(ValidationFailed, match=rf"{subset.name}: recorded md5 [0-9a-f]{{32}}, found [0-9a-f]{{32}}: it was changed"):
+        with pytest.raises(
+            ValidationFailed, match=rf"{subset.name}: recorded md5 [0-9a-f]{{32}}, found [0-9a-f]{{32}}: it was changed"
+        ):
             write_retain_subset(ws, manifest, (3, 8), 10)
         assert subset.read_text() == tampered  # the evidence is left where it was
     finally:
@@ -527,8 +604,23 @@ def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_reco
     before = (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records()))
     with pytest.raises(RequestError, match=r"requester contains control character U\+000A at position 3"):
         batches.file_request(ws, ["5"], "eve\nreq-000000000000  done", "r")
-    assert main(["--project", str(project), "request", "add", "--classes", "5", "--requester", "eve",
-                 "--reason", "x" * 2001]) == 2
+    assert (
+        main(
+            [
+                "--project",
+                str(project),
+                "request",
+                "add",
+                "--classes",
+                "5",
+                "--requester",
+                "eve",
+                "--reason",
+                "x" * 2001,
+            ]
+        )
+        == 2
+    )
     assert "reason has 2001 characters; the limit is 2000" in capsys.readouterr().err
     assert (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records())) == before
 
@@ -539,7 +631,10 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     registry = registry_for(ws)
     anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
     registry.set_model_tag(batches.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
-    with pytest.raises(Exception, match=rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"):
+    with pytest.raises(
+        Exception,
+        match=rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff",
+    ):
         batches.claim_batch(ws)
 
 
@@ -547,7 +642,9 @@ def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(proje
     _, result = first_batch
     copy = _copy_with_registry(project, tmp_path / "retagged")
     registry = registry_for(ws_of(copy))
-    registry.set_version_tags(result["new_version"], {"weights_sha256": "e" * 64})  # re-tagged to pass off other weights
+    registry.set_version_tags(
+        result["new_version"], {"weights_sha256": "e" * 64}
+    )  # re-tagged to pass off other weights
     assert main(["--project", str(copy), "audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert f"version {result['new_version']}: weights_sha256 tag {'e' * 64} differs from record" in err

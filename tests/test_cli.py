@@ -42,6 +42,7 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "unsir"):
 
 # --- help, version, parsing -----------------------------------------------------------------
 
+
 def test_every_option_has_help_and_every_command_examples():
     missing, without_examples = [], []
     for path, parser in _parsers(build_parser()):
@@ -60,18 +61,39 @@ def test_version_is_printed(capsys):
     assert capsys.readouterr().out.startswith("unsir ")
 
 
-@pytest.mark.parametrize("command", [["promote", "1", "--reason", "x"], ["reject", "1", "--reason", "x"],
-                                     ["audit", "verify"], ["audit", "sign-head"], ["audit", "report", "b"],
-                                     ["stage", "train"], ["serve"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["promote", "1", "--reason", "x"],
+        ["reject", "1", "--reason", "x"],
+        ["audit", "verify"],
+        ["audit", "sign-head"],
+        ["audit", "report", "b"],
+        ["stage", "train"],
+        ["serve"],
+    ],
+)
 def test_reporting_commands_take_json(command):
     assert build_parser().parse_args([*command, "--json"]).json is True
 
 
 def test_non_utf8_argument_exits_2_naming_it(params_only):
     result = subprocess.run(
-        [*CLI, "--project", str(params_only), "request", "add", "--classes", "3", "--requester", b"al\xffce",
-         "--reason", "x"],
-        capture_output=True, check=False,
+        [
+            *CLI,
+            "--project",
+            str(params_only),
+            "request",
+            "add",
+            "--classes",
+            "3",
+            "--requester",
+            b"al\xffce",
+            "--reason",
+            "x",
+        ],
+        capture_output=True,
+        check=False,
     )
     assert result.returncode == 2
     err = result.stderr.decode().strip()
@@ -79,6 +101,7 @@ def test_non_utf8_argument_exits_2_naming_it(params_only):
 
 
 # --- configuration: precedence and validation -------------------------------------------------
+
 
 def test_unknown_architecture_exits_2_naming_the_field(params_only, capsys):
     assert main(["--project", str(params_only), "--set", "model.arch=nope", "models"]) == 2
@@ -107,6 +130,7 @@ def test_a_set_flag_wins_over_the_environment_on_the_command_line(params_only, m
 
 # --- runtime settings ---------------------------------------------------------------------------
 
+
 def test_torch_threads_default_and_setting(monkeypatch):
     monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -127,13 +151,20 @@ def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch
 
 
 def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
-    code = ("from unsir_pipeline.settings import runtime; runtime.configure_prefect(quiet_console=False); "
-            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())")
+    code = (
+        "from unsir_pipeline.settings import runtime; runtime.configure_prefect(quiet_console=False); "
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())"
+    )
     env = {k: v for k, v in os.environ.items() if k != runtime.PREFECT_STARTUP_ENV}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert default.stdout.strip() == str(runtime.DEFAULT_PREFECT_STARTUP_S)
-    chosen = subprocess.run([sys.executable, "-c", code], env={**env, runtime.PREFECT_STARTUP_ENV: "300"},
-                            capture_output=True, text=True, check=True)
+    chosen = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, runtime.PREFECT_STARTUP_ENV: "300"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert chosen.stdout.strip() == "300"
 
 
@@ -154,6 +185,7 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
 
 # --- progress -----------------------------------------------------------------------------------
 
+
 def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -168,8 +200,10 @@ def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
 
 
 def test_a_child_process_progress_reaches_the_parent_stream():
-    child = ("import sys; from unsir_pipeline.cli.progress import relayed_stderr\n"
-             "with relayed_stderr(): print('train: epoch 2/2', file=sys.stderr)")
+    child = (
+        "import sys; from unsir_pipeline.cli.progress import relayed_stderr\n"
+        "with relayed_stderr(): print('train: epoch 2/2', file=sys.stderr)"
+    )
     shown = io.StringIO()
     with progress_module.relay(progress_module.Progress("bootstrap", enabled=True, stream=shown)):
         subprocess.run([sys.executable, "-c", child], check=True, capture_output=True)  # as DVC captures it
@@ -206,6 +240,7 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
 
 # --- against a bootstrapped project -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, bootstrapped_project) -> Path:
     return clone_project(bootstrapped_project, tmp_path_factory.mktemp("cli") / "project")
@@ -221,16 +256,24 @@ def _runs(project: Path) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("argv", "named"), [
-    (["forget", "1", "--from", "999"], "--from 999: model 'unsir-classifier' has no version 999; its versions are [1]"),
-    (["forget", "1", "--from", "nosuchalias"],
-     "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'"),
-    (["forget", "eleven"], "unknown class 'eleven'"),
-    (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
-    (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
-    (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
-    (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
-])
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (
+            ["forget", "1", "--from", "999"],
+            "--from 999: model 'unsir-classifier' has no version 999; its versions are [1]",
+        ),
+        (
+            ["forget", "1", "--from", "nosuchalias"],
+            "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'",
+        ),
+        (["forget", "eleven"], "unknown class 'eleven'"),
+        (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
+        (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
+        (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
+        (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
+    ],
+)
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
     before = len(_runs(project))
     assert main(["--project", str(project), *argv]) == 2
@@ -262,8 +305,13 @@ def _session_processes(session: int) -> list[str]:
 
 def _forget_process(project: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, "--project", str(project), "forget", "1"], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [*CLI, "--project", str(project), "forget", "1"],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -304,8 +352,12 @@ def _quick_project(bootstrapped: Path, root: Path) -> Path:
     reaches the terminal."""
     import yaml
 
-    shutil.copytree(bootstrapped, root, symlinks=True,
-                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped else [])
+    shutil.copytree(
+        bootstrapped,
+        root,
+        symlinks=True,
+        ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped else [],
+    )
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["train"]["epochs"] = 3
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -316,13 +368,15 @@ def _quick_project(bootstrapped: Path, root: Path) -> Path:
 def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_project, tmp_path):
     env = {**os.environ, "UNSIR_PROGRESS": "1"}  # as on a terminal
     first, second = (_quick_project(bootstrapped_project, tmp_path / name) for name in ("a", "b"))
-    shown = subprocess.run([*CLI, "--project", str(first), "bootstrap"], env=env, capture_output=True, text=True,
-                           check=True)
+    shown = subprocess.run(
+        [*CLI, "--project", str(first), "bootstrap"], env=env, capture_output=True, text=True, check=True
+    )
     assert "bootstrap: [2/4] dvc repro train" in shown.stderr
     assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
     assert "bootstrap: [4/4] register the original model" in shown.stderr
 
-    quiet = subprocess.run([*CLI, "--project", str(second), "bootstrap", "--json"], env=env, capture_output=True,
-                           text=True, check=True)
+    quiet = subprocess.run(
+        [*CLI, "--project", str(second), "bootstrap", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     assert json.loads(quiet.stdout)["created"] is True
     assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr

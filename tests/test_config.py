@@ -53,14 +53,20 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
         load_params(ROOT / "params.yaml", ["unlearn.seed"])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("unlearn.impair={lr: -1, epochs: 1, batch_size: 32}", r"unlearn\.impair\.lr: must be > 0, got -1\.0"),
-    ("model.train.weight_decay=-0.1", r"model\.train\.weight_decay: must be >= 0, got -0\.1"),
-    ("model.train.optimizer=rmsprop", r"model\.train\.optimizer: Input should be 'adam' or 'sgd'"),
-    ("unlearn.verification.max_rounds=0", r"unlearn\.verification\.max_rounds: must be >= 1, got 0"),
-    ("data.fractions.test=0", r"data\.fractions\.test: must be > 0, got 0"),
-    ("unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}", r"unlearn\.impair\.momentun: Unexpected"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("unlearn.impair={lr: -1, epochs: 1, batch_size: 32}", r"unlearn\.impair\.lr: must be > 0, got -1\.0"),
+        ("model.train.weight_decay=-0.1", r"model\.train\.weight_decay: must be >= 0, got -0\.1"),
+        ("model.train.optimizer=rmsprop", r"model\.train\.optimizer: Input should be 'adam' or 'sgd'"),
+        ("unlearn.verification.max_rounds=0", r"unlearn\.verification\.max_rounds: must be >= 1, got 0"),
+        ("data.fractions.test=0", r"data\.fractions\.test: must be > 0, got 0"),
+        (
+            "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
+            r"unlearn\.impair\.momentun: Unexpected",
+        ),
+    ],
+)
 def test_core_config_sections_are_validated_by_the_core_with_the_key_path(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(ROOT / "params.yaml", [override])
@@ -70,11 +76,14 @@ def test_core_config_sections_load_as_the_core_dataclasses():
     from unsir.noise import NoiseConfig
     from unsir.training import OptimConfig
 
-    params = load_params(ROOT / "params.yaml", [
-        "unlearn.impair={lr: 0.05, epochs: 2, batch_size: 8, optimizer: sgd}",
-        "unlearn.noise={batch_size: 4, steps: 3, lr: 0.2, l2_weight: 0.0, l2_reduction: pixel_sum}",
-        "model.train.momentum=0.5",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            "unlearn.impair={lr: 0.05, epochs: 2, batch_size: 8, optimizer: sgd}",
+            "unlearn.noise={batch_size: 4, steps: 3, lr: 0.2, l2_weight: 0.0, l2_reduction: pixel_sum}",
+            "model.train.momentum=0.5",
+        ],
+    )
     core = params.unsir_config()
     assert core.impair == OptimConfig(lr=0.05, epochs=2, batch_size=8, optimizer="sgd")
     assert core.noise == NoiseConfig(batch_size=4, steps=3, lr=0.2, l2_weight=0.0, l2_reduction="pixel_sum")
@@ -86,7 +95,10 @@ def test_digest_leaves_out_only_the_momentum_adam_never_reads():
     assert base.model_dump()["model"]["train"]["momentum"] == 0.9  # logged with the parameters
     assert load_params(ROOT / "params.yaml", ["model.train.momentum=0.5"]).digest() == base.digest()
     sgd = load_params(ROOT / "params.yaml", ["model.train.optimizer=sgd"])
-    assert load_params(ROOT / "params.yaml", ["model.train.optimizer=sgd", "model.train.momentum=0.5"]).digest() != sgd.digest()
+    assert (
+        load_params(ROOT / "params.yaml", ["model.train.optimizer=sgd", "model.train.momentum=0.5"]).digest()
+        != sgd.digest()
+    )
 
 
 def test_params_are_frozen():
@@ -118,13 +130,16 @@ def test_state_database_url_from_the_environment_stays_out_of_the_digest(monkeyp
     assert "s3cret" not in repr(shared)
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("mysql://unsir:s3cret@db/state", r"'mysql://unsir:\*\*\*@db/state' names 'mysql'; expected postgresql://"),
-    ("postgresql://unsir:s3cret@db", r"lacks a host or a database name"),
-    ("postgresql+asyncpg://unsir:s3cret@db/state", r"names 'postgresql\+asyncpg'"),
-    ("sqlite:///relative.db", r"must name an absolute file path"),
-    ("db.example:5432", r"is not a URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://unsir:s3cret@db/state", r"'mysql://unsir:\*\*\*@db/state' names 'mysql'; expected postgresql://"),
+        ("postgresql://unsir:s3cret@db", r"lacks a host or a database name"),
+        ("postgresql+asyncpg://unsir:s3cret@db/state", r"names 'postgresql\+asyncpg'"),
+        ("sqlite:///relative.db", r"must name an absolute file path"),
+        ("db.example:5432", r"is not a URL"),
+    ],
+)
 def test_bad_state_database_url_is_named_without_its_password(url, message):
     with pytest.raises(ConfigError, match=r"state\.database_url: .*" + message) as refused:
         load_params(ROOT / "params.yaml", [f"state.database_url={url}"])
@@ -140,7 +155,11 @@ def test_unreachable_state_database_is_named_without_its_password(tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(StateError, match=rf"cannot open the state database postgresql\+psycopg2://unsir:\*\*\*@127\.0\.0\.1:{port}/state: .*refused.*expected a running PostgreSQL") as refused:
+    with pytest.raises(
+        StateError,
+        match=rf"cannot open the state database postgresql\+psycopg2://unsir:\*\*\*@127\.0\.0\.1:{port}/state: "
+        r".*refused.*expected a running PostgreSQL",
+    ) as refused:
         RequestStore(f"postgresql://unsir:s3cret@127.0.0.1:{port}/state")
     assert "s3cret" not in str(refused.value)
 

@@ -45,9 +45,7 @@ FASHION_CLASSES = (
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """IDX format: two zero bytes, type 0x08 (unsigned byte), the rank, big-endian sizes, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
@@ -188,9 +186,7 @@ def test_missing_root_without_download_is_named(tmp_path):
 def test_cifar10_root_without_files_fails_naming_the_root(tmp_path):
     root = tmp_path / "empty-cifar"
     root.mkdir()
-    with pytest.raises(
-        UnlearningInputError, match=r"cannot read 'cifar10' from .*" + re.escape(str(root))
-    ):
+    with pytest.raises(UnlearningInputError, match=r"cannot read 'cifar10' from .*" + re.escape(str(root))):
         load_dataset("cifar10", root)
 
 
@@ -201,9 +197,7 @@ def test_image_folder_without_class_folders_is_an_input_error(tmp_path):
 
 def _data(labels: list[int], ids: tuple[str, ...] = ("a", "b", "c")) -> ClassificationData:
     """Three blank images, two classes, and whatever labels and ids the test passes."""
-    return ClassificationData(
-        "tiny", torch.zeros(3, 1, 2, 2), torch.tensor(labels, dtype=torch.int64), ("0", "1"), ids
-    )
+    return ClassificationData("tiny", torch.zeros(3, 1, 2, 2), torch.tensor(labels, dtype=torch.int64), ("0", "1"), ids)
 
 
 def test_classification_data_rejects_inconsistent_inputs():
@@ -217,9 +211,7 @@ def test_classification_data_rejects_inconsistent_inputs():
     with pytest.raises(UnlearningInputError, match=r"got \[-1, 1\]"):
         _data([-1, 0, 1])
     with pytest.raises(UnlearningInputError, match=r"shape \(N, C, H, W\), got \(3, 2, 2\)"):
-        ClassificationData(
-            "flat", torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64), ("0",), ("a", "b", "c")
-        )
+        ClassificationData("flat", torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64), ("0",), ("a", "b", "c"))
 
 
 def test_sample_digests_follow_pixels_and_labels():
@@ -233,7 +225,5 @@ def test_sample_digests_follow_pixels_and_labels():
     changed = ClassificationData("d", nudged, labels, ("0", "1"), ("a", "b", "c")).sample_digests()
     assert changed[1] != base[1] and changed[0] == base[0] and changed[2] == base[2]
 
-    relabelled = ClassificationData(
-        "d", images, torch.tensor([0, 1, 0]), ("0", "1"), ("a", "b", "c")
-    )
+    relabelled = ClassificationData("d", images, torch.tensor([0, 1, 0]), ("0", "1"), ("a", "b", "c"))
     assert relabelled.sample_digests()[:2] == base[:2] and relabelled.sample_digests()[2] != base[2]

@@ -139,9 +139,7 @@ def test_directory_output_is_checked_file_by_file(project: Path) -> None:
 def _write_stage(project: Path, name: str, code: str, out: str) -> None:
     command = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
     # A JSON string is valid YAML, which sidesteps YAML's quoting rules for the command.
-    (project / "dvc.yaml").write_text(
-        f"stages:\n  {name}:\n    cmd: {json.dumps(command)}\n    outs:\n      - {out}\n"
-    )
+    (project / "dvc.yaml").write_text(f"stages:\n  {name}:\n    cmd: {json.dumps(command)}\n    outs:\n      - {out}\n")
 
 
 def test_repro_records_the_stage_output(project: Path) -> None:
@@ -181,9 +179,7 @@ def test_paths_outside_the_project_are_refused(project: Path, tmp_path: Path) ->
 
 def _git(directory: Path, *args: str) -> str:
     identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
-    return subprocess.run(
-        ["git", *identity, *args], cwd=directory, check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run(["git", *identity, *args], cwd=directory, check=True, capture_output=True, text=True).stdout
 
 
 def _publish_and_clone(first: Path, second: Path, message: str) -> None:
@@ -291,8 +287,14 @@ def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path
     venv_python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
     venv_python.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1", "UNSIR_PROGRESS": "0"}
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=root, env=env,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "prepare"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (root / "data" / "prepared" / "manifest.csv").is_file()
     assert verify(root, ["data/prepared"]) == []
@@ -301,8 +303,9 @@ def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path
 def test_the_stage_wrapper_names_the_fix_when_no_python_has_the_package(tmp_path: Path) -> None:
     wrapper = Path(__file__).resolve().parents[1] / "unsir_pipeline" / "templates" / "run-stage.sh"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run(["sh", str(wrapper), "prepare"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["sh", str(wrapper), "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
     if result.returncode == 0:  # pragma: no cover - a system python3 with the package installed
         pytest.skip("the system python3 has unsir-pipeline installed")
     assert result.returncode == 127

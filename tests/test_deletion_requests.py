@@ -73,18 +73,14 @@ def test_store_uses_wal_so_readers_do_not_block_a_batch(store: RequestStore) -> 
         ("12", ["one", "two"], "alice", r"must be sequences"),
     ],
 )
-def test_add_refuses_malformed_input_naming_it(
-    store: RequestStore, classes, names, requester, message
-) -> None:
+def test_add_refuses_malformed_input_naming_it(store: RequestStore, classes, names, requester, message) -> None:
     with pytest.raises(RequestError, match=message):
         store.add(classes, names, requester, "reason")
     assert store.list() == []
 
 
 def test_rejected_request_keeps_what_was_asked_and_never_runs(store: RequestStore) -> None:
-    rejected = store.add_rejected(
-        [], [], "carol", "please", "no class named 'unicorn'", requested=["unicorn"]
-    )
+    rejected = store.add_rejected([], [], "carol", "please", "no class named 'unicorn'", requested=["unicorn"])
     store.add([2], ["two"], "dave", "gdpr")
 
     assert rejected.status == "rejected"
@@ -241,7 +237,8 @@ def _legacy_store(path: Path, user_version: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.executescript(LEGACY_SCHEMA)
         conn.execute(
-            "INSERT INTO requests (id, classes, class_names, requested, requester, reason, status, created_at, updated_at) "
+            "INSERT INTO requests (id, classes, class_names, requested, requester, reason, status, created_at, "
+            "updated_at) "
             "VALUES ('req-000000000001', '[4]', '[\"four\"]', '[\"4\"]', 'alice', 'old', 'pending', "
             "'2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:00:00.000000+00:00')"
         )
@@ -275,7 +272,9 @@ def test_store_from_a_newer_revision_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
 
-    with pytest.raises(RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0001'"):
+    with pytest.raises(
+        RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0001'"
+    ):
         RequestStore(path)
 
 
@@ -321,13 +320,21 @@ def test_two_processes_claiming_at_once_never_share_a_request(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("requester", "reason", "message"),
     [
-        ("alice\nid  status  mallory", "r", r"requester contains control character U\+000A at position 5: 'alice\\nid  status  mallory'"),
+        (
+            "alice\nid  status  mallory",
+            "r",
+            r"requester contains control character U\+000A at position 5: 'alice\\nid  status  mallory'",
+        ),
         ("alice", "ok\x1b[2Jcleared", r"reason contains control character U\+001B at position 2"),
         ("alice", "tab\there", r"reason contains control character U\+0009"),
         ("alice\x00", "r", r"requester contains control character U\+0000"),
         ("\u202eecila", "r", r"requester contains control character U\+202E at position 0"),
         ("a" * 201, "r", r"requester has 201 characters; the limit is 200: 'a{60}'\.\.\. \(201 characters\)"),
-        ("alice", "x" * 1_000_000, r"reason has 1000000 characters; the limit is 2000: 'x{60}'\.\.\. \(1000000 characters\)"),
+        (
+            "alice",
+            "x" * 1_000_000,
+            r"reason has 1000000 characters; the limit is 2000: 'x{60}'\.\.\. \(1000000 characters\)",
+        ),
         ("al\udcffce", "r", r"requester is not valid UTF-8 \(byte 0xff at position 2\)"),
         (b"al\xffce", "r", r"requester is not valid UTF-8 \(byte 0xff at position 2\)"),
     ],

@@ -101,7 +101,8 @@ def _env_example() -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         assert sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name), (
-            f".env.example line {number}: expected NAME=value, got {line!r}")
+            f".env.example line {number}: expected NAME=value, got {line!r}"
+        )
         assignments[name] = value
     return assignments
 
@@ -127,10 +128,12 @@ def compose_validator() -> jsonschema.Draft202012Validator:
 
 # --- Docker Compose ------------------------------------------------------------------------
 
+
 def test_compose_file_follows_the_compose_specification(compose, rendered_compose, compose_validator):
     for document in (compose, rendered_compose):
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in compose_validator.iter_errors(document)]
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_validator.iter_errors(document)
+        ]
         assert not errors, errors
 
 
@@ -142,8 +145,9 @@ def test_compose_schema_check_catches_a_misspelt_key(compose, compose_validator)
 
 
 def test_the_pipeline_services_are_all_there(compose):
-    assert {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker",
-            "worker-gpu"} <= set(compose["services"])
+    assert {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "worker-gpu"} <= set(
+        compose["services"]
+    )
 
 
 def test_every_dependency_waits_for_a_condition(compose):
@@ -155,10 +159,12 @@ def test_every_dependency_waits_for_a_condition(compose):
             assert target in services, f"{name} depends on unknown service {target}"
             if condition == "service_healthy":
                 assert "healthcheck" in services[target], (
-                    f"{name} waits for {target} to be healthy, but {target} has no healthcheck")
+                    f"{name} waits for {target} to be healthy, but {target} has no healthcheck"
+                )
             elif condition == "service_completed_successfully":
                 assert services[target].get("restart") == "no", (
-                    f"{name} waits for {target} to complete, but {target} is restarted")
+                    f"{name} waits for {target} to complete, but {target} is restarted"
+                )
             else:
                 pytest.fail(f"{name} depends on {target} with condition {condition!r}")
 
@@ -169,10 +175,13 @@ def test_every_one_shot_service_is_awaited_by_a_service_that_stays_up(compose):
     for name, service in services.items():
         if service.get("restart") != "no":
             continue
-        adopters = [other for other, spec in services.items()
-                    if spec.get("restart") != "no" and "profiles" not in spec
-                    and spec.get("depends_on", {}).get(name, {}).get("condition")
-                    == "service_completed_successfully"]
+        adopters = [
+            other
+            for other, spec in services.items()
+            if spec.get("restart") != "no"
+            and "profiles" not in spec
+            and spec.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"
+        ]
         assert adopters, f"one-shot {name} is awaited by no service that stays up"
 
 
@@ -195,10 +204,12 @@ def test_no_secret_is_written_in_the_compose_file(compose):
                 checked += 1
                 match = _INTERPOLATION.fullmatch(value)
                 assert match and match["braced"] and match["op"] in ("?", ":?"), (
-                    f"{name}.{key} must be a required variable, `${{VAR:?message}}`, not {value!r}")
+                    f"{name}.{key} must be a required variable, `${{VAR:?message}}`, not {value!r}"
+                )
             for url in _CREDENTIALS_IN_URL.finditer(value):
                 assert _INTERPOLATION.fullmatch(url["password"]), (
-                    f"{name}.{key} writes a password into its URL: {value!r}")
+                    f"{name}.{key} writes a password into its URL: {value!r}"
+                )
     assert checked >= 10  # the check ran over the stack's secrets, not over nothing
 
 
@@ -258,10 +269,10 @@ def test_worker_reaches_the_services_by_their_compose_names(rendered_compose):
     bucket = services["minio-init"]["environment"]["DVC_BUCKET"]
     assert environment["UNSIR_DVC_REMOTE"].startswith(f"s3://{bucket}/")
     assert services["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == (
-        f"s3://{services['minio-init']['environment']['MLFLOW_BUCKET']}")
+        f"s3://{services['minio-init']['environment']['MLFLOW_BUCKET']}"
+    )
     assert "--pool" in services["worker"]["command"]
-    assert services["worker"]["command"][services["worker"]["command"].index("--pool") + 1] == (
-        "unsir-pool")
+    assert services["worker"]["command"][services["worker"]["command"].index("--pool") + 1] == ("unsir-pool")
 
 
 def test_files_the_compose_file_names_exist(compose):
@@ -277,6 +288,7 @@ def test_files_the_compose_file_names_exist(compose):
 
 
 # --- Kubernetes work pool -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def job_template() -> dict:
@@ -336,8 +348,7 @@ def test_job_template_uses_every_variable_it_declares(job_template):
 def test_job_template_variables_are_a_json_schema_their_defaults_satisfy(job_template):
     schema = job_template["variables"]
     jsonschema.Draft202012Validator.check_schema(schema)
-    defaults = {name: spec["default"] for name, spec in schema["properties"].items()
-                if "default" in spec}
+    defaults = {name: spec["default"] for name, spec in schema["properties"].items() if "default" in spec}
     jsonschema.Draft202012Validator(schema).validate(defaults)
     assert schema["properties"]["gpu_count"]["default"] == 1
 
@@ -351,8 +362,7 @@ def test_default_job_is_a_valid_kubernetes_job_on_one_gpu(job_template):
     assert spec["ttlSecondsAfterFinished"] == 86400
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
-        pod["tolerations"])
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (pod["tolerations"])
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["envFrom"] == [{"secretRef": {"name": "unsir-credentials"}}]
@@ -362,23 +372,25 @@ def test_default_job_is_a_valid_kubernetes_job_on_one_gpu(job_template):
 
 
 def test_deployment_job_variables_reach_the_job(job_template):
-    manifest = _render_job(job_template, {
-        "gpu_count": 2,
-        "image": "registry.example.com/unsir-worker:0.1.0",
-        "namespace": "ml",
-        "credentials_secret": "unsir-credentials-ml",
-        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-        "tolerations": [],
-        "memory_limit": "32Gi",
-    })
+    manifest = _render_job(
+        job_template,
+        {
+            "gpu_count": 2,
+            "image": "registry.example.com/unsir-worker:0.1.0",
+            "namespace": "ml",
+            "credentials_secret": "unsir-credentials-ml",
+            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "tolerations": [],
+            "memory_limit": "32Gi",
+        },
+    )
     _validate_job(manifest)
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": 2}
     assert container["image"] == "registry.example.com/unsir-worker:0.1.0"
     assert container["envFrom"] == [{"secretRef": {"name": "unsir-credentials-ml"}}]
     assert manifest["metadata"]["namespace"] == "ml"
-    assert manifest["spec"]["template"]["spec"]["nodeSelector"] == {
-        "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert manifest["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 
 
 def test_kubernetes_validation_catches_a_misspelt_key(job_template):
@@ -399,9 +411,15 @@ def test_secret_example_is_a_secret_of_placeholders_for_the_pool(job_template):
     assert secret["metadata"]["namespace"] == defaults["namespace"]["default"]
 
     data = secret["stringData"]
-    assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-            "PREFECT_API_AUTH_STRING", "UNSIR_DVC_REMOTE", "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY"} <= data.keys()
+    assert {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+        "UNSIR_DVC_REMOTE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    } <= data.keys()
     for key, value in data.items():
         if _SECRET_NAME.search(key) or key.endswith("USERNAME"):
             assert "change-me" in value, f"secret.example.yaml: {key} must be a placeholder"

@@ -50,9 +50,13 @@ def test_membership_inference_calls_confident_targets_members():
     members, nonmembers = _logits_with_entropy(50, True), _logits_with_entropy(50, False)
     labels = torch.zeros(50, dtype=torch.long)
     as_members = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20])
-    as_outsiders = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, False), labels[:20])
+    as_outsiders = membership_inference(
+        members, labels, nonmembers, labels, _logits_with_entropy(20, False), labels[:20]
+    )
     assert as_members == 1.0 and as_outsiders == 0.0
-    loss_based = membership_inference(members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20], feature="loss")
+    loss_based = membership_inference(
+        members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20], feature="loss"
+    )
     assert loss_based == 1.0
 
 
@@ -76,8 +80,18 @@ def test_weight_distance_is_relative():
 def test_relearn_steps_zero_when_target_already_met_and_counts_otherwise(trained_digits_model, digits_splits):
     forget = digits_splits.train_labels == 5
     test_forget = digits_splits.test_labels == 5
-    args = (digits_splits.train_images[forget], digits_splits.train_labels[forget], digits_splits.test_images[test_forget], digits_splits.test_labels[test_forget])
-    kwargs = {"config": OptimConfig(lr=1e-3, batch_size=16), "max_steps": 50, "device": CPU, "generator": torch.Generator().manual_seed(0)}
+    args = (
+        digits_splits.train_images[forget],
+        digits_splits.train_labels[forget],
+        digits_splits.test_images[test_forget],
+        digits_splits.test_labels[test_forget],
+    )
+    kwargs = {
+        "config": OptimConfig(lr=1e-3, batch_size=16),
+        "max_steps": 50,
+        "device": CPU,
+        "generator": torch.Generator().manual_seed(0),
+    }
     assert relearn_steps(trained_digits_model, *args, target_accuracy=0.5, **kwargs) == 0
     fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     steps = relearn_steps(fresh, *args, target_accuracy=0.9, **kwargs)
@@ -86,7 +100,14 @@ def test_relearn_steps_zero_when_target_already_met_and_counts_otherwise(trained
 
 
 def test_evaluate_model_reports_forget_retain_and_mia(trained_digits_model, digits_splits):
-    data = EvaluationData(digits_splits.train_images, digits_splits.train_labels, digits_splits.test_images, digits_splits.test_labels, 10, (3,))
+    data = EvaluationData(
+        digits_splits.train_images,
+        digits_splits.train_labels,
+        digits_splits.test_images,
+        digits_splits.test_labels,
+        10,
+        (3,),
+    )
     result = evaluate_model(trained_digits_model, data, device=CPU, original=trained_digits_model)
     assert result.metrics["forget_acc"] > 0.85 and result.metrics["retain_acc"] > 0.85
     assert 0.0 <= result.metrics["mia"] <= 1.0
@@ -129,8 +150,14 @@ def test_comparison_times_relearning_against_the_originals_forget_accuracy(train
     damaged = copy.deepcopy(trained_digits_model)
     with torch.no_grad():
         damaged.classifier.bias[3] -= 50.0  # never predicts 3 until relearned
-    comparison = compare_models(trained_digits_model, damaged, data, device=torch.device("cpu"),
-                                config=EvaluationConfig(relearn=True), reference=damaged)
+    comparison = compare_models(
+        trained_digits_model,
+        damaged,
+        data,
+        device=torch.device("cpu"),
+        config=EvaluationConfig(relearn=True),
+        reference=damaged,
+    )
     m = comparison.metrics
     assert m["forget_acc"] == 0.0 and m["original_forget_acc"] > 0.8
     assert m["relearn_steps"] >= 1 and m["relearn_steps"] == m["reference_relearn_steps"]

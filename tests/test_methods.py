@@ -94,12 +94,15 @@ class ForwardCounter:
         self.calls += 1
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"lr": 0.0}, r"lr must be > 0, got 0\.0"),
-    ({"epochs": -1}, r"epochs must be >= 0, got -1"),
-    ({"optimizer": "rmsprop"}, r"optimizer must be 'adam' or 'sgd', got 'rmsprop'"),
-    ({"weight_decay": -0.1}, r"weight_decay must be >= 0, got -0\.1"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": 0.0}, r"lr must be > 0, got 0\.0"),
+        ({"epochs": -1}, r"epochs must be >= 0, got -1"),
+        ({"optimizer": "rmsprop"}, r"optimizer must be 'adam' or 'sgd', got 'rmsprop'"),
+        ({"weight_decay": -0.1}, r"weight_decay must be >= 0, got -0\.1"),
+    ],
+)
 def test_optimiser_settings_name_the_bad_value(settings, message):
     with pytest.raises(UnlearningInputError, match=message):
         OptimConfig(**settings)
@@ -128,14 +131,22 @@ def test_bad_input_fails_before_any_compute(trained_digits_model, forget, retain
 
 
 def test_wrong_input_shape_for_the_model_is_a_clear_error(trained_digits_model):
-    task = UnlearningTask(forget_classes=(3,), num_classes=10, retain_images=torch.zeros(4, 3, 8, 8),
-                          retain_labels=torch.tensor([0, 1, 2, 4]))
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.zeros(4, 3, 8, 8),
+        retain_labels=torch.tensor([0, 1, 2, 4]),
+    )
     with pytest.raises(UnlearningInputError, match=r"cannot take samples of shape \(3, 8, 8\)"):
         make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
 
 
 def test_class_count_mismatch_is_a_clear_error(trained_digits_model):
-    task = UnlearningTask(forget_classes=(3,), num_classes=12, retain_images=torch.zeros(4, 1, 8, 8),
-                          retain_labels=torch.tensor([0, 1, 2, 4]))
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=12,
+        retain_images=torch.zeros(4, 1, 8, 8),
+        retain_labels=torch.tensor([0, 1, 2, 4]),
+    )
     with pytest.raises(UnlearningInputError, match=r"expected \(N, 12\) logits"):
         make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())

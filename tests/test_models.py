@@ -54,9 +54,7 @@ def test_penultimate_features_restore_the_training_mode():
 
 def test_classifier_head_needs_a_linear_layer():
     model = _model("small_cnn")
-    assert (
-        classifier_head(model) is model.classifier
-    )  # the last Linear, not the one inside features
+    assert classifier_head(model) is model.classifier  # the last Linear, not the one inside features
     with pytest.raises(UnlearningInputError, match="Sequential has no nn.Linear"):
         classifier_head(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
 
@@ -80,9 +78,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     # One train-mode forward moves BatchNorm's running statistics off their initial values.
     model.train()(torch.randn(16, 1, 8, 8))
     model.eval()
-    card = ModelCard(
-        spec, Normalization((0.25,), (0.5,)), tuple(str(i) for i in range(10)), (1, 8, 8), (3,)
-    )
+    card = ModelCard(spec, Normalization((0.25,), (0.5,)), tuple(str(i) for i in range(10)), (1, 8, 8), (3,))
 
     merged = card.with_forgotten((8, 1, 3))
     assert merged.forgotten_classes == (1, 3, 8)  # union, sorted, no duplicate

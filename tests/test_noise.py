@@ -20,7 +20,12 @@ def _state(model):
 
 def test_noise_shape_and_one_tensor_per_class(trained_digits_model):
     noise = learn_error_maximizing_noise(
-        trained_digits_model, (2, 7, 9), (1, 8, 8), NoiseConfig(batch_size=6, steps=3), device=CPU, generator=torch.Generator().manual_seed(0)
+        trained_digits_model,
+        (2, 7, 9),
+        (1, 8, 8),
+        NoiseConfig(batch_size=6, steps=3),
+        device=CPU,
+        generator=torch.Generator().manual_seed(0),
     )
     assert sorted(noise) == [2, 7, 9]
     assert all(t.shape == (6, 1, 8, 8) and not t.requires_grad for t in noise.values())
@@ -31,7 +36,14 @@ def test_noise_learning_leaves_model_untouched(trained_digits_model):
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)
     before = _state(model)
-    learn_error_maximizing_noise(model, (1,), (1, 8, 8), NoiseConfig(batch_size=8, steps=5), device=CPU, generator=torch.Generator().manual_seed(0))
+    learn_error_maximizing_noise(
+        model,
+        (1,),
+        (1, 8, 8),
+        NoiseConfig(batch_size=8, steps=5),
+        device=CPU,
+        generator=torch.Generator().manual_seed(0),
+    )
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "parameters or BN buffers changed"
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters()), "gradients leaked"
@@ -40,17 +52,28 @@ def test_noise_learning_leaves_model_untouched(trained_digits_model):
 
 def test_noise_maximises_the_error_on_its_class(trained_digits_model):
     config = NoiseConfig(batch_size=32, steps=30)
-    noise = learn_error_maximizing_noise(trained_digits_model, (4,), (1, 8, 8), config, device=CPU, generator=torch.Generator().manual_seed(0))
+    noise = learn_error_maximizing_noise(
+        trained_digits_model, (4,), (1, 8, 8), config, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
     target = torch.full((32,), 4)
     with torch.no_grad():
         learned_ce = torch.nn.functional.cross_entropy(trained_digits_model(noise[4]), target)
-        random_ce = torch.nn.functional.cross_entropy(trained_digits_model(torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))), target)
+        random_ce = torch.nn.functional.cross_entropy(
+            trained_digits_model(torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))), target
+        )
     assert learned_ce > random_ce + 1.0
 
 
 def test_same_seed_same_noise(trained_digits_model):
     def learn():
-        return learn_error_maximizing_noise(trained_digits_model, (3,), (1, 8, 8), NoiseConfig(batch_size=4, steps=4), device=CPU, generator=torch.Generator().manual_seed(11))[3]
+        return learn_error_maximizing_noise(
+            trained_digits_model,
+            (3,),
+            (1, 8, 8),
+            NoiseConfig(batch_size=4, steps=4),
+            device=CPU,
+            generator=torch.Generator().manual_seed(11),
+        )[3]
 
     assert torch.equal(learn(), learn())
 
@@ -79,4 +102,6 @@ def test_bad_noise_input_is_rejected():
     with pytest.raises(UnlearningInputError, match=r"l2_weight must be >= 0, got -1"):
         NoiseConfig(l2_weight=-1)
     with pytest.raises(UnlearningInputError, match="sample shape"):
-        build_impair_set({1: torch.randn(2, 1, 4, 4)}, torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long), copies=1)
+        build_impair_set(
+            {1: torch.randn(2, 1, 4, 4)}, torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long), copies=1
+        )

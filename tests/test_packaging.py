@@ -28,8 +28,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 def _git(directory: Path, *args: str) -> str:
     identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
-    return subprocess.run(["git", *identity, *args], cwd=directory, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(["git", *identity, *args], cwd=directory, check=True, capture_output=True, text=True).stdout
 
 
 def test_requires_python_admits_311_and_312_only() -> None:
@@ -95,7 +94,9 @@ def test_the_template_pipeline_has_the_repositorys_stages() -> None:
     def outputs(stage: dict, kind: str) -> list:
         return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get(kind, [])]
 
-    produced = {out for stage in repository.values() for kind in ("outs", "metrics", "plots") for out in outputs(stage, kind)}
+    produced = {
+        out for stage in repository.values() for kind in ("outs", "metrics", "plots") for out in outputs(stage, kind)
+    }
     for name, stage in repository.items():
         assert template[name]["cmd"] == f"sh run-stage.sh {name}"
         assert stage["cmd"] == f"sh unsir_pipeline/templates/run-stage.sh {name}"
@@ -163,11 +164,18 @@ def test_bootstrap_runs_in_an_initialised_project(tmp_path: Path) -> None:
     _git(project, "add", "-A")
     _git(project, "commit", "-qm", "new project")
 
-    result = subprocess.run([sys.executable, "-m", "unsir_pipeline.cli", "bootstrap", "--json"], cwd=project,
-                            env=_clean_env(tmp_path), capture_output=True, text=True, check=False, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "unsir_pipeline.cli", "bootstrap", "--json"],
+        cwd=project,
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["version"] == 1
-    assert (project / "models" / "original" ).is_dir()
+    assert (project / "models" / "original").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train"}
     # Everything the run wrote is git-ignored except the lock it made: the trained model is this
@@ -183,8 +191,23 @@ def test_the_wheel_carries_the_templates_and_the_licence(tmp_path: Path) -> None
         shutil.copy(ROOT / name, source / name)
     for package in ("unsir", "unsir_pipeline", "flows", "tasks"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = (tmp_path / "dist").glob("unsir_pipeline-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -192,8 +215,11 @@ def test_the_wheel_carries_the_templates_and_the_licence(tmp_path: Path) -> None
             assert f"unsir_pipeline/templates/{template}" in names
         # The state database's migrations, which run at open from the installed package.
         migrations = {n for n in names if n.startswith("unsir_pipeline/adapters/migrations/")}
-        assert {"unsir_pipeline/adapters/migrations/env.py", "unsir_pipeline/adapters/migrations/versions/requests_0001_baseline.py",
-                "unsir_pipeline/adapters/migrations/versions/audit_0002_shared_head.py"} <= migrations
+        assert {
+            "unsir_pipeline/adapters/migrations/env.py",
+            "unsir_pipeline/adapters/migrations/versions/requests_0001_baseline.py",
+            "unsir_pipeline/adapters/migrations/versions/audit_0002_shared_head.py",
+        } <= migrations
         params = archive.read("unsir_pipeline/templates/params.yaml").decode()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
@@ -210,16 +236,14 @@ def _markdown_files() -> list[Path]:
     skipped = {"state", "data", "models", "reports", "node_modules", "__pycache__"}
     found = []
     for directory, subdirectories, files in os.walk(ROOT):
-        subdirectories[:] = [d for d in subdirectories
-                             if not d.startswith(".") and d not in skipped]
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".") and d not in skipped]
         found += [Path(directory) / name for name in files if name.endswith(".md")]
     return sorted(found)
 
 
 def _heading_anchors(markdown: str) -> set[str]:
     """GitHub's anchors: a heading lower-cased, punctuation dropped, spaces made hyphens."""
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCED_BLOCK.sub("", markdown),
-                          flags=re.MULTILINE)
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCED_BLOCK.sub("", markdown), flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
@@ -238,8 +262,7 @@ def test_every_relative_link_in_the_markdown_resolves() -> None:
             resolved = (page.parent / path).resolve() if path else page
             if not resolved.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
-            elif (anchor and resolved.suffix == ".md"
-                  and anchor not in _heading_anchors(resolved.read_text())):
+            elif anchor and resolved.suffix == ".md" and anchor not in _heading_anchors(resolved.read_text()):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
 

@@ -190,8 +190,10 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester"]) == 2
     assert "not measured to have forgotten classes [3" in capsys.readouterr().err
     assert "champion" not in registry_for(Workspace.load(project)).get_version(1).aliases
-    assert main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester",
-                 "--override"]) == 0
+    assert (
+        main(["--project", str(project), "promote", "1", "--reason", "rollback drill", "--by", "tester", "--override"])
+        == 0
+    )
     assert "overridden: version 1 was not measured" in capsys.readouterr().out
     version = registry_for(Workspace.load(project)).get_version(1)
     assert "champion" in version.aliases and version.tags["promoted_by"] == "tester"
@@ -199,8 +201,11 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     champion = str(registry_for(Workspace.load(project)).resolve_alias("champion"))
     assert champion == "1"
     # Put the verified champion back for the tests that follow.
-    latest = max(v.version for v in registry_for(Workspace.load(project)).list_versions()
-                 if v.tags.get("gate_decision") == "promoted")
+    latest = max(
+        v.version
+        for v in registry_for(Workspace.load(project)).list_versions()
+        if v.tags.get("gate_decision") == "promoted"
+    )
     assert main(["--project", str(project), "promote", str(latest), "--reason", "restore", "--by", "tester"]) == 0
     assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 2  # bad input
     assert "no version 99" in capsys.readouterr().err

@@ -50,9 +50,7 @@ def _checkpoint(directory: Path, seed: int) -> Path:
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
-    registry = ModelRegistry(
-        uri, MODEL_NAME, "unlearning", artifact_location=(root / "artifacts").as_uri()
-    )
+    registry = ModelRegistry(uri, MODEL_NAME, "unlearning", artifact_location=(root / "artifacts").as_uri())
     checkpoint = _checkpoint(root / "trained", seed=0)
     with registry.start_run("train", tags={"step": "train"}) as run_id:
         version = registry.register_checkpoint(
@@ -211,9 +209,7 @@ def test_run_logging_reaches_the_tracking_store(store: dict, tmp_path: Path) -> 
     assert run.data.params == {"lr": "0.01", "epochs": "3"}
     assert run.data.metrics == {"forget_accuracy": 0.05}
     assert run.data.tags["kind"] == "eval"
-    artifacts = {
-        a.path for a in mlflow.MlflowClient(tracking_uri=store["uri"]).list_artifacts(run_id)
-    }
+    artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri=store["uri"]).list_artifacts(run_id)}
     assert {"forget.json", "reports"} <= artifacts
 
 
@@ -222,18 +218,14 @@ def test_logging_and_registering_need_an_active_run(store: dict) -> None:
     with pytest.raises(RegistryError, match="no active run"):
         registry.log_metrics({"x": 1.0})
     with pytest.raises(RegistryError, match="no active run"):
-        registry.register_checkpoint(
-            store["checkpoint"], input_example=EXAMPLE, tags={}, idempotency_key="k"
-        )
+        registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={}, idempotency_key="k")
 
 
 def test_pickled_module_loads_only_when_allowed(store: dict, tmp_path: Path) -> None:
     import mlflow.pytorch
 
     uri = store["uri"]
-    registry = ModelRegistry(
-        uri, "pickled", "legacy", artifact_location=(tmp_path / "artifacts").as_uri()
-    )
+    registry = ModelRegistry(uri, "pickled", "legacy", artifact_location=(tmp_path / "artifacts").as_uri())
     checkpoint = _checkpoint(tmp_path / "ck", seed=2)
     torch.manual_seed(2)
     module = build_model(SPEC)
@@ -248,15 +240,11 @@ def test_pickled_module_loads_only_when_allowed(store: dict, tmp_path: Path) -> 
         )
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.create_registered_model("pickled")
-        client.create_model_version(
-            "pickled", info.model_uri, run_id=run_id, model_id=info.model_id
-        )
+        client.create_model_version("pickled", info.model_uri, run_id=run_id, model_id=info.model_id)
 
     with pytest.raises(RegistryError, match="allow_pickled_module=True"):
         registry.load_model(1, dest=tmp_path / "refused")
-    model, card, version = registry.load_model(
-        1, dest=tmp_path / "allowed", allow_pickled_module=True
-    )
+    model, card, version = registry.load_model(1, dest=tmp_path / "allowed", allow_pickled_module=True)
     assert version == 1 and card == CARD
     assert torch.equal(model.classifier.weight, module.classifier.weight)
 
@@ -290,8 +278,12 @@ def test_weights_tag_cannot_claim_another_digest(store: dict) -> None:
     digest = weights_sha256(store["checkpoint"])
     refused = rf"tag 'weights_sha256' is 0{{64}}, but the weights file hashes to {digest}"
     with registry.start_run("reserved"), pytest.raises(RegistryError, match=refused):
-        registry.register_checkpoint(store["checkpoint"], input_example=EXAMPLE, tags={WEIGHTS_SHA256_TAG: "0" * 64},
-                                     idempotency_key="reserved-tag")
+        registry.register_checkpoint(
+            store["checkpoint"],
+            input_example=EXAMPLE,
+            tags={WEIGHTS_SHA256_TAG: "0" * 64},
+            idempotency_key="reserved-tag",
+        )
 
 
 def test_bit_flipped_stored_weights_are_refused_naming_the_version(store: dict, tmp_path: Path) -> None:

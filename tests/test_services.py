@@ -22,15 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_project
 
 pytestmark = pytest.mark.slow
 
 STACK = ROOT / "infra" / "local" / "stack.py"
 BIN = Path(sys.executable).parent
 # A client's own settings must not leak in from the test process (the Prefect test harness).
-_CLIENT_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI",
-                     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "UNSIR_DVC_REMOTE")
+_CLIENT_VARIABLES = (
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "UNSIR_DVC_REMOTE",
+)
 
 
 def _free_port() -> int:
@@ -47,25 +53,43 @@ class Stack:
     client: dict[str, str]
 
     def run_stack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(STACK), *args], env=self.stack_env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [sys.executable, str(STACK), *args],
+            env=self.stack_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES}
         return {**base, **self.client}
 
     def unsir(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "unsir"), "--project", str(self.project), *args],
-                              env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [str(BIN / "unsir"), "--project", str(self.project), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def pids(self) -> dict[str, int]:
-        return {line["service"]: line["pid"] for line in
-                map(json.loads, self.run_stack("status").stdout.splitlines()) if line["pid"]}
+        return {
+            line["service"]: line["pid"]
+            for line in map(json.loads, self.run_stack("status").stdout.splitlines())
+            if line["pid"]
+        }
 
     def mlflow(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
         user, password = auth or (self.client["MLFLOW_TRACKING_USERNAME"], self.client["MLFLOW_TRACKING_PASSWORD"])
-        headers = {} if auth == ("", "") else {
-            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        headers = (
+            {}
+            if auth == ("", "")
+            else {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        )
         request = urllib.request.Request(self.client["MLFLOW_TRACKING_URI"] + path, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -84,8 +108,12 @@ def stack(tmp_path_factory, bootstrapped_project) -> Stack:
     # The session's project with its data prepared and its model trained (DVC outputs, cache and
     # lock), but without its state: `unsir bootstrap` registers it with the stack's MLflow.
     project = tmp_path_factory.mktemp("services") / "project"
-    shutil.copytree(bootstrapped_project, project, symlinks=True,
-                    ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped_project else [])
+    shutil.copytree(
+        bootstrapped_project,
+        project,
+        symlinks=True,
+        ignore=lambda directory, names: ["state"] if Path(directory) == bootstrapped_project else [],
+    )
     for name in ("flows", "tasks"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
@@ -93,9 +121,12 @@ def stack(tmp_path_factory, bootstrapped_project) -> Stack:
     directory = Path(tempfile.mkdtemp(prefix="unsir-services-"))
     stack_env = {
         **{k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES},
-        "UNSIR_SERVICES_DIR": str(directory), "UNSIR_PROJECT_DIR": str(project),
-        "UNSIR_PG_PORT": str(_free_port()), "UNSIR_MLFLOW_PORT": str(_free_port()),
-        "UNSIR_PREFECT_PORT": str(_free_port()), "UNSIR_PREFECT_UI": "false",
+        "UNSIR_SERVICES_DIR": str(directory),
+        "UNSIR_PROJECT_DIR": str(project),
+        "UNSIR_PG_PORT": str(_free_port()),
+        "UNSIR_MLFLOW_PORT": str(_free_port()),
+        "UNSIR_PREFECT_PORT": str(_free_port()),
+        "UNSIR_PREFECT_UI": "false",
     }
     stack = Stack(project, directory, stack_env, {})
     started = stack.run_stack("up", timeout=600)
@@ -125,8 +156,9 @@ def test_a_request_without_credentials_is_refused(stack):
     assert stack.mlflow(path)[0] == 200
     # The Prefect API too: its auth string is required.
     api = stack.client["PREFECT_API_URL"]
-    request = urllib.request.Request(f"{api}/flows/filter", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{api}/flows/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
@@ -135,18 +167,35 @@ def test_a_request_without_credentials_is_refused(stack):
 def test_deletion_batch_runs_through_the_worker(stack):
     bootstrap = stack.unsir("bootstrap")
     assert bootstrap.returncode == 0, bootstrap.stderr[-2000:]
-    filed = [stack.unsir("request", "add", "--classes", c, "--requester", who, "--reason", "consent withdrawn", "--json")
-             for c, who in (("3", "alice"), ("8", "bob"))]
+    filed = [
+        stack.unsir("request", "add", "--classes", c, "--requester", who, "--reason", "consent withdrawn", "--json")
+        for c, who in (("3", "alice"), ("8", "bob"))
+    ]
     ids = [json.loads(f.stdout)["id"] for f in filed]
 
     # Triggered on the server; only the worker (its own process) can run it.
-    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "deletion-batch/deletion-batch",
-                          "--watch", "--watch-timeout", "400"],
-                         cwd=stack.project, env=stack.env(), capture_output=True, text=True, timeout=450, check=False)
+    run = subprocess.run(
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            "deletion-batch/deletion-batch",
+            "--watch",
+            "--watch-timeout",
+            "400",
+        ],
+        cwd=stack.project,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=450,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "Completed" in run.stdout
-    flow_run_id = next(word for line in run.stdout.splitlines() if "UUID" in line for word in line.split()
-                       if word.count("-") == 4)
+    flow_run_id = next(
+        word for line in run.stdout.splitlines() if "UUID" in line for word in line.split() if word.count("-") == 4
+    )
     worker_log = (stack.directory / "logs" / "worker.log").read_text()
     assert flow_run_id in worker_log  # this worker picked it up
 
@@ -157,8 +206,12 @@ def test_deletion_batch_runs_through_the_worker(stack):
     assert version["version"] == "2"
     tags = {t["key"]: t["value"] for t in version.get("tags", [])}
     assert json.loads(tags["forgotten_classes"]) == [3, 8]
-    assert stack.mlflow("/api/2.0/mlflow/registered-models/alias?name=unsir-classifier&alias=original")[1][
-        "model_version"]["version"] == "1"
+    assert (
+        stack.mlflow("/api/2.0/mlflow/registered-models/alias?name=unsir-classifier&alias=original")[1][
+            "model_version"
+        ]["version"]
+        == "1"
+    )
     requests = stack.requests()
     assert all(requests[i]["status"] == "done" and requests[i]["model_version"] == 2 for i in ids)
     # The audit trail says which registry those version numbers belong to, without credentials.
@@ -177,10 +230,21 @@ def test_deletion_batch_runs_through_the_worker(stack):
 def test_mlflow_stopped_mid_batch_loses_no_request(stack):
     filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
     request_id = json.loads(filed.stdout)["id"]
-    fast_failure = ["--set", "registry.http_max_retries=2", "--set", "registry.http_backoff_factor=0",
-                    "--set", "registry.http_timeout_s=5"]
-    batch = subprocess.Popen([str(BIN / "unsir"), "--project", str(stack.project), *fast_failure, "batch", "run"],
-                             env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fast_failure = [
+        "--set",
+        "registry.http_max_retries=2",
+        "--set",
+        "registry.http_backoff_factor=0",
+        "--set",
+        "registry.http_timeout_s=5",
+    ]
+    batch = subprocess.Popen(
+        [str(BIN / "unsir"), "--project", str(stack.project), *fast_failure, "batch", "run"],
+        env=stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     from unsir_pipeline.governance.batches import request_store
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -268,7 +332,10 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
 
     from unsir_pipeline.governance import batch_locks
 
-    server = {PREFECT_API_URL: stack.client["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"]}
+    server = {
+        PREFECT_API_URL: stack.client["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"],
+    }
     with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as held:
         assert held
         skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view
@@ -289,7 +356,9 @@ def test_a_request_filed_in_one_checkout_is_forgotten_by_a_batch_in_another(stac
     shutil.copytree(stack.project / "data" / "prepared", other / "data" / "prepared")
     versions = "/api/2.0/mlflow/model-versions/search?filter=name%3D%27unsir-classifier%27"
     versions_before = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
-    filed = machine_b.unsir("request", "add", "--classes", "1", "--requester", "dora", "--reason", "filed on B", "--json")
+    filed = machine_b.unsir(
+        "request", "add", "--classes", "1", "--requester", "dora", "--reason", "filed on B", "--json"
+    )
     assert filed.returncode == 0, filed.stderr[-2000:]
     request_id = json.loads(filed.stdout)["id"]
     assert stack.requests()[request_id]["status"] == "pending"  # machine A sees it at once

@@ -79,6 +79,7 @@ def test_signature_states_raw_images_and_labelled_rows(digits_card):
 
 # --- MLflow's real scoring server -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def served_project(tmp_path_factory, bootstrapped_project) -> Path:
     return clone_project(bootstrapped_project, tmp_path_factory.mktemp("serving") / "project")
@@ -86,8 +87,9 @@ def served_project(tmp_path_factory, bootstrapped_project) -> Path:
 
 def _post(port: int, images: np.ndarray) -> list[dict]:
     body = json.dumps({"inputs": images.tolist()}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["predictions"]
 
@@ -132,9 +134,23 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
     # PATH without the environment's bin: the supervisor must find uvicorn on its own.
     env = {**os.environ, "PATH": "/usr/bin:/bin", "UNSIR_PROGRESS": "0"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(served_project), "serve", "--port", str(port),
-         "--poll", "1", "--json"],
-        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "unsir_pipeline.cli",
+            "--project",
+            str(served_project),
+            "serve",
+            "--port",
+            str(port),
+            "--poll",
+            "1",
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     sessions = [server.pid]  # the supervisor's session, then each scoring server's own
     try:
@@ -151,8 +167,9 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         forgetting = served_project / "state" / "v2-checkpoint"
         save_checkpoint(forgetting, model, card.with_forgotten((3,)))
         with registry.start_run(run_name="serving-test"):
-            version = registry.register_checkpoint(forgetting, input_example=images[:2], tags={FORGOTTEN_TAG: "[3]"},
-                                                   idempotency_key="serving-test-v2")
+            version = registry.register_checkpoint(
+                forgetting, input_example=images[:2], tags={FORGOTTEN_TAG: "[3]"}, idempotency_key="serving-test-v2"
+            )
         registry.set_alias(ws.params.registry.champion_alias, version)
         moved = _next_event(server, "alias-moved")
         assert (moved["from_version"], moved["to_version"]) == (1, version)

@@ -22,11 +22,14 @@ def test_manifest_with_validation_split(digits):
     assert counts["val"] == pytest.approx(0.2, abs=0.01)
 
 
-@pytest.mark.parametrize(("fractions", "message"), [
-    ((0.0, 0.5, 0.5), r"train must be > 0, got 0\.0"),
-    ((0.6, -0.1, 0.5), r"val must be >= 0, got -0\.1"),
-    ((0.7, 0.2, 0.3), r"train \+ val \+ test must be 1, got 1\.2"),
-])
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ((0.0, 0.5, 0.5), r"train must be > 0, got 0\.0"),
+        ((0.6, -0.1, 0.5), r"val must be >= 0, got -0\.1"),
+        ((0.7, 0.2, 0.3), r"train \+ val \+ test must be 1, got 1\.2"),
+    ],
+)
 def test_split_fractions_name_the_bad_value(fractions, message):
     with pytest.raises(UnlearningInputError, match=message):
         SplitFractions(*fractions)
@@ -43,7 +46,12 @@ def test_retain_subset_has_no_forget_class_and_n_per_class(digits_manifest):
 
 @pytest.mark.parametrize(
     ("forget", "per_class", "message"),
-    [((10,), 5, "unknown forget class 10"), (tuple(range(10)), 5, "every one of the 10 classes"), ((), 5, "no forget class"), ((1,), 0, "must be positive")],
+    [
+        ((10,), 5, "unknown forget class 10"),
+        (tuple(range(10)), 5, "every one of the 10 classes"),
+        ((), 5, "no forget class"),
+        ((1,), 0, "must be positive"),
+    ],
 )
 def test_retain_subset_rejects_bad_input(digits_manifest, forget, per_class, message):
     with pytest.raises(UnlearningInputError, match=message):

@@ -49,6 +49,7 @@ def _context(project: Path, run_key: str, *overrides: str) -> RunContext:
 
 # --- validate-data-splits: the request's classes, the retain subset, the expectations ---------
 
+
 def test_a_request_is_resolved_and_its_retain_subset_drawn(project, artifacts):
     ctx = _context(project, "unit-request")
     with disable_run_logger():
@@ -61,11 +62,14 @@ def test_a_request_is_resolved_and_its_retain_subset_drawn(project, artifacts):
     assert request.expectations_passed > 0 and "data-validation" in artifacts
 
 
-@pytest.mark.parametrize(("requested", "parent", "message"), [
-    (["3"], ParentModel(2, [3]), r"\['3'\] are already forgotten by the parent model \(version 2\)"),
-    (["eleven"], ParentModel(1, []), "unknown class 'eleven'"),
-    ([str(c) for c in range(1, 10)], ParentModel(2, [0]), "every one of the 10 classes"),
-])
+@pytest.mark.parametrize(
+    ("requested", "parent", "message"),
+    [
+        (["3"], ParentModel(2, [3]), r"\['3'\] are already forgotten by the parent model \(version 2\)"),
+        (["eleven"], ParentModel(1, []), "unknown class 'eleven'"),
+        ([str(c) for c in range(1, 10)], ParentModel(2, [0]), "every one of the 10 classes"),
+    ],
+)
 def test_a_bad_request_is_refused_before_anything_is_written(project, artifacts, requested, parent, message):
     ctx = _context(project, "unit-refused")
     retain_dir = ctx.ws.root / "data" / "retain"
@@ -77,6 +81,7 @@ def test_a_bad_request_is_refused_before_anything_is_written(project, artifacts,
 
 
 # --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------
+
 
 def test_evaluation_shapes_per_class_rows_metrics_and_the_runs_files(project, artifacts):
     ctx = _context(project, "unit-evaluate", "evaluation.relearn=false")
@@ -106,12 +111,16 @@ def test_evaluation_shapes_per_class_rows_metrics_and_the_runs_files(project, ar
     logged = mlflow.MlflowClient(ctx.ws.tracking_uri).get_run(run_id)
     assert logged.data.metrics["forget_acc"] == 0.0
     assert {a.path for a in mlflow.MlflowClient(ctx.ws.tracking_uri).list_artifacts(run_id, "evaluation")} == {
-        "evaluation/evaluation.json", "evaluation/per_class_accuracy.png", "evaluation/confusion_matrices.png"}
+        "evaluation/evaluation.json",
+        "evaluation/per_class_accuracy.png",
+        "evaluation/confusion_matrices.png",
+    }
     assert artifacts["per-class-accuracy"] == result.per_class
     assert "unlearning-summary" in artifacts
 
 
 # --- promotion-gate: when champion moves ----------------------------------------------------
+
 
 def _register_candidate(project: Path, key: str) -> int:
     """The original's weights registered again as a new version (what it is does not matter to
@@ -120,16 +129,21 @@ def _register_candidate(project: Path, key: str) -> int:
     registry = registry_for(ws)
     example = torch.rand(2, 1, 8, 8).numpy()
     with registry.start_run(run_name=key):
-        return registry.register_checkpoint(ws.original_model_dir, input_example=example, tags={},
-                                            idempotency_key=key)
+        return registry.register_checkpoint(ws.original_model_dir, input_example=example, tags={}, idempotency_key=key)
 
 
 def _candidate(per_class: list[float], forget_classes: list[int], **metrics: float) -> GateInput:
     forget_acc = sum(per_class[c] for c in forget_classes) / len(forget_classes)
-    base = {"forget_acc": forget_acc, "original_retain_acc": 0.97, "retain_acc": 0.96, "mia": 0.5,
-            "mia_nonmember_rate": 0.5}
-    return GateInput(metrics={**base, **metrics}, per_class_test=per_class, forget_classes=forget_classes,
-                     verified=True, rounds=1)
+    base = {
+        "forget_acc": forget_acc,
+        "original_retain_acc": 0.97,
+        "retain_acc": 0.96,
+        "mia": 0.5,
+        "mia_nonmember_rate": 0.5,
+    }
+    return GateInput(
+        metrics={**base, **metrics}, per_class_test=per_class, forget_classes=forget_classes, verified=True, rounds=1
+    )
 
 
 def test_the_gate_promotes_a_version_that_passes_and_holds_one_that_brings_a_class_back(project):
@@ -139,8 +153,9 @@ def test_the_gate_promotes_a_version_that_passes_and_holds_one_that_brings_a_cla
     forgot_3 = _register_candidate(project, "unit-gate-forgot-3")
     registry.set_version_tags(forgot_3, {"verified_forgotten_classes": "[3]"})
     with disable_run_logger():
-        passed = model.promotion_gate.fn(_context(project, "unit-gate-1"), forgot_3,
-                                         _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3]))
+        passed = model.promotion_gate.fn(
+            _context(project, "unit-gate-1"), forgot_3, _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3])
+        )
     assert passed.promoted is True and all(r.startswith("pass: ") for r in passed.reasons)
     assert registry.resolve_alias("champion") == forgot_3 != champion
     assert registry.get_version(forgot_3).tags["gate_decision"] == "promoted"
@@ -148,11 +163,13 @@ def test_the_gate_promotes_a_version_that_passes_and_holds_one_that_brings_a_cla
     # Forgets class 0 perfectly, but class 3 (deleted by the promoted version) is back at 95%.
     knows_3 = _register_candidate(project, "unit-gate-knows-3")
     with disable_run_logger():
-        held = model.promotion_gate.fn(_context(project, "unit-gate-2"), knows_3,
-                                       _candidate([0.0] + [0.97] * 2 + [0.95] + [0.97] * 6, [0]))
+        held = model.promotion_gate.fn(
+            _context(project, "unit-gate-2"), knows_3, _candidate([0.0] + [0.97] * 2 + [0.95] + [0.97] * 6, [0])
+        )
     assert held.promoted is False
     assert [r for r in held.reasons if r.startswith("FAIL")] == [
-        "FAIL: every requested and every earlier-deleted class measured forgotten; still classified: [3]"]
+        "FAIL: every requested and every earlier-deleted class measured forgotten; still classified: [3]"
+    ]
     assert registry.resolve_alias("champion") == forgot_3  # unchanged
     tags = registry.get_version(knows_3).tags
     assert tags["gate_decision"] == "held" and "still classified: [3]" in tags["gate_reasons"]
@@ -162,8 +179,9 @@ def test_the_gate_judges_every_bound_it_is_given(project):
     registry = registry_for(Workspace.load(project))
     champion = registry.resolve_alias("champion")
     version = _register_candidate(project, "unit-gate-bounds")
-    weak = _candidate([0.97] * 5 + [0.2] + [0.97] * 4, [5], retain_acc=0.90, mia=0.9,
-                      reference_retain_acc=0.97, reference_mia=0.5)
+    weak = _candidate(
+        [0.97] * 5 + [0.2] + [0.97] * 4, [5], retain_acc=0.90, mia=0.9, reference_retain_acc=0.97, reference_mia=0.5
+    )
     weak = replace(weak, verified=False, rounds=4)
     with disable_run_logger():
         decision = model.promotion_gate.fn(_context(project, "unit-gate-3"), version, weak)

@@ -31,9 +31,7 @@ def _manifest() -> pd.DataFrame:
         for label in range(NUM_CLASSES):
             for i in range(per_class):
                 sid = f"{split}-{label}-{i}"
-                rows.append(
-                    {"sample_id": sid, "label": label, "split": split, "digest": _digest(sid)}
-                )
+                rows.append({"sample_id": sid, "label": label, "split": split, "digest": _digest(sid)})
     return pd.DataFrame(rows)
 
 
@@ -122,9 +120,7 @@ def test_bad_forget_classes_fail(forget: tuple[int, ...], fragment: str) -> None
     retain = _retain(manifest)
     retain = retain[~retain["label"].isin(forget)]
     report = _validate(manifest, retain, forget_classes=forget)
-    assert any(f.startswith("forget classes:") and fragment in f for f in report.failures), (
-        report.failures
-    )
+    assert any(f.startswith("forget classes:") and fragment in f for f in report.failures), report.failures
 
 
 def test_retain_subset_leaks_and_strangers_are_named() -> None:
@@ -147,9 +143,7 @@ def test_duplicate_retain_ids_fail() -> None:
     manifest = _manifest()
     retain = _retain(manifest)
     report = _validate(manifest, pd.concat([retain, retain.iloc[[0]]], ignore_index=True))
-    assert any(
-        f.startswith("retain subset: expect_column_values_to_be_unique") for f in report.failures
-    )
+    assert any(f.startswith("retain subset: expect_column_values_to_be_unique") for f in report.failures)
 
 
 def test_extra_failures_are_reported_and_raised_with_every_line() -> None:
@@ -185,8 +179,14 @@ def _rows(digits, manifest: pd.DataFrame, **kwargs) -> list[str]:
 
 def test_clean_manifest_matches_its_data_set_row_by_row(digits, digits_manifest) -> None:
     assert _rows(digits, digits_manifest) == []
-    report = validate_splits(digits_manifest, digits_manifest[digits_manifest["split"] == "train"].head(20),
-                             num_classes=10, forget_classes=(3,), min_per_class=1, data=digits)
+    report = validate_splits(
+        digits_manifest,
+        digits_manifest[digits_manifest["split"] == "train"].head(20),
+        num_classes=10,
+        forget_classes=(3,),
+        min_per_class=1,
+        data=digits,
+    )
     assert report.failures == () or all("retain subset" in f for f in report.failures)
     assert not any(f.startswith("manifest rows:") for f in report.failures)
 
@@ -200,16 +200,24 @@ def test_flipped_label_is_named_by_line_and_id(digits, digits_manifest) -> None:
 
     failures = _rows(digits, manifest)
 
-    assert any(f"1 rows carry another label than the data set's: line {pos + 2} (sample_id {sid!r}, "
-               f"label {(true_label + 1) % 10}, data set {true_label})" in f for f in failures), failures
+    assert any(
+        f"1 rows carry another label than the data set's: line {pos + 2} (sample_id {sid!r}, "
+        f"label {(true_label + 1) % 10}, data set {true_label})" in f
+        for f in failures
+    ), failures
     assert any(f"class {true_label} " in f and "manifest rows, but the data set has" in f for f in failures)
 
 
 def test_deleted_rows_are_counted_and_named(digits, digits_manifest) -> None:
     dropped = digits_manifest.iloc[100:161]
     failures = _rows(digits, digits_manifest.drop(index=dropped.index))
-    assert any(f.startswith("61 samples of the data set 'digits' have no manifest row (deleted rows?): "
-                            f"sample_id {dropped.iloc[0]['sample_id']!r}") for f in failures), failures
+    assert any(
+        f.startswith(
+            "61 samples of the data set 'digits' have no manifest row (deleted rows?): "
+            f"sample_id {dropped.iloc[0]['sample_id']!r}"
+        )
+        for f in failures
+    ), failures
 
 
 def test_duplicated_unknown_and_out_of_range_rows_are_named(digits, digits_manifest) -> None:
@@ -235,7 +243,9 @@ def test_digest_is_recomputed_on_a_seeded_sample(digits, digits_manifest) -> Non
     assert _rows(digits, manifest, sample_rows=50) == sampled  # the same rows each time
     one = digits_manifest.copy()
     one.loc[3, "digest"] = "0" * 64
-    assert any(f"line 5 (sample_id {one.loc[3, 'sample_id']!r}, recorded 000000000000..." in f for f in _rows(digits, one))
+    assert any(
+        f"line 5 (sample_id {one.loc[3, 'sample_id']!r}, recorded 000000000000..." in f for f in _rows(digits, one)
+    )
 
 
 def test_retain_subset_edited_by_hand_is_reported_not_redrawn(tmp_path, monkeypatch) -> None:

@@ -38,8 +38,12 @@ def test_the_default_split_has_a_validation_part_that_the_task_carries(digits, d
 
 def test_the_loop_stops_at_the_first_round_that_passes(trained_digits_model, digits, digits_manifest, digits_splits):
     task = _task(digits, digits_manifest, digits_splits, (3,))
-    lenient = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=4, max_forget_acc=1.0, max_forget_confidence=1.0))
-    result = make_method("unsir", lenient).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    lenient = replace(
+        UNSIRConfig(), verification=VerificationConfig(max_rounds=4, max_forget_acc=1.0, max_forget_confidence=1.0)
+    )
+    result = make_method("unsir", lenient).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
     assert result.verified is True
     assert len(result.rounds) == 1
     assert {"val_forget_acc", "val_forget_confidence", "val_retain_acc"} <= set(result.rounds[0])
@@ -49,30 +53,41 @@ def test_the_loop_stops_at_the_first_round_that_passes(trained_digits_model, dig
 def test_the_loop_stops_at_its_budget_and_says_so(trained_digits_model, digits, digits_manifest, digits_splits):
     task = _task(digits, digits_manifest, digits_splits, (3,))
     # No model gives a forget-class sample a probability below 0: the check can never pass.
-    impossible = replace(UNSIRConfig(), polish=None,
-                         verification=VerificationConfig(max_rounds=3, max_forget_confidence=0.0))
-    result = make_method("unsir", impossible).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    impossible = replace(
+        UNSIRConfig(), polish=None, verification=VerificationConfig(max_rounds=3, max_forget_confidence=0.0)
+    )
+    result = make_method("unsir", impossible).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
     assert result.verified is False
     assert [r["round"] for r in result.rounds] == [1, 2, 3]
     # Round r copies the noise r times as often as round 1.
     assert [r["noise_copies"] for r in result.rounds] == [5, 10, 15]
 
 
-def test_without_a_validation_split_unsir_runs_one_unverified_round(trained_digits_model, digits, digits_manifest, digits_splits):
+def test_without_a_validation_split_unsir_runs_one_unverified_round(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
     task = replace(_task(digits, digits_manifest, digits_splits, (3,)), validation_images=None, validation_labels=None)
-    result = make_method("unsir", UNSIRConfig()).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    result = make_method("unsir", UNSIRConfig()).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
     assert result.verified is None and len(result.rounds) == 1
 
 
-def test_no_step_trains_on_a_forget_class_sample(trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch):
+def test_no_step_trains_on_a_forget_class_sample(
+    trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch
+):
     """Every tensor UNSIR trains on is D_r_sub plus noise: no row equals a forget-class sample
     of the training split or of the validation split (which is only measured)."""
     forget = (5,)
     task = _task(digits, digits_manifest, digits_splits, forget)
-    forget_samples = torch.cat([
-        digits_splits.train_images[digits_splits.train_labels == 5],
-        digits_splits.val_images[digits_splits.val_labels == 5],
-    ]).flatten(1)
+    forget_samples = torch.cat(
+        [
+            digits_splits.train_images[digits_splits.train_labels == 5],
+            digits_splits.val_images[digits_splits.val_labels == 5],
+        ]
+    ).flatten(1)
     trained_on = []
     real_fit = unsir_module.fit
 
@@ -82,17 +97,22 @@ def test_no_step_trains_on_a_forget_class_sample(trained_digits_model, digits, d
 
     monkeypatch.setattr(unsir_module, "fit", recording_fit)
     config = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=2, max_forget_confidence=0.0))
-    make_method("unsir", config).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0))
+    make_method("unsir", config).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
     assert len(trained_on) >= 2 * 2 + 1  # impair and repair per round, then polish epochs
     for images in trained_on:
         distances = torch.cdist(images, forget_samples)
         assert float(distances.min()) > 1e-4
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"max_rounds": 0}, r"max_rounds must be >= 1, got 0"),
-    ({"max_forget_confidence": 1.5}, r"max_forget_confidence must be in \[0, 1\], got 1\.5"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_rounds": 0}, r"max_rounds must be >= 1, got 0"),
+        ({"max_forget_confidence": 1.5}, r"max_forget_confidence must be in \[0, 1\], got 1\.5"),
+    ],
+)
 def test_verification_settings_name_the_bad_value(settings, message):
     with pytest.raises(UnlearningInputError, match=message):
         VerificationConfig(**settings)
@@ -104,7 +124,9 @@ def test_check_forgetting_measures_confidence_not_only_accuracy(trained_digits_m
     assert not check.passes(VerificationConfig())
     with pytest.raises(UnlearningInputError, match="no sample of forget classes"):
         keep = digits_splits.val_labels != 3
-        check_forgetting(trained_digits_model, digits_splits.val_images[keep], digits_splits.val_labels[keep], (3,), device=CPU)
+        check_forgetting(
+            trained_digits_model, digits_splits.val_images[keep], digits_splits.val_labels[keep], (3,), device=CPU
+        )
 
 
 def test_the_recipe_follows_the_architecture_and_the_retain_subset():
@@ -136,7 +158,7 @@ def test_resetting_the_forget_rows_touches_nothing_else(trained_digits_model):
     rows_changed = (before["classifier.weight"] != after["classifier.weight"]).any(dim=1)
     assert rows_changed.nonzero().flatten().tolist() == [2, 7]
     # Fresh rows are small, like nn.Linear's own initialisation, not zero.
-    bound = 1 / model.classifier.in_features ** 0.5
+    bound = 1 / model.classifier.in_features**0.5
     assert 0 < after["classifier.weight"][[2, 7]].abs().max() <= bound
 
 
@@ -159,8 +181,14 @@ def _gate_ws():
 
 
 def _metrics(**changes):
-    metrics = {"forget_acc": 0.0, "retain_acc": 0.99, "original_retain_acc": 0.995, "mia": 0.02,
-               "reference_mia": 0.03, "reference_retain_acc": 0.995}
+    metrics = {
+        "forget_acc": 0.0,
+        "retain_acc": 0.99,
+        "original_retain_acc": 0.995,
+        "mia": 0.02,
+        "reference_mia": 0.03,
+        "reference_retain_acc": 0.995,
+    }
     metrics.update(changes)
     return metrics
 
