@@ -245,10 +245,10 @@ def test_mlflow_stopped_mid_batch_loses_no_request(stack):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    from unsir_pipeline.governance.batches import request_store
-    from unsir_pipeline.settings.workspace import Workspace
+    from unsir_pipeline.governance.deletion_requests import RequestStore
 
-    store = request_store(Workspace.load(stack.project))  # read in process: a CLI call per poll is seconds
+    # Read in process (a CLI call per poll is seconds), from the stack's shared state database.
+    store = RequestStore(stack.client["UNSIR_STATE_DATABASE_URL"])
     deadline = time.monotonic() + 120
     while store.get(request_id).status != "running":
         assert batch.poll() is None and time.monotonic() < deadline, "the batch never claimed the request"

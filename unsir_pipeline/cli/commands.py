@@ -333,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         configure(project)
         runtime.configure_threads()
         runtime.configure_prefect(quiet_console=getattr(args, "json", False) or _progress(args).enabled)
-        return COMMANDS[args.command](project, args)
+        code = COMMANDS[args.command](project, args)
+        if owns_process and runtime.was_interrupted():  # Prefect swallowed the KeyboardInterrupt
+            raise KeyboardInterrupt
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         if owns_process:
@@ -349,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             print("terminated", file=sys.stderr)
             runtime.stop_prefect_server()
             return runtime.EXIT_SIGTERM
+        if owns_process and runtime.was_interrupted():  # ... or the KeyboardInterrupt
+            print("interrupted", file=sys.stderr)
+            runtime.stop_prefect_server()
+            return 130
         if args.debug:
             raise
         print(f"error: {_describe(err, project)}", file=sys.stderr)

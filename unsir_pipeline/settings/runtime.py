@@ -110,8 +110,24 @@ def was_terminated() -> bool:
 
 def handle_sigterm() -> None:
     """Turn SIGTERM into :class:`Terminated` (Python's default ends the process at once, and
-    Prefect's temporary server, a child process, then outlives it)."""
+    Prefect's temporary server, a child process, then outlives it); remember SIGINT too."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Python's own handler
+
+
+def was_interrupted() -> bool:
+    """True once SIGINT arrived: Prefect's engine may swallow the KeyboardInterrupt inside a run
+    (seen: the flow ended and the command exited 0), which must still end as interrupted."""
+    return _interrupted
 
 
 def stop_prefect_server() -> None:
