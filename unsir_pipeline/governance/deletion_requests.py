@@ -345,16 +345,7 @@ class RequestStore:
     ) -> DeletionRequest:
         """Queue a request (status ``pending``). Classes are stored sorted and unique, each name
         beside its index. ``requested`` is what the requester typed; by default the names."""
-        classes, class_names = _normalise_classes(classes, class_names, allow_empty=False)
-        return self._insert(
-            classes,
-            class_names,
-            _normalise_requested(requested, class_names),
-            check_request_text("requester", requester, limit=TEXT_LIMITS["requester"]),
-            check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True),
-            "pending",
-            None,
-        )
+        return self._file(classes, class_names, requester, reason, requested, status="pending", refusal=None)
 
     def add_rejected(
         self,
@@ -372,15 +363,30 @@ class RequestStore:
         ``classes`` holds whatever did resolve (possibly nothing); ``requested`` keeps the raw
         strings, including those that named no known class.
         """
-        classes, class_names = _normalise_classes(classes, class_names, allow_empty=True)
+        refusal = _check_text("refusal", refusal)
+        return self._file(classes, class_names, requester, reason, requested, status="rejected", refusal=refusal)
+
+    def _file(
+        self,
+        classes: Sequence[int],
+        class_names: Sequence[str],
+        requester: str,
+        reason: str,
+        requested: Sequence[str] | None,
+        *,
+        status: str,
+        refusal: str | None,
+    ) -> DeletionRequest:
+        """Check and store one request; a refused one may name no class that resolved."""
+        classes, class_names = _normalise_classes(classes, class_names, allow_empty=status == "rejected")
         return self._insert(
             classes,
             class_names,
             _normalise_requested(requested, class_names),
             check_request_text("requester", requester, limit=TEXT_LIMITS["requester"]),
             check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True),
-            "rejected",
-            _check_text("refusal", refusal),
+            status,
+            refusal,
         )
 
     # -- queries ---------------------------------------------------------------------------

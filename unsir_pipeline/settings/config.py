@@ -220,19 +220,8 @@ class Params(Frozen):
 
     def digest(self) -> str:
         """A stable hash of every parameter: tags a model version with what produced it."""
-        canonical = json.dumps(
-            _without_adam_momentum(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":")
-        )
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _without_adam_momentum(node: Any) -> Any:
-    # Adam never reads ``momentum``: leaving it out of an Adam phase keeps the digests of
-    # configurations written before it was a key, and two runs that differ only there agree.
-    if isinstance(node, dict):
-        adam = node.get("optimizer") == "adam"
-        return {k: _without_adam_momentum(v) for k, v in node.items() if not (adam and k == "momentum")}
-    return node
 
 
 def apply_override(raw: dict, override: str) -> None:
