@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +30,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+
+from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
 
 BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 10
@@ -42,49 +43,11 @@ STORES = ("requests", "audit")
 LEGACY_SQLITE_VERSION = 1
 # Serialises migrations of one PostgreSQL database (pg_advisory_xact_lock key: "unsir" in hex).
 _MIGRATION_LOCK_KEY = 0x756E736972
-EXPECTED_URL = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or sqlite:////absolute/path.sqlite)"
-_DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "sqlite": ("pysqlite",)}
 
 
 class StateError(ValueError):
     """The state database's URL is malformed, it cannot be reached, or it holds a schema this
     code does not know; the message names the database (never its password)."""
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``; also for a URL SQLAlchemy cannot parse."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def parse_database_url(url: str) -> URL:
-    """A validated database URL; PostgreSQL without a driver gets psycopg2 (the stack's)."""
-    if not isinstance(url, str) or not url.strip():
-        raise StateError(f"state database URL must be a non-empty string, got {url!r}; expected {EXPECTED_URL}")
-    try:
-        parsed = sa.make_url(url)
-    except ArgumentError:
-        raise StateError(f"state database URL {redact(url)!r} is not a URL; expected {EXPECTED_URL}") from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend not in _DRIVERS or ("+" in parsed.drivername and driver not in _DRIVERS[backend]):
-        raise StateError(
-            f"state database URL {redact(url)!r} names {parsed.drivername!r}; expected {EXPECTED_URL} "
-            f"(drivers: {', '.join(d for ds in _DRIVERS.values() for d in ds)})"
-        )
-    if backend == "postgresql":
-        if not parsed.host or not parsed.database:
-            raise StateError(
-                f"state database URL {redact(url)!r} lacks a host or a database name; expected {EXPECTED_URL}"
-            )
-        if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername="postgresql+psycopg2")
-    elif not parsed.database or parsed.database == ":memory:" or not Path(parsed.database).is_absolute():
-        raise StateError(
-            f"state database URL {redact(url)!r}: a SQLite URL must name an absolute file path; expected {EXPECTED_URL}"
-        )
-    return parsed
 
 
 _ENGINES: dict[tuple[str, int], Engine] = {}
@@ -131,7 +94,10 @@ class StateDatabase:
         if isinstance(target, Path):
             self.url = URL.create("sqlite", database=str(target.resolve()))
         else:
-            self.url = parse_database_url(target)
+            try:
+                self.url = parse_database_url(target)
+            except DatabaseURLError as err:
+                raise StateError(str(err)) from None
         self.path = Path(self.url.database) if self.is_sqlite and self.url.database else None
         # What messages show: the file, or the URL without its password.
         self.shown = str(self.path) if self.path else self.url.render_as_string(hide_password=True)

@@ -28,6 +28,7 @@ from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import SplitFractions
 from unsir.training import OptimConfig
 from unsir.verification import VerificationConfig
+from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
 
 
 class ConfigError(ValueError):
@@ -162,11 +163,9 @@ class StateParams(Frozen):
     def _valid_url(cls, url: str | None) -> str | None:
         if url is None:
             return None
-        from unsir_pipeline.adapters.state_store import StateError, parse_database_url
-
         try:
             parse_database_url(url)
-        except StateError as err:
+        except DatabaseURLError as err:
             raise ValueError(str(err)) from None
         return url
 
