@@ -134,6 +134,11 @@ def test_the_recipe_follows_the_architecture_and_the_retain_subset():
     # the tuning half); with the noise, the paper's method leaves the head alone.
     shipped = unsir_config_for("small_cnn", retain_per_class=50)
     assert shipped.noise_copies == 0 and shipped.reset_forget_rows
+    # The compact schedule chosen on the tuning half: 1 impair, 2 repair, 1 polish epoch.
+    assert shipped.polish is not None
+    assert (shipped.impair.epochs, shipped.repair.epochs, shipped.polish.epochs) == (1, 2, 1)
+    deep = unsir_config_for("mobilenet_v2", retain_per_class=50)
+    assert deep.polish is not None and (deep.repair.epochs, deep.polish.epochs) == (3, 2)
     small = unsir_config_for("small_cnn", retain_per_class=50, with_noise=True)
     assert not small.reset_forget_rows
     assert (small.noise.batch_size, small.noise_copies, small.impair.lr, small.repair.lr) == (50, 5, 2e-3, 1e-3)
