@@ -311,6 +311,9 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
                 [r[name]["retain_acc"] - r["retrain"]["retain_acc"] for r in runs], min
             ),
             "mia_gap_to_retrain": mean_worst([abs(r[name]["mia"] - r["retrain"]["mia"]) for r in runs], max),
+            # The model against itself: forget-train samples against forget-class validation
+            # samples nobody trained on (the pipeline gate's baseline without a reference).
+            "mia_gap_to_forget_holdout": mean_worst([abs(r["mia"] - r["mia_forget_holdout"]) for r in rows], max),
             "cpu_time_ratio_to_retrain": mean_worst([r["cpu_ratio"] for r in rows], max),
             "wall_time_ratio_to_retrain": mean_worst([r["wall_ratio"] for r in rows], max),
             "rounds": mean_worst([r["rounds"] or 0 for r in rows], max),
@@ -322,6 +325,9 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
             ],
         }
     summary["retrain_mia"] = mean_worst([r["retrain"]["mia"] for r in runs], max)
+    summary["retrain_mia_gap_to_forget_holdout"] = mean_worst(
+        [abs(r["retrain"]["mia"] - r["retrain"]["mia_forget_holdout"]) for r in runs], max
+    )
     return summary
 
 
@@ -329,7 +335,9 @@ def print_summary(dataset: str, result: dict) -> None:
     s = result["summary"]
     print(
         f"\n== {dataset} / {result['arch']}: {s['runs']} runs (retrained MIA mean {s['retrain_mia']['mean']:.3f}, "
-        f"worst {s['retrain_mia']['worst']:.3f})"
+        f"worst {s['retrain_mia']['worst']:.3f}; its gap to its own forget-class hold-out mean "
+        f"{s['retrain_mia_gap_to_forget_holdout']['mean']:.3f}, "
+        f"worst {s['retrain_mia_gap_to_forget_holdout']['worst']:.3f})"
     )
     for name, m in s.items():
         if not isinstance(m, dict) or "pass_share" not in m:
@@ -344,7 +352,9 @@ def print_summary(dataset: str, result: dict) -> None:
             f"      forget acc mean {m['forget_acc']['mean']:.4f} worst {m['forget_acc']['worst']:.4f}; retain gap "
             f"mean {100 * m['retain_gap_to_retrain']['mean']:+.2f} worst "
             f"{100 * m['retain_gap_to_retrain']['worst']:+.2f} "
-            f"pts; MIA gap mean {m['mia_gap_to_retrain']['mean']:.3f} worst {m['mia_gap_to_retrain']['worst']:.3f}; "
+            f"pts; MIA gap mean {m['mia_gap_to_retrain']['mean']:.3f} worst {m['mia_gap_to_retrain']['worst']:.3f} "
+            f"(to its own forget-class hold-out: mean {m['mia_gap_to_forget_holdout']['mean']:.3f} "
+            f"worst {m['mia_gap_to_forget_holdout']['worst']:.3f}); "
             f"CPU time / retrain mean {m['cpu_time_ratio_to_retrain']['mean']:.3f} worst "
             f"{m['cpu_time_ratio_to_retrain']['worst']:.3f} (wall worst "
             f"{m['wall_time_ratio_to_retrain']['worst']:.3f}); "

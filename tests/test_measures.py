@@ -164,3 +164,8 @@ def test_comparison_times_relearning_against_the_originals_forget_accuracy(train
     assert m["anamnesis"] == 1.0
     assert "original_relearn_steps" not in m
     assert 0.0 <= m["mia_nonmember_rate"] <= 1.0
+    # The forget-class validation samples: the no-reference MIA baseline, with its sample counts.
+    forget_val = int((data.val_labels == 3).sum())
+    assert forget_val > 0 and m["mia_forget_holdout_samples"] == forget_val
+    assert m["mia_forget_train_samples"] == int((data.train_labels == 3).sum())
+    assert 0.0 <= m["mia_forget_holdout"] <= 1.0

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_project
 
-pytestmark = pytest.mark.slow
+# One group: the tests share one stack, in order (`pytest -n` keeps a group on one worker).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("services")]
 
 STACK = ROOT / "infra" / "local" / "stack.py"
 BIN = Path(sys.executable).parent

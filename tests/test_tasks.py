@@ -139,7 +139,9 @@ def _candidate(per_class: list[float], forget_classes: list[int], **metrics: flo
         "original_retain_acc": 0.97,
         "retain_acc": 0.96,
         "mia": 0.5,
-        "mia_nonmember_rate": 0.5,
+        "mia_forget_holdout": 0.5,
+        "mia_forget_train_samples": 100.0,
+        "mia_forget_holdout_samples": 27.0,
     }
     return GateInput(
         metrics={**base, **metrics}, per_class_test=per_class, forget_classes=forget_classes, verified=True, rounds=1

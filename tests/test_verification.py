@@ -229,6 +229,37 @@ def test_the_gate_judges_mia_against_the_retrained_model_not_zero():
     assert not ok and any("FAIL: membership inference" in r for r in reasons)
 
 
+def _without_reference(**changes):
+    metrics = _metrics(**changes)
+    del metrics["reference_mia"], metrics["reference_retain_acc"]
+    return metrics
+
+
+def test_without_a_reference_mia_is_judged_against_forget_class_validation_samples():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    sizes = {"mia_forget_train_samples": 100.0, "mia_forget_holdout_samples": 27.0}
+    # Retain-class non-members read ~0.85 "member" on digits; forget-class samples nobody
+    # trained on read like the forget-train samples of a model that forgot them. That passes.
+    same = _without_reference(mia=0.03, mia_forget_holdout=0.0, mia_nonmember_rate=0.85, **sizes)
+    ok, reasons = gate_decision(_gate_ws(), _candidate(same, per_class), set())
+    assert ok, reasons
+    assert any("forget-class validation samples, n=27" in r for r in reasons)
+    # Forget-train samples read far more "member" than unseen samples of their class: held.
+    leaks = _without_reference(mia=0.60, mia_forget_holdout=0.10, **sizes)
+    ok, reasons = gate_decision(_gate_ws(), _candidate(leaks, per_class), set())
+    assert not ok and any(r.startswith("FAIL: membership inference 0.6000 vs 0.1000") for r in reasons)
+    # The allowance widens with sampling error: the same gap over 10x the samples is held.
+    gap = {"mia": 0.20, "mia_forget_holdout": 0.05}
+    ok_small, _ = gate_decision(_gate_ws(), _candidate(_without_reference(**gap, **sizes), per_class), set())
+    big = {"mia_forget_train_samples": 1000.0, "mia_forget_holdout_samples": 270.0}
+    ok_big, _ = gate_decision(_gate_ws(), _candidate(_without_reference(**gap, **big), per_class), set())
+    assert ok_small and not ok_big
+    # Nothing to compare with: held, and the reason says what to turn on.
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_without_reference(), per_class), set())
+    assert not ok and any("nothing to be compared with" in r and "retrain_reference" in r for r in reasons)
+
+
 def test_the_gate_holds_a_version_that_would_bring_a_deleted_class_back():
     per_class = [0.99] * 10
     per_class[3] = 0.0

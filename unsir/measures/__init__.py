@@ -137,11 +137,20 @@ def evaluate_model(
     if data.val_images is not None and data.val_labels is not None:
         # The same attack on retain-class samples it was not fit on: the rate at which it calls
         # a true non-member a member, the MIA a model that never saw the forget class would get.
-        r_va = data.mask(data.val_labels, False)
-        val_logits = predict_logits(model, data.val_images[r_va], device=device)
+        r_va, f_va = data.mask(data.val_labels, False), data.mask(data.val_labels, True)
+        val_logits = predict_logits(model, data.val_images, device=device)
         metrics["mia_nonmember_rate"] = membership_inference(
-            *mia_inputs[:4], val_logits, data.val_labels[r_va], feature=config.mia_feature
+            *mia_inputs[:4], val_logits[r_va], data.val_labels[r_va], feature=config.mia_feature
         )
+        if bool(f_va.any()):
+            # The same attack on forget-class samples nobody trained on: what it says of the
+            # forget class when membership leaves no trace. Forgotten, the forget-train samples
+            # should read like these (the reference when there is no retrained model).
+            metrics["mia_forget_holdout"] = membership_inference(
+                *mia_inputs[:4], val_logits[f_va], data.val_labels[f_va], feature=config.mia_feature
+            )
+            metrics["mia_forget_holdout_samples"] = float(f_va.sum())
+            metrics["mia_forget_train_samples"] = float(f_tr.sum())
     forget_train_images = data.train_images[f_tr]
     if original is not None:
         metrics["weight_distance"] = weight_distance(model, original)
