@@ -13,13 +13,15 @@ duplicate audit record is written.
 
 from __future__ import annotations
 
+import json
+
 from prefect import flow, get_run_logger
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
 from unsir_pipeline.governance import batch_locks, batches
-from unsir_pipeline.governance.promotion import resolve_parent
+from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, PROMOTED_DECISIONS, VERIFIED_TAG, resolve_parent
 from unsir_pipeline.settings.workspace import Workspace, open_workspace
 from unsir_pipeline.tasks.requests import (
     claim_pending_requests,
@@ -51,6 +53,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
             if not todo:  # an interrupted batch already got its version promoted
                 version = champion.version
+                _record_recovered_registration(ws, batch, version)
                 complete_requests(ws, batch.batch_id, version)
                 batches.record(
                     ws,
@@ -84,6 +87,43 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]}
         )
     return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
+
+
+def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, version: int) -> None:
+    """A batch stopped after its version was registered and promoted, before the trail said so:
+    the version's registration and gate decision go on the record from the registry's own tags,
+    so every promoted version has them. A no-op when the records exist (they are keyed by the
+    batch's run key) or when the champion came from another batch."""
+    tags = registry_for(ws).get_version(version).tags
+    if tags.get("run_key") != batch.run_key:
+        return
+    links = {"mlflow_run_id": tags.get("mlflow_run_id"), "prefect_flow_run_id": tags.get("prefect_flow_run_id")}
+    batches.record(
+        ws,
+        batch,
+        "model_registered",
+        {
+            "model_version": version,
+            "parent_version": int(tags["parent_version"]) if tags.get("parent_version", "").isdigit() else None,
+            "forgotten_classes": json.loads(tags.get(FORGOTTEN_TAG, "[]")),
+            "verified_forgotten_classes": json.loads(tags.get(VERIFIED_TAG, "[]")),
+            "data_digests": json.loads(tags.get("data_digests", "{}")),
+            "recovered_from": "registry tags (the batch stopped before recording them)",
+            **links,
+        },
+    )
+    reasons = tags.get("gate_reasons", "")
+    batches.record(
+        ws,
+        batch,
+        "gate_decision",
+        {
+            "model_version": version,
+            "promoted": tags.get("gate_decision") in PROMOTED_DECISIONS,
+            "reasons": reasons.split("; ") if reasons else [],
+            "recovered_from": "registry tags (the batch stopped before recording them)",
+        },
+    )
 
 
 def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:

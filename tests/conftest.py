@@ -15,6 +15,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("UNSIR_PROGRESS", "0")
+# One torch thread in every thread of this process, set before torch starts its OpenMP pool:
+# the CLI's runtime.configure_threads() run in-process would otherwise change the count for the
+# main thread only, and a flow's task threads would compute with another count (other rounding).
+os.environ.setdefault("UNSIR_TORCH_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

@@ -552,6 +552,43 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     assert report.ok, (report.chain, report.problems)
 
 
+def test_batch_stopped_after_promotion_records_its_version_when_resumed(project, first_batch, monkeypatch):
+    """The window between the gate promoting a version and the trail saying so: the resumed
+    batch finds its classes forgotten by the champion, and writes the version's registration and
+    gate decision from the registry before it finishes."""
+    from unsir_pipeline.flows import deletion_batch as batch_flow
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["6"], "lee", "stopped after promotion")
+    count = len(versions(project))
+    promotable = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]  # the gate must promote here
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after the promotion")
+
+    monkeypatch.setattr(batch_flow, "_record_success", stopped)
+    with pytest.raises(RuntimeError, match="stopped after the promotion"):
+        batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
+    monkeypatch.undo()
+    key = batches.request_store(ws).get(request.id).batch_id
+    champion = registry_for(ws).resolve_alias("champion")
+    assert len(versions(project)) == count + 1 and champion == max(versions(project))
+    assert "model_registered" not in events(project, key)  # the gap this test is about
+
+    result = batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
+    assert result["status"] == "done" and result["new_version"] == champion
+    assert len(versions(project)) == count + 1
+    recorded = events(project, key)
+    assert recorded.count("model_registered") == 1 and recorded.count("gate_decision") == 1
+    trail = batches.audit_log(ws).records(request_id=request.id)
+    registered = [r for r in trail if r.event in ("model_registered", "gate_decision")]
+    assert all(r.payload["model_version"] == champion and "recovered_from" in r.payload for r in registered)
+    assert [r for r in registered if r.event == "gate_decision"][0].payload["promoted"] is True
+    assert batches.request_store(ws).get(request.id).status == "done"
+    report = batches.verify_trail(ws)
+    assert report.ok, (report.chain, report.problems)
+
+
 def test_hand_edited_retain_subset_is_reported_not_redrawn(project, first_batch):
     from unsir_pipeline.adapters.prepared_data import load_prepared, write_retain_subset
     from unsir_pipeline.adapters.validation import ValidationFailed

@@ -115,7 +115,8 @@ class GateParams(Frozen):
         default=0.05,
         ge=0,
         le=1,
-        description="|MIA - retrained MIA|, or MIA minus the attack's rate on held-out non-members without a reference",
+        description="|MIA - retrained MIA|; without a reference, |MIA - the attack's rate on forget-class validation "
+        "samples|, allowed two standard errors more",
     )
     require_verified: bool = Field(default=True, description="hold a version whose validation check failed")
 
