@@ -559,7 +559,7 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(project,
     from unsir_pipeline.flows import deletion_batch as batch_flow
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["6"], "lee", "stopped after promotion")
+    request = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
     count = len(versions(project))
     promotable = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]  # the gate must promote here
 

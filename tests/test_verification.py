@@ -141,6 +141,7 @@ def test_the_recipe_follows_the_architecture_and_the_retain_subset():
     assert deep.polish is not None and (deep.repair.epochs, deep.polish.epochs) == (3, 2)
     small = unsir_config_for("small_cnn", retain_per_class=50, with_noise=True)
     assert not small.reset_forget_rows
+    assert small.polish is not None and (small.repair.epochs, small.polish.epochs) == (3, 2)  # measured with noise
     assert (small.noise.batch_size, small.noise_copies, small.impair.lr, small.repair.lr) == (50, 5, 2e-3, 1e-3)
     assert small.noise.l2_reduction == "pixel_mean"
     # 1000 retain samples per class: the noise batch caps at 256, copies keep 5x the retain share.
