@@ -2,6 +2,8 @@
 defaults: `unsir forget C --from original`, one flow run each, in a temporary project copy.
 
     python benchmarks/pipeline_sweep.py [--out reports/bench/pipeline-sweep.json]
+    python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
+        --out reports/bench/pipeline-sweep-no-reference.json   # the gate without a reference
 
 Each run starts from the original (version 1). Since a promoted version's classes must stay
 forgotten, later runs are held by the deletion-history check; the table shows that check
@@ -23,9 +25,16 @@ from flow import make_project  # benchmarks/flow.py: the same temporary project 
 SETTINGS = [[str(c)] for c in range(10)] + [["1", "7"], ["0", "4", "9"]]
 
 
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/bench/pipeline-sweep.json")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override"
+    )
     args = parser.parse_args(argv)
     project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
     make_project(project)
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for classes in SETTINGS:
         started = time.perf_counter()
-        result = unlearn(forget_classes=classes, project_dir=str(project), parent="original")
+        result = unlearn(forget_classes=classes, project_dir=str(project), parent="original", overrides=args.overrides)
         m = result["metrics"]
         own = [r for r in result["gate_reasons"] if "earlier-deleted" not in r]
         rows.append(
@@ -57,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 "reference_retain_acc": m.get("reference_retain_acc"),
                 "mia": m["mia"],
                 "reference_mia": m.get("reference_mia"),
+                "mia_forget_holdout": m.get("mia_forget_holdout"),
                 "rounds": len(result["rounds"]),
                 "verified": result["verified"],
                 "own_checks_pass": all(r.startswith("pass") for r in own),
@@ -69,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(
             f"forget {classes}: forget {r['forget_acc']:.3f} retain {r['retain_acc']:.3f} "
-            f"(original {r['original_retain_acc']:.3f}, retrained {r['reference_retain_acc']:.3f}) "
-            f"mia {r['mia']:.3f} (retrained {r['reference_mia']:.3f}) rounds {r['rounds']} "
+            f"(original {r['original_retain_acc']:.3f}, retrained {_shown(r['reference_retain_acc'])}) "
+            f"mia {r['mia']:.3f} (retrained {_shown(r['reference_mia'])}, forget-class hold-out "
+            f"{_shown(r['mia_forget_holdout'])}) rounds {r['rounds']} "
             f"{'PASS' if r['own_checks_pass'] else 'FAIL'} {[x for x in own if x.startswith('FAIL')]}",
             flush=True,
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": rows, "passed": sum(r["own_checks_pass"] for r in rows)}, indent=2) + "\n")
+    passed = sum(r["own_checks_pass"] for r in rows)
+    out.write_text(json.dumps({"overrides": args.overrides, "runs": rows, "passed": passed}, indent=2) + "\n")
     print(f"{sum(r['own_checks_pass'] for r in rows)}/{len(rows)} pass their own checks; wrote {out}")
     shutil.rmtree(project.parent, ignore_errors=True)
     return 0

@@ -552,12 +552,15 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     assert report.ok, (report.chain, report.problems)
 
 
-def test_batch_stopped_after_promotion_records_its_version_when_resumed(project, first_batch, monkeypatch):
+def test_batch_stopped_after_promotion_records_its_version_when_resumed(
+    prefect_harness, bootstrapped_project, tmp_path, monkeypatch
+):
     """The window between the gate promoting a version and the trail saying so: the resumed
     batch finds its classes forgotten by the champion, and writes the version's registration and
     gate decision from the registry before it finishes."""
     from unsir_pipeline.flows import deletion_batch as batch_flow
 
+    project = clone_project(bootstrapped_project, tmp_path / "project")  # a history of its own
     ws = ws_of(project)
     request = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
     count = len(versions(project))
