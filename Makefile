@@ -64,12 +64,12 @@ services-status:
 
 # Ruff on everything; mypy on the packages ([tool.mypy] in pyproject.toml), through
 # tools/typecheck.py so that flows/ and tasks/ are checked as unsir_pipeline.flows and .tasks.
+# mypy runs twice: Python 3.12 is supported but no 3.12 interpreter is at hand here, so the code
+# is at least type-checked against 3.12's standard library too.
 lint: $(STAMP)
 	$(BIN)/ruff check unsir unsir_pipeline flows tasks benchmarks tests infra tools
 	$(BIN)/ruff format --check unsir unsir_pipeline flows tasks benchmarks tests infra tools
 	$(BIN)/python tools/typecheck.py
-	# Python 3.12 is supported but no 3.12 interpreter is at hand here: at least type-check
-	# against its standard library (removed modules and changed signatures fail here).
 	$(BIN)/python tools/typecheck.py --python-version 3.12
 
 clean-state:
