@@ -50,6 +50,18 @@ def test_bootstrap_registered_the_original_as_champion_once(project):
     assert (project / "dvc.lock").is_file() and (project / ".dvc").is_dir()
 
 
+def test_the_summary_shows_the_attack_on_unseen_forget_samples_beside_d_f(first_run):
+    from unsir_pipeline.cli.commands import format_result
+
+    m = first_run["metrics"]
+    lines = format_result(first_run).splitlines()
+    unseen = next(line for line in lines if line.startswith("  same on unseen (val) D_f"))
+    values = [float(v) for v in unseen.split()[-3:]]  # before, after, retrained
+    expected = [m["original_mia_forget_holdout"], m["mia_forget_holdout"], m["reference_mia_forget_holdout"]]
+    assert values == pytest.approx(expected, abs=1e-4)
+    assert lines.index(unseen) == next(i for i, line in enumerate(lines) if line.startswith("membership inference")) + 1
+
+
 def test_flow_forgets_registers_and_promotes(project, first_run):
     result = first_run
     assert result["parent_version"] == 1 and result["new_version"] == 2

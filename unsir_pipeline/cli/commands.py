@@ -532,6 +532,10 @@ def format_result(result: dict) -> str:
         row("forget accuracy", "forget_acc"),
         row("retain accuracy", "retain_acc"),
         row("membership inference (D_f)", "mia"),
+        # The same attack on forget-class validation samples nobody trained on: once the class
+        # is forgotten, the line above should read like this one (the gate's baseline without
+        # a retrained reference).
+        *([row("  same on unseen (val) D_f", "mia_forget_holdout")] if "original_mia_forget_holdout" in m else []),
         *(
             [
                 f"{'relearn steps (anamnesis)':<28}{'':>10}{m['relearn_steps']:>10.0f}"
