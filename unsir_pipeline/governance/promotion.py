@@ -120,7 +120,7 @@ def mia_baseline(m: dict[str, float], max_gap: float) -> tuple[float, float, str
     With a retrained reference, its MIA, within ``max_gap``. Without one, the same attack's
     rate on forget-class *validation* samples, which nobody trained on: once membership leaves
     no trace, the forget-train samples read like them (measured on digits, the retrained model's
-    two rates agree within sampling error, while retain-class non-members read 0.8-0.9 "member"
+    two rates agree within sampling error, while retain-class non-members read 0.76-0.91 "member"
     and are no reference for a class the model no longer knows). The validation split holds few
     samples per class, so the allowed gap widens by two standard errors of the difference of
     the two rates: a gap the split's size cannot tell from zero does not hold a version.
