@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --dataset mnist5k --seeds 3 --pairs 2 --triples 1 \
 		--train-epochs 10 --no-noise --out reports/bench/quality-mnist5k.json
 	$(BIN)/python benchmarks/pipeline_sweep.py
+	$(BIN)/python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
+		--out reports/bench/pipeline-sweep-no-reference.json
 
 # The half of the grid the recipes were chosen on (seeds 0-2, draw seed 0).
 bench-tuning: $(STAMP)
