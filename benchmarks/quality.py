@@ -31,21 +31,23 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from unsir.data import ClassificationData, load_dataset
-from unsir.measures import EvaluationConfig, evaluate_model
+from unsir.measures import EvaluationConfig, EvaluationData, evaluate_model
 from unsir.methods import make_method
+from unsir.methods.base import UnlearningTask
 from unsir.methods.baselines import RetrainConfig
 from unsir.models import ARCHITECTURES, ModelSpec, build_model
 from unsir.problem import build_task, prepare_splits
 from unsir.recipes import training_for, unsir_config_for
 from unsir.splits import SplitFractions, draw_retain_subset, make_split_manifest
-from unsir.training import fit, seed_everything
+from unsir.training import OptimConfig, fit, seed_everything
 
 PARTS = {"tuning": {"seeds": [0, 1, 2], "draw_seed": 0}, "heldout": {"seeds": [3, 4, 5], "draw_seed": 1}}
 MAX_FORGET_ACC = 0.01
@@ -87,6 +89,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="reports/bench/quality.json")
     return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One setting of a tuning experiment: an original trained for ``seed``, one forget set."""
+
+    seed: int
+    forget: tuple[int, ...]
+    original: torch.nn.Module
+    task: UnlearningTask  # with the forget-class training samples (for retraining)
+    zero_glance: UnlearningTask  # without them (for UNSIR)
+    evaluation_data: EvaluationData
+
+
+def tuning_grid(
+    data: ClassificationData,
+    arch: str,
+    seeds: list[int],
+    grid: argparse.Namespace,
+    train_cfg: OptimConfig,
+    device: torch.device,
+    retain_per_class: int = 50,
+) -> Iterator[GridRun]:
+    """Train one original per seed, then yield every forget set of ``grid`` on it."""
+    for seed in seeds:
+        manifest = make_split_manifest(data, seed=seed, fractions=SplitFractions())
+        splits = prepare_splits(data, manifest)
+        generator = seed_everything(seed)
+        original = build_model(ModelSpec(arch, data.num_classes, data.input_shape[0], {}))
+        fit(original, splits.train_images, splits.train_labels, train_cfg, device=device, generator=generator)
+        for forget in class_sets(data.num_classes, grid):
+            rows = draw_retain_subset(
+                manifest, forget_classes=forget, per_class=retain_per_class, seed=seed, num_classes=data.num_classes
+            )
+            task = build_task(splits, data, rows, forget, with_baseline_data=True)
+            zero_glance = replace(task, forget_train_images=None, forget_train_labels=None)
+            yield GridRun(seed, forget, original, task, zero_glance, splits.evaluation_data(forget))
 
 
 def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ...]]:

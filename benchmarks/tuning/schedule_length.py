@@ -27,11 +27,7 @@ from unsir.data import load_dataset  # noqa: E402
 from unsir.measures import EvaluationConfig, evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
-from unsir.models import ModelSpec, build_model  # noqa: E402
-from unsir.problem import build_task, prepare_splits  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
-from unsir.splits import SplitFractions, draw_retain_subset, make_split_manifest  # noqa: E402
-from unsir.training import fit, seed_everything  # noqa: E402
 
 
 def variants(arch: str, retain_per_class: int) -> dict:
@@ -69,52 +65,42 @@ def main() -> int:
         chosen = {k: v for k, v in chosen.items() if k in args.only}
     eval_cfg = EvaluationConfig(probe=False, relearn=False)
     runs = []
-    for seed in args.seeds:
-        manifest = make_split_manifest(data, seed=seed, fractions=SplitFractions())
-        splits = prepare_splits(data, manifest)
-        generator = seed_everything(seed)
-        original = build_model(ModelSpec(args.arch, data.num_classes, data.input_shape[0], {}))
-        fit(original, splits.train_images, splits.train_labels, train_cfg, device=device, generator=generator)
-        for forget in quality.class_sets(data.num_classes, grid):
-            rows = draw_retain_subset(
-                manifest, forget_classes=forget, per_class=50, seed=seed, num_classes=data.num_classes
+    for setting in quality.tuning_grid(data, args.arch, args.seeds, grid, train_cfg, device):
+        seed, forget, original = setting.seed, setting.forget, setting.original
+        task, zero_glance, evaluation_data = setting.task, setting.zero_glance, setting.evaluation_data
+        run: dict = {"seed": seed, "forget_classes": list(forget)}
+        methods = [("retrain", "retrain", RetrainConfig(train=train_cfg), task)]
+        methods += [(name, "noise_free", config, zero_glance) for name, config in chosen.items()]
+        for name, method_name, config, task_for in methods:
+            method = make_method(method_name, config)
+            cpu_started = time.process_time()
+            outcome = method.unlearn(
+                original, task_for, device=device, generator=torch.Generator().manual_seed(seed)
             )
-            task = build_task(splits, data, rows, forget, with_baseline_data=True)
-            zero_glance = replace(task, forget_train_images=None, forget_train_labels=None)
-            evaluation_data = splits.evaluation_data(forget)
-            run: dict = {"seed": seed, "forget_classes": list(forget)}
-            methods = [("retrain", "retrain", RetrainConfig(train=train_cfg), task)]
-            methods += [(name, "noise_free", config, zero_glance) for name, config in chosen.items()]
-            for name, method_name, config, task_for in methods:
-                method = make_method(method_name, config)
-                cpu_started = time.process_time()
-                outcome = method.unlearn(
-                    original, task_for, device=device, generator=torch.Generator().manual_seed(seed)
-                )
-                cpu_s = time.process_time() - cpu_started
-                measured = evaluate_model(outcome.model, evaluation_data, device=device, config=eval_cfg).metrics
-                run[name] = {
-                    "forget_acc": measured["forget_acc"],
-                    "retain_acc": measured["retain_acc"],
-                    "mia": measured["mia"],
-                    "cpu_s": cpu_s,
-                    "rounds": len(outcome.rounds) or None,
-                    "verified": outcome.verified,
-                }
-            for name in chosen:
-                run[name]["pass"] = quality.passes(run[name], run["retrain"])
-                run[name]["cpu_ratio"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
-            runs.append(run)
-            print(
-                f"seed {seed} {list(forget)} retrain mia {run['retrain']['mia']:.3f} | "
-                + " | ".join(
-                    f"{n}: f {run[n]['forget_acc']:.3f} r {run[n]['retain_acc'] - run['retrain']['retain_acc']:+.3f} "
-                    f"m {run[n]['mia']:.3f} R{run[n]['rounds']} t {run[n]['cpu_ratio']:.3f} "
-                    f"{'ok' if all(run[n]['pass'].values()) and run[n]['verified'] is not False else 'FAIL'}"
-                    for n in chosen
-                ),
-                flush=True,
-            )
+            cpu_s = time.process_time() - cpu_started
+            measured = evaluate_model(outcome.model, evaluation_data, device=device, config=eval_cfg).metrics
+            run[name] = {
+                "forget_acc": measured["forget_acc"],
+                "retain_acc": measured["retain_acc"],
+                "mia": measured["mia"],
+                "cpu_s": cpu_s,
+                "rounds": len(outcome.rounds) or None,
+                "verified": outcome.verified,
+            }
+        for name in chosen:
+            run[name]["pass"] = quality.passes(run[name], run["retrain"])
+            run[name]["cpu_ratio"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
+        runs.append(run)
+        print(
+            f"seed {seed} {list(forget)} retrain mia {run['retrain']['mia']:.3f} | "
+            + " | ".join(
+                f"{n}: f {run[n]['forget_acc']:.3f} r {run[n]['retain_acc'] - run['retrain']['retain_acc']:+.3f} "
+                f"m {run[n]['mia']:.3f} R{run[n]['rounds']} t {run[n]['cpu_ratio']:.3f} "
+                f"{'ok' if all(run[n]['pass'].values()) and run[n]['verified'] is not False else 'FAIL'}"
+                for n in chosen
+            ),
+            flush=True,
+        )
     print()
     for name in chosen:
         rows = [r[name] for r in runs]
