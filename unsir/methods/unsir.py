@@ -107,6 +107,17 @@ class UNSIR(UnlearningMethod):
     uses_noise = True
 
     def unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
+        # Dropout (AllCNN, MobileNetV2) draws from torch's global generator, not from ours: seed
+        # it from ours inside a forked RNG state, so the same seed gives the same model in every
+        # process (the flow, the DVC stage, the benchmark) and the caller's state is untouched.
+        cuda: list[int] = []
+        if device.type == "cuda":
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(generator.initial_seed())
+            return self._unlearn(model, task, device=device, generator=generator)
+
+    def _unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
         working = prepare(model, task, device)
         if self.config.reset_forget_rows:
             reset_head_rows(working, task.forget_classes, generator=generator)
