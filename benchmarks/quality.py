@@ -93,17 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class GridRun:
-    """One setting of a tuning experiment: an original trained for ``seed``, one forget set."""
+    """One setting of the grid: an original trained for ``seed``, one forget set."""
 
     seed: int
     forget: tuple[int, ...]
     original: torch.nn.Module
+    original_train_s: float
     task: UnlearningTask  # with the forget-class training samples (for retraining)
-    zero_glance: UnlearningTask  # without them (for UNSIR)
+    zero_glance: UnlearningTask  # without them: UNSIR never gets a forget-class training sample
     evaluation_data: EvaluationData
 
 
-def tuning_grid(
+def grid_settings(
     data: ClassificationData,
     arch: str,
     seeds: list[int],
@@ -112,20 +113,23 @@ def tuning_grid(
     device: torch.device,
     retain_per_class: int = 50,
 ) -> Iterator[GridRun]:
-    """Train one original per seed, then yield every forget set of ``grid`` on it."""
+    """Train one original per seed, then yield every forget set of ``grid`` on it (the
+    benchmark and the tuning experiments walk the grid the same way)."""
     for seed in seeds:
         manifest = make_split_manifest(data, seed=seed, fractions=SplitFractions())
         splits = prepare_splits(data, manifest)
         generator = seed_everything(seed)
         original = build_model(ModelSpec(arch, data.num_classes, data.input_shape[0], {}))
+        started = time.perf_counter()
         fit(original, splits.train_images, splits.train_labels, train_cfg, device=device, generator=generator)
+        train_s = time.perf_counter() - started
         for forget in class_sets(data.num_classes, grid):
             rows = draw_retain_subset(
                 manifest, forget_classes=forget, per_class=retain_per_class, seed=seed, num_classes=data.num_classes
             )
             task = build_task(splits, data, rows, forget, with_baseline_data=True)
             zero_glance = replace(task, forget_train_images=None, forget_train_labels=None)
-            yield GridRun(seed, forget, original, task, zero_glance, splits.evaluation_data(forget))
+            yield GridRun(seed, forget, original, train_s, task, zero_glance, splits.evaluation_data(forget))
 
 
 def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ...]]:
@@ -217,98 +221,80 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
     eval_cfg = EvaluationConfig(probe=False, relearn=args.relearn)
     seeds = args.seeds if args.seeds is not None else PARTS[args.part]["seeds"]
     runs = []
-    for seed in seeds:
-        manifest = make_split_manifest(data, seed=seed, fractions=SplitFractions())
-        splits = prepare_splits(data, manifest)
-        spec = ModelSpec(arch, data.num_classes, data.input_shape[0], {})
-        generator = seed_everything(seed)
-        original = build_model(spec)
-        started = time.perf_counter()
-        fit(original, splits.train_images, splits.train_labels, train_cfg, device=device, generator=generator)
-        train_s = time.perf_counter() - started
-        for forget in class_sets(data.num_classes, args):
-            rows = draw_retain_subset(
-                manifest,
-                forget_classes=forget,
-                per_class=args.retain_per_class,
-                seed=seed,
-                num_classes=data.num_classes,
-            )
-            task = build_task(splits, data, rows, forget, with_baseline_data=True)
-            # UNSIR gets a task without forget-class training samples at all.
-            zero_glance = replace(task, forget_train_images=None, forget_train_labels=None)
-            evaluation_data = splits.evaluation_data(forget)
-            original_eval = evaluate_model(
-                original, evaluation_data, device=device, config=replace(eval_cfg, relearn=False)
-            )
-            run: dict = {
-                "seed": seed,
-                "forget_classes": list(forget),
-                "original": original_eval.metrics,
-                "original_train_s": train_s,
-            }
-            reference = None
-            for name, (method_name, config) in methods.items():
-                method = make_method(method_name, config)
-                method_seed = seed + 1000 if name == "retrain_again" else seed
-                # CPU time of this process (one torch thread): unlike wall time, it does not
-                # grow when other work shares the machine, so the ratio to retraining is stable.
-                # Unlearning takes under a second here, so one timing of it is noisy: it runs
-                # --time-repeats times (the same seed gives the same model) and the median counts.
-                repeats = 1 if method_name == "retrain" else args.time_repeats
-                cpu_times = []
-                for _ in range(repeats):
-                    cpu_started = time.process_time()
-                    outcome = method.unlearn(
-                        original,
-                        task if method_name == "retrain" else zero_glance,
-                        device=device,
-                        generator=torch.Generator().manual_seed(method_seed),
-                    )
-                    cpu_times.append(time.process_time() - cpu_started)
-                cpu_s = statistics.median(cpu_times)
-                if name == "retrain":
-                    reference = outcome.model
-                measured = evaluate_model(
-                    outcome.model,
-                    evaluation_data,
+    for setting in grid_settings(data, arch, seeds, args, train_cfg, device, args.retain_per_class):
+        seed, forget, original = setting.seed, setting.forget, setting.original
+        task, zero_glance, evaluation_data = setting.task, setting.zero_glance, setting.evaluation_data
+        original_eval = evaluate_model(
+            original, evaluation_data, device=device, config=replace(eval_cfg, relearn=False)
+        )
+        run: dict = {
+            "seed": seed,
+            "forget_classes": list(forget),
+            "original": original_eval.metrics,
+            "original_train_s": setting.original_train_s,
+        }
+        reference = None
+        for name, (method_name, config) in methods.items():
+            method = make_method(method_name, config)
+            method_seed = seed + 1000 if name == "retrain_again" else seed
+            # CPU time of this process (one torch thread): unlike wall time, it does not
+            # grow when other work shares the machine, so the ratio to retraining is stable.
+            # Unlearning takes under a second here, so one timing of it is noisy: it runs
+            # --time-repeats times (the same seed gives the same model) and the median counts.
+            repeats = 1 if method_name == "retrain" else args.time_repeats
+            cpu_times = []
+            for _ in range(repeats):
+                cpu_started = time.process_time()
+                outcome = method.unlearn(
+                    original,
+                    task if method_name == "retrain" else zero_glance,
                     device=device,
-                    config=eval_cfg,
-                    original=original,
-                    reference=reference if name != "retrain" else None,
-                    original_forget_acc=original_eval.metrics["forget_acc"],
-                    generator=torch.Generator().manual_seed(seed),
-                ).metrics
-                run[name] = {
-                    **measured,
-                    "wall_s": outcome.wall_s,
-                    "cpu_s": cpu_s,
-                    "rounds": len(outcome.rounds) or None,
-                    "verified": outcome.verified,
-                    "round_log": outcome.rounds,
-                }
-            # Retraining's time: the mean of the two retrainings, the same work timed twice.
-            retrain_cpu_s = statistics.fmean(run[name]["cpu_s"] for name in ("retrain", "retrain_again"))
-            for name in methods:
-                if name != "retrain":
-                    run[name]["pass"] = passes(run[name], run["retrain"])
-                    run[name]["cpu_ratio"] = run[name]["cpu_s"] / retrain_cpu_s
-                    run[name]["cpu_ratio_to_first_retrain"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
-                    run[name]["wall_ratio"] = run[name]["wall_s"] / run["retrain"]["wall_s"]
-            runs.append(run)
-            print(
-                f"{data.name}/{arch} seed {seed} forget {list(forget)}: retrain mia {run['retrain']['mia']:.3f} "
-                f"retain {run['retrain']['retain_acc']:.3f} | "
-                + " | ".join(
-                    f"{name} forget {run[name]['forget_acc']:.3f} retain "
-                    f"{run[name]['retain_acc'] - run['retrain']['retain_acc']:+.3f} mia {run[name]['mia']:.3f} "
-                    f"rounds {run[name]['rounds']} cpu {run[name]['cpu_ratio']:.3f} "
-                    + ("PASS" if gate_passes(run[name]) else f"FAIL {failed(run[name])}")
-                    for name in methods
-                    if name != "retrain"
-                ),
-                flush=True,
-            )
+                    generator=torch.Generator().manual_seed(method_seed),
+                )
+                cpu_times.append(time.process_time() - cpu_started)
+            cpu_s = statistics.median(cpu_times)
+            if name == "retrain":
+                reference = outcome.model
+            measured = evaluate_model(
+                outcome.model,
+                evaluation_data,
+                device=device,
+                config=eval_cfg,
+                original=original,
+                reference=reference if name != "retrain" else None,
+                original_forget_acc=original_eval.metrics["forget_acc"],
+                generator=torch.Generator().manual_seed(seed),
+            ).metrics
+            run[name] = {
+                **measured,
+                "wall_s": outcome.wall_s,
+                "cpu_s": cpu_s,
+                "rounds": len(outcome.rounds) or None,
+                "verified": outcome.verified,
+                "round_log": outcome.rounds,
+            }
+        # Retraining's time: the mean of the two retrainings, the same work timed twice.
+        retrain_cpu_s = statistics.fmean(run[name]["cpu_s"] for name in ("retrain", "retrain_again"))
+        for name in methods:
+            if name != "retrain":
+                run[name]["pass"] = passes(run[name], run["retrain"])
+                run[name]["cpu_ratio"] = run[name]["cpu_s"] / retrain_cpu_s
+                run[name]["cpu_ratio_to_first_retrain"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
+                run[name]["wall_ratio"] = run[name]["wall_s"] / run["retrain"]["wall_s"]
+        runs.append(run)
+        print(
+            f"{data.name}/{arch} seed {seed} forget {list(forget)}: retrain mia {run['retrain']['mia']:.3f} "
+            f"retain {run['retrain']['retain_acc']:.3f} | "
+            + " | ".join(
+                f"{name} forget {run[name]['forget_acc']:.3f} retain "
+                f"{run[name]['retain_acc'] - run['retrain']['retain_acc']:+.3f} mia {run[name]['mia']:.3f} "
+                f"rounds {run[name]['rounds']} cpu {run[name]['cpu_ratio']:.3f} "
+                + ("PASS" if gate_passes(run[name]) else f"FAIL {failed(run[name])}")
+                for name in methods
+                if name != "retrain"
+            ),
+            flush=True,
+        )
     return {
         "arch": arch,
         "train": asdict(train_cfg),

@@ -65,7 +65,7 @@ def main() -> int:
         chosen = {k: v for k, v in chosen.items() if k in args.only}
     eval_cfg = EvaluationConfig(probe=False, relearn=False)
     runs = []
-    for setting in quality.tuning_grid(data, args.arch, args.seeds, grid, train_cfg, device):
+    for setting in quality.grid_settings(data, args.arch, args.seeds, grid, train_cfg, device):
         seed, forget, original = setting.seed, setting.forget, setting.original
         task, zero_glance, evaluation_data = setting.task, setting.zero_glance, setting.evaluation_data
         run: dict = {"seed": seed, "forget_classes": list(forget)}

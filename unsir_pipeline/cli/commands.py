@@ -18,6 +18,7 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 JSON_HELP = "print one JSON object on stdout instead of text (no progress lines)"
@@ -327,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     from unsir_pipeline.settings import runtime
     from unsir_pipeline.settings.environment import configure
 
+    def stopped(word: str, code: int) -> int:
+        """A signal ended the command: say so, and leave no Prefect server behind."""
+        print(word, file=sys.stderr)
+        if owns_process:
+            runtime.stop_prefect_server()
+        return code
+
     if owns_process:
         runtime.handle_sigterm()
     try:
@@ -335,27 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_prefect(quiet_console=getattr(args, "json", False) or _progress(args).enabled)
         code = COMMANDS[args.command](project, args)
         if owns_process and runtime.was_interrupted():  # Prefect swallowed the KeyboardInterrupt
-            raise KeyboardInterrupt
+            return stopped("interrupted", EXIT_INTERRUPTED)
         return code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        if owns_process:
-            runtime.stop_prefect_server()
-        return 130
+        return stopped("interrupted", EXIT_INTERRUPTED)
     except runtime.Terminated:
-        print("terminated", file=sys.stderr)
-        if owns_process:
-            runtime.stop_prefect_server()
+        stopped("terminated", runtime.EXIT_SIGTERM)
         raise
     except Exception as err:  # one clear line for people and scripts; --debug for the rest
-        if owns_process and runtime.was_terminated():  # Prefect re-raised the SIGTERM as a crash
-            print("terminated", file=sys.stderr)
-            runtime.stop_prefect_server()
-            return runtime.EXIT_SIGTERM
-        if owns_process and runtime.was_interrupted():  # ... or the KeyboardInterrupt
-            print("interrupted", file=sys.stderr)
-            runtime.stop_prefect_server()
-            return 130
+        # Prefect may re-raise a SIGTERM or a KeyboardInterrupt as a crash of the run.
+        if owns_process and runtime.was_terminated():
+            return stopped("terminated", runtime.EXIT_SIGTERM)
+        if owns_process and runtime.was_interrupted():
+            return stopped("interrupted", EXIT_INTERRUPTED)
         if args.debug:
             raise
         print(f"error: {_describe(err, project)}", file=sys.stderr)
