@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_project
 
-# One group: the tests share one stack, in order (`pytest -n` keeps a group on one worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("services")]
+pytestmark = pytest.mark.slow
 
 STACK = ROOT / "infra" / "local" / "stack.py"
 BIN = Path(sys.executable).parent
