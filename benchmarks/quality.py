@@ -132,6 +132,26 @@ def grid_settings(
             yield GridRun(seed, forget, original, train_s, task, zero_glance, splits.evaluation_data(forget))
 
 
+@dataclass(frozen=True)
+class TuningSetup:
+    """What a tuning experiment needs before it walks the grid (``tuning_setup``)."""
+
+    device: torch.device
+    data: ClassificationData
+    variants: dict
+    evaluation: EvaluationConfig
+
+
+def tuning_setup(args: argparse.Namespace, variants: dict) -> TuningSetup:
+    """One torch thread on the CPU (CPU-time ratios), ``args.dataset`` loaded, and the variants
+    narrowed to ``args.only``: the prologue every tuning experiment shares."""
+    torch.set_num_threads(1)
+    if args.only:
+        variants = {name: variant for name, variant in variants.items() if name in args.only}
+    evaluation = EvaluationConfig(probe=False, relearn=False)
+    return TuningSetup(torch.device("cpu"), load_dataset(args.dataset, None), variants, evaluation)
+
+
 def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ...]]:
     """All single classes, then pairs and triples drawn with the part's draw seed. The
     held-out draw skips every set the tuning draw produced."""

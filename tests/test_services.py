@@ -227,9 +227,16 @@ def test_deletion_batch_runs_through_the_worker(stack):
     assert str(stack.directory / "dvc-remote") in (stack.project / ".dvc" / "config.local").read_text()
 
 
-def test_mlflow_stopped_mid_batch_loses_no_request(stack):
+def test_mlflow_stopped_mid_batch_loses_no_request_and_another_checkout_finishes_it(stack, tmp_path):
+    """A batch that loses MLflow leaves its request pending; once MLflow is back, a request filed
+    in a second checkout (another machine) and the one left pending are forgotten by one batch."""
+    from unsir_pipeline.governance.audit import AuditLog
+    from unsir_pipeline.governance.deletion_requests import RequestStore
+
+    bootstrapped = stack.unsir("bootstrap")  # a no-op when an earlier test bootstrapped the registry
+    assert bootstrapped.returncode == 0, bootstrapped.stderr[-2000:]
     filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
-    request_id = json.loads(filed.stdout)["id"]
+    left_pending = json.loads(filed.stdout)["id"]
     fast_failure = [
         "--set",
         "registry.http_max_retries=2",
@@ -245,12 +252,10 @@ def test_mlflow_stopped_mid_batch_loses_no_request(stack):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    from unsir_pipeline.governance.deletion_requests import RequestStore
-
     # Read in process (a CLI call per poll is seconds), from the stack's shared state database.
     store = RequestStore(stack.client["UNSIR_STATE_DATABASE_URL"])
     deadline = time.monotonic() + 120
-    while store.get(request_id).status != "running":
+    while store.get(left_pending).status != "running":
         assert batch.poll() is None and time.monotonic() < deadline, "the batch never claimed the request"
         time.sleep(0.3)
     stopped = stack.run_stack("down", "mlflow")
@@ -259,15 +264,47 @@ def test_mlflow_stopped_mid_batch_loses_no_request(stack):
     output, _ = batch.communicate(timeout=300)
     assert batch.returncode != 0, output[-3000:]
     assert "Retrying" in output  # the HTTP client retried before giving up
-    after = stack.requests()[request_id]
+    after = stack.requests()[left_pending]  # what an operator sees
     assert after["status"] == "pending" and after["attempts"] == 1 and after["error"], after
 
     restarted = stack.run_stack("up", "mlflow")
     assert restarted.returncode == 0, restarted.stderr
-    rerun = stack.unsir("batch", "run", "--json")
+
+    # A second checkout (another machine): its own state directory, the stack's shared state.
+    other = make_project(tmp_path / "machine-b")
+    machine_b = Stack(other, stack.directory, stack.stack_env, stack.client)
+    # B's data, as `dvc pull` from the shared remote would bring it.
+    shutil.copytree(stack.project / "data" / "prepared", other / "data" / "prepared")
+    versions = "/api/2.0/mlflow/model-versions/search?filter=name%3D%27unsir-classifier%27"
+    versions_before = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
+    filed_on_b = machine_b.unsir(
+        "request", "add", "--classes", "1", "--requester", "dora", "--reason", "filed on B", "--json"
+    )
+    assert filed_on_b.returncode == 0, filed_on_b.stderr[-2000:]
+    request_id = json.loads(filed_on_b.stdout)["id"]
+    assert store.get(request_id).status == "pending"  # machine A sees it at once
+
+    rerun = stack.unsir("batch", "run", "--json", timeout=600)  # the batch runs on machine A
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert json.loads(rerun.stdout.splitlines()[-1])["status"] == "done"
-    assert stack.requests()[request_id]["status"] == "done"
+    result = json.loads(rerun.stdout.splitlines()[-1])
+    assert result["status"] == "done" and sorted(result["request_ids"]) == sorted([left_pending, request_id])
+
+    # B's own view, through its CLI: both done with the new version, and the shared trail intact.
+    on_b = machine_b.requests()
+    for done in (left_pending, request_id):
+        assert on_b[done]["status"] == "done" and on_b[done]["model_version"] == result["new_version"]
+    verified = machine_b.unsir("audit", "verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
+    assert json.loads(verified.stdout)["ok"]
+    # One claim, one chain, one new version.
+    records = AuditLog(stack.client["UNSIR_STATE_DATABASE_URL"]).records(request_id=request_id)
+    assert [r.event for r in records].count("batch_started") == 1
+    assert [r.event for r in records].count("model_registered") == 1
+    assert {r.payload.get("batch_id") for r in records if "batch_id" in r.payload} == {result["batch_id"]}
+    versions_after = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
+    assert versions_after - versions_before == {str(result["new_version"])}
+    for machine in (stack.project, other):
+        assert not (machine / "state" / "requests.sqlite").exists()
 
 
 # --- shared state: two checkouts (two machines) against one stack ----------------------------
@@ -345,46 +382,6 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
             assert not again
     with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as released:
         assert released
-
-
-def test_a_request_filed_in_one_checkout_is_forgotten_by_a_batch_in_another(stack, tmp_path):
-    other = make_project(tmp_path / "machine-b")  # a second checkout: its own state directory
-    machine_b = Stack(other, stack.directory, stack.stack_env, stack.client)
-    bootstrapped = stack.unsir("bootstrap")  # a no-op when an earlier test bootstrapped the registry
-    assert bootstrapped.returncode == 0, bootstrapped.stderr[-2000:]
-    # B's data, as `dvc pull` from the shared remote would bring it.
-    shutil.copytree(stack.project / "data" / "prepared", other / "data" / "prepared")
-    versions = "/api/2.0/mlflow/model-versions/search?filter=name%3D%27unsir-classifier%27"
-    versions_before = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
-    filed = machine_b.unsir(
-        "request", "add", "--classes", "1", "--requester", "dora", "--reason", "filed on B", "--json"
-    )
-    assert filed.returncode == 0, filed.stderr[-2000:]
-    request_id = json.loads(filed.stdout)["id"]
-    assert stack.requests()[request_id]["status"] == "pending"  # machine A sees it at once
-
-    batch = stack.unsir("batch", "run", "--json", timeout=600)  # the batch runs on machine A
-    assert batch.returncode == 0, batch.stdout[-2000:] + batch.stderr[-2000:]
-    result = json.loads(batch.stdout.splitlines()[-1])
-    assert result["status"] == "done" and result["request_ids"] == [request_id]
-
-    for machine in (stack, machine_b):
-        request = machine.requests()[request_id]
-        assert request["status"] == "done" and request["model_version"] == result["new_version"]
-        verified = machine.unsir("audit", "verify", "--json")
-        assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
-        assert json.loads(verified.stdout)["ok"]
-    # One claim, one chain, one new version.
-    from unsir_pipeline.governance.audit import AuditLog
-
-    records = [r for r in AuditLog(stack.client["UNSIR_STATE_DATABASE_URL"]).records(request_id=request_id)]
-    assert [r.event for r in records].count("batch_started") == 1
-    assert [r.event for r in records].count("model_registered") == 1
-    assert {r.payload.get("batch_id") for r in records if "batch_id" in r.payload} == {result["batch_id"]}
-    versions_after = {v["version"] for v in stack.mlflow(versions)[1]["model_versions"]}
-    assert versions_after - versions_before == {str(result["new_version"])}
-    for machine in (stack.project, other):
-        assert not (machine / "state" / "requests.sqlite").exists()
 
 
 def test_services_stop_by_process_id(stack):

@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402  (the benchmark's grid, data and pass criteria)
 
-from unsir.data import load_dataset  # noqa: E402
-from unsir.measures import EvaluationConfig, evaluate_model  # noqa: E402
+from unsir.measures import evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
@@ -61,17 +60,12 @@ def main() -> int:
     parser.add_argument("--sets", nargs="*", help="explicit class sets, e.g. 1 1,9")
     parser.add_argument("--out", default="reports/bench/tuning-head-reset.json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    data = load_dataset(args.dataset, None)
+    setup = quality.tuning_setup(args, variants(args.arch, 50))
+    device, data, chosen, eval_cfg = setup.device, setup.data, setup.variants, setup.evaluation
     grid = argparse.Namespace(sets=args.sets, singles=None, pairs=args.pairs, triples=args.triples, part="tuning")
     train_cfg = training_for(args.arch)
     if args.train_epochs:
         train_cfg = replace(train_cfg, epochs=args.train_epochs)
-    chosen = variants(args.arch, 50)
-    if args.only:
-        chosen = {k: v for k, v in chosen.items() if k in args.only}
-    eval_cfg = EvaluationConfig(probe=False, relearn=False)
     runs = []
     for setting in quality.grid_settings(data, args.arch, args.seeds, grid, train_cfg, device):
         seed, forget, original = setting.seed, setting.forget, setting.original

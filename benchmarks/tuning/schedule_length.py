@@ -23,27 +23,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402  (the benchmark's grid, data and pass criteria)
 
-from unsir.data import load_dataset  # noqa: E402
-from unsir.measures import EvaluationConfig, evaluate_model  # noqa: E402
+from unsir.measures import evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
 
 
 def variants(arch: str, retain_per_class: int) -> dict:
+    """Schedules named by their repair and polish epochs (one impair epoch each), on the
+    family's recipe for ``arch``: the names mean the same whichever schedule is shipped."""
     shipped = unsir_config_for(arch, retain_per_class=retain_per_class)
     assert shipped.polish is not None
-    epochs = lambda config, n: replace(config, epochs=n)  # noqa: E731
-    batch = lambda config, n: replace(config, batch_size=n)  # noqa: E731
+    polish = shipped.polish
+
+    def schedule(repair: int, polished: int, **repair_changes) -> object:
+        return replace(
+            shipped,
+            repair=replace(shipped.repair, epochs=repair, **repair_changes),
+            polish=replace(polish, epochs=polished) if polished else None,
+        )
+
     return {
-        "r3p2": shipped,  # the shipped schedule
-        "r3p1": replace(shipped, polish=epochs(shipped.polish, 1)),
-        "r2p1": replace(shipped, repair=epochs(shipped.repair, 2), polish=epochs(shipped.polish, 1)),
-        "r2p2": replace(shipped, repair=epochs(shipped.repair, 2)),
-        "r3p0": replace(shipped, polish=None),
-        "r1p1": replace(shipped, repair=epochs(shipped.repair, 1), polish=epochs(shipped.polish, 1)),
-        "r1p2": replace(shipped, repair=epochs(shipped.repair, 1)),
-        "b64": replace(shipped, repair=batch(shipped.repair, 64), polish=batch(shipped.polish, 64)),
+        "r3p2": schedule(3, 2),
+        "r3p1": schedule(3, 1),
+        "r2p1": schedule(2, 1),
+        "r2p2": schedule(2, 2),
+        "r3p0": schedule(3, 0),
+        "r1p1": schedule(1, 1),
+        "r1p2": schedule(1, 2),
+        "b64": replace(schedule(3, 2, batch_size=64), polish=replace(polish, epochs=2, batch_size=64)),
+        # The deep family's repair rate is half the compact one's; these try the compact rate.
+        "r2p1_lr1e-3": schedule(2, 1, lr=1e-3),
+        "r3p2_lr1e-3": schedule(3, 2, lr=1e-3),
     }
 
 
@@ -53,29 +64,33 @@ def main() -> int:
     parser.add_argument("--arch", default="small_cnn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--sets", nargs="*", help="explicit class sets, e.g. 1 1,9 (default: the tuning draw)")
+    parser.add_argument("--train-epochs", type=int, help="the original's and retraining's epochs")
+    parser.add_argument("--retrain-again", action="store_true", help="a second retraining, judged the same way")
     parser.add_argument("--out", default="reports/bench/tuning-schedule-length.json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    data = load_dataset(args.dataset, None)
-    grid = argparse.Namespace(sets=None, singles=None, pairs=10, triples=5, part="tuning")
+    setup = quality.tuning_setup(args, variants(args.arch, 50))
+    device, data, chosen, eval_cfg = setup.device, setup.data, setup.variants, setup.evaluation
+    grid = argparse.Namespace(sets=args.sets, singles=None, pairs=10, triples=5, part="tuning")
     train_cfg = training_for(args.arch)
-    chosen = variants(args.arch, 50)
-    if args.only:
-        chosen = {k: v for k, v in chosen.items() if k in args.only}
-    eval_cfg = EvaluationConfig(probe=False, relearn=False)
+    if args.train_epochs:
+        train_cfg = replace(train_cfg, epochs=args.train_epochs)
+    judged = ["retrain_again", *chosen] if args.retrain_again else list(chosen)
     runs = []
     for setting in quality.grid_settings(data, args.arch, args.seeds, grid, train_cfg, device):
         seed, forget, original = setting.seed, setting.forget, setting.original
         task, zero_glance, evaluation_data = setting.task, setting.zero_glance, setting.evaluation_data
         run: dict = {"seed": seed, "forget_classes": list(forget)}
         methods = [("retrain", "retrain", RetrainConfig(train=train_cfg), task)]
+        if args.retrain_again:
+            methods.append(("retrain_again", "retrain", RetrainConfig(train=train_cfg), task))
         methods += [(name, "noise_free", config, zero_glance) for name, config in chosen.items()]
         for name, method_name, config, task_for in methods:
             method = make_method(method_name, config)
+            method_seed = seed + 1000 if name == "retrain_again" else seed  # another initialisation
             cpu_started = time.process_time()
             outcome = method.unlearn(
-                original, task_for, device=device, generator=torch.Generator().manual_seed(seed)
+                original, task_for, device=device, generator=torch.Generator().manual_seed(method_seed)
             )
             cpu_s = time.process_time() - cpu_started
             measured = evaluate_model(outcome.model, evaluation_data, device=device, config=eval_cfg).metrics
@@ -87,7 +102,7 @@ def main() -> int:
                 "rounds": len(outcome.rounds) or None,
                 "verified": outcome.verified,
             }
-        for name in chosen:
+        for name in judged:
             run[name]["pass"] = quality.passes(run[name], run["retrain"])
             run[name]["cpu_ratio"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
         runs.append(run)
@@ -97,18 +112,18 @@ def main() -> int:
                 f"{n}: f {run[n]['forget_acc']:.3f} r {run[n]['retain_acc'] - run['retrain']['retain_acc']:+.3f} "
                 f"m {run[n]['mia']:.3f} R{run[n]['rounds']} t {run[n]['cpu_ratio']:.3f} "
                 f"{'ok' if all(run[n]['pass'].values()) and run[n]['verified'] is not False else 'FAIL'}"
-                for n in chosen
+                for n in judged
             ),
             flush=True,
         )
     print()
-    for name in chosen:
+    for name in judged:
         rows = [r[name] for r in runs]
         gate = sum(all(r["pass"].values()) and r["verified"] is not False for r in rows)
         ratios = [r["cpu_ratio"] for r in rows]
         fails = {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]}
         print(
-            f"{name:6s} gate passes {gate}/{len(rows)} fails {fails} CPU time / retrain mean "
+            f"{name:11s} gate passes {gate}/{len(rows)} fails {fails} CPU time / retrain mean "
             f"{statistics.fmean(ratios):.3f} worst {max(ratios):.3f} rounds worst {max(r['rounds'] or 0 for r in rows)}"
         )
     Path(args.out).write_text(json.dumps(runs, indent=1))
