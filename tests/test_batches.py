@@ -143,13 +143,25 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     assert batches.request_store(ws).get(request.id).status == "done"
 
 
+def _child_env(project: Path) -> dict[str, str]:
+    """A batch in a child process, on the session's Prefect server: starting a temporary server
+    of its own costs a child seconds. The lock a killed child held is a file lock here
+    (embedded state), which the OS releases, not a lease on that server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(project / "state" / "prefect-sub"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+    }
+
+
 def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["6"], "grace", "kill test")
-    env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
-    env.pop("PREFECT_API_URL", None)  # the child runs its own ephemeral Prefect
+    env = _child_env(project)
     child = subprocess.Popen(
         [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
         env=env,
@@ -524,8 +536,7 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     request = batches.file_request(ws, ["5"], "kim", "kill during registration")
     count = len(versions(project))
     marker = tmp_path / "registered"
-    env = {**os.environ, "PREFECT_HOME": str(project / "state" / "prefect-sub")}
-    env.pop("PREFECT_API_URL", None)
+    env = _child_env(project)
     child = subprocess.Popen(
         [sys.executable, "-c", _STALL_IN_REGISTRATION, str(project), str(marker)],
         cwd=Path(__file__).resolve().parents[1],
