@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from unsir_pipeline.governance import batches
+from unsir_pipeline.governance import batches, stores
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -27,13 +27,13 @@ def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
 
 @task(name="complete-requests", cache_policy=NO_CACHE)
 def complete_requests(ws: Workspace, batch_id: str, version: int) -> list[str]:
-    done = batches.request_store(ws).mark_done(batch_id, version)
+    done = stores.request_store(ws).mark_done(batch_id, version)
     get_run_logger().info("%d request(s) done with version %s", len(done), version)
     return [r.id for r in done]
 
 
 @task(name="release-requests", cache_policy=NO_CACHE)
 def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]:
-    released = batches.request_store(ws).release(batch_id, error, ws.params.requests.max_attempts)
+    released = stores.request_store(ws).release(batch_id, error, ws.params.requests.max_attempts)
     get_run_logger().warning("batch failed; requests back to %s", {r.id: r.status for r in released})
     return {r.id: r.status for r in released}

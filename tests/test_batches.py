@@ -18,7 +18,7 @@ from conftest import clone_project
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches
+from unsir_pipeline.governance import batches, stores
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -47,7 +47,7 @@ def versions(root: Path) -> list[int]:
 
 
 def events(root: Path, batch_id: str) -> list[str]:
-    return [r.event for r in batches.audit_log(ws_of(root)).records() if r.payload.get("batch_id") == batch_id]
+    return [r.event for r in stores.audit_log(ws_of(root)).records() if r.payload.get("batch_id") == batch_id]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     filed, result = first_batch
     assert result["status"] == "done" and result["all_forgotten"] == [3, 8] and result["promoted"] is True
     assert "reference_retain_acc" in result["metrics"]
-    store = batches.request_store(ws_of(project))
+    store = stores.request_store(ws_of(project))
     done = [store.get(r.id) for r in filed]
     assert {r.status for r in done} == {"done"} and {r.model_version for r in done} == {result["new_version"]}
     assert result["metrics"]["forget_acc"] <= 0.02
@@ -85,7 +85,7 @@ def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     ]
     registered = next(
         r
-        for r in batches.audit_log(ws_of(project)).records(event="model_registered")
+        for r in stores.audit_log(ws_of(project)).records(event="model_registered")
         if r.payload["batch_id"] == result["batch_id"]
     )
     for link in ("mlflow_run_id", "prefect_flow_run_id", "data_digests", "git_commit", "params_digest"):
@@ -109,9 +109,9 @@ def test_refused_requests_are_recorded(project, first_batch):
         batches.file_request(ws, ["cat"], "dave", "typo")
     with pytest.raises(batches.RequestRefused, match="every one of the 10 classes"):
         batches.file_request(ws, [str(c) for c in range(10) if c not in (3, 8)], "eve", "everything")
-    rejected = batches.request_store(ws).list("rejected")
+    rejected = stores.request_store(ws).list("rejected")
     assert [r.requester for r in rejected][-3:] == ["dave", "dave", "eve"]
-    refused = batches.audit_log(ws).records(event="request_refused")
+    refused = stores.audit_log(ws).records(event="request_refused")
     assert {rec.request_ids[0] for rec in refused} >= {r.id for r in rejected}
 
 
@@ -128,11 +128,11 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [held]
 
     assert main(["--project", str(project), "reject", str(held), "--by", "reviewer", "--reason", "MIA too high"]) == 0
-    assert batches.request_store(ws).get(request.id).status == "pending"
+    assert stores.request_store(ws).get(request.id).status == "pending"
     tags = registry_for(ws).get_version(held).tags
     assert tags["review_decision"] == "rejected" and tags["reviewed_by"] == "reviewer"
     assert batches.versions_awaiting_review(ws) == []
-    rejected = batches.audit_log(ws).records(event="version_rejected")[-1]
+    rejected = stores.audit_log(ws).records(event="version_rejected")[-1]
     assert rejected.payload["model_version"] == held and request.id in rejected.request_ids
 
     # The next batch must not resurrect the rejected version: it registers a new one.
@@ -140,7 +140,7 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     # Whether the new version passes its gate is the benchmark's question, not this test's
     # (on this 15-epoch model class 1 can run out of rounds): the review mechanics are.
     assert again["new_version"] not in (held, champion)
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
 
 
 def _child_env(project: Path) -> dict[str, str]:
@@ -173,7 +173,7 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     deadline = time.monotonic() + 180
     key = None
     while time.monotonic() < deadline and child.poll() is None:
-        current = batches.request_store(ws).get(request.id)
+        current = stores.request_store(ws).get(request.id)
         # The parent is loaded into the run directory just before the unlearning compute starts.
         if current.status == "running" and (runs / current.batch_id / "parent" / "weights.safetensors").exists():
             key = current.batch_id
@@ -182,18 +182,18 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     assert key is not None, "the child batch never reached the unlearning step"
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
-    assert batches.request_store(ws).get(request.id).status == "running"  # nothing marked it done
+    assert stores.request_store(ws).get(request.id).status == "running"  # nothing marked it done
     count = len(versions(project))
 
     result = deletion_batch(project_dir=str(project))
     assert result["batch_id"] == key and result["run_key"] == key  # resumed under the same key
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
     assert len(versions(project)) == count + 1
     evs = events(project, key)
     assert evs.count("model_registered") == 1 and evs.count("batch_started") == 1 and "batch_resumed" in evs
-    recovered = batches.audit_log(ws).records(event="batch_recovered")[-1]
+    recovered = stores.audit_log(ws).records(event="batch_recovered")[-1]
     assert request.id in recovered.request_ids
-    assert batches.audit_log(ws).verify().ok
+    assert stores.audit_log(ws).verify().ok
 
 
 def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_batch, monkeypatch):
@@ -218,11 +218,11 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
         patched.setattr(batches, "record", crash_at_the_gate_decision)
         with pytest.raises(ConnectionError, match="the audit store went away"):
             deletion_batch(project_dir=str(project), overrides=WEAK)
-    key = batches.request_store(ws).get(request.id).batch_id
-    assert batches.request_store(ws).get(request.id).status == "running"  # as if killed
+    key = stores.request_store(ws).get(request.id).batch_id
+    assert stores.request_store(ws).get(request.id).status == "running"  # as if killed
     assert len(versions(project)) == count + 1
     assert events(project, key) == ["batch_started", "validation_passed", "unlearning_metrics", "model_registered"]
-    registered = next(r for r in batches.audit_log(ws).records(event="model_registered") if r.payload["run_key"] == key)
+    registered = next(r for r in stores.audit_log(ws).records(event="model_registered") if r.payload["run_key"] == key)
 
     result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["run_key"] == key and result["new_version"] == registered.payload["model_version"]
@@ -239,17 +239,17 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
         "batch_finished",
     ):
         assert evs.count(step) == 1, (step, evs)
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
 
     # Replaying the recording of a finished batch adds nothing either.
     _, first = first_batch
-    before = len(batches.audit_log(ws).records())
+    before = len(stores.audit_log(ws).records())
     claimed = batches.ClaimedBatch(
-        first["batch_id"], first["run_key"], batches.request_store(ws).batch_requests(first["batch_id"]), resumed=True
+        first["batch_id"], first["run_key"], stores.request_store(ws).batch_requests(first["batch_id"]), resumed=True
     )
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
         batches.record(ws, claimed, event, {"replayed": True})
-    assert len(batches.audit_log(ws).records()) == before
+    assert len(stores.audit_log(ws).records()) == before
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
@@ -290,7 +290,7 @@ def test_tampering_with_any_record_is_detected_and_named(project, first_batch, t
         "WHERE seq = -1;"
     )
     assert "record 4" in swapped
-    last = len(batches.audit_log(ws).records())
+    last = len(stores.audit_log(ws).records())
     assert f"record {last}" in tampered(f"DELETE FROM audit WHERE seq = {last}")
 
 
@@ -347,9 +347,9 @@ def test_two_batches_never_run_at_once(project, first_batch):
         assert held
         result = deletion_batch(project_dir=str(project))
     assert result["status"] == "skipped"
-    assert batches.request_store(ws).get(request.id).status == "pending"  # untouched, picked up later
+    assert stores.request_store(ws).get(request.id).status == "pending"  # untouched, picked up later
     assert deletion_batch(project_dir=str(project))["status"] == "done"
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
 
 
 def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_batch):
@@ -367,13 +367,13 @@ def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_
             deletion_batch(project_dir=str(project))
     finally:
         manifest.write_bytes(original)
-    failed = batches.request_store(ws).get(request.id)
+    failed = stores.request_store(ws).get(request.id)
     assert failed.status == "pending" and "ValidationFailed" in failed.error and failed.attempts == 1
     assert len(versions(project)) == count
     evs = events(project, failed.batch_id)
     assert evs == ["batch_started", "validation_failed", "batch_failed"]
     assert deletion_batch(project_dir=str(project))["status"] == "done"  # the next batch completes it
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
 
 
 def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch):
@@ -398,11 +398,11 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
     with pytest.raises(Exception, match=str(port)):
         deletion_batch(project_dir=str(project), overrides=down)
     assert time.monotonic() - started < 60  # not MLflow's default 7 retries x 120 s
-    failed = batches.request_store(ws).get(request.id)
+    failed = stores.request_store(ws).get(request.id)
     assert failed.status == "pending" and str(port) in failed.error
     assert "batch_failed" in events(project, failed.batch_id)
     assert deletion_batch(project_dir=str(project))["status"] == "done"
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
 
 
 # --- evidence that holds (issue 11) --------------------------------------------------------
@@ -421,15 +421,13 @@ def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anch
     registry = registry_for(ws)
     info = registry.get_version(result["new_version"])
     record = next(
-        r
-        for r in batches.audit_log(ws).records(event="model_registered")
-        if r.payload["batch_id"] == result["batch_id"]
+        r for r in stores.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"]
     )
     assert len(info.tags["weights_sha256"]) == 64 and record.payload["weights_sha256"] == info.tags["weights_sha256"]
     assert (info.tags[batches.AUDIT_SEQ_TAG], info.tags[batches.AUDIT_HASH_TAG]) == (str(record.seq), record.hash)
     anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
     assert (
-        anchored["records"] >= record.seq and batches.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
+        anchored["records"] >= record.seq and stores.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
     )
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
@@ -552,13 +550,13 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert len(versions(project)) == count + 1  # created, then killed
-    key = batches.request_store(ws).get(request.id).batch_id
+    key = stores.request_store(ws).get(request.id).batch_id
 
     result = deletion_batch(project_dir=str(project))
     assert result["run_key"] == key and result["new_version"] == int(marker.read_text())
     assert len(versions(project)) == count + 1
     assert events(project, key).count("model_registered") == 1
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
@@ -584,7 +582,7 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     with pytest.raises(RuntimeError, match="stopped after the promotion"):
         batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
     monkeypatch.undo()
-    key = batches.request_store(ws).get(request.id).batch_id
+    key = stores.request_store(ws).get(request.id).batch_id
     champion = registry_for(ws).resolve_alias("champion")
     assert len(versions(project)) == count + 1 and champion == max(versions(project))
     assert "model_registered" not in events(project, key)  # the gap this test is about
@@ -594,11 +592,11 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     assert len(versions(project)) == count + 1
     recorded = events(project, key)
     assert recorded.count("model_registered") == 1 and recorded.count("gate_decision") == 1
-    trail = batches.audit_log(ws).records(request_id=request.id)
+    trail = stores.audit_log(ws).records(request_id=request.id)
     registered = [r for r in trail if r.event in ("model_registered", "gate_decision")]
     assert all(r.payload["model_version"] == champion and "recovered_from" in r.payload for r in registered)
     assert [r for r in registered if r.event == "gate_decision"][0].payload["promoted"] is True
-    assert batches.request_store(ws).get(request.id).status == "done"
+    assert stores.request_store(ws).get(request.id).status == "done"
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
@@ -652,7 +650,7 @@ def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_reco
     from unsir_pipeline.governance.deletion_requests import RequestError
 
     ws = ws_of(project)
-    before = (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records()))
+    before = (len(stores.request_store(ws).list()), len(stores.audit_log(ws).records()))
     with pytest.raises(RequestError, match=r"requester contains control character U\+000A at position 3"):
         batches.file_request(ws, ["5"], "eve\nreq-000000000000  done", "r")
     assert (
@@ -673,7 +671,7 @@ def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_reco
         == 2
     )
     assert "reason has 2001 characters; the limit is 2000" in capsys.readouterr().err
-    assert (len(batches.request_store(ws).list()), len(batches.audit_log(ws).records())) == before
+    assert (len(stores.request_store(ws).list()), len(stores.audit_log(ws).records())) == before
 
 
 def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(project, first_batch, tmp_path):

@@ -670,10 +670,13 @@ def _print_requests(requests: list, as_json: bool) -> None:
 
 
 def cmd_request(project: Path, args) -> int:
-    from unsir_pipeline.governance import batches
+    # Listing and showing read the store alone; only filing needs the registry (MLflow).
+    from unsir_pipeline.governance import stores
 
     ws = _workspace(project, args)
     if args.request_command == "add":
+        from unsir_pipeline.governance import batches
+
         request = batches.file_request(ws, list(args.classes), args.requester, args.reason)
         print(
             json.dumps(request.to_dict())
@@ -681,9 +684,9 @@ def cmd_request(project: Path, args) -> int:
             else f"request {request.id} pending: forget {list(request.class_names)}"
         )
     elif args.request_command == "list":
-        _print_requests(batches.request_store(ws).list(args.status), args.json)
+        _print_requests(stores.request_store(ws).list(args.status), args.json)
     else:
-        request = batches.request_store(ws).get(args.id)
+        request = stores.request_store(ws).get(args.id)
         print(
             json.dumps(request.to_dict())
             if args.json
@@ -746,11 +749,15 @@ def cmd_review(project: Path, args) -> int:
 
 
 def cmd_audit(project: Path, args) -> int:
-    from unsir_pipeline.governance import batches
+    # Showing and signing read the trail alone; verifying, a request's history and the evidence
+    # report also read the registry, so only they import ``batches`` (and with it MLflow).
+    from unsir_pipeline.governance import stores
 
     ws = _workspace(project, args)
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
-        report = batches.verify_trail(ws)
+        from unsir_pipeline.governance.batches import verify_trail
+
+        report = verify_trail(ws)
         if args.json:
             print(
                 json.dumps(
@@ -784,7 +791,7 @@ def cmd_audit(project: Path, args) -> int:
         for problem in report.problems:
             print(f"error: audit evidence disagrees: {problem}", file=sys.stderr)
         return EXIT_FAILED
-    log = batches.audit_log(ws)
+    log = stores.audit_log(ws)
     if args.audit_command == "sign-head":
         result = log.sign_head()
         _emit(
@@ -794,11 +801,13 @@ def cmd_audit(project: Path, args) -> int:
         )
         return 0
     if args.audit_command == "show":
-        history: dict[str, Any] = (
-            batches.request_history(ws, args.request)
-            if args.request
-            else {"records": [r.to_dict() for r in log.records()]}
-        )
+        history: dict[str, Any]
+        if args.request:
+            from unsir_pipeline.governance.batches import request_history
+
+            history = request_history(ws, args.request)
+        else:
+            history = {"records": [r.to_dict() for r in log.records()]}
         if args.json:
             print(json.dumps(history))
             return 0
@@ -811,8 +820,10 @@ def cmd_audit(project: Path, args) -> int:
         for rec in history["records"]:
             print(f"{rec['seq']:>5}  {rec['ts']}  {rec['event']:<20}{rec['actor']:<16}{_brief(rec['payload'])}")
         return 0
+    from unsir_pipeline.governance.batches import write_batch_report
+
     out = Path(args.out) if args.out else ws.reports_dir / f"evidence-{args.batch_id}.html"
-    batches.write_batch_report(ws, args.batch_id, out)
+    write_batch_report(ws, args.batch_id, out)
     _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
 
