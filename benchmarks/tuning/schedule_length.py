@@ -26,6 +26,7 @@ import quality  # noqa: E402  (the benchmark's grid, data and pass criteria)
 from unsir.measures import evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
+from unsir.methods.unsir import UNSIRConfig  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def variants(arch: str, retain_per_class: int) -> dict:
     assert shipped.polish is not None
     polish = shipped.polish
 
-    def schedule(repair: int, polished: int, **repair_changes) -> object:
+    def schedule(repair: int, polished: int, **repair_changes) -> UNSIRConfig:
         return replace(
             shipped,
             repair=replace(shipped.repair, epochs=repair, **repair_changes),
