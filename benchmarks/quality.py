@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from unsir.configs import OptimConfig, SplitFractions
 from unsir.data import ClassificationData, load_dataset
 from unsir.measures import EvaluationConfig, EvaluationData, evaluate_model
 from unsir.methods import make_method
@@ -46,8 +47,8 @@ from unsir.methods.baselines import RetrainConfig
 from unsir.models import ARCHITECTURES, ModelSpec, build_model
 from unsir.problem import build_task, prepare_splits
 from unsir.recipes import training_for, unsir_config_for
-from unsir.splits import SplitFractions, draw_retain_subset, make_split_manifest
-from unsir.training import OptimConfig, fit, seed_everything
+from unsir.splits import draw_retain_subset, make_split_manifest
+from unsir.training import fit, seed_everything
 
 PARTS = {"tuning": {"seeds": [0, 1, 2], "draw_seed": 0}, "heldout": {"seeds": [3, 4, 5], "draw_seed": 1}}
 MAX_FORGET_ACC = 0.01

@@ -49,10 +49,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unsir.methods.unsir import UNSIRConfig, impair, repair
+from unsir.configs import OptimConfig, UNSIRConfig
+from unsir.methods.unsir import impair, repair
 from unsir.models import ModelSpec, build_model
 from unsir.noise import build_impair_set
-from unsir.training import OptimConfig
 
 TARGET_RATIO = 0.9
 NUM_CLASSES = 10

@@ -24,11 +24,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
+from unsir.configs import OptimConfig
 from unsir.data import load_digits
 from unsir.models import ModelSpec, build_model
 from unsir.problem import prepare_splits
 from unsir.splits import make_split_manifest
-from unsir.training import OptimConfig, fit, seed_everything
+from unsir.training import fit, seed_everything
 
 CPU = torch.device("cpu")
 

@@ -382,15 +382,17 @@ def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_pro
     assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr
 
 
-def test_listing_requests_and_showing_the_trail_start_without_mlflow(params_only):
+def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(params_only):
     """`request list` and `audit show` read the state store alone: they must not pay for
-    importing MLflow (seconds on every call) or need the registry to be reachable."""
+    importing MLflow or PyTorch (seconds on every call) or need the registry to be reachable.
+    Loading and validating params.yaml needs neither (the core's configs are plain data)."""
     code = (
         "import sys\n"
         "from unsir_pipeline.cli import main\n"
         "for argv in (['request', 'list', '--json'], ['audit', 'show', '--json']):\n"
         "    assert main(['--project', sys.argv[1], *argv]) == 0, argv\n"
-        "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
+        "heavy = sorted({'mlflow', 'torch', 'sklearn'} & set(sys.modules))\n"
+        "assert not heavy, f'imported {heavy}'\n"
     )
     listed = subprocess.run([sys.executable, "-c", code, str(params_only)], capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr[-2000:]

@@ -73,8 +73,7 @@ def test_core_config_sections_are_validated_by_the_core_with_the_key_path(overri
 
 
 def test_core_config_sections_load_as_the_core_dataclasses():
-    from unsir.noise import NoiseConfig
-    from unsir.training import OptimConfig
+    from unsir.configs import NoiseConfig, OptimConfig
 
     params = load_params(
         ROOT / "params.yaml",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from unsir.configs import OptimConfig
 from unsir.measures import (
     EvaluationData,
     activation_distance,
@@ -19,7 +20,6 @@ from unsir.measures import (
     relearn_steps,
     weight_distance,
 )
-from unsir.training import OptimConfig
 
 CPU = torch.device("cpu")
 

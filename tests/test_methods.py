@@ -3,13 +3,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from unsir.configs import OptimConfig, UNSIRConfig
 from unsir.errors import UnlearningInputError
 from unsir.measures import evaluate_model
 from unsir.methods import METHODS, UnlearningTask, make_method
-from unsir.methods.unsir import UNSIRConfig
 from unsir.problem import build_task
 from unsir.splits import draw_retain_subset
-from unsir.training import OptimConfig
 
 CPU = torch.device("cpu")
 FAST = UNSIRConfig()  # the shipped digits recipe

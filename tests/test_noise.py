@@ -3,13 +3,9 @@ import copy
 import pytest
 import torch
 
+from unsir.configs import NoiseConfig
 from unsir.errors import UnlearningInputError
-from unsir.noise import (
-    NoiseConfig,
-    build_impair_set,
-    learn_error_maximizing_noise,
-    noise_regularizer,
-)
+from unsir.noise import build_impair_set, learn_error_maximizing_noise, noise_regularizer
 
 CPU = torch.device("cpu")
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from unsir.data import resolve_classes
+from unsir.classes import resolve_classes
+from unsir.configs import SplitFractions
 from unsir.errors import UnlearningInputError
-from unsir.splits import Normalization, SplitFractions, draw_retain_subset, make_split_manifest
+from unsir.splits import Normalization, draw_retain_subset, make_split_manifest
 
 
 def test_manifest_is_deterministic_stratified_and_complete(digits, digits_manifest):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import unsir.methods.unsir as unsir_module
+from unsir.configs import UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
 from unsir.methods import make_method
-from unsir.methods.unsir import UNSIRConfig
 from unsir.problem import build_task
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
-from unsir.verification import VerificationConfig, check_forgetting
+from unsir.verification import check_forgetting
 from unsir_pipeline.governance.promotion import GateInput, gate_decision
 from unsir_pipeline.settings.config import load_params
 

@@ -7,7 +7,6 @@ downloaded unless the caller asks for it explicitly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,29 +66,6 @@ class ClassificationData:
             hashlib.sha256(images[i].tobytes() + int(labels[i]).to_bytes(2, "little")).hexdigest()
             for i in range(len(self))
         ]
-
-
-def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]) -> tuple[int, ...]:
-    """Turn class names or indices into sorted, unique class indices, or fail naming the bad one."""
-    indices: set[int] = set()
-    for item in requested:
-        if isinstance(item, str) and item in class_names:
-            indices.add(class_names.index(item))
-            continue
-        try:
-            index = int(item)
-        except (TypeError, ValueError):
-            raise UnlearningInputError(
-                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
-                f"or one of {list(class_names)}"
-            ) from None
-        if not 0 <= index < len(class_names):
-            raise UnlearningInputError(
-                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
-                f"or one of {list(class_names)}"
-            )
-        indices.add(index)
-    return tuple(sorted(indices))
 
 
 def load_digits() -> ClassificationData:

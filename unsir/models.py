@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from unsir.configs import ARCHITECTURE_NAMES
 from unsir.errors import UnlearningInputError
 
 
@@ -111,6 +112,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": _resnet18_cifar,
     "mobilenet_v2": _mobilenet_v2,
 }
+if set(ARCHITECTURES) != set(ARCHITECTURE_NAMES):  # params.yaml is validated against the names
+    raise ImportError(f"unsir.configs.ARCHITECTURE_NAMES {ARCHITECTURE_NAMES} != {sorted(ARCHITECTURES)}")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

@@ -18,38 +18,11 @@ leaks into the first impair step; the mode and ``requires_grad`` flags are resto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-from unsir.errors import ConfigValueError, UnlearningInputError
-
-L2_REDUCTIONS = ("pixel_mean", "pixel_sum")
-
-
-@dataclass(frozen=True)
-class NoiseConfig:
-    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
-    __pydantic_config__ = {"extra": "forbid"}
-
-    batch_size: int = 48  # noise samples per forget class (official: 256)
-    steps: int = 10  # Adam steps on the whole tensor (official: 5 x 8 = 40 at lr 0.1)
-    lr: float = 0.5
-    l2_weight: float = 0.1
-    l2_reduction: Literal["pixel_mean", "pixel_sum"] = "pixel_mean"
-
-    def __post_init__(self) -> None:
-        for key, value, ok, expected in (
-            ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
-            ("steps", self.steps, self.steps > 0, "> 0"),
-            ("lr", self.lr, self.lr > 0, "> 0"),
-            ("l2_weight", self.l2_weight, self.l2_weight >= 0, ">= 0"),
-            ("l2_reduction", self.l2_reduction, self.l2_reduction in L2_REDUCTIONS, f"one of {L2_REDUCTIONS}"),
-        ):
-            if not ok:
-                raise ConfigValueError(key, expected, value)
+from unsir.configs import NoiseConfig
+from unsir.errors import UnlearningInputError
 
 
 def noise_regularizer(noise: torch.Tensor, reduction: str) -> torch.Tensor:

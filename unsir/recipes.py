@@ -43,11 +43,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from unsir.configs import NoiseConfig, OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
-from unsir.methods.unsir import UNSIRConfig
-from unsir.noise import NoiseConfig
-from unsir.training import OptimConfig
-from unsir.verification import VerificationConfig
 
 NOISE_TO_RETAIN_RATIO = 5  # noise samples per forget class / retain samples per class, round 1
 

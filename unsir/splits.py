@@ -14,37 +14,13 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
+from unsir.classes import check_forget_classes
+from unsir.configs import SplitFractions
 from unsir.data import ClassificationData
-from unsir.errors import ConfigValueError, UnlearningInputError
+from unsir.errors import UnlearningInputError
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("sample_id", "label", "split", "digest")
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
-    __pydantic_config__ = {"extra": "forbid"}
-
-    # A validation split is where forgetting is verified (``unsir.verification``).
-    train: float = 0.55
-    val: float = 0.15
-    test: float = 0.3
-
-    def __post_init__(self) -> None:
-        # With all three >= 0 (train and test > 0) and a sum of 1, each is also below 1.
-        for key, value, ok, expected in (
-            ("train", self.train, self.train > 0, "> 0"),
-            ("val", self.val, self.val >= 0, ">= 0"),
-            ("test", self.test, self.test > 0, "> 0"),
-        ):
-            if not ok:
-                raise ConfigValueError(key, expected, value)
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise UnlearningInputError(
-                f"train + val + test must be 1, got {total} (train={self.train}, val={self.val}, test={self.test})"
-            )
 
 
 def make_split_manifest(
@@ -110,20 +86,6 @@ def draw_retain_subset(
         take = min(per_class, len(rows))
         chosen.append(rows.iloc[np.sort(rng.choice(len(rows), size=take, replace=False))])
     return pd.concat(chosen).sort_values("sample_id").reset_index(drop=True)
-
-
-def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> None:
-    """Forget classes must be known and must leave at least one class to retain."""
-    if not forget_classes:
-        raise UnlearningInputError("no forget class given; expected at least one class index")
-    for c in forget_classes:
-        if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-            raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
-    if len(set(forget_classes)) >= num_classes:
-        raise UnlearningInputError(
-            f"forgetting classes {sorted(set(forget_classes))} would forget every one of the "
-            f"{num_classes} classes; at least one class must be retained"
-        )
 
 
 def select(data: ClassificationData, manifest_rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:

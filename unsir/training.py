@@ -11,46 +11,20 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from unsir.errors import ConfigValueError, UnlearningInputError
+from unsir.configs import OptimConfig
+from unsir.errors import UnlearningInputError
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    """One optimisation phase: Adam (or SGD) at ``lr`` for ``epochs`` epochs of ``batch_size``."""
-
-    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
-    __pydantic_config__ = {"extra": "forbid"}
-
-    lr: float = 1e-3
-    epochs: int = 1
-    batch_size: int = 32
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # SGD only
-
-    def __post_init__(self) -> None:
-        for key, value, ok, expected in (
-            ("lr", self.lr, self.lr > 0, "> 0"),
-            ("epochs", self.epochs, self.epochs >= 0, ">= 0"),
-            ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
-            ("optimizer", self.optimizer, self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'"),
-            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
-            ("momentum", self.momentum, self.momentum >= 0, ">= 0"),
-        ):
-            if not ok:
-                raise ConfigValueError(key, expected, value)
-
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, over ``params``."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -122,7 +96,7 @@ def fit(
         raise UnlearningInputError(f"{description}: no training samples given")
     model.to(device)
     x, y = images.to(device), labels.to(device)
-    optimizer = config.make_optimizer(model.parameters())
+    optimizer = make_optimizer(config, model.parameters())
     started = time.perf_counter()
     for epoch in range(config.epochs):
         loss = train_one_epoch(model, x, y, optimizer, batch_size=config.batch_size, generator=generator)

@@ -20,28 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unsir.errors import ConfigValueError, UnlearningInputError
+from unsir.configs import VerificationConfig
+from unsir.errors import UnlearningInputError
 from unsir.training import predict_logits
-
-
-@dataclass(frozen=True)
-class VerificationConfig:
-    """When forgetting counts as done, and how many UNSIR rounds may be spent reaching it."""
-
-    # Pydantic (the pipeline's params.yaml) validates this dataclass directly: no unknown keys.
-    __pydantic_config__ = {"extra": "forbid"}
-
-    max_rounds: int = 4  # round r learns new noise against the current model, copies x r
-    max_forget_acc: float = 0.0  # forget-class accuracy on the validation split
-    max_forget_confidence: float = 0.1  # highest forget-class probability of any such sample
-
-    def __post_init__(self) -> None:
-        if self.max_rounds < 1:
-            raise ConfigValueError("max_rounds", ">= 1", self.max_rounds)
-        for key in ("max_forget_acc", "max_forget_confidence"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigValueError(key, "in [0, 1]", value)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from unsir.data import load_dataset, resolve_classes
+from unsir.classes import resolve_classes
+from unsir.data import load_dataset
 from unsir.measures import EvaluationConfig, compare_models
 from unsir.methods import make_method
 from unsir.models import ModelSpec, build_model

@@ -9,14 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from unsir.classes import check_forget_classes
+from unsir.configs import OptimConfig
 from unsir.errors import UnlearningInputError
 from unsir.measures.accuracy import forget_retain_accuracy, group_accuracy, per_class_accuracy
 from unsir.measures.distance import activation_distance, js_divergence, weight_distance, zrf_score
 from unsir.measures.membership import MIA_FEATURES, membership_inference
 from unsir.measures.probe import linear_probe_forget_accuracy
 from unsir.measures.relearn import relearn_steps
-from unsir.splits import check_forget_classes
-from unsir.training import OptimConfig, predict_logits
+from unsir.training import predict_logits
 
 __all__ = [
     "EvaluationConfig",

@@ -12,7 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from unsir.training import OptimConfig, iterate_batches, predict_logits
+from unsir.configs import OptimConfig
+from unsir.training import iterate_batches, make_optimizer, predict_logits
 
 
 def relearn_steps(
@@ -31,7 +32,7 @@ def relearn_steps(
     """Optimiser steps of fine-tuning on forget-train data until forget-test accuracy reaches
     ``target_accuracy``; ``max_steps`` if it never does. ``model`` is left untouched."""
     working = copy.deepcopy(model).to(device)
-    optimizer = config.make_optimizer(working.parameters())
+    optimizer = make_optimizer(config, working.parameters())
     x, y = forget_train_images.to(device), forget_train_labels.to(device)
 
     def reached() -> bool:

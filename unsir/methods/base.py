@@ -18,8 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from unsir.classes import check_forget_classes
 from unsir.errors import UnlearningInputError
-from unsir.splits import check_forget_classes
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from unsir.configs import OptimConfig
 from unsir.methods.base import (
     UnlearningMethod,
     UnlearningResult,
@@ -19,7 +20,7 @@ from unsir.methods.base import (
     register,
     timed,
 )
-from unsir.training import OptimConfig, fit, train_one_epoch
+from unsir.training import fit, make_optimizer, train_one_epoch
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
@@ -110,7 +111,7 @@ class NegGrad(UnlearningMethod):
         cfg = self.config.train
         with timed(timings, "train_s", device):
             x, y = task.forget_train_images.to(device), task.forget_train_labels.to(device)
-            optimizer = cfg.make_optimizer(working.parameters())
+            optimizer = make_optimizer(cfg, working.parameters())
             for _ in range(cfg.epochs):
                 train_one_epoch(
                     working, x, y, optimizer, batch_size=cfg.batch_size, generator=generator, loss_sign=-1.0

@@ -16,11 +16,11 @@ so the same configuration, parent model and seed give the same weights everywher
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from unsir.configs import UNSIRConfig
 from unsir.methods.base import (
     UnlearningMethod,
     UnlearningResult,
@@ -30,31 +30,9 @@ from unsir.methods.base import (
     timed,
 )
 from unsir.models import classifier_head
-from unsir.noise import NoiseConfig, build_impair_set, learn_error_maximizing_noise
-from unsir.training import OptimConfig, fit
-from unsir.verification import VerificationConfig, check_forgetting
-
-
-@dataclass(frozen=True)
-class UNSIRConfig:
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    noise_copies: int = 5  # copies of every noise tensor in the impair set (official: 20)
-    impair: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, epochs=1, batch_size=32))
-    repair: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=3, batch_size=32))
-    verification: VerificationConfig = field(default_factory=VerificationConfig)
-    # After the last round, a short repair at a low learning rate: it recovers retain accuracy
-    # that the high-rate steps cost, and is too gentle to relearn a forgotten class (checked
-    # on the validation split, and undone if it did). None: no polish.
-    polish: OptimConfig | None = field(default_factory=lambda: OptimConfig(lr=2e-4, epochs=2, batch_size=32))
-    # Before round 1, give the forget classes' rows of the classifier head fresh weights, as a
-    # model built from scratch has. The rows hold nothing but those classes, so retain accuracy
-    # does not depend on them; measured, the verified rounds then forget in one round instead
-    # of three (benchmarks/README.md). Shared layers are left to impair and repair.
-    reset_forget_rows: bool = False
-
-    def for_round(self, round_number: int) -> UNSIRConfig:
-        """Round r's settings: every noise sample copied ``noise_copies * r`` times."""
-        return replace(self, noise_copies=self.noise_copies * round_number)
+from unsir.noise import build_impair_set, learn_error_maximizing_noise
+from unsir.training import fit
+from unsir.verification import check_forgetting
 
 
 def impair(

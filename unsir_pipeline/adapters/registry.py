@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
@@ -37,12 +36,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
-from torch import nn
 
 import unsir
-from unsir.checkpoint import CARD_FILE, WEIGHTS_FILE, ModelCard, load_checkpoint, weights_sha256
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from unsir.checkpoint import ModelCard
     from unsir_pipeline.settings.workspace import Workspace
 
 SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
@@ -234,6 +235,10 @@ class ModelRegistry:
                 self.set_alias(alias, existing)
             return existing
 
+        # Imported where used: the light commands (filing a request) open the registry to read
+        # aliases and tags, and start seconds sooner without PyTorch.
+        from unsir.checkpoint import WEIGHTS_FILE, load_checkpoint, weights_sha256
+
         checkpoint_dir = Path(checkpoint_dir)
         try:
             # Hashed before it is read, and the same digest is then checked by the load: what
@@ -420,6 +425,10 @@ class ModelRegistry:
         flavour instead stores a pickled module, whose loading runs arbitrary code: it is
         loaded only if ``allow_pickled_module`` is set, and only if a ``card.json`` came with it.
         """
+        import torch
+
+        from unsir.checkpoint import CARD_FILE, ModelCard, load_checkpoint
+
         version = self._resolve_ref(ref)
         uri = f"models:/{self.model_name}/{version}"
         expected_sha256 = self._model_version(version).tags.get(WEIGHTS_SHA256_TAG)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from unsir.data import resolve_classes
+from unsir.classes import resolve_classes
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import (

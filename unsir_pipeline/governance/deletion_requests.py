@@ -489,9 +489,8 @@ def resolve_request(
     indices; raises :class:`unsir.errors.UnlearningInputError` naming the offending classes.
     """
     # The core imports torch: only the callers that check classes pay for it.
-    from unsir.data import resolve_classes
+    from unsir.classes import check_forget_classes, resolve_classes
     from unsir.errors import UnlearningInputError
-    from unsir.splits import check_forget_classes
 
     names = tuple(class_names)
     classes = resolve_classes(list(requested), names)

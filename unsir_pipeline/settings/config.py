@@ -21,13 +21,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unsir.configs import ARCHITECTURE_NAMES, NoiseConfig, OptimConfig, SplitFractions, UNSIRConfig, VerificationConfig
 from unsir.errors import ConfigValueError
-from unsir.methods.unsir import UNSIRConfig
-from unsir.noise import NoiseConfig
 from unsir.recipes import OFFICIAL, unsir_config_for
-from unsir.splits import SplitFractions
-from unsir.training import OptimConfig
-from unsir.verification import VerificationConfig
 from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
 
 
@@ -51,7 +47,7 @@ class DataParams(Frozen):
 
 
 class ModelParams(Frozen):
-    arch: str = Field(description="a name in unsir.models.ARCHITECTURES")
+    arch: str = Field(description="a name in unsir.configs.ARCHITECTURE_NAMES")
     kwargs: dict = Field(default_factory=dict)
     seed: int = 0
     train: OptimConfig
@@ -59,10 +55,8 @@ class ModelParams(Frozen):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from unsir.models import ARCHITECTURES
-
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+        if arch not in ARCHITECTURE_NAMES:
+            raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURE_NAMES)}")
         return arch
 
 

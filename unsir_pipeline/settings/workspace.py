@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from unsir_pipeline.settings.config import Params, load_params
+
+if TYPE_CHECKING:
+    import torch
 
 PARAMS_FILE = "params.yaml"
 
@@ -85,6 +87,10 @@ class Workspace:
         return None
 
     def device(self) -> torch.device:
+        # Imported here: the light commands (request list, audit show) load a workspace too,
+        # and start in a second instead of three without PyTorch.
+        import torch
+
         if self.params.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.params.device)

@@ -1,0 +1,50 @@
+"""Which classes a forget set names: names or indices resolved, and the set checked.
+
+Plain Python, no tensor library: the command line checks a deletion request with these before
+anything heavier starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from unsir.errors import UnlearningInputError
+
+
+def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Turn class names or indices into sorted, unique class indices, or fail naming the bad one."""
+    indices: set[int] = set()
+    for item in requested:
+        if isinstance(item, str) and item in class_names:
+            indices.add(class_names.index(item))
+            continue
+        try:
+            index = int(item)
+        except (TypeError, ValueError):
+            raise UnlearningInputError(
+                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
+                f"or one of {list(class_names)}"
+            ) from None
+        if not 0 <= index < len(class_names):
+            raise UnlearningInputError(
+                f"unknown class {item!r}; expected an index in [0, {len(class_names) - 1}] "
+                f"or one of {list(class_names)}"
+            )
+        indices.add(index)
+    return tuple(sorted(indices))
+
+
+def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> None:
+    """Forget classes must be known and must leave at least one class to retain."""
+    if not forget_classes:
+        raise UnlearningInputError("no forget class given; expected at least one class index")
+    for c in forget_classes:
+        if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
+            raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
+    if len(set(forget_classes)) >= num_classes:
+        raise UnlearningInputError(
+            f"forgetting classes {sorted(set(forget_classes))} would forget every one of the "
+            f"{num_classes} classes; at least one class must be retained"
+        )
