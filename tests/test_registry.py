@@ -314,3 +314,16 @@ def test_unparseable_weights_are_an_integrity_error(tmp_path: Path) -> None:
     (checkpoint / WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
     with pytest.raises(CheckpointIntegrityError, match="not a readable safetensors file"):
         load_checkpoint(checkpoint, label="the local copy")
+
+
+def test_an_unreachable_server_is_named_not_reported_as_a_missing_version(monkeypatch) -> None:
+    import socket
+
+    for variable in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.setenv(variable, os.environ.get(variable, ""))  # restored after the test
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    registry = ModelRegistry(url, MODEL_NAME, "exp", http_timeout_s=2, http_max_retries=0)
+    with pytest.raises(RegistryError, match="cannot reach the MLflow registry at http://127.0.0.1"):
+        registry.get_version(1)

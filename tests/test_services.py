@@ -36,6 +36,11 @@ _CLIENT_VARIABLES = (
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "UNSIR_DVC_REMOTE",
+    # Set in this process by any registry an earlier test opened; a child would read them as an
+    # operator's choice and ignore its own --set registry.http_* values.
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
 )
 
 
@@ -127,6 +132,7 @@ def stack(tmp_path_factory, bootstrapped_project) -> Stack:
         "UNSIR_MLFLOW_PORT": str(_free_port()),
         "UNSIR_PREFECT_PORT": str(_free_port()),
         "UNSIR_PREFECT_UI": "false",
+        "UNSIR_WORKER_POLL_S": "2",  # a triggered run starts within 2 s instead of up to 10
     }
     stack = Stack(project, directory, stack_env, {})
     started = stack.run_stack("up", timeout=600)
@@ -181,6 +187,8 @@ def test_deletion_batch_runs_through_the_worker(stack):
             "run",
             "deletion-batch/deletion-batch",
             "--watch",
+            "--watch-interval",
+            "1",
             "--watch-timeout",
             "400",
         ],

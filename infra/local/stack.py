@@ -71,6 +71,7 @@ class Settings:
     mlflow_user: str
     prefect_user: str
     deploy: bool
+    worker_poll_s: int  # how often the worker asks the server for scheduled runs
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -99,6 +100,7 @@ class Settings:
             mlflow_user=env.get("UNSIR_MLFLOW_USER", "unsir-admin"),
             prefect_user=env.get("UNSIR_PREFECT_USER", "unsir"),
             deploy=env.get("UNSIR_DEPLOY", "1") == "1",
+            worker_poll_s=_positive("UNSIR_WORKER_POLL_S", 10),  # Prefect's default
         )
 
     def path(self, *parts: str) -> Path:
@@ -117,6 +119,13 @@ def _port(variable: str, default: int) -> int:
     value = os.environ.get(variable, str(default))
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise StackError(f"{variable}={value!r}: expected a TCP port number between 1 and 65535")
+    return int(value)
+
+
+def _positive(variable: str, default: int) -> int:
+    value = os.environ.get(variable, str(default))
+    if not value.isdigit() or int(value) == 0:
+        raise StackError(f"{variable}={value!r}: expected a whole number of seconds, at least 1")
     return int(value)
 
 
@@ -501,7 +510,13 @@ def deploy(settings: Settings, client_env: dict[str, str]) -> None:
 
 
 def start_worker(settings: Settings, client_env: dict[str, str]) -> None:
-    env = {**_base_env(), **client_env, "PREFECT_HOME": str(settings.path("prefect-worker")), "UNSIR_PROGRESS": "0"}
+    env = {
+        **_base_env(),
+        **client_env,
+        "PREFECT_HOME": str(settings.path("prefect-worker")),
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_s),
+        "UNSIR_PROGRESS": "0",
+    }
     name = f"unsir-local-{os.uname().nodename}"
     started = datetime.now(UTC)
     _spawn(

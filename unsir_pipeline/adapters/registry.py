@@ -504,7 +504,11 @@ class ModelRegistry:
         try:
             return self._client.get_model_version(self.model_name, str(version))
         except MlflowException as err:
-            raise RegistryError(f"model {self.model_name!r} has no version {version!r}") from err
+            # Only a "does not exist" answer means the version is missing: a dropped connection
+            # must fail naming the server, or a retried task reports the wrong cause.
+            if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise RegistryError(f"model {self.model_name!r} has no version {version!r}") from err
+            raise RegistryError(f"cannot reach the MLflow registry at {self.tracking_uri}: {err.message}") from err
 
     def _active_run(self) -> str:
         if self._run_id is None:
