@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_sweep.py
 	$(BIN)/python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
 		--out reports/bench/pipeline-sweep-no-reference.json
+	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --out reports/bench/pipeline-sweep-seed3.json
 
 # The half of the grid the recipes were chosen on (seeds 0-2, draw seed 0).
 bench-tuning: $(STAMP)
