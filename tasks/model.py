@@ -14,6 +14,7 @@ from unsir_pipeline.adapters.prepared_data import load_prepared
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import promotion
+from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import RunContext
 
 
@@ -76,6 +77,7 @@ def register_model_version(
 ) -> int:
     """Register the unlearned checkpoint as ``challenger``. Keyed on the run key (the flow run
     id, or a batch's stable key): a retry returns the version already registered."""
+    runtime.raise_if_stopped()  # a stopped command registers nothing
     ws = ctx.ws
     # A few test images as the data set gives them (the served model normalises them itself).
     data, manifest = load_prepared(ws)
@@ -99,6 +101,7 @@ def register_model_version(
 def promotion_gate(ctx: RunContext, version: int, candidate: promotion.GateInput) -> promotion.GateDecision:
     """Move ``champion`` to the new version only when every bound in params.yaml holds and no
     class that a promoted version forgot would come back."""
+    runtime.raise_if_stopped()
     promoted, reasons = promotion.apply_gate(ctx.ws, version, candidate)
     get_run_logger().info(
         "version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons)

@@ -318,6 +318,11 @@ def _forget_process(project: Path, **env: str) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_stopping_forget_leaves_no_server_running(project, stop_signal):
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.settings.workspace import Workspace
+
+    registry = registry_for(Workspace.load(project))
+    before = [v.version for v in registry.list_versions()]
     child = _forget_process(project, UNSIR_PROGRESS="1")
     try:
         for line in child.stderr:  # the first task has finished: the Prefect server is up
@@ -333,13 +338,28 @@ def test_stopping_forget_leaves_no_server_running(project, stop_signal):
             child.kill()
     assert code == (128 + signal.SIGTERM if stop_signal == signal.SIGTERM else 130)
     assert _session_processes(child.pid) == []
+    # Nothing registered or promoted: once seen, a stop swallowed by Prefect's engine let the
+    # flow run on to a promoted version before the command exited as interrupted.
+    assert [v.version for v in registry.list_versions()] == before
+
+
+def test_a_stop_that_prefect_swallowed_is_raised_again_before_the_registry_changes(monkeypatch):
+    from unsir_pipeline.settings import runtime
+
+    runtime.raise_if_stopped()  # no signal: nothing happens
+    monkeypatch.setattr(runtime, "_interrupted", True)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.raise_if_stopped()
+    monkeypatch.setattr(runtime, "_terminated", True)
+    with pytest.raises(runtime.Terminated):
+        runtime.raise_if_stopped()
 
 
 @pytest.mark.slow
 def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     child = _forget_process(project, **{runtime.PREFECT_STARTUP_ENV: "0"})
     _, err = child.communicate(timeout=300)
-    assert child.returncode == 1
+    assert child.returncode == 1, err[-2000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: Prefect's temporary server did not answer within 0s")
     assert runtime.PREFECT_STARTUP_ENV in errors[0] and "PREFECT_API_URL" in errors[0]

@@ -130,6 +130,18 @@ def was_interrupted() -> bool:
     return _interrupted
 
 
+def raise_if_stopped() -> None:
+    """Re-raise a stop that Prefect's engine swallowed, before anything changes the registry.
+
+    Seen: a ``unsir forget`` stopped after its first task ran on, registered and promoted a
+    version, and only then exited as interrupted. The tasks that register and promote call
+    this first, so a stopped command leaves the registry as it found it."""
+    if _terminated:
+        raise Terminated(EXIT_SIGTERM)
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def stop_prefect_server() -> None:
     """Stop Prefect's temporary server if this process started one, now rather than at exit
     (idempotent; on a normal exit Prefect's own atexit handler does it after its last logs)."""
