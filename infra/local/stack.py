@@ -100,7 +100,9 @@ class Settings:
             mlflow_user=env.get("UNSIR_MLFLOW_USER", "unsir-admin"),
             prefect_user=env.get("UNSIR_PREFECT_USER", "unsir"),
             deploy=env.get("UNSIR_DEPLOY", "1") == "1",
-            worker_poll_s=_positive("UNSIR_WORKER_POLL_S", 10),  # Prefect's default
+            worker_poll_s=_whole_number(
+                "UNSIR_WORKER_POLL_S", 10, 1, 3600, "a whole number of seconds, 1-3600"
+            ),  # 10: Prefect's default
         )
 
     def path(self, *parts: str) -> Path:
@@ -116,16 +118,13 @@ class Settings:
 
 
 def _port(variable: str, default: int) -> int:
-    value = os.environ.get(variable, str(default))
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise StackError(f"{variable}={value!r}: expected a TCP port number between 1 and 65535")
-    return int(value)
+    return _whole_number(variable, default, 1, 65535, "a TCP port number between 1 and 65535")
 
 
-def _positive(variable: str, default: int) -> int:
+def _whole_number(variable: str, default: int, low: int, high: int, expected: str) -> int:
     value = os.environ.get(variable, str(default))
-    if not value.isdigit() or int(value) == 0:
-        raise StackError(f"{variable}={value!r}: expected a whole number of seconds, at least 1")
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise StackError(f"{variable}={value!r}: expected {expected}")
     return int(value)
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from unsir.classes import check_forget_classes, resolve_classes
+from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters.state_store import StateDatabase
 
 STATUSES = ("pending", "running", "done", "failed", "rejected")
@@ -488,10 +490,6 @@ def resolve_request(
     far and those of ``pending`` requests, at least one class must remain. Returns the class
     indices; raises :class:`unsir.errors.UnlearningInputError` naming the offending classes.
     """
-    # The core imports torch: only the callers that check classes pay for it.
-    from unsir.classes import check_forget_classes, resolve_classes
-    from unsir.errors import UnlearningInputError
-
     names = tuple(class_names)
     classes = resolve_classes(list(requested), names)
     repeated = sorted(set(classes) & set(forgotten))
