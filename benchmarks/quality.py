@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-noise", action="store_true", help="skip the paper's method with its noise")
     parser.add_argument("--relearn", action="store_true", help="also measure relearn time (slower)")
     parser.add_argument(
+        "--probe", action="store_true", help="also measure shallow forgetting: a linear probe on the features"
+    )
+    parser.add_argument(
         "--time-repeats", type=int, default=3, help="time each unlearning this many times; the median counts"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a busy machine usable)")
@@ -239,7 +242,7 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
             "unsir",
             configured(unsir_config_for(arch, retain_per_class=args.retain_per_class, with_noise=True), args),
         )
-    eval_cfg = EvaluationConfig(probe=False, relearn=args.relearn)
+    eval_cfg = EvaluationConfig(probe=args.probe, relearn=args.relearn)
     seeds = args.seeds if args.seeds is not None else PARTS[args.part]["seeds"]
     runs = []
     for setting in grid_settings(data, arch, seeds, args, train_cfg, device, args.retain_per_class):

@@ -3,19 +3,19 @@ confusion matrices of both models."""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and workers
-
-import matplotlib.pyplot as plt
 import numpy as np
+
+# Figures are built on matplotlib's object API, never through pyplot: pyplot keeps every figure
+# alive until it is closed, so a long-lived worker drawing two per run would grow without bound,
+# and it would pick a display backend, which servers and workers do not have.
 from matplotlib.figure import Figure
 
 
 def per_class_accuracy_figure(
     class_names: list[str], before: list[float], after: list[float], forgotten: list[int]
 ) -> Figure:
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 3.5))
+    fig = Figure(figsize=(max(6, 0.6 * len(class_names)), 3.5))
+    ax = fig.subplots()
     x = np.arange(len(class_names))
     ax.bar(x - 0.2, before, width=0.4, label="before (parent)", color="#8da0cb")
     ax.bar(x + 0.2, after, width=0.4, label="after (unlearned)", color="#fc8d62")
@@ -31,7 +31,8 @@ def per_class_accuracy_figure(
 
 
 def confusion_figure(class_names: list[str], before: list[list[int]], after: list[list[int]]) -> Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig = Figure(figsize=(9, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, matrix, title in zip(axes, (before, after), ("parent", "unlearned"), strict=True):
         ax.imshow(np.asarray(matrix), cmap="Blues")
         ax.set_title(f"confusion, {title}")
