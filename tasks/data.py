@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.prepared_data import load_prepared, read_manifest, write_retain_subset
 from unsir_pipeline.governance.deletion_requests import resolve_request
-from unsir_pipeline.governance.promotion import ParentModel
+from unsir_pipeline.governance.promotion import ParentModel, require_parents_data
 from unsir_pipeline.settings.workspace import RunContext, Workspace
 
 
@@ -30,9 +30,9 @@ class ValidatedRequest:
 
 @task(name="validate-data-splits", cache_policy=NO_CACHE)
 def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentModel) -> ValidatedRequest:
-    """Resolve the request, draw the retain subset, and run Great Expectations over the manifest
-    and the retain subset, plus DVC digests; a failure stops the flow before any compute,
-    listing every failed expectation."""
+    """Resolve the request, check that the data is the one the parent was trained on, draw the
+    retain subset, and run Great Expectations over the manifest and the retain subset, plus DVC
+    digests; a failure stops the flow before any compute, listing every failed expectation."""
     # Great Expectations takes ~1.5 s to import: only the steps that validate pay for it.
     from unsir_pipeline.adapters.validation import require_valid, validate_splits
 
@@ -44,6 +44,7 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
         forgotten=parent.forgotten_classes,
         forgotten_by=f"the parent model (version {parent.version})",
     )
+    require_parents_data(ws, parent)
     all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes)))
     retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
     mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])

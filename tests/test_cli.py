@@ -268,6 +268,10 @@ def _runs(project: Path) -> list:
             "--from 'nosuchalias': model 'unsir-classifier' has no alias 'nosuchalias'",
         ),
         (["forget", "eleven"], "unknown class 'eleven'"),
+        (
+            ["--set", "data.split_seed=1", "forget", "2"],
+            "data.split_seed is 1, but data/prepared was built with 0 (dvc.lock) and the registered models",
+        ),
         (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
@@ -400,6 +404,23 @@ def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_pro
     )
     assert json.loads(quiet.stdout)["created"] is True
     assert "bootstrap:" not in quiet.stderr and "epoch" not in quiet.stderr
+
+
+def test_bootstrap_refuses_a_setting_its_dvc_stages_would_not_see(bootstrapped_project, tmp_path):
+    """`dvc repro` reads params.yaml only: a --set data or model key would be dropped silently
+    while the version's parameters digest claimed it."""
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.settings.config import ConfigError
+
+    root = _quick_project(bootstrapped_project, tmp_path / "project")
+    shutil.rmtree(root / "data" / "prepared")
+    overrides = ["data.split_seed=4", "model.train.epochs=2", "evaluation.relearn=false"]
+    with pytest.raises(ConfigError) as refused:
+        bootstrap(Workspace.load(root, overrides))
+    assert "data.split_seed is 4 here but 0 in params.yaml" in str(refused.value)
+    assert "model is {" in str(refused.value)  # the train stage reads the whole model section
+    assert "evaluation" not in str(refused.value)  # no stage of bootstrap's reads it
+    assert not (root / "data" / "prepared").exists()
 
 
 def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(params_only):

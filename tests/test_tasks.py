@@ -81,6 +81,25 @@ def test_a_bad_request_is_refused_before_anything_is_written(project, artifacts,
     assert artifacts == {}
 
 
+def test_data_other_than_the_parents_is_refused_before_the_retain_subset_is_drawn(project, artifacts):
+    """A model is unlearned and judged on the split it was trained with: other parameters than
+    the prepared data's, or prepared data other than the parent's, fail validation."""
+    from unsir_pipeline.governance.promotion import DataLineageError
+
+    retain_dir = project / "data" / "retain"
+    before = sorted(retain_dir.glob("*")) if retain_dir.exists() else []
+    with disable_run_logger(), pytest.raises(DataLineageError) as failed:
+        data.validate_data_splits.fn(_context(project, "unit-split", "data.split_seed=5"), ["8"], ParentModel(1, []))
+    assert "data.split_seed is 5, but data/prepared was built with 0 (dvc.lock)" in str(failed.value)
+    other_data = ParentModel(1, [], {"data/prepared": "0" * 32 + ".dir"})
+    with disable_run_logger(), pytest.raises(DataLineageError) as failed:
+        data.validate_data_splits.fn(_context(project, "unit-digest"), ["8"], other_data)
+    assert f"version 1 was trained on data/prepared {'0' * 32}.dir, but the project's data/prepared is " in str(
+        failed.value
+    )
+    assert (sorted(retain_dir.glob("*")) if retain_dir.exists() else []) == before
+
+
 # --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------
 
 

@@ -146,6 +146,39 @@ def pull(project_dir: Path, targets: Sequence[str] = ()) -> None:
     _dvc(project_dir, "pull", "--quiet", *targets)
 
 
+def stage_param_keys(project_dir: Path, stage: str) -> list[str]:
+    """The ``params.yaml`` keys a stage of ``dvc.yaml`` reads (a key may name a whole section,
+    such as ``model``); empty when the project has no such stage."""
+    content = _read_yaml(Path(project_dir) / "dvc.yaml")
+    keys = ((content.get("stages") or {}).get(stage) or {}).get("params") or []
+    # A plain entry names a key of params.yaml; a mapping names another parameters file.
+    return [key for key in keys if isinstance(key, str)]
+
+
+def locked_params(project_dir: Path, stage: str) -> dict[str, object] | None:
+    """The ``params.yaml`` values ``dvc.lock`` records for the last run of ``stage``: what its
+    outputs were built from. None when the lock has no such stage (it never ran here)."""
+    lock = Path(project_dir) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    entry = (_read_yaml(lock).get("stages") or {}).get(stage)
+    if not isinstance(entry, dict):
+        return None
+    return dict((entry.get("params") or {}).get("params.yaml") or {})
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DataVersioningError(f"cannot read DVC metadata {path}: {err}") from err
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise DataVersioningError(f"DVC metadata {path} is not a mapping")
+    return content
+
+
 def recorded_digests(project_dir: Path) -> dict[str, str]:
     """md5 of every output recorded in ``dvc.lock`` files and ``*.dvc`` files.
 

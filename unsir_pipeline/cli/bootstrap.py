@@ -14,6 +14,7 @@ from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import RegistryError, registry_for
 from unsir_pipeline.cli.progress import Progress, relay
 from unsir_pipeline.governance.promotion import FORGOTTEN_TAG
+from unsir_pipeline.settings.config import ConfigError
 from unsir_pipeline.settings.workspace import Workspace
 
 ORIGINAL_ALIAS = "original"
@@ -41,6 +42,7 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
 
+    _refuse_overrides_dvc_cannot_see(ws)
     progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
     progress.step(
@@ -82,3 +84,20 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
     # The original model keeps an alias of its own: a demo or an audit can always start from it.
     registry.set_alias(ORIGINAL_ALIAS, version)
     return BootstrapResult(version, created=True, test_acc=train_report["test_acc"])
+
+
+def _refuse_overrides_dvc_cannot_see(ws: Workspace) -> None:
+    """``dvc repro`` builds the data and the original from params.yaml alone: a ``--set`` (or
+    environment) value of a key its stages read would not reach them, yet the version's
+    parameters digest would claim it. Refused before anything is built."""
+    in_file = Workspace.load(ws.root).params
+    keys = [key for stage in ("prepare", "train") for key in data_versioning.stage_param_keys(ws.root, stage)]
+    differing = [key for key in dict.fromkeys(keys) if ws.params.value(key) != in_file.value(key)]
+    if differing:
+        found = "; ".join(
+            f"{key} is {ws.params.value(key)!r} here but {in_file.value(key)!r} in params.yaml" for key in differing
+        )
+        raise ConfigError(
+            "`unsir bootstrap` builds the data and the original model with `dvc repro`, which reads "
+            f"params.yaml only: {found}. Write the value into params.yaml instead"
+        )

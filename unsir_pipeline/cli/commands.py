@@ -461,7 +461,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     were not forgotten already. Returns the parent's version number."""
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.deletion_requests import resolve_request
-    from unsir_pipeline.governance.promotion import resolve_parent
+    from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
 
     version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
     meta = ws.prepared_dir / "dataset.json"
@@ -474,6 +474,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
             forgotten=parent_model.forgotten_classes,
             forgotten_by=f"the parent model (version {version})",
         )
+        require_parents_data(ws, parent_model)
     return version
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unsir.errors import UnlearningInputError
+from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import ModelRegistry, registry_for
 from unsir_pipeline.settings.workspace import Workspace
@@ -30,20 +31,64 @@ class PromotionRefused(UnlearningInputError):
     """A hand promotion the rules refuse; the message lists every reason."""
 
 
+class DataLineageError(UnlearningInputError):
+    """The project's data is not the data the parent model was trained on; the message lists
+    every difference and the way out."""
+
+
 @dataclass(frozen=True)
 class ParentModel:
     """A registered version a run starts from, and every class its lineage has forgotten."""
 
     version: int
     forgotten_classes: list[int]
+    # The DVC digests of the data it was trained (or unlearned) on, from its tags.
+    data_digests: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
-    """Which version an alias (or a version number) names, and what it has already forgotten
-    (from its tags)."""
+    """Which version an alias (or a version number) names, what it has already forgotten and
+    the data it came from (from its tags)."""
     version = int(ref) if ref.isdigit() else registry.resolve_alias(ref)
-    info = registry.get_version(version)
-    return ParentModel(version, json.loads(info.tags.get(FORGOTTEN_TAG, "[]")))
+    tags = registry.get_version(version).tags
+    return ParentModel(version, json.loads(tags.get(FORGOTTEN_TAG, "[]")), json.loads(tags.get("data_digests", "{}")))
+
+
+def require_parents_data(ws: Workspace, parent: ParentModel) -> None:
+    """Raise :class:`DataLineageError` unless the project's data is the parent's (checked by the
+    CLI before anything starts, and by the flow before it draws the retain subset)."""
+    problems = data_lineage_problems(ws, parent)
+    if problems:
+        raise DataLineageError("; ".join(problems))
+
+
+def data_lineage_problems(ws: Workspace, parent: ParentModel) -> list[str]:
+    """Every way the project's prepared data differs from the data the parent was trained on.
+
+    A model is unlearned and judged on the very split it was trained with: rebuilt with another
+    split, today's validation and test samples include some it trained on, so forgetting would be
+    verified, and accuracy reported, on training samples. Two records say what the data is: the
+    parameters ``dvc.lock`` built ``data/prepared`` from (against the parameters in force now,
+    ``--set`` included) and the digest the parent's lineage tags recorded."""
+    prepared = ws.prepared_dir.relative_to(ws.root).as_posix()
+    problems = []
+    for key, built_with in sorted((data_versioning.locked_params(ws.root, "prepare") or {}).items()):
+        now = ws.params.value(key)
+        if now != built_with:
+            problems.append(
+                f"{key} is {now!r}, but {prepared} was built with {built_with!r} (dvc.lock) and the registered "
+                f"models were trained on it: set {key} back to {built_with!r}, or start a new lineage on the new "
+                "data (`dvc repro prepare`, then `unsir bootstrap` with another registry.model_name)"
+            )
+    trained_on = parent.data_digests.get(prepared)
+    current = data_versioning.recorded_digests(ws.root).get(prepared) if (ws.root / ".dvc").is_dir() else None
+    if trained_on and current and trained_on != current:
+        problems.append(
+            f"version {parent.version} was trained on {prepared} {trained_on}, but the project's {prepared} is "
+            f"{current} (dvc.lock): check out the data it was trained on (`git checkout` the matching dvc.lock, "
+            "then `dvc checkout`), or start from a version trained on this data"
+        )
+    return problems
 
 
 def lineage_tags(

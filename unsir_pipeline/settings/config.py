@@ -212,6 +212,16 @@ class Params(Frozen):
             verification=unlearn.verification,
         )
 
+    def value(self, key: str) -> object:
+        """The value of a dotted key (``data.split_seed``, or a whole section such as ``model``)
+        as params.yaml would hold it."""
+        node: object = self.model_dump(mode="json")
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown parameter {key!r}")
+            node = node[part]
+        return node
+
     def digest(self) -> str:
         """A stable hash of every parameter: tags a model version with what produced it."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
