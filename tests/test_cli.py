@@ -395,7 +395,7 @@ def test_bootstrap_shows_its_steps_and_epochs_but_not_with_json(bootstrapped_pro
     shown = subprocess.run(
         [*CLI, "--project", str(first), "bootstrap"], env=env, capture_output=True, text=True, check=True
     )
-    assert "bootstrap: [2/4] dvc repro train" in shown.stderr
+    assert "bootstrap: [2/4] dvc repro train: prepare digits and validate its splits" in shown.stderr
     assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
     assert "bootstrap: [4/4] register the original model" in shown.stderr
 
@@ -421,6 +421,25 @@ def test_bootstrap_refuses_a_setting_its_dvc_stages_would_not_see(bootstrapped_p
     assert "model is {" in str(refused.value)  # the train stage reads the whole model section
     assert "evaluation" not in str(refused.value)  # no stage of bootstrap's reads it
     assert not (root / "data" / "prepared").exists()
+
+
+@pytest.mark.slow
+def test_bootstrap_validates_the_splits_before_it_trains(tmp_path):
+    """A split too small for the validation every forget runs is refused before a model is
+    trained and registered that no forget could start from."""
+    import yaml
+    from conftest import make_project
+
+    from unsir_pipeline.adapters.validation import ValidationFailed
+    from unsir_pipeline.cli.bootstrap import bootstrap
+
+    root = make_project(tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["min_per_class"] = 40  # digits' validation split has 26-28 samples a class
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ValidationFailed, match=r"class counts: .*count=2\d, split=val"):
+        bootstrap(Workspace.load(root))
+    assert (root / "data" / "prepared" / "manifest.csv").is_file() and not (root / "models").exists()
 
 
 def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(params_only):

@@ -103,6 +103,80 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
+class _Suite:
+    """The expectations of one validation, run table by table: every failure is kept, not just
+    the first, so that one report names everything wrong."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.evaluated = 0
+
+    def run(
+        self,
+        table: str,
+        frame: pd.DataFrame,
+        expectations: list[gxe.Expectation],
+        index_columns: Sequence[str] = (),
+    ) -> None:
+        result = _validate_frame(table, frame, expectations, index_columns)
+        self.evaluated += result.statistics["evaluated_expectations"]
+        self.failures.extend(_describe(table, frame, r) for r in result.results if not r.success)
+
+    def check_manifest(
+        self,
+        manifest: pd.DataFrame,
+        num_classes: int,
+        min_per_class: int,
+        data: ClassificationData | None,
+        digest_sample_rows: int,
+    ) -> bool:
+        """The manifest's columns and rows, and the class balance of each split; with ``data``,
+        the rows against the data set. Returns whether the manifest has its columns."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if min_per_class < 0:
+            raise ValueError(f"min_per_class must be non-negative, got {min_per_class}")
+        manifest_ok = _has_columns(manifest, MANIFEST_COLUMNS)
+        self.run(
+            "manifest",
+            manifest,
+            _manifest_expectations(manifest_ok, num_classes),
+            ["sample_id"] if manifest_ok else (),
+        )
+        if manifest_ok:
+            self.run(
+                "class counts",
+                _class_counts(manifest, num_classes),
+                [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)],
+                ["split", "label"],
+            )
+        if data is not None and manifest_ok:
+            rows = manifest_row_failures(manifest, data, sample_rows=digest_sample_rows)
+            self.evaluated += 1
+            self.failures.extend(f"manifest rows: {line}" for line in rows)
+        return manifest_ok
+
+    def report(self, extra_failures: Sequence[str] = ()) -> ValidationReport:
+        failures = [*self.failures, *(str(f) for f in extra_failures)]
+        return ValidationReport(success=not failures, failures=tuple(failures), evaluated=self.evaluated)
+
+
+def validate_manifest(
+    manifest: pd.DataFrame,
+    *,
+    num_classes: int,
+    min_per_class: int,
+    data: ClassificationData | None = None,
+    digest_sample_rows: int = DIGEST_SAMPLE_ROWS,
+) -> ValidationReport:
+    """The split manifest alone, as :func:`validate_splits` checks it: what ``unsir bootstrap``
+    checks before it trains, so that a data set every forget would refuse (a split with too
+    few samples of a class) is refused before a model is trained on it."""
+    suite = _Suite()
+    suite.check_manifest(manifest, num_classes, min_per_class, data, digest_sample_rows)
+    return suite.report()
+
+
 def validate_splits(
     manifest: pd.DataFrame,
     retain_subset: pd.DataFrame,
@@ -121,42 +195,11 @@ def validate_splits(
     ``data`` (the data set the manifest describes) the manifest is also checked row by row
     against it (:func:`manifest_row_failures`).
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    if min_per_class < 0:
-        raise ValueError(f"min_per_class must be non-negative, got {min_per_class}")
-
-    failures: list[str] = []
-    evaluated = 0
-
-    def run(
-        table: str,
-        frame: pd.DataFrame,
-        expectations: list[gxe.Expectation],
-        index_columns: Sequence[str] = (),
-    ) -> None:
-        nonlocal evaluated
-        result = _validate_frame(table, frame, expectations, index_columns)
-        evaluated += result.statistics["evaluated_expectations"]
-        failures.extend(_describe(table, frame, r) for r in result.results if not r.success)
-
-    manifest_ok = _has_columns(manifest, MANIFEST_COLUMNS)
-    run(
-        "manifest",
-        manifest,
-        _manifest_expectations(manifest_ok, num_classes),
-        ["sample_id"] if manifest_ok else (),
-    )
-    if manifest_ok:
-        run(
-            "class counts",
-            _class_counts(manifest, num_classes),
-            [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)],
-            ["split", "label"],
-        )
+    suite = _Suite()
+    manifest_ok = suite.check_manifest(manifest, num_classes, min_per_class, data, digest_sample_rows)
 
     forget = pd.DataFrame({"forget_class": list(forget_classes)})
-    run(
+    suite.run(
         "forget classes",
         forget,
         [
@@ -168,14 +211,14 @@ def validate_splits(
     )
 
     retain_ok = _has_columns(retain_subset, MANIFEST_COLUMNS)
-    run(
+    suite.run(
         "retain subset",
         retain_subset,
         _retain_expectations(retain_ok, forget_classes),
         ["sample_id"] if retain_ok else (),
     )
     if retain_ok and manifest_ok:
-        run(
+        suite.run(
             "retain vs manifest",
             _retain_against_train(retain_subset, manifest),
             [
@@ -194,13 +237,7 @@ def validate_splits(
             ],
             ["sample_id"],
         )
-
-    if data is not None and manifest_ok:
-        rows = manifest_row_failures(manifest, data, sample_rows=digest_sample_rows)
-        evaluated += 1
-        failures.extend(f"manifest rows: {line}" for line in rows)
-    failures.extend(str(f) for f in extra_failures)
-    return ValidationReport(success=not failures, failures=tuple(failures), evaluated=evaluated)
+    return suite.report(extra_failures)
 
 
 def require_valid(report: ValidationReport) -> None:
