@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -9,7 +10,11 @@ import tempfile
 from pathlib import Path
 
 # Before Prefect or MLflow is imported anywhere: keep their state out of $HOME and offline.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="unsir-prefect-"))
+# Made only where none is set (processes the tests start inherit it) and removed at exit:
+# a directory per run, and per child that re-imported this file, used to pile up in /tmp.
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="unsir-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
