@@ -270,7 +270,7 @@ def _runs(project: Path) -> list:
         (["forget", "eleven"], "unknown class 'eleven'"),
         (
             ["--set", "data.split_seed=1", "forget", "2"],
-            "data.split_seed is 1, but data/prepared was built with 0 (dvc.lock) and the registered models",
+            "data.split_seed is 1, but data/prepared was built with 0 (dvc.lock): set it back, or rebuild",
         ),
         (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
@@ -360,6 +360,33 @@ def test_a_stop_that_prefect_swallowed_is_raised_again_before_the_registry_chang
 
 
 @pytest.mark.slow
+def test_prefects_console_keeps_a_failures_message_and_drops_its_traceback():
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()  # what importing a flow does in the command
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert consoles
+    before = {h: list(h.filters) for h in consoles}
+    try:
+        runtime.console_without_tracebacks()
+        runtime.console_without_tracebacks()  # once is enough: no second filter
+        assert all(len(h.filters) == len(before[h]) + 1 for h in consoles)
+        try:
+            raise ValueError("bad value 7")
+        except ValueError as err:
+            record = logging.getLogger("prefect").makeRecord(
+                "prefect", logging.ERROR, __file__, 1, "Task run failed: %r", (err,), sys.exc_info()
+            )
+        shown = consoles[0].format(record) if consoles[0].filter(record) else ""
+        assert "bad value 7" in shown and "Traceback" not in shown
+    finally:
+        for handler, filters in before.items():
+            handler.filters[:] = filters
+
+
 def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
     child = _forget_process(project, **{runtime.PREFECT_STARTUP_ENV: "0"})
     _, err = child.communicate(timeout=300)

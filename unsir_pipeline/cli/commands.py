@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unsir_pipeline.settings import runtime  # standard library only: light enough for every command
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
@@ -325,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no params.yaml in {project}; run from the project directory or pass --project", file=sys.stderr)
         return EXIT_USAGE
 
-    from unsir_pipeline.settings import runtime
     from unsir_pipeline.settings.environment import configure
 
     def stopped(word: str, code: int) -> int:
@@ -492,6 +493,9 @@ def cmd_forget(project: Path, args) -> int:
     check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
     from unsir_pipeline.flows.unlearn import unlearn
+
+    if not args.debug:
+        runtime.console_without_tracebacks()
 
     with flow_steps(progress):
         result = unlearn(
@@ -716,6 +720,8 @@ def cmd_batch(project: Path, args) -> int:
             parameters={"project_dir": str(project), "overrides": list(args.overrides)},
         )
         return 0
+    if not args.debug:
+        runtime.console_without_tracebacks()
     result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
     if args.json:
         print(json.dumps(result, default=float))

@@ -76,9 +76,9 @@ def data_lineage_problems(ws: Workspace, parent: ParentModel) -> list[str]:
         now = ws.params.value(key)
         if now != built_with:
             problems.append(
-                f"{key} is {now!r}, but {prepared} was built with {built_with!r} (dvc.lock) and the registered "
-                f"models were trained on it: set {key} back to {built_with!r}, or start a new lineage on the new "
-                "data (`dvc repro prepare`, then `unsir bootstrap` with another registry.model_name)"
+                f"{key} is {now!r}, but {prepared} was built with {built_with!r} (dvc.lock): set it back, or "
+                "rebuild the data with `dvc repro prepare` (a version is unlearned only on data with the digest "
+                "it was trained on)"
             )
     trained_on = parent.data_digests.get(prepared)
     current = data_versioning.recorded_digests(ws.root).get(prepared) if (ws.root / ".dvc").is_dir() else None

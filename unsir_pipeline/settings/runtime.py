@@ -16,6 +16,7 @@ Everything here must run before torch or Prefect is imported: both read these va
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -73,6 +74,32 @@ def configure_prefect(*, quiet_console: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+
+
+class _WithoutTraceback(logging.Filter):
+    """Keeps a record's message (Prefect's names the exception) and drops its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def console_without_tracebacks() -> None:
+    """Prefect writes a failed task's and flow's traceback to the console, forty lines above the
+    one line the command prints naming the error. Its console handler keeps the messages and
+    drops the tracebacks (call after Prefect is imported; ``--debug`` skips it). The records
+    reach the run's logs on the Prefect server whole: that handler sits on Prefect's own loggers
+    and sees them before the console does."""
+    handlers = sys.modules.get("prefect.logging.handlers")
+    if handlers is None:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, handlers.PrefectConsoleHandler) and not any(
+            isinstance(f, _WithoutTraceback) for f in handler.filters
+        ):
+            handler.addFilter(_WithoutTraceback())
 
 
 def describe_startup_failure(err: BaseException) -> str | None:
