@@ -122,6 +122,13 @@ class _Suite:
         self.evaluated += result.statistics["evaluated_expectations"]
         self.failures.extend(_describe(table, frame, r) for r in result.results if not r.success)
 
+    def run_rows(self, table: str, frame: pd.DataFrame, expectations: Callable[[bool], list[gxe.Expectation]]) -> bool:
+        """A table of manifest rows: ``expectations(has_columns)`` run on it, keyed by sample id
+        when it has the manifest's columns. Returns whether it has them."""
+        has_columns = _has_columns(frame, MANIFEST_COLUMNS)
+        self.run(table, frame, expectations(has_columns), ["sample_id"] if has_columns else ())
+        return has_columns
+
     def check_manifest(
         self,
         manifest: pd.DataFrame,
@@ -136,13 +143,7 @@ class _Suite:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if min_per_class < 0:
             raise ValueError(f"min_per_class must be non-negative, got {min_per_class}")
-        manifest_ok = _has_columns(manifest, MANIFEST_COLUMNS)
-        self.run(
-            "manifest",
-            manifest,
-            _manifest_expectations(manifest_ok, num_classes),
-            ["sample_id"] if manifest_ok else (),
-        )
+        manifest_ok = self.run_rows("manifest", manifest, lambda ok: _manifest_expectations(ok, num_classes))
         if manifest_ok:
             self.run(
                 "class counts",
@@ -210,13 +211,7 @@ def validate_splits(
         ],
     )
 
-    retain_ok = _has_columns(retain_subset, MANIFEST_COLUMNS)
-    suite.run(
-        "retain subset",
-        retain_subset,
-        _retain_expectations(retain_ok, forget_classes),
-        ["sample_id"] if retain_ok else (),
-    )
+    retain_ok = suite.run_rows("retain subset", retain_subset, lambda ok: _retain_expectations(ok, forget_classes))
     if retain_ok and manifest_ok:
         suite.run(
             "retain vs manifest",
