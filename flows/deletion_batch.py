@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
-from unsir_pipeline.governance import batch_locks, batches
+from unsir_pipeline.governance import batches, locks
 from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, PROMOTED_DECISIONS, VERIFIED_TAG, resolve_parent
 from unsir_pipeline.settings.workspace import Workspace, open_workspace
 from unsir_pipeline.tasks.requests import (
@@ -35,7 +35,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
     overrides = list(overrides or [])
     ws = open_workspace(project_dir, tuple(overrides))
     logger = get_run_logger()
-    with batch_locks.deletion_batch_lock(ws) as acquired:
+    with locks.deletion_batch_lock(ws) as acquired:
         if not acquired:
             logger.info("another deletion batch is running; this one ends now")
             return {"status": "skipped", "reason": "another deletion batch is running"}

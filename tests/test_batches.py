@@ -18,7 +18,7 @@ from conftest import clone_project
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches, stores
+from unsir_pipeline.governance import batches, locks, stores
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -343,7 +343,7 @@ def test_two_batches_never_run_at_once(project, first_batch):
 
     ws = ws_of(project)
     request = batches.file_request(ws, ["2"], "heidi", "lock test")
-    with batches.batch_lock(ws) as held:  # another batch holds the lock
+    with locks.file_lock(ws.state_dir / "batch.lock") as held:  # another batch holds the lock
         assert held
         result = deletion_batch(project_dir=str(project))
     assert result["status"] == "skipped"

@@ -161,7 +161,7 @@ def test_unreachable_state_database_is_named_without_its_password(tmp_path):
 def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from unsir_pipeline.governance.batch_locks import BatchLockError, deletion_batch_lock
+    from unsir_pipeline.governance.locks import BatchLockError, deletion_batch_lock
     from unsir_pipeline.settings.workspace import Workspace
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())

@@ -375,20 +375,20 @@ def test_requests_filed_on_one_machine_are_claimed_once_on_another(stack):
 def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from unsir_pipeline.governance import batch_locks
+    from unsir_pipeline.governance import locks
 
     server = {
         PREFECT_API_URL: stack.client["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"],
     }
-    with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as held:
+    with temporary_settings(updates=server), locks.global_lock("unsir-deletion-batch") as held:
         assert held
         skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view
         assert skipped.returncode == 0, skipped.stderr[-2000:]
         assert json.loads(skipped.stdout.splitlines()[-1])["status"] == "skipped"
-        with batch_locks.global_lock("unsir-deletion-batch") as again:
+        with locks.global_lock("unsir-deletion-batch") as again:
             assert not again
-    with temporary_settings(updates=server), batch_locks.global_lock("unsir-deletion-batch") as released:
+    with temporary_settings(updates=server), locks.global_lock("unsir-deletion-batch") as released:
         assert released
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,3 +215,63 @@ def test_the_gate_judges_every_bound_it_is_given(project):
     assert [r.split(" ")[1] for r in failed] == ["forget", "every", "retain", "retain", "membership", "forgetting"]
     assert "below retrained" in failed[3] and "(retrained)" in failed[4] and "round budget ran out" in failed[5]
     assert registry.resolve_alias("champion") == champion
+
+
+def test_two_gates_deciding_at_once_cannot_bring_a_class_back(project, monkeypatch):
+    """Two runs reach their gates together (two forgets, or a forget beside a batch). Without the
+    promotion lock each read "nothing else forgotten" before the other promoted, both passed, and
+    the later alias move undid the earlier deletion."""
+    import threading
+
+    from unsir_pipeline.governance import promotion
+
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    already = promotion.classes_that_must_stay_forgotten(registry)  # what earlier tests promoted
+    read = promotion.classes_that_must_stay_forgotten
+
+    def slow_registry(*args, **kwargs):  # a registry slow to answer between the read and the write
+        found = read(*args, **kwargs)
+        time.sleep(0.5)
+        return found
+
+    monkeypatch.setattr(promotion, "classes_that_must_stay_forgotten", slow_registry)
+    decisions: dict[str, tuple[bool, list[str]]] = {}
+
+    def gate(name: str, forgets: int) -> None:
+        version = _register_candidate(project, f"unit-race-{name}")
+        verified = sorted({forgets, *already})
+        registry.set_version_tags(version, {"verified_forgotten_classes": json.dumps(verified)})
+        per_class = [0.0 if c in verified else 0.97 for c in range(10)]
+        decisions[name] = (version, promotion.apply_gate(ws, version, _candidate(per_class, [forgets])))
+
+    first = threading.Thread(target=gate, args=("first", 5))
+    second = threading.Thread(target=gate, args=("second", 6))
+    first.start()
+    time.sleep(0.2)  # the second run reaches its gate while the first is deciding
+    second.start()
+    first.join()
+    second.join()
+
+    (first_version, (first_promoted, _)), (second_version, (second_promoted, reasons)) = (
+        decisions["first"],
+        decisions["second"],
+    )
+    assert first_promoted and not second_promoted
+    assert "FAIL: every requested and every earlier-deleted class measured forgotten; still classified: [5]" in reasons
+    assert registry.resolve_alias("champion") == first_version != second_version
+
+
+def test_a_promotion_waits_for_the_lock_then_names_it(project):
+    from unsir_pipeline.governance.locks import PromotionLockError, file_lock, promotion_lock
+
+    ws = Workspace.load(project)
+    with file_lock(ws.state_dir / "promotion.lock") as held:  # another process deciding
+        assert held
+        started = time.monotonic()
+        refused = pytest.raises(PromotionLockError, match=r"another promotion of 'unsir-classifier' held .*lock")
+        with refused, promotion_lock(ws, wait_s=0.3):
+            pass
+        assert time.monotonic() - started >= 0.3
+    with promotion_lock(ws, wait_s=0.3):  # free again
+        pass

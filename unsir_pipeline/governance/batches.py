@@ -8,12 +8,9 @@ flow.
 
 from __future__ import annotations
 
-import fcntl
 import hmac
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,24 +137,6 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
 
 
 # --- batches --------------------------------------------------------------------------------
-
-
-@contextmanager
-def batch_lock(ws: Workspace) -> Iterator[bool]:
-    """An exclusive, non-blocking lock: yields False when another batch holds it. The OS drops
-    the lock when its process dies, so a killed batch never blocks the next one."""
-    path = ws.state_dir / "batch.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import ModelRegistry, registry_for
+from unsir_pipeline.governance.locks import promotion_lock
 from unsir_pipeline.settings.workspace import Workspace
 
 FORGOTTEN_TAG = "forgotten_classes"
@@ -244,14 +245,15 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
 def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool, list[str]]:
     """Record the gate's decision on the version and move ``champion`` when it passed."""
     registry = registry_for(ws)
-    promoted, reasons = gate_decision(
-        ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version)
-    )
-    registry.set_version_tags(
-        version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
-    )
-    if promoted:
-        registry.set_alias(ws.params.registry.champion_alias, version)
+    with promotion_lock(ws):  # read, decide and move the alias with no other decision in between
+        promoted, reasons = gate_decision(
+            ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version)
+        )
+        registry.set_version_tags(
+            version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
+        )
+        if promoted:
+            registry.set_alias(ws.params.registry.champion_alias, version)
     return promoted, reasons
 
 
@@ -284,18 +286,19 @@ def promote_by_hand(ws: Workspace, version: int, reason: str, by: str, *, overri
     problems that were overridden (empty when none)."""
     if not reason.strip():
         raise PromotionRefused("a promotion needs a reason (--reason TEXT)")
-    problems = promotion_problems(ws, version)
-    if problems and not override:
-        raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
-    registry = registry_for(ws)
-    registry.set_version_tags(
-        version,
-        {
-            "promoted_by": by,
-            "promotion_reason": reason,
-            "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
-            **({"overridden_problems": "; ".join(problems)} if problems else {}),
-        },
-    )
-    registry.set_alias(ws.params.registry.champion_alias, version)
+    with promotion_lock(ws):  # as apply_gate: no other decision between the checks and the alias
+        problems = promotion_problems(ws, version)
+        if problems and not override:
+            raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
+        registry = registry_for(ws)
+        registry.set_version_tags(
+            version,
+            {
+                "promoted_by": by,
+                "promotion_reason": reason,
+                "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
+                **({"overridden_problems": "; ".join(problems)} if problems else {}),
+            },
+        )
+        registry.set_alias(ws.params.registry.champion_alias, version)
     return problems

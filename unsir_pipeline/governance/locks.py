@@ -1,0 +1,160 @@
+"""The locks of deletions: one batch at a time, and one promotion decision at a time.
+
+**The batch lock.** With embedded state (SQLite files under the project) a file lock in the
+state directory is enough, since only this machine can reach the requests
+(``file_lock``). With a shared state database (``state.database_url``) batches on
+several machines claim from the same queue, and a batch recovers requests that a killed batch
+left ``running`` (``release_stale``), which is only safe while no other batch runs anywhere: the
+lock is then a Prefect global concurrency limit (``state.batch_lock``, limit 1, created when
+missing) on the configured Prefect server. Its slot is leased: a batch whose process dies frees
+it when the lease expires.
+
+**The promotion lock.** A promotion reads which classes promoted versions forgot, decides, then
+tags the version and moves the champion alias. Two decisions interleaved (two ``unsir forget``
+runs, or a forget beside a batch or a hand promotion) could each miss the other's promotion, and
+the later alias move would bring the earlier one's class back. So the decision is serialised per
+registered model: by a Prefect global concurrency limit when a Prefect server is configured (it
+reaches every machine that promotes), else by a file lock in the state directory (this machine).
+
+This is the module that talks to Prefect's concurrency API; ``batches`` stays free of Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from unsir_pipeline.settings.workspace import Workspace
+
+# Seconds a held slot survives without renewal (Prefect renews it while the batch runs).
+LEASE_S = 300
+# How long a promotion waits for another one's decision (a decision takes well under a second).
+PROMOTION_WAIT_S = 120
+
+
+class BatchLockError(RuntimeError):
+    """The shared batch lock cannot be used (no Prefect server, or the server refused)."""
+
+
+class PromotionLockError(RuntimeError):
+    """The promotion lock was not free within its wait, or could not be used."""
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect server this process talks to; None in ephemeral mode (no server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+@contextmanager
+def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
+    """Yields True while this batch holds the lock, False at once when another batch holds it."""
+    if ws.params.state.database_url is None:
+        with file_lock(ws.state_dir / "batch.lock") as acquired:
+            yield acquired
+        return
+    if prefect_api_url() is None:
+        raise BatchLockError(
+            "state.database_url is set (requests shared between machines), but no Prefect server is "
+            "configured: the batch lock must be shared too; set PREFECT_API_URL (the stack's client.env does)"
+        )
+    with global_lock(ws.params.state.batch_lock) as acquired:
+        yield acquired
+
+
+def ensure_limit(name: str) -> None:
+    """Create the global concurrency limit ``name`` with one slot, unless it exists (an
+    operator may have changed it; it is left as it is)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another batch created it a moment ago
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@contextmanager
+def global_lock(name: str) -> Iterator[bool]:
+    """One slot of the global concurrency limit ``name``, without waiting for it."""
+    import httpx
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    ensure_limit(name)
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(name, occupy=1, max_retries=0, strict=True, lease_duration=LEASE_S))
+        except ConcurrencySlotAcquisitionError as err:
+            cause = err.__cause__
+            if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+                yield False  # 423 Locked: the slot is taken, another batch runs
+                return
+            raise BatchLockError(
+                f"cannot take the batch lock {name!r} on the Prefect server {prefect_api_url()}: {err}"
+            ) from err
+        yield True
+
+
+@contextmanager
+def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
+    """Held while one promotion decision reads the registry, decides and moves the alias; waits
+    up to ``wait_s`` for another decision to finish."""
+    # The environment first: a command that promotes by hand imports Prefect only when a server is set.
+    if os.environ.get("PREFECT_API_URL") and prefect_api_url():
+        with _global_promotion_lock(f"unsir-promotion-{ws.params.registry.model_name}", wait_s):
+            yield
+        return
+    with file_lock(ws.state_dir / "promotion.lock", wait_s=wait_s) as acquired:
+        if not acquired:
+            raise PromotionLockError(
+                f"another promotion of {ws.params.registry.model_name!r} held {ws.state_dir / 'promotion.lock'} "
+                f"for {wait_s:g} s; try again when it has finished"
+            )
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, *, wait_s: float = 0) -> Iterator[bool]:
+    """An exclusive lock on ``path`` on this machine: yields False when another process held it
+    for ``wait_s`` seconds (0: do not wait). The OS drops the lock when its process dies, so a
+    killed holder never blocks the next one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    with open(path, "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _global_promotion_lock(name: str, wait_s: float) -> Iterator[None]:
+    from prefect.concurrency.sync import concurrency
+
+    ensure_limit(name)
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True, lease_duration=LEASE_S):
+            yield
+    except TimeoutError as err:
+        raise PromotionLockError(
+            f"another promotion held the lock {name!r} on the Prefect server {prefect_api_url()} for {wait_s:g} s"
+        ) from err
