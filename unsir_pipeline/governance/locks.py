@@ -151,10 +151,11 @@ def _global_promotion_lock(name: str, wait_s: float) -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
 
     ensure_limit(name)
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True, lease_duration=LEASE_S):
-            yield
-    except TimeoutError as err:
-        raise PromotionLockError(
-            f"another promotion held the lock {name!r} on the Prefect server {prefect_api_url()} for {wait_s:g} s"
-        ) from err
+    with ExitStack() as held:
+        try:  # only the acquisition: a timeout inside the decision is the decision's own error
+            held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True, lease_duration=LEASE_S))
+        except TimeoutError as err:
+            raise PromotionLockError(
+                f"another promotion held the lock {name!r} on the Prefect server {prefect_api_url()} for {wait_s:g} s"
+            ) from err
+        yield
