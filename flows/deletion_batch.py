@@ -21,7 +21,13 @@ from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
 from unsir_pipeline.governance import batches, locks
-from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, PROMOTED_DECISIONS, VERIFIED_TAG, resolve_parent
+from unsir_pipeline.governance.promotion import (
+    DATA_DIGESTS_TAG,
+    FORGOTTEN_TAG,
+    PROMOTED_DECISIONS,
+    VERIFIED_TAG,
+    resolve_parent,
+)
 from unsir_pipeline.settings.workspace import Workspace, open_workspace
 from unsir_pipeline.tasks.requests import (
     claim_pending_requests,
@@ -107,7 +113,7 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
             "parent_version": int(tags["parent_version"]) if tags.get("parent_version", "").isdigit() else None,
             "forgotten_classes": json.loads(tags.get(FORGOTTEN_TAG, "[]")),
             "verified_forgotten_classes": json.loads(tags.get(VERIFIED_TAG, "[]")),
-            "data_digests": json.loads(tags.get("data_digests", "{}")),
+            "data_digests": json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
             "recovered_from": "registry tags (the batch stopped before recording them)",
             **links,
         },

@@ -168,6 +168,7 @@ def locked_params(project_dir: Path, stage: str) -> dict[str, object] | None:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A DVC metadata file (``dvc.yaml``, ``dvc.lock``, ``*.dvc``) as a mapping; empty when absent."""
     try:
         content = yaml.safe_load(path.read_text()) if path.is_file() else {}
     except (OSError, yaml.YAMLError) as err:
@@ -368,12 +369,7 @@ def _metadata_files(project_dir: Path) -> Iterator[Path]:
 
 def _outputs(meta: Path) -> Iterator[tuple[Path, dict]]:
     """(directory its path is relative to, output entry) for each output a metadata file records."""
-    try:
-        content = yaml.safe_load(meta.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise DataVersioningError(f"cannot read DVC metadata {meta}: {err}") from err
-    if not isinstance(content, dict):
-        raise DataVersioningError(f"DVC metadata {meta} is not a mapping")
+    content = _read_yaml(meta)
     if meta.name == "dvc.lock":
         wdirs = _stage_wdirs(meta.parent)
         for name, stage in (content.get("stages") or {}).items():

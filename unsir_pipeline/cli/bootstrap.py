@@ -13,7 +13,7 @@ from unsir_pipeline.adapters.prepared_data import load_prepared
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import RegistryError, registry_for
 from unsir_pipeline.cli.progress import Progress, relay
-from unsir_pipeline.governance.promotion import FORGOTTEN_TAG
+from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
 from unsir_pipeline.settings.config import ConfigError
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -70,7 +70,7 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
         FORGOTTEN_TAG: "[]",
         "origin": "bootstrap",
         "params_digest": ws.params.digest(),
-        "data_digests": json.dumps(recorded, sort_keys=True),
+        DATA_DIGESTS_TAG: json.dumps(recorded, sort_keys=True),
         "git_commit": git_commit(ws.root),
     }
     with registry.start_run(run_name="bootstrap", tags={"git_commit": tags["git_commit"]}) as run_id:

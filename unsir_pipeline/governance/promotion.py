@@ -24,6 +24,7 @@ from unsir_pipeline.governance.locks import promotion_lock
 from unsir_pipeline.settings.workspace import Workspace
 
 FORGOTTEN_TAG = "forgotten_classes"
+DATA_DIGESTS_TAG = "data_digests"  # the DVC md5 of every data file a version was made from
 VERIFIED_TAG = "verified_forgotten_classes"
 PROMOTED_DECISIONS = ("promoted", "promoted-by-hand", "promoted-by-override")
 
@@ -52,7 +53,7 @@ def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
     the data it came from (from its tags)."""
     version = int(ref) if ref.isdigit() else registry.resolve_alias(ref)
     tags = registry.get_version(version).tags
-    return ParentModel(version, json.loads(tags.get(FORGOTTEN_TAG, "[]")), json.loads(tags.get("data_digests", "{}")))
+    return ParentModel(version, json.loads(tags.get(FORGOTTEN_TAG, "[]")), json.loads(tags.get(DATA_DIGESTS_TAG, "{}")))
 
 
 def require_parents_data(ws: Workspace, parent: ParentModel) -> None:
@@ -117,7 +118,7 @@ def lineage_tags(
         # UNSIR's premise, recorded with the version: no step read a forget-class training sample.
         "reads_forget_train": "false",
         "params_digest": ws.params.digest(),
-        "data_digests": json.dumps(data_digests, sort_keys=True),
+        DATA_DIGESTS_TAG: json.dumps(data_digests, sort_keys=True),
         "git_commit": git_commit(ws.root),
         "prefect_flow_run_id": flow_run_id,
         "mlflow_run_id": mlflow_run_id,
