@@ -392,6 +392,31 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
         assert released
 
 
+def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, monkeypatch):
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from unsir_pipeline.governance import locks
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(stack.project)
+    monkeypatch.setenv("PREFECT_API_URL", stack.client["PREFECT_API_URL"])
+    server = {
+        PREFECT_API_URL: stack.client["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"],
+    }
+    name = f"unsir-promotion-{ws.params.registry.model_name}"
+    with temporary_settings(updates=server):
+        with locks.global_lock(name) as held:  # another machine deciding
+            assert held
+            started = time.monotonic()
+            refused = pytest.raises(locks.PromotionLockError, match=f"held the lock '{name}' on the Prefect server")
+            with refused, locks.promotion_lock(ws, wait_s=2):
+                pass
+            assert time.monotonic() - started >= 2
+        with locks.promotion_lock(ws, wait_s=2):  # free again
+            pass
+
+
 def test_services_stop_by_process_id(stack):
     pids = stack.pids()
     assert set(pids) == {"postgres", "mlflow", "prefect", "worker"}

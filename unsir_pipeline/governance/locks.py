@@ -37,11 +37,15 @@ LEASE_S = 300
 PROMOTION_WAIT_S = 120
 
 
-class BatchLockError(RuntimeError):
-    """The shared batch lock cannot be used (no Prefect server, or the server refused)."""
+class LockError(RuntimeError):
+    """A lock cannot be used: no Prefect server where one is needed, or the server refused."""
 
 
-class PromotionLockError(RuntimeError):
+class BatchLockError(LockError):
+    """The shared batch lock cannot be used."""
+
+
+class PromotionLockError(LockError):
     """The promotion lock was not free within its wait, or could not be used."""
 
 
@@ -84,24 +88,28 @@ def ensure_limit(name: str) -> None:
 
 
 @contextmanager
-def global_lock(name: str) -> Iterator[bool]:
-    """One slot of the global concurrency limit ``name``, without waiting for it."""
+def global_lock(name: str, *, wait_s: float = 0) -> Iterator[bool]:
+    """One slot of the global concurrency limit ``name``: yields False when another holder kept
+    it for ``wait_s`` seconds (0: do not wait)."""
     import httpx
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     ensure_limit(name)
+    waiting = {"max_retries": 0} if wait_s <= 0 else {"timeout_seconds": wait_s}
     with ExitStack() as held:
+        # Only the acquisition is guarded: a timeout inside the holder's work is its own error.
         try:
-            held.enter_context(concurrency(name, occupy=1, max_retries=0, strict=True, lease_duration=LEASE_S))
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, **waiting))
+        except TimeoutError:
+            yield False  # the wait ran out while another holder kept the slot
+            return
         except ConcurrencySlotAcquisitionError as err:
             cause = err.__cause__
             if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-                yield False  # 423 Locked: the slot is taken, another batch runs
+                yield False  # 423 Locked: the slot is taken, and we were not to wait
                 return
-            raise BatchLockError(
-                f"cannot take the batch lock {name!r} on the Prefect server {prefect_api_url()}: {err}"
-            ) from err
+            raise LockError(f"cannot take the lock {name!r} on the Prefect server {prefect_api_url()}: {err}") from err
         yield True
 
 
@@ -110,15 +118,16 @@ def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterat
     """Held while one promotion decision reads the registry, decides and moves the alias; waits
     up to ``wait_s`` for another decision to finish."""
     # The environment first: a command that promotes by hand imports Prefect only when a server is set.
+    model = ws.params.registry.model_name
     if os.environ.get("PREFECT_API_URL") and prefect_api_url():
-        with _global_promotion_lock(f"unsir-promotion-{ws.params.registry.model_name}", wait_s):
-            yield
-        return
-    with file_lock(ws.state_dir / "promotion.lock", wait_s=wait_s) as acquired:
+        name = f"unsir-promotion-{model}"
+        lock, where = global_lock(name, wait_s=wait_s), f"the lock {name!r} on the Prefect server {prefect_api_url()}"
+    else:
+        lock, where = file_lock(ws.state_dir / "promotion.lock", wait_s=wait_s), str(ws.state_dir / "promotion.lock")
+    with lock as acquired:
         if not acquired:
             raise PromotionLockError(
-                f"another promotion of {ws.params.registry.model_name!r} held {ws.state_dir / 'promotion.lock'} "
-                f"for {wait_s:g} s; try again when it has finished"
+                f"another promotion of {model!r} held {where} for {wait_s:g} s; try again when it has finished"
             )
         yield
 
@@ -144,18 +153,3 @@ def file_lock(path: Path, *, wait_s: float = 0) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _global_promotion_lock(name: str, wait_s: float) -> Iterator[None]:
-    from prefect.concurrency.sync import concurrency
-
-    ensure_limit(name)
-    with ExitStack() as held:
-        try:  # only the acquisition: a timeout inside the decision is the decision's own error
-            held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True, lease_duration=LEASE_S))
-        except TimeoutError as err:
-            raise PromotionLockError(
-                f"another promotion held the lock {name!r} on the Prefect server {prefect_api_url()} for {wait_s:g} s"
-            ) from err
-        yield
