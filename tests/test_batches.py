@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -99,6 +100,31 @@ def test_an_empty_batch_ends_at_once(project, first_batch):
     before = versions(project)
     assert deletion_batch(project_dir=str(project))["status"] == "empty"
     assert versions(project) == before
+
+
+def test_batch_run_answers_an_empty_queue_without_starting_a_flow_but_recovers_a_stopped_one(
+    project, first_batch, monkeypatch, capsys, tmp_path
+):
+    import unsir_pipeline.flows.deletion_batch as batch_flow
+
+    started: list[dict] = []
+
+    def flow_started(**kwargs):
+        started.append(kwargs)
+        return {"status": "empty"}
+
+    monkeypatch.setattr(batch_flow, "deletion_batch", flow_started)
+    assert main(["--project", str(project), "batch", "run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"status": "empty"}
+    assert started == []  # nothing pending, nothing left running: no Prefect server, no flow
+
+    # A request left `running` by a stopped batch is the flow's to recover: the flow starts.
+    copy = _copy_with_registry(project, tmp_path / "stopped")
+    ws = ws_of(copy)
+    filed = batches.file_request(ws, ["5"], "erin", "consent withdrawn")
+    stores.request_store(ws).claim_pending("batch-stopped0000")
+    assert main(["--project", str(copy), "batch", "run", "--json"]) == 0
+    assert len(started) == 1 and stores.request_store(ws).get(filed.id).status == "running"
 
 
 def test_refused_requests_are_recorded(project, first_batch):
@@ -674,17 +700,19 @@ def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_reco
     assert (len(stores.request_store(ws).list()), len(stores.audit_log(ws).records())) == before
 
 
-def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(project, first_batch, tmp_path):
+def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(project, first_batch, tmp_path, capsys):
     copy = _copy_with_registry(project, tmp_path / "reset")
     ws = ws_of(copy)
     registry = registry_for(ws)
     anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
     registry.set_model_tag(batches.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
-    with pytest.raises(
-        Exception,
-        match=rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff",
-    ):
+    refusal = rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"
+    with pytest.raises(Exception, match=refusal):
         batches.claim_batch(ws)
+    # With nothing pending, `batch run` answers without a flow, after the same check.
+    assert batches.nothing_to_claim(ws)
+    assert main(["--project", str(copy), "batch", "run"]) == 1
+    assert re.search(refusal, capsys.readouterr().err)
 
 
 def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(project, first_batch, tmp_path, capsys):

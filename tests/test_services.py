@@ -381,6 +381,9 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
         PREFECT_API_URL: stack.client["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"],
     }
+    # Something to claim, so `batch run` starts its flow (an empty queue is answered without one).
+    filed = stack.unsir("request", "add", "--classes", "6", "--requester", "erin", "--reason", "queued", "--json")
+    assert filed.returncode == 0, filed.stderr[-2000:]
     with temporary_settings(updates=server), locks.global_lock("unsir-deletion-batch") as held:
         assert held
         skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view

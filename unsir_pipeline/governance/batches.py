@@ -159,17 +159,21 @@ class ClaimedBatch:
         return sorted({c for r in self.requests for c in r.classes})
 
 
-def claim_batch(ws: Workspace) -> ClaimedBatch | None:
-    """Recover requests of a killed batch, then claim every pending request (call holding the
-    lock). A batch that repeats an interrupted one — the same requests, whose version was not
-    rejected — reuses its key, so its run resumes instead of registering a second version."""
-    store, audit = request_store(ws), audit_log(ws)
-    # A trail the registry no longer recognises (deleted, cut, rewritten) stops the batch before
-    # it claims anything or computes; otherwise it would fail only when re-anchoring, after
-    # registering a version.
+def nothing_to_claim(ws: Workspace) -> bool:
+    """True when a batch would claim nothing: no request pending, and none left ``running`` by
+    a stopped batch (those a batch recovers). Read without the lock, so a request filed a moment
+    later simply waits for the next batch, as it would had the batch started a moment earlier."""
+    store = request_store(ws)
+    return not store.list("pending") and not store.list("running")
+
+
+def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = None) -> None:
+    """Refuse (``AuditError``) when the trail no longer holds the record the registry anchored:
+    deleted, cut or rewritten. Checked before a batch claims anything or computes; otherwise it
+    would fail only when re-anchoring, after registering a version."""
+    audit = audit or audit_log(ws)
     try:
-        registry = registry_for(ws)
-        tag = registry.model_tags().get(AUDIT_HEAD_TAG)
+        tag = registry_for(ws).model_tags().get(AUDIT_HEAD_TAG)
     except RegistryError:
         # Unreachable: the batch fails at its first registry call, inside the flow's error
         # handling, which records the failure on its requests; nothing to compare with here.
@@ -177,6 +181,14 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem:
         raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
+
+
+def claim_batch(ws: Workspace) -> ClaimedBatch | None:
+    """Recover requests of a killed batch, then claim every pending request (call holding the
+    lock). A batch that repeats an interrupted one — the same requests, whose version was not
+    rejected — reuses its key, so its run resumes instead of registering a second version."""
+    store, audit = request_store(ws), audit_log(ws)
+    require_trail_the_registry_anchored(ws, audit)
     stale = store.release_stale(
         "the batch holding this request stopped before finishing", ws.params.requests.max_attempts
     )
