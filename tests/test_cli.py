@@ -369,22 +369,26 @@ def test_prefects_console_keeps_a_failures_message_and_drops_its_traceback():
     ensure_logging_setup()  # what importing a flow does in the command
     consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     assert consoles
-    before = {h: list(h.filters) for h in consoles}
+    before = {h: h.formatter for h in consoles}
     try:
         runtime.console_without_tracebacks()
-        runtime.console_without_tracebacks()  # once is enough: no second filter
-        assert all(len(h.filters) == len(before[h]) + 1 for h in consoles)
+        formatters = [h.formatter for h in consoles]
+        runtime.console_without_tracebacks()  # once is enough: not wrapped twice
+        assert [h.formatter for h in consoles] == formatters
         try:
             raise ValueError("bad value 7")
         except ValueError as err:
             record = logging.getLogger("prefect").makeRecord(
                 "prefect", logging.ERROR, __file__, 1, "Task run failed: %r", (err,), sys.exc_info()
             )
-        shown = consoles[0].format(record) if consoles[0].filter(record) else ""
+        shown = consoles[0].format(record)
         assert "bad value 7" in shown and "Traceback" not in shown
+        # The record stays whole for every other handler (a file handler, the API's).
+        whole = logging.Formatter().format(record)
+        assert record.exc_info is not None and "Traceback" in whole and "bad value 7" in whole
     finally:
-        for handler, filters in before.items():
-            handler.filters[:] = filters
+        for handler, formatter in before.items():
+            handler.setFormatter(formatter)
 
 
 def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):

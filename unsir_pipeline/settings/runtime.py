@@ -76,30 +76,31 @@ def configure_prefect(*, quiet_console: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
 
 
-class _WithoutTraceback(logging.Filter):
-    """Keeps a record's message (Prefect's names the exception) and drops its traceback."""
+class _WithoutTraceback(logging.Formatter):
+    """Formats a copy of each record without its traceback, with the handler's own formatter.
+    The record itself is left whole: handlers after the console's still get the traceback."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
-        record.stack_info = None
-        return True
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
+        return self.inner.format(bare)
 
 
 def console_without_tracebacks() -> None:
     """Prefect writes a failed task's and flow's traceback to the console, forty lines above the
     one line the command prints naming the error. Its console handler keeps the messages and
-    drops the tracebacks (call after Prefect is imported; ``--debug`` skips it). The records
-    reach the run's logs on the Prefect server whole: that handler sits on Prefect's own loggers
-    and sees them before the console does."""
+    drops the tracebacks (call after Prefect is imported; ``--debug`` skips it). Every other
+    handler, the one sending the run's logs to the Prefect server included, gets them whole."""
     handlers = sys.modules.get("prefect.logging.handlers")
     if handlers is None:
         return
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, handlers.PrefectConsoleHandler) and not any(
-            isinstance(f, _WithoutTraceback) for f in handler.filters
-        ):
-            handler.addFilter(_WithoutTraceback())
+        if isinstance(handler, handlers.PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def describe_startup_failure(err: BaseException) -> str | None:
