@@ -287,6 +287,26 @@ def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named
 
 
 @pytest.mark.slow
+def test_missing_prepared_data_names_the_dvc_command_that_restores_it(project, capsys, tmp_path):
+    from unsir_pipeline.adapters import data_versioning
+
+    prepared = project / "data" / "prepared"
+    recorded = data_versioning.recorded_digests(project)["data/prepared"]
+    shutil.move(prepared, tmp_path / "prepared")  # deleted by hand, or a fresh clone of the repository
+    try:
+        before = len(_runs(project))
+        assert main(["--project", str(project), "forget", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "restore it with `dvc pull data/prepared`" in err[0], err
+        assert len(_runs(project)) == before
+        data_versioning.pull(project, ["data/prepared"])  # what the message says, for real
+        assert data_versioning.verify(project, ["data/prepared"]) == [] and recorded.endswith(".dir")
+    finally:
+        if not prepared.exists():
+            shutil.move(tmp_path / "prepared", prepared)
+
+
+@pytest.mark.slow
 def test_promote_json(project, capsys):
     assert main(["--project", str(project), "promote", "1", "--reason", "drill", "--by", "tester", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

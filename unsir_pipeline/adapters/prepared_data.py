@@ -12,15 +12,40 @@ import pandas as pd
 from safetensors.torch import load_file
 
 from unsir.data import ClassificationData
+from unsir.errors import UnlearningInputError
 from unsir.splits import draw_retain_subset
+from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.settings.workspace import Workspace
+
+PREPARED_FILES = ("dataset.safetensors", "dataset.json", "manifest.csv")
+
+
+class PreparedDataMissing(UnlearningInputError):
+    """The prepared data set is not on disk: the message says how to get it back."""
+
+
+def require_prepared(ws: Workspace) -> None:
+    """Raise ``PreparedDataMissing`` unless the prepared data set is on disk. When ``dvc.lock``
+    records it (a clone, or files deleted by hand), DVC restores exactly those files from its
+    cache or remote; rebuilding would draw a new split, which forgetting then refuses."""
+    missing = [name for name in PREPARED_FILES if not (ws.prepared_dir / name).is_file()]
+    if not missing:
+        return
+    try:
+        relative = ws.prepared_dir.relative_to(ws.root).as_posix()
+    except ValueError:  # data_dir outside the project: DVC does not track it there
+        relative = None
+    if relative is not None and relative in data_versioning.recorded_digests(ws.root):
+        how = f"restore it with `dvc pull {relative}` (dvc.lock records it)"
+    else:
+        how = "run `unsir bootstrap` (or `dvc repro prepare`)"
+    raise PreparedDataMissing(f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {how}")
 
 
 def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
     """The prepared data set and its manifest. The flow's steps each ask for them; they are
     read from disk once per process and read again only when a file changed."""
-    if not ws.manifest_path.is_file():
-        raise FileNotFoundError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` or `dvc repro prepare`")
+    require_prepared(ws)
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(ws.prepared_dir.iterdir()))
     data, manifest = _read_prepared(str(ws.prepared_dir), stamp)
     return data, manifest.copy()  # callers may filter or edit the table; the tensors are only indexed

@@ -460,22 +460,22 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
     MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
     were not forgotten already. Returns the parent's version number."""
+    from unsir_pipeline.adapters.prepared_data import require_prepared
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.deletion_requests import resolve_request
     from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
 
     version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
-    meta = ws.prepared_dir / "dataset.json"
-    if meta.is_file():  # else the flow prepares the data and checks the classes itself
-        class_names = tuple(json.loads(meta.read_text())["class_names"])
-        parent_model = resolve_parent(registry_for(ws), str(version))
-        resolve_request(
-            list(classes),
-            class_names,
-            forgotten=parent_model.forgotten_classes,
-            forgotten_by=f"the parent model (version {version})",
-        )
-        require_parents_data(ws, parent_model)
+    require_prepared(ws)
+    class_names = tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
+    parent_model = resolve_parent(registry_for(ws), str(version))
+    resolve_request(
+        list(classes),
+        class_names,
+        forgotten=parent_model.forgotten_classes,
+        forgotten_by=f"the parent model (version {version})",
+    )
+    require_parents_data(ws, parent_model)
     return version
 
 

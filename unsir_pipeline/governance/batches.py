@@ -16,6 +16,7 @@ from pathlib import Path
 
 from unsir.classes import resolve_classes
 from unsir.errors import UnlearningInputError
+from unsir_pipeline.adapters.prepared_data import require_prepared
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import (
     WEIGHTS_SHA256_TAG,
@@ -79,10 +80,8 @@ def _without_credentials(uri: str) -> str:
 
 
 def _class_names(ws: Workspace) -> tuple[str, ...]:
-    meta = ws.prepared_dir / "dataset.json"
-    if not meta.is_file():
-        raise UnlearningInputError(f"no prepared data at {ws.prepared_dir}; run `unsir bootstrap` first")
-    return tuple(json.loads(meta.read_text())["class_names"])
+    require_prepared(ws)
+    return tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
 
 
 # --- intake ---------------------------------------------------------------------------------
