@@ -715,6 +715,35 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     assert re.search(refusal, capsys.readouterr().err)
 
 
+def test_a_champion_moved_back_outside_unsir_is_named_by_verify_and_models(project, first_batch, tmp_path, capsys):
+    """The gate and `unsir promote` never bring a deleted class back; an alias moved in the
+    MLflow UI or API can. The registry then serves a class a promoted version forgot."""
+    _, result = first_batch
+    copy = _copy_with_registry(project, tmp_path / "rolled-back")
+    registry = registry_for(ws_of(copy))
+    parent = int(registry.get_version(result["new_version"]).tags["parent_version"])
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    capsys.readouterr()
+    registry.set_alias("champion", parent)  # what the MLflow UI does, around every check of ours
+    undone = (
+        f"the champion is version {parent}, which was not measured to have forgotten class 3 (forgotten by "
+        f"version {result['new_version']}), class 8 (forgotten by version {result['new_version']})"
+    )
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert undone + ": a deletion was undone outside `unsir promote`" in capsys.readouterr().err
+    assert main(["--project", str(copy), "models"]) == 0
+    assert f"warning: {undone}" in capsys.readouterr().err
+    # Moved back by the rules: nothing to say any more.
+    assert main(["--project", str(copy), "promote", str(result["new_version"]), "--reason", "restore"]) == 0
+    capsys.readouterr()
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    # A rollback by --override is a recorded decision: a warning, not a failure.
+    assert main(["--project", str(copy), "promote", str(parent), "--reason", "incident 7", "--override"]) == 0
+    capsys.readouterr()
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    assert "promoted with --override by" in capsys.readouterr().err
+
+
 def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(project, first_batch, tmp_path, capsys):
     _, result = first_batch
     copy = _copy_with_registry(project, tmp_path / "retagged")

@@ -596,19 +596,25 @@ def summarize_versions(ws) -> list[dict]:
 
 
 def cmd_models(project: Path, args) -> int:
-    versions = summarize_versions(_workspace(project, args))
+    from unsir_pipeline.governance.promotion import champion_problems
+
+    ws = _workspace(project, args)
+    versions = summarize_versions(ws)
     if args.json:
         print(json.dumps(versions))
-        return 0
-    if not versions:
+    elif not versions:
         print("no registered versions; run `unsir bootstrap`")
-        return 0
-    print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'gate':<18}created")
-    for v in versions:
-        print(
-            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
-            f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}"
-        )
+    else:
+        print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'gate':<18}created")
+        for v in versions:
+            print(
+                f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
+                f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}"
+            )
+    # A champion that brings a deleted class back is said wherever versions are listed.
+    problems, warnings = champion_problems(ws) if versions else ([], [])
+    for line in problems + warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -39,7 +39,7 @@ from unsir_pipeline.governance.deletion_requests import (
     check_request_fields,
     resolve_request,
 )
-from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, promote_by_hand, resolve_parent
+from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, champion_problems, promote_by_hand, resolve_parent
 from unsir_pipeline.governance.stores import audit_key, audit_log, request_store, state_target
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -526,6 +526,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
             if tag is None:
                 warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
             problems += _versions_against_trail(versions, records, requests)
+            undone, overridden = champion_problems(ws)
+            problems += undone
+            warnings += overridden
         else:
             warnings.append("no model is registered: nothing to cross-check in the registry")
     except RegistryError as err:

@@ -131,15 +131,60 @@ def measured_forgotten(per_class_test: list[float], max_forget_acc: float) -> li
     return [c for c, acc in enumerate(per_class_test) if acc <= max_forget_acc]
 
 
-def classes_that_must_stay_forgotten(registry: ModelRegistry, *, exclude_version: int | None = None) -> set[int]:
-    """Every class a promoted version was verified to have forgotten: deletions that are done."""
-    done: set[int] = set()
+def _verified_forgotten(tags: dict[str, str]) -> set[int]:
+    # Versions registered before verification existed carry only the requested set.
+    return set(json.loads(tags.get(VERIFIED_TAG, tags.get(FORGOTTEN_TAG, "[]"))))
+
+
+def deletions_done(registry: ModelRegistry, *, exclude_version: int | None = None) -> dict[int, list[int]]:
+    """Every class a promoted version was verified to have forgotten, with those versions."""
+    done: dict[int, list[int]] = {}
     for v in registry.list_versions():
         if v.version == exclude_version or v.tags.get("gate_decision") not in PROMOTED_DECISIONS:
             continue
-        # Versions registered before verification existed carry only the requested set.
-        done |= set(json.loads(v.tags.get(VERIFIED_TAG, v.tags.get(FORGOTTEN_TAG, "[]"))))
+        for cls in sorted(_verified_forgotten(v.tags)):
+            done.setdefault(cls, []).append(v.version)
     return done
+
+
+def classes_that_must_stay_forgotten(registry: ModelRegistry, *, exclude_version: int | None = None) -> set[int]:
+    """Every class a promoted version was verified to have forgotten: deletions that are done."""
+    return set(deletions_done(registry, exclude_version=exclude_version))
+
+
+def deletions_undone_by(registry: ModelRegistry, version: int) -> dict[int, list[int]]:
+    """The classes promoted versions forgot (with those versions) that ``version`` was not
+    measured to have forgotten: what making it champion would bring back."""
+    verified = _verified_forgotten(registry.get_version(version).tags)
+    done = deletions_done(registry, exclude_version=version)
+    return {cls: versions for cls, versions in sorted(done.items()) if cls not in verified}
+
+
+def champion_problems(ws: Workspace) -> tuple[list[str], list[str]]:
+    """Problems and warnings about the version in production. The gate and ``unsir promote``
+    never make a version champion that brings a deleted class back; an alias moved around them
+    (the MLflow UI, its API) can. A champion promoted with ``--override`` was a recorded
+    decision: a warning, not a problem."""
+    registry = registry_for(ws)
+    alias = ws.params.registry.champion_alias
+    champion = next((v.version for v in registry.list_versions() if alias in v.aliases), None)
+    if champion is None:  # nothing in production (yet, or the alias was removed)
+        return [], []
+    version = champion
+    undone = deletions_undone_by(registry, version)
+    if not undone:
+        return [], []
+    tags = registry.get_version(version).tags
+    what = f"the {alias} is version {version}, which was not measured to have forgotten " + ", ".join(
+        f"class {cls} (forgotten by version {', '.join(map(str, vs))})" for cls, vs in undone.items()
+    )
+    if tags.get("gate_decision") == "promoted-by-override":
+        by = tags.get("promoted_by", "?")
+        return [], [f"{what}: promoted with --override by {by} ({tags.get('promotion_reason', 'no reason')})"]
+    return [
+        f"{what}: a deletion was undone outside `unsir promote` (alias moved in MLflow?); "
+        f"move {alias!r} back with `unsir promote VERSION --reason ...`"
+    ], []
 
 
 @dataclass(frozen=True)
@@ -271,8 +316,7 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
         )
     if info.tags.get("review_decision") == "rejected":
         problems.append(f"version {version} was rejected in review")
-    verified = set(json.loads(info.tags.get(VERIFIED_TAG, info.tags.get(FORGOTTEN_TAG, "[]"))))
-    missing = sorted(classes_that_must_stay_forgotten(registry, exclude_version=version) - verified)
+    missing = sorted(deletions_undone_by(registry, version))
     if missing:
         problems.append(
             f"version {version} was not measured to have forgotten classes {missing}, "
