@@ -120,7 +120,7 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
     from unsir_pipeline.adapters.prepared_data import load_prepared
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.adapters.serving import free_port
-    from unsir_pipeline.governance.promotion import FORGOTTEN_TAG
+    from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(served_project)
@@ -180,6 +180,16 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         after = [a["label"] for a in _post(port, images)]
         assert 3 in [a["label"] for a in answers] and 3 not in after
         assert after == _own_labels(model, card.with_forgotten((3,)), images).tolist()
+
+        # The alias moved back around the gate (the MLflow UI): version 1 still knows class 3,
+        # which the promoted version forgot. It is served, and the supervisor says what it undid.
+        registry.set_version_tags(version, {"gate_decision": "promoted", VERIFIED_TAG: "[3]"})
+        registry.set_alias(ws.params.registry.champion_alias, 1)
+        back = _next_event(server, "serving")
+        sessions.append(back["pid"])
+        warning = _next_event(server, "warning")
+        assert back["version"] == warning["version"] == 1
+        assert f"class 3 (forgotten by version {version})" in warning["reason"]
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)

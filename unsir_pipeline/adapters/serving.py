@@ -130,10 +130,21 @@ class Supervisor:
     """Serve ``alias`` of the workspace's registered model on ``port``; follow the alias."""
 
     def __init__(
-        self, ws: Workspace, alias: str, port: int, *, poll_s: float, startup_s: float, report: Callable[[dict], None]
+        self,
+        ws: Workspace,
+        alias: str,
+        port: int,
+        *,
+        poll_s: float,
+        startup_s: float,
+        report: Callable[[dict], None],
+        concerns: Callable[[int], list[str]] = lambda version: [],
     ) -> None:
         self.ws, self.alias, self.port = ws, alias, port
         self.poll_s, self.startup_s, self.report = poll_s, startup_s, report
+        # What the caller has to say about a version it starts serving (a warning each): the
+        # command line names deleted classes the version was not measured to have forgotten.
+        self.concerns = concerns
         self.registry = registry_for(ws)
         self.model_name = ws.params.registry.model_name
         self.served: Served | None = None
@@ -165,6 +176,8 @@ class Supervisor:
                 "pid": process.pid,
             }
         )
+        for concern in self.concerns(version):
+            self.report({"event": "warning", "version": version, "reason": concern})
 
     def follow(self, iterations: int | None = None) -> None:
         """Serve, then poll the alias; ``iterations`` bounds the polls (None: until stopped)."""

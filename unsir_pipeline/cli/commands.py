@@ -919,9 +919,22 @@ def cmd_serve(project: Path, args) -> int:
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
     _require_model_ref(ws, alias, option="--alias")
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance.promotion import deletions_undone_by, describe_undone
+
+    def brings_back(version: int) -> list[str]:  # the alias may have been moved around the gate
+        undone = deletions_undone_by(registry_for(ws), version)
+        return [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
+
     port = args.port or serving.free_port()
     supervisor = serving.Supervisor(
-        ws, alias, port, poll_s=args.poll, startup_s=args.startup_timeout, report=serving.printer(args.json)
+        ws,
+        alias,
+        port,
+        poll_s=args.poll,
+        startup_s=args.startup_timeout,
+        report=serving.printer(args.json),
+        concerns=brings_back,
     )
     supervisor.follow()
     return 0

@@ -160,6 +160,13 @@ def deletions_undone_by(registry: ModelRegistry, version: int) -> dict[int, list
     return {cls: versions for cls, versions in sorted(done.items()) if cls not in verified}
 
 
+def describe_undone(version: int, undone: dict[int, list[int]]) -> str:
+    """'version V, which was not measured to have forgotten class C (forgotten by version W)...'"""
+    return f"version {version}, which was not measured to have forgotten " + ", ".join(
+        f"class {cls} (forgotten by version {', '.join(map(str, versions))})" for cls, versions in undone.items()
+    )
+
+
 def champion_problems(ws: Workspace) -> tuple[list[str], list[str]]:
     """Problems and warnings about the version in production. The gate and ``unsir promote``
     never make a version champion that brings a deleted class back; an alias moved around them
@@ -167,17 +174,14 @@ def champion_problems(ws: Workspace) -> tuple[list[str], list[str]]:
     decision: a warning, not a problem."""
     registry = registry_for(ws)
     alias = ws.params.registry.champion_alias
-    champion = next((v.version for v in registry.list_versions() if alias in v.aliases), None)
-    if champion is None:  # nothing in production (yet, or the alias was removed)
+    version = next((v.version for v in registry.list_versions() if alias in v.aliases), None)
+    if version is None:  # nothing in production (yet, or the alias was removed)
         return [], []
-    version = champion
     undone = deletions_undone_by(registry, version)
     if not undone:
         return [], []
     tags = registry.get_version(version).tags
-    what = f"the {alias} is version {version}, which was not measured to have forgotten " + ", ".join(
-        f"class {cls} (forgotten by version {', '.join(map(str, vs))})" for cls, vs in undone.items()
-    )
+    what = f"the {alias} is {describe_undone(version, undone)}"
     if tags.get("gate_decision") == "promoted-by-override":
         by = tags.get("promoted_by", "?")
         return [], [f"{what}: promoted with --override by {by} ({tags.get('promotion_reason', 'no reason')})"]
