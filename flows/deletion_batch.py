@@ -133,52 +133,8 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
 
 
 def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:
-    links = {"mlflow_run_id": result["mlflow_run_id"], "prefect_flow_run_id": result["flow_run_id"]}
-    batches.record(
-        ws,
-        batch,
-        "validation_passed",
-        {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links},
-    )
-    batches.record(
-        ws,
-        batch,
-        "unlearning_metrics",
-        {
-            "forget_classes": result["forget_classes"],
-            "all_forgotten": result["all_forgotten"],
-            "metrics": result["metrics"],
-            "per_class": result["per_class"],
-            "compute_s": result["compute_s"],
-            "device": result["device"],
-            # UNSIR's premise, on the record: rounds of noise, impair and repair on D_r_sub only,
-            # verified on the validation split; no forget-class training sample was read.
-            "rounds": result["rounds"],
-            "verified": result["verified"],
-            "reads_forget_train": result["reads_forget_train"],
-            "verification_split": "val",
-            **links,
-        },
-    )
-    batches.record(
-        ws,
-        batch,
-        "model_registered",
-        {
-            "model_version": result["new_version"],
-            "parent_version": result["parent_version"],
-            "forgotten_classes": result["all_forgotten"],
-            "verified_forgotten_classes": result["verified_forgotten_classes"],
-            "data_digests": result["data_digests"],
-            **links,
-        },
-    )
-    batches.record(
-        ws,
-        batch,
-        "gate_decision",
-        {"model_version": result["new_version"], "promoted": result["promoted"], "reasons": result["gate_reasons"]},
-    )
+    for event, payload in batches.run_records(result):
+        batches.record(ws, batch, event, payload)
 
 
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:

@@ -725,12 +725,11 @@ def test_a_champion_moved_back_outside_unsir_is_named_by_verify_and_models(proje
     assert main(["--project", str(copy), "audit", "verify"]) == 0
     capsys.readouterr()
     registry.set_alias("champion", parent)  # what the MLflow UI does, around every check of ours
-    undone = (
-        f"the champion is version {parent}, which was not measured to have forgotten class 3 (forgotten by "
-        f"version {result['new_version']}), class 8 (forgotten by version {result['new_version']})"
-    )
+    undone = f"the champion is version {parent}, which was not measured to have forgotten class 3 (forgotten by "
     assert main(["--project", str(copy), "audit", "verify"]) == 1
-    assert undone + ": a deletion was undone outside `unsir promote`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert undone in err and f"class 8 (forgotten by version {result['new_version']}" in err
+    assert "a deletion was undone outside `unsir promote`" in err
     assert main(["--project", str(copy), "models"]) == 0
     assert f"warning: {undone}" in capsys.readouterr().err
     # Moved back by the rules: nothing to say any more.

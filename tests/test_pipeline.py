@@ -3,6 +3,7 @@ Prefect's test harness, real DVC and Great Expectations, in a temporary project 
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -240,6 +241,17 @@ def test_cli_forget_json_and_a_promotion_never_brings_a_deleted_class_back(proje
     assert json.loads(tags["forgotten_classes"]) == [0]
     assert tags["reads_forget_train"] == "false" and int(tags["rounds"]) >= 1
     assert result["rounds"] and all("val_forget_acc" in r for r in result["rounds"])
+    # A direct forget is on the audit trail as a batch's run is: evidence, version, decision.
+    from unsir_pipeline.governance import stores
+
+    trail = stores.audit_log(Workspace.load(project))
+    records = [r for r in trail.records() if r.payload.get("batch_id") == result["audit_id"]]
+    events = ["validation_passed", "unlearning_metrics", "model_registered", "gate_decision"]
+    assert [r.event for r in records] == events
+    assert records[2].payload["model_version"] == result["new_version"] and records[2].payload["weights_sha256"]
+    assert records[3].payload["promoted"] is False and records[1].payload["reads_forget_train"] is False
+    assert {r.actor for r in records} == {getpass.getuser()} and tags["audit_seq"] == str(records[2].seq)
+    assert main(["--project", str(project), "audit", "verify"]) == 0
 
 
 def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ALIAS_OR_VERSION",
         help="model to start from: an alias (champion, original) or a version number (default: the champion alias)",
     )
+    p.add_argument("--by", default=None, help="who asks, for the audit trail (default: your user name)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = commands.add_parser(
@@ -504,6 +505,10 @@ def cmd_forget(project: Path, args) -> int:
             overrides=list(args.overrides),
             parent=args.parent,
         )
+    # On the trail like a batch's run: a direct forget registers a version and may promote it.
+    from unsir_pipeline.governance.batches import record_forget
+
+    result["audit_id"] = record_forget(ws, result, actor=args.by or getpass.getuser())
     if args.json:
         print(json.dumps(result, default=float))
     else:
@@ -555,6 +560,7 @@ def format_result(result: dict) -> str:
         *[f"  {reason}" for reason in result["gate_reasons"]],
         f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow "
         f"run {result['mlflow_run_id']}",
+        *([f"audit trail: `unsir audit report {result['audit_id']}`"] if result.get("audit_id") else []),
     ]
     return "\n".join(lines)
 

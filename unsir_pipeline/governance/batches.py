@@ -240,6 +240,77 @@ PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validat
 def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, actor: str = SYSTEM_ACTOR) -> None:
     """One audit record of a batch's step, keyed so that a resumed batch does not repeat it."""
     key = f"{batch.run_key}:{event}" + (f":attempt-{batch.attempt}" if event in PER_ATTEMPT_EVENTS else "")
+    context = {"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt}
+    _append_anchored(ws, event, {**context, **payload}, actor=actor, request_ids=batch.request_ids, key=key)
+
+
+def record_forget(ws: Workspace, result: dict, *, actor: str) -> str:
+    """Put a forget run outside a batch (``unsir forget``) on the trail: its evidence, the
+    version it registered and the gate's decision, anchored in the registry as a batch's are,
+    with ``actor`` as who asked. Returns the id its records carry as ``batch_id`` (what
+    ``unsir audit report`` takes). Keyed by the run, so recording it again adds nothing."""
+    forget_id = f"forget-{result['run_key']}"
+    for event, payload in run_records(result):
+        _append_anchored(
+            ws,
+            event,
+            {"batch_id": forget_id, "run_key": result["run_key"], "via": "unsir forget", **payload},
+            actor=actor,
+            request_ids=[],
+            key=f"{forget_id}:{event}",
+        )
+    return forget_id
+
+
+def run_records(result: dict) -> list[tuple[str, dict]]:
+    """The audit records of a finished ``unlearn`` flow run (its result dict): what was
+    validated, the evidence of forgetting, the version registered, the gate's decision."""
+    links = {"mlflow_run_id": result["mlflow_run_id"], "prefect_flow_run_id": result["flow_run_id"]}
+    version = result["new_version"]
+    return [
+        (
+            "validation_passed",
+            {"expectations_passed": result["expectations_passed"], "data_digests": result["data_digests"], **links},
+        ),
+        (
+            "unlearning_metrics",
+            {
+                "forget_classes": result["forget_classes"],
+                "all_forgotten": result["all_forgotten"],
+                "metrics": result["metrics"],
+                "per_class": result["per_class"],
+                "compute_s": result["compute_s"],
+                "device": result["device"],
+                # UNSIR's premise, on the record: rounds of noise, impair and repair on D_r_sub
+                # only, verified on the validation split; no forget-class training sample read.
+                "rounds": result["rounds"],
+                "verified": result["verified"],
+                "reads_forget_train": result["reads_forget_train"],
+                "verification_split": "val",
+                **links,
+            },
+        ),
+        (
+            "model_registered",
+            {
+                "model_version": version,
+                "parent_version": result["parent_version"],
+                "forgotten_classes": result["all_forgotten"],
+                "verified_forgotten_classes": result["verified_forgotten_classes"],
+                "data_digests": result["data_digests"],
+                **links,
+            },
+        ),
+        (
+            "gate_decision",
+            {"model_version": version, "promoted": result["promoted"], "reasons": result["gate_reasons"]},
+        ),
+    ]
+
+
+def _append_anchored(ws: Workspace, event: str, payload: dict, *, actor: str, request_ids: list[str], key: str) -> None:
+    """Append one record (idempotent by ``key``); after a version's registration, its decision
+    or a batch's end, tag the version with its record and anchor the trail's head in the registry."""
     log = audit_log(ws)
     version = payload.get("model_version")
     registry = registry_for(ws) if event in ANCHORED_EVENTS else None
@@ -255,17 +326,7 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
         if digest:
             payload = {**payload, WEIGHTS_SHA256_TAG: digest}
     stored = log.append(
-        event,
-        actor=actor,
-        request_ids=batch.request_ids,
-        idempotency_key=key,
-        payload={
-            "batch_id": batch.batch_id,
-            "run_key": batch.run_key,
-            "attempt": batch.attempt,
-            **payload,
-            **provenance(ws),
-        },
+        event, actor=actor, request_ids=request_ids, idempotency_key=key, payload={**payload, **provenance(ws)}
     )
     if registry is not None:
         if event == "model_registered" and isinstance(version, int):

@@ -83,9 +83,11 @@ def batch_report_html(
     gate = by_event.get("gate_decision")
     m = metrics_rec.payload["metrics"] if metrics_rec else {}
     version = registered.payload["model_version"] if registered else None
+    # A forget run outside a batch (`unsir forget`) has no requests and ends with its decision.
+    direct = registered is not None and registered.payload.get("via") == "unsir forget"
     status = (
         "finished"
-        if "batch_finished" in by_event
+        if "batch_finished" in by_event or (direct and gate is not None)
         else ("failed" if "batch_failed" in by_event else "in progress or interrupted")
     )
 
@@ -93,6 +95,13 @@ def batch_report_html(
         f"<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.requester)}</td><td>{_e(r.reason)}</td>"
         f"<td>{_e(', '.join(r.class_names))}</td><td>{_e(r.created_at)}</td><td>{_e(r.status)}</td><td>{_e(r.model_version or '—')}</td></tr>"
         for r in requests
+    )
+    requests_section = (
+        f"<p>No deletion request: run directly with <code>unsir forget</code>, asked by "
+        f"<b>{_e(registered.actor)}</b>.</p>"
+        if direct and registered is not None and not requests
+        else "<table><tr><th>request</th><th>requester</th><th>reason</th><th>classes</th><th>received</th>"
+        f"<th>status</th><th>version</th></tr>{rows}</table>"
     )
     has_ref = "reference_mia" in m
     figures = [
@@ -165,7 +174,7 @@ def batch_report_html(
 <h1>Unlearning evidence report — batch <code>{_e(batch_id)}</code></h1>
 <p>Status: <b>{_e(status)}</b>. Generated {generated} from the audit trail, whose hash chain is {chain_line}.</p>
 <h2>Requests</h2>
-<table><tr><th>request</th><th>requester</th><th>reason</th><th>classes</th><th>received</th><th>status</th><th>version</th></tr>{rows}</table>
+{requests_section}
 <h2>Accuracy per class, before and after</h2>
 {chart}
 <h2>Key figures</h2>
