@@ -238,8 +238,12 @@ def test_two_gates_deciding_at_once_cannot_bring_a_class_back(project, monkeypat
     monkeypatch.setattr(promotion, "classes_that_must_stay_forgotten", slow_registry)
     decisions: dict[str, tuple[bool, list[str]]] = {}
 
+    # Registered one after the other: MLflow's model logging keeps process-wide state, and what
+    # races here is the gates' decisions, not the registrations.
+    candidates = {name: _register_candidate(project, f"unit-race-{name}") for name in ("first", "second")}
+
     def gate(name: str, forgets: int) -> None:
-        version = _register_candidate(project, f"unit-race-{name}")
+        version = candidates[name]
         verified = sorted({forgets, *already})
         registry.set_version_tags(version, {"verified_forgotten_classes": json.dumps(verified)})
         per_class = [0.0 if c in verified else 0.97 for c in range(10)]
