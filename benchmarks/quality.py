@@ -329,6 +329,11 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
     }
 
 
+def bound_failures(rows: list[dict]) -> dict[str, int]:
+    """How many of ``rows`` (one method's runs) miss each bound."""
+    return {bound: sum(not row["pass"][bound] for row in rows) for bound in rows[0]["pass"]}
+
+
 def failed(row: dict) -> list[str]:
     return [k for k, v in row["pass"].items() if not v] + (["rounds ran out"] if row["verified"] is False else [])
 
@@ -354,7 +359,7 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
             "pass_share": sum(all(r["pass"].values()) for r in rows) / len(rows),
             "gate_pass_share": sum(gate_passes(r) for r in rows) / len(rows),
             "single_class_gate_pass_share": sum(gate_passes(r) for r in singles) / len(singles) if singles else None,
-            "failures_by_criterion": {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]},
+            "failures_by_criterion": bound_failures(rows),
             "forget_acc": mean_worst([r["forget_acc"] for r in rows], max),
             "retain_gap_to_retrain": mean_worst(
                 [r[name]["retain_acc"] - r["retrain"]["retain_acc"] for r in runs], min

@@ -101,7 +101,7 @@ def main() -> int:
         three = sum(all(r["pass"].values()) for r in rows)
         gate = sum(all(r["pass"].values()) and r["verified"] is not False for r in rows)
         ratios = [r["time_ratio"] for r in rows]
-        fails = {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]}
+        fails = quality.bound_failures(rows)
         print(f"{name:15s} pass {three}/{len(rows)} (+verified {gate}) fails {fails} time mean "
               f"{statistics.fmean(ratios):.3f} worst {max(ratios):.3f} rounds mean "
               f"{statistics.fmean(r['rounds'] or 0 for r in rows):.2f}")

@@ -182,7 +182,7 @@ def main() -> int:
     print()
     for name in names[1:]:
         rows = [r[name] for r in runs]
-        fails = {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]}
+        fails = quality.bound_failures(rows)
         gaps = [abs(r["mia"] - run_["retrain"]["mia"]) for r, run_ in zip(rows, runs, strict=True)]
         print(
             f"{name:15s} pass {sum(all(r['pass'].values()) for r in rows)}/{len(rows)} fails {fails} "

@@ -122,7 +122,7 @@ def main() -> int:
         rows = [r[name] for r in runs]
         gate = sum(all(r["pass"].values()) and r["verified"] is not False for r in rows)
         ratios = [r["cpu_ratio"] for r in rows]
-        fails = {k: sum(not r["pass"][k] for r in rows) for k in rows[0]["pass"]}
+        fails = quality.bound_failures(rows)
         print(
             f"{name:11s} gate passes {gate}/{len(rows)} fails {fails} CPU time / retrain mean "
             f"{statistics.fmean(ratios):.3f} worst {max(ratios):.3f} rounds worst {max(r['rounds'] or 0 for r in rows)}"
