@@ -713,6 +713,11 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     assert batches.nothing_to_claim(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 1
     assert re.search(refusal, capsys.readouterr().err)
+    # A direct forget is recorded on the trail too: refused before its flow starts.
+    before = versions(copy)
+    assert main(["--project", str(copy), "forget", "5"]) == 1
+    assert re.search(refusal.replace("a batch", "a forget"), capsys.readouterr().err)
+    assert versions(copy) == before
 
 
 def test_a_champion_moved_back_outside_unsir_is_named_by_verify_and_models(project, first_batch, tmp_path, capsys):

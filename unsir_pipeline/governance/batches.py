@@ -166,7 +166,7 @@ def nothing_to_claim(ws: Workspace) -> bool:
     return not store.list("pending") and not store.list("running")
 
 
-def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = None) -> None:
+def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = None, *, what: str = "a batch") -> None:
     """Refuse (``AuditError``) when the trail no longer holds the record the registry anchored:
     deleted, cut or rewritten. Checked before a batch claims anything or computes; otherwise it
     would fail only when re-anchoring, after registering a version."""
@@ -179,7 +179,7 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
         tag = None
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem:
-        raise AuditError(f"refusing to start a batch: {problem}; run `unsir audit verify`")
+        raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
 
 
 def claim_batch(ws: Workspace) -> ClaimedBatch | None:
