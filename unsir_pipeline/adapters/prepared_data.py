@@ -42,6 +42,12 @@ def require_prepared(ws: Workspace) -> None:
     raise PreparedDataMissing(f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {how}")
 
 
+def prepared_class_names(ws: Workspace) -> tuple[str, ...]:
+    """The prepared data set's class names (its metadata alone: no tensor is read)."""
+    require_prepared(ws)
+    return tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
+
+
 def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
     """The prepared data set and its manifest. The flow's steps each ask for them; they are
     read from disk once per process and read again only when a file changed."""

@@ -461,14 +461,13 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
     MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
     were not forgotten already. Returns the parent's version number."""
-    from unsir_pipeline.adapters.prepared_data import require_prepared
+    from unsir_pipeline.adapters.prepared_data import prepared_class_names
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.deletion_requests import resolve_request
     from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
 
     version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
-    require_prepared(ws)
-    class_names = tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
+    class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))
     resolve_request(
         list(classes),
@@ -492,11 +491,13 @@ def cmd_forget(project: Path, args) -> int:
     from unsir_pipeline.cli.progress import Progress, flow_steps
 
     progress = _progress(args)
-    if registry_for(ws).has_model():
+    registered = registry_for(ws).has_model()
+    if registered:
         check_forget_request(ws, args.classes, args.parent)  # before any server or run starts
     # The main job starts from a registered champion; a no-op when there is one.
     bootstrap(ws, progress=Progress("bootstrap", progress.enabled))
-    check_forget_request(ws, args.classes, args.parent)
+    if not registered:  # the classes and the data can be checked once the data is prepared
+        check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
     from unsir_pipeline.flows.unlearn import unlearn
 
@@ -586,9 +587,9 @@ def _rounds_line(result: dict) -> str:
     )
 
 
-def summarize_versions(ws) -> list[dict]:
-    """Registered versions with aliases and lineage, oldest first (for `unsir models`)."""
-    from unsir_pipeline.adapters.registry import registry_for
+def summarize_versions(listed) -> list[dict]:
+    """Registered versions (``ModelRegistry.list_versions``) with aliases and lineage, oldest
+    first (for `unsir models`)."""
     from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
 
     return [
@@ -602,15 +603,17 @@ def summarize_versions(ws) -> list[dict]:
             "gate": v.tags.get("gate_decision"),
             "tags": v.tags,
         }
-        for v in registry_for(ws).list_versions()
+        for v in listed
     ]
 
 
 def cmd_models(project: Path, args) -> int:
+    from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.promotion import champion_problems
 
     ws = _workspace(project, args)
-    versions = summarize_versions(ws)
+    listed = registry_for(ws).list_versions()
+    versions = summarize_versions(listed)
     if args.json:
         print(json.dumps(versions))
     elif not versions:
@@ -623,7 +626,7 @@ def cmd_models(project: Path, args) -> int:
                 f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}"
             )
     # A champion that brings a deleted class back is said wherever versions are listed.
-    problems, warnings = champion_problems(ws) if versions else ([], [])
+    problems, warnings = champion_problems(listed, ws.params.registry.champion_alias)
     for line in problems + warnings:
         print(f"warning: {line}", file=sys.stderr)
     return 0
@@ -930,11 +933,10 @@ def cmd_serve(project: Path, args) -> int:
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
     _require_model_ref(ws, alias, option="--alias")
-    from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.promotion import deletions_undone_by, describe_undone
 
     def brings_back(version: int) -> list[str]:  # the alias may have been moved around the gate
-        undone = deletions_undone_by(registry_for(ws), version)
+        undone = deletions_undone_by(supervisor.registry.list_versions(), version)
         return [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
 
     port = args.port or serving.free_port()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from unsir.classes import resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir_pipeline.adapters.prepared_data import require_prepared
+from unsir_pipeline.adapters.prepared_data import prepared_class_names
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import (
     WEIGHTS_SHA256_TAG,
@@ -79,11 +79,6 @@ def _without_credentials(uri: str) -> str:
     return f"{scheme}://{rest.split('@', 1)[1]}"
 
 
-def _class_names(ws: Workspace) -> tuple[str, ...]:
-    require_prepared(ws)
-    return tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
-
-
 # --- intake ---------------------------------------------------------------------------------
 
 
@@ -94,7 +89,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     # recorded, not even as a refusal.
     check_request_fields(requester, reason, requested)
     store, audit = request_store(ws), audit_log(ws)
-    names = _class_names(ws)
+    names = prepared_class_names(ws)
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
     try:
@@ -587,7 +582,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             if tag is None:
                 warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
             problems += _versions_against_trail(versions, records, requests)
-            undone, overridden = champion_problems(ws)
+            undone, overridden = champion_problems(list(versions.values()), ws.params.registry.champion_alias)
             problems += undone
             warnings += overridden
         else:

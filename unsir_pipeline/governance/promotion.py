@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import ModelRegistry, registry_for
+from unsir_pipeline.adapters.registry import ModelRegistry, VersionInfo, registry_for
 from unsir_pipeline.governance.locks import promotion_lock
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -136,10 +136,11 @@ def _verified_forgotten(tags: dict[str, str]) -> set[int]:
     return set(json.loads(tags.get(VERIFIED_TAG, tags.get(FORGOTTEN_TAG, "[]"))))
 
 
-def deletions_done(registry: ModelRegistry, *, exclude_version: int | None = None) -> dict[int, list[int]]:
-    """Every class a promoted version was verified to have forgotten, with those versions."""
+def deletions_done(versions: list[VersionInfo], *, exclude_version: int | None = None) -> dict[int, list[int]]:
+    """Every class a promoted version (of ``versions``) was verified to have forgotten, with
+    those versions."""
     done: dict[int, list[int]] = {}
-    for v in registry.list_versions():
+    for v in versions:
         if v.version == exclude_version or v.tags.get("gate_decision") not in PROMOTED_DECISIONS:
             continue
         for cls in sorted(_verified_forgotten(v.tags)):
@@ -149,42 +150,39 @@ def deletions_done(registry: ModelRegistry, *, exclude_version: int | None = Non
 
 def classes_that_must_stay_forgotten(registry: ModelRegistry, *, exclude_version: int | None = None) -> set[int]:
     """Every class a promoted version was verified to have forgotten: deletions that are done."""
-    return set(deletions_done(registry, exclude_version=exclude_version))
+    return set(deletions_done(registry.list_versions(), exclude_version=exclude_version))
 
 
-def deletions_undone_by(registry: ModelRegistry, version: int) -> dict[int, list[int]]:
+def deletions_undone_by(versions: list[VersionInfo], version: int) -> dict[int, list[int]]:
     """The classes promoted versions forgot (with those versions) that ``version`` was not
     measured to have forgotten: what making it champion would bring back."""
-    verified = _verified_forgotten(registry.get_version(version).tags)
-    done = deletions_done(registry, exclude_version=version)
-    return {cls: versions for cls, versions in sorted(done.items()) if cls not in verified}
+    verified = _verified_forgotten(next(v for v in versions if v.version == version).tags)
+    done = deletions_done(versions, exclude_version=version)
+    return {cls: by for cls, by in sorted(done.items()) if cls not in verified}
 
 
 def describe_undone(version: int, undone: dict[int, list[int]]) -> str:
     """'version V, which was not measured to have forgotten class C (forgotten by version W)...'"""
     return f"version {version}, which was not measured to have forgotten " + ", ".join(
-        f"class {cls} (forgotten by version {', '.join(map(str, versions))})" for cls, versions in undone.items()
+        f"class {cls} (forgotten by version {', '.join(map(str, by))})" for cls, by in undone.items()
     )
 
 
-def champion_problems(ws: Workspace) -> tuple[list[str], list[str]]:
-    """Problems and warnings about the version in production. The gate and ``unsir promote``
-    never make a version champion that brings a deleted class back; an alias moved around them
-    (the MLflow UI, its API) can. A champion promoted with ``--override`` was a recorded
-    decision: a warning, not a problem."""
-    registry = registry_for(ws)
-    alias = ws.params.registry.champion_alias
-    version = next((v.version for v in registry.list_versions() if alias in v.aliases), None)
-    if version is None:  # nothing in production (yet, or the alias was removed)
+def champion_problems(versions: list[VersionInfo], alias: str) -> tuple[list[str], list[str]]:
+    """Problems and warnings about the version ``alias`` names among ``versions`` (one
+    listing of the registry). The gate and ``unsir promote`` never make a version champion that
+    brings a deleted class back; an alias moved around them (the MLflow UI, its API) can. A
+    champion promoted with ``--override`` was a recorded decision: a warning, not a problem."""
+    champion = next((v for v in versions if alias in v.aliases), None)
+    if champion is None:  # nothing in production (yet, or the alias was removed)
         return [], []
-    undone = deletions_undone_by(registry, version)
+    undone = deletions_undone_by(versions, champion.version)
     if not undone:
         return [], []
-    tags = registry.get_version(version).tags
-    what = f"the {alias} is {describe_undone(version, undone)}"
-    if tags.get("gate_decision") == "promoted-by-override":
-        by = tags.get("promoted_by", "?")
-        return [], [f"{what}: promoted with --override by {by} ({tags.get('promotion_reason', 'no reason')})"]
+    what = f"the {alias} is {describe_undone(champion.version, undone)}"
+    if champion.tags.get("gate_decision") == "promoted-by-override":
+        by = champion.tags.get("promoted_by", "?")
+        return [], [f"{what}: promoted with --override by {by} ({champion.tags.get('promotion_reason', 'no reason')})"]
     return [
         f"{what}: a deletion was undone outside `unsir promote` (alias moved in MLflow?); "
         f"move {alias!r} back with `unsir promote VERSION --reason ...`"
@@ -320,7 +318,7 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
         )
     if info.tags.get("review_decision") == "rejected":
         problems.append(f"version {version} was rejected in review")
-    missing = sorted(deletions_undone_by(registry, version))
+    missing = sorted(deletions_undone_by(registry.list_versions(), version))
     if missing:
         problems.append(
             f"version {version} was not measured to have forgotten classes {missing}, "
