@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--polish-epochs", type=int, default=None)
     parser.add_argument("--polish-lr", type=float, default=None)
     parser.add_argument("--max-forget-confidence", type=float, default=None)
+    parser.add_argument("--recovery-epochs", type=int, default=None, help="verification.max_recovery_epochs")
+    parser.add_argument(
+        "--also-without-recovery", action="store_true", help="also run the shipped recipe with no recovery epochs"
+    )
+    parser.add_argument("--max-retain-drop", type=float, default=None, help="verification.max_retain_drop")
     parser.add_argument("--no-noise", action="store_true", help="skip the paper's method with its noise")
     parser.add_argument("--relearn", action="store_true", help="also measure relearn time (slower)")
     parser.add_argument(
@@ -88,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--time-repeats", type=int, default=3, help="time each unlearning this many times; the median counts"
+    )
+    parser.add_argument(
+        "--references-from",
+        default=None,
+        help="an earlier report of the same grid: take its two retrainings instead of training them again "
+        "(the originals must measure the same; distances to the retrained model are then not measured)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a busy machine usable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -218,6 +229,10 @@ def configured(config, args: argparse.Namespace):
         )
     if args.max_rounds is not None:
         config = replace(config, verification=replace(config.verification, max_rounds=args.max_rounds))
+    if args.recovery_epochs is not None:
+        config = replace(config, verification=replace(config.verification, max_recovery_epochs=args.recovery_epochs))
+    if args.max_retain_drop is not None:
+        config = replace(config, verification=replace(config.verification, max_retain_drop=args.max_retain_drop))
     return config
 
 
@@ -237,6 +252,12 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
         "retrain_again": ("retrain", RetrainConfig(train=train_cfg)),
         "shipped": ("unsir", configured(unsir_config_for(arch, retain_per_class=args.retain_per_class), args)),
     }
+    if args.also_without_recovery:
+        shipped = methods["shipped"][1]
+        methods["shipped_without_recovery"] = (
+            "unsir",
+            replace(shipped, verification=replace(shipped.verification, max_recovery_epochs=0)),
+        )
     if not args.no_noise:
         methods["unsir_noise"] = (
             "unsir",
@@ -258,7 +279,11 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
             "original_train_s": setting.original_train_s,
         }
         reference = None
+        stored = stored_references(args.references_from, arch, run)
+        run.update(stored)
         for name, (method_name, config) in methods.items():
+            if name in stored:
+                continue
             method = make_method(method_name, config)
             method_seed = seed + 1000 if name == "retrain_again" else seed
             # CPU time of this process (one torch thread): unlike wall time, it does not
@@ -327,6 +352,27 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
         "summary": summarize(runs, [name for name in methods if name != "retrain"]),
         "runs": runs,
     }
+
+
+def stored_references(path: str | None, arch: str, run: dict) -> dict:
+    """``run``'s two retrainings from the report at ``path``, after checking that the original
+    measures exactly as it did there (training is deterministic on one CPU thread)."""
+    if path is None:
+        return {}
+    report = json.loads(Path(path).read_text())
+    for stored_arch in report["architectures"]:
+        if stored_arch["arch"] != arch:
+            continue
+        for stored in stored_arch["runs"]:
+            if (stored["seed"], stored["forget_classes"]) != (run["seed"], run["forget_classes"]):
+                continue
+            if stored["original"] != run["original"]:
+                raise SystemExit(
+                    f"{path}: the original of {arch} seed {run['seed']} measures differently here "
+                    f"({stored['original']['retain_acc']} stored, {run['original']['retain_acc']} now): retrain instead"
+                )
+            return {name: stored[name] for name in ("retrain", "retrain_again")}
+    raise SystemExit(f"{path} has no run of {arch} seed {run['seed']} forget {run['forget_classes']}")
 
 
 def bound_failures(rows: list[dict]) -> dict[str, int]:
@@ -433,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "verification_split": "val",
         "architectures": [],
     }
+    if args.references_from:
+        report["references_from"] = args.references_from
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for arch in args.archs:

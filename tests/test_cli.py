@@ -183,6 +183,17 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
     assert "\n" not in line and str(tmp_path) in line and "unable to open database file" in line and "writable" in line
 
 
+def test_the_rounds_line_names_recovery_epochs_only_when_they_ran():
+    from unsir_pipeline.cli.commands import _rounds_line
+
+    last = {"round": 1, "val_forget_acc": 0.0, "val_forget_confidence": 0.02, "val_retain_acc": 0.93}
+    plain = _rounds_line({"rounds": [{**last, "recovery_epochs": 0.0}], "verified": True})
+    assert "recovery" not in plain and "verified forgotten" in plain
+    recovered = {**last, "recovery_epochs": 3.0, "val_retain_acc_before_recovery": 0.88, "parent_val_retain_acc": 0.94}
+    line = _rounds_line({"rounds": [recovered], "verified": True})
+    assert "3 recovery epoch(s), validation retain accuracy 0.880 -> 0.930 (parent 0.940)" in line
+
+
 # --- progress -----------------------------------------------------------------------------------
 
 

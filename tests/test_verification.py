@@ -106,11 +106,71 @@ def test_no_step_trains_on_a_forget_class_sample(
         assert float(distances.min()) > 1e-4
 
 
+def _damaging(max_recovery_epochs: int) -> UNSIRConfig:
+    # A high impair rate and a short repair leave retain accuracy below the parent's on the
+    # validation split, with the forget class gone: what the recovery epochs are for.
+    return replace(
+        UNSIRConfig(),
+        noise_copies=0,
+        reset_forget_rows=True,
+        polish=None,
+        impair=replace(UNSIRConfig().impair, lr=0.02),
+        repair=replace(UNSIRConfig().repair, lr=1e-3, epochs=1),
+        verification=VerificationConfig(max_rounds=2, max_retain_drop=0.0, max_recovery_epochs=max_recovery_epochs),
+    )
+
+
+def test_recovery_epochs_raise_validation_retain_accuracy_and_keep_forgetting(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    task = _task(digits, digits_manifest, digits_splits, (5,))
+
+    def run(epochs):
+        return make_method("unsir", _damaging(epochs)).unlearn(
+            trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+        )
+
+    without, recovered = run(0), run(3)
+    assert without.verified is True and recovered.verified is True
+    last, before = recovered.rounds[-1], without.rounds[-1]
+    assert before["val_retain_acc"] < last["parent_val_retain_acc"]  # the setting leaves something to recover
+    assert 1 <= last["recovery_epochs"] <= 3
+    assert last["recovery_kept_epoch"] >= 1
+    assert last["val_retain_acc"] > before["val_retain_acc"]
+    check = check_forgetting(recovered.model, digits_splits.val_images, digits_splits.val_labels, (5,), device=CPU)
+    assert check.passes(VerificationConfig()) and check.retain_acc == last["val_retain_acc"]
+
+
+def test_recovery_never_keeps_an_epoch_that_brings_a_forget_class_back(
+    trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch
+):
+    task = _task(digits, digits_manifest, digits_splits, (5,))
+    real_fit = unsir_module.fit
+
+    def relearning_fit(model, images, labels, config, *, description, **kwargs):
+        if description == "recovery":  # the parent's weights: every retain sample right, class 5 back
+            model.load_state_dict(trained_digits_model.state_dict())
+            return model
+        return real_fit(model, images, labels, config, description=description, **kwargs)
+
+    monkeypatch.setattr(unsir_module, "fit", relearning_fit)
+    result = make_method("unsir", _damaging(2)).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    last = result.rounds[-1]
+    assert result.verified is True
+    assert (last["recovery_epochs"], last["recovery_kept_epoch"]) == (2.0, 0.0)  # the budget ran out, none kept
+    check = check_forgetting(result.model, digits_splits.val_images, digits_splits.val_labels, (5,), device=CPU)
+    assert check.forget_acc == 0.0 and check.retain_acc == last["val_retain_acc"]
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"max_rounds": 0}, r"max_rounds must be >= 1, got 0"),
         ({"max_forget_confidence": 1.5}, r"max_forget_confidence must be in \[0, 1\], got 1\.5"),
+        ({"max_recovery_epochs": -1}, r"max_recovery_epochs must be >= 0, got -1"),
+        ({"max_retain_drop": -0.1}, r"max_retain_drop must be in \[0, 1\], got -0\.1"),
     ],
 )
 def test_verification_settings_name_the_bad_value(settings, message):

@@ -135,5 +135,5 @@ OFFICIAL = UNSIRConfig(
     noise_copies=20,
     impair=OptimConfig(lr=0.02, epochs=1, batch_size=256),
     repair=OptimConfig(lr=0.01, epochs=1, batch_size=256),
-    verification=VerificationConfig(max_rounds=1),
+    verification=VerificationConfig(max_rounds=1, max_recovery_epochs=0),
 )

@@ -9,6 +9,12 @@ impair set, and repeating the first round unchanged was measured to relapse as o
 helped (``benchmarks/README.md``). Every round reads D_r_sub and noise only: never a
 forget-class training sample. The validation split is only measured, never trained on.
 
+Forgetting done, the validation split also judges what was kept: when its retain accuracy sits
+more than ``verification.max_retain_drop`` below the parent's, up to
+``verification.max_recovery_epochs`` more repair epochs run, and the epoch with the best
+validation retain accuracy among those that still forget is kept (measured on the deep
+networks, which lose retain accuracy to the high-rate steps; ``benchmarks/README.md``).
+
 This class is the one way to run UNSIR: the flow, the DVC stage and the benchmark all call it,
 so the same configuration, parent model and seed give the same weights everywhere.
 """
@@ -16,6 +22,7 @@ so the same configuration, parent model and seed give the same weights everywher
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -32,7 +39,7 @@ from unsir.methods.base import (
 from unsir.models import classifier_head
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
 from unsir.training import fit
-from unsir.verification import check_forgetting
+from unsir.verification import ForgettingCheck, check_forgetting
 
 
 def impair(
@@ -97,9 +104,11 @@ class UNSIR(UnlearningMethod):
 
     def _unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
         working = prepare(model, task, device)
+        verify = task.validation_images is not None
+        # The parent's validation retain accuracy: what the recovery epochs aim back at.
+        parent_retain_acc = self._validation_check(working, task, device=device).retain_acc if verify else None
         if self.config.reset_forget_rows:
             reset_head_rows(working, task.forget_classes, generator=generator)
-        verify = task.validation_images is not None
         max_rounds = self.config.verification.max_rounds if verify else 1
         timings: dict[str, float] = {}
         rounds: list[dict[str, float]] = []
@@ -128,19 +137,67 @@ class UNSIR(UnlearningMethod):
                 break
         if self.config.polish is not None:
             verified = self._polish(working, task, rounds[-1], timings, verified, device=device, generator=generator)
+        if verified and parent_retain_acc is not None:
+            self._recover_retain(
+                working, task, rounds[-1], timings, parent_retain_acc, device=device, generator=generator
+            )
         return UnlearningResult(working.eval(), timings, noise or None, rounds=rounds, verified=verified)
+
+    @staticmethod
+    def _validation_check(working, task: UnlearningTask, *, device) -> ForgettingCheck:
+        # unlearn verifies only when the task has a validation split (both halves, by its checks).
+        assert task.validation_images is not None and task.validation_labels is not None
+        return check_forgetting(
+            working, task.validation_images, task.validation_labels, task.forget_classes, device=device
+        )
 
     def _verify(self, working, task: UnlearningTask, record: dict, timings: dict, *, device) -> bool:
         """Measure forgetting on the validation split into ``record``; True when it passes."""
-        # unlearn verifies only when the task has a validation split (both halves, by its checks).
-        assert task.validation_images is not None and task.validation_labels is not None
         with timed(timings, "verify_s", device):
-            check = check_forgetting(
-                working, task.validation_images, task.validation_labels, task.forget_classes, device=device
-            )
+            check = self._validation_check(working, task, device=device)
         record.update(check.as_dict())
         record["verified"] = float(check.passes(self.config.verification))
         return bool(record["verified"])
+
+    def _recover_retain(
+        self, working, task: UnlearningTask, record: dict, timings: dict, parent_retain_acc: float, *, device, generator
+    ) -> None:
+        """Repair epochs while validation retain accuracy sits too far below the parent's.
+
+        Runs only on a model that forgets; keeps the epoch with the best validation retain
+        accuracy among those that still forget (the last round's model when none is better), so
+        recovery never brings a forget class back and never ends worse than it began.
+        """
+        settings = self.config.verification
+        target = parent_retain_acc - settings.max_retain_drop
+        record["parent_val_retain_acc"] = parent_retain_acc
+        record["recovery_epochs"] = record["recovery_kept_epoch"] = 0.0
+        best_acc = record["val_retain_acc_before_recovery"] = record["val_retain_acc"]
+        if settings.max_recovery_epochs == 0 or best_acc >= target:
+            return
+        best_state, best_record = copy.deepcopy(working.state_dict()), dict(record)
+        one_epoch = replace(self.config.repair, epochs=1)
+        for epoch in range(1, settings.max_recovery_epochs + 1):
+            with timed(timings, "recovery_s", device):
+                fit(
+                    working,
+                    task.retain_images,
+                    task.retain_labels,
+                    one_epoch,
+                    device=device,
+                    generator=generator,
+                    description="recovery",
+                )
+            with timed(timings, "verify_s", device):
+                check = self._validation_check(working, task, device=device)
+            if check.passes(settings) and check.retain_acc > best_acc:
+                best_acc, best_state = check.retain_acc, copy.deepcopy(working.state_dict())
+                best_record = {**record, **check.as_dict(), "recovery_kept_epoch": float(epoch)}
+            if best_acc >= target:
+                break
+        working.load_state_dict(best_state)
+        record.clear()
+        record.update(best_record, recovery_epochs=float(epoch))
 
     def _polish(
         self, working, task: UnlearningTask, record: dict, timings: dict, verified: bool | None, *, device, generator

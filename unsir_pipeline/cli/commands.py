@@ -579,10 +579,18 @@ def _rounds_line(result: dict) -> str:
     last = rounds[-1]
     if result.get("verified") is None:
         return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
+    recovery = ""
+    if last.get("recovery_epochs"):
+        recovery = (
+            f"; {int(last['recovery_epochs'])} recovery epoch(s), validation retain accuracy "
+            f"{last['val_retain_acc_before_recovery']:.3f} -> {last['val_retain_acc']:.3f} "
+            f"(parent {last['parent_val_retain_acc']:.3f})"
+        )
     return (
         f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
         f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
         + ("verified forgotten" if result["verified"] else "NOT verified (round budget ran out)")
+        + recovery
         + "; no forget-class training sample read"
     )
 
