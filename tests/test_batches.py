@@ -325,6 +325,9 @@ def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_
     out = batches.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")
     html = out.read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html  # request text is escaped
+    rounds = len(result["rounds"])
+    assert f"<p id='rounds'>UNSIR: {rounds} round(s); validation split" in html
+    assert "no forget-class training sample read (<code>reads_forget_train: false</code>)" in html
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         if os.environ.get("CI"):

@@ -184,13 +184,14 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
 
 
 def test_the_rounds_line_names_recovery_epochs_only_when_they_ran():
-    from unsir_pipeline.cli.commands import _rounds_line
+    from unsir_pipeline.governance.report import describe_rounds
 
     last = {"round": 1, "val_forget_acc": 0.0, "val_forget_confidence": 0.02, "val_retain_acc": 0.93}
-    plain = _rounds_line({"rounds": [{**last, "recovery_epochs": 0.0}], "verified": True})
+    plain = describe_rounds([{**last, "recovery_epochs": 0.0}], True)
     assert "recovery" not in plain and "verified forgotten" in plain
+    assert "NOT verified" in describe_rounds([last], False) and "not verified" in describe_rounds([last], None)
     recovered = {**last, "recovery_epochs": 3.0, "val_retain_acc_before_recovery": 0.88, "parent_val_retain_acc": 0.94}
-    line = _rounds_line({"rounds": [recovered], "verified": True})
+    line = describe_rounds([recovered], True)
     assert "3 recovery epoch(s), validation retain accuracy 0.880 -> 0.930 (parent 0.940)" in line
 
 

@@ -572,27 +572,9 @@ def format_result(result: dict) -> str:
 
 
 def _rounds_line(result: dict) -> str:
-    """How many UNSIR rounds ran and what the validation split said after the last one."""
-    rounds = result.get("rounds") or []
-    if not rounds:
-        return "UNSIR: no rounds recorded"
-    last = rounds[-1]
-    if result.get("verified") is None:
-        return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
-    recovery = ""
-    if last.get("recovery_epochs"):
-        recovery = (
-            f"; {int(last['recovery_epochs'])} recovery epoch(s), validation retain accuracy "
-            f"{last['val_retain_acc_before_recovery']:.3f} -> {last['val_retain_acc']:.3f} "
-            f"(parent {last['parent_val_retain_acc']:.3f})"
-        )
-    return (
-        f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
-        f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
-        + ("verified forgotten" if result["verified"] else "NOT verified (round budget ran out)")
-        + recovery
-        + "; no forget-class training sample read"
-    )
+    from unsir_pipeline.governance.report import describe_rounds
+
+    return describe_rounds(result.get("rounds") or [], result.get("verified"))
 
 
 def summarize_versions(listed) -> list[dict]:

@@ -167,6 +167,12 @@ def batch_report_html(
         if chain.ok
         else f"<span class='bad'>BROKEN at record {chain.first_bad_seq}: {_e(chain.problem)}</span>"
     )
+    unlearning_line = (
+        f"<p id='rounds'>{_e(describe_rounds(metrics_rec.payload.get('rounds') or [], metrics_rec.payload.get('verified')))}"
+        f" (<code>reads_forget_train: {_e(str(metrics_rec.payload.get('reads_forget_train')).lower())}</code>)</p>"
+        if metrics_rec
+        else ""
+    )
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Unlearning evidence: {_e(batch_id)}</title><style>{STYLE}</style></head>
@@ -178,6 +184,7 @@ def batch_report_html(
 <h2>Accuracy per class, before and after</h2>
 {chart}
 <h2>Key figures</h2>
+{unlearning_line}
 <table id="key-figures"><tr><th>measure</th><th>before (parent)</th><th>after (unlearned)</th>{"<th>retrained from scratch</th>" if has_ref else ""}</tr>{figure_rows}</table>
 <h2>Model lineage</h2>
 {lineage}
@@ -199,6 +206,30 @@ records, not the honesty of whoever wrote the first one.</p>
 </div>
 </body></html>
 """
+
+
+def describe_rounds(rounds: list[dict], verified: bool | None) -> str:
+    """How many UNSIR rounds ran, what the validation split said after the last one, and what
+    the recovery epochs did (for the CLI's summary and the evidence report)."""
+    if not rounds:
+        return "UNSIR: no rounds recorded"
+    last = rounds[-1]
+    if verified is None:
+        return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
+    recovery = ""
+    if last.get("recovery_epochs"):
+        recovery = (
+            f"; {int(last['recovery_epochs'])} recovery epoch(s), validation retain accuracy "
+            f"{last['val_retain_acc_before_recovery']:.3f} -> {last['val_retain_acc']:.3f} "
+            f"(parent {last['parent_val_retain_acc']:.3f})"
+        )
+    return (
+        f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
+        f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
+        + ("verified forgotten" if verified else "NOT verified (round budget ran out)")
+        + recovery
+        + "; no forget-class training sample read"
+    )
 
 
 def summary_markdown(forget_classes: list[int], metrics: dict[str, float]) -> str:
