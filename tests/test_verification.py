@@ -214,6 +214,29 @@ def test_the_recipe_follows_the_architecture_and_the_retain_subset():
     assert OFFICIAL.noise_copies == 20 and OFFICIAL.impair.lr == 0.02 and OFFICIAL.noise.l2_reduction == "pixel_sum"
 
 
+def test_an_architecture_without_a_measurement_takes_the_family_its_depth_matches(monkeypatch):
+    from torch import nn
+
+    import unsir.recipes as recipes
+    from unsir.models import ARCHITECTURES, ModelSpec, build_model
+
+    # The rule reproduces every measured choice.
+    for arch, family in recipes.ARCHITECTURE_FAMILY.items():
+        assert recipes.inferred_family(build_model(ModelSpec(arch, 10, 3))) == family
+
+    def wide_mlp(num_classes, in_channels):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(64), nn.ReLU(), nn.Linear(64, num_classes))
+
+    def deep_plain(num_classes, in_channels):
+        convs = [nn.Conv2d(in_channels, 16, 3, padding=1)] + [nn.Conv2d(16, 16, 3, padding=1) for _ in range(7)]
+        return nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    monkeypatch.setitem(ARCHITECTURES, "wide_mlp", wide_mlp)
+    monkeypatch.setitem(ARCHITECTURES, "deep_plain", deep_plain)
+    assert recipes.family_of("wide_mlp") == "compact" and recipes.family_of("deep_plain") == "deep"
+    assert unsir_config_for("deep_plain", retain_per_class=50) == unsir_config_for("allcnn", retain_per_class=50)
+
+
 def test_resetting_the_forget_rows_touches_nothing_else(trained_digits_model):
     model = copy.deepcopy(trained_digits_model)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -34,6 +34,8 @@ A recipe is derived, not looked up per data set:
   passed 14, as did 1/3/2 at the compact repair rate; 1/2/1 at either rate passed 13, and a
   second retraining 13. No schedule was better across the three, so it stays; MobileNetV2
   loses up to 9 retain points with every schedule tried (its second retraining, up to 2.6).
+  An architecture added to ``unsir.models`` without a measurement takes the family its depth
+  matches (``inferred_family``), a rule that reproduces every measured choice.
 
 The official notebook's settings stay available, by name, as ``OFFICIAL``: faithful to the
 paper, and measured here to collapse small models (``shared/UNSIR.md``).
@@ -43,9 +45,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from torch import nn
+
 from unsir.configs import NoiseConfig, OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
+from unsir.models import ARCHITECTURES, ModelSpec, build_model
 
+COMPACT_MAX_WEIGHT_LAYERS = 6  # between the compact CNN's 4 and AllCNN's 9
 NOISE_TO_RETAIN_RATIO = 5  # noise samples per forget class / retain samples per class, round 1
 
 
@@ -88,13 +94,24 @@ ARCHITECTURE_FAMILY = {
 
 
 def family_of(arch: str) -> str:
-    try:
+    """The measured family of ``arch``; an architecture added to ``unsir.models`` without a
+    measurement takes the family its structure matches (``inferred_family``)."""
+    if arch in ARCHITECTURE_FAMILY:
         return ARCHITECTURE_FAMILY[arch]
-    except KeyError:
-        raise UnlearningInputError(
-            f"no measured UNSIR recipe for architecture {arch!r}; expected one of {sorted(ARCHITECTURE_FAMILY)} "
-            "(or give the settings explicitly)"
-        ) from None
+    if arch in ARCHITECTURES:
+        return inferred_family(build_model(ModelSpec(arch, num_classes=10, in_channels=3)))
+    raise UnlearningInputError(
+        f"no UNSIR recipe for architecture {arch!r}; expected one of {sorted(ARCHITECTURES)} "
+        "(or give the settings explicitly)"
+    )
+
+
+def inferred_family(model: nn.Module) -> str:
+    """Depth decides: the compact CNN has 4 weight layers (2 convolutions, 2 linear), the measured
+    deep networks 9 (AllCNN) to over 50 (MobileNetV2), and all of them lose retain accuracy to the
+    high-rate steps, so they take the gentler repair and the longer schedule."""
+    weight_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
+    return "deep" if weight_layers > COMPACT_MAX_WEIGHT_LAYERS else "compact"
 
 
 def unsir_config_for(arch: str, *, retain_per_class: int, with_noise: bool = False) -> UNSIRConfig:
