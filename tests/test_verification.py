@@ -147,8 +147,11 @@ def test_recovery_never_keeps_an_epoch_that_brings_a_forget_class_back(
     task = _task(digits, digits_manifest, digits_splits, (5,))
     real_fit = unsir_module.fit
 
+    recovery_inputs = []
+
     def relearning_fit(model, images, labels, config, *, description, **kwargs):
         if description == "recovery":  # the parent's weights: every retain sample right, class 5 back
+            recovery_inputs.append(images)
             model.load_state_dict(trained_digits_model.state_dict())
             return model
         return real_fit(model, images, labels, config, description=description, **kwargs)
@@ -160,6 +163,8 @@ def test_recovery_never_keeps_an_epoch_that_brings_a_forget_class_back(
     last = result.rounds[-1]
     assert result.verified is True
     assert (last["recovery_epochs"], last["recovery_kept_epoch"]) == (2.0, 0.0)  # the budget ran out, none kept
+    # Recovery trains on D_r_sub alone, like repair: no forget-class sample, no validation sample.
+    assert len(recovery_inputs) == 2 and all(torch.equal(x.cpu(), task.retain_images) for x in recovery_inputs)
     check = check_forgetting(result.model, digits_splits.val_images, digits_splits.val_labels, (5,), device=CPU)
     assert check.forget_acc == 0.0 and check.retain_acc == last["val_retain_acc"]
 
