@@ -368,11 +368,12 @@ def test_stopping_forget_leaves_no_server_running(project, stop_signal):
             raise AssertionError(f"forget exited with {child.wait()} before its flow started")
         assert any("prefect.server" in p for p in _session_processes(child.pid))
         child.send_signal(stop_signal)
-        code = child.wait(timeout=120)
+        _, rest = child.communicate(timeout=120)
+        code = child.returncode
     finally:
         if child.poll() is None:
             child.kill()
-    assert code == (128 + signal.SIGTERM if stop_signal == signal.SIGTERM else 130)
+    assert code == (128 + signal.SIGTERM if stop_signal == signal.SIGTERM else 130), rest[-3000:]
     assert _session_processes(child.pid) == []
     # Nothing registered or promoted: once seen, a stop swallowed by Prefect's engine let the
     # flow run on to a promoted version before the command exited as interrupted.

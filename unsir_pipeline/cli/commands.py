@@ -334,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         """A signal ended the command: say so, and leave no Prefect server behind."""
         print(word, file=sys.stderr)
         if owns_process:
-            runtime.stop_prefect_server()
+            try:
+                runtime.stop_prefect_server()
+            except Exception as err:  # a clean-up that fails must not turn the stop into a failure
+                print(f"warning: stopping Prefect's temporary server: {_describe(err, project)}", file=sys.stderr)
         return code
 
     if owns_process:
@@ -344,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         runtime.configure_threads()
         runtime.configure_prefect(quiet_console=getattr(args, "json", False) or _progress(args).enabled)
         code = COMMANDS[args.command](project, args)
-        if owns_process and runtime.was_interrupted():  # Prefect swallowed the KeyboardInterrupt
+        # Prefect's engine may swallow the stop and let the command return as if nothing
+        # happened; the stop still decides the exit.
+        if owns_process and runtime.was_terminated():
+            return stopped("terminated", runtime.EXIT_SIGTERM)
+        if owns_process and runtime.was_interrupted():
             return stopped("interrupted", EXIT_INTERRUPTED)
         return code
     except KeyboardInterrupt:
