@@ -44,12 +44,13 @@ paper, and measured here to collapse small models (``shared/UNSIR.md``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from unsir.configs import NoiseConfig, OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
-from unsir.models import ARCHITECTURES, ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 COMPACT_MAX_WEIGHT_LAYERS = 6  # between the compact CNN's 4 and AllCNN's 9
 NOISE_TO_RETAIN_RATIO = 5  # noise samples per forget class / retain samples per class, round 1
@@ -98,6 +99,9 @@ def family_of(arch: str) -> str:
     measurement takes the family its structure matches (``inferred_family``)."""
     if arch in ARCHITECTURE_FAMILY:
         return ARCHITECTURE_FAMILY[arch]
+    # Imported here: params.yaml is validated by commands that must not pay for importing torch.
+    from unsir.models import ARCHITECTURES, ModelSpec, build_model
+
     if arch in ARCHITECTURES:
         return inferred_family(build_model(ModelSpec(arch, num_classes=10, in_channels=3)))
     raise UnlearningInputError(
@@ -110,6 +114,8 @@ def inferred_family(model: nn.Module) -> str:
     """Depth decides: the compact CNN has 4 weight layers (2 convolutions, 2 linear), the measured
     deep networks 9 (AllCNN) to over 50 (MobileNetV2), and all of them lose retain accuracy to the
     high-rate steps, so they take the gentler repair and the longer schedule."""
+    from torch import nn
+
     weight_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
     return "deep" if weight_layers > COMPACT_MAX_WEIGHT_LAYERS else "compact"
 
