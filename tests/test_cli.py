@@ -380,6 +380,28 @@ def test_stopping_forget_leaves_no_server_running(project, stop_signal):
     assert [v.version for v in registry.list_versions()] == before
 
 
+def test_a_sigterm_that_prefects_handler_takes_is_still_remembered(monkeypatch):
+    """During a flow run Prefect's engine installs its own SIGTERM handler (by this module
+    attribute); the stop must reach raise_if_stopped and the exit code even when a task turns
+    Prefect's TerminationSignal into a crash of its own."""
+    from prefect.exceptions import TerminationSignal
+    from prefect.utilities import engine
+
+    from unsir_pipeline.settings import runtime
+
+    monkeypatch.setattr(engine, "_prefect_sigterm_handler", engine._prefect_sigterm_handler)
+    monkeypatch.setattr(runtime, "_terminated", False)
+    runtime.remember_stops_prefect_catches()
+    runtime.remember_stops_prefect_catches()  # idempotent: wrapped once
+    handler = engine._prefect_sigterm_handler
+    assert handler is runtime._remembering_prefect_sigterm
+    with pytest.raises(TerminationSignal):  # Prefect's own behaviour is kept
+        handler(signal.SIGTERM, None)
+    assert runtime.was_terminated()
+    with pytest.raises(runtime.Terminated):
+        runtime.raise_if_stopped()
+
+
 def test_a_stop_that_prefect_swallowed_is_raised_again_before_the_registry_changes(monkeypatch):
     from unsir_pipeline.settings import runtime
 

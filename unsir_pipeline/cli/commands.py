@@ -508,6 +508,8 @@ def cmd_forget(project: Path, args) -> int:
     progress.step("starting the unlearn flow (Prefect)")
     from unsir_pipeline.flows.unlearn import unlearn
 
+    runtime.remember_stops_prefect_catches()
+
     if not args.debug:
         runtime.console_without_tracebacks()
 
@@ -733,6 +735,7 @@ def cmd_batch(project: Path, args) -> int:
             return 0
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
+    runtime.remember_stops_prefect_catches()
     if args.batch_command == "serve":
         if not os.environ.get("PREFECT_API_URL"):
             print(

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 THREADS_ENV = "UNSIR_TORCH_THREADS"
@@ -156,6 +157,34 @@ def was_interrupted() -> bool:
     """True once SIGINT arrived: Prefect's engine may swallow the KeyboardInterrupt inside a run
     (seen: the flow ended and the command exited 0), which must still end as interrupted."""
     return _interrupted
+
+
+def remember_stops_prefect_catches() -> None:
+    """While a flow runs, Prefect's engine puts its own SIGTERM handler in place of ours. It hands
+    the signal back to ours only when its ``TerminationSignal`` reaches the top of the flow; a
+    task that turns it into a crash of its own keeps it (seen: "Task run is not set", exit 1, and
+    :func:`raise_if_stopped` blind to the stop). Wrapping Prefect's handler remembers the stop
+    either way. Call before running a flow; idempotent."""
+    from prefect.utilities import engine
+
+    prefects = engine._prefect_sigterm_handler
+    if prefects is _remembering_prefect_sigterm:
+        return
+
+    global _prefects_sigterm_handler
+    _prefects_sigterm_handler = prefects
+    # Prefect installs and recognises its handler by this module attribute at each flow run.
+    engine._prefect_sigterm_handler = _remembering_prefect_sigterm
+
+
+_prefects_sigterm_handler: Callable[..., object] | None = None
+
+
+def _remembering_prefect_sigterm(signum: int, *args: object) -> object:
+    global _terminated
+    _terminated = True
+    assert _prefects_sigterm_handler is not None  # set before this handler is installed
+    return _prefects_sigterm_handler(signum, *args)
 
 
 def raise_if_stopped() -> None:
