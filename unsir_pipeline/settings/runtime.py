@@ -22,6 +22,7 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 THREADS_ENV = "UNSIR_TORCH_THREADS"
 PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -180,11 +181,12 @@ def remember_stops_prefect_catches() -> None:
 _prefects_sigterm_handler: Callable[..., object] | None = None
 
 
-def _remembering_prefect_sigterm(signum: int, *args: object) -> object:
+def _remembering_prefect_sigterm(sig_num: int, *args: object) -> NoReturn:  # Prefect's signature
     global _terminated
     _terminated = True
     assert _prefects_sigterm_handler is not None  # set before this handler is installed
-    return _prefects_sigterm_handler(signum, *args)
+    _prefects_sigterm_handler(sig_num, *args)  # raises Prefect's TerminationSignal
+    raise RuntimeError("Prefect's SIGTERM handler returned instead of raising")
 
 
 def raise_if_stopped() -> None:
