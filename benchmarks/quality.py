@@ -266,6 +266,7 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
     eval_cfg = EvaluationConfig(probe=args.probe, relearn=args.relearn)
     seeds = args.seeds if args.seeds is not None else PARTS[args.part]["seeds"]
     runs = []
+    references = json.loads(Path(args.references_from).read_text()) if args.references_from else None
     for setting in grid_settings(data, arch, seeds, args, train_cfg, device, args.retain_per_class):
         seed, forget, original = setting.seed, setting.forget, setting.original
         task, zero_glance, evaluation_data = setting.task, setting.zero_glance, setting.evaluation_data
@@ -279,7 +280,7 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
             "original_train_s": setting.original_train_s,
         }
         reference = None
-        stored = stored_references(args.references_from, arch, run)
+        stored = stored_references(references, args.references_from, arch, run)
         run.update(stored)
         for name, (method_name, config) in methods.items():
             if name in stored:
@@ -354,12 +355,11 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
     }
 
 
-def stored_references(path: str | None, arch: str, run: dict) -> dict:
-    """``run``'s two retrainings from the report at ``path``, after checking that the original
-    measures exactly as it did there (training is deterministic on one CPU thread)."""
-    if path is None:
+def stored_references(report: dict | None, path: str, arch: str, run: dict) -> dict:
+    """``run``'s two retrainings from ``report`` (read from ``path``), after checking that the
+    original measures exactly as it did there (training is deterministic on one CPU thread)."""
+    if report is None:
         return {}
-    report = json.loads(Path(path).read_text())
     for stored_arch in report["architectures"]:
         if stored_arch["arch"] != arch:
             continue

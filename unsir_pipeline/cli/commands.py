@@ -532,6 +532,8 @@ def cmd_forget(project: Path, args) -> int:
 
 
 def format_result(result: dict) -> str:
+    from unsir_pipeline.governance.report import describe_rounds
+
     m = result["metrics"]
     lines = [
         (
@@ -570,7 +572,7 @@ def format_result(result: dict) -> str:
             else []
         ),
         "",
-        _rounds_line(result),
+        describe_rounds(result.get("rounds") or [], result.get("verified")),
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],
         f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow "
@@ -578,12 +580,6 @@ def format_result(result: dict) -> str:
         *([f"audit trail: `unsir audit report {result['audit_id']}`"] if result.get("audit_id") else []),
     ]
     return "\n".join(lines)
-
-
-def _rounds_line(result: dict) -> str:
-    from unsir_pipeline.governance.report import describe_rounds
-
-    return describe_rounds(result.get("rounds") or [], result.get("verified"))
 
 
 def summarize_versions(listed) -> list[dict]:
