@@ -193,9 +193,6 @@ def test_the_rounds_line_names_recovery_epochs_only_when_they_ran():
     recovered = {**last, "recovery_epochs": 3.0, "val_retain_acc_before_recovery": 0.88, "parent_val_retain_acc": 0.94}
     line = describe_rounds([recovered], True)
     assert "3 recovery epoch(s), validation retain accuracy 0.880 -> 0.930 (parent 0.940)" in line
-    assert "before the polish" not in line
-    polished = describe_rounds([{**last, "val_forget_confidence_before_polish": 0.16}], True)
-    assert "highest forget-class probability 0.020 (0.160 before the polish) -> verified forgotten" in polished
 
 
 # --- progress -----------------------------------------------------------------------------------

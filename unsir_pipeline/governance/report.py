@@ -209,17 +209,13 @@ records, not the honesty of whoever wrote the first one.</p>
 
 
 def describe_rounds(rounds: list[dict], verified: bool | None) -> str:
-    """How many UNSIR rounds ran, what the validation split said after the last one (and before
-    its polish, when a failed check sent it there), and what the recovery epochs did (for the
-    CLI's summary and the evidence report)."""
+    """How many UNSIR rounds ran, what the validation split said after the last one, and what
+    the recovery epochs did (for the CLI's summary and the evidence report)."""
     if not rounds:
         return "UNSIR: no rounds recorded"
     last = rounds[-1]
     if verified is None:
         return f"UNSIR: {len(rounds)} round(s), not verified (no validation split)"
-    early_polish = ""
-    if "val_forget_confidence_before_polish" in last:  # the polish ran before another round
-        early_polish = f" ({last['val_forget_confidence_before_polish']:.3f} before the polish)"
     recovery = ""
     if last.get("recovery_epochs"):
         recovery = (
@@ -229,7 +225,7 @@ def describe_rounds(rounds: list[dict], verified: bool | None) -> str:
         )
     return (
         f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
-        f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f}{early_polish} -> "
+        f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
         + ("verified forgotten" if verified else "NOT verified (round budget ran out)")
         + recovery
         + "; no forget-class training sample read"
