@@ -6,11 +6,8 @@ whether the forget classes are forgotten there (``unsir.verification``) and, whe
 runs another round within ``verification.max_rounds``. Round r copies every noise sample
 ``noise_copies * r`` times: a class that survived a round needs a larger share of noise in the
 impair set, and repeating the first round unchanged was measured to relapse as often as it
-helped (``benchmarks/README.md``). Before another round, a round that forgot on accuracy but
-left too much probability on a forget class gets the polish (the low-rate repair that ends
-the rounds anyway) and is checked again: the cheap step first. Every round reads D_r_sub and
-noise only: never a forget-class training sample. The validation split is only measured,
-never trained on.
+helped (``benchmarks/README.md``). Every round reads D_r_sub and noise only: never a
+forget-class training sample. The validation split is only measured, never trained on.
 
 Forgetting done, the validation split also judges what was kept: when its retain accuracy sits
 more than ``verification.max_retain_drop`` below the parent's, up to
@@ -133,17 +130,12 @@ class UNSIR(UnlearningMethod):
                 repair(working, task.retain_images, task.retain_labels, config, device=device, generator=generator)
             for key in ("noise_s", "impair_s", "repair_s"):
                 timings[key] = timings.get(key, 0.0) + record.get(key, 0.0)
-            polished = False
             if verify:
                 verified = self._verify(working, task, record, timings, device=device)
-                if not verified and self._polish_may_finish(record):
-                    record["val_forget_confidence_before_polish"] = record["val_forget_confidence"]
-                    verified = self._polish(working, task, record, timings, False, device=device, generator=generator)
-                    polished = True
             rounds.append(record)
             if verified:
                 break
-        if self.config.polish is not None and not polished:
+        if self.config.polish is not None:
             verified = self._polish(working, task, rounds[-1], timings, verified, device=device, generator=generator)
         if verified and parent_retain_acc is not None:
             self._recover_retain(
@@ -166,18 +158,6 @@ class UNSIR(UnlearningMethod):
         record.update(check.as_dict())
         record["verified"] = float(check.passes(self.config.verification))
         return bool(record["verified"])
-
-    def _polish_may_finish(self, record: dict) -> bool:
-        """Whether a failed round should try the polish before another round.
-
-        Only a round that forgot on accuracy and failed on confidence: more low-rate training
-        on D_r_sub lowers the probability left on a forgotten class. Polishing every failed
-        round saved no round in the 8 multi-round runs of the paper's noise recipe on tuning
-        seed 0, whose rounds mostly still classified the class, and added a polish to each.
-        The polish runs after the last round anyway, so when it passes, a round is saved.
-        """
-        within = record["val_forget_acc"] <= self.config.verification.max_forget_acc
-        return self.config.polish is not None and within
 
     def _recover_retain(
         self, working, task: UnlearningTask, record: dict, timings: dict, parent_retain_acc: float, *, device, generator
@@ -222,12 +202,7 @@ class UNSIR(UnlearningMethod):
     def _polish(
         self, working, task: UnlearningTask, record: dict, timings: dict, verified: bool | None, *, device, generator
     ) -> bool | None:
-        """The low-rate repair that ends the rounds; undone if it brought a forget class back.
-
-        After a round that failed its check it runs at once (``verified`` False: kept, since
-        nothing verified is there to go back to), and its check decides whether another round
-        is needed.
-        """
+        """The low-rate repair after the last round; undone if it brought a forget class back."""
         before = copy.deepcopy(working.state_dict()) if verified else None
         with timed(timings, "polish_s", device):
             fit(
