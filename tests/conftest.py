@@ -12,8 +12,13 @@ from pathlib import Path
 # Before Prefect or MLflow is imported anywhere: keep their state out of $HOME and offline.
 # Made only where none is set (processes the tests start inherit it) and removed at exit:
 # a directory per run, and per child that re-imported this file, used to pile up in /tmp.
-if "PREFECT_HOME" not in os.environ:
+# Each pytest-xdist worker (`make test` runs two) makes its own, so no two share a database.
+if "PREFECT_HOME" not in os.environ or os.environ.get("PYTEST_XDIST_WORKER", "") not in (
+    "",
+    os.environ.get("UNSIR_TEST_PREFECT_HOME_OF"),
+):
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="unsir-prefect-")
+    os.environ["UNSIR_TEST_PREFECT_HOME_OF"] = os.environ.get("PYTEST_XDIST_WORKER", "")
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
