@@ -36,6 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -394,7 +395,8 @@ def _database_url(settings: Settings, creds: dict[str, str], database: str, driv
     return f"{driver}://{settings.db_user}:{creds['UNSIR_PG_PASSWORD']}@127.0.0.1:{settings.pg_port}/{database}"
 
 
-def start_mlflow(settings: Settings, creds: dict[str, str]) -> None:
+def start_mlflow(settings: Settings, creds: dict[str, str]) -> Callable[[], None]:
+    """Spawn the tracking server; the call returned waits until it answers."""
     # The basic-auth app reads its config from a file; it holds a database password, so 600.
     auth_config = settings.path("run", "mlflow-auth.ini")
     _write_private(
@@ -447,10 +449,11 @@ def start_mlflow(settings: Settings, creds: dict[str, str]) -> None:
         ],
         env=env,
     )
-    _wait(settings, "mlflow", lambda: _http_ok(f"{settings.mlflow_url}/health"))
+    return lambda: _wait(settings, "mlflow", lambda: _http_ok(f"{settings.mlflow_url}/health"))
 
 
-def start_prefect(settings: Settings, creds: dict[str, str]) -> None:
+def start_prefect(settings: Settings, creds: dict[str, str]) -> Callable[[], None]:
+    """Spawn the Prefect server; the call returned waits until it answers."""
     home = settings.path("prefect-server")
     home.mkdir(parents=True, exist_ok=True)
     auth = f"{settings.prefect_user}:{creds['UNSIR_PREFECT_PASSWORD']}"
@@ -476,7 +479,7 @@ def start_prefect(settings: Settings, creds: dict[str, str]) -> None:
         ],
         env=env,
     )
-    _wait(settings, "prefect", lambda: _http_ok(f"{settings.prefect_api_url}/health", _basic(auth)))
+    return lambda: _wait(settings, "prefect", lambda: _http_ok(f"{settings.prefect_api_url}/health", _basic(auth)))
 
 
 def deploy(settings: Settings, client_env: dict[str, str]) -> None:
@@ -572,6 +575,18 @@ def up(settings: Settings, services: list[str]) -> None:
     creds = credentials(settings)
     client_env = client_environment(settings, creds)
     _write_private(settings.path("client.env"), "".join(f"{k}={v}\n" for k, v in client_env.items()))
+    # MLflow and Prefect need only PostgreSQL: they start side by side (each spends most of its
+    # start-up importing its server), and the worker waits for Prefect and its deployment.
+    starting: list[tuple[str, float, Callable[[], None]]] = []
+
+    def wait_for_starting() -> None:
+        for service, started, wait in starting:
+            wait()
+            if service == "prefect" and settings.deploy:
+                deploy(settings, client_env)
+            _report_up(settings, service, started)
+        starting.clear()
+
     for service in SERVICES:
         if service not in services:
             continue
@@ -579,22 +594,26 @@ def up(settings: Settings, services: list[str]) -> None:
         if running is not None:
             print(f"{service}: already running (pid {running})")
             continue
+        if service in ("mlflow", "prefect"):
+            start = start_mlflow if service == "mlflow" else start_prefect
+            starting.append((service, time.monotonic(), start(settings, creds)))
+            continue
+        wait_for_starting()
         started = time.monotonic()
         if service == "postgres":
             start_postgres(settings, creds)
-        elif service == "mlflow":
-            start_mlflow(settings, creds)
-        elif service == "prefect":
-            start_prefect(settings, creds)
-            if settings.deploy:
-                deploy(settings, client_env)
         else:
             start_worker(settings, client_env)
-        print(
-            f"{service}: up in {time.monotonic() - started:.1f} s (pid {pid_of(settings, service)}, "
-            f"log {settings.log_dir / (service + '.log')})"
-        )
+        _report_up(settings, service, started)
+    wait_for_starting()
     print(f"client settings: set -a; . {settings.path('client.env')}; set +a")
+
+
+def _report_up(settings: Settings, service: str, started: float) -> None:
+    print(
+        f"{service}: up in {time.monotonic() - started:.1f} s (pid {pid_of(settings, service)}, "
+        f"log {settings.log_dir / (service + '.log')})"
+    )
 
 
 def down(settings: Settings, services: list[str]) -> None:
