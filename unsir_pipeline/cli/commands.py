@@ -506,8 +506,11 @@ def cmd_forget(project: Path, args) -> int:
     if not registered:  # the classes and the data can be checked once the data is prepared
         check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
+    server_ready = runtime.start_prefect_server_early()
+    import unsir_pipeline.adapters.validation  # noqa: F401  (the flow's first task needs it: imported while the server starts)
     from unsir_pipeline.flows.unlearn import unlearn
 
+    server_ready()
     runtime.remember_stops_prefect_catches()
 
     if not args.debug:
@@ -729,6 +732,8 @@ def cmd_batch(project: Path, args) -> int:
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
+        server_ready = runtime.start_prefect_server_early()
+        import unsir_pipeline.adapters.validation  # noqa: F401  (the flow's first task needs it: imported while the server starts)
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     runtime.remember_stops_prefect_catches()
@@ -748,6 +753,7 @@ def cmd_batch(project: Path, args) -> int:
         return 0
     if not args.debug:
         runtime.console_without_tracebacks()
+    server_ready()  # `batch run`: `batch serve` returned above
     result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
     if args.json:
         print(json.dumps(result, default=float))

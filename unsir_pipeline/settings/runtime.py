@@ -6,7 +6,8 @@
   ``MKL_NUM_THREADS`` too, so DVC's stage processes get the same count.
 - Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
   (Prefect's own setting; Prefect's default is 20 s, ours 120 s). When it still does not start,
-  :func:`describe_startup_failure` gives the one line that names the fix.
+  :func:`describe_startup_failure` gives the one line that names the fix, and
+  :func:`start_prefect_server_early` starts it while the command imports its flow.
 - SIGTERM is turned into an orderly exit (exit code 143), so Prefect's temporary server, the
   MLflow run and child processes are stopped as they are for Ctrl-C; :func:`stop_prefect_server`
   stops the temporary server explicitly.
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
@@ -199,6 +201,40 @@ def raise_if_stopped() -> None:
         raise Terminated(EXIT_SIGTERM)
     if _interrupted:
         raise KeyboardInterrupt
+
+
+def start_prefect_server_early() -> Callable[[], None]:
+    """Start Prefect's temporary server now, in a thread, when no server is configured.
+
+    The server is a child process that spends its start-up importing Prefect's server and
+    migrating its database; meanwhile the command imports its flow and the flow's libraries
+    instead of doing so after. The call returned waits until the server answers and raises what
+    starting it raised (a time-out :func:`describe_startup_failure` names). Prefect's client then
+    finds the server already started: there is one per process. Call only once the command's
+    input has been checked, so that bad input still starts no server."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SubprocessASGIServer().start()
+        except BaseException as err:  # re-raised in the command's thread by wait()
+            failure.append(err)
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
 
 
 def stop_prefect_server() -> None:
