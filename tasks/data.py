@@ -11,6 +11,10 @@ from prefect.cache_policies import NO_CACHE
 
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.prepared_data import load_prepared, read_manifest, write_retain_subset
+
+# Great Expectations, seconds to import: at the module's import, since every flow validates first
+# and the CLI imports the flow while Prefect's temporary server starts.
+from unsir_pipeline.adapters.validation import require_valid, validate_splits
 from unsir_pipeline.governance.deletion_requests import resolve_request
 from unsir_pipeline.governance.promotion import ParentModel, require_parents_data
 from unsir_pipeline.settings.workspace import RunContext, Workspace
@@ -33,9 +37,6 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     """Resolve the request, check that the data is the one the parent was trained on, draw the
     retain subset, and run Great Expectations over the manifest and the retain subset, plus DVC
     digests; a failure stops the flow before any compute, listing every failed expectation."""
-    # Great Expectations takes ~1.5 s to import: only the steps that validate pay for it.
-    from unsir_pipeline.adapters.validation import require_valid, validate_splits
-
     ws = ctx.ws
     data, manifest = load_prepared(ws)
     new_classes = resolve_request(

@@ -110,15 +110,28 @@ def make_project(root: Path, *, retrain_reference: bool = False) -> Path:
 
 @pytest.fixture(scope="session")
 def bootstrapped_project(tmp_path_factory) -> Path:
-    """A project bootstrapped once per session: data prepared, the original trained and
+    """A project bootstrapped once per test run: data prepared, the original trained and
     registered as version 1 (champion, original). Never used directly: tests take their own
-    copy with :func:`clone_project`, since every flow adds versions and records."""
+    copy with :func:`clone_project`, since every flow adds versions and records.
+
+    Under pytest-xdist the workers share one: the first to get here bootstraps it, under a file
+    lock, in the directory above their own temporary roots; the others wait and read it (a
+    bootstrap is a DVC run, a training and a registration: 30-50 s a worker)."""
+    import fcntl
+
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.settings.workspace import Workspace
 
-    root = make_project(tmp_path_factory.mktemp("bootstrapped") / "project")
-    result = bootstrap(Workspace.load(root))
-    assert result.created and result.version == 1
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    root, done = shared / "bootstrapped" / "project", shared / "bootstrapped" / "done"
+    with open(shared / "bootstrapped.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+        if not done.exists():
+            shutil.rmtree(root.parent, ignore_errors=True)  # a worker that died half-way
+            result = bootstrap(Workspace.load(make_project(root)))
+            assert result.created and result.version == 1
+            done.touch()
     return root
 
 

@@ -167,14 +167,15 @@ def test_bootstrap_runs_in_an_initialised_project(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "unsir_pipeline.cli", "bootstrap", "--json"],
         cwd=project,
-        env=_clean_env(tmp_path),
+        env={**_clean_env(tmp_path), "UNSIR_PROGRESS": "1"},  # as on a terminal: --json still wins
         capture_output=True,
         text=True,
         check=False,
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["version"] == 1
+    assert json.loads(result.stdout)["created"] is True and json.loads(result.stdout)["version"] == 1
+    assert "bootstrap:" not in result.stderr and "epoch" not in result.stderr  # no steps, no epochs
     assert (project / "models" / "original").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train"}

@@ -139,6 +139,9 @@ def stack(tmp_path_factory, bootstrapped_project) -> Stack:
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         stack.client = dict(line.split("=", 1) for line in (directory / "client.env").read_text().splitlines())
+        # Version 1 in the stack's registry, once for every test here, whatever their order.
+        bootstrap = stack.unsir("bootstrap")
+        assert bootstrap.returncode == 0, bootstrap.stderr[-2000:]
         yield stack
     finally:
         stack.run_stack("down")
@@ -171,8 +174,6 @@ def test_a_request_without_credentials_is_refused(stack):
 
 
 def test_deletion_batch_runs_through_the_worker(stack):
-    bootstrap = stack.unsir("bootstrap")
-    assert bootstrap.returncode == 0, bootstrap.stderr[-2000:]
     filed = [
         stack.unsir("request", "add", "--classes", c, "--requester", who, "--reason", "consent withdrawn", "--json")
         for c, who in (("3", "alice"), ("8", "bob"))
@@ -241,8 +242,6 @@ def test_mlflow_stopped_mid_batch_loses_no_request_and_another_checkout_finishes
     from unsir_pipeline.governance.audit import AuditLog
     from unsir_pipeline.governance.deletion_requests import RequestStore
 
-    bootstrapped = stack.unsir("bootstrap")  # a no-op when an earlier test bootstrapped the registry
-    assert bootstrapped.returncode == 0, bootstrapped.stderr[-2000:]
     filed = stack.unsir("request", "add", "--classes", "5", "--requester", "carol", "--reason", "server down", "--json")
     left_pending = json.loads(filed.stdout)["id"]
     fast_failure = [
@@ -381,9 +380,6 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
         PREFECT_API_URL: stack.client["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: stack.client["PREFECT_API_AUTH_STRING"],
     }
-    # A registered model (a no-op after the tests above), whatever order the tests run in.
-    bootstrapped = stack.unsir("bootstrap")
-    assert bootstrapped.returncode == 0, bootstrapped.stderr[-2000:]
     # Something to claim, so `batch run` starts its flow (an empty queue is answered without one).
     filed = stack.unsir("request", "add", "--classes", "6", "--requester", "erin", "--reason", "queued", "--json")
     assert filed.returncode == 0, filed.stderr[-2000:]

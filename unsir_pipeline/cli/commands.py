@@ -13,7 +13,6 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -492,15 +491,6 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     return version
 
 
-def _start_prefect_and_import_the_flows_needs() -> Callable[[], None]:
-    """Start Prefect's temporary server (when no server is set) and import what the flow's first
-    task needs while it starts; the call returned waits for the server."""
-    server_ready = runtime.start_prefect_server_early()
-    import unsir_pipeline.adapters.validation  # noqa: F401  (Great Expectations: seconds to import)
-
-    return server_ready
-
-
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
     from unsir_pipeline.adapters.registry import registry_for
@@ -516,8 +506,8 @@ def cmd_forget(project: Path, args) -> int:
     if not registered:  # the classes and the data can be checked once the data is prepared
         check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
-    server_ready = _start_prefect_and_import_the_flows_needs()
-    from unsir_pipeline.flows.unlearn import unlearn
+    server_ready = runtime.start_prefect_server_early()
+    from unsir_pipeline.flows.unlearn import unlearn  # and its tasks' imports, while it starts
 
     server_ready()
     runtime.remember_stops_prefect_catches()
@@ -741,7 +731,9 @@ def cmd_batch(project: Path, args) -> int:
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
-        server_ready = _start_prefect_and_import_the_flows_needs()
+        server_ready = runtime.start_prefect_server_early()
+    # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
+    # Prefect's temporary server starts.
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     runtime.remember_stops_prefect_catches()
