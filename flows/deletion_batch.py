@@ -79,6 +79,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                 project_dir=project_dir,
                 overrides=overrides,
                 run_key=batch.run_key,
+                recorded_by_caller=True,  # under this batch and its requests, below
             )
         except ValidationFailed as err:
             batches.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})

@@ -2,11 +2,12 @@
 
 resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
 -> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
--> evaluate -> register-model-version -> promotion-gate
+-> evaluate -> register-model-version -> promotion-gate -> record-on-audit-trail
 """
 
 from __future__ import annotations
 
+import getpass
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -15,7 +16,7 @@ from prefect import flow, runtime
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import promotion
 from unsir_pipeline.settings.workspace import RunContext, open_workspace
-from unsir_pipeline.tasks import data, evaluation, model, unlearning
+from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
 
 
 @dataclass
@@ -67,12 +68,19 @@ def unlearn(
     overrides: list[str] | None = None,
     parent: str | None = None,
     run_key: str | None = None,
+    requested_by: str | None = None,
+    recorded_by_caller: bool = False,
 ) -> dict:
     """Forget ``forget_classes`` from ``parent`` (default: the champion).
 
     ``run_key`` names the run's directory, its MLflow run and its registration; it defaults to
     the flow run id. A caller that may rerun the same work (a deletion batch resumed after a
     crash) passes a stable key, so the rerun resumes instead of registering a second version.
+
+    The run puts itself on the audit trail, as ``requested_by`` (default: the user running
+    it), whoever started it: ``unsir forget``, Python, or a Prefect deployment. No version is
+    registered by a run that leaves no record. A deletion batch records its subflow under its
+    own batch and requests (``recorded_by_caller``).
     """
     ws = open_workspace(project_dir, tuple(overrides or ()))
     parent_ref = parent or ws.params.registry.champion_alias
@@ -124,7 +132,7 @@ def unlearn(
                 **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()},
             }
         )
-    return UnlearnResult(
+    outcome = UnlearnResult(
         forget_classes=request.forget_classes,
         forget_class_names=[request.class_names[c] for c in request.forget_classes],
         all_forgotten=request.all_forgotten,
@@ -146,3 +154,7 @@ def unlearn(
         verified=unlearned.verified,
         verified_forgotten_classes=verified_forgotten,
     ).to_dict()
+    if not recorded_by_caller:
+        actor = requested_by or getpass.getuser()
+        outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)
+    return outcome

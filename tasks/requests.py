@@ -1,4 +1,5 @@
-"""Tasks of the deletion batch: claim the pending requests, then complete or release them."""
+"""Tasks of deletion requests and their trail: a batch claims the pending requests, then
+completes or releases them; a forget run outside a batch puts itself on the audit trail."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from unsir_pipeline.governance import batches, stores
+from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -37,3 +39,14 @@ def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]
     released = stores.request_store(ws).release(batch_id, error, ws.params.requests.max_attempts)
     get_run_logger().warning("batch failed; requests back to %s", {r.id: r.status for r in released})
     return {r.id: r.status for r in released}
+
+
+@task(name="record-on-audit-trail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def record_on_audit_trail(ws: Workspace, result: dict, actor: str) -> str:
+    """Put a forget run outside a batch on the trail: its evidence, the version it registered
+    and the gate's decision, as ``actor``. Idempotent (keyed by the run), so a retry adds
+    nothing. Returns the id its records carry (what ``unsir audit report`` takes)."""
+    runtime.raise_if_stopped()
+    audit_id = batches.record_forget(ws, result, actor=actor)
+    get_run_logger().info("on the audit trail as %s (by %s)", audit_id, actor)
+    return audit_id

@@ -92,6 +92,11 @@ def test_three_requests_become_one_batch_and_one_version(project, first_batch):
     for link in ("mlflow_run_id", "prefect_flow_run_id", "data_digests", "git_commit", "params_digest"):
         assert registered.payload[link], link
     assert set(registered.request_ids) == {r.id for r in filed}
+    # Its unlearn subflow is on the record once, under the batch: not also as a direct forget.
+    version_records = stores.audit_log(ws_of(project)).records(event="model_registered")
+    assert [r.payload["batch_id"] for r in version_records if r.payload["model_version"] == result["new_version"]] == [
+        result["batch_id"]
+    ]
 
 
 def test_an_empty_batch_ends_at_once(project, first_batch):
@@ -752,6 +757,32 @@ def test_a_champion_moved_back_outside_unsir_is_named_by_verify_and_models(proje
     capsys.readouterr()
     assert main(["--project", str(copy), "audit", "verify"]) == 0
     assert "promoted with --override by" in capsys.readouterr().err
+
+
+def test_a_version_no_record_registered_is_named_by_verify(project, first_batch, tmp_path, capsys):
+    """A version registered outside the pipeline (MLflow's API), or by a run stopped before it
+    recorded, has no evidence on the trail: a warning, and a problem once it is the champion."""
+    from unsir.splits import select
+    from unsir_pipeline.adapters.prepared_data import load_prepared
+
+    copy = _copy_with_registry(project, tmp_path / "unrecorded")
+    ws = ws_of(copy)
+    registry = registry_for(ws)
+    data, manifest = load_prepared(ws)
+    images, _ = select(data, manifest[manifest["split"] == "test"].head(2))
+    with registry.start_run(run_name="outside the pipeline"):
+        version = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=images.numpy(),
+            tags={"forgotten_classes": "[]"},
+            idempotency_key="outside-the-pipeline",
+        )
+    unrecorded = f"version {version} has no record on the trail: no run recorded its registration"
+    assert main(["--project", str(copy), "audit", "verify"]) == 0  # not served: a warning
+    assert f"warning: {unrecorded}" in capsys.readouterr().err
+    registry.set_alias("champion", version)  # what the MLflow UI does
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert f"the champion, version {version}, has no record on the trail" in capsys.readouterr().err
 
 
 def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(project, first_batch, tmp_path, capsys):

@@ -51,6 +51,21 @@ def test_bootstrap_registered_the_original_as_champion_once(project):
     assert (project / "dvc.lock").is_file() and (project / ".dvc").is_dir()
 
 
+def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
+    """Not only `unsir forget`: a run started from Python or a Prefect deployment records its
+    evidence, its version and the gate's decision, so no version goes unrecorded."""
+    from unsir_pipeline.governance import batches, stores
+
+    ws = Workspace.load(project)
+    records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == first_run["audit_id"]]
+    events = ["validation_passed", "unlearning_metrics", "model_registered", "gate_decision"]
+    assert [r.event for r in records] == events
+    assert records[2].payload["model_version"] == first_run["new_version"]
+    assert {r.actor for r in records} == {getpass.getuser()}
+    report = batches.verify_trail(ws)
+    assert not [line for line in report.problems + report.warnings if f"version {first_run['new_version']} " in line]
+
+
 def test_the_summary_shows_the_attack_on_unseen_forget_samples_beside_d_f(first_run):
     from unsir_pipeline.cli.commands import format_result
 

@@ -521,11 +521,8 @@ def cmd_forget(project: Path, args) -> int:
             project_dir=str(project),
             overrides=list(args.overrides),
             parent=args.parent,
+            requested_by=args.by or getpass.getuser(),  # the flow puts the run on the audit trail
         )
-    # On the trail like a batch's run: a direct forget registers a version and may promote it.
-    from unsir_pipeline.governance.batches import record_forget
-
-    result["audit_id"] = record_forget(ws, result, actor=args.by or getpass.getuser())
     if args.json:
         print(json.dumps(result, default=float))
     else:

@@ -582,6 +582,11 @@ def verify_trail(ws: Workspace) -> TrailReport:
             if tag is None:
                 warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
             problems += _versions_against_trail(versions, records, requests)
+            unrecorded_problems, unrecorded_warnings = _unrecorded_versions(
+                versions, records, ws.params.registry.champion_alias
+            )
+            problems += unrecorded_problems
+            warnings += unrecorded_warnings
             undone, overridden = champion_problems(list(versions.values()), ws.params.registry.champion_alias)
             problems += undone
             warnings += overridden
@@ -629,6 +634,27 @@ def _requests_against_trail(
                 "model_registered or batch_finished record says so"
             )
     return problems
+
+
+def _unrecorded_versions(
+    versions: dict[int, VersionInfo], records: list[AuditRecord], champion_alias: str
+) -> tuple[list[str], list[str]]:
+    """Versions no record registered: a run stopped between registering and recording, or a
+    version made outside the pipeline (MLflow's UI or API). The original that ``unsir bootstrap``
+    registered has no deletion to record. A champion without a record is a problem: the model in
+    production has no evidence on the record; any other such version, a warning."""
+    recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
+    problems: list[str] = []
+    warnings: list[str] = []
+    for number, info in sorted(versions.items()):
+        if number in recorded or AUDIT_SEQ_TAG in info.tags or info.tags.get("origin") == "bootstrap":
+            continue
+        why = "no run recorded its registration (stopped before it did, or registered outside the pipeline)"
+        if champion_alias in info.aliases:
+            problems.append(f"the {champion_alias}, version {number}, has no record on the trail: {why}")
+        else:
+            warnings.append(f"version {number} has no record on the trail: {why}")
+    return problems, warnings
 
 
 def _versions_against_trail(
