@@ -7,7 +7,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from unsir_pipeline.governance import batches, stores
-from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -45,8 +44,9 @@ def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]
 def record_on_audit_trail(ws: Workspace, result: dict, actor: str) -> str:
     """Put a forget run outside a batch on the trail: its evidence, the version it registered
     and the gate's decision, as ``actor``. Idempotent (keyed by the run), so a retry adds
-    nothing. Returns the id its records carry (what ``unsir audit report`` takes)."""
-    runtime.raise_if_stopped()
+    nothing. Returns the id its records carry (what ``unsir audit report`` takes). Unlike the
+    steps before it, it does not end early on a stop (SIGTERM, Ctrl-C): the version exists and
+    may be champion by now, so its record is written first."""
     audit_id = batches.record_forget(ws, result, actor=actor)
     get_run_logger().info("on the audit trail as %s (by %s)", audit_id, actor)
     return audit_id
