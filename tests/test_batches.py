@@ -785,6 +785,21 @@ def test_a_version_no_record_registered_is_named_by_verify(project, first_batch,
     assert f"the champion, version {version}, has no record on the trail" in capsys.readouterr().err
 
 
+def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
+    """The registry's database deleted: a new original would know every deleted class, and a
+    forget from it would put them back in production. Refused before anything is built."""
+    copy = _copy_with_registry(project, tmp_path / "lost-registry")
+    (copy / "state" / "mlflow" / "mlflow.db").unlink()
+    for argv in (["bootstrap"], ["forget", "5"]):
+        assert main(["--project", str(copy), *argv]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to bootstrap: the audit trail records versions [" in err, err
+        assert "its database was lost or replaced" in err
+    assert not registry_for(ws_of(copy)).has_model()  # nothing registered
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert "its database was lost or replaced" in capsys.readouterr().err
+
+
 def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(project, first_batch, tmp_path, capsys):
     _, result = first_batch
     copy = _copy_with_registry(project, tmp_path / "retagged")

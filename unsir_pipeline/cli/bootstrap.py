@@ -13,6 +13,7 @@ from unsir_pipeline.adapters.prepared_data import load_prepared
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import RegistryError, registry_for
 from unsir_pipeline.cli.progress import Progress, relay
+from unsir_pipeline.governance.batches import require_registry_not_lost
 from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
 from unsir_pipeline.settings.config import ConfigError
 from unsir_pipeline.settings.workspace import Workspace
@@ -42,6 +43,9 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
 
+    # An empty registry whose versions the audit trail records was lost: a new original would
+    # bring every deleted class back.
+    require_registry_not_lost(ws)
     _refuse_overrides_dvc_cannot_see(ws)
     progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)

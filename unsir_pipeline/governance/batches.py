@@ -65,11 +65,12 @@ def provenance(ws: Workspace) -> dict[str, str]:
     """What every audit record links to on the code and configuration side, and which
     registry its version numbers belong to (with shared services, another one than the
     embedded default; any credentials in the URI are left out)."""
-    return {
-        "git_commit": git_commit(ws.root),
-        "params_digest": ws.params.digest(),
-        "registry": f"{_without_credentials(ws.params.registry.tracking_uri)}#{ws.params.registry.model_name}",
-    }
+    return {"git_commit": git_commit(ws.root), "params_digest": ws.params.digest(), "registry": registry_name(ws)}
+
+
+def registry_name(ws: Workspace) -> str:
+    """The registry and model a record's version numbers belong to, without credentials."""
+    return f"{_without_credentials(ws.params.registry.tracking_uri)}#{ws.params.registry.model_name}"
 
 
 def _without_credentials(uri: str) -> str:
@@ -172,9 +173,46 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
         # Unreachable: the batch fails at its first registry call, inside the flow's error
         # handling, which records the failure on its requests; nothing to compare with here.
         tag = None
-    problem = _registry_anchor_problem(audit, tag, audit_key(ws))
+    problem = _registry_anchor_problem(audit, tag, audit_key(ws)) or _lost_registry_problem(ws, audit, tag)
     if problem:
         raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
+
+
+def require_registry_not_lost(ws: Workspace) -> None:
+    """Before ``unsir bootstrap`` registers an original into an empty registry: refuse
+    (``AuditError``) when the trail records versions of this registry, i.e. its database was
+    lost or replaced. A new original knows every class deleted since, and forgetting from it
+    would put them back in production."""
+    target = state_target(ws, ws.params.requests.audit_log)
+    if not AuditLog.exists(target):  # a first bootstrap: nothing recorded, nothing created here
+        return
+    problem = _lost_registry_problem(ws, AuditLog(target, key=audit_key(ws)), tag=None)
+    if problem:
+        raise AuditError(
+            f"refusing to bootstrap: {problem}. Restore the registry (e.g. state/mlflow/ from a backup); "
+            "to start over on purpose, give registry.model_name a new name"
+        )
+
+
+def _lost_registry_problem(ws: Workspace, log: AuditLog, tag: str | None) -> str | None:
+    """The trail records versions registered in this registry, which holds no anchor: every
+    recorded registration anchors the trail there, so the registry was lost or replaced."""
+    if tag is not None:
+        return None
+    name = registry_name(ws)
+    recorded = sorted(
+        {
+            r.payload["model_version"]
+            for r in log.records(event="model_registered")
+            if r.payload.get("registry") == name and isinstance(r.payload.get("model_version"), int)
+        }
+    )
+    if not recorded:
+        return None
+    return (
+        f"the audit trail records versions {recorded} of {name}, but that registry holds no "
+        f"{AUDIT_HEAD_TAG} anchor (no model, or not the one recorded): its database was lost or replaced"
+    )
 
 
 def claim_batch(ws: Workspace) -> ClaimedBatch | None:
@@ -574,7 +612,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             versions = {v.version: v for v in registry.list_versions()}
             tag = registry.model_tags().get(AUDIT_HEAD_TAG)
             if log is not None:
-                anchor_problem = _registry_anchor_problem(log, tag, key)
+                anchor_problem = _registry_anchor_problem(log, tag, key) or _lost_registry_problem(ws, log, tag)
                 if anchor_problem:
                     problems.append(anchor_problem)
             elif tag is not None:
@@ -591,7 +629,11 @@ def verify_trail(ws: Workspace) -> TrailReport:
             problems += undone
             warnings += overridden
         else:
-            warnings.append("no model is registered: nothing to cross-check in the registry")
+            lost = _lost_registry_problem(ws, log, None) if log is not None else None
+            if lost:
+                problems.append(lost)
+            else:
+                warnings.append("no model is registered: nothing to cross-check in the registry")
     except RegistryError as err:
         problems.append(f"cannot cross-check the registry: {err}")
     return TrailReport(chain=chain, problems=tuple(problems), warnings=tuple(warnings), records=len(records))
