@@ -288,6 +288,17 @@ def _runs(project: Path) -> list:
         (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
         (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
+        (["serve", "--poll", "nan"], "--poll nan and --startup-timeout "),
+        # Who and why go on the audit trail: a value it refuses must stop the command before
+        # the registry changes, or the change would have no record.
+        (["forget", "1", "--by", "   "], "--by must be a non-empty string"),
+        (["forget", "1", "--by", "eve\n    9  fake_record"], "--by contains control character U+000A"),
+        (["promote", "1", "--reason", "x\ny"], "--reason contains control character U+000A"),
+        (["reject", "1", "--reason", "x", "--by", ""], "--by must be a non-empty string"),
+        (["forget", "1", "--from", ""], "--from '': expected a version number or an alias"),
+        (["forget", "1", "--from", "\u00b2"], "--from '\u00b2': model 'unsir-classifier' has no alias"),
+        (["--set", "device=cuda:7", "forget", "1"], "device 'cuda:7': this machine has"),
+        (["audit", "show", "--request", ""], "--request '': expected a request id"),
     ],
 )
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
@@ -296,6 +307,36 @@ def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0]
     assert len(_runs(project)) == before  # no MLflow run opened (and none left FAILED)
+
+
+@pytest.mark.slow
+def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--project", str(project), "serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --port {port}: already in use on 127.0.0.1; choose another, or 0 for any free port"]
+
+
+def test_forget_before_bootstrap_refuses_a_parent_bootstrap_will_not_register(params_only, capsys):
+    assert main(["--project", str(params_only), "forget", "1", "--from", "7"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own lines creating its store
+    assert last.startswith("error: --from '7': model 'unsir-classifier' is not registered yet"), last
+    assert not (params_only / "data").exists() and not (params_only / "models").exists()  # nothing built
+
+
+def test_init_refuses_an_empty_or_uncreatable_directory(tmp_path, capsys):
+    assert main(["init", ""]) == 2  # Path("") would be the current directory
+    assert "DIR '': expected a directory path" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["init", str(blocked / "project")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot create a project at {blocked / 'project'}")
 
 
 @pytest.mark.slow

@@ -48,6 +48,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (checked before starting one, so that a
+    port in use is one line, not the scoring server's traceback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def server_environment(ws: Workspace) -> dict[str, str]:
     """The scoring server's environment: this interpreter's bin first on PATH, the project's
     registry, and the same thread count as the pipeline (runtime.configure_threads)."""

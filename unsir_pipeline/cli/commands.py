@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,23 @@ def _emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
 
 
+def _who(args) -> str:
+    """``--by`` (default: the user name) as the audit trail will hold it, checked before the
+    registry changes: a name the trail refuses would leave a change with no record."""
+    from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
+
+    return check_request_text(
+        "--by", args.by if args.by is not None else getpass.getuser(), limit=TEXT_LIMITS["requester"]
+    )
+
+
+def _why(args) -> str:
+    """``--reason``, checked as ``--by`` is."""
+    from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
+
+    return check_request_text("--reason", args.reason, limit=TEXT_LIMITS["reason"])
+
+
 def _require_version(ws, version: int) -> None:
     """Refuse a version number the registry does not have, naming the ones it has (exit 2)."""
     from unsir_pipeline.adapters.registry import registry_for
@@ -426,12 +444,14 @@ def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
     """The version an alias or version number names; exit 2 naming the ones that exist."""
     from unsir_pipeline.adapters.registry import registry_for
 
+    if not ref.strip():
+        raise UsageError(f"{option} {ref!r}: expected a version number or an alias (e.g. original, champion)")
     registry = registry_for(ws)
     name = ws.params.registry.model_name
     if not registry.has_model():
         raise UsageError(f"{option} {ref}: model {name!r} is not registered yet (run `unsir bootstrap`)")
     versions = registry.list_versions()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # "²" is a digit to str.isdigit, not a version
         if int(ref) not in {v.version for v in versions}:
             raise UsageError(
                 f"{option} {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}"
@@ -473,7 +493,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     from unsir_pipeline.governance.deletion_requests import resolve_request
     from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
 
-    version = _require_model_ref(ws, parent or ws.params.registry.champion_alias)
+    version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
     class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))
     resolve_request(
@@ -491,6 +511,20 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     return version
 
 
+def _require_what_bootstrap_registers(ws, ref: str) -> None:
+    """``--from`` on a project with nothing registered: the bootstrap that ``forget`` starts
+    with registers version 1 as the champion and ``original``; anything else is refused
+    before it trains."""
+    from unsir_pipeline.cli.bootstrap import ORIGINAL_ALIAS
+
+    known = {"1", ws.params.registry.champion_alias, ORIGINAL_ALIAS}
+    if ref not in known:
+        raise UsageError(
+            f"--from {ref!r}: model {ws.params.registry.model_name!r} is not registered yet, and the bootstrap "
+            f"this forget starts with registers version 1 only, as {sorted(known - {'1'})}"
+        )
+
+
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
     from unsir_pipeline.adapters.registry import registry_for
@@ -498,9 +532,13 @@ def cmd_forget(project: Path, args) -> int:
     from unsir_pipeline.cli.progress import Progress, flow_steps
 
     progress = _progress(args)
+    requested_by = _who(args)
+    ws.device()  # one this machine has
     registered = registry_for(ws).has_model()
     if registered:
         check_forget_request(ws, args.classes, args.parent)  # before any server or run starts
+    elif args.parent is not None:
+        _require_what_bootstrap_registers(ws, args.parent)  # before it trains
     # The main job starts from a registered champion; a no-op when there is one.
     bootstrap(ws, progress=Progress("bootstrap", progress.enabled))
     if not registered:  # the classes and the data can be checked once the data is prepared
@@ -521,7 +559,7 @@ def cmd_forget(project: Path, args) -> int:
             project_dir=str(project),
             overrides=list(args.overrides),
             parent=args.parent,
-            requested_by=args.by or getpass.getuser(),  # the flow puts the run on the audit trail
+            requested_by=requested_by,  # the flow puts the run on the audit trail
         )
     if args.json:
         print(json.dumps(result, default=float))
@@ -631,8 +669,8 @@ def cmd_promote(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
-    by = args.by or getpass.getuser()
-    overridden = promote(ws, args.version, by, args.reason, override=args.override)
+    by, reason = _who(args), _why(args)
+    overridden = promote(ws, args.version, by, reason, override=args.override)
     if not args.json:
         for problem in overridden:
             print(f"overridden: {problem}")
@@ -655,8 +693,8 @@ def cmd_reject(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
-    by = args.by or getpass.getuser()
-    returned = reject(ws, args.version, by, args.reason)
+    by, reason = _who(args), _why(args)
+    returned = reject(ws, args.version, by, reason)
     _emit(
         args,
         {
@@ -728,6 +766,7 @@ def cmd_batch(project: Path, args) -> int:
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
+        ws.device()  # one this machine has, before the flow claims any request
         server_ready = runtime.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.
@@ -838,6 +877,8 @@ def cmd_audit(project: Path, args) -> int:
         return 0
     if args.audit_command == "show":
         history: dict[str, Any]
+        if args.request is not None and not args.request.strip():
+            raise UsageError(f"--request {args.request!r}: expected a request id (see `unsir request list`)")
         if args.request:
             from unsir_pipeline.governance.batches import request_history
 
@@ -927,7 +968,7 @@ def cmd_serve(project: Path, args) -> int:
     alias = args.alias or ws.params.registry.champion_alias
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
-    if args.poll <= 0 or args.startup_timeout <= 0:
+    if not (0 < args.poll < math.inf and 0 < args.startup_timeout < math.inf):  # nan fails both
         raise UsageError(f"--poll {args.poll} and --startup-timeout {args.startup_timeout} must be positive seconds")
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
@@ -938,6 +979,10 @@ def cmd_serve(project: Path, args) -> int:
         undone = deletions_undone_by(supervisor.registry.list_versions(), version)
         return [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
 
+    if args.port and not serving.port_is_free(args.port):
+        raise UsageError(
+            f"--port {args.port}: already in use on {serving.HOST}; choose another, or 0 for any free port"
+        )
     port = args.port or serving.free_port()
     supervisor = serving.Supervisor(
         ws,

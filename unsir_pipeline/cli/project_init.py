@@ -47,6 +47,8 @@ def init_project(directory: str | Path) -> InitResult:
     ``.gitignore`` stops it before anything is written, so running it twice, or on an existing
     project, changes nothing.
     """
+    if not str(directory).strip():  # Path("") is the current directory: never by accident
+        raise ProjectInitError(f"DIR {str(directory)!r}: expected a directory path (use . for this one)")
     root = Path(directory).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise ProjectInitError(f"cannot create a project at {root}: it is a file, expected a directory")
@@ -56,7 +58,10 @@ def init_project(directory: str | Path) -> InitResult:
             f"{root} already has {', '.join(existing)}; `unsir init` only writes into a directory "
             f"without them (choose a new directory, or remove them first)"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ProjectInitError(f"cannot create a project at {root}: {err.strerror or err}") from None
 
     templates = resources.files("unsir_pipeline") / "templates"
     for template, name in TEMPLATES.items():

@@ -507,12 +507,9 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
 
 
 def batch_ids_of(ws: Workspace) -> list[str]:
-    """Batches that appear in the audit trail, oldest first."""
-    seen: list[str] = []
-    for rec in audit_log(ws).records():
-        if rec.event in ("batch_started", "batch_resumed") and rec.payload.get("batch_id") not in seen:
-            seen.append(rec.payload["batch_id"])
-    return seen
+    """The ids ``unsir audit report`` takes, oldest first: batches, and forget runs outside a
+    batch (``forget-RUN_KEY``)."""
+    return list(dict.fromkeys(r.payload["batch_id"] for r in audit_log(ws).records() if r.payload.get("batch_id")))
 
 
 def audit_path(ws: Workspace) -> Path:
@@ -545,7 +542,7 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     log = audit_log(ws)
     records = [r for r in log.records() if r.payload.get("batch_id") == batch_id]
     if not records:
-        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known batches: {batch_ids_of(ws)}")
+        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(ws)}")
     store = request_store(ws)
     ids = sorted({i for r in records for i in r.request_ids})
     requests = [store.get(i) for i in ids]

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unsir_pipeline.settings.config import Params, load_params
+from unsir_pipeline.settings.config import ConfigError, Params, load_params
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,17 @@ class Workspace:
 
         if self.params.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.params.device)
+        device = torch.device(self.params.device)
+        # A device this machine lacks would fail in the middle of a flow, after Prefect started
+        # and an MLflow run opened: refused wherever the device is first asked for.
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {self.params.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "expected auto, cpu or one of those"
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps': not available on this machine; expected auto or cpu")
+        return device
 
 
 @lru_cache(maxsize=8)
