@@ -105,8 +105,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "params.yaml"
-    bad.write_text("data: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("data:\n  name: digits\n  seeds: [1, 2\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 4, column 6: ") as refused:
+        load_params(bad)
+    assert len(str(refused.value).splitlines()) == 1  # the CLI shows one line: where it is, in it
+    bad.write_bytes(b"data:\n  name: d\xe9gits\n")
+    with pytest.raises(ConfigError, match=r"params.yaml is not UTF-8 text \(byte 0xe9 at 15\)"):
         load_params(bad)
 
 
