@@ -173,7 +173,9 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
         # Unreachable: the batch fails at its first registry call, inside the flow's error
         # handling, which records the failure on its requests; nothing to compare with here.
         tag = None
-    problem = _registry_anchor_problem(audit, tag, audit_key(ws)) or _lost_registry_problem(ws, audit, tag)
+    problem = _registry_anchor_problem(audit, tag, audit_key(ws))
+    if problem is None and tag is None:
+        problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
     if problem:
         raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
 
@@ -186,7 +188,7 @@ def require_registry_not_lost(ws: Workspace) -> None:
     target = state_target(ws, ws.params.requests.audit_log)
     if not AuditLog.exists(target):  # a first bootstrap: nothing recorded, nothing created here
         return
-    problem = _lost_registry_problem(ws, AuditLog(target, key=audit_key(ws)), tag=None)
+    problem = _lost_registry_problem(ws, AuditLog(target, key=audit_key(ws)).records(event="model_registered"))
     if problem:
         raise AuditError(
             f"refusing to bootstrap: {problem}. Restore the registry (e.g. state/mlflow/ from a backup); "
@@ -194,17 +196,17 @@ def require_registry_not_lost(ws: Workspace) -> None:
         )
 
 
-def _lost_registry_problem(ws: Workspace, log: AuditLog, tag: str | None) -> str | None:
-    """The trail records versions registered in this registry, which holds no anchor: every
-    recorded registration anchors the trail there, so the registry was lost or replaced."""
-    if tag is not None:
-        return None
+def _lost_registry_problem(ws: Workspace, records: list[AuditRecord]) -> str | None:
+    """For a registry that holds no anchor: ``records`` register versions in it. Every recorded
+    registration anchors the trail there, so the registry was lost or replaced."""
     name = registry_name(ws)
     recorded = sorted(
         {
             r.payload["model_version"]
-            for r in log.records(event="model_registered")
-            if r.payload.get("registry") == name and isinstance(r.payload.get("model_version"), int)
+            for r in records
+            if r.event == "model_registered"
+            and r.payload.get("registry") == name
+            and isinstance(r.payload.get("model_version"), int)
         }
     )
     if not recorded:
@@ -609,13 +611,17 @@ def verify_trail(ws: Workspace) -> TrailReport:
             versions = {v.version: v for v in registry.list_versions()}
             tag = registry.model_tags().get(AUDIT_HEAD_TAG)
             if log is not None:
-                anchor_problem = _registry_anchor_problem(log, tag, key) or _lost_registry_problem(ws, log, tag)
+                anchor_problem = _registry_anchor_problem(log, tag, key)
                 if anchor_problem:
                     problems.append(anchor_problem)
             elif tag is not None:
                 problems.append(f"the registry anchored the trail at {tag}, but the trail file is gone (deleted?)")
             if tag is None:
-                warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
+                lost = _lost_registry_problem(ws, records)
+                if lost:
+                    problems.append(lost)
+                else:
+                    warnings.append(f"the registry holds no {AUDIT_HEAD_TAG} anchor yet (no batch recorded a version)")
             problems += _versions_against_trail(versions, records, requests)
             unrecorded_problems, unrecorded_warnings = _unrecorded_versions(
                 versions, records, ws.params.registry.champion_alias
@@ -626,7 +632,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             problems += undone
             warnings += overridden
         else:
-            lost = _lost_registry_problem(ws, log, None) if log is not None else None
+            lost = _lost_registry_problem(ws, records)
             if lost:
                 problems.append(lost)
             else:
