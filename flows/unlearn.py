@@ -15,6 +15,7 @@ from prefect import flow, runtime
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import promotion
+from unsir_pipeline.governance.batches import require_recordable
 from unsir_pipeline.settings.workspace import RunContext, open_workspace
 from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
 
@@ -83,6 +84,9 @@ def unlearn(
     own batch and requests (``recorded_by_caller``).
     """
     ws = open_workspace(project_dir, tuple(overrides or ()))
+    actor = requested_by or getpass.getuser()
+    if not recorded_by_caller:
+        require_recordable(actor, by_name="requested_by")  # before any compute, not at the record
     parent_ref = parent or ws.params.registry.champion_alias
     flow_run_id = str(runtime.flow_run.id or "local")
     ctx = RunContext.open(ws, run_key or flow_run_id, flow_run_id)
@@ -155,6 +159,5 @@ def unlearn(
         verified_forgotten_classes=verified_forgotten,
     ).to_dict()
     if not recorded_by_caller:
-        actor = requested_by or getpass.getuser()
         outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)
     return outcome

@@ -785,6 +785,22 @@ def test_a_version_no_record_registered_is_named_by_verify(project, first_batch,
     assert f"the champion, version {version}, has no record on the trail" in capsys.readouterr().err
 
 
+def test_a_decision_the_trail_would_refuse_changes_nothing(project, first_batch):
+    """From Python as from the CLI: who and why are checked before the registry changes."""
+    from unsir_pipeline.governance.deletion_requests import RequestError
+
+    _, result = first_batch
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    champion, tags = registry.resolve_alias("champion"), registry.get_version(result["new_version"]).tags
+    with pytest.raises(RequestError, match="by must be a non-empty string"):
+        batches.promote(ws, 1, "   ", "rollback", override=True)
+    with pytest.raises(RequestError, match="reason contains control character U\\+000A"):
+        batches.reject(ws, result["new_version"], "reviewer", "x\ny")
+    assert registry.resolve_alias("champion") == champion
+    assert registry.get_version(result["new_version"]).tags == tags
+
+
 def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
     """The registry's database deleted: a new original would know every deleted class, and a
     forget from it would put them back in production. Refused before anything is built."""

@@ -111,7 +111,7 @@ def track(project_dir: Path, path: Path) -> str:
     file again changes nothing and returns the same digest.
     """
     project_dir = _project(project_dir)
-    relative = _relative(project_dir, path)
+    relative = relative_path(project_dir, path)
     target = project_dir / relative
     if not target.exists():
         raise DataVersioningError(f"cannot track {relative}: no such file or directory in {project_dir}")
@@ -194,7 +194,7 @@ def recorded_digests(project_dir: Path) -> dict[str, str]:
             if not md5 or "path" not in out:
                 continue
             # Normalised, not resolved: with symlinked cache links, resolving would land in the cache.
-            digests[_relative(project_dir, base / out["path"])] = str(md5)
+            digests[relative_path(project_dir, base / out["path"])] = str(md5)
     return digests
 
 
@@ -209,7 +209,7 @@ def verify(project_dir: Path, paths: Sequence[str]) -> list[str]:
     recorded = recorded_digests(project_dir)
     problems: list[str] = []
     for given in paths:
-        relative = _relative(project_dir, given)
+        relative = relative_path(project_dir, given)
         expected = recorded.get(relative)
         target = project_dir / relative
         if expected is None:
@@ -347,7 +347,7 @@ def _git_root(start: Path) -> Path | None:
     return None
 
 
-def _relative(project_dir: Path, path: str | Path) -> str:
+def relative_path(project_dir: Path, path: str | Path) -> str:
     """``path`` (absolute, or relative to ``project_dir``) as a POSIX path relative to the project."""
     candidate = Path(path)
     absolute = candidate if candidate.is_absolute() else project_dir / candidate

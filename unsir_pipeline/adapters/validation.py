@@ -368,7 +368,8 @@ def require_retain_subset_unaltered(project_dir: Path, path: Path, fresh: str) -
             success=False,
             failures=tuple(
                 f"retain subset {m}: it was changed after it was drawn and recorded; restore it "
-                f"(`dvc checkout --force {_shown(record, project_dir)}` in the project) or delete it to draw it again"
+                f"(`dvc checkout --force {data_versioning.relative_path(Path(project_dir), record)}` in the project) "
+                "or delete it to draw it again"
                 for m in mismatches
             ),
             evaluated=1,
@@ -547,11 +548,3 @@ def _plain(value: Any) -> Any:
 def _escape_markdown(text: str) -> str:
     # Underscores inside words do not start emphasis in CommonMark; pipes and stars can.
     return text.replace("|", "\\|").replace("*", "\\*")
-
-
-def _shown(path: Path, project_dir: Path | str) -> str:
-    """``path`` as typed in the project directory (where the DVC commands we suggest run)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(project_dir).resolve()))
-    except ValueError:
-        return str(path)

@@ -410,21 +410,14 @@ def _emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
 
 
-def _who(args) -> str:
-    """``--by`` (default: the user name) as the audit trail will hold it, checked before the
-    registry changes: a name the trail refuses would leave a change with no record."""
-    from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
+def _who(args, reason: str | None = None) -> str:
+    """``--by`` (default: the user name) and ``--reason`` as the audit trail will hold them,
+    checked before anything starts, with the rules the governance layer applies again."""
+    from unsir_pipeline.governance.batches import require_recordable
 
-    return check_request_text(
-        "--by", args.by if args.by is not None else getpass.getuser(), limit=TEXT_LIMITS["requester"]
-    )
-
-
-def _why(args) -> str:
-    """``--reason``, checked as ``--by`` is."""
-    from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
-
-    return check_request_text("--reason", args.reason, limit=TEXT_LIMITS["reason"])
+    by = args.by if args.by is not None else getpass.getuser()
+    require_recordable(by, reason, by_name="--by", reason_name="--reason")
+    return by
 
 
 def _require_version(ws, version: int) -> None:
@@ -669,8 +662,8 @@ def cmd_promote(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
-    by, reason = _who(args), _why(args)
-    overridden = promote(ws, args.version, by, reason, override=args.override)
+    by = _who(args, args.reason)
+    overridden = promote(ws, args.version, by, args.reason, override=args.override)
     if not args.json:
         for problem in overridden:
             print(f"overridden: {problem}")
@@ -693,8 +686,8 @@ def cmd_reject(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     _require_version(ws, args.version)
-    by, reason = _who(args), _why(args)
-    returned = reject(ws, args.version, by, reason)
+    by = _who(args, args.reason)
+    returned = reject(ws, args.version, by, args.reason)
     _emit(
         args,
         {

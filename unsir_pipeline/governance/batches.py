@@ -34,9 +34,11 @@ from unsir_pipeline.governance.audit import (
     head_mac,
 )
 from unsir_pipeline.governance.deletion_requests import (
+    TEXT_LIMITS,
     DeletionRequest,
     RequestStore,
     check_request_fields,
+    check_request_text,
     resolve_request,
 )
 from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, champion_problems, promote_by_hand, resolve_parent
@@ -449,12 +451,21 @@ def versions_awaiting_review(ws: Workspace) -> list[dict]:
     return out
 
 
+def require_recordable(by: str, reason: str | None = None, *, by_name: str = "by", reason_name: str = "reason") -> None:
+    """Who (and why) as the trail will hold them, checked with a request's rules before
+    anything changes: a change whose record the trail then refused would have none."""
+    check_request_text(by_name, by, limit=TEXT_LIMITS["requester"])
+    if reason is not None:
+        check_request_text(reason_name, reason, limit=TEXT_LIMITS["reason"])
+
+
 def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool = False) -> list[str]:
     """Move ``champion`` to ``version`` by hand; recorded on the version and in the audit trail.
 
     Refused when the version failed its gate or would bring back a class that a promoted
     version forgot, unless ``override``: then the overridden problems go on the record.
     """
+    require_recordable(by, reason)
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     overridden = promote_by_hand(ws, version, reason, by, override=override)
@@ -481,6 +492,7 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
     """Reject a version: it can never become champion, and the requests it completed go back
     to pending for the next batch."""
+    require_recordable(by, reason)
     registry = registry_for(ws)
     info = registry.get_version(version)
     champion = ws.params.registry.champion_alias
@@ -508,10 +520,10 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     return returned
 
 
-def batch_ids_of(ws: Workspace) -> list[str]:
+def batch_ids_of(records: list[AuditRecord]) -> list[str]:
     """The ids ``unsir audit report`` takes, oldest first: batches, and forget runs outside a
     batch (``forget-RUN_KEY``)."""
-    return list(dict.fromkeys(r.payload["batch_id"] for r in audit_log(ws).records() if r.payload.get("batch_id")))
+    return list(dict.fromkeys(r.payload["batch_id"] for r in records if r.payload.get("batch_id")))
 
 
 def audit_path(ws: Workspace) -> Path:
@@ -542,9 +554,10 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     from unsir_pipeline.governance.report import batch_report_html
 
     log = audit_log(ws)
-    records = [r for r in log.records() if r.payload.get("batch_id") == batch_id]
+    trail = log.records()
+    records = [r for r in trail if r.payload.get("batch_id") == batch_id]
     if not records:
-        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(ws)}")
+        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(trail)}")
     store = request_store(ws)
     ids = sorted({i for r in records for i in r.request_ids})
     requests = [store.get(i) for i in ids]
