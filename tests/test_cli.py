@@ -193,6 +193,9 @@ def test_the_rounds_line_names_recovery_epochs_only_when_they_ran():
     recovered = {**last, "recovery_epochs": 3.0, "val_retain_acc_before_recovery": 0.88, "parent_val_retain_acc": 0.94}
     line = describe_rounds([recovered], True)
     assert "3 recovery epoch(s), validation retain accuracy 0.880 -> 0.930 (parent 0.940)" in line
+    assert "head alone" not in line
+    first = {"round": 1, "val_forget_acc": 0.0, "val_forget_confidence": 0.3, "val_retain_acc": 0.93}
+    assert "UNSIR: 2 round(s) (1 on the head alone);" in describe_rounds([first, {**last, "head_round": 1.0}], True)
 
 
 # --- progress -----------------------------------------------------------------------------------

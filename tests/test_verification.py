@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import unsir.methods.unsir as unsir_module
-from unsir.configs import UNSIRConfig, VerificationConfig
+from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
 from unsir.methods import make_method
 from unsir.problem import build_task
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
-from unsir.verification import check_forgetting
+from unsir.verification import ForgettingCheck, check_forgetting
 from unsir_pipeline.governance.promotion import GateInput, gate_decision
 from unsir_pipeline.settings.config import load_params
 
@@ -95,15 +95,126 @@ def test_no_step_trains_on_a_forget_class_sample(
         trained_on.append(images.detach().cpu().flatten(1))
         return real_fit(model, images, labels, *args, **kwargs)
 
+    real_features = unsir_module.penultimate_features
+
+    def recording_features(model, images, **kwargs):
+        trained_on.append(images.detach().cpu().flatten(1))  # what the head round's features come from
+        return real_features(model, images, **kwargs)
+
     monkeypatch.setattr(unsir_module, "fit", recording_fit)
-    config = replace(UNSIRConfig(), verification=VerificationConfig(max_rounds=2, max_forget_confidence=0.0))
-    make_method("unsir", config).unlearn(
+    monkeypatch.setattr(unsir_module, "penultimate_features", recording_features)
+    config = replace(
+        UNSIRConfig(),  # with the paper's noise
+        reset_forget_rows=True,  # round 1 then forgets on accuracy, so a head round follows
+        head_round=OptimConfig(lr=1e-3, epochs=1),
+        verification=VerificationConfig(max_rounds=3, max_forget_confidence=0.0),
+    )
+    result = make_method("unsir", config).unlearn(
         trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
     )
-    assert len(trained_on) >= 2 * 2 + 1  # impair and repair per round, then polish epochs
+    assert [("head_round" in r) for r in result.rounds] == [False, True, False]  # full, head, full
+    # Impair and repair per full round, the head round's features and fit, then polish epochs.
+    assert len(trained_on) >= 2 * 2 + 2 + 1
+    trained_on = [images for images in trained_on if images.shape[1] == forget_samples.shape[1]]
+    assert len(trained_on) >= 2 * 2 + 1 + 1
     for images in trained_on:
         distances = torch.cdist(images, forget_samples)
         assert float(distances.min()) > 1e-4
+
+
+def _with_head_round(**verification) -> UNSIRConfig:
+    return replace(
+        unsir_config_for("small_cnn", retain_per_class=50),
+        head_round=OptimConfig(lr=1e-3, epochs=3),
+        verification=VerificationConfig(**verification),
+    )
+
+
+def test_a_round_that_forgot_but_left_confidence_is_followed_by_a_head_round_then_a_full_one(
+    trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch
+):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    trained = []
+    real_fit = unsir_module.fit
+
+    def recording_fit(model, images, labels, config, *, description, **kwargs):
+        trained.append((description, type(model).__name__))
+        return real_fit(model, images, labels, config, description=description, **kwargs)
+
+    monkeypatch.setattr(unsir_module, "fit", recording_fit)
+    # No probability is below 0, so every check fails; round 1 forgets on accuracy (the head reset).
+    config = _with_head_round(max_rounds=4, max_forget_confidence=0.0)
+    result = make_method("unsir", config).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.verified is False
+    assert result.rounds[0]["val_forget_acc"] == 0.0
+    # Never two head rounds in a row: one that does not verify is followed by a full round.
+    assert [("head_round" in r) for r in result.rounds] == [False, True, False, True]
+    head = result.rounds[1]
+    assert "head_s" in head and "impair_s" not in head and "repair_s" not in head
+    assert trained[:3] == [("impair", "SmallCNN"), ("repair", "SmallCNN"), ("head round", "Linear")]
+    assert trained[-1] == ("polish", "SmallCNN")  # the run did not verify: the polish still runs
+
+
+def test_a_round_that_still_classifies_the_forget_class_is_followed_by_a_full_round(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    # Without the head reset and at a tiny rate, round 1 leaves class 3 recognised.
+    gentle = replace(
+        _with_head_round(max_rounds=2),
+        reset_forget_rows=False,
+        impair=OptimConfig(lr=1e-7, epochs=1),
+        repair=OptimConfig(lr=1e-7, epochs=1),
+        polish=None,
+    )
+    result = make_method("unsir", gentle).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.rounds[0]["val_forget_acc"] > 0.5
+    assert ["head_round" in r for r in result.rounds] == [False, False]
+    assert all("impair_s" in r for r in result.rounds)
+
+
+def test_a_head_round_that_verifies_ends_the_run_without_the_polish(
+    trained_digits_model, digits, digits_manifest, digits_splits, monkeypatch
+):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    # The validation check scripted: the parent's, round 1 forgot on accuracy only, the head round passes.
+    said = iter([(1.0, 1.0), (0.0, 0.5), (0.0, 0.01)])
+
+    def scripted(model, images, labels, forget_classes, *, device):
+        forget_acc, confidence = next(said)
+        return ForgettingCheck(forget_acc, confidence, retain_acc=1.0, forget_samples=1, retain_samples=1)
+
+    monkeypatch.setattr(unsir_module, "check_forgetting", scripted)
+    descriptions = []
+    real_fit = unsir_module.fit
+
+    def recording_fit(model, images, labels, config, *, description, **kwargs):
+        descriptions.append(description)
+        return real_fit(model, images, labels, config, description=description, **kwargs)
+
+    monkeypatch.setattr(unsir_module, "fit", recording_fit)
+    result = make_method("unsir", _with_head_round()).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.verified is True and len(result.rounds) == 2
+    assert descriptions == ["impair", "repair", "head round"]
+    assert "polished" not in result.rounds[-1]
+
+
+def test_a_head_round_changes_the_head_alone(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    model = copy.deepcopy(trained_digits_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unsir_module.refit_head(
+        model, task, OptimConfig(lr=1e-2, epochs=2), device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    after = model.state_dict()
+    # BatchNorm's running statistics included: the features are read in eval() mode.
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"classifier.weight", "classifier.bias"}
 
 
 def _damaging(max_recovery_epochs: int) -> UNSIRConfig:

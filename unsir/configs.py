@@ -116,6 +116,12 @@ class UNSIRConfig:
     # does not depend on them; measured, the verified rounds then forget in one round instead
     # of three (benchmarks/README.md). Shared layers are left to impair and repair.
     reset_forget_rows: bool = False
+    # A round that forgot on accuracy but left some forget-class validation sample above the
+    # confidence bound is followed by a *head round* instead of a full one: the classifier head
+    # alone is refitted on D_r_sub's penultimate features (computed once; the rest of the model
+    # is frozen) with these settings. A head round that verifies ends the run without the
+    # polish; one that does not is followed by a full round. None: every round is a full one.
+    head_round: OptimConfig | None = None
 
     def for_round(self, round_number: int) -> UNSIRConfig:
         """Round r's settings: every noise sample copied ``noise_copies * r`` times."""

@@ -223,8 +223,11 @@ def describe_rounds(rounds: list[dict], verified: bool | None) -> str:
             f"{last['val_retain_acc_before_recovery']:.3f} -> {last['val_retain_acc']:.3f} "
             f"(parent {last['parent_val_retain_acc']:.3f})"
         )
+    heads = sum(1 for r in rounds if r.get("head_round"))
+    on_the_head = f" ({heads} on the head alone)" if heads else ""
     return (
-        f"UNSIR: {len(rounds)} round(s); validation split: forget accuracy {last.get('val_forget_acc', 0):.3f}, "
+        f"UNSIR: {len(rounds)} round(s){on_the_head}; validation split: forget accuracy "
+        f"{last.get('val_forget_acc', 0):.3f}, "
         f"highest forget-class probability {last.get('val_forget_confidence', 0):.3f} -> "
         + ("verified forgotten" if verified else "NOT verified (round budget ran out)")
         + recovery

@@ -75,6 +75,11 @@ class UnlearnParams(Frozen):
     impair: OptimConfig | None = None
     repair: OptimConfig | None = None
     polish: OptimConfig | None = None
+    head_round: OptimConfig | None = Field(
+        default=None,
+        description="after a round that forgot on accuracy but not on confidence: refit the head alone "
+        "on D_r_sub's features with these settings (the measured recipe sets it)",
+    )
     reset_forget_rows: bool | None = Field(
         default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)"
     )
@@ -206,6 +211,7 @@ class Params(Frozen):
             impair=unlearn.impair or base.impair,
             repair=unlearn.repair or base.repair,
             polish=unlearn.polish or base.polish,
+            head_round=unlearn.head_round or base.head_round,
             reset_forget_rows=base.reset_forget_rows
             if unlearn.reset_forget_rows is None
             else unlearn.reset_forget_rows,
