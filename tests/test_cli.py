@@ -109,6 +109,17 @@ def test_unknown_architecture_exits_2_naming_the_field(params_only, capsys):
     assert "model.arch" in err and "'nope'" in err and "small_cnn" in err
 
 
+def test_with_json_an_error_is_also_one_object_on_stdout(params_only, tmp_path, capsys):
+    assert main(["--project", str(params_only), "--set", "model.arch=nope", "models", "--json"]) == 2
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert shown["exit_code"] == 2 and "'nope'" in shown["error"] and err == f"error: {shown['error']}\n"
+    assert main(["--project", str(tmp_path / "nowhere"), "models", "--json"]) == 2
+    assert "no params.yaml" in json.loads(capsys.readouterr().out)["error"]
+    assert main(["--project", str(params_only), "--set", "model.arch=nope", "models"]) == 2
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+
+
 def test_precedence_is_flag_then_environment_then_file(params_only, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert Workspace.load(params_only).params.registry.tracking_uri == "sqlite:///state/mlflow/mlflow.db"

@@ -326,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init(args)
     project = Path(args.project).resolve()
     if not (project / "params.yaml").is_file():
-        print(f"error: no params.yaml in {project}; run from the project directory or pass --project", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(
+            args, f"no params.yaml in {project}; run from the project directory or pass --project", EXIT_USAGE
+        )
 
     from unsir_pipeline.settings.environment import configure
 
@@ -368,8 +369,16 @@ def main(argv: list[str] | None = None) -> int:
             return stopped("interrupted", EXIT_INTERRUPTED)
         if args.debug:
             raise
-        print(f"error: {_describe(err, project)}", file=sys.stderr)
-        return EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
+        return _failed(args, _describe(err, project), EXIT_USAGE if _is_user_error(err) else EXIT_FAILED)
+
+
+def _failed(args, message: str, code: int) -> int:
+    """One line on stderr; with ``--json`` also one object on stdout, so that a script reading
+    stdout gets a document whatever the outcome."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code
 
 
 def _describe(err: Exception, project: Path | None = None) -> str:
