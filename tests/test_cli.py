@@ -594,3 +594,21 @@ def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(pa
     listed = subprocess.run([sys.executable, "-c", code, str(params_only)], capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert json.loads(listed.stdout.splitlines()[0]) == []
+
+
+def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(capsys):
+    from types import SimpleNamespace
+
+    from unsir_pipeline.cli.commands import _print_requests
+
+    common = {"class_names": ("3",), "requester": "alice", "created_at": "2026-11-29T10:00:00+00:00"}
+    _print_requests(
+        [
+            SimpleNamespace(id="r-done", status="done", model_version=4, error="MLflow unreachable", **common),
+            SimpleNamespace(id="r-pending", status="pending", model_version=None, error="MLflow unreachable", **common),
+        ],
+        as_json=False,
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("r-done") and lines[2].strip() == "an earlier attempt failed: MLflow unreachable"
+    assert lines[3].startswith("r-pending") and lines[4].strip() == "MLflow unreachable"

@@ -725,7 +725,8 @@ def _print_requests(requests: list, as_json: bool) -> None:
             f"{r.requester:<16}{r.created_at}"
         )
         if r.error:
-            print(f"{'':<18}{r.error}")
+            # A done request keeps the failure of an earlier attempt: say which it is.
+            print(f"{'':<18}{'an earlier attempt failed: ' if r.status == 'done' else ''}{r.error}")
 
 
 def cmd_request(project: Path, args) -> int:
