@@ -315,8 +315,10 @@ def test_the_recipe_follows_the_architecture_and_the_retain_subset():
     assert (shipped.impair.epochs, shipped.repair.epochs, shipped.polish.epochs) == (1, 2, 1)
     deep = unsir_config_for("mobilenet_v2", retain_per_class=50)
     assert deep.polish is not None and (deep.repair.epochs, deep.polish.epochs) == (3, 2)
+    # After a round that forgot on accuracy only: the head alone, 3 epochs at 3e-3, in both families.
+    assert shipped.head_round == deep.head_round == OptimConfig(lr=3e-3, epochs=3, batch_size=32)
     small = unsir_config_for("small_cnn", retain_per_class=50, with_noise=True)
-    assert not small.reset_forget_rows
+    assert not small.reset_forget_rows and small.head_round is None  # measured without the noise only
     assert small.polish is not None and (small.repair.epochs, small.polish.epochs) == (3, 2)  # measured with noise
     assert (small.noise.batch_size, small.noise_copies, small.impair.lr, small.repair.lr) == (50, 5, 2e-3, 1e-3)
     assert small.noise.l2_reduction == "pixel_mean"
@@ -379,6 +381,9 @@ def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():
     assert params.unsir_config().reset_forget_rows and not noisy.unsir_config().reset_forget_rows
     kept = load_params(ROOT / "params.yaml", ["unlearn.reset_forget_rows=false"])
     assert not kept.unsir_config().reset_forget_rows
+    head = load_params(ROOT / "params.yaml", ['unlearn.head_round={"lr": 0.01, "epochs": 5}'])
+    assert head.unsir_config().head_round == OptimConfig(lr=0.01, epochs=5)
+    assert params.unsir_config().head_round is not None and OFFICIAL.head_round is None
 
 
 def _gate_ws():
