@@ -167,6 +167,19 @@ def tuning_setup(args: argparse.Namespace, variants: dict) -> TuningSetup:
     return TuningSetup(torch.device("cpu"), load_dataset(args.dataset, None), variants, evaluation)
 
 
+def tuning_row(outcome, evaluation_data: EvaluationData, evaluation: EvaluationConfig, device, cpu_s: float) -> dict:
+    """What a tuning experiment keeps of one run: the bounds' measures, its CPU time and rounds."""
+    measured = evaluate_model(outcome.model, evaluation_data, device=device, config=evaluation).metrics
+    return {
+        "forget_acc": measured["forget_acc"],
+        "retain_acc": measured["retain_acc"],
+        "mia": measured["mia"],
+        "cpu_s": cpu_s,
+        "rounds": len(outcome.rounds) or None,
+        "verified": outcome.verified,
+    }
+
+
 def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ...]]:
     """All single classes, then pairs and triples drawn with the part's draw seed. The
     held-out draw skips every set the tuning draw produced."""

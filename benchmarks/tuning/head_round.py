@@ -71,17 +71,8 @@ def run_one(name: str, config, original, task, evaluation_data, eval_cfg, device
     method = PolishedAfterHeadRound(config) if name.endswith("_polished") else make_method("noise_free", config)
     started = time.process_time()
     outcome = method.unlearn(original, task, device=device, generator=torch.Generator().manual_seed(seed))
-    cpu_s = time.process_time() - started
-    measured = evaluate_model(outcome.model, evaluation_data, device=device, config=eval_cfg).metrics
-    return {
-        "forget_acc": measured["forget_acc"],
-        "retain_acc": measured["retain_acc"],
-        "mia": measured["mia"],
-        "cpu_s": cpu_s,
-        "rounds": len(outcome.rounds) or None,
-        "verified": outcome.verified,
-        "round_log": outcome.rounds,
-    }
+    row = quality.tuning_row(outcome, evaluation_data, eval_cfg, device, time.process_time() - started)
+    return {**row, "round_log": outcome.rounds}
 
 
 def main() -> int:

@@ -93,16 +93,9 @@ def main() -> int:
             outcome = method.unlearn(
                 original, task_for, device=device, generator=torch.Generator().manual_seed(method_seed)
             )
-            cpu_s = time.process_time() - cpu_started
-            measured = evaluate_model(outcome.model, evaluation_data, device=device, config=eval_cfg).metrics
-            run[name] = {
-                "forget_acc": measured["forget_acc"],
-                "retain_acc": measured["retain_acc"],
-                "mia": measured["mia"],
-                "cpu_s": cpu_s,
-                "rounds": len(outcome.rounds) or None,
-                "verified": outcome.verified,
-            }
+            run[name] = quality.tuning_row(
+                outcome, evaluation_data, eval_cfg, device, time.process_time() - cpu_started
+            )
         for name in judged:
             run[name]["pass"] = quality.passes(run[name], run["retrain"])
             run[name]["cpu_ratio"] = run[name]["cpu_s"] / run["retrain"]["cpu_s"]
