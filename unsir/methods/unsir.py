@@ -96,7 +96,7 @@ def refit_head(
     """Refit the classifier head alone on D_r_sub's penultimate features, the rest frozen.
 
     The features are computed once, in eval() mode (as the model computes them when it is
-    used), so the step costs about a third of an epoch over D_r_sub. The forget classes' rows
+    used), so the step costs less than one epoch over D_r_sub. The forget classes' rows
     are refitted as the last round left them: re-drawn again, they came back above the
     confidence bound more often than not (benchmarks/tuning/head_round.py).
     """
@@ -257,8 +257,8 @@ class UNSIR(UnlearningMethod):
         """The low-rate repair after the last round; undone if it brought a forget class back."""
         if verified and "head_round" in record:
             # A head round that verified ends the run as the polish would: it is itself a
-            # low-rate repair (of the head alone), and without the polish such a run stays
-            # within a tenth of retraining's time (benchmarks/tuning/head_round.py).
+            # low-rate repair (of the head alone), and without the polish such a run costs less
+            # than a one-round run of a single class (benchmarks/README.md).
             return verified
         before = copy.deepcopy(working.state_dict()) if verified else None
         with timed(timings, "polish_s", device):
