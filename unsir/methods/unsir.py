@@ -153,7 +153,7 @@ class UNSIR(UnlearningMethod):
                 with timed(record, "head_s", device):
                     refit_head(working, task, config.head_round, device=device, generator=generator)
             else:
-                self._full_round(working, task, config, record, noise, device=device, generator=generator)
+                noise = self._full_round(working, task, config, record, noise, device=device, generator=generator)
             for key in ("noise_s", "impair_s", "repair_s", "head_s"):
                 if key in record:
                     timings[key] = timings.get(key, 0.0) + record[key]
@@ -180,20 +180,19 @@ class UNSIR(UnlearningMethod):
 
     def _full_round(
         self, working, task: UnlearningTask, config: UNSIRConfig, record: dict, noise: dict, *, device, generator
-    ) -> None:
-        """The paper's round: noise learned against the current model (into ``noise``), impair, repair."""
+    ) -> dict[int, torch.Tensor]:
+        """The paper's round: noise learned against the current model, impair, repair. Returns the
+        noise it impaired with (``noise``, the last round's, when this round learns none)."""
         if self.uses_noise and config.noise_copies > 0:  # no copies: the noise would go unused
             with timed(record, "noise_s", device):
-                noise.clear()
-                noise.update(
-                    learn_error_maximizing_noise(
-                        working, task.forget_classes, task.input_shape, config.noise, device=device, generator=generator
-                    )
+                noise = learn_error_maximizing_noise(
+                    working, task.forget_classes, task.input_shape, config.noise, device=device, generator=generator
                 )
         with timed(record, "impair_s", device):
             impair(working, noise, task.retain_images, task.retain_labels, config, device=device, generator=generator)
         with timed(record, "repair_s", device):
             repair(working, task.retain_images, task.retain_labels, config, device=device, generator=generator)
+        return noise
 
     @staticmethod
     def _validation_check(working, task: UnlearningTask, *, device) -> ForgettingCheck:
