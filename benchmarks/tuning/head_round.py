@@ -34,7 +34,7 @@ from unsir.configs import OptimConfig  # noqa: E402
 from unsir.measures import evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
-from unsir.methods.unsir import NoiseFreeControl  # noqa: E402
+from unsir.methods.unsir import NoiseFreeControl, failed_on_confidence_alone  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
 
 
@@ -108,8 +108,8 @@ def main() -> int:
             seed,
         )
         first = base["round_log"][0]
-        if first.get("verified") or first["val_forget_acc"] > 0.0:
-            single_round += first.get("verified", 0.0) == 1.0
+        if not failed_on_confidence_alone(first, chosen["full"].verification):
+            single_round += bool(first.get("verified"))
             if not first.get("verified"):
                 print(f"seed {seed} {list(forget)}: round 1 failed on accuracy; no head round", flush=True)
             continue
@@ -119,8 +119,7 @@ def main() -> int:
             setting.original, setting.task, device=device, generator=torch.Generator().manual_seed(seed)
         )
         retrain_cpu = time.process_time() - started
-        measured = evaluate_model(retrain.model, setting.evaluation_data, device=device, config=eval_cfg).metrics
-        run["retrain"] = {"retain_acc": measured["retain_acc"], "mia": measured["mia"], "cpu_s": retrain_cpu}
+        run["retrain"] = quality.tuning_row(retrain, setting.evaluation_data, eval_cfg, device, retrain_cpu)
         for name, config in chosen.items():
             if name != "full":
                 run[name] = run_one(

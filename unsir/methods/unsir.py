@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from unsir.configs import OptimConfig, UNSIRConfig
+from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.methods.base import (
     UnlearningMethod,
     UnlearningResult,
@@ -114,6 +114,13 @@ def refit_head(
     return model
 
 
+def failed_on_confidence_alone(record: dict[str, float], settings: VerificationConfig) -> bool:
+    """A round's validation check failed only because some forget-class sample gave the forget
+    classes too much probability: none was classified as its class (what a head round is for).
+    False for a round that was not verified."""
+    return record.get("verified") == 0.0 and record["val_forget_acc"] <= settings.max_forget_acc
+
+
 @register
 class UNSIR(UnlearningMethod):
     name = "unsir"
@@ -143,12 +150,18 @@ class UNSIR(UnlearningMethod):
         rounds: list[dict[str, float]] = []
         noise: dict[int, torch.Tensor] = {}
         verified: bool | None = None
-        head_round_next = False
         for number in range(1, max_rounds + 1):
             config = self.config.for_round(number)
             record: dict[str, float] = {"round": number, "noise_copies": config.noise_copies}
-            if head_round_next:
-                assert config.head_round is not None
+            # Forgotten on accuracy, not yet on confidence: the head alone holds what is left
+            # often enough that refitting it, at a fraction of a round's cost, is tried first;
+            # never twice in a row.
+            if (
+                config.head_round is not None
+                and rounds
+                and "head_round" not in rounds[-1]
+                and failed_on_confidence_alone(rounds[-1], config.verification)
+            ):
                 record["head_round"] = 1.0
                 with timed(record, "head_s", device):
                     refit_head(working, task, config.head_round, device=device, generator=generator)
@@ -159,14 +172,6 @@ class UNSIR(UnlearningMethod):
                     timings[key] = timings.get(key, 0.0) + record[key]
             if verify:
                 verified = self._verify(working, task, record, timings, device=device)
-                # Forgotten on accuracy, not yet on confidence: the head alone holds what is left
-                # often enough that refitting it, at a fraction of a round's cost, is tried first.
-                head_round_next = (
-                    not verified
-                    and self.config.head_round is not None
-                    and "head_round" not in record
-                    and record["val_forget_acc"] <= self.config.verification.max_forget_acc
-                )
             rounds.append(record)
             if verified:
                 break
