@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--one-round-set", default="0")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    quality.limit_threads(1)
     data, device = quality.load_dataset("digits", None), torch.device("cpu")
     grid = argparse.Namespace(
         sets=[args.head_set, args.one_round_set], singles=None, pairs=0, triples=0, part="heldout"

@@ -59,7 +59,9 @@ def variants(arch: str, retain_per_class: int) -> dict:
     }
 
 
-def main() -> int:
+def main(variants_for=variants, out: str = "reports/bench/tuning-schedule-length.json") -> int:
+    """Walk the tuning grid with ``variants_for(arch, retain_per_class)``; other tuning
+    experiments on the same grid call this with their own variants and ``out``."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--arch", default="small_cnn")
@@ -68,9 +70,9 @@ def main() -> int:
     parser.add_argument("--sets", nargs="*", help="explicit class sets, e.g. 1 1,9 (default: the tuning draw)")
     parser.add_argument("--train-epochs", type=int, help="the original's and retraining's epochs")
     parser.add_argument("--retrain-again", action="store_true", help="a second retraining, judged the same way")
-    parser.add_argument("--out", default="reports/bench/tuning-schedule-length.json")
+    parser.add_argument("--out", default=out)
     args = parser.parse_args()
-    setup = quality.tuning_setup(args, variants(args.arch, 50))
+    setup = quality.tuning_setup(args, variants_for(args.arch, 50))
     device, data, chosen, eval_cfg = setup.device, setup.data, setup.variants, setup.evaluation
     grid = argparse.Namespace(sets=args.sets, singles=None, pairs=10, triples=5, part="tuning")
     train_cfg = training_for(args.arch)
