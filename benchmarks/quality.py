@@ -51,6 +51,7 @@ from unsir.recipes import training_for, unsir_config_for
 from unsir.splits import draw_retain_subset, make_split_manifest
 from unsir.training import fit, seed_everything
 
+
 def limit_threads(threads: int) -> None:
     """``threads`` for torch *and* for the BLAS under NumPy and SciPy.
 

@@ -18,6 +18,7 @@ from unsir.models import (
     penultimate_features,
 )
 from unsir.splits import Normalization
+from unsir.training import inference_batch_size, predict_logits
 
 CPU = torch.device("cpu")
 # Each architecture's natural input; small_cnn is sized for 8x8 digits, the rest for CIFAR.
@@ -105,3 +106,15 @@ def test_loading_a_directory_without_checkpoint_files_names_it(tmp_path, present
         (directory / name).write_text("{}")
     with pytest.raises(UnlearningInputError, match=re.escape(str(directory)) + f".*{WEIGHTS_FILE}"):
         load_checkpoint(directory)
+
+
+def test_inference_in_small_batches_gives_the_logits_of_one_large_batch():
+    # The CPU's default inference batch (64) is smaller than most evaluation sets: 150 samples
+    # take three batches, the last one partial, and must come back whole and in order.
+    model = _model("small_cnn").train()
+    images = torch.randn(150, *NATURAL_INPUT["small_cnn"], generator=torch.Generator().manual_seed(2))
+    assert inference_batch_size(CPU) < len(images) <= inference_batch_size(torch.device("cuda"))
+    batched = predict_logits(model, images, device=CPU)
+    whole = predict_logits(model, images, device=CPU, batch_size=len(images))
+    assert batched.shape == (150, 7) and torch.allclose(batched, whole, atol=1e-5)
+    assert model.training  # predict_logits restores the mode it found

@@ -14,6 +14,7 @@ from torch import nn
 
 from unsir.configs import ARCHITECTURE_NAMES
 from unsir.errors import UnlearningInputError
+from unsir.training import inference_batch_size
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,11 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 @torch.inference_mode()
 def penultimate_features(
-    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 512
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int | None = None
 ) -> torch.Tensor:
-    """Inputs of the classifier head, captured with a forward hook (any architecture)."""
+    """Inputs of the classifier head, captured with a forward hook (any architecture), in
+    batches of ``batch_size`` (default: ``unsir.training.inference_batch_size``)."""
+    batch_size = batch_size or inference_batch_size(device)
     captured: list[torch.Tensor] = []
     hook = classifier_head(model).register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu())

@@ -112,11 +112,26 @@ def fit(
     return model
 
 
+def inference_batch_size(device: torch.device) -> int:
+    """How many samples one forward pass of inference takes on ``device``.
+
+    On the CPU a large batch costs more than it saves: each call allocates the batch's
+    activations afresh, and blocks that large are mapped from the kernel, which zero-fills every
+    page (system time). Measured on 2 cores, one torch thread: 750 MNIST images through the
+    compact CNN took 0.53 s in one batch of 1024 and 0.23 s in batches of 64; 512 3x32x32 images
+    through ResNet18 6.1 s and 3.8 s, MobileNetV2 1.6 s and 0.7 s. A GPU needs large batches to
+    stay busy.
+    """
+    return 64 if device.type == "cpu" else 1024
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 1024
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int | None = None
 ) -> torch.Tensor:
-    """Logits for ``images`` in eval() mode, on CPU; restores the model's previous mode."""
+    """Logits for ``images`` in eval() mode, on CPU; restores the model's previous mode.
+    ``batch_size`` defaults to :func:`inference_batch_size` for ``device``."""
+    batch_size = batch_size or inference_batch_size(device)
     was_training = model.training
     model.eval()
     try:
