@@ -15,9 +15,10 @@ A seed fixes the split, the original model, the retain subset and the unlearning
 A run passes when, on the test split: forget accuracy <= 1%, retain accuracy >= the retrained
 model's minus 1.5 points, and |MIA - retrained MIA| <= 0.05; the gate also needs the
 validation check to pass within the round budget. Time is the process's CPU time (one torch
-thread) as a ratio to retraining's (the median of --time-repeats timings of the unlearning over
-the mean of the two retrainings), with wall time beside it. Prints one line per run and a
-summary per data set and architecture; writes every run, the pass share and the worst case of
+thread and one BLAS thread, ``limit_threads``) as a ratio to retraining's (the median of
+--time-repeats timings of the unlearning over the mean of the two retrainings), with wall time
+beside it. Prints one line per run and a summary per data set and architecture; writes every
+run, the pass share and the worst case of
 each measure to reports/bench/quality.json.
 """
 
@@ -314,7 +315,7 @@ def run_arch(data: ClassificationData, arch: str, args: argparse.Namespace, devi
                 continue
             method = make_method(method_name, config)
             method_seed = seed + 1000 if name == "retrain_again" else seed
-            # CPU time of this process (one torch thread): unlike wall time, it does not
+            # CPU time of this process (one thread, limit_threads): unlike wall time, it does not
             # grow when other work shares the machine, so the ratio to retraining is stable.
             # Unlearning takes under a second here, so one timing of it is noisy: it runs
             # --time-repeats times (the same seed gives the same model) and the median counts.
