@@ -18,8 +18,7 @@ validation check to pass within the round budget. Time is the process's CPU time
 thread and one BLAS thread, ``limit_threads``) as a ratio to retraining's (the median of
 --time-repeats timings of the unlearning over the mean of the two retrainings), with wall time
 beside it. Prints one line per run and a summary per data set and architecture; writes every
-run, the pass share and the worst case of
-each measure to reports/bench/quality.json.
+run, the pass share and the worst case of each measure to reports/bench/quality.json.
 """
 
 from __future__ import annotations
