@@ -155,6 +155,25 @@ def test_torch_threads_default_and_setting(monkeypatch):
     assert runtime.torch_threads() == 3
 
 
+def test_the_thread_setting_reaches_numpys_blas_loaded_before_it():
+    # OpenBLAS's idle workers spin after each call (the MIA's logistic regression), charging CPU
+    # to the other cores. NumPy loaded first, the environment alone comes too late.
+    code = (
+        "import numpy, threadpoolctl; from unsir_pipeline.settings import runtime; "
+        "before = max(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'); "
+        "runtime.configure_threads(); "
+        "after = max(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'); "
+        "import os; print(before, after, os.environ['OPENBLAS_NUM_THREADS'])"
+    )
+    variables = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", runtime.THREADS_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in variables} | {runtime.THREADS_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    before, after, exported = out.stdout.split()
+    if runtime.available_cpus() > 1:
+        assert int(before) > 1  # unasked, OpenBLAS takes every core
+    assert (after, exported) == ("1", "1")
+
+
 def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch, capsys):
     monkeypatch.setenv(runtime.THREADS_ENV, "many")
     assert main(["--project", str(params_only), "models"]) == 2

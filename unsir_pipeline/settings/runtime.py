@@ -2,8 +2,9 @@
 
 - torch threads: ``UNSIR_TORCH_THREADS``, else ``OMP_NUM_THREADS``, else half the CPUs this
   process may use (at least 1, at most 4). torch's own default takes every core; on a loaded 2-core host that made the
-  bootstrap's training run over 10 minutes instead of 2. Exported as ``OMP_NUM_THREADS`` and
-  ``MKL_NUM_THREADS`` too, so DVC's stage processes get the same count.
+  bootstrap's training run over 10 minutes instead of 2. Exported as ``OMP_NUM_THREADS``,
+  ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` too, so NumPy's BLAS and DVC's stage
+  processes get the same count.
 - Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
   (Prefect's own setting; Prefect's default is 20 s, ours 120 s). When it still does not start,
   :func:`describe_startup_failure` gives the one line that names the fix, and
@@ -57,12 +58,18 @@ def torch_threads() -> int:
 
 
 def configure_threads() -> int:
-    """Apply :func:`torch_threads` to this process and the processes it starts."""
+    """Apply :func:`torch_threads` to this process and the processes it starts: to torch, and to
+    the BLAS under NumPy and SciPy (the MIA's logistic regression), whose idle worker threads
+    otherwise spin on the other cores for a while after every call."""
     threads = torch_threads()
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(threads)
     if "torch" in sys.modules:  # already imported (a test, a notebook): tell it directly
         sys.modules["torch"].set_num_threads(threads)
+    if "numpy" in sys.modules:  # its BLAS read the variables when it loaded: limit its pools now
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
     return threads
 
 
