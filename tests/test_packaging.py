@@ -55,11 +55,16 @@ def test_every_package_folder_is_installed_under_its_namespaced_name() -> None:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folder_to_package = {folder: name for name, folder in setuptools["package-dir"].items()}
     assert folder_to_package == {"flows": "unsir_pipeline.flows", "tasks": "unsir_pipeline.tasks"}
+    # Every folder, code or data (templates, Alembic's migrations): setuptools ships a data
+    # folder only when it is listed too.
     found = set()
     for top in ("unsir", "unsir_pipeline", *folder_to_package):
-        for init in (ROOT / top).rglob("__init__.py"):
-            parts = init.parent.relative_to(ROOT).parts
-            found.add(".".join((folder_to_package.get(parts[0], parts[0]), *parts[1:])))
+        for folder in (ROOT / top, *(ROOT / top).rglob("*")):
+            if folder.is_dir() and folder.name != "__pycache__":
+                parts = folder.relative_to(ROOT).parts
+                found.add(".".join((folder_to_package.get(parts[0], parts[0]), *parts[1:])))
+    # Each data folder names what it ships.
+    assert {"unsir_pipeline.templates", "unsir_pipeline.adapters.migrations"} <= set(setuptools["package-data"])
     assert set(setuptools["packages"]) == found
 
 
@@ -67,7 +72,7 @@ def test_every_template_ships_as_package_data() -> None:
     from importlib import resources
 
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert package_data["unsir_pipeline"][0] == "templates/*"
+    assert package_data["unsir_pipeline.templates"] == ["*"]
     templates = resources.files("unsir_pipeline") / "templates"
     for name in TEMPLATES:
         assert (templates / name).is_file(), name
