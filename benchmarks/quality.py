@@ -57,8 +57,8 @@ def limit_threads(threads: int) -> None:
 
     The MIA's logistic regression runs on OpenBLAS, whose worker threads keep spinning for a
     while after a call: with only torch limited, the unlearning timed right after an evaluation
-    was charged ~0.1 s of their CPU time (0.37 s of CPU in 0.27 s of wall time, against 0.27 s
-    for the same call repeated), which made single timings read ~40% slow.
+    was charged ~0.1 s of their CPU time (benchmarks/cpu_overheads.py), which made single
+    timings of a digits unlearning read ~40% slow.
     """
     torch.set_num_threads(threads)
     threadpool_limits(threads)

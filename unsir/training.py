@@ -117,10 +117,10 @@ def inference_batch_size(device: torch.device) -> int:
 
     On the CPU a large batch costs more than it saves: each call allocates the batch's
     activations afresh, and blocks that large are mapped from the kernel, which zero-fills every
-    page (system time). Measured on 2 cores, one torch thread: 750 MNIST images through the
-    compact CNN took 0.53 s in one batch of 1024 and 0.23 s in batches of 64; 512 3x32x32 images
-    through ResNet18 6.1 s and 3.8 s, MobileNetV2 1.6 s and 0.7 s. A GPU needs large batches to
-    stay busy.
+    page (system time). Measured on 2 cores, one torch thread (benchmarks/cpu_overheads.py): 750
+    28x28 images through the compact CNN took 0.52 s in one batch of 1024 and 0.27 s in batches
+    of 64; 512 3x32x32 images through ResNet18 5.0 s and 4.0 s, MobileNetV2 1.7 s and 0.9 s. A
+    GPU needs large batches to stay busy.
     """
     return 64 if device.type == "cpu" else 1024
 
