@@ -353,6 +353,10 @@ def test_an_architecture_without_a_measurement_takes_the_family_its_depth_matche
     monkeypatch.setitem(ARCHITECTURES, "deep_plain", deep_plain)
     assert recipes.family_of("wide_mlp") == "compact" and recipes.family_of("deep_plain") == "deep"
     assert unsir_config_for("deep_plain", retain_per_class=50) == unsir_config_for("allcnn", retain_per_class=50)
+    # A model of one's own, never registered, is passed itself (the library without the pipeline).
+    own = deep_plain(10, 1)
+    assert unsir_config_for(own, retain_per_class=50) == unsir_config_for("allcnn", retain_per_class=50)
+    assert recipes.training_for(wide_mlp(10, 1)) == recipes.training_for("small_cnn")
 
 
 def test_resetting_the_forget_rows_touches_nothing_else(trained_digits_model):

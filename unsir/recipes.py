@@ -109,9 +109,12 @@ ARCHITECTURE_FAMILY = {
 }
 
 
-def family_of(arch: str) -> str:
+def family_of(arch: str | nn.Module) -> str:
     """The measured family of ``arch``; an architecture added to ``unsir.models`` without a
-    measurement takes the family its structure matches (``inferred_family``)."""
+    measurement, or a model of your own passed as ``arch``, takes the family its structure
+    matches (``inferred_family``)."""
+    if not isinstance(arch, str):
+        return inferred_family(arch)
     if arch in ARCHITECTURE_FAMILY:
         return ARCHITECTURE_FAMILY[arch]
     # Imported here: params.yaml is validated by commands that must not pay for importing torch.
@@ -135,9 +138,10 @@ def inferred_family(model: nn.Module) -> str:
     return "deep" if weight_layers > COMPACT_MAX_WEIGHT_LAYERS else "compact"
 
 
-def unsir_config_for(arch: str, *, retain_per_class: int, with_noise: bool = False) -> UNSIRConfig:
-    """The measured settings for ``arch`` with a retain subset of ``retain_per_class``: without
-    the noise by default (measured better), with it when ``with_noise``."""
+def unsir_config_for(arch: str | nn.Module, *, retain_per_class: int, with_noise: bool = False) -> UNSIRConfig:
+    """The measured settings for ``arch`` (a name in ``unsir.models`` or the model itself) with a
+    retain subset of ``retain_per_class``: without the noise by default (measured better), with
+    it when ``with_noise``."""
     if retain_per_class <= 0:
         raise UnlearningInputError(f"retain_per_class must be positive, got {retain_per_class}")
     family = FAMILIES[family_of(arch)]
@@ -162,7 +166,7 @@ def unsir_config_for(arch: str, *, retain_per_class: int, with_noise: bool = Fal
     )
 
 
-def training_for(arch: str) -> OptimConfig:
+def training_for(arch: str | nn.Module) -> OptimConfig:
     """How the benchmark trains an original of ``arch`` (and its retrained reference)."""
     return FAMILIES[family_of(arch)].train
 
