@@ -110,6 +110,7 @@ UNSEEN = {"mlp": MLP, "lenet": LeNet, "vgg_bn": VGGBN, "shufflenet_v2": shufflen
 def main(argv: list[str] | None = None) -> int:
     ARCHITECTURES.update(UNSEEN)  # before quality parses --archs against the registry
     import quality
+
     from unsir.recipes import family_of
 
     args = list(sys.argv[1:] if argv is None else argv)
