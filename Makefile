@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-tuning bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
+.PHONY: venv demo test bench bench-unseen bench-tuning bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
 		--out reports/bench/pipeline-sweep-no-reference.json
 	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --out reports/bench/pipeline-sweep-seed3.json
+
+# The held-out grid on four architectures no recipe choice looked at (registered by the script).
+bench-unseen: $(STAMP)
+	$(BIN)/python benchmarks/unseen_architectures.py --archs mlp lenet --no-noise \
+		--out reports/bench/unseen-architectures-compact.json
+	$(BIN)/python benchmarks/unseen_architectures.py --archs vgg_bn shufflenet_v2 --seeds 3 4 \
+		--singles 0 2 5 7 --pairs 1 --triples 1 --no-noise --time-repeats 1 \
+		--out reports/bench/unseen-architectures-deep.json
 
 # The half of the grid the recipes were chosen on (seeds 0-2, draw seed 0).
 bench-tuning: $(STAMP)
