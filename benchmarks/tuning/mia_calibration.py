@@ -9,7 +9,9 @@ the forget samples are sent to, and the MIA after temperature-scaling the unlear
 head (logits / T, which leaves every prediction unchanged) for several T. If calibration were
 the cause, some T would bring the MIA to the retrained model's.
 
-Runs on the tuning half only (quality.py's --part tuning, seed 0 by default).
+Runs on the tuning half only (quality.py's --part tuning, seed 0 by default), on the compact
+CNN or, with ``--arch``, any registered architecture or ``benchmarks/unseen_architectures.py``'s;
+``--temperatures`` below 1 sharpen.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402  (the benchmark's grid, data and pass criteria)
+from unseen_architectures import UNSEEN  # noqa: E402
 
 from unsir.measures import EvaluationConfig, evaluate_model  # noqa: E402
 from unsir.measures.membership import monotone_threshold, sample_feature  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
-from unsir.models import classifier_head  # noqa: E402
+from unsir.models import ARCHITECTURES, classifier_head  # noqa: E402
 from unsir.recipes import training_for, unsir_config_for  # noqa: E402
 from unsir.training import predict_logits  # noqa: E402
 
@@ -75,19 +78,22 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sets", nargs="*", default=["1", "4", "6"])
+    parser.add_argument("--arch", default="small_cnn")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     args = parser.parse_args()
+    ARCHITECTURES.update(UNSEEN)
     torch.set_num_threads(1)
     device = torch.device("cpu")
     data = quality.load_dataset("digits", None)
     grid = argparse.Namespace(sets=args.sets, singles=None, pairs=0, triples=0, part="tuning")
-    train_cfg = training_for("small_cnn")
+    train_cfg = training_for(args.arch)
     evaluation = EvaluationConfig(probe=False, relearn=False)
-    for setting in quality.grid_settings(data, "small_cnn", args.seeds, grid, train_cfg, device):
+    for setting in quality.grid_settings(data, args.arch, args.seeds, grid, train_cfg, device):
         generator = torch.Generator().manual_seed(setting.seed)
         retrained = make_method("retrain", RetrainConfig(train=train_cfg)).unlearn(
             setting.original, setting.task, device=device, generator=generator
         )
-        shipped = make_method("unsir", unsir_config_for("small_cnn", retain_per_class=50)).unlearn(
+        shipped = make_method("unsir", unsir_config_for(args.arch, retain_per_class=50)).unlearn(
             setting.original,
             setting.zero_glance,
             device=device,
@@ -100,7 +106,7 @@ def main() -> int:
             t: evaluate_model(
                 temperature_scaled(shipped.model, t), setting.evaluation_data, device=device, config=evaluation
             ).metrics["mia"]
-            for t in TEMPERATURES
+            for t in args.temperatures
         }
         reference = evaluate_model(retrained.model, setting.evaluation_data, device=device, config=evaluation)
         print(
