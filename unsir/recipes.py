@@ -35,7 +35,10 @@ A recipe is derived, not looked up per data set:
   second retraining 13. No schedule was better across the three, so it stays; MobileNetV2
   loses up to 9 retain points with every schedule tried (its second retraining, up to 2.6).
   An architecture added to ``unsir.models`` without a measurement takes the family its depth
-  matches (``inferred_family``), a rule that reproduces every measured choice.
+  matches (``inferred_family``), a rule that reproduces every measured choice. On four
+  architectures no choice looked at (``benchmarks/unseen_architectures.py``), LeNet, a VGG and
+  ShuffleNetV2 passed as often as a second retraining; an MLP forgot in every run but passed
+  the MIA bound far less often (the other family's recipe did no better).
 - **a head round after a near miss**: every multi-round run measured had forgotten on accuracy
   in round 1 and failed only the confidence bound. Then the head alone is refitted on D_r_sub's
   features (3 epochs, Adam 3e-3) instead of a second impair and repair, and, when that verifies,
