@@ -5,8 +5,9 @@ retraining's in 35 of 36 MIA failures. Per setting this prints the MIA (with for
 accuracy) of:
 
 - ``retrain`` and ``shipped``;
-- heads refitted on a frozen body (30 epochs, Adam 1e-3): the shipped body with a fresh head on
-  the *whole* retain-train set (``shipped+fresh_head_full``, a diagnosis only: UNSIR has D_r_sub
+- heads refitted on a frozen body (30 epochs, Adam 1e-3): the *original's* body (before any
+  unlearning) with a fresh head on the whole retain-train set, the shipped body with a fresh head
+  on the *whole* retain-train set (``shipped+fresh_head_full``, a diagnosis only: UNSIR has D_r_sub
   alone) or on D_r_sub, the shipped head trained on further on the whole retain set, and the
   retrained body with a fresh head fitted on D_r_sub alone (``retrain+fresh_head_sub``);
 - ``feature_proxies``: a zero-glance try at the head. D_r_sub's features in the unlearned model
@@ -115,6 +116,7 @@ def main() -> int:
         models = {
             "retrain": retrained,
             "shipped": shipped,
+            "original+fresh_head_full": refit_head(s.original, full_x, full_y, long_head, fresh=True),
             "shipped+fresh_head_full": refit_head(shipped, full_x, full_y, long_head, fresh=True),
             "shipped+fresh_head_sub": refit_head(
                 shipped, task.retain_images, task.retain_labels, long_head, fresh=True
