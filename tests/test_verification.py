@@ -436,6 +436,24 @@ def test_the_gate_judges_mia_against_the_retrained_model_not_zero():
     assert ok
     ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(mia=0.40, reference_mia=0.30), per_class), set())
     assert not ok and any("FAIL: membership inference" in r for r in reasons)
+    assert any(r.endswith("; more member-like than the retrained model") for r in reasons)
+
+
+def test_a_held_mia_says_which_way_it_missed_and_what_unseen_samples_read():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    # Less member-like than retraining, reading like unseen samples of the class (class 1 on digits).
+    less = _metrics(mia=0.0, reference_mia=0.29, mia_forget_holdout=0.0)
+    ok, reasons = gate_decision(_gate_ws(), _candidate(less, per_class), set())
+    (mia,) = [r for r in reasons if "membership inference" in r]
+    assert not ok and mia.startswith("FAIL: ")
+    assert mia.endswith(
+        "; less member-like than the retrained model (its forget-train samples read 0.0000, "
+        "unseen forget-class validation samples 0.0000)"
+    )
+    # A passing bound says nothing of direction.
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(mia=0.28, reference_mia=0.30), per_class), set())
+    assert ok and not any("member-like" in r for r in reasons)
 
 
 def _without_reference(**changes):
