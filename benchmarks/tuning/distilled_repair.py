@@ -23,10 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import schedule_length  # noqa: E402  (the tuning-grid walker)
+from patching import with_replaced_step  # noqa: E402
 from unseen_architectures import UNSEEN  # noqa: E402
 
-import unsir.methods.unsir as unsir_method  # noqa: E402
-from unsir.methods import make_method  # noqa: E402
 from unsir.models import ARCHITECTURES  # noqa: E402
 from unsir.recipes import unsir_config_for  # noqa: E402
 from unsir.training import predict_logits  # noqa: E402
@@ -36,7 +35,6 @@ DISTILLED_STEPS = {
     "distilled_repair": {"repair", "polish", "recovery"},
     "distilled_all": {"impair", "repair", "polish", "recovery", "head round"},
 }
-_fit = unsir_method.fit
 
 
 def soft_targets(original, images, forget_classes, device) -> torch.Tensor:
@@ -50,57 +48,32 @@ def variants(arch: str, retain_per_class: int) -> dict:
     return {"shipped": shipped, **dict.fromkeys(DISTILLED_STEPS, shipped)}
 
 
-def make_method_named(name_of_variant: str):
-    """A ``make_method`` whose methods train the variant's steps towards soft targets."""
+def distilled_fit_for(steps: set[str]):
+    """A replacement for ``fit`` that trains ``steps`` on D_r_sub towards the original's outputs."""
 
-    def make(name, config=None):
-        method = make_method(name, config)
-        steps = DISTILLED_STEPS.get(name_of_variant)
-        if steps is None or name == "retrain":
-            return method
-        plain_unlearn = method._unlearn
+    def replacement(original_model, task, fit, device):
+        targets = soft_targets(original_model, task.retain_images, task.forget_classes, device)
 
-        def _unlearn(model, task, *, device, generator):
-            targets = soft_targets(model, task.retain_images, task.forget_classes, device)
+        def distilled_fit(model, images, labels, config, *, device, generator, description="train", **kw):
+            same = labels.shape == task.retain_labels.shape and torch.equal(labels.cpu(), task.retain_labels.cpu())
+            if description in steps and same:
+                labels = targets
+            return fit(model, images, labels, config, device=device, generator=generator, description=description, **kw)
 
-            def fit(model_, images, labels, config_, *, device, generator, description="train", **kw):
-                same = labels.shape == task.retain_labels.shape and torch.equal(labels.cpu(), task.retain_labels.cpu())
-                if description in steps and same:
-                    labels = targets
-                return _fit(
-                    model_, images, labels, config_, device=device, generator=generator, description=description, **kw
-                )
+        return distilled_fit
 
-            unsir_method.fit = fit
-            try:
-                return plain_unlearn(model, task, device=device, generator=generator)
-            finally:
-                unsir_method.fit = _fit
-
-        method._unlearn = _unlearn
-        return method
-
-    return make
+    return replacement
 
 
-class _Dispatch:
-    """schedule_length calls ``make_method(method_name, config)`` per variant in dict order; the
-    variant's name is not passed, so the dispatcher walks the names alongside."""
-
-    def __init__(self, names: list[str]):
-        self.names, self.index = names, 0
-
-    def __call__(self, name, config=None):
-        if name == "retrain":
-            return make_method(name, config)
-        variant = self.names[self.index % len(self.names)]
-        self.index += 1
-        return make_method_named(variant)(name, config)
+def method_for(variant: str, method_name: str, config):
+    method = schedule_length.plain_method(variant, method_name, config)
+    if variant in DISTILLED_STEPS:
+        method = with_replaced_step(method, "fit", distilled_fit_for(DISTILLED_STEPS[variant]))
+    return method
 
 
 if __name__ == "__main__":
     ARCHITECTURES.update(UNSEEN)
-    only = sys.argv[sys.argv.index("--only") + 1 :] if "--only" in sys.argv else None
-    names = [n for n in ["shipped", *DISTILLED_STEPS] if not only or n in only]
-    schedule_length.make_method = _Dispatch(names)
-    raise SystemExit(schedule_length.main(variants, out="reports/bench/tuning-distilled-repair.json"))
+    raise SystemExit(
+        schedule_length.main(variants, out="reports/bench/tuning-distilled-repair.json", method_for=method_for)
+    )

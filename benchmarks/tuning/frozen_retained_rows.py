@@ -14,7 +14,6 @@ registered architectures and on ``benchmarks/unseen_architectures.py``'s.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,15 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import schedule_length  # noqa: E402  (the tuning-grid walker)
+from patching import with_replaced_step  # noqa: E402
 from unseen_architectures import UNSEEN  # noqa: E402
 
-import unsir.methods.unsir as unsir_method  # noqa: E402
-from unsir.methods import make_method  # noqa: E402
 from unsir.methods.base import prepare  # noqa: E402
 from unsir.models import ARCHITECTURES, classifier_head  # noqa: E402
 from unsir.recipes import unsir_config_for  # noqa: E402
-
-FROZEN_MARK = "frozen retained rows"
 
 
 def prepare_with_frozen_rows(model, task, device):
@@ -47,33 +43,18 @@ def prepare_with_frozen_rows(model, task, device):
 
 def variants(arch: str, retain_per_class: int) -> dict:
     shipped = unsir_config_for(arch, retain_per_class=retain_per_class)
-    # The config carries no flag for this; the walker runs configs by name, so the frozen
-    # variant is marked by a distinct (equivalent) verification setting and dispatched below.
-    frozen = replace(shipped, verification=replace(shipped.verification, max_forget_acc=1e-12))
-    return {"shipped": shipped, "frozen_rows": frozen}
+    return {"shipped": shipped, "frozen_rows": shipped}
 
 
-_make_method = make_method
-
-
-def make_method_dispatching(name, config=None):
-    method = _make_method(name, config)
-    if config is not None and getattr(config, "verification", None) and config.verification.max_forget_acc == 1e-12:
-        original_unlearn = method._unlearn
-
-        def _unlearn(model, task, *, device, generator):
-            saved = unsir_method.prepare
-            unsir_method.prepare = prepare_with_frozen_rows
-            try:
-                return original_unlearn(model, task, device=device, generator=generator)
-            finally:
-                unsir_method.prepare = saved
-
-        method._unlearn = _unlearn
+def method_for(variant: str, method_name: str, config):
+    method = schedule_length.plain_method(variant, method_name, config)
+    if variant == "frozen_rows":
+        method = with_replaced_step(method, "prepare", lambda *_: prepare_with_frozen_rows)
     return method
 
 
 if __name__ == "__main__":
     ARCHITECTURES.update(UNSEEN)
-    schedule_length.make_method = make_method_dispatching
-    raise SystemExit(schedule_length.main(variants, out="reports/bench/tuning-frozen-retained-rows.json"))
+    raise SystemExit(
+        schedule_length.main(variants, out="reports/bench/tuning-frozen-retained-rows.json", method_for=method_for)
+    )

@@ -23,14 +23,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import schedule_length  # noqa: E402  (the tuning-grid walker)
+from patching import with_replaced_step  # noqa: E402
 from unseen_architectures import UNSEEN  # noqa: E402
 
-import unsir.methods.unsir as unsir_method  # noqa: E402
-from unsir.methods import make_method  # noqa: E402
 from unsir.models import ARCHITECTURES, classifier_head  # noqa: E402
 from unsir.recipes import unsir_config_for  # noqa: E402
-
-_reset_head_rows = unsir_method.reset_head_rows
 
 
 def penultimate_linear(model: nn.Module, head: nn.Linear) -> nn.Linear:
@@ -63,39 +60,23 @@ def variants(arch: str, retain_per_class: int) -> dict:
     return {"shipped": shipped, "owned_units": shipped}
 
 
-class _Dispatch:
-    """schedule_length calls ``make_method(method_name, config)`` per variant in dict order."""
+def reset_rows_and_owned_units(_model, _task, reset_head_rows, _device):
+    def reset(model, classes, *, generator):
+        reset_head_rows(model, classes, generator=generator)
+        reset_owned_units(model, classes, generator=generator)
 
-    def __init__(self, names: list[str]):
-        self.names, self.index = names, 0
+    return reset
 
-    def __call__(self, name, config=None):
-        method = make_method(name, config)
-        if name == "retrain":
-            return method
-        variant = self.names[self.index % len(self.names)]
-        self.index += 1
-        if variant != "owned_units":
-            return method
-        plain_unlearn = method._unlearn
 
-        def _unlearn(model, task, *, device, generator):
-            def reset(model_, classes, *, generator):
-                _reset_head_rows(model_, classes, generator=generator)
-                reset_owned_units(model_, classes, generator=generator)
-
-            unsir_method.reset_head_rows = reset
-            try:
-                return plain_unlearn(model, task, device=device, generator=generator)
-            finally:
-                unsir_method.reset_head_rows = _reset_head_rows
-
-        method._unlearn = _unlearn
-        return method
+def method_for(variant: str, method_name: str, config):
+    method = schedule_length.plain_method(variant, method_name, config)
+    if variant == "owned_units":
+        method = with_replaced_step(method, "reset_head_rows", reset_rows_and_owned_units)
+    return method
 
 
 if __name__ == "__main__":
     ARCHITECTURES.update(UNSEEN)
-    only = sys.argv[sys.argv.index("--only") + 1 :] if "--only" in sys.argv else None
-    schedule_length.make_method = _Dispatch([n for n in ("shipped", "owned_units") if not only or n in only])
-    raise SystemExit(schedule_length.main(variants, out="reports/bench/tuning-owned-units-reset.json"))
+    raise SystemExit(
+        schedule_length.main(variants, out="reports/bench/tuning-owned-units-reset.json", method_for=method_for)
+    )

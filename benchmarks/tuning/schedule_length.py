@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402  (the benchmark's grid, data and pass criteria)
 
-from unsir.measures import evaluate_model  # noqa: E402
 from unsir.methods import make_method  # noqa: E402
 from unsir.methods.baselines import RetrainConfig  # noqa: E402
 from unsir.methods.unsir import UNSIRConfig  # noqa: E402
@@ -59,9 +58,15 @@ def variants(arch: str, retain_per_class: int) -> dict:
     }
 
 
-def main(variants_for=variants, out: str = "reports/bench/tuning-schedule-length.json") -> int:
+def plain_method(variant: str, method_name: str, config):
+    """The method a variant runs: by default just ``method_name`` with its config."""
+    return make_method(method_name, config)
+
+
+def main(variants_for=variants, out: str = "reports/bench/tuning-schedule-length.json", method_for=plain_method) -> int:
     """Walk the tuning grid with ``variants_for(arch, retain_per_class)``; other tuning
-    experiments on the same grid call this with their own variants and ``out``."""
+    experiments on the same grid call this with their own variants and ``out``, and with
+    ``method_for(variant, method_name, config)`` when a variant changes more than the config."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--arch", default="small_cnn")
@@ -89,7 +94,7 @@ def main(variants_for=variants, out: str = "reports/bench/tuning-schedule-length
             methods.append(("retrain_again", "retrain", RetrainConfig(train=train_cfg), task))
         methods += [(name, "noise_free", config, zero_glance) for name, config in chosen.items()]
         for name, method_name, config, task_for in methods:
-            method = make_method(method_name, config)
+            method = method_for(name, method_name, config)
             method_seed = seed + 1000 if name == "retrain_again" else seed  # another initialisation
             cpu_started = time.process_time()
             outcome = method.unlearn(
