@@ -2,7 +2,12 @@
 
 resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
 -> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
--> evaluate -> register-model-version -> promotion-gate -> record-on-audit-trail
+-> evaluate -> choose-registration -> register-model-version -> promotion-gate
+-> record-on-audit-trail
+
+choose-registration registers UNSIR's model, or, when it fails the gate and the retrained
+reference passes it (``gates.fallback_to_retrained``), the retrained model in its place: the
+deletion is finished by exact unlearning rather than left held.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class UnlearnResult:
     verified: bool | None = None
     verified_forgotten_classes: list[int] = field(default_factory=list)
     reads_forget_train: bool = False
+    method: str = "unsir"  # what was registered: UNSIR's model, or "retrain" (the fallback)
+    unsir_gate_reasons: list[str] = field(default_factory=list)  # why UNSIR's was not, on a fallback
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,8 +108,22 @@ def unlearn(
         clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
         unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
         result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
-        per_class = [row["after"] for row in result.per_class]
-        verified_forgotten = promotion.measured_forgotten(per_class, ws.params.gates.max_forget_acc)
+        candidate = promotion.GateInput(
+            metrics=result.metrics,
+            per_class_test=[row["after"] for row in result.per_class],
+            forget_classes=request.all_forgotten,
+            verified=unlearned.verified,
+            rounds=len(unlearned.rounds),
+        )
+        retrained = (
+            promotion.retrained_candidate(candidate, [row["retrained"] for row in result.per_class])
+            if "retrained" in result.per_class[0]
+            else None
+        )
+        choice = clock("choose-registration", model.choose_registration, ctx, candidate, retrained)
+        verified_forgotten = promotion.measured_forgotten(
+            choice.candidate.per_class_test, ws.params.gates.max_forget_acc
+        )
         tags = promotion.lineage_tags(
             ws,
             parent_version=parent_model.version,
@@ -115,16 +136,12 @@ def unlearn(
             rounds=len(unlearned.rounds),
             verified=unlearned.verified,
             verified_forgotten=verified_forgotten,
+            method=choice.method,
+            unsir_gate_reasons=choice.unsir_gate_reasons,
         )
-        version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags)
-        candidate = promotion.GateInput(
-            metrics=result.metrics,
-            per_class_test=per_class,
-            forget_classes=request.all_forgotten,
-            verified=unlearned.verified,
-            rounds=len(unlearned.rounds),
-        )
-        decision = clock("promotion-gate", model.promotion_gate, ctx, version, candidate)
+        checkpoint = ctx.paths.retrained if choice.method == "retrain" else ctx.paths.unlearned
+        version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags, checkpoint)
+        decision = clock("promotion-gate", model.promotion_gate, ctx, version, choice.candidate)
     except BaseException:
         registry.end_run(mlflow_run_id, status="FAILED")
         raise
@@ -157,6 +174,8 @@ def unlearn(
         rounds=unlearned.rounds,
         verified=unlearned.verified,
         verified_forgotten_classes=verified_forgotten,
+        method=choice.method,
+        unsir_gate_reasons=choice.unsir_gate_reasons,
     ).to_dict()
     if not recorded_by_caller:
         outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from unsir.checkpoint import load_checkpoint
+from unsir.checkpoint import load_checkpoint, save_checkpoint
 from unsir.measures import EvaluationConfig, compare_models
 from unsir.methods import make_method
 from unsir.methods.base import UnlearningTask
@@ -28,7 +28,7 @@ class Evaluation:
 
     forget_classes: list[int]  # every class forgotten so far
     metrics: dict[str, float]
-    per_class: list[dict]
+    per_class: list[dict]  # with "retrained" beside "before" and "after" when there is a reference
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,7 +37,9 @@ class Evaluation:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int]) -> Evaluation:
     """Parent and unlearned model on the test split, every class forgotten so far counted as
-    forget classes; writes the figures and ``evaluation.json`` and logs them to the MLflow run."""
+    forget classes; writes the figures and ``evaluation.json`` and logs them to the MLflow run.
+    The retrained reference, when there is one, is kept in the run directory: the flow registers
+    it in UNSIR's place when UNSIR's model fails the gate and it passes."""
     # matplotlib is imported only by the step that draws.
     from unsir_pipeline.adapters.plots import confusion_figure, per_class_accuracy_figure
 
@@ -54,6 +56,8 @@ def evaluate(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int]) -> E
         reference = _retrain_reference(ws, splits, tuple(all_forgotten), parent, device)
     comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
     before, after = comparison.before, comparison.after
+    if reference is not None:
+        save_checkpoint(run.retrained, reference.cpu(), card.with_forgotten(tuple(all_forgotten)))
     names = list(card.class_names)
     per_class_accuracy_figure(names, before.per_class_test, after.per_class_test, list(all_forgotten)).savefig(
         run.per_class_plot, dpi=110
@@ -67,6 +71,7 @@ def evaluate(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int]) -> E
                 "class": names[c],
                 "before": before.per_class_test[c],
                 "after": after.per_class_test[c],
+                **({"retrained": comparison.reference.per_class_test[c]} if comparison.reference else {}),
                 "forgotten": c in all_forgotten,
             }
             for c in range(len(names))

@@ -71,12 +71,33 @@ def load_registered_model(ctx: RunContext, version: int) -> Path:
     return ctx.paths.parent
 
 
+@task(name="choose-registration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def choose_registration(
+    ctx: RunContext, unsir: promotion.GateInput, retrained: promotion.GateInput | None
+) -> promotion.RegistrationChoice:
+    """UNSIR's model, or the retrained reference in its place when UNSIR's fails the gate and the
+    reference passes it (``gates.fallback_to_retrained``)."""
+    must_stay_forgotten = promotion.classes_that_must_stay_forgotten(registry_for(ctx.ws))
+    choice = promotion.choose_registration(ctx.ws, unsir, retrained, must_stay_forgotten)
+    if choice.method == "retrain":
+        get_run_logger().warning(
+            "UNSIR's model fails the gate (%s); registering the retrained reference (exact unlearning) instead",
+            "; ".join(choice.unsir_gate_reasons),
+        )
+    return choice
+
+
 @task(name="register-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def register_model_version(
-    ctx: RunContext, mlflow_run_id: str, tags: dict[str, str], input_example_count: int = 2
+    ctx: RunContext,
+    mlflow_run_id: str,
+    tags: dict[str, str],
+    checkpoint: Path | None = None,
+    input_example_count: int = 2,
 ) -> int:
-    """Register the unlearned checkpoint as ``challenger``. Keyed on the run key (the flow run
-    id, or a batch's stable key): a retry returns the version already registered."""
+    """Register ``checkpoint`` (default: the unlearned one) as ``challenger``. Keyed on the run
+    key (the flow run id, or a batch's stable key): a retry returns the version already
+    registered."""
     runtime.raise_if_stopped()  # a stopped command registers nothing
     ws = ctx.ws
     # A few test images as the data set gives them (the served model normalises them itself).
@@ -85,7 +106,7 @@ def register_model_version(
     registry = registry_for(ws)
     with registry.start_run(run_id=mlflow_run_id):
         version = registry.register_checkpoint(
-            ctx.paths.unlearned,
+            checkpoint or ctx.paths.unlearned,
             input_example=images.numpy(),
             tags=tags,
             idempotency_key=tags["run_key"],

@@ -296,3 +296,42 @@ def test_dvc_repro_runs_the_whole_pipeline_offline(bootstrapped_project, tmp_pat
     evaluation = json.loads((root / "reports" / "evaluation.json").read_text())
     assert evaluation["forget_acc"] <= 0.02 and evaluation["original_forget_acc"] > 0.9
     assert evaluation["original_retain_acc"] - evaluation["retain_acc"] <= 0.03
+
+
+def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, bootstrapped_project):
+    """A recipe too weak to verify forgetting class 5 in its one round is held; the flow
+    registers the retrained reference, which never saw class 5, in its place (exact unlearning),
+    and says so on its tags, in its result and on the audit trail."""
+    from unsir.checkpoint import weights_sha256
+    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.flows.unlearn import unlearn
+    from unsir_pipeline.governance import stores
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    weak = [f"unlearn.{step}={{lr: 0.00001, epochs: 1, batch_size: 32}}" for step in ("impair", "repair", "polish")]
+    overrides = [*REFERENCE, *weak, "unlearn.verification.max_rounds=1"]
+    result = unlearn(forget_classes=["5"], project_dir=str(project), overrides=overrides)
+    assert result["verified"] is False  # UNSIR's one round left class 5 likely on validation samples
+    assert result["method"] == "retrain" and result["promoted"] is True
+    assert any("round budget ran out" in r for r in result["unsir_gate_reasons"])
+    assert all(r.startswith("FAIL: ") for r in result["unsir_gate_reasons"])
+    assert "pass: exact unlearning: trained from scratch on the retain classes only" in result["gate_reasons"]
+    assert result["verified_forgotten_classes"] == [5]
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    tags = registry.get_version(result["new_version"]).tags
+    assert registry.resolve_alias("champion") == result["new_version"]
+    assert tags["method"] == "retrain" and "round budget ran out" in tags["unsir_gate_reasons"]
+    retrained = ws.runs_dir / result["run_key"] / "retrained"
+    assert tags["weights_sha256"] == weights_sha256(retrained)  # the reference's weights, not UNSIR's
+    assert tags["weights_sha256"] != weights_sha256(ws.runs_dir / result["run_key"] / "unlearned")
+    records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == result["audit_id"]]
+    (registered,) = [r for r in records if r.event == "model_registered"]
+    assert registered.payload["method"] == "retrain"
+    assert registered.payload["unsir_gate_reasons"] == result["unsir_gate_reasons"]
+    assert "registered: the retrained model (exact unlearning)" in format_result(result)
+    from unsir_pipeline.governance import batches
+
+    html = batches.write_batch_report(ws, result["audit_id"], tmp_path / "report.html").read_text()
+    assert "<p id='method'><b>The registered version is the model retrained from scratch" in html
+    assert "round budget ran out" in html.split("id='method'")[1]

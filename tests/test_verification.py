@@ -16,7 +16,7 @@ from unsir.problem import build_task
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
 from unsir.verification import ForgettingCheck, check_forgetting
-from unsir_pipeline.governance.promotion import GateInput, gate_decision
+from unsir_pipeline.governance.promotion import GateInput, choose_registration, gate_decision, retrained_candidate
 from unsir_pipeline.settings.config import load_params
 
 CPU = torch.device("cpu")
@@ -500,3 +500,53 @@ def test_the_gate_holds_a_version_whose_budget_ran_out():
     per_class[3] = 0.0
     ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class, verified=False), set())
     assert not ok and any("round budget ran out" in r for r in reasons)
+
+
+def _held_unsir_and_retrained():
+    """A UNSIR model that forgot class 3 but reads less member-like than retraining (held), and
+    the retrained reference beside it, whose measures carry the ``reference_`` prefix."""
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    metrics = _metrics(
+        mia=0.0,
+        reference_mia=0.29,
+        mia_forget_holdout=0.0,
+        reference_forget_acc=0.0,
+        reference_mia_forget_holdout=0.27,
+        reference_mia_forget_train_samples=100.0,
+        reference_mia_forget_holdout_samples=27.0,
+    )
+    unsir = _candidate(metrics, per_class)
+    retrained_per_class = [0.995] * 10
+    retrained_per_class[3] = 0.0
+    return unsir, retrained_candidate(unsir, retrained_per_class)
+
+
+def test_the_retrained_reference_is_judged_on_its_own_measures_against_unseen_samples():
+    unsir, retrained = _held_unsir_and_retrained()
+    assert retrained.method == "retrain" and retrained.metrics["mia"] == 0.29
+    assert retrained.metrics["retain_acc"] == 0.995 and retrained.metrics["original_retain_acc"] == 0.995
+    assert not any(k.startswith("reference_") for k in retrained.metrics)  # not compared with itself
+    ok, reasons = gate_decision(_gate_ws(), retrained, set())
+    assert ok, reasons
+    assert any("vs 0.2700 (forget-class validation samples, n=27)" in r for r in reasons)
+    assert "pass: exact unlearning: trained from scratch on the retain classes only" in reasons
+    # A retrained model that still classifies a class a promoted version forgot is held too.
+    assert not gate_decision(_gate_ws(), retrained, {5})[0]
+
+
+def test_a_held_unsir_model_gives_way_to_a_retrained_reference_that_passes():
+    unsir, retrained = _held_unsir_and_retrained()
+    choice = choose_registration(_gate_ws(), unsir, retrained, set())
+    assert choice.method == "retrain" and choice.candidate is retrained
+    assert choice.unsir_gate_reasons and all(r.startswith("FAIL: ") for r in choice.unsir_gate_reasons)
+    assert "less member-like than the retrained model" in choice.unsir_gate_reasons[0]
+    # UNSIR's own model whenever it passes, when the fallback is off, or with no reference.
+    passing = _candidate(_metrics(mia=0.28, reference_mia=0.30), unsir.per_class_test)
+    assert choose_registration(_gate_ws(), passing, retrained, set()).method == "unsir"
+    off = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.fallback_to_retrained=false"]))
+    assert choose_registration(off, unsir, retrained, set()).candidate is unsir
+    assert choose_registration(_gate_ws(), unsir, None, set()).unsir_gate_reasons == []
+    # Nor a retrained reference that fails the gate itself: UNSIR's is registered, and held.
+    failing = replace(retrained, metrics={**retrained.metrics, "retain_acc": 0.90})
+    assert choose_registration(_gate_ws(), unsir, failing, set()).method == "unsir"

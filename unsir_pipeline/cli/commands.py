@@ -580,11 +580,13 @@ def format_result(result: dict) -> str:
             f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}"
         ),
         "",
-        f"{'class':<12}{'before':>10}{'after':>10}",
+        f"{'class':<12}{'before':>10}{'after':>10}"
+        + (f"{'retrained':>11}" if "retrained" in result["per_class"][0] else ""),
     ]
     for entry in result["per_class"]:
         mark = "  (forgotten)" if entry["forgotten"] else ""
-        lines.append(f"{entry['class']:<12}{entry['before']:>10.3f}{entry['after']:>10.3f}{mark}")
+        retrained = f"{entry['retrained']:>11.3f}" if "retrained" in entry else ""
+        lines.append(f"{entry['class']:<12}{entry['before']:>10.3f}{entry['after']:>10.3f}{retrained}{mark}")
     has_ref = "reference_forget_acc" in m
     header = f"{'test split':<28}{'before':>10}{'after':>10}" + (f"{'retrained':>11}" if has_ref else "")
 
@@ -612,6 +614,15 @@ def format_result(result: dict) -> str:
         ),
         "",
         describe_rounds(result.get("rounds") or [], result.get("verified")),
+        *(
+            [
+                f"registered: the retrained model (exact unlearning) as version {result['new_version']}, in place of "
+                "UNSIR's, which failed the gate:",
+                *[f"  {reason}" for reason in result["unsir_gate_reasons"]],
+            ]
+            if result.get("method") == "retrain"
+            else []
+        ),
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],
         f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow "

@@ -335,6 +335,9 @@ def run_records(result: dict) -> list[tuple[str, dict]]:
                 "forgotten_classes": result["all_forgotten"],
                 "verified_forgotten_classes": result["verified_forgotten_classes"],
                 "data_digests": result["data_digests"],
+                # "retrain": UNSIR's model failed the gate, the retrained reference took its place.
+                "method": result.get("method", "unsir"),
+                **({"unsir_gate_reasons": result["unsir_gate_reasons"]} if result.get("unsir_gate_reasons") else {}),
                 **links,
             },
         ),

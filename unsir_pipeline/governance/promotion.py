@@ -7,13 +7,16 @@ back. Tags keep what was requested apart from what was verified:
 
 - ``forgotten_classes``: every class requested so far in this version's lineage;
 - ``verified_forgotten_classes``: the classes this version was measured to have forgotten;
-- ``rounds`` / ``verified``: how many UNSIR rounds ran and whether the validation check passed.
+- ``rounds`` / ``verified``: how many UNSIR rounds ran and whether the validation check passed;
+- ``method``: ``unsir``, or ``retrain`` when UNSIR's model failed the gate and the retrained
+  reference was registered in its place (``unsir_gate_reasons``: why UNSIR's was not).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from unsir.errors import UnlearningInputError
@@ -106,7 +109,10 @@ def lineage_tags(
     rounds: int,
     verified: bool | None,
     verified_forgotten: list[int],
+    method: str = "unsir",
+    unsir_gate_reasons: Sequence[str] = (),
 ) -> dict[str, str]:
+    fallback = {"unsir_gate_reasons": "; ".join(unsir_gate_reasons)} if unsir_gate_reasons else {}
     return {
         "run_key": run_key,
         "parent_version": str(parent_version),
@@ -122,7 +128,8 @@ def lineage_tags(
         "git_commit": git_commit(ws.root),
         "prefect_flow_run_id": flow_run_id,
         "mlflow_run_id": mlflow_run_id,
-        "method": "unsir",
+        "method": method,
+        **fallback,
     }
 
 
@@ -198,6 +205,25 @@ class GateInput:
     forget_classes: list[int]  # every class this version was asked to forget
     verified: bool | None  # UNSIR's validation check (None: no validation split)
     rounds: int
+    method: str = "unsir"  # or "retrain": the retrained reference, judged as a candidate
+
+
+def retrained_candidate(unsir: GateInput, per_class_retrained: list[float]) -> GateInput:
+    """The retrained reference as a candidate: its own measures (the ``reference_`` ones of
+    ``unsir``) beside the parent's. Nothing is left to compare it with but what a model that never
+    saw the class cannot do better than, so its MIA is judged against the attack's rate on
+    unseen forget-class validation samples, and its retain accuracy against the parent's."""
+    m = unsir.metrics
+    own = {k.removeprefix("reference_"): v for k, v in m.items() if k.startswith("reference_")}
+    parents = {k: v for k, v in m.items() if k.startswith("original_")}
+    return GateInput(
+        metrics={**own, **parents},
+        per_class_test=list(per_class_retrained),
+        forget_classes=unsir.forget_classes,
+        verified=None,
+        rounds=0,
+        method="retrain",
+    )
 
 
 @dataclass(frozen=True)
@@ -298,7 +324,9 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
                 + ("" if within else mia_direction(m, value)),
             )
         )
-    if g.require_verified:
+    if candidate.method == "retrain":
+        checks.append((True, "exact unlearning: trained from scratch on the retain classes only"))
+    elif g.require_verified:
         checks.append(
             (
                 candidate.verified is not False,
@@ -307,6 +335,34 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
             )
         )
     return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
+
+
+@dataclass(frozen=True)
+class RegistrationChoice:
+    """Which model a run registers: UNSIR's, or the retrained reference in its place."""
+
+    candidate: GateInput
+    unsir_gate_reasons: list[str]  # why UNSIR's model was not registered; empty when it was
+
+    @property
+    def method(self) -> str:
+        return self.candidate.method
+
+
+def choose_registration(
+    ws: Workspace, unsir: GateInput, retrained: GateInput | None, must_stay_forgotten: set[int]
+) -> RegistrationChoice:
+    """UNSIR's model, unless it fails the gate, ``gates.fallback_to_retrained`` is on, and the
+    retrained reference passes it: then the retrained model, which finishes the deletion by exact
+    unlearning instead of leaving it held. A preview of the gate (``must_stay_forgotten`` as the
+    registry reads now); the registered version is judged again under the promotion lock
+    (:func:`apply_gate`)."""
+    if retrained is None or not ws.params.gates.fallback_to_retrained:
+        return RegistrationChoice(unsir, [])
+    passes, reasons = gate_decision(ws, unsir, must_stay_forgotten)
+    if passes or not gate_decision(ws, retrained, must_stay_forgotten)[0]:
+        return RegistrationChoice(unsir, [])
+    return RegistrationChoice(retrained, [r for r in reasons if r.startswith("FAIL: ")])
 
 
 def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool, list[str]]:

@@ -141,7 +141,8 @@ def batch_report_html(
             f"{_e(p['forgotten_classes'])}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
             f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
-            f"<table><tr><th>link</th><th>value</th></tr>"
+            + _fallback_paragraph(p)
+            + "<table><tr><th>link</th><th>value</th></tr>"
             f"<tr><td>MLflow run</td><td><code>{_e(p.get('mlflow_run_id'))}</code></td></tr>"
             f"<tr><td>Prefect flow run</td><td><code>{_e(p.get('prefect_flow_run_id'))}</code></td></tr>"
             f"<tr><td>git commit</td><td><code>{_e(p.get('git_commit'))}</code></td></tr>"
@@ -174,6 +175,16 @@ def batch_report_html(
         else ""
     )
     generated = datetime.now(UTC).isoformat(timespec="seconds")
+    exact = registered is not None and registered.payload.get("method") == "retrain"
+    after_label = "after UNSIR (not registered)" if exact else "after (unlearned)"
+    retrained_label = "retrained from scratch (registered)" if exact else "retrained from scratch"
+    exact_note = (
+        "<p><b>Here the registered version is the retrained model</b>: trained from fresh weights on the retain "
+        "classes' training samples only, it never saw the forgotten classes (exact unlearning, as faithful as the "
+        "training recipe that produced the parent). The caveats above are about UNSIR's model, which it replaced.</p>"
+        if exact
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Unlearning evidence: {_e(batch_id)}</title><style>{STYLE}</style></head>
 <body>
@@ -185,7 +196,7 @@ def batch_report_html(
 {chart}
 <h2>Key figures</h2>
 {unlearning_line}
-<table id="key-figures"><tr><th>measure</th><th>before (parent)</th><th>after (unlearned)</th>{"<th>retrained from scratch</th>" if has_ref else ""}</tr>{figure_rows}</table>
+<table id="key-figures"><tr><th>measure</th><th>before (parent)</th><th>{after_label}</th>{f"<th>{retrained_label}</th>" if has_ref else ""}</tr>{figure_rows}</table>
 <h2>Model lineage</h2>
 {lineage}
 <h2>Audit records of this batch</h2>
@@ -202,10 +213,22 @@ and that this record of it has not been altered since it was written (the hash c
 can sometimes be recovered by fine-tuning on a few samples or by a probe on internal features, and a stronger
 attack than the one measured here may do better. It is evidence of behavioural forgetting measured against the
 test split and the retrained reference, not a certificate of exact unlearning. The trail proves integrity of the
-records, not the honesty of whoever wrote the first one.</p>
+records, not the honesty of whoever wrote the first one.</p>{exact_note}
 </div>
 </body></html>
 """
+
+
+def _fallback_paragraph(registered: dict) -> str:
+    """What a reviewer must know when the registered version is not UNSIR's."""
+    if registered.get("method") != "retrain":
+        return ""
+    failed = "".join(f"<li>{_e(x)}</li>" for x in registered.get("unsir_gate_reasons", []))
+    return (
+        "<p id='method'><b>The registered version is the model retrained from scratch on the retain classes</b> "
+        "(exact unlearning; the <i>retrained</i> column above), registered in place of UNSIR's model, which "
+        f"failed the gate:</p><ul>{failed}</ul>"
+    )
 
 
 def describe_rounds(rounds: list[dict], verified: bool | None) -> str:

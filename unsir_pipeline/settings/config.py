@@ -118,6 +118,11 @@ class GateParams(Frozen):
         "samples|, allowed two standard errors more",
     )
     require_verified: bool = Field(default=True, description="hold a version whose validation check failed")
+    fallback_to_retrained: bool = Field(
+        default=True,
+        description="when UNSIR's model fails the gate, register the retrained reference (exact unlearning) in its "
+        "place if that passes (with evaluation.retrain_reference)",
+    )
 
 
 class RegistryParams(Frozen):

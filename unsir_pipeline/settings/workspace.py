@@ -127,6 +127,7 @@ class RunPaths:
     parent = property(lambda self: self.root / "parent")
     download = property(lambda self: self.root / "download")
     unlearned = property(lambda self: self.root / "unlearned")
+    retrained = property(lambda self: self.root / "retrained")  # the reference, kept as the fallback
     evaluation = property(lambda self: self.root / "evaluation.json")
     per_class_plot = property(lambda self: self.root / "per_class_accuracy.png")
     confusion_plot = property(lambda self: self.root / "confusion_matrices.png")
