@@ -115,6 +115,10 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
             "forgotten_classes": json.loads(tags.get(FORGOTTEN_TAG, "[]")),
             "verified_forgotten_classes": json.loads(tags.get(VERIFIED_TAG, "[]")),
             "data_digests": json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
+            "method": tags.get("method", "unsir"),
+            **(
+                {"unsir_gate_reasons": json.loads(tags["unsir_gate_reasons"])} if tags.get("unsir_gate_reasons") else {}
+            ),
             "recovered_from": "registry tags (the batch stopped before recording them)",
             **links,
         },

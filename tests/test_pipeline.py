@@ -298,7 +298,7 @@ def test_dvc_repro_runs_the_whole_pipeline_offline(bootstrapped_project, tmp_pat
     assert evaluation["original_retain_acc"] - evaluation["retain_acc"] <= 0.03
 
 
-def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, bootstrapped_project):
+def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, bootstrapped_project, capsys):
     """A recipe too weak to verify forgetting class 5 in its one round is held; the flow
     registers the retrained reference, which never saw class 5, in its place (exact unlearning),
     and says so on its tags, in its result and on the audit trail."""
@@ -321,7 +321,7 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     registry = registry_for(ws)
     tags = registry.get_version(result["new_version"]).tags
     assert registry.resolve_alias("champion") == result["new_version"]
-    assert tags["method"] == "retrain" and "round budget ran out" in tags["unsir_gate_reasons"]
+    assert tags["method"] == "retrain" and json.loads(tags["unsir_gate_reasons"]) == result["unsir_gate_reasons"]
     retrained = ws.runs_dir / result["run_key"] / "retrained"
     assert tags["weights_sha256"] == weights_sha256(retrained)  # the reference's weights, not UNSIR's
     assert tags["weights_sha256"] != weights_sha256(ws.runs_dir / result["run_key"] / "unlearned")
@@ -335,3 +335,7 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     html = batches.write_batch_report(ws, result["audit_id"], tmp_path / "report.html").read_text()
     assert "<p id='method'><b>The registered version is the model retrained from scratch" in html
     assert "round budget ran out" in html.split("id='method'")[1]
+    capsys.readouterr()
+    assert main(["--project", str(project), "models"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[0] == str(result["new_version"])]
+    assert "retrain" in row.split() and "promoted" in row.split()

@@ -664,11 +664,12 @@ def cmd_models(project: Path, args) -> int:
     elif not versions:
         print("no registered versions; run `unsir bootstrap`")
     else:
-        print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'gate':<18}created")
+        print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'method':<9}{'gate':<18}created")
         for v in versions:
             print(
                 f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
-                f"{json.dumps(v['forgotten_classes']):<16}{v['gate'] or '-':<18}{v['created_at']}"
+                f"{json.dumps(v['forgotten_classes']):<16}{v['tags'].get('method', '-'):<9}{v['gate'] or '-':<18}"
+                f"{v['created_at']}"
             )
     # A champion that brings a deleted class back is said wherever versions are listed.
     problems, warnings = champion_problems(listed, ws.params.registry.champion_alias)

@@ -112,7 +112,7 @@ def lineage_tags(
     method: str = "unsir",
     unsir_gate_reasons: Sequence[str] = (),
 ) -> dict[str, str]:
-    fallback = {"unsir_gate_reasons": "; ".join(unsir_gate_reasons)} if unsir_gate_reasons else {}
+    fallback = {"unsir_gate_reasons": json.dumps(list(unsir_gate_reasons))} if unsir_gate_reasons else {}
     return {
         "run_key": run_key,
         "parent_version": str(parent_version),
