@@ -5,6 +5,8 @@ defaults: `unsir forget C --from original`, one flow run each, in a temporary pr
     python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
         --out reports/bench/pipeline-sweep-no-reference.json   # the gate without a reference
     python benchmarks/pipeline_sweep.py --seed 3 --out reports/bench/pipeline-sweep-seed3.json
+    python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry \
+        --out reports/bench/pipeline-sweep-fresh-seed3.json  # each setting its own registry
 
 ``--seed N`` sets every seed in the project's params.yaml (split, retain subset, original's
 initialisation, unlearning) before bootstrap: another split, another original, another run. The
@@ -16,6 +18,11 @@ apart from the measures of the run itself. For the same reason the flow's fallba
 retrained reference registered when UNSIR's model is held) cannot fire after the first
 promotion here, so each row also judges the retrained reference by the same own checks: a
 deletion the fallback finishes is one whose UNSIR model fails them and whose reference passes.
+
+``--fresh-registry`` gives each setting a registered model and an audit trail of its own
+(``registry.model_name``, ``requests.audit_log``), its version 1 the same original: every run
+meets the whole gate with no earlier deletion, as a user's first `unsir forget` does, and the
+fallback fires for real; ``promoted`` and ``method`` then say how each deletion ended.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override"
     )
+    parser.add_argument(
+        "--fresh-registry", action="store_true", help="each setting its own registered model and audit trail"
+    )
     args = parser.parse_args(argv)
     project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
     make_project(project)
@@ -78,10 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap(ws)
     rows = []
     for classes in SETTINGS:
+        overrides = list(args.overrides)
+        if args.fresh_registry:
+            key = "-".join(classes)
+            overrides += [
+                f"registry.model_name=unsir-sweep-{key}",
+                f"requests.audit_log=state/audit-sweep-{key}.sqlite",
+            ]
+            bootstrap(Workspace.load(project, tuple(overrides)))  # registers the trained original; no retraining
         started = time.perf_counter()
-        result = unlearn(forget_classes=classes, project_dir=str(project), parent="original", overrides=args.overrides)
+        result = unlearn(forget_classes=classes, project_dir=str(project), parent="original", overrides=overrides)
         m = result["metrics"]
-        own = [r for r in result["gate_reasons"] if "earlier-deleted" not in r]
+        # UNSIR's model's own failures: the gate's reasons, or, when the retrained reference took
+        # its place, the checks UNSIR's model failed (the registered model's reasons are the reference's).
+        reasons = result["unsir_gate_reasons"] if result["method"] == "retrain" else result["gate_reasons"]
+        own_failures = [r for r in reasons if r.startswith("FAIL") and "earlier-deleted" not in r]
         reference_passes = None
         if "retrained" in result["per_class"][0]:
             unsir = GateInput(
@@ -99,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                 "forget_acc": m["forget_acc"],
                 "retain_acc": m["retain_acc"],
                 "original_retain_acc": m["original_retain_acc"],
+                "reference_forget_acc": m.get("reference_forget_acc"),
                 "reference_retain_acc": m.get("reference_retain_acc"),
                 "mia": m["mia"],
                 "reference_mia": m.get("reference_mia"),
                 "mia_forget_holdout": m.get("mia_forget_holdout"),
                 "rounds": len(result["rounds"]),
                 "verified": result["verified"],
-                "own_checks_pass": all(r.startswith("pass") for r in own),
+                "own_checks_pass": not own_failures,
                 "reference_own_checks_pass": reference_passes,
                 "method": result["method"],
                 "promoted": result["promoted"],
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(original {r['original_retain_acc']:.3f}, retrained {_shown(r['reference_retain_acc'])}) "
             f"mia {r['mia']:.3f} (retrained {_shown(r['reference_mia'])}, forget-class hold-out "
             f"{_shown(r['mia_forget_holdout'])}) rounds {r['rounds']} "
-            f"{'PASS' if r['own_checks_pass'] else 'FAIL'} {[x for x in own if x.startswith('FAIL')]}"
+            f"{'PASS' if r['own_checks_pass'] else 'FAIL'} {own_failures}"
             + ("" if reference_passes is None else f"; retrained reference {'PASS' if reference_passes else 'FAIL'}"),
             flush=True,
         )
@@ -129,13 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(r["own_checks_pass"] for r in rows)
     fallback = ws.params.gates.fallback_to_retrained
     finished = sum(r["own_checks_pass"] or bool(fallback and r["reference_own_checks_pass"]) for r in rows)
+    promoted = sum(r["promoted"] for r in rows)
+    by_fallback = sum(r["promoted"] and r["method"] == "retrain" for r in rows)
+    summary = {"passed": passed, "finished": finished, "promoted": promoted, "promoted_by_fallback": by_fallback}
     out.write_text(
         json.dumps(
-            {"overrides": args.overrides, "seed": args.seed, "runs": rows, "passed": passed, "finished": finished},
+            {
+                "overrides": args.overrides,
+                "seed": args.seed,
+                "fresh_registry": args.fresh_registry,
+                "runs": rows,
+                **summary,
+            },
             indent=2,
         )
         + "\n"
     )
+    if args.fresh_registry:
+        print(f"{promoted}/{len(rows)} promoted, {by_fallback} of them the retrained reference in UNSIR's place")
     print(
         f"{passed}/{len(rows)} pass their own checks with UNSIR's model; {finished}/{len(rows)} finished "
         f"{'with' if fallback else 'without'} the fallback to the retrained reference; wrote {out}"
