@@ -826,3 +826,28 @@ def test_a_weights_digest_changed_in_the_registry_disagrees_with_the_trail(proje
     assert main(["--project", str(copy), "audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert f"version {result['new_version']}: weights_sha256 tag {'e' * 64} differs from record" in err
+
+
+def test_a_batch_whose_unsir_model_is_held_completes_with_the_retrained_reference(
+    tmp_path, prefect_harness, bootstrapped_project
+):
+    """A scheduled deletion is finished, not left for review, when UNSIR's model fails the gate
+    and the retrained reference passes it: the request is done with the reference's version,
+    and the batch's record says which model that is and why."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["5"], "dana", "consent withdrawn")
+    overrides = ["evaluation.retrain_reference=true", *WEAK, "unlearn.verification.max_rounds=1"]
+    result = deletion_batch(project_dir=str(project), overrides=overrides)
+    assert result["status"] == "done" and result["verified"] is False  # UNSIR's round did not verify
+    assert result["method"] == "retrain" and result["promoted"] is True
+    done = stores.request_store(ws).get(request.id)
+    assert done.status == "done" and done.model_version == result["new_version"]
+    assert batches.versions_awaiting_review(ws) == []
+    (registered,) = [
+        r for r in stores.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"]
+    ]
+    assert registered.payload["method"] == "retrain" and request.id in registered.request_ids
+    assert any("round budget ran out" in r for r in registered.payload["unsir_gate_reasons"])
