@@ -76,9 +76,15 @@ def choose_registration(
     ctx: RunContext, unsir: promotion.GateInput, retrained: promotion.GateInput | None
 ) -> promotion.RegistrationChoice:
     """UNSIR's model, or the retrained reference in its place when UNSIR's fails the gate and the
-    reference passes it (``gates.fallback_to_retrained``)."""
-    must_stay_forgotten = promotion.classes_that_must_stay_forgotten(registry_for(ctx.ws))
-    choice = promotion.choose_registration(ctx.ws, unsir, retrained, must_stay_forgotten)
+    reference passes it (``gates.fallback_to_retrained``); a resumed run keeps the choice its
+    earlier attempt registered."""
+    versions = registry_for(ctx.ws).list_versions()
+    registered = next((v for v in versions if v.tags.get("run_key") == ctx.run_key), None)
+    if registered is not None:
+        choice = promotion.registered_choice(registered.tags, unsir, retrained)
+    else:
+        must_stay_forgotten = set(promotion.deletions_done(versions))
+        choice = promotion.choose_registration(ctx.ws, unsir, retrained, must_stay_forgotten)
     if choice.method == "retrain":
         get_run_logger().warning(
             "UNSIR's model fails the gate (%s); registering the retrained reference (exact unlearning) instead",

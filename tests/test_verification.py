@@ -1,6 +1,7 @@
 """Verified forgetting: the round loop, its zero-glance premise, the recipe's choice, the gate."""
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,13 @@ from unsir.problem import build_task
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
 from unsir.verification import ForgettingCheck, check_forgetting
-from unsir_pipeline.governance.promotion import GateInput, choose_registration, gate_decision, retrained_candidate
+from unsir_pipeline.governance.promotion import (
+    GateInput,
+    choose_registration,
+    gate_decision,
+    registered_choice,
+    retrained_candidate,
+)
 from unsir_pipeline.settings.config import load_params
 
 CPU = torch.device("cpu")
@@ -550,3 +557,15 @@ def test_a_held_unsir_model_gives_way_to_a_retrained_reference_that_passes():
     # Nor a retrained reference that fails the gate itself: UNSIR's is registered, and held.
     failing = replace(retrained, metrics={**retrained.metrics, "retain_acc": 0.90})
     assert choose_registration(_gate_ws(), unsir, failing, set()).method == "unsir"
+
+
+def test_a_resumed_run_is_judged_by_the_model_its_earlier_attempt_registered():
+    unsir, retrained = _held_unsir_and_retrained()
+    # This attempt's measures would fall back, but the version holds UNSIR's weights.
+    assert choose_registration(_gate_ws(), unsir, retrained, set()).method == "retrain"
+    assert registered_choice({"method": "unsir", "run_key": "k"}, unsir, retrained).candidate is unsir
+    earlier = {"method": "retrain", "run_key": "k", "unsir_gate_reasons": json.dumps(["FAIL: x"])}
+    choice = registered_choice(earlier, unsir, retrained)
+    assert choice.candidate is retrained and choice.unsir_gate_reasons == ["FAIL: x"]
+    with pytest.raises(UnlearningInputError, match="run 'k' registered the retrained reference.*retrain_reference"):
+        registered_choice(earlier, unsir, None)

@@ -365,6 +365,20 @@ def choose_registration(
     return RegistrationChoice(retrained, [r for r in reasons if r.startswith("FAIL: ")])
 
 
+def registered_choice(tags: dict[str, str], unsir: GateInput, retrained: GateInput | None) -> RegistrationChoice:
+    """The choice an earlier attempt of the same run made, from its version's tags: a resumed
+    run's registration returns that version, so the gate must judge the model it holds, even
+    where this attempt's measures would choose the other (a non-deterministic device)."""
+    if tags.get("method") != "retrain":
+        return RegistrationChoice(unsir, [])
+    if retrained is None:
+        raise UnlearningInputError(
+            f"an earlier attempt of run {tags.get('run_key', '?')!r} registered the retrained reference, but this "
+            "attempt trained no reference to judge it by: set evaluation.retrain_reference: true and resume"
+        )
+    return RegistrationChoice(retrained, json.loads(tags.get("unsir_gate_reasons", "[]")))
+
+
 def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool, list[str]]:
     """Record the gate's decision on the version and move ``champion`` when it passed."""
     registry = registry_for(ws)
