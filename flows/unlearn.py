@@ -50,6 +50,7 @@ class UnlearnResult:
     reads_forget_train: bool = False
     method: str = "unsir"  # what was registered: UNSIR's model, or "retrain" (the fallback)
     unsir_gate_reasons: list[str] = field(default_factory=list)  # why UNSIR's was not, on a fallback
+    no_fallback_because: str = ""  # why a held UNSIR model was not replaced by the reference
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +177,7 @@ def unlearn(
         verified_forgotten_classes=verified_forgotten,
         method=choice.method,
         unsir_gate_reasons=choice.unsir_gate_reasons,
+        no_fallback_because="" if decision.promoted else choice.no_fallback_because,
     ).to_dict()
     if not recorded_by_caller:
         outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)

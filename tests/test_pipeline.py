@@ -251,6 +251,7 @@ def test_cli_forget_json_and_a_promotion_never_brings_a_deleted_class_back(proje
     assert result["all_forgotten"] == [0] and result["metrics"]["forget_acc"] <= 0.01
     assert result["promoted"] is False
     assert any(r.startswith("FAIL") and "still classified: [3" in r for r in result["gate_reasons"])
+    assert "evaluation.retrain_reference: false" in result["no_fallback_because"]  # why it stays held
     tags = registry_for(Workspace.load(project)).get_version(result["new_version"]).tags
     assert json.loads(tags["verified_forgotten_classes"]) == [0]
     assert json.loads(tags["forgotten_classes"]) == [0]

@@ -551,12 +551,18 @@ def test_a_held_unsir_model_gives_way_to_a_retrained_reference_that_passes():
     # UNSIR's own model whenever it passes, when the fallback is off, or with no reference.
     passing = _candidate(_metrics(mia=0.28, reference_mia=0.30), unsir.per_class_test)
     assert choose_registration(_gate_ws(), passing, retrained, set()).method == "unsir"
+    assert choose_registration(_gate_ws(), passing, retrained, set()).no_fallback_because == ""
+    # Each way the fallback cannot happen says why, for the held version's reader.
     off = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.fallback_to_retrained=false"]))
-    assert choose_registration(off, unsir, retrained, set()).candidate is unsir
-    assert choose_registration(_gate_ws(), unsir, None, set()).unsir_gate_reasons == []
+    kept = choose_registration(off, unsir, retrained, set())
+    assert kept.candidate is unsir and "gates.fallback_to_retrained: false" in kept.no_fallback_because
+    alone = choose_registration(_gate_ws(), unsir, None, set())
+    assert alone.unsir_gate_reasons == [] and "evaluation.retrain_reference: false" in alone.no_fallback_because
     # Nor a retrained reference that fails the gate itself: UNSIR's is registered, and held.
     failing = replace(retrained, metrics={**retrained.metrics, "retain_acc": 0.90})
-    assert choose_registration(_gate_ws(), unsir, failing, set()).method == "unsir"
+    held = choose_registration(_gate_ws(), unsir, failing, set())
+    assert held.method == "unsir" and held.no_fallback_because.startswith("the retrained reference fails the gate too")
+    assert "retain accuracy drop +0.0950" in held.no_fallback_because
 
 
 def test_a_resumed_run_is_judged_by_the_model_its_earlier_attempt_registered():

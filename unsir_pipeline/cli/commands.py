@@ -623,6 +623,11 @@ def format_result(result: dict) -> str:
             if result.get("method") == "retrain"
             else []
         ),
+        *(
+            [f"no fallback to the retrained model: {result['no_fallback_because']}"]
+            if result.get("no_fallback_because")
+            else []
+        ),
         "promotion gate: " + ("PROMOTED to champion" if result["promoted"] else "held as challenger (not promoted)"),
         *[f"  {reason}" for reason in result["gate_reasons"]],
         f"UNSIR compute {sum(result['compute_s'].values()):.2f}s, flow {sum(result['task_s'].values()):.2f}s; MLflow "

@@ -343,7 +343,12 @@ def run_records(result: dict) -> list[tuple[str, dict]]:
         ),
         (
             "gate_decision",
-            {"model_version": version, "promoted": result["promoted"], "reasons": result["gate_reasons"]},
+            {
+                "model_version": version,
+                "promoted": result["promoted"],
+                "reasons": result["gate_reasons"],
+                **({"no_fallback_because": result["no_fallback_because"]} if result.get("no_fallback_because") else {}),
+            },
         ),
     ]
 

@@ -343,6 +343,8 @@ class RegistrationChoice:
 
     candidate: GateInput
     unsir_gate_reasons: list[str]  # why UNSIR's model was not registered; empty when it was
+    # Why the reference could not take the place of UNSIR's model, should the gate hold it.
+    no_fallback_because: str = ""
 
     @property
     def method(self) -> str:
@@ -357,11 +359,17 @@ def choose_registration(
     unlearning instead of leaving it held. A preview of the gate (``must_stay_forgotten`` as the
     registry reads now); the registered version is judged again under the promotion lock
     (:func:`apply_gate`)."""
-    if retrained is None or not ws.params.gates.fallback_to_retrained:
-        return RegistrationChoice(unsir, [])
+    if retrained is None:
+        return RegistrationChoice(unsir, [], "no retrained reference was trained (evaluation.retrain_reference: false)")
+    if not ws.params.gates.fallback_to_retrained:
+        return RegistrationChoice(unsir, [], "the fallback is off (gates.fallback_to_retrained: false)")
     passes, reasons = gate_decision(ws, unsir, must_stay_forgotten)
-    if passes or not gate_decision(ws, retrained, must_stay_forgotten)[0]:
+    if passes:
         return RegistrationChoice(unsir, [])
+    reference_passes, reference_reasons = gate_decision(ws, retrained, must_stay_forgotten)
+    if not reference_passes:
+        failed = "; ".join(r.removeprefix("FAIL: ") for r in reference_reasons if r.startswith("FAIL: "))
+        return RegistrationChoice(unsir, [], f"the retrained reference fails the gate too ({failed})")
     return RegistrationChoice(retrained, [r for r in reasons if r.startswith("FAIL: ")])
 
 
