@@ -146,7 +146,7 @@ def test_refused_requests_are_recorded(project, first_batch):
     assert {rec.request_ids[0] for rec in refused} >= {r.id for r in rejected}
 
 
-def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch):
+def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, first_batch, tmp_path):
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
@@ -154,6 +154,9 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["promoted"] is False
     held = result["new_version"]
+    # The reviewer reads why no retrained model took its place (this project trains none).
+    html = batches.write_batch_report(ws, result["batch_id"], tmp_path / "report.html").read_text()
+    assert "<p id='no-fallback'>No fallback to the retrained model: no retrained reference was trained" in html
     champion = registry_for(ws).resolve_alias("champion")
     assert champion != held
     assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [held]

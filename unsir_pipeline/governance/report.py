@@ -141,7 +141,7 @@ def batch_report_html(
             f"{_e(p['forgotten_classes'])}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
             f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
-            + _fallback_paragraph(p)
+            + _fallback_paragraph(p, gate.payload if gate else {})
             + "<table><tr><th>link</th><th>value</th></tr>"
             f"<tr><td>MLflow run</td><td><code>{_e(p.get('mlflow_run_id'))}</code></td></tr>"
             f"<tr><td>Prefect flow run</td><td><code>{_e(p.get('prefect_flow_run_id'))}</code></td></tr>"
@@ -219,8 +219,11 @@ records, not the honesty of whoever wrote the first one.</p>{exact_note}
 """
 
 
-def _fallback_paragraph(registered: dict) -> str:
-    """What a reviewer must know when the registered version is not UNSIR's."""
+def _fallback_paragraph(registered: dict, gate: dict) -> str:
+    """What a reviewer must know when the registered version is not UNSIR's, or when a held
+    UNSIR model was not replaced by the retrained reference."""
+    if gate.get("no_fallback_because"):
+        return f"<p id='no-fallback'>No fallback to the retrained model: {_e(gate['no_fallback_because'])}.</p>"
     if registered.get("method") != "retrain":
         return ""
     failed = "".join(f"<li>{_e(x)}</li>" for x in registered.get("unsir_gate_reasons", []))
