@@ -45,15 +45,24 @@ def _shown(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _set_seeds(project: Path, seed: int) -> None:
+def _edit_params(project: Path, seed: int | None, arch: str | None) -> None:
+    """Every seed, and the architecture with its family's training, written into params.yaml
+    (what `dvc repro` trains the original from) and committed."""
     import yaml
 
+    from unsir.recipes import training_for
+
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["split_seed"] = params["data"]["retain_seed"] = seed
-    params["model"]["seed"] = params["unlearn"]["seed"] = seed
+    if seed is not None:
+        params["data"]["split_seed"] = params["data"]["retain_seed"] = seed
+        params["model"]["seed"] = params["unlearn"]["seed"] = seed
+    if arch is not None:
+        train = training_for(arch)
+        params["model"]["arch"] = arch
+        params["model"]["train"] = {**params["model"]["train"], "lr": train.lr, "epochs": train.epochs}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     identity = ["-c", "user.email=b@b", "-c", "user.name=b"]
-    subprocess.run(["git", *identity, "commit", "-qam", f"seed {seed}"], cwd=project, check=True)
+    subprocess.run(["git", *identity, "commit", "-qam", f"seed {seed}, arch {arch}"], cwd=project, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override"
     )
     parser.add_argument(
+        "--arch", default=None, help="model.arch, trained as its family is (default: as shipped, small_cnn)"
+    )
+    parser.add_argument(
         "--fresh-registry", action="store_true", help="each setting its own registered model and audit trail"
     )
     args = parser.parse_args(argv)
     project = Path(tempfile.mkdtemp(prefix="unsir-sweep-")) / "project"
     make_project(project)
-    if args.seed is not None:
-        _set_seeds(project, args.seed)
+    if args.seed is not None or args.arch is not None:
+        _edit_params(project, args.seed, args.arch)
     # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
     from unsir_pipeline.settings import runtime
     from unsir_pipeline.settings.environment import configure
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "overrides": args.overrides,
                 "seed": args.seed,
+                "arch": args.arch,
                 "fresh_registry": args.fresh_registry,
                 "runs": rows,
                 **summary,

@@ -169,3 +169,32 @@ def test_comparison_times_relearning_against_the_originals_forget_accuracy(train
     assert forget_val > 0 and m["mia_forget_holdout_samples"] == forget_val
     assert m["mia_forget_train_samples"] == int((data.train_labels == 3).sum())
     assert 0.0 <= m["mia_forget_holdout"] <= 1.0
+
+
+def test_training_never_hands_batchnorm_a_single_sample():
+    """97 forget-train samples in batches of 32 left a last batch of one, which BatchNorm cannot
+    normalise once a network has pooled it to one value per channel: relearning class 2 with
+    MobileNetV2 on 8x8 digits stopped the flow. The lone sample joins the batch before it."""
+    from unsir.training import fit, iterate_batches
+
+    assert [len(b) for b in iterate_batches(97, 32, None, shuffle=False)] == [32, 32, 33]
+    assert [len(b) for b in iterate_batches(96, 32, None, shuffle=False)] == [32, 32, 32]
+    assert [len(b) for b in iterate_batches(1, 32, None, shuffle=False)] == [1]
+    order = torch.cat(list(iterate_batches(65, 32, torch.Generator().manual_seed(0))))
+    assert sorted(order.tolist()) == list(range(65))  # every sample, once
+    pooled = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(97, 4), torch.arange(97) % 3
+    fit(pooled, x, y, OptimConfig(lr=1e-3, epochs=1, batch_size=32), device=torch.device("cpu"), generator=None)
+    steps = relearn_steps(
+        pooled,
+        x,
+        y,
+        x[:10],
+        y[:10],
+        target_accuracy=1.01,  # never reached: every batch is run
+        config=OptimConfig(lr=1e-3, epochs=1, batch_size=32),
+        max_steps=6,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert steps == 6
