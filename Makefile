@@ -46,6 +46,10 @@ bench: $(STAMP)
 		$(BIN)/python benchmarks/pipeline_sweep.py --seed $$seed --fresh-registry \
 			--out reports/bench/pipeline-sweep-fresh-seed$$seed.json || exit 1; \
 	done
+	for arch in mobilenet_v2 resnet18_cifar allcnn; do \
+		$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --arch $$arch --fresh-registry \
+			--out reports/bench/pipeline-sweep-fresh-$$arch-seed3.json || exit 1; \
+	done
 
 # The held-out grid on four architectures no recipe choice looked at (registered by the script).
 bench-unseen: $(STAMP)
