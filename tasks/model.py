@@ -12,7 +12,7 @@ from unsir.checkpoint import save_checkpoint
 from unsir.splits import select
 from unsir_pipeline.adapters.prepared_data import load_prepared
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import registry_for
+from unsir_pipeline.adapters.registry import registry_for, version_with_key
 from unsir_pipeline.governance import promotion
 from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import RunContext
@@ -79,7 +79,7 @@ def choose_registration(
     reference passes it (``gates.fallback_to_retrained``); a resumed run keeps the choice its
     earlier attempt registered."""
     versions = registry_for(ctx.ws).list_versions()
-    registered = next((v for v in versions if v.tags.get("run_key") == ctx.run_key), None)
+    registered = version_with_key(versions, ctx.run_key)  # what registration would return
     if registered is not None:
         choice = promotion.registered_choice(registered.tags, unsir, retrained)
     else:

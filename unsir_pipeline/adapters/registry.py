@@ -79,6 +79,13 @@ class VersionInfo:
     created_at: str
 
 
+def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | None:
+    """The version registered under idempotency ``key`` among ``versions`` (the first, should a
+    race have made two): what :meth:`ModelRegistry.register_checkpoint` returns for that key."""
+    matches = [v for v in versions if v.tags.get(IDEMPOTENCY_TAG) == key]
+    return min(matches, key=lambda v: v.version) if matches else None
+
+
 class ModelRegistry:
     """Runs, metrics and artifacts of one experiment, and the versions of one registered model.
 
@@ -321,8 +328,8 @@ class ModelRegistry:
         # Filtered here rather than in a search string, so no key needs quoting.
         if not self.has_model():
             return None
-        matches = [v.version for v in self.list_versions() if v.tags.get(IDEMPOTENCY_TAG) == key]
-        return min(matches) if matches else None
+        found = version_with_key(self.list_versions(), key)
+        return found.version if found else None
 
     # --- aliases, versions, tags --------------------------------------------------------
 
