@@ -2,12 +2,14 @@
 
 resolve-model-version -> open-tracking-run -> validate-data-splits -> version-data
 -> load-registered-model -> unlearn (rounds of learn-noise, impair, repair, verify)
--> evaluate -> choose-registration -> register-model-version -> promotion-gate
--> record-on-audit-trail
+-> evaluate -> choose-registration [-> retrain-reference -> choose-registration]
+-> register-model-version -> promotion-gate -> record-on-audit-trail
 
 choose-registration registers UNSIR's model, or, when it fails the gate and the retrained
 reference passes it (``gates.fallback_to_retrained``), the retrained model in its place: the
-deletion is finished by exact unlearning rather than left held.
+deletion is finished by exact unlearning rather than left held. Without a reference from
+evaluate (``evaluation.retrain_reference: false``), a held UNSIR model has it trained then
+(``gates.retrain_when_held``), so the retraining is paid only on a miss.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class UnlearnResult:
 
 
 class _Clock:
-    """Wall time of each task as the flow sees it (scheduling and I/O included)."""
+    """Wall time of each task as the flow sees it (scheduling and I/O included), summed over
+    the times a task runs."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -67,7 +70,24 @@ class _Clock:
         try:
             return fn(*args, **kwargs)
         finally:
-            self.seconds[name] = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def _candidates(
+    result: evaluation.Evaluation, unlearned: unlearning.Unlearned
+) -> tuple[promotion.GateInput, promotion.GateInput | None]:
+    """UNSIR's model and, when the evaluation trained it, the retrained reference, as the gate
+    judges them."""
+    unsir = promotion.GateInput(
+        metrics=result.metrics,
+        per_class_test=[row["after"] for row in result.per_class],
+        forget_classes=result.forget_classes,
+        verified=unlearned.verified,
+        rounds=len(unlearned.rounds),
+    )
+    if "retrained" not in result.per_class[0]:
+        return unsir, None
+    return unsir, promotion.retrained_candidate(unsir, [row["retrained"] for row in result.per_class])
 
 
 @flow(name="unlearn", log_prints=True, validate_parameters=True)
@@ -109,19 +129,10 @@ def unlearn(
         clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
         unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
         result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
-        candidate = promotion.GateInput(
-            metrics=result.metrics,
-            per_class_test=[row["after"] for row in result.per_class],
-            forget_classes=request.all_forgotten,
-            verified=unlearned.verified,
-            rounds=len(unlearned.rounds),
-        )
-        retrained = (
-            promotion.retrained_candidate(candidate, [row["retrained"] for row in result.per_class])
-            if "retrained" in result.per_class[0]
-            else None
-        )
-        choice = clock("choose-registration", model.choose_registration, ctx, candidate, retrained)
+        choice = clock("choose-registration", model.choose_registration, ctx, *_candidates(result, unlearned))
+        if choice.reference_wanted:  # held, and no reference yet: train it now (gates.retrain_when_held)
+            result = clock("retrain-reference", evaluation.retrain_reference, ctx, mlflow_run_id, request.all_forgotten)
+            choice = clock("choose-registration", model.choose_registration, ctx, *_candidates(result, unlearned))
         verified_forgotten = promotion.measured_forgotten(
             choice.candidate.per_class_test, ws.params.gates.max_forget_acc
         )

@@ -556,8 +556,10 @@ def test_a_held_unsir_model_gives_way_to_a_retrained_reference_that_passes():
     off = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.fallback_to_retrained=false"]))
     kept = choose_registration(off, unsir, retrained, set())
     assert kept.candidate is unsir and "gates.fallback_to_retrained: false" in kept.no_fallback_because
-    alone = choose_registration(_gate_ws(), unsir, None, set())
-    assert alone.unsir_gate_reasons == [] and "evaluation.retrain_reference: false" in alone.no_fallback_because
+    untrained = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.retrain_when_held=false"]))
+    alone = choose_registration(untrained, unsir, None, set())
+    assert alone.unsir_gate_reasons == [] and not alone.reference_wanted
+    assert "evaluation.retrain_reference: false, gates.retrain_when_held: false" in alone.no_fallback_because
     # Nor a retrained reference that fails the gate itself: UNSIR's is registered, and held.
     failing = replace(retrained, metrics={**retrained.metrics, "retain_acc": 0.90})
     held = choose_registration(_gate_ws(), unsir, failing, set())
@@ -573,5 +575,21 @@ def test_a_resumed_run_is_judged_by_the_model_its_earlier_attempt_registered():
     earlier = {"method": "retrain", "run_key": "k", "unsir_gate_reasons": json.dumps(["FAIL: x"])}
     choice = registered_choice(earlier, unsir, retrained)
     assert choice.candidate is retrained and choice.unsir_gate_reasons == ["FAIL: x"]
-    with pytest.raises(UnlearningInputError, match="run 'k' registered the retrained reference.*retrain_reference"):
-        registered_choice(earlier, unsir, None)
+    # An attempt that has not trained the reference the version holds asks for it.
+    wants = registered_choice(earlier, unsir, None)
+    assert wants.reference_wanted and wants.unsir_gate_reasons == []
+
+
+def test_a_held_unsir_model_without_a_reference_asks_for_one_only_when_held():
+    """With no reference from the evaluation, the reference is trained only when UNSIR's
+    model fails the gate (``gates.retrain_when_held``), and never with the fallback off."""
+    unsir, retrained = _held_unsir_and_retrained()
+    wants = choose_registration(_gate_ws(), unsir, None, set())
+    assert wants.reference_wanted and wants.candidate is unsir and wants.no_fallback_because == ""
+    # Once trained, the choice is made as when the evaluation trained it.
+    assert choose_registration(_gate_ws(), unsir, retrained, set()).method == "retrain"
+    passing = _candidate(_metrics(), unsir.per_class_test)
+    assert gate_decision(_gate_ws(), passing, set())[0]
+    assert not choose_registration(_gate_ws(), passing, None, set()).reference_wanted  # nothing to replace
+    off = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.fallback_to_retrained=false"]))
+    assert not choose_registration(off, unsir, None, set()).reference_wanted

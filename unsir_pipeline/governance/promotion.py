@@ -345,6 +345,9 @@ class RegistrationChoice:
     unsir_gate_reasons: list[str]  # why UNSIR's model was not registered; empty when it was
     # Why the reference could not take the place of UNSIR's model, should the gate hold it.
     no_fallback_because: str = ""
+    # The choice needs the retrained reference, which this run has not trained yet: train it
+    # and choose again (``gates.retrain_when_held``, or a resumed run that registered it).
+    reference_wanted: bool = False
 
     @property
     def method(self) -> str:
@@ -356,16 +359,24 @@ def choose_registration(
 ) -> RegistrationChoice:
     """UNSIR's model, unless it fails the gate, ``gates.fallback_to_retrained`` is on, and the
     retrained reference passes it: then the retrained model, which finishes the deletion by exact
-    unlearning instead of leaving it held. A preview of the gate (``must_stay_forgotten`` as the
-    registry reads now); the registered version is judged again under the promotion lock
-    (:func:`apply_gate`)."""
-    if retrained is None:
-        return RegistrationChoice(unsir, [], "no retrained reference was trained (evaluation.retrain_reference: false)")
-    if not ws.params.gates.fallback_to_retrained:
+    unlearning instead of leaving it held. With no reference trained yet and
+    ``gates.retrain_when_held``, a failing UNSIR model asks for one (``reference_wanted``).
+    A preview of the gate (``must_stay_forgotten`` as the registry reads now); the registered
+    version is judged again under the promotion lock (:func:`apply_gate`)."""
+    gates = ws.params.gates
+    if not gates.fallback_to_retrained:
         return RegistrationChoice(unsir, [], "the fallback is off (gates.fallback_to_retrained: false)")
     passes, reasons = gate_decision(ws, unsir, must_stay_forgotten)
     if passes:
         return RegistrationChoice(unsir, [])
+    if retrained is None:
+        if gates.retrain_when_held:
+            return RegistrationChoice(unsir, [], reference_wanted=True)
+        return RegistrationChoice(
+            unsir,
+            [],
+            "no retrained reference was trained (evaluation.retrain_reference: false, gates.retrain_when_held: false)",
+        )
     reference_passes, reference_reasons = gate_decision(ws, retrained, must_stay_forgotten)
     if not reference_passes:
         failed = "; ".join(r.removeprefix("FAIL: ") for r in reference_reasons if r.startswith("FAIL: "))
@@ -376,14 +387,12 @@ def choose_registration(
 def registered_choice(tags: dict[str, str], unsir: GateInput, retrained: GateInput | None) -> RegistrationChoice:
     """The choice an earlier attempt of the same run made, from its version's tags: a resumed
     run's registration returns that version, so the gate must judge the model it holds, even
-    where this attempt's measures would choose the other (a non-deterministic device)."""
+    where this attempt's measures would choose the other (a non-deterministic device). An
+    attempt that has not trained the reference the version holds asks for it."""
     if tags.get("method") != "retrain":
         return RegistrationChoice(unsir, [])
     if retrained is None:
-        raise UnlearningInputError(
-            f"an earlier attempt of run {tags.get('run_key', '?')!r} registered the retrained reference, but this "
-            "attempt trained no reference to judge it by: set evaluation.retrain_reference: true and resume"
-        )
+        return RegistrationChoice(unsir, [], reference_wanted=True)
     return RegistrationChoice(retrained, json.loads(tags.get("unsir_gate_reasons", "[]")))
 
 

@@ -31,14 +31,20 @@ def _pct(value: object) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "—"
 
 
-def per_class_svg(per_class: list[dict]) -> str:
-    """Grouped bars of test accuracy per class, before and after; forgotten classes shaded."""
+def per_class_svg(
+    per_class: list[dict], after_label: str = "after (unlearned)", retrained_label: str = "retrained from scratch"
+) -> str:
+    """Grouped bars of test accuracy per class: before, after and, when the run trained it, the
+    retrained reference; the labels say which of them was registered. Forgotten classes shaded."""
     width, height, left, bottom, top = 640, 260, 40, 40, 16
     plot_h = height - bottom - top
     slot = (width - left - 10) / max(len(per_class), 1)
-    bar = slot * 0.36
+    series = [("before", "#8da0cb", "before (parent)"), ("after", "#fc8d62", after_label)]
+    if per_class and "retrained" in per_class[0]:
+        series.append(("retrained", "#66c2a5", retrained_label))
+    bar = slot * 0.76 / len(series)
     parts = [
-        f'<svg id="per-class-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-class accuracy before and after">'
+        f'<svg id="per-class-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-class test accuracy: {", ".join(label for _, _, label in series)}">'
     ]
     for tick in (0, 0.5, 1.0):
         y = top + plot_h * (1 - tick)
@@ -49,20 +55,23 @@ def per_class_svg(per_class: list[dict]) -> str:
         x0 = left + i * slot
         if row.get("forgotten"):
             parts.append(f'<rect x="{x0:.1f}" y="{top}" width="{slot:.1f}" height="{plot_h}" fill="#eeeeee"/>')
-        for j, (key, colour) in enumerate((("before", "#8da0cb"), ("after", "#fc8d62"))):
+        for j, (key, colour, label) in enumerate(series):
             value = float(row.get(key) or 0.0)
             h = plot_h * value
             parts.append(
-                f'<rect class="bar-{key}" x="{x0 + slot * 0.12 + j * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}"><title>{_e(row["class"])} {key}: {_pct(value)}</title></rect>'
+                f'<rect class="bar-{key}" x="{x0 + slot * 0.12 + j * bar:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}"><title>{_e(row["class"])} {_e(label)}: {_pct(value)}</title></rect>'
             )
         parts.append(
             f'<text x="{x0 + slot / 2:.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{_e(row["class"])}</text>'
         )
+    x = left
+    for _, colour, label in series:
+        parts.append(
+            f'<rect x="{x}" y="{height - 14}" width="10" height="10" fill="{colour}"/><text x="{x + 14}" y="{height - 5}" font-size="11">{_e(label)}</text>'
+        )
+        x += 24 + 6 * len(label)
     parts.append(
-        f'<rect x="{left}" y="{height - 14}" width="10" height="10" fill="#8da0cb"/><text x="{left + 14}" y="{height - 5}" font-size="11">before (parent)</text>'
-    )
-    parts.append(
-        f'<rect x="{left + 120}" y="{height - 14}" width="10" height="10" fill="#fc8d62"/><text x="{left + 134}" y="{height - 5}" font-size="11">after (unlearned); forgotten classes shaded</text>'
+        f'<text x="{width - 10}" y="{top - 4}" font-size="11" text-anchor="end">forgotten classes shaded</text>'
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -125,8 +134,11 @@ def batch_report_html(
         + "</tr>"
         for i, (name, b, a, r) in enumerate(figures)
     )
+    exact = registered is not None and registered.payload.get("method") == "retrain"
+    after_label = "after UNSIR (not registered)" if exact else "after (unlearned)"
+    retrained_label = "retrained from scratch (registered)" if exact else "retrained from scratch"
     chart = (
-        per_class_svg(metrics_rec.payload["per_class"])
+        per_class_svg(metrics_rec.payload["per_class"], after_label, retrained_label)
         if metrics_rec
         else "<p>No evaluation was recorded for this batch.</p>"
     )
@@ -175,9 +187,6 @@ def batch_report_html(
         else ""
     )
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    exact = registered is not None and registered.payload.get("method") == "retrain"
-    after_label = "after UNSIR (not registered)" if exact else "after (unlearned)"
-    retrained_label = "retrained from scratch (registered)" if exact else "retrained from scratch"
     exact_note = (
         "<p><b>Here the registered version is the retrained model</b>: trained from fresh weights on the retain "
         "classes' training samples only, it never saw the forgotten classes (exact unlearning, as faithful as the "

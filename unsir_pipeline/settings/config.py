@@ -121,7 +121,12 @@ class GateParams(Frozen):
     fallback_to_retrained: bool = Field(
         default=True,
         description="when UNSIR's model fails the gate, register the retrained reference (exact unlearning) in its "
-        "place if that passes (with evaluation.retrain_reference)",
+        "place if that passes",
+    )
+    retrain_when_held: bool = Field(
+        default=True,
+        description="without evaluation.retrain_reference: train the reference only when UNSIR's model fails the "
+        "gate, for the fallback (one retraining, paid only on a miss)",
     )
 
 
