@@ -39,7 +39,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --dataset mnist5k --seeds 3 --pairs 2 --triples 1 \
 		--train-epochs 10 --no-noise --out reports/bench/quality-mnist5k.json
 	$(BIN)/python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
-		--out reports/bench/pipeline-sweep-no-reference.json
+		--set gates.retrain_when_held=false --out reports/bench/pipeline-sweep-no-reference.json
+	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry --set evaluation.retrain_reference=false \
+		--out reports/bench/pipeline-sweep-fresh-when-held-seed3.json
 	for seed in 0 3 4 5; do \
 		$(BIN)/python benchmarks/pipeline_sweep.py --seed $$seed \
 			--out reports/bench/pipeline-sweep-fallback-seed$$seed.json || exit 1; \

@@ -2,11 +2,13 @@
 defaults: `unsir forget C --from original`, one flow run each, in a temporary project copy.
 
     python benchmarks/pipeline_sweep.py [--out reports/bench/pipeline-sweep.json]
-    python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
+    python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false --set gates.retrain_when_held=false \
         --out reports/bench/pipeline-sweep-no-reference.json   # the gate without a reference
     python benchmarks/pipeline_sweep.py --seed 3 --out reports/bench/pipeline-sweep-seed3.json
     python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry \
         --out reports/bench/pipeline-sweep-fresh-seed3.json  # each setting its own registry
+    python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry --set evaluation.retrain_reference=false \
+        --out reports/bench/pipeline-sweep-fresh-when-held-seed3.json  # the reference trained only on a miss
 
 ``--seed N`` sets every seed in the project's params.yaml (split, retain subset, original's
 initialisation, unlearning) before bootstrap: another split, another original, another run. The
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 "reference_own_checks_pass": reference_passes,
                 "method": result["method"],
                 "promoted": result["promoted"],
+                # trained by the flow only because UNSIR's model was held (gates.retrain_when_held)
+                "reference_trained_when_held": "retrain-reference" in result["task_s"],
                 "gate_reasons": result["gate_reasons"],
                 "unsir_s": sum(result["compute_s"].values()),
                 "flow_s": time.perf_counter() - started,
@@ -165,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     finished = sum(r["own_checks_pass"] or bool(fallback and r["reference_own_checks_pass"]) for r in rows)
     promoted = sum(r["promoted"] for r in rows)
     by_fallback = sum(r["promoted"] and r["method"] == "retrain" for r in rows)
-    summary = {"passed": passed, "finished": finished, "promoted": promoted, "promoted_by_fallback": by_fallback}
+    retrainings = sum(r["reference_retain_acc"] is not None for r in rows)
+    summary = {
+        "passed": passed,
+        "finished": finished,
+        "promoted": promoted,
+        "promoted_by_fallback": by_fallback,
+        "retrainings": retrainings,
+        "retrainings_when_held": sum(r["reference_trained_when_held"] for r in rows),
+    }
     out.write_text(
         json.dumps(
             {
@@ -181,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     if args.fresh_registry:
-        print(f"{promoted}/{len(rows)} promoted, {by_fallback} of them the retrained reference in UNSIR's place")
+        print(
+            f"{promoted}/{len(rows)} promoted, {by_fallback} of them the retrained reference in UNSIR's place; "
+            f"{retrainings} retrainings ({summary['retrainings_when_held']} only because UNSIR's model was held)"
+        )
     print(
         f"{passed}/{len(rows)} pass their own checks with UNSIR's model; {finished}/{len(rows)} finished "
         f"{'with' if fallback else 'without'} the fallback to the retrained reference; wrote {out}"
