@@ -42,6 +42,8 @@ bench: $(STAMP)
 		--set gates.retrain_when_held=false --out reports/bench/pipeline-sweep-no-reference.json
 	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry --set evaluation.retrain_reference=false \
 		--out reports/bench/pipeline-sweep-fresh-when-held-seed3.json
+	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --arch mobilenet_v2 --fresh-registry \
+		--set evaluation.retrain_reference=false --out reports/bench/pipeline-sweep-fresh-when-held-mobilenet_v2-seed3.json
 	for seed in 0 3 4 5; do \
 		$(BIN)/python benchmarks/pipeline_sweep.py --seed $$seed \
 			--out reports/bench/pipeline-sweep-fallback-seed$$seed.json || exit 1; \
