@@ -213,6 +213,19 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
     assert "\n" not in line and str(tmp_path) in line and "unable to open database file" in line and "writable" in line
 
 
+def test_a_failed_dvc_stage_shows_the_stages_own_error(tmp_path):
+    from unsir_pipeline.adapters.data_versioning import DataVersioningError
+    from unsir_pipeline.cli.commands import _describe
+
+    err = DataVersioningError(
+        "`dvc repro --pull prepare` in /p exited with code 255:\nRunning stage 'prepare':\n"
+        "error: class 'a' has 5 samples\nERROR: failed to reproduce 'prepare'"
+    )
+    message = _describe(err, tmp_path)
+    assert message.startswith("`dvc repro --pull prepare` in /p exited with code 255:")
+    assert "error: class 'a' has 5 samples" in message
+
+
 def test_the_rounds_line_names_recovery_epochs_only_when_they_ran():
     from unsir_pipeline.governance.report import describe_rounds
 

@@ -395,8 +395,10 @@ def _describe(err: Exception, project: Path | None = None) -> str:
             f"cannot use the project's state files under {project} (paths.state_dir, the MLflow and Prefect "
             f"databases): {first}; check they exist, are writable and the disk has space"
         )
-    # Validation failures list one failed expectation per line: keep them, they are the point.
-    return first + ("".join(f"\n  {line}" for line in rest) if type(err).__name__ == "ValidationFailed" else "")
+    # Validation failures list one failed expectation per line, and a failed DVC command quotes
+    # its output (the stage's own error) after the first line: keep them, they are the point.
+    detailed = type(err).__name__ in ("ValidationFailed", "DataVersioningError")
+    return first + ("".join(f"\n  {line}" for line in rest) if detailed else "")
 
 
 def _is_user_error(err: Exception) -> bool:
