@@ -36,6 +36,20 @@ def test_split_fractions_name_the_bad_value(fractions, message):
         SplitFractions(*fractions)
 
 
+@pytest.mark.parametrize("per_class", [1, 2, 5])
+def test_too_few_samples_to_split_names_the_smallest_class(per_class):
+    from unsir.data import ClassificationData
+
+    labels = torch.arange(3).repeat_interleave(per_class)
+    labels[-1] = 1  # class 'c' is the smallest
+    data = ClassificationData(
+        "few", torch.rand(len(labels), 1, 4, 4), labels, ("a", "b", "c"), tuple(f"s{i}" for i in range(len(labels)))
+    )
+    smallest = int((labels == 2).sum())
+    with pytest.raises(UnlearningInputError, match=rf"'few'.*smallest class 'c' has {smallest} sample"):
+        make_split_manifest(data, seed=0)
+
+
 def test_retain_subset_has_no_forget_class_and_n_per_class(digits_manifest):
     rows = draw_retain_subset(digits_manifest, forget_classes=(3, 8), per_class=20, seed=5, num_classes=10)
     assert not rows["label"].isin([3, 8]).any()

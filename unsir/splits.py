@@ -29,18 +29,23 @@ def make_split_manifest(
     """Assign every sample to train/val/test, stratified by label, reproducibly from ``seed``."""
     positions = np.arange(len(data))
     labels = data.labels.numpy()
-    train_pos, rest_pos = train_test_split(positions, train_size=fractions.train, stratify=labels, random_state=seed)
     split = np.empty(len(data), dtype=object)
-    split[train_pos] = "train"
-    if fractions.val > 0:
-        val_share = fractions.val / (fractions.val + fractions.test)
-        val_pos, test_pos = train_test_split(
-            rest_pos, train_size=val_share, stratify=labels[rest_pos], random_state=seed
+    try:
+        train_pos, rest_pos = train_test_split(
+            positions, train_size=fractions.train, stratify=labels, random_state=seed
         )
-        split[val_pos] = "val"
-        split[test_pos] = "test"
-    else:
-        split[rest_pos] = "test"
+        split[train_pos] = "train"
+        if fractions.val > 0:
+            val_share = fractions.val / (fractions.val + fractions.test)
+            val_pos, test_pos = train_test_split(
+                rest_pos, train_size=val_share, stratify=labels[rest_pos], random_state=seed
+            )
+            split[val_pos] = "val"
+            split[test_pos] = "test"
+        else:
+            split[rest_pos] = "test"
+    except ValueError as err:  # scikit-learn's: a class too small to stratify, a split too small
+        raise _too_few_to_split(data, fractions, err) from err
     return pd.DataFrame(
         {
             "sample_id": list(data.sample_ids),
@@ -48,6 +53,17 @@ def make_split_manifest(
             "split": split.astype(str),
             "digest": data.sample_digests(),
         }
+    )
+
+
+def _too_few_to_split(data: ClassificationData, fractions: SplitFractions, err: ValueError) -> UnlearningInputError:
+    counts = np.bincount(data.labels.numpy(), minlength=data.num_classes)
+    smallest = int(counts.argmin())
+    return UnlearningInputError(
+        f"cannot split data set {data.name!r} ({len(data)} samples, {data.num_classes} classes) into "
+        f"train/val/test fractions {fractions.train}/{fractions.val}/{fractions.test} stratified by class: "
+        f"its smallest class {data.class_names[smallest]!r} has {int(counts[smallest])} sample(s) ({err}); "
+        "expected enough samples of every class for each split: add samples or change the fractions"
     )
 
 
