@@ -166,6 +166,22 @@ def test_image_folder_needs_image_size_for_mixed_sizes(image_folder):
     assert resized.sample_ids[-2:] == ("dog/wide.png", "emu/d.png")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"not an image", b"", pytest.param(None, id="truncated")],
+)
+def test_image_folder_with_an_unreadable_image_names_the_file(image_folder, content):
+    bad = image_folder / "dog" / "bad.png"
+    if content is None:
+        _write_png(image_folder / "dog" / "whole.png", "RGB", (64, 64), (1, 2, 3))
+        whole = (image_folder / "dog" / "whole.png").read_bytes()
+        (image_folder / "dog" / "whole.png").unlink()
+        content = whole[: len(whole) // 2]
+    bad.write_bytes(content)
+    with pytest.raises(UnlearningInputError, match=r"cannot read image .*dog/bad\.png.*expected an image file"):
+        load_image_folder(image_folder)
+
+
 def test_unknown_dataset_name_is_named():
     with pytest.raises(UnlearningInputError, match=r"unknown dataset 'imagenet'.*'digits'"):
         load_dataset("imagenet")

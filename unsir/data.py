@@ -162,6 +162,19 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
     return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
 
 
+def _read_image(path: str):
+    """One image file as an RGB PIL image (torchvision's loader), or an input error naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:  # PIL's UnidentifiedImageError, a truncated file, an unreadable one
+        raise UnlearningInputError(
+            f"cannot read image {path!r}: {err}; expected an image file (remove or replace it)"
+        ) from err
+
+
 def load_image_folder(root: str | Path, *, image_size: int | None = None) -> ClassificationData:
     """Images laid out as ``root/<class name>/<image file>`` (torchvision's ImageFolder)."""
     import torchvision.datasets as tvd
@@ -172,7 +185,7 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
         raise UnlearningInputError(f"image folder {str(root)!r} is not a directory")
     transform = T.Resize((image_size, image_size)) if image_size else None
     try:
-        dataset = tvd.ImageFolder(str(root), transform=transform)
+        dataset = tvd.ImageFolder(str(root), transform=transform, loader=_read_image)
     except FileNotFoundError as err:
         raise UnlearningInputError(f"cannot read image folder {str(root)!r}: {err}") from err
     data = _stack_pil_dataset(root.name, dataset, tuple(dataset.classes), "img")
