@@ -182,6 +182,29 @@ def test_image_folder_with_an_unreadable_image_names_the_file(image_folder, cont
         load_image_folder(image_folder)
 
 
+def test_image_folder_skips_hidden_files_and_folders(image_folder):
+    expected = load_image_folder(image_folder)
+    (image_folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (image_folder / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (image_folder / "cat" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork
+    _write_png(image_folder / "dog" / ".ipynb_checkpoints" / "c-checkpoint.png", "RGB", (5, 5), (0, 0, 255))
+    _write_png(image_folder / ".ipynb_checkpoints" / "x.png", "RGB", (5, 5), (9, 9, 9))
+    data = load_image_folder(image_folder)
+    assert data.class_names == expected.class_names == ("cat", "dog", "emu")
+    assert data.sample_ids == expected.sample_ids
+    assert torch.equal(data.images, expected.images)
+
+
+def test_image_folder_with_an_empty_class_names_it_and_the_extensions(image_folder):
+    (image_folder / "fox").mkdir()
+    (image_folder / "fox" / ".DS_Store").write_bytes(b"x")
+    (image_folder / "fox" / "notes.txt").write_text("x")
+    with pytest.raises(
+        UnlearningInputError, match=r"no valid file for the classes fox.*\.png.*hidden files are skipped"
+    ):
+        load_image_folder(image_folder)
+
+
 def test_unknown_dataset_name_is_named():
     with pytest.raises(UnlearningInputError, match=r"unknown dataset 'imagenet'.*'digits'"):
         load_dataset("imagenet")

@@ -7,6 +7,7 @@ downloaded unless the caller asks for it explicitly.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,21 +177,43 @@ def _read_image(path: str):
 
 
 def load_image_folder(root: str | Path, *, image_size: int | None = None) -> ClassificationData:
-    """Images laid out as ``root/<class name>/<image file>`` (torchvision's ImageFolder)."""
-    import torchvision.datasets as tvd
+    """Images laid out as ``root/<class name>/<image file>`` (torchvision's ImageFolder layout).
+
+    Hidden files and folders (``.DS_Store``, macOS's ``._name.jpg``, ``.ipynb_checkpoints/``)
+    are tools' leftovers, never samples or classes: they are skipped.
+    """
     import torchvision.transforms as T
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
     root = Path(root)
     if not root.is_dir():
         raise UnlearningInputError(f"image folder {str(root)!r} is not a directory")
-    transform = T.Resize((image_size, image_size)) if image_size else None
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise UnlearningInputError(
+            f"image folder {str(root)!r} has no class folder; expected root/<class name>/<image file>"
+        )
+
+    def visible_image(path: str) -> bool:
+        hidden = any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+        return not hidden and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
     try:
-        dataset = tvd.ImageFolder(str(root), transform=transform, loader=_read_image)
+        samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, is_valid_file=visible_image)
     except FileNotFoundError as err:
-        raise UnlearningInputError(f"cannot read image folder {str(root)!r}: {err}") from err
-    data = _stack_pil_dataset(root.name, dataset, tuple(dataset.classes), "img")
+        raise UnlearningInputError(
+            f"cannot read image folder {str(root)!r}: {str(err).strip()} Expected image files "
+            f"({', '.join(IMG_EXTENSIONS)}) in every class folder; hidden files are skipped"
+        ) from err
+    resize = T.Resize((image_size, image_size)) if image_size else None
+
+    def read(path: str):
+        image = _read_image(path)
+        return resize(image) if resize else image
+
+    data = _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), "img")
     # Ids from relative paths stay stable when files are added elsewhere in the tree.
-    ids = tuple(str(Path(p).relative_to(root)) for p, _ in dataset.samples)
+    ids = tuple(str(Path(p).relative_to(root)) for p, _ in samples)
     return ClassificationData(data.name, data.images, data.labels, data.class_names, ids)
 
 
