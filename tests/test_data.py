@@ -205,6 +205,18 @@ def test_image_folder_with_an_empty_class_names_it_and_the_extensions(image_fold
         load_image_folder(image_folder)
 
 
+@pytest.mark.parametrize(
+    ("array", "mode"),
+    [(np.full((5, 5), 40000, dtype=np.uint16), "I;16"), (np.full((5, 5), 0.5, dtype=np.float32), "F")],
+)
+def test_image_folder_refuses_images_of_more_than_8_bits(image_folder, array, mode):
+    # Converted to RGB, both would be clipped: 16-bit 40000 to 255 (white), float 0.5 to 0 (black).
+    path = image_folder / "dog" / ("deep.png" if mode.startswith("I") else "deep.tiff")
+    Image.fromarray(array).save(path)
+    with pytest.raises(UnlearningInputError, match=rf"deep\.(png|tiff).*PIL mode '{re.escape(mode)}'.*8-bit"):
+        load_image_folder(image_folder)
+
+
 def test_unknown_dataset_name_is_named():
     with pytest.raises(UnlearningInputError, match=r"unknown dataset 'imagenet'.*'digits'"):
         load_dataset("imagenet")

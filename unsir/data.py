@@ -169,6 +169,13 @@ def _read_image(path: str):
 
     try:
         with Image.open(path) as image:
+            # PIL's 16-bit and 32-bit modes ("I;16", "I", "F") convert to RGB by clipping each
+            # value to 0..255: a 16-bit scan would turn almost white, a float one black.
+            if image.mode in ("I", "F") or image.mode.startswith("I;"):
+                raise UnlearningInputError(
+                    f"image {path!r} has more than 8 bits per channel (PIL mode {image.mode!r}); expected "
+                    "8-bit images (RGB, RGBA, grayscale L, palette P): convert it to 8 bits first"
+                )
             return image.convert("RGB")
     except OSError as err:  # PIL's UnidentifiedImageError, a truncated file, an unreadable one
         raise UnlearningInputError(
