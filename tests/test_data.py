@@ -132,6 +132,14 @@ def test_one_torchvision_split_can_be_read_alone(tmp_path):
     assert test.sample_ids == ("mnist-test-000000", "mnist-test-000001")
 
 
+def test_mnist_file_with_a_bad_header_names_the_root(tmp_path):
+    _write_mnist_root(tmp_path, "MNIST")
+    labels = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(b"xxxx" + labels.read_bytes()[4:])  # not the IDX magic number
+    with pytest.raises(UnlearningInputError, match=rf"cannot read 'mnist' from '{re.escape(str(tmp_path))}': .*format"):
+        load_dataset("mnist", tmp_path)
+
+
 def test_image_folder_reads_rgb_and_rgba_with_path_ids(image_folder):
     data = load_image_folder(image_folder)
     assert data.name == "pets"

@@ -158,8 +158,11 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
             }[key]
             dataset = cls(str(root), train=train, download=download)
             class_names = tuple(dataset.classes)
-    except RuntimeError as err:  # torchvision raises RuntimeError for missing/corrupt files
-        raise UnlearningInputError(f"cannot read {name!r} from {str(root)!r}: {err}") from err
+    # torchvision raises RuntimeError for missing files or a failed md5, and a bare AssertionError
+    # (no message) for an MNIST-style file whose header is not IDX.
+    except (RuntimeError, AssertionError, OSError, ValueError) as err:
+        reason = str(err) or f"a file is not in {name!r}'s format (torchvision's {type(err).__name__})"
+        raise UnlearningInputError(f"cannot read {name!r} from {str(root)!r}: {reason}") from err
     return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
 
 
