@@ -13,6 +13,7 @@ from unsir_pipeline.adapters.validation import (
     ValidationReport,
     manifest_row_failures,
     require_valid,
+    validate_manifest,
     validate_splits,
 )
 
@@ -105,6 +106,15 @@ def test_too_few_rows_per_class_names_split_and_class() -> None:
     assert len(report.failures) == 1
     assert "split=test, label=0" in report.failures[0]
     assert "split=train" not in report.failures[0]
+
+
+def test_a_single_class_data_set_is_refused_before_training() -> None:
+    manifest = _manifest()
+    single = manifest[manifest["label"] == 0].reset_index(drop=True)
+    report = validate_manifest(single, num_classes=1, min_per_class=2)
+    assert not report.success
+    assert any("1 class" in f and "at least 2" in f for f in report.failures), report.failures
+    assert validate_manifest(manifest, num_classes=NUM_CLASSES, min_per_class=2).success
 
 
 @pytest.mark.parametrize(

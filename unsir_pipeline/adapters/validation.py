@@ -143,6 +143,14 @@ class _Suite:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if min_per_class < 0:
             raise ValueError(f"min_per_class must be non-negative, got {min_per_class}")
+        # One class leaves nothing to retain: every forget would be refused, so the data set is.
+        self.evaluated += 1
+        if num_classes < 2:
+            names = f" {list(data.class_names)}" if data is not None else ""
+            self.failures.append(
+                f"classes: the data set has {num_classes} class{names}; expected at least 2 "
+                "(forgetting a class must leave one to retain)"
+            )
         manifest_ok = self.run_rows("manifest", manifest, lambda ok: _manifest_expectations(ok, num_classes))
         if manifest_ok:
             self.run(
