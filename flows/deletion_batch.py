@@ -75,7 +75,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                     "promoted": True,
                 }
             result = unlearn(
-                forget_classes=[str(c) for c in todo],
+                forget_classes=batch.names_of(todo),
                 project_dir=project_dir,
                 overrides=overrides,
                 run_key=batch.run_key,

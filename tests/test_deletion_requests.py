@@ -130,6 +130,21 @@ def test_claim_pending_takes_every_pending_request_once(store: RequestStore) -> 
     assert store.batch_requests("batch-2") == []
 
 
+def test_a_batch_names_its_classes_so_the_flow_resolves_the_requested_ones(store: RequestStore) -> None:
+    from unsir.classes import resolve_classes
+    from unsir_pipeline.governance.batches import ClaimedBatch
+
+    # An image folder whose classes are "1", "2", "3": class "2" is index 1.
+    names = ("1", "2", "3")
+    store.add([1], ["2"], "alice", "r")
+    store.add([2], ["3"], "bob", "r")
+    batch = ClaimedBatch("batch-1", "key", store.claim_pending("batch-1"), resumed=False)
+    given = batch.names_of(batch.classes)
+    assert given == ["2", "3"]
+    # The unlearn flow resolves what it is given; indices as text ("1", "2") named classes 0 and 1.
+    assert resolve_classes(given, names) == (1, 2)
+
+
 def test_mark_done_touches_only_that_batch_and_is_a_no_op_when_retried(
     store: RequestStore,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,13 @@ class ClaimedBatch:
     @property
     def classes(self) -> list[int]:
         return sorted({c for r in self.requests for c in r.classes})
+
+    def names_of(self, classes: Sequence[int]) -> list[str]:
+        """The class names the requests recorded for ``classes``: what the unlearn flow is
+        given. An index written as text would be read as a class *name* first, and in an image
+        folder whose classes are "1", "2", "3" the text "1" names index 0, not index 1."""
+        recorded = {c: name for r in self.requests for c, name in zip(r.classes, r.class_names, strict=True)}
+        return [recorded[c] for c in classes]
 
 
 def nothing_to_claim(ws: Workspace) -> bool:
