@@ -70,6 +70,16 @@ def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_di
         predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_images_with_nan_or_infinity_are_refused_naming_them(trained_digits_model, digits, digits_card, value):
+    # NaN passed the range check (every comparison with NaN is false) and came back as label 0
+    # with NaN probabilities.
+    images = digits.images[:4].numpy().copy()
+    images[2, 0, 3, 3] = value
+    with pytest.raises(ValueError, match=r"finite pixel values.*1 image\(s\) of 4, at index \[2\]"):
+        predict_rows(trained_digits_model, digits_card, images)
+
+
 def test_signature_states_raw_images_and_labelled_rows(digits_card):
     signature = serving_signature(digits_card)
     spec = signature.inputs.inputs[0]

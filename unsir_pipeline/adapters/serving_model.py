@@ -41,6 +41,13 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
         raise ValueError(
             f"expected float32 images of shape (N, {', '.join(map(str, expected))}) in [0, 1], got shape {batch.shape}"
         )
+    finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1) if batch.size else np.ones(0, dtype=bool)
+    if not finite.all():
+        bad = np.flatnonzero(~finite).tolist()
+        raise ValueError(
+            f"expected finite pixel values in [0, 1], got NaN or infinity in {len(bad)} image(s) of {len(batch)}, "
+            f"at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
+        )
     if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
         raise ValueError(
             f"expected pixel values in [0, 1] as the data set gives them, got [{batch.min():.3f}, {batch.max():.3f}]; "
