@@ -80,6 +80,23 @@ def test_images_with_nan_or_infinity_are_refused_naming_them(trained_digits_mode
         predict_rows(trained_digits_model, digits_card, images)
 
 
+def test_a_refused_batch_reaches_an_http_client_as_400_with_the_reason(trained_digits_model, digits, digits_card):
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    class Served:  # what the scoring server calls: the pyfunc model's predict
+        metadata = None
+
+        def predict(self, data, params=None):
+            return predict_rows(trained_digits_model, digits_card, data)
+
+    eight_bit = (digits.images[:2].numpy() * 255).round()
+    with pytest.raises(MlflowException) as info:
+        invocations(json.dumps({"inputs": eight_bit.tolist()}), "application/json", Served(), None)
+    assert info.value.get_http_status_code() == 400
+    assert "expected pixel values in [0, 1]" in info.value.message
+
+
 def test_signature_states_raw_images_and_labelled_rows(digits_card):
     signature = serving_signature(digits_card)
     spec = signature.inputs.inputs[0]

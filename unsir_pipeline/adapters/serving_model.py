@@ -23,6 +23,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from torch import nn
 
@@ -33,23 +35,32 @@ OUTPUT_COLUMNS = ("label", "class_name", "probabilities")
 _RANGE_SLACK = 1e-3
 
 
+class ServingInputError(MlflowException, ValueError):
+    """Input outside the contract: a ValueError to Python callers, and to MLflow's scoring server
+    an MlflowException, which it answers with HTTP 400 and this message (any other exception
+    becomes a generic "unexpected error" with the reason left in a stack trace)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.DataFrame:
     """Label, class name and probabilities for raw images, forgotten classes masked out."""
     batch = np.asarray(images, dtype=np.float32)
     expected = tuple(card.input_shape)
     if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-        raise ValueError(
+        raise ServingInputError(
             f"expected float32 images of shape (N, {', '.join(map(str, expected))}) in [0, 1], got shape {batch.shape}"
         )
     finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1) if batch.size else np.ones(0, dtype=bool)
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
-        raise ValueError(
+        raise ServingInputError(
             f"expected finite pixel values in [0, 1], got NaN or infinity in {len(bad)} image(s) of {len(batch)}, "
             f"at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
         )
     if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
-        raise ValueError(
+        raise ServingInputError(
             f"expected pixel values in [0, 1] as the data set gives them, got [{batch.min():.3f}, {batch.max():.3f}]; "
             "do not normalise: the model applies its own mean and std"
         )
