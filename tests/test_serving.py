@@ -66,6 +66,9 @@ def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_di
     normalised = digits_card.normalization.apply(digits.images[:4]).numpy()
     with pytest.raises(ValueError, match=r"pixel values in \[0, 1\].*do not normalise"):
         predict_rows(trained_digits_model, digits_card, normalised)
+    eight_bit = (digits.images[:4].numpy() * 255).round().astype(np.uint8)
+    with pytest.raises(ValueError, match=r"got \[0\.000, 255\.000\]; whole numbers up to 255 are 8-bit pixels"):
+        predict_rows(trained_digits_model, digits_card, eight_bit)
     with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\).*got shape \(4, 64\)"):
         predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
 

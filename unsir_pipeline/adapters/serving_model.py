@@ -60,9 +60,13 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             f"at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
         )
     if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
+        low, high = float(batch.min()), float(batch.max())
+        if low >= 0 and high <= 255 and np.array_equal(batch, np.round(batch)):
+            hint = "whole numbers up to 255 are 8-bit pixels: divide them by 255"
+        else:
+            hint = "do not normalise: the model applies its own mean and std"
         raise ServingInputError(
-            f"expected pixel values in [0, 1] as the data set gives them, got [{batch.min():.3f}, {batch.max():.3f}]; "
-            "do not normalise: the model applies its own mean and std"
+            f"expected pixel values in [0, 1] as the data set gives them, got [{low:.3f}, {high:.3f}]; {hint}"
         )
     x = card.normalization.apply(torch.from_numpy(batch))
     model.eval()
