@@ -125,6 +125,16 @@ def test_mnist_style_data_is_read_from_a_local_root(tmp_path, name, folder, clas
     )
 
 
+def test_image_size_resizes_every_data_set_not_only_image_folders(tmp_path):
+    _write_mnist_root(tmp_path, "MNIST")
+    mnist = load_dataset("mnist", tmp_path, image_size=14)
+    assert mnist.images.shape == (5, 1, 14, 14)
+    digits = load_dataset("digits", image_size=16)
+    assert digits.images.shape == (1797, 1, 16, 16)
+    assert float(digits.images.min()) >= 0 and float(digits.images.max()) <= 1
+    assert load_dataset("digits", image_size=8).images.shape == (1797, 1, 8, 8)  # its own size: as is
+
+
 def test_one_torchvision_split_can_be_read_alone(tmp_path):
     splits = _write_mnist_root(tmp_path, "MNIST")
     test = load_torchvision("MNIST", tmp_path, train=False)

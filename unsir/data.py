@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -237,9 +237,9 @@ def load_dataset(
     """
     key = name.lower()
     if key == "digits":
-        return load_digits()
+        return _resized(load_digits(), image_size)
     if key == "mnist5k":
-        return load_mnist_5k()
+        return _resized(load_mnist_5k(), image_size)
     if key == "imagefolder":
         if root is None:
             raise UnlearningInputError("dataset 'imagefolder' needs a root directory")
@@ -248,13 +248,24 @@ def load_dataset(
         if root is None:
             raise UnlearningInputError(f"dataset {name!r} needs a root directory")
         parts = [load_torchvision(key, root, train=t, download=download) for t in (True, False)]
-        return ClassificationData(
+        data = ClassificationData(
             name=key,
             images=torch.cat([p.images for p in parts]),
             labels=torch.cat([p.labels for p in parts]),
             class_names=parts[0].class_names,
             sample_ids=parts[0].sample_ids + parts[1].sample_ids,
         )
+        return _resized(data, image_size)
     raise UnlearningInputError(
         f"unknown dataset {name!r}; expected 'digits', 'mnist5k', 'imagefolder' or one of {TORCHVISION_DATASETS}"
     )
+
+
+def _resized(data: ClassificationData, image_size: int | None) -> ClassificationData:
+    """The images resized to ``image_size`` x ``image_size`` (bilinear, as the benchmarks resize)."""
+    if image_size is None or tuple(data.images.shape[-2:]) == (image_size, image_size):
+        return data
+    images = torch.nn.functional.interpolate(
+        data.images, size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    return replace(data, images=images.clamp(0, 1))
