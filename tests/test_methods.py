@@ -105,6 +105,15 @@ def test_baselines_run_behind_the_same_interface(trained_digits_model, digits, d
         assert after == 0.0
 
 
+def test_device_may_be_given_as_text_as_torch_takes_it(trained_digits_model, digits, digits_manifest, digits_splits):
+    task = _task(digits, digits_manifest, digits_splits, (3,), with_baseline_data=True)
+    assert (
+        "forget_acc" in evaluate_model(trained_digits_model, digits_splits.evaluation_data((3,)), device="cpu").metrics
+    )
+    for method in (make_method("unsir", FAST), make_method("finetune")):
+        assert method.unlearn(trained_digits_model, task, device="cpu", generator=_seeded(0)).wall_s > 0
+
+
 def test_baselines_needing_more_data_say_so(trained_digits_model, digits, digits_manifest, digits_splits):
     task = _task(digits, digits_manifest, digits_splits, (2,))
     with pytest.raises(UnlearningInputError, match="forget_train_images"):

@@ -129,7 +129,7 @@ def inference_batch_size(device: torch.device) -> int:
     of 64; 512 3x32x32 images through ResNet18 5.0 s and 4.0 s, MobileNetV2 1.7 s and 0.9 s. A
     GPU needs large batches to stay busy.
     """
-    return 64 if device.type == "cpu" else 1024
+    return 64 if torch.device(device).type == "cpu" else 1024  # "cpu" as text too, as torch takes it
 
 
 @torch.inference_mode()

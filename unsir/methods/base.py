@@ -171,6 +171,7 @@ def prepare(model: nn.Module, task: UnlearningTask, device: torch.device) -> nn.
 @contextmanager
 def timed(timings: dict[str, float], key: str, device: torch.device) -> Iterator[None]:
     """Record wall time of a block; synchronise CUDA so the time covers the work itself."""
+    device = torch.device(device)  # "cuda" as text too, as torch takes it
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
