@@ -145,6 +145,17 @@ def test_a_batch_names_its_classes_so_the_flow_resolves_the_requested_ones(store
     assert resolve_classes(given, names) == (1, 2)
 
 
+def test_a_failed_batch_leaves_its_requests_the_whole_reason_on_one_line() -> None:
+    from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
+    from unsir_pipeline.flows.deletion_batch import failure_message
+
+    report = ValidationReport(success=False, failures=("class counts: count=6, split=val, label=0",), evaluated=32)
+    message = failure_message(ValidationFailed(report))
+    assert "\n" not in message
+    assert message.startswith("ValidationFailed: data validation failed: 1 failure(s) out of 32")
+    assert message.endswith("class counts: count=6, split=val, label=0")
+
+
 def test_mark_done_touches_only_that_batch_and_is_a_no_op_when_retried(
     store: RequestStore,
 ) -> None:
