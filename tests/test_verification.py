@@ -509,6 +509,14 @@ def test_the_gate_holds_a_version_whose_budget_ran_out():
     assert not ok and any("round budget ran out" in r for r in reasons)
 
 
+def test_the_gate_does_not_claim_a_check_that_had_no_validation_split():
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class, verified=None), set())
+    assert ok and not any("verified on the validation split" in r for r in reasons)
+    assert "pass: forgetting not checked on a validation split (there is none): judged on the test split" in reasons
+
+
 def _held_unsir_and_retrained():
     """A UNSIR model that forgot class 3 but reads less member-like than retraining (held), and
     the retrained reference beside it, whose measures carry the ``reference_`` prefix."""

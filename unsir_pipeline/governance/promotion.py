@@ -326,12 +326,15 @@ def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[
         )
     if candidate.method == "retrain":
         checks.append((True, "exact unlearning: trained from scratch on the retain classes only"))
+    elif g.require_verified and candidate.verified is None:
+        # Nothing to hold it for, but nothing verified either: say so, not "verified".
+        checks.append((True, "forgetting not checked on a validation split (there is none): judged on the test split"))
     elif g.require_verified:
         checks.append(
             (
-                candidate.verified is not False,
+                candidate.verified is True,
                 f"forgetting verified on the validation split after {candidate.rounds} round(s)"
-                + ("" if candidate.verified is not False else "; the round budget ran out"),
+                + ("" if candidate.verified else "; the round budget ran out"),
             )
         )
     return all(ok for ok, _ in checks), [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
