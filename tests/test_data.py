@@ -255,8 +255,10 @@ def test_missing_root_without_download_is_named(tmp_path):
 def test_cifar10_root_without_files_fails_naming_the_root(tmp_path):
     root = tmp_path / "empty-cifar"
     root.mkdir()
-    with pytest.raises(UnlearningInputError, match=r"cannot read 'cifar10' from .*" + re.escape(str(root))):
+    with pytest.raises(UnlearningInputError, match=r"cannot read 'cifar10' from .*" + re.escape(str(root))) as info:
         load_dataset("cifar10", root)
+    # Where the files belong, not torchvision's advice to download (nothing is downloaded).
+    assert "under the root: cifar-10-batches-py/" in str(info.value) and "download=True" not in str(info.value)
 
 
 def test_image_folder_without_class_folders_is_an_input_error(tmp_path):

@@ -16,6 +16,14 @@ import torch
 from unsir.errors import UnlearningInputError
 
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn")
+# Where torchvision looks for each data set's files under its root.
+TORCHVISION_LAYOUT = {
+    "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch)",
+    "cifar100": "cifar-100-python/ (train, test)",
+    "mnist": "MNIST/raw/ (train-images-idx3-ubyte, ... t10k-labels-idx1-ubyte)",
+    "fashionmnist": "FashionMNIST/raw/ (train-images-idx3-ubyte, ... t10k-labels-idx1-ubyte)",
+    "svhn": "train_32x32.mat and test_32x32.mat",
+}
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,12 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
     # (no message) for an MNIST-style file whose header is not IDX.
     except (RuntimeError, AssertionError, OSError, ValueError) as err:
         reason = str(err) or f"a file is not in {name!r}'s format (torchvision's {type(err).__name__})"
-        raise UnlearningInputError(f"cannot read {name!r} from {str(root)!r}: {reason}") from err
+        if not download:  # torchvision's advice; the pipeline never downloads
+            reason = reason.replace(" You can use download=True to download it", "").rstrip(" .")
+        raise UnlearningInputError(
+            f"cannot read {name!r} from {str(root)!r}: {reason}; expected torchvision's files under the root: "
+            f"{TORCHVISION_LAYOUT[key]}"
+        ) from err
     return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
 
 
