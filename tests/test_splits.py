@@ -80,6 +80,17 @@ def test_resolve_classes_accepts_names_and_indices():
         resolve_classes(["bird"], names)
 
 
+def test_resolve_classes_matches_a_name_in_either_unicode_form():
+    import unicodedata
+
+    # An image folder copied from macOS names its class "café" decomposed; a person types it composed.
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert decomposed != composed
+    assert resolve_classes([composed], ("chat", decomposed)) == (1,)
+    assert resolve_classes([decomposed], ("chat", composed)) == (1,)
+    assert resolve_classes([composed], (decomposed, composed)) == (1,)  # an exact match wins
+
+
 def test_normalization_fit_on_train_gives_zero_mean_unit_std():
     images = torch.rand(64, 3, 4, 4) * 5 + 2
     norm = Normalization.fit(images)

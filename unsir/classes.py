@@ -6,6 +6,7 @@ anything heavier starts.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,8 +18,9 @@ def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]
     """Turn class names or indices into sorted, unique class indices, or fail naming the bad one."""
     indices: set[int] = set()
     for item in requested:
-        if isinstance(item, str) and item in class_names:
-            indices.add(class_names.index(item))
+        named = _named(item, class_names) if isinstance(item, str) else None
+        if named is not None:
+            indices.add(named)
             continue
         try:
             index = int(item)
@@ -34,6 +36,17 @@ def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]
             )
         indices.add(index)
     return tuple(sorted(indices))
+
+
+def _named(item: str, class_names: tuple[str, ...]) -> int | None:
+    """The index of the class named ``item``. A folder name copied from macOS is in Unicode's
+    decomposed form (NFD: "e" + combining accent) and a typed one in the composed form (NFC):
+    the same word to a reader, so compared in one form when no name matches exactly."""
+    if item in class_names:
+        return class_names.index(item)
+    wanted = unicodedata.normalize("NFC", item)
+    matches = [i for i, name in enumerate(class_names) if unicodedata.normalize("NFC", name) == wanted]
+    return matches[0] if len(matches) == 1 else None
 
 
 def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> None:
