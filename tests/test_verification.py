@@ -509,6 +509,21 @@ def test_the_gate_holds_a_version_whose_budget_ran_out():
     assert not ok and any("round budget ran out" in r for r in reasons)
 
 
+def test_a_class_never_requested_is_not_a_deletion_even_when_measured_at_zero():
+    from unsir_pipeline.adapters.registry import VersionInfo
+    from unsir_pipeline.governance.promotion import deletions_done
+
+    # Asked to forget 3; class 1, a hard one, also scored 0 on the test split.
+    tags = {"forgotten_classes": "[3]", "verified_forgotten_classes": "[1, 3]", "gate_decision": "promoted"}
+    promoted = VersionInfo(2, ("champion",), tags, None, "")
+    assert deletions_done([promoted]) == {3: [2]}
+    # So a later version that learns class 1 is not held for bringing a deletion back.
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    ok, reasons = gate_decision(_gate_ws(), _candidate(_metrics(), per_class), set(deletions_done([promoted])))
+    assert ok, reasons
+
+
 def test_the_gate_does_not_claim_a_check_that_had_no_validation_split():
     per_class = [0.99] * 10
     per_class[3] = 0.0

@@ -143,14 +143,23 @@ def _verified_forgotten(tags: dict[str, str]) -> set[int]:
     return set(json.loads(tags.get(VERIFIED_TAG, tags.get(FORGOTTEN_TAG, "[]"))))
 
 
+def _deleted(tags: dict[str, str]) -> set[int]:
+    """The classes a version deleted: requested in its lineage and measured forgotten. A class
+    nobody asked to delete that it merely failed to classify (a hard class, a test split of three
+    samples) is not a deletion, and later versions may classify it again."""
+    verified = _verified_forgotten(tags)
+    requested = tags.get(FORGOTTEN_TAG)
+    return verified if requested is None else verified & set(json.loads(requested))
+
+
 def deletions_done(versions: list[VersionInfo], *, exclude_version: int | None = None) -> dict[int, list[int]]:
-    """Every class a promoted version (of ``versions``) was verified to have forgotten, with
-    those versions."""
+    """Every class a promoted version (of ``versions``) was asked to forget and verified to have
+    forgotten, with those versions."""
     done: dict[int, list[int]] = {}
     for v in versions:
         if v.version == exclude_version or v.tags.get("gate_decision") not in PROMOTED_DECISIONS:
             continue
-        for cls in sorted(_verified_forgotten(v.tags)):
+        for cls in sorted(_deleted(v.tags)):
             done.setdefault(cls, []).append(v.version)
     return done
 
