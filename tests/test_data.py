@@ -235,6 +235,12 @@ def test_image_folder_refuses_images_of_more_than_8_bits(image_folder, array, mo
         load_image_folder(image_folder)
 
 
+def test_image_folder_with_an_image_too_large_for_pil_names_it(image_folder, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 5x5 = 25 pixels: over twice the limit
+    with pytest.raises(UnlearningInputError, match=r"cannot read image .*cat/a\.png.*MAX_IMAGE_PIXELS"):
+        load_image_folder(image_folder)
+
+
 def test_unknown_dataset_name_is_named():
     with pytest.raises(UnlearningInputError, match=r"unknown dataset 'imagenet'.*'digits'"):
         load_dataset("imagenet")

@@ -197,6 +197,10 @@ def _read_image(path: str):
         raise UnlearningInputError(
             f"cannot read image {path!r}: {err}; expected an image file (remove or replace it)"
         ) from err
+    except Image.DecompressionBombError as err:  # over twice PIL's MAX_IMAGE_PIXELS (89M pixels)
+        raise UnlearningInputError(
+            f"cannot read image {path!r}: {err}; shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from err
 
 
 def load_image_folder(root: str | Path, *, image_size: int | None = None) -> ClassificationData:
