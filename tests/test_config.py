@@ -56,11 +56,20 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("unlearn.impair={lr: -1, epochs: 1, batch_size: 32}", r"unlearn\.impair\.lr: must be > 0, got -1\.0"),
-        ("model.train.weight_decay=-0.1", r"model\.train\.weight_decay: must be >= 0, got -0\.1"),
+        (
+            "unlearn.impair={lr: -1, epochs: 1, batch_size: 32}",
+            r"unlearn\.impair\.lr: must be a finite number > 0, got -1\.0",
+        ),
+        ("model.train.weight_decay=-0.1", r"model\.train\.weight_decay: must be a finite number >= 0, got -0\.1"),
         ("model.train.optimizer=rmsprop", r"model\.train\.optimizer: Input should be 'adam' or 'sgd'"),
         ("unlearn.verification.max_rounds=0", r"unlearn\.verification\.max_rounds: must be >= 1, got 0"),
         ("data.fractions.test=0", r"data\.fractions\.test: must be > 0, got 0"),
+        # Infinity passes "> 0"; a run at that rate turned every weight into NaN and failed later.
+        ("unlearn.repair={lr: .inf, epochs: 1}", r"unlearn\.repair\.lr: must be a finite number > 0, got inf"),
+        ("model.train.lr=.inf", r"model\.train\.lr: must be a finite number > 0, got inf"),
+        ("model.train.momentum=.inf", r"model\.train\.momentum: must be a finite number >= 0, got inf"),
+        ("unlearn.noise={lr: .inf}", r"unlearn\.noise\.lr: must be a finite number > 0, got inf"),
+        ("unlearn.noise={l2_weight: .inf}", r"unlearn\.noise\.l2_weight: must be a finite number >= 0, got inf"),
         (
             "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
             r"unlearn\.impair\.momentun: Unexpected",

@@ -132,10 +132,10 @@ class ForwardCounter:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"lr": 0.0}, r"lr must be > 0, got 0\.0"),
+        ({"lr": 0.0}, r"lr must be a finite number > 0, got 0\.0"),
         ({"epochs": -1}, r"epochs must be >= 0, got -1"),
         ({"optimizer": "rmsprop"}, r"optimizer must be 'adam' or 'sgd', got 'rmsprop'"),
-        ({"weight_decay": -0.1}, r"weight_decay must be >= 0, got -0\.1"),
+        ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0, got -0\.1"),
     ],
 )
 def test_optimiser_settings_name_the_bad_value(settings, message):

@@ -95,7 +95,7 @@ def test_regularizer_pixel_mean_is_resolution_independent():
 def test_bad_noise_input_is_rejected():
     with pytest.raises(UnlearningInputError, match=r"l2_reduction must be one of .*, got 'pixel_max'"):
         NoiseConfig(l2_reduction="pixel_max")
-    with pytest.raises(UnlearningInputError, match=r"l2_weight must be >= 0, got -1"):
+    with pytest.raises(UnlearningInputError, match=r"l2_weight must be a finite number >= 0, got -1"):
         NoiseConfig(l2_weight=-1)
     with pytest.raises(UnlearningInputError, match="sample shape"):
         build_impair_set(

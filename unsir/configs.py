@@ -8,6 +8,7 @@ The modules that compute (``unsir.training``, ``unsir.noise``, ``unsir.verificat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -33,13 +34,19 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only
 
     def __post_init__(self) -> None:
+        # An infinite rate or weight passes "> 0" and turns every weight into NaN at the first step.
         for key, value, ok, expected in (
-            ("lr", self.lr, self.lr > 0, "> 0"),
+            ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
             ("epochs", self.epochs, self.epochs >= 0, ">= 0"),
             ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
             ("optimizer", self.optimizer, self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'"),
-            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
-            ("momentum", self.momentum, self.momentum >= 0, ">= 0"),
+            (
+                "weight_decay",
+                self.weight_decay,
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                "a finite number >= 0",
+            ),
+            ("momentum", self.momentum, math.isfinite(self.momentum) and self.momentum >= 0, "a finite number >= 0"),
         ):
             if not ok:
                 raise ConfigValueError(key, expected, value)
@@ -63,8 +70,13 @@ class NoiseConfig:
         for key, value, ok, expected in (
             ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
             ("steps", self.steps, self.steps > 0, "> 0"),
-            ("lr", self.lr, self.lr > 0, "> 0"),
-            ("l2_weight", self.l2_weight, self.l2_weight >= 0, ">= 0"),
+            ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            (
+                "l2_weight",
+                self.l2_weight,
+                math.isfinite(self.l2_weight) and self.l2_weight >= 0,
+                "a finite number >= 0",
+            ),
             ("l2_reduction", self.l2_reduction, self.l2_reduction in L2_REDUCTIONS, f"one of {L2_REDUCTIONS}"),
         ):
             if not ok:
