@@ -245,6 +245,21 @@ def test_unreadable_head_anchor_is_reported_not_raised(log: AuditLog) -> None:
     assert "is unreadable: '{not json'" in result.problem
 
 
+def test_check_appendable_says_in_advance_what_append_would_refuse(log: AuditLog, signed_log: AuditLog) -> None:
+    """Callers check before a change whose record must follow it (a request stored, an alias
+    moved); the check writes nothing and refuses what append refuses."""
+    log.check_appendable()  # intact: nothing raised
+    assert log.verify().records == 10
+    log.head_path.write_text("{not json")
+    with pytest.raises(AuditError, match="is unreadable"):
+        log.check_appendable()
+    with pytest.raises(AuditError, match="is signed, but this process has no audit key"):
+        AuditLog(signed_log.path).check_appendable()
+    _tamper(signed_log.path, "DELETE FROM audit WHERE seq = 5")
+    with pytest.raises(AuditError, match="log ends at record 4 .* head anchor records 5"):
+        signed_log.check_appendable()
+
+
 def test_reordered_seqs_are_found(log: AuditLog) -> None:
     _tamper(
         log.path,

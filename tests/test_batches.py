@@ -804,6 +804,32 @@ def test_a_decision_the_trail_would_refuse_changes_nothing(project, first_batch)
     assert registry.get_version(result["new_version"]).tags == tags
 
 
+def test_a_trail_that_would_refuse_the_record_refuses_the_change_first(project, tmp_path, capsys):
+    """An unreadable head anchor: filing a request, promoting, rejecting and forgetting used to
+    make their change (a request stored pending, the alias moved, a version computed and
+    registered) and then fail at the record, leaving the change with none."""
+    copy = _copy_with_registry(project, tmp_path / "unappendable")
+    ws = ws_of(copy)
+    registry, store = registry_for(ws), stores.request_store(ws)
+    champion = registry.resolve_alias("champion")
+    known = next(c for c in range(10) if c not in json.loads(registry.get_version(champion).tags["forgotten_classes"]))
+    pending = batches.file_request(ws, [str(known)], "bob", "filed before the anchor broke")
+    before = (versions(copy), store.list())
+    stores.audit_log(ws).head_path.write_text("garbage")
+    for argv in (
+        ["request", "add", "--classes", str(known), "--requester", "alice", "--reason", "consent withdrawn"],
+        ["promote", "1", "--reason", "rollback drill", "--override"],
+        ["reject", "1", "--reason", "drill"],
+        ["forget", str(known)],
+    ):
+        assert main(["--project", str(copy), *argv]) == 1, argv
+        assert "the audit trail would refuse its record: head anchor" in capsys.readouterr().err
+    assert (versions(copy), store.list()) == before
+    assert registry.resolve_alias("champion") == champion
+    assert "review_decision" not in registry.get_version(1).tags
+    assert store.get(pending.id).status == "pending"
+
+
 def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
     """The registry's database deleted: a new original would know every deleted class, and a
     forget from it would put them back in production. Refused before anything is built."""

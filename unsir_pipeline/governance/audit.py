@@ -425,6 +425,16 @@ class AuditLog:
             )
         return head
 
+    def check_appendable(self) -> None:
+        """Raise :class:`AuditError` when :meth:`append` would refuse a record now: the head
+        anchor unreadable, missing or not naming the last record, or signed otherwise than this
+        process signs. Writes nothing: a caller checks this before a change (a request stored, an
+        alias moved, a version computed) whose record the trail would then refuse. Holds the
+        chain as an append does, so an append in progress is not mistaken for a cut."""
+        with self.db.write() as conn:
+            self._lock_chain(conn)
+            self._check_head(conn)
+
     def _write_head(
         self, records: int, head_hash: str, conn: sa.Connection | None = None, *, create: bool = False
     ) -> None:

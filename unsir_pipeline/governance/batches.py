@@ -93,6 +93,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     # recorded, not even as a refusal.
     check_request_fields(requester, reason, requested)
     store, audit = request_store(ws), audit_log(ws)
+    require_trail_accepts_records(ws, audit, what="file a request")
     names = prepared_class_names(ws)
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
@@ -188,6 +189,20 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
         problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
     if problem:
         raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
+    require_trail_accepts_records(ws, audit, what=f"start {what}")
+
+
+def require_trail_accepts_records(ws: Workspace, audit: AuditLog | None = None, *, what: str) -> None:
+    """Refuse (``AuditError``) to ``what`` when the trail would refuse the record of it (head
+    anchor unreadable, behind the chain, or signed with a key this process lacks): checked
+    before the change, which would otherwise be made with no record, its command failing."""
+    audit = audit or audit_log(ws)
+    try:
+        audit.check_appendable()
+    except AuditError as err:
+        raise AuditError(
+            f"refusing to {what}: the audit trail would refuse its record: {err}; run `unsir audit verify`"
+        ) from None
 
 
 def require_registry_not_lost(ws: Workspace) -> None:
@@ -482,12 +497,13 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     version forgot, unless ``override``: then the overridden problems go on the record.
     """
     require_recordable(by, reason)
+    log = audit_log(ws)
+    require_trail_accepts_records(ws, log, what=f"promote version {version}")
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     overridden = promote_by_hand(ws, version, reason, by, override=override)
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
-    log = audit_log(ws)
     log.append(
         "version_promoted",
         actor=by,
@@ -509,6 +525,8 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     """Reject a version: it can never become champion, and the requests it completed go back
     to pending for the next batch."""
     require_recordable(by, reason)
+    log = audit_log(ws)
+    require_trail_accepts_records(ws, log, what=f"reject version {version}")
     registry = registry_for(ws)
     info = registry.get_version(version)
     champion = ws.params.registry.champion_alias
@@ -520,7 +538,6 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     if ws.params.registry.challenger_alias in info.aliases:
         registry.delete_alias(ws.params.registry.challenger_alias)
     returned = request_store(ws).return_to_pending(version, f"version {version} rejected by {by}: {reason}")
-    log = audit_log(ws)
     log.append(
         "version_rejected",
         actor=by,
