@@ -327,3 +327,17 @@ def test_an_unreachable_server_is_named_not_reported_as_a_missing_version(monkey
     registry = ModelRegistry(url, MODEL_NAME, "exp", http_timeout_s=2, http_max_retries=0)
     with pytest.raises(RegistryError, match="cannot reach the MLflow registry at http://127.0.0.1"):
         registry.get_version(1)
+
+
+@pytest.mark.parametrize(("content", "problem"), [(b"garbage", "file is not a database"), (None, "malformed")])
+def test_a_damaged_registry_database_is_named(store: dict, tmp_path: Path, content, problem) -> None:
+    """A truncated or overwritten mlflow.db used to fail every command with a bare
+    "(sqlite3.DatabaseError) database disk image is malformed", naming no file."""
+    db = tmp_path / "mlflow.db"
+    if content is None:  # the module's store cut to a third, as a full disk or a bad copy leaves it
+        source = Path(store["uri"].removeprefix("sqlite:///")).read_bytes()
+        content = source[: len(source) // 3]
+    db.write_bytes(content)
+    uri = f"sqlite:///{db}"
+    with pytest.raises(RegistryError, match=rf"cannot open the MLflow registry at {uri}: .*{problem}"):
+        ModelRegistry(uri, MODEL_NAME, "exp")

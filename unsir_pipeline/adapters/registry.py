@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
@@ -120,7 +121,14 @@ class ModelRegistry:
         self.model_name = model_name
         self.experiment_name = experiment_name
         self.artifact_location = artifact_location
-        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            # A SQLite registry is opened (and its schema checked) here.
+            self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        except sqlalchemy.exc.DBAPIError as err:
+            raise RegistryError(
+                f"cannot open the MLflow registry at {tracking_uri}: {err.orig}; expected a readable MLflow "
+                "database (a damaged file: restore it from a backup)"
+            ) from err
         self._run_id: str | None = None
 
     # --- runs ---------------------------------------------------------------------------
