@@ -48,13 +48,13 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
         batch = claim_pending_requests(ws)
         if batch is None:
             return {"status": "empty"}
-        batches.record(
-            ws,
-            batch,
-            "batch_resumed" if batch.resumed else "batch_started",
-            {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}},
-        )
-        try:
+        try:  # from the first record on: whatever fails releases the claimed requests
+            batches.record(
+                ws,
+                batch,
+                "batch_resumed" if batch.resumed else "batch_started",
+                {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}},
+            )
             champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
             todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
             if not todo:  # an interrupted batch already got its version promoted

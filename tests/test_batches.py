@@ -413,6 +413,29 @@ def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_
     assert stores.request_store(ws).get(request.id).status == "done"
 
 
+def test_a_batch_whose_first_record_fails_releases_its_requests(project, tmp_path, monkeypatch):
+    """The batch_started record was written outside the flow's error handling: when it failed
+    (a locked or full trail database), the claimed requests stayed running after the batch."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    copy = _copy_with_registry(project, tmp_path / "first-record")
+    ws = ws_of(copy)
+    request = batches.file_request(ws, ["4"], "judy", "first record fails")
+    record = batches.record
+
+    def failing(ws, batch, event, payload, **kwargs):
+        if event == "batch_started":
+            raise OSError("disk I/O error")
+        return record(ws, batch, event, payload, **kwargs)
+
+    monkeypatch.setattr(batches, "record", failing)
+    with pytest.raises(OSError, match="disk I/O error"):
+        deletion_batch(project_dir=str(copy))
+    released = stores.request_store(ws).get(request.id)
+    assert released.status == "pending" and "disk I/O error" in released.error
+    assert events(copy, released.batch_id) == ["batch_failed"]
+
+
 def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch):
     """A tracking server that does not answer: bounded retries with backoff, then the batch
     fails and its requests go back to pending; the next batch (server back) completes them."""
