@@ -407,9 +407,15 @@ def test_missing_prepared_data_names_the_dvc_command_that_restores_it(project, c
 
 @pytest.mark.slow
 def test_promote_json(project, capsys):
-    assert main(["--project", str(project), "promote", "1", "--reason", "drill", "--by", "tester", "--json"]) == 0
+    from unsir_pipeline.adapters.registry import registry_for
+
+    # The project's only version is the champion: promoting it again is refused, tags untouched
+    # (it used to say "is now 'champion'" and overwrite the version's gate_decision).
+    tags = registry_for(Workspace.load(project)).get_version(1).tags
+    assert main(["--project", str(project), "promote", "1", "--reason", "drill", "--by", "tester", "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
-    assert out["version"] == 1 and out["alias"] == "champion" and out["by"] == "tester"
+    assert out == {"error": "version 1 is already the 'champion'; nothing to promote", "exit_code": 2}
+    assert registry_for(Workspace.load(project)).get_version(1).tags == tags
 
 
 def _session_processes(session: int) -> list[str]:

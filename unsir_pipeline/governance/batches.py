@@ -501,6 +501,12 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     require_trail_accepts_records(ws, log, what=f"promote version {version}")
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
+    if previous == version:
+        # Promoting it again would only overwrite the gate's decision on its tags
+        # ("promoted" -> "promoted-by-hand") and record a promotion that moved nothing.
+        raise UnlearningInputError(
+            f"version {version} is already the {ws.params.registry.champion_alias!r}; nothing to promote"
+        )
     overridden = promote_by_hand(ws, version, reason, by, override=override)
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
