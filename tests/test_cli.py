@@ -406,6 +406,23 @@ def test_missing_prepared_data_names_the_dvc_command_that_restores_it(project, c
 
 
 @pytest.mark.slow
+def test_models_keeps_wide_values_apart(project, tmp_path, capsys):
+    """Nine forgotten classes and "promoted-by-override" are wider than their columns: they
+    ran into the next one ("[0, 1, 2, 3, 4, 5, 6, 7, 8]retrain", "promoted-by-override2026-")."""
+    from unsir_pipeline.adapters.registry import registry_for
+
+    copy = clone_project(project, tmp_path / "wide")
+    registry_for(Workspace.load(copy)).set_version_tags(
+        1,
+        {"forgotten_classes": json.dumps(list(range(9))), "method": "retrain", "gate_decision": "promoted-by-override"},
+    )
+    assert main(["--project", str(copy), "models"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert " [0, 1, 2, 3, 4, 5, 6, 7, 8] retrain " in row and " promoted-by-override 20" in row
+    assert header.index("forgotten") == row.index("[0,")  # the columns still line up
+
+
+@pytest.mark.slow
 def test_promote_json(project, capsys):
     from unsir_pipeline.adapters.registry import registry_for
 

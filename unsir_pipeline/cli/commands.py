@@ -671,11 +671,13 @@ def cmd_models(project: Path, args) -> int:
     elif not versions:
         print("no registered versions; run `unsir bootstrap`")
     else:
-        print(f"{'version':>7}  {'aliases':<22}{'parent':>7}  {'forgotten':<16}{'method':<9}{'gate':<18}created")
+        # A space after every column, so that a value wider than its column (nine forgotten
+        # classes, "promoted-by-override") still stands apart from the next one.
+        print(f"{'version':>7}  {'aliases':<21} {'parent':>6}  {'forgotten':<15} {'method':<8} {'gate':<17} created")
         for v in versions:
             print(
-                f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22}{v['parent_version'] or '-':>7}  "
-                f"{json.dumps(v['forgotten_classes']):<16}{v['tags'].get('method', '-'):<9}{v['gate'] or '-':<18}"
+                f"{v['version']:>7}  {','.join(v['aliases']) or '-':<21} {v['parent_version'] or '-':>6}  "
+                f"{json.dumps(v['forgotten_classes']):<15} {v['tags'].get('method', '-'):<8} {v['gate'] or '-':<17} "
                 f"{v['created_at']}"
             )
     # A champion that brings a deleted class back is said wherever versions are listed.
