@@ -406,6 +406,24 @@ def test_missing_prepared_data_names_the_dvc_command_that_restores_it(project, c
 
 
 @pytest.mark.slow
+def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp_path, capsys):
+    """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and
+    every later batch failed on that request (nothing left to retain) while intake refused
+    every new request, until the request had used up its attempts."""
+    from unsir_pipeline.governance import batches, stores
+
+    copy = clone_project(project, tmp_path / "queued")
+    ws = Workspace.load(copy)
+    batches.file_request(ws, [str(c) for c in range(1, 10)], "alice", "all but one")
+    before = len(_runs(copy))
+    assert main(["--project", str(copy), "forget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "would forget every one of the 10 classes" in err and "pending requests" in err
+    assert len(_runs(copy)) == before  # refused before any run
+    assert [r.status for r in stores.request_store(ws).list()] == ["pending"]
+
+
+@pytest.mark.slow
 def test_models_keeps_wide_values_apart(project, tmp_path, capsys):
     """Nine forgotten classes and "promoted-by-override" are wider than their columns: they
     ran into the next one ("[0, 1, 2, 3, 4, 5, 6, 7, 8]retrain", "promoted-by-override2026-")."""

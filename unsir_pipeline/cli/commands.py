@@ -491,9 +491,11 @@ def cmd_bootstrap(project: Path, args) -> int:
 def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
     MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
-    were not forgotten already. Returns the parent's version number."""
+    were not forgotten already, and a class remains beside them and the pending deletion
+    requests. Returns the parent's version number."""
     from unsir_pipeline.adapters.prepared_data import prepared_class_names
     from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance.batches import queued_classes
     from unsir_pipeline.governance.deletion_requests import resolve_request
     from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
 
@@ -505,6 +507,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
         class_names,
         forgotten=parent_model.forgotten_classes,
         forgotten_by=f"the parent model (version {version})",
+        pending=queued_classes(ws),
     )
     require_parents_data(ws, parent_model)
     # The run will be recorded on the trail: a trail the registry no longer recognises stops it

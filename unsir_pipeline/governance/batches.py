@@ -99,13 +99,12 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     classes: tuple[int, ...] = ()
     try:
         classes = resolve_classes(requested, names)  # a refusal records the classes it named
-        pending = sorted({c for r in store.list("pending") + store.list("running") for c in r.classes})
         resolve_request(
             requested,
             names,
             forgotten=champion.forgotten_classes,
             forgotten_by=f"the champion (version {champion.version})",
-            pending=pending,
+            pending=queued_classes(ws),
         )
     except UnlearningInputError as err:
         request = store.add_rejected(
@@ -133,6 +132,17 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
         },
     )
     return request
+
+
+def queued_classes(ws: Workspace) -> list[int]:
+    """Classes of the requests a batch will take next (pending, or running in a batch stopped
+    half-way): a forget or a request that would leave no class beside them is refused, else
+    every later batch would fail on them. Creates no store."""
+    target = state_target(ws, ws.params.requests.store)
+    if not RequestStore.exists(target):
+        return []
+    store = RequestStore(target)
+    return sorted({c for r in store.list("pending") + store.list("running") for c in r.classes})
 
 
 # --- batches --------------------------------------------------------------------------------
