@@ -328,6 +328,15 @@ def test_tampering_with_any_record_is_detected_and_named(project, first_batch, t
     assert f"record {last}" in tampered(f"DELETE FROM audit WHERE seq = {last}")
 
 
+def test_audit_report_into_a_directory_writes_the_default_name_there(project, first_batch, tmp_path, capsys):
+    """`--out DIR` failed with "[Errno 21] Is a directory" (exit 1)."""
+    _, result = first_batch
+    assert main(["--project", str(project), "audit", "report", result["batch_id"], "--out", str(tmp_path)]) == 0
+    written = tmp_path / f"evidence-{result['batch_id']}.html"
+    assert capsys.readouterr().out.strip() == f"wrote {written}"
+    assert "<html" in written.read_text()
+
+
 def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_path):
     _, result = first_batch
     out = batches.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")

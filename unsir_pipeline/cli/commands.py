@@ -227,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("unsir audit report b-20260101-0001 --out evidence.html"),
     )
     p.add_argument("batch_id", help="batch id as `unsir audit show` lists it")
-    p.add_argument("--out", default=None, help="output file (default: reports/evidence-<batch>.html)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output file, or a directory to write evidence-<batch>.html in (default: reports/evidence-<batch>.html)",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = commands.add_parser(
@@ -926,7 +930,10 @@ def cmd_audit(project: Path, args) -> int:
         return 0
     from unsir_pipeline.governance.batches import write_batch_report
 
-    out = Path(args.out) if args.out else ws.reports_dir / f"evidence-{args.batch_id}.html"
+    name = f"evidence-{args.batch_id}.html"
+    out = Path(args.out) if args.out else ws.reports_dir / name
+    if out.is_dir():  # like cp: a directory gets the report under its default name
+        out = out / name
     write_batch_report(ws, args.batch_id, out)
     _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
