@@ -862,6 +862,33 @@ def test_a_trail_that_would_refuse_the_record_refuses_the_change_first(project, 
     assert store.get(pending.id).status == "pending"
 
 
+def test_a_reset_trail_refuses_promote_reject_and_intake_before_they_change_anything(
+    project, first_batch, tmp_path, capsys
+):
+    """Trail and request store deleted together (nothing left to say the trail was lost but the
+    registry's anchor): `promote --override` moved the champion and `reject` tagged the version
+    before failing at the re-anchoring; `request add` started a fresh trail."""
+    _, result = first_batch
+    copy = _copy_with_registry(project, tmp_path / "reset-state")
+    registry = registry_for(ws_of(copy))
+    champion, tags = registry.resolve_alias("champion"), registry.get_version(result["new_version"]).tags
+    for name in ("audit.sqlite", "audit.sqlite.head", "requests.sqlite"):
+        (copy / "state" / name).unlink()
+    for argv, what in (
+        (["promote", "1", "--reason", "rollback drill", "--override"], "a promotion of version 1"),
+        (
+            ["reject", str(result["new_version"]), "--reason", "drill"],
+            f"a rejection of version {result['new_version']}",
+        ),
+        (["request", "add", "--classes", "5", "--requester", "alice", "--reason", "r"], "a deletion request"),
+    ):
+        assert main(["--project", str(copy), *argv]) == 1, argv
+        assert f"refusing to start {what}: the registry anchored record" in capsys.readouterr().err
+    assert registry.resolve_alias("champion") == champion
+    assert registry.get_version(result["new_version"]).tags == tags
+    assert stores.request_store(ws_of(copy)).list() == []
+
+
 def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
     """The registry's database deleted: a new original would know every deleted class, and a
     forget from it would put them back in production. Refused before anything is built."""

@@ -93,7 +93,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     # recorded, not even as a refusal.
     check_request_fields(requester, reason, requested)
     store, audit = request_store(ws), audit_log(ws)
-    require_trail_accepts_records(ws, audit, what="file a request")
+    require_trail_the_registry_anchored(ws, audit, what="a deletion request")
     names = prepared_class_names(ws)
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
@@ -184,9 +184,11 @@ def nothing_to_claim(ws: Workspace) -> bool:
 
 
 def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = None, *, what: str = "a batch") -> None:
-    """Refuse (``AuditError``) when the trail no longer holds the record the registry anchored:
-    deleted, cut or rewritten. Checked before a batch claims anything or computes; otherwise it
-    would fail only when re-anchoring, after registering a version."""
+    """Refuse (``AuditError``) to start ``what`` when the trail no longer holds the record the
+    registry anchored (deleted, cut or rewritten), or would refuse a new record (head anchor
+    unreadable, behind the chain, or signed with a key this process lacks). Checked before a
+    batch claims anything or computes, a forget starts, a request is stored or a version is
+    promoted or rejected; otherwise the change would be made and the command fail at its record."""
     audit = audit or audit_log(ws)
     try:
         tag = registry_for(ws).model_tags().get(AUDIT_HEAD_TAG)
@@ -197,22 +199,13 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem is None and tag is None:
         problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
+    if problem is None:
+        try:
+            audit.check_appendable()
+        except AuditError as err:
+            problem = f"the audit trail would refuse its record: {err}"
     if problem:
         raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
-    require_trail_accepts_records(ws, audit, what=f"start {what}")
-
-
-def require_trail_accepts_records(ws: Workspace, audit: AuditLog | None = None, *, what: str) -> None:
-    """Refuse (``AuditError``) to ``what`` when the trail would refuse the record of it (head
-    anchor unreadable, behind the chain, or signed with a key this process lacks): checked
-    before the change, which would otherwise be made with no record, its command failing."""
-    audit = audit or audit_log(ws)
-    try:
-        audit.check_appendable()
-    except AuditError as err:
-        raise AuditError(
-            f"refusing to {what}: the audit trail would refuse its record: {err}; run `unsir audit verify`"
-        ) from None
 
 
 def require_registry_not_lost(ws: Workspace) -> None:
@@ -508,7 +501,7 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     """
     require_recordable(by, reason)
     log = audit_log(ws)
-    require_trail_accepts_records(ws, log, what=f"promote version {version}")
+    require_trail_the_registry_anchored(ws, log, what=f"a promotion of version {version}")
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     if previous == version:
@@ -542,7 +535,7 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     to pending for the next batch."""
     require_recordable(by, reason)
     log = audit_log(ws)
-    require_trail_accepts_records(ws, log, what=f"reject version {version}")
+    require_trail_the_registry_anchored(ws, log, what=f"a rejection of version {version}")
     registry = registry_for(ws)
     info = registry.get_version(version)
     champion = ws.params.registry.champion_alias
