@@ -889,6 +889,25 @@ def test_a_reset_trail_refuses_promote_reject_and_intake_before_they_change_anyt
     assert stores.request_store(ws_of(copy)).list() == []
 
 
+def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch, tmp_path, monkeypatch, capsys):
+    """The trail records versions of this registry; when its server did not answer, the
+    pre-check read "no anchor" and said the registry's "database was lost or replaced"."""
+    from unsir_pipeline.adapters.registry import ModelRegistry, RegistryError
+
+    copy = _copy_with_registry(project, tmp_path / "down")
+    ws = ws_of(copy)
+    assert stores.audit_log(ws).records(event="model_registered")
+
+    def down(self):
+        raise RegistryError(f"cannot reach the MLflow registry at {self.tracking_uri}: connection refused")
+
+    monkeypatch.setattr(ModelRegistry, "model_tags", down)
+    batches.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
+    assert batches.nothing_to_claim(ws)
+    assert main(["--project", str(copy), "batch", "run"]) == 0
+    assert "lost or replaced" not in capsys.readouterr().err
+
+
 def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
     """The registry's database deleted: a new original would know every deleted class, and a
     forget from it would put them back in production. Refused before anything is built."""

@@ -192,12 +192,14 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
     audit = audit or audit_log(ws)
     try:
         tag = registry_for(ws).model_tags().get(AUDIT_HEAD_TAG)
+        reachable = True
     except RegistryError:
         # Unreachable: the batch fails at its first registry call, inside the flow's error
-        # handling, which records the failure on its requests; nothing to compare with here.
-        tag = None
+        # handling, which records the failure on its requests; nothing to compare with here
+        # (and no anchor read is not an anchor missing: the registry was not lost).
+        tag, reachable = None, False
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
-    if problem is None and tag is None:
+    if problem is None and tag is None and reachable:
         problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
     if problem is None:
         try:
