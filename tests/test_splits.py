@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -89,6 +91,14 @@ def test_resolve_classes_matches_a_name_in_either_unicode_form():
     assert resolve_classes([composed], ("chat", decomposed)) == (1,)
     assert resolve_classes([decomposed], ("chat", composed)) == (1,)
     assert resolve_classes([composed], (decomposed, composed)) == (1,)  # an exact match wins
+
+
+@pytest.mark.parametrize("typed", ["-0", " 1", "1 ", "+1", "0_1", "\u0661", "\uff11"])
+def test_resolve_classes_takes_an_index_in_ascii_digits_only(typed):
+    # `unsir forget -- -0` forgot class 0 while `-1` was refused; int() also reads these.
+    with pytest.raises(UnlearningInputError, match=re.escape(f"unknown class {typed!r}")):
+        resolve_classes([typed], ("cat", "dog", "frog"))
+    assert resolve_classes(["01"], ("cat", "dog", "frog")) == (1,)
 
 
 def test_normalization_fit_on_train_gives_zero_mean_unit_std():

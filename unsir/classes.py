@@ -23,6 +23,9 @@ def resolve_classes(requested: Sequence[int | str], class_names: tuple[str, ...]
             indices.add(named)
             continue
         try:
+            # An index is written in ASCII digits: int() also takes "-0", " 3", "1_0" and "٣".
+            if isinstance(item, str) and not (item.isascii() and item.isdigit()):
+                raise ValueError(item)
             index = int(item)
         except (TypeError, ValueError):
             raise UnlearningInputError(
