@@ -70,6 +70,9 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
         ("model.train.momentum=.inf", r"model\.train\.momentum: must be a finite number >= 0, got inf"),
         ("unlearn.noise={lr: .inf}", r"unlearn\.noise\.lr: must be a finite number > 0, got inf"),
         ("unlearn.noise={l2_weight: .inf}", r"unlearn\.noise\.l2_weight: must be a finite number >= 0, got inf"),
+        # An untrained original (test accuracy 0.1) was registered as champion, and every
+        # retrained reference would be untrained too; 0 epochs stays valid for unlearning phases.
+        ("model.train.epochs=0", r"model\.train\.epochs: must be >= 1 \(the original model .*\), got 0"),
         (
             "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
             r"unlearn\.impair\.momentun: Unexpected",
@@ -79,6 +82,11 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
 def test_core_config_sections_are_validated_by_the_core_with_the_key_path(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(ROOT / "params.yaml", [override])
+
+
+def test_an_unlearning_phase_may_have_zero_epochs():
+    params = load_params(ROOT / "params.yaml", ["unlearn.polish={lr: 0.0002, epochs: 0, batch_size: 32}"])
+    assert params.unsir_config().polish.epochs == 0
 
 
 def test_core_config_sections_load_as_the_core_dataclasses():

@@ -59,6 +59,17 @@ class ModelParams(Frozen):
             raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURE_NAMES)}")
         return arch
 
+    @field_validator("train")
+    @classmethod
+    def _trains(cls, train: OptimConfig) -> OptimConfig:
+        # 0 epochs is a phase left out elsewhere (OptimConfig allows it); here it would register an
+        # untrained original and judge every forget against an untrained retrained reference.
+        if train.epochs < 1:
+            raise ConfigValueError(
+                "epochs", ">= 1 (the original model and the retrained reference train this long)", train.epochs
+            )
+        return train
+
 
 class UnlearnParams(Frozen):
     forget_classes: list[int | str] = Field(min_length=1, description="default for `dvc repro`; the CLI overrides it")
