@@ -36,12 +36,14 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
     champion = ws.params.registry.champion_alias
     if registry.has_model():
         try:
-            return BootstrapResult(registry.resolve_alias(champion), created=False)
+            version = registry.resolve_alias(champion)
         except RegistryError as err:
             raise RegistryError(
                 f"model {ws.params.registry.model_name!r} has versions but no {champion!r} alias; "
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
+        _restore_original_alias(registry)
+        return BootstrapResult(version, created=False)
 
     # An empty registry whose versions the audit trail records was lost: a new original would
     # bring every deleted class back.
@@ -90,6 +92,18 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
     # The original model keeps an alias of its own: a demo or an audit can always start from it.
     registry.set_alias(ORIGINAL_ALIAS, version)
     return BootstrapResult(version, created=True, test_acc=train_report["test_acc"])
+
+
+def _restore_original_alias(registry) -> None:
+    """A bootstrap stopped between registering the original (as champion) and aliasing it
+    ``original`` leaves a registry a rerun calls bootstrapped: the rerun sets the alias, which
+    ``unsir forget --from original`` needs."""
+    versions = registry.list_versions()
+    if any(ORIGINAL_ALIAS in v.aliases for v in versions):
+        return
+    originals = [v.version for v in versions if v.tags.get("origin") == "bootstrap"]
+    if originals:
+        registry.set_alias(ORIGINAL_ALIAS, min(originals))
 
 
 def _refuse_overrides_dvc_cannot_see(ws: Workspace) -> None:
