@@ -51,6 +51,17 @@ def test_bootstrap_registered_the_original_as_champion_once(project):
     assert (project / "dvc.lock").is_file() and (project / ".dvc").is_dir()
 
 
+def test_a_bootstrap_stopped_before_the_original_alias_is_finished_by_a_rerun(tmp_path, bootstrapped_project):
+    """Stopped between registering the original and aliasing it `original`, bootstrap left a
+    champion without it; rerun, it sets the alias instead of calling the project done."""
+    ws = Workspace.load(clone_project(bootstrapped_project, tmp_path / "project"))
+    registry = registry_for(ws)
+    registry.delete_alias("original")
+    assert "original" not in registry.get_version(1).aliases
+    assert not bootstrap(ws).created
+    assert "original" in registry.get_version(1).aliases
+
+
 def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
     """Not only `unsir forget`: a run started from Python or a Prefect deployment records its
     evidence, its version and the gate's decision, so no version goes unrecorded."""
@@ -237,6 +248,29 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     assert main(["--project", str(project), "promote", str(latest), "--reason", "restore", "--by", "tester"]) == 0
     assert main(["--project", str(project), "promote", "99", "--reason", "x"]) == 2  # bad input
     assert "no version 99" in capsys.readouterr().err
+
+
+def test_a_version_the_gate_never_judged_waits_for_review(tmp_path, project, first_run, capsys):
+    """A run stopped between registering its version and the gate leaves a version with no
+    gate decision: none of its bounds was checked, so it waits in review and is not promoted
+    by hand without --override."""
+    import mlflow
+
+    copy = clone_project(project, tmp_path / "copy")
+    ws = Workspace.load(copy)
+    registry = registry_for(ws)
+    version = first_run["new_version"]
+    registry.set_alias("champion", 1)
+    mlflow.MlflowClient(registry.tracking_uri, registry_uri=registry.tracking_uri).delete_model_version_tag(
+        ws.params.registry.model_name, str(version), "gate_decision"
+    )
+    capsys.readouterr()
+    assert main(["--project", str(copy), "review", "list", "--json"]) == 0
+    (waiting,) = [v for v in json.loads(capsys.readouterr().out) if v["version"] == version]
+    assert "never judged by the promotion gate" in waiting["gate_reasons"]
+    assert main(["--project", str(copy), "promote", str(version), "--reason", "x", "--by", "t"]) == 2
+    assert f"version {version} was never judged by the promotion gate" in capsys.readouterr().err
+    assert registry.resolve_alias("champion") == 1
 
 
 def test_cli_forget_json_and_a_promotion_never_brings_a_deleted_class_back(project, first_run, capsys):

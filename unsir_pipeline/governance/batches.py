@@ -42,7 +42,14 @@ from unsir_pipeline.governance.deletion_requests import (
     check_request_text,
     resolve_request,
 )
-from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, champion_problems, promote_by_hand, resolve_parent
+from unsir_pipeline.governance.promotion import (
+    FORGOTTEN_TAG,
+    NEVER_JUDGED,
+    champion_problems,
+    never_judged,
+    promote_by_hand,
+    resolve_parent,
+)
 from unsir_pipeline.governance.stores import audit_key, audit_log, request_store, state_target
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -472,14 +479,17 @@ def _registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) 
 
 
 def versions_awaiting_review(ws: Workspace) -> list[dict]:
+    """Versions a reviewer must decide: held by the gate, or never judged by it (a run stopped
+    between registering and the gate)."""
     out = []
     for v in registry_for(ws).list_versions():
-        if v.tags.get("gate_decision") == "held" and "review_decision" not in v.tags:
+        held = v.tags.get("gate_decision") == "held"
+        if (held or never_judged(v.tags)) and "review_decision" not in v.tags:
             out.append(
                 {
                     "version": v.version,
                     "aliases": list(v.aliases),
-                    "gate_reasons": v.tags.get("gate_reasons", ""),
+                    "gate_reasons": v.tags.get("gate_reasons", "") if held else NEVER_JUDGED,
                     "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
                     "run_key": v.tags.get("run_key"),
                 }

@@ -423,9 +423,18 @@ def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool,
     return promoted, reasons
 
 
+NEVER_JUDGED = "was never judged by the promotion gate (its run stopped before the gate decided)"
+
+
+def never_judged(tags: dict[str, str]) -> bool:
+    """A version a run registered and then stopped before the gate tagged it: none of its bounds
+    was checked, so it is no more promotable than a held one."""
+    return "gate_decision" not in tags and tags.get("origin") != "bootstrap"
+
+
 def promotion_problems(ws: Workspace, version: int) -> list[str]:
-    """Why ``version`` may not become champion by hand: a failed gate, or a class that must stay
-    forgotten and that the version was not measured to have forgotten."""
+    """Why ``version`` may not become champion by hand: a failed gate or none at all, or a class
+    that must stay forgotten and that the version was not measured to have forgotten."""
     registry = registry_for(ws)
     info = registry.get_version(version)  # fails clearly when the version does not exist
     problems = []
@@ -434,6 +443,8 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
         problems.append(
             f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})"
         )
+    elif never_judged(info.tags):
+        problems.append(f"version {version} {NEVER_JUDGED}")
     if info.tags.get("review_decision") == "rejected":
         problems.append(f"version {version} was rejected in review")
     missing = sorted(deletions_undone_by(registry.list_versions(), version))
