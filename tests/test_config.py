@@ -27,6 +27,17 @@ def test_shipped_params_are_valid_and_convert_to_core_configs():
     assert len(params.digest()) == 16
 
 
+def test_configured_forget_classes_are_read_as_the_command_line_reads_them():
+    """YAML reads `forget_classes: [3]` as a number, the CLI's `unsir forget 3` as text; where
+    class names are numbers (an image folder "1", "2", "3"), index 3 and name "3" differ, so
+    `dvc repro` and `unsir forget` must take the same reading: the text, a name first."""
+    from unsir.classes import resolve_classes
+
+    params = load_params(ROOT / "params.yaml", ["unlearn.forget_classes=[3, cat]"])
+    assert params.unlearn.forget_classes == ["3", "cat"]
+    assert resolve_classes(params.unlearn.forget_classes[:1], ("1", "2", "3")) == (2,)  # the class named "3"
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.retian_seed: Extra inputs are not permitted"):
         load_params(_with_section(tmp_path, "unknown_key.yaml", None))

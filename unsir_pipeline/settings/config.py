@@ -72,7 +72,12 @@ class ModelParams(Frozen):
 
 
 class UnlearnParams(Frozen):
-    forget_classes: list[int | str] = Field(min_length=1, description="default for `dvc repro`; the CLI overrides it")
+    forget_classes: list[str] = Field(
+        min_length=1,
+        description="default for `dvc repro`; the CLI overrides it. Read as the CLI reads its arguments: a class "
+        "name first, else an index",
+    )
+
     seed: int = 0
     recipe: Literal["measured", "measured_with_noise", "official"] = Field(
         default="measured",
@@ -96,6 +101,15 @@ class UnlearnParams(Frozen):
     )
     # When forgetting counts as done on the validation split (unsir.verification).
     verification: VerificationConfig = VerificationConfig()
+
+    @field_validator("forget_classes", mode="before")
+    @classmethod
+    def _as_text(cls, classes: object) -> object:
+        # YAML reads `[3]` as a number; `unsir forget 3` gets text. Both must name the same class
+        # (an image folder's class "3" may sit at index 2), so a number is read as its text.
+        if isinstance(classes, list):
+            return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in classes]
+        return classes
 
 
 class EvaluationParams(Frozen):
