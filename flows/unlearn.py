@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from prefect import flow, runtime
 
@@ -153,41 +153,58 @@ def unlearn(
         )
         checkpoint = ctx.paths.retrained if choice.method == "retrain" else ctx.paths.unlearned
         version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags, checkpoint)
+        # The run as registered, before the gate decides (promoted and gate_reasons follow).
+        registered = UnlearnResult(
+            forget_classes=request.forget_classes,
+            forget_class_names=[request.class_names[c] for c in request.forget_classes],
+            all_forgotten=request.all_forgotten,
+            parent_version=parent_model.version,
+            new_version=version,
+            promoted=False,
+            gate_reasons=[],
+            metrics=result.metrics,
+            per_class=result.per_class,
+            mlflow_run_id=mlflow_run_id,
+            flow_run_id=flow_run_id,
+            run_key=ctx.run_key,
+            device=unlearned.device,
+            data_digests=digests,
+            expectations_passed=request.expectations_passed,
+            compute_s=dict(unlearned.timings_s),
+            task_s=clock.seconds,
+            rounds=unlearned.rounds,
+            verified=unlearned.verified,
+            verified_forgotten_classes=verified_forgotten,
+            method=choice.method,
+            unsir_gate_reasons=choice.unsir_gate_reasons,
+        )
+        if not recorded_by_caller:
+            # Its evidence and registration go on the trail before the gate can make it champion:
+            # a run stopped in between leaves a recorded version the gate never judged (it waits
+            # in review), never a champion without a record.
+            clock(
+                "record-on-audit-trail",
+                requests.record_on_audit_trail,
+                ws,
+                registered.to_dict(),
+                actor,
+                through="model_registered",
+            )
         decision = clock("promotion-gate", model.promotion_gate, ctx, version, choice.candidate)
     except BaseException:
         registry.end_run(mlflow_run_id, status="FAILED")
         raise
-    compute = dict(unlearned.timings_s)
     with registry.start_run(run_id=mlflow_run_id):
         registry.log_metrics(
             {
-                **{f"compute_{k}": v for k, v in compute.items()},
+                **{f"compute_{k}": v for k, v in registered.compute_s.items()},
                 **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()},
             }
         )
-    outcome = UnlearnResult(
-        forget_classes=request.forget_classes,
-        forget_class_names=[request.class_names[c] for c in request.forget_classes],
-        all_forgotten=request.all_forgotten,
-        parent_version=parent_model.version,
-        new_version=version,
+    outcome = replace(
+        registered,
         promoted=decision.promoted,
         gate_reasons=decision.reasons,
-        metrics=result.metrics,
-        per_class=result.per_class,
-        mlflow_run_id=mlflow_run_id,
-        flow_run_id=flow_run_id,
-        run_key=ctx.run_key,
-        device=unlearned.device,
-        data_digests=digests,
-        expectations_passed=request.expectations_passed,
-        compute_s=compute,
-        task_s=clock.seconds,
-        rounds=unlearned.rounds,
-        verified=unlearned.verified,
-        verified_forgotten_classes=verified_forgotten,
-        method=choice.method,
-        unsir_gate_reasons=choice.unsir_gate_reasons,
         no_fallback_because="" if decision.promoted else choice.no_fallback_because,
     ).to_dict()
     if not recorded_by_caller:

@@ -41,12 +41,13 @@ def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]
 
 
 @task(name="record-on-audit-trail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def record_on_audit_trail(ws: Workspace, result: dict, actor: str) -> str:
+def record_on_audit_trail(ws: Workspace, result: dict, actor: str, through: str = "gate_decision") -> str:
     """Put a forget run outside a batch on the trail: its evidence, the version it registered
-    and the gate's decision, as ``actor``. Idempotent (keyed by the run), so a retry adds
-    nothing. Returns the id its records carry (what ``unsir audit report`` takes). Unlike the
-    steps before it, it does not end early on a stop (SIGTERM, Ctrl-C): the version exists and
-    may be champion by now, so its record is written first."""
-    audit_id = batches.record_forget(ws, result, actor=actor)
+    and the gate's decision, as ``actor``; ``through="model_registered"`` stops before the
+    decision (the flow records the registration before its gate). Idempotent (keyed by the
+    run), so a retry adds nothing. Returns the id its records carry (what ``unsir audit
+    report`` takes). Unlike the steps before it, it does not end early on a stop (SIGTERM,
+    Ctrl-C): the version exists and may be champion by now, so its record is written first."""
+    audit_id = batches.record_forget(ws, result, actor=actor, through=through)
     get_run_logger().info("on the audit trail as %s (by %s)", audit_id, actor)
     return audit_id

@@ -250,6 +250,34 @@ def test_cli_prints_one_line_errors_and_lists_models(project, first_run, capsys)
     assert "no version 99" in capsys.readouterr().err
 
 
+def test_a_run_stopped_before_its_gate_leaves_a_recorded_version_for_review(
+    tmp_path, bootstrapped_project, monkeypatch
+):
+    """The flow records a direct forget's evidence and registration before its gate can move
+    the champion: a run stopped in between leaves a version on the trail, waiting in review,
+    and never a champion that no record registered."""
+    from unsir_pipeline.flows.unlearn import unlearn
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.tasks import model as model_tasks
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped before the gate")
+
+    monkeypatch.setattr(model_tasks, "promotion_gate", stopped)
+    with pytest.raises(RuntimeError, match="stopped before the gate"):
+        unlearn(forget_classes=["4"], project_dir=str(project), run_key="stopped-run")
+    ws = Workspace.load(project)
+    records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == "forget-stopped-run"]
+    assert [r.event for r in records] == ["validation_passed", "unlearning_metrics", "model_registered"]
+    version = records[2].payload["model_version"]
+    assert registry_for(ws).get_version(version).tags["audit_seq"] == str(records[2].seq)
+    assert registry_for(ws).resolve_alias("champion") == 1
+    assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [version]
+    assert main(["--project", str(project), "audit", "verify"]) == 0
+
+
 def test_a_version_the_gate_never_judged_waits_for_review(tmp_path, project, first_run, capsys):
     """A run stopped between registering its version and the gate leaves a version with no
     gate decision: none of its bounds was checked, so it waits in review and is not promoted

@@ -316,11 +316,13 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
     _append_anchored(ws, event, {**context, **payload}, actor=actor, request_ids=batch.request_ids, key=key)
 
 
-def record_forget(ws: Workspace, result: dict, *, actor: str) -> str:
+def record_forget(ws: Workspace, result: dict, *, actor: str, through: str = "gate_decision") -> str:
     """Put a forget run outside a batch (``unsir forget``) on the trail: its evidence, the
     version it registered and the gate's decision, anchored in the registry as a batch's are,
-    with ``actor`` as who asked. Returns the id its records carry as ``batch_id`` (what
-    ``unsir audit report`` takes). Keyed by the run, so recording it again adds nothing."""
+    with ``actor`` as who asked; the records end with ``through`` (the flow records through
+    ``model_registered`` before its gate runs). Returns the id its records carry as
+    ``batch_id`` (what ``unsir audit report`` takes). Keyed by the run, so recording it again
+    adds nothing."""
     forget_id = f"forget-{result['run_key']}"
     for event, payload in run_records(result):
         _append_anchored(
@@ -331,6 +333,8 @@ def record_forget(ws: Workspace, result: dict, *, actor: str) -> str:
             request_ids=[],
             key=f"{forget_id}:{event}",
         )
+        if event == through:
+            break
     return forget_id
 
 
