@@ -341,7 +341,7 @@ def test_the_flow_and_the_dvc_stage_run_unsir_the_same_way(project, first_run):
     from unsir_pipeline.stages import unlearn_original
 
     ws = Workspace.load(project)
-    assert ws.params.unlearn.forget_classes == [3] and first_run["parent_version"] == 1
+    assert ws.params.unlearn.forget_classes == ["3"] and first_run["parent_version"] == 1
     stage_dir = unlearn_original(ws)
     from_stage, _ = load_checkpoint(stage_dir)
     from_flow, _ = load_checkpoint(ws.runs_dir / first_run["run_key"] / "unlearned")
