@@ -185,3 +185,24 @@ def test_class_count_mismatch_is_a_clear_error(trained_digits_model):
     )
     with pytest.raises(UnlearningInputError, match=r"expected \(N, 12\) logits"):
         make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cuda:99", r"device 'cuda:99': this machine has \d+ CUDA device"), ("gpu", r"unknown device 'gpu'; expected")],
+)
+@pytest.mark.parametrize("name", ["unsir", "finetune"])
+def test_a_device_this_machine_lacks_is_refused_before_any_compute(
+    trained_digits_model, digits, digits_manifest, digits_splits, device, expected, name
+):
+    import copy
+
+    # Before: torch's "Found no NVIDIA driver" (or its list of device types) once the model was copied.
+    model = copy.deepcopy(trained_digits_model)
+    task = _task(digits, digits_manifest, digits_splits, (3,), per_class=5, with_baseline_data=True)
+    counter = ForwardCounter(model)
+    with pytest.raises(UnlearningInputError, match=expected):
+        make_method(name).unlearn(model, task, device=device, generator=_seeded(0))
+    with pytest.raises(UnlearningInputError, match=expected):
+        evaluate_model(model, digits_splits.evaluation_data((3,)), device=device)
+    assert counter.calls == 0

@@ -20,6 +20,26 @@ from unsir.configs import OptimConfig
 from unsir.errors import UnlearningInputError
 
 
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` (a ``torch.device`` or its text) as a ``torch.device``, refused before any
+    compute when it is no device or one this machine lacks: torch would otherwise fail on the
+    first ``.to()``, after a model was copied or noise drawn, with a driver message."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UnlearningInputError(
+            f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
+        ) from err
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UnlearningInputError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "expected 'cpu' or one of those"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UnlearningInputError(f"device {str(device)!r}: MPS is not available on this machine; expected 'cpu'")
+    return resolved
+
+
 def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
     """The optimiser ``config`` names, over ``params``."""
     if config.optimizer == "adam":
@@ -101,6 +121,7 @@ def fit(
     """Train ``model`` in place for ``config.epochs`` epochs; returns it for chaining."""
     if len(images) == 0:
         raise UnlearningInputError(f"{description}: no training samples given")
+    device = resolve_device(device)
     model.to(device)
     x, y = images.to(device), labels.to(device)
     optimizer = make_optimizer(config, model.parameters())

@@ -17,7 +17,7 @@ from unsir.measures.distance import activation_distance, js_divergence, weight_d
 from unsir.measures.membership import MIA_FEATURES, membership_inference
 from unsir.measures.probe import linear_probe_forget_accuracy
 from unsir.measures.relearn import relearn_steps
-from unsir.training import predict_logits
+from unsir.training import predict_logits, resolve_device
 
 __all__ = [
     "EvaluationConfig",
@@ -107,6 +107,7 @@ def evaluate_model(
     ``original``: the model before unlearning (weight distance). ``reference``: the retrained
     model (JS divergence, activation distance on D_f). ``random_model``: an untrained one (ZRF).
     """
+    device = resolve_device(device)
     train_logits = predict_logits(model, data.train_images, device=device)
     test_logits = predict_logits(model, data.test_images, device=device)
     train_pred, test_pred = train_logits.argmax(1), test_logits.argmax(1)

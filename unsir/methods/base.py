@@ -20,6 +20,7 @@ from torch import nn
 
 from unsir.classes import check_forget_classes
 from unsir.errors import UnlearningInputError
+from unsir.training import resolve_device
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def prepare(model: nn.Module, task: UnlearningTask, device: torch.device) -> nn.
     with a clear message, before any optimisation starts.
     """
     task.validate()
+    device = resolve_device(device)
     working = copy.deepcopy(model).to(device)
     was_training = working.training
     working.eval()

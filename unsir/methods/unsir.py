@@ -38,7 +38,7 @@ from unsir.methods.base import (
 )
 from unsir.models import classifier_head, penultimate_features
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
-from unsir.training import fit
+from unsir.training import fit, resolve_device
 from unsir.verification import ForgettingCheck, check_forgetting
 
 
@@ -131,7 +131,7 @@ class UNSIR(UnlearningMethod):
         # Dropout (AllCNN, MobileNetV2) draws from torch's global generator, not from ours: seed
         # it from ours inside a forked RNG state, so the same seed gives the same model in every
         # process (the flow, the DVC stage, the benchmark) and the caller's state is untouched.
-        device = torch.device(device)  # "cuda" as text too, as torch takes it
+        device = resolve_device(device)  # "cuda" as text too, as torch takes it
         cuda: list[int] = []
         if device.type == "cuda":
             cuda = [device.index if device.index is not None else torch.cuda.current_device()]
