@@ -172,7 +172,7 @@ def test_wrong_input_shape_for_the_model_is_a_clear_error(trained_digits_model):
         retain_images=torch.zeros(4, 3, 8, 8),
         retain_labels=torch.tensor([0, 1, 2, 4]),
     )
-    with pytest.raises(UnlearningInputError, match=r"cannot take samples of shape \(3, 8, 8\)"):
+    with pytest.raises(UnlearningInputError, match=r"cannot take retain subset samples of shape \(3, 8, 8\)"):
         make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
 
 
@@ -206,3 +206,32 @@ def test_a_device_this_machine_lacks_is_refused_before_any_compute(
     with pytest.raises(UnlearningInputError, match=expected):
         evaluate_model(model, digits_splits.evaluation_data((3,)), device=device)
     assert counter.calls == 0
+
+
+def test_images_of_another_dtype_or_labels_not_int64_are_refused_before_any_compute(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    task = _task(digits, digits_manifest, digits_splits, (3,), per_class=5)
+    method = make_method("unsir", FAST)
+    # Before: "the model cannot take samples of shape (1, 8, 8)", a shape that was right.
+    with pytest.raises(UnlearningInputError, match=r"retain subset: images are torch.float64, the model's parameters"):
+        method.unlearn(
+            trained_digits_model,
+            replace(task, retain_images=task.retain_images.double()),
+            device=CPU,
+            generator=_seeded(0),
+        )
+    # Before: cross-entropy's "expected target dtype to be Long" once noise had been learned.
+    with pytest.raises(UnlearningInputError, match=r"retain subset: labels are torch.int32; expected torch.int64"):
+        method.unlearn(
+            trained_digits_model,
+            replace(task, retain_labels=task.retain_labels.int()),
+            device=CPU,
+            generator=_seeded(0),
+        )
+    data = digits_splits.evaluation_data((3,))
+    with pytest.raises(UnlearningInputError, match=r"test: images are torch.float64"):
+        evaluate_model(trained_digits_model, replace(data, test_images=data.test_images.double()), device=CPU)
+    # Before: an IndexError from the confusion matrix.
+    with pytest.raises(UnlearningInputError, match=r"outputs shape \(1, 10\) per batch; expected \(N, 5\) logits"):
+        evaluate_model(trained_digits_model, replace(data, num_classes=5), device=CPU)

@@ -156,3 +156,35 @@ def penultimate_features(
         hook.remove()
         model.train(was_training)
     return torch.cat(captured)
+
+
+def check_classifier(
+    model: nn.Module, samples: dict[str, torch.Tensor], num_classes: int, *, device: torch.device
+) -> None:
+    """Refuse, before any compute, a model that cannot classify ``samples`` (named sets of
+    images) into ``num_classes`` classes: images of another dtype than its parameters, or of a
+    shape it cannot take, or outputs that are not ``(N, num_classes)`` logits. ``model`` must
+    already be on ``device``; one sample goes through it, in eval() mode."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    for name, images in samples.items():
+        if dtypes and images.dtype not in dtypes:
+            raise UnlearningInputError(
+                f"{name}: images are {images.dtype}, the model's parameters {sorted(map(str, dtypes))}; "
+                "expected the same dtype (convert the images with .to(dtype) or the model)"
+            )
+    name, images = next(iter(samples.items()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(images[:1].to(device))
+    except RuntimeError as err:
+        raise UnlearningInputError(
+            f"the model cannot take {name} samples of shape {tuple(images.shape[1:])}: {str(err).splitlines()[0]}"
+        ) from err
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise UnlearningInputError(
+            f"the model outputs shape {tuple(out.shape)} per batch; expected (N, {num_classes}) logits"
+        )

@@ -17,6 +17,7 @@ from unsir.measures.distance import activation_distance, js_divergence, weight_d
 from unsir.measures.membership import MIA_FEATURES, membership_inference
 from unsir.measures.probe import linear_probe_forget_accuracy
 from unsir.measures.relearn import relearn_steps
+from unsir.models import check_classifier
 from unsir.training import predict_logits, resolve_device
 
 __all__ = [
@@ -108,6 +109,10 @@ def evaluate_model(
     model (JS divergence, activation distance on D_f). ``random_model``: an untrained one (ZRF).
     """
     device = resolve_device(device)
+    samples = {"train": data.train_images, "test": data.test_images}
+    if data.val_images is not None:
+        samples["validation"] = data.val_images
+    check_classifier(model, samples, data.num_classes, device=device)
     train_logits = predict_logits(model, data.train_images, device=device)
     test_logits = predict_logits(model, data.test_images, device=device)
     train_pred, test_pred = train_logits.argmax(1), test_logits.argmax(1)

@@ -20,6 +20,7 @@ from torch import nn
 
 from unsir.classes import check_forget_classes
 from unsir.errors import UnlearningInputError
+from unsir.models import check_classifier
 from unsir.training import resolve_device
 
 
@@ -86,6 +87,8 @@ def _check_pair(name: str, images: torch.Tensor | None, labels: torch.Tensor | N
         raise UnlearningInputError(
             f"{name}: expected one label per image ({len(images)}), got labels of shape {tuple(labels.shape)}"
         )
+    if labels.dtype != torch.int64:  # cross-entropy takes no other, and would fail mid-training
+        raise UnlearningInputError(f"{name}: labels are {labels.dtype}; expected torch.int64 class indices (.long())")
 
 
 @dataclass
@@ -152,21 +155,17 @@ def prepare(model: nn.Module, task: UnlearningTask, device: torch.device) -> nn.
     task.validate()
     device = resolve_device(device)
     working = copy.deepcopy(model).to(device)
-    was_training = working.training
-    working.eval()
-    try:
-        with torch.inference_mode():
-            out = working(task.retain_images[:1].to(device))
-    except RuntimeError as err:
-        raise UnlearningInputError(
-            f"the model cannot take samples of shape {task.input_shape}: {str(err).splitlines()[0]}"
-        ) from err
-    finally:
-        working.train(was_training)
-    if out.ndim != 2 or out.shape[1] != task.num_classes:
-        raise UnlearningInputError(
-            f"the model outputs shape {tuple(out.shape)} per batch; expected (N, {task.num_classes}) logits"
-        )
+    images = {
+        name: x
+        for name, x in {
+            "retain subset": task.retain_images,
+            "retain training set": task.retain_train_images,
+            "forget training set": task.forget_train_images,
+            "validation set": task.validation_images,
+        }.items()
+        if x is not None
+    }
+    check_classifier(working, images, task.num_classes, device=device)
     return working
 
 
