@@ -235,3 +235,11 @@ def test_images_of_another_dtype_or_labels_not_int64_are_refused_before_any_comp
     # Before: an IndexError from the confusion matrix.
     with pytest.raises(UnlearningInputError, match=r"outputs shape \(1, 10\) per batch; expected \(N, 5\) logits"):
         evaluate_model(trained_digits_model, replace(data, num_classes=5), device=CPU)
+
+
+@pytest.mark.parametrize("name", ["unsir", "noise_free"])
+def test_unsir_without_a_generator_is_a_clear_error(trained_digits_model, digits, digits_manifest, digits_splits, name):
+    task = _task(digits, digits_manifest, digits_splits, (3,), per_class=5)
+    # Before: AttributeError: 'NoneType' object has no attribute 'initial_seed'.
+    with pytest.raises(UnlearningInputError, match=r"generator must be a torch.Generator .*got None"):
+        make_method(name).unlearn(trained_digits_model, task, device=CPU, generator=None)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
+from unsir.errors import UnlearningInputError
 from unsir.methods.base import (
     UnlearningMethod,
     UnlearningResult,
@@ -132,6 +133,11 @@ class UNSIR(UnlearningMethod):
         # it from ours inside a forked RNG state, so the same seed gives the same model in every
         # process (the flow, the DVC stage, the benchmark) and the caller's state is untouched.
         device = resolve_device(device)  # "cuda" as text too, as torch takes it
+        if not isinstance(generator, torch.Generator):
+            raise UnlearningInputError(
+                f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}: "
+                "UNSIR seeds dropout from it, so the same seed gives the same model"
+            )
         cuda: list[int] = []
         if device.type == "cuda":
             cuda = [device.index if device.index is not None else torch.cuda.current_device()]
