@@ -412,3 +412,24 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     assert main(["--project", str(project), "models"]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[0] == str(result["new_version"])]
     assert "retrain" in row.split() and "promoted" in row.split()
+
+
+@pytest.mark.parametrize("relearn", [True, False])
+def test_the_dvc_evaluate_stage_reads_evaluation_relearn_as_the_flow_does(tmp_path, monkeypatch, relearn):
+    """`evaluation.relearn` (default true) is one of the evaluate stage's params; the stage
+    ignored it, so `dvc metrics show` never had relearn_steps and toggling it re-ran the stage
+    for the same numbers."""
+    from unsir_pipeline.stages import evaluate_unlearned, prepare_data, train_original, unlearn_original
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["model"]["train"]["epochs"] = 1
+    params["evaluation"]["relearn"] = relearn
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("UNSIR_PROGRESS", "0")
+    ws = Workspace.load(tmp_path)
+    prepare_data(ws)
+    train_original(ws)
+    unlearn_original(ws)
+    evaluate_unlearned(ws)
+    metrics = json.loads((tmp_path / "reports" / "evaluation.json").read_text())
+    assert ("relearn_steps" in metrics) is relearn

@@ -118,7 +118,9 @@ def evaluate_unlearned(ws: Workspace) -> dict[str, float]:
     unlearned, unlearned_card = load_checkpoint(ws.root / "models" / "unlearned")
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     evaluation_data = splits.evaluation_data(unlearned_card.forgotten_classes)
-    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature)
+    # As the flow's evaluation reads them (tasks/evaluation.py): the stage's params include
+    # `evaluation`, so a setting left unread would re-run it for the same numbers.
+    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature, relearn=ws.params.evaluation.relearn)
     comparison = compare_models(original, unlearned, evaluation_data, device=ws.device(), config=config)
     before, after, metrics = comparison.before, comparison.after, comparison.metrics
     ws.reports_dir.mkdir(parents=True, exist_ok=True)
