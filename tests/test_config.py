@@ -204,3 +204,12 @@ def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
     embedded = Workspace.load(tmp_path)  # embedded state: the file lock, no server needed
     with temporary_settings(updates={PREFECT_API_URL: None}), deletion_batch_lock(embedded) as held:
         assert held
+
+
+@pytest.mark.parametrize("key", ["data.split_seed", "data.retain_seed"])
+@pytest.mark.parametrize(
+    ("value", "message"), [("-1", "greater than or equal to 0"), ("4294967296", "less than or equal to 4294967295")]
+)
+def test_a_split_or_retain_seed_numpy_cannot_take_is_refused_at_load(key, value, message):
+    with pytest.raises(ConfigError, match=f"{key}: Input should be {message}"):
+        load_params(ROOT / "params.yaml", [f"{key}={value}"])

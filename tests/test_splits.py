@@ -109,3 +109,18 @@ def test_normalization_fit_on_train_gives_zero_mean_unit_std():
     assert (out.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
     with pytest.raises(UnlearningInputError, match="1 channels"):
         norm.apply(torch.zeros(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, None, 1.5, True])
+def test_a_seed_outside_what_numpy_takes_is_named(digits, digits_manifest, seed):
+    """Before: -1 failed as "its smallest class '8' has 174 sample(s) ... add samples or change
+    the fractions", the retain seed -1 as "expected non-negative integer", and None drew a
+    different split on every call."""
+    with pytest.raises(
+        UnlearningInputError, match=re.escape(f"split seed must be an integer in [0, 4294967295], got {seed!r}")
+    ):
+        make_split_manifest(digits, seed=seed)
+    with pytest.raises(
+        UnlearningInputError, match=re.escape(f"retain seed must be an integer in [0, 4294967295], got {seed!r}")
+    ):
+        draw_retain_subset(digits_manifest, forget_classes=(3,), per_class=5, seed=seed, num_classes=10)

@@ -9,14 +9,31 @@ The modules that compute (``unsir.training``, ``unsir.noise``, ``unsir.verificat
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from unsir.errors import ConfigValueError, UnlearningInputError
 
 # The names ``model.arch`` may take; ``unsir.models.ARCHITECTURES`` builds them (and checks, on
 # import, that it builds exactly these).
 ARCHITECTURE_NAMES = ("small_cnn", "allcnn", "resnet18_cifar", "mobilenet_v2")
+
+# The seeds that split data and draw retain subsets go to scikit-learn and NumPy, which take
+# integers in [0, 2**32 - 1] only; None would draw a different split on every call.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, seed: Any) -> int:
+    """``seed`` as an int, or an error naming ``name`` when it is none in [0, MAX_SEED]."""
+    expected = f"an integer in [0, {MAX_SEED}]"
+    try:
+        value = operator.index(seed)  # int and NumPy integers; not None, 3.0 or "3"
+    except TypeError:
+        raise ConfigValueError(name, expected, seed) from None
+    if isinstance(seed, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigValueError(name, expected, seed)
+    return value
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from unsir.classes import check_forget_classes
-from unsir.configs import SplitFractions
+from unsir.configs import SplitFractions, check_seed
 from unsir.data import ClassificationData
 from unsir.errors import UnlearningInputError
 
@@ -27,6 +27,7 @@ def make_split_manifest(
     data: ClassificationData, *, seed: int, fractions: SplitFractions = SplitFractions()
 ) -> pd.DataFrame:
     """Assign every sample to train/val/test, stratified by label, reproducibly from ``seed``."""
+    seed = check_seed("split seed", seed)
     positions = np.arange(len(data))
     labels = data.labels.numpy()
     split = np.empty(len(data), dtype=object)
@@ -88,6 +89,7 @@ def draw_retain_subset(
     file byte for byte). A class with fewer training samples than ``per_class`` gives all it has.
     """
     check_forget_classes(forget_classes, num_classes)
+    seed = check_seed("retain seed", seed)
     if per_class <= 0:
         raise UnlearningInputError(f"retain samples per class must be positive, got {per_class}")
     train = manifest[manifest["split"] == "train"]

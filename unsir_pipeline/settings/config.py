@@ -21,7 +21,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from unsir.configs import ARCHITECTURE_NAMES, NoiseConfig, OptimConfig, SplitFractions, UNSIRConfig, VerificationConfig
+from unsir.configs import (
+    ARCHITECTURE_NAMES,
+    MAX_SEED,
+    NoiseConfig,
+    OptimConfig,
+    SplitFractions,
+    UNSIRConfig,
+    VerificationConfig,
+)
 from unsir.errors import ConfigValueError
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
@@ -39,10 +47,10 @@ class DataParams(Frozen):
     name: str = Field(description="digits, cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder")
     root: str | None = None
     image_size: int | None = Field(default=None, gt=0)
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     fractions: SplitFractions
     retain_per_class: int = Field(gt=0)
-    retain_seed: int = 0
+    retain_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     min_per_class: int = Field(default=1, ge=1, description="validation: samples of each class in each split")
 
 
