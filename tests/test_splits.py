@@ -124,3 +124,23 @@ def test_a_seed_outside_what_numpy_takes_is_named(digits, digits_manifest, seed)
         UnlearningInputError, match=re.escape(f"retain seed must be an integer in [0, 4294967295], got {seed!r}")
     ):
         draw_retain_subset(digits_manifest, forget_classes=(3,), per_class=5, seed=seed, num_classes=10)
+
+
+def test_forget_classes_given_as_one_bare_index_are_named_and_an_array_is_taken(digits, digits_manifest, digits_splits):
+    """Before: "'int' object is not iterable" for 3, and "the truth value of an array with more
+    than one element is ambiguous" for np.array([3, 4])."""
+    import numpy as np
+
+    from unsir.problem import build_task
+
+    expected = re.escape("forget classes must be a collection of class indices, e.g. (3,) or (3, 5); got 3")
+    with pytest.raises(UnlearningInputError, match=expected):
+        draw_retain_subset(digits_manifest, forget_classes=3, per_class=5, seed=0, num_classes=10)
+    with pytest.raises(UnlearningInputError, match=expected):
+        digits_splits.evaluation_data(3)
+    rows = draw_retain_subset(digits_manifest, forget_classes=np.array([3, 4]), per_class=5, seed=0, num_classes=10)
+    assert not set(rows["label"]) & {3, 4}
+    with pytest.raises(UnlearningInputError, match=expected):
+        build_task(digits_splits, digits, rows, 3)
+    assert build_task(digits_splits, digits, rows, np.array([3, 4])).forget_classes == (3, 4)
+    assert digits_splits.evaluation_data([4, 3]).forget_classes == (4, 3)

@@ -7,7 +7,7 @@ anything heavier starts.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -52,15 +52,28 @@ def _named(item: str, class_names: tuple[str, ...]) -> int | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def check_forget_classes(forget_classes: tuple[int, ...], num_classes: int) -> None:
-    """Forget classes must be known and must leave at least one class to retain."""
-    if not forget_classes:
-        raise UnlearningInputError("no forget class given; expected at least one class index")
-    for c in forget_classes:
-        if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-            raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
-    if len(set(forget_classes)) >= num_classes:
+def check_forget_classes(forget_classes: Sequence[int], num_classes: int) -> tuple[int, ...]:
+    """Forget classes must be a collection of known class indices that leaves at least one class
+    to retain; returns them as a tuple of ints."""
+    # A bare index (3 for (3,)) or text would otherwise fail as "'int' object is not iterable",
+    # and a NumPy array as "the truth value of an array ... is ambiguous".
+    if (
+        isinstance(forget_classes, (int, np.integer, str, bytes))
+        or not isinstance(forget_classes, Iterable)
+        or (isinstance(forget_classes, np.ndarray) and forget_classes.ndim != 1)
+    ):
         raise UnlearningInputError(
-            f"forgetting classes {sorted(set(forget_classes))} would forget every one of the "
+            f"forget classes must be a collection of class indices, e.g. (3,) or (3, 5); got {forget_classes!r}"
+        )
+    classes = tuple(forget_classes)
+    if not classes:
+        raise UnlearningInputError("no forget class given; expected at least one class index")
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
+            raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
+    if len(set(classes)) >= num_classes:
+        raise UnlearningInputError(
+            f"forgetting classes {sorted(set(classes))} would forget every one of the "
             f"{num_classes} classes; at least one class must be retained"
         )
+    return tuple(int(c) for c in classes)

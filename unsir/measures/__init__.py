@@ -54,7 +54,7 @@ class EvaluationData:
     val_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        check_forget_classes(tuple(self.forget_classes), self.num_classes)
+        check_forget_classes(self.forget_classes, self.num_classes)
 
     def mask(self, labels: torch.Tensor, forget: bool) -> torch.Tensor:
         inside = torch.isin(labels, torch.as_tensor(self.forget_classes, dtype=labels.dtype))

@@ -52,7 +52,7 @@ class UnlearningTask:
 
     def validate(self) -> None:
         """Check everything that can be checked without compute; raise naming the bad value."""
-        check_forget_classes(tuple(self.forget_classes), self.num_classes)
+        check_forget_classes(self.forget_classes, self.num_classes)
         _check_pair("retain subset", self.retain_images, self.retain_labels)
         if len(self.retain_labels) == 0:
             raise UnlearningInputError("the retain subset is empty; expected at least one retain sample")
