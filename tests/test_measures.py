@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from unsir.configs import OptimConfig
+from unsir.errors import UnlearningInputError
 from unsir.measures import (
     EvaluationData,
     activation_distance,
@@ -198,3 +199,24 @@ def test_training_never_hands_batchnorm_a_single_sample():
         generator=torch.Generator().manual_seed(0),
     )
     assert steps == 6
+
+
+def test_relearn_time_without_forget_class_test_samples_is_refused_before_any_compute(
+    trained_digits_model, digits_splits
+):
+    """Before: IndexError "argmax(): Expected reduction dim 1 to have non-zero size" once the
+    original had been evaluated."""
+    from dataclasses import replace
+
+    from unsir.measures import EvaluationConfig, compare_models
+
+    data = digits_splits.evaluation_data((3,))
+    keep = data.test_labels != 3
+    data = replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
+    config = EvaluationConfig(relearn=True)
+    expected = r"relearn time needs test samples of the forget classes \[3\]; the test split has none"
+    with pytest.raises(UnlearningInputError, match=expected):
+        compare_models(trained_digits_model, trained_digits_model, data, device=CPU, config=config)
+    with pytest.raises(UnlearningInputError, match=expected):
+        evaluate_model(trained_digits_model, data, device=CPU, config=config, original_forget_acc=0.9)
+    assert "relearn_steps" not in evaluate_model(trained_digits_model, data, device=CPU).metrics

@@ -91,6 +91,16 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return matrix
 
 
+def _check_relearn_data(data: EvaluationData, config: EvaluationConfig) -> None:
+    """Relearn time is measured on forget-class test samples: without any, it failed deep in
+    the measure (an IndexError from an empty batch of logits)."""
+    if config.relearn and not bool(data.mask(data.test_labels, True).any()):
+        raise UnlearningInputError(
+            f"relearn time needs test samples of the forget classes {list(data.forget_classes)}; "
+            "the test split has none (give some, or EvaluationConfig(relearn=False))"
+        )
+
+
 def evaluate_model(
     model: nn.Module,
     data: EvaluationData,
@@ -109,6 +119,7 @@ def evaluate_model(
     model (JS divergence, activation distance on D_f). ``random_model``: an untrained one (ZRF).
     """
     device = resolve_device(device)
+    _check_relearn_data(data, config)
     samples = {"train": data.train_images, "test": data.test_images}
     if data.val_images is not None:
         samples["validation"] = data.val_images
@@ -232,6 +243,7 @@ def compare_models(
 ) -> Comparison:
     """With ``config.relearn``, the unlearned and the reference model are timed relearning to
     ``relearn_target_fraction`` of the original's forget accuracy (the original is not)."""
+    _check_relearn_data(data, config)
     before = evaluate_model(original, data, device=device, config=replace(config, relearn=False))
     target = before.metrics["forget_acc"]
     return Comparison(
