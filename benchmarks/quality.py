@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from unsir.configs import OptimConfig, SplitFractions
@@ -212,13 +211,6 @@ def class_sets(num_classes: int, args: argparse.Namespace) -> list[tuple[int, ..
         pool = [s for s in draw(size, 10 * count + 20, seed) if args.part == "tuning" or s not in tuning]
         chosen += sorted(pool[:count])
     return singles + chosen
-
-
-def resize(data: ClassificationData, size: int | None) -> ClassificationData:
-    if size is None or data.images.shape[-1] == size:
-        return data
-    images = F.interpolate(data.images, size=(size, size), mode="bilinear", align_corners=False)
-    return replace(data, images=images.clamp(0, 1))
 
 
 def passes(unsir: dict[str, float], retrain: dict[str, float]) -> dict[str, bool]:
@@ -493,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads)
     device = torch.device(args.device)
-    data = resize(load_dataset(args.dataset, args.root), args.image_size)
+    data = load_dataset(args.dataset, args.root, image_size=args.image_size)  # bilinear, clamped to [0, 1]
     report = {
         "dataset": data.name,
         "image_size": data.images.shape[-1],

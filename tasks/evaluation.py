@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from unsir.checkpoint import load_checkpoint, save_checkpoint
-from unsir.measures import EvaluationConfig, compare_models
+from unsir.measures import compare_models
 from unsir.methods import make_method
 from unsir.methods.base import UnlearningTask
 from unsir.methods.baselines import RetrainConfig
@@ -64,7 +64,7 @@ def _measure(ctx: RunContext, mlflow_run_id: str, all_forgotten: list[int], with
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     evaluation_data = splits.evaluation_data(tuple(all_forgotten))
     device = ws.device()
-    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature, relearn=ws.params.evaluation.relearn)
+    config = ws.params.evaluation.core_config()
     reference = _train_reference(ws, splits, tuple(all_forgotten), parent, device) if with_reference else None
     comparison = compare_models(parent, unlearned, evaluation_data, device=device, config=config, reference=reference)
     before, after = comparison.before, comparison.after

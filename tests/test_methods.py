@@ -213,22 +213,17 @@ def test_images_of_another_dtype_or_labels_not_int64_are_refused_before_any_comp
 ):
     task = _task(digits, digits_manifest, digits_splits, (3,), per_class=5)
     method = make_method("unsir", FAST)
-    # Before: "the model cannot take samples of shape (1, 8, 8)", a shape that was right.
-    with pytest.raises(UnlearningInputError, match=r"retain subset: images are torch.float64, the model's parameters"):
-        method.unlearn(
-            trained_digits_model,
-            replace(task, retain_images=task.retain_images.double()),
-            device=CPU,
-            generator=_seeded(0),
-        )
-    # Before: cross-entropy's "expected target dtype to be Long" once noise had been learned.
-    with pytest.raises(UnlearningInputError, match=r"retain subset: labels are torch.int32; expected torch.int64"):
-        method.unlearn(
-            trained_digits_model,
-            replace(task, retain_labels=task.retain_labels.int()),
-            device=CPU,
-            generator=_seeded(0),
-        )
+    for changed, expected in (
+        # Before: "the model cannot take samples of shape (1, 8, 8)", a shape that was right.
+        (
+            {"retain_images": task.retain_images.double()},
+            r"retain subset: images are torch.float64, the model's parameters",
+        ),
+        # Before: cross-entropy's "expected target dtype to be Long" once noise had been learned.
+        ({"retain_labels": task.retain_labels.int()}, r"retain subset: labels are torch.int32; expected torch.int64"),
+    ):
+        with pytest.raises(UnlearningInputError, match=expected):
+            method.unlearn(trained_digits_model, replace(task, **changed), device=CPU, generator=_seeded(0))
     data = digits_splits.evaluation_data((3,))
     with pytest.raises(UnlearningInputError, match=r"test: images are torch.float64"):
         evaluate_model(trained_digits_model, replace(data, test_images=data.test_images.double()), device=CPU)

@@ -279,7 +279,8 @@ def load_dataset(
 
 
 def _resized(data: ClassificationData, image_size: int | None) -> ClassificationData:
-    """The images resized to ``image_size`` x ``image_size`` (bilinear, as the benchmarks resize)."""
+    """The images resized to ``image_size`` x ``image_size``: bilinear, clamped to [0, 1] (the
+    benchmarks' resized grids, e.g. 3x32x32 architectures on digits, load through this too)."""
     if image_size is None or tuple(data.images.shape[-2:]) == (image_size, image_size):
         return data
     images = torch.nn.functional.interpolate(

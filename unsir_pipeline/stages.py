@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from unsir.classes import resolve_classes
 from unsir.data import load_dataset
-from unsir.measures import EvaluationConfig, compare_models
+from unsir.measures import compare_models
 from unsir.methods import make_method
 from unsir.models import ModelSpec, build_model
 from unsir.problem import build_task, prepare_splits
@@ -118,9 +118,9 @@ def evaluate_unlearned(ws: Workspace) -> dict[str, float]:
     unlearned, unlearned_card = load_checkpoint(ws.root / "models" / "unlearned")
     splits = prepare_splits(data, manifest, normalization=card.normalization)
     evaluation_data = splits.evaluation_data(unlearned_card.forgotten_classes)
-    # As the flow's evaluation reads them (tasks/evaluation.py): the stage's params include
-    # `evaluation`, so a setting left unread would re-run it for the same numbers.
-    config = EvaluationConfig(mia_feature=ws.params.evaluation.mia_feature, relearn=ws.params.evaluation.relearn)
+    # Read as the flow's evaluation reads them: the stage's params include `evaluation`, so a
+    # setting left unread would re-run it for the same numbers.
+    config = ws.params.evaluation.core_config()
     comparison = compare_models(original, unlearned, evaluation_data, device=ws.device(), config=config)
     before, after, metrics = comparison.before, comparison.after, comparison.metrics
     ws.reports_dir.mkdir(parents=True, exist_ok=True)

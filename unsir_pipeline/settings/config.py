@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,6 +33,9 @@ from unsir.configs import (
 from unsir.errors import ConfigValueError
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
+
+if TYPE_CHECKING:  # the measures import torch; the CLI checks a request without it
+    from unsir.measures import EvaluationConfig
 
 
 class ConfigError(ValueError):
@@ -85,7 +88,6 @@ class UnlearnParams(Frozen):
         description="default for `dvc repro`; the CLI overrides it. Read as the CLI reads its arguments: a class "
         "name first, else an index",
     )
-
     seed: int = 0
     recipe: Literal["measured", "measured_with_noise", "official"] = Field(
         default="measured",
@@ -126,6 +128,13 @@ class EvaluationParams(Frozen):
     retrain_reference: bool = Field(
         default=False, description="also retrain from scratch on the retain classes and report it side by side"
     )
+
+    def core_config(self) -> EvaluationConfig:
+        """The measures' settings (``unsir.measures``) these parameters ask for: the one place the
+        flow's evaluation and the DVC stage's read them, so neither leaves a setting unread."""
+        from unsir.measures import EvaluationConfig  # torch: only the steps that measure load it
+
+        return EvaluationConfig(mia_feature=self.mia_feature, relearn=self.relearn)
 
 
 class GateParams(Frozen):
