@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from unsir.errors import UnlearningInputError
 from unsir_pipeline.settings.config import ConfigError, Params, load_params
 
 if TYPE_CHECKING:
@@ -91,19 +92,16 @@ class Workspace:
         # and start in a second instead of three without PyTorch.
         import torch
 
+        from unsir.training import resolve_device
+
         if self.params.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.params.device)
         # A device this machine lacks would fail in the middle of a flow, after Prefect started
         # and an MLflow run opened: refused wherever the device is first asked for.
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {self.params.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                "expected auto, cpu or one of those"
-            )
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps': not available on this machine; expected auto or cpu")
-        return device
+        try:
+            return resolve_device(self.params.device)
+        except UnlearningInputError as err:
+            raise ConfigError(f"{err}, or auto") from err
 
 
 @lru_cache(maxsize=8)
