@@ -173,6 +173,7 @@ def test_edited_and_rehashed_record_is_found_by_the_next_link(log: AuditLog) -> 
 
     assert result.first_bad_seq == 8
     assert result.problem.startswith("record 8: prev_hash does not match record 7")
+    assert result.later_problems == ()  # the walk goes on from record 8's stored hash: one break, one problem
 
 
 def test_swapped_payloads_are_found_at_the_first(log: AuditLog) -> None:
@@ -186,6 +187,58 @@ def test_swapped_payloads_are_found_at_the_first(log: AuditLog) -> None:
 
     assert (result.ok, result.first_bad_seq) == (False, 3)
     assert "record 3:" in result.problem
+    assert [seq for seq, _ in result.later_problems] == [6]
+
+
+def test_every_broken_record_is_named_and_the_rest_known_intact(log: AuditLog) -> None:
+    """verify() used to stop at the first problem: after one edited record, an auditor could not
+    tell whether any later record (a later deletion's evidence) was still intact, and a second
+    edit hid behind the first. The walk now goes on, resynchronised on the stored hashes."""
+    _tamper(
+        log.path,
+        """UPDATE audit SET payload = '{"n":300}' WHERE seq = 3""",
+        "DELETE FROM audit WHERE seq IN (6, 7)",
+        """UPDATE audit SET actor = 'mallory' WHERE seq = 9""",
+    )
+
+    result = log.verify()
+
+    assert (result.ok, result.records, result.first_bad_seq) == (False, 8, 3)
+    assert result.later_problems == (
+        (6, "records 6-7 are missing: the log jumps from record 5 to record 8 (deleted?)"),
+        (9, "record 9: content does not match its hash (edited, or moved from another position?)"),
+    )
+    assert result.bad_seqs == {3, 6, 9}  # records 1, 2, 4, 5, 8 and 10 verify
+
+
+def test_a_break_in_the_middle_does_not_stop_appends_nor_hide_behind_them(log: AuditLog) -> None:
+    """Deletions go on after an earlier record was edited (holding them would let whoever can
+    write the disk hold every deletion); the break stays named, the new record verifies."""
+    _tamper(log.path, """UPDATE audit SET payload = '{"n":300}' WHERE seq = 3""")
+
+    log.append("request-added", actor="tester", payload={"n": 11})
+
+    result = log.verify()
+    assert (result.ok, result.records, result.first_bad_seq, result.later_problems) == (False, 11, 3, ())
+
+
+def test_the_evidence_report_says_whether_a_break_reaches_its_own_records(log: AuditLog) -> None:
+    from unsir_pipeline.governance.report import batch_report_html
+
+    for n in (1, 2):
+        log.append("batch_started", actor="tester", payload={"batch_id": "b-1", "n": n})
+    _tamper(log.path, """UPDATE audit SET payload = '{"n":300}' WHERE seq = 3""")
+    own = [rec for rec in log.records() if rec.payload.get("batch_id") == "b-1"]
+
+    html = batch_report_html("b-1", own, [], log.verify(), {})
+    assert "BROKEN at record 3" in html
+    assert "None of this batch's 2 record(s) (11, 12) is among them" in html
+
+    with sqlite3.connect(log.path) as conn:  # the triggers are gone already
+        conn.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 12")
+    html = batch_report_html("b-1", own, [], log.verify(), {})
+    assert "and at record 12" in html
+    assert "This batch's record(s) 12 are among them" in html
 
 
 def test_deleted_middle_record_is_found(log: AuditLog) -> None:

@@ -324,6 +324,8 @@ def test_tampering_with_any_record_is_detected_and_named(project, first_batch, t
         "WHERE seq = -1;"
     )
     assert "record 4" in swapped
+    both = tampered("UPDATE audit SET actor = 'mallory' WHERE seq IN (2, 4)")
+    assert "TAMPERED at record 2:" in both and "TAMPERED at record 4 too:" in both  # not only the first
     last = len(stores.audit_log(ws).records())
     assert f"record {last}" in tampered(f"DELETE FROM audit WHERE seq = {last}")
 

@@ -873,6 +873,9 @@ def cmd_audit(project: Path, args) -> int:
                         "chain_ok": report.chain.ok,
                         "first_bad_seq": report.chain.first_bad_seq,
                         "chain_problem": report.chain.problem,
+                        "later_chain_problems": [
+                            {"seq": seq, "problem": problem} for seq, problem in report.chain.later_problems
+                        ],
                         "signed": report.chain.signed,
                         "problems": list(report.problems),
                         "warnings": list(report.warnings),
@@ -892,6 +895,13 @@ def cmd_audit(project: Path, args) -> int:
         if not report.chain.ok:
             print(
                 f"error: audit trail TAMPERED at record {report.chain.first_bad_seq}: {report.chain.problem}",
+                file=sys.stderr,
+            )
+            for seq, problem in report.chain.later_problems:
+                print(f"error: audit trail TAMPERED at record {seq} too: {problem}", file=sys.stderr)
+            print(
+                f"the other records of the {report.records} are intact and linked; appends go on after a "
+                "broken record (deletions are not held up), and this check keeps failing until it is resolved",
                 file=sys.stderr,
             )
         for problem in report.problems:

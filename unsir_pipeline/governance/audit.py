@@ -121,7 +121,8 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The outcome of :meth:`AuditLog.verify`: ``ok``, or the first record found wrong and why."""
+    """The outcome of :meth:`AuditLog.verify`: ``ok``, or the first record found wrong and why,
+    and every later one (``later_problems``, ``(seq, problem)`` each)."""
 
     ok: bool
     records: int
@@ -129,6 +130,16 @@ class VerifyResult:
     problem: str | None
     # Whether the head anchor's HMAC was checked with the audit key (False without a key).
     signed: bool = False
+    # One edited record does not make the rest unreadable: the walk goes on past it, so an
+    # auditor learns which records are still intact (those named nowhere here).
+    later_problems: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def bad_seqs(self) -> frozenset[int]:
+        """Every record number named by a problem (a head problem names the record after the
+        last one, or the last)."""
+        first = () if self.first_bad_seq is None else (self.first_bad_seq,)
+        return frozenset((*first, *(seq for seq, _ in self.later_problems)))
 
 
 def _canonical(value: Any) -> str:
@@ -577,7 +588,8 @@ class AuditLog:
         return [r for r in records if request_id is None or request_id in r.request_ids]
 
     def verify(self) -> VerifyResult:
-        """Walk the chain from record 1 and check the head anchor; stop at the first problem.
+        """Walk the chain from record 1 and check the head anchor; report the first problem and
+        every later one.
 
         Per record: its content must hash to its ``hash`` (else edited, or moved to another
         seq), its ``seq`` must follow the previous one (else records are missing), and its
@@ -595,17 +607,19 @@ class AuditLog:
             rows = conn.execute(sa.select(_AUDIT).order_by(_AUDIT.c.seq)).mappings().all()
             row_head = None if self.head_path is not None else self._read_head_raw(conn)
         count = len(rows)
-
-        def bad(seq: int, problem: str) -> VerifyResult:
-            return VerifyResult(ok=False, records=count, first_bad_seq=seq, problem=problem)
+        problems: list[tuple[int, str]] = []
 
         expected_seq, prev_hash = 1, GENESIS
         for row in rows:
             seq = row["seq"]
+            # After a problem the walk resynchronises on what is stored: the next record links to
+            # this one's stored hash, so a single edit is reported once, not for every record after it.
             try:
                 record = _parse_row(row)
             except AuditError as err:
-                return bad(seq, f"{err} (edited?)")
+                problems.append((seq, f"{err} (edited?)"))
+                expected_seq, prev_hash = seq + 1, str(row["hash"])
+                continue
             recomputed = _record_hash(
                 record.seq,
                 record.ts,
@@ -617,54 +631,38 @@ class AuditLog:
                 record.prev_hash,
             )
             if recomputed != record.hash:
-                return bad(
-                    seq,
-                    f"record {seq}: content does not match its hash (edited, or moved from another position?)",
+                problems.append(
+                    (seq, f"record {seq}: content does not match its hash (edited, or moved from another position?)")
                 )
             if seq != expected_seq:
                 if expected_seq == 1:
                     where = f"the log starts at record {seq}"
                 else:
                     where = f"the log jumps from record {expected_seq - 1} to record {seq}"
-                return bad(expected_seq, f"record {expected_seq} is missing: {where} (deleted?)")
-            if record.prev_hash != prev_hash:
+                missing = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}-{seq - 1}"
+                verb = "is" if seq == expected_seq + 1 else "are"
+                problems.append((expected_seq, f"{missing} {verb} missing: {where} (deleted?)"))
+            elif record.prev_hash != prev_hash:  # after a gap the link is broken by the gap itself
                 previous = "the genesis hash" if seq == 1 else f"record {seq - 1}"
-                return bad(
-                    seq,
-                    f"record {seq}: prev_hash does not match {previous} (records deleted, "
-                    "inserted or reordered, or the one before edited and re-hashed?)",
+                problems.append(
+                    (
+                        seq,
+                        f"record {seq}: prev_hash does not match {previous} (records deleted, "
+                        "inserted or reordered, or the one before edited and re-hashed?)",
+                    )
                 )
             expected_seq, prev_hash = seq + 1, record.hash
 
-        try:
-            raw = row_head if self.head_path is None else self._read_head_raw()
-        except AuditError as err:
-            return bad(count + 1, str(err))
-        if raw is None:
-            return bad(count + 1, f"head anchor {self.head_where} is missing (deleted?)")
-        head_records, head_hash, mac = raw
-        # Checked before the counts: a forged anchor's numbers mean nothing.
-        if check_signature and self._key is not None:
-            problem = self._signature_problem(head_records, head_hash, mac)
-            if problem:
-                return bad(count + 1, problem)
-        if head_records > count:
-            return bad(
-                count + 1,
-                f"log ends at record {count} but the head anchor records {head_records} "
-                "(records removed from the end?)",
-            )
-        if head_records < count:
-            return bad(
-                head_records + 1,
-                f"log has {count} records but the head anchor records {head_records} "
-                f"(records from {head_records + 1} on written around append(), "
-                "or the anchor rolled back?)",
-            )
-        if head_hash != prev_hash:
-            return bad(
-                count,
-                f"record {count}: hash does not match the head anchor (last record replaced?)",
+        last_seq = rows[-1]["seq"] if rows else 0  # not the count: middle records may be missing
+        problems += self._head_problems(last_seq, prev_hash, row_head, check_signature=check_signature)
+        if problems:
+            (first_seq, first_problem), *later = problems
+            return VerifyResult(
+                ok=False,
+                records=count,
+                first_bad_seq=first_seq,
+                problem=first_problem,
+                later_problems=tuple(later),
             )
         return VerifyResult(
             ok=True,
@@ -673,3 +671,46 @@ class AuditLog:
             problem=None,
             signed=check_signature and self._key is not None,
         )
+
+    def _head_problems(
+        self,
+        last_seq: int,
+        last_hash: str,
+        row_head: tuple[int, str, str | None] | None,
+        *,
+        check_signature: bool,
+    ) -> list[tuple[int, str]]:
+        """What is wrong with the head anchor against a log whose last record is ``last_seq``, with hash
+        ``last_hash``: at most one problem, since a missing or forged anchor says nothing more."""
+        try:
+            raw = row_head if self.head_path is None else self._read_head_raw()
+        except AuditError as err:
+            return [(last_seq + 1, str(err))]
+        if raw is None:
+            return [(last_seq + 1, f"head anchor {self.head_where} is missing (deleted?)")]
+        head_records, head_hash, mac = raw
+        # Checked before the numbers: a forged anchor's numbers mean nothing.
+        if check_signature and self._key is not None:
+            problem = self._signature_problem(head_records, head_hash, mac)
+            if problem:
+                return [(last_seq + 1, problem)]
+        if head_records > last_seq:
+            return [
+                (
+                    last_seq + 1,
+                    f"log ends at record {last_seq} but the head anchor records {head_records} "
+                    "(records removed from the end?)",
+                )
+            ]
+        if head_records < last_seq:
+            return [
+                (
+                    head_records + 1,
+                    f"log ends at record {last_seq} but the head anchor records {head_records} "
+                    f"(records from {head_records + 1} on written around append(), "
+                    "or the anchor rolled back?)",
+                )
+            ]
+        if head_hash != last_hash:
+            return [(last_seq, f"record {last_seq}: hash does not match the head anchor (last record replaced?)")]
+        return []

@@ -179,6 +179,10 @@ def batch_report_html(
         f"<span class='ok'>intact</span> ({chain.records} records verified{signed})"
         if chain.ok
         else f"<span class='bad'>BROKEN at record {chain.first_bad_seq}: {_e(chain.problem)}</span>"
+        + "".join(
+            f"; <span class='bad'>and at record {seq}: {_e(problem)}</span>" for seq, problem in chain.later_problems
+        )
+        + _own_records_line(records, chain)
     )
     unlearning_line = (
         f"<p id='rounds'>{_e(describe_rounds(metrics_rec.payload.get('rounds') or [], metrics_rec.payload.get('verified')))}"
@@ -283,3 +287,15 @@ def summary_markdown(forget_classes: list[int], metrics: dict[str, float]) -> st
     lines = [f"# Unlearning of classes {forget_classes}", "", "| measure | before | after |", "|---|---|---|"]
     lines += [f"| {name} | {before:.4f} | {after:.4f} |" for name, before, after in rows]
     return "\n".join(lines) + "\n"
+
+
+def _own_records_line(records: list[AuditRecord], chain: VerifyResult) -> str:
+    """Whether a broken chain reaches this batch's own records: the walk goes on past a broken
+    record, so the batch's evidence is known intact when none of its records is named."""
+    own = sorted(rec.seq for rec in records)
+    if not own:
+        return ""
+    touched = sorted(chain.bad_seqs.intersection(own))
+    if touched:
+        return f". <span class='bad'>This batch's record(s) {', '.join(map(str, touched))} are among them.</span>"
+    return f". None of this batch's {len(own)} record(s) ({', '.join(map(str, own))}) is among them"
