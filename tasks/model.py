@@ -12,7 +12,7 @@ from unsir.checkpoint import save_checkpoint
 from unsir.splits import select
 from unsir_pipeline.adapters.prepared_data import load_prepared
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import registry_for, version_with_key
+from unsir_pipeline.adapters.registry import RegistryError, registry_for, version_with_key
 from unsir_pipeline.governance import promotion
 from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import RunContext
@@ -73,13 +73,21 @@ def load_registered_model(ctx: RunContext, version: int) -> Path:
 
 @task(name="choose-registration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def choose_registration(
-    ctx: RunContext, unsir: promotion.GateInput, retrained: promotion.GateInput | None
+    ctx: RunContext, parent_version: int, unsir: promotion.GateInput, retrained: promotion.GateInput | None
 ) -> promotion.RegistrationChoice:
     """UNSIR's model, or the retrained reference in its place when UNSIR's fails the gate and the
     reference passes it (``gates.fallback_to_retrained``); a resumed run keeps the choice its
-    earlier attempt registered."""
+    earlier attempt registered, and must have forgotten from the same parent."""
     versions = registry_for(ctx.ws).list_versions()
     registered = version_with_key(versions, ctx.run_key)  # what registration would return
+    if registered is not None and registered.tags.get("parent_version") != str(parent_version):
+        # Registration would return that version, and the gate would judge this run's model in
+        # its place: a model made from another parent, which may still know a class it forgot.
+        raise RegistryError(
+            f"run key {ctx.run_key!r} registered version {registered.version} from version "
+            f"{registered.tags.get('parent_version')}, but this run forgot from version {parent_version} "
+            "(the champion moved since): run it under a new run key"
+        )
     if registered is not None:
         choice = promotion.registered_choice(registered.tags, unsir, retrained)
     else:

@@ -279,3 +279,30 @@ def test_a_promotion_waits_for_the_lock_then_names_it(project):
         assert time.monotonic() - started >= 0.3
     with promotion_lock(ws, wait_s=0.3):  # free again
         pass
+
+
+def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_version(bootstrapped_project, tmp_path):
+    """A batch registers version 2 from version 1 and stops before its gate; a direct forget then
+    promotes version 3. Resumed under the same key, the run measured a model made from version 3
+    while registration returned version 2: the gate promoted version 2, which still knew the
+    class version 3 forgot. Now the batch starts afresh and the flow refuses the mismatch."""
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.governance import batches
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    original = registry.resolve_alias("champion")
+    stopped = _register_candidate(project, "batch-stopped")
+    registry.set_version_tags(stopped, {"parent_version": str(original)})  # never judged
+    assert not batches._resume_refused(ws, "batch-stopped")  # the champion has not moved: resume
+
+    moved = _register_candidate(project, "forget-elsewhere")
+    registry.set_version_tags(moved, {"parent_version": str(original), "gate_decision": "promoted"})
+    registry.set_alias("champion", moved)
+    assert batches._resume_refused(ws, "batch-stopped")
+    with disable_run_logger(), pytest.raises(RegistryError, match=rf"registered version {stopped} from version "):
+        model.choose_registration.fn(_context(project, "batch-stopped"), moved, _candidate([0.0] * 10, [3]), None)
+
+    registry.set_version_tags(stopped, {"gate_decision": "promoted"})  # promoted, then superseded
+    assert not batches._resume_refused(ws, "batch-stopped")  # resumed: its records are recovered

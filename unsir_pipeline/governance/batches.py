@@ -25,6 +25,7 @@ from unsir_pipeline.adapters.registry import (
     RegistryError,
     VersionInfo,
     registry_for,
+    version_with_key,
 )
 from unsir_pipeline.adapters.state_store import StateDatabase
 from unsir_pipeline.governance.audit import (
@@ -45,6 +46,7 @@ from unsir_pipeline.governance.deletion_requests import (
 from unsir_pipeline.governance.promotion import (
     FORGOTTEN_TAG,
     NEVER_JUDGED,
+    PROMOTED_DECISIONS,
     champion_problems,
     never_judged,
     promote_by_hand,
@@ -284,7 +286,7 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
         (candidate,) = prior
         assert candidate is not None  # `None not in prior`
         earlier = {r.id for r in store.batch_requests(candidate)}
-        resumable = earlier == {r.id for r in pending} and not _version_rejected(ws, candidate)
+        resumable = earlier == {r.id for r in pending} and not _resume_refused(ws, candidate)
         if resumable:
             batch_id = candidate
     claimed = store.claim_pending(batch_id)
@@ -294,14 +296,24 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     return ClaimedBatch(batch_id, run_key, claimed, resumed=resumable and same_set)
 
 
-def _version_rejected(ws: Workspace, run_key: str) -> bool:
+def _resume_refused(ws: Workspace, run_key: str) -> bool:
+    """Whether the interrupted batch ``run_key`` must start afresh rather than resume: a reviewer
+    rejected its version, or it registered its version from a parent that is no longer the
+    champion and the version was never promoted (another run moved the champion since). A
+    resumed run gets the version registered before but measures a model made from today's
+    champion: the gate would judge one model and promote another, one that may still know a
+    class the new champion forgot."""
     registry = registry_for(ws)
     if not registry.has_model():
         return False
-    return any(
-        v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected"
-        for v in registry.list_versions()
-    )
+    versions = registry.list_versions()
+    if any(v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected" for v in versions):
+        return True
+    registered = version_with_key(versions, run_key)
+    if registered is None or registered.tags.get("gate_decision") in PROMOTED_DECISIONS:
+        return False
+    champion = next((v for v in versions if ws.params.registry.champion_alias in v.aliases), None)
+    return champion is None or registered.tags.get("parent_version") != str(champion.version)
 
 
 # Events that happen once per attempt (a resumed batch starts, and may fail, again); the others
