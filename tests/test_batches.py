@@ -960,3 +960,51 @@ def test_a_batch_whose_unsir_model_is_held_completes_with_the_retrained_referenc
     ]
     assert registered.payload["method"] == "retrain" and request.id in registered.request_ids
     assert any("round budget ran out" in r for r in registered.payload["unsir_gate_reasons"])
+
+
+def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeated(
+    bootstrapped_project, tmp_path, monkeypatch
+):
+    """`unsir promote` killed after moving the champion, before its version_promoted record:
+    `audit verify` said the trail was intact, and promoting again answered "already the
+    champion", so the decision could never reach the trail. Now verify names it, and the same
+    command records it once, as its tags say it was decided."""
+    import numpy as np
+
+    from unsir.errors import UnlearningInputError
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    with registry.start_run(run_name="by-hand"):
+        version = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags={"gate_decision": "held", "gate_reasons": "FAIL: membership inference"},
+            idempotency_key="by-hand",
+        )
+    real_append = AuditLog.append
+
+    def killed_at_the_record(self, event, **kwargs):
+        if event == "version_promoted":
+            raise RuntimeError("killed")
+        return real_append(self, event, **kwargs)
+
+    monkeypatch.setattr(AuditLog, "append", killed_at_the_record)
+    with pytest.raises(RuntimeError, match="killed"):
+        batches.promote(ws, version, "ops", "urgent", override=True)
+    monkeypatch.undo()
+    assert registry.resolve_alias("champion") == version  # the alias moved, the record is missing
+    unrecorded = (
+        f"version {version} was promoted by hand (promoted-by-override, by ops: urgent), but no version_promoted"
+    )
+    assert any(p.startswith(unrecorded) for p in batches.verify_trail(ws).problems)
+
+    assert main(["--project", str(project), "promote", str(version), "--by", "ops", "--reason", "again"]) == 0
+    (record,) = stores.audit_log(ws).records(event="version_promoted")
+    assert record.actor == "ops" and record.payload["reason"] == "urgent" and record.payload["override"] is True
+    assert "recovered_from" in record.payload
+    assert not any(p.startswith(unrecorded) for p in batches.verify_trail(ws).problems)
+    with pytest.raises(UnlearningInputError, match="already the 'champion'"):
+        batches.promote(ws, version, "ops", "a third time")
+    assert len(stores.audit_log(ws).records(event="version_promoted")) == 1

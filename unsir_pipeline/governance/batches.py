@@ -47,6 +47,7 @@ from unsir_pipeline.governance.promotion import (
     FORGOTTEN_TAG,
     NEVER_JUDGED,
     PROMOTED_DECISIONS,
+    PROMOTION_ID_TAG,
     champion_problems,
     never_judged,
     promote_by_hand,
@@ -533,29 +534,74 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     if previous == version:
+        tags = registry.get_version(version).tags
+        if _unrecorded_promotion(log, tags):
+            # A promotion stopped between moving the alias and its record: record it now, as
+            # its tags say it was decided (who, why, what was overridden).
+            overridden = [tags["overridden_problems"]] if tags.get("overridden_problems") else []
+            _record_promotion(
+                ws,
+                log,
+                version,
+                tags.get("promoted_by", by),
+                tags.get("promotion_reason", reason),
+                overridden,
+                promotion_id=tags[PROMOTION_ID_TAG],
+                extra={"recovered_from": "registry tags (the promotion stopped before recording it)"},
+            )
+            anchor_in_registry(ws, log, registry)
+            return overridden
         # Promoting it again would only overwrite the gate's decision on its tags
         # ("promoted" -> "promoted-by-hand") and record a promotion that moved nothing.
         raise UnlearningInputError(
             f"version {version} is already the {ws.params.registry.champion_alias!r}; nothing to promote"
         )
-    overridden = promote_by_hand(ws, version, reason, by, override=override)
+    promotion_id = uuid.uuid4().hex
+    overridden = promote_by_hand(ws, version, reason, by, override=override, promotion_id=promotion_id)
     registry.set_version_tags(version, {"review_decision": "promoted", "reviewed_by": by, "review_reason": reason})
+    _record_promotion(
+        ws, log, version, by, reason, overridden, promotion_id=promotion_id, extra={"previous_champion": previous}
+    )
+    anchor_in_registry(ws, log, registry)
+    return overridden
+
+
+def _record_promotion(
+    ws: Workspace,
+    log: AuditLog,
+    version: int,
+    by: str,
+    reason: str,
+    overridden: list[str],
+    *,
+    promotion_id: str,
+    extra: dict,
+) -> None:
     requests = [r.id for r in request_store(ws).list() if r.model_version == version]
     log.append(
         "version_promoted",
         actor=by,
         request_ids=requests,
+        idempotency_key=f"promotion-{promotion_id}",
         payload={
             "model_version": version,
-            "previous_champion": previous,
+            **extra,
             "reason": reason,
             "override": bool(overridden),
             "overridden_problems": overridden,
             **provenance(ws),
         },
     )
-    anchor_in_registry(ws, log, registry)
-    return overridden
+
+
+def _unrecorded_promotion(log: AuditLog | None, tags: dict[str, str]) -> bool:
+    """A version promoted by hand whose ``version_promoted`` record is not on the trail: the
+    promotion stopped after moving the alias (older promotions carry no id and are not judged)."""
+    promotion_id = tags.get(PROMOTION_ID_TAG)
+    if not promotion_id or tags.get("gate_decision") not in ("promoted-by-hand", "promoted-by-override"):
+        return False
+    key = f"promotion-{promotion_id}"
+    return log is None or not any(r.idempotency_key == key for r in log.records(event="version_promoted"))
 
 
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
@@ -711,6 +757,19 @@ def verify_trail(ws: Workspace) -> TrailReport:
             )
             problems += unrecorded_problems
             warnings += unrecorded_warnings
+            for number, info in sorted(versions.items()):
+                if not _unrecorded_promotion(log, info.tags):
+                    continue
+                # As for a version without a record: a problem while it is in production.
+                unrecorded = (
+                    f"version {number} was promoted by hand ({info.tags['gate_decision']}, by "
+                    f"{info.tags.get('promoted_by', '?')}: {info.tags.get('promotion_reason', '?')}), but no "
+                    "version_promoted record says so (the promotion stopped before recording it)"
+                )
+                if ws.params.registry.champion_alias in info.aliases:
+                    problems.append(f"{unrecorded}; `unsir promote {number} --reason ...` records it")
+                else:
+                    warnings.append(unrecorded)
             undone, overridden = champion_problems(list(versions.values()), ws.params.registry.champion_alias)
             problems += undone
             warnings += overridden

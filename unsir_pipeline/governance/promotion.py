@@ -30,6 +30,8 @@ FORGOTTEN_TAG = "forgotten_classes"
 DATA_DIGESTS_TAG = "data_digests"  # the DVC md5 of every data file a version was made from
 VERIFIED_TAG = "verified_forgotten_classes"
 PROMOTED_DECISIONS = ("promoted", "promoted-by-hand", "promoted-by-override")
+# On a version promoted by hand: the key of its ``version_promoted`` record on the audit trail.
+PROMOTION_ID_TAG = "promotion_id"
 
 
 class PromotionRefused(UnlearningInputError):
@@ -456,10 +458,13 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     return problems
 
 
-def promote_by_hand(ws: Workspace, version: int, reason: str, by: str, *, override: bool = False) -> list[str]:
+def promote_by_hand(
+    ws: Workspace, version: int, reason: str, by: str, *, override: bool = False, promotion_id: str = ""
+) -> list[str]:
     """Move ``champion`` to ``version``. Refused, naming every reason, when the version failed
     its gate or would bring a forgotten class back, unless ``override`` (recorded). Returns the
-    problems that were overridden (empty when none)."""
+    problems that were overridden (empty when none). ``promotion_id`` is tagged on the version
+    with the decision: the key of its record on the trail."""
     if not reason.strip():
         raise PromotionRefused("a promotion needs a reason (--reason TEXT)")
     with promotion_lock(ws):  # as apply_gate: no other decision between the checks and the alias
@@ -473,6 +478,7 @@ def promote_by_hand(ws: Workspace, version: int, reason: str, by: str, *, overri
                 "promoted_by": by,
                 "promotion_reason": reason,
                 "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
+                **({PROMOTION_ID_TAG: promotion_id} if promotion_id else {}),
                 **({"overridden_problems": "; ".join(problems)} if problems else {}),
             },
         )
