@@ -1008,3 +1008,39 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
     with pytest.raises(UnlearningInputError, match="already the 'champion'"):
         batches.promote(ws, version, "ops", "a third time")
     assert len(stores.audit_log(ws).records(event="version_promoted")) == 1
+
+
+def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_project, tmp_path):
+    """`unsir forget` killed after its gate moved the champion, before its gate_decision record:
+    `audit verify` said the trail was intact. Now it warns, naming the version."""
+    import numpy as np
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    with registry.start_run(run_name="forget-killed"):
+        version = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags={"run_key": "killed", "forgotten_classes": "[]", "verified_forgotten_classes": "[]"},
+            idempotency_key="killed",
+        )
+    # What the flow records before its gate, then the gate's own writes; the run dies there.
+    batches._append_anchored(
+        ws, "model_registered", {"model_version": version}, actor="ops", request_ids=[], key="forget-killed:reg"
+    )
+    registry.set_version_tags(version, {"gate_decision": "promoted", "gate_reasons": "pass: all"})
+    registry.set_alias("champion", version)
+
+    missing = f"version {version} was promoted by its gate (tag gate_decision), but no gate_decision record"
+    report = batches.verify_trail(ws)
+    assert report.ok and any(w.startswith(missing) for w in report.warnings), report.problems
+    batches._append_anchored(
+        ws,
+        "gate_decision",
+        {"model_version": version, "promoted": True},
+        actor="ops",
+        request_ids=[],
+        key="forget-killed:gate",
+    )
+    assert not any(w.startswith(missing) for w in batches.verify_trail(ws).warnings)

@@ -841,6 +841,15 @@ def _unrecorded_versions(
             problems.append(f"the {champion_alias}, version {number}, has no record on the trail: {why}")
         else:
             warnings.append(f"version {number} has no record on the trail: {why}")
+    # A run records its gate's decision after the gate moved the alias: one stopped in between
+    # leaves a version promoted by the gate (its tag) whose decision the trail never heard of.
+    decided = {r.payload.get("model_version") for r in records if r.event == "gate_decision"}
+    for number, info in sorted(versions.items()):
+        if number in recorded and number not in decided and info.tags.get("gate_decision") == "promoted":
+            warnings.append(
+                f"version {number} was promoted by its gate (tag gate_decision), but no gate_decision record "
+                "says so: its run stopped after the gate decided, before recording it"
+            )
     return problems, warnings
 
 
