@@ -84,6 +84,10 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
         # An untrained original (test accuracy 0.1) was registered as champion, and every
         # retrained reference would be untrained too; 0 epochs stays valid for unlearning phases.
         ("model.train.epochs=0", r"model\.train\.epochs: must be >= 1 \(the original model .*\), got 0"),
+        # Both reached DVC first: bootstrap initialised it and ran the prepare stage, which failed
+        # in a subprocess (exit 1, through DVC's 255) with "unknown dataset" or "needs a root".
+        ("data.name=cifar", r"data\.name: .*unknown data set 'cifar'; expected one of \['digits'"),
+        ("data.name=imagefolder", r"data\.name 'imagefolder' is read from a local directory: set data\.root"),
         (
             "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
             r"unlearn\.impair\.momentun: Unexpected",

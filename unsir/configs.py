@@ -19,6 +19,12 @@ from unsir.errors import ConfigValueError, UnlearningInputError
 # import, that it builds exactly these).
 ARCHITECTURE_NAMES = ("small_cnn", "allcnn", "resnet18_cifar", "mobilenet_v2")
 
+# The names ``data.name`` may take; ``unsir.data.load_dataset`` reads them. Those read from a
+# local root: torchvision's data sets (in their own file layout) and image folders.
+TORCHVISION_DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn")
+DATASETS_FROM_ROOT = ("imagefolder", *TORCHVISION_DATASET_NAMES)
+DATASET_NAMES = ("digits", "mnist5k", *DATASETS_FROM_ROOT)
+
 # The seeds that split data and draw retain subsets go to scikit-learn and NumPy, which take
 # integers in [0, 2**32 - 1] only; None would draw a different split on every call.
 MAX_SEED = 2**32 - 1

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from unsir.configs import TORCHVISION_DATASET_NAMES
 from unsir.errors import UnlearningInputError
 
-TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn")
+TORCHVISION_DATASETS = TORCHVISION_DATASET_NAMES
 # Where torchvision looks for each data set's files under its root.
 TORCHVISION_LAYOUT = {
     "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch)",

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unsir.configs import (
     ARCHITECTURE_NAMES,
+    DATASET_NAMES,
+    DATASETS_FROM_ROOT,
     MAX_SEED,
     NoiseConfig,
     OptimConfig,
@@ -55,6 +57,24 @@ class DataParams(Frozen):
     retain_per_class: int = Field(gt=0)
     retain_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     min_per_class: int = Field(default=1, ge=1, description="validation: samples of each class in each split")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name.lower() not in DATASET_NAMES:
+            raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASET_NAMES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _root_when_read_from_one(self) -> DataParams:
+        # Said at load, before DVC or any stage starts; whether the root holds the data is the
+        # loader's to say, when it reads it.
+        if self.name.lower() in DATASETS_FROM_ROOT and not self.root:
+            raise ValueError(
+                f"data.name {self.name!r} is read from a local directory: set data.root (an image folder "
+                "root/<class>/<image>, or the directory holding torchvision's files)"
+            )
+        return self
 
 
 class ModelParams(Frozen):
