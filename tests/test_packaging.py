@@ -279,3 +279,36 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs() -> None:
     assert "make demo" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert "make test" in [line.strip() for line in ci]
+
+
+@pytest.mark.slow
+def test_bootstrap_reads_an_image_folder_again_after_its_images_change(tmp_path: Path) -> None:
+    """DVC tracks `data.root`, not the files under it: a bootstrap refused for too few images,
+    rerun once the user added some, used to validate (and would train on) the folder's earlier
+    contents, restored from DVC's run cache even after `data/prepared` and `dvc.lock` were
+    deleted."""
+    from PIL import Image
+
+    from unsir_pipeline.adapters.validation import ValidationFailed
+    from unsir_pipeline.cli.bootstrap import bootstrap
+    from unsir_pipeline.settings.workspace import Workspace
+
+    def write_images(per_class: int) -> None:
+        for shade, name in ((30, "dark"), (220, "light")):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("L", (4, 4), shade + i % 5).save(folder / name / f"{i}.png")
+
+    folder = tmp_path / "shades"
+    project = init_project(tmp_path / "unlearning").root
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(name="imagefolder", root=str(folder), min_per_class=3, retain_per_class=2)
+    params["model"]["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    write_images(8)  # 1 validation image a class
+    with pytest.raises(ValidationFailed, match="class counts"):
+        bootstrap(Workspace.load(project))
+    write_images(30)  # 4 or 5
+    assert bootstrap(Workspace.load(project)).created
+    assert len((project / "data" / "prepared" / "manifest.csv").read_text().splitlines()) == 1 + 60

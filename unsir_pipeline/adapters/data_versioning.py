@@ -89,16 +89,18 @@ def default_remote(project_dir: Path) -> str | None:
     return _effective_remote(_project(project_dir))[0]
 
 
-def repro(project_dir: Path, targets: Sequence[str] = ()) -> None:
+def repro(project_dir: Path, targets: Sequence[str] = (), *, force: bool = False) -> None:
     """Run ``dvc repro`` (all stages, or ``targets``); stages whose inputs are unchanged are skipped.
 
     With a remote configured, outputs that ``dvc.lock`` records and the remote holds are
     pulled instead of rebuilt (``--pull``): a clone gets the team's model of record rather
-    than training one whose bytes differ. What the remote lacks is rebuilt.
+    than training one whose bytes differ. What the remote lacks is rebuilt. ``force`` runs the
+    targets' commands even so, bypassing DVC's run cache too: for a stage that reads files DVC
+    does not track, whose changes it cannot see.
     """
     project_dir = _project(project_dir)
     pull = ["--pull"] if default_remote(project_dir) else []
-    _dvc(project_dir, "repro", *pull, *targets)
+    _dvc(project_dir, "repro", *pull, *(["--force"] if force else []), *targets)
 
 
 def track(project_dir: Path, path: Path) -> str:

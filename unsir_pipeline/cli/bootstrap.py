@@ -56,7 +56,7 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
         f"{ws.params.model.arch} for {ws.params.model.train.epochs} epochs"
     )
     with relay(progress):
-        data_versioning.repro(ws.root, ["prepare"])  # skipped when up to date
+        data_versioning.repro(ws.root, ["prepare"], force=_reads_untracked_source(ws))
         _require_valid_splits(ws)
         data_versioning.repro(ws.root, ["train"])
     progress.step("[3/4] dvc push")
@@ -121,6 +121,17 @@ def _refuse_overrides_dvc_cannot_see(ws: Workspace) -> None:
             "`unsir bootstrap` builds the data and the original model with `dvc repro`, which reads "
             f"params.yaml only: {found}. Write the value into params.yaml instead"
         )
+
+
+def _reads_untracked_source(ws: Workspace) -> bool:
+    """Whether ``prepare`` reads files at ``data.root`` that are on this machine. DVC tracks the
+    key, not the files: an image folder given more images (after a bootstrap that its
+    validation refused, say) would otherwise be skipped as up to date, or its earlier
+    ``data/prepared`` restored from DVC's run cache. Rebuilt, the unchanged files give the same
+    bytes, so the training stage is still skipped; without the files (a clone that pulls
+    ``data/prepared``) the recorded output is kept."""
+    root = ws.params.data.root
+    return root is not None and ws.path(root).exists()
 
 
 def _require_valid_splits(ws: Workspace) -> None:
