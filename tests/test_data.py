@@ -291,6 +291,19 @@ def test_classification_data_rejects_inconsistent_inputs():
         ClassificationData("flat", torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64), ("0",), ("a", "b", "c"))
 
 
+def test_classification_data_refuses_integer_pixels_and_repeated_ids_or_names():
+    """Own tensors: uint8 pixels used to fail later in prepare_splits with torch's 'mean(): could
+    not infer output dtype', and repeated sample ids were accepted, so every split read the last
+    image with that id in place of the others."""
+    labels = torch.tensor([0, 1, 1])
+    with pytest.raises(UnlearningInputError, match=r"images are torch.uint8; .* images.float\(\) / 255"):
+        ClassificationData("d", torch.zeros(3, 1, 2, 2, dtype=torch.uint8), labels, ("0", "1"), ("a", "b", "c"))
+    with pytest.raises(UnlearningInputError, match="sample id 'b' is given more than once"):
+        _data([0, 1, 1], ids=("a", "b", "b"))
+    with pytest.raises(UnlearningInputError, match="class name 'cat' is given more than once"):
+        ClassificationData("d", torch.zeros(3, 1, 2, 2), labels, ("cat", "cat"), ("a", "b", "c"))
+
+
 def test_sample_digests_follow_pixels_and_labels():
     images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,12 +45,22 @@ class ClassificationData:
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
             raise UnlearningInputError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
+        if not self.images.is_floating_point():
+            raise UnlearningInputError(
+                f"images are {self.images.dtype}; expected float pixels in [0, 1] (8-bit images: images.float() / 255)"
+            )
         n = self.images.shape[0]
         if self.labels.shape != (n,) or len(self.sample_ids) != n:
             raise UnlearningInputError(
                 f"{n} images but {tuple(self.labels.shape)} labels and "
                 f"{len(self.sample_ids)} sample ids; expected one of each per image"
             )
+        # Manifests, splits and retain subsets name samples by id: a repeated id would read one
+        # image in place of every other with that id.
+        for kind, values in (("sample id", self.sample_ids), ("class name", self.class_names)):
+            repeated = next((v for v, count in Counter(values).items() if count > 1), None)
+            if repeated is not None:
+                raise UnlearningInputError(f"{kind} {repeated!r} is given more than once; every {kind} must be unique")
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)):
             raise UnlearningInputError(
                 f"labels must lie in [0, {len(self.class_names) - 1}], "
