@@ -8,6 +8,7 @@ from unsir.errors import UnlearningInputError
 from unsir.measures import evaluate_model
 from unsir.methods import METHODS, UnlearningTask, make_method
 from unsir.problem import build_task
+from unsir.recipes import unsir_config_for
 from unsir.splits import draw_retain_subset
 
 CPU = torch.device("cpu")
@@ -185,6 +186,35 @@ def test_class_count_mismatch_is_a_clear_error(trained_digits_model):
     )
     with pytest.raises(UnlearningInputError, match=r"expected \(N, 12\) logits"):
         make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=torch.Generator())
+
+
+class _HeadDefinedFirst(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(16, 10)
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_a_head_defined_before_a_hidden_linear_is_refused_before_any_compute():
+    """The head is found as the last nn.Linear a model registers: this model's hidden layer had
+    its rows re-drawn and refitted in the head's place, and a trained one forgot nothing (forget
+    accuracy 1.0 after 4 rounds). The paper's method, which touches no head, still runs."""
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+    recipe = unsir_config_for("small_cnn", retain_per_class=1)
+    with pytest.raises(
+        UnlearningInputError, match=r"'body.1' \(64 -> 16\), but the last one its forward pass runs is 'head'"
+    ):
+        make_method("unsir", recipe).unlearn(_HeadDefinedFirst(), task, device=CPU, generator=_seeded(0))
+    paper = unsir_config_for("small_cnn", retain_per_class=1, with_noise=True)
+    make_method("unsir", paper).unlearn(_HeadDefinedFirst(), task, device=CPU, generator=_seeded(0))
 
 
 @pytest.mark.parametrize(

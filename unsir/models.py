@@ -188,3 +188,35 @@ def check_classifier(
         raise UnlearningInputError(
             f"the model outputs shape {tuple(out.shape)} per batch; expected (N, {num_classes}) logits"
         )
+
+
+def check_classifier_head(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> nn.Linear:
+    """:func:`classifier_head` (the last ``nn.Linear`` the model *registers*) must be the last one
+    its forward pass *runs*: a model that defines its head before a hidden ``nn.Linear`` would
+    otherwise have that hidden layer's rows re-drawn and refitted, and forget nothing. One sample
+    of ``images`` goes through ``model`` (already on ``device``), in eval() mode."""
+    head = classifier_head(model)
+    ran: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda module, _inputs, _out: ran.append(module))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(images[:1].to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not ran or ran[-1] is not head:
+        names = {m: name for name, m in model.named_modules()}
+        last = f"{names[ran[-1]]!r}" if ran else "none"
+        raise UnlearningInputError(
+            f"{type(model).__name__}'s classifier head is taken to be its last registered nn.Linear, "
+            f"{names[head]!r} ({head.in_features} -> {head.out_features}), but the last one its forward pass "
+            f"runs is {last}; define the head after every other layer in __init__"
+        )
+    return head

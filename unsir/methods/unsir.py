@@ -37,7 +37,7 @@ from unsir.methods.base import (
     register,
     timed,
 )
-from unsir.models import classifier_head, penultimate_features
+from unsir.models import check_classifier_head, classifier_head, penultimate_features
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
 from unsir.training import fit, resolve_device
 from unsir.verification import ForgettingCheck, check_forgetting
@@ -148,6 +148,8 @@ class UNSIR(UnlearningMethod):
     def _unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
         working = prepare(model, task, device)
         verify = task.validation_images is not None
+        if self.config.reset_forget_rows or self.config.head_round is not None:
+            check_classifier_head(working, task.retain_images, device=device)
         # The parent's validation retain accuracy: what the recovery epochs aim back at.
         parent_retain_acc = self._validation_check(working, task, device=device).retain_acc if verify else None
         if self.config.reset_forget_rows:
