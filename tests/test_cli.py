@@ -54,6 +54,35 @@ def test_every_option_has_help_and_every_command_examples():
     assert missing == [] and without_examples == []
 
 
+def test_the_forget_summary_names_every_forgotten_class_by_name():
+    """Image folders named "1", "10", "2", "cat dog": the summary said "forgot classes ['cat dog']
+    (all forgotten so far: [2, 3])", indices that read as the classes named "2" and "3"."""
+    from unsir_pipeline.cli.commands import format_result
+
+    metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
+    per_class = [{"class": name, "before": 1.0, "after": 1.0, "forgotten": False} for name in ("1", "10", "2")]
+    per_class.append({"class": "cat dog", "before": 1.0, "after": 0.0, "forgotten": True})
+    result = {
+        "forget_class_names": ["cat dog"],
+        "all_forgotten": [1, 3],
+        "parent_version": 2,
+        "new_version": 3,
+        "device": "cpu",
+        "per_class": per_class,
+        "metrics": metrics,
+        "promoted": True,
+        "gate_reasons": [],
+        "compute_s": {},
+        "task_s": {},
+        "mlflow_run_id": "r",
+    }
+    assert (
+        format_result(result)
+        .splitlines()[0]
+        .startswith("forgot classes ['cat dog'] (all forgotten so far: ['10', 'cat dog']) from version 2")
+    )
+
+
 def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])

@@ -583,9 +583,13 @@ def format_result(result: dict) -> str:
     from unsir_pipeline.governance.report import describe_rounds
 
     m = result["metrics"]
+    # By name, as the classes were asked for: with image folders named "1", "10", "2", the
+    # index 1 is the class named "10".
+    names = [entry["class"] for entry in result["per_class"]]
+    all_forgotten = [names[c] for c in result["all_forgotten"]]
     lines = [
         (
-            f"forgot classes {result['forget_class_names']} (all forgotten so far: {result['all_forgotten']}) "
+            f"forgot classes {result['forget_class_names']} (all forgotten so far: {all_forgotten}) "
             f"from version {result['parent_version']} -> new version {result['new_version']} on {result['device']}"
         ),
         "",
