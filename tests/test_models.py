@@ -47,6 +47,16 @@ def test_architecture_gives_logits_and_penultimate_features(arch):
         assert torch.allclose(head(features), logits, atol=1e-5)
 
 
+def test_architecture_arguments_it_cannot_take_are_named():
+    """model.kwargs {num_classes: 5} failed the train stage with "SmallCNN() got multiple values
+    for keyword argument 'num_classes'", and {foo: 1} with a bare TypeError."""
+    with pytest.raises(UnlearningInputError, match=r"\['num_classes'\] of 'small_cnn' come from the data \(3 classes"):
+        build_model(ModelSpec("small_cnn", 3, 1, {"num_classes": 5}))
+    with pytest.raises(UnlearningInputError, match=r"cannot build 'small_cnn' with kwargs \{'foo': 1\}: .*'foo'"):
+        build_model(ModelSpec("small_cnn", 3, 1, {"foo": 1}))
+    assert build_model(ModelSpec("small_cnn", 3, 1, {"width": 4})).classifier.out_features == 3
+
+
 def test_penultimate_features_restore_the_training_mode():
     model = _model("small_cnn").train()
     penultimate_features(model, torch.zeros(3, 1, 8, 8), device=CPU)

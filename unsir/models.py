@@ -125,7 +125,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise UnlearningInputError(
             f"unknown architecture {spec.arch!r}; expected one of {sorted(ARCHITECTURES)}"
         ) from None
-    return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    from_data = sorted({"num_classes", "in_channels"} & set(spec.kwargs))
+    if from_data:
+        raise UnlearningInputError(
+            f"architecture arguments {from_data} of {spec.arch!r} come from the data ({spec.num_classes} classes, "
+            f"{spec.in_channels} channels); remove them from its kwargs"
+        )
+    try:
+        return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    except TypeError as err:  # an argument the builder does not take
+        raise UnlearningInputError(f"cannot build {spec.arch!r} with kwargs {spec.kwargs}: {err}") from err
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:
