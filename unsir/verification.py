@@ -59,7 +59,8 @@ def check_forgetting(
     if not bool(forget.any()):
         raise UnlearningInputError(
             f"the validation split has no sample of forget classes {list(forget_classes)}; "
-            "expected some, to verify forgetting (give data.fractions.val > 0)"
+            "expected some, to verify forgetting: a class this small gets none in a stratified split, so add "
+            "samples of it or raise the validation fraction (data.fractions.val)"
         )
     probabilities = predict_logits(model, images, device=device).softmax(dim=1)
     predicted = probabilities.argmax(dim=1)
