@@ -130,7 +130,12 @@ def unlearn(
         unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
         result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
         choice = clock(
-            "choose-registration", model.choose_registration, ctx, parent_model.version, *_candidates(result, unlearned)
+            "choose-registration",
+            model.choose_registration,
+            ctx,
+            parent_model.version,
+            digests,
+            *_candidates(result, unlearned),
         )
         if choice.reference_wanted:  # held, and no reference yet: train it now (gates.retrain_when_held)
             result = clock("retrain-reference", evaluation.retrain_reference, ctx, mlflow_run_id, request.all_forgotten)
@@ -139,6 +144,7 @@ def unlearn(
                 model.choose_registration,
                 ctx,
                 parent_model.version,
+                digests,
                 *_candidates(result, unlearned),
             )
         verified_forgotten = promotion.measured_forgotten(

@@ -73,21 +73,29 @@ def load_registered_model(ctx: RunContext, version: int) -> Path:
 
 @task(name="choose-registration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def choose_registration(
-    ctx: RunContext, parent_version: int, unsir: promotion.GateInput, retrained: promotion.GateInput | None
+    ctx: RunContext,
+    parent_version: int,
+    data_digests: dict[str, str],
+    unsir: promotion.GateInput,
+    retrained: promotion.GateInput | None,
 ) -> promotion.RegistrationChoice:
     """UNSIR's model, or the retrained reference in its place when UNSIR's fails the gate and the
     reference passes it (``gates.fallback_to_retrained``); a resumed run keeps the choice its
-    earlier attempt registered, and must have forgotten from the same parent."""
+    earlier attempt registered, and must have made its model as that attempt did."""
     versions = registry_for(ctx.ws).list_versions()
     registered = version_with_key(versions, ctx.run_key)  # what registration would return
-    if registered is not None and registered.tags.get("parent_version") != str(parent_version):
-        # Registration would return that version, and the gate would judge this run's model in
-        # its place: a model made from another parent, which may still know a class it forgot.
-        raise RegistryError(
-            f"run key {ctx.run_key!r} registered version {registered.version} from version "
-            f"{registered.tags.get('parent_version')}, but this run forgot from version {parent_version} "
-            "(the champion moved since): run it under a new run key"
+    if registered is not None:
+        changed = promotion.not_this_runs_model(
+            registered.tags,
+            parent_version=parent_version,
+            params_digest=ctx.ws.params.digest(),
+            data_digests=data_digests,
         )
+        if changed:
+            raise RegistryError(
+                f"run key {ctx.run_key!r} registered version {registered.version}, which is not the model "
+                f"this run made ({changed}): run it under a new run key"
+            )
     if registered is not None:
         choice = promotion.registered_choice(registered.tags, unsir, retrained)
     else:

@@ -281,6 +281,35 @@ def test_a_promotion_waits_for_the_lock_then_names_it(project):
         pass
 
 
+def test_a_run_resumed_with_other_parameters_or_data_is_not_judged_as_its_earlier_version(
+    bootstrapped_project, tmp_path
+):
+    """As with a moved champion: a batch stopped after registering, its params.yaml then edited
+    (a user fixing the setting that made it fail), resumed under the same key, would measure a
+    model made with the new parameters while registration returned the old version."""
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.governance import batches
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    original = registry.resolve_alias("champion")
+    stopped = _register_candidate(project, "batch-stopped")
+    registry.set_version_tags(
+        stopped,
+        {"parent_version": str(original), "params_digest": ws.params.digest(), "data_digests": '{"data/x": "a"}'},
+    )
+    assert not batches._resume_refused(ws, "batch-stopped")
+    choose = model.choose_registration.fn
+    with disable_run_logger(), pytest.raises(RegistryError, match="the data's DVC digests differ"):
+        choose(_context(project, "batch-stopped"), original, {"data/x": "b"}, _candidate([0.0] * 10, [3]), None)
+
+    registry.set_version_tags(stopped, {"params_digest": "0123456789abcdef"})  # made with other settings
+    assert batches._resume_refused(ws, "batch-stopped")
+    with disable_run_logger(), pytest.raises(RegistryError, match="parameters digest 0123456789abcdef then"):
+        choose(_context(project, "batch-stopped"), original, {"data/x": "a"}, _candidate([0.0] * 10, [3]), None)
+
+
 def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_version(bootstrapped_project, tmp_path):
     """A batch registers version 2 from version 1 and stops before its gate; a direct forget then
     promotes version 3. Resumed under the same key, the run measured a model made from version 3
@@ -301,8 +330,14 @@ def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_ver
     registry.set_version_tags(moved, {"parent_version": str(original), "gate_decision": "promoted"})
     registry.set_alias("champion", moved)
     assert batches._resume_refused(ws, "batch-stopped")
-    with disable_run_logger(), pytest.raises(RegistryError, match=rf"registered version {stopped} from version "):
-        model.choose_registration.fn(_context(project, "batch-stopped"), moved, _candidate([0.0] * 10, [3]), None)
+    with (
+        disable_run_logger(),
+        pytest.raises(
+            RegistryError,
+            match=rf"registered version {stopped}, which is not .*parent version {original} then, {moved} now",
+        ),
+    ):
+        model.choose_registration.fn(_context(project, "batch-stopped"), moved, {}, _candidate([0.0] * 10, [3]), None)
 
     registry.set_version_tags(stopped, {"gate_decision": "promoted"})  # promoted, then superseded
     assert not batches._resume_refused(ws, "batch-stopped")  # resumed: its records are recovered

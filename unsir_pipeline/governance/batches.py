@@ -50,6 +50,7 @@ from unsir_pipeline.governance.promotion import (
     PROMOTION_ID_TAG,
     champion_problems,
     never_judged,
+    not_this_runs_model,
     promote_by_hand,
     resolve_parent,
 )
@@ -299,11 +300,9 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
 
 def _resume_refused(ws: Workspace, run_key: str) -> bool:
     """Whether the interrupted batch ``run_key`` must start afresh rather than resume: a reviewer
-    rejected its version, or it registered its version from a parent that is no longer the
-    champion and the version was never promoted (another run moved the champion since). A
-    resumed run gets the version registered before but measures a model made from today's
-    champion: the gate would judge one model and promote another, one that may still know a
-    class the new champion forgot."""
+    rejected its version, or its version was never promoted and was registered from a parent
+    that is no longer the champion (another run moved it since) or with other parameters (see
+    :func:`~unsir_pipeline.governance.promotion.not_this_runs_model`)."""
     registry = registry_for(ws)
     if not registry.has_model():
         return False
@@ -314,7 +313,10 @@ def _resume_refused(ws: Workspace, run_key: str) -> bool:
     if registered is None or registered.tags.get("gate_decision") in PROMOTED_DECISIONS:
         return False
     champion = next((v for v in versions if ws.params.registry.champion_alias in v.aliases), None)
-    return champion is None or registered.tags.get("parent_version") != str(champion.version)
+    if champion is None:
+        return True
+    changed = not_this_runs_model(registered.tags, parent_version=champion.version, params_digest=ws.params.digest())
+    return changed is not None
 
 
 # Events that happen once per attempt (a resumed batch starts, and may fail, again); the others

@@ -135,6 +135,27 @@ def lineage_tags(
     }
 
 
+def not_this_runs_model(
+    tags: dict[str, str], *, parent_version: int, params_digest: str, data_digests: dict[str, str] | None = None
+) -> str | None:
+    """Why the version a run key registered cannot hold the model a resumed run recomputes, or
+    None. Registration is keyed on the run key, so a resumed run gets the version its earlier
+    attempt registered while it measures the model it made now: both must come from the same
+    parent, parameters and data, or the gate would judge one model and promote another (one
+    that may still know a class the current champion forgot)."""
+    changed = []
+    if tags.get("parent_version") != str(parent_version):
+        changed.append(f"parent version {tags.get('parent_version')} then, {parent_version} now (the champion moved)")
+    if tags.get("params_digest", params_digest) != params_digest:
+        changed.append(f"parameters digest {tags['params_digest']} then, {params_digest} now")
+    if data_digests is not None and tags.get(DATA_DIGESTS_TAG, "null") not in (
+        "null",
+        json.dumps(data_digests, sort_keys=True),
+    ):
+        changed.append("the data's DVC digests differ")
+    return "; ".join(changed) or None
+
+
 def measured_forgotten(per_class_test: list[float], max_forget_acc: float) -> list[int]:
     """Classes whose test accuracy is at most the gate's bound: forgotten, as measured."""
     return [c for c, acc in enumerate(per_class_test) if acc <= max_forget_acc]
