@@ -266,6 +266,28 @@ def test_two_gates_deciding_at_once_cannot_bring_a_class_back(project, monkeypat
     assert registry.resolve_alias("champion") == first_version != second_version
 
 
+def test_a_version_the_gate_held_needs_override_every_time_it_is_promoted(tmp_path, bootstrapped_project):
+    """A hand promotion rewrote ``gate_decision`` (held -> promoted-by-override), so once the
+    champion had moved on, the same held version was promoted again without ``--override``."""
+    from unsir_pipeline.governance.promotion import PromotionRefused, promote_by_hand
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    original = registry.resolve_alias("champion")
+    held = _register_candidate(project, "unit-held-override")
+    with disable_run_logger():  # forgets class 3, but its MIA is far from the unseen samples'
+        decision = model.promotion_gate.fn(
+            _context(project, "unit-held-override"), held, _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3], mia=0.9)
+        )
+    assert decision.promoted is False
+    assert promote_by_hand(ws, held, "MIA miss reviewed", "rev", override=True)
+    promote_by_hand(ws, original, "back to the original", "rev", override=True)
+    with pytest.raises(PromotionRefused, match=f"version {held} failed its promotion gate .*FAIL: membership"):
+        promote_by_hand(ws, held, "again, without --override", "rev")
+    assert registry.resolve_alias("champion") == original
+
+
 def test_a_promotion_waits_for_the_lock_then_names_it(project):
     from unsir_pipeline.governance.locks import PromotionLockError, file_lock, promotion_lock
 

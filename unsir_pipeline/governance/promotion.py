@@ -451,8 +451,17 @@ NEVER_JUDGED = "was never judged by the promotion gate (its run stopped before t
 
 def never_judged(tags: dict[str, str]) -> bool:
     """A version a run registered and then stopped before the gate tagged it: none of its bounds
-    was checked, so it is no more promotable than a held one."""
-    return "gate_decision" not in tags and tags.get("origin") != "bootstrap"
+    was checked, so it is no more promotable than a held one. The gate writes ``gate_decision``
+    and ``gate_reasons`` together; a hand promotion writes ``gate_decision`` alone, so a version
+    promoted with ``--override`` before any gate judged it still lacks ``gate_reasons``."""
+    return ("gate_decision" not in tags or "gate_reasons" not in tags) and tags.get("origin") != "bootstrap"
+
+
+def failed_its_gate(tags: dict[str, str]) -> bool:
+    """Whether the gate held the version. ``gate_decision`` says so until a hand promotion
+    rewrites it (``promoted-by-override``); the gate's own reasons keep the verdict, so a version
+    once promoted with ``--override`` still needs it the next time."""
+    return tags.get("gate_decision") == "held" or "FAIL: " in tags.get("gate_reasons", "")
 
 
 def promotion_problems(ws: Workspace, version: int) -> list[str]:
@@ -461,8 +470,7 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     registry = registry_for(ws)
     info = registry.get_version(version)  # fails clearly when the version does not exist
     problems = []
-    decision = info.tags.get("gate_decision")
-    if decision == "held":
+    if failed_its_gate(info.tags):
         problems.append(
             f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})"
         )
