@@ -527,3 +527,42 @@ def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
     (state / "services" / "audit.key").write_text("z" * 32)
     with pytest.raises(AuditError, match="lies inside .*state"):
         audit_key_from_env({"UNSIR_AUDIT_KEY_FILE": str(state / "services" / "audit.key")}, forbidden_dirs=[state])
+
+
+def test_the_evidence_report_says_what_became_of_the_batchs_version_and_requests(tmp_path: Path) -> None:
+    """A batch's version was held, then rejected; its request went back to pending and a later
+    batch completed it with another version. The report of the first batch said "held for
+    review" and showed the request "done" with the later version as if this batch had done it."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    log.append("request_received", actor="alice", request_ids=[request.id], payload={"classes": [3]})
+    store.claim_pending("batch-first")
+    store.mark_done("batch-first", 2)
+    for event, payload in [
+        ("model_registered", {"model_version": 2, "parent_version": 1, "forgotten_classes": [3]}),
+        ("gate_decision", {"model_version": 2, "promoted": False, "reasons": ["FAIL: membership inference"]}),
+        ("batch_finished", {"model_version": 2, "promoted": False}),
+    ]:
+        log.append(
+            event, actor="deletion-batch", request_ids=[request.id], payload={"batch_id": "batch-first", **payload}
+        )
+    store.return_to_pending(2, "version 2 rejected by bob: MIA miss")
+    log.append(
+        "version_rejected",
+        actor="bob",
+        request_ids=[request.id],
+        payload={"model_version": 2, "reason": "MIA miss", "requests_returned": [request.id]},
+    )
+    store.claim_pending("batch-second")
+    store.mark_done("batch-second", 3)
+
+    html = batches.write_batch_report(ws, "batch-first", tmp_path / "report.html").read_text()
+    assert "version 2 <b>rejected</b> by <b>bob</b>: MIA miss; its requests went back to pending" in html
+    assert "<td>done (in batch <code>batch-second</code>)</td><td>3</td>" in html
+    assert "<th>status now</th><th>version now</th>" in html

@@ -681,8 +681,18 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     requests = [store.get(i) for i in ids]
     registry = registry_for(ws)
     aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry.has_model() else {}
+    # What reviewers decided about the version the batch registered, since: their records
+    # carry no batch id, and the gate's decision alone would read "held" after a rejection.
+    registered = [r.payload.get("model_version") for r in records if r.event == "model_registered"]
+    reviews = [
+        r
+        for r in trail
+        if r.event in ("version_promoted", "version_rejected")
+        and registered
+        and r.payload.get("model_version") == registered[-1]
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(batch_report_html(batch_id, records, requests, log.verify(), aliases), encoding="utf-8")
+    out.write_text(batch_report_html(batch_id, records, requests, log.verify(), aliases, reviews), encoding="utf-8")
     return out
 
 

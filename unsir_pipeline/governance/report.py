@@ -8,6 +8,7 @@ typed by a person) is HTML-escaped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 
@@ -83,7 +84,11 @@ def batch_report_html(
     requests: list[DeletionRequest],
     chain: VerifyResult,
     current_aliases: dict[int, list[str]],
+    reviews: Sequence[AuditRecord] = (),
 ) -> str:
+    """``records``: the batch's own; ``requests``: as the store holds them now; ``reviews``: the
+    ``version_promoted``/``version_rejected`` records of the version the batch registered, which
+    carry no batch id but decide what became of it (and of its requests)."""
     by_event: dict[str, AuditRecord] = {}
     for rec in records:
         by_event[rec.event] = rec  # the latest of each kind
@@ -100,9 +105,13 @@ def batch_report_html(
         else ("failed" if "batch_failed" in by_event else "in progress or interrupted")
     )
 
+    # The store holds each request as it is now: a request this batch completed may since have
+    # gone back to pending (its version rejected) and been completed by a later batch.
     rows = "".join(
         f"<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.requester)}</td><td>{_e(r.reason)}</td>"
-        f"<td>{_e(', '.join(r.class_names))}</td><td>{_e(r.created_at)}</td><td>{_e(r.status)}</td><td>{_e(r.model_version or '—')}</td></tr>"
+        f"<td>{_e(', '.join(r.class_names))}</td><td>{_e(r.created_at)}</td><td>{_e(r.status)}"
+        + (f" (in batch <code>{_e(r.batch_id)}</code>)" if r.batch_id and r.batch_id != batch_id else "")
+        + f"</td><td>{_e(r.model_version or '—')}</td></tr>"
         for r in requests
     )
     requests_section = (
@@ -110,7 +119,7 @@ def batch_report_html(
         f"<b>{_e(registered.actor)}</b>.</p>"
         if direct and registered is not None and not requests
         else "<table><tr><th>request</th><th>requester</th><th>reason</th><th>classes</th><th>received</th>"
-        f"<th>status</th><th>version</th></tr>{rows}</table>"
+        f"<th>status now</th><th>version now</th></tr>{rows}</table>"
     )
     has_ref = "reference_mia" in m
     figures = [
@@ -153,6 +162,7 @@ def batch_report_html(
             f"{_e(p['forgotten_classes'])}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
             f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
+            + "".join(_review_paragraph(rec) for rec in reviews)
             + _fallback_paragraph(p, gate.payload if gate else {})
             + "<table><tr><th>link</th><th>value</th></tr>"
             f"<tr><td>MLflow run</td><td><code>{_e(p.get('mlflow_run_id'))}</code></td></tr>"
@@ -230,6 +240,21 @@ records, not the honesty of whoever wrote the first one.</p>{exact_note}
 </div>
 </body></html>
 """
+
+
+def _review_paragraph(rec: AuditRecord) -> str:
+    """A reviewer's later decision on the batch's version (``unsir promote`` / ``unsir reject``)."""
+    p = rec.payload
+    if rec.event == "version_rejected":
+        what = "rejected"
+        after = f"; its requests went back to pending: {', '.join(p.get('requests_returned') or []) or 'none'}"
+    else:
+        what = "promoted by hand" + (" with --override" if p.get("override") else "")
+        after = "".join(f"; overridden: {x}" for x in p.get("overridden_problems") or [])
+    return (
+        f"<p class='review'>Review (record {rec.seq}, {_e(rec.ts)}): version {_e(p.get('model_version'))} "
+        f"<b>{what}</b> by <b>{_e(rec.actor)}</b>: {_e(p.get('reason', ''))}{_e(after)}.</p>"
+    )
 
 
 def _fallback_paragraph(registered: dict, gate: dict) -> str:
