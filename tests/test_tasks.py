@@ -288,6 +288,41 @@ def test_a_version_the_gate_held_needs_override_every_time_it_is_promoted(tmp_pa
     assert registry.resolve_alias("champion") == original
 
 
+def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_path, bootstrapped_project):
+    """`unsir audit show --request` stopped at the request's own version: "version 2 is not in
+    production" when a later champion (forgetting 3 and 5) held the deletion, and the same words
+    when the original, which knows class 3, was promoted back with --override."""
+    from unsir_pipeline.governance import batches, stores
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    original = registry.resolve_alias("champion")
+    forgot_3, forgot_3_5 = (_register_candidate(project, f"unit-trace-{n}") for n in (1, 2))
+    registry.set_version_tags(forgot_3, {"forgotten_classes": "[3]", "verified_forgotten_classes": "[3]"})
+    registry.set_version_tags(forgot_3_5, {"forgotten_classes": "[3, 5]", "verified_forgotten_classes": "[3, 5]"})
+    stores.audit_log(ws)  # the trail before the first request, as `request add` leaves them
+    store = stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    store.claim_pending("batch-a")
+    store.mark_done("batch-a", forgot_3)
+
+    registry.set_alias("champion", forgot_3)
+    assert (
+        batches.request_history(ws, request.id)["production"] == f"version {forgot_3} is the champion (in production)"
+    )
+    registry.set_alias("champion", forgot_3_5)
+    mine = f"version {forgot_3} is not in production (aliases: none)"
+    assert batches.request_history(ws, request.id)["production"] == (
+        f"{mine}; the champion, version {forgot_3_5}, was measured to have forgotten ['3'] too"
+    )
+    registry.set_alias("champion", original)
+    assert batches.request_history(ws, request.id)["production"] == (
+        f"{mine}; the champion, version {original}, was NOT measured to have forgotten ['3']: "
+        "the deletion is not in effect in production"
+    )
+
+
 def test_a_promotion_waits_for_the_lock_then_names_it(project):
     from unsir_pipeline.governance.locks import PromotionLockError, file_lock, promotion_lock
 

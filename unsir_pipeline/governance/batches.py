@@ -53,6 +53,7 @@ from unsir_pipeline.governance.promotion import (
     not_this_runs_model,
     promote_by_hand,
     resolve_parent,
+    verified_forgotten,
 )
 from unsir_pipeline.governance.stores import audit_key, audit_log, request_store, state_target
 from unsir_pipeline.settings.workspace import Workspace
@@ -655,16 +656,35 @@ def request_history(ws: Workspace, request_id: str) -> dict:
     """A request from its arrival to the model version in production, from the audit trail."""
     request = request_store(ws).get(request_id)
     records = [r.to_dict() for r in audit_log(ws).records(request_id=request_id)]
-    production = "not forgotten yet"
-    if request.model_version is not None:
-        aliases = registry_for(ws).get_version(request.model_version).aliases
-        champion = ws.params.registry.champion_alias
-        production = (
-            f"version {request.model_version} is the {champion} (in production)"
-            if champion in aliases
-            else f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})"
-        )
+    production = "not forgotten yet" if request.model_version is None else _in_production(ws, request)
     return {"request": request.to_dict(), "production": production, "records": records}
+
+
+def _in_production(ws: Workspace, request: DeletionRequest) -> str:
+    """Where a done request's deletion stands in production: its version is the champion; or
+    the champion is another version (a later deletion, a hand promotion) that was, or was not,
+    measured to have forgotten the request's classes."""
+    assert request.model_version is not None
+    registry = registry_for(ws)
+    alias = ws.params.registry.champion_alias
+    aliases = registry.get_version(request.model_version).aliases  # names a version the registry lost
+    if alias in aliases:
+        return f"version {request.model_version} is the {alias} (in production)"
+    text = f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})"
+    champion = next((v for v in registry.list_versions() if alias in v.aliases), None)
+    if champion is None:
+        return f"{text}; no version is the {alias}"
+    names = dict(zip(request.classes, request.class_names, strict=True))
+    kept = [names[c] for c in request.classes if c not in verified_forgotten(champion.tags)]
+    if kept:
+        return (
+            f"{text}; the {alias}, version {champion.version}, was NOT measured to have forgotten {kept}: "
+            "the deletion is not in effect in production"
+        )
+    return (
+        f"{text}; the {alias}, version {champion.version}, was measured to have forgotten "
+        f"{[names[c] for c in request.classes]} too"
+    )
 
 
 def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:

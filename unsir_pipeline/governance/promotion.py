@@ -161,7 +161,8 @@ def measured_forgotten(per_class_test: list[float], max_forget_acc: float) -> li
     return [c for c, acc in enumerate(per_class_test) if acc <= max_forget_acc]
 
 
-def _verified_forgotten(tags: dict[str, str]) -> set[int]:
+def verified_forgotten(tags: dict[str, str]) -> set[int]:
+    """The classes a version was measured to have forgotten (its tags)."""
     # Versions registered before verification existed carry only the requested set.
     return set(json.loads(tags.get(VERIFIED_TAG, tags.get(FORGOTTEN_TAG, "[]"))))
 
@@ -170,7 +171,7 @@ def _deleted(tags: dict[str, str]) -> set[int]:
     """The classes a version deleted: requested in its lineage and measured forgotten. A class
     nobody asked to delete that it merely failed to classify (a hard class, a test split of three
     samples) is not a deletion, and later versions may classify it again."""
-    verified = _verified_forgotten(tags)
+    verified = verified_forgotten(tags)
     requested = tags.get(FORGOTTEN_TAG)
     return verified if requested is None else verified & set(json.loads(requested))
 
@@ -195,7 +196,7 @@ def classes_that_must_stay_forgotten(registry: ModelRegistry, *, exclude_version
 def deletions_undone_by(versions: list[VersionInfo], version: int) -> dict[int, list[int]]:
     """The classes promoted versions forgot (with those versions) that ``version`` was not
     measured to have forgotten: what making it champion would bring back."""
-    verified = _verified_forgotten(next(v for v in versions if v.version == version).tags)
+    verified = verified_forgotten(next(v for v in versions if v.version == version).tags)
     done = deletions_done(versions, exclude_version=version)
     return {cls: by for cls, by in sorted(done.items()) if cls not in verified}
 
