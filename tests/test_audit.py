@@ -566,3 +566,33 @@ def test_the_evidence_report_says_what_became_of_the_batchs_version_and_requests
     assert "version 2 <b>rejected</b> by <b>bob</b>: MIA miss; its requests went back to pending" in html
     assert "<td>done (in batch <code>batch-second</code>)</td><td>3</td>" in html
     assert "<th>status now</th><th>version now</th>" in html
+
+
+def test_the_evidence_reports_key_figures_hold_the_mia_baseline_and_relearn_steps() -> None:
+    """The unlearning_metrics record holds the attack's rate on unseen forget-class samples (what
+    the gate compares MIA with when no model is retrained) and the relearn steps, but the report's
+    key figures showed neither: a reader saw an MIA with nothing to judge it by."""
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.report import batch_report_html
+
+    metrics = {
+        **{f"{p}forget_acc": 0.0 for p in ("", "original_")},
+        **{f"{p}retain_acc": 0.99 for p in ("", "original_")},
+        "original_mia": 0.87,
+        "mia": 0.02,
+        "original_mia_forget_holdout": 0.76,
+        "mia_forget_holdout": 0.13,
+        "relearn_steps": 16.0,
+    }
+    per_class = [
+        {"class": str(c), "before": 0.99, "after": 0.0 if c == 3 else 0.99, "forgotten": c == 3} for c in range(10)
+    ]
+    record = AuditRecord(
+        1, "ts", "unlearning_metrics", "x", (), {"metrics": metrics, "per_class": per_class}, None, "", "h"
+    )
+    html = batch_report_html("batch-a", [record], [], VerifyResult(True, 1, None, None), {})
+    assert '<td class="num">76.00%</td><td class="num" id="fig-3">13.00%</td>' in html
+    assert (
+        '<td>fine-tuning steps to relearn the forget classes</td><td class="num">—</td>'
+        '<td class="num" id="fig-4">16</td>' in html
+    )

@@ -32,6 +32,13 @@ def _pct(value: object) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "—"
 
 
+def _figure(name: str, value: object) -> str:
+    """A key figure: a count of steps as a whole number, every other one as a percentage."""
+    if "steps" in name:
+        return f"{float(value):.0f}" if isinstance(value, (int, float)) else "—"
+    return _pct(value)
+
+
 def per_class_svg(
     per_class: list[dict], after_label: str = "after (unlearned)", retrained_label: str = "retrained from scratch"
 ) -> str:
@@ -137,9 +144,30 @@ def batch_report_html(
         ),
         ("membership inference on forget-train samples", m.get("original_mia"), m.get("mia"), m.get("reference_mia")),
     ]
+    # What the gate compared the MIA with when no model was retrained, and the relearn time
+    # (anamnesis): both on the record, and the reader's only evidence of either.
+    if "mia_forget_holdout" in m:
+        figures.append(
+            (
+                "membership inference on unseen forget-class samples (validation split)",
+                m.get("original_mia_forget_holdout"),
+                m.get("mia_forget_holdout"),
+                m.get("reference_mia_forget_holdout"),
+            )
+        )
+    if "relearn_steps" in m:
+        figures.append(
+            (
+                "fine-tuning steps to relearn the forget classes",
+                None,
+                m["relearn_steps"],
+                m.get("reference_relearn_steps"),
+            )
+        )
     figure_rows = "".join(
-        f'<tr><td>{_e(name)}</td><td class="num">{_pct(b)}</td><td class="num" id="fig-{i}">{_pct(a)}</td>'
-        + (f'<td class="num">{_pct(r)}</td>' if has_ref else "")
+        f'<tr><td>{_e(name)}</td><td class="num">{_figure(name, b)}</td>'
+        f'<td class="num" id="fig-{i}">{_figure(name, a)}</td>'
+        + (f'<td class="num">{_figure(name, r)}</td>' if has_ref else "")
         + "</tr>"
         for i, (name, b, a, r) in enumerate(figures)
     )
