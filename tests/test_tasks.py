@@ -282,10 +282,23 @@ def test_a_version_the_gate_held_needs_override_every_time_it_is_promoted(tmp_pa
         )
     assert decision.promoted is False
     assert promote_by_hand(ws, held, "MIA miss reviewed", "rev", override=True)
-    promote_by_hand(ws, original, "back to the original", "rev", override=True)
-    with pytest.raises(PromotionRefused, match=f"version {held} failed its promotion gate .*FAIL: membership"):
+    forgot_3 = _register_candidate(project, "unit-forgot-3")
+    registry.set_version_tags(forgot_3, {"forgotten_classes": "[3]", "verified_forgotten_classes": "[3]"})
+    with disable_run_logger():
+        model.promotion_gate.fn(
+            _context(project, "unit-forgot-3"), forgot_3, _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3])
+        )
+    assert registry.resolve_alias("champion") == forgot_3 != original
+    with pytest.raises(PromotionRefused) as refused:
         promote_by_hand(ws, held, "again, without --override", "rev")
-    assert registry.resolve_alias("champion") == original
+    # Each refusal names what failed and, for a deletion it would undo, which version made it.
+    assert str(refused.value) == (
+        f"version {held} failed its promotion gate (FAIL: membership inference 0.9000 vs 0.5000 (forget-class "
+        "validation samples, n=27), gap max 0.218; more member-like than unseen forget-class samples); "
+        f"version {held} was not measured to have forgotten classes [3], which earlier promoted versions forgot "
+        f"(class 3 by version {forgot_3}); promote it anyway only with --override and a reason"
+    )
+    assert registry.resolve_alias("champion") == forgot_3
 
 
 def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_path, bootstrapped_project):

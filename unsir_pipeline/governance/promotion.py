@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -472,18 +473,23 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     info = registry.get_version(version)  # fails clearly when the version does not exist
     problems = []
     if failed_its_gate(info.tags):
+        reasons = info.tags.get("gate_reasons", "")
+        # The bounds it failed; the tag joins every reason, passed ones included, with "; ".
+        failed = [r for r in re.split(r"; (?=(?:pass|FAIL): )", reasons) if r.startswith("FAIL: ")]
         problems.append(
-            f"version {version} failed its promotion gate ({info.tags.get('gate_reasons', 'no reasons recorded')})"
+            f"version {version} failed its promotion gate ({'; '.join(failed) or reasons or 'no reasons recorded'})"
         )
     elif never_judged(info.tags):
         problems.append(f"version {version} {NEVER_JUDGED}")
     if info.tags.get("review_decision") == "rejected":
         problems.append(f"version {version} was rejected in review")
-    missing = sorted(deletions_undone_by(registry.list_versions(), version))
-    if missing:
+    undone = deletions_undone_by(registry.list_versions(), version)
+    if undone:
         problems.append(
-            f"version {version} was not measured to have forgotten classes {missing}, "
-            "which earlier promoted versions forgot"
+            f"version {version} was not measured to have forgotten classes {sorted(undone)}, which earlier "
+            "promoted versions forgot ("
+            + ", ".join(f"class {cls} by version {', '.join(map(str, by))}" for cls, by in undone.items())
+            + ")"
         )
     return problems
 
