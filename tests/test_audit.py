@@ -596,3 +596,35 @@ def test_the_evidence_reports_key_figures_hold_the_mia_baseline_and_relearn_step
         '<td>fine-tuning steps to relearn the forget classes</td><td class="num">—</td>'
         '<td class="num" id="fig-4">16</td>' in html
     )
+
+
+def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_versions_evidence(
+    tmp_path: Path,
+) -> None:
+    """A request for class 3 was pending when `unsir forget 3` promoted version 2; the batch
+    then completed it with version 2 and registered nothing. Its report said only "No model
+    version was registered by this batch", beside a request done with version 2."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    log.append("request_received", actor="alice", request_ids=[request.id], payload={"classes": [3]})
+    forget = {"batch_id": "forget-run-1", "via": "unsir forget"}
+    log.append("model_registered", actor="bob", request_ids=[], payload={**forget, "model_version": 2})
+    store.claim_pending("batch-late")
+    store.mark_done("batch-late", 2)
+    note = "classes already forgotten by the champion"
+    for event, payload in [("batch_started", {}), ("batch_finished", {"model_version": 2, "note": note})]:
+        log.append(
+            event, actor="deletion-batch", request_ids=[request.id], payload={"batch_id": "batch-late", **payload}
+        )
+
+    html = batches.write_batch_report(ws, "batch-late", tmp_path / "report.html").read_text()
+    assert (
+        "its requests were completed with version <b>2</b> (classes already forgotten by the champion). "
+        "That version's evidence: <code>unsir audit report forget-run-1</code>" in html
+    )

@@ -712,7 +712,18 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
         and r.payload.get("model_version") == registered[-1]
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(batch_report_html(batch_id, records, requests, log.verify(), aliases, reviews), encoding="utf-8")
+    # Where each version's evidence is: a batch that found its classes already forgotten
+    # registered nothing and points there.
+    evidence_ids = {
+        r.payload["model_version"]: r.payload["batch_id"]
+        for r in trail
+        if r.event == "model_registered"
+        and isinstance(r.payload.get("model_version"), int)
+        and r.payload.get("batch_id")
+    }
+    out.write_text(
+        batch_report_html(batch_id, records, requests, log.verify(), aliases, reviews, evidence_ids), encoding="utf-8"
+    )
     return out
 
 

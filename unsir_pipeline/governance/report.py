@@ -92,10 +92,12 @@ def batch_report_html(
     chain: VerifyResult,
     current_aliases: dict[int, list[str]],
     reviews: Sequence[AuditRecord] = (),
+    evidence_ids: dict[int, str] | None = None,
 ) -> str:
     """``records``: the batch's own; ``requests``: as the store holds them now; ``reviews``: the
     ``version_promoted``/``version_rejected`` records of the version the batch registered, which
-    carry no batch id but decide what became of it (and of its requests)."""
+    carry no batch id but decide what became of it (and of its requests); ``evidence_ids``: the
+    id whose report holds each version's evidence, for a batch that registered none."""
     by_event: dict[str, AuditRecord] = {}
     for rec in records:
         by_event[rec.event] = rec  # the latest of each kind
@@ -180,6 +182,21 @@ def batch_report_html(
         else "<p>No evaluation was recorded for this batch.</p>"
     )
     lineage = "<p>No model version was registered by this batch.</p>"
+    finished = by_event.get("batch_finished")
+    if registered is None and finished is not None and isinstance(finished.payload.get("model_version"), int):
+        # Its classes were already forgotten by the champion: the requests completed with that
+        # version, whose evidence is another batch's (or forget run's) report.
+        done_by = finished.payload["model_version"]
+        elsewhere = (evidence_ids or {}).get(done_by)
+        lineage = (
+            f"<p id='done-by'>No model version was registered by this batch: its requests were completed with "
+            f"version <b>{_e(done_by)}</b> ({_e(finished.payload.get('note', 'see the batch_finished record'))})."
+            + (
+                f" That version's evidence: <code>unsir audit report {_e(elsewhere)}</code>.</p>"
+                if elsewhere
+                else "</p>"
+            )
+        )
     if registered:
         p = registered.payload
         aliases = ", ".join(current_aliases.get(int(p["model_version"]), [])) or "none"
