@@ -38,15 +38,13 @@ bench: $(STAMP)
 		--singles 0 2 5 7 --pairs 1 --triples 1 --no-noise --time-repeats 1 --out reports/bench/quality-deep.json
 	$(BIN)/python benchmarks/quality.py --dataset mnist5k --seeds 3 --pairs 2 --triples 1 \
 		--train-epochs 10 --no-noise --out reports/bench/quality-mnist5k.json
-	$(BIN)/python benchmarks/pipeline_sweep.py --set evaluation.retrain_reference=false \
-		--set gates.retrain_when_held=false --out reports/bench/pipeline-sweep-no-reference.json
+	$(BIN)/python benchmarks/pipeline_sweep.py --fresh-registry --set evaluation.retrain_reference=false \
+		--set gates.retrain_when_held=false --out reports/bench/pipeline-sweep-fresh-no-reference.json
 	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --fresh-registry --set evaluation.retrain_reference=false \
 		--out reports/bench/pipeline-sweep-fresh-when-held-seed3.json
 	$(BIN)/python benchmarks/pipeline_sweep.py --seed 3 --arch mobilenet_v2 --fresh-registry \
 		--set evaluation.retrain_reference=false --out reports/bench/pipeline-sweep-fresh-when-held-mobilenet_v2-seed3.json
-	for seed in 0 3 4 5; do \
-		$(BIN)/python benchmarks/pipeline_sweep.py --seed $$seed \
-			--out reports/bench/pipeline-sweep-fallback-seed$$seed.json || exit 1; \
+	for seed in 0 3 4 5 6 7; do \
 		$(BIN)/python benchmarks/pipeline_sweep.py --seed $$seed --fresh-registry \
 			--out reports/bench/pipeline-sweep-fresh-seed$$seed.json || exit 1; \
 	done

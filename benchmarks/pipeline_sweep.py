@@ -14,12 +14,12 @@ defaults: `unsir forget C --from original`, one flow run each, in a temporary pr
 initialisation, unlearning) before bootstrap: another split, another original, another run. The
 shipped defaults use seed 0, on the benchmark's tuning half; seeds 3-5 are its held-out half.
 
-Each run starts from the original (version 1). Since a promoted version's classes must stay
-forgotten, later runs are held by the deletion-history check; the table shows that check
-apart from the measures of the run itself. For the same reason the flow's fallback (the
-retrained reference registered when UNSIR's model is held) cannot fire after the first
-promotion here, so each row also judges the retrained reference by the same own checks: a
-deletion the fallback finishes is one whose UNSIR model fails them and whose reference passes.
+Each run starts from the original (version 1). In one shared registry (without
+``--fresh-registry``), a run after the first promotion also forgets again every class that
+promoted versions deleted (the flow's ``forgotten_again``, since a deletion stays deleted), so
+its row measures more than its own classes; the sweeps committed from that mode before this
+behaviour (``pipeline-sweep.json``, ``-no-reference``, ``-fallback-seedS``) were held by the
+deletion-history check instead. ``make bench`` runs every sweep with ``--fresh-registry``.
 
 ``--fresh-registry`` gives each setting a registered model and an audit trail of its own
 (``registry.model_name``, ``requests.audit_log``), its version 1 the same original: every run

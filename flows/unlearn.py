@@ -53,6 +53,9 @@ class UnlearnResult:
     method: str = "unsir"  # what was registered: UNSIR's model, or "retrain" (the fallback)
     unsir_gate_reasons: list[str] = field(default_factory=list)  # why UNSIR's was not, on a fallback
     no_fallback_because: str = ""  # why a held UNSIR model was not replaced by the reference
+    # Of forget_classes, those nobody asked for this time: deletions that promoted versions made
+    # and the parent still classifies (a run from the original, or from a version promoted back).
+    forgotten_again: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +194,7 @@ def unlearn(
             verified_forgotten_classes=verified_forgotten,
             method=choice.method,
             unsir_gate_reasons=choice.unsir_gate_reasons,
+            forgotten_again=request.forgotten_again,
         )
         if not recorded_by_caller:
             # Its evidence and registration go on the trail before the gate can make it champion:

@@ -9,27 +9,32 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from unsir.classes import check_forget_classes
+from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.prepared_data import load_prepared, read_manifest, write_retain_subset
+from unsir_pipeline.adapters.registry import registry_for
 
 # Great Expectations, seconds to import: at the module's import, since every flow validates first
 # and the CLI imports the flow while Prefect's temporary server starts.
 from unsir_pipeline.adapters.validation import require_valid, validate_splits
 from unsir_pipeline.governance.deletion_requests import resolve_request
-from unsir_pipeline.governance.promotion import ParentModel, require_parents_data
+from unsir_pipeline.governance.promotion import ParentModel, deletions_done, require_parents_data
 from unsir_pipeline.settings.workspace import RunContext, Workspace
 
 
 @dataclass(frozen=True)
 class ValidatedRequest:
-    """A request that passed validation: the classes to forget now, every class forgotten once
-    this run is done, and the retain subset (D_r_sub) drawn for it."""
+    """A request that passed validation: the classes to forget now (those requested, and
+    ``forgotten_again``: deletions that promoted versions made and the parent still classifies),
+    every class forgotten once this run is done, and the retain subset (D_r_sub) drawn for it."""
 
     forget_classes: list[int]
     all_forgotten: list[int]
     class_names: list[str]
     retain_subset: Path
     expectations_passed: int
+    forgotten_again: list[int]
 
 
 @task(name="validate-data-splits", cache_policy=NO_CACHE)
@@ -46,7 +51,24 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
         forgotten_by=f"the parent model (version {parent.version})",
     )
     require_parents_data(ws, parent)
-    all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes)))
+    # A deletion stays deleted: a run from a version older than a deletion (the original, or
+    # one promoted back with --override) forgets that class again, or its model could never
+    # pass the gate, which holds every version that still classifies a deleted class.
+    done = deletions_done(registry_for(ws).list_versions())
+    again = sorted(set(done) - set(parent.forgotten_classes) - set(new_classes))
+    all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes) | set(again)))
+    if again:
+        names = [data.class_names[c] for c in again]
+        try:
+            check_forget_classes(all_forgotten, data.num_classes)
+        except UnlearningInputError as err:
+            raise UnlearningInputError(f"{err} (counting {names}, which promoted versions deleted)") from None
+        get_run_logger().info(
+            "also forgetting %s again: deleted by promoted version(s) %s, which version %s still classifies",
+            names,
+            sorted({v for c in again for v in done[c]}),
+            parent.version,
+        )
     retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
     mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
     report = validate_splits(
@@ -64,7 +86,12 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     require_valid(report)
     get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, list(new_classes))
     return ValidatedRequest(
-        list(new_classes), list(all_forgotten), list(data.class_names), retain_path, report.evaluated
+        sorted({*new_classes, *again}),
+        list(all_forgotten),
+        list(data.class_names),
+        retain_path,
+        report.evaluated,
+        forgotten_again=again,
     )
 
 

@@ -368,6 +368,8 @@ def run_records(result: dict) -> list[tuple[str, dict]]:
             "unlearning_metrics",
             {
                 "forget_classes": result["forget_classes"],
+                # Deletions made before and forgotten again by this run, nobody asking this time.
+                "forgotten_again": result.get("forgotten_again", []),
                 "all_forgotten": result["all_forgotten"],
                 "metrics": result["metrics"],
                 "per_class": result["per_class"],
