@@ -306,17 +306,21 @@ def test_cli_forget_json_and_a_run_from_the_original_forgets_a_deleted_class_aga
     forgetting class 0 from the original (which still knows 3) forgets 3 again. It used to forget
     0 alone, and the gate then held the version for still classifying 3: after the original was
     promoted back with --override, every later batch was held so, with no way out."""
+    from unsir_pipeline.governance.promotion import deletions_done
+
+    deleted = sorted(deletions_done(registry_for(Workspace.load(project)).list_versions()))  # 3, and any other test's
+    assert 3 in deleted and 0 not in deleted
     assert main(["--project", str(project), "forget", "0", "--from", "original", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["forget_classes"] == [0, 3] and result["forgotten_again"] == [3]
+    assert result["forget_classes"] == sorted([0, *deleted]) and result["forgotten_again"] == deleted
     assert result["parent_version"] == 1 and result["new_version"] > 1
     assert {"forget_acc", "retain_acc", "mia", "original_forget_acc", "original_retain_acc"} <= set(result["metrics"])
     assert "reference_retain_acc" not in result["metrics"]  # the reference is off in this project
-    assert result["all_forgotten"] == [0, 3] and result["metrics"]["forget_acc"] <= 0.01
+    assert result["all_forgotten"] == sorted([0, *deleted]) and result["metrics"]["forget_acc"] <= 0.01
     assert not any("still classified" in r for r in result["gate_reasons"]), result["gate_reasons"]
     tags = registry_for(Workspace.load(project)).get_version(result["new_version"]).tags
-    assert json.loads(tags["verified_forgotten_classes"]) == [0, 3]
-    assert json.loads(tags["forgotten_classes"]) == [0, 3] and json.loads(tags["forgotten_this_run"]) == [0, 3]
+    assert json.loads(tags["verified_forgotten_classes"]) == sorted([0, *deleted])
+    assert json.loads(tags["forgotten_classes"]) == json.loads(tags["forgotten_this_run"]) == sorted([0, *deleted])
     assert tags["reads_forget_train"] == "false" and int(tags["rounds"]) >= 1
     assert result["rounds"] and all("val_forget_acc" in r for r in result["rounds"])
     # A direct forget is on the audit trail as a batch's run is: evidence, version, decision.
