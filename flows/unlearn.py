@@ -132,24 +132,17 @@ def unlearn(
         clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
         unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
         result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
-        choice = clock(
-            "choose-registration",
-            model.choose_registration,
-            ctx,
-            parent_model.version,
-            digests,
-            *_candidates(result, unlearned),
-        )
+
+        def choose(result: evaluation.Evaluation) -> promotion.RegistrationChoice:
+            candidates = _candidates(result, unlearned)
+            return clock(
+                "choose-registration", model.choose_registration, ctx, parent_model.version, digests, *candidates
+            )
+
+        choice = choose(result)
         if choice.reference_wanted:  # held, and no reference yet: train it now (gates.retrain_when_held)
             result = clock("retrain-reference", evaluation.retrain_reference, ctx, mlflow_run_id, request.all_forgotten)
-            choice = clock(
-                "choose-registration",
-                model.choose_registration,
-                ctx,
-                parent_model.version,
-                digests,
-                *_candidates(result, unlearned),
-            )
+            choice = choose(result)
         verified_forgotten = promotion.measured_forgotten(
             choice.candidate.per_class_test, ws.params.gates.max_forget_acc
         )

@@ -479,6 +479,20 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
 # --- evidence that holds (issue 11) --------------------------------------------------------
 
 
+def _register_original_outside_the_flow(ws: Workspace, key: str, tags: dict[str, str]) -> int:
+    """The original's weights registered again as a new version, as a run or a person would."""
+    import numpy as np
+
+    registry = registry_for(ws)
+    with registry.start_run(run_name=key):
+        return registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags=tags,
+            idempotency_key=key,
+        )
+
+
 def _copy_with_registry(project: Path, dest: Path) -> Path:
     """The project with its own copy of the registry database (the artifacts stay shared)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -969,20 +983,15 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
     `audit verify` said the trail was intact, and promoting again answered "already the
     champion", so the decision could never reach the trail. Now verify names it, and the same
     command records it once, as its tags say it was decided."""
-    import numpy as np
 
     from unsir.errors import UnlearningInputError
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
     registry = registry_for(ws)
-    with registry.start_run(run_name="by-hand"):
-        version = registry.register_checkpoint(
-            ws.original_model_dir,
-            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
-            tags={"gate_decision": "held", "gate_reasons": "FAIL: membership inference"},
-            idempotency_key="by-hand",
-        )
+    version = _register_original_outside_the_flow(
+        ws, "by-hand", {"gate_decision": "held", "gate_reasons": "FAIL: membership inference"}
+    )
     real_append = AuditLog.append
 
     def killed_at_the_record(self, event, **kwargs):
@@ -1013,18 +1022,13 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
 def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_project, tmp_path):
     """`unsir forget` killed after its gate moved the champion, before its gate_decision record:
     `audit verify` said the trail was intact. Now it warns, naming the version."""
-    import numpy as np
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
     registry = registry_for(ws)
-    with registry.start_run(run_name="forget-killed"):
-        version = registry.register_checkpoint(
-            ws.original_model_dir,
-            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
-            tags={"run_key": "killed", "forgotten_classes": "[]", "verified_forgotten_classes": "[]"},
-            idempotency_key="killed",
-        )
+    version = _register_original_outside_the_flow(
+        ws, "killed", {"run_key": "killed", "forgotten_classes": "[]", "verified_forgotten_classes": "[]"}
+    )
     # What the flow records before its gate, then the gate's own writes; the run dies there.
     batches._append_anchored(
         ws, "model_registered", {"model_version": version}, actor="ops", request_ids=[], key="forget-killed:reg"
