@@ -714,3 +714,28 @@ def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(ca
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("r-done") and lines[2].strip() == "an earlier attempt failed: MLflow unreachable"
     assert lines[3].startswith("r-pending") and lines[4].strip() == "MLflow unreachable"
+
+
+def test_output_whose_reader_went_away_ends_quietly(project):
+    """`unsir models | head -1` ended with "error: [Errno 32] Broken pipe" (exit 1), as if the
+    command had failed; now it stops without a word, exit 141 (128 + SIGPIPE, as a shell says)."""
+    child = subprocess.Popen(
+        [*CLI, "--project", str(project), "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert child.stdout is not None
+    child.stdout.close()  # the reader is gone before the first line
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 141, err
+    assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+def test_models_shows_a_rejected_version_as_rejected():
+    """A version a reviewer rejected read "held" in `unsir models` (the decision was in --json only)."""
+    from unsir_pipeline.cli.commands import _gate_shown
+
+    assert _gate_shown({"gate": "held", "review_decision": "rejected"}) == "held (rejected)"
+    assert _gate_shown({"gate": "held", "review_decision": None}) == "held"
+    assert _gate_shown({"gate": None, "review_decision": None}) == "-"

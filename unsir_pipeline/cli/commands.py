@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from unsir_pipeline.settings import runtime  # standard library only: light enou
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: whoever read the output stopped reading
 
 
 JSON_HELP = "print one JSON object on stdout instead of text (no progress lines)"
@@ -362,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return stopped("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # `unsir models | head -1`: the reader went away, which is no error of the command (it
+        # printed "error: [Errno 32] Broken pipe"). stdout goes to devnull so that the
+        # interpreter's own flush at exit does not fail on the closed pipe too.
+        if owns_process:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except runtime.Terminated:
         stopped("terminated", runtime.EXIT_SIGTERM)
         raise
@@ -664,10 +673,17 @@ def summarize_versions(listed) -> list[dict]:
             "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
             "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
             "gate": v.tags.get("gate_decision"),
+            "review_decision": v.tags.get("review_decision"),
             "tags": v.tags,
         }
         for v in listed
     ]
+
+
+def _gate_shown(version: dict) -> str:
+    """The gate's decision, and a reviewer's rejection after it (a rejected version read "held")."""
+    gate = version["gate"] or "-"
+    return f"{gate} (rejected)" if version["review_decision"] == "rejected" else gate
 
 
 def cmd_models(project: Path, args) -> int:
@@ -688,7 +704,7 @@ def cmd_models(project: Path, args) -> int:
         for v in versions:
             print(
                 f"{v['version']:>7}  {','.join(v['aliases']) or '-':<21} {v['parent_version'] or '-':>6}  "
-                f"{json.dumps(v['forgotten_classes']):<15} {v['tags'].get('method', '-'):<8} {v['gate'] or '-':<17} "
+                f"{json.dumps(v['forgotten_classes']):<15} {v['tags'].get('method', '-'):<8} {_gate_shown(v):<17} "
                 f"{v['created_at']}"
             )
     # A champion that brings a deleted class back is said wherever versions are listed.
