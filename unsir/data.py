@@ -17,7 +17,6 @@ import torch
 from unsir.configs import TORCHVISION_DATASET_NAMES
 from unsir.errors import UnlearningInputError
 
-TORCHVISION_DATASETS = TORCHVISION_DATASET_NAMES
 # Where torchvision looks for each data set's files under its root.
 TORCHVISION_LAYOUT = {
     "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch)",
@@ -159,8 +158,8 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
     import torchvision.datasets as tvd
 
     key = name.lower()
-    if key not in TORCHVISION_DATASETS:
-        raise UnlearningInputError(f"unknown torchvision dataset {name!r}; expected one of {TORCHVISION_DATASETS}")
+    if key not in TORCHVISION_DATASET_NAMES:
+        raise UnlearningInputError(f"unknown torchvision dataset {name!r}; expected one of {TORCHVISION_DATASET_NAMES}")
     root = Path(root)
     if not download and not root.exists():
         raise UnlearningInputError(f"dataset root {str(root)!r} does not exist and download is off")
@@ -273,7 +272,7 @@ def load_dataset(
         if root is None:
             raise UnlearningInputError("dataset 'imagefolder' needs a root directory")
         return load_image_folder(root, image_size=image_size)
-    if key in TORCHVISION_DATASETS:
+    if key in TORCHVISION_DATASET_NAMES:
         if root is None:
             raise UnlearningInputError(f"dataset {name!r} needs a root directory")
         parts = [load_torchvision(key, root, train=t, download=download) for t in (True, False)]
@@ -286,7 +285,7 @@ def load_dataset(
         )
         return _resized(data, image_size)
     raise UnlearningInputError(
-        f"unknown dataset {name!r}; expected 'digits', 'mnist5k', 'imagefolder' or one of {TORCHVISION_DATASETS}"
+        f"unknown dataset {name!r}; expected 'digits', 'mnist5k', 'imagefolder' or one of {TORCHVISION_DATASET_NAMES}"
     )
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from unsir.configs import ARCHITECTURE_NAMES
 from unsir.errors import UnlearningInputError
-from unsir.training import inference_batch_size
+from unsir.training import in_eval_mode, inference_batch_size
 
 
 @dataclass(frozen=True)
@@ -156,14 +156,12 @@ def penultimate_features(
     hook = classifier_head(model).register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu())
     )
-    was_training = model.training
-    model.eval()
     try:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size].to(device))
+        with in_eval_mode(model):
+            for start in range(0, len(images), batch_size):
+                model(images[start : start + batch_size].to(device))
     finally:
         hook.remove()
-        model.train(was_training)
     return torch.cat(captured)
 
 
@@ -182,17 +180,13 @@ def check_classifier(
                 "expected the same dtype (convert the images with .to(dtype) or the model)"
             )
     name, images = next(iter(samples.items()))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.inference_mode():
+        with in_eval_mode(model), torch.inference_mode():
             out = model(images[:1].to(device))
     except RuntimeError as err:
         raise UnlearningInputError(
             f"the model cannot take {name} samples of shape {tuple(images.shape[1:])}: {str(err).splitlines()[0]}"
         ) from err
-    finally:
-        model.train(was_training)
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise UnlearningInputError(
             f"the model outputs shape {tuple(out.shape)} per batch; expected (N, {num_classes}) logits"
@@ -211,15 +205,12 @@ def check_classifier_head(model: nn.Module, images: torch.Tensor, *, device: tor
         for m in model.modules()
         if isinstance(m, nn.Linear)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.inference_mode():
+        with in_eval_mode(model), torch.inference_mode():
             model(images[:1].to(device))
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     if not ran or ran[-1] is not head:
         names = {m: name for name, m in model.named_modules()}
         last = f"{names[ran[-1]]!r}" if ran else "none"

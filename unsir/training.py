@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -38,6 +39,17 @@ def resolve_device(device: torch.device | str) -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise UnlearningInputError(f"device {str(device)!r}: MPS is not available on this machine; expected 'cpu'")
     return resolved
+
+
+@contextmanager
+def in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval() mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
@@ -160,12 +172,8 @@ def predict_logits(
     """Logits for ``images`` in eval() mode, on CPU; restores the model's previous mode.
     ``batch_size`` defaults to :func:`inference_batch_size` for ``device``."""
     batch_size = batch_size or inference_batch_size(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with in_eval_mode(model):
         out = [model(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)

@@ -540,7 +540,7 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     if previous == version:
         tags = registry.get_version(version).tags
-        if _unrecorded_promotion(log, tags):
+        if _unrecorded_promotion({r.idempotency_key for r in log.records(event="version_promoted")}, tags):
             # A promotion stopped between moving the alias and its record: record it now, as
             # its tags say it was decided (who, why, what was overridden).
             overridden = [tags["overridden_problems"]] if tags.get("overridden_problems") else []
@@ -587,7 +587,7 @@ def _record_promotion(
         "version_promoted",
         actor=by,
         request_ids=requests,
-        idempotency_key=f"promotion-{promotion_id}",
+        idempotency_key=_promotion_key(promotion_id),
         payload={
             "model_version": version,
             **extra,
@@ -599,14 +599,19 @@ def _record_promotion(
     )
 
 
-def _unrecorded_promotion(log: AuditLog | None, tags: dict[str, str]) -> bool:
-    """A version promoted by hand whose ``version_promoted`` record is not on the trail: the
-    promotion stopped after moving the alias (older promotions carry no id and are not judged)."""
+def _promotion_key(promotion_id: str) -> str:
+    """The idempotency key of a hand promotion's ``version_promoted`` record."""
+    return f"promotion-{promotion_id}"
+
+
+def _unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) -> bool:
+    """A version promoted by hand whose ``version_promoted`` record is not on the trail (whose
+    records' idempotency keys are ``recorded_keys``): the promotion stopped after moving the
+    alias (older promotions carry no id and are not judged)."""
     promotion_id = tags.get(PROMOTION_ID_TAG)
     if not promotion_id or tags.get("gate_decision") not in ("promoted-by-hand", "promoted-by-override"):
         return False
-    key = f"promotion-{promotion_id}"
-    return log is None or not any(r.idempotency_key == key for r in log.records(event="version_promoted"))
+    return _promotion_key(promotion_id) not in recorded_keys
 
 
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
@@ -802,8 +807,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
             )
             problems += unrecorded_problems
             warnings += unrecorded_warnings
+            recorded_keys = {r.idempotency_key for r in records}  # read once, not per version
             for number, info in sorted(versions.items()):
-                if not _unrecorded_promotion(log, info.tags):
+                if not _unrecorded_promotion(recorded_keys, info.tags):
                     continue
                 # As for a version without a record: a problem while it is in production.
                 unrecorded = (
