@@ -374,6 +374,11 @@ def _runs(project: Path) -> list:
         (["forget", "1", "--from", "\u00b2"], "--from '\u00b2': model 'unsir-classifier' has no alias"),
         (["--set", "device=cuda:7", "forget", "1"], "device 'cuda:7': this machine has"),
         (["audit", "show", "--request", ""], "--request '': expected a request id"),
+        (["request", "add", "--by", "alice", "--reason", "x"], "no class given: expected the classes to forget"),
+        (
+            ["request", "add", "3", "--classes", "4", "--by", "alice", "--reason", "x"],
+            "classes given twice, as arguments ['3'] and with --classes ['4']",
+        ),
     ],
 )
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
@@ -450,6 +455,19 @@ def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp
     assert "would forget every one of the 10 classes" in err and "pending requests" in err
     assert len(_runs(copy)) == before  # refused before any run
     assert [r.status for r in stores.request_store(ws).list()] == ["pending"]
+
+
+@pytest.mark.slow
+def test_request_add_takes_classes_and_by_as_forget_does(project, tmp_path, capsys):
+    """`unsir forget 3 --by alice` and `unsir request add --classes 3 --requester alice` named the
+    same things two ways; a user who typed the first form for a request got a usage error."""
+    from unsir_pipeline.governance import stores
+
+    copy = clone_project(project, tmp_path / "request-forms")
+    assert main(["--project", str(copy), "request", "add", "4", "6", "--by", "alice", "--reason", "r", "--json"]) == 0
+    filed = json.loads(capsys.readouterr().out)
+    request = stores.request_store(Workspace.load(copy)).get(filed["id"])
+    assert (request.requester, list(request.classes), request.status) == ("alice", [4, 6], "pending")
 
 
 @pytest.mark.slow

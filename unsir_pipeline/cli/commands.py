@@ -153,12 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = request.add_parser(
         "add",
         help="file a deletion request (refused at once if invalid; the refusal is recorded)",
-        epilog=_examples('unsir request add --classes 3 8 --requester alice --reason "consent withdrawn"'),
+        epilog=_examples(
+            'unsir request add --classes 3 8 --requester alice --reason "consent withdrawn"',
+            'unsir request add 3 8 --by alice --reason "consent withdrawn"',
+        ),
+    )
+    # Classes as arguments and --by, as `unsir forget` takes them, or the explicit flags.
+    p.add_argument("classes", nargs="*", metavar="CLASS", help="class names or indices, e.g. 3 8 (or --classes)")
+    p.add_argument(
+        "--classes", dest="classes_flag", nargs="+", default=[], metavar="CLASS", help="class names or indices"
     )
     p.add_argument(
-        "--classes", nargs="+", required=True, metavar="CLASS", help="class names or indices, e.g. --classes 3 8"
+        "--requester", "--by", required=True, help="who asks (UTF-8 text, no control characters), e.g. alice"
     )
-    p.add_argument("--requester", required=True, help="who asks (UTF-8 text, no control characters), e.g. alice")
     p.add_argument("--reason", required=True, help='why (UTF-8 text, no control characters), e.g. "consent withdrawn"')
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = request.add_parser(
@@ -777,6 +784,17 @@ def _print_requests(requests: list, as_json: bool) -> None:
             print(f"{'':<18}{'an earlier attempt failed: ' if r.status == 'done' else ''}{r.error}")
 
 
+def _requested_classes(args) -> list[str]:
+    if args.classes and args.classes_flag:
+        raise UsageError(
+            f"classes given twice, as arguments {args.classes} and with --classes {args.classes_flag}; "
+            "expected one of the two"
+        )
+    if not (args.classes or args.classes_flag):
+        raise UsageError("no class given: expected the classes to forget, e.g. `unsir request add 3 --by alice ...`")
+    return list(args.classes or args.classes_flag)
+
+
 def cmd_request(project: Path, args) -> int:
     # Listing and showing read the store alone; only filing needs the registry (MLflow).
     from unsir_pipeline.governance import stores
@@ -785,7 +803,7 @@ def cmd_request(project: Path, args) -> int:
     if args.request_command == "add":
         from unsir_pipeline.governance import batches
 
-        request = batches.file_request(ws, list(args.classes), args.requester, args.reason)
+        request = batches.file_request(ws, _requested_classes(args), args.requester, args.reason)
         print(
             json.dumps(request.to_dict())
             if args.json
