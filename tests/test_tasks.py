@@ -411,3 +411,19 @@ def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_ver
 
     registry.set_version_tags(stopped, {"gate_decision": "promoted"})  # promoted, then superseded
     assert not batches._resume_refused(ws, "batch-stopped")  # resumed: its records are recovered
+
+
+def test_class_names_the_font_cannot_draw_show_as_their_index():
+    """A CJK class name was drawn as empty boxes in the per-class and confusion figures (the
+    plotting font, DejaVu Sans, has no such glyphs); it now shows as its index."""
+    import io
+    import warnings
+
+    from unsir_pipeline.adapters.plots import confusion_figure, per_class_accuracy_figure, tick_labels
+
+    names = ["猫", "dog", "café"]
+    assert tick_labels(names) == ["#0", "dog", "café"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)"
+        per_class_accuracy_figure(names, [1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0]).savefig(io.BytesIO(), format="png")
+        confusion_figure(names, [[1, 0, 0]] * 3, [[1, 0, 0]] * 3).savefig(io.BytesIO(), format="png")
