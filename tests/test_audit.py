@@ -628,3 +628,44 @@ def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_ver
         "its requests were completed with version <b>2</b> (classes already forgotten by the champion). "
         "That version's evidence: <code>unsir audit report forget-run-1</code>" in html
     )
+
+
+def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next_open(tmp_path: Path) -> None:
+    """`unsir request add` killed after storing the request, before its request_received record:
+    `audit verify` failed for good ("has no request_received record"), nothing ever wrote it.
+    Now the next open of the trail writes it from the stored request, once; the request stays
+    pending, and the intake's own append (a slow one, not a killed one) finds it there."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    earlier = store.add([5], ["5"], "carol", "filed whole")
+    # Recorded as before intake records were keyed: it counts as recorded all the same.
+    log.append("request_received", actor="carol", request_ids=[earlier.id], payload={"classes": [5]})
+    # What file_request writes first; the process dies before its second write.
+    request = store.add([3], ["3"], "alice", "consent withdrawn", requested=["3"])
+    refused = store.add_rejected([], [], "bob", "typo", "unknown class 'cat'", requested=["cat"])
+
+    report = batches.verify_trail(ws)  # the next command: it completes the intake
+    assert report.ok, report.problems
+    for _ in range(2):  # later opens write nothing more
+        log = stores.audit_log(ws)
+    (received,) = log.records(request_id=request.id)
+    assert received.event == "request_received" and received.actor == "alice"
+    assert received.payload["classes"] == [3] and received.payload["requested"] == ["3"]
+    assert "recorded_from" in received.payload
+    (refusal,) = log.records(request_id=refused.id)
+    assert refusal.event == "request_refused" and refusal.payload["refusal"] == "unknown class 'cat'"
+    # The intake's own append (a slow process, not a killed one) finds its record written.
+    again = log.append(
+        "request_received",
+        actor="alice",
+        request_ids=[request.id],
+        payload={"classes": [3]},
+        idempotency_key=stores.intake_key(request.id),
+    )
+    assert again == received and len(log.records()) == 3
+    assert log.verify().ok and store.get(request.id).status == "pending"

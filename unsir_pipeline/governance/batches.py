@@ -55,7 +55,15 @@ from unsir_pipeline.governance.promotion import (
     resolve_parent,
     verified_forgotten,
 )
-from unsir_pipeline.governance.stores import audit_key, audit_log, request_store, state_target
+from unsir_pipeline.governance.stores import (
+    audit_key,
+    audit_log,
+    intake_event,
+    intake_key,
+    record_missing_intake,
+    request_store,
+    state_target,
+)
 from unsir_pipeline.settings.workspace import Workspace
 
 SYSTEM_ACTOR = "deletion-batch"
@@ -127,6 +135,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
             actor=requester,
             request_ids=[request.id],
             payload={"requested": list(requested), "reason": reason, "refusal": str(err), **provenance(ws)},
+            idempotency_key=intake_key(request.id),
         )
         raise RequestRefused(request, str(err)) from None
     request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested)
@@ -142,6 +151,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
             "champion_version": champion.version,
             **provenance(ws),
         },
+        idempotency_key=intake_key(request.id),
     )
     return request
 
@@ -754,7 +764,9 @@ class TrailReport:
 
 def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
-    the registered versions. Never creates or resets a trail: a deleted one is a problem."""
+    the registered versions. Never creates or resets a trail: a deleted one is a problem. An
+    intake record a killed `request add` left unwritten is written first, as at every open
+    (:func:`~unsir_pipeline.governance.stores.record_missing_intake`)."""
     target = state_target(ws, ws.params.requests.audit_log)
     problems: list[str] = []
     warnings: list[str] = []
@@ -764,6 +776,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             "the head anchor is not signed (no UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the trail "
             "is protected against accidents, not against someone who can write the state directory"
         )
+    store_target = state_target(ws, ws.params.requests.store)
     existed = AuditLog.exists(target)
     if not existed:
         where = target if isinstance(target, Path) else f"in {StateDatabase(target).shown}"
@@ -773,6 +786,8 @@ def verify_trail(ws: Workspace) -> TrailReport:
         log = None
     else:
         log = AuditLog(target, key=key)
+        if RequestStore.exists(store_target):
+            record_missing_intake(RequestStore(store_target), log)
         chain = log.verify()
         try:
             records = log.records()
@@ -780,7 +795,6 @@ def verify_trail(ws: Workspace) -> TrailReport:
             records = []
             problems.append(str(err))
 
-    store_target = state_target(ws, ws.params.requests.store)
     requests = RequestStore(store_target).list() if RequestStore.exists(store_target) else []
     problems += _requests_against_trail(requests, records, existed)
 
@@ -857,7 +871,7 @@ def _requests_against_trail(
                 )
     for request in requests:
         mine = named.get(request.id, [])
-        intake = "request_refused" if request.status == "rejected" else "request_received"
+        intake = intake_event(request)
         if not any(r.event == intake for r in mine):
             problems.append(f"request {request.id} ({request.status}) has no {intake} record in the trail")
         # model_registered names the batch's requests too: a batch killed between marking them

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unsir_pipeline.governance.audit import AuditError, AuditLog, audit_key_from_env
-from unsir_pipeline.governance.deletion_requests import RequestStore
+from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
+from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestStore
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -29,8 +29,10 @@ def audit_key(ws: Workspace) -> bytes | None:
 
 
 def audit_log(ws: Workspace) -> AuditLog:
-    """The audit trail. A missing trail beside a request store that holds requests was deleted:
-    refuse to start a fresh one over it (that would reset the evidence); verify_trail reports it."""
+    """The audit trail, with the intake records a killed `request add` left unwritten (see
+    :func:`record_missing_intake`). A missing trail beside a request store that holds requests
+    was deleted: refuse to start a fresh one over it (that would reset the evidence);
+    verify_trail reports it."""
     target = state_target(ws, ws.params.requests.audit_log)
     store_target = state_target(ws, ws.params.requests.store)
     if not AuditLog.exists(target) and RequestStore.exists(store_target):
@@ -42,4 +44,60 @@ def audit_log(ws: Workspace) -> AuditLog:
                 f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
                 "a new one (run `unsir audit verify`)"
             )
-    return AuditLog(target, key=audit_key(ws))
+    log = AuditLog(target, key=audit_key(ws))
+    if RequestStore.exists(store_target):
+        record_missing_intake(RequestStore(store_target), log)
+    return log
+
+
+def intake_key(request_id: str) -> str:
+    """The idempotency key of a request's intake record (``request_received`` or ``request_refused``)."""
+    return f"intake-{request_id}"
+
+
+def intake_event(request: DeletionRequest) -> str:
+    return "request_refused" if request.status == "rejected" else "request_received"
+
+
+def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecord]:
+    """Write the intake record of every stored request the trail has none for, from the request
+    as stored, and return those records.
+
+    `unsir request add` stores the request, then records it: two writes, in two SQLite files by
+    default, so no one transaction can hold both. Killed in between, the request waits in the
+    queue with no record, and `audit verify` would fail for good; the next open writes it. Keyed
+    by the request, as the intake's own record is: written once, whoever writes first. Only a
+    request still pending or rejected can be one whose intake stopped: a batch opens the trail
+    before it claims, so a request that moved on without its record was not left so by intake.
+    """
+    recorded = {
+        i for event in ("request_received", "request_refused") for r in log.records(event=event) for i in r.request_ids
+    }
+    written = []
+    for request in store.list():
+        if request.id in recorded or request.status not in ("pending", "rejected"):
+            continue
+        payload: dict = {
+            "classes": list(request.classes),
+            "class_names": list(request.class_names),
+            "requested": list(request.requested),
+            "reason": request.reason,
+            "recorded_from": f"the request store (no intake record was on the trail; stored {request.created_at})",
+        }
+        if request.status == "rejected":
+            payload["refusal"] = request.error
+        try:
+            written.append(
+                log.append(
+                    intake_event(request),
+                    actor=request.requester,
+                    request_ids=[request.id],
+                    payload=payload,
+                    idempotency_key=intake_key(request.id),
+                )
+            )
+        except AuditError:
+            # The trail refuses records now (its head cut or forged): `audit verify` names that,
+            # and this request's missing record beside it; a reader of the trail still opens it.
+            break
+    return written
