@@ -55,6 +55,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 @task(name="resolve-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def resolve_model_version(ctx: RunContext, ref: str) -> promotion.ParentModel:
+    promotion.finish_interrupted_promotion(ctx.ws)  # the champion a killed promotion was moving
     parent = promotion.resolve_parent(registry_for(ctx.ws), ref)
     get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent.version, parent.forgotten_classes)
     return parent

@@ -1048,3 +1048,55 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
         key="forget-killed:gate",
     )
     assert not any(w.startswith(missing) for w in batches.verify_trail(ws).warnings)
+
+
+def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_command(
+    bootstrapped_project, tmp_path, monkeypatch
+):
+    """`unsir forget` killed between the gate's two writes: its version was tagged promoted,
+    the champion never moved. Every later run started from the old champion, which had not
+    forgotten the version's class, and its gate held it (the class must stay forgotten);
+    `audit verify` blamed an alias moved outside `unsir promote`. Now the next command that
+    reads the champion finishes the promotion, with one version_promoted record."""
+    from unsir_pipeline.adapters.registry import ModelRegistry
+    from unsir_pipeline.governance import promotion
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    version = _register_original_outside_the_flow(
+        ws,
+        "half-promoted",
+        {"run_key": "half-promoted", "forgotten_classes": "[5]", "verified_forgotten_classes": "[5]"},
+    )
+    batches._append_anchored(  # what the flow records before its gate
+        ws, "model_registered", {"model_version": version}, actor="ops", request_ids=[], key="forget-half:reg"
+    )
+    passing = promotion.GateInput(
+        metrics={"forget_acc": 0.0, "original_retain_acc": 0.9, "retain_acc": 0.9, "mia": 0.5, "reference_mia": 0.5},
+        per_class_test=[0.0 if c == 5 else 0.9 for c in range(10)],
+        forget_classes=[5],
+        verified=True,
+        rounds=1,
+    )
+
+    def killed(self, alias, to_version):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ModelRegistry, "set_alias", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        promotion.apply_gate(ws, version, passing)
+    monkeypatch.undo()
+    assert registry.get_version(version).tags["gate_decision"] == "promoted"
+    assert registry.resolve_alias("champion") == 1  # half-done
+    assert not batches.verify_trail(ws).ok
+
+    request = batches.file_request(ws, ["2"], "erin", "consent withdrawn")  # reads the champion
+    assert registry.resolve_alias("champion") == version
+    batches.file_request(ws, ["4"], "erin", "another")  # nothing left to finish
+    (record,) = stores.audit_log(ws).records(event="version_promoted")
+    assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1
+    assert record.actor == promotion.GATE_ACTOR and "recovered_from" in record.payload
+    report = batches.verify_trail(ws)
+    assert report.ok, report.problems
+    assert stores.request_store(ws).get(request.id).status == "pending"

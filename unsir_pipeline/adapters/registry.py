@@ -387,6 +387,15 @@ class ModelRegistry:
         except MlflowException as err:
             raise RegistryError(f"cannot set tag {key!r} on model {self.model_name!r}: {err.message}") from err
 
+    def delete_model_tag(self, key: str) -> None:
+        """Remove a tag of the registered model; a tag that is not there is no error."""
+        if key not in self.model_tags():
+            return
+        try:
+            self._client.delete_registered_model_tag(self.model_name, key)
+        except MlflowException as err:
+            raise RegistryError(f"cannot delete tag {key!r} of model {self.model_name!r}: {err.message}") from err
+
     def list_versions(self) -> list[VersionInfo]:
         versions: list[ModelVersion] = []
         token: str | None = None

@@ -517,8 +517,13 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.batches import queued_classes
     from unsir_pipeline.governance.deletion_requests import resolve_request
-    from unsir_pipeline.governance.promotion import require_parents_data, resolve_parent
+    from unsir_pipeline.governance.promotion import (
+        finish_interrupted_promotion,
+        require_parents_data,
+        resolve_parent,
+    )
 
+    finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
     version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
     class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))

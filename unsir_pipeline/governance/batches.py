@@ -48,10 +48,14 @@ from unsir_pipeline.governance.promotion import (
     NEVER_JUDGED,
     PROMOTED_DECISIONS,
     PROMOTION_ID_TAG,
+    PROMOTION_UNDER_WAY_TAG,
     champion_problems,
+    finish_interrupted_promotion,
     never_judged,
     not_this_runs_model,
     promote_by_hand,
+    promotion_record_key,
+    promotion_under_way,
     resolve_parent,
     verified_forgotten,
 )
@@ -115,6 +119,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     store, audit = request_store(ws), audit_log(ws)
     require_trail_the_registry_anchored(ws, audit, what="a deletion request")
     names = prepared_class_names(ws)
+    finish_interrupted_promotion(ws)  # the champion the request is checked against
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
     try:
@@ -275,6 +280,7 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     rejected — reuses its key, so its run resumes instead of registering a second version."""
     store, audit = request_store(ws), audit_log(ws)
     require_trail_the_registry_anchored(ws, audit)
+    finish_interrupted_promotion(ws)  # before the batch reads the champion it starts from
     stale = store.release_stale(
         "the batch holding this request stopped before finishing", ws.params.requests.max_attempts
     )
@@ -546,6 +552,7 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     require_recordable(by, reason)
     log = audit_log(ws)
     require_trail_the_registry_anchored(ws, log, what=f"a promotion of version {version}")
+    finish_interrupted_promotion(ws)
     registry = registry_for(ws)
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     if previous == version:
@@ -597,7 +604,7 @@ def _record_promotion(
         "version_promoted",
         actor=by,
         request_ids=requests,
-        idempotency_key=_promotion_key(promotion_id),
+        idempotency_key=promotion_record_key(promotion_id),
         payload={
             "model_version": version,
             **extra,
@@ -609,11 +616,6 @@ def _record_promotion(
     )
 
 
-def _promotion_key(promotion_id: str) -> str:
-    """The idempotency key of a hand promotion's ``version_promoted`` record."""
-    return f"promotion-{promotion_id}"
-
-
 def _unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) -> bool:
     """A version promoted by hand whose ``version_promoted`` record is not on the trail (whose
     records' idempotency keys are ``recorded_keys``): the promotion stopped after moving the
@@ -621,7 +623,7 @@ def _unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) 
     promotion_id = tags.get(PROMOTION_ID_TAG)
     if not promotion_id or tags.get("gate_decision") not in ("promoted-by-hand", "promoted-by-override"):
         return False
-    return _promotion_key(promotion_id) not in recorded_keys
+    return promotion_record_key(promotion_id) not in recorded_keys
 
 
 def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
@@ -630,6 +632,7 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
     require_recordable(by, reason)
     log = audit_log(ws)
     require_trail_the_registry_anchored(ws, log, what=f"a rejection of version {version}")
+    finish_interrupted_promotion(ws)  # a version about to become champion cannot be rejected
     registry = registry_for(ws)
     info = registry.get_version(version)
     champion = ws.params.registry.champion_alias
@@ -835,6 +838,13 @@ def verify_trail(ws: Workspace) -> TrailReport:
                     problems.append(f"{unrecorded}; `unsir promote {number} --reason ...` records it")
                 else:
                     warnings.append(unrecorded)
+            under_way = promotion_under_way(registry)
+            if under_way is not None:
+                problems.append(
+                    f"a promotion of version {under_way['version']} stopped before moving the "
+                    f"{ws.params.registry.champion_alias} (registry tag {PROMOTION_UNDER_WAY_TAG}); the next run, "
+                    "request or promotion finishes it"
+                )
             undone, overridden = champion_problems(list(versions.values()), ws.params.registry.champion_alias)
             problems += undone
             warnings += overridden

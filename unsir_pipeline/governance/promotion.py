@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import ModelRegistry, VersionInfo, registry_for
 from unsir_pipeline.governance.locks import promotion_lock
+from unsir_pipeline.governance.stores import audit_log, request_store
 from unsir_pipeline.settings.workspace import Workspace
 
 FORGOTTEN_TAG = "forgotten_classes"
@@ -33,6 +35,11 @@ VERIFIED_TAG = "verified_forgotten_classes"
 PROMOTED_DECISIONS = ("promoted", "promoted-by-hand", "promoted-by-override")
 # On a version promoted by hand: the key of its ``version_promoted`` record on the audit trail.
 PROMOTION_ID_TAG = "promotion_id"
+# On the registered model while the champion is being moved: the version, its decision's tags
+# and the promotion's id. Set before the version's tags, removed once the alias moved, so a
+# promotion killed between its writes is finished by whoever reads it next.
+PROMOTION_UNDER_WAY_TAG = "promotion_under_way"
+GATE_ACTOR = "promotion-gate"
 
 
 class PromotionRefused(UnlearningInputError):
@@ -437,15 +444,83 @@ def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool,
     """Record the gate's decision on the version and move ``champion`` when it passed."""
     registry = registry_for(ws)
     with promotion_lock(ws):  # read, decide and move the alias with no other decision in between
+        _finish_interrupted_promotion(ws, registry)
         promoted, reasons = gate_decision(
             ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version)
         )
-        registry.set_version_tags(
-            version, {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
-        )
+        decision = {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
         if promoted:
-            registry.set_alias(ws.params.registry.champion_alias, version)
+            _move_champion(ws, registry, version, decision, promotion_id=uuid.uuid4().hex)
+        else:
+            registry.set_version_tags(version, decision)
     return promoted, reasons
+
+
+def promotion_record_key(promotion_id: str) -> str:
+    """The idempotency key of a promotion's ``version_promoted`` record."""
+    return f"promotion-{promotion_id}"
+
+
+def _move_champion(ws: Workspace, registry: ModelRegistry, version: int, tags: dict[str, str], *, promotion_id: str):
+    """Tag ``version`` with its promotion's decision and make it champion (call holding the
+    promotion lock). Two registry writes no transaction holds together: the promotion is
+    announced on the registered model first, so one killed in between is finished, not left
+    half-done (tagged promoted, so every later gate counts its classes as deleted, while the
+    champion that later runs start from never forgot them)."""
+    under_way = {"version": version, "promotion_id": promotion_id, "tags": tags}
+    registry.set_model_tag(PROMOTION_UNDER_WAY_TAG, json.dumps(under_way, sort_keys=True))
+    registry.set_version_tags(version, tags)
+    registry.set_alias(ws.params.registry.champion_alias, version)
+    registry.delete_model_tag(PROMOTION_UNDER_WAY_TAG)
+
+
+def promotion_under_way(registry: ModelRegistry) -> dict | None:
+    """The promotion announced on the registered model and not finished (its process was killed
+    between its writes), or None."""
+    raw = registry.model_tags().get(PROMOTION_UNDER_WAY_TAG)
+    return None if raw is None else json.loads(raw)
+
+
+def finish_interrupted_promotion(ws: Workspace) -> int | None:
+    """Finish a promotion killed between tagging its version and moving the champion: before a
+    run reads the champion, a request is checked against it or another decision is made.
+    Returns the version made champion, or None when nothing was under way."""
+    registry = registry_for(ws)
+    if promotion_under_way(registry) is None:  # the usual case: no lock taken
+        return None
+    with promotion_lock(ws):
+        return _finish_interrupted_promotion(ws, registry)
+
+
+def _finish_interrupted_promotion(ws: Workspace, registry: ModelRegistry) -> int | None:
+    """Roll the promotion under way forward (call holding the promotion lock). Its decision was
+    made under the lock, and every later decision finishes it first, so nothing decided since
+    can contradict it. The ``version_promoted`` record is written first, keyed by the
+    promotion, then the writes it stopped before: each step may be repeated, none duplicated."""
+    under_way = promotion_under_way(registry)
+    if under_way is None:
+        return None
+    version, tags = int(under_way["version"]), dict(under_way["tags"])
+    alias = ws.params.registry.champion_alias
+    previous = registry.resolve_alias(alias) if any(alias in v.aliases for v in registry.list_versions()) else None
+    audit_log(ws).append(
+        "version_promoted",
+        actor=tags.get("promoted_by", GATE_ACTOR),
+        request_ids=[r.id for r in request_store(ws).list() if r.model_version == version],
+        idempotency_key=promotion_record_key(under_way["promotion_id"]),
+        payload={
+            "model_version": version,
+            "previous_champion": None if previous == version else previous,
+            "decision": tags.get("gate_decision"),
+            "reason": tags.get("promotion_reason", tags.get("gate_reasons", "")),
+            "recovered_from": f"the registry's {PROMOTION_UNDER_WAY_TAG} tag (the promotion stopped before "
+            "moving the champion)",
+        },
+    )
+    registry.set_version_tags(version, tags)
+    registry.set_alias(alias, version)
+    registry.delete_model_tag(PROMOTION_UNDER_WAY_TAG)
+    return version
 
 
 NEVER_JUDGED = "was never judged by the promotion gate (its run stopped before the gate decided)"
@@ -504,19 +579,16 @@ def promote_by_hand(
     if not reason.strip():
         raise PromotionRefused("a promotion needs a reason (--reason TEXT)")
     with promotion_lock(ws):  # as apply_gate: no other decision between the checks and the alias
+        _finish_interrupted_promotion(ws, registry_for(ws))
         problems = promotion_problems(ws, version)
         if problems and not override:
             raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
-        registry = registry_for(ws)
-        registry.set_version_tags(
-            version,
-            {
-                "promoted_by": by,
-                "promotion_reason": reason,
-                "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
-                **({PROMOTION_ID_TAG: promotion_id} if promotion_id else {}),
-                **({"overridden_problems": "; ".join(problems)} if problems else {}),
-            },
-        )
-        registry.set_alias(ws.params.registry.champion_alias, version)
+        decision = {
+            "promoted_by": by,
+            "promotion_reason": reason,
+            "gate_decision": "promoted-by-override" if problems else "promoted-by-hand",
+            **({PROMOTION_ID_TAG: promotion_id} if promotion_id else {}),
+            **({"overridden_problems": "; ".join(problems)} if problems else {}),
+        }
+        _move_champion(ws, registry_for(ws), version, decision, promotion_id=promotion_id or uuid.uuid4().hex)
     return problems
