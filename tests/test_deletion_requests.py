@@ -392,3 +392,33 @@ def test_check_request_fields_runs_before_anything_is_stored() -> None:
     check_request_fields("alice", "", ["3"])
     with pytest.raises(RequestError, match=r"requested\[0\] has 101 characters; the limit is 100"):
         check_request_fields("alice", "r", ["3" * 101])
+
+
+def test_two_requests_filed_at_once_are_each_checked_against_the_other(store: RequestStore) -> None:
+    """`request add` read the queued classes outside the store's write transaction: two added at
+    once both passed "a class must remain" and together queued every class, so the batch
+    taking them failed them. Now the check and the insert are one write transaction."""
+    import threading
+    import time
+
+    def leaves_a_class(new: int):
+        def admit(queued: list[int]) -> None:
+            if {*queued, new} == {0, 1}:  # a data set of two classes
+                raise RequestError(f"class {new} with queued {queued} would leave no class")
+
+        return admit
+
+    checking = threading.Event()
+
+    def slow(queued: list[int]) -> None:
+        checking.set()
+        time.sleep(0.5)  # the second request is filed meanwhile
+        leaves_a_class(0)(queued)
+
+    first = threading.Thread(target=store.add, args=([0], ["zero"], "alice", "r"), kwargs={"admit": slow})
+    first.start()
+    checking.wait()
+    with pytest.raises(RequestError, match=r"class 1 with queued \[0\] would leave no class"):
+        store.add([1], ["one"], "bob", "r", admit=leaves_a_class(1))
+    first.join()
+    assert [r.classes for r in store.list("pending")] == [(0,)]

@@ -43,6 +43,8 @@ STORES = ("requests", "audit")
 LEGACY_SQLITE_VERSION = 1
 # Serialises migrations of one PostgreSQL database (pg_advisory_xact_lock key: "unsir" in hex).
 _MIGRATION_LOCK_KEY = 0x756E736972
+# Other read-then-insert steps a row lock cannot serialise (there is no row yet to lock).
+_LOCK_KEYS = {"intake": _MIGRATION_LOCK_KEY + 1}
 
 
 class StateError(ValueError):
@@ -122,6 +124,12 @@ class StateDatabase:
             conn.execution_options(unsir_write=True)
             with conn.begin():
                 yield conn
+
+    def serialise(self, conn: Connection, step: str) -> None:
+        """Hold ``step`` (a key of ``_LOCK_KEYS``) for the rest of ``conn``'s write transaction:
+        one such transaction at a time. SQLite's write transaction holds the file already."""
+        if not self.is_sqlite:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEYS[step]})
 
     @contextmanager
     def read(self, *, snapshot: bool = False) -> Iterator[Connection]:

@@ -122,15 +122,21 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     finish_interrupted_promotion(ws)  # the champion the request is checked against
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
-    try:
-        classes = resolve_classes(requested, names)  # a refusal records the classes it named
+
+    def admit(queued: list[int]) -> None:
         resolve_request(
             requested,
             names,
             forgotten=champion.forgotten_classes,
             forgotten_by=f"the champion (version {champion.version})",
-            pending=queued_classes(ws),
+            pending=queued,
         )
+
+    try:
+        classes = resolve_classes(requested, names)  # a refusal records the classes it named
+        # Checked against the queue in the transaction that stores it: two requests filed at
+        # once cannot both pass "a class must remain".
+        request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested, admit=admit)
     except UnlearningInputError as err:
         request = store.add_rejected(
             classes, [names[c] for c in classes], requester, reason, str(err), requested=requested
@@ -143,7 +149,6 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
             idempotency_key=intake_key(request.id),
         )
         raise RequestRefused(request, str(err)) from None
-    request = store.add(classes, [names[c] for c in classes], requester, reason, requested=requested)
     audit.append(
         "request_received",
         actor=requester,

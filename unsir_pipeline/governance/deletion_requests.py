@@ -29,7 +29,7 @@ import builtins
 import json
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -315,10 +315,18 @@ class RequestStore:
         reason: str,
         status: str,
         error: str | None,
+        admit: Callable[[builtins.list[int]], None] | None = None,
     ) -> DeletionRequest:
         request_id = f"req-{uuid.uuid4().hex[:12]}"
         now = _now()
         with self.db.write() as conn:
+            if admit is not None:
+                # Read the queue in the transaction that inserts: two requests filed at once are
+                # each checked against the other (on SQLite the write transaction holds the file;
+                # on PostgreSQL FOR UPDATE would not stop an insert, so intake takes a lock).
+                self.db.serialise(conn, "intake")
+                queued = self._select(conn, _REQUESTS.c.status.in_(("pending", "running")))
+                admit(sorted({c for r in queued for c in r.classes}))
             conn.execute(
                 sa.insert(_REQUESTS).values(
                     id=request_id,
@@ -344,10 +352,15 @@ class RequestStore:
         reason: str,
         *,
         requested: Sequence[str] | None = None,
+        admit: Callable[[builtins.list[int]], None] | None = None,
     ) -> DeletionRequest:
         """Queue a request (status ``pending``). Classes are stored sorted and unique, each name
-        beside its index. ``requested`` is what the requester typed; by default the names."""
-        return self._file(classes, class_names, requester, reason, requested, status="pending", refusal=None)
+        beside its index. ``requested`` is what the requester typed; by default the names.
+        ``admit`` is given the classes queued (pending or running), read in the transaction that
+        inserts, and raises to refuse the request: nothing is stored then."""
+        return self._file(
+            classes, class_names, requester, reason, requested, status="pending", refusal=None, admit=admit
+        )
 
     def add_rejected(
         self,
@@ -378,6 +391,7 @@ class RequestStore:
         *,
         status: str,
         refusal: str | None,
+        admit: Callable[[builtins.list[int]], None] | None = None,
     ) -> DeletionRequest:
         """Check and store one request; a refused one may name no class that resolved."""
         classes, class_names = _normalise_classes(classes, class_names, allow_empty=status == "rejected")
@@ -389,6 +403,7 @@ class RequestStore:
             check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True),
             status,
             refusal,
+            admit,
         )
 
     # -- queries ---------------------------------------------------------------------------
