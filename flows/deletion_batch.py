@@ -26,6 +26,7 @@ from unsir_pipeline.governance.promotion import (
     FORGOTTEN_TAG,
     PROMOTED_DECISIONS,
     VERIFIED_TAG,
+    finish_interrupted_promotion,
     resolve_parent,
 )
 from unsir_pipeline.settings.workspace import Workspace, open_workspace
@@ -55,6 +56,9 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                 "batch_resumed" if batch.resumed else "batch_started",
                 {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}},
             )
+            # After the claim, so that a registry that cannot be reached fails the claimed
+            # requests with its error on them (they go back to pending), as any later failure.
+            finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
             champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
             todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
             if not todo:  # an interrupted batch already got its version promoted

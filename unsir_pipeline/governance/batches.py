@@ -285,7 +285,6 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     rejected — reuses its key, so its run resumes instead of registering a second version."""
     store, audit = request_store(ws), audit_log(ws)
     require_trail_the_registry_anchored(ws, audit)
-    finish_interrupted_promotion(ws)  # before the batch reads the champion it starts from
     stale = store.release_stale(
         "the batch holding this request stopped before finishing", ws.params.requests.max_attempts
     )
