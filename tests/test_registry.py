@@ -114,7 +114,8 @@ def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None
     assert torch.equal(by_number.classifier.weight, model.classifier.weight)
 
 
-def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_path, monkeypatch) -> None:
+def _served(store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.pyfunc.PyFuncModel:
+    """The registered version as MLflow loads it to serve it (``mlflow.pyfunc.load_model``)."""
     monkeypatch.chdir(tmp_path)  # MLflow's fallback store (./mlflow.db) must not land in the repo
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     # set_tracking_uri also exports the URI to the environment, where every later Workspace of
@@ -126,10 +127,14 @@ def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_pat
     mlflow.set_tracking_uri(store["uri"])
     mlflow.set_registry_uri(store["uri"])
     try:
-        served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
+        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
+
+
+def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_path, monkeypatch) -> None:
+    served = _served(store, tmp_path, monkeypatch)
     batch = np.random.default_rng(1).random((5, 1, 8, 8)).astype(np.float32)
     rows = served.predict(batch)
     probabilities = np.array(rows["probabilities"].tolist())
@@ -143,8 +148,33 @@ def test_pyfunc_model_serves_labels_names_and_probabilities(store: dict, tmp_pat
     with torch.inference_mode():
         own = torch.softmax(model(card.normalization.apply(torch.from_numpy(batch))), dim=1).numpy()
     np.testing.assert_allclose(probabilities, own, rtol=1e-5, atol=1e-6)
-    signature = served.metadata.get_input_schema().inputs[0]
-    assert signature.type == np.dtype(np.float32) and signature.shape == (-1, 1, 8, 8)
+    assert served.metadata.metadata["input_shape"] == [-1, 1, 8, 8]
+    # float64, as numpy and JSON give numbers, is read as float32, not refused.
+    assert served.predict(batch.astype(np.float64))["label"].tolist() == rows["label"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (np.full((3000, 64), 0.5), r"got shape \(3000, 64\)"),
+        (np.full((3000, 1, 8, 8), 0.5).tolist(), None),  # a list: accepted, it is the right shape
+        (np.full((3000, 1, 8, 8), 2.5).tolist(), r"got \[2\.500, 2\.500\]"),
+        ([[[[0.5] * 8] * 8]] * 2999 + [[[[0.5] * 7] * 8]], r"got list input that is not an array of numbers"),
+    ],
+    ids=["flattened", "list", "out-of-range-list", "ragged"],
+)
+def test_a_large_bad_batch_is_refused_in_one_short_line(store: dict, tmp_path, monkeypatch, bad, reason) -> None:
+    # MLflow's own schema check ran first and put the whole input in its message (200 KB for
+    # 500 digits sent as a list); the model's check names the shape or range and what it expects.
+    served = _served(store, tmp_path, monkeypatch)
+    if reason is None:
+        assert len(served.predict(bad)) == 3000
+        return
+    with pytest.raises(ValueError, match=reason) as info:
+        served.predict(bad)
+    message = str(info.value)
+    assert len(message) < 400 and "\n" not in message
+    assert "images of shape (N, 1, 8, 8) in [0, 1]" in message or "do not normalise" in message
 
 
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:

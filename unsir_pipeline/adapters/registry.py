@@ -36,7 +36,7 @@ from mlflow.entities.model_registry.model_version_status import ModelVersionStat
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
 
@@ -286,7 +286,7 @@ class ModelRegistry:
                 artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
                 # Ship the core library with the model so serving needs only the pip packages.
                 code_paths=[str(Path(unsir.__file__).parent)],
-                signature=serving_signature(_card),
+                signature=serving_signature(),
                 input_example=example,
                 pip_requirements=PIP_REQUIREMENTS,
                 metadata=serving_metadata(_card),
@@ -567,11 +567,16 @@ def registry_for(ws: Workspace) -> ModelRegistry:
     )
 
 
-def serving_signature(card: ModelCard) -> ModelSignature:
-    """What the served model takes and returns (``unsir_pipeline/adapters/serving_model.py``): float32
-    images in [0, 1] shaped (N, C, H, W); per row a label, its class name and probabilities."""
+def serving_signature() -> ModelSignature:
+    """What the served model returns (``unsir_pipeline/adapters/serving_model.py``): per row a
+    label, its class name and probabilities.
+
+    The input, float32 images in [0, 1] shaped (N, C, H, W), is stated by the metadata and the
+    input example, and checked by the model itself, not declared here: MLflow enforces a declared
+    input schema before the model runs and answers a mismatch with the whole input in the message
+    (200 KB for 500 digits sent as a list), where the model's own check names the shape, the range
+    or the bad image, and what was expected, in one line."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *card.input_shape))]),
         outputs=Schema(
             [
                 ColSpec(DataType.long, "label"),
@@ -587,6 +592,7 @@ def serving_metadata(card: ModelCard) -> dict[str, Any]:
     return {
         "input": "float32 images in [0, 1] as the data set gives them, shape (N, C, H, W); "
         "the model normalises them with the mean and std below",
+        "input_shape": [-1, *card.input_shape],
         "output": "per row: label (int), class_name (str), probabilities (one per class)",
         "normalization": {"mean": list(card.normalization.mean), "std": list(card.normalization.std)},
         "class_names": list(card.class_names),

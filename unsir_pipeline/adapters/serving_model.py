@@ -1,6 +1,6 @@
 """The pyfunc model MLflow serves: images as the data set gives them in, a label per row out.
 
-Contract (``docs/serving.md``; the registered signature states it too):
+Contract (``docs/serving.md``; the MLmodel metadata states it too, and this file checks it):
 
 - input: float32 images in [0, 1], shape (N, C, H, W), exactly as the data set gives them. The
   model normalises them itself with the mean and std of its ``card.json``: a client never needs
@@ -44,14 +44,27 @@ class ServingInputError(MlflowException, ValueError):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def _clipped(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters: a reason quoting the input (numpy's "could not
+    convert string to float: '...'") must not grow with it."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.DataFrame:
-    """Label, class name and probabilities for raw images, forgotten classes masked out."""
-    batch = np.asarray(images, dtype=np.float32)
-    expected = tuple(card.input_shape)
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+    """Label, class name and probabilities for raw images, forgotten classes masked out.
+
+    Every refusal names what was wrong and what was expected in a message of bounded length,
+    never the input itself (a batch can hold thousands of images)."""
+    expected = f"float32 images of shape (N, {', '.join(map(str, card.input_shape))}) in [0, 1]"
+    try:
+        batch = np.asarray(images, dtype=np.float32)
+    except (TypeError, ValueError) as err:  # ragged nesting, strings, None
         raise ServingInputError(
-            f"expected float32 images of shape (N, {', '.join(map(str, expected))}) in [0, 1], got shape {batch.shape}"
-        )
+            f"expected {expected}, got {type(images).__name__} input that is not an array of numbers: "
+            f"{_clipped(str(err))}"
+        ) from err
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(card.input_shape):
+        raise ServingInputError(f"expected {expected}, got shape {batch.shape}")
     finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1) if batch.size else np.ones(0, dtype=bool)
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
