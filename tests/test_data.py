@@ -304,6 +304,19 @@ def test_classification_data_refuses_integer_pixels_and_repeated_ids_or_names():
         ClassificationData("d", torch.zeros(3, 1, 2, 2), labels, ("cat", "cat"), ("a", "b", "c"))
 
 
+@pytest.mark.parametrize(
+    ("channels_last", "channels_first"), [((3, 32, 32, 3), (3, 3, 32, 32)), ((3, 8, 8, 1), (3, 1, 8, 8))]
+)
+def test_classification_data_refuses_channels_last_images(channels_last, channels_first):
+    """Images given as numpy and PIL keep them, (N, H, W, C), were read as (N, C, H, W): a model
+    with 32 input channels trained on 32x3 'images' without an error."""
+    labels = torch.tensor([0, 1, 1])
+    expected = re.escape(f"look channels-last (N, H, W, C); expected (N, C, H, W) = {channels_first}")
+    with pytest.raises(UnlearningInputError, match=expected):
+        ClassificationData("d", torch.zeros(channels_last), labels, ("0", "1"), ("a", "b", "c"))
+    ClassificationData("d", torch.zeros(channels_first), labels, ("0", "1"), ("a", "b", "c"))  # accepted
+
+
 def test_sample_digests_follow_pixels_and_labels():
     images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 1])

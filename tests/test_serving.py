@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,23 @@ def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_di
         predict_rows(trained_digits_model, digits_card, eight_bit)
     with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\).*got shape \(4, 64\)"):
         predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
+
+
+def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):
+    # (N, 8, 8, 1), as numpy and PIL keep images, is told apart from any other wrong shape.
+    channels_last = digits.images[:4].permute(0, 2, 3, 1).numpy()
+    expected = re.escape("look channels-last (N, H, W, C); expected (N, C, H, W) = (4, 1, 8, 8)")
+    with pytest.raises(ValueError, match=expected):
+        predict_rows(trained_digits_model, digits_card, channels_last)
+
+
+def test_channels_last_rgb_is_refused_and_a_square_ambiguous_shape_is_not_called_so():
+    from unsir.data import channels_last_error
+
+    assert "channels-last" in channels_last_error((2, 32, 32, 3), (3, 32, 32))
+    assert channels_last_error((2, 3, 32, 32), (3, 32, 32)) is None  # the expected order
+    assert channels_last_error((2, 32, 3, 32), (3, 32, 32)) is None  # wrong, but not channels-last
+    assert channels_last_error((2, 4, 8, 4), (4, 4, 8)) is None  # C == H: (H, W, C) is also (C, H', W')
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -26,6 +26,31 @@ TORCHVISION_LAYOUT = {
     "svhn": "train_32x32.mat and test_32x32.mat",
 }
 
+# Channel counts of image files: grayscale, RGB, RGBA.
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+def channels_last_error(shape: tuple[int, ...], expected: tuple[int, int, int] | None = None) -> str | None:
+    """Why a batch of ``shape`` looks like images given channels-last, (N, H, W, C), where
+    (N, C, H, W) is expected, or None. Against a known ``expected`` (C, H, W): the batch is
+    exactly (N, H, W, C), unambiguous when C != H. Without it: the last axis is an image's
+    channel count and the second is not (numpy, PIL and TensorFlow keep channels last)."""
+    if len(shape) != 4:
+        return None
+    n, a, b, c = shape
+    if expected is not None:
+        looks_last = (a, b, c) != expected and (a, b, c) == (*expected[1:], expected[0]) and expected[0] != expected[1]
+    else:
+        looks_last = c in IMAGE_CHANNELS and a not in IMAGE_CHANNELS
+        expected = (c, a, b)
+    if not looks_last:
+        return None
+    return (
+        f"images of shape {tuple(shape)} look channels-last (N, H, W, C); expected (N, C, H, W) = "
+        f"({n}, {', '.join(map(str, expected))}): reorder them with images.permute(0, 3, 1, 2) "
+        "(numpy: images.transpose(0, 3, 1, 2))"
+    )
+
 
 @dataclass(frozen=True)
 class ClassificationData:
@@ -44,6 +69,10 @@ class ClassificationData:
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
             raise UnlearningInputError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
+        # Read as (N, C, H, W), a channels-last batch trains a model on garbage without an error.
+        channels_last = channels_last_error(tuple(self.images.shape))
+        if channels_last:
+            raise UnlearningInputError(channels_last)
         if not self.images.is_floating_point():
             raise UnlearningInputError(
                 f"images are {self.images.dtype}; expected float pixels in [0, 1] (8-bit images: images.float() / 255)"

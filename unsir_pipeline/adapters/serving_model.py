@@ -29,6 +29,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from torch import nn
 
 from unsir.checkpoint import ModelCard, load_checkpoint
+from unsir.data import channels_last_error
 
 OUTPUT_COLUMNS = ("label", "class_name", "probabilities")
 # Pixels a little outside [0, 1] are rounding; a batch far outside was normalised already.
@@ -64,7 +65,8 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             f"{_clipped(str(err))}"
         ) from err
     if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(card.input_shape):
-        raise ServingInputError(f"expected {expected}, got shape {batch.shape}")
+        channels_last = channels_last_error(batch.shape, card.input_shape)
+        raise ServingInputError(channels_last or f"expected {expected}, got shape {batch.shape}")
     finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1) if batch.size else np.ones(0, dtype=bool)
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
