@@ -138,6 +138,14 @@ def test_unknown_architecture_exits_2_naming_the_field(params_only, capsys):
     assert "model.arch" in err and "'nope'" in err and "small_cnn" in err
 
 
+def test_an_architecture_argument_the_builder_does_not_take_exits_2_at_load(params_only, capsys):
+    # It used to fail in the train stage, once the data had been prepared and validated.
+    assert main(["--project", str(params_only), "--set", "model.kwargs={widht: 8}", "forget", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.kwargs: 'small_cnn' takes no argument 'widht'; it takes: width (int)" in err
+    assert not (params_only / "data").exists()  # nothing prepared
+
+
 def test_with_json_an_error_is_also_one_object_on_stdout(params_only, tmp_path, capsys):
     assert main(["--project", str(params_only), "--set", "model.arch=nope", "models", "--json"]) == 2
     out, err = capsys.readouterr()

@@ -92,6 +92,10 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
             "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
             r"unlearn\.impair\.momentun: Unexpected",
         ),
+        # The three below failed only when the train stage built the model, after the data stages.
+        ("model.kwargs={widht: 8}", r"model\.kwargs: 'small_cnn' takes no argument 'widht'; it takes: width \(int\)"),
+        ("model.kwargs={width: wide}", r"model\.kwargs: 'small_cnn' argument 'width' must be int, got 'wide' \(str\)"),
+        ("model.kwargs={in_channels: 3}", r"model\.kwargs: .*\['in_channels'\] of 'small_cnn' come from the data"),
     ],
 )
 def test_core_config_sections_are_validated_by_the_core_with_the_key_path(override, message):

@@ -50,9 +50,9 @@ def test_architecture_gives_logits_and_penultimate_features(arch):
 def test_architecture_arguments_it_cannot_take_are_named():
     """model.kwargs {num_classes: 5} failed the train stage with "SmallCNN() got multiple values
     for keyword argument 'num_classes'", and {foo: 1} with a bare TypeError."""
-    with pytest.raises(UnlearningInputError, match=r"\['num_classes'\] of 'small_cnn' come from the data \(3 classes"):
+    with pytest.raises(UnlearningInputError, match=r"\['num_classes'\] of 'small_cnn' come from the data"):
         build_model(ModelSpec("small_cnn", 3, 1, {"num_classes": 5}))
-    with pytest.raises(UnlearningInputError, match=r"cannot build 'small_cnn' with kwargs \{'foo': 1\}: .*'foo'"):
+    with pytest.raises(UnlearningInputError, match=r"'small_cnn' takes no argument 'foo'; it takes: width \(int\)"):
         build_model(ModelSpec("small_cnn", 3, 1, {"foo": 1}))
     assert build_model(ModelSpec("small_cnn", 3, 1, {"width": 4})).classifier.out_features == 3
 

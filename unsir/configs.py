@@ -15,9 +15,43 @@ from typing import Any, Literal
 
 from unsir.errors import ConfigValueError, UnlearningInputError
 
-# The names ``model.arch`` may take; ``unsir.models.ARCHITECTURES`` builds them (and checks, on
-# import, that it builds exactly these).
-ARCHITECTURE_NAMES = ("small_cnn", "allcnn", "resnet18_cifar", "mobilenet_v2")
+# The names ``model.arch`` may take, each with the arguments ``model.kwargs`` may give its builder
+# and their types (the number of classes and of input channels come from the data). Declared here
+# so that params.yaml is checked at load without importing PyTorch; ``unsir.models.ARCHITECTURES``
+# builds them and checks, on import, that its builders' signatures take exactly these.
+ARCHITECTURE_KWARGS: dict[str, dict[str, type]] = {
+    "small_cnn": {"width": int},
+    "allcnn": {"width": int},
+    "resnet18_cifar": {},
+    "mobilenet_v2": {},
+}
+ARCHITECTURE_NAMES = tuple(ARCHITECTURE_KWARGS)
+ARGUMENTS_FROM_DATA = ("num_classes", "in_channels")
+
+
+def check_architecture_kwargs(arch: str, kwargs: dict[str, Any], accepted: dict[str, Any] | None = None) -> None:
+    """Refuse ``kwargs`` the builder of ``arch`` does not take, or of another type, naming the
+    arguments it does take: ``accepted`` (the builder's own signature, with its annotations as
+    types), by default what ``ARCHITECTURE_KWARGS`` declares."""
+    accepted = ARCHITECTURE_KWARGS[arch] if accepted is None else accepted
+    taken = ", ".join(f"{key} ({getattr(kind, '__name__', kind)})" for key, kind in accepted.items()) or "none"
+    from_data = sorted(set(ARGUMENTS_FROM_DATA) & set(kwargs))
+    if from_data:
+        raise UnlearningInputError(
+            f"architecture arguments {from_data} of {arch!r} come from the data; remove them from its kwargs "
+            f"(it takes: {taken})"
+        )
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise UnlearningInputError(f"{arch!r} takes no argument {', '.join(map(repr, unknown))}; it takes: {taken}")
+    for key, value in kwargs.items():
+        kind = accepted[key]
+        # bool is an int to Python, never a layer width; an unannotated argument takes anything.
+        if isinstance(kind, type) and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            raise UnlearningInputError(
+                f"{arch!r} argument {key!r} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+            )
+
 
 # The names ``data.name`` may take; ``unsir.data.load_dataset`` reads them. Those read from a
 # local root: torchvision's data sets (in their own file layout) and image folders.

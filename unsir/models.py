@@ -6,13 +6,15 @@ Unlearning works on any ``nn.Module`` classifier whose last learnable layer is a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from unsir.configs import ARCHITECTURE_NAMES
+from unsir.configs import ARCHITECTURE_KWARGS, ARGUMENTS_FROM_DATA, check_architecture_kwargs
 from unsir.errors import UnlearningInputError
 from unsir.training import in_eval_mode, inference_batch_size
 
@@ -113,8 +115,23 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": _resnet18_cifar,
     "mobilenet_v2": _mobilenet_v2,
 }
-if set(ARCHITECTURES) != set(ARCHITECTURE_NAMES):  # params.yaml is validated against the names
-    raise ImportError(f"unsir.configs.ARCHITECTURE_NAMES {ARCHITECTURE_NAMES} != {sorted(ARCHITECTURES)}")
+
+
+def _declared_arguments(builder: Callable[..., nn.Module]) -> dict[str, Any]:
+    """The builder's named arguments other than those from the data, with their annotated types
+    (``object`` where it has none: any value)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        name: object if p.annotation is inspect.Parameter.empty else p.annotation
+        for name, p in inspect.signature(builder, eval_str=True).parameters.items()
+        if p.kind in named and name not in ARGUMENTS_FROM_DATA
+    }
+
+
+# params.yaml is validated against unsir.configs' declaration of the builders, without torch.
+_BUILT = {name: _declared_arguments(builder) for name, builder in ARCHITECTURES.items()}
+if _BUILT != ARCHITECTURE_KWARGS:
+    raise ImportError(f"unsir.configs.ARCHITECTURE_KWARGS {ARCHITECTURE_KWARGS} != the builders' arguments {_BUILT}")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -125,16 +142,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise UnlearningInputError(
             f"unknown architecture {spec.arch!r}; expected one of {sorted(ARCHITECTURES)}"
         ) from None
-    from_data = sorted({"num_classes", "in_channels"} & set(spec.kwargs))
-    if from_data:
-        raise UnlearningInputError(
-            f"architecture arguments {from_data} of {spec.arch!r} come from the data ({spec.num_classes} classes, "
-            f"{spec.in_channels} channels); remove them from its kwargs"
-        )
-    try:
-        return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
-    except TypeError as err:  # an argument the builder does not take
-        raise UnlearningInputError(f"cannot build {spec.arch!r} with kwargs {spec.kwargs}: {err}") from err
+    check_architecture_kwargs(spec.arch, spec.kwargs, _declared_arguments(builder))
+    return builder(num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

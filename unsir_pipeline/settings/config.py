@@ -31,8 +31,9 @@ from unsir.configs import (
     SplitFractions,
     UNSIRConfig,
     VerificationConfig,
+    check_architecture_kwargs,
 )
-from unsir.errors import ConfigValueError
+from unsir.errors import ConfigValueError, UnlearningInputError
 from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir_pipeline.settings.database_url import DatabaseURLError, parse_database_url
 
@@ -89,6 +90,15 @@ class ModelParams(Frozen):
         if arch not in ARCHITECTURE_NAMES:
             raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURE_NAMES)}")
         return arch
+
+    @model_validator(mode="after")
+    def _kwargs_the_builder_takes(self) -> ModelParams:
+        # Said at load: the train stage builds the model only after the data stages have run.
+        try:
+            check_architecture_kwargs(self.arch, self.kwargs)
+        except UnlearningInputError as err:
+            raise ValueError(f"model.kwargs: {err}") from err
+        return self
 
     @field_validator("train")
     @classmethod
