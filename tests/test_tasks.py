@@ -281,6 +281,9 @@ def test_a_version_the_gate_held_needs_override_every_time_it_is_promoted(tmp_pa
             _context(project, "unit-held-override"), held, _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3], mia=0.9)
         )
     assert decision.promoted is False
+    assert json.loads(registry.get_version(held).tags["gate_failed_bounds"]) == [
+        r for r in decision.reasons if r.startswith("FAIL: ")
+    ]
     assert promote_by_hand(ws, held, "MIA miss reviewed", "rev", override=True)
     forgot_3 = _register_candidate(project, "unit-forgot-3")
     registry.set_version_tags(forgot_3, {"forgotten_classes": "[3]", "verified_forgotten_classes": "[3]"})

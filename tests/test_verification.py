@@ -18,8 +18,11 @@ from unsir.recipes import OFFICIAL, unsir_config_for
 from unsir.splits import draw_retain_subset
 from unsir.verification import ForgettingCheck, check_forgetting
 from unsir_pipeline.governance.promotion import (
+    GATE_FAILED_BOUNDS_TAG,
     GateInput,
     choose_registration,
+    failed_bounds,
+    failed_its_gate,
     gate_decision,
     registered_choice,
     retrained_candidate,
@@ -603,6 +606,28 @@ def test_a_resumed_run_is_judged_by_the_model_its_earlier_attempt_registered():
     # An attempt that has not trained the reference the version holds asks for it.
     wants = registered_choice(earlier, unsir, None)
     assert wants.reference_wanted and wants.unsir_gate_reasons == []
+
+
+def test_failed_bounds_are_read_from_the_gates_list_and_for_older_versions_from_its_reasons():
+    """The failed bounds were recovered from the joined gate_reasons by a regex split; the gate
+    now writes them as a JSON list, and the split is left only for versions judged before."""
+    joined = (
+        "pass: forget accuracy 0.0000 (max 0.05); FAIL: every requested and every earlier-deleted class "
+        "measured forgotten; still classified: [3]; FAIL: retain accuracy drop +0.0950 (max 0.05)"
+    )
+    # The list is what is read, whatever the joined text says.
+    written = {"gate_decision": "held", "gate_reasons": joined, GATE_FAILED_BOUNDS_TAG: json.dumps(["FAIL: x; y"])}
+    assert failed_bounds(written) == ["FAIL: x; y"]
+    promoted = {"gate_decision": "promoted", "gate_reasons": "pass: all", GATE_FAILED_BOUNDS_TAG: "[]"}
+    assert failed_bounds(promoted) == [] and not failed_its_gate(promoted)
+    # Older versions: a reason's own "; " does not split it.
+    older = {"gate_decision": "promoted-by-override", "gate_reasons": joined}
+    assert failed_bounds(older) == [
+        "FAIL: every requested and every earlier-deleted class measured forgotten; still classified: [3]",
+        "FAIL: retain accuracy drop +0.0950 (max 0.05)",
+    ]
+    assert failed_its_gate(older)  # an override does not erase the verdict
+    assert failed_bounds({}) == [] and failed_bounds({"origin": "bootstrap"}) == []
 
 
 def test_a_held_unsir_model_without_a_reference_asks_for_one_only_when_held():

@@ -40,6 +40,9 @@ PROMOTION_ID_TAG = "promotion_id"
 # promotion killed between its writes is finished by whoever reads it next.
 PROMOTION_UNDER_WAY_TAG = "promotion_under_way"
 GATE_ACTOR = "promotion-gate"
+# Written by the gate beside ``gate_reasons`` (every reason, joined for people to read): the
+# reasons of the bounds that failed, a JSON list, for the code that decides on them.
+GATE_FAILED_BOUNDS_TAG = "gate_failed_bounds"
 
 
 class PromotionRefused(UnlearningInputError):
@@ -448,7 +451,11 @@ def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool,
         promoted, reasons = gate_decision(
             ws, candidate, classes_that_must_stay_forgotten(registry, exclude_version=version)
         )
-        decision = {"gate_decision": "promoted" if promoted else "held", "gate_reasons": "; ".join(reasons)}
+        decision = {
+            "gate_decision": "promoted" if promoted else "held",
+            "gate_reasons": "; ".join(reasons),
+            GATE_FAILED_BOUNDS_TAG: json.dumps([r for r in reasons if r.startswith("FAIL: ")]),
+        }
         if promoted:
             _move_champion(ws, registry, version, decision, promotion_id=uuid.uuid4().hex)
         else:
@@ -534,11 +541,22 @@ def never_judged(tags: dict[str, str]) -> bool:
     return ("gate_decision" not in tags or "gate_reasons" not in tags) and tags.get("origin") != "bootstrap"
 
 
+def failed_bounds(tags: dict[str, str]) -> list[str]:
+    """The reasons (``FAIL: ...``) of the bounds the gate found failed; [] when none failed or no
+    gate judged the version."""
+    if GATE_FAILED_BOUNDS_TAG in tags:
+        return list(json.loads(tags[GATE_FAILED_BOUNDS_TAG]))
+    # Versions judged before the gate wrote gate_failed_bounds have only the joined gate_reasons.
+    # A reason may itself hold "; " ("...; still classified: [3]"): split only where the next begins.
+    reasons = re.split(r"; (?=(?:pass|FAIL): )", tags.get("gate_reasons", ""))
+    return [r for r in reasons if r.startswith("FAIL: ")]
+
+
 def failed_its_gate(tags: dict[str, str]) -> bool:
     """Whether the gate held the version. ``gate_decision`` says so until a hand promotion
-    rewrites it (``promoted-by-override``); the gate's own reasons keep the verdict, so a version
-    once promoted with ``--override`` still needs it the next time."""
-    return tags.get("gate_decision") == "held" or "FAIL: " in tags.get("gate_reasons", "")
+    rewrites it (``promoted-by-override``); the gate's own failed bounds keep the verdict, so a
+    version once promoted with ``--override`` still needs it the next time."""
+    return tags.get("gate_decision") == "held" or bool(failed_bounds(tags))
 
 
 def promotion_problems(ws: Workspace, version: int) -> list[str]:
@@ -548,12 +566,8 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     info = registry.get_version(version)  # fails clearly when the version does not exist
     problems = []
     if failed_its_gate(info.tags):
-        reasons = info.tags.get("gate_reasons", "")
-        # The bounds it failed; the tag joins every reason, passed ones included, with "; ".
-        failed = [r for r in re.split(r"; (?=(?:pass|FAIL): )", reasons) if r.startswith("FAIL: ")]
-        problems.append(
-            f"version {version} failed its promotion gate ({'; '.join(failed) or reasons or 'no reasons recorded'})"
-        )
+        shown = "; ".join(failed_bounds(info.tags)) or info.tags.get("gate_reasons") or "no reasons recorded"
+        problems.append(f"version {version} failed its promotion gate ({shown})")
     elif never_judged(info.tags):
         problems.append(f"version {version} {NEVER_JUDGED}")
     if info.tags.get("review_decision") == "rejected":
