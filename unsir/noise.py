@@ -23,6 +23,7 @@ from torch import nn
 
 from unsir.configs import NoiseConfig
 from unsir.errors import UnlearningInputError
+from unsir.training import in_eval_mode
 
 
 def noise_regularizer(noise: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -57,24 +58,22 @@ def learn_error_maximizing_noise(
     targets = torch.as_tensor(forget_classes, device=device).repeat_interleave(b)
     optimizer = torch.optim.Adam([noise], lr=config.lr)
 
-    was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for _ in range(config.steps):
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(noise.view(k * b, *input_shape))
-            ce = nn.functional.cross_entropy(logits, targets, reduction="none").view(k, b).mean(dim=1)
-            reg = torch.stack([noise_regularizer(noise[i], config.l2_reduction) for i in range(k)])
-            loss = (-ce + config.l2_weight * reg).sum()
-            loss.backward()
-            optimizer.step()
+        with in_eval_mode(model):
+            for _ in range(config.steps):
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(noise.view(k * b, *input_shape))
+                ce = nn.functional.cross_entropy(logits, targets, reduction="none").view(k, b).mean(dim=1)
+                reg = torch.stack([noise_regularizer(noise[i], config.l2_reduction) for i in range(k)])
+                loss = (-ce + config.l2_weight * reg).sum()
+                loss.backward()
+                optimizer.step()
     finally:
         for p, flag in zip(model.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
-        model.train(was_training)
     learned = noise.detach()
     return {int(c): learned[i] for i, c in enumerate(forget_classes)}
 
