@@ -315,6 +315,8 @@ def test_classification_data_refuses_channels_last_images(channels_last, channel
     with pytest.raises(UnlearningInputError, match=expected):
         ClassificationData("d", torch.zeros(channels_last), labels, ("0", "1"), ("a", "b", "c"))
     ClassificationData("d", torch.zeros(channels_first), labels, ("0", "1"), ("a", "b", "c"))  # accepted
+    # Features laid out as channels of a 1x1 image are not images kept channels-last.
+    ClassificationData("d", torch.zeros(3, 8, 1, 1), labels, ("0", "1"), ("a", "b", "c"))
 
 
 def test_sample_digests_follow_pixels_and_labels():

@@ -34,14 +34,15 @@ def channels_last_error(shape: tuple[int, ...], expected: tuple[int, int, int] |
     """Why a batch of ``shape`` looks like images given channels-last, (N, H, W, C), where
     (N, C, H, W) is expected, or None. Against a known ``expected`` (C, H, W): the batch is
     exactly (N, H, W, C), unambiguous when C != H. Without it: the last axis is an image's
-    channel count and the second is not (numpy, PIL and TensorFlow keep channels last)."""
+    channel count and the two before it are not (numpy, PIL and TensorFlow keep channels last)."""
     if len(shape) != 4:
         return None
     n, a, b, c = shape
     if expected is not None:
         looks_last = (a, b, c) != expected and (a, b, c) == (*expected[1:], expected[0]) and expected[0] != expected[1]
     else:
-        looks_last = c in IMAGE_CHANNELS and a not in IMAGE_CHANNELS
+        # Both spatial axes larger than a channel count: (N, F, 1, 1) features stay channels-first.
+        looks_last = c in IMAGE_CHANNELS and a not in IMAGE_CHANNELS and b not in IMAGE_CHANNELS
         expected = (c, a, b)
     if not looks_last:
         return None
