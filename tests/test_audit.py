@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from unsir_pipeline.adapters.state_store import StateError, sqlite_read_only_uri
 from unsir_pipeline.governance.audit import (
     GENESIS,
     AuditError,
@@ -359,6 +362,8 @@ def _as_written_before_migrations(path: Path, user_version: int) -> None:
 
 def test_log_written_before_migrations_is_adopted_and_keeps_verifying(log: AuditLog) -> None:
     _as_written_before_migrations(log.path, 1)
+    with pytest.raises(AuditError, match="revision none, an older one; a command that only reads does not migrate"):
+        AuditLog(log.path, read_only=True)
 
     adopted = AuditLog(log.path)
 
@@ -386,6 +391,55 @@ def test_log_from_a_newer_revision_is_refused(log: AuditLog) -> None:
         AuditError, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"
     ):
         AuditLog(log.path)
+
+
+def test_a_trail_opened_read_only_verifies_and_cannot_be_written(log: AuditLog) -> None:
+    """How `unsir audit verify` opens the trail: SQLite's read-only URI, which refuses writes
+    to root too, so this holds whoever runs the tests."""
+    path = log.path
+    reader = AuditLog(path, read_only=True)
+
+    assert reader.verify().ok and len(reader.records()) == 10
+    with pytest.raises(StateError, match="opened read-only; cannot write"):
+        reader.append("cover-up", actor="mallory", payload={})
+    with (
+        closing(sqlite3.connect(sqlite_read_only_uri(path), uri=True)) as conn,
+        pytest.raises(sqlite3.OperationalError, match="readonly"),
+    ):
+        conn.execute("UPDATE audit_head SET records = 0")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    directory = tmp_path / "snapshot"
+    directory.mkdir()
+    yield directory
+    directory.chmod(0o755)  # or pytest cannot remove it
+
+
+def test_a_trail_in_a_directory_nobody_may_write_is_read_immutable(log: AuditLog, read_only_dir: Path) -> None:
+    """An auditor's read-only copy: SQLite cannot make the -shm index of a WAL file there, so
+    the file is opened immutable (safe: nothing can write it there either)."""
+    if os.geteuid() == 0:
+        pytest.skip(
+            "running as root: a directory's permissions do not stop root, so this read-only directory would "
+            "not be one (test_batches checks the CLI on a read-only mount, and the read-only URI is checked above)"
+        )
+    for name in (log.path.name, log.path.name + ".head"):
+        shutil.copyfile(log.path.with_name(name), read_only_dir / name)
+    copy = read_only_dir / log.path.name
+    read_only_dir.chmod(0o555)
+
+    assert sqlite_read_only_uri(copy).endswith("?mode=ro&immutable=1")
+    assert AuditLog(copy, read_only=True).verify().ok
+    assert sorted(p.name for p in read_only_dir.iterdir()) == sorted([copy.name, copy.name + ".head"])
+
+    # A -wal holding commits cannot be read without its -shm: refused, not silently ignored.
+    read_only_dir.chmod(0o755)
+    copy.with_name(copy.name + "-wal").write_bytes(b"\0" * 32)
+    read_only_dir.chmod(0o555)
+    with pytest.raises(StateError, match="audit.db-wal holds commits, but there is no audit.db-shm"):
+        AuditLog(copy, read_only=True)
 
 
 def _append_many(path: Path, worker: int, count: int, barrier) -> None:
@@ -633,8 +687,9 @@ def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_ver
 def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next_open(tmp_path: Path) -> None:
     """`unsir request add` killed after storing the request, before its request_received record:
     `audit verify` failed for good ("has no request_received record"), nothing ever wrote it.
-    Now the next open of the trail writes it from the stored request, once; the request stays
-    pending, and the intake's own append (a slow one, not a killed one) finds it there."""
+    Now verify (which only reads) warns, the next open of the trail for writing writes it from
+    the stored request, once; the request stays pending, and the intake's own append (a slow
+    one, not a killed one) finds it there."""
     from conftest import make_project
 
     from unsir_pipeline.governance import batches, stores
@@ -649,10 +704,12 @@ def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next
     request = store.add([3], ["3"], "alice", "consent withdrawn", requested=["3"])
     refused = store.add_rejected([], [], "bob", "typo", "unknown class 'cat'", requested=["cat"])
 
-    report = batches.verify_trail(ws)  # the next command: it completes the intake
+    report = batches.verify_trail(ws)
     assert report.ok, report.problems
-    for _ in range(2):  # later opens write nothing more
+    assert sum("stopped between storing and recording it" in w for w in report.warnings) == 2
+    for _ in range(2):  # the next command completes the intake; later opens write nothing more
         log = stores.audit_log(ws)
+    assert not any("stopped between" in w for w in batches.verify_trail(ws).warnings)
     (received,) = log.records(request_id=request.id)
     assert received.event == "request_received" and received.actor == "alice"
     assert received.payload["classes"] == [3] and received.payload["requested"] == ["3"]

@@ -17,6 +17,10 @@ Write transactions serialise the read-then-write steps (claim the pending reques
 chain from its head): on SQLite every write transaction is ``BEGIN IMMEDIATE`` (one writer at a
 time, across processes); on PostgreSQL the statements take row locks (``FOR UPDATE``, ``SKIP
 LOCKED`` for claims), and migrations hold an advisory lock.
+
+A store opened ``read_only`` (the commands that only read: ``unsir audit verify``, ``audit show``,
+``request list``) neither migrates nor writes, so an auditor can check a read-only copy of the
+state; see :func:`sqlite_read_only_uri` for how a SQLite file is opened then.
 """
 
 from __future__ import annotations
@@ -52,23 +56,57 @@ class StateError(ValueError):
     code does not know; the message names the database (never its password)."""
 
 
-_ENGINES: dict[tuple[str, int], Engine] = {}
+_ENGINES: dict[tuple[str, bool, int], Engine] = {}
 
 
-def _engine(url: URL) -> Engine:
-    """One engine per database and process (a pool must not cross ``fork``)."""
-    key = (url.render_as_string(hide_password=False), os.getpid())
+def _engine(url: URL, *, read_only: bool = False) -> Engine:
+    """One engine per database, mode and process (a pool must not cross ``fork``)."""
+    key = (url.render_as_string(hide_password=False), read_only, os.getpid())
     if key not in _ENGINES:
         if url.get_backend_name() == "sqlite":
             # No pool: a connection kept open would outlive a file that was deleted and made
             # again (the tamper tests, a reset project); opening a SQLite file costs microseconds.
-            engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            timeout = BUSY_TIMEOUT_MS / 1000
+            if read_only:
+                # The URI is chosen at each connection, against the files as they are then.
+                path = Path(url.database or "")
+                engine = sa.create_engine(
+                    "sqlite://",
+                    poolclass=NullPool,
+                    creator=lambda: sqlite3.connect(sqlite_read_only_uri(path), uri=True, timeout=timeout),
+                )
+            else:
+                engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
         else:
             engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
         _ENGINES[key] = engine
     return _ENGINES[key]
+
+
+def sqlite_read_only_uri(path: Path) -> str:
+    """The URI that opens the SQLite file ``path`` for reading alone, wherever it lies.
+
+    ``mode=ro``: SQLite refuses every write, root's included. A file in WAL mode (ours are) is
+    read through its ``-shm`` index, which SQLite makes beside the file when the directory is
+    writable, or reads as it is when it was copied along with its ``-wal``. In a directory
+    nobody may write (an auditor's read-only copy), without them, the file is opened
+    ``immutable``: no index and no locks. That is safe only because nothing can write the
+    file there; on a file something may write, immutable could read a half-written page, so
+    it is never used where the directory is writable. Raises :class:`StateError` for a
+    ``-wal`` that holds commits the copy cannot read without its ``-shm``.
+    """
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    uri = f"{path.as_uri()}?mode=ro"
+    if os.access(path.parent, os.W_OK) or (wal.exists() and shm.exists()):
+        return uri
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StateError(
+            f"cannot read the state database {path}: its {wal.name} holds commits, but there is no {shm.name} "
+            "and the directory is not writable; copy the database with both files, or into a writable directory"
+        )
+    return f"{uri}&immutable=1"
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:
@@ -92,7 +130,10 @@ class StateDatabase:
     instance may be shared across threads and survives ``fork``.
     """
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str, *, read_only: bool = False) -> None:
+        """``read_only``: never write, migrate or create; a SQLite file is opened through
+        :func:`sqlite_read_only_uri`."""
+        self.read_only = read_only
         if isinstance(target, Path):
             self.url = URL.create("sqlite", database=str(target.resolve()))
         else:
@@ -110,7 +151,7 @@ class StateDatabase:
 
     @property
     def engine(self) -> Engine:
-        return _engine(self.url)
+        return _engine(self.url, read_only=self.read_only)
 
     def __repr__(self) -> str:
         return f"StateDatabase({self.shown!r})"
@@ -120,6 +161,8 @@ class StateDatabase:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction, committed at the end and rolled back on any exception."""
+        if self.read_only:
+            raise StateError(f"the state database {self.shown} was opened read-only; cannot write to it")
         with self._connect() as conn:
             conn.execution_options(unsir_write=True)
             with conn.begin():
@@ -153,7 +196,7 @@ class StateDatabase:
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
         expected = (
-            "a writable SQLite file"
+            f"a {'readable' if self.read_only else 'writable'} SQLite file"
             if self.is_sqlite
             else "a running PostgreSQL server that accepts these credentials and holds this database"
         )
@@ -179,8 +222,20 @@ class StateDatabase:
 
         A database already at the head costs one query. A schema this code does not know (a
         newer revision, another layout) raises ``error``, naming what was found and expected.
+        Opened read-only, the schema is only checked: it must be at the head already.
         """
         head, known = _revisions(store)
+        if self.read_only:
+            found = self.revision(store)
+            if found != [head]:
+                newer = [rev for rev in found if rev not in known]
+                what = "which this code does not know (written by a newer version?)" if newer else "an older one"
+                raise error(
+                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}, {what}; a command "
+                    f"that only reads does not migrate it to this code's revision {head!r}: a command that writes "
+                    "(`unsir request add`, `unsir batch run`) does, on a writable copy"
+                )
+            return
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.revision(store) == [head]:

@@ -815,9 +815,9 @@ def cmd_request(project: Path, args) -> int:
             else f"request {request.id} pending: forget {list(request.class_names)}"
         )
     elif args.request_command == "list":
-        _print_requests(stores.request_store(ws).list(args.status), args.json)
+        _print_requests(stores.request_store(ws, read_only=True).list(args.status), args.json)
     else:
-        request = stores.request_store(ws).get(args.id)
+        request = stores.request_store(ws, read_only=True).get(args.id)
         print(
             json.dumps(request.to_dict())
             if args.json
@@ -950,7 +950,7 @@ def cmd_audit(project: Path, args) -> int:
         for problem in report.problems:
             print(f"error: audit evidence disagrees: {problem}", file=sys.stderr)
         return EXIT_FAILED
-    log = stores.audit_log(ws)
+    log = stores.audit_log(ws, read_only=args.audit_command != "sign-head")
     if args.audit_command == "sign-head":
         result = log.sign_head()
         _emit(

@@ -279,9 +279,11 @@ class AuditLog:
     ``fork``; there is nothing to close. Opening it creates or migrates the tables.
     """
 
-    def __init__(self, path: Path | str, *, key: bytes | None = None) -> None:
-        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string)."""
-        self.db = StateDatabase(path)
+    def __init__(self, path: Path | str, *, key: bytes | None = None, read_only: bool = False) -> None:
+        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string).
+        ``read_only``: for reading and verifying alone (a read-only copy of the state): nothing
+        is created, migrated or anchored, and appends are refused."""
+        self.db = StateDatabase(path, read_only=read_only)
         self.path = self.db.path  # None for a database server
         if key is not None and (not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES):
             raise AuditError(
@@ -292,6 +294,8 @@ class AuditLog:
         self.head_path = None if self.path is None else self.path.with_name(self.path.name + ".head")
         self.head_where = str(self.head_path) if self.head_path else f"(table audit_head of {self.db.shown})"
         self.db.migrate("audit", AuditError)
+        if read_only:
+            return
         with self.db.write() as conn:
             self._lock_chain(conn)
             # A new log gets its anchor at once, so that a missing anchor always means tampering

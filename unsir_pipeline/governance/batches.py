@@ -60,6 +60,7 @@ from unsir_pipeline.governance.promotion import (
     verified_forgotten,
 )
 from unsir_pipeline.governance.stores import (
+    INTAKE_RECOVERABLE,
     audit_key,
     audit_log,
     intake_event,
@@ -678,8 +679,8 @@ def audit_path(ws: Workspace) -> Path:
 
 def request_history(ws: Workspace, request_id: str) -> dict:
     """A request from its arrival to the model version in production, from the audit trail."""
-    request = request_store(ws).get(request_id)
-    records = [r.to_dict() for r in audit_log(ws).records(request_id=request_id)]
+    request = request_store(ws, read_only=True).get(request_id)
+    records = [r.to_dict() for r in audit_log(ws, read_only=True).records(request_id=request_id)]
     production = "not forgotten yet" if request.model_version is None else _in_production(ws, request)
     return {"request": request.to_dict(), "production": production, "records": records}
 
@@ -715,12 +716,12 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     """The HTML evidence report of one batch (see ``unsir_pipeline.governance.report``)."""
     from unsir_pipeline.governance.report import batch_report_html
 
-    log = audit_log(ws)
+    log = audit_log(ws, read_only=True)
     trail = log.records()
     records = [r for r in trail if r.payload.get("batch_id") == batch_id]
     if not records:
         raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(trail)}")
-    store = request_store(ws)
+    store = request_store(ws, read_only=True)
     ids = sorted({i for r in records for i in r.request_ids})
     requests = [store.get(i) for i in ids]
     registry = registry_for(ws)
@@ -771,8 +772,9 @@ class TrailReport:
 
 def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
-    the registered versions. Never creates or resets a trail: a deleted one is a problem. An
-    intake record a killed `request add` left unwritten is written first, as at every open
+    the registered versions. Reads only (an auditor's copy may be read-only) and never creates or
+    resets a trail: a deleted one is a problem. An intake record a killed `request add` left
+    unwritten is a warning: the next command that writes the trail records it
     (:func:`~unsir_pipeline.governance.stores.record_missing_intake`)."""
     target = state_target(ws, ws.params.requests.audit_log)
     problems: list[str] = []
@@ -792,9 +794,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
         records: list[AuditRecord] = []
         log = None
     else:
-        log = AuditLog(target, key=key)
-        if RequestStore.exists(store_target):
-            record_missing_intake(RequestStore(store_target), log)
+        log = AuditLog(target, key=key, read_only=True)
         chain = log.verify()
         try:
             records = log.records()
@@ -802,8 +802,10 @@ def verify_trail(ws: Workspace) -> TrailReport:
             records = []
             problems.append(str(err))
 
-    requests = RequestStore(store_target).list() if RequestStore.exists(store_target) else []
-    problems += _requests_against_trail(requests, records, existed)
+    requests = RequestStore(store_target, read_only=True).list() if RequestStore.exists(store_target) else []
+    request_problems, request_warnings = _requests_against_trail(requests, records, existed)
+    problems += request_problems
+    warnings += request_warnings
 
     registry = registry_for(ws)
     try:
@@ -865,14 +867,16 @@ def verify_trail(ws: Workspace) -> TrailReport:
 
 def _requests_against_trail(
     requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
+    """Problems and warnings of the request store read against the trail."""
     problems: list[str] = []
+    warnings: list[str] = []
     if requests and not records:
         where = "does not exist" if not trail_exists else "is empty"
         problems.append(
             f"the request store holds {len(requests)} request(s) but the audit trail {where}: trail deleted?"
         )
-        return problems
+        return problems, warnings
     known = {r.id for r in requests}
     named: dict[str, list[AuditRecord]] = {}
     for rec in records:
@@ -887,7 +891,13 @@ def _requests_against_trail(
         mine = named.get(request.id, [])
         intake = intake_event(request)
         if not any(r.event == intake for r in mine):
-            problems.append(f"request {request.id} ({request.status}) has no {intake} record in the trail")
+            if request.status in INTAKE_RECOVERABLE and not mine:
+                warnings.append(
+                    f"request {request.id} ({request.status}) has no {intake} record yet: its `request add` stopped "
+                    "between storing and recording it; the next command that writes the trail records it"
+                )
+            else:
+                problems.append(f"request {request.id} ({request.status}) has no {intake} record in the trail")
         # model_registered names the batch's requests too: a batch killed between marking them
         # done and recording batch_finished still leaves this evidence.
         if request.status == "done" and not any(
@@ -899,7 +909,7 @@ def _requests_against_trail(
                 f"request {request.id} is done with version {request.model_version}, but no "
                 "model_registered or batch_finished record says so"
             )
-    return problems
+    return problems, warnings
 
 
 def _unrecorded_versions(

@@ -248,9 +248,10 @@ class RequestStore:
     survives ``fork``; there is nothing to close. Opening it creates or migrates the table.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string)."""
-        self.db = StateDatabase(path)
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        """``path``: a SQLite file (a :class:`~pathlib.Path`) or a database URL (a string).
+        ``read_only``: for listing alone (a read-only copy of the state); changes are refused."""
+        self.db = StateDatabase(path, read_only=read_only)
         self.path = self.db.path  # None for a database server
         self.db.migrate("requests", RequestError)
 

@@ -19,8 +19,12 @@ def state_target(ws: Workspace, relative: str) -> Path | str:
     return ws.params.state.database_url or ws.path(relative)
 
 
-def request_store(ws: Workspace) -> RequestStore:
-    return RequestStore(state_target(ws, ws.params.requests.store))
+def request_store(ws: Workspace, *, read_only: bool = False) -> RequestStore:
+    """The deletion requests. ``read_only`` (the commands that only read): a store that exists
+    is opened without writing, so a read-only copy of the state can be read; one never created
+    is created empty, as by any command."""
+    target = state_target(ws, ws.params.requests.store)
+    return RequestStore(target, read_only=read_only and RequestStore.exists(target))
 
 
 def audit_key(ws: Workspace) -> bytes | None:
@@ -28,15 +32,16 @@ def audit_key(ws: Workspace) -> bytes | None:
     return audit_key_from_env(forbidden_dirs=[ws.state_dir])
 
 
-def audit_log(ws: Workspace) -> AuditLog:
+def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
     """The audit trail, with the intake records a killed `request add` left unwritten (see
-    :func:`record_missing_intake`). A missing trail beside a request store that holds requests
-    was deleted: refuse to start a fresh one over it (that would reset the evidence);
-    verify_trail reports it."""
+    :func:`record_missing_intake`; not when ``read_only``, as for :func:`request_store`). A
+    missing trail beside a request store that holds requests was deleted: refuse to start a
+    fresh one over it (that would reset the evidence); verify_trail reports it."""
     target = state_target(ws, ws.params.requests.audit_log)
     store_target = state_target(ws, ws.params.requests.store)
-    if not AuditLog.exists(target) and RequestStore.exists(store_target):
-        store = RequestStore(store_target)
+    exists = AuditLog.exists(target)
+    if not exists and RequestStore.exists(store_target):
+        store = RequestStore(store_target, read_only=read_only)
         count = len(store.list())
         if count:
             raise AuditError(
@@ -44,10 +49,15 @@ def audit_log(ws: Workspace) -> AuditLog:
                 f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
                 "a new one (run `unsir audit verify`)"
             )
-    log = AuditLog(target, key=audit_key(ws))
-    if RequestStore.exists(store_target):
+    log = AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
+    if not read_only and RequestStore.exists(store_target):
         record_missing_intake(RequestStore(store_target), log)
     return log
+
+
+# The states a request whose intake was killed between its two writes can be in: a batch opens
+# the trail (writing the record) before it claims, so a request that moved on has its record.
+INTAKE_RECOVERABLE = ("pending", "rejected")
 
 
 def intake_key(request_id: str) -> str:
@@ -75,7 +85,7 @@ def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecor
     }
     written = []
     for request in store.list():
-        if request.id in recorded or request.status not in ("pending", "rejected"):
+        if request.id in recorded or request.status not in INTAKE_RECOVERABLE:
             continue
         payload: dict = {
             "classes": list(request.classes),

@@ -6,14 +6,16 @@ Must run before Prefect, MLflow or DVC is imported: they read these variables at
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 
 def configure(project_dir: Path, state_dir: str = "state") -> None:
     state = Path(project_dir).resolve() / state_dir
+    home = state / "prefect"
     defaults = {
-        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -23,4 +25,9 @@ def configure(project_dir: Path, state_dir: str = "state") -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    (state / "prefect").mkdir(parents=True, exist_ok=True)
+    if os.environ["PREFECT_HOME"] != str(home):
+        return  # an operator's home is theirs to make
+    # Not on a read-only copy of the state (an auditor's): the commands that read it start no
+    # Prefect; one that does fails there, naming the directory.
+    with contextlib.suppress(OSError):
+        home.mkdir(parents=True, exist_ok=True)
