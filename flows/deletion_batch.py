@@ -60,7 +60,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             # requests with its error on them (they go back to pending), as any later failure.
             finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
             champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
-            todo = sorted(set(batch.classes) - set(champion.forgotten_classes))
+            todo = sorted(set(batch.classes) - set(champion.deleted_classes))
             if not todo:  # an interrupted batch already got its version promoted
                 version = champion.version
                 _record_recovered_registration(ws, batch, version)

@@ -47,27 +47,29 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     new_classes = resolve_request(
         requested,
         data.class_names,
-        forgotten=parent.forgotten_classes,
+        forgotten=parent.deleted_classes,
         forgotten_by=f"the parent model (version {parent.version})",
     )
     require_parents_data(ws, parent)
     # A deletion stays deleted: a run from a version older than a deletion (the original, or
     # one promoted back with --override) forgets that class again, or its model could never
-    # pass the gate, which holds every version that still classifies a deleted class.
+    # pass the gate, which holds every version that still classifies a deleted class. So does
+    # a run from a version asked to forget a class it did not (promoted with --override).
     done = deletions_done(registry_for(ws).list_versions())
-    again = sorted(set(done) - set(parent.forgotten_classes) - set(new_classes))
+    again = sorted((set(done) | set(parent.forgotten_classes)) - set(parent.deleted_classes) - set(new_classes))
     all_forgotten = tuple(sorted(set(new_classes) | set(parent.forgotten_classes) | set(again)))
     if again:
         names = [data.class_names[c] for c in again]
         try:
             check_forget_classes(all_forgotten, data.num_classes)
         except UnlearningInputError as err:
-            raise UnlearningInputError(f"{err} (counting {names}, which promoted versions deleted)") from None
+            raise UnlearningInputError(f"{err} (counting {names}, which were to stay forgotten)") from None
         get_run_logger().info(
-            "also forgetting %s again: deleted by promoted version(s) %s, which version %s still classifies",
+            "also forgetting %s again: version %s still classifies them, though promoted version(s) %s deleted "
+            "them or its lineage asked to forget them",
             names,
-            sorted({v for c in again for v in done[c]}),
             parent.version,
+            sorted({v for c in again for v in done.get(c, [])}),
         )
     retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
     mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])

@@ -1015,6 +1015,34 @@ def test_a_batch_whose_unsir_model_is_held_completes_with_the_retrained_referenc
     assert any("round budget ran out" in r for r in registered.payload["unsir_gate_reasons"])
 
 
+def test_an_override_champion_that_did_not_forget_a_class_takes_new_requests_for_it_and_forgets_it_again(
+    bootstrapped_project, tmp_path, capsys
+):
+    """A version held for still classifying class 5, promoted with `--override`: a new request
+    for 5 was refused as "already forgotten by the champion" and a batch ended at once on it, so
+    class 5 could never be forgotten, and `audit show` read "in production". Forgotten is what
+    the version's evidence shows (its verified forgotten classes), not what it was asked."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    first = batches.file_request(ws, ["5"], "dana", "consent withdrawn")
+    held = deletion_batch(project_dir=str(project), overrides=[*WEAK, "unlearn.verification.max_rounds=1"])
+    assert held["promoted"] is False and 5 not in held["verified_forgotten_classes"], held
+    batches.promote(ws, held["new_version"], "ops", "urgent", override=True)
+
+    assert main(["--project", str(project), "audit", "show", "--request", first.id, "--json"]) == 0
+    production = json.loads(capsys.readouterr().out)["production"]
+    assert f"version {held['new_version']} is the champion (in production), but was NOT measured to have " in production
+    assert "forgotten ['5'] (promoted-by-override by ops)" in production
+
+    again = batches.file_request(ws, ["5"], "erin", "consent withdrawn")
+    assert again.status == "pending"
+    result = deletion_batch(project_dir=str(project), overrides=WEAK)
+    assert result["parent_version"] == held["new_version"] and result["forget_classes"] == [5]
+    assert result["new_version"] != held["new_version"]  # unlearned again, not "already forgotten"
+
+
 def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeated(
     bootstrapped_project, tmp_path, monkeypatch
 ):

@@ -55,7 +55,7 @@ def _context(project: Path, run_key: str, *overrides: str) -> RunContext:
 def test_a_request_is_resolved_and_its_retain_subset_drawn(project, artifacts):
     ctx = _context(project, "unit-request")
     with disable_run_logger():
-        request = data.validate_data_splits.fn(ctx, ["8"], ParentModel(1, [3]))
+        request = data.validate_data_splits.fn(ctx, ["8"], ParentModel(1, [3], [3]))
     assert request.forget_classes == [8] and request.all_forgotten == [3, 8]  # the parent's and the new
     assert request.class_names == [str(c) for c in range(10)]
     retain = pd.read_csv(request.retain_subset)
@@ -64,12 +64,24 @@ def test_a_request_is_resolved_and_its_retain_subset_drawn(project, artifacts):
     assert request.expectations_passed > 0 and "data-validation" in artifacts
 
 
+def test_a_class_the_parent_was_asked_to_forget_but_still_classifies_is_forgotten_again(project, artifacts):
+    """A champion promoted with --override over its gate was asked to forget class 3 and did
+    not (its evidence: 3 not among its verified forgotten classes). A request for 3 is not
+    "already forgotten" (it was refused), and a run for 8 from it forgets 3 again."""
+    parent = ParentModel(2, [3], [])
+    with disable_run_logger():
+        asked = data.validate_data_splits.fn(_context(project, "unit-not-forgotten"), ["3"], parent)
+        other = data.validate_data_splits.fn(_context(project, "unit-not-forgotten-8"), ["8"], parent)
+    assert asked.forget_classes == [3] and asked.all_forgotten == [3] and asked.forgotten_again == []
+    assert other.forget_classes == [3, 8] and other.all_forgotten == [3, 8] and other.forgotten_again == [3]
+
+
 @pytest.mark.parametrize(
     ("requested", "parent", "message"),
     [
-        (["3"], ParentModel(2, [3]), r"\['3'\] are already forgotten by the parent model \(version 2\)"),
-        (["eleven"], ParentModel(1, []), "unknown class 'eleven'"),
-        ([str(c) for c in range(1, 10)], ParentModel(2, [0]), "every one of the 10 classes"),
+        (["3"], ParentModel(2, [3], [3]), r"\['3'\] are already forgotten by the parent model \(version 2\)"),
+        (["eleven"], ParentModel(1, [], []), "unknown class 'eleven'"),
+        ([str(c) for c in range(1, 10)], ParentModel(2, [0], [0]), "every one of the 10 classes"),
     ],
 )
 def test_a_bad_request_is_refused_before_anything_is_written(project, artifacts, requested, parent, message):
@@ -90,9 +102,10 @@ def test_data_other_than_the_parents_is_refused_before_the_retain_subset_is_draw
     retain_dir = project / "data" / "retain"
     before = sorted(retain_dir.glob("*")) if retain_dir.exists() else []
     with disable_run_logger(), pytest.raises(DataLineageError) as failed:
-        data.validate_data_splits.fn(_context(project, "unit-split", "data.split_seed=5"), ["8"], ParentModel(1, []))
+        other_split = _context(project, "unit-split", "data.split_seed=5")
+        data.validate_data_splits.fn(other_split, ["8"], ParentModel(1, [], []))
     assert "data.split_seed is 5, but data/prepared was built with 0 (dvc.lock)" in str(failed.value)
-    other_data = ParentModel(1, [], {"data/prepared": "0" * 32 + ".dir"})
+    other_data = ParentModel(1, [], [], {"data/prepared": "0" * 32 + ".dir"})
     with disable_run_logger(), pytest.raises(DataLineageError) as failed:
         data.validate_data_splits.fn(_context(project, "unit-digest"), ["8"], other_data)
     assert f"version 1 was trained on data/prepared {'0' * 32}.dir, but the project's data/prepared is " in str(

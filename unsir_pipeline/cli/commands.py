@@ -530,7 +530,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     resolve_request(
         list(classes),
         class_names,
-        forgotten=parent_model.forgotten_classes,
+        forgotten=parent_model.deleted_classes,
         forgotten_by=f"the parent model (version {version})",
         pending=queued_classes(ws),
     )

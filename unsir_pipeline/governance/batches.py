@@ -128,7 +128,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
         resolve_request(
             requested,
             names,
-            forgotten=champion.forgotten_classes,
+            forgotten=champion.deleted_classes,
             forgotten_by=f"the champion (version {champion.version})",
             pending=queued,
         )
@@ -692,14 +692,24 @@ def _in_production(ws: Workspace, request: DeletionRequest) -> str:
     assert request.model_version is not None
     registry = registry_for(ws)
     alias = ws.params.registry.champion_alias
-    aliases = registry.get_version(request.model_version).aliases  # names a version the registry lost
-    if alias in aliases:
-        return f"version {request.model_version} is the {alias} (in production)"
-    text = f"version {request.model_version} is not in production (aliases: {list(aliases) or 'none'})"
+    names = dict(zip(request.classes, request.class_names, strict=True))
+    own = registry.get_version(request.model_version)  # names a version the registry lost
+    if alias in own.aliases:
+        text = f"version {request.model_version} is the {alias} (in production)"
+        kept = [names[c] for c in request.classes if c not in verified_forgotten(own.tags)]
+        if not kept:
+            return text
+        # Its gate held it for that, and a reviewer promoted it over the gate.
+        decision = own.tags.get("gate_decision", "no gate decision")
+        return (
+            f"{text}, but was NOT measured to have forgotten {kept} ({decision} by {own.tags.get('promoted_by', '?')}):"
+            " the deletion is not in effect in production; a new request for them is taken, and the next batch "
+            "forgets them again"
+        )
+    text = f"version {request.model_version} is not in production (aliases: {list(own.aliases) or 'none'})"
     champion = next((v for v in registry.list_versions() if alias in v.aliases), None)
     if champion is None:
         return f"{text}; no version is the {alias}"
-    names = dict(zip(request.classes, request.class_names, strict=True))
     kept = [names[c] for c in request.classes if c not in verified_forgotten(champion.tags)]
     if kept:
         return (

@@ -56,20 +56,30 @@ class DataLineageError(UnlearningInputError):
 
 @dataclass(frozen=True)
 class ParentModel:
-    """A registered version a run starts from, and every class its lineage has forgotten."""
+    """A registered version a run starts from: every class its lineage was asked to forget,
+    those of them it did forget, and the data it came from."""
 
     version: int
     forgotten_classes: list[int]
+    # Of forgotten_classes, those its evidence shows forgotten (classes_deleted_by): what "already
+    # forgotten" means to a request, a batch and a run. A version promoted with --override over
+    # its gate may lack some; a request for one of them is taken, and a run forgets it again.
+    deleted_classes: list[int]
     # The DVC digests of the data it was trained (or unlearned) on, from its tags.
     data_digests: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
-    """Which version an alias (or a version number) names, what it has already forgotten and
-    the data it came from (from its tags)."""
+    """Which version an alias (or a version number) names, what it was asked to forget and has
+    forgotten, and the data it came from (from its tags)."""
     version = int(ref) if ref.isdigit() else registry.resolve_alias(ref)
     tags = registry.get_version(version).tags
-    return ParentModel(version, json.loads(tags.get(FORGOTTEN_TAG, "[]")), json.loads(tags.get(DATA_DIGESTS_TAG, "{}")))
+    return ParentModel(
+        version,
+        json.loads(tags.get(FORGOTTEN_TAG, "[]")),
+        sorted(classes_deleted_by(tags)),
+        json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
+    )
 
 
 def require_parents_data(ws: Workspace, parent: ParentModel) -> None:
@@ -178,10 +188,12 @@ def verified_forgotten(tags: dict[str, str]) -> set[int]:
     return set(json.loads(tags.get(VERIFIED_TAG, tags.get(FORGOTTEN_TAG, "[]"))))
 
 
-def _deleted(tags: dict[str, str]) -> set[int]:
-    """The classes a version deleted: requested in its lineage and measured forgotten. A class
-    nobody asked to delete that it merely failed to classify (a hard class, a test split of three
-    samples) is not a deletion, and later versions may classify it again."""
+def classes_deleted_by(tags: dict[str, str]) -> set[int]:
+    """The classes a version deleted: requested in its lineage and measured forgotten (its test
+    accuracy within ``gates.max_forget_acc``). A class it was asked to forget but still
+    classifies (promoted with --override over its gate) is not deleted. A class nobody asked to
+    delete that it merely failed to classify (a hard class, a test split of three samples) is
+    not a deletion either, and later versions may classify it again."""
     verified = verified_forgotten(tags)
     requested = tags.get(FORGOTTEN_TAG)
     return verified if requested is None else verified & set(json.loads(requested))
@@ -194,7 +206,7 @@ def deletions_done(versions: list[VersionInfo], *, exclude_version: int | None =
     for v in versions:
         if v.version == exclude_version or v.tags.get("gate_decision") not in PROMOTED_DECISIONS:
             continue
-        for cls in sorted(_deleted(v.tags)):
+        for cls in sorted(classes_deleted_by(v.tags)):
             done.setdefault(cls, []).append(v.version)
     return done
 
