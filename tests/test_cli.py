@@ -707,6 +707,27 @@ def test_bootstrap_validates_the_splits_before_it_trains(tmp_path):
     assert (root / "data" / "prepared" / "manifest.csv").is_file() and not (root / "models").exists()
 
 
+def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_naming_the_setting(
+    params_only, monkeypatch, capsys
+):
+    """Without a Prefect server the promotion lock is a file on this machine: two machines
+    promoting in one MLflow server were not kept apart, and nothing said so."""
+    from unsir_pipeline.governance.locks import machine_local_promotion_lock
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    shared = ["--set", "registry.tracking_uri=http://127.0.0.1:9", "--set", "registry.http_max_retries=0"]
+    code = main(["--project", str(params_only), *shared, "promote", "2", "--reason", "drill"])
+    err = capsys.readouterr().err
+    assert code != 0  # nothing listens there
+    warnings = [line for line in err.splitlines() if line.startswith("warning: the promotion lock is a file")]
+    assert len(warnings) == 1, err
+    assert "the registry http://127.0.0.1:9 may be shared" in warnings[0] and "set PREFECT_API_URL" in warnings[0]
+
+    assert machine_local_promotion_lock(Workspace.load(params_only)) is None  # SQLite under the project
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert machine_local_promotion_lock(Workspace.load(params_only, ("registry.tracking_uri=http://h:5000",))) is None
+
+
 def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(params_only):
     """`request list` and `audit show` read the state store alone: they must not pay for
     importing MLflow or PyTorch (seconds on every call) or need the registry to be reachable.

@@ -493,6 +493,15 @@ def _workspace(project: Path, args):
     return Workspace.load(project, tuple(args.overrides))
 
 
+def _warn_if_the_promotion_lock_is_local(ws) -> None:
+    """Once per command that may promote, before it does."""
+    from unsir_pipeline.governance.locks import machine_local_promotion_lock
+
+    warning = machine_local_promotion_lock(ws)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_bootstrap(project: Path, args) -> int:
     from unsir_pipeline.cli.bootstrap import bootstrap
 
@@ -559,6 +568,7 @@ def _require_what_bootstrap_registers(ws, ref: str) -> None:
 
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
+    _warn_if_the_promotion_lock_is_local(ws)
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.cli.progress import Progress, flow_steps
@@ -730,6 +740,7 @@ def cmd_promote(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import promote
 
     ws = _workspace(project, args)
+    _warn_if_the_promotion_lock_is_local(ws)
     _require_version(ws, args.version)
     by = _who(args, args.reason)
     overridden = promote(ws, args.version, by, args.reason, override=args.override)
@@ -840,6 +851,7 @@ def cmd_batch(project: Path, args) -> int:
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
+        _warn_if_the_promotion_lock_is_local(ws)
         ws.device()  # one this machine has, before the flow claims any request
         server_ready = runtime.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
