@@ -65,7 +65,6 @@ from unsir_pipeline.governance.stores import (
     audit_log,
     intake_event,
     intake_key,
-    record_missing_intake,
     request_store,
     state_target,
 )
