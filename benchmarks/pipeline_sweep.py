@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides += [
                 f"registry.model_name=unsir-sweep-{key}",
                 f"requests.audit_log=state/audit-sweep-{key}.sqlite",
+                # Each run's own request (as every forget run's) beside the trail that records it.
+                f"requests.store=state/requests-sweep-{key}.sqlite",
             ]
             bootstrap(Workspace.load(project, tuple(overrides)))  # registers the trained original; no retraining
         started = time.perf_counter()

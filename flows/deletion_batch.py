@@ -146,14 +146,7 @@ def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) ->
         batches.record(ws, batch, event, payload)
 
 
-def failure_message(err: BaseException) -> str:
-    """The error a released request keeps: one line (request list prints one row per request),
-    but every line of the exception joined, since a validation failure's first line only counts
-    the failures and the lines after it name them."""
-    return f"{type(err).__name__}: {' '.join(line.strip() for line in str(err).splitlines() if line.strip())}"
-
-
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
-    message = failure_message(err)
+    message = batches.failure_message(err)
     statuses = release_requests(ws, batch.batch_id, message)
     batches.record(ws, batch, "batch_failed", {"error": message, "statuses": statuses})

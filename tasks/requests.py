@@ -1,5 +1,6 @@
 """Tasks of deletion requests and their trail: a batch claims the pending requests, then
-completes or releases them; a forget run outside a batch puts itself on the audit trail."""
+completes or releases them; a forget run outside a batch claims its classes as a request of its
+own, ends it the same way, and puts itself on the audit trail."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from unsir_pipeline.governance import batches, stores
+from unsir_pipeline.governance.promotion import ParentModel
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -26,6 +28,16 @@ def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
     return batch
 
 
+@task(name="claim-forget-request", cache_policy=NO_CACHE)
+def claim_forget_request(ws: Workspace, requested: list[str], parent: ParentModel, requester: str, run_key: str) -> str:
+    """See :func:`~unsir_pipeline.governance.batches.claim_forget`; returns the run's id."""
+    request = batches.claim_forget(ws, requested, parent, requester, run_key)
+    get_run_logger().info(
+        "request %s (by %s) holds classes %s while this run lasts", request.id, requester, request.classes
+    )
+    return request.batch_id or ""
+
+
 @task(name="complete-requests", cache_policy=NO_CACHE)
 def complete_requests(ws: Workspace, batch_id: str, version: int) -> list[str]:
     done = stores.request_store(ws).mark_done(batch_id, version)
@@ -36,7 +48,7 @@ def complete_requests(ws: Workspace, batch_id: str, version: int) -> list[str]:
 @task(name="release-requests", cache_policy=NO_CACHE)
 def release_requests(ws: Workspace, batch_id: str, error: str) -> dict[str, str]:
     released = stores.request_store(ws).release(batch_id, error, ws.params.requests.max_attempts)
-    get_run_logger().warning("batch failed; requests back to %s", {r.id: r.status for r in released})
+    get_run_logger().warning("the run failed; requests back to %s", {r.id: r.status for r in released})
     return {r.id: r.status for r in released}
 
 

@@ -1167,3 +1167,68 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
     assert stores.request_store(ws).get(request.id).status == "pending"
+
+
+def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
+    """What the unlearn flow does first outside a batch: its classes, as a running request."""
+    from unsir_pipeline.governance.promotion import resolve_parent
+
+    champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
+    return batches.claim_forget(ws, classes, champion, "dora", run_key)
+
+
+def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovered(bootstrapped_project, tmp_path):
+    """While `unsir forget 0` ran on digits, `request add 1..9` was admitted (the forget left no
+    trace intake could read) and the batch then failed it. Now the forget run holds its classes
+    as a running request of its own, under the batch lock; a killed run's is released by the
+    next batch, as a killed batch's are."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    with locks.forget_run_lock(ws):
+        claimed = _claim_as_a_forget_run(ws, ["0"], "killed-run")
+        assert claimed.status == "running" and claimed.batch_id == "forget-killed-run"
+        with pytest.raises(batches.RequestRefused, match=rf"{claimed.id} \(running in unsir forget, by dora"):
+            batches.file_request(ws, [str(c) for c in range(1, 10)], "erin", "the rest")
+        with pytest.raises(locks.DeletionRunning, match="another forget run is running"), locks.forget_run_lock(ws):
+            pass
+        assert batches.file_request(ws, ["1"], "erin", "one more").status == "pending"
+    # The run was killed here: its lock is gone, its request still running.
+    with locks.deletion_batch_lock(ws) as acquired:
+        assert acquired
+        batch = batches.claim_batch(ws)
+    assert batch is not None and claimed.id in batch.request_ids
+    assert not batch.resumed and batch.batch_id != claimed.batch_id  # a batch does not resume a forget run
+    recovered = stores.audit_log(ws).records(event="batch_recovered")[-1]
+    assert claimed.id in recovered.request_ids
+    received = stores.audit_log(ws).records(event="request_received", request_id=claimed.id)
+    assert [r.payload["via"] for r in received] == ["unsir forget"]
+
+
+def test_a_forget_runs_request_ends_as_its_run_does(bootstrapped_project, tmp_path):
+    """The forget run's own request: released with the error when the run fails (pending, as a
+    failed batch's), done with the version when it registers one (held here), named by its
+    records, so `audit verify` finds the trail and the store in agreement."""
+    from unsir_pipeline.adapters.validation import ValidationFailed
+    from unsir_pipeline.flows.unlearn import unlearn
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    manifest = project / "data" / "prepared" / "manifest.csv"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b",train,", b",holdout,", 3))  # an unknown split
+    try:
+        with pytest.raises(ValidationFailed):
+            unlearn(forget_classes=["4"], project_dir=str(project), overrides=WEAK, requested_by="dora")
+    finally:
+        manifest.write_bytes(original)
+    (failed,) = stores.request_store(ws).list()
+    assert failed.status == "pending" and failed.requester == "dora" and "ValidationFailed" in failed.error
+    stores.request_store(ws).release(failed.batch_id or "", "not wanted any more", max_attempts=1)  # out of the way
+
+    result = unlearn(forget_classes=["5"], project_dir=str(project), overrides=WEAK, requested_by="dora")
+    done = [r for r in stores.request_store(ws).list() if r.id != failed.id]
+    assert [(r.status, r.classes, r.model_version) for r in done] == [("done", (5,), result["new_version"])]
+    assert done[0].batch_id == result["audit_id"]
+    registered = stores.audit_log(ws).records(event="model_registered")[-1]
+    assert list(registered.request_ids) == [done[0].id]
+    assert batches.verify_trail(ws).problems == ()

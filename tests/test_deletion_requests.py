@@ -147,7 +147,7 @@ def test_a_batch_names_its_classes_so_the_flow_resolves_the_requested_ones(store
 
 def test_a_failed_batch_leaves_its_requests_the_whole_reason_on_one_line() -> None:
     from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
-    from unsir_pipeline.flows.deletion_batch import failure_message
+    from unsir_pipeline.governance.batches import failure_message
 
     report = ValidationReport(success=False, failures=("class counts: count=6, split=val, label=0",), evaluated=32)
     message = failure_message(ValidationFailed(report))
@@ -402,15 +402,16 @@ def test_two_requests_filed_at_once_are_each_checked_against_the_other(store: Re
     import time
 
     def leaves_a_class(new: int):
-        def admit(queued: list[int]) -> None:
-            if {*queued, new} == {0, 1}:  # a data set of two classes
-                raise RequestError(f"class {new} with queued {queued} would leave no class")
+        def admit(queued: list[DeletionRequest]) -> None:
+            classes = sorted({c for r in queued for c in r.classes})
+            if {*classes, new} == {0, 1}:  # a data set of two classes
+                raise RequestError(f"class {new} with queued {classes} would leave no class")
 
         return admit
 
     checking = threading.Event()
 
-    def slow(queued: list[int]) -> None:
+    def slow(queued: list[DeletionRequest]) -> None:
         checking.set()
         time.sleep(0.5)  # the second request is filed meanwhile
         leaves_a_class(0)(queued)

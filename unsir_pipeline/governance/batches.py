@@ -49,6 +49,7 @@ from unsir_pipeline.governance.promotion import (
     PROMOTED_DECISIONS,
     PROMOTION_ID_TAG,
     PROMOTION_UNDER_WAY_TAG,
+    ParentModel,
     champion_problems,
     finish_interrupted_promotion,
     never_judged,
@@ -123,13 +124,14 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
 
-    def admit(queued: list[int]) -> None:
+    def admit(queued: list[DeletionRequest]) -> None:
         resolve_request(
             requested,
             names,
             forgotten=champion.deleted_classes,
             forgotten_by=f"the champion (version {champion.version})",
-            pending=queued,
+            pending=sorted({c for r in queued for c in r.classes}),
+            pending_by=queued_by(queued),
         )
 
     try:
@@ -149,27 +151,95 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
             idempotency_key=intake_key(request.id),
         )
         raise RequestRefused(request, str(err)) from None
+    _record_received(ws, audit, request, {"champion_version": champion.version})
+    return request
+
+
+def _record_received(ws: Workspace, audit: AuditLog, request: DeletionRequest, extra: dict) -> None:
     audit.append(
         "request_received",
-        actor=requester,
+        actor=request.requester,
         request_ids=[request.id],
         payload={
-            "classes": list(classes),
-            "class_names": [names[c] for c in classes],
-            "requested": list(requested),
-            "reason": reason,
-            "champion_version": champion.version,
+            "classes": list(request.classes),
+            "class_names": list(request.class_names),
+            "requested": list(request.requested),
+            "reason": request.reason,
+            **extra,
             **provenance(ws),
         },
         idempotency_key=intake_key(request.id),
     )
+
+
+# What a forget run's own request gives as its reason (`request list`, the trail).
+FORGET_REASON = "unsir forget (a forget run outside a batch)"
+
+
+FORGET_PREFIX = "forget-"
+
+
+def forget_id(run_key: str) -> str:
+    """The id of a forget run outside a batch: its request's ``batch_id`` and its records'."""
+    return f"{FORGET_PREFIX}{run_key}"
+
+
+def held_by_forget(request: DeletionRequest) -> bool:
+    """Whether ``request`` is a forget run's own, not (or no longer) a batch's."""
+    return (request.batch_id or "").startswith(FORGET_PREFIX)
+
+
+def claim_forget(
+    ws: Workspace, requested: list[str], parent: ParentModel, requester: str, run_key: str
+) -> DeletionRequest:
+    """A forget run outside a batch (``unsir forget``) takes its classes as a request of its own,
+    ``running`` under :func:`forget_id`, checked against the queue in the transaction that stores
+    it: a request filed while it runs counts its classes, and it counts the queued ones'. It ends
+    as a batch's requests end (done with its version, or released with the error); call it
+    holding the batch lock, so that a killed run's request is released by the next batch
+    (``release_stale``) and never while the run is alive. Recorded on the trail as received."""
+    store, audit = request_store(ws), audit_log(ws)  # the trail first: it may refuse to start
+    require_trail_the_registry_anchored(ws, audit, what="a forget")
+    names = prepared_class_names(ws)
+
+    def admit(queued: list[DeletionRequest]) -> None:
+        resolve_request(
+            requested,
+            names,
+            forgotten=parent.forgotten_classes,
+            forgotten_by=f"the parent model (version {parent.version})",
+            pending=sorted({c for r in queued for c in r.classes}),
+            pending_by=queued_by(queued),
+        )
+
+    classes = resolve_classes(requested, names)
+    request = store.add(
+        classes,
+        [names[c] for c in classes],
+        requester,
+        FORGET_REASON,
+        requested=requested,
+        admit=admit,
+        claimed_by=forget_id(run_key),
+    )
+    _record_received(ws, audit, request, {"parent_version": parent.version, "via": "unsir forget"})
     return request
 
 
+def queued_by(queued: list[DeletionRequest]) -> str:
+    """The queued requests a refusal counted, by id and status, a forget run's named as one."""
+    shown = [
+        f"{r.id} ({'running in unsir forget' if r.status == 'running' and held_by_forget(r) else r.status}, "
+        f"by {r.requester}: {list(r.class_names)})"
+        for r in queued
+    ]
+    return f"queued requests {'; '.join(shown)}"
+
+
 def queued_classes(ws: Workspace) -> list[int]:
-    """Classes of the requests a batch will take next (pending, or running in a batch stopped
-    half-way): a forget or a request that would leave no class beside them is refused, else
-    every later batch would fail on them. Creates no store."""
+    """Classes of the requests queued: pending, or running (in a batch or a forget run, perhaps
+    stopped half-way): a forget or a request that would leave no class beside them is refused,
+    else every later batch would fail on them. Creates no store."""
     target = state_target(ws, ws.params.requests.store)
     if not RequestStore.exists(target):
         return []
@@ -286,7 +356,7 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     store, audit = request_store(ws), audit_log(ws)
     require_trail_the_registry_anchored(ws, audit)
     stale = store.release_stale(
-        "the batch holding this request stopped before finishing", ws.params.requests.max_attempts
+        "the batch or forget run holding this request stopped before finishing", ws.params.requests.max_attempts
     )
     if stale:
         audit.append(
@@ -304,7 +374,8 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
         return None
     prior = {r.batch_id for r in pending}
     batch_id = f"batch-{uuid.uuid4().hex[:12]}"
-    resumable = len(prior) == 1 and None not in prior
+    # A killed forget run's request is not resumed: its registration, if any, is under its own run key.
+    resumable = len(prior) == 1 and None not in prior and not held_by_forget(pending[0])
     if resumable:
         (candidate,) = prior
         assert candidate is not None  # `None not in prior`
@@ -345,6 +416,13 @@ def _resume_refused(ws: Workspace, run_key: str) -> bool:
 PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validation_failed"}
 
 
+def failure_message(err: BaseException) -> str:
+    """The error a released request keeps: one line (request list prints one row per request),
+    but every line of the exception joined, since a validation failure's first line only counts
+    the failures and the lines after it name them."""
+    return f"{type(err).__name__}: {' '.join(line.strip() for line in str(err).splitlines() if line.strip())}"
+
+
 def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, actor: str = SYSTEM_ACTOR) -> None:
     """One audit record of a batch's step, keyed so that a resumed batch does not repeat it."""
     key = f"{batch.run_key}:{event}" + (f":attempt-{batch.attempt}" if event in PER_ATTEMPT_EVENTS else "")
@@ -359,19 +437,20 @@ def record_forget(ws: Workspace, result: dict, *, actor: str, through: str = "ga
     ``model_registered`` before its gate runs). Returns the id its records carry as
     ``batch_id`` (what ``unsir audit report`` takes). Keyed by the run, so recording it again
     adds nothing."""
-    forget_id = f"forget-{result['run_key']}"
+    run_id = forget_id(result["run_key"])
+    request_ids = [r.id for r in request_store(ws).batch_requests(run_id)]  # its own (claim_forget)
     for event, payload in run_records(result):
         _append_anchored(
             ws,
             event,
-            {"batch_id": forget_id, "run_key": result["run_key"], "via": "unsir forget", **payload},
+            {"batch_id": run_id, "run_key": result["run_key"], "via": "unsir forget", **payload},
             actor=actor,
-            request_ids=[],
-            key=f"{forget_id}:{event}",
+            request_ids=request_ids,
+            key=f"{run_id}:{event}",
         )
         if event == through:
             break
-    return forget_id
+    return run_id
 
 
 def run_records(result: dict) -> list[tuple[str, dict]]:

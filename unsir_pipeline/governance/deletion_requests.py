@@ -13,6 +13,7 @@ two machines never take the same request.
 Lifecycle::
 
     add                                      -> pending
+    add(claimed_by=RUN)                      -> running    (a forget run outside a batch, attempts 1)
     add_rejected                             -> rejected   (refused at intake; never runs)
     pending --claim_pending-->                  running    (batch_id set, attempts + 1)
     running --mark_done-->                      done       (model_version set)
@@ -316,7 +317,8 @@ class RequestStore:
         reason: str,
         status: str,
         error: str | None,
-        admit: Callable[[builtins.list[int]], None] | None = None,
+        admit: Callable[[builtins.list[DeletionRequest]], None] | None = None,
+        claimed_by: str | None = None,
     ) -> DeletionRequest:
         request_id = f"req-{uuid.uuid4().hex[:12]}"
         now = _now()
@@ -326,8 +328,7 @@ class RequestStore:
                 # each checked against the other (on SQLite the write transaction holds the file;
                 # on PostgreSQL FOR UPDATE would not stop an insert, so intake takes a lock).
                 self.db.serialise(conn, "intake")
-                queued = self._select(conn, _REQUESTS.c.status.in_(("pending", "running")))
-                admit(sorted({c for r in queued for c in r.classes}))
+                admit(self._select(conn, _REQUESTS.c.status.in_(("pending", "running"))))
             conn.execute(
                 sa.insert(_REQUESTS).values(
                     id=request_id,
@@ -337,7 +338,8 @@ class RequestStore:
                     requester=requester,
                     reason=reason,
                     status=status,
-                    attempts=0,
+                    attempts=0 if claimed_by is None else 1,
+                    batch_id=claimed_by,
                     error=error,
                     created_at=now,
                     updated_at=now,
@@ -353,14 +355,29 @@ class RequestStore:
         reason: str,
         *,
         requested: Sequence[str] | None = None,
-        admit: Callable[[builtins.list[int]], None] | None = None,
+        admit: Callable[[builtins.list[DeletionRequest]], None] | None = None,
+        claimed_by: str | None = None,
     ) -> DeletionRequest:
         """Queue a request (status ``pending``). Classes are stored sorted and unique, each name
         beside its index. ``requested`` is what the requester typed; by default the names.
-        ``admit`` is given the classes queued (pending or running), read in the transaction that
-        inserts, and raises to refuse the request: nothing is stored then."""
+        ``admit`` is given the requests queued (pending or running), read in the transaction that
+        inserts, and raises to refuse the request: nothing is stored then.
+
+        With ``claimed_by``, the request is claimed at once by that run (status ``running``,
+        ``batch_id`` = ``claimed_by``, attempt 1): a forget run outside a batch, which ends it as
+        a batch ends its requests (:meth:`mark_done`, :meth:`release`)."""
+        if claimed_by is not None:
+            _check_text("claimed_by", claimed_by)
         return self._file(
-            classes, class_names, requester, reason, requested, status="pending", refusal=None, admit=admit
+            classes,
+            class_names,
+            requester,
+            reason,
+            requested,
+            status="pending" if claimed_by is None else "running",
+            refusal=None,
+            admit=admit,
+            claimed_by=claimed_by,
         )
 
     def add_rejected(
@@ -392,7 +409,8 @@ class RequestStore:
         *,
         status: str,
         refusal: str | None,
-        admit: Callable[[builtins.list[int]], None] | None = None,
+        admit: Callable[[builtins.list[DeletionRequest]], None] | None = None,
+        claimed_by: str | None = None,
     ) -> DeletionRequest:
         """Check and store one request; a refused one may name no class that resolved."""
         classes, class_names = _normalise_classes(classes, class_names, allow_empty=status == "rejected")
@@ -405,6 +423,7 @@ class RequestStore:
             status,
             refusal,
             admit,
+            claimed_by,
         )
 
     # -- queries ---------------------------------------------------------------------------
@@ -466,10 +485,11 @@ class RequestStore:
         )
 
     def release_stale(self, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
-        """Release every running request, whichever batch holds it.
+        """Release every running request, whichever batch (or forget run) holds it.
 
-        Only a batch that holds the batch lock may call this: at that moment no other batch can be
-        running, so anything still ``running`` belongs to a batch that was killed.
+        Only a batch that holds the batch lock may call this: at that moment no other batch or
+        forget run can be running (a forget run holds the lock too), so anything still
+        ``running`` belongs to one that was killed.
         """
         return self._release(_REQUESTS.c.status == "running", error, max_attempts)
 
@@ -498,12 +518,14 @@ def resolve_request(
     forgotten: Sequence[int],
     forgotten_by: str,
     pending: Sequence[int] = (),
+    pending_by: str = "pending requests",
 ) -> tuple[int, ...]:
     """The one check of the classes a request names, for `request add`, `forget` and the batch.
 
     Every name or index must be a class of the data set and none forgotten already (by
     ``forgotten_by``, e.g. "the champion (version 3)"); together with the classes forgotten so
-    far and those of ``pending`` requests, at least one class must remain. Returns the class
+    far and those of ``pending`` requests (``pending_by`` says whose), at least one class must
+    remain. Returns the class
     indices; raises :class:`unsir.errors.UnlearningInputError` naming the offending classes.
     """
     names = tuple(class_names)
@@ -518,6 +540,6 @@ def resolve_request(
     try:
         check_forget_classes(together, len(names))
     except UnlearningInputError as err:
-        counted = "classes already forgotten and pending requests" if pending else "classes already forgotten"
+        counted = f"classes already forgotten and {pending_by}" if pending else "classes already forgotten"
         raise UnlearningInputError(f"{err} (counting {counted})") from None
     return classes

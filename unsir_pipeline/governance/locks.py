@@ -48,6 +48,10 @@ class BatchLockError(LockError):
     """The shared batch lock cannot be used."""
 
 
+class DeletionRunning(LockError):
+    """A forget run cannot start: a batch or another forget run holds the batch lock."""
+
+
 class PromotionLockError(LockError):
     """The promotion lock was not free within its wait, or could not be used."""
 
@@ -73,6 +77,21 @@ def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
         )
     with global_lock(ws.params.state.batch_lock) as acquired:
         yield acquired
+
+
+@contextmanager
+def forget_run_lock(ws: Workspace) -> Iterator[None]:
+    """The batch lock, held by a forget run outside a batch while its own request is running:
+    a batch that starts meanwhile ends at once, and one that starts after a killed run releases
+    its request (``release_stale``) as it releases a killed batch's. Raises
+    :class:`DeletionRunning` when a batch or another forget run holds it."""
+    with deletion_batch_lock(ws) as acquired:
+        if not acquired:
+            raise DeletionRunning(
+                "a deletion batch or another forget run is running (it holds the batch lock); run this forget "
+                "again when it has finished, or file the classes with `unsir request add` for the next batch"
+            )
+        yield
 
 
 def ensure_limit(name: str) -> None:
