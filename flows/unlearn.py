@@ -24,8 +24,12 @@ from prefect import flow, runtime
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import batches, locks, promotion
 from unsir_pipeline.governance.batches import require_recordable
+from unsir_pipeline.settings.runtime import was_interrupted
 from unsir_pipeline.settings.workspace import RunContext, open_workspace
 from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
+
+# The error a forget's own request keeps when its user stopped the run (Ctrl-C).
+CANCELLED = "stopped with Ctrl-C by the user who ran it: not retried by a batch; run `unsir forget` again to forget"
 
 
 @dataclass
@@ -227,7 +231,12 @@ def unlearn(
         except BaseException as err:
             registry.end_run(mlflow_run_id, status="FAILED")
             if not recorded_by_caller:  # as a failed batch releases its requests
-                requests.release_requests(ws, run_id, batches.failure_message(err))
+                # A forget its user stopped with Ctrl-C was cancelled: its request ends failed,
+                # not forgotten later by a batch nobody asked for. Any other failure (a
+                # SIGTERM from the system included) leaves it pending for the next batch.
+                cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
+                message = CANCELLED if cancelled else batches.failure_message(err)
+                requests.release_requests(ws, run_id, message, retry=not cancelled)
             raise
         with registry.start_run(run_id=mlflow_run_id):
             registry.log_metrics(

@@ -1204,7 +1204,7 @@ def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovere
     assert [r.payload["via"] for r in received] == ["unsir forget"]
 
 
-def test_a_forget_runs_request_ends_as_its_run_does(bootstrapped_project, tmp_path):
+def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrapped_project, tmp_path):
     """The forget run's own request: released with the error when the run fails (pending, as a
     failed batch's), done with the version when it registers one (held here), named by its
     records, so `audit verify` finds the trail and the store in agreement."""
@@ -1232,3 +1232,29 @@ def test_a_forget_runs_request_ends_as_its_run_does(bootstrapped_project, tmp_pa
     registered = stores.audit_log(ws).records(event="model_registered")[-1]
     assert list(registered.request_ids) == [done[0].id]
     assert batches.verify_trail(ws).problems == ()
+
+
+@pytest.mark.slow
+def test_a_forget_its_user_stopped_with_ctrl_c_is_not_left_for_a_batch(
+    prefect_harness, bootstrapped_project, tmp_path, monkeypatch
+):
+    """A forget run's own request went back to pending whatever ended the run, so a `unsir
+    forget` its user stopped with Ctrl-C (a wrong class, say) was carried out by the next batch,
+    which nobody had asked for. It now ends failed, saying so; other failures stay pending."""
+    import contextlib
+    import types
+
+    from unsir_pipeline.flows import unlearn as unlearn_flow
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unlearn_flow, "data", types.SimpleNamespace(validate_data_splits=ctrl_c))
+    with contextlib.suppress(KeyboardInterrupt):
+        unlearn_flow.unlearn(forget_classes=["4"], project_dir=str(project), overrides=WEAK, requested_by="dora")
+    (stopped,) = stores.request_store(ws).list()
+    assert (stopped.status, stopped.classes, stopped.error) == ("failed", (4,), unlearn_flow.CANCELLED)
+    assert batches.claim_batch(ws) is None  # nothing left for a batch
