@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +123,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     finish_interrupted_promotion(ws)  # the champion the request is checked against
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
-
-    def admit(queued: list[DeletionRequest]) -> None:
-        resolve_request(
-            requested,
-            names,
-            forgotten=champion.deleted_classes,
-            forgotten_by=f"the champion (version {champion.version})",
-            pending=sorted({c for r in queued for c in r.classes}),
-            pending_by=queued_by(queued),
-        )
-
+    admit = _admission(requested, names, champion, "the champion")
     try:
         classes = resolve_classes(requested, names)  # a refusal records the classes it named
         # Checked against the queue in the transaction that stores it: two requests filed at
@@ -201,17 +191,6 @@ def claim_forget(
     store, audit = request_store(ws), audit_log(ws)  # the trail first: it may refuse to start
     require_trail_the_registry_anchored(ws, audit, what="a forget")
     names = prepared_class_names(ws)
-
-    def admit(queued: list[DeletionRequest]) -> None:
-        resolve_request(
-            requested,
-            names,
-            forgotten=parent.forgotten_classes,
-            forgotten_by=f"the parent model (version {parent.version})",
-            pending=sorted({c for r in queued for c in r.classes}),
-            pending_by=queued_by(queued),
-        )
-
     classes = resolve_classes(requested, names)
     request = store.add(
         classes,
@@ -219,11 +198,30 @@ def claim_forget(
         requester,
         FORGET_REASON,
         requested=requested,
-        admit=admit,
+        admit=_admission(requested, names, parent, "the parent model"),
         claimed_by=forget_id(run_key),
     )
     _record_received(ws, audit, request, {"parent_version": parent.version, "via": "unsir forget"})
     return request
+
+
+def _admission(
+    requested: list[str], names: Sequence[str], model: ParentModel, whose: str
+) -> Callable[[list[DeletionRequest]], None]:
+    """The check a request (or a forget run's own) passes against ``model`` (what it deleted)
+    and the queued requests, which the store reads in the transaction that inserts it."""
+
+    def admit(queued: list[DeletionRequest]) -> None:
+        resolve_request(
+            requested,
+            names,
+            forgotten=model.deleted_classes,
+            forgotten_by=f"{whose} (version {model.version})",
+            pending=sorted({c for r in queued for c in r.classes}),
+            pending_by=queued_by(queued),
+        )
+
+    return admit
 
 
 def queued_by(queued: list[DeletionRequest]) -> str:
