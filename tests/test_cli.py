@@ -711,8 +711,9 @@ def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_
     params_only, monkeypatch, capsys
 ):
     """Without a Prefect server the promotion lock is a file on this machine: two machines
-    promoting in one MLflow server were not kept apart, and nothing said so."""
-    from unsir_pipeline.governance.locks import machine_local_promotion_lock
+    promoting in one MLflow server were not kept apart, and nothing said so; with a shared state
+    database, a promotion is refused until one is set."""
+    from unsir_pipeline.governance.locks import PromotionLockError, machine_local_promotion_lock, promotion_lock
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     shared = ["--set", "registry.tracking_uri=http://127.0.0.1:9", "--set", "registry.http_max_retries=0"]
@@ -724,6 +725,15 @@ def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_
     assert "the registry http://127.0.0.1:9 may be shared" in warnings[0] and "set PREFECT_API_URL" in warnings[0]
 
     assert machine_local_promotion_lock(Workspace.load(params_only)) is None  # SQLite under the project
+
+    # Requests and the trail shared between machines: a promotion needs the shared lock, as a batch does.
+    shared_state = Workspace.load(params_only, (f"state.database_url=sqlite:///{params_only}/shared.sqlite",))
+    assert machine_local_promotion_lock(shared_state) is None  # refused instead of warned about
+    with (
+        pytest.raises(PromotionLockError, match="state.database_url is set .* set PREFECT_API_URL"),
+        promotion_lock(shared_state),
+    ):
+        pass
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert machine_local_promotion_lock(Workspace.load(params_only, ("registry.tracking_uri=http://h:5000",))) is None
 

@@ -15,9 +15,9 @@ runs, or a forget beside a batch or a hand promotion) could each miss the other'
 the later alias move would bring the earlier one's class back. So the decision is serialised per
 registered model: by a Prefect global concurrency limit when a Prefect server is configured (it
 reaches every machine that promotes), else by a file lock in the state directory (this machine).
-A file lock does not reach a second machine that promotes in the same registry (an MLflow
-server, or a shared state database): :func:`machine_local_promotion_lock` says so, and the
-commands that promote warn with it.
+With a shared state database (``state.database_url``) a promotion needs that server, as a
+batch does. A file lock does not reach a second machine that promotes in the same MLflow
+server: :func:`machine_local_promotion_lock` says so, and the commands that promote warn with it.
 
 This is the module that talks to Prefect's concurrency API; ``batches`` stays free of Prefect.
 """
@@ -144,6 +144,12 @@ def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterat
     if os.environ.get("PREFECT_API_URL") and prefect_api_url():
         name = f"unsir-promotion-{model}"
         lock, where = global_lock(name, wait_s=wait_s), f"the lock {name!r} on the Prefect server {prefect_api_url()}"
+    elif ws.params.state.database_url is not None:
+        # Requests and the trail are shared between machines: so must this lock be, as the batch lock.
+        raise PromotionLockError(
+            "state.database_url is set (requests shared between machines), but no Prefect server is configured: "
+            "the promotion lock must be shared too; set PREFECT_API_URL (the stack's client.env does)"
+        )
     else:
         lock, where = file_lock(ws.state_dir / "promotion.lock", wait_s=wait_s), str(ws.state_dir / "promotion.lock")
     with lock as acquired:
@@ -156,23 +162,19 @@ def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterat
 
 def machine_local_promotion_lock(ws: Workspace) -> str | None:
     """Why the promotion lock, a file on this machine when no Prefect server is set, does not
-    keep out a promotion on another machine that shares this project's registry or state; None
-    when it does (a server is set) or when nothing is shared (SQLite files under the project)."""
-    if os.environ.get("PREFECT_API_URL"):  # as promotion_lock decides
+    keep out a promotion on another machine that shares this project's registry; None when it
+    does (a server is set) or when nothing is shared (SQLite files under the project). With a
+    shared state database there is no such lock: :func:`promotion_lock` refuses to promote."""
+    if os.environ.get("PREFECT_API_URL") or ws.params.state.database_url:  # as promotion_lock decides
         return None
     from unsir_pipeline.settings.database_url import redact
 
-    shared = []
     uri = ws.tracking_uri
-    if not uri.startswith(("sqlite:", "file:")) and "://" in uri:
-        shared.append(f"the registry {redact(uri)}")
-    if ws.params.state.database_url:
-        shared.append(f"the state database {redact(ws.params.state.database_url)}")
-    if not shared:
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         return None
     return (
         f"the promotion lock is a file on this machine ({ws.state_dir / 'promotion.lock'}), but "
-        f"{' and '.join(shared)} may be shared with other machines: a promotion there at the same moment is not "
+        f"the registry {redact(uri)} may be shared with other machines: a promotion there at the same moment is not "
         "kept out, and could move the champion to a version that still classifies a class deleted here; set "
         "PREFECT_API_URL to the team's Prefect server (the stack's client.env does) to share the lock"
     )
