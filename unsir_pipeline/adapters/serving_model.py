@@ -36,6 +36,10 @@ OUTPUT_COLUMNS = ("label", "class_name", "probabilities")
 _RANGE_SLACK = 1e-3
 
 
+# Where mlflow.pyfunc.scoring_server's prefix to a model's error message ends (MLflow 3).
+_SCORING_SERVER_PREFIX_END = "\nError: "
+
+
 class ServingInputError(MlflowException, ValueError):
     """Input outside the contract: a ValueError to Python callers, and to MLflow's scoring server
     an MlflowException, which it answers with HTTP 400 and this message (any other exception
@@ -43,6 +47,17 @@ class ServingInputError(MlflowException, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    # MLflow's scoring server rewrites the message of an MlflowException raised by a model as
+    # "Failed to predict data '<the input's repr>'. \nError: <message>": kilobytes of numbers
+    # before the reason. The reason is the answer; what the client sent, it has.
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, text: str) -> None:
+        self._reason = text.rpartition(_SCORING_SERVER_PREFIX_END)[2] if hasattr(self, "_reason") else text
 
 
 def _clipped(text: str, limit: int = 200) -> str:
