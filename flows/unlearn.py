@@ -25,7 +25,7 @@ from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import batches, locks, promotion
 from unsir_pipeline.governance.batches import require_recordable
 from unsir_pipeline.settings.runtime import was_interrupted
-from unsir_pipeline.settings.workspace import RunContext, open_workspace
+from unsir_pipeline.settings.workspace import RunContext, Workspace, open_workspace
 from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
 
 # The error a forget's own request keeps when its user stopped the run (Ctrl-C).
@@ -128,130 +128,138 @@ def unlearn(
     parent_ref = parent or ws.params.registry.champion_alias
     # A run outside a batch holds the batch lock while its own request runs (claim-forget-request).
     with nullcontext() if recorded_by_caller else locks.forget_run_lock(ws):
-        flow_run_id = str(runtime.flow_run.id or "local")
-        ctx = RunContext.open(ws, run_key or flow_run_id, flow_run_id)
-        clock = _Clock()
+        return _run(ws, forget_classes, parent_ref, run_key, actor, recorded_by_caller)
 
-        parent_model = clock("resolve-model-version", model.resolve_model_version, ctx, parent_ref)
-        mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, ctx, forget_classes)
-        registry = registry_for(ws)
-        run_id = batches.forget_id(ctx.run_key)
-        try:
-            if not recorded_by_caller:
-                # Its classes, as a running request of its own: a request filed while it runs
-                # counts them, and the check counts the queued requests' (one transaction).
-                clock(
-                    "claim-forget-request",
-                    requests.claim_forget_request,
-                    ws,
-                    forget_classes,
-                    parent_model,
-                    actor,
-                    ctx.run_key,
-                )
-            request = clock("validate-data-splits", data.validate_data_splits, ctx, forget_classes, parent_model)
-            digests = clock("version-data", data.version_data, ws, request.retain_subset)
-            clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
-            unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
-            result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
 
-            def choose(result: evaluation.Evaluation) -> promotion.RegistrationChoice:
-                candidates = _candidates(result, unlearned)
-                return clock(
-                    "choose-registration", model.choose_registration, ctx, parent_model.version, digests, *candidates
-                )
+def _run(
+    ws: Workspace,
+    forget_classes: list[str],
+    parent_ref: str,
+    run_key: str | None,
+    actor: str,
+    recorded_by_caller: bool,
+) -> dict:
+    """The flow's steps, in order (see :func:`unlearn`)."""
+    flow_run_id = str(runtime.flow_run.id or "local")
+    ctx = RunContext.open(ws, run_key or flow_run_id, flow_run_id)
+    clock = _Clock()
 
-            choice = choose(result)
-            if choice.reference_wanted:  # held, and no reference yet: train it now (gates.retrain_when_held)
-                result = clock(
-                    "retrain-reference", evaluation.retrain_reference, ctx, mlflow_run_id, request.all_forgotten
-                )
-                choice = choose(result)
-            verified_forgotten = promotion.measured_forgotten(
-                choice.candidate.per_class_test, ws.params.gates.max_forget_acc
-            )
-            tags = promotion.lineage_tags(
-                ws,
-                parent_version=parent_model.version,
-                all_forgotten=request.all_forgotten,
-                new_classes=request.forget_classes,
-                data_digests=digests,
-                flow_run_id=flow_run_id,
-                mlflow_run_id=mlflow_run_id,
-                run_key=ctx.run_key,
-                rounds=len(unlearned.rounds),
-                verified=unlearned.verified,
-                verified_forgotten=verified_forgotten,
-                method=choice.method,
-                unsir_gate_reasons=choice.unsir_gate_reasons,
-            )
-            checkpoint = ctx.paths.retrained if choice.method == "retrain" else ctx.paths.unlearned
-            version = clock(
-                "register-model-version", model.register_model_version, ctx, mlflow_run_id, tags, checkpoint
-            )
-            # The run as registered, before the gate decides (promoted and gate_reasons follow).
-            registered = UnlearnResult(
-                forget_classes=request.forget_classes,
-                forget_class_names=[request.class_names[c] for c in request.forget_classes],
-                all_forgotten=request.all_forgotten,
-                parent_version=parent_model.version,
-                new_version=version,
-                promoted=False,
-                gate_reasons=[],
-                metrics=result.metrics,
-                per_class=result.per_class,
-                mlflow_run_id=mlflow_run_id,
-                flow_run_id=flow_run_id,
-                run_key=ctx.run_key,
-                device=unlearned.device,
-                data_digests=digests,
-                expectations_passed=request.expectations_passed,
-                compute_s=dict(unlearned.timings_s),
-                task_s=clock.seconds,
-                rounds=unlearned.rounds,
-                verified=unlearned.verified,
-                verified_forgotten_classes=verified_forgotten,
-                method=choice.method,
-                unsir_gate_reasons=choice.unsir_gate_reasons,
-                forgotten_again=request.forgotten_again,
-            )
-            if not recorded_by_caller:
-                # Its evidence and registration go on the trail before the gate can make it champion:
-                # a run stopped in between leaves a recorded version the gate never judged (it waits
-                # in review), never a champion without a record.
-                clock(
-                    "record-on-audit-trail",
-                    requests.record_on_audit_trail,
-                    ws,
-                    registered.to_dict(),
-                    actor,
-                    through="model_registered",
-                )
-            decision = clock("promotion-gate", model.promotion_gate, ctx, version, choice.candidate)
-        except BaseException as err:
-            registry.end_run(mlflow_run_id, status="FAILED")
-            if not recorded_by_caller:  # as a failed batch releases its requests
-                # A forget its user stopped with Ctrl-C was cancelled: its request ends failed,
-                # not forgotten later by a batch nobody asked for. Any other failure (a
-                # SIGTERM from the system included) leaves it pending for the next batch.
-                cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
-                message = CANCELLED if cancelled else batches.failure_message(err)
-                requests.release_requests(ws, run_id, message, retry=not cancelled)
-            raise
-        with registry.start_run(run_id=mlflow_run_id):
-            registry.log_metrics(
-                {
-                    **{f"compute_{k}": v for k, v in registered.compute_s.items()},
-                    **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()},
-                }
-            )
-        outcome = replace(
-            registered,
-            promoted=decision.promoted,
-            gate_reasons=decision.reasons,
-            no_fallback_because="" if decision.promoted else choice.no_fallback_because,
-        ).to_dict()
+    parent_model = clock("resolve-model-version", model.resolve_model_version, ctx, parent_ref)
+    mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, ctx, forget_classes)
+    registry = registry_for(ws)
+    run_id = batches.forget_id(ctx.run_key)
+    try:
         if not recorded_by_caller:
-            outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)
-            requests.complete_requests(ws, run_id, version)  # as a batch's: done, promoted or held
-        return outcome
+            # Its classes, as a running request of its own: a request filed while it runs
+            # counts them, and the check counts the queued requests' (one transaction).
+            clock(
+                "claim-forget-request",
+                requests.claim_forget_request,
+                ws,
+                forget_classes,
+                parent_model,
+                actor,
+                ctx.run_key,
+            )
+        request = clock("validate-data-splits", data.validate_data_splits, ctx, forget_classes, parent_model)
+        digests = clock("version-data", data.version_data, ws, request.retain_subset)
+        clock("load-registered-model", model.load_registered_model, ctx, parent_model.version)
+        unlearned = clock("unlearn", unlearning.unlearn, ctx, mlflow_run_id, request)
+        result = clock("evaluate", evaluation.evaluate, ctx, mlflow_run_id, request.all_forgotten)
+
+        def choose(result: evaluation.Evaluation) -> promotion.RegistrationChoice:
+            candidates = _candidates(result, unlearned)
+            return clock(
+                "choose-registration", model.choose_registration, ctx, parent_model.version, digests, *candidates
+            )
+
+        choice = choose(result)
+        if choice.reference_wanted:  # held, and no reference yet: train it now (gates.retrain_when_held)
+            result = clock("retrain-reference", evaluation.retrain_reference, ctx, mlflow_run_id, request.all_forgotten)
+            choice = choose(result)
+        verified_forgotten = promotion.measured_forgotten(
+            choice.candidate.per_class_test, ws.params.gates.max_forget_acc
+        )
+        tags = promotion.lineage_tags(
+            ws,
+            parent_version=parent_model.version,
+            all_forgotten=request.all_forgotten,
+            new_classes=request.forget_classes,
+            data_digests=digests,
+            flow_run_id=flow_run_id,
+            mlflow_run_id=mlflow_run_id,
+            run_key=ctx.run_key,
+            rounds=len(unlearned.rounds),
+            verified=unlearned.verified,
+            verified_forgotten=verified_forgotten,
+            method=choice.method,
+            unsir_gate_reasons=choice.unsir_gate_reasons,
+        )
+        checkpoint = ctx.paths.retrained if choice.method == "retrain" else ctx.paths.unlearned
+        version = clock("register-model-version", model.register_model_version, ctx, mlflow_run_id, tags, checkpoint)
+        # The run as registered, before the gate decides (promoted and gate_reasons follow).
+        registered = UnlearnResult(
+            forget_classes=request.forget_classes,
+            forget_class_names=[request.class_names[c] for c in request.forget_classes],
+            all_forgotten=request.all_forgotten,
+            parent_version=parent_model.version,
+            new_version=version,
+            promoted=False,
+            gate_reasons=[],
+            metrics=result.metrics,
+            per_class=result.per_class,
+            mlflow_run_id=mlflow_run_id,
+            flow_run_id=flow_run_id,
+            run_key=ctx.run_key,
+            device=unlearned.device,
+            data_digests=digests,
+            expectations_passed=request.expectations_passed,
+            compute_s=dict(unlearned.timings_s),
+            task_s=clock.seconds,
+            rounds=unlearned.rounds,
+            verified=unlearned.verified,
+            verified_forgotten_classes=verified_forgotten,
+            method=choice.method,
+            unsir_gate_reasons=choice.unsir_gate_reasons,
+            forgotten_again=request.forgotten_again,
+        )
+        if not recorded_by_caller:
+            # Its evidence and registration go on the trail before the gate can make it champion:
+            # a run stopped in between leaves a recorded version the gate never judged (it waits
+            # in review), never a champion without a record.
+            clock(
+                "record-on-audit-trail",
+                requests.record_on_audit_trail,
+                ws,
+                registered.to_dict(),
+                actor,
+                through="model_registered",
+            )
+        decision = clock("promotion-gate", model.promotion_gate, ctx, version, choice.candidate)
+    except BaseException as err:
+        registry.end_run(mlflow_run_id, status="FAILED")
+        if not recorded_by_caller:  # as a failed batch releases its requests
+            # A forget its user stopped with Ctrl-C was cancelled: its request ends failed,
+            # not forgotten later by a batch nobody asked for. Any other failure (a
+            # SIGTERM from the system included) leaves it pending for the next batch.
+            cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
+            message = CANCELLED if cancelled else batches.failure_message(err)
+            requests.release_requests(ws, run_id, message, retry=not cancelled)
+        raise
+    with registry.start_run(run_id=mlflow_run_id):
+        registry.log_metrics(
+            {
+                **{f"compute_{k}": v for k, v in registered.compute_s.items()},
+                **{f"task_s_{k.replace('-', '_')}": v for k, v in clock.seconds.items()},
+            }
+        )
+    outcome = replace(
+        registered,
+        promoted=decision.promoted,
+        gate_reasons=decision.reasons,
+        no_fallback_because="" if decision.promoted else choice.no_fallback_because,
+    ).to_dict()
+    if not recorded_by_caller:
+        outcome["audit_id"] = clock("record-on-audit-trail", requests.record_on_audit_trail, ws, outcome, actor)
+        requests.complete_requests(ws, run_id, version)  # as a batch's: done, promoted or held
+    return outcome
