@@ -687,7 +687,7 @@ def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_ver
 def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next_open(tmp_path: Path) -> None:
     """`unsir request add` killed after storing the request, before its request_received record:
     `audit verify` failed for good ("has no request_received record"), nothing ever wrote it.
-    Now verify (which only reads) warns, the next open of the trail for writing writes it from
+    Now verify (which only reads) warns, the next intake, forget or batch writes it from
     the stored request, once; the request stays pending, and the intake's own append (a slow
     one, not a killed one) finds it there."""
     from conftest import make_project
@@ -707,8 +707,8 @@ def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
     assert sum("stopped between storing and recording it" in w for w in report.warnings) == 2
-    for _ in range(2):  # the next command completes the intake; later opens write nothing more
-        log = stores.audit_log(ws)
+    for _ in range(2):  # the next intake or claim completes it; later ones write nothing more
+        _, log = stores.intake_trail(ws)
     assert not any("stopped between" in w for w in batches.verify_trail(ws).warnings)
     (received,) = log.records(request_id=request.id)
     assert received.event == "request_received" and received.actor == "alice"

@@ -66,6 +66,8 @@ from unsir_pipeline.governance.stores import (
     audit_log,
     intake_event,
     intake_key,
+    intake_payload,
+    intake_trail,
     request_store,
     state_target,
 )
@@ -117,7 +119,7 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     # Free text first: a value that could spoof a line of `request list` is neither stored nor
     # recorded, not even as a refusal.
     check_request_fields(requester, reason, requested)
-    store, audit = request_store(ws), audit_log(ws)
+    store, audit = intake_trail(ws)
     require_trail_the_registry_anchored(ws, audit, what="a deletion request")
     names = prepared_class_names(ws)
     finish_interrupted_promotion(ws)  # the champion the request is checked against
@@ -150,14 +152,7 @@ def _record_received(ws: Workspace, audit: AuditLog, request: DeletionRequest, e
         "request_received",
         actor=request.requester,
         request_ids=[request.id],
-        payload={
-            "classes": list(request.classes),
-            "class_names": list(request.class_names),
-            "requested": list(request.requested),
-            "reason": request.reason,
-            **extra,
-            **provenance(ws),
-        },
+        payload={**intake_payload(request), **extra, **provenance(ws)},
         idempotency_key=intake_key(request.id),
     )
 
@@ -188,7 +183,7 @@ def claim_forget(
     as a batch's requests end (done with its version, or released with the error); call it
     holding the batch lock, so that a killed run's request is released by the next batch
     (``release_stale``) and never while the run is alive. Recorded on the trail as received."""
-    store, audit = request_store(ws), audit_log(ws)  # the trail first: it may refuse to start
+    store, audit = intake_trail(ws)
     require_trail_the_registry_anchored(ws, audit, what="a forget")
     names = prepared_class_names(ws)
     classes = resolve_classes(requested, names)
@@ -351,7 +346,7 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     """Recover requests of a killed batch, then claim every pending request (call holding the
     lock). A batch that repeats an interrupted one — the same requests, whose version was not
     rejected — reuses its key, so its run resumes instead of registering a second version."""
-    store, audit = request_store(ws), audit_log(ws)
+    store, audit = intake_trail(ws)
     require_trail_the_registry_anchored(ws, audit)
     stale = store.release_stale(
         "the batch or forget run holding this request stopped before finishing", ws.params.requests.max_attempts
@@ -860,8 +855,8 @@ def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
     the registered versions. Reads only (an auditor's copy may be read-only) and never creates or
     resets a trail: a deleted one is a problem. An intake record a killed `request add` left
-    unwritten is a warning: the next command that writes the trail records it
-    (:func:`~unsir_pipeline.governance.stores.record_missing_intake`)."""
+    unwritten is a warning: the next request, forget or batch records it
+    (:func:`~unsir_pipeline.governance.stores.intake_trail`)."""
     target = state_target(ws, ws.params.requests.audit_log)
     problems: list[str] = []
     warnings: list[str] = []
@@ -980,7 +975,7 @@ def _requests_against_trail(
             if request.status in INTAKE_RECOVERABLE and not mine:
                 warnings.append(
                     f"request {request.id} ({request.status}) has no {intake} record yet: its `request add` stopped "
-                    "between storing and recording it; the next command that writes the trail records it"
+                    "between storing and recording it; the next request, forget or batch records it"
                 )
             else:
                 problems.append(f"request {request.id} ({request.status}) has no {intake} record in the trail")

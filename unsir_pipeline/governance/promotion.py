@@ -480,7 +480,9 @@ def promotion_record_key(promotion_id: str) -> str:
     return f"promotion-{promotion_id}"
 
 
-def _move_champion(ws: Workspace, registry: ModelRegistry, version: int, tags: dict[str, str], *, promotion_id: str):
+def _move_champion(
+    ws: Workspace, registry: ModelRegistry, version: int, tags: dict[str, str], *, promotion_id: str
+) -> None:
     """Tag ``version`` with its promotion's decision and make it champion (call holding the
     promotion lock). Two registry writes no transaction holds together: the promotion is
     announced on the registered model first, so one killed in between is finished, not left

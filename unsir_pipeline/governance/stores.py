@@ -33,10 +33,9 @@ def audit_key(ws: Workspace) -> bytes | None:
 
 
 def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
-    """The audit trail, with the intake records a killed `request add` left unwritten (see
-    :func:`record_missing_intake`; not when ``read_only``, as for :func:`request_store`). A
-    missing trail beside a request store that holds requests was deleted: refuse to start a
-    fresh one over it (that would reset the evidence); verify_trail reports it."""
+    """The audit trail (``read_only`` as for :func:`request_store`). A missing trail beside a
+    request store that holds requests was deleted: refuse to start a fresh one over it (that
+    would reset the evidence); verify_trail reports it."""
     target = state_target(ws, ws.params.requests.audit_log)
     store_target = state_target(ws, ws.params.requests.store)
     exists = AuditLog.exists(target)
@@ -49,14 +48,21 @@ def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
                 f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
                 "a new one (run `unsir audit verify`)"
             )
-    log = AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
-    if not read_only and RequestStore.exists(store_target):
-        record_missing_intake(RequestStore(store_target), log)
-    return log
+    return AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
 
 
-# The states a request whose intake was killed between its two writes can be in: a batch opens
-# the trail (writing the record) before it claims, so a request that moved on has its record.
+def intake_trail(ws: Workspace) -> tuple[RequestStore, AuditLog]:
+    """The request store and the trail for a step that takes requests in or claims them (`request
+    add`, a forget run, a batch), with the intake records a killed `request add` left unwritten
+    written first (:func:`record_missing_intake`): before a batch claims a request, so that one
+    whose record is missing is still pending or rejected."""
+    store, log = request_store(ws), audit_log(ws)
+    record_missing_intake(store, log)
+    return store, log
+
+
+# The states a request whose intake was killed between its two writes can be in: a batch writes
+# the missing records (intake_trail) before it claims, so a request that moved on has its record.
 INTAKE_RECOVERABLE = ("pending", "rejected")
 
 
@@ -69,29 +75,39 @@ def intake_event(request: DeletionRequest) -> str:
     return "request_refused" if request.status == "rejected" else "request_received"
 
 
+def intake_payload(request: DeletionRequest) -> dict:
+    """What a request's intake record says of it, as the request was stored."""
+    return {
+        "classes": list(request.classes),
+        "class_names": list(request.class_names),
+        "requested": list(request.requested),
+        "reason": request.reason,
+    }
+
+
 def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecord]:
     """Write the intake record of every stored request the trail has none for, from the request
     as stored, and return those records.
 
     `unsir request add` stores the request, then records it: two writes, in two SQLite files by
     default, so no one transaction can hold both. Killed in between, the request waits in the
-    queue with no record, and `audit verify` would fail for good; the next open writes it. Keyed
-    by the request, as the intake's own record is: written once, whoever writes first. Only a
-    request still pending or rejected can be one whose intake stopped: a batch opens the trail
-    before it claims, so a request that moved on without its record was not left so by intake.
+    queue with no record, and `audit verify` would fail for good; the next intake or claim
+    writes it. Keyed by the request, as the intake's own record is: written once, whoever writes
+    first. Only a request still pending or rejected can be one whose intake stopped (see
+    ``INTAKE_RECOVERABLE``).
     """
+    candidates = [r for status in INTAKE_RECOVERABLE for r in store.list(status)]
+    if not candidates:
+        return []
     recorded = {
         i for event in ("request_received", "request_refused") for r in log.records(event=event) for i in r.request_ids
     }
     written = []
-    for request in store.list():
-        if request.id in recorded or request.status not in INTAKE_RECOVERABLE:
+    for request in candidates:
+        if request.id in recorded:
             continue
-        payload: dict = {
-            "classes": list(request.classes),
-            "class_names": list(request.class_names),
-            "requested": list(request.requested),
-            "reason": request.reason,
+        payload = {
+            **intake_payload(request),
             "recorded_from": f"the request store (no intake record was on the trail; stored {request.created_at})",
         }
         if request.status == "rejected":
