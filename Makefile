@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-unseen bench-tuning bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
+.PHONY: venv demo test bench bench-unseen bench-tuning bench-gpu bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-unseen: $(STAMP)
 # The half of the grid the recipes were chosen on (seeds 0-2, draw seed 0).
 bench-tuning: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --part tuning --out reports/bench/quality-tuning.json
+
+# The deep grid at 32x32 on a CUDA machine (benchmarks/gpu_grid.sh; sized for one 10-minute call).
+bench-gpu: $(STAMP)
+	PYTHON=$(BIN)/python benchmarks/gpu_grid.sh
 
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
