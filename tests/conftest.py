@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,6 +87,21 @@ def prefect_harness():
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The command behind `make services-up` / `make services-down`: the services tests start theirs with it.
+STACK = ROOT / "infra" / "local" / "stack.py"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_stack(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`infra/local/stack.py ARGS` with ``env`` (its directory, ports and credentials)."""
+    return subprocess.run(
+        [sys.executable, str(STACK), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def make_project(root: Path, *, retrain_reference: bool = False) -> Path:
@@ -135,6 +152,19 @@ def bootstrapped_project(tmp_path_factory) -> Path:
             assert result.created and result.version == 1
             done.touch()
     return root
+
+
+def leaves_a_class(new: int):
+    """An intake check (``RequestStore.add(admit=...)``) over a data set of two classes: a
+    request for ``new`` is refused when the queued requests hold the other class."""
+    from unsir_pipeline.governance.deletion_requests import RequestError
+
+    def admit(queued) -> None:
+        classes = sorted({c for r in queued for c in r.classes})
+        if {*classes, new} == {0, 1}:
+            raise RequestError(f"class {new} with queued {classes} would leave no class")
+
+    return admit
 
 
 def clone_project(source: Path, dest: Path) -> Path:

@@ -401,13 +401,9 @@ def test_two_requests_filed_at_once_are_each_checked_against_the_other(store: Re
     import threading
     import time
 
-    def leaves_a_class(new: int):
-        def admit(queued: list[DeletionRequest]) -> None:
-            classes = sorted({c for r in queued for c in r.classes})
-            if {*classes, new} == {0, 1}:  # a data set of two classes
-                raise RequestError(f"class {new} with queued {classes} would leave no class")
-
-        return admit
+    # Here, not at the top: the processes the tests above spawn import this module, and
+    # conftest would have each import torch (13 s more for the claim test).
+    from conftest import leaves_a_class
 
     checking = threading.Event()
 

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from conftest import ROOT, free_port, make_project, run_stack
 
 pytestmark = pytest.mark.slow
 
-STACK = ROOT / "infra" / "local" / "stack.py"
 BIN = Path(sys.executable).parent
 # A client's own settings must not leak in from the test process (the Prefect test harness).
 _CLIENT_VARIABLES = (
@@ -44,12 +42,6 @@ _CLIENT_VARIABLES = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class Stack:
     project: Path
@@ -58,14 +50,7 @@ class Stack:
     client: dict[str, str]
 
     def run_stack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(STACK), *args],
-            env=self.stack_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_stack(self.stack_env, *args, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES}
@@ -128,9 +113,9 @@ def stack(tmp_path_factory, bootstrapped_project) -> Stack:
         **{k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES},
         "UNSIR_SERVICES_DIR": str(directory),
         "UNSIR_PROJECT_DIR": str(project),
-        "UNSIR_PG_PORT": str(_free_port()),
-        "UNSIR_MLFLOW_PORT": str(_free_port()),
-        "UNSIR_PREFECT_PORT": str(_free_port()),
+        "UNSIR_PG_PORT": str(free_port()),
+        "UNSIR_MLFLOW_PORT": str(free_port()),
+        "UNSIR_PREFECT_PORT": str(free_port()),
         "UNSIR_PREFECT_UI": "false",
         "UNSIR_WORKER_POLL_S": "2",  # a triggered run starts within 2 s instead of up to 10
     }
