@@ -188,3 +188,18 @@ def test_the_commands_that_only_read_work_with_select_rights_alone(state_url, tm
     assert request.id in unsir("request", "show", request.id)
     assert "request_received" in unsir("audit", "show")
     assert "audit trail intact: 1 records" in unsir("audit", "verify")
+
+
+def test_a_read_only_open_is_read_only_in_the_database_too(state_url: str) -> None:
+    """As SQLite's read-only URI refuses writes whatever the code does, PostgreSQL runs a
+    read-only store's transactions READ ONLY: a write that got past the store's own refusal
+    is refused by the server, the superuser's included."""
+    _filed_and_recorded(state_url)
+    reader = AuditLog(state_url, read_only=True)
+    for snapshot in (False, True):
+        with (
+            reader.db.read(snapshot=snapshot) as conn,
+            pytest.raises(sa.exc.DBAPIError, match="cannot execute UPDATE in a read-only transaction"),
+        ):
+            conn.execute(sa.text("UPDATE audit_head SET records = 0"))
+    assert AuditLog(state_url).verify().ok

@@ -20,7 +20,9 @@ LOCKED`` for claims), and migrations hold an advisory lock.
 
 A store opened ``read_only`` (the commands that only read: ``unsir audit verify``, ``audit show``,
 ``request list``) neither migrates nor writes, so an auditor can check a read-only copy of the
-state; see :func:`sqlite_read_only_uri` for how a SQLite file is opened then.
+state, or the shared database with a role that may only SELECT; see
+:func:`sqlite_read_only_uri` for how a SQLite file is opened then. On PostgreSQL its
+transactions are READ ONLY, so the server refuses a write as SQLite's read-only URI does.
 """
 
 from __future__ import annotations
@@ -80,7 +82,14 @@ def _engine(url: URL, *, read_only: bool = False) -> Engine:
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
         else:
-            engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+            # Read-only, every transaction is READ ONLY: the server refuses a write whatever the
+            # code does, as SQLite's mode=ro does.
+            engine = sa.create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                execution_options={"postgresql_readonly": True} if read_only else {},
+            )
         _ENGINES[key] = engine
     return _ENGINES[key]
 
@@ -132,7 +141,7 @@ class StateDatabase:
 
     def __init__(self, target: Path | str, *, read_only: bool = False) -> None:
         """``read_only``: never write, migrate or create; a SQLite file is opened through
-        :func:`sqlite_read_only_uri`."""
+        :func:`sqlite_read_only_uri`, a PostgreSQL database in READ ONLY transactions."""
         self.read_only = read_only
         if isinstance(target, Path):
             self.url = URL.create("sqlite", database=str(target.resolve()))
