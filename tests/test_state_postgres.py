@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from unsir_pipeline.adapters.state_store import StateError
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance.audit import AuditError, AuditLog
+from unsir_pipeline.governance.audit import GENESIS, AuditError, AuditLog
 from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestError, RequestStore
 from unsir_pipeline.governance.stores import record_missing_intake
 
@@ -116,10 +116,10 @@ def test_two_intakes_at_once_are_each_checked_against_the_other(state_url: str, 
             if name == "second":
                 second_finished.set()
 
-    first = threading.Thread(target=file, args=("first", [0], first_admit, first_claimed_by))
+    first = threading.Thread(target=file, args=("first", [0], first_admit, first_claimed_by), daemon=True)
     first.start()
     assert first_checking.wait(30)
-    second = threading.Thread(target=file, args=("second", [1], leaves_a_class(1)))
+    second = threading.Thread(target=file, args=("second", [1], leaves_a_class(1)), daemon=True)
     second.start()
     first.join(60)
     second.join(60)
@@ -130,6 +130,59 @@ def test_two_intakes_at_once_are_each_checked_against_the_other(state_url: str, 
     assert [(r.classes, r.status, r.batch_id) for r in store.list()] == [
         ((0,), "pending" if first_claimed_by is None else "running", first_claimed_by)
     ]
+
+
+# --- row locks -------------------------------------------------------------------------------
+
+
+def _at_once(work: Callable[[int], object], workers: int = 2) -> None:
+    """Run ``work(0)``, ``work(1)``... in threads released together; re-raise what any raised.
+    Each thread's statements go through a connection (a database session) of its own."""
+    barrier = threading.Barrier(workers)
+    failures: list[BaseException] = []
+
+    def run(worker: int) -> None:
+        barrier.wait()
+        try:
+            work(worker)
+        except BaseException as err:
+            failures.append(err)
+
+    # Daemons: a thread stuck in a deadlock must not keep pytest from exiting.
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a worker still runs after 30 s (a deadlock?)"
+    if failures:
+        raise failures[0]
+
+
+def test_two_writers_appending_at_once_keep_one_chain(state_url: str) -> None:
+    """The anchor row's lock (FOR UPDATE) holds the head for each append: without it two
+    appends read the same last record and both write the next."""
+    log = AuditLog(state_url)
+
+    def append_many(worker: int) -> None:
+        for i in range(20):
+            log.append("concurrent", actor=f"worker-{worker}", payload={"worker": worker, "i": i})
+
+    _at_once(append_many)
+
+    assert log.verify().ok and [r.seq for r in log.records()] == list(range(1, 41))
+    for w in range(2):
+        assert [r.payload["i"] for r in log.records() if r.actor == f"worker-{w}"] == list(range(20))
+
+
+def test_two_writers_opening_a_new_database_at_once_create_it_once(state_url: str) -> None:
+    """The migration's advisory lock and the anchor's insert: both open the empty database, one
+    creates the tables and the anchor, the other finds them."""
+    _at_once(lambda w: (RequestStore(state_url), AuditLog(state_url)))
+
+    log = AuditLog(state_url)
+    assert log.verify().ok and log.head() == (0, GENESIS)
+    assert RequestStore(state_url).db.revision("requests") and RequestStore(state_url).list() == []
 
 
 # --- read-only opens --------------------------------------------------------------------------
