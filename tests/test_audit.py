@@ -726,3 +726,29 @@ def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next
     )
     assert again == received and len(log.records()) == 3
     assert log.verify().ok and store.get(request.id).status == "pending"
+
+
+def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tmp_path: Path) -> None:
+    """A request a batch failed for good, then withdrawn: the batch's report read "failed" or a
+    bare "withdrawn", not that someone took it back, nor who or why."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # as a batch writes its intake record before claiming it
+    store.claim_pending("batch-failed")
+    log.append("batch_failed", actor="deletion-batch", request_ids=[request.id], payload={"batch_id": "batch-failed"})
+    store.release("batch-failed", "MLflow unreachable", max_attempts=1)
+    batches.withdraw_request(ws, request.id, "dpo@corp", "requester took it back")
+    # One whose `request add` was killed before its record: the withdrawal writes that first.
+    unrecorded = store.add([4], ["4"], "bob", "filed twice")
+    batches.withdraw_request(ws, unrecorded.id, "bob", "filed twice")
+
+    html = batches.write_batch_report(ws, "batch-failed", tmp_path / "report.html").read_text()
+    assert "<td>withdrawn by dpo@corp: requester took it back</td>" in html
+    assert batches.verify_trail(ws).problems == ()
+    assert [r.event for r in log.records(request_id=unrecorded.id)] == ["request_received", "request_withdrawn"]

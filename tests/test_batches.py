@@ -1258,3 +1258,50 @@ def test_a_forget_its_user_stopped_with_ctrl_c_is_not_left_for_a_batch(
     (stopped,) = stores.request_store(ws).list()
     assert (stopped.status, stopped.classes, stopped.error) == ("failed", (4,), unlearn_flow.CANCELLED)
     assert batches.claim_batch(ws) is None  # nothing left for a batch
+
+
+def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_project, tmp_path, capsys):
+    """A request filed by mistake or twice, or taken back by its requester, could leave
+    `pending` only through a batch (or `unsir reject` of its version). `unsir request withdraw`
+    closes it: on the trail, in `request list` and `audit show`, and no batch claims it; one a
+    batch claimed first is refused, unchanged."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    twice, kept, unrecorded = (batches.file_request(ws, ["4"], "alice", "consent withdrawn") for _ in range(3))
+    cli = ["--project", str(project)]
+
+    assert main([*cli, "request", "withdraw", twice.id, "--reason", "filed twice", "--by", "dpo@corp"]) == 0
+    assert capsys.readouterr().out.strip() == f"request {twice.id} withdrawn by dpo@corp: filed twice"
+    (record,) = stores.audit_log(ws).records(event="request_withdrawn")
+    assert (record.actor, record.request_ids) == ("dpo@corp", (twice.id,))
+    assert (record.payload["reason"], record.payload["requester"]) == ("filed twice", "alice")
+    assert main([*cli, "request", "list", "--status", "withdrawn", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["id"], listed["status"], listed["error"]) == (
+        twice.id,
+        "withdrawn",
+        "withdrawn by dpo@corp: filed twice",
+    )
+    assert main([*cli, "audit", "show", "--request", twice.id]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(
+        f"request {twice.id}: status withdrawn, version - (never to be forgotten: withdrawn by dpo@corp: filed twice)"
+    )
+    assert re.search(r"request_withdrawn\s+dpo@corp\s+classes=\[4\], reason=filed twice", shown), shown
+    # A withdrawal that stopped before its record (the store changed alone) is named by verify.
+    stores.request_store(ws).withdraw(unrecorded.id, "bob", "changed my mind")
+    assert f"request {unrecorded.id} is withdrawn (withdrawn by bob: changed my mind), but no request_withdrawn" in (
+        " ".join(batches.verify_trail(ws).problems)
+    )
+
+    with locks.deletion_batch_lock(ws) as acquired:
+        assert acquired
+        batch = batches.claim_batch(ws)
+    assert batch is not None and batch.request_ids == [kept.id]  # the withdrawn ones stay out
+    assert main([*cli, "request", "withdraw", kept.id, "--reason", "too late", "--by", "alice"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: request {kept.id} is running (claimed by {batch.batch_id}: wait for it to end); only a pending or "
+        "failed request can be withdrawn"
+    ]
+    assert stores.request_store(ws).get(kept.id).status == "running"
+    assert len(stores.audit_log(ws).records(event="request_withdrawn")) == 1

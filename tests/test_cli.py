@@ -387,6 +387,13 @@ def _runs(project: Path) -> list:
             ["request", "add", "3", "--classes", "4", "--by", "alice", "--reason", "x"],
             "classes given twice, as arguments ['3'] and with --classes ['4']",
         ),
+        (
+            ["request", "withdraw", "req-000000000000", "--reason", "typo"],
+            "no deletion request with id 'req-000000000000'",
+        ),
+        (["request", "withdraw", "req-000000000000", "--reason", "  "], "--reason must be a non-empty string"),
+        (["request", "withdraw", "req-000000000000", "--reason", "a\tb"], "--reason contains control character U+0009"),
+        (["request", "withdraw", "req-000000000000", "--reason", "x", "--by", ""], "--by must be a non-empty string"),
     ],
 )
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):
@@ -408,6 +415,13 @@ def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
         assert main(["--project", str(project), "serve", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --port {port}: already in use on 127.0.0.1; choose another, or 0 for any free port"]
+
+
+def test_request_withdraw_needs_a_reason(params_only, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--project", str(params_only), "request", "withdraw", "req-000000000000"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: --reason" in capsys.readouterr().err
 
 
 def test_forget_before_bootstrap_refuses_a_parent_bootstrap_will_not_register(params_only, capsys):

@@ -281,7 +281,16 @@ def test_store_written_before_migrations_is_adopted_and_keeps_working(tmp_path: 
     assert (old.classes, old.requester, old.status) == ((4,), "alice", "pending")
     new = store.add([5], ["five"], "bob", "new")
     assert [r.id for r in store.claim_pending("batch-1")] == [old.id, new.id]
-    assert store.db.revision("requests") == ["requests_0001"]
+    assert store.db.revision("requests") == ["requests_0002"]
+    # The table rebuilt for status `withdrawn` keeps its rows, numbering and checks.
+    later = store.add([6], ["six"], "carol", "filed twice")
+    assert store.withdraw(later.id, "carol", "filed twice").status == "withdrawn"
+    assert [r.id for r in store.list()] == [old.id, new.id, later.id]
+    with sqlite3.connect(path) as conn:
+        assert [seq for (seq,) in conn.execute("SELECT seq FROM requests ORDER BY seq")] == [1, 2, 3]
+        assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'requests'").fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE requests SET status = 'lost'")
 
 
 def test_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
@@ -299,9 +308,91 @@ def test_store_from_a_newer_revision_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
 
     with pytest.raises(
-        RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0001'"
+        RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0002'"
     ):
         RequestStore(path)
+
+
+def test_withdraw_takes_a_pending_or_failed_request_out_of_the_queue(store: RequestStore) -> None:
+    failed = store.add([2], ["two"], "alice", "r")
+    store.claim_pending("batch-1")
+    store.release("batch-1", "MLflow unreachable", max_attempts=1)
+    pending = store.add([1], ["one"], "alice", "consent withdrawn")
+    kept = store.add([3], ["three"], "bob", "r")
+
+    first = store.withdraw(pending.id, "alice", "filed twice")
+    second = store.withdraw(failed.id, "dpo@corp", "requester took it back")
+
+    assert (first.status, first.error) == ("withdrawn", "withdrawn by alice: filed twice")
+    assert (second.status, second.error) == ("withdrawn", "withdrawn by dpo@corp: requester took it back")
+    assert (second.attempts, second.batch_id) == (1, "batch-1")  # its history stays
+    assert first.updated_at > pending.updated_at
+    assert [r.id for r in store.list("withdrawn")] == [failed.id, pending.id]
+    assert [r.id for r in store.claim_pending("batch-2")] == [kept.id]  # never claimed
+
+
+def _running(store: RequestStore) -> DeletionRequest:
+    request = store.add([1], ["one"], "alice", "r")
+    store.claim_pending("batch-1")  # a batch claimed it first
+    return request
+
+
+def _done(store: RequestStore) -> DeletionRequest:
+    request = _running(store)
+    store.mark_done("batch-1", 4)
+    return request
+
+
+def _rejected(store: RequestStore) -> DeletionRequest:
+    return store.add_rejected([1], ["one"], "alice", "r", "already forgotten")
+
+
+def _withdrawn(store: RequestStore) -> DeletionRequest:
+    return store.withdraw(store.add([1], ["one"], "alice", "r").id, "alice", "filed twice")
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (_running, r"running \(claimed by batch-1: wait for it to end\)"),
+        (_done, r"done \(forgotten by version 4\)"),
+        (_rejected, r"rejected \(refused at intake: it never runs\)"),
+        (_withdrawn, r"withdrawn already \(withdrawn by alice: filed twice\)"),
+    ],
+)
+def test_withdraw_refuses_a_request_claimed_done_or_closed_and_changes_nothing(
+    store: RequestStore, make, status
+) -> None:
+    request = store.get(make(store).id)
+
+    with pytest.raises(RequestError, match=rf"^request {request.id} is {status}; only a pending or failed request"):
+        store.withdraw(request.id, "bob", "changed my mind")
+
+    assert store.get(request.id) == request
+
+
+def test_withdraw_of_an_unknown_id_is_refused_as_show_refuses_it(store: RequestStore) -> None:
+    with pytest.raises(RequestError) as shown:
+        store.get("req-000000000000")
+    with pytest.raises(RequestError) as withdrawn:
+        store.withdraw("req-000000000000", "bob", "typo")
+    assert str(withdrawn.value) == str(shown.value)
+
+
+@pytest.mark.parametrize(
+    ("by", "reason", "message"),
+    [
+        ("bob", "", "reason must be a non-empty string, got ''"),
+        ("bob", "   ", "reason must be a non-empty string"),
+        ("bob", "dup\nlicate", "reason contains control character U\\+000A"),
+        ("", "dup", "by must be a non-empty string"),
+    ],
+)
+def test_withdraw_needs_who_and_a_reason_and_changes_nothing_without(store: RequestStore, by, reason, message) -> None:
+    request = store.add([1], ["one"], "alice", "r")
+    with pytest.raises(RequestError, match=message):
+        store.withdraw(request.id, by, reason)
+    assert store.get(request.id) == request
 
 
 def test_deletion_request_is_immutable(store: RequestStore) -> None:

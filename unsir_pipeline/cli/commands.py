@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             'unsir request add --classes 3 --requester alice --reason "consent withdrawn"',
             "unsir request list --status pending",
+            'unsir request withdraw req-1a2b3c4d5e6f --reason "filed twice" --by alice',
         ),
     ).add_subparsers(dest="request_command", required=True, metavar="SUBCOMMAND")
     p = request.add_parser(
@@ -176,12 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status",
         default=None,
-        choices=["pending", "running", "done", "failed", "rejected"],
+        choices=["pending", "running", "done", "failed", "rejected", "withdrawn"],
         help="only requests in this state",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of requests")
     p = request.add_parser("show", help="one request", epilog=_examples("unsir request show r-20260101-ab12cd"))
     p.add_argument("id", help="request id as `unsir request list` shows it")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = request.add_parser(
+        "withdraw",
+        help="take back a pending or failed request before it runs (recorded)",
+        epilog=_examples('unsir request withdraw req-1a2b3c4d5e6f --reason "filed twice" --by alice --json'),
+    )
+    p.add_argument("id", help="request id as `unsir request list` shows it")
+    p.add_argument(
+        "--reason", required=True, help='why (UTF-8 text, no control characters), e.g. "duplicate of req-..."'
+    )
+    p.add_argument("--by", default=None, help="who withdraws it (default: the current user)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     batch = commands.add_parser(
@@ -825,6 +837,11 @@ def cmd_request(project: Path, args) -> int:
             if args.json
             else f"request {request.id} pending: forget {list(request.class_names)}"
         )
+    elif args.request_command == "withdraw":
+        from unsir_pipeline.governance import batches
+
+        request = batches.withdraw_request(ws, args.id, _who(args, args.reason), args.reason)
+        print(json.dumps(request.to_dict()) if args.json else f"request {request.id} {request.error}")
     elif args.request_command == "list":
         _print_requests(stores.request_store(ws, read_only=True).list(args.status), args.json)
     else:

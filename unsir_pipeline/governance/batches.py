@@ -157,6 +157,32 @@ def _record_received(ws: Workspace, audit: AuditLog, request: DeletionRequest, e
     )
 
 
+def withdraw_request(ws: Workspace, request_id: str, by: str, reason: str) -> DeletionRequest:
+    """Withdraw a pending or failed request (:meth:`RequestStore.withdraw`): no batch claims it
+    after, and the trail records who, when and why (``request_withdrawn``)."""
+    require_recordable(by, reason)
+    # Its intake record first, if a killed `request add` left it unwritten: intake recovery
+    # writes only those of requests still pending.
+    store, audit = intake_trail(ws)
+    require_trail_the_registry_anchored(ws, audit, what=f"a withdrawal of request {request_id}")
+    request = store.withdraw(request_id, by, reason)
+    audit.append(
+        "request_withdrawn",
+        actor=by,
+        request_ids=[request.id],
+        payload={
+            "reason": reason,
+            "requester": request.requester,
+            "classes": list(request.classes),
+            "class_names": list(request.class_names),
+            "attempts": request.attempts,
+            **provenance(ws),
+        },
+        idempotency_key=f"withdraw-{request.id}",
+    )
+    return request
+
+
 # What a forget run's own request gives as its reason (`request list`, the trail).
 FORGET_REASON = "unsir forget (a forget run outside a batch)"
 
@@ -752,7 +778,10 @@ def request_history(ws: Workspace, request_id: str) -> dict:
     """A request from its arrival to the model version in production, from the audit trail."""
     request = request_store(ws, read_only=True).get(request_id)
     records = [r.to_dict() for r in audit_log(ws, read_only=True).records(request_id=request_id)]
-    production = "not forgotten yet" if request.model_version is None else _in_production(ws, request)
+    if request.status == "withdrawn":
+        production = f"never to be forgotten: {request.error}"
+    else:
+        production = "not forgotten yet" if request.model_version is None else _in_production(ws, request)
     return {"request": request.to_dict(), "production": production, "records": records}
 
 
@@ -989,6 +1018,10 @@ def _requests_against_trail(
             problems.append(
                 f"request {request.id} is done with version {request.model_version}, but no "
                 "model_registered or batch_finished record says so"
+            )
+        if request.status == "withdrawn" and not any(r.event == "request_withdrawn" for r in mine):
+            problems.append(
+                f"request {request.id} is withdrawn ({request.error}), but no request_withdrawn record says so"
             )
     return problems, warnings
 

@@ -19,6 +19,7 @@ Lifecycle::
     running --mark_done-->                      done       (model_version set)
     running --release / release_stale-->        pending, or failed once attempts >= max_attempts
     done    --return_to_pending-->              pending    (a reviewer rejected the version)
+    pending or failed --withdraw-->             withdrawn  (taken back; never claimed again)
 
 This module talks to nothing but the state database and imports nothing else from the pipeline,
 so the queue can be inspected from a notebook or a shell without Prefect or MLflow.
@@ -42,7 +43,10 @@ from unsir.classes import check_forget_classes, resolve_classes
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters.state_store import StateDatabase
 
-STATUSES = ("pending", "running", "done", "failed", "rejected")
+STATUSES = ("pending", "running", "done", "failed", "rejected", "withdrawn")
+# What may be withdrawn: a request taken in (not rejected) that no run holds (running) and none
+# carried out (done). A failed one is claimed no more, but stays an open deletion until withdrawn.
+WITHDRAWABLE = ("pending", "failed")
 
 # Longest text each field may hold, in characters. A request is read by people (``request
 # list``, the evidence report) and travels in every audit record: a megabyte reason would run
@@ -432,8 +436,11 @@ class RequestStore:
         with self.db.read() as conn:
             found = self._select(conn, _REQUESTS.c.id == request_id)
         if not found:
-            raise RequestError(f"no deletion request with id {request_id!r} in {self.db.shown}")
+            raise self._unknown(request_id)
         return found[0]
+
+    def _unknown(self, request_id: str) -> RequestError:
+        return RequestError(f"no deletion request with id {request_id!r} in {self.db.shown}")
 
     # Below this method, a bare `list` in the class's annotations would name it: builtins.list.
     def list(self, status: str | None = None) -> list[DeletionRequest]:
@@ -509,6 +516,46 @@ class RequestStore:
             (_REQUESTS.c.status == "done") & (_REQUESTS.c.model_version == model_version),
             {"status": "pending", "model_version": None, "error": error},
         )
+
+    def withdraw(self, request_id: str, by: str, reason: str) -> DeletionRequest:
+        """Take back a pending or failed request (filed by mistake or twice, or its requester
+        changed their mind): status ``withdrawn``, ``error`` = who and why; no batch claims it
+        after. ``attempts`` and ``batch_id`` keep their history.
+
+        The row is locked as a claim locks it, in one transaction: a batch claiming at the same
+        moment either took it first (then it is refused here) or skips it and never sees it
+        pending again. Anything else is refused, naming the request's status, and nothing changes.
+        """
+        _check_text("request_id", request_id)
+        check_request_text("by", by, limit=TEXT_LIMITS["requester"])
+        check_request_text("reason", reason, limit=TEXT_LIMITS["reason"])
+        this = _REQUESTS.c.id == request_id
+        with self.db.write() as conn:
+            locked = conn.execute(sa.select(*_COLUMNS).where(this).with_for_update()).mappings().all()
+            if not locked:
+                raise self._unknown(request_id)
+            request = _row_to_request(locked[0])
+            if request.status not in WITHDRAWABLE:
+                raise RequestError(
+                    f"request {request_id} is {request.status}{_why_not_withdrawable(request)}; only a "
+                    f"{' or '.join(WITHDRAWABLE)} request can be withdrawn"
+                )
+            conn.execute(
+                sa.update(_REQUESTS)
+                .where(this)
+                .values(status="withdrawn", error=f"withdrawn by {by}: {reason}", updated_at=_now())
+            )
+            return self._select(conn, this)[0]
+
+
+def _why_not_withdrawable(request: DeletionRequest) -> str:
+    if request.status == "running":
+        return f" (claimed by {request.batch_id}: wait for it to end)"
+    if request.status == "done":
+        return f" (forgotten by version {request.model_version})"
+    if request.status == "rejected":
+        return " (refused at intake: it never runs)"
+    return f" already ({request.error})"
 
 
 def resolve_request(

@@ -118,7 +118,9 @@ def batch_report_html(
     # gone back to pending (its version rejected) and been completed by a later batch.
     rows = "".join(
         f"<tr><td><code>{_e(r.id)}</code></td><td>{_e(r.requester)}</td><td>{_e(r.reason)}</td>"
-        f"<td>{_e(', '.join(r.class_names))}</td><td>{_e(r.created_at)}</td><td>{_e(r.status)}"
+        f"<td>{_e(', '.join(r.class_names))}</td><td>{_e(r.created_at)}</td>"
+        # A withdrawn request says by whom and why ("withdrawn by bob: filed twice").
+        f"<td>{_e(r.error if r.status == 'withdrawn' else r.status)}"
         + (f" (in batch <code>{_e(r.batch_id)}</code>)" if r.batch_id and r.batch_id != batch_id else "")
         + f"</td><td>{_e(r.model_version or '—')}</td></tr>"
         for r in requests

@@ -52,17 +52,17 @@ def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
 
 
 def intake_trail(ws: Workspace) -> tuple[RequestStore, AuditLog]:
-    """The request store and the trail for a step that takes requests in or claims them (`request
-    add`, a forget run, a batch), with the intake records a killed `request add` left unwritten
-    written first (:func:`record_missing_intake`): before a batch claims a request, so that one
-    whose record is missing is still pending or rejected."""
+    """The request store and the trail for a step that takes requests in, claims or withdraws
+    them (`request add`, a forget run, a batch, `request withdraw`), with the intake records a
+    killed `request add` left unwritten written first (:func:`record_missing_intake`): before a
+    request moves on, so that one whose record is missing is still pending or rejected."""
     store, log = request_store(ws), audit_log(ws)
     record_missing_intake(store, log)
     return store, log
 
 
-# The states a request whose intake was killed between its two writes can be in: a batch writes
-# the missing records (intake_trail) before it claims, so a request that moved on has its record.
+# The states a request whose intake was killed between its two writes can be in: a batch or a
+# withdrawal writes the missing records (intake_trail) first, so a request that moved on has its record.
 INTAKE_RECOVERABLE = ("pending", "rejected")
 
 
