@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from conftest import ROOT, free_port, leaves_a_class, run_stack
 from sqlalchemy.pool import NullPool
 
-from unsir_pipeline.adapters.state_store import StateError
+from unsir_pipeline.adapters.state_store import StateError, StateWriteRefused
 from unsir_pipeline.cli import main
 from unsir_pipeline.governance.audit import GENESIS, AuditError, AuditLog
 from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestError, RequestStore
@@ -256,3 +256,45 @@ def test_a_read_only_open_is_read_only_in_the_database_too(state_url: str) -> No
         ):
             conn.execute(sa.text("UPDATE audit_head SET records = 0"))
     assert AuditLog(state_url).verify().ok
+
+
+def test_a_write_the_role_may_not_make_is_named_with_what_it_needs(state_url, tmp_path, monkeypatch, capsys):
+    """The commands that write, run with an auditor's role (SELECT alone): one line naming the
+    database (not its password), what the server refused and the rights needed, exit 2 (the
+    configuration, not the pipeline), and nothing written."""
+    store, log, request = _filed_and_recorded(state_url)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    auditor = _select_only_role(state_url)
+    monkeypatch.setenv("UNSIR_STATE_DATABASE_URL", auditor)
+    monkeypatch.setenv("UNSIR_AUDIT_KEY", "k" * 32)
+    shown = sa.make_url(auditor).render_as_string(hide_password=True)
+
+    for command in (
+        ["request", "add", "--classes", "4", "--requester", "bob", "--reason", "r"],
+        ["audit", "sign-head"],
+    ):
+        assert main(["--project", str(tmp_path), *command]) == 2, command
+        err = capsys.readouterr().err
+        assert err.splitlines() == [
+            f"error: cannot write to the state database {shown}: permission denied for table audit_head; "
+            "expected a database role with INSERT and UPDATE rights on the state tables (state.database_url or "
+            "UNSIR_STATE_DATABASE_URL): run the command as a role that has them"
+        ], command
+        assert sa.make_url(auditor).password not in err
+    assert store.list() == [request] and [r.seq for r in log.records()] == [1] and log.verify().ok
+
+
+def test_a_server_that_runs_every_transaction_read_only_is_named(state_url: str) -> None:
+    """A role or a standby whose transactions are READ ONLY: the write is refused naming that."""
+    store, log, request = _filed_and_recorded(state_url)
+    url = sa.make_url(state_url)
+    with _admin(url).connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = on')
+    store.db.engine.dispose()  # the setting applies to sessions opened from now on
+    refused = (
+        r"cannot write to the state database postgresql\+psycopg2://.*/state_\w+: cannot execute INSERT in a "
+        r"read-only transaction; expected a server and role whose transactions may write .*not a standby"
+    )
+    with pytest.raises(StateWriteRefused, match=refused):
+        RequestStore(state_url).add([4], ["four"], "bob", "r")
+    assert RequestStore(state_url, read_only=True).list() == [request]

@@ -23,6 +23,10 @@ A store opened ``read_only`` (the commands that only read: ``unsir audit verify`
 state, or the shared database with a role that may only SELECT; see
 :func:`sqlite_read_only_uri` for how a SQLite file is opened then. On PostgreSQL its
 transactions are READ ONLY, so the server refuses a write as SQLite's read-only URI does.
+
+A write the server refuses to the configured role or server (a role that may only SELECT, a
+read-only standby) is :class:`StateWriteRefused`, naming the database and what a write needs;
+the transaction is rolled back, so nothing of it is written.
 """
 
 from __future__ import annotations
@@ -56,6 +60,24 @@ _LOCK_KEYS = {"intake": _MIGRATION_LOCK_KEY + 1}
 class StateError(ValueError):
     """The state database's URL is malformed, it cannot be reached, or it holds a schema this
     code does not know; the message names the database (never its password)."""
+
+
+class StateWriteRefused(StateError):
+    """The database refused a write to the role or server the configuration names (a role that
+    may only SELECT, a read-only standby): the configuration is wrong, not the pipeline."""
+
+
+# SQLSTATEs of a write refused by the database's configuration, and what a write needs instead.
+_WRITE_NEEDS = {
+    "42501": (  # insufficient_privilege
+        "a database role with INSERT and UPDATE rights on the state tables (state.database_url or "
+        "UNSIR_STATE_DATABASE_URL): run the command as a role that has them"
+    ),
+    "25006": (  # read_only_sql_transaction: a standby, or default_transaction_read_only
+        "a server and role whose transactions may write (state.database_url or UNSIR_STATE_DATABASE_URL): "
+        "the primary, not a standby, and no default_transaction_read_only"
+    ),
+}
 
 
 _ENGINES: dict[tuple[str, bool, int], Engine] = {}
@@ -169,13 +191,22 @@ class StateDatabase:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction, committed at the end and rolled back on any exception."""
+        """One write transaction, committed at the end and rolled back on any exception; a write
+        the database's permissions refuse raises :class:`StateWriteRefused`."""
         if self.read_only:
             raise StateError(f"the state database {self.shown} was opened read-only; cannot write to it")
         with self._connect() as conn:
             conn.execution_options(unsir_write=True)
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+            except DBAPIError as err:
+                needs = _WRITE_NEEDS.get(getattr(err.orig, "pgcode", None) or "")
+                if needs is None:
+                    raise
+                raise StateWriteRefused(
+                    f"cannot write to the state database {self.shown}: {_first_line(err)}; expected {needs}"
+                ) from err
 
     def serialise(self, conn: Connection, step: str) -> None:
         """Hold ``step`` (a key of ``_LOCK_KEYS``) for the rest of ``conn``'s write transaction:
@@ -203,7 +234,7 @@ class StateDatabase:
             yield conn
 
     def unreachable(self, err: DBAPIError) -> StateError:
-        detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+        detail = _first_line(err)
         expected = (
             f"a {'readable' if self.read_only else 'writable'} SQLite file"
             if self.is_sqlite
@@ -305,6 +336,11 @@ class StateDatabase:
             raise StateError(f"cannot open the state database {self.shown}: {err}; expected a SQLite file") from err
         finally:
             raw.close()
+
+
+def _first_line(err: DBAPIError) -> str:
+    """The driver's own message, without SQLAlchemy's statement and parameters."""
+    return str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
 
 
 def version_table(store: str) -> str:
