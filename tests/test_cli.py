@@ -810,3 +810,32 @@ def test_models_shows_a_rejected_version_as_rejected():
     assert _gate_shown({"gate": "held", "review_decision": "rejected"}) == "held (rejected)"
     assert _gate_shown({"gate": "held", "review_decision": None}) == "held"
     assert _gate_shown({"gate": None, "review_decision": None}) == "-"
+
+
+def test_audit_verify_without_a_registry_database_checks_the_trail_and_creates_none(params_only, capsys):
+    """`audit verify` only reads: where the default SQLite registry was never made (nothing
+    registered yet, or a copy without it) it verifies the trail and says the registry was not
+    cross-checked, instead of opening the registry, which creates state/mlflow/mlflow.db."""
+    from unsir_pipeline.governance import stores
+
+    store, log = stores.intake_trail(Workspace.load(params_only))
+    store.add([3], ["3"], "alice", "consent withdrawn")
+    assert len(stores.record_missing_intake(store, log)) == 1
+
+    assert main(["--project", str(params_only), "audit", "verify"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("audit trail intact: 1 records")
+    registry = params_only / "state" / "mlflow" / "mlflow.db"
+    skipped = f"warning: no registry database {registry} (nothing registered yet): the registry is not cross-checked"
+    assert skipped in err.splitlines()
+    assert not registry.parent.exists()
+
+    # A trail that records a version registered there: the database was lost, not never made.
+    from unsir_pipeline.governance.batches import registry_name
+
+    payload = {"registry": registry_name(Workspace.load(params_only)), "model_version": 2}
+    log.append("model_registered", actor="batch", payload=payload)
+    assert main(["--project", str(params_only), "audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "records versions [2] of sqlite:///state/mlflow/mlflow.db#" in err and "was lost or replaced" in err
+    assert not registry.parent.exists()

@@ -567,6 +567,16 @@ def registry_for(ws: Workspace) -> ModelRegistry:
     )
 
 
+def existing_registry(ws: Workspace) -> ModelRegistry | None:
+    """The registry, for a command that only reads; None where it is a SQLite database that
+    does not exist, which opening it would create (nothing was registered yet, or a copy of the
+    project left it out)."""
+    database = ws.registry_database
+    if database is not None and not database.exists():
+        return None
+    return registry_for(ws)
+
+
 def serving_signature() -> ModelSignature:
     """What the served model returns (``unsir_pipeline/adapters/serving_model.py``): per row a
     label, its class name and probabilities.

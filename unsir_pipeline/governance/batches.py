@@ -24,6 +24,7 @@ from unsir_pipeline.adapters.registry import (
     ModelRegistry,
     RegistryError,
     VersionInfo,
+    existing_registry,
     registry_for,
     version_with_key,
 )
@@ -883,7 +884,8 @@ class TrailReport:
 def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
     the registered versions. Reads only (an auditor's copy may be read-only) and never creates or
-    resets a trail: a deleted one is a problem. An intake record a killed `request add` left
+    resets a trail (a deleted one is a problem) or a SQLite registry (a missing one is not
+    cross-checked). An intake record a killed `request add` left
     unwritten is a warning: the next request, forget or batch records it
     (:func:`~unsir_pipeline.governance.stores.intake_trail`)."""
     target = state_target(ws, ws.params.requests.audit_log)
@@ -917,9 +919,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
     problems += request_problems
     warnings += request_warnings
 
-    registry = registry_for(ws)
+    registry = existing_registry(ws)
     try:
-        if registry.has_model():
+        if registry is not None and registry.has_model():
             versions = {v.version: v for v in registry.list_versions()}
             tag = registry.model_tags().get(AUDIT_HEAD_TAG)
             if log is not None:
@@ -968,6 +970,11 @@ def verify_trail(ws: Workspace) -> TrailReport:
             lost = _lost_registry_problem(ws, records)
             if lost:
                 problems.append(lost)
+            elif registry is None:
+                warnings.append(
+                    f"no registry database {ws.registry_database} (nothing registered yet): the registry is not "
+                    "cross-checked"
+                )
             else:
                 warnings.append("no model is registered: nothing to cross-check in the registry")
     except RegistryError as err:

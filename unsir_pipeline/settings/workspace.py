@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 PARAMS_FILE = "params.yaml"
+_SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,23 @@ class Workspace:
         return self.root / "reports"
 
     @property
-    def tracking_uri(self) -> str:
-        """The params' tracking URI, with a relative SQLite path anchored at the project."""
+    def registry_database(self) -> Path | None:
+        """The SQLite file of a local registry (a relative path anchored at the project); None
+        for a server. Computing it creates nothing."""
         uri = self.params.registry.tracking_uri
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            db = self.root / uri[len(prefix) :]
+        if not uri.startswith(_SQLITE_PREFIX):
+            return None
+        return self.path(uri[len(_SQLITE_PREFIX) :])
+
+    @property
+    def tracking_uri(self) -> str:
+        """The params' tracking URI, with a relative SQLite path anchored at the project (whose
+        directory is made, for MLflow to create the database in)."""
+        uri = self.params.registry.tracking_uri
+        db = self.registry_database
+        if db is not None and not uri.startswith(_SQLITE_PREFIX + "/"):
             db.parent.mkdir(parents=True, exist_ok=True)
-            return prefix + str(db)
+            return _SQLITE_PREFIX + str(db)
         return uri
 
     @property
