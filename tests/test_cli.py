@@ -167,13 +167,14 @@ def test_precedence_is_flag_then_environment_then_file(params_only, monkeypatch)
 
 
 def test_a_set_flag_wins_over_the_environment_on_the_command_line(params_only, monkeypatch, capsys):
-    # The environment names a closed port: had it won, `models` would fail to reach it.
+    # The environment names a closed port: had it won, `models` would fail to reach it. The
+    # flag's SQLite file does not exist, and `models` only reads: nothing to list, none created.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     flag = f"registry.tracking_uri=sqlite:///{params_only / 'flag.db'}"
     assert main(["--project", str(params_only), "--set", flag, "models", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    assert (params_only / "flag.db").is_file()
+    assert not (params_only / "flag.db").exists()
 
 
 # --- runtime settings ---------------------------------------------------------------------------
@@ -825,10 +826,17 @@ def test_audit_verify_without_a_registry_database_checks_the_trail_and_creates_n
     assert main(["--project", str(params_only), "audit", "verify"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("audit trail intact: 1 records")
+    assert out.rstrip().endswith("request store agrees with it")  # the registry is not said to agree
     registry = params_only / "state" / "mlflow" / "mlflow.db"
     skipped = f"warning: no registry database {registry} (nothing registered yet): the registry is not cross-checked"
     assert skipped in err.splitlines()
     assert not registry.parent.exists()
+    # Nor do the other commands that only read.
+    request_id = store.list()[0].id
+    for command in (["models"], ["review", "list"], ["audit", "show", "--request", request_id]):
+        assert main(["--project", str(params_only), *command]) == 0, command
+        assert not registry.parent.exists(), command
+    capsys.readouterr()
 
     # A trail that records a version registered there: the database was lost, not never made.
     from unsir_pipeline.governance.batches import registry_name

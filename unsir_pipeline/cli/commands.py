@@ -724,11 +724,12 @@ def _gate_shown(version: dict) -> str:
 
 
 def cmd_models(project: Path, args) -> int:
-    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.adapters.registry import existing_registry
     from unsir_pipeline.governance.promotion import champion_problems
 
     ws = _workspace(project, args)
-    listed = registry_for(ws).list_versions()
+    registry = existing_registry(ws)  # listing creates no registry database
+    listed = registry.list_versions() if registry is not None else []
     versions = summarize_versions(listed)
     if args.json:
         print(json.dumps(versions))
@@ -962,9 +963,10 @@ def cmd_audit(project: Path, args) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         if report.ok:
             signed = ", head anchor signed" if report.chain.signed else ""
+            agree = "request store and registry agree" if report.registry_checked else "request store agrees"
             print(
                 f"audit trail intact: {report.records} records, hash chain and head anchor verified{signed}; "
-                "request store and registry agree with it"
+                f"{agree} with it"
             )
             return 0
         if not report.chain.ok:

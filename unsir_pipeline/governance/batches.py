@@ -623,7 +623,8 @@ def versions_awaiting_review(ws: Workspace) -> list[dict]:
     """Versions a reviewer must decide: held by the gate, or never judged by it (a run stopped
     between registering and the gate)."""
     out = []
-    for v in registry_for(ws).list_versions():
+    registry = existing_registry(ws)
+    for v in registry.list_versions() if registry is not None else []:
         held = v.tags.get("gate_decision") == "held"
         if (held or never_judged(v.tags)) and "review_decision" not in v.tags:
             out.append(
@@ -791,7 +792,9 @@ def _in_production(ws: Workspace, request: DeletionRequest) -> str:
     the champion is another version (a later deletion, a hand promotion) that was, or was not,
     measured to have forgotten the request's classes."""
     assert request.model_version is not None
-    registry = registry_for(ws)
+    registry = existing_registry(ws)
+    if registry is None:
+        return f"unknown: no registry database {ws.registry_database} (a copy of the project without it?)"
     alias = ws.params.registry.champion_alias
     names = dict(zip(request.classes, request.class_names, strict=True))
     own = registry.get_version(request.model_version)  # names a version the registry lost
@@ -835,8 +838,9 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     store = request_store(ws, read_only=True)
     ids = sorted({i for r in records for i in r.request_ids})
     requests = [store.get(i) for i in ids]
-    registry = registry_for(ws)
-    aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry.has_model() else {}
+    registry = existing_registry(ws)
+    has_model = registry is not None and registry.has_model()
+    aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry and has_model else {}
     # What reviewers decided about the version the batch registered, since: their records
     # carry no batch id, and the gate's decision alone would read "held" after a rejection.
     registered = [r.payload.get("model_version") for r in records if r.event == "model_registered"]
@@ -875,6 +879,7 @@ class TrailReport:
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
     records: int
+    registry_checked: bool  # False where no registry database exists to read
 
     @property
     def ok(self) -> bool:
@@ -979,7 +984,13 @@ def verify_trail(ws: Workspace) -> TrailReport:
                 warnings.append("no model is registered: nothing to cross-check in the registry")
     except RegistryError as err:
         problems.append(f"cannot cross-check the registry: {err}")
-    return TrailReport(chain=chain, problems=tuple(problems), warnings=tuple(warnings), records=len(records))
+    return TrailReport(
+        chain=chain,
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+        records=len(records),
+        registry_checked=registry is not None,
+    )
 
 
 def _requests_against_trail(
