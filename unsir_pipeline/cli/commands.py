@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only requests in this state",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of requests")
-    p = request.add_parser("show", help="one request", epilog=_examples("unsir request show r-20260101-ab12cd"))
+    p = request.add_parser("show", help="one request", epilog=_examples("unsir request show req-1a2b3c4d5e6f"))
     p.add_argument("id", help="request id as `unsir request list` shows it")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = request.add_parser(
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit.add_parser(
         "show",
         help="the trail, or one request's history from arrival to production",
-        epilog=_examples("unsir audit show", "unsir audit show --request r-20260101-ab12cd --json"),
+        epilog=_examples("unsir audit show", "unsir audit show --request req-1a2b3c4d5e6f --json"),
     )
     p.add_argument("--request", default=None, metavar="ID", help="only this request's history")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
