@@ -752,3 +752,42 @@ def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tm
     assert "<td>withdrawn by dpo@corp: requester took it back</td>" in html
     assert batches.verify_trail(ws).problems == ()
     assert [r.event for r in log.records(request_id=unrecorded.id)] == ["request_received", "request_withdrawn"]
+
+
+def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_claim(tmp_path: Path) -> None:
+    """`unsir request withdraw` killed after updating the store, before its request_withdrawn
+    record: `audit verify` failed for good, and running the withdrawal again only said "withdrawn
+    already". Now verify warns, and the next intake, claim or withdrawal writes the record from
+    the store, once, carrying the store's text verbatim (who may hold ": ", so it is not split)."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, locks, stores
+    from unsir_pipeline.governance.deletion_requests import RequestError
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # its intake recorded, as `request add` leaves it
+    # What withdraw_request writes first; the process dies before its second write.
+    store.withdraw(request.id, "dpo: legal", "filed twice: see ticket 7")
+
+    report = batches.verify_trail(ws)
+    assert report.ok, report.problems
+    assert sum("its `request withdraw` stopped between the store and the trail" in w for w in report.warnings) == 1
+    with locks.deletion_batch_lock(ws) as acquired:  # a batch's claim: nothing pending, the record written
+        assert acquired and batches.claim_batch(ws) is None
+    (withdrawn,) = log.records(event="request_withdrawn")
+    assert (withdrawn.actor, withdrawn.request_ids) == (stores.RECOVERY_ACTOR, (request.id,))
+    assert withdrawn.payload["withdrawal"] == "withdrawn by dpo: legal: filed twice: see ticket 7"
+    assert (withdrawn.payload["requester"], withdrawn.payload["classes"]) == ("alice", [3])
+    assert "recorded_from" in withdrawn.payload
+    report = batches.verify_trail(ws)
+    assert report.problems == () and not any("stopped between" in w for w in report.warnings)
+
+    # Later intakes, and running the withdrawal again (refused, the request unchanged), write nothing more.
+    written = len(log.records())
+    stores.intake_trail(ws)
+    with pytest.raises(RequestError, match="withdrawn already"):
+        batches.withdraw_request(ws, request.id, "dpo", "again")
+    assert len(log.records()) == written and log.verify().ok

@@ -1027,7 +1027,7 @@ def cmd_audit(project: Path, args) -> int:
 
 
 def _brief(payload: dict) -> str:
-    keys = ("model_version", "classes", "promoted", "error", "refusal", "reason")
+    keys = ("model_version", "classes", "promoted", "error", "refusal", "reason", "withdrawal")
     return ", ".join(f"{k}={payload[k]}" for k in keys if k in payload)
 
 

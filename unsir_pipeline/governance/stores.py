@@ -53,11 +53,13 @@ def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
 
 def intake_trail(ws: Workspace) -> tuple[RequestStore, AuditLog]:
     """The request store and the trail for a step that takes requests in, claims or withdraws
-    them (`request add`, a forget run, a batch, `request withdraw`), with the intake records a
-    killed `request add` left unwritten written first (:func:`record_missing_intake`): before a
-    request moves on, so that one whose record is missing is still pending or rejected."""
+    them (`request add`, a forget run, a batch, `request withdraw`), with the records a killed
+    `request add` or `request withdraw` left unwritten written first (:func:`record_missing_intake`,
+    :func:`record_missing_withdrawals`): before a request moves on, so that one whose intake
+    record is missing is still pending or rejected."""
     store, log = request_store(ws), audit_log(ws)
     record_missing_intake(store, log)
+    record_missing_withdrawals(store, log)
     return store, log
 
 
@@ -126,4 +128,66 @@ def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecor
             # The trail refuses records now (its head cut or forged): `audit verify` names that,
             # and this request's missing record beside it; a reader of the trail still opens it.
             break
+    return written
+
+
+def withdrawal_key(request_id: str) -> str:
+    """The idempotency key of a request's ``request_withdrawn`` record."""
+    return f"withdraw-{request_id}"
+
+
+def withdrawal_payload(request: DeletionRequest) -> dict:
+    """What a request's ``request_withdrawn`` record says of it, as the store holds it withdrawn
+    (the withdrawal adds its reason; its recovery, the store's text of who and why)."""
+    return {
+        "requester": request.requester,
+        "classes": list(request.classes),
+        "class_names": list(request.class_names),
+        "attempts": request.attempts,
+    }
+
+
+# The actor of a withdrawal record written from the store. Who withdrew the request and why are
+# stored only as one text, ``error`` ("withdrawn by WHO: REASON"), which the record carries
+# verbatim (``withdrawal``): WHO may itself hold ": ", so it cannot be split back exactly.
+RECOVERY_ACTOR = "request-store"
+
+
+def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[AuditRecord]:
+    """Write the ``request_withdrawn`` record of every withdrawn request the trail has none for,
+    from the request as stored, and return those records.
+
+    `unsir request withdraw` updates the store, then records it: killed in between, the request
+    is withdrawn with no record, `audit verify` names it, and running the withdrawal again is
+    refused ("withdrawn already"); the next intake, claim or withdrawal writes it. Keyed by the
+    request, as the withdrawal's own record is: written once, whoever writes first. Reads the
+    withdrawn requests alone, and the trail's withdrawal records only when there are some.
+    """
+    withdrawn = store.list("withdrawn")
+    if not withdrawn:
+        return []
+    recorded = {i for r in log.records(event="request_withdrawn") for i in r.request_ids}
+    written = []
+    for request in withdrawn:
+        if request.id in recorded:
+            continue
+        payload = {
+            **withdrawal_payload(request),
+            "withdrawal": request.error,
+            "recorded_from": (
+                f"the request store (no request_withdrawn record was on the trail; withdrawn {request.updated_at})"
+            ),
+        }
+        try:
+            written.append(
+                log.append(
+                    "request_withdrawn",
+                    actor=RECOVERY_ACTOR,
+                    request_ids=[request.id],
+                    payload=payload,
+                    idempotency_key=withdrawal_key(request.id),
+                )
+            )
+        except AuditError:
+            break  # the trail refuses records now: as in record_missing_intake
     return written
