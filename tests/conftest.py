@@ -190,3 +190,16 @@ def clone_project(source: Path, dest: Path) -> Path:
                     )
         conn.close()
     return dest
+
+
+def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
+    """Take ``store``'s schema in the state database ``target`` (a SQLite file or a URL) back to
+    ``revision``: the database as the code of that revision left it, for an older copy."""
+    from alembic import command
+
+    from unsir_pipeline.adapters.state_store import StateDatabase, _alembic_config
+
+    config = _alembic_config(store)
+    with StateDatabase(target).write() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)

@@ -393,6 +393,17 @@ def test_log_from_a_newer_revision_is_refused(log: AuditLog) -> None:
         AuditLog(log.path)
 
 
+def test_a_read_only_trail_behind_a_migration_not_declared_read_compatible_is_refused(log: AuditLog) -> None:
+    """audit_0002 adds the table of a shared trail's head, which this code reads: it is not
+    declared READ_COMPATIBLE, so a read-only copy at audit_0001 is refused, not read wrongly."""
+    from conftest import downgrade_schema
+
+    downgrade_schema(log.path, "audit", "audit_0001")
+
+    with pytest.raises(AuditError, match="revision audit_0001, an older one; a command that only reads does not"):
+        AuditLog(log.path, read_only=True)
+
+
 def test_a_trail_opened_read_only_verifies_and_cannot_be_written(log: AuditLog) -> None:
     """How `unsir audit verify` opens the trail: SQLite's read-only URI, which refuses writes
     to root too, so this holds whoever runs the tests."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import re
 import sqlite3
@@ -311,6 +312,39 @@ def test_store_from_a_newer_revision_is_refused(tmp_path: Path) -> None:
         RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0002'"
     ):
         RequestStore(path)
+
+
+def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path: Path, capsys) -> None:
+    """An auditor's read-only copy of state written at requests_0001 (before status `withdrawn`):
+    requests_0002 only widened the status check, yet `request list` and `audit verify` refused
+    it, since a command that only reads must not migrate it. A migration declared
+    READ_COMPATIBLE now lets the copy be read as it is; a revision this code does not know is
+    still refused."""
+    from conftest import downgrade_schema, make_project
+
+    from unsir_pipeline.adapters.state_store import StateDatabase
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    store, _ = stores.intake_trail(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # its intake record, as `request add` leaves it
+    target = stores.state_target(ws, ws.params.requests.store)
+    downgrade_schema(target, "requests", "requests_0001")
+
+    assert main(["--project", str(project), "request", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["id"], listed["status"], listed["requester"]) == (request.id, "pending", "alice")
+    assert main(["--project", str(project), "audit", "verify"]) == 0
+    assert StateDatabase(target).revision("requests") == ["requests_0001"]  # read, not migrated
+
+    with sqlite3.connect(target) as conn:
+        conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
+    with pytest.raises(RequestError, match="revision requests_9999, which this code does not know"):
+        stores.request_store(ws, read_only=True)
 
 
 def test_withdraw_takes_a_pending_or_failed_request_out_of_the_queue(store: RequestStore) -> None:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from conftest import ROOT, free_port, leaves_a_class, run_stack
 from sqlalchemy.pool import NullPool
 
-from unsir_pipeline.adapters.state_store import StateError, StateWriteRefused
+from unsir_pipeline.adapters.state_store import StateDatabase, StateError, StateWriteRefused
 from unsir_pipeline.cli import main
 from unsir_pipeline.governance.audit import GENESIS, AuditError, AuditLog
 from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestError, RequestStore
@@ -214,6 +214,18 @@ def test_a_store_and_trail_opened_read_only_read_and_refuse_every_write(state_ur
         with pytest.raises(StateError, match=refused):
             write()
     assert store.list() == [request] and len(log.records()) == 1 and log.verify().ok
+
+
+def test_a_store_at_requests_0001_is_read_read_only_as_it_is(state_url: str) -> None:
+    """requests_0002 is READ_COMPATIBLE (it replaces the status check in place here): a database
+    an older version left at requests_0001 is read by the commands that only read, unmigrated."""
+    from conftest import downgrade_schema
+
+    _, _, request = _filed_and_recorded(state_url)
+    downgrade_schema(state_url, "requests", "requests_0001")
+
+    assert RequestStore(state_url, read_only=True).list("pending") == [request]
+    assert StateDatabase(state_url).revision("requests") == ["requests_0001"]
 
 
 def test_a_database_never_migrated_is_not_created_by_a_read_only_open(state_url: str) -> None:

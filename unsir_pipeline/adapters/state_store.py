@@ -23,6 +23,11 @@ A store opened ``read_only`` (the commands that only read: ``unsir audit verify`
 state, or the shared database with a role that may only SELECT; see
 :func:`sqlite_read_only_uri` for how a SQLite file is opened then. On PostgreSQL its
 transactions are READ ONLY, so the server refuses a write as SQLite's read-only URI does.
+Such a store must be at this code's head revision, or at an older one from which every
+migration to the head declares ``READ_COMPATIBLE = True`` in its script: it leaves what this
+code reads as it was (requests_0002 only widens a check), so the copy is read unmigrated. Any
+other revision (a newer or unknown one, or an older one behind a migration not so declared) is
+refused, naming it.
 
 A write the server refuses to the configured role or server (a role that may only SELECT, a
 read-only standby) is :class:`StateWriteRefused`, naming the database and what a write needs;
@@ -262,12 +267,13 @@ class StateDatabase:
 
         A database already at the head costs one query. A schema this code does not know (a
         newer revision, another layout) raises ``error``, naming what was found and expected.
-        Opened read-only, the schema is only checked: it must be at the head already.
+        Opened read-only, the schema is only checked: it must be at a revision this code reads
+        (the head, or one the migrations since declare read-compatible; see the module docstring).
         """
-        head, known = _revisions(store)
+        head, known, readable = _revisions(store)
         if self.read_only:
             found = self.revision(store)
-            if found != [head]:
+            if len(found) != 1 or found[0] not in readable:
                 newer = [rev for rev in found if rev not in known]
                 what = "which this code does not know (written by a newer version?)" if newer else "an older one"
                 raise error(
@@ -348,13 +354,23 @@ def version_table(store: str) -> str:
 
 
 @functools.cache
-def _revisions(store: str) -> tuple[str, frozenset[str]]:
-    """``store``'s head revision and every revision of its branch, from the shipped scripts."""
+def _revisions(store: str) -> tuple[str, frozenset[str], frozenset[str]]:
+    """``store``'s head revision, every revision of its branch, and those a read-only open reads:
+    the head and each older one from which every migration to the head declares
+    ``READ_COMPATIBLE = True``, from the shipped scripts."""
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_alembic_config(store))
     head = script.get_revision(f"{store}@head").revision
-    return head, frozenset(rev.revision for rev in script.iterate_revisions(head, "base"))
+    branch = list(script.iterate_revisions(head, "base"))  # the head first
+    readable = {head}
+    for migration in branch:
+        declared = getattr(migration.module, "READ_COMPATIBLE", False) is True
+        # Below a migration not so declared (or a merge of branches), nothing is read as it is.
+        if not declared or not isinstance(migration.down_revision, str):
+            break
+        readable.add(migration.down_revision)
+    return head, frozenset(rev.revision for rev in branch), frozenset(readable)
 
 
 def _alembic_config(store: str):

@@ -15,6 +15,9 @@ revision = "requests_0002"
 down_revision = "requests_0001"
 branch_labels = None
 depends_on = None
+# Every column the request store reads is as at requests_0001, which cannot hold a withdrawn
+# request: a read-only copy at requests_0001 is read as it is (state_store's module docstring).
+READ_COMPATIBLE = True
 
 BEFORE = ("pending", "running", "done", "failed", "rejected")
 AFTER = (*BEFORE, "withdrawn")
