@@ -57,6 +57,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 def resolve_model_version(ctx: RunContext, ref: str) -> promotion.ParentModel:
     promotion.finish_interrupted_promotion(ctx.ws)  # the champion a killed promotion was moving
     parent = promotion.resolve_parent(registry_for(ctx.ws), ref)
+    promotion.require_unrejected_parent(parent)
     get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent.version, parent.forgotten_classes)
     return parent
 

@@ -481,6 +481,38 @@ def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp
 
 
 @pytest.mark.slow
+def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_path, capsys):
+    """`unsir forget 9 --from 8`, 8 rejected in review, ran and promoted a child of the rejected
+    weights: the reviewer's decision was bypassed by a gate that passed."""
+    import numpy as np
+
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance import batches
+
+    copy = clone_project(project, tmp_path / "rejected")
+    ws = Workspace.load(copy)
+    registry = registry_for(ws)
+    with registry.start_run(run_name="held"):
+        held = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags={"gate_decision": "held"},
+            idempotency_key="held",
+        )
+    batches.reject(ws, held, "rev", "leaks membership")
+    before = len(_runs(copy))
+    capsys.readouterr()  # MLflow's lines registering it
+    assert main(["--project", str(copy), "forget", "1", "--from", str(held)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: version {held} was rejected in review (by rev: leaks membership); expected a parent nobody "
+        "rejected: forget from the champion (leave out --from) or another version, or promote this one first "
+        "(`unsir promote VERSION --override --reason TEXT`)"
+    ]
+    assert len(_runs(copy)) == before
+
+
+@pytest.mark.slow
 def test_request_add_takes_classes_and_by_as_forget_does(project, tmp_path, capsys):
     """`unsir forget 3 --by alice` and `unsir request add --classes 3 --requester alice` named the
     same things two ways; a user who typed the first form for a request got a usage error."""

@@ -544,6 +544,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     from unsir_pipeline.governance.promotion import (
         finish_interrupted_promotion,
         require_parents_data,
+        require_unrejected_parent,
         resolve_parent,
     )
 
@@ -551,6 +552,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
     class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))
+    require_unrejected_parent(parent_model)
     resolve_request(
         list(classes),
         class_names,

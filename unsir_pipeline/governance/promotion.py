@@ -49,6 +49,10 @@ class PromotionRefused(UnlearningInputError):
     """A hand promotion the rules refuse; the message lists every reason."""
 
 
+class RejectedParentError(UnlearningInputError):
+    """A forget was asked to start from a version a reviewer rejected."""
+
+
 class DataLineageError(UnlearningInputError):
     """The project's data is not the data the parent model was trained on; the message lists
     every difference and the way out."""
@@ -67,6 +71,8 @@ class ParentModel:
     deleted_classes: list[int]
     # The DVC digests of the data it was trained (or unlearned) on, from its tags.
     data_digests: dict[str, str] = field(default_factory=dict)
+    # "by WHO: REASON" when a reviewer rejected it (``unsir reject``), else empty.
+    rejected: str = ""
 
 
 def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
@@ -79,7 +85,22 @@ def resolve_parent(registry: ModelRegistry, ref: str) -> ParentModel:
         json.loads(tags.get(FORGOTTEN_TAG, "[]")),
         sorted(classes_deleted_by(tags)),
         json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
+        rejected=f"by {tags.get('reviewed_by')}: {tags.get('review_reason')}"
+        if tags.get("review_decision") == "rejected"
+        else "",
     )
+
+
+def require_unrejected_parent(parent: ParentModel) -> None:
+    """Raise unless a reviewer left ``parent`` standing: a forget from a rejected version would
+    carry the rejected weights back to production through a gate that passes (checked by the CLI
+    before anything starts, and by the flow before it loads the parent)."""
+    if parent.rejected:
+        raise RejectedParentError(
+            f"version {parent.version} was rejected in review ({parent.rejected}); expected a parent nobody "
+            "rejected: forget from the champion (leave out --from) or another version, or promote this one "
+            "first (`unsir promote VERSION --override --reason TEXT`)"
+        )
 
 
 def require_parents_data(ws: Workspace, parent: ParentModel) -> None:
