@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -384,3 +385,13 @@ def test_a_damaged_registry_database_is_named(store: dict, tmp_path: Path, conte
     uri = f"sqlite:///{db}"
     with pytest.raises(RegistryError, match=rf"cannot open the MLflow registry at {uri}: .*{problem}"):
         ModelRegistry(uri, MODEL_NAME, "exp")
+
+
+def test_a_registry_path_that_cannot_be_opened_is_named_at_once(tmp_path: Path) -> None:
+    """`registry.tracking_uri: sqlite:///state/mlflow` (the folder, not the file) kept a command
+    waiting 100 s through MLflow's ten retries, printing nine warnings, before it failed."""
+    uri = f"sqlite:///{tmp_path}"
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=rf"cannot open the MLflow registry at {uri}: {tmp_path} is a directory"):
+        ModelRegistry(uri, MODEL_NAME, "exp")
+    assert time.monotonic() - started < 5

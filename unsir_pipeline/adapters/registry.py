@@ -19,6 +19,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import sqlalchemy.engine
 import sqlalchemy.exc
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
@@ -87,6 +89,25 @@ def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | Non
     return min(matches, key=lambda v: v.version) if matches else None
 
 
+def _require_openable_sqlite(tracking_uri: str) -> None:
+    """Raise :class:`RegistryError` at once when a SQLite registry's file cannot be opened (a
+    directory, a read-only folder). MLflow retries opening a database ten times over 100 s,
+    which helps a database server that is starting, never a local file."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    database = sqlalchemy.engine.make_url(tracking_uri).database
+    if not database or database == ":memory:" or not Path(database).parent.is_dir():
+        return  # MLflow makes the missing folders itself, and says so when it cannot
+    try:
+        sqlite3.connect(database).close()  # opens the file only: no lock is waited for
+    except sqlite3.Error as err:
+        problem = f"{database} is a directory" if Path(database).is_dir() else str(err)
+        raise RegistryError(
+            f"cannot open the MLflow registry at {tracking_uri}: {problem}; expected a SQLite database file "
+            "that can be created or opened (e.g. sqlite:///state/mlflow/mlflow.db)"
+        ) from err
+
+
 class ModelRegistry:
     """Runs, metrics and artifacts of one experiment, and the versions of one registered model.
 
@@ -121,6 +142,7 @@ class ModelRegistry:
         self.model_name = model_name
         self.experiment_name = experiment_name
         self.artifact_location = artifact_location
+        _require_openable_sqlite(tracking_uri)
         try:
             # A SQLite registry is opened (and its schema checked) here.
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
