@@ -53,6 +53,26 @@ def test_ill_typed_value_is_named():
         load_params(ROOT / "params.yaml", ["unlearn.noise.steps=many"])
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "unlearn.seed=abc",
+            "unlearn.seed: Input should be a valid integer, unable to parse string as an integer, got 'abc'",
+        ),
+        ("gates.max_forget_acc=-0.5", "gates.max_forget_acc: Input should be greater than or equal to 0, got -0.5"),
+        ("evaluation.mia_feature=los", "evaluation.mia_feature: Input should be 'entropy' or 'loss', got 'los'"),
+        ("gates=3", "gates: Input should be a valid dictionary or instance of GateParams, got 3"),
+    ],
+)
+def test_a_refused_value_is_named_with_its_key(override, message):
+    """`--set gates.max_forget_acc=-0.5` said "Input should be greater than or equal to 0" without the
+    value: with the key in params.yaml and in a --set flag, which one was refused?"""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", [override])
+    assert str(refused.value) == f"invalid params.yaml: {message}"
+
+
 def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
     base = load_params(ROOT / "params.yaml")
     changed = load_params(ROOT / "params.yaml", ["unlearn.seed=7", "gates.max_mia_gap=0.2"])

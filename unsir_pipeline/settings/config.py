@@ -411,4 +411,18 @@ def _describe(error: Any) -> str:
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, ConfigValueError):
         return f"{'.'.join([*loc, cause.key])}: {cause.problem}"
-    return f"{'.'.join(loc)}: {error['msg']}"
+    return f"{'.'.join(loc)}: {error['msg']}{_got(error)}"
+
+
+# Pydantic's own messages ("Input should be a valid integer") do not say what they were given;
+# the validators' own messages ("value_error") already do, and a missing or unknown key has none.
+_VALUE_NAMED_ALREADY = ("value_error", "assertion_error", "missing", "extra_forbidden")
+
+
+def _got(error: Any) -> str:
+    value = error.get("input")
+    if error["type"] in _VALUE_NAMED_ALREADY or error["loc"][:1] == ("state",):  # a URL may hold a password
+        return ""
+    if not isinstance(value, str | int | float | bool) and value is not None:
+        return ""  # a whole section: the message says what it should have been
+    return f", got {value!r}"
