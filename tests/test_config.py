@@ -84,6 +84,23 @@ def test_overrides_apply_change_the_digest_and_reject_unknown_keys():
         load_params(ROOT / "params.yaml", ["unlearn.seed"])
 
 
+def test_a_key_of_a_section_the_recipe_supplies_says_to_set_the_section():
+    """`--set unlearn.impair.epochs=2` answered "'impair' is not a section of params.yaml", though
+    docs/configuration.md lists unlearn.impair: it is absent from the file because the recipe
+    supplies it, and a key alone has no section to go into."""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", ["unlearn.impair.epochs=2"])
+    assert str(refused.value) == (
+        "override 'unlearn.impair.epochs=2': unlearn.impair is not set in params.yaml (the recipe's settings are "
+        "used); expected the whole section, e.g. --set 'unlearn.impair={epochs: 2, ...}' with its keys lr, epochs, "
+        "batch_size, optimizer, weight_decay, momentum (a key left out takes its default, not the recipe's)"
+    )
+    # As the message says:
+    assert load_params(ROOT / "params.yaml", ["unlearn.impair={epochs: 2}"]).unsir_config().impair.epochs == 2
+    with pytest.raises(ConfigError, match="'nope' is not a section of params.yaml"):
+        load_params(ROOT / "params.yaml", ["unlearn.verification.nope.deep=1"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

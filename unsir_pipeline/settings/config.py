@@ -325,7 +325,17 @@ def apply_override(raw: dict, override: str) -> None:
     parts = key.split(".")
     if len(parts) > 1 and parts[0] in OPTIONAL_SECTIONS and raw.get(parts[0]) is None:
         raw[parts[0]] = {}
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
+        if node.get(part) is None and _schema_has(parts[:depth]):
+            # An optional section the file leaves out (unlearn.impair: the recipe's); a key alone
+            # has nothing to go into, and the recipe's other values are not known before validation.
+            section = ".".join(parts[:depth])
+            keys = ", ".join(_field_annotations(_section_type(parts[:depth])))
+            raise ConfigError(
+                f"override {override!r}: {section} is not set in params.yaml (the recipe's settings are used); "
+                f"expected the whole section, e.g. --set '{section}={{{parts[depth]}: {value}, ...}}' with its keys "
+                f"{keys} (a key left out takes its default, not the recipe's)"
+            )
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section of params.yaml")
         node = node[part]
@@ -342,12 +352,21 @@ def _schema_has(parts: list[str]) -> bool:
         annotations = _field_annotations(section)
         if part not in annotations:
             return False
-        annotation = annotations[part]
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        section = next(
-            (c for c in candidates if isinstance(c, type) and (issubclass(c, BaseModel) or is_dataclass(c))), None
-        )
+        section = _section_of(annotations[part])
     return True
+
+
+def _section_type(parts: list[str]) -> type | None:
+    """The model or core dataclass of the section at ``parts`` (``unlearn.impair``: OptimConfig)."""
+    section: type | None = Params
+    for part in parts:
+        section = _section_of(_field_annotations(section)[part])
+    return section
+
+
+def _section_of(annotation: Any) -> type | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    return next((c for c in candidates if isinstance(c, type) and (issubclass(c, BaseModel) or is_dataclass(c))), None)
 
 
 def _field_annotations(section: type | None) -> dict[str, Any]:
