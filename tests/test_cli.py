@@ -718,6 +718,21 @@ def test_bootstrap_shows_its_steps_and_epochs(bootstrapped_project, tmp_path):
     assert "bootstrap: [4/4] register the original model" in shown.stderr
 
 
+@pytest.mark.slow
+def test_forget_on_a_new_project_checks_its_classes_before_training(bootstrapped_project, tmp_path, capsys):
+    """`unsir forget 42` on a project with nothing registered trained and registered the original
+    model (its bootstrap) and only then said that class 42 does not exist."""
+    from unsir_pipeline.adapters.registry import registry_for
+
+    root = _quick_project(bootstrapped_project, tmp_path / "project")
+    shutil.rmtree(root / "models")
+    assert main(["--project", str(root), "forget", "42"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: unknown class '42'; expected an index in [0, 9]"), err
+    assert not (root / "models" / "original").exists()  # nothing trained
+    assert not registry_for(Workspace.load(root)).has_model()
+
+
 def test_bootstrap_refuses_a_setting_its_dvc_stages_would_not_see(bootstrapped_project, tmp_path):
     """`dvc repro` reads params.yaml only: a --set data or model key would be dropped silently
     while the version's parameters digest claimed it."""

@@ -4,6 +4,7 @@ register it as the champion. Safe to run again: an existing champion is kept."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from unsir.checkpoint import load_checkpoint
@@ -28,9 +29,13 @@ class BootstrapResult:
     test_acc: float | None = None
 
 
-def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResult:
+def bootstrap(
+    ws: Workspace, progress: Progress | None = None, before_training: Callable[[], None] | None = None
+) -> BootstrapResult:
     """``progress`` (off by default) announces each step; the training stage's epochs reach
-    it from DVC's child process through :func:`unsir_pipeline.cli.progress.relay`."""
+    it from DVC's child process through :func:`unsir_pipeline.cli.progress.relay`.
+    ``before_training`` runs once the data is prepared and its splits valid, before the original
+    is trained: a caller's own check of the data (``unsir forget``'s classes) fails there."""
     progress = progress or Progress("bootstrap", enabled=False)
     registry = registry_for(ws)
     champion = ws.params.registry.champion_alias
@@ -58,6 +63,8 @@ def bootstrap(ws: Workspace, progress: Progress | None = None) -> BootstrapResul
     with relay(progress):
         data_versioning.repro(ws.root, ["prepare"], force=_reads_untracked_source(ws))
         _require_valid_splits(ws)
+        if before_training is not None:
+            before_training()
         data_versioning.repro(ws.root, ["train"])
     progress.step("[3/4] dvc push")
     data_versioning.push(ws.root)

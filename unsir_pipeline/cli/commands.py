@@ -569,6 +569,19 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     return version
 
 
+def _check_classes_of_the_data(ws, classes: list[str]) -> None:
+    """A forget on a project with nothing registered: its classes against the data the bootstrap
+    has just prepared, before it trains the original (minutes for a CIFAR model) for a forget a
+    class unknown, or every class, would refuse anyway."""
+    from unsir_pipeline.adapters.prepared_data import prepared_class_names
+    from unsir_pipeline.governance.batches import queued_classes
+    from unsir_pipeline.governance.deletion_requests import resolve_request
+
+    resolve_request(
+        list(classes), prepared_class_names(ws), forgotten=[], forgotten_by="the original", pending=queued_classes(ws)
+    )
+
+
 def _require_what_bootstrap_registers(ws, ref: str) -> None:
     """``--from`` on a project with nothing registered: the bootstrap that ``forget`` starts
     with registers version 1 as the champion and ``original``; anything else is refused
@@ -599,7 +612,11 @@ def cmd_forget(project: Path, args) -> int:
     elif args.parent is not None:
         _require_what_bootstrap_registers(ws, args.parent)  # before it trains
     # The main job starts from a registered champion; a no-op when there is one.
-    bootstrap(ws, progress=Progress("bootstrap", progress.enabled))
+    bootstrap(
+        ws,
+        progress=Progress("bootstrap", progress.enabled),
+        before_training=lambda: _check_classes_of_the_data(ws, args.classes),
+    )
     if not registered:  # the classes and the data can be checked once the data is prepared
         check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
