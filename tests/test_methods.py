@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unsir.configs import OptimConfig, UNSIRConfig
-from unsir.errors import UnlearningInputError
+from unsir.errors import TrainingDivergedError, UnlearningInputError
 from unsir.measures import evaluate_model
 from unsir.methods import METHODS, UnlearningTask, make_method
 from unsir.problem import build_task
@@ -51,6 +51,21 @@ def test_unlearning_leaves_the_original_model_untouched(trained_digits_model, di
     task = _task(digits, digits_manifest, digits_splits, (1,))
     make_method("unsir", FAST).unlearn(trained_digits_model, task, device=CPU, generator=_seeded(0))
     assert all(torch.equal(before[k], v) for k, v in trained_digits_model.state_dict().items())
+
+
+def test_an_impair_rate_that_blows_the_weights_up_is_named_where_it_happens(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    """`--set 'unlearn.impair={lr: 1.0e+30, epochs: 1}'` turned every weight into NaN; the run went
+    on and failed in the evaluation with scikit-learn's "Input X contains NaN", naming no setting."""
+    task = _task(digits, digits_manifest, digits_splits, (1,))
+    config = replace(FAST, impair=OptimConfig(lr=1e30, epochs=1, batch_size=32))
+    with pytest.raises(TrainingDivergedError) as diverged:
+        make_method("unsir", config).unlearn(trained_digits_model, task, device=CPU, generator=_seeded(0))
+    assert str(diverged.value) == (
+        "impair: the model's weights became inf or NaN in epoch 1/1 at learning rate 1e+30 (adam); expected "
+        "finite weights: lower the learning rate of impair"
+    )
 
 
 def test_same_seed_gives_same_unlearned_model(trained_digits_model, digits, digits_manifest, digits_splits):

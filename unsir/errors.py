@@ -16,3 +16,7 @@ class ConfigValueError(UnlearningInputError):
         self.key = key
         self.problem = f"must be {expected}, got {value!r}"
         super().__init__(f"{key} {self.problem}")
+
+
+class TrainingDivergedError(ArithmeticError):
+    """A training phase turned the model's weights into inf or NaN (a learning rate too high)."""

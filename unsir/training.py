@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unsir.configs import OptimConfig
-from unsir.errors import UnlearningInputError
+from unsir.errors import TrainingDivergedError, UnlearningInputError
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -140,6 +140,7 @@ def fit(
     started = time.perf_counter()
     for epoch in range(config.epochs):
         loss = train_one_epoch(model, x, y, optimizer, batch_size=config.batch_size, generator=generator)
+        _require_finite_weights(model, config, description=description, epoch=epoch)
         if progress:
             print(
                 f"\r{description}: epoch {epoch + 1}/{config.epochs} loss {loss:.4f} "
@@ -150,6 +151,19 @@ def fit(
             )
     model.eval()
     return model
+
+
+def _require_finite_weights(model: nn.Module, config: OptimConfig, *, description: str, epoch: int) -> None:
+    """A learning rate too high for the model turns its weights into inf or NaN within a step or
+    two; every later step would work on them, and fail far from the cause (scikit-learn's "Input
+    X contains NaN" in the membership attack, after the evaluation)."""
+    checks = [torch.isfinite(p).all() for p in model.parameters()]
+    if checks and not bool(torch.stack(checks).all()):  # one synchronisation per epoch
+        raise TrainingDivergedError(
+            f"{description}: the model's weights became inf or NaN in epoch {epoch + 1}/{config.epochs} at "
+            f"learning rate {config.lr:g} ({config.optimizer}); expected finite weights: lower the learning rate "
+            f"of {description}"
+        )
 
 
 def inference_batch_size(device: torch.device) -> int:
