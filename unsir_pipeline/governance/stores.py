@@ -6,6 +6,7 @@ project. Opening them needs neither MLflow nor torch, so `unsir request list` an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
@@ -99,30 +100,43 @@ def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecor
     ``INTAKE_RECOVERABLE``).
     """
     candidates = [r for status in INTAKE_RECOVERABLE for r in store.list(status)]
-    if not candidates:
-        return []
-    recorded = {
-        i for event in ("request_received", "request_refused") for r in log.records(event=event) for i in r.request_ids
-    }
-    written = []
-    for request in candidates:
-        if request.id in recorded:
-            continue
+
+    def record_of(request: DeletionRequest) -> _Record:
         payload = {
             **intake_payload(request),
             "recorded_from": f"the request store (no intake record was on the trail; stored {request.created_at})",
         }
         if request.status == "rejected":
             payload["refusal"] = request.error
+        return intake_event(request), request.requester, payload, intake_key(request.id)
+
+    return _record_missing(log, candidates, ("request_received", "request_refused"), record_of)
+
+
+# What a recovered record is: its event, actor, payload and idempotency key.
+_Record = tuple[str, str, dict, str]
+
+
+def _record_missing(
+    log: AuditLog,
+    candidates: list[DeletionRequest],
+    events: tuple[str, ...],
+    record_of: Callable[[DeletionRequest], _Record],
+) -> list[AuditRecord]:
+    """Append ``record_of(request)`` for every candidate that no record of ``events`` names, and
+    return what was appended (the recoveries of a command killed between its store write and its
+    record). The trail's records are read only when there are candidates."""
+    if not candidates:
+        return []
+    recorded = {i for event in events for r in log.records(event=event) for i in r.request_ids}
+    written = []
+    for request in candidates:
+        if request.id in recorded:
+            continue
+        event, actor, payload, key = record_of(request)
         try:
             written.append(
-                log.append(
-                    intake_event(request),
-                    actor=request.requester,
-                    request_ids=[request.id],
-                    payload=payload,
-                    idempotency_key=intake_key(request.id),
-                )
+                log.append(event, actor=actor, request_ids=[request.id], payload=payload, idempotency_key=key)
             )
         except AuditError:
             # The trail refuses records now (its head cut or forged): `audit verify` names that,
@@ -163,14 +177,8 @@ def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[Audit
     request, as the withdrawal's own record is: written once, whoever writes first. Reads the
     withdrawn requests alone, and the trail's withdrawal records only when there are some.
     """
-    withdrawn = store.list("withdrawn")
-    if not withdrawn:
-        return []
-    recorded = {i for r in log.records(event="request_withdrawn") for i in r.request_ids}
-    written = []
-    for request in withdrawn:
-        if request.id in recorded:
-            continue
+
+    def record_of(request: DeletionRequest) -> _Record:
         payload = {
             **withdrawal_payload(request),
             "withdrawal": request.error,
@@ -178,16 +186,6 @@ def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[Audit
                 f"the request store (no request_withdrawn record was on the trail; withdrawn {request.updated_at})"
             ),
         }
-        try:
-            written.append(
-                log.append(
-                    "request_withdrawn",
-                    actor=RECOVERY_ACTOR,
-                    request_ids=[request.id],
-                    payload=payload,
-                    idempotency_key=withdrawal_key(request.id),
-                )
-            )
-        except AuditError:
-            break  # the trail refuses records now: as in record_missing_intake
-    return written
+        return "request_withdrawn", RECOVERY_ACTOR, payload, withdrawal_key(request.id)
+
+    return _record_missing(log, store.list("withdrawn"), ("request_withdrawn",), record_of)
