@@ -146,6 +146,14 @@ def test_an_architecture_argument_the_builder_does_not_take_exits_2_at_load(para
     assert not (params_only / "data").exists()  # nothing prepared
 
 
+def test_a_key_of_a_recipe_section_is_set_alone_and_a_bad_one_exits_2_at_load(params_only, capsys):
+    # `--set unlearn.impair.epochs=2` was refused: "give the whole section".
+    assert main(["--project", str(params_only), "--set", "unlearn.impair.epochs=2", "request", "list"]) == 0
+    assert main(["--project", str(params_only), "--set", "unlearn.impair.epochs=-1", "forget", "3"]) == 2
+    assert "unlearn.impair.epochs: must be >= 0, got -1" in capsys.readouterr().err
+    assert not (params_only / "data").exists()  # nothing prepared
+
+
 def test_with_json_an_error_is_also_one_object_on_stdout(params_only, tmp_path, capsys):
     assert main(["--project", str(params_only), "--set", "model.arch=nope", "models", "--json"]) == 2
     out, err = capsys.readouterr()

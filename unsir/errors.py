@@ -4,6 +4,8 @@ Every check on user input raises :class:`UnlearningInputError` before any comput
 with a message naming the bad value and what was expected.
 """
 
+from __future__ import annotations
+
 
 class UnlearningInputError(ValueError):
     """A caller passed something the library cannot work with (bad class, shape, subset...)."""
@@ -13,9 +15,13 @@ class ConfigValueError(UnlearningInputError):
     """A config dataclass holds a value outside what it accepts; ``key`` names the field."""
 
     def __init__(self, key: str, expected: str, value: object) -> None:
-        self.key = key
+        self.key, self.expected, self.value = key, expected, value
         self.problem = f"must be {expected}, got {value!r}"
         super().__init__(f"{key} {self.problem}")
+
+    def within(self, section: str) -> ConfigValueError:
+        """The same error, its key named inside ``section`` (``lr`` in ``unlearn.impair``)."""
+        return ConfigValueError(f"{section}.{self.key}", self.expected, self.value)
 
 
 class TrainingDivergedError(ArithmeticError):

@@ -2,8 +2,10 @@
 
 The core's config dataclasses (``OptimConfig``, ``NoiseConfig``, ``VerificationConfig``,
 ``SplitFractions``) are the schema of their sections: pydantic validates them directly, their
-``__post_init__`` holds the bounds. Unknown keys and ill-typed values are rejected at load with
-the offending key path. Command
+``__post_init__`` holds the bounds. The sections that change the recipe's settings
+(``unlearn.impair``, ``unlearn.noise``, ...) hold only the keys given, typed as the dataclass
+types them; put onto the recipe's section, the dataclass checks the bounds, once, at load.
+Unknown keys and ill-typed values are rejected at load with the offending key path. Command
 line overrides (``key.path=value``, values parsed as YAML) are applied before validation and
 recorded, so a run's parameters and their hash say exactly what it ran with.
 """
@@ -16,10 +18,21 @@ import os
 import typing
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from unsir.configs import (
     ARCHITECTURE_NAMES,
@@ -112,6 +125,39 @@ class ModelParams(Frozen):
         return train
 
 
+Section = TypeVar("Section", OptimConfig, NoiseConfig)
+
+
+class SectionChanges(Frozen):
+    """The keys a user gave of one of the recipe's sections (``unlearn.impair: {epochs: 2}``),
+    each typed as the core dataclass types it; the keys left out stay the recipe's. Only the
+    keys given are dumped: the digest and the logged parameters say what the user set."""
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in dump(self).items() if key in self.model_fields_set}
+
+    def onto(self, section: Section) -> Section:
+        """``section`` with the keys given changed; the dataclass checks its bounds."""
+        return replace(section, **{key: getattr(self, key) for key in self.model_fields_set})
+
+
+def changes_to(config: type) -> type[SectionChanges]:
+    """The changes a user may give to a section of type ``config``: its fields, each optional."""
+    hints = typing.get_type_hints(config)
+    changes = {field.name: (hints[field.name], None) for field in fields(config)}
+    return create_model(f"{config.__name__}Changes", __base__=SectionChanges, **changes)  # type: ignore[call-overload]
+
+
+# Named as create_model names them, so that pickle finds them.
+if TYPE_CHECKING:  # a class built at run time is no type to mypy; its instances are SectionChanges
+    OptimConfigChanges = SectionChanges
+    NoiseConfigChanges = SectionChanges
+else:
+    OptimConfigChanges = changes_to(OptimConfig)
+    NoiseConfigChanges = changes_to(NoiseConfig)
+
+
 class UnlearnParams(Frozen):
     forget_classes: list[str] = Field(
         min_length=1,
@@ -125,16 +171,18 @@ class UnlearnParams(Frozen):
         "noise (measured better, unsir/recipes.py); measured_with_noise: the same with the paper's "
         "error-maximising noise; official: the paper's notebook settings",
     )
-    # Explicit settings win over the recipe's; leave them out to use the recipe.
-    noise: NoiseConfig | None = None
+    # Explicit settings win over the recipe's; leave them out to use the recipe. A section given
+    # changes the keys it gives: the others stay the recipe's.
+    noise: NoiseConfigChanges | None = None
     noise_copies: int | None = Field(default=None, ge=0)
-    impair: OptimConfig | None = None
-    repair: OptimConfig | None = None
-    polish: OptimConfig | None = None
-    head_round: OptimConfig | None = Field(
+    impair: OptimConfigChanges | None = None
+    repair: OptimConfigChanges | None = None
+    polish: OptimConfigChanges | None = None
+    head_round: OptimConfigChanges | None = Field(
         default=None,
         description="after a round that forgot on accuracy but not on confidence: refit the head alone "
-        "on D_r_sub's features with these settings (the measured recipe sets it)",
+        "on D_r_sub's features with these settings (the measured recipe sets it; with a recipe that "
+        "does not, the keys left out take OptimConfig's defaults)",
     )
     reset_forget_rows: bool | None = Field(
         default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)"
@@ -275,8 +323,16 @@ class Params(Frozen):
     paths: PathParams
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
+    _unsir_config: UNSIRConfig = PrivateAttr()
+
     def unsir_config(self) -> UNSIRConfig:
         """The UNSIR settings this configuration runs: the recipe for the model, then overrides."""
+        return self._unsir_config
+
+    @model_validator(mode="after")
+    def _build_unsir_config(self) -> Params:
+        # Built once, at load: a value given to one of the recipe's sections is checked by the
+        # dataclass together with the recipe's other values, and refused before any compute.
         unlearn = self.unlearn
         if unlearn.recipe == "official":
             base = OFFICIAL
@@ -286,19 +342,34 @@ class Params(Frozen):
                 retain_per_class=self.data.retain_per_class,
                 with_noise=unlearn.recipe == "measured_with_noise",
             )
-        return replace(
+
+        def changed(key: str, section: Section) -> Section:
+            changes = getattr(unlearn, key)
+            if changes is None:
+                return section
+            try:
+                return changes.onto(section)
+            except ConfigValueError as err:
+                raise err.within(f"unlearn.{key}") from None
+
+        self._unsir_config = replace(
             base,
-            noise=unlearn.noise or base.noise,
+            noise=changed("noise", base.noise),
             noise_copies=base.noise_copies if unlearn.noise_copies is None else unlearn.noise_copies,
-            impair=unlearn.impair or base.impair,
-            repair=unlearn.repair or base.repair,
-            polish=unlearn.polish or base.polish,
-            head_round=unlearn.head_round or base.head_round,
+            impair=changed("impair", base.impair),
+            repair=changed("repair", base.repair),
+            # A phase the recipe leaves out (official and measured_with_noise have no head round): the
+            # keys given start one, the others OptimConfig's defaults.
+            polish=base.polish if unlearn.polish is None else changed("polish", base.polish or OptimConfig()),
+            head_round=base.head_round
+            if unlearn.head_round is None
+            else changed("head_round", base.head_round or OptimConfig()),
             reset_forget_rows=base.reset_forget_rows
             if unlearn.reset_forget_rows is None
             else unlearn.reset_forget_rows,
             verification=unlearn.verification,
         )
+        return self
 
     def value(self, key: str) -> object:
         """The value of a dotted key (``data.split_seed``, or a whole section such as ``model``)
@@ -323,44 +394,37 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     node = raw
     parts = key.split(".")
-    if len(parts) > 1 and parts[0] in OPTIONAL_SECTIONS and raw.get(parts[0]) is None:
-        raw[parts[0]] = {}
     for depth, part in enumerate(parts[:-1], start=1):
-        if node.get(part) is None and _schema_has(parts[:depth]):
-            # An optional section the file leaves out (unlearn.impair: the recipe's); a key alone
-            # has nothing to go into, and the recipe's other values are not known before validation.
-            section = ".".join(parts[:depth])
-            keys = ", ".join(_field_annotations(_section_type(parts[:depth])))
-            raise ConfigError(
-                f"override {override!r}: {section} is not set in params.yaml (the recipe's settings are used); "
-                f"expected the whole section, e.g. --set '{section}={{{parts[depth]}: {value}, ...}}' with its keys "
-                f"{keys} (a key left out takes its default, not the recipe's)"
-            )
+        if node.get(part) is None and _section_type(parts[:depth]) is not None:
+            # A section the file leaves out (state; unlearn.impair, the recipe's): the key goes into a
+            # new one, and the keys left out keep what they are without it.
+            node[part] = {}
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section of params.yaml")
         node = node[part]
     # A key may be absent from the file when the schema has it (optional settings such as
     # unlearn.noise_copies, which the recipe fills in otherwise).
     if parts[-1] not in node and not _schema_has(parts):
-        raise ConfigError(f"override {override!r}: unknown key {key!r}")
+        raise ConfigError(f"override {override!r}: unknown key {key!r}{_expected_keys(parts[:-1])}")
     node[parts[-1]] = yaml.safe_load(value)
 
 
 def _schema_has(parts: list[str]) -> bool:
-    section: type | None = Params
-    for part in parts:
-        annotations = _field_annotations(section)
-        if part not in annotations:
-            return False
-        section = _section_of(annotations[part])
-    return True
+    return parts[-1] in _field_annotations(_section_type(parts[:-1]))
 
 
-def _section_type(parts: list[str]) -> type | None:
-    """The model or core dataclass of the section at ``parts`` (``unlearn.impair``: OptimConfig)."""
+def _expected_keys(parts: list[str]) -> str:
+    keys = list(_field_annotations(_section_type(parts)))
+    return f"; expected one of {', '.join(keys)}" if keys else ""
+
+
+def _section_type(parts: list[str] | tuple[str, ...]) -> type | None:
+    """The model or core dataclass of the section at ``parts`` (``unlearn.impair``: OptimConfig's
+    changes); None where ``parts`` names no section."""
     section: type | None = Params
     for part in parts:
-        section = _section_of(_field_annotations(section)[part])
+        annotation = _field_annotations(section).get(part)
+        section = None if annotation is None else _section_of(annotation)
     return section
 
 
@@ -430,6 +494,8 @@ def _describe(error: Any) -> str:
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, ConfigValueError):
         return f"{'.'.join([*loc, cause.key])}: {cause.problem}"
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a dataclass's
+        return f"{'.'.join(loc)}: {error['msg']}{_expected_keys(loc[:-1])}"
     return f"{'.'.join(loc)}: {error['msg']}{_got(error)}"
 
 
