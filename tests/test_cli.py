@@ -817,7 +817,7 @@ def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(pa
         "from unsir_pipeline.cli import main\n"
         "for argv in (['request', 'list', '--json'], ['audit', 'show', '--json']):\n"
         "    assert main(['--project', sys.argv[1], *argv]) == 0, argv\n"
-        "heavy = sorted({'mlflow', 'torch', 'sklearn'} & set(sys.modules))\n"
+        "heavy = sorted({'mlflow', 'prefect', 'torch', 'sklearn'} & set(sys.modules))\n"
         "assert not heavy, f'imported {heavy}'\n"
     )
     listed = subprocess.run([sys.executable, "-c", code, str(params_only)], capture_output=True, text=True)

@@ -320,3 +320,32 @@ def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
 def test_a_split_or_retain_seed_numpy_cannot_take_is_refused_at_load(key, value, message):
     with pytest.raises(ConfigError, match=f"{key}: Input should be {message}"):
         load_params(ROOT / "params.yaml", [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("schedule", ["0 25 * * *", "every night", "0 2 * *", "H 2 * * *"])
+def test_a_schedule_prefect_cannot_parse_is_refused_at_load(schedule):
+    """`requests.schedule: "0 25 * * *"` loaded; only `unsir batch serve`, handing it to Prefect,
+    found it (and no other command ever did)."""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", [f"requests.schedule='{schedule}'"])
+    assert f"requests.schedule: Value error, {schedule!r} is not a cron expression" in str(refused.value)
+    assert "expected five fields: minute hour day-of-month month day-of-week" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "schedule", ["0 2 * * *", "*/15 * * * *", "0 2 * * mon-fri", "0 2 L * *", "@daily", "0 25 * * *", "0 2 * * 7#1"]
+)
+def test_the_schedule_is_checked_by_the_parser_prefect_schedules_with(schedule):
+    from prefect._internal.schemas.validators import validate_cron_string
+
+    try:
+        validate_cron_string(schedule)
+        prefect_accepts = True
+    except ValueError:
+        prefect_accepts = False
+    try:
+        load_params(ROOT / "params.yaml", [f"requests.schedule='{schedule}'"])
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == prefect_accepts

@@ -12,7 +12,9 @@ recorded, so a run's parameters and their hash say exactly what it ran with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import typing
@@ -269,6 +271,38 @@ class RequestParams(Frozen):
     audit_log: str = Field(default="state/audit.sqlite", description="SQLite file of the hash-chained audit trail")
     max_attempts: int = Field(default=3, ge=1, description="a request failing this many batches becomes failed")
     schedule: str = Field(default="0 2 * * *", description="cron schedule of `unsir batch serve`")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron_prefect_accepts(cls, schedule: str) -> str:
+        # Prefect's own test (validate_cron_string): its croniter parses it, and no field is
+        # croniter's random or hashed one (R, H), which Prefect does not support.
+        croniter = _prefect_croniter()
+        if not croniter.is_valid(schedule) or any(field.upper() in ("R", "H") for field in schedule.split()):
+            raise ValueError(
+                f"{schedule!r} is not a cron expression; expected five fields: minute hour day-of-month "
+                "month day-of-week, e.g. '0 2 * * *' (02:00 every day) or '0 2 * * mon-fri'"
+            )
+        return schedule
+
+
+@functools.cache
+def _prefect_croniter() -> Any:
+    """The cron parser Prefect schedules with (its vendored croniter), without importing Prefect.
+
+    Imported through ``prefect._vendor`` it would import all of Prefect, about a second on every
+    command that loads params.yaml; the module itself needs only dateutil and pytz."""
+    prefect = importlib.util.find_spec("prefect")
+    locations = prefect.submodule_search_locations if prefect else None
+    source = Path(locations[0], "_vendor", "croniter", "croniter.py") if locations else None
+    spec = importlib.util.spec_from_file_location("_prefect_croniter", source) if source and source.is_file() else None
+    if spec is None or spec.loader is None:  # another Prefect layout: the slow, sure way
+        from prefect._vendor.croniter import croniter
+
+        return croniter
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.croniter
 
 
 class StateParams(Frozen):
