@@ -303,6 +303,24 @@ def test_progress_on_a_terminal_only_and_never_with_json(monkeypatch):
     assert not progress_module.wanted(quiet=True, stream=Terminal())
 
 
+@pytest.mark.parametrize(
+    ("setting", "shown"), [("1", True), ("True", True), ("yes", True), ("0", False), ("off", False)]
+)
+def test_progress_setting_is_read_with_its_usual_spellings(monkeypatch, setting, shown):
+    """UNSIR_PROGRESS=yes (or true) was taken as "not set": on a terminal, progress anyway; in a
+    pipe, none, and the training stage left its epochs out (it read anything but 1 as off)."""
+    monkeypatch.setenv(progress_module.ENV, setting)
+    assert progress_module.wanted(quiet=False, stream=io.StringIO()) is shown
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+def test_a_bad_progress_setting_exits_2_naming_the_variable(params_only, monkeypatch, capsys, flags):
+    monkeypatch.setenv(progress_module.ENV, "sometimes")
+    assert main(["--project", str(params_only), "request", "list", *flags]) == 2
+    error = capsys.readouterr().err
+    assert "UNSIR_PROGRESS='sometimes': expected 1 (or true, yes, on) to show progress" in error
+
+
 def test_a_child_process_progress_reaches_the_parent_stream():
     child = (
         "import sys; from unsir_pipeline.cli.progress import relayed_stderr\n"

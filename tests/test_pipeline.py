@@ -437,3 +437,15 @@ def test_the_dvc_evaluate_stage_reads_evaluation_relearn_as_the_flow_does(tmp_pa
     evaluate_unlearned(ws)
     metrics = json.loads((tmp_path / "reports" / "evaluation.json").read_text())
     assert ("relearn_steps" in metrics) is relearn
+
+
+def test_the_train_stage_reads_the_progress_setting_as_the_command_does(tmp_path, monkeypatch, capsys):
+    """The stage read UNSIR_PROGRESS itself, as on only when exactly 1: `UNSIR_PROGRESS=true dvc
+    repro` trained without a word."""
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["model"]["train"]["epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("UNSIR_PROGRESS", "true")
+    for stage in ("prepare", "train"):  # as `dvc repro` runs them
+        assert main(["--project", str(tmp_path), "stage", stage]) == 0
+    assert "train original model: epoch 1/1" in capsys.readouterr().err

@@ -8,7 +8,6 @@ versions; they are DVC's counterpart of the Prefect tasks in ``tasks/``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -47,8 +46,9 @@ def prepare_data(ws: Workspace) -> Path:
 # --- the original model ---------------------------------------------------------------------
 
 
-def train_original(ws: Workspace) -> dict[str, float]:
-    """Train the starting model on the train split; write its checkpoint and metrics."""
+def train_original(ws: Workspace, *, progress: bool = False) -> dict[str, float]:
+    """Train the starting model on the train split; write its checkpoint and metrics (with
+    ``progress``, each epoch's loss on stderr)."""
     data, manifest = load_prepared(ws)
     splits = prepare_splits(data, manifest)
     m = ws.params.model
@@ -64,7 +64,7 @@ def train_original(ws: Workspace) -> dict[str, float]:
         m.train,
         device=device,
         generator=generator,
-        progress=os.environ.get("UNSIR_PROGRESS", "1") == "1",
+        progress=progress,
         description="train original model",
     )
     train_s = time.perf_counter() - started

@@ -10,15 +10,20 @@ Heavy imports (Prefect, MLflow, torch) happen after argument parsing, so ``--hel
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unsir_pipeline.settings import runtime  # standard library only: light enough for every command
+
+if TYPE_CHECKING:
+    from unsir_pipeline.settings.workspace import Workspace
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -372,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure(project)
         runtime.configure_threads()
-        runtime.configure_prefect(quiet_console=getattr(args, "json", False) or _progress(args).enabled)
+        progress_shown = _progress(args).enabled  # a bad UNSIR_PROGRESS stops every command here
+        runtime.configure_prefect(quiet_console=getattr(args, "json", False) or progress_shown)
         code = COMMANDS[args.command](project, args)
         # Prefect's engine may swallow the stop and let the command return as if nothing
         # happened; the stop still decides the exit.
@@ -1086,17 +1092,18 @@ def cmd_init(args) -> int:
 
 def cmd_stage(project: Path, args) -> int:
     from unsir_pipeline import stages
-    from unsir_pipeline.cli.progress import relayed_stderr
+    from unsir_pipeline.cli.progress import relayed_stderr, setting
 
     ws = _workspace(project, args)
-    stage = {
+    stage_by_name: dict[str, Callable[[Workspace], object]] = {
         "prepare": stages.prepare_data,
-        "train": stages.train_original,
+        # Its epochs unless progress is off: DVC runs it with stderr captured, not on a terminal.
+        "train": functools.partial(stages.train_original, progress=setting() is not False),
         "unlearn": stages.unlearn_original,
         "evaluate": stages.evaluate_unlearned,
-    }[args.name]
+    }
     with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
-        out = stage(ws)
+        out = stage_by_name[args.name](ws)
     _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
     return 0
 

@@ -1,8 +1,9 @@
 """Progress of long commands on the terminal (stderr); silent for scripts and ``--json``.
 
-On by default when stderr is a terminal; ``UNSIR_PROGRESS=1`` forces it on, ``UNSIR_PROGRESS=0``
-off. Child processes learn the decision through the same variable (the training stage run by
-``dvc repro`` prints its epochs only when it is ``1``), and what they print reaches the terminal
+On by default when stderr is a terminal; ``UNSIR_PROGRESS=1`` (or ``true``, ``yes``, ``on``)
+forces it on, ``UNSIR_PROGRESS=0`` (``false``, ``no``, ``off``) off; any other value is refused.
+Child processes learn the decision through the same variable (the training stage run by
+``dvc repro`` prints its epochs unless it is off), and what they print reaches the terminal
 through :func:`relay`, since DVC captures its stages' output.
 """
 
@@ -19,19 +20,36 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from unsir_pipeline.settings.runtime import RuntimeSettingError
+
 ENV = "UNSIR_PROGRESS"
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # A child process (a DVC stage) appends its progress here; the parent copies it to stderr.
 RELAY_ENV = "UNSIR_PROGRESS_FILE"
+
+
+def setting() -> bool | None:
+    """UNSIR_PROGRESS: on, off, or None when unset (or empty); any other value is refused, since
+    a mistyped one would be taken as neither, silently."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return None
+    if raw.lower() in _ON + _OFF:
+        return raw.lower() in _ON
+    raise RuntimeSettingError(
+        f"{ENV}={raw!r}: expected 1 (or true, yes, on) to show progress, 0 (or false, no, off) to hide it, "
+        "or unset to show it on a terminal only"
+    )
 
 
 def wanted(quiet: bool, stream: TextIO | None = None) -> bool:
     """Whether to show progress: never when ``quiet`` (``--json``), else UNSIR_PROGRESS, else
     whether ``stream`` (stderr) is a terminal."""
+    forced = setting()  # read first: a bad value is refused with --json too, as on any command
     if quiet:
         return False
-    setting = os.environ.get(ENV, "").strip()
-    if setting in ("0", "1"):
-        return setting == "1"
+    if forced is not None:
+        return forced
     stream = stream or sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
 
@@ -126,7 +144,7 @@ def relayed_stderr() -> Iterator[None]:
     """In a child process started under :func:`relay`: copy stderr to the relay file too, so
     the training stage's epoch lines reach the user's terminal through DVC."""
     target = os.environ.get(RELAY_ENV)
-    if not target or os.environ.get(ENV) != "1":
+    if not target or not setting():
         yield
         return
     with open(target, "a", encoding="utf-8") as sink:
