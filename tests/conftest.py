@@ -192,6 +192,32 @@ def clone_project(source: Path, dest: Path) -> Path:
     return dest
 
 
+def run_with_read_only(paths: list[Path], command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run with ``paths`` not writable to it, as on an auditor's read-only copy.
+    Permissions stop no write of root's (CI's containers), so as root each path is mounted
+    read-only in a mount namespace of the command's own; the test is skipped where that cannot
+    be done. Otherwise their write bits are cleared for the run."""
+    if os.geteuid() == 0:
+        # $0: how many of the arguments are paths to mount read-only; the command follows them.
+        mount = (
+            'n=$0; while [ "$n" -gt 0 ]; do mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" || exit 97; '
+            'shift; n=$((n - 1)); done; exec "$@"'
+        )
+        wrapped = ["unshare", "--mount", "sh", "-c", mount, str(len(paths)), *map(str, paths)]
+        probe = subprocess.run([*wrapped, "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"running as root, where permissions stop no write, and cannot mount read-only: {probe.stderr}")
+        return subprocess.run([*wrapped, *command], capture_output=True, text=True)
+    modes = {path: path.stat().st_mode for path in paths}
+    for path, mode in modes.items():
+        path.chmod(mode & ~0o222)
+    try:
+        return subprocess.run(command, capture_output=True, text=True)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)  # or pytest cannot remove it
+
+
 def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
     """Take ``store``'s schema in the state database ``target`` (a SQLite file or a URL) back to
     ``revision``: the database as the code of that revision left it, for an older copy."""

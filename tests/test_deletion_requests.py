@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import re
 import sqlite3
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -345,6 +346,35 @@ def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
     with pytest.raises(RequestError, match="revision requests_9999, which this code does not know"):
         stores.request_store(ws, read_only=True)
+
+
+def test_a_write_to_a_read_only_sqlite_state_exits_2_naming_the_file_and_changes_nothing(tmp_path: Path) -> None:
+    """`chmod a-w state/*.sqlite` (or an auditor's read-only copy), then `unsir request withdraw`:
+    exit 1 with "cannot use the project's state files ...: (sqlite3.OperationalError) attempt to
+    write a readonly database; check they exist, are writable and the disk has space", where the
+    same write refused by PostgreSQL exits 2 naming the database. Now SQLite's does too."""
+    from conftest import make_project, run_with_read_only
+
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    store, trail = stores.intake_trail(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # its intake record, as `request add` leaves it
+    records = trail.records()
+    files = [Path(stores.state_target(ws, name)) for name in (ws.params.requests.store, ws.params.requests.audit_log)]
+
+    withdraw = ["request", "withdraw", request.id, "--reason", "asked twice", "--by", "bob"]
+    ran = run_with_read_only(files, [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), *withdraw])
+
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert (
+        f"error: cannot write to the state database {files[0]}: attempt to write a readonly database; expected "
+        "a SQLite file this user may write" in ran.stderr
+    )
+    assert store.get(request.id).status == "pending" and trail.records() == records
 
 
 def test_withdraw_takes_a_pending_or_failed_request_out_of_the_queue(store: RequestStore) -> None:

@@ -30,8 +30,9 @@ other revision (a newer or unknown one, or an older one behind a migration not s
 refused, naming it.
 
 A write the server refuses to the configured role or server (a role that may only SELECT, a
-read-only standby) is :class:`StateWriteRefused`, naming the database and what a write needs;
-the transaction is rolled back, so nothing of it is written.
+read-only standby), or a SQLite file this user may not write (its permissions, a read-only
+mount), is :class:`StateWriteRefused`, naming the database and what a write needs; the
+transaction is rolled back, so nothing of it is written.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class StateError(ValueError):
 
 class StateWriteRefused(StateError):
     """The database refused a write to the role or server the configuration names (a role that
-    may only SELECT, a read-only standby): the configuration is wrong, not the pipeline."""
+    may only SELECT, a read-only standby), or the SQLite file is read-only to this user: the
+    configuration or the copy is wrong, not the pipeline."""
 
 
 # SQLSTATEs of a write refused by the database's configuration, and what a write needs instead.
@@ -206,12 +208,28 @@ class StateDatabase:
                 with conn.begin():
                     yield conn
             except DBAPIError as err:
-                needs = _WRITE_NEEDS.get(getattr(err.orig, "pgcode", None) or "")
+                needs = self._refused_write_needs(err)
                 if needs is None:
                     raise
                 raise StateWriteRefused(
                     f"cannot write to the state database {self.shown}: {_first_line(err)}; expected {needs}"
                 ) from err
+
+    def _refused_write_needs(self, err: DBAPIError) -> str | None:
+        """What a write needs that the database refused by its configuration, not by a fault;
+        None for any other failure."""
+        if not self.is_sqlite:
+            return _WRITE_NEEDS.get(getattr(err.orig, "pgcode", None) or "")
+        # SQLITE_READONLY and its extended codes (the low byte is the primary code): a file, or
+        # its directory, this user may not write (permissions, a read-only mount or copy).
+        code = getattr(err.orig, "sqlite_errorcode", None)
+        if code is None or code & 0xFF != sqlite3.SQLITE_READONLY:
+            return None
+        return (
+            "a SQLite file this user may write, in a directory it may write: this one is read-only here (its "
+            "permissions, or a read-only mount or copy); the commands that only read (`audit verify`, `request "
+            "list`) read it as it is"
+        )
 
     def serialise(self, conn: Connection, step: str) -> None:
         """Hold ``step`` (a key of ``_LOCK_KEYS``) for the rest of ``conn``'s write transaction:

@@ -420,6 +420,7 @@ def _failed(args, message: str, code: int) -> int:
 
 
 def _describe(err: Exception, project: Path | None = None) -> str:
+    from unsir_pipeline.adapters.state_store import StateWriteRefused
     from unsir_pipeline.settings.runtime import describe_startup_failure
 
     startup = describe_startup_failure(err)
@@ -428,7 +429,8 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     message = str(err).strip() or type(err).__name__
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
-    if project is not None and any(words in message for words in _STATE_ERRORS):
+    # A refused write names its database and what it needs already.
+    if project is not None and not isinstance(err, StateWriteRefused) and any(w in message for w in _STATE_ERRORS):
         return (
             f"cannot use the project's state files under {project} (paths.state_dir, the MLflow and Prefect "
             f"databases): {first}; check they exist, are writable and the disk has space"
