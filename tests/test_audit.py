@@ -362,7 +362,13 @@ def _as_written_before_migrations(path: Path, user_version: int) -> None:
 
 def test_log_written_before_migrations_is_adopted_and_keeps_verifying(log: AuditLog) -> None:
     _as_written_before_migrations(log.path, 1)
-    with pytest.raises(AuditError, match="revision none, an older one; a command that only reads does not migrate"):
+    # Read-only, it is read as the baseline's layout, audit_0001, behind audit_0002 (not declared
+    # read-compatible): refused as a stamped audit_0001 copy is, saying what the file holds.
+    with pytest.raises(
+        AuditError,
+        match=r"holds audit schema revision audit_0001 \(the layout of a file from before migrations were recorded\), "
+        "an older one; a command that only reads does not migrate",
+    ):
         AuditLog(log.path, read_only=True)
 
     adopted = AuditLog(log.path)

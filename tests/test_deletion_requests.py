@@ -295,6 +295,24 @@ def test_store_written_before_migrations_is_adopted_and_keeps_working(tmp_path: 
             conn.execute("UPDATE requests SET status = 'lost'")
 
 
+def test_a_read_only_copy_written_before_migrations_is_read_as_its_baseline(tmp_path: Path) -> None:
+    """`unsir request list` on an auditor's read-only copy of a store from before migrations
+    were recorded: refused as "schema revision none, an older one", though its layout is the
+    baseline's (requests_0001), which a read-only open reads as it is. Now it is read as that
+    revision, unstamped; another schema version is still refused."""
+    path = tmp_path / "requests.db"
+    _legacy_store(path, 1)
+
+    (old,) = RequestStore(path, read_only=True).list()
+    assert (old.id, old.requester, old.status) == ("req-000000000001", "alice", "pending")
+    assert RequestStore(path, read_only=True).db.revision("requests") == []  # read, not stamped
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RequestError, match="schema version 99; this code expects version 1"):
+        RequestStore(path, read_only=True)
+
+
 def test_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "requests.db"
     _legacy_store(path, 99)

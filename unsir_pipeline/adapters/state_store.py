@@ -11,7 +11,8 @@ Schema changes are Alembic migrations shipped in ``unsir_pipeline/adapters/migra
 with a configuration built in code (no ``alembic.ini``). Each store keeps its own revision
 (version table ``unsir_requests_schema`` / ``unsir_audit_schema``), so the two SQLite files
 each carry only their own tables. A SQLite file written before the migrations existed
-(``PRAGMA user_version = 1``) is stamped at the baseline revision, whose schema is that one.
+(``PRAGMA user_version = 1``) is stamped at the baseline revision, whose schema is that one;
+opened read-only, it is read as that revision, unstamped.
 
 Write transactions serialise the read-then-write steps (claim the pending requests, extend the
 chain from its head): on SQLite every write transaction is ``BEGIN IMMEDIATE`` (one writer at a
@@ -290,14 +291,20 @@ class StateDatabase:
         """
         head, known, readable = _revisions(store)
         if self.read_only:
-            found = self.revision(store)
+            found, shown = self.revision(store), ""
+            if not found and self.table_exists(store):
+                # Written before migrations were recorded: the baseline's layout, unstamped (a
+                # write stamps it), so it is read as that revision is.
+                with self.read() as conn:
+                    found = [self._legacy_revision(conn, store, error)]
+                shown = " (the layout of a file from before migrations were recorded)"
             if len(found) != 1 or found[0] not in readable:
                 newer = [rev for rev in found if rev not in known]
                 what = "which this code does not know (written by a newer version?)" if newer else "an older one"
                 raise error(
-                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}, {what}; a command "
-                    f"that only reads does not migrate it to this code's revision {head!r}: a command that writes "
-                    "(`unsir request add`, `unsir batch run`) does, on a writable copy"
+                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, {what}; a "
+                    f"command that only reads does not migrate it to this code's revision {head!r}: a command that "
+                    "writes (`unsir request add`, `unsir batch run`) does, on a writable copy"
                 )
             return
         if self.path is not None:
