@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.adapters.state_store import StateError, sqlite_read_only_uri
+from unsir_pipeline.adapters.state_store import StateError, StateSchemaRefused, sqlite_read_only_uri
 from unsir_pipeline.governance.audit import (
     GENESIS,
     AuditError,
@@ -365,7 +365,7 @@ def test_log_written_before_migrations_is_adopted_and_keeps_verifying(log: Audit
     # Read-only, it is read as the baseline's layout, audit_0001, behind audit_0002 (not declared
     # read-compatible): refused as a stamped audit_0001 copy is, saying what the file holds.
     with pytest.raises(
-        AuditError,
+        StateSchemaRefused,
         match=r"holds audit schema revision audit_0001 \(the layout of a file from before migrations were recorded\), "
         "an older one; a command that only reads does not migrate",
     ):
@@ -385,7 +385,7 @@ def test_log_written_before_migrations_is_adopted_and_keeps_verifying(log: Audit
 def test_log_from_another_schema_version_is_refused(log: AuditLog) -> None:
     _as_written_before_migrations(log.path, 2)
 
-    with pytest.raises(AuditError, match="schema version 2.*expects version 1"):
+    with pytest.raises(StateSchemaRefused, match="schema version 2.*expects version 1"):
         AuditLog(log.path)
 
 
@@ -394,7 +394,7 @@ def test_log_from_a_newer_revision_is_refused(log: AuditLog) -> None:
         conn.execute("UPDATE unsir_audit_schema SET version_num = 'audit_9999'")
 
     with pytest.raises(
-        AuditError, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"
+        StateSchemaRefused, match="revision 'audit_9999', which this code does not know.*expects revision 'audit_0002'"
     ):
         AuditLog(log.path)
 
@@ -406,8 +406,41 @@ def test_a_read_only_trail_behind_a_migration_not_declared_read_compatible_is_re
 
     downgrade_schema(log.path, "audit", "audit_0001")
 
-    with pytest.raises(AuditError, match="revision audit_0001, an older one; a command that only reads does not"):
+    with pytest.raises(
+        StateSchemaRefused, match="revision audit_0001, an older one; a command that only reads does not"
+    ):
         AuditLog(log.path, read_only=True)
+
+
+def test_a_store_the_commands_that_only_read_cannot_open_exits_2_from_each_of_them(tmp_path: Path, capsys) -> None:
+    """A copy whose trail is at audit_0001 (behind audit_0002, not read-compatible): `unsir
+    audit verify` and `audit show` exited 1, "the pipeline failed", where `unsir request list`
+    refused a request store at a revision it cannot read with 2. A copy at the wrong revision is
+    the setup to fix, not a failure: all exit 2, with or without --json."""
+    from conftest import downgrade_schema, make_project
+
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    store, _ = stores.intake_trail(ws)
+    store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # its intake record, as `request add` leaves it
+    downgrade_schema(stores.state_target(ws, ws.params.requests.audit_log), "audit", "audit_0001")
+
+    for command in (["audit", "verify"], ["audit", "show"]):
+        assert main(["--project", str(project), *command]) == 2, command
+        assert "holds audit schema revision audit_0001, an older one" in capsys.readouterr().err
+        assert main(["--project", str(project), *command, "--json"]) == 2, command
+        assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+
+    # As `request list` refuses a request store at a revision this code does not know.
+    with sqlite3.connect(stores.state_target(ws, ws.params.requests.store)) as conn:
+        conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
+    assert main(["--project", str(project), "request", "list"]) == 2
+    assert "revision requests_9999, which this code does not know" in capsys.readouterr().err
 
 
 def test_a_trail_opened_read_only_verifies_and_cannot_be_written(log: AuditLog) -> None:

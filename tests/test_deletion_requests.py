@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from unsir_pipeline.adapters.state_store import StateSchemaRefused
 from unsir_pipeline.governance.deletion_requests import (
     STATUSES,
     DeletionRequest,
@@ -309,7 +310,7 @@ def test_a_read_only_copy_written_before_migrations_is_read_as_its_baseline(tmp_
 
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RequestError, match="schema version 99; this code expects version 1"):
+    with pytest.raises(StateSchemaRefused, match="schema version 99; this code expects version 1"):
         RequestStore(path, read_only=True)
 
 
@@ -317,7 +318,7 @@ def test_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "requests.db"
     _legacy_store(path, 99)
 
-    with pytest.raises(RequestError, match="schema version 99.*expects version 1"):
+    with pytest.raises(StateSchemaRefused, match="schema version 99.*expects version 1"):
         RequestStore(path)
 
 
@@ -328,7 +329,8 @@ def test_store_from_a_newer_revision_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
 
     with pytest.raises(
-        RequestError, match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0002'"
+        StateSchemaRefused,
+        match="revision 'requests_9999', which this code does not know.*expects revision 'requests_0002'",
     ):
         RequestStore(path)
 
@@ -362,7 +364,7 @@ def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path:
 
     with sqlite3.connect(target) as conn:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
-    with pytest.raises(RequestError, match="revision requests_9999, which this code does not know"):
+    with pytest.raises(StateSchemaRefused, match="revision requests_9999, which this code does not know"):
         stores.request_store(ws, read_only=True)
 
 

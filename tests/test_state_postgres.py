@@ -23,9 +23,9 @@ import sqlalchemy as sa
 from conftest import ROOT, free_port, leaves_a_class, run_stack
 from sqlalchemy.pool import NullPool
 
-from unsir_pipeline.adapters.state_store import StateDatabase, StateError, StateWriteRefused
+from unsir_pipeline.adapters.state_store import StateDatabase, StateError, StateSchemaRefused, StateWriteRefused
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance.audit import GENESIS, AuditError, AuditLog
+from unsir_pipeline.governance.audit import GENESIS, AuditLog
 from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestError, RequestStore
 from unsir_pipeline.governance.stores import record_missing_intake
 
@@ -229,9 +229,11 @@ def test_a_store_at_requests_0001_is_read_read_only_as_it_is(state_url: str) -> 
 
 
 def test_a_database_never_migrated_is_not_created_by_a_read_only_open(state_url: str) -> None:
-    with pytest.raises(RequestError, match="requests schema revision none, an older one; a command that only reads"):
+    with pytest.raises(
+        StateSchemaRefused, match="requests schema revision none, an older one; a command that only reads"
+    ):
         RequestStore(state_url, read_only=True)
-    with pytest.raises(AuditError, match="audit schema revision none, an older one; a command that only reads"):
+    with pytest.raises(StateSchemaRefused, match="audit schema revision none, an older one; a command that only reads"):
         AuditLog(state_url, read_only=True)
     assert sa.inspect(sa.create_engine(state_url, poolclass=NullPool)).get_table_names() == []
 

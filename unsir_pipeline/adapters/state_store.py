@@ -69,6 +69,12 @@ class StateError(ValueError):
     code does not know; the message names the database (never its password)."""
 
 
+class StateSchemaRefused(StateError):
+    """The database holds a schema revision this code does not open so: an older one that a
+    command that only reads cannot read as it is, or one this code does not know (written by a
+    newer version). The copy or the code is at the wrong revision, not the pipeline at fault."""
+
+
 class StateWriteRefused(StateError):
     """The database refused a write to the role or server the configuration names (a role that
     may only SELECT, a read-only standby), or the SQLite file is read-only to this user: the
@@ -285,9 +291,11 @@ class StateDatabase:
         """Create or upgrade ``store``'s tables to this code's head revision.
 
         A database already at the head costs one query. A schema this code does not know (a
-        newer revision, another layout) raises ``error``, naming what was found and expected.
-        Opened read-only, the schema is only checked: it must be at a revision this code reads
-        (the head, or one the migrations since declare read-compatible; see the module docstring).
+        newer revision, another layout) raises :class:`StateSchemaRefused`, naming what was found
+        and expected; a migration Alembic cannot apply raises ``error``. Opened read-only, the
+        schema is only checked: it must be at a revision this code reads (the head, or one the
+        migrations since declare read-compatible; see the module docstring), else
+        :class:`StateSchemaRefused`.
         """
         head, known, readable = _revisions(store)
         if self.read_only:
@@ -296,12 +304,12 @@ class StateDatabase:
                 # Written before migrations were recorded: the baseline's layout, unstamped (a
                 # write stamps it), so it is read as that revision is.
                 with self.read() as conn:
-                    found = [self._legacy_revision(conn, store, error)]
+                    found = [self._legacy_revision(conn, store)]
                 shown = " (the layout of a file from before migrations were recorded)"
             if len(found) != 1 or found[0] not in readable:
                 newer = [rev for rev in found if rev not in known]
                 what = "which this code does not know (written by a newer version?)" if newer else "an older one"
-                raise error(
+                raise StateSchemaRefused(
                     f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, {what}; a "
                     f"command that only reads does not migrate it to this code's revision {head!r}: a command that "
                     "writes (`unsir request add`, `unsir batch run`) does, on a writable copy"
@@ -327,27 +335,27 @@ class StateDatabase:
                 ).get_current_heads()
                 unknown = [rev for rev in current if rev not in known]
                 if unknown:
-                    raise error(
+                    raise StateSchemaRefused(
                         f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
                         f"know (written by a newer version?); this code expects revision {head!r}"
                     )
                 config.attributes["connection"] = conn
                 if not current and sa.inspect(conn).has_table(store):
-                    command.stamp(config, self._legacy_revision(conn, store, error))
+                    command.stamp(config, self._legacy_revision(conn, store))
                 command.upgrade(config, f"{store}@head")
         except DBAPIError as err:
             raise self.unreachable(err) from err
         except CommandError as err:
             raise error(f"{self.shown}: cannot migrate the {store} schema to revision {head!r}: {err}") from err
 
-    def _legacy_revision(self, conn: Connection, store: str, error: type[Exception]) -> str:
+    def _legacy_revision(self, conn: Connection, store: str) -> str:
         """The revision of a store written before migrations existed: only a SQLite file of the
         old layout (user_version 1) is adopted; anything else is refused, not guessed at."""
         what = "request" if store == "requests" else store
         found = conn.exec_driver_sql("PRAGMA user_version").scalar() if self.is_sqlite else None
         if found != LEGACY_SQLITE_VERSION:
             version = f"schema version {found}" if self.is_sqlite else "a table without a schema revision"
-            raise error(
+            raise StateSchemaRefused(
                 f"{self.shown} holds {what} {version}; this code expects version {LEGACY_SQLITE_VERSION} "
                 f"or a database migrated by this project (table {version_table(store)})"
             )

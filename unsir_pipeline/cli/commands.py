@@ -443,13 +443,22 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
-    from unsir_pipeline.adapters.state_store import StateWriteRefused
+    from unsir_pipeline.adapters.state_store import StateSchemaRefused, StateWriteRefused
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.runtime import RuntimeSettingError
 
     return isinstance(
-        err, (UnlearningInputError, ConfigError, RequestError, UsageError, RuntimeSettingError, StateWriteRefused)
+        err,
+        (
+            UnlearningInputError,
+            ConfigError,
+            RequestError,
+            UsageError,
+            RuntimeSettingError,
+            StateSchemaRefused,
+            StateWriteRefused,
+        ),
     )
 
 
