@@ -443,6 +443,62 @@ def test_a_store_the_commands_that_only_read_cannot_open_exits_2_from_each_of_th
     assert "revision requests_9999, which this code does not know" in capsys.readouterr().err
 
 
+def test_state_migrate_brings_the_stores_to_the_head_and_changes_nothing_else(tmp_path: Path, capsys) -> None:
+    """A copy at requests_0001/audit_0001, which `unsir audit verify` refuses: its only way to the
+    head was a command that writes (`unsir request add`, `unsir batch run`), a deletion request or
+    an unlearning run for a schema change. `unsir state migrate` migrates both stores alone (no
+    record, no request), says from and to which revision, and with --dry-run writes nothing."""
+    from conftest import downgrade_schema, make_project
+
+    from unsir_pipeline.adapters.state_store import StateDatabase
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    migrate = ["--project", str(project), "state", "migrate"]
+    targets = {"requests": ws.params.requests.store, "audit": ws.params.requests.audit_log}
+    targets = {name: stores.state_target(ws, relative) for name, relative in targets.items()}
+    assert main(migrate) == 0  # nothing to migrate, and nothing is created
+    assert "requests (" in (out := capsys.readouterr().out) and "not created yet" in out
+    assert not any(path.exists() for path in targets.values())
+
+    store, log = stores.intake_trail(ws)
+    store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)  # its intake record, as `request add` leaves it
+    records = log.records()
+    for store_name, revision in (("requests", "requests_0001"), ("audit", "audit_0001")):
+        downgrade_schema(targets[store_name], store_name, revision)
+    # The databases and the anchor, not SQLite's -wal/-shm, which reading them makes in a writable directory.
+    state = {
+        path: path.read_bytes() for path in (project / "state").iterdir() if not path.name.endswith(("-wal", "-shm"))
+    }
+
+    assert main([*migrate, "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["dry_run"] is True
+    assert [(m["store"], m["from"], m["to"], m["changes"]) for m in planned["stores"]] == [
+        ("requests", "requests_0001", "requests_0002", True),
+        ("audit", "audit_0001", "audit_0002", True),
+    ]
+    assert {path: path.read_bytes() for path in state} == state  # nothing written
+    assert main(["--project", str(project), "audit", "verify"]) == 2
+    assert "`unsir state migrate` brings it to this code's revision 'audit_0002'" in capsys.readouterr().err
+
+    assert main(migrate) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"requests ({targets['requests']}): migrated requests_0001 -> requests_0002",
+        f"audit ({targets['audit']}): migrated audit_0001 -> audit_0002",
+    ]
+    assert [StateDatabase(targets[s]).revision(s) for s in ("requests", "audit")] == [["requests_0002"], ["audit_0002"]]
+    assert AuditLog(targets["audit"], read_only=True).records() == records  # no record of its own
+    assert main(["--project", str(project), "audit", "verify"]) == 0
+    capsys.readouterr()
+    assert main(migrate) == 0
+    assert "audit (" in (out := capsys.readouterr().out) and "already current (audit_0002)" in out
+
+
 def test_a_trail_opened_read_only_verifies_and_cannot_be_written(log: AuditLog) -> None:
     """How `unsir audit verify` opens the trail: SQLite's read-only URI, which refuses writes
     to root too, so this holds whoever runs the tests."""

@@ -312,3 +312,33 @@ def test_a_server_that_runs_every_transaction_read_only_is_named(state_url: str)
     with pytest.raises(StateWriteRefused, match=refused):
         RequestStore(state_url).add([4], ["four"], "bob", "r")
     assert RequestStore(state_url, read_only=True).list() == [request]
+
+
+def test_state_migrate_migrates_the_shared_database_and_its_dry_run_needs_select_alone(
+    state_url, tmp_path, monkeypatch, capsys
+):
+    """`unsir state migrate` on the shared database: the request store at requests_0001 is
+    migrated (under the migration lock), the trail at the head is left as it is; the dry run
+    only reads, so an auditor's role with SELECT rights alone runs it."""
+    from conftest import downgrade_schema
+
+    _, log, request = _filed_and_recorded(state_url)
+    downgrade_schema(state_url, "requests", "requests_0001")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.delenv("UNSIR_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("UNSIR_AUDIT_KEY_FILE", raising=False)
+
+    monkeypatch.setenv("UNSIR_STATE_DATABASE_URL", _select_only_role(state_url))
+    assert main(["--project", str(tmp_path), "state", "migrate", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "would migrate requests_0001 -> requests_0002" in capsys.readouterr().out
+    assert StateDatabase(state_url).revision("requests") == ["requests_0001"]
+
+    monkeypatch.setenv("UNSIR_STATE_DATABASE_URL", state_url)
+    assert main(["--project", str(tmp_path), "state", "migrate"]) == 0, capsys.readouterr().err
+    shown = sa.make_url(state_url).render_as_string(hide_password=True)
+    assert capsys.readouterr().out.splitlines() == [
+        f"requests ({shown}): migrated requests_0001 -> requests_0002",
+        f"audit ({shown}): already current (audit_0002)",
+    ]
+    assert StateDatabase(state_url).revision("requests") == ["requests_0002"]
+    assert RequestStore(state_url).list() == [request] and [r.seq for r in log.records()] == [1]

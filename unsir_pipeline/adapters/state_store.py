@@ -8,11 +8,12 @@ statements on both; what differs is confined here (connections, locking) and to 
 migrations.
 
 Schema changes are Alembic migrations shipped in ``unsir_pipeline/adapters/migrations``, applied at open
-with a configuration built in code (no ``alembic.ini``). Each store keeps its own revision
-(version table ``unsir_requests_schema`` / ``unsir_audit_schema``), so the two SQLite files
-each carry only their own tables. A SQLite file written before the migrations existed
-(``PRAGMA user_version = 1``) is stamped at the baseline revision, whose schema is that one;
-opened read-only, it is read as that revision, unstamped.
+(or alone, by ``unsir state migrate``) with a configuration built in code (no ``alembic.ini``).
+Each store keeps its own revision (version table ``unsir_requests_schema`` /
+``unsir_audit_schema``), so the two SQLite files each carry only their own tables. A SQLite
+file written before the migrations existed (``PRAGMA user_version = 1``) is stamped at the
+baseline revision, whose schema is that one; opened read-only, it is read as that revision,
+unstamped.
 
 Write transactions serialise the read-then-write steps (claim the pending requests, extend the
 chain from its head): on SQLite every write transaction is ``BEGIN IMMEDIATE`` (one writer at a
@@ -28,7 +29,7 @@ Such a store must be at this code's head revision, or at an older one from which
 migration to the head declares ``READ_COMPATIBLE = True`` in its script: it leaves what this
 code reads as it was (requests_0002 only widens a check), so the copy is read unmigrated. Any
 other revision (a newer or unknown one, or an older one behind a migration not so declared) is
-refused, naming it.
+refused, naming it: :class:`StateSchemaRefused`.
 
 A write the server refuses to the configured role or server (a role that may only SELECT, a
 read-only standby), or a SQLite file this user may not write (its permissions, a read-only
@@ -287,8 +288,41 @@ class StateDatabase:
                 return []
             return list(conn.execute(sa.text(f"SELECT version_num FROM {table}")).scalars())
 
-    def migrate(self, store: str, error: type[Exception]) -> None:
-        """Create or upgrade ``store``'s tables to this code's head revision.
+    def holds(self, store: str) -> bool:
+        """Whether ``store``'s tables were ever created here (at any revision); creates nothing."""
+        if self.path is not None and not self.path.exists():
+            return False
+        return self.table_exists(store) or self.table_exists(version_table(store))
+
+    def found_revisions(self, store: str) -> tuple[list[str], bool]:
+        """``store``'s revisions as its version table records them, read without writing. A store
+        written before migrations were recorded (no version table, the baseline's layout) is at
+        the baseline's, unstamped: then True, else False."""
+        found = self.revision(store)
+        if found or not self.table_exists(store):
+            return found, False
+        with self.read() as conn:
+            return [self._legacy_revision(conn, store)], True
+
+    def pending_migration(self, store: str) -> str:
+        """The revision :meth:`migrate` would start from, read without writing (a dry run): as
+        :meth:`migrate`, a revision this code does not know raises :class:`StateSchemaRefused`."""
+        found, _ = self.found_revisions(store)
+        self._refuse_unknown(store, found)
+        return ", ".join(found)
+
+    def _refuse_unknown(self, store: str, found: list[str]) -> None:
+        head, known, _ = _revisions(store)
+        unknown = [rev for rev in found if rev not in known]
+        if unknown:
+            raise StateSchemaRefused(
+                f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
+                f"know (written by a newer version?); this code expects revision {head!r}"
+            )
+
+    def migrate(self, store: str, error: type[Exception]) -> str | None:
+        """Create or upgrade ``store``'s tables to this code's head revision, and return the
+        revision they were at (None: created now).
 
         A database already at the head costs one query. A schema this code does not know (a
         newer revision, another layout) raises :class:`StateSchemaRefused`, naming what was found
@@ -299,26 +333,26 @@ class StateDatabase:
         """
         head, known, readable = _revisions(store)
         if self.read_only:
-            found, shown = self.revision(store), ""
-            if not found and self.table_exists(store):
-                # Written before migrations were recorded: the baseline's layout, unstamped (a
-                # write stamps it), so it is read as that revision is.
-                with self.read() as conn:
-                    found = [self._legacy_revision(conn, store)]
-                shown = " (the layout of a file from before migrations were recorded)"
+            # A store written before migrations were recorded is read as the baseline's layout,
+            # unstamped (a write stamps it).
+            found, legacy = self.found_revisions(store)
+            shown = " (the layout of a file from before migrations were recorded)" if legacy else ""
             if len(found) != 1 or found[0] not in readable:
-                newer = [rev for rev in found if rev not in known]
-                what = "which this code does not know (written by a newer version?)" if newer else "an older one"
+                if any(rev not in known for rev in found):
+                    what = f"which this code does not know (written by a newer version?); this code reads {head!r}"
+                else:
+                    what = (
+                        "an older one; a command that only reads does not migrate it: `unsir state migrate` brings "
+                        f"it to this code's revision {head!r} (on a writable copy)"
+                    )
                 raise StateSchemaRefused(
-                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, {what}; a "
-                    f"command that only reads does not migrate it to this code's revision {head!r}: a command that "
-                    "writes (`unsir request add`, `unsir batch run`) does, on a writable copy"
+                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, {what}"
                 )
-            return
+            return found[0]
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.revision(store) == [head]:
-            return
+            return head
         if self.path is not None:
             self._sqlite_wal()
         from alembic import command
@@ -333,20 +367,18 @@ class StateDatabase:
                 current = MigrationContext.configure(
                     conn, opts={"version_table": version_table(store)}
                 ).get_current_heads()
-                unknown = [rev for rev in current if rev not in known]
-                if unknown:
-                    raise StateSchemaRefused(
-                        f"{self.shown} holds {store} schema revision {unknown[0]!r}, which this code does not "
-                        f"know (written by a newer version?); this code expects revision {head!r}"
-                    )
+                self._refuse_unknown(store, list(current))
                 config.attributes["connection"] = conn
+                before = ", ".join(current) or None
                 if not current and sa.inspect(conn).has_table(store):
-                    command.stamp(config, self._legacy_revision(conn, store))
+                    before = self._legacy_revision(conn, store)
+                    command.stamp(config, before)
                 command.upgrade(config, f"{store}@head")
         except DBAPIError as err:
             raise self.unreachable(err) from err
         except CommandError as err:
             raise error(f"{self.shown}: cannot migrate the {store} schema to revision {head!r}: {err}") from err
+        return before
 
     def _legacy_revision(self, conn: Connection, store: str) -> str:
         """The revision of a store written before migrations existed: only a SQLite file of the
@@ -384,6 +416,11 @@ def _first_line(err: DBAPIError) -> str:
 
 def version_table(store: str) -> str:
     return f"unsir_{store}_schema"
+
+
+def head_revision(store: str) -> str:
+    """The revision this code migrates ``store`` to."""
+    return _revisions(store)[0]
 
 
 @functools.cache

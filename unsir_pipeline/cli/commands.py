@@ -260,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
+    state = commands.add_parser(
+        "state",
+        help="the state database: the request store and the audit trail",
+        epilog=_examples("unsir state migrate --dry-run", "unsir state migrate"),
+    ).add_subparsers(dest="state_command", required=True, metavar="SUBCOMMAND")
+    p = state.add_parser(
+        "migrate",
+        help="bring the request store and the audit trail to this version's schema revisions (nothing else changes)",
+        epilog=_examples("unsir state migrate --dry-run", "unsir state migrate --json"),
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be migrated, writing nothing")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
     p = commands.add_parser(
         "serve",
         help="serve a registered model (default: the champion) over HTTP on 127.0.0.1, following its alias",
@@ -1062,6 +1075,24 @@ def cmd_audit(project: Path, args) -> int:
     return 0
 
 
+def cmd_state(project: Path, args) -> int:
+    from unsir_pipeline.governance.stores import migrate_state
+
+    migrations = migrate_state(_workspace(project, args), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "stores": [m.to_dict() for m in migrations]}))
+        return 0
+    for m in migrations:
+        if m.found is None:
+            done = f"not created yet (the first command that writes creates it at {m.head})"
+        elif not m.changes:
+            done = f"already current ({m.head})"
+        else:
+            done = f"{'would migrate' if args.dry_run else 'migrated'} {m.found} -> {m.head}"
+        print(f"{m.store} ({m.database}): {done}")
+    return 0
+
+
 def _brief(payload: dict) -> str:
     keys = ("model_version", "classes", "promoted", "error", "refusal", "reason", "withdrawal")
     return ", ".join(f"{k}={payload[k]}" for k in keys if k in payload)
@@ -1165,6 +1196,7 @@ COMMANDS = {
     "batch": cmd_batch,
     "review": cmd_review,
     "audit": cmd_audit,
+    "state": cmd_state,
     "stage": cmd_stage,
     "serve": cmd_serve,
 }

@@ -7,8 +7,10 @@ project. Opening them needs neither MLflow nor torch, so `unsir request list` an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from unsir_pipeline.adapters.state_store import StateDatabase, StateError, head_revision
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
 from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestStore
 from unsir_pipeline.settings.workspace import Workspace
@@ -50,6 +52,48 @@ def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
                 "a new one (run `unsir audit verify`)"
             )
     return AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
+
+
+@dataclass(frozen=True)
+class SchemaMigration:
+    """One store's schema revision as `unsir state migrate` found it, and the one it brought
+    it to (or, in a dry run, would)."""
+
+    store: str  # "requests" or "audit"
+    database: str  # the SQLite file, or the database's URL without its password
+    found: str | None  # None: never created (the first command that writes creates it at the head)
+    head: str
+
+    @property
+    def changes(self) -> bool:
+        return self.found is not None and self.found != self.head
+
+    def to_dict(self) -> dict:
+        return {
+            "store": self.store,
+            "database": self.database,
+            "from": self.found,
+            "to": self.head,
+            "changes": self.changes,
+        }
+
+
+def migrate_state(ws: Workspace, *, dry_run: bool = False) -> list[SchemaMigration]:
+    """Bring the request store and the audit trail to this code's schema revisions, each under
+    the migration lock, as opening them for a write does; a store never created is left so.
+    ``dry_run``: read the revisions alone, writing nothing. Nothing but the schema changes: no
+    store is created, no record or anchor written (see docs/audit.md)."""
+    migrations = []
+    for store, relative in (("requests", ws.params.requests.store), ("audit", ws.params.requests.audit_log)):
+        db = StateDatabase(state_target(ws, relative), read_only=dry_run)
+        if not db.holds(store):
+            found = None
+        elif dry_run:
+            found = db.pending_migration(store)
+        else:
+            found = db.migrate(store, StateError)
+        migrations.append(SchemaMigration(store, db.shown, found, head_revision(store)))
+    return migrations
 
 
 def intake_trail(ws: Workspace) -> tuple[RequestStore, AuditLog]:
