@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clone_project
+from conftest import clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
@@ -507,7 +507,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_a_read_only_copy_of_the_state_is_verified_and_shown_without_writing(project, first_batch, tmp_path):
     """An auditor gets the state as read-only files: verify, show and list read it as it is
     (the SQLite files are in WAL mode, whose -shm index cannot be made there) and write nothing.
-    Run as root (CI's containers), permissions stop no write, so the copy is mounted read-only."""
+    As root (CI's containers), where permissions stop no write, the copy is mounted read-only."""
     filed, _ = first_batch
     copy = _copy_with_registry(project, tmp_path / "read-only")
     state = copy / "state"
@@ -518,21 +518,8 @@ def test_a_read_only_copy_of_the_state_is_verified_and_shown_without_writing(pro
         "for argv in (['audit', 'verify'], ['audit', 'show', '--request', sys.argv[2]], ['request', 'list']):\n"
         "    assert main(['--project', sys.argv[1], *argv]) == 0, argv\n"
     )
-    command = [sys.executable, "-c", code, str(copy), filed[0].id]
-    if os.geteuid() == 0:
-        mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
-        command = ["unshare", "--mount", "sh", "-c", mount, str(copy), *command]
-        probe = subprocess.run([*command[:5], str(copy), "true"], capture_output=True, text=True)
-        if probe.returncode != 0:
-            pytest.skip(f"running as root, where permissions stop no write, and cannot mount read-only: {probe.stderr}")
-    else:
-        for path in (copy, *copy.rglob("*")):
-            path.chmod(path.stat().st_mode & ~0o222)
-    try:
-        ran = subprocess.run(command, capture_output=True, text=True)
-    finally:
-        for path in (copy, *copy.rglob("*")):
-            path.chmod(path.stat().st_mode | 0o200)  # or pytest cannot remove it
+    # The whole copy, each directory and file in it.
+    ran = run_with_read_only([copy, *copy.rglob("*")], [sys.executable, "-c", code, str(copy), filed[0].id])
 
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "audit trail intact" in ran.stdout and filed[0].id in ran.stdout
