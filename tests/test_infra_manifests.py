@@ -423,3 +423,31 @@ def test_secret_example_is_a_secret_of_placeholders_for_the_pool(job_template):
     for key, value in data.items():
         if _SECRET_NAME.search(key) or key.endswith("USERNAME"):
             assert "change-me" in value, f"secret.example.yaml: {key} must be a placeholder"
+
+
+def test_the_deployments_schedule_is_params_yamls(tmp_path, monkeypatch):
+    """prefect.yaml hard-coded cron "0 2 * * *" beside a comment asking to keep it in step with
+    params.yaml's requests.schedule, which `unsir batch serve` uses: a schedule changed in
+    params.yaml alone left the deployed batch on the old one. `prefect deploy` now takes it from
+    params.yaml, through prefect.yaml's build step; run here as Prefect runs it (run_steps, less
+    its look-ups of blocks and variables on a server) and templated with Prefect's own code."""
+    from prefect.utilities.importtools import import_object
+    from prefect.utilities.templating import apply_values
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["requests"]["schedule"] = "30 3 * * 1"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)  # `prefect deploy` runs in the project directory
+    project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+    outputs: dict = {}
+    for step in project.get("build") or []:
+        ((function, inputs),) = step.items()
+        inputs = dict(inputs)
+        step_id = inputs.pop("id")
+        output = import_object(function)(**inputs)
+        outputs.update({**output, step_id: output})
+    (deployment,) = project["deployments"]
+    (schedule,) = apply_values(deployment["schedules"], outputs)  # as `prefect deploy` fills them
+
+    assert (schedule["cron"], schedule["timezone"]) == ("30 3 * * 1", "UTC")

@@ -115,6 +115,13 @@ class Workspace:
 
 
 @lru_cache(maxsize=8)
+def batch_schedule(directory: str = ".") -> dict[str, str]:
+    """prefect.yaml's build step, run by `prefect deploy` in the project directory: the deletion
+    batch's cron from params.yaml (requests.schedule, as `unsir batch serve` takes it), so that
+    the deployment's schedule has no second source."""
+    return {"cron": Workspace.load(directory).params.requests.schedule}
+
+
 def open_workspace(root: str, overrides: tuple[str, ...] = ()) -> Workspace:
     """The workspace of a project directory, its parameters validated once per process."""
     return Workspace.load(root, overrides)
