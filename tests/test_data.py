@@ -267,6 +267,45 @@ def test_cifar10_root_without_files_fails_naming_the_root(tmp_path):
     assert "under the root: cifar-10-batches-py/" in str(info.value) and "download=True" not in str(info.value)
 
 
+def test_a_torchvision_root_lacking_one_file_names_it(tmp_path):
+    _write_mnist_root(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UnlearningInputError, match=r"missing MNIST/raw/t10k-labels-idx1-ubyte;"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_mnist_files_left_compressed_are_named_with_the_way_out(tmp_path):
+    _write_mnist_root(tmp_path, "MNIST")
+    raw = tmp_path / "MNIST" / "raw"
+    for path in raw.iterdir():
+        path.rename(path.with_name(path.name + ".gz"))  # as downloaded: torchvision reads them only unpacked
+    with pytest.raises(UnlearningInputError, match=r"missing MNIST/raw/train-images-idx3-ubyte, .*gunzip"):
+        load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("inside", ["MNIST", "MNIST/raw"])
+def test_a_root_inside_the_data_sets_folder_names_the_root_to_set(tmp_path, inside):
+    _write_mnist_root(tmp_path, "MNIST")
+    expected = rf"the root is the folder that holds MNIST/: {re.escape(str(tmp_path))};"
+    with pytest.raises(UnlearningInputError, match=expected):
+        load_dataset("mnist", tmp_path / inside)
+
+
+def test_cifar10_files_other_than_the_official_ones_are_named(tmp_path):
+    """torchvision reads CIFAR only when each file's md5 is the official one: a re-pickled or
+    cut-down batch was refused as 'Dataset not found or corrupted', naming no file."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (folder / name).write_bytes(b"a batch of my own")
+    with pytest.raises(UnlearningInputError, match=r"missing cifar-10-batches-py/batches\.meta;") as info:
+        load_dataset("cifar10", tmp_path)
+    (folder / "batches.meta").write_bytes(b"my own labels")
+    with pytest.raises(UnlearningInputError, match=r"batches-py/data_batch_1, .* differ from torchvision") as info:
+        load_dataset("cifar10", tmp_path)
+    assert "md5" in str(info.value) and "image folder" in str(info.value)
+
+
 def test_image_folder_without_class_folders_is_an_input_error(tmp_path):
     with pytest.raises(UnlearningInputError, match=re.escape(str(tmp_path))):
         load_image_folder(tmp_path)

@@ -194,23 +194,25 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
     if not download and not root.exists():
         raise UnlearningInputError(f"dataset root {str(root)!r} does not exist and download is off")
     split_name = "train" if train else "test"
+    cls = {
+        "cifar10": tvd.CIFAR10,
+        "cifar100": tvd.CIFAR100,
+        "mnist": tvd.MNIST,
+        "fashionmnist": tvd.FashionMNIST,
+        "svhn": tvd.SVHN,
+    }[key]
     try:
         if key == "svhn":
-            dataset = tvd.SVHN(str(root), split=split_name, download=download)
+            dataset = cls(str(root), split=split_name, download=download)
             class_names = tuple(str(i) for i in range(10))
         else:
-            cls = {
-                "cifar10": tvd.CIFAR10,
-                "cifar100": tvd.CIFAR100,
-                "mnist": tvd.MNIST,
-                "fashionmnist": tvd.FashionMNIST,
-            }[key]
             dataset = cls(str(root), train=train, download=download)
             class_names = tuple(dataset.classes)
     # torchvision raises RuntimeError for missing files or a failed md5, and a bare AssertionError
     # (no message) for an MNIST-style file whose header is not IDX.
     except (RuntimeError, AssertionError, OSError, ValueError) as err:
-        reason = str(err) or f"a file is not in {name!r}'s format (torchvision's {type(err).__name__})"
+        reason = _torchvision_file_problem(root, _torchvision_files(cls, train)) or str(err)
+        reason = reason or f"a file is not in {name!r}'s format (torchvision's {type(err).__name__})"
         if not download:  # torchvision's advice; the pipeline never downloads
             reason = reason.replace(" You can use download=True to download it", "").rstrip(" .")
         raise UnlearningInputError(
@@ -218,6 +220,44 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
             f"{TORCHVISION_LAYOUT[key]}"
         ) from err
     return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
+
+
+def _torchvision_files(cls, train: bool) -> list[tuple[str, str | None]]:
+    """The files torchvision's data set class ``cls`` reads for one split, relative to its root,
+    each with the md5 it requires of them (None: any content)."""
+    if hasattr(cls, "split_list"):  # SVHN: one .mat file a split, in the root itself
+        _, filename, md5 = cls.split_list["train" if train else "test"]
+        return [(filename, md5)]
+    if hasattr(cls, "resources"):  # MNIST-style: both splits' files, unpacked, unchecked
+        return [(f"{cls.__name__}/raw/{Path(url).stem}", None) for url, _ in cls.resources]
+    listed = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]  # CIFAR: every batch
+    return [(f"{cls.base_folder}/{filename}", md5) for filename, md5 in listed]
+
+
+def _torchvision_file_problem(root: Path, files: list[tuple[str, str | None]]) -> str | None:
+    """Which of ``files`` are missing under ``root`` or not the official ones, and the way out;
+    None when they all look right (torchvision's own reason then stands)."""
+    from torchvision.datasets.utils import check_md5
+
+    missing = [name for name, _ in files if not (root / name).is_file()]
+    if missing:
+        reason = f"missing {', '.join(missing)}"
+        if all((root / f"{name}.gz").is_file() for name in missing):
+            reason += " (found them as .gz: torchvision reads them unpacked; gunzip them)"
+        # A root set to the data set's own folder (.../MNIST/raw, .../cifar-10-batches-py).
+        folders = Path(missing[0]).parts[:-1]
+        for depth in range(len(folders), 0, -1):
+            if root.parts[-depth:] == folders[:depth]:
+                reason += f"; the root is the folder that holds {folders[0]}/: {root.parents[depth - 1]}"
+                break
+        return reason
+    altered = [name for name, md5 in files if md5 is not None and not check_md5(str(root / name), md5)]
+    if altered:
+        return (
+            f"{', '.join(altered)} differ from torchvision's official files (by md5; torchvision reads only "
+            "those): restore the downloaded files, or lay your own images out as an image folder, root/<class>/<image>"
+        )
+    return None
 
 
 def _read_image(path: str):
