@@ -156,7 +156,9 @@ def load_mnist_5k() -> ClassificationData:
     )
 
 
-def _stack_pil_dataset(name: str, dataset, class_names: tuple[str, ...], id_prefix: str) -> ClassificationData:
+def _stack_pil_dataset(
+    name: str, dataset, class_names: tuple[str, ...], sample_ids: tuple[str, ...]
+) -> ClassificationData:
     from torchvision.transforms.functional import pil_to_tensor
 
     images, labels = [], []
@@ -168,10 +170,17 @@ def _stack_pil_dataset(name: str, dataset, class_names: tuple[str, ...], id_pref
         labels.append(int(label))
     if not images:
         raise UnlearningInputError(f"dataset {name!r} holds no images")
-    shapes = {tuple(t.shape) for t in images}
-    if len(shapes) != 1:
+    # Each size with how many images have it and the first that does: the odd file, found.
+    sizes: dict[tuple[int, ...], list] = {}
+    for sample_id, tensor in zip(sample_ids, images, strict=True):
+        sizes.setdefault(tuple(tensor.shape[1:]), [0, sample_id])[0] += 1
+    if len(sizes) != 1:
+        listed = sorted(sizes.items(), key=lambda item: -item[1][0])
+        described = ", ".join(f"{count} of {w}x{h} (e.g. {first!r})" for (h, w), (count, first) in listed[:4])
         raise UnlearningInputError(
-            f"dataset {name!r} mixes image shapes {sorted(shapes)[:3]}; pass image_size to resize"
+            f"dataset {name!r} mixes image sizes: {described}"
+            + (" ..." if len(listed) > 4 else "")
+            + " (width x height); pass image_size to resize them all to one square size"
         )
     stacked = torch.stack(images).to(torch.float32) / 255.0
     return ClassificationData(
@@ -179,7 +188,7 @@ def _stack_pil_dataset(name: str, dataset, class_names: tuple[str, ...], id_pref
         images=stacked,
         labels=torch.tensor(labels, dtype=torch.int64),
         class_names=class_names,
-        sample_ids=tuple(f"{id_prefix}-{i:06d}" for i in range(len(labels))),
+        sample_ids=sample_ids,
     )
 
 
@@ -219,7 +228,8 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
             f"cannot read {name!r} from {str(root)!r}: {reason}; expected torchvision's files under the root: "
             f"{TORCHVISION_LAYOUT[key]}"
         ) from err
-    return _stack_pil_dataset(key, dataset, class_names, f"{key}-{split_name}")
+    ids = tuple(f"{key}-{split_name}-{i:06d}" for i in range(len(dataset)))
+    return _stack_pil_dataset(key, dataset, class_names, ids)
 
 
 def _torchvision_files(cls, train: bool) -> list[tuple[str, str | None]]:
@@ -319,10 +329,9 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
         image = _read_image(path)
         return resize(image) if resize else image
 
-    data = _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), "img")
     # Ids from relative paths stay stable when files are added elsewhere in the tree.
     ids = tuple(str(Path(p).relative_to(root)) for p, _ in samples)
-    return ClassificationData(data.name, data.images, data.labels, data.class_names, ids)
+    return _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), ids)
 
 
 def load_dataset(
