@@ -108,6 +108,27 @@ def test_too_few_rows_per_class_names_split_and_class() -> None:
     assert "split=train" not in report.failures[0]
 
 
+def test_too_few_rows_per_class_name_the_classes_and_the_setting_to_change() -> None:
+    """With 40 images a class the validation split holds 6 of each: the failure said
+    'min_value=10.0 ... label=0', naming neither the class ('cat') nor data.min_per_class."""
+    import torch
+
+    from unsir.data import ClassificationData
+    from unsir.splits import make_split_manifest
+
+    labels = torch.arange(3).repeat(40)
+    data = ClassificationData(
+        "pets", torch.rand(120, 3, 2, 2), labels, ("cat", "dog", "emu"), tuple(map(str, range(120)))
+    )
+    report = validate_manifest(make_split_manifest(data, seed=0), num_classes=3, min_per_class=10, data=data)
+    [failure] = report.failures
+    assert "count=6, split=val, label=0, class=cat" in failure
+    assert failure.endswith(
+        "every class needs at least 10 samples in every split (data.min_per_class): add samples "
+        "of those classes, lower data.min_per_class, or give that split more in data.fractions"
+    )
+
+
 def test_a_single_class_data_set_is_refused_before_training() -> None:
     manifest = _manifest()
     single = manifest[manifest["label"] == 0].reset_index(drop=True)

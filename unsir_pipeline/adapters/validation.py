@@ -153,12 +153,21 @@ class _Suite:
             )
         manifest_ok = self.run_rows("manifest", manifest, lambda ok: _manifest_expectations(ok, num_classes))
         if manifest_ok:
+            counts, keys = _class_counts(manifest, num_classes), ["split", "label"]
+            if data is not None and data.num_classes == num_classes:  # a folder's "cat", not only label 0
+                counts["class"], keys = [data.class_names[label] for label in counts["label"]], [*keys, "class"]
+            before = len(self.failures)
             self.run(
                 "class counts",
-                _class_counts(manifest, num_classes),
+                counts,
                 [gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)],
-                ["split", "label"],
+                keys,
             )
+            if len(self.failures) > before:
+                self.failures[-1] += (
+                    f"; every class needs at least {min_per_class} samples in every split (data.min_per_class): "
+                    "add samples of those classes, lower data.min_per_class, or give that split more in data.fractions"
+                )
         if data is not None and manifest_ok:
             rows = manifest_row_failures(manifest, data, sample_rows=digest_sample_rows)
             self.evaluated += 1
