@@ -20,8 +20,8 @@ import torch
 from conftest import clone_project
 
 from unsir.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from unsir.models import ModelSpec
-from unsir.splits import select
+from unsir.models import ModelSpec, build_model
+from unsir.splits import Normalization, select
 from unsir_pipeline.adapters.registry import serving_metadata, serving_signature
 from unsir_pipeline.adapters.serving_model import predict_rows
 
@@ -89,6 +89,24 @@ def test_channels_last_rgb_is_refused_and_a_square_ambiguous_shape_is_not_called
     assert channels_last_error((2, 3, 32, 32), (3, 32, 32)) is None  # the expected order
     assert channels_last_error((2, 32, 3, 32), (3, 32, 32)) is None  # wrong, but not channels-last
     assert channels_last_error((2, 4, 8, 4), (4, 4, 8)) is None  # C == H: (H, W, C) is also (C, H', W')
+
+
+@pytest.mark.parametrize(
+    ("shape", "hint"),
+    [
+        ((2, 1, 32, 32), r"grayscale images: repeat the channel \(np\.repeat\(images, 3, axis=1\)\)"),
+        ((2, 4, 32, 32), r"RGBA images: drop the alpha channel \(images\[:, :3\]\)"),
+        ((2, 3, 64, 48), r"resize them to 32x32 \(width x height\), the size the model was trained on"),
+        ((3, 32, 32), r"one image without the batch axis: send \[image\] \(numpy: image\[None\]\)"),
+    ],
+)
+def test_an_image_of_another_mode_or_size_is_refused_with_the_conversion_training_made(shape, hint):
+    """A user of an RGB image folder sends a grayscale, RGBA or larger PNG: the refusal said only
+    'expected ... (N, 3, 32, 32) ..., got shape (2, 1, 32, 32)', not what training did to such a file."""
+    torch.manual_seed(0)
+    card = ModelCard(ModelSpec("small_cnn", 2, 3), Normalization.fit(torch.rand(4, 3, 32, 32)), ("a", "b"), (3, 32, 32))
+    with pytest.raises(ValueError, match=r"expected float32 images of shape \(N, 3, 32, 32\).*; " + hint):
+        predict_rows(build_model(card.spec), card, np.zeros(shape, dtype=np.float32))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -66,6 +66,31 @@ def _clipped(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> str:
+    """What makes a batch of ``shape`` one of ``expected`` (C, H, W) images the way the data set's
+    were read (image files converted to RGB, alpha dropped, resized with PIL), or ""."""
+    if tuple(shape) == tuple(expected):
+        return "; one image without the batch axis: send [image] (numpy: image[None])"
+    if len(shape) != 4:
+        return ""
+    (channels, height, width), hints = shape[1:], []
+    if (channels, expected[0]) == (1, 3):
+        hints.append(
+            "grayscale images: repeat the channel (np.repeat(images, 3, axis=1)), as RGB image files were read"
+        )
+    elif (channels, expected[0]) == (4, 3):
+        hints.append("RGBA images: drop the alpha channel (images[:, :3]), as image files were read")
+    elif channels in (3, 4) and expected[0] == 1:
+        hints.append("colour images: the model takes one channel (PIL: image.convert('L'))")
+    if (height, width) != tuple(expected[1:]):
+        hints.append(
+            f"resize them to {expected[2]}x{expected[1]} (width x height), the size the model was trained on "
+            f"(an image folder's files were resized with PIL: image.resize(({expected[2]}, {expected[1]}), "
+            "Image.BILINEAR))"
+        )
+    return "".join(f"; {hint}" for hint in hints)
+
+
 def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.DataFrame:
     """Label, class name and probabilities for raw images, forgotten classes masked out.
 
@@ -81,7 +106,8 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
         ) from err
     if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(card.input_shape):
         channels_last = channels_last_error(batch.shape, card.input_shape)
-        raise ServingInputError(channels_last or f"expected {expected}, got shape {batch.shape}")
+        hint = _conversion_hint(batch.shape, card.input_shape)
+        raise ServingInputError(channels_last or f"expected {expected}, got shape {batch.shape}" + hint)
     finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1) if batch.size else np.ones(0, dtype=bool)
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
