@@ -758,6 +758,31 @@ def test_the_evidence_reports_key_figures_hold_the_mia_baseline_and_relearn_step
     )
 
 
+def test_the_evidence_reports_lineage_names_the_forgotten_classes() -> None:
+    """Image folders named "1", "10", "2", "cat dog": the lineage read "classes forgotten so far:
+    [1, 3]", indices that read as the classes named "1" and "3"."""
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.report import batch_report_html
+
+    per_class = [{"class": n, "before": 1.0, "after": 1.0, "forgotten": False} for n in ("1", "10", "2", "cat dog")]
+    records = [
+        AuditRecord(1, "ts", "unlearning_metrics", "x", (), {"metrics": {}, "per_class": per_class}, None, "", "h"),
+        AuditRecord(
+            2,
+            "ts",
+            "model_registered",
+            "x",
+            (),
+            {"model_version": 3, "parent_version": 2, "forgotten_classes": [1, 3]},
+            None,
+            "",
+            "h",
+        ),
+    ]
+    html = batch_report_html("batch-a", records, [], VerifyResult(True, 2, None, None), {})
+    assert "classes forgotten so far: [&#x27;10&#x27;, &#x27;cat dog&#x27;]." in html
+
+
 def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_versions_evidence(
     tmp_path: Path,
 ) -> None:

@@ -564,8 +564,31 @@ def test_models_keeps_wide_values_apart(project, tmp_path, capsys):
     )
     assert main(["--project", str(copy), "models"]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert " [0, 1, 2, 3, 4, 5, 6, 7, 8] retrain " in row and " promoted-by-override 20" in row
-    assert header.index("forgotten") == row.index("[0,")  # the columns still line up
+    assert " ['0', '1', '2', '3', '4', '5', '6', '7', '8'] retrain " in row and " promoted-by-override 20" in row
+    assert header.index("forgotten") == row.index("['0',")  # the columns still line up
+
+
+@pytest.mark.slow
+def test_models_and_review_name_the_forgotten_classes(project, tmp_path, capsys):
+    """Image folders named "1", "10", "2", "cat dog": `unsir models` said "[1, 3]", indices that
+    read as the classes named "1" and "3"; the forget that made the version had said ['10', 'cat dog']."""
+    from unsir_pipeline.adapters.registry import registry_for
+
+    copy = clone_project(project, tmp_path / "named")
+    meta_path = copy / "data" / "prepared" / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta["class_names"] = ["1", "10", "2", "cat dog", *meta["class_names"][4:]]
+    meta_path.write_text(json.dumps(meta))
+    registry_for(Workspace.load(copy)).set_version_tags(
+        1, {"forgotten_classes": "[1, 3]", "gate_decision": "held", "gate_reasons": "FAIL: x"}
+    )
+    assert main(["--project", str(copy), "models"]) == 0
+    assert " ['10', 'cat dog'] " in capsys.readouterr().out.splitlines()[1]
+    assert main(["--project", str(copy), "models", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert (listed["forgotten_classes"], listed["forgotten_class_names"]) == ([1, 3], ["10", "cat dog"])
+    assert main(["--project", str(copy), "review", "list"]) == 0
+    assert capsys.readouterr().out.startswith("version 1 (forgotten ['10', 'cat dog']): ")
 
 
 @pytest.mark.slow

@@ -745,9 +745,28 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def summarize_versions(listed) -> list[dict]:
+def _class_names_if_prepared(ws) -> tuple[str, ...] | None:
+    """The prepared data set's class names, or None where it is not on disk (a clone that has not
+    pulled it): listings then show class indices."""
+    from unsir_pipeline.adapters.data_versioning import DataVersioningError
+    from unsir_pipeline.adapters.prepared_data import PreparedDataMissing, prepared_class_names
+
+    try:
+        return prepared_class_names(ws)
+    except (PreparedDataMissing, DataVersioningError):  # not prepared here, or no DVC project at all
+        return None
+
+
+def _name_classes(classes: list[int], class_names: tuple[str, ...] | None) -> list[str] | None:
+    """``classes`` by name ("cat"; an image folder's index 1 reads as its folder named "1"), or None."""
+    if class_names is None or not all(0 <= c < len(class_names) for c in classes):
+        return None
+    return [class_names[c] for c in classes]
+
+
+def summarize_versions(listed, class_names: tuple[str, ...] | None = None) -> list[dict]:
     """Registered versions (``ModelRegistry.list_versions``) with aliases and lineage, oldest
-    first (for `unsir models`)."""
+    first (for `unsir models`); forgotten classes also by name, given the data set's."""
     from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
 
     return [
@@ -756,7 +775,8 @@ def summarize_versions(listed) -> list[dict]:
             "aliases": list(v.aliases),
             "created_at": v.created_at,
             "parent_version": v.tags.get("parent_version"),
-            "forgotten_classes": json.loads(v.tags.get(FORGOTTEN_TAG, "[]")),
+            "forgotten_classes": (forgotten := json.loads(v.tags.get(FORGOTTEN_TAG, "[]"))),
+            "forgotten_class_names": _name_classes(forgotten, class_names),
             "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
             "gate": v.tags.get("gate_decision"),
             "review_decision": v.tags.get("review_decision"),
@@ -779,7 +799,7 @@ def cmd_models(project: Path, args) -> int:
     ws = _workspace(project, args)
     registry = existing_registry(ws)  # listing creates no registry database
     listed = registry.list_versions() if registry is not None else []
-    versions = summarize_versions(listed)
+    versions = summarize_versions(listed, _class_names_if_prepared(ws) if listed else None)
     if args.json:
         print(json.dumps(versions))
     elif not versions:
@@ -791,7 +811,8 @@ def cmd_models(project: Path, args) -> int:
         for v in versions:
             print(
                 f"{v['version']:>7}  {','.join(v['aliases']) or '-':<21} {v['parent_version'] or '-':>6}  "
-                f"{json.dumps(v['forgotten_classes']):<15} {v['tags'].get('method', '-'):<8} {_gate_shown(v):<17} "
+                f"{str(v['forgotten_class_names'] or v['forgotten_classes']):<15} "
+                f"{v['tags'].get('method', '-'):<8} {_gate_shown(v):<17} "
                 f"{v['created_at']}"
             )
     # A champion that brings a deleted class back is said wherever versions are listed.
@@ -968,14 +989,17 @@ def cmd_batch(project: Path, args) -> int:
 def cmd_review(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import versions_awaiting_review
 
-    waiting = versions_awaiting_review(_workspace(project, args))
+    ws = _workspace(project, args)
+    waiting = versions_awaiting_review(ws)
     if args.json:
         print(json.dumps(waiting))
     elif not waiting:
         print("no version is waiting for review")
     else:
+        class_names = _class_names_if_prepared(ws)
         for v in waiting:
-            print(f"version {v['version']} (forgotten {v['forgotten_classes']}): {v['gate_reasons']}")
+            forgotten = _name_classes(v["forgotten_classes"], class_names) or v["forgotten_classes"]
+            print(f"version {v['version']} (forgotten {forgotten}): {v['gate_reasons']}")
     return 0
 
 

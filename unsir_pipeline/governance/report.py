@@ -206,7 +206,7 @@ def batch_report_html(
         lineage = (
             f"<p>Version <b>{_e(p['parent_version'])}</b> &rarr; version <b id='new-version'>{_e(version)}</b>; "
             "classes forgotten so far: "
-            f"{_e(p['forgotten_classes'])}. Aliases now: <b>{_e(aliases)}</b>.</p>"
+            f"{_e(_named(p['forgotten_classes'], metrics_rec))}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
             f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
             + "".join(_review_paragraph(rec) for rec in reviews)
@@ -287,6 +287,13 @@ records, not the honesty of whoever wrote the first one.</p>{exact_note}
 </div>
 </body></html>
 """
+
+
+def _named(classes: list[int], metrics_rec: AuditRecord | None) -> list[str] | list[int]:
+    """``classes`` by the names the evaluation recorded (an image folder's "cat"; indices would
+    read as the folders named "1", "3"), or as indices where no evaluation was recorded."""
+    names = [row["class"] for row in metrics_rec.payload["per_class"]] if metrics_rec else []
+    return [names[c] for c in classes] if all(0 <= c < len(names) for c in classes) else classes
 
 
 def _review_paragraph(rec: AuditRecord) -> str:
