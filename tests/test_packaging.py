@@ -281,6 +281,20 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs() -> None:
     assert "make test" in [line.strip() for line in ci]
 
 
+@pytest.mark.parametrize("root", ["pictures", "params.yaml"])
+def test_bootstrap_refuses_a_data_root_that_is_no_directory_before_dvc_runs(tmp_path: Path, capsys, root) -> None:
+    """A mistyped data.root: `unsir bootstrap` (or a first `unsir forget`) initialised DVC and ran
+    `dvc repro prepare`, 20 s, to fail inside the stage with exit 1 (a pipeline failure)."""
+    project = init_project(tmp_path / "unlearning").root
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(name="imagefolder", root=root)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--project", str(project), "bootstrap"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.root {root!r} ({project / root}) is not a directory; expected an image folder" in err
+    assert not (project / "dvc.lock").exists() and not (project / "data").exists()
+
+
 @pytest.mark.slow
 def test_bootstrap_reads_an_image_folder_again_after_its_images_change(tmp_path: Path) -> None:
     """DVC tracks `data.root`, not the files under it: a bootstrap refused for too few images,

@@ -31,15 +31,22 @@ def require_prepared(ws: Workspace) -> None:
     missing = [name for name in PREPARED_FILES if not (ws.prepared_dir / name).is_file()]
     if not missing:
         return
-    try:
-        relative = ws.prepared_dir.relative_to(ws.root).as_posix()
-    except ValueError:  # data_dir outside the project: DVC does not track it there
-        relative = None
-    if relative is not None and relative in data_versioning.recorded_digests(ws.root):
-        how = f"restore it with `dvc pull {relative}` (dvc.lock records it)"
+    recorded = recorded_prepared_path(ws)
+    if recorded is not None:
+        how = f"restore it with `dvc pull {recorded}` (dvc.lock records it)"
     else:
         how = "run `unsir bootstrap` (or `dvc repro prepare`)"
     raise PreparedDataMissing(f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {how}")
+
+
+def recorded_prepared_path(ws: Workspace) -> str | None:
+    """The prepared data's path in the project when ``dvc.lock`` records it (DVC can restore it
+    from its cache or remote), else None."""
+    try:
+        relative = ws.prepared_dir.relative_to(ws.root).as_posix()
+    except ValueError:  # data_dir outside the project: DVC does not track it there
+        return None
+    return relative if relative in data_versioning.recorded_digests(ws.root) else None
 
 
 def prepared_class_names(ws: Workspace) -> tuple[str, ...]:

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from unsir.checkpoint import load_checkpoint
+from unsir.data import TORCHVISION_LAYOUT
 from unsir.splits import select
 from unsir_pipeline.adapters import data_versioning
-from unsir_pipeline.adapters.prepared_data import load_prepared
+from unsir_pipeline.adapters.prepared_data import load_prepared, recorded_prepared_path
 from unsir_pipeline.adapters.provenance import git_commit
 from unsir_pipeline.adapters.registry import RegistryError, registry_for
 from unsir_pipeline.cli.progress import Progress, relay
@@ -54,6 +55,7 @@ def bootstrap(
     # bring every deleted class back.
     require_registry_not_lost(ws)
     _refuse_overrides_dvc_cannot_see(ws)
+    _require_data_root(ws)
     progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
     progress.step(
@@ -128,6 +130,22 @@ def _refuse_overrides_dvc_cannot_see(ws: Workspace) -> None:
             "`unsir bootstrap` builds the data and the original model with `dvc repro`, which reads "
             f"params.yaml only: {found}. Write the value into params.yaml instead"
         )
+
+
+def _require_data_root(ws: Workspace) -> None:
+    """A ``data.root`` that is no directory would fail ``dvc repro prepare`` inside the stage,
+    after DVC's start; refused before it, unless ``dvc.lock`` records the prepared data (a clone
+    pulls it and never reads the files)."""
+    root, name = ws.params.data.root, ws.params.data.name
+    reads_root = name == "imagefolder" or name in TORCHVISION_LAYOUT
+    if root is None or not reads_root or ws.path(root).is_dir() or recorded_prepared_path(ws) is not None:
+        return
+    expected = (
+        "an image folder, root/<class>/<image>"
+        if name == "imagefolder"
+        else f"the directory that holds {name!r}'s files: {TORCHVISION_LAYOUT[name]}"
+    )
+    raise ConfigError(f"data.root {root!r} ({ws.path(root)}) is not a directory; expected {expected}")
 
 
 def _reads_untracked_source(ws: Workspace) -> bool:
