@@ -922,3 +922,53 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     with pytest.raises(RequestError, match="withdrawn already"):
         batches.withdraw_request(ws, request.id, "dpo", "again")
     assert len(log.records()) == written and log.verify().ok
+
+
+def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(tmp_path: Path, monkeypatch) -> None:
+    """Every `request add`, withdrawal and claim looks for the records a killed command left
+    unwritten, and read every intake and withdrawal record ever written to do it (a request
+    refused or withdrawn years ago stays a candidate): each intake cost grew with the whole
+    history. Now a candidate whose record is found by its idempotency key (the trail's unique
+    index) costs one lookup, and the trail's records are read only for a request whose keyed
+    record is missing: one recorded before keys existed counts, as before, and one with no
+    record at all is recorded."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance.audit import AuditLog
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    pending = store.add([3], ["3"], "alice", "consent withdrawn")
+    refused = store.add_rejected([], [], "bob", "typo", "unknown class 'cat'", requested=["cat"])
+    withdrawn = store.add([4], ["4"], "carol", "filed twice")
+    stores.intake_trail(ws)  # their intake records, keyed as `request add` writes them
+    batches.withdraw_request(ws, withdrawn.id, "carol", "filed twice")
+    written = len(log.records())
+
+    reads: list[dict] = []
+    records = AuditLog.records
+
+    def counted(self, **query):
+        reads.append(query)
+        return records(self, **query)
+
+    monkeypatch.setattr(AuditLog, "records", counted)
+    stores.intake_trail(ws)
+    assert reads == []  # three candidates, each found by its key
+
+    # Recorded before intake records were keyed: found by reading the intake records, not recorded twice.
+    legacy = store.add([5], ["5"], "dave", "filed whole")
+    log.append("request_received", actor="dave", request_ids=[legacy.id], payload={"classes": [5]})
+    stores.intake_trail(ws)
+    assert {"event": "request_received"} in reads
+    assert len(log.records()) == written + 1
+    # Stored with no record at all (its `request add` killed): recorded once, from the store.
+    killed = store.add([6], ["6"], "erin", "consent withdrawn")
+    stores.intake_trail(ws)
+    stores.intake_trail(ws)
+    assert [r.event for r in log.records(request_id=killed.id)] == ["request_received"]
+    assert [r.event for r in log.records(request_id=pending.id)] == ["request_received"]
+    assert [r.event for r in log.records(request_id=refused.id)] == ["request_refused"]
+    assert log.verify().ok and batches.verify_trail(ws).problems == ()

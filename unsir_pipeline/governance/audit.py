@@ -83,6 +83,8 @@ _HEAD = sa.Table(
     sa.Column("mac", sa.Text),
 )
 _HEAD_ROW = 1
+# Keys looked up per statement: below SQLite's oldest limit on bound parameters (999).
+_KEYS_PER_QUERY = 500
 
 
 class AuditError(Exception):
@@ -590,6 +592,18 @@ class AuditLog:
             rows = conn.execute(query).mappings().all()
         records = [_parse_row(row) for row in rows]
         return [r for r in records if request_id is None or request_id in r.request_ids]
+
+    def recorded_keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that a stored record carries as its idempotency key. Read through the
+        key's unique index: the cost follows ``len(keys)``, not the trail's length."""
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for start in range(0, len(wanted), _KEYS_PER_QUERY):
+                chunk = wanted[start : start + _KEYS_PER_QUERY]
+                query = sa.select(_AUDIT.c.idempotency_key).where(_AUDIT.c.idempotency_key.in_(chunk))
+                found.update(conn.execute(query).scalars())
+        return found
 
     def verify(self) -> VerifyResult:
         """Walk the chain from record 1 and check the head anchor; report the first problem and

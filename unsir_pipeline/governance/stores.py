@@ -169,15 +169,22 @@ def _record_missing(
 ) -> list[AuditRecord]:
     """Append ``record_of(request)`` for every candidate that no record of ``events`` names, and
     return what was appended (the recoveries of a command killed between its store write and its
-    record). The trail's records are read only when there are candidates."""
+    record). Every intake checks every request refused or withdrawn since the store began, so
+    each candidate's record is looked up by its idempotency key (one index lookup); the trail's
+    records of ``events`` are read only for a candidate whose keyed record is missing: recorded
+    before intake records were keyed, or not at all."""
     if not candidates:
+        return []
+    wanted = [(request, record_of(request)) for request in candidates]
+    keyed = log.recorded_keys([key for _, (_, _, _, key) in wanted])
+    unkeyed = [(request, record) for request, record in wanted if record[3] not in keyed]
+    if not unkeyed:
         return []
     recorded = {i for event in events for r in log.records(event=event) for i in r.request_ids}
     written = []
-    for request in candidates:
+    for request, (event, actor, payload, key) in unkeyed:
         if request.id in recorded:
             continue
-        event, actor, payload, key = record_of(request)
         try:
             written.append(
                 log.append(event, actor=actor, request_ids=[request.id], payload=payload, idempotency_key=key)
@@ -219,7 +226,7 @@ def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[Audit
     is withdrawn with no record, `audit verify` names it, and running the withdrawal again is
     refused ("withdrawn already"); the next intake, claim or withdrawal writes it. Keyed by the
     request, as the withdrawal's own record is: written once, whoever writes first. Reads the
-    withdrawn requests alone, and the trail's withdrawal records only when there are some.
+    withdrawn requests alone, and looks each one's record up by its key (:func:`_record_missing`).
     """
 
     def record_of(request: DeletionRequest) -> _Record:
