@@ -226,6 +226,30 @@ def test_image_folder_with_an_empty_class_names_it_and_the_extensions(image_fold
         load_image_folder(image_folder)
 
 
+def test_image_folder_refuses_a_link_back_up_the_tree(image_folder):
+    """`cat/up -> ..` repeated the data set at every level until the path was too long: 4
+    images became a hundred-odd samples, the same image in train and test."""
+    (image_folder / "cat" / "up").symlink_to("..")
+    with pytest.raises(UnlearningInputError, match=r"'cat/up' and '\.' are the same directory.*remove the link"):
+        load_image_folder(image_folder)
+
+
+def test_image_folder_refuses_an_image_linked_twice(image_folder):
+    # The same file under a second class: a forgotten class's sample would hide in another's folder.
+    (image_folder / "dog" / "also-a.png").symlink_to("../cat/a.png")
+    with pytest.raises(UnlearningInputError, match=r"'dog/also-a\.png' and 'cat/a\.png' are the same file"):
+        load_image_folder(image_folder)
+
+
+def test_image_folder_follows_a_class_folder_linked_from_outside(image_folder, tmp_path):
+    # Linking class folders in from elsewhere is a way to assemble a data set: nothing is repeated.
+    _write_png(tmp_path / "elsewhere" / "fox" / "e.png", "RGB", (5, 5), (1, 2, 3))
+    (image_folder / "fox").symlink_to(tmp_path / "elsewhere" / "fox")
+    data = load_image_folder(image_folder)
+    assert data.class_names == ("cat", "dog", "emu", "fox")
+    assert data.sample_ids == ("cat/a.png", "cat/b.png", "dog/c.png", "emu/d.png", "fox/e.png")
+
+
 @pytest.mark.parametrize(
     ("array", "mode"),
     [(np.full((5, 5), 40000, dtype=np.uint16), "I;16"), (np.full((5, 5), 0.5, dtype=np.float32), "F")],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -298,10 +299,11 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
     """Images laid out as ``root/<class name>/<image file>`` (torchvision's ImageFolder layout).
 
     Hidden files and folders (``.DS_Store``, macOS's ``._name.jpg``, ``.ipynb_checkpoints/``)
-    are tools' leftovers, never samples or classes: they are skipped.
+    are tools' leftovers, never samples or classes: they are skipped. Links are followed (a class
+    folder linked in from elsewhere is a way to assemble a data set), but a folder or image
+    reached by two paths is refused: see :func:`_image_folder_samples`.
     """
     import torchvision.transforms as T
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
     root = Path(root)
     if not root.is_dir():
@@ -311,18 +313,7 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
         raise UnlearningInputError(
             f"image folder {str(root)!r} has no class folder; expected root/<class name>/<image file>"
         )
-
-    def visible_image(path: str) -> bool:
-        hidden = any(part.startswith(".") for part in Path(path).relative_to(root).parts)
-        return not hidden and has_file_allowed_extension(path, IMG_EXTENSIONS)
-
-    try:
-        samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, is_valid_file=visible_image)
-    except FileNotFoundError as err:
-        raise UnlearningInputError(
-            f"cannot read image folder {str(root)!r}: {str(err).strip()} Expected image files "
-            f"({', '.join(IMG_EXTENSIONS)}) in every class folder; hidden files are skipped"
-        ) from err
+    samples = _image_folder_samples(root, classes)
     resize = T.Resize((image_size, image_size)) if image_size else None
 
     def read(path: str):
@@ -332,6 +323,61 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
     # Ids from relative paths stay stable when files are added elsewhere in the tree.
     ids = tuple(str(Path(p).relative_to(root)) for p, _ in samples)
     return _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), ids)
+
+
+def _image_folder_samples(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """Each visible image file under ``root/<class>/`` with its class index, in the order of
+    torchvision's ``make_dataset`` (class, then folder path, then file name), which the
+    prepared data and its splits were built in.
+
+    The walk follows links, but refuses a folder or file it reaches a second time: a link back
+    up the tree (``cat/up -> ..``) would repeat the data set at every level, and an image under
+    two paths is two samples that can land in both train and test, or under two classes.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    # Identity (device, inode), not path: catches symlinks and hard links alike.
+    reached: dict[tuple[int, int], str] = {}
+
+    def reach(path: str) -> None:
+        try:
+            info = os.stat(path)
+        except OSError:  # a broken link: reading the image names it
+            return
+        name = os.path.relpath(path, root)
+        first = reached.setdefault((info.st_dev, info.st_ino), name)
+        if first != name:
+            kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
+            raise UnlearningInputError(
+                f"image folder {str(root)!r}: {name!r} and {first!r} are the same {kind} (a link); expected each "
+                "image under one path only, or it is counted twice and can land in both train and test or under two "
+                "classes: remove the link"
+            )
+
+    def is_visible_image(file: str) -> bool:
+        return not file.startswith(".") and has_file_allowed_extension(file, IMG_EXTENSIONS)
+
+    reach(str(root))
+    samples, empty = [], []
+    for index, name in enumerate(classes):
+        folders = []
+        for folder, subfolders, files in os.walk(root / name, followlinks=True):
+            reach(folder)
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            images = [f for f in sorted(files) if is_visible_image(f)]
+            for file in images:
+                reach(os.path.join(folder, file))
+            folders.append((folder, images))
+        found = [(os.path.join(folder, file), index) for folder, images in sorted(folders) for file in images]
+        samples += found
+        if not found:
+            empty.append(name)
+    if empty:
+        raise UnlearningInputError(
+            f"cannot read image folder {str(root)!r}: found no valid file for the classes {', '.join(empty)}. "
+            f"Expected image files ({', '.join(IMG_EXTENSIONS)}) in every class folder; hidden files are skipped"
+        )
+    return samples
 
 
 def load_dataset(
