@@ -187,6 +187,8 @@ def test_a_key_of_a_section_that_is_no_section_is_refused():
         # in a subprocess (exit 1, through DVC's 255) with "unknown dataset" or "needs a root".
         ("data.name=cifar", r"data\.name: .*unknown data set 'cifar'; expected one of \['digits'"),
         ("data.name=imagefolder", r"data\.name 'imagefolder' is read from a local directory: set data\.root"),
+        # A typo for 256 made prepare try to hold terabytes of pixels in memory.
+        ("data.image_size=25600", r"data\.image_size: must be at most 1024, .*7\.9 GB per RGB image.*\), got 25600"),
         (
             "unlearn.impair={lr: 0.1, epochs: 1, batch_size: 32, momentun: 0.5}",
             r"unlearn\.impair\.momentun: Extra inputs are not permitted; expected one of lr, epochs, ",
@@ -200,6 +202,10 @@ def test_a_key_of_a_section_that_is_no_section_is_refused():
 def test_core_config_sections_are_validated_by_the_core_with_the_key_path(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(ROOT / "params.yaml", [override])
+
+
+def test_image_size_may_be_as_large_as_its_bound():
+    assert load_params(ROOT / "params.yaml", ["data.image_size=1024"]).data.image_size == 1024
 
 
 def test_an_unlearning_phase_may_have_zero_epochs():

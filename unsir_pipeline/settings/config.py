@@ -64,6 +64,12 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# data.image_size's bound: prepare holds the whole data set in memory as float32 pixels, and
+# this tool's classifiers are CIFAR- to ImageNet-scale (32 to 224 pixels); a typo (25600 for
+# 256) would otherwise try to allocate terabytes.
+MAX_IMAGE_SIZE = 1024
+
+
 class DataParams(Frozen):
     name: str = Field(description="digits, cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder")
     root: str | None = None
@@ -80,6 +86,18 @@ class DataParams(Frozen):
         if name.lower() not in DATASET_NAMES:
             raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASET_NAMES)}")
         return name
+
+    @model_validator(mode="after")
+    def _image_size_that_fits(self) -> DataParams:
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            gigabytes = 3 * self.image_size**2 * 4 / 1e9  # one float32 RGB image
+            raise ConfigValueError(
+                "image_size",
+                f"at most {MAX_IMAGE_SIZE}, a square size in pixels such as 32 or 224 (the data set is held in "
+                f"memory as float32 pixels: {gigabytes:.1f} GB per RGB image at this size)",
+                self.image_size,
+            )
+        return self
 
     @model_validator(mode="after")
     def _root_when_read_from_one(self) -> DataParams:
