@@ -61,7 +61,7 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     if again:
         names = [data.class_names[c] for c in again]
         try:
-            check_forget_classes(all_forgotten, data.num_classes)
+            check_forget_classes(all_forgotten, data.num_classes, data.class_names)
         except UnlearningInputError as err:
             raise UnlearningInputError(f"{err} (counting {names}, which were to stay forgotten)") from None
         get_run_logger().info(

@@ -133,6 +133,18 @@ def test_claim_pending_takes_every_pending_request_once(store: RequestStore) -> 
     assert store.batch_requests("batch-2") == []
 
 
+def test_a_request_that_would_forget_every_class_names_them() -> None:
+    """`unsir forget bird dog fish` with 'cat' forgotten said "forgetting classes [0, 1, 2, 3]":
+    indices the user never typed, which with folders named 1, 10, 2 read as other classes."""
+    from unsir.errors import UnlearningInputError
+    from unsir_pipeline.governance.deletion_requests import resolve_request
+
+    names = ("bird", "cat", "dog", "fish")
+    expected = r"forgetting classes \['bird', 'cat', 'dog', 'fish'\] would forget every one of the 4 classes"
+    with pytest.raises(UnlearningInputError, match=expected):
+        resolve_request(["bird", "dog", "fish"], names, forgotten=[1], forgotten_by="the champion (version 2)")
+
+
 def test_a_batch_names_its_classes_so_the_flow_resolves_the_requested_ones(store: RequestStore) -> None:
     from unsir.classes import resolve_classes
     from unsir_pipeline.governance.batches import ClaimedBatch

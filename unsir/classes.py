@@ -52,9 +52,12 @@ def _named(item: str, class_names: tuple[str, ...]) -> int | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def check_forget_classes(forget_classes: Sequence[int], num_classes: int) -> tuple[int, ...]:
+def check_forget_classes(
+    forget_classes: Sequence[int], num_classes: int, class_names: Sequence[str] | None = None
+) -> tuple[int, ...]:
     """Forget classes must be a collection of known class indices that leaves at least one class
-    to retain; returns them as a tuple of ints."""
+    to retain; returns them as a tuple of ints. With ``class_names`` (one per class) the refusal
+    names the classes as a person calls them, not by index."""
     # A bare index (3 for (3,)) or text would otherwise fail as "'int' object is not iterable",
     # and a NumPy array as "the truth value of an array ... is ambiguous".
     if (
@@ -72,8 +75,9 @@ def check_forget_classes(forget_classes: Sequence[int], num_classes: int) -> tup
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
             raise UnlearningInputError(f"unknown forget class {c!r}; expected an index in [0, {num_classes - 1}]")
     if len(set(classes)) >= num_classes:
+        named = [class_names[c] for c in sorted(set(classes))] if class_names is not None else sorted(set(classes))
         raise UnlearningInputError(
-            f"forgetting classes {sorted(set(classes))} would forget every one of the "
+            f"forgetting classes {named} would forget every one of the "
             f"{num_classes} classes; at least one class must be retained"
         )
     return tuple(int(c) for c in classes)

@@ -40,7 +40,7 @@ class PreparedSplits:
         return tuple(int(d) for d in self.train_images.shape[1:])  # type: ignore[return-value]
 
     def evaluation_data(self, forget_classes: tuple[int, ...]) -> EvaluationData:
-        forget_classes = check_forget_classes(forget_classes, self.num_classes)
+        forget_classes = check_forget_classes(forget_classes, self.num_classes, self.class_names)
         return EvaluationData(
             self.train_images,
             self.train_labels,
@@ -85,7 +85,7 @@ def build_task(
     """The unlearning task: D_r_sub from ``retain_rows``, the validation split when the manifest
     has one (UNSIR verifies forgetting on it); with ``with_baseline_data`` also the full retain
     and forget training sets that baselines (not UNSIR) read."""
-    forget_classes = check_forget_classes(forget_classes, splits.num_classes)
+    forget_classes = check_forget_classes(forget_classes, splits.num_classes, splits.class_names)
     retain_x, retain_y = select(data, retain_rows)
     extra: dict[str, torch.Tensor] = {}
     if with_baseline_data:

@@ -585,7 +585,7 @@ def resolve_request(
         )
     together = tuple(sorted(set(classes) | set(forgotten) | set(pending)))
     try:
-        check_forget_classes(together, len(names))
+        check_forget_classes(together, len(names), names)
     except UnlearningInputError as err:
         counted = f"classes already forgotten and {pending_by}" if pending else "classes already forgotten"
         raise UnlearningInputError(f"{err} (counting {counted})") from None
