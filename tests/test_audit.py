@@ -179,6 +179,25 @@ def test_edited_and_rehashed_record_is_found_by_the_next_link(log: AuditLog) -> 
     assert result.later_problems == ()  # the walk goes on from record 8's stored hash: one break, one problem
 
 
+def test_verify_and_read_gives_what_verify_and_records_give_from_one_read(log: AuditLog) -> None:
+    assert log.verify_and_read() == (log.verify(), log.records())
+
+    _tamper(log.path, """UPDATE audit SET payload = '{"n":700}' WHERE seq = 7""")  # readable, not intact
+    assert log.verify_and_read() == (log.verify(), log.records())
+
+    with sqlite3.connect(log.path) as conn:  # the triggers are gone already
+        conn.execute("UPDATE audit SET payload = 'not json' WHERE seq = 4")
+        conn.execute("UPDATE audit SET payload = '[' WHERE seq = 9")
+    result, read = log.verify_and_read()
+    assert result == log.verify()
+    assert sorted(result.bad_seqs) == [4, 7, 9]
+    with pytest.raises(AuditError) as raised:
+        log.records()
+    assert isinstance(read, AuditError)
+    assert str(read) == str(raised.value)  # the first unreadable record, as records() names it
+    assert str(read).startswith("record 4:")
+
+
 def test_swapped_payloads_are_found_at_the_first(log: AuditLog) -> None:
     _tamper(
         log.path,

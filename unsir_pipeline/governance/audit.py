@@ -409,7 +409,7 @@ class AuditLog:
             raise AuditError(f"no audit key to sign with; set {KEY_ENV} or {KEY_FILE_ENV}")
         with self.db.write() as conn:
             self._lock_chain(conn)
-            result = self._verify_chain_and_head(check_signature=False)
+            result, _ = self._verify_chain_and_head(check_signature=False)
             if not result.ok:
                 raise AuditError(
                     f"refusing to sign the head of {self.db.shown}: record {result.first_bad_seq}: {result.problem}"
@@ -616,9 +616,16 @@ class AuditLog:
         the same number of records and the same last hash (else records were cut from the end),
         and, with a key, carry its HMAC (else the anchor was rewritten without the key).
         """
+        return self._verify_chain_and_head(check_signature=True)[0]
+
+    def verify_and_read(self) -> tuple[VerifyResult, list[AuditRecord] | AuditError]:
+        """:meth:`verify`'s result and the records it walked, from one read of the trail (a
+        caller that needs both reads and parses it once): every record in seq order, as
+        :meth:`records` returns them, or, when one cannot be read as a record, the
+        :class:`AuditError` that :meth:`records` would raise (the result names it too)."""
         return self._verify_chain_and_head(check_signature=True)
 
-    def _verify_chain_and_head(self, *, check_signature: bool) -> VerifyResult:
+    def _verify_chain_and_head(self, *, check_signature: bool) -> tuple[VerifyResult, list[AuditRecord] | AuditError]:
         # One snapshot for the records and a row anchor: an append committing in between would
         # otherwise look like records cut from the end.
         with self.db.read(snapshot=True) as conn:
@@ -626,6 +633,8 @@ class AuditLog:
             row_head = None if self.head_path is not None else self._read_head_raw(conn)
         count = len(rows)
         problems: list[tuple[int, str]] = []
+        walked: list[AuditRecord] = []
+        unreadable: AuditError | None = None
 
         expected_seq, prev_hash = 1, GENESIS
         for row in rows:
@@ -636,8 +645,10 @@ class AuditLog:
                 record = _parse_row(row)
             except AuditError as err:
                 problems.append((seq, f"{err} (edited?)"))
+                unreadable = unreadable or err
                 expected_seq, prev_hash = seq + 1, str(row["hash"])
                 continue
+            walked.append(record)
             recomputed = _record_hash(
                 record.seq,
                 record.ts,
@@ -673,22 +684,25 @@ class AuditLog:
 
         last_seq = rows[-1]["seq"] if rows else 0  # not the count: middle records may be missing
         problems += self._head_problems(last_seq, prev_hash, row_head, check_signature=check_signature)
+        read = walked if unreadable is None else unreadable
         if problems:
             (first_seq, first_problem), *later = problems
-            return VerifyResult(
+            failed = VerifyResult(
                 ok=False,
                 records=count,
                 first_bad_seq=first_seq,
                 problem=first_problem,
                 later_problems=tuple(later),
             )
-        return VerifyResult(
+            return failed, read
+        passed = VerifyResult(
             ok=True,
             records=count,
             first_bad_seq=None,
             problem=None,
             signed=check_signature and self._key is not None,
         )
+        return passed, read
 
     def _head_problems(
         self,

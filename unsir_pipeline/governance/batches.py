@@ -826,7 +826,9 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     from unsir_pipeline.governance.report import batch_report_html
 
     log = audit_log(ws, read_only=True)
-    trail = log.records()
+    chain, trail = log.verify_and_read()
+    if isinstance(trail, AuditError):
+        raise trail
     records = [r for r in trail if r.payload.get("batch_id") == batch_id]
     if not records:
         raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(trail)}")
@@ -857,7 +859,7 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
         and r.payload.get("batch_id")
     }
     out.write_text(
-        batch_report_html(batch_id, records, requests, log.verify(), aliases, reviews, evidence_ids), encoding="utf-8"
+        batch_report_html(batch_id, records, requests, chain, aliases, reviews, evidence_ids), encoding="utf-8"
     )
     return out
 
@@ -907,12 +909,12 @@ def verify_trail(ws: Workspace) -> TrailReport:
         log = None
     else:
         log = AuditLog(target, key=key, read_only=True)
-        chain = log.verify()
-        try:
-            records = log.records()
-        except AuditError as err:  # an unreadable record: the chain check names it already
+        chain, read = log.verify_and_read()
+        if isinstance(read, AuditError):  # an unreadable record: the chain check names it already
             records = []
-            problems.append(str(err))
+            problems.append(str(read))
+        else:
+            records = read
 
     requests = RequestStore(store_target, read_only=True).list() if RequestStore.exists(store_target) else []
     request_problems, request_warnings = _requests_against_trail(requests, records, existed)
