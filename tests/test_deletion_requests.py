@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from unsir_pipeline.adapters.state_store import StateSchemaRefused
+from unsir_pipeline.governance import deletion_requests
 from unsir_pipeline.governance.deletion_requests import (
     STATUSES,
     DeletionRequest,
@@ -100,6 +101,20 @@ def test_rejected_request_keeps_what_was_asked_and_never_runs(store: RequestStor
 def test_get_unknown_id_names_it(store: RequestStore) -> None:
     with pytest.raises(RequestError, match="'req-000000000000'"):
         store.get("req-000000000000")
+
+
+def test_get_many_gives_each_request_as_get_does_in_the_order_asked(
+    store: RequestStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deletion_requests, "VALUES_PER_QUERY", 2)  # several statements for 5 ids
+    ids = [store.add([i], [str(i)], "alice", "r").id for i in range(5)]
+    store.claim_pending("batch-1")
+    asked = [ids[3], ids[0], ids[4], ids[3], ids[1]]
+
+    assert store.get_many(asked) == [store.get(i) for i in asked]
+    assert store.get_many([]) == []
+    with pytest.raises(RequestError, match="'req-000000000000'"):
+        store.get_many([ids[0], "req-000000000000", "req-ffffffffffff"])
 
 
 def test_list_is_oldest_first_and_filters_by_status(store: RequestStore) -> None:

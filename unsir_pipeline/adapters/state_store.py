@@ -57,6 +57,8 @@ BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 10
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 STORES = ("requests", "audit")
+# Values bound per `IN (...)` statement: below SQLite's oldest limit on bound parameters (999).
+VALUES_PER_QUERY = 500
 # The schema files of this layout carried before Alembic (PRAGMA user_version).
 LEGACY_SQLITE_VERSION = 1
 # Serialises migrations of one PostgreSQL database (pg_advisory_xact_lock key: "unsir" in hex).

@@ -52,7 +52,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from unsir_pipeline.adapters.state_store import StateDatabase
+from unsir_pipeline.adapters.state_store import VALUES_PER_QUERY, StateDatabase
 
 GENESIS = "0" * 64
 
@@ -83,8 +83,6 @@ _HEAD = sa.Table(
     sa.Column("mac", sa.Text),
 )
 _HEAD_ROW = 1
-# Keys looked up per statement: below SQLite's oldest limit on bound parameters (999).
-_KEYS_PER_QUERY = 500
 
 
 class AuditError(Exception):
@@ -599,8 +597,8 @@ class AuditLog:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
         with self.db.read() as conn:
-            for start in range(0, len(wanted), _KEYS_PER_QUERY):
-                chunk = wanted[start : start + _KEYS_PER_QUERY]
+            for start in range(0, len(wanted), VALUES_PER_QUERY):
+                chunk = wanted[start : start + VALUES_PER_QUERY]
                 query = sa.select(_AUDIT.c.idempotency_key).where(_AUDIT.c.idempotency_key.in_(chunk))
                 found.update(conn.execute(query).scalars())
         return found

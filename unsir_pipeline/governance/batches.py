@@ -834,7 +834,7 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
         raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(trail)}")
     store = request_store(ws, read_only=True)
     ids = sorted({i for r in records for i in r.request_ids})
-    requests = [store.get(i) for i in ids]
+    requests = store.get_many(ids)
     registry = existing_registry(ws)
     has_model = registry is not None and registry.has_model()
     aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry and has_model else {}

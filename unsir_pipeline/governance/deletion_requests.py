@@ -41,7 +41,7 @@ import sqlalchemy as sa
 
 from unsir.classes import check_forget_classes, resolve_classes
 from unsir.errors import UnlearningInputError
-from unsir_pipeline.adapters.state_store import StateDatabase
+from unsir_pipeline.adapters.state_store import VALUES_PER_QUERY, StateDatabase
 
 STATUSES = ("pending", "running", "done", "failed", "rejected", "withdrawn")
 # What may be withdrawn: a request taken in (not rejected) that no run holds (running) and none
@@ -438,6 +438,21 @@ class RequestStore:
         if not found:
             raise self._unknown(request_id)
         return found[0]
+
+    def get_many(self, request_ids: Sequence[str]) -> list[DeletionRequest]:
+        """The requests with ``request_ids``, in that order, read in one transaction (a statement
+        per :data:`VALUES_PER_QUERY` ids, not one per id); :class:`RequestError` naming the first
+        unknown id, as :meth:`get` names it."""
+        wanted = list(dict.fromkeys(request_ids))
+        found: dict[str, DeletionRequest] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(wanted), VALUES_PER_QUERY):
+                in_chunk = _REQUESTS.c.id.in_(wanted[start : start + VALUES_PER_QUERY])
+                found.update((request.id, request) for request in self._select(conn, in_chunk))
+        unknown = next((request_id for request_id in request_ids if request_id not in found), None)
+        if unknown is not None:
+            raise self._unknown(unknown)
+        return [found[request_id] for request_id in request_ids]
 
     def _unknown(self, request_id: str) -> RequestError:
         return RequestError(f"no deletion request with id {request_id!r} in {self.db.shown}")
