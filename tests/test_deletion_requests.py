@@ -128,6 +128,25 @@ def test_list_is_oldest_first_and_filters_by_status(store: RequestStore) -> None
     assert store.list("done") == []
 
 
+def test_list_by_model_version_gives_the_requests_that_version_did(store: RequestStore) -> None:
+    first = [store.add([i], [str(i)], "alice", "r") for i in range(2)]
+    store.claim_pending("batch-1")
+    store.mark_done("batch-1", 3)
+    second = store.add([5], ["five"], "bob", "r")
+    store.claim_pending("batch-2")
+    store.mark_done("batch-2", 4)
+    store.add([6], ["six"], "carol", "r")
+
+    for version in (3, 4, 5):
+        expected = [r for r in store.list() if r.model_version == version]  # what the callers filtered by
+        assert store.list(model_version=version) == expected
+    assert [r.id for r in store.list(model_version=3)] == [r.id for r in first]
+    assert [r.id for r in store.list("done", model_version=4)] == [second.id]
+    assert store.list("pending", model_version=4) == []
+    with pytest.raises(RequestError, match="model_version must be an integer >= 1, got 0"):
+        store.list(model_version=0)
+
+
 def test_list_unknown_status_names_the_valid_ones(store: RequestStore) -> None:
     with pytest.raises(RequestError, match="'finished'.*" + ", ".join(STATUSES)):
         store.list("finished")

@@ -698,7 +698,7 @@ def _record_promotion(
     promotion_id: str,
     extra: dict,
 ) -> None:
-    requests = [r.id for r in request_store(ws).list() if r.model_version == version]
+    requests = [r.id for r in request_store(ws).list(model_version=version)]
     log.append(
         "version_promoted",
         actor=by,

@@ -458,12 +458,17 @@ class RequestStore:
         return RequestError(f"no deletion request with id {request_id!r} in {self.db.shown}")
 
     # Below this method, a bare `list` in the class's annotations would name it: builtins.list.
-    def list(self, status: str | None = None) -> list[DeletionRequest]:
-        """Every request, or those with ``status``, oldest first."""
-        if status is not None and status not in STATUSES:
-            raise RequestError(f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}")
+    def list(self, status: str | None = None, *, model_version: int | None = None) -> list[DeletionRequest]:
+        """Every request, or those with ``status`` and/or done by ``model_version``, oldest first."""
+        where: sa.ColumnElement[bool] = sa.true()
+        if status is not None:
+            if status not in STATUSES:
+                raise RequestError(f"unknown request status {status!r}; expected one of {', '.join(STATUSES)}")
+            where = _REQUESTS.c.status == status
+        if model_version is not None:
+            where = sa.and_(where, _REQUESTS.c.model_version == _check_positive_int("model_version", model_version))
         with self.db.read() as conn:
-            return self._select(conn, sa.true() if status is None else _REQUESTS.c.status == status)
+            return self._select(conn, where)
 
     def batch_requests(self, batch_id: str) -> builtins.list[DeletionRequest]:
         """The requests a batch holds or held (the last batch to claim each), oldest first."""

@@ -548,7 +548,7 @@ def _finish_interrupted_promotion(ws: Workspace, registry: ModelRegistry) -> int
     audit_log(ws).append(
         "version_promoted",
         actor=tags.get("promoted_by", GATE_ACTOR),
-        request_ids=[r.id for r in request_store(ws).list() if r.model_version == version],
+        request_ids=[r.id for r in request_store(ws).list(model_version=version)],
         idempotency_key=promotion_record_key(under_way["promotion_id"]),
         payload={
             "model_version": version,
