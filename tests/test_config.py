@@ -158,6 +158,26 @@ def test_a_bad_key_or_value_of_a_recipe_section_is_refused_at_load_naming_it(ove
     assert str(refused.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("requests.schedule=@daily", "found character '@' that cannot start any token"),
+        ("data.name=[", "expected the node content, but found '<stream end>'"),
+    ],
+)
+def test_a_set_value_that_is_not_yaml_is_refused_naming_it(override, problem):
+    """It escaped as PyYAML's own error, "while scanning for the next token", and the CLI exited 1
+    (a pipeline failure) without naming the flag; quoted, the same text is a valid value."""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", [override])
+    key, _, value = override.partition("=")
+    assert str(refused.value) == (
+        f"override {override!r}: the value is not valid YAML ({problem}); "
+        f"to give it as text, quote it: --set \"{key}='{value}'\""
+    )
+    assert load_params(ROOT / "params.yaml", ["requests.schedule='@daily'"]).requests.schedule == "@daily"
+
+
 def test_a_key_of_a_section_that_is_no_section_is_refused():
     with pytest.raises(ConfigError, match="'nope' is not a section of params.yaml"):
         load_params(ROOT / "params.yaml", ["unlearn.verification.nope.deep=1"])

@@ -460,7 +460,13 @@ def apply_override(raw: dict, override: str) -> None:
     # unlearn.noise_copies, which the recipe fills in otherwise).
     if parts[-1] not in node and not _schema_has(parts):
         raise ConfigError(f"override {override!r}: unknown key {key!r}{_expected_keys(parts[:-1])}")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {override!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+            f"to give it as text, quote it: --set \"{key}='{value}'\""
+        ) from None
 
 
 def _schema_has(parts: list[str]) -> bool:
@@ -521,8 +527,7 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         # One line for the CLI, with where: the mark is on the error's later lines.
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from err
+        raise ConfigError(f"{path} is not valid YAML{where}: {_yaml_problem(err)}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     # Precedence: a --set flag, then the environment, then the file. The environment says where
@@ -540,6 +545,12 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except ValidationError as err:
         problems = "; ".join(_describe(error) for error in err.errors())
         raise ConfigError(f"invalid {path.name}: {problems}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem alone ("found character '@' that cannot start any token"): its first line
+    says only what it was doing ("while scanning for the next token")."""
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
 
 
 def _describe(error: Any) -> str:
