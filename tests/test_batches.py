@@ -339,6 +339,15 @@ def test_audit_report_into_a_directory_writes_the_default_name_there(project, fi
     assert "<html" in written.read_text()
 
 
+def test_audit_report_into_a_directory_not_made_yet_writes_the_default_name_there(project, first_batch, tmp_path):
+    """`--out reports/evidence/` (a directory by its trailing slash, not there yet) wrote a file
+    named `evidence`, and said so."""
+    _, result = first_batch
+    directory = tmp_path / "evidence"
+    assert main(["--project", str(project), "audit", "report", result["batch_id"], "--out", f"{directory}/"]) == 0
+    assert "<html" in (directory / f"evidence-{result['batch_id']}.html").read_text()
+
+
 def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_path):
     _, result = first_batch
     out = batches.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")

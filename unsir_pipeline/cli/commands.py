@@ -1092,7 +1092,9 @@ def cmd_audit(project: Path, args) -> int:
 
     name = f"evidence-{args.batch_id}.html"
     out = Path(args.out) if args.out else ws.reports_dir / name
-    if out.is_dir():  # like cp: a directory gets the report under its default name
+    # Like cp: a directory gets the report under its default name; so does one not made yet
+    # that the trailing slash names as a directory (write_batch_report makes it).
+    if out.is_dir() or (args.out or "").endswith(("/", os.sep)):
         out = out / name
     write_batch_report(ws, args.batch_id, out)
     _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
