@@ -535,6 +535,29 @@ def test_a_read_only_copy_of_the_state_is_verified_and_shown_without_writing(pro
     assert _files(state) == before  # nothing written, not even SQLite's -wal and -shm
 
 
+def test_a_batch_on_a_read_only_copy_is_refused_before_prefect_starts(project, first_batch, tmp_path):
+    """Prefect's temporary server keeps its database in the project's state/prefect: on a
+    read-only copy holding a pending request, `unsir batch run` (and `unsir forget`) started it
+    anyway and ended with some 880 lines of the server's tracebacks and "500 Internal Server
+    Error" for /api/flows/, exit 1. docs/cli.md counts an auditor's read-only copy as exit 2."""
+    copy = _copy_with_registry(project, tmp_path / "read-only-batch")
+    assert main(["--project", str(copy), "request", "add", "5", "--by", "alice", "--reason", "pending"]) == 0
+    state = copy / "state"
+    (state / "prefect").mkdir()  # as the project's own would be
+    before = _files(state)
+    # The project's own Prefect home, as outside the tests (conftest gives them one of their own).
+    command = ["env", "-u", "PREFECT_HOME", "-u", "PREFECT_API_URL", sys.executable, "-m", "unsir_pipeline.cli"]
+    ran = run_with_read_only([copy, *copy.rglob("*")], [*command, "--project", str(copy), "batch", "run"])
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert ran.stderr.splitlines() == [
+        f"error: PREFECT_HOME={state / 'prefect'}: Prefect's temporary server keeps its database there, and this user "
+        "cannot write it (a read-only copy or mount?); expected a directory this user may write, or PREFECT_API_URL "
+        "naming a Prefect server. The commands that only read (`audit verify`, `request list`) start no Prefect"
+    ]
+    assert _files(state) == before
+
+
 def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anchor(project, first_batch):
     _, result = first_batch
     ws = ws_of(project)

@@ -295,8 +295,10 @@ class ClaimedBatch:
 def nothing_to_claim(ws: Workspace) -> bool:
     """True when a batch would claim nothing: no request pending, and none left ``running`` by
     a stopped batch (those a batch recovers). Read without the lock, so a request filed a moment
-    later simply waits for the next batch, as it would had the batch started a moment earlier."""
-    store = request_store(ws)
+    later simply waits for the next batch, as it would had the batch started a moment earlier.
+    Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
+    copy reaches the check that it cannot be run there."""
+    store = request_store(ws, read_only=True)
     return not store.list("pending") and not store.list("running")
 
 

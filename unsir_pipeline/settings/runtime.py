@@ -223,6 +223,7 @@ def start_prefect_server_early() -> Callable[[], None]:
 
     if PREFECT_API_URL.value():
         return lambda: None
+    _require_writable_prefect_home()
     from prefect.server.api.server import SubprocessASGIServer
 
     failure: list[BaseException] = []
@@ -242,6 +243,27 @@ def start_prefect_server_early() -> Callable[[], None]:
             raise failure[0]
 
     return wait
+
+
+def _require_writable_prefect_home() -> None:
+    """Refuse a Prefect home this user cannot write, where the temporary server keeps its
+    database (the project's state/prefect unless PREFECT_HOME says otherwise). On a read-only
+    copy the server started anyway and the command ended once the flow ran, with hundreds of
+    lines of the server's tracebacks and "500 Internal Server Error"."""
+    from prefect.settings import PREFECT_HOME
+
+    home = PREFECT_HOME.value()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        writable = os.access(home, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise RuntimeSettingError(
+            f"PREFECT_HOME={home}: Prefect's temporary server keeps its database there, and this user cannot "
+            "write it (a read-only copy or mount?); expected a directory this user may write, or PREFECT_API_URL "
+            "naming a Prefect server. The commands that only read (`audit verify`, `request list`) start no Prefect"
+        )
 
 
 def stop_prefect_server() -> None:
