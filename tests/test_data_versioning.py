@@ -56,7 +56,7 @@ def test_ensure_repo_is_idempotent(tmp_path: Path) -> None:
     # The remote is this clone's choice: never in the committed config, relative to .dvc/.
     assert "remote" not in config
     assert "remote = shared" in local and "url = ../state/remote" in local
-    assert default_remote(root) == "../state/remote"
+    assert default_remote(root) == str((root / "state" / "remote").resolve())  # where dvc push uploads
 
 
 def test_the_committed_config_never_names_a_remote(tmp_path: Path) -> None:
@@ -76,7 +76,8 @@ def test_the_committed_config_never_names_a_remote(tmp_path: Path) -> None:
     assert "endpointurl" not in (root / ".dvc" / "config.local").read_text()
 
     use_remote(root, "state/remote")
-    assert default_remote(root) == "../state/remote"
+    assert default_remote(root) == str((root / "state" / "remote").resolve())
+    assert "url = ../state/remote" in (root / ".dvc" / "config.local").read_text()  # relative to .dvc/
     assert (root / ".dvc" / "config").read_text() == committed
     ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=root, check=False)
     assert ignored.returncode == 0  # config.local never reaches another clone

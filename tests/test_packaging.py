@@ -115,7 +115,12 @@ def test_init_writes_a_project_whose_params_validate(tmp_path: Path, capsys, mon
     monkeypatch.delenv("UNSIR_DVC_REMOTE", raising=False)
     project = tmp_path / "new" / "unlearning"
     assert main(["init", str(project)]) == 0
-    assert f"next: cd {project} && unsir bootstrap" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"next: cd {project} && unsir bootstrap" in out
+    # Not "../state/dvc-remote", as .dvc/config.local holds it: read from the project, that is
+    # a directory beside the project, not the state/dvc-remote of paths.dvc_remote.
+    remote = str((project / "state" / "dvc-remote").resolve())
+    assert f"DVC remote: {remote} (" in out
 
     for name in TEMPLATES.values():
         assert (project / name).is_file(), name
@@ -126,7 +131,7 @@ def test_init_writes_a_project_whose_params_validate(tmp_path: Path, capsys, mon
     # A git repository of its own, a DVC project whose remote is this clone's, in config.local.
     assert (project / ".git").is_dir() and (project / ".dvc").is_dir()
     assert "remote" not in (project / ".dvc" / "config").read_text()
-    assert default_remote(project) == "../state/dvc-remote"
+    assert default_remote(project) == remote
     staged = set(_git(project, "diff", "--cached", "--name-only").split())
     assert set(TEMPLATES.values()) | {".dvc/config", ".dvcignore"} <= staged
     assert "state" not in _git(project, "status", "--porcelain", "--untracked-files=all")

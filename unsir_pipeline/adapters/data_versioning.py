@@ -85,8 +85,10 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
 
 
 def default_remote(project_dir: Path) -> str | None:
-    """The URL (or directory) ``dvc push`` would upload to, as configured now."""
-    return _effective_remote(_project(project_dir))[0]
+    """The URL (or absolute directory) ``dvc push`` would upload to, as configured now."""
+    project_dir = _project(project_dir)
+    url = _effective_remote(project_dir)[0]
+    return _absolute_remote(project_dir, url) if url else None
 
 
 def repro(project_dir: Path, targets: Sequence[str] = (), *, force: bool = False) -> None:
@@ -303,7 +305,7 @@ def _sync_side_store(project_dir: Path, store: Path) -> None:
     url, endpoint = default_remote(project_dir), _effective_remote(project_dir)[1]
     if url:
         wanted["core"] = {"remote": REMOTE_NAME}
-        remote = {"url": _absolute_remote(project_dir, url)}
+        remote = {"url": url}
         if endpoint:
             remote["endpointurl"] = endpoint
         wanted[f'remote "{REMOTE_NAME}"'] = remote
