@@ -700,6 +700,28 @@ def test_bad_key_settings_are_named(environ: dict, message: str) -> None:
         audit_key_from_env(environ)
 
 
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"UNSIR_AUDIT_KEY": "short"},
+        {"UNSIR_AUDIT_KEY_FILE": "/nonexistent/audit.key"},
+        {"UNSIR_AUDIT_KEY_FILE": "state/k"},
+    ],
+)
+def test_bad_key_settings_exit_2_as_configuration(tmp_path: Path, monkeypatch, capsys, environ: dict) -> None:
+    """They exited 1, "the pipeline failed", where docs/cli.md counts configuration as exit 2 (as
+    UNSIR_TORCH_THREADS=0 is): the setting is to fix, nothing failed."""
+    from conftest import make_project
+
+    from unsir_pipeline.cli.commands import main
+
+    project = make_project(tmp_path / "project")
+    for name, value in environ.items():
+        monkeypatch.setenv(name, str(project / value) if value.startswith("state/") else value)
+    assert main(["--project", str(project), "audit", "verify", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+
+
 def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "services").mkdir(parents=True)

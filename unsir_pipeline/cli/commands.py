@@ -457,6 +457,7 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
     from unsir_pipeline.adapters.state_store import StateSchemaRefused, StateWriteRefused
+    from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.runtime import RuntimeSettingError
@@ -464,6 +465,7 @@ def _is_user_error(err: Exception) -> bool:
     return isinstance(
         err,
         (
+            AuditKeyError,
             UnlearningInputError,
             ConfigError,
             RequestError,

@@ -89,6 +89,11 @@ class AuditError(Exception):
     """The audit log was given a bad value, or what is stored cannot be read as a record."""
 
 
+class AuditKeyError(AuditError):
+    """``UNSIR_AUDIT_KEY`` or ``UNSIR_AUDIT_KEY_FILE`` holds a key that cannot be used: a setting
+    to fix (the CLI's exit 2), not a trail that failed."""
+
+
 @dataclass(frozen=True)
 class AuditRecord:
     """One audit record as stored. ``payload`` is a fresh dict per read; changing it changes
@@ -207,26 +212,26 @@ def audit_key_from_env(
     environ = os.environ if environ is None else environ
     text, file_name = environ.get(KEY_ENV), environ.get(KEY_FILE_ENV)
     if text and file_name:
-        raise AuditError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; set only one")
+        raise AuditKeyError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; set only one")
     if text:
         key, source = text.encode("utf-8"), KEY_ENV
     elif file_name:
         path = Path(file_name).expanduser().resolve()
         for directory in forbidden_dirs:
             if path.is_relative_to(Path(directory).resolve()):
-                raise AuditError(
+                raise AuditKeyError(
                     f"{KEY_FILE_ENV}={file_name} lies inside {directory}, which anyone who can "
                     "rewrite the audit trail can read; keep the key outside the project's state"
                 )
         try:
             key = path.read_bytes().strip()
         except OSError as err:
-            raise AuditError(f"{KEY_FILE_ENV}={file_name}: cannot read the audit key ({err})") from err
+            raise AuditKeyError(f"{KEY_FILE_ENV}={file_name}: cannot read the audit key ({err})") from err
         source = f"{KEY_FILE_ENV}={file_name}"
     else:
         return None
     if len(key) < MIN_KEY_BYTES:
-        raise AuditError(
+        raise AuditKeyError(
             f"the audit key from {source} has {len(key)} bytes; expected at least {MIN_KEY_BYTES} "
             "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
