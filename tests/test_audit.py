@@ -722,6 +722,27 @@ def test_bad_key_settings_exit_2_as_configuration(tmp_path: Path, monkeypatch, c
     assert json.loads(capsys.readouterr().out)["exit_code"] == 2
 
 
+def test_verify_without_the_key_says_a_signed_anchor_is_signed_but_unchecked(tmp_path: Path, monkeypatch) -> None:
+    """Without the key, `unsir audit verify` of a signed trail warned "the head anchor is not
+    signed", about an anchor that is, while `request add` refused it as signed."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    monkeypatch.setenv("UNSIR_AUDIT_KEY", "k" * 32)
+    stores.audit_log(ws).append("request_received", actor="alice", payload={"classes": [3]})
+    monkeypatch.delenv("UNSIR_AUDIT_KEY")
+
+    report = batches.verify_trail(ws)
+    assert report.warnings[0].startswith(
+        "the head anchor is signed, but this process has no audit key to check the signature (set "
+        "UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)"
+    )
+    assert not any("not signed" in warning for warning in report.warnings)
+
+
 def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "services").mkdir(parents=True)

@@ -399,6 +399,11 @@ class AuditLog:
         """The head anchor's (records, hash), None if it is missing."""
         return self._read_head()
 
+    def head_is_signed(self) -> bool:
+        """Whether the head anchor carries a signature, checked or not (False if it is missing)."""
+        raw = self._read_head_raw()
+        return raw is not None and raw[2] is not None
+
     def record_hash(self, seq: int) -> str | None:
         """The stored hash of record ``seq``, None if there is no such record."""
         with self.db.read() as conn:

@@ -885,6 +885,25 @@ class TrailReport:
         return self.chain.ok and not self.problems
 
 
+def _unkeyed_warning(log: AuditLog | None) -> str:
+    """What verifying without the audit key leaves unchecked: a signed anchor's signature, or,
+    on an unsigned trail, protection against anyone who can write the state directory."""
+    try:
+        signed = log is not None and log.head_is_signed()
+    except AuditError:  # an unreadable anchor: the chain check names it already
+        signed = False
+    if signed:
+        return (
+            "the head anchor is signed, but this process has no audit key to check the signature (set "
+            "UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the chain and the anchor's numbers are verified, the "
+            "signature is not"
+        )
+    return (
+        "the head anchor is not signed (no UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the trail "
+        "is protected against accidents, not against someone who can write the state directory"
+    )
+
+
 def verify_trail(ws: Workspace) -> TrailReport:
     """Verify the chain and its anchors, and cross-check the trail with the request store and
     the registered versions. Reads only (an auditor's copy may be read-only) and never creates or
@@ -896,11 +915,6 @@ def verify_trail(ws: Workspace) -> TrailReport:
     problems: list[str] = []
     warnings: list[str] = []
     key = audit_key(ws)
-    if key is None:
-        warnings.append(
-            "the head anchor is not signed (no UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the trail "
-            "is protected against accidents, not against someone who can write the state directory"
-        )
     store_target = state_target(ws, ws.params.requests.store)
     existed = AuditLog.exists(target)
     if not existed:
@@ -917,6 +931,8 @@ def verify_trail(ws: Workspace) -> TrailReport:
             problems.append(str(read))
         else:
             records = read
+    if key is None:
+        warnings.append(_unkeyed_warning(log))
 
     requests = RequestStore(store_target, read_only=True).list() if RequestStore.exists(store_target) else []
     request_problems, request_warnings = _requests_against_trail(requests, records, existed)
