@@ -743,6 +743,36 @@ def test_verify_without_the_key_says_a_signed_anchor_is_signed_but_unchecked(tmp
     assert not any("not signed" in warning for warning in report.warnings)
 
 
+def test_request_add_without_the_key_on_a_signed_trail_exits_2_naming_the_variables(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`request add` without the key refused a signed trail (rightly) but exited 1, "the pipeline
+    failed", where a key setting to fix is exit 2 (docs/cli.md); nothing is stored or recorded."""
+    from conftest import make_project
+
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    monkeypatch.setenv("UNSIR_AUDIT_KEY", "k" * 32)
+    stores.audit_log(ws).append("request_received", actor="alice", payload={"classes": [3]})
+    monkeypatch.delenv("UNSIR_AUDIT_KEY")
+    head = (project / "state" / "audit.sqlite.head").read_text()
+
+    argv = ["--project", str(project), "request", "add", "5", "--by", "alice", "--reason", "r"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refusing to start a deletion request" in err
+    assert "is signed, but this process has no audit key to check it (set UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)" in (
+        err
+    )
+    assert stores.request_store(ws).list() == []
+    assert len(stores.audit_log(ws).records()) == 1
+    assert (project / "state" / "audit.sqlite.head").read_text() == head
+
+
 def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "services").mkdir(parents=True)

@@ -90,8 +90,9 @@ class AuditError(Exception):
 
 
 class AuditKeyError(AuditError):
-    """``UNSIR_AUDIT_KEY`` or ``UNSIR_AUDIT_KEY_FILE`` holds a key that cannot be used: a setting
-    to fix (the CLI's exit 2), not a trail that failed."""
+    """``UNSIR_AUDIT_KEY`` or ``UNSIR_AUDIT_KEY_FILE`` holds a key that cannot be used, or neither
+    is set where an append needs the key (the head anchor is signed): a setting to fix (the CLI's
+    exit 2), not a trail that failed."""
 
 
 @dataclass(frozen=True)
@@ -440,7 +441,9 @@ class AuditLog:
         if raw is not None:
             problem = self._signature_problem(*raw)
             if problem:
-                raise AuditError(f"refusing to append to {self.db.shown}: {problem}")
+                # Without the key, a signed anchor asks for the key to be set, not for the trail to be repaired.
+                refused = AuditKeyError if self._key is None else AuditError
+                raise refused(f"refusing to append to {self.db.shown}: {problem}")
         if head != actual:
             found = "is missing" if head is None else f"records {head[0]} (hash {head[1][:12]}...)"
             raise AuditError(
@@ -453,9 +456,10 @@ class AuditLog:
     def check_appendable(self) -> None:
         """Raise :class:`AuditError` when :meth:`append` would refuse a record now: the head
         anchor unreadable, missing or not naming the last record, or signed otherwise than this
-        process signs. Writes nothing: a caller checks this before a change (a request stored, an
-        alias moved, a version computed) whose record the trail would then refuse. Holds the
-        chain as an append does, so an append in progress is not mistaken for a cut."""
+        process signs (:class:`AuditKeyError` where it is signed and this process has no key).
+        Writes nothing: a caller checks this before a change (a request stored, an alias moved, a
+        version computed) whose record the trail would then refuse. Holds the chain as an append
+        does, so an append in progress is not mistaken for a cut."""
         with self.db.write() as conn:
             self._lock_chain(conn)
             self._check_head(conn)

@@ -320,13 +320,15 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
     problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem is None and tag is None and reachable:
         problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
+    refused: type[AuditError] = AuditError
     if problem is None:
         try:
             audit.check_appendable()
         except AuditError as err:
             problem = f"the audit trail would refuse its record: {err}"
+            refused = type(err)  # an AuditKeyError stays a setting to fix (exit 2)
     if problem:
-        raise AuditError(f"refusing to start {what}: {problem}; run `unsir audit verify`")
+        raise refused(f"refusing to start {what}: {problem}; run `unsir audit verify`")
 
 
 def require_registry_not_lost(ws: Workspace) -> None:
