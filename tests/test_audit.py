@@ -773,6 +773,36 @@ def test_request_add_without_the_key_on_a_signed_trail_exits_2_naming_the_variab
     assert (project / "state" / "audit.sqlite.head").read_text() == head
 
 
+def test_verify_json_says_whether_the_anchor_is_signed_and_whether_its_signature_was_verified(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`audit verify --json` without the key said "signed": false of a signed anchor: "signed"
+    meant "verified with the key". It now says whether the anchor is signed, and apart from that
+    whether the key verified its signature."""
+    from conftest import make_project
+
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    argv = ["--project", str(project), "audit", "verify", "--json"]
+
+    def verified() -> dict:
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        return {name: out[name] for name in ("signed", "signature_verified")}
+
+    stores.audit_log(Workspace.load(project)).append("request_received", actor="alice", payload={"classes": [3]})
+    assert verified() == {"signed": False, "signature_verified": False}
+    monkeypatch.setenv("UNSIR_AUDIT_KEY", "k" * 32)
+    assert main(["--project", str(project), "audit", "sign-head"]) == 0
+    capsys.readouterr()
+    assert verified() == {"signed": True, "signature_verified": True}
+    monkeypatch.delenv("UNSIR_AUDIT_KEY")
+    assert verified() == {"signed": True, "signature_verified": False}
+
+
 def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "services").mkdir(parents=True)

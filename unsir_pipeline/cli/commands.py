@@ -1027,7 +1027,8 @@ def cmd_audit(project: Path, args) -> int:
                         "later_chain_problems": [
                             {"seq": seq, "problem": problem} for seq, problem in report.chain.later_problems
                         ],
-                        "signed": report.chain.signed,
+                        "signed": report.head_signed,
+                        "signature_verified": report.chain.signed,
                         "problems": list(report.problems),
                         "warnings": list(report.warnings),
                     }

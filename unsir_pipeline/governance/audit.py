@@ -134,7 +134,8 @@ class VerifyResult:
     records: int
     first_bad_seq: int | None
     problem: str | None
-    # Whether the head anchor's HMAC was checked with the audit key (False without a key).
+    # Whether the audit key verified the head anchor's HMAC (False without a key, however the
+    # anchor is signed: AuditLog.head_is_signed says that).
     signed: bool = False
     # One edited record does not make the rest unreadable: the walk goes on past it, so an
     # auditor learns which records are still intact (those named nowhere here).

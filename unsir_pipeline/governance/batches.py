@@ -881,20 +881,25 @@ class TrailReport:
     warnings: tuple[str, ...]
     records: int
     registry_checked: bool  # False where no registry database exists to read
+    # Whether the head anchor carries a signature, checked or not (chain.signed: verified with the key).
+    head_signed: bool
 
     @property
     def ok(self) -> bool:
         return self.chain.ok and not self.problems
 
 
-def _unkeyed_warning(log: AuditLog | None) -> str:
+def _head_is_signed(log: AuditLog | None) -> bool:
+    try:
+        return log is not None and log.head_is_signed()
+    except AuditError:  # an unreadable anchor: the chain check names it already
+        return False
+
+
+def _unkeyed_warning(head_signed: bool) -> str:
     """What verifying without the audit key leaves unchecked: a signed anchor's signature, or,
     on an unsigned trail, protection against anyone who can write the state directory."""
-    try:
-        signed = log is not None and log.head_is_signed()
-    except AuditError:  # an unreadable anchor: the chain check names it already
-        signed = False
-    if signed:
+    if head_signed:
         return (
             "the head anchor is signed, but this process has no audit key to check the signature (set "
             "UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE): the chain and the anchor's numbers are verified, the "
@@ -933,8 +938,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
             problems.append(str(read))
         else:
             records = read
+    head_signed = _head_is_signed(log)
     if key is None:
-        warnings.append(_unkeyed_warning(log))
+        warnings.append(_unkeyed_warning(head_signed))
 
     requests = RequestStore(store_target, read_only=True).list() if RequestStore.exists(store_target) else []
     request_problems, request_warnings = _requests_against_trail(requests, records, existed)
@@ -1007,6 +1013,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
         warnings=tuple(warnings),
         records=len(records),
         registry_checked=registry is not None,
+        head_signed=head_signed,
     )
 
 
