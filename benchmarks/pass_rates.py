@@ -41,6 +41,7 @@ REPORTED = (
     "quality-mnist5k-seed4.json",
     "quality-deep.json",
     "quality-allcnn-head-round.json",
+    "quality-deep-seeds56.json",
     "unseen-architectures-compact.json",
     "unseen-architectures-deep.json",
     "unseen-architectures-deep-seed5.json",
