@@ -866,6 +866,23 @@ def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(pa
     assert json.loads(listed.stdout.splitlines()[0]) == []
 
 
+@pytest.mark.slow
+def test_request_add_checks_its_classes_without_importing_torch(project, tmp_path):
+    """`unsir request add` checks the classes against the prepared data's metadata: importing
+    PyTorch (through the prepared data's tensor reader) for that took half the command's time."""
+    copy = clone_project(project, tmp_path / "request-light")
+    code = (
+        "import sys\n"
+        "from unsir_pipeline.cli import main\n"
+        "argv = ['--project', sys.argv[1], 'request', 'add', '4', '--by', 'alice', '--reason', 'r', '--json']\n"
+        "assert main(argv) == 0\n"
+        "assert 'torch' not in sys.modules, 'imported torch'\n"
+    )
+    added = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr[-2000:]
+    assert json.loads(added.stdout.splitlines()[0])["status"] == "pending"
+
+
 def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(capsys):
     from types import SimpleNamespace
 

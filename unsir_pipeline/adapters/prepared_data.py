@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from safetensors.torch import load_file
-
-from unsir.data import ClassificationData
 from unsir.errors import UnlearningInputError
-from unsir.splits import draw_retain_subset
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.settings.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from unsir.data import ClassificationData
+
+# The tensors, the manifest's table and the retain subset's draw import torch, pandas and
+# scikit-learn where they are read: the light commands (`unsir request add` checks class names
+# here) must not pay seconds of imports for the metadata alone.
 
 PREPARED_FILES = ("dataset.safetensors", "dataset.json", "manifest.csv")
 
@@ -66,6 +71,10 @@ def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
 
 @lru_cache(maxsize=2)
 def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData, pd.DataFrame]:
+    from safetensors.torch import load_file
+
+    from unsir.data import ClassificationData
+
     directory = Path(prepared_dir)
     tensors = load_file(str(directory / "dataset.safetensors"))
     meta = json.loads((directory / "dataset.json").read_text())
@@ -76,6 +85,8 @@ def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData,
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     dtypes: dict[str, str | type[str]] = {"sample_id": str, "label": "int64", "split": str, "digest": str}
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
 
@@ -90,6 +101,8 @@ def write_retain_subset(
     ws: Workspace, manifest: pd.DataFrame, forget_classes: tuple[int, ...], num_classes: int
 ) -> Path:
     """Draw D_r_sub (never a forget-class sample) and write it; same inputs, same bytes."""
+    from unsir.splits import draw_retain_subset
+
     p = ws.params.data
     rows = draw_retain_subset(
         manifest,
