@@ -849,21 +849,37 @@ def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_
     assert machine_local_promotion_lock(Workspace.load(params_only, ("registry.tracking_uri=http://h:5000",))) is None
 
 
+def _run_cli_importing_none_of(project: Path, modules: set[str], *argvs: list[str]) -> str:
+    """Run the command line on ``project`` with each of ``argvs`` in one fresh interpreter, and
+    fail when it imported any of ``modules``; returns what it printed."""
+    code = (
+        "import json, sys\n"
+        "from unsir_pipeline.cli import main\n"
+        "for argv in json.loads(sys.argv[2]):\n"
+        "    assert main(['--project', sys.argv[1], *argv]) == 0, argv\n"
+        "heavy = sorted(set(json.loads(sys.argv[3])) & set(sys.modules))\n"
+        "assert not heavy, f'imported {heavy}'\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code, str(project), json.dumps(argvs), json.dumps(sorted(modules))],
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return ran.stdout
+
+
 def test_listing_requests_and_showing_the_trail_start_without_mlflow_or_torch(params_only):
     """`request list` and `audit show` read the state store alone: they must not pay for
     importing MLflow or PyTorch (seconds on every call) or need the registry to be reachable.
     Loading and validating params.yaml needs neither (the core's configs are plain data)."""
-    code = (
-        "import sys\n"
-        "from unsir_pipeline.cli import main\n"
-        "for argv in (['request', 'list', '--json'], ['audit', 'show', '--json']):\n"
-        "    assert main(['--project', sys.argv[1], *argv]) == 0, argv\n"
-        "heavy = sorted({'mlflow', 'prefect', 'torch', 'sklearn'} & set(sys.modules))\n"
-        "assert not heavy, f'imported {heavy}'\n"
+    listed = _run_cli_importing_none_of(
+        params_only,
+        {"mlflow", "prefect", "torch", "sklearn"},
+        ["request", "list", "--json"],
+        ["audit", "show", "--json"],
     )
-    listed = subprocess.run([sys.executable, "-c", code, str(params_only)], capture_output=True, text=True)
-    assert listed.returncode == 0, listed.stderr[-2000:]
-    assert json.loads(listed.stdout.splitlines()[0]) == []
+    assert json.loads(listed.splitlines()[0]) == []
 
 
 @pytest.mark.slow
@@ -871,16 +887,10 @@ def test_request_add_checks_its_classes_without_importing_torch(project, tmp_pat
     """`unsir request add` checks the classes against the prepared data's metadata: importing
     PyTorch (through the prepared data's tensor reader) for that took half the command's time."""
     copy = clone_project(project, tmp_path / "request-light")
-    code = (
-        "import sys\n"
-        "from unsir_pipeline.cli import main\n"
-        "argv = ['--project', sys.argv[1], 'request', 'add', '4', '--by', 'alice', '--reason', 'r', '--json']\n"
-        "assert main(argv) == 0\n"
-        "assert 'torch' not in sys.modules, 'imported torch'\n"
+    added = _run_cli_importing_none_of(
+        copy, {"torch"}, ["request", "add", "4", "--by", "alice", "--reason", "r", "--json"]
     )
-    added = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True)
-    assert added.returncode == 0, added.stderr[-2000:]
-    assert json.loads(added.stdout.splitlines()[0])["status"] == "pending"
+    assert json.loads(added.splitlines()[0])["status"] == "pending"
 
 
 def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(capsys):
