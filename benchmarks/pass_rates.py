@@ -13,6 +13,13 @@ by more than chance:
   difference" each such run is a fair coin, and the exact two-sided McNemar p-value is the
   binomial tail of min(b, c) in b + c tosses.
 
+A second table splits the retain-accuracy failures by where the *parent* stood: the bound
+compares the unlearned model with a model retrained on one class fewer, and where the parent
+(the original, trained on every class) already sits below that bound, keeping the parent's retain
+accuracy is not enough. It gives, per group with a retain failure, how many of them had such a
+parent, and the unlearned model's retain accuracy against its parent's (mean and worst, every
+run), beside the retrained model's against the same parent.
+
 A setting measured by several files (re-runs of one grid) counts once, from the file listed
 last. Reads only; trains nothing.
 
@@ -28,7 +35,7 @@ import math
 import sys
 from pathlib import Path
 
-from quality import gate_passes
+from quality import MAX_RETAIN_GAP, gate_passes
 
 BENCH = Path(__file__).resolve().parent.parent / "reports" / "bench"
 # The runs benchmarks/README.md reports, in the order its tables quote them; a later file's run
@@ -73,19 +80,43 @@ def mcnemar_exact_p(only_first: int, only_second: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_runs(paths: list[Path]) -> dict[tuple[str, str, str], dict[tuple, tuple[bool, bool]]]:
-    """Per (data set, architecture, half): each setting's (recipe passes, second retraining passes)."""
-    groups: dict[tuple[str, str, str], dict[tuple, tuple[bool, bool]]] = {}
+def runs_by_group(paths: list[Path]) -> dict[tuple[str, str, str], dict[tuple, dict]]:
+    """Per (data set, architecture, half): each setting's run that has both methods, the file
+    listed last winning."""
+    groups: dict[tuple[str, str, str], dict[tuple, dict]] = {}
     for path in paths:
         report = json.loads(path.read_text())
         for result in report["architectures"]:
             group = groups.setdefault((report["dataset"], result["arch"], report["part"]), {})
             for run in result["runs"]:
-                if METHOD not in run or REFERENCE not in run:
-                    continue
-                setting = (run["seed"], tuple(run["forget_classes"]))
-                group[setting] = (gate_passes(run[METHOD]), gate_passes(run[REFERENCE]))
+                if METHOD in run and REFERENCE in run:
+                    group[(run["seed"], tuple(run["forget_classes"]))] = run
     return groups
+
+
+def passes(run: dict) -> tuple[bool, bool]:
+    """(the recipe passes, the second retraining passes) on one setting."""
+    return (gate_passes(run[METHOD]), gate_passes(run[REFERENCE]))
+
+
+def retain_against_parent(runs: list[dict]) -> dict:
+    """The recipe's retain failures, and how many of them had a parent already below the bound;
+    the recipe's and the retrained model's retain accuracy minus the parent's, in points."""
+
+    def points(name: str) -> list[float]:
+        return [100 * (run[name]["retain_acc"] - run["original"]["retain_acc"]) for run in runs]
+
+    failures = [run for run in runs if not run[METHOD]["pass"]["retain"]]
+    recipe, retrained = points(METHOD), points("retrain")
+    return {
+        "runs": len(runs),
+        "retain_failures": len(failures),
+        "parent_below_bound": sum(
+            run["original"]["retain_acc"] < run["retrain"]["retain_acc"] - MAX_RETAIN_GAP for run in failures
+        ),
+        METHOD + "_minus_parent_pts": {"mean": sum(recipe) / len(recipe), "worst": min(recipe)},
+        "retrain_minus_parent_pts": {"mean": sum(retrained) / len(retrained), "worst": min(retrained)},
+    }
 
 
 def compare(pairs: list[tuple[bool, bool]]) -> dict:
@@ -126,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no such report: {', '.join(missing)}")
 
-    groups = paired_runs(paths)
+    groups = runs_by_group(paths)
     print(
         f"{'data / arch / half':<38} {'runs':>4}  {METHOD + ' passes':<31}  {REFERENCE + ' passes':<31}  "
         f"only-{METHOD[:4]} only-{REFERENCE[:7]} both-fail  McNemar p"
@@ -134,15 +165,34 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     for (dataset, arch, part), settings in sorted(groups.items()):
         label = f"{dataset} / {arch} / {part}"
-        rows[label] = compare(list(settings.values()))
+        rows[label] = compare([passes(run) for run in settings.values()])
         print_row(label, rows[label])
     for part in sorted({part for _, _, part in groups}):
-        pooled = [pair for (_, _, p), settings in groups.items() if p == part for pair in settings.values()]
+        pooled = [passes(run) for (_, _, p), settings in groups.items() if p == part for run in settings.values()]
         label = f"all / all / {part}"
         rows[label] = compare(pooled)
         print_row(label, rows[label])
+
+    print(
+        f"\n{'retain failures against the parent':<38} {'runs':>4}  {'failures':>8}  {'parent below bound':>18}  "
+        f"{METHOD + ' - parent, pts mean / worst':>30}  {'retrained - parent, pts mean / worst':>36}"
+    )
+    parents: dict[str, dict] = {}
+    for (dataset, arch, part), settings in sorted(groups.items()):
+        row = retain_against_parent(list(settings.values()))
+        if not row["retain_failures"]:
+            continue
+        label = f"{dataset} / {arch} / {part}"
+        parents[label] = row
+        recipe, retrained = row[METHOD + "_minus_parent_pts"], row["retrain_minus_parent_pts"]
+        print(
+            f"{label:<38} {row['runs']:4d}  {row['retain_failures']:8d}  {row['parent_below_bound']:18d}  "
+            f"{recipe['mean']:+14.2f} / {recipe['worst']:+6.2f}{'':8}  "
+            f"{retrained['mean']:+20.2f} / {retrained['worst']:+6.2f}"
+        )
     if args.out:
-        args.out.write_text(json.dumps({"reports": [str(p) for p in paths], "comparisons": rows}, indent=2) + "\n")
+        figures = {"reports": [str(p) for p in paths], "comparisons": rows, "retain_against_parent": parents}
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from pass_rates import compare, mcnemar_exact_p, wilson_interval  # noqa: E402
+from pass_rates import compare, mcnemar_exact_p, retain_against_parent, wilson_interval  # noqa: E402
 
 
 @pytest.mark.parametrize(("passes", "runs"), [(68, 75), (0, 12), (12, 12), (2, 13)])
@@ -32,3 +32,25 @@ def test_compare_counts_only_the_runs_one_method_passes_as_evidence():
     assert (split["only_shipped"], split["only_retrain_again"], split["both_fail"]) == (5, 5, 0)
     lopsided = compare([(False, True)] * 9 + [(True, True)])
     assert lopsided["mcnemar_p"] < 0.01
+
+
+def _run(parent: float, retrained: float, unlearned: float) -> dict:
+    """One quality.py run reduced to the retain figures the parent table reads."""
+    return {
+        "original": {"retain_acc": parent},
+        "retrain": {"retain_acc": retrained},
+        "shipped": {"retain_acc": unlearned, "pass": {"retain": unlearned >= retrained - 0.015}},
+    }
+
+
+def test_retain_against_parent_counts_failures_whose_parent_was_already_below_the_bound():
+    runs = [
+        _run(parent=0.90, retrained=0.94, unlearned=0.90),  # fails; the parent itself is 4 points short
+        _run(parent=0.95, retrained=0.95, unlearned=0.92),  # fails; the parent was within the bound
+        _run(parent=0.95, retrained=0.95, unlearned=0.95),  # passes
+    ]
+    row = retain_against_parent(runs)
+    assert (row["runs"], row["retain_failures"], row["parent_below_bound"]) == (3, 2, 1)
+    assert row["shipped_minus_parent_pts"]["worst"] == pytest.approx(-3.0)
+    assert row["shipped_minus_parent_pts"]["mean"] == pytest.approx(-1.0)
+    assert row["retrain_minus_parent_pts"]["mean"] == pytest.approx(4 / 3)
