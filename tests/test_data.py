@@ -241,6 +241,37 @@ def test_image_folder_refuses_an_image_linked_twice(image_folder):
         load_image_folder(image_folder)
 
 
+def test_image_folder_refuses_the_same_pixels_under_two_classes(image_folder):
+    """A copy of a forget-class image under a retained class (another file, not a link) passed:
+    the prepared digest hashes pixels with the label, and forgetting the class kept learning it
+    from the copy."""
+    # Opaque RGBA: other bytes than cat/a.png's, the same pixels once read as RGB.
+    _write_png(image_folder / "emu" / "copy.png", "RGBA", (5, 5), (255, 0, 0, 255))
+    assert (image_folder / "emu" / "copy.png").read_bytes() != (image_folder / "cat" / "a.png").read_bytes()
+    with pytest.raises(
+        UnlearningInputError,
+        match=r"same image under two classes: 'cat/a\.png' \(class 'cat'\) and 'emu/copy\.png' \(class 'emu'\)"
+        r".*Expected each image in one class only",
+    ):
+        load_image_folder(image_folder)
+
+
+def test_image_folder_keeps_the_first_copy_of_an_image_repeated_in_its_class(image_folder):
+    """Two copies in one class were two samples, one of which could be trained on and the other
+    tested: test accuracy, and the forget class's, measured memorisation."""
+    expected = load_dataset("imagefolder", image_folder, image_size=5)
+    (image_folder / "cat" / "sub").mkdir()
+    with Image.open(image_folder / "cat" / "a.png") as image:
+        image.convert("P").save(image_folder / "cat" / "sub" / "a.png")  # a palette copy
+    _write_png(image_folder / "cat" / "z.png", "RGB", (10, 10), (255, 0, 0))  # the same once resized
+    data = load_dataset("imagefolder", image_folder, image_size=5)
+    assert data.sample_ids == expected.sample_ids == ("cat/a.png", "cat/b.png", "dog/c.png", "emu/d.png")
+    assert torch.equal(data.images, expected.images) and torch.equal(data.labels, expected.labels)
+    # The first in the data set's order (folder, then file name) is kept.
+    assert data.dropped_duplicates == (("cat/z.png", "cat/a.png"), ("cat/sub/a.png", "cat/a.png"))
+    assert expected.dropped_duplicates == ()
+
+
 def test_image_folder_follows_a_class_folder_linked_from_outside(image_folder, tmp_path):
     # Linking class folders in from elsewhere is a way to assemble a data set: nothing is repeated.
     _write_png(tmp_path / "elsewhere" / "fox" / "e.png", "RGB", (5, 5), (1, 2, 3))

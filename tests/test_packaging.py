@@ -315,8 +315,10 @@ def test_bootstrap_reads_an_image_folder_again_after_its_images_change(tmp_path:
     def write_images(per_class: int) -> None:
         for shade, name in ((30, "dark"), (220, "light")):
             (folder / name).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.new("L", (4, 4), shade + i % 5).save(folder / name / f"{i}.png")
+            for i in range(per_class):  # each image its own: a repeat would be left out
+                image = Image.new("L", (4, 4), shade)
+                image.putpixel((i % 4, i // 4 % 4), i)
+                image.save(folder / name / f"{i}.png")
 
     folder = tmp_path / "shades"
     project = init_project(tmp_path / "unlearning").root

@@ -439,6 +439,33 @@ def test_the_dvc_evaluate_stage_reads_evaluation_relearn_as_the_flow_does(tmp_pa
     assert ("relearn_steps" in metrics) is relearn
 
 
+def test_the_prepare_stage_records_and_reports_the_repeated_images_it_left_out(tmp_path, capsys):
+    """An image folder with the same image twice in a class: both became samples, free to land
+    in train and test, and nothing said so."""
+    from PIL import Image
+
+    folder = tmp_path / "shades"
+    for shade, name in ((30, "dark"), (220, "light")):
+        (folder / name).mkdir(parents=True)
+        for i in range(10):
+            image = Image.new("L", (4, 4), shade)
+            image.putpixel((i % 4, i // 4), i)
+            image.save(folder / name / f"{i}.png")
+    # An RGB copy; "3-copy.png" sorts before "3.png", so it is the one kept.
+    with Image.open(folder / "dark" / "3.png") as image:
+        image.convert("RGB").save(folder / "dark" / "3-copy.png")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["data"].update(name="imagefolder", root=str(folder))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--project", str(tmp_path), "stage", "prepare"]) == 0
+    meta = json.loads((tmp_path / "data" / "prepared" / "dataset.json").read_text())
+    assert meta["dropped_duplicates"] == [{"dropped": "dark/3.png", "kept": "dark/3-copy.png"}]
+    assert len(meta["sample_ids"]) == 20 and "dark/3.png" not in meta["sample_ids"]
+    err = capsys.readouterr().err
+    assert "left out 1 image(s) identical to another image of their class" in err
+    assert "'dark/3.png' (repeats 'dark/3-copy.png')" in err and "dropped_duplicates" in err
+
+
 def test_the_train_stage_reads_the_progress_setting_as_the_command_does(tmp_path, monkeypatch, capsys):
     """The stage read UNSIR_PROGRESS itself, as on only when exactly 1: `UNSIR_PROGRESS=true dvc
     repro` trained without a word."""

@@ -60,6 +60,8 @@ class ClassificationData:
 
     ``images`` is float32 in [0, 1] with shape (N, C, H, W); ``labels`` is int64 (N,);
     ``sample_ids`` are stable, unique strings so that manifests can name every sample.
+    ``dropped_duplicates`` records the files a loader left out as repeats of a sample of the
+    same class, each as (its id, the kept sample's id): see :func:`load_image_folder`.
     """
 
     name: str
@@ -67,6 +69,7 @@ class ClassificationData:
     labels: torch.Tensor
     class_names: tuple[str, ...]
     sample_ids: tuple[str, ...]
+    dropped_duplicates: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -301,7 +304,9 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
     Hidden files and folders (``.DS_Store``, macOS's ``._name.jpg``, ``.ipynb_checkpoints/``)
     are tools' leftovers, never samples or classes: they are skipped. Links are followed (a class
     folder linked in from elsewhere is a way to assemble a data set), but a folder or image
-    reached by two paths is refused: see :func:`_image_folder_samples`.
+    reached by two paths is refused: see :func:`_image_folder_samples`. So is an image whose
+    pixels, as read (RGB, resized), repeat those of another class's image, and one that repeats
+    an image of its own class is left out: see :func:`_without_repeated_images`.
     """
     import torchvision.transforms as T
 
@@ -322,7 +327,55 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None) -> Cla
 
     # Ids from relative paths stay stable when files are added elsewhere in the tree.
     ids = tuple(str(Path(p).relative_to(root)) for p, _ in samples)
-    return _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), ids)
+    data = _stack_pil_dataset(root.name, ((read(path), label) for path, label in samples), tuple(classes), ids)
+    return _without_repeated_images(data, root)
+
+
+def _without_repeated_images(data: ClassificationData, root: Path) -> ClassificationData:
+    """``data`` without the images that repeat an earlier one pixel for pixel, or an input error
+    naming them when the repeat is under another class.
+
+    Pixels are compared as training reads them (converted to RGB, resized), not as file bytes: a
+    PNG saved again by another tool, or an RGBA copy of an RGB image, is the same sample. Under two
+    classes it is a contradiction the model cannot resolve, and forgetting one of the classes would
+    keep learning it from the other: refused, for the user to decide where it belongs. Within one
+    class the copies are one sample: keeping both lets one land in train and the other in test
+    (test accuracy, and the forget class's, would measure memorisation), while keeping one loses
+    nothing a model could learn. So the first in the data set's order (folder, then file name) is
+    kept and the others are recorded in ``dropped_duplicates``, rather than making the user edit a
+    folder that may be shared or read-only.
+    """
+    images, labels = data.images.contiguous().numpy(), data.labels.tolist()
+    groups: dict[bytes, list[int]] = {}
+    for i in range(len(data)):  # every image has the same shape here: its bytes alone identify it
+        groups.setdefault(hashlib.sha256(images[i].tobytes()).digest(), []).append(i)
+    repeats = [group for group in groups.values() if len(group) > 1]
+    conflicts = []
+    for group in repeats:
+        first, other = group[0], next((i for i in group if labels[i] != labels[group[0]]), None)
+        if other is not None:
+            conflicts.append(
+                " and ".join(f"{data.sample_ids[i]!r} (class {data.class_names[labels[i]]!r})" for i in (first, other))
+            )
+    if conflicts:
+        raise UnlearningInputError(
+            f"image folder {str(root)!r} holds the same image under two classes: {'; '.join(conflicts[:5])}"
+            + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+            + " (pixel for pixel, as read for training). Expected each image in one class only: a model "
+            "cannot tell them apart, and forgetting one class would keep learning it from the other; remove each "
+            "copy from the class it does not belong to"
+        )
+    if not repeats:
+        return data
+    dropped = sorted((i, group[0]) for group in repeats for i in group[1:])
+    keep = torch.tensor(sorted(set(range(len(data))) - {i for i, _ in dropped}))
+    return replace(
+        data,
+        images=data.images[keep],
+        labels=data.labels[keep],
+        sample_ids=tuple(data.sample_ids[i] for i in keep.tolist()),
+        dropped_duplicates=tuple((data.sample_ids[i], data.sample_ids[kept]) for i, kept in dropped),
+    )
 
 
 def _image_folder_samples(root: Path, classes: list[str]) -> list[tuple[str, int]]:

@@ -8,6 +8,7 @@ versions; they are DVC's counterpart of the Prefect tasks in ``tasks/``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,10 +38,27 @@ def prepare_data(ws: Workspace) -> Path:
     manifest = make_split_manifest(data, seed=p.split_seed, fractions=p.fractions)
     ws.prepared_dir.mkdir(parents=True, exist_ok=True)
     save_file({"images": data.images.contiguous(), "labels": data.labels}, str(ws.prepared_dir / "dataset.safetensors"))
-    meta = {"name": data.name, "class_names": list(data.class_names), "sample_ids": list(data.sample_ids)}
+    meta: dict[str, object] = {
+        "name": data.name,
+        "class_names": list(data.class_names),
+        "sample_ids": list(data.sample_ids),
+    }
+    if data.dropped_duplicates:  # only then: a data set without repeats keeps its bytes
+        meta["dropped_duplicates"] = [{"dropped": dropped, "kept": kept} for dropped, kept in data.dropped_duplicates]
+        _warn_dropped_duplicates(data.dropped_duplicates, ws.prepared_dir / "dataset.json")
     (ws.prepared_dir / "dataset.json").write_text(json.dumps(meta) + "\n")
     manifest.to_csv(ws.manifest_path, index=False)
     return ws.prepared_dir
+
+
+def _warn_dropped_duplicates(dropped: tuple[tuple[str, str], ...], recorded_in: Path) -> None:
+    shown = ", ".join(f"{d!r} (repeats {k!r})" for d, k in dropped[:3])
+    print(
+        f"warning: left out {len(dropped)} image(s) identical to another image of their class, so that no "
+        f"image is in both train and test: {shown}{', ...' if len(dropped) > 3 else ''}; all are listed "
+        f"under dropped_duplicates in {recorded_in}",
+        file=sys.stderr,
+    )
 
 
 # --- the original model ---------------------------------------------------------------------
