@@ -506,25 +506,31 @@ def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp
     assert [r.status for r in stores.request_store(ws).list()] == ["pending"]
 
 
+def _register_held(ws: Workspace, key: str) -> int:
+    """A version the gate held (the original's weights again), registered under ``key``."""
+    import numpy as np
+
+    from unsir_pipeline.adapters.registry import registry_for
+
+    registry = registry_for(ws)
+    with registry.start_run(run_name=key):
+        return registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags={"gate_decision": "held"},
+            idempotency_key=key,
+        )
+
+
 @pytest.mark.slow
 def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_path, capsys):
     """`unsir forget 9 --from 8`, 8 rejected in review, ran and promoted a child of the rejected
     weights: the reviewer's decision was bypassed by a gate that passed."""
-    import numpy as np
-
-    from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance import batches
 
     copy = clone_project(project, tmp_path / "rejected")
     ws = Workspace.load(copy)
-    registry = registry_for(ws)
-    with registry.start_run(run_name="held"):
-        held = registry.register_checkpoint(
-            ws.original_model_dir,
-            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
-            tags={"gate_decision": "held"},
-            idempotency_key="held",
-        )
+    held = _register_held(ws, "held")
     batches.reject(ws, held, "rev", "leaks membership")
     before = len(_runs(copy))
     capsys.readouterr()  # MLflow's lines registering it
@@ -536,6 +542,71 @@ def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_p
         "(`unsir promote VERSION --override --reason TEXT`)"
     ]
     assert len(_runs(copy)) == before
+
+
+@pytest.mark.slow
+def test_reject_takes_only_a_version_held_for_review(project, tmp_path, capsys):
+    """`unsir reject 1` rejected the original model, never held for review, once another version
+    was the champion: every later `unsir forget --from original` (the demo's) was then refused."""
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance import stores
+
+    copy = clone_project(project, tmp_path / "reject")
+    ws = Workspace.load(copy)
+    registry, log = registry_for(ws), stores.audit_log(ws)
+
+    def state() -> tuple:
+        return len(log.records()), [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
+
+    def reject(version: int, reason: str) -> int:
+        return main(["--project", str(copy), "reject", str(version), "--by", "rev", "--reason", reason])
+
+    before = state()
+    assert reject(1, "drill") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: version 1 was never held for review: it is the original model, registered by `unsir bootstrap` "
+        "(no gate judges it), and the 'champion'; expected a version held for review (`unsir review list`: none); "
+        "to withdraw the 'champion', promote another version (`unsir promote VERSION --reason TEXT`), or forget "
+        "from it (`unsir forget CLASSES`)"
+    )
+    assert state() == before
+
+    # Once another version is the champion, the original is still no version held for review.
+    promoted = _register_held(ws, "promoted")
+    promote = ["promote", str(promoted), "--by", "rev", "--reason", "judged by hand", "--override"]
+    assert main(["--project", str(copy), *promote]) == 0
+    capsys.readouterr()
+    before = state()
+    assert reject(1, "drill") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: version 1 was never held for review: it is the original model, registered by `unsir bootstrap` "
+        "(no gate judges it); expected a version held for review (`unsir review list`: none); it is not the "
+        "'champion': nothing in production to withdraw"
+    )
+    assert reject(promoted, "drill") == 2
+    assert "it is promoted by hand (by rev: judged by hand), and the 'champion';" in capsys.readouterr().err
+    assert state() == before
+
+    held = _register_held(ws, "held")
+    assert reject(held, "leaks membership") == 0
+    assert registry.get_version(held).tags["review_decision"] == "rejected"
+    capsys.readouterr()
+    before = state()
+    assert reject(held, "again") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: version {held} was already rejected (by rev: leaks membership); nothing to do"
+    )
+    assert state() == before
+
+    # A rejection stopped between tagging its version and its record is finished, as decided.
+    stopped = _register_held(ws, "stopped")
+    registry.set_version_tags(stopped, {"review_decision": "rejected", "reviewed_by": "ann", "review_reason": "r1"})
+    capsys.readouterr()
+    assert reject(stopped, "other words") == 0
+    assert capsys.readouterr().out.startswith(f"version {stopped} rejected (by ann: r1); 0 request(s) back to pending")
+    records = [r for r in log.records(event="version_rejected") if r.payload["model_version"] == stopped]
+    assert [(r.actor, r.payload["reason"]) for r in records] == [("ann", "r1")]
+    assert "recovered_from" in records[0].payload
 
 
 @pytest.mark.slow

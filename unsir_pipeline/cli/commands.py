@@ -855,17 +855,23 @@ def cmd_reject(project: Path, args) -> int:
     ws = _workspace(project, args)
     _require_version(ws, args.version)
     by = _who(args, args.reason)
-    returned = reject(ws, args.version, by, args.reason)
+    rejection = reject(ws, args.version, by, args.reason)
+    returned = rejection.returned
     _emit(
         args,
         {
             "version": args.version,
             "rejected": True,
-            "by": by,
-            "reason": args.reason,
+            "by": rejection.by,
+            "reason": rejection.reason,
             "requests_pending_again": [r.id for r in returned],
+            "recovered": rejection.recovered,
         },
-        f"version {args.version} rejected (by {by}: {args.reason}); {len(returned)} request(s) back to pending",
+        (
+            f"version {args.version} rejected (by {rejection.by}: {rejection.reason}); "
+            f"{len(returned)} request(s) back to pending"
+            + (" (a stopped rejection, finished as its version's tags record it)" if rejection.recovered else "")
+        ),
     )
     return 0
 

@@ -51,9 +51,9 @@ from unsir_pipeline.governance.promotion import (
     PROMOTION_ID_TAG,
     PROMOTION_UNDER_WAY_TAG,
     ParentModel,
+    awaiting_review,
     champion_problems,
     finish_interrupted_promotion,
-    never_judged,
     not_this_runs_model,
     promote_by_hand,
     promotion_record_key,
@@ -625,7 +625,7 @@ def versions_awaiting_review(ws: Workspace) -> list[dict]:
     registry = existing_registry(ws)
     for v in registry.list_versions() if registry is not None else []:
         held = v.tags.get("gate_decision") == "held"
-        if (held or never_judged(v.tags)) and "review_decision" not in v.tags:
+        if awaiting_review(v.tags):
             out.append(
                 {
                     "version": v.version,
@@ -729,21 +729,90 @@ def _unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) 
     return promotion_record_key(promotion_id) not in recorded_keys
 
 
-def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRequest]:
-    """Reject a version: it can never become champion, and the requests it completed go back
-    to pending for the next batch."""
+@dataclass(frozen=True)
+class Rejection:
+    """A version's rejection as recorded: who and why (a stopped rejection's own, from its
+    version's tags, when a rerun finished it), and the requests sent back to pending."""
+
+    by: str
+    reason: str
+    returned: list[DeletionRequest]
+    recovered: bool = False
+
+
+def reject(ws: Workspace, version: int, by: str, reason: str) -> Rejection:
+    """Reject a version held for review: it can never become champion, and the requests it
+    completed go back to pending for the next batch. Any other version is refused before
+    anything changes, naming its state; a rejection stopped before its record is finished."""
     require_recordable(by, reason)
     log = audit_log(ws)
     require_trail_the_registry_anchored(ws, log, what=f"a rejection of version {version}")
     finish_interrupted_promotion(ws)  # a version about to become champion cannot be rejected
     registry = registry_for(ws)
     info = registry.get_version(version)
-    champion = ws.params.registry.champion_alias
-    if champion in info.aliases:
-        raise UnlearningInputError(
-            f"version {version} is the {champion!r}; promote another version first, then reject it"
-        )
+    tags = info.tags
+    recorded = {r.payload.get("model_version") for r in log.records(event="version_rejected")}
+    if tags.get("review_decision") == "rejected" and version not in recorded:
+        # A rejection stopped between tagging the version and its record: finish it as decided.
+        by, reason = tags.get("reviewed_by", by), tags.get("review_reason", reason)
+        recovered = {"recovered_from": "registry tags (the rejection stopped before recording it)"}
+        return Rejection(by, reason, _finish_rejection(ws, log, registry, info, by, reason, extra=recovered), True)
+    refusal = _why_not_rejectable(ws, info)
+    if refusal:
+        raise UnlearningInputError(refusal)
     registry.set_version_tags(version, {"review_decision": "rejected", "reviewed_by": by, "review_reason": reason})
+    return Rejection(by, reason, _finish_rejection(ws, log, registry, info, by, reason, extra={}))
+
+
+def _why_not_rejectable(ws: Workspace, info: VersionInfo) -> str | None:
+    """Why ``info``'s version may not be rejected, and what to do instead; None when it is held
+    for review. A rejection is a reviewer's answer to a gate that held a version: the original,
+    a promoted version or the champion was never held, and rejecting it would send requests
+    its successors completed back to the queue, and refuse every forget from it."""
+    version, tags, champion = info.version, info.tags, ws.params.registry.champion_alias
+    if tags.get("review_decision") == "rejected":
+        return (
+            f"version {version} was already rejected (by {tags.get('reviewed_by')}: {tags.get('review_reason')}); "
+            "nothing to do"
+        )
+    if awaiting_review(tags):
+        if champion in info.aliases:  # moved there around the gate (the MLflow UI or API)
+            return f"version {version} is the {champion!r}; promote another version first, then reject it"
+        return None
+    # Neither held nor never judged: the original, or promoted by its gate or by hand.
+    if tags.get("origin") == "bootstrap":
+        state = "the original model, registered by `unsir bootstrap` (no gate judges it)"
+    elif tags.get("gate_decision") == "promoted":
+        state = "promoted by its promotion gate"
+    else:
+        state = f"promoted by hand (by {tags.get('promoted_by')}: {tags.get('promotion_reason')})"
+    if champion in info.aliases:
+        state += f", and the {champion!r}"
+        instead = (
+            f"to withdraw the {champion!r}, promote another version (`unsir promote VERSION --reason TEXT`), "
+            "or forget from it (`unsir forget CLASSES`)"
+        )
+    else:
+        instead = f"it is not the {champion!r}: nothing in production to withdraw"
+    held = [v["version"] for v in versions_awaiting_review(ws)]
+    return (
+        f"version {version} was never held for review: it is {state}; expected a version held for "
+        f"review (`unsir review list`: {held or 'none'}); {instead}"
+    )
+
+
+def _finish_rejection(
+    ws: Workspace,
+    log: AuditLog,
+    registry: ModelRegistry,
+    info: VersionInfo,
+    by: str,
+    reason: str,
+    *,
+    extra: dict,
+) -> list[DeletionRequest]:
+    """The writes after a rejection's tags: the challenger alias, the requests, the record."""
+    version = info.version
     if ws.params.registry.challenger_alias in info.aliases:
         registry.delete_alias(ws.params.registry.challenger_alias)
     returned = request_store(ws).return_to_pending(version, f"version {version} rejected by {by}: {reason}")
@@ -753,6 +822,7 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> list[DeletionRe
         request_ids=[r.id for r in returned],
         payload={
             "model_version": version,
+            **extra,
             "reason": reason,
             "requests_returned": [r.id for r in returned],
             **provenance(ws),

@@ -576,6 +576,12 @@ def never_judged(tags: dict[str, str]) -> bool:
     return ("gate_decision" not in tags or "gate_reasons" not in tags) and tags.get("origin") != "bootstrap"
 
 
+def awaiting_review(tags: dict[str, str]) -> bool:
+    """Whether a reviewer has still to decide the version: its gate held it, or never judged it,
+    and nobody promoted or rejected it since. Only such a version may be rejected."""
+    return (tags.get("gate_decision") == "held" or never_judged(tags)) and "review_decision" not in tags
+
+
 def failed_bounds(tags: dict[str, str]) -> list[str]:
     """The reasons (``FAIL: ...``) of the bounds the gate found failed; [] when none failed or no
     gate judged the version."""
