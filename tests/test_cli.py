@@ -870,6 +870,16 @@ def test_bootstrap_refuses_a_setting_its_dvc_stages_would_not_see(bootstrapped_p
     assert not (root / "data" / "prepared").exists()
 
 
+@pytest.mark.parametrize("command", [["bootstrap"], ["forget", "3"]])
+def test_a_bootstrap_refused_for_its_settings_leaves_no_state(params_only, command, capsys):
+    """`unsir --set model.train.epochs=3 bootstrap` was refused only after it had opened the
+    registry, which created MLflow's database: a refused command left state behind."""
+    shutil.copy(ROOT / "dvc.yaml", params_only / "dvc.yaml")
+    assert main(["--project", str(params_only), "--set", "model.train.epochs=3", *command]) == 2
+    assert "which reads params.yaml only: model is {" in capsys.readouterr().err
+    assert [p for p in (params_only / "state").rglob("*") if p.is_file()] == []
+
+
 @pytest.mark.slow
 def test_bootstrap_validates_the_splits_before_it_trains(tmp_path):
     """A split too small for the validation every forget runs is refused before a model is

@@ -13,7 +13,7 @@ from unsir.splits import select
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.prepared_data import load_prepared, recorded_prepared_path
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.adapters.registry import RegistryError, existing_registry, registry_for
 from unsir_pipeline.cli.progress import Progress, relay
 from unsir_pipeline.governance.batches import require_registry_not_lost
 from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
@@ -38,9 +38,10 @@ def bootstrap(
     ``before_training`` runs once the data is prepared and its splits valid, before the original
     is trained: a caller's own check of the data (``unsir forget``'s classes) fails there."""
     progress = progress or Progress("bootstrap", enabled=False)
-    registry = registry_for(ws)
+    # Opening a SQLite registry creates its database: a bootstrap refused below leaves none.
+    registry = existing_registry(ws)
     champion = ws.params.registry.champion_alias
-    if registry.has_model():
+    if registry is not None and registry.has_model():
         try:
             version = registry.resolve_alias(champion)
         except RegistryError as err:
@@ -56,6 +57,7 @@ def bootstrap(
     require_registry_not_lost(ws)
     _refuse_overrides_dvc_cannot_see(ws)
     _require_data_root(ws)
+    registry = registry_for(ws)
     progress.step("[1/4] initialise DVC")
     data_versioning.ensure_repo(ws.root, ws.params.paths.dvc_remote, ws.params.paths.dvc_remote_endpoint)
     progress.step(

@@ -631,14 +631,15 @@ def _require_what_bootstrap_registers(ws, ref: str) -> None:
 def cmd_forget(project: Path, args) -> int:
     ws = _workspace(project, args)
     _warn_if_the_promotion_lock_is_local(ws)
-    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.adapters.registry import existing_registry
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.cli.progress import Progress, flow_steps
 
     progress = _progress(args)
     requested_by = _who(args)
     ws.device()  # one this machine has
-    registered = registry_for(ws).has_model()
+    registry = existing_registry(ws)  # no database made before the bootstrap checks its settings
+    registered = registry is not None and registry.has_model()
     if registered:
         check_forget_request(ws, args.classes, args.parent)  # before any server or run starts
     elif args.parent is not None:
