@@ -459,7 +459,7 @@ def test_a_store_the_commands_that_only_read_cannot_open_exits_2_from_each_of_th
     with sqlite3.connect(stores.state_target(ws, ws.params.requests.store)) as conn:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
     assert main(["--project", str(project), "request", "list"]) == 2
-    assert "revision requests_9999, which this code does not know" in capsys.readouterr().err
+    assert "revision 'requests_9999', which this code does not know" in capsys.readouterr().err
 
 
 def test_state_migrate_brings_the_stores_to_the_head_and_changes_nothing_else(tmp_path: Path, capsys) -> None:

@@ -410,7 +410,7 @@ def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path:
 
     with sqlite3.connect(target) as conn:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
-    with pytest.raises(StateSchemaRefused, match="revision requests_9999, which this code does not know"):
+    with pytest.raises(StateSchemaRefused, match="revision 'requests_9999', which this code does not know"):
         stores.request_store(ws, read_only=True)
 
 

@@ -333,22 +333,18 @@ class StateDatabase:
         migrations since declare read-compatible; see the module docstring), else
         :class:`StateSchemaRefused`.
         """
-        head, known, readable = _revisions(store)
+        head, _, readable = _revisions(store)
         if self.read_only:
             # A store written before migrations were recorded is read as the baseline's layout,
             # unstamped (a write stamps it).
             found, legacy = self.found_revisions(store)
-            shown = " (the layout of a file from before migrations were recorded)" if legacy else ""
+            self._refuse_unknown(store, found)
             if len(found) != 1 or found[0] not in readable:
-                if any(rev not in known for rev in found):
-                    what = f"which this code does not know (written by a newer version?); this code reads {head!r}"
-                else:
-                    what = (
-                        "an older one; a command that only reads does not migrate it: `unsir state migrate` brings "
-                        f"it to this code's revision {head!r} (on a writable copy)"
-                    )
+                shown = " (the layout of a file from before migrations were recorded)" if legacy else ""
                 raise StateSchemaRefused(
-                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, {what}"
+                    f"{self.shown} holds {store} schema revision {', '.join(found) or 'none'}{shown}, an older "
+                    "one; a command that only reads does not migrate it: `unsir state migrate` brings it to this "
+                    f"code's revision {head!r} (on a writable copy)"
                 )
             return found[0]
         if self.path is not None:
