@@ -152,42 +152,47 @@ def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecor
         }
         if request.status == "rejected":
             payload["refusal"] = request.error
-        return intake_event(request), request.requester, payload, intake_key(request.id)
+        return intake_event(request), request.requester, payload
 
-    return _record_missing(log, candidates, ("request_received", "request_refused"), record_of)
+    return _record_missing(log, candidates, ("request_received", "request_refused"), intake_key, record_of)
 
 
-# What a recovered record is: its event, actor, payload and idempotency key.
-_Record = tuple[str, str, dict, str]
+# What a recovered record is: its event, actor and payload.
+_Record = tuple[str, str, dict]
 
 
 def _record_missing(
     log: AuditLog,
     candidates: list[DeletionRequest],
     events: tuple[str, ...],
+    key_of: Callable[[str], str],
     record_of: Callable[[DeletionRequest], _Record],
 ) -> list[AuditRecord]:
-    """Append ``record_of(request)`` for every candidate that no record of ``events`` names, and
-    return what was appended (the recoveries of a command killed between its store write and its
-    record). Every intake checks every request refused or withdrawn since the store began, so
-    each candidate's record is looked up by its idempotency key (one index lookup); the trail's
-    records of ``events`` are read only for a candidate whose keyed record is missing: recorded
-    before intake records were keyed, or not at all."""
+    """Append ``record_of(request)``, keyed ``key_of(request.id)``, for every candidate that no
+    record of ``events`` names, and return what was appended (the recoveries of a command killed
+    between its store write and its record). Every intake checks every request refused or
+    withdrawn since the store began, so each candidate's record is looked up by its idempotency
+    key (one index lookup), and built only when missing; the trail's records of ``events`` are
+    read only for a candidate whose keyed record is missing: recorded before intake records were
+    keyed, or not at all."""
     if not candidates:
         return []
-    wanted = [(request, record_of(request)) for request in candidates]
-    keyed = log.recorded_keys([key for _, (_, _, _, key) in wanted])
-    unkeyed = [(request, record) for request, record in wanted if record[3] not in keyed]
+    keys = {request.id: key_of(request.id) for request in candidates}
+    keyed = log.recorded_keys(list(keys.values()))
+    unkeyed = [request for request in candidates if keys[request.id] not in keyed]
     if not unkeyed:
         return []
     recorded = {i for event in events for r in log.records(event=event) for i in r.request_ids}
     written = []
-    for request, (event, actor, payload, key) in unkeyed:
+    for request in unkeyed:
         if request.id in recorded:
             continue
+        event, actor, payload = record_of(request)
         try:
             written.append(
-                log.append(event, actor=actor, request_ids=[request.id], payload=payload, idempotency_key=key)
+                log.append(
+                    event, actor=actor, request_ids=[request.id], payload=payload, idempotency_key=keys[request.id]
+                )
             )
         except AuditError:
             # The trail refuses records now (its head cut or forged): `audit verify` names that,
@@ -237,6 +242,6 @@ def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[Audit
                 f"the request store (no request_withdrawn record was on the trail; withdrawn {request.updated_at})"
             ),
         }
-        return "request_withdrawn", RECOVERY_ACTOR, payload, withdrawal_key(request.id)
+        return "request_withdrawn", RECOVERY_ACTOR, payload
 
-    return _record_missing(log, store.list("withdrawn"), ("request_withdrawn",), record_of)
+    return _record_missing(log, store.list("withdrawn"), ("request_withdrawn",), withdrawal_key, record_of)
