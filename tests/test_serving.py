@@ -74,6 +74,16 @@ def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_di
         predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
 
 
+def test_scikit_learn_digits_pixels_are_refused_with_their_own_scale(trained_digits_model, digits_card):
+    """load_digits' images run 0 to 16: the refusal said to divide them by 255, which is accepted
+    (pixels in [0, 0.063]) and answered with wrong labels."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[:4, None]
+    with pytest.raises(ValueError, match=r"got \[0\.000, 16\.000\]; whole numbers up to 16 .* divide them by 16"):
+        predict_rows(trained_digits_model, digits_card, raw)
+
+
 def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):
     # (N, 8, 8, 1), as numpy and PIL keep images, is told apart from any other wrong shape.
     channels_last = digits.images[:4].permute(0, 2, 3, 1).numpy()

@@ -117,7 +117,13 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
         )
     if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
         low, high = float(batch.min()), float(batch.max())
-        if low >= 0 and high <= 255 and np.array_equal(batch, np.round(batch)):
+        whole = low >= 0 and np.array_equal(batch, np.round(batch))
+        if whole and high <= 16:  # divided by 255, digits' pixels would be [0, 0.063]: wrong answers, no error
+            hint = (
+                "whole numbers up to 16 look like scikit-learn's digits (load_digits pixels run 0 to 16): "
+                "divide them by 16 (8-bit pixels, 0 to 255: by 255)"
+            )
+        elif whole and high <= 255:
             hint = "whole numbers up to 255 are 8-bit pixels: divide them by 255"
         else:
             hint = "do not normalise: the model applies its own mean and std"
