@@ -70,8 +70,6 @@ def test_normalised_or_misshapen_input_is_refused_naming_the_contract(trained_di
     eight_bit = (digits.images[:4].numpy() * 255).round().astype(np.uint8)
     with pytest.raises(ValueError, match=r"got \[0\.000, 255\.000\]; whole numbers up to 255 are 8-bit pixels"):
         predict_rows(trained_digits_model, digits_card, eight_bit)
-    with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\).*got shape \(4, 64\)"):
-        predict_rows(trained_digits_model, digits_card, digits.images[:4].reshape(4, 64).numpy())
 
 
 def test_scikit_learn_digits_pixels_are_refused_with_their_own_scale(trained_digits_model, digits_card):
@@ -82,6 +80,21 @@ def test_scikit_learn_digits_pixels_are_refused_with_their_own_scale(trained_dig
     raw = load_digits().images[:4, None]
     with pytest.raises(ValueError, match=r"got \[0\.000, 16\.000\]; whole numbers up to 16 .* divide them by 16"):
         predict_rows(trained_digits_model, digits_card, raw)
+
+
+def test_flattened_or_channelless_digits_are_refused_with_the_reshape(trained_digits_model, digits, digits_card):
+    """scikit-learn's digits.data, a data frame or a CSV of 64 pixel columns is (N, 64), and its
+    digits.images (N, 8, 8): the refusal said only 'got shape (4, 64)', not what makes them fit."""
+    flat = digits.images[:4].reshape(4, 64).numpy()
+    with pytest.raises(
+        ValueError,
+        match=re.escape("got shape (4, 64); one flattened image per row")
+        + r".*"
+        + re.escape("send them as images.reshape(-1, 1, 8, 8)"),
+    ):
+        predict_rows(trained_digits_model, digits_card, flat)
+    with pytest.raises(ValueError, match=re.escape("got shape (4, 8, 8); grayscale images without the channel axis")):
+        predict_rows(trained_digits_model, digits_card, digits.images[:4, 0].numpy())
 
 
 def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):

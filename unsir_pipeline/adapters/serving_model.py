@@ -71,6 +71,12 @@ def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> 
     were read (image files converted to RGB, alpha dropped, resized with PIL), or ""."""
     if tuple(shape) == tuple(expected):
         return "; one image without the batch axis: send [image] (numpy: image[None])"
+    reshaped = f"images.reshape(-1, {', '.join(map(str, expected))})"
+    if len(shape) == 2 and shape[1] == int(np.prod(expected)):
+        # scikit-learn's digits.data, or any data frame or CSV of pixel columns, arrives as such rows.
+        return f"; one flattened image per row (a data frame or CSV arrives so): send them as {reshaped}"
+    if len(shape) == 3 and expected[0] == 1 and tuple(shape[1:]) == tuple(expected[1:]):
+        return "; grayscale images without the channel axis: add it (numpy: images[:, None])"
     if len(shape) != 4:
         return ""
     (channels, height, width), hints = shape[1:], []
