@@ -142,21 +142,36 @@ def test_images_with_nan_or_infinity_are_refused_naming_them(trained_digits_mode
         predict_rows(trained_digits_model, digits_card, images)
 
 
-def test_a_refused_batch_reaches_an_http_client_as_400_with_the_reason(trained_digits_model, digits, digits_card):
-    from mlflow.exceptions import MlflowException
+def _scoring_server_answer(model, card: ModelCard, payload: dict):
+    """What MLflow's scoring server answers ``payload`` with (its JSON parsing included), for a
+    pyfunc model that calls ``predict_rows``; a refusal is raised as the MlflowException it
+    turns into an HTTP error."""
     from mlflow.pyfunc.scoring_server import invocations
 
     class Served:  # what the scoring server calls: the pyfunc model's predict
         metadata = None
 
         def predict(self, data, params=None):
-            return predict_rows(trained_digits_model, digits_card, data)
+            return predict_rows(model, card, data)
+
+    return invocations(json.dumps(payload), "application/json", Served(), None)
+
+
+def test_a_refused_batch_reaches_an_http_client_as_400_with_the_reason(trained_digits_model, digits, digits_card):
+    from mlflow.exceptions import MlflowException
 
     eight_bit = (digits.images[:2].numpy() * 255).round()
     with pytest.raises(MlflowException) as info:
-        invocations(json.dumps({"inputs": eight_bit.tolist()}), "application/json", Served(), None)
+        _scoring_server_answer(trained_digits_model, digits_card, {"inputs": eight_bit.tolist()})
     assert info.value.get_http_status_code() == 400
     assert "expected pixel values in [0, 1]" in info.value.message
+
+
+def test_an_empty_batch_is_answered_with_no_rows(trained_digits_model, digits_card):
+    """An empty batch in JSON is [], shape (0,): it was refused as 'got shape (0,)', where the
+    same empty batch from Python, (0, 1, 8, 8), gets no rows."""
+    answer = _scoring_server_answer(trained_digits_model, digits_card, {"inputs": []})
+    assert (answer.status, json.loads(answer.response)) == (200, {"predictions": []})
 
 
 def test_signature_states_labelled_rows_and_the_metadata_raw_images(digits_card):

@@ -110,6 +110,8 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             f"expected {expected}, got {type(images).__name__} input that is not an array of numbers: "
             f"{_clipped(str(err))}"
         ) from err
+    if batch.shape == (0,):  # JSON's [] is an empty batch, with no image shape left to check
+        batch = batch.reshape(0, *card.input_shape)
     if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(card.input_shape):
         channels_last = channels_last_error(batch.shape, card.input_shape)
         hint = _conversion_hint(batch.shape, card.input_shape)
