@@ -51,6 +51,22 @@ def test_raw_images_in_labels_names_and_probabilities_out(trained_digits_model, 
     assert (rows["label"].to_numpy() == digits.labels[:64].numpy()).mean() > 0.9
 
 
+def test_a_large_batch_goes_through_the_model_in_bounded_batches(trained_digits_model, digits, digits_card):
+    """One forward pass over a whole request held every layer's activations for every image at
+    once: 100,000 digits took 4 GB more memory, and a request of larger images runs out of it."""
+    from unsir.training import inference_batch_size
+
+    images = digits.images[:300].numpy()
+    seen: list[int] = []
+    hook = trained_digits_model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    try:
+        rows = predict_rows(trained_digits_model, digits_card, images)
+    finally:
+        hook.remove()
+    assert sum(seen) == 300 and max(seen) <= inference_batch_size(torch.device("cpu"))
+    assert rows["label"].tolist() == _own_labels(trained_digits_model, digits_card, images).tolist()
+
+
 def test_forgotten_classes_are_never_predicted(trained_digits_model, digits, digits_card):
     images = digits.images[:200].numpy()
     plain = predict_rows(trained_digits_model, digits_card, images)

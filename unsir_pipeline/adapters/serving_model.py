@@ -30,6 +30,7 @@ from torch import nn
 
 from unsir.checkpoint import ModelCard, load_checkpoint
 from unsir.data import channels_last_error
+from unsir.training import predict_logits
 
 OUTPUT_COLUMNS = ("label", "class_name", "probabilities")
 # Pixels a little outside [0, 1] are rounding; a batch far outside was normalised already.
@@ -139,9 +140,12 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             f"expected pixel values in [0, 1] as the data set gives them, got [{low:.3f}, {high:.3f}]; {hint}"
         )
     x = card.normalization.apply(torch.from_numpy(batch))
-    model.eval()
     with torch.inference_mode():
-        logits = model(x).float()
+        # In batches: one forward pass over the whole request held every layer's activations for
+        # every image at once (100,000 digits: 4 GB more; a large batch of bigger images, more).
+        logits = (
+            predict_logits(model, x, device=torch.device("cpu")) if len(x) else torch.empty(0, len(card.class_names))
+        )
         if card.forgotten_classes:
             logits[:, list(card.forgotten_classes)] = float("-inf")
         probabilities = torch.softmax(logits, dim=1)
