@@ -190,6 +190,17 @@ def test_an_empty_batch_is_answered_with_no_rows(trained_digits_model, digits_ca
     assert (answer.status, json.loads(answer.response)) == (200, {"predictions": []})
 
 
+def test_a_null_pixel_is_refused_as_such(trained_digits_model, digits, digits_card):
+    """MLflow reads a JSON null as NaN: the refusal named only 'NaN or infinity', which a client
+    that sent null does not recognise."""
+    from mlflow.exceptions import MlflowException
+
+    images = digits.images[:3].numpy().tolist()
+    images[1][0][2][5] = None
+    with pytest.raises(MlflowException, match=re.escape("got NaN, infinity or null in 1 image(s) of 3, at index [1]")):
+        _scoring_server_answer(trained_digits_model, digits_card, {"inputs": images})
+
+
 def test_signature_states_labelled_rows_and_the_metadata_raw_images(digits_card):
     signature = serving_signature()
     # No declared input: MLflow would check it first and quote the whole input in its refusal.

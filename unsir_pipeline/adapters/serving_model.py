@@ -121,8 +121,9 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
         raise ServingInputError(
-            f"expected finite pixel values in [0, 1], got NaN or infinity in {len(bad)} image(s) of {len(batch)}, "
-            f"at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
+            # A JSON null is read as NaN: a client that sent null must recognise it here.
+            f"expected finite pixel values in [0, 1], got NaN, infinity or null in {len(bad)} image(s) "
+            f"of {len(batch)}, at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
         )
     if batch.size and (batch.min() < -_RANGE_SLACK or batch.max() > 1 + _RANGE_SLACK):
         low, high = float(batch.min()), float(batch.max())
