@@ -398,7 +398,9 @@ def _runs(project: Path) -> list:
         (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
         (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
-        (["serve", "--poll", "nan"], "--poll nan and --startup-timeout "),
+        (["serve", "--poll", "nan"], "--poll nan: expected a positive number of seconds"),
+        # Named alone: the refusal named both options, the valid one as if it were wrong too.
+        (["serve", "--startup-timeout", "0"], "--startup-timeout 0.0: expected a positive number of seconds"),
         # Who and why go on the audit trail: a value it refuses must stop the command before
         # the registry changes, or the change would have no record.
         (["forget", "1", "--by", "   "], "--by must be a non-empty string"),

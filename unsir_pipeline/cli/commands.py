@@ -1193,8 +1193,9 @@ def cmd_serve(project: Path, args) -> int:
     alias = args.alias or ws.params.registry.champion_alias
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
-    if not (0 < args.poll < math.inf and 0 < args.startup_timeout < math.inf):  # nan fails both
-        raise UsageError(f"--poll {args.poll} and --startup-timeout {args.startup_timeout} must be positive seconds")
+    for option, seconds in (("--poll", args.poll), ("--startup-timeout", args.startup_timeout)):
+        if not 0 < seconds < math.inf:  # nan fails it too
+            raise UsageError(f"{option} {seconds}: expected a positive number of seconds")
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
     _require_model_ref(ws, alias, option="--alias")
