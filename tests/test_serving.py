@@ -111,6 +111,11 @@ def test_flattened_or_channelless_digits_are_refused_with_the_reshape(trained_di
         predict_rows(trained_digits_model, digits_card, flat)
     with pytest.raises(ValueError, match=re.escape("got shape (4, 8, 8); grayscale images without the channel axis")):
         predict_rows(trained_digits_model, digits_card, digits.images[:4, 0].numpy())
+    # One image's 64 values, {"inputs": [0.0, 0.31, ...]}: the refusal said only "got shape (64,)".
+    with pytest.raises(
+        ValueError, match=re.escape("got shape (64,); one flattened image: send it as image.reshape(1, 1, 8, 8)")
+    ):
+        predict_rows(trained_digits_model, digits_card, flat[0])
 
 
 def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):

@@ -76,6 +76,8 @@ def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> 
     if len(shape) == 2 and shape[1] == int(np.prod(expected)):
         # scikit-learn's digits.data, or any data frame or CSV of pixel columns, arrives as such rows.
         return f"; one flattened image per row (a data frame or CSV arrives so): send them as {reshaped}"
+    if shape == (int(np.prod(expected)),):
+        return f"; one flattened image: send it as image.reshape(1, {', '.join(map(str, expected))})"
     if len(shape) == 3 and expected[0] == 1 and tuple(shape[1:]) == tuple(expected[1:]):
         return "; grayscale images without the channel axis: add it (numpy: images[:, None])"
     if len(shape) != 4:
