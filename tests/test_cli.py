@@ -490,6 +490,58 @@ def test_missing_prepared_data_names_the_dvc_command_that_restores_it(project, c
             shutil.move(tmp_path / "prepared", prepared)
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _drop_key(key: str):
+    def damage(path: Path) -> None:
+        meta = json.loads(path.read_text())
+        del meta[key]
+        path.write_text(json.dumps(meta))
+
+    return damage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "damage", "problem"),
+    [
+        ("dataset.safetensors", _truncate, "SafetensorError: "),
+        ("dataset.safetensors", lambda p: p.write_bytes(os.urandom(4096)), "SafetensorError: "),
+        ("dataset.json", _truncate, "JSONDecodeError: "),
+        ("dataset.json", _drop_key("sample_ids"), "it has no 'sample_ids' entry"),
+        ("manifest.csv", lambda p: p.write_bytes(b'"unclosed\n' + bytes(range(256))), "UnicodeDecodeError: "),
+    ],
+)
+def test_a_damaged_prepared_file_is_named_with_the_dvc_command_that_restores_it(
+    project, capsys, tmp_path, name, damage, problem
+):
+    """A truncated or overwritten prepared file failed the run with the parser's own words
+    (`error: 'sample_ids'`, `Error while deserializing header`), naming no file, exit 1."""
+    from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, load_prepared
+
+    path = project / "data" / "prepared" / name
+    shutil.copy(path, tmp_path / name)
+    damage(path)
+    try:
+        with pytest.raises(PreparedDataDamaged) as caught:
+            load_prepared(Workspace.load(project))
+        message = str(caught.value)
+        assert message.startswith(f"{path} is damaged: ") and problem in message, message
+        assert message.endswith("restore it with `dvc pull --force data/prepared` (dvc.lock records it)"), message
+        if problem.startswith("JSONDecodeError"):  # the class names `request add` and `models` read
+            argv = ["--project", str(project), "request", "add", "2", "--by", "alice", "--reason", "x"]
+            assert main(argv) == 2
+            assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+            assert main(["--project", str(project), "models", "--json"]) == 0  # listed, classes by index
+            captured = capsys.readouterr()
+            assert json.loads(captured.out)[0]["version"] == 1
+            assert captured.err.strip().splitlines()[-1] == f"warning: {message}; classes are shown by index"
+    finally:
+        shutil.copy(tmp_path / name, path)
+
+
 @pytest.mark.slow
 def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp_path, capsys):
     """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and

@@ -5,6 +5,8 @@ manifest) and the retain subsets drawn from them. Every step that needs the data
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +31,11 @@ class PreparedDataMissing(UnlearningInputError):
     """The prepared data set is not on disk: the message says how to get it back."""
 
 
+class PreparedDataDamaged(UnlearningInputError):
+    """A prepared data file is on disk but cannot be read as `prepare` wrote it (truncated,
+    overwritten, edited by hand): the message names it and says how to get it back."""
+
+
 def require_prepared(ws: Workspace) -> None:
     """Raise ``PreparedDataMissing`` unless the prepared data set is on disk. When ``dvc.lock``
     records it (a clone, or files deleted by hand), DVC restores exactly those files from its
@@ -36,12 +43,43 @@ def require_prepared(ws: Workspace) -> None:
     missing = [name for name in PREPARED_FILES if not (ws.prepared_dir / name).is_file()]
     if not missing:
         return
+    raise PreparedDataMissing(
+        f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {_how_to_restore(ws)}"
+    )
+
+
+def _how_to_restore(ws: Workspace, *, force: bool = False) -> str:
+    """How to get the prepared data back. When ``dvc.lock`` records it, DVC restores exactly
+    those files (``force``: over damaged ones, which `dvc pull` otherwise refuses to replace);
+    rebuilding would draw a new split, which forgetting then refuses."""
     recorded = recorded_prepared_path(ws)
     if recorded is not None:
-        how = f"restore it with `dvc pull {recorded}` (dvc.lock records it)"
-    else:
-        how = "run `unsir bootstrap` (or `dvc repro prepare`)"
-    raise PreparedDataMissing(f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {how}")
+        return f"restore it with `dvc pull{' --force' if force else ''} {recorded}` (dvc.lock records it)"
+    return "run `unsir bootstrap` (or `dvc repro prepare`)"
+
+
+@contextmanager
+def _restorable(ws: Workspace) -> Iterator[None]:
+    """Add to a damaged file's error how to get the prepared data back."""
+    try:
+        yield
+    except PreparedDataDamaged as err:
+        raise PreparedDataDamaged(f"{err}; {_how_to_restore(ws, force=True)}") from err.__cause__
+
+
+@contextmanager
+def _reading(path: Path, *errors: type[Exception]) -> Iterator[None]:
+    """A file that cannot be parsed (``errors``: its parser's own, besides ``ValueError``), or
+    lacks an entry `prepare` writes into it, is named with what is wrong, not left to the
+    parser's message, which names no file."""
+    unparseable: tuple[type[Exception], ...] = (ValueError, TypeError, *errors)
+    try:
+        yield
+    except KeyError as err:  # parsed, but without an entry `prepare` writes
+        raise PreparedDataDamaged(f"{path} is damaged: it has no {err} entry") from err
+    except unparseable as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+        raise PreparedDataDamaged(f"{path} is damaged: {type(err).__name__}: {detail}") from err
 
 
 def recorded_prepared_path(ws: Workspace) -> str | None:
@@ -57,7 +95,9 @@ def recorded_prepared_path(ws: Workspace) -> str | None:
 def prepared_class_names(ws: Workspace) -> tuple[str, ...]:
     """The prepared data set's class names (its metadata alone: no tensor is read)."""
     require_prepared(ws)
-    return tuple(json.loads((ws.prepared_dir / "dataset.json").read_text())["class_names"])
+    path = ws.prepared_dir / "dataset.json"
+    with _restorable(ws), _reading(path):
+        return tuple(json.loads(path.read_text())["class_names"])
 
 
 def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
@@ -65,23 +105,31 @@ def load_prepared(ws: Workspace) -> tuple[ClassificationData, pd.DataFrame]:
     read from disk once per process and read again only when a file changed."""
     require_prepared(ws)
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(ws.prepared_dir.iterdir()))
-    data, manifest = _read_prepared(str(ws.prepared_dir), stamp)
+    with _restorable(ws):
+        data, manifest = _read_prepared(str(ws.prepared_dir), stamp)
     return data, manifest.copy()  # callers may filter or edit the table; the tensors are only indexed
 
 
 @lru_cache(maxsize=2)
 def _read_prepared(prepared_dir: str, stamp: tuple) -> tuple[ClassificationData, pd.DataFrame]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from unsir.data import ClassificationData
 
     directory = Path(prepared_dir)
-    tensors = load_file(str(directory / "dataset.safetensors"))
-    meta = json.loads((directory / "dataset.json").read_text())
-    data = ClassificationData(
-        meta["name"], tensors["images"], tensors["labels"], tuple(meta["class_names"]), tuple(meta["sample_ids"])
-    )
-    return data, read_manifest(directory / "manifest.csv")
+    with _reading(directory / "dataset.safetensors", SafetensorError):
+        tensors = load_file(str(directory / "dataset.safetensors"))
+        images, labels = tensors["images"], tensors["labels"]
+    with _reading(directory / "dataset.json"):
+        meta = json.loads((directory / "dataset.json").read_text())
+        name, class_names, sample_ids = meta["name"], tuple(meta["class_names"]), tuple(meta["sample_ids"])
+    # Tensors and metadata that disagree (one of them replaced by another data set's) are
+    # named by ClassificationData's own checks.
+    data = ClassificationData(name, images, labels, class_names, sample_ids)
+    with _reading(directory / "manifest.csv"):
+        manifest = read_manifest(directory / "manifest.csv")
+    return data, manifest
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -752,11 +752,14 @@ def _class_names_if_prepared(ws) -> tuple[str, ...] | None:
     """The prepared data set's class names, or None where it is not on disk (a clone that has not
     pulled it): listings then show class indices."""
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.adapters.prepared_data import PreparedDataMissing, prepared_class_names
+    from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, PreparedDataMissing, prepared_class_names
 
     try:
         return prepared_class_names(ws)
     except (PreparedDataMissing, DataVersioningError):  # not prepared here, or no DVC project at all
+        return None
+    except PreparedDataDamaged as err:  # the listing still answers; the damage is not hidden
+        print(f"warning: {err}; classes are shown by index", file=sys.stderr)
         return None
 
 
