@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unsir_pipeline.adapters.state_store import StateSchemaRefused
+from unsir_pipeline.adapters.state_store import StateError, StateSchemaRefused
 from unsir_pipeline.governance import deletion_requests
 from unsir_pipeline.governance.deletion_requests import (
     STATUSES,
@@ -57,6 +57,26 @@ def test_store_persists_across_instances_and_creates_parent_dirs(tmp_path: Path)
     first = RequestStore(path).add([1], ["one"], "alice", "gdpr")
 
     assert RequestStore(path).get(first.id) == first
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+@pytest.mark.parametrize(("damage", "problem"), [("garbage", "file is not a database"), ("truncated", "malformed")])
+def test_a_damaged_store_file_is_named_with_what_to_do(tmp_path: Path, damage, problem, read_only) -> None:
+    """A request store overwritten or cut short (a full disk, a bad copy) was named, but with
+    "expected a writable SQLite file", as if a permission were wrong."""
+    path = tmp_path / "requests.db"
+    store = RequestStore(path)
+    for n in range(40):  # pages enough that a third of the file cuts into the table
+        store.add([n % 10], [str(n % 10)], "alice", "x" * 200)
+    checkpoint = sqlite3.connect(path)  # every page in the file itself, none left in its -wal
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.close()
+    content = b"garbage" * 100 if damage == "garbage" else path.read_bytes()[: path.stat().st_size // 3]
+    path.write_bytes(content)
+    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        companion.unlink(missing_ok=True)
+    with pytest.raises(StateError, match=rf"{path}: .*{problem}.*\(a damaged file: restore it from a backup\)"):
+        RequestStore(path, read_only=read_only).list()
 
 
 def test_store_uses_wal_so_readers_do_not_block_a_batch(store: RequestStore) -> None:

@@ -269,7 +269,7 @@ class StateDatabase:
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = _first_line(err)
         expected = (
-            f"a {'readable' if self.read_only else 'writable'} SQLite file"
+            f"a {'readable' if self.read_only else 'writable'} SQLite file{_damage_hint(err.orig)}"
             if self.is_sqlite
             else "a running PostgreSQL server that accepts these credentials and holds this database"
         )
@@ -402,9 +402,20 @@ class StateDatabase:
             assert driver is not None  # a fresh connection from the pool is open
             driver.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as err:  # the file is not a database, or not writable
-            raise StateError(f"cannot open the state database {self.shown}: {err}; expected a SQLite file") from err
+            raise StateError(
+                f"cannot open the state database {self.shown}: {err}; expected a SQLite file{_damage_hint(err)}"
+            ) from err
         finally:
             raw.close()
+
+
+def _damage_hint(err: BaseException | None) -> str:
+    """What to do about a SQLite file that is not a database or whose pages are damaged
+    (overwritten, truncated by a full disk or a bad copy): nothing here can repair it."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return " (a damaged file: restore it from a backup)"
+    return ""
 
 
 def _first_line(err: DBAPIError) -> str:
