@@ -353,6 +353,17 @@ def test_truncated_stored_weights_are_refused_not_a_parser_error(store: dict, tm
         store["registry"].load_model(version, dest=tmp_path / "dl")
 
 
+def test_a_version_whose_artifact_folder_was_deleted_is_named(store: dict, tmp_path: Path) -> None:
+    """The model's folder deleted from the artifact store failed a batch with MLflow's
+    "No such artifact: 'MLmodel'", naming no version."""
+    import shutil
+
+    version = _register(store, _checkpoint(tmp_path / "gone", seed=8), "deleted-folder")
+    shutil.rmtree(next(p for p in _stored_weights(store, version).parents if p.name.startswith("m-")))
+    with pytest.raises(RegistryError, match=rf"models:/{MODEL_NAME}/{version}: the artifact store holds no MLmodel"):
+        store["registry"].load_model(version, dest=tmp_path / "dl")
+
+
 def test_unparseable_weights_are_an_integrity_error(tmp_path: Path) -> None:
     checkpoint = _checkpoint(tmp_path / "local", seed=7)
     (checkpoint / WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")

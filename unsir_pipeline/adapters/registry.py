@@ -493,7 +493,13 @@ class ModelRegistry:
                 )
         except MlflowException as err:
             raise RegistryError(f"cannot download {uri}: {err.message}") from err
-        flavors = Model.load(str(local)).flavors
+        try:
+            flavors = Model.load(str(local)).flavors
+        except MlflowException as err:  # the registry's row outlived its files (a folder deleted by hand)
+            raise RegistryError(
+                f"{uri}: the artifact store holds no MLmodel for it ({err.message}); its files were deleted or "
+                f"moved: restore the artifact store ({self.tracking_uri}'s artifacts) from a backup"
+            ) from err
         pyfunc_artifacts = flavors.get("python_function", {}).get("artifacts", {})
         if CHECKPOINT_ARTIFACT in pyfunc_artifacts:
             checkpoint = local / pyfunc_artifacts[CHECKPOINT_ARTIFACT]["path"]
