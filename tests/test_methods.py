@@ -283,3 +283,32 @@ def test_unsir_without_a_generator_is_a_clear_error(trained_digits_model, digits
     # Before: AttributeError: 'NoneType' object has no attribute 'initial_seed'.
     with pytest.raises(UnlearningInputError, match=r"generator must be a torch.Generator .*got None"):
         make_method(name).unlearn(trained_digits_model, task, device=CPU, generator=None)
+
+
+class _ReturnsLogitsAndFeatures(torch.nn.Module):
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor):
+        features = self.body(x)
+        logits = self.head(features)
+        return {"logits": logits, "features": features} if self.as_dict else (logits, features)
+
+
+@pytest.mark.parametrize(("as_dict", "returned"), [(False, "tuple"), (True, "dict")])
+def test_a_model_returning_a_tuple_or_dict_is_refused_by_name_before_any_compute(as_dict, returned):
+    """A HuggingFace-style model (logits in a tuple or dict) failed with AttributeError: 'tuple'
+    object has no attribute 'ndim', from the check meant to explain a wrong output."""
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+    with pytest.raises(
+        UnlearningInputError, match=rf"forward pass returns a {returned}; expected a tensor of \(N, 10\)"
+    ):
+        make_method("unsir", FAST).unlearn(_ReturnsLogitsAndFeatures(as_dict), task, device=CPU, generator=_seeded(0))

@@ -196,6 +196,13 @@ def check_classifier(
         raise UnlearningInputError(
             f"the model cannot take {name} samples of shape {tuple(images.shape[1:])}: {str(err).splitlines()[0]}"
         ) from err
+    if not isinstance(out, torch.Tensor):
+        # Training, inference and the measures take the forward pass's output as the logits.
+        raise UnlearningInputError(
+            f"the model's forward pass returns a {type(out).__name__}; expected a tensor of (N, {num_classes}) "
+            "logits (wrap a model that returns a tuple or dict, e.g. HuggingFace's, in a module whose forward "
+            "returns the logits alone)"
+        )
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise UnlearningInputError(
             f"the model outputs shape {tuple(out.shape)} per batch; expected (N, {num_classes}) logits"
