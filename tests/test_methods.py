@@ -232,6 +232,36 @@ def test_a_head_defined_before_a_hidden_linear_is_refused_before_any_compute():
     make_method("unsir", paper).unlearn(_HeadDefinedFirst(), task, device=CPU, generator=_seeded(0))
 
 
+class _PrototypeHead(torch.nn.Module):
+    """Logits from class prototypes through F.linear: the last nn.Linear is a hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.prototypes = torch.nn.Parameter(torch.randn(10, 16, generator=_seeded(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(self.body(x), self.prototypes)
+
+
+def test_a_model_whose_logits_come_from_no_linear_head_is_refused_before_any_compute():
+    """Its hidden layer (64 -> 16) passed as the head: row 3, a hidden unit, was re-drawn, and a
+    head round would have trained the hidden layer alone as a 16-class classifier, silently."""
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+    recipe = unsir_config_for("small_cnn", retain_per_class=1)
+    with pytest.raises(
+        UnlearningInputError, match=r"'body.1' \(64 -> 16\), but it has 16 outputs, not one per class \(10\)"
+    ):
+        make_method("unsir", recipe).unlearn(_PrototypeHead(), task, device=CPU, generator=_seeded(0))
+    paper = unsir_config_for("small_cnn", retain_per_class=1, with_noise=True)
+    make_method("unsir", paper).unlearn(_PrototypeHead(), task, device=CPU, generator=_seeded(0))
+
+
 @pytest.mark.parametrize(
     ("device", "expected"),
     [("cuda:99", r"device 'cuda:99': this machine has \d+ CUDA device"), ("gpu", r"unknown device 'gpu'; expected")],

@@ -209,11 +209,15 @@ def check_classifier(
         )
 
 
-def check_classifier_head(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> nn.Linear:
+def check_classifier_head(
+    model: nn.Module, images: torch.Tensor, num_classes: int, *, device: torch.device
+) -> nn.Linear:
     """:func:`classifier_head` (the last ``nn.Linear`` the model *registers*) must be the last one
-    its forward pass *runs*: a model that defines its head before a hidden ``nn.Linear`` would
-    otherwise have that hidden layer's rows re-drawn and refitted, and forget nothing. One sample
-    of ``images`` goes through ``model`` (already on ``device``), in eval() mode."""
+    its forward pass *runs*, with one output per class: a model that defines its head before a
+    hidden ``nn.Linear``, or makes its logits without one (``F.linear`` on a parameter, a cosine
+    head), would otherwise have a hidden layer's rows re-drawn and refitted as if they were
+    classes. One sample of ``images`` goes through ``model`` (already on ``device``), in eval()
+    mode."""
     head = classifier_head(model)
     ran: list[nn.Module] = []
     hooks = [
@@ -235,4 +239,19 @@ def check_classifier_head(model: nn.Module, images: torch.Tensor, *, device: tor
             f"{names[head]!r} ({head.in_features} -> {head.out_features}), but the last one its forward pass "
             f"runs is {last}; define the head after every other layer in __init__"
         )
+    if head.out_features != num_classes:
+        names = {m: name for name, m in model.named_modules()}
+        raise UnlearningInputError(
+            f"{type(model).__name__}'s classifier head is taken to be its last nn.Linear, {names[head]!r} "
+            f"({head.in_features} -> {head.out_features}), but it has {head.out_features} outputs, not one per "
+            f"class ({num_classes}): the logits are made by something else; {HEAD_FREE_RECIPE}"
+        )
     return head
+
+
+# What a model whose logits do not come out of an nn.Linear head can still run.
+HEAD_FREE_RECIPE = (
+    "the recipe's head reset and head round need an nn.Linear head with one output per class; without them "
+    "(unsir_config_for(..., with_noise=True), the paper's method, or reset_forget_rows=False and "
+    "head_round=None) UNSIR touches no head"
+)

@@ -149,7 +149,7 @@ class UNSIR(UnlearningMethod):
         working = prepare(model, task, device)
         verify = task.validation_images is not None
         if self.config.reset_forget_rows or self.config.head_round is not None:
-            check_classifier_head(working, task.retain_images, device=device)
+            check_classifier_head(working, task.retain_images, task.num_classes, device=device)
         # The parent's validation retain accuracy: what the recovery epochs aim back at.
         parent_retain_acc = self._validation_check(working, task, device=device).retain_acc if verify else None
         if self.config.reset_forget_rows:
