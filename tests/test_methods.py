@@ -262,6 +262,34 @@ def test_a_model_whose_logits_come_from_no_linear_head_is_refused_before_any_com
     make_method("unsir", paper).unlearn(_PrototypeHead(), task, device=CPU, generator=_seeded(0))
 
 
+def test_a_model_without_a_linear_layer_is_told_what_runs_without_a_head():
+    """SqueezeNet's logits come out of a 1x1 convolution and a pooling: the recipe said only
+    'SqueezeNet has no nn.Linear layer to read features from', not what needed one nor what
+    runs without it."""
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+    convolutional = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 10, 1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    recipe = unsir_config_for(convolutional, retain_per_class=1)
+    with pytest.raises(
+        UnlearningInputError,
+        match=r"Sequential has no nn.Linear layer, its last layer with weights is '2' \(Conv2d\); the recipe's head "
+        r"reset and head round need an nn.Linear head .* with_noise=True",
+    ):
+        make_method("unsir", recipe).unlearn(convolutional, task, device=CPU, generator=_seeded(0))
+    paper = unsir_config_for(convolutional, retain_per_class=1, with_noise=True)
+    make_method("unsir", paper).unlearn(convolutional, task, device=CPU, generator=_seeded(0))
+
+
 @pytest.mark.parametrize(
     ("device", "expected"),
     [("cuda:99", r"device 'cuda:99': this machine has \d+ CUDA device"), ("gpu", r"unknown device 'gpu'; expected")],

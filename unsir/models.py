@@ -218,6 +218,15 @@ def check_classifier_head(
     head), would otherwise have a hidden layer's rows re-drawn and refitted as if they were
     classes. One sample of ``images`` goes through ``model`` (already on ``device``), in eval()
     mode."""
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        # Named so that the user sees which layer makes the logits instead (SqueezeNet: a 1x1 conv).
+        weighted = [
+            f"{name!r} ({type(m).__name__})"
+            for name, m in model.named_modules()
+            if next(m.parameters(recurse=False), None) is not None
+        ]
+        last = f", its last layer with weights is {weighted[-1]}" if weighted else ""
+        raise UnlearningInputError(f"{type(model).__name__} has no nn.Linear layer{last}; {HEAD_FREE_RECIPE}")
     head = classifier_head(model)
     ran: list[nn.Module] = []
     hooks = [
