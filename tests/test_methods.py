@@ -1,3 +1,4 @@
+import copy
 from dataclasses import replace
 
 import pytest
@@ -288,6 +289,18 @@ def test_a_model_without_a_linear_layer_is_told_what_runs_without_a_head():
         make_method("unsir", recipe).unlearn(convolutional, task, device=CPU, generator=_seeded(0))
     paper = unsir_config_for(convolutional, retain_per_class=1, with_noise=True)
     make_method("unsir", paper).unlearn(convolutional, task, device=CPU, generator=_seeded(0))
+
+
+@pytest.mark.parametrize("name", ["unsir", "finetune"])
+def test_a_model_with_every_parameter_frozen_is_refused_before_any_compute(
+    trained_digits_model, digits, digits_manifest, digits_splits, name
+):
+    """A model frozen for inference (requires_grad_(False)) failed in the first backward pass with
+    'element 0 of tensors does not require grad', after UNSIR had learned its noise."""
+    frozen = copy.deepcopy(trained_digits_model).requires_grad_(False)
+    task = _task(digits, digits_manifest, digits_splits, (3,), with_baseline_data=True)
+    with pytest.raises(UnlearningInputError, match=r"every parameter of SmallCNN is frozen \(requires_grad=False"):
+        make_method(name).unlearn(frozen, task, device=CPU, generator=_seeded(0))
 
 
 @pytest.mark.parametrize(

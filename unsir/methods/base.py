@@ -154,6 +154,14 @@ def prepare(model: nn.Module, task: UnlearningTask, device: torch.device) -> nn.
     """
     task.validate()
     device = resolve_device(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        # Every method trains the copy; without this, the first backward pass fails mid-run
+        # ("element 0 of tensors does not require grad"), after UNSIR has learned its noise.
+        raise UnlearningInputError(
+            f"every parameter of {type(model).__name__} is frozen (requires_grad=False, as after "
+            "model.requires_grad_(False) for inference); expected some to train: unfreeze the layers to unlearn "
+            "with model.requires_grad_(True)"
+        )
     working = copy.deepcopy(model).to(device)
     images = {
         name: x
