@@ -303,6 +303,21 @@ def test_a_model_with_every_parameter_frozen_is_refused_before_any_compute(
         make_method(name).unlearn(frozen, task, device=CPU, generator=_seeded(0))
 
 
+def test_the_paper_method_runs_on_a_float64_model():
+    """A float64 model with float64 images passed every check, then failed in the first noise
+    step: 'Input type (float) and bias type (double) should be the same'."""
+    task = UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0), dtype=torch.float64),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    paper = unsir_config_for(model, retain_per_class=1, with_noise=True)
+    result = make_method("unsir", paper).unlearn(model.double(), task, device=CPU, generator=_seeded(0))
+    assert result.noise is not None and result.noise[3].dtype == torch.float64
+
+
 @pytest.mark.parametrize(
     ("device", "expected"),
     [("cuda:99", r"device 'cuda:99': this machine has \d+ CUDA device"), ("gpu", r"unknown device 'gpu'; expected")],

@@ -54,7 +54,10 @@ def learn_error_maximizing_noise(
         raise UnlearningInputError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
     k, b = len(forget_classes), config.batch_size
     init = torch.randn((k, b, *input_shape), generator=generator)
-    noise = init.to(device).requires_grad_(True)
+    # In the dtype of the model's parameters, which its inputs have (unsir.models.check_classifier):
+    # a float64 model failed on float32 noise. Drawn in float32 first, so a seed gives the same noise.
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), init.dtype)
+    noise = init.to(device, dtype).requires_grad_(True)
     targets = torch.as_tensor(forget_classes, device=device).repeat_interleave(b)
     optimizer = torch.optim.Adam([noise], lr=config.lr)
 
