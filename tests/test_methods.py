@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from unsir.configs import OptimConfig, UNSIRConfig
+from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import TrainingDivergedError, UnlearningInputError
 from unsir.measures import evaluate_model
 from unsir.methods import METHODS, UnlearningTask, make_method
@@ -316,6 +316,22 @@ def test_the_paper_method_runs_on_a_float64_model():
     paper = unsir_config_for(model, retain_per_class=1, with_noise=True)
     result = make_method("unsir", paper).unlearn(model.double(), task, device=CPU, generator=_seeded(0))
     assert result.noise is not None and result.noise[3].dtype == torch.float64
+
+
+def test_a_frozen_head_gets_a_full_round_instead_of_a_head_round(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    """A model whose user froze its head (fine-tuning the body only) failed mid-run in the head
+    round, 'element 0 of tensors does not require grad', once a round forgot on accuracy alone."""
+    model = copy.deepcopy(trained_digits_model)
+    model.classifier.requires_grad_(False)
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    # No round passes the confidence bound, so round 2 is where a head round would run.
+    never_confident = VerificationConfig(max_rounds=2, max_forget_acc=1.0, max_forget_confidence=0.0)
+    recipe = replace(unsir_config_for(model, retain_per_class=50), verification=never_confident)
+    result = make_method("unsir", recipe).unlearn(model, task, device=CPU, generator=_seeded(0))
+    assert [("head_round" in r, "impair_s" in r) for r in result.rounds] == [(False, True), (False, True)]
+    assert not any(p.requires_grad for p in result.model.classifier.parameters())
 
 
 @pytest.mark.parametrize(

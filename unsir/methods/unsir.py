@@ -154,6 +154,9 @@ class UNSIR(UnlearningMethod):
         parent_retain_acc = self._validation_check(working, task, device=device).retain_acc if verify else None
         if self.config.reset_forget_rows:
             reset_head_rows(working, task.forget_classes, generator=generator)
+        head_trains = (
+            any(p.requires_grad for p in classifier_head(working).parameters()) if self.config.head_round else False
+        )
         max_rounds = self.config.verification.max_rounds if verify else 1
         timings: dict[str, float] = {}
         rounds: list[dict[str, float]] = []
@@ -164,9 +167,10 @@ class UNSIR(UnlearningMethod):
             record: dict[str, float] = {"round": number, "noise_copies": config.noise_copies}
             # Forgotten on accuracy, not yet on confidence: the head alone holds what is left
             # often enough that refitting it, at a fraction of a round's cost, is tried first;
-            # never twice in a row.
+            # never twice in a row. A head its user froze cannot be refitted: a full round then.
             if (
                 config.head_round is not None
+                and head_trains
                 and rounds
                 and "head_round" not in rounds[-1]
                 and failed_on_confidence_alone(rounds[-1], config.verification)
