@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import unsir.methods.unsir as unsir_module
 from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
@@ -383,6 +384,21 @@ def test_resetting_the_forget_rows_touches_nothing_else(trained_digits_model):
     # Fresh rows are small, like nn.Linear's own initialisation, not zero.
     bound = 1 / model.classifier.in_features**0.5
     assert 0 < after["classifier.weight"][[2, 7]].abs().max() <= bound
+
+
+@pytest.mark.parametrize("parametrization", ["weight_norm", "spectral_norm"])
+def test_resetting_the_forget_rows_of_a_parametrized_head_takes_effect(parametrization):
+    """A head under weight_norm or spectral_norm kept its forget rows' weights: the reset wrote
+    into the weight its parametrization computes afresh on every read, and was lost."""
+    wrap = getattr(torch.nn.utils.parametrizations, parametrization)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), wrap(nn.Linear(16, 10))).eval()
+    before = model[3].weight.detach().clone()
+    unsir_module.reset_head_rows(model, (2, 7), generator=torch.Generator().manual_seed(0))
+    after = model[3].weight.detach()
+    assert not torch.allclose(before[[2, 7]], after[[2, 7]], atol=1e-3)
+    if parametrization == "weight_norm":  # spectral_norm rescales every row by the new norm
+        assert torch.allclose(before[[0, 1, 3, 4, 5, 6, 8, 9]], after[[0, 1, 3, 4, 5, 6, 8, 9]], atol=1e-6)
 
 
 def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():

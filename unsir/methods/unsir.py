@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from unsir.configs import OptimConfig, UNSIRConfig, VerificationConfig
 from unsir.errors import UnlearningInputError
@@ -80,7 +81,15 @@ def reset_head_rows(model: nn.Module, classes, *, generator: torch.Generator) ->
     rows = torch.as_tensor(sorted(classes), dtype=torch.long)
     with torch.no_grad():
         fresh = (torch.rand((len(rows), head.in_features), generator=generator) * 2 - 1) * bound
-        head.weight[rows.to(head.weight.device)] = fresh.to(head.weight)
+        if parametrize.is_parametrized(head, "weight"):
+            # weight_norm, spectral_norm: the weight is computed afresh on every read, so an
+            # in-place write is lost; assigning it whole goes through the parametrization's
+            # right_inverse into the tensors it is computed from.
+            weight = head.weight.clone()
+            weight[rows.to(weight.device)] = fresh.to(weight)
+            head.weight = weight
+        else:
+            head.weight[rows.to(head.weight.device)] = fresh.to(head.weight)
         if head.bias is not None:
             fresh_bias = (torch.rand(len(rows), generator=generator) * 2 - 1) * bound
             head.bias[rows.to(head.bias.device)] = fresh_bias.to(head.bias)
