@@ -214,16 +214,22 @@ class _HeadDefinedFirst(torch.nn.Module):
         return self.head(self.body(x))
 
 
+def _one_sample_per_retained_class(dtype: torch.dtype = torch.float32) -> UnlearningTask:
+    """Class 3 forgotten; one random 1x8x8 retain sample of each other class: enough for the
+    checks a model meets before any compute."""
+    return UnlearningTask(
+        forget_classes=(3,),
+        num_classes=10,
+        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0), dtype=dtype),
+        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
+    )
+
+
 def test_a_head_defined_before_a_hidden_linear_is_refused_before_any_compute():
     """The head is found as the last nn.Linear a model registers: this model's hidden layer had
     its rows re-drawn and refitted in the head's place, and a trained one forgot nothing (forget
     accuracy 1.0 after 4 rounds). The paper's method, which touches no head, still runs."""
-    task = UnlearningTask(
-        forget_classes=(3,),
-        num_classes=10,
-        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
-        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
-    )
+    task = _one_sample_per_retained_class()
     recipe = unsir_config_for("small_cnn", retain_per_class=1)
     with pytest.raises(
         UnlearningInputError, match=r"'body.1' \(64 -> 16\), but the last one its forward pass runs is 'head'"
@@ -248,12 +254,7 @@ class _PrototypeHead(torch.nn.Module):
 def test_a_model_whose_logits_come_from_no_linear_head_is_refused_before_any_compute():
     """Its hidden layer (64 -> 16) passed as the head: row 3, a hidden unit, was re-drawn, and a
     head round would have trained the hidden layer alone as a 16-class classifier, silently."""
-    task = UnlearningTask(
-        forget_classes=(3,),
-        num_classes=10,
-        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
-        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
-    )
+    task = _one_sample_per_retained_class()
     recipe = unsir_config_for("small_cnn", retain_per_class=1)
     with pytest.raises(
         UnlearningInputError, match=r"'body.1' \(64 -> 16\), but it has 16 outputs, not one per class \(10\)"
@@ -267,12 +268,7 @@ def test_a_model_without_a_linear_layer_is_told_what_runs_without_a_head():
     """SqueezeNet's logits come out of a 1x1 convolution and a pooling: the recipe said only
     'SqueezeNet has no nn.Linear layer to read features from', not what needed one nor what
     runs without it."""
-    task = UnlearningTask(
-        forget_classes=(3,),
-        num_classes=10,
-        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
-        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
-    )
+    task = _one_sample_per_retained_class()
     convolutional = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3),
         torch.nn.ReLU(),
@@ -306,12 +302,7 @@ def test_a_model_with_every_parameter_frozen_is_refused_before_any_compute(
 def test_the_paper_method_runs_on_a_float64_model():
     """A float64 model with float64 images passed every check, then failed in the first noise
     step: 'Input type (float) and bias type (double) should be the same'."""
-    task = UnlearningTask(
-        forget_classes=(3,),
-        num_classes=10,
-        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0), dtype=torch.float64),
-        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
-    )
+    task = _one_sample_per_retained_class(dtype=torch.float64)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     paper = unsir_config_for(model, retain_per_class=1, with_noise=True)
     result = make_method("unsir", paper).unlearn(model.double(), task, device=CPU, generator=_seeded(0))
@@ -404,12 +395,7 @@ class _ReturnsLogitsAndFeatures(torch.nn.Module):
 def test_a_model_returning_a_tuple_or_dict_is_refused_by_name_before_any_compute(as_dict, returned):
     """A HuggingFace-style model (logits in a tuple or dict) failed with AttributeError: 'tuple'
     object has no attribute 'ndim', from the check meant to explain a wrong output."""
-    task = UnlearningTask(
-        forget_classes=(3,),
-        num_classes=10,
-        retain_images=torch.rand(9, 1, 8, 8, generator=_seeded(0)),
-        retain_labels=torch.tensor([0, 1, 2, 4, 5, 6, 7, 8, 9]),
-    )
+    task = _one_sample_per_retained_class()
     with pytest.raises(
         UnlearningInputError, match=rf"forward pass returns a {returned}; expected a tensor of \(N, 10\)"
     ):
