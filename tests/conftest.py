@@ -218,6 +218,25 @@ def run_with_read_only(paths: list[Path], command: list[str]) -> subprocess.Comp
             path.chmod(mode)  # or pytest cannot remove it
 
 
+def run_on_full_disk(directory: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run with ``directory`` on a disk with no space left: a small tmpfs holding a
+    copy of it, filled, mounted over it in a mount namespace of the command's own (a user
+    namespace too where the tests do not run as root), so the full disk and every write to it
+    vanish with the command. The test is skipped where such a mount cannot be made."""
+    # $0: the directory; the command follows it.
+    mount = (
+        'copy=$(mktemp -d) && cp -a "$0"/. "$copy"/ && mount -t tmpfs -o size=4m tmpfs "$0" && '
+        'cp -a "$copy"/. "$0"/ && rm -rf "$copy" || exit 97; '
+        'dd if=/dev/zero of="$0/.filler" bs=64k 2>/dev/null; exec "$@"'
+    )
+    namespace = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    wrapped = [*namespace, "sh", "-c", mount, str(directory)]
+    probe = subprocess.run([*wrapped, "sh", "-c", 'test "$(df --output=avail "$0" | tail -1)" -eq 0', str(directory)])
+    if probe.returncode != 0:
+        pytest.skip("cannot mount a full tmpfs in a mount namespace here (needs root or user namespaces)")
+    return subprocess.run([*wrapped, *command], capture_output=True, text=True)
+
+
 def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
     """Take ``store``'s schema in the state database ``target`` (a SQLite file or a URL) back to
     ``revision``: the database as the code of that revision left it, for an older copy."""

@@ -259,6 +259,25 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
     assert "\n" not in line and str(tmp_path) in line and "unable to open database file" in line and "writable" in line
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_another_error_is_named_with_the_free_space(tmp_path):
+    """MLflow ending a run on a full disk raised "(raised as a result of Query-invoked autoflush;
+    ...)" with the cause on a later line: the command printed that first line, exit 1."""
+    from unsir_pipeline.cli.commands import _describe, _is_user_error
+
+    try:
+        try:
+            with open("/dev/full", "w") as full:  # every write: ENOSPC
+                full.write("x")
+        except OSError as err:
+            raise RuntimeError("(raised as a result of Query-invoked autoflush; ...)\n(sqlite3...)") from err
+    except RuntimeError as err:
+        line = _describe(err, tmp_path)
+        assert _is_user_error(err)
+    assert line.startswith("no space left on a disk: [Errno 28] No space left on device; ")
+    assert f"free for the state directory {tmp_path / 'state'}" in line and "\n" not in line
+
+
 def test_a_failed_dvc_stage_shows_the_stages_own_error(tmp_path):
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
     from unsir_pipeline.cli.commands import _describe

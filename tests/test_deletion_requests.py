@@ -463,6 +463,35 @@ def test_a_write_to_a_read_only_sqlite_state_exits_2_naming_the_file_and_changes
     assert store.get(request.id).status == "pending" and trail.records() == records
 
 
+def test_a_write_to_a_full_disk_exits_2_naming_the_state_file_and_the_free_space(tmp_path: Path) -> None:
+    """`unsir request withdraw` with the state directory on a full disk: exit 1 with "cannot use
+    the project's state files ...: cannot open the state database .../requests.sqlite: disk I/O
+    error; expected a writable SQLite file" (SQLite could not make the WAL file's -shm index), or
+    "(sqlite3.OperationalError) database or disk is full", naming no file. Now exit 2, naming
+    the file, that no space is left, the free space of the state's disk, and the fix."""
+    from conftest import make_project, run_on_full_disk
+
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    store, _ = stores.intake_trail(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)
+
+    withdraw = ["request", "withdraw", request.id, "--reason", "asked twice", "--by", "bob"]
+    cli = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project)]
+    ran = run_on_full_disk(ws.state_dir, [*cli, *withdraw])
+
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    error = ran.stderr.strip().splitlines()[-1]
+    opening = f"error: no space left on a disk: cannot open the state database {ws.state_dir}/requests.sqlite"
+    assert error.startswith(opening)
+    assert f"0 B free for the state directory {ws.state_dir}" in error
+    assert error.endswith("Free space there (or move that directory to a larger disk) and rerun the command")
+
+
 def test_withdraw_takes_a_pending_or_failed_request_out_of_the_queue(store: RequestStore) -> None:
     failed = store.add([2], ["two"], "alice", "r")
     store.claim_pending("batch-1")

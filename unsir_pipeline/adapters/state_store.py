@@ -218,6 +218,10 @@ class StateDatabase:
                 with conn.begin():
                     yield conn
             except DBAPIError as err:
+                if self.is_sqlite and _no_space(err.orig):  # SQLite's own words name no file
+                    raise StateError(
+                        f"cannot write to the state database {self.shown}: {_first_line(err)}{_no_space_hint(self)}"
+                    ) from err
                 needs = self._refused_write_needs(err)
                 if needs is None:
                     raise
@@ -268,6 +272,8 @@ class StateDatabase:
 
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = _first_line(err)
+        if self.is_sqlite and _no_space(err.orig):
+            return StateError(f"cannot open the state database {self.shown}: {detail}{_no_space_hint(self)}")
         expected = (
             f"a {'readable' if self.read_only else 'writable'} SQLite file{_damage_hint(err.orig)}"
             if self.is_sqlite
@@ -407,6 +413,18 @@ class StateDatabase:
             ) from err
         finally:
             raw.close()
+
+
+def _no_space(err: BaseException | None) -> bool:
+    """Whether SQLite found no space on the disk: for a page (SQLITE_FULL, "database or disk is
+    full"), or for the ``-shm`` index a WAL file is read through (SQLITE_IOERR_SHMSIZE, "disk I/O
+    error"), which even a read needs once the last connection has removed it."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE)
+
+
+def _no_space_hint(db: StateDatabase) -> str:
+    return f" (no space left on the disk that holds {db.path.parent if db.path else db.shown})"
 
 
 def _damage_hint(err: BaseException | None) -> str:

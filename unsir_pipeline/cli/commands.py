@@ -329,14 +329,13 @@ class UsageError(ValueError):
     """Bad input found before any work started (exit 2); the message names the value."""
 
 
-# SQLite's words for a state directory that is read-only, missing or full.
+# SQLite's words for a state directory that is read-only or missing (a full disk is named by
+# cli/full_disk.py).
 _STATE_ERRORS = (
     "unable to open database file",
     "disk I/O error",
     "attempt to write a readonly database",
-    "database or disk is full",
     "Read-only file system",
-    "No space left on device",
 )
 
 
@@ -434,11 +433,15 @@ def _failed(args, message: str, code: int) -> int:
 
 def _describe(err: Exception, project: Path | None = None) -> str:
     from unsir_pipeline.adapters.state_store import StateWriteRefused
+    from unsir_pipeline.cli.full_disk import describe_full_disk, full_disk_error, project_places
     from unsir_pipeline.settings.runtime import describe_startup_failure
 
     startup = describe_startup_failure(err)
     if startup:
         return startup
+    full = full_disk_error(err)
+    if full is not None:
+        return describe_full_disk(full, project_places(project) if project is not None else [])
     message = str(err).strip() or type(err).__name__
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
@@ -457,11 +460,14 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
     from unsir_pipeline.adapters.state_store import StateSchemaRefused, StateWriteRefused
+    from unsir_pipeline.cli.full_disk import full_disk_error
     from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.runtime import RuntimeSettingError
 
+    if full_disk_error(err) is not None:  # the disk to free is named; the command did not fail of itself
+        return True
     return isinstance(
         err,
         (
