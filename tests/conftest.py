@@ -218,7 +218,9 @@ def run_with_read_only(paths: list[Path], command: list[str]) -> subprocess.Comp
             path.chmod(mode)  # or pytest cannot remove it
 
 
-def run_on_full_disk(directory: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+def run_on_full_disk(
+    directory: Path, command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``command`` run with ``directory`` on a disk with no space left: a small tmpfs holding a
     copy of it, filled, mounted over it in a mount namespace of the command's own (a user
     namespace too where the tests do not run as root), so the full disk and every write to it
@@ -234,7 +236,7 @@ def run_on_full_disk(directory: Path, command: list[str]) -> subprocess.Complete
     probe = subprocess.run([*wrapped, "sh", "-c", 'test "$(df --output=avail "$0" | tail -1)" -eq 0', str(directory)])
     if probe.returncode != 0:
         pytest.skip("cannot mount a full tmpfs in a mount namespace here (needs root or user namespaces)")
-    return subprocess.run([*wrapped, *command], capture_output=True, text=True)
+    return subprocess.run([*wrapped, *command], capture_output=True, text=True, env=env)
 
 
 def downgrade_schema(target: Path | str, store: str, revision: str) -> None:

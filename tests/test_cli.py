@@ -453,6 +453,24 @@ def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named
 
 
 @pytest.mark.slow
+def test_a_prefect_home_on_a_full_disk_is_refused_before_the_server_starts(project, tmp_path):
+    """With Prefect's home on a full disk, its temporary server's first start died migrating its
+    database, half-way; the command waited out the start-up timeout and blamed "a busy machine?",
+    and every later start failed on the half-migrated database, space freed or not."""
+    from conftest import run_on_full_disk
+
+    home = tmp_path / "prefect"
+    home.mkdir()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "20"}
+    cli = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project)]
+    ran = run_on_full_disk(home, [*cli, "forget", "5", "--from", "original"], env=env)
+
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    error = ran.stderr.strip().splitlines()[-1]
+    assert f"error: no space left on a disk: PREFECT_HOME={home}: no space left for Prefect's" in error
+    assert f"0 B free for Prefect's home {home}" in error and "Starting temporary server" not in ran.stderr
+
+
 def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
     import socket
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -31,6 +32,11 @@ THREADS_ENV = "UNSIR_TORCH_THREADS"
 PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DEFAULT_PREFECT_STARTUP_S = 120
 EXIT_SIGTERM = 128 + signal.SIGTERM
+# Prefect's first start migrates its SQLite database (2.6 MB written) and a batch run adds a few
+# MB more. Cut short by a full disk, the migration stayed half-applied: every later start failed
+# ("duplicate column name: state_timestamp"), retried until the start-up timeout and reported as
+# "a busy machine?", even once space was freed. 64 MiB leaves ten runs' room.
+PREFECT_HOME_MIN_FREE = 64 * 2**20
 _PREFECT_TIMEOUT_MESSAGE = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
@@ -249,7 +255,8 @@ def _require_writable_prefect_home() -> None:
     """Refuse a Prefect home this user cannot write, where the temporary server keeps its
     database (the project's state/prefect unless PREFECT_HOME says otherwise). On a read-only
     copy the server started anyway and the command ended once the flow ran, with hundreds of
-    lines of the server's tracebacks and "500 Internal Server Error"."""
+    lines of the server's tracebacks and "500 Internal Server Error". Refuse one on a disk
+    nearly full too (``PREFECT_HOME_MIN_FREE``)."""
     from prefect.settings import PREFECT_HOME
 
     home = PREFECT_HOME.value()
@@ -263,6 +270,13 @@ def _require_writable_prefect_home() -> None:
             f"PREFECT_HOME={home}: Prefect's temporary server keeps its database there, and this user cannot "
             "write it (a read-only copy or mount?); expected a directory this user may write, or PREFECT_API_URL "
             "naming a Prefect server. The commands that only read (`audit verify`, `request list`) start no Prefect"
+        )
+    free = shutil.disk_usage(home).free
+    if free < PREFECT_HOME_MIN_FREE:
+        raise RuntimeSettingError(
+            f"PREFECT_HOME={home}: no space left for Prefect's temporary server's database ({free // 1024} KiB "
+            f"free on its disk; expected at least {PREFECT_HOME_MIN_FREE // 2**20} MiB): free space there, or set "
+            "PREFECT_API_URL to a Prefect server"
         )
 
 
