@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from unsir.classes import check_forget_classes
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
-from unsir_pipeline.adapters.prepared_data import load_prepared, read_manifest, write_retain_subset
+from unsir_pipeline.adapters.prepared_data import how_to_restore, load_prepared, read_manifest, write_retain_subset
 from unsir_pipeline.adapters.registry import registry_for
 
 # Great Expectations, seconds to import: at the module's import, since every flow validates first
@@ -72,7 +72,8 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
             sorted({v for c in again for v in done.get(c, [])}),
         )
     retain_path = write_retain_subset(ws, manifest, all_forgotten, data.num_classes)
-    mismatches = data_versioning.verify(ws.root, [str(ws.prepared_dir.relative_to(ws.root))])
+    prepared = ws.prepared_dir.relative_to(ws.root).as_posix()
+    mismatches = data_versioning.verify(ws.root, [prepared])
     report = validate_splits(
         manifest,
         read_manifest(retain_path),
@@ -85,7 +86,9 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     create_markdown_artifact(
         key="data-validation", markdown=report.to_markdown(), description="Great Expectations result"
     )
-    require_valid(report)
+    # Data that is not what dvc.lock records (a manifest edited or cut short) is got back from DVC.
+    restore = f"{prepared} is not what dvc.lock records: {how_to_restore(ws, force=True)}"
+    require_valid(report, restore if mismatches else None)
     get_run_logger().info("data valid: %d expectations passed; forgetting %s", report.evaluated, list(new_classes))
     return ValidatedRequest(
         sorted({*new_classes, *again}),

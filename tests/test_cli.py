@@ -579,6 +579,58 @@ def test_a_damaged_prepared_file_is_named_with_the_dvc_command_that_restores_it(
         shutil.copy(tmp_path / name, path)
 
 
+def _drop_row(path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:5] + lines[6:]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _drop_row,
+        lambda p: p.write_bytes(p.read_bytes().replace(b",train,", b",test,", 1)),  # another split
+        lambda p: p.write_bytes(p.read_bytes().replace(b"digits-00007,", b"digits-99999,")),  # an unknown sample
+    ],
+    ids=["row-removed", "split-changed", "unknown-sample"],
+)
+def test_a_damaged_manifest_exits_2_naming_the_dvc_command_that_restores_it(
+    project, prefect_harness, capsys, tmp_path, damage
+):
+    """A split manifest edited or cut short failed the forget with exit 1, as if the pipeline had
+    failed, and said nothing of how to get the data back."""
+    manifest = project / "data" / "prepared" / "manifest.csv"
+    shutil.copy(manifest, tmp_path / "manifest.csv")
+    damage(manifest)
+    try:
+        assert main(["--project", str(project), "forget", "3"]) == 2
+    finally:
+        shutil.copy(tmp_path / "manifest.csv", manifest)
+    err = capsys.readouterr().err
+    assert "data/prepared/manifest.csv" in err, err
+    assert "restore it with `dvc pull --force data/prepared` (dvc.lock records it)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("path", "command"),
+    [
+        ("state/requests.sqlite", ["request", "list"]),
+        ("state/audit.sqlite", ["audit", "show"]),
+        ("state/mlflow/mlflow.db", ["models"]),
+    ],
+)
+def test_a_damaged_state_file_exits_2_naming_it(params_only, capsys, path, command):
+    """A request store, audit trail or MLflow registry file overwritten (or cut short) is a file
+    to restore from a backup, not a failure of the pipeline: it exited 1."""
+    damaged = params_only / path
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(b"garbage" * 100)
+    assert main(["--project", str(params_only), *command]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open the ") and str(damaged) in last, last
+    assert last.endswith("(a damaged file: restore it from a backup)"), last
+
+
 @pytest.mark.slow
 def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp_path, capsys):
     """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and
@@ -972,21 +1024,23 @@ def test_a_bootstrap_refused_for_its_settings_leaves_no_state(params_only, comma
 
 
 @pytest.mark.slow
-def test_bootstrap_validates_the_splits_before_it_trains(tmp_path):
+def test_bootstrap_validates_the_splits_before_it_trains(tmp_path, capsys):
     """A split too small for the validation every forget runs is refused before a model is
-    trained and registered that no forget could start from."""
+    trained and registered that no forget could start from: the data or the settings are to
+    change, not the pipeline, so exit 2 (a validation failure exited 1)."""
     import yaml
     from conftest import make_project
-
-    from unsir_pipeline.adapters.validation import ValidationFailed
-    from unsir_pipeline.cli.bootstrap import bootstrap
 
     root = make_project(tmp_path / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["min_per_class"] = 40  # digits' validation split has 26-28 samples a class
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.raises(ValidationFailed, match=r"class counts: .*count=2\d, split=val"):
-        bootstrap(Workspace.load(root))
+    assert main(["--project", str(root), "bootstrap"]) == 2
+    assert re.search(
+        r"^error: data validation failed: .*\n.*class counts: .*count=2\d, split=val",
+        capsys.readouterr().err,
+        re.M | re.S,
+    )
     assert (root / "data" / "prepared" / "manifest.csv").is_file() and not (root / "models").exists()
 
 

@@ -5,6 +5,7 @@ down what each task decides, in seconds."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -112,6 +113,29 @@ def test_data_other_than_the_parents_is_refused_before_the_retain_subset_is_draw
         failed.value
     )
     assert (sorted(retain_dir.glob("*")) if retain_dir.exists() else []) == before
+
+
+def test_a_manifest_that_is_not_what_dvc_recorded_fails_validation_naming_how_to_restore_it(
+    project, artifacts, tmp_path
+):
+    """A manifest edited by hand failed validation naming its rows, but not how to get the
+    recorded manifest back."""
+    from unsir_pipeline.adapters.validation import ValidationFailed
+
+    manifest = project / "data" / "prepared" / "manifest.csv"
+    shutil.copy(manifest, tmp_path / "manifest.csv")
+    manifest.write_bytes(manifest.read_bytes().replace(b"digits-00007,", b"digits-99999,"))
+    try:
+        with disable_run_logger(), pytest.raises(ValidationFailed) as failed:
+            data.validate_data_splits.fn(_context(project, "unit-manifest"), ["8"], ParentModel(1, [], []))
+    finally:
+        shutil.copy(tmp_path / "manifest.csv", manifest)
+    message = str(failed.value)
+    assert "data/prepared/manifest.csv: recorded md5" in message and "digits-99999" in message, message
+    assert message.endswith(
+        "\ndata/prepared is not what dvc.lock records: restore it with `dvc pull --force data/prepared` "
+        "(dvc.lock records it)"
+    ), message
 
 
 # --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------

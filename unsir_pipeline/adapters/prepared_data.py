@@ -44,11 +44,11 @@ def require_prepared(ws: Workspace) -> None:
     if not missing:
         return
     raise PreparedDataMissing(
-        f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {_how_to_restore(ws)}"
+        f"no prepared data at {ws.prepared_dir} (missing {', '.join(missing)}); {how_to_restore(ws)}"
     )
 
 
-def _how_to_restore(ws: Workspace, *, force: bool = False) -> str:
+def how_to_restore(ws: Workspace, *, force: bool = False) -> str:
     """How to get the prepared data back. When ``dvc.lock`` records it, DVC restores exactly
     those files (``force``: over damaged ones, which `dvc pull` otherwise refuses to replace);
     rebuilding would draw a new split, which forgetting then refuses."""
@@ -64,7 +64,7 @@ def _restorable(ws: Workspace) -> Iterator[None]:
     try:
         yield
     except PreparedDataDamaged as err:
-        raise PreparedDataDamaged(f"{err}; {_how_to_restore(ws, force=True)}") from err.__cause__
+        raise PreparedDataDamaged(f"{err}; {how_to_restore(ws, force=True)}") from err.__cause__
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
+from unsir_pipeline.adapters.state_store import StateFileDamaged, is_damaged_sqlite
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +70,11 @@ _log = logging.getLogger(__name__)
 
 class RegistryError(Exception):
     """The tracking server or registry could not do what was asked; the message says why."""
+
+
+class RegistryFileDamaged(RegistryError, StateFileDamaged):
+    """A SQLite registry file that is not a database or whose pages are damaged: one of the
+    project's state files, to restore from a backup, as a damaged request store is."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +153,13 @@ class ModelRegistry:
             # A SQLite registry is opened (and its schema checked) here.
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except sqlalchemy.exc.DBAPIError as err:
+            if is_damaged_sqlite(err.orig):
+                raise RegistryFileDamaged(
+                    f"cannot open the MLflow registry at {tracking_uri}: {err.orig}; expected a readable MLflow "
+                    "database (a damaged file: restore it from a backup)"
+                ) from err
             raise RegistryError(
-                f"cannot open the MLflow registry at {tracking_uri}: {err.orig}; expected a readable MLflow "
-                "database (a damaged file: restore it from a backup)"
+                f"cannot open the MLflow registry at {tracking_uri}: {err.orig}; expected a readable MLflow database"
             ) from err
         self._run_id: str | None = None
 

@@ -84,6 +84,12 @@ class StateWriteRefused(StateError):
     configuration or the copy is wrong, not the pipeline."""
 
 
+class StateFileDamaged(StateError):
+    """A SQLite state file that is not a database or whose pages are damaged (overwritten, cut
+    short by a full disk or a bad copy): the copy on disk is at fault, and only a backup can
+    restore it."""
+
+
 # SQLSTATEs of a write refused by the database's configuration, and what a write needs instead.
 _WRITE_NEEDS = {
     "42501": (  # insufficient_privilege
@@ -274,13 +280,21 @@ class StateDatabase:
         detail = _first_line(err)
         if self.is_sqlite and _no_space(err.orig):
             return StateError(f"cannot open the state database {self.shown}: {detail}{_no_space_hint(self)}")
+        if self.is_sqlite and is_damaged_sqlite(err.orig):
+            return self.damaged(detail)
         expected = (
-            f"a {'readable' if self.read_only else 'writable'} SQLite file{_damage_hint(err.orig)}"
+            f"a {'readable' if self.read_only else 'writable'} SQLite file"
             if self.is_sqlite
             else "a running PostgreSQL server that accepts these credentials and holds this database"
         )
         source = "" if self.is_sqlite else " (state.database_url or UNSIR_STATE_DATABASE_URL)"
         return StateError(f"cannot open the state database {self.shown}: {detail}; expected {expected}{source}")
+
+    def damaged(self, detail: str) -> StateFileDamaged:
+        return StateFileDamaged(
+            f"cannot open the state database {self.shown}: {detail}; expected a "
+            f"{'readable' if self.read_only else 'writable'} SQLite file (a damaged file: restore it from a backup)"
+        )
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -408,9 +422,9 @@ class StateDatabase:
             assert driver is not None  # a fresh connection from the pool is open
             driver.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as err:  # the file is not a database, or not writable
-            raise StateError(
-                f"cannot open the state database {self.shown}: {err}; expected a SQLite file{_damage_hint(err)}"
-            ) from err
+            if is_damaged_sqlite(err):
+                raise self.damaged(str(err)) from err
+            raise StateError(f"cannot open the state database {self.shown}: {err}; expected a SQLite file") from err
         finally:
             raw.close()
 
@@ -427,13 +441,11 @@ def _no_space_hint(db: StateDatabase) -> str:
     return f" (no space left on the disk that holds {db.path.parent if db.path else db.shown})"
 
 
-def _damage_hint(err: BaseException | None) -> str:
-    """What to do about a SQLite file that is not a database or whose pages are damaged
-    (overwritten, truncated by a full disk or a bad copy): nothing here can repair it."""
+def is_damaged_sqlite(err: BaseException | None) -> bool:
+    """Whether SQLite said the file is not a database or its pages are damaged (overwritten,
+    truncated by a full disk or a bad copy): nothing here can repair it."""
     code = getattr(err, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return " (a damaged file: restore it from a backup)"
-    return ""
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _first_line(err: DBAPIError) -> str:

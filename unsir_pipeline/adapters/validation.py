@@ -35,6 +35,8 @@ from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from unsir.errors import UnlearningInputError
+
 if TYPE_CHECKING:
     from unsir.data import ClassificationData
 
@@ -67,15 +69,17 @@ _SAMPLE_SIZE = 5
 DIGEST_SAMPLE_ROWS = 2048
 
 
-class ValidationFailed(Exception):
-    """The data broke its contract; ``report`` holds every failure found, not just the first."""
+class ValidationFailed(UnlearningInputError):
+    """The data broke its contract; ``report`` holds every failure found, not just the first,
+    and ``remedy``, when known, how to get the data back. Bad input, as a damaged prepared file
+    is: the data on disk is to be restored or rebuilt, the pipeline did not fail."""
 
-    def __init__(self, report: ValidationReport) -> None:
+    def __init__(self, report: ValidationReport, remedy: str | None = None) -> None:
         self.report = report
         lines = "\n".join(f"  - {line}" for line in report.failures)
         super().__init__(
             f"data validation failed: {len(report.failures)} failure(s) "
-            f"out of {report.evaluated} expectation(s) evaluated:\n{lines}"
+            f"out of {report.evaluated} expectation(s) evaluated:\n{lines}" + (f"\n{remedy}" if remedy else "")
         )
 
 
@@ -252,10 +256,11 @@ def validate_splits(
     return suite.report(extra_failures)
 
 
-def require_valid(report: ValidationReport) -> None:
-    """Raise :class:`ValidationFailed` listing every failure if the report is not a success."""
+def require_valid(report: ValidationReport, remedy: str | None = None) -> None:
+    """Raise :class:`ValidationFailed` listing every failure (and ``remedy``) if the report is
+    not a success."""
     if not report.success:
-        raise ValidationFailed(report)
+        raise ValidationFailed(report, remedy)
 
 
 # --- row by row, against the data set ------------------------------------------------------

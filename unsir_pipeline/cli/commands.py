@@ -459,7 +459,7 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 
 def _is_user_error(err: Exception) -> bool:
     from unsir.errors import UnlearningInputError
-    from unsir_pipeline.adapters.state_store import StateSchemaRefused, StateWriteRefused
+    from unsir_pipeline.adapters.state_store import StateFileDamaged, StateSchemaRefused, StateWriteRefused
     from unsir_pipeline.cli.full_disk import full_disk_error
     from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
@@ -479,6 +479,7 @@ def _is_user_error(err: Exception) -> bool:
             RuntimeSettingError,
             StateSchemaRefused,
             StateWriteRefused,
+            StateFileDamaged,  # the MLflow registry's file too (RegistryFileDamaged)
         ),
     )
 
