@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -594,21 +595,32 @@ def _drop_row(path: Path) -> None:
     ],
     ids=["row-removed", "split-changed", "unknown-sample"],
 )
-def test_a_damaged_manifest_exits_2_naming_the_dvc_command_that_restores_it(
-    project, prefect_harness, capsys, tmp_path, damage
+def test_a_damaged_manifest_is_refused_before_prefect_starts_naming_the_dvc_command_that_restores_it(
+    project, capsys, tmp_path, damage
 ):
-    """A split manifest edited or cut short failed the forget with exit 1, as if the pipeline had
-    failed, and said nothing of how to get the data back."""
-    manifest = project / "data" / "prepared" / "manifest.csv"
-    shutil.copy(manifest, tmp_path / "manifest.csv")
+    """A split manifest edited or cut short failed `forget` and `batch run` in the flow's
+    validation, after Prefect's start (half a minute), with exit 1 and no word of how to get the
+    data back. Both now compare data/prepared with dvc.lock first (a second)."""
+    from unsir_pipeline.governance import batches, stores
+
+    copy = clone_project(project, tmp_path / "damaged")
+    ws = Workspace.load(copy)
+    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    manifest = copy / "data" / "prepared" / "manifest.csv"
     damage(manifest)
-    try:
-        assert main(["--project", str(project), "forget", "3"]) == 2
-    finally:
-        shutil.copy(tmp_path / "manifest.csv", manifest)
-    err = capsys.readouterr().err
-    assert "data/prepared/manifest.csv" in err, err
-    assert "restore it with `dvc pull --force data/prepared` (dvc.lock records it)" in err, err
+    before = len(_runs(copy))
+    for argv in (["forget", "3"], ["batch", "run"]):
+        assert main(["--project", str(copy), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert re.fullmatch(
+            r"error: the prepared data is not what dvc\.lock records \(data/prepared/manifest\.csv: recorded md5 "
+            r"[0-9a-f]{32}, found [0-9a-f]{32}\); restore it with `dvc pull --force data/prepared` "
+            r"\(dvc\.lock records it\)",
+            err[0],
+        ), err
+    assert len(_runs(copy)) == before  # no flow ran: no MLflow run opened
+    assert stores.request_store(ws).get(pending.id).attempts == 0  # nor was the request claimed
 
 
 @pytest.mark.parametrize(

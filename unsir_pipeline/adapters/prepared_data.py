@@ -48,6 +48,20 @@ def require_prepared(ws: Workspace) -> None:
     )
 
 
+def require_prepared_as_recorded(ws: Workspace) -> None:
+    """Raise ``PreparedDataMissing`` or ``PreparedDataDamaged`` unless the prepared data is on
+    disk and, where ``dvc.lock`` records it, is what it records (file by file, as the flow's
+    validation checks it again). The commands that run a flow check it before Prefect starts:
+    a file edited or cut short is refused in a second, not after half a minute of start-up."""
+    require_prepared(ws)
+    recorded = recorded_prepared_path(ws)
+    problems = data_versioning.verify(ws.root, [recorded]) if recorded is not None else []
+    if problems:
+        raise PreparedDataDamaged(
+            f"the prepared data is not what dvc.lock records ({'; '.join(problems)}); {how_to_restore(ws, force=True)}"
+        )
+
+
 def how_to_restore(ws: Workspace, *, force: bool = False) -> str:
     """How to get the prepared data back. When ``dvc.lock`` records it, DVC restores exactly
     those files (``force``: over damaged ones, which `dvc pull` otherwise refuses to replace);

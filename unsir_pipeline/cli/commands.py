@@ -573,10 +573,10 @@ def cmd_bootstrap(project: Path, args) -> int:
 
 def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
-    MLflow run opens: the parent (alias or version) exists, the classes exist in the data set and
-    were not forgotten already, and a class remains beside them and the pending deletion
-    requests. Returns the parent's version number."""
-    from unsir_pipeline.adapters.prepared_data import prepared_class_names
+    MLflow run opens: the parent (alias or version) exists, the prepared data is what dvc.lock
+    records, the classes exist in the data set and were not forgotten already, and a class
+    remains beside them and the pending deletion requests. Returns the parent's version number."""
+    from unsir_pipeline.adapters.prepared_data import prepared_class_names, require_prepared_as_recorded
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.batches import queued_classes
     from unsir_pipeline.governance.deletion_requests import resolve_request
@@ -589,6 +589,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
 
     finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
     version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
+    require_prepared_as_recorded(ws)
     class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))
     require_unrejected_parent(parent_model)
@@ -963,6 +964,9 @@ def cmd_batch(project: Path, args) -> int:
             return 0
         _warn_if_the_promotion_lock_is_local(ws)
         ws.device()  # one this machine has, before the flow claims any request
+        from unsir_pipeline.adapters.prepared_data import require_prepared_as_recorded
+
+        require_prepared_as_recorded(ws)
         server_ready = runtime.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.
