@@ -2,7 +2,8 @@
 
     lock -> claim-pending-requests -> unlearn (subflow) -> complete-requests
                                    \\-> on any failure: release-requests (pending, or failed
-                                        after requests.max_attempts), error recorded
+                                        after requests.max_attempts), error recorded; a
+                                        failure of the setup, not of the run, counts no attempt
 
 Two batches never run at once (a file lock in the state directory; with a shared state
 database, a Prefect global concurrency limit; a second batch ends at once). A batch killed at
@@ -21,6 +22,7 @@ from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
 from unsir_pipeline.governance import batches, locks
+from unsir_pipeline.governance.failures import setup_fault
 from unsir_pipeline.governance.promotion import (
     DATA_DIGESTS_TAG,
     FORGOTTEN_TAG,
@@ -148,5 +150,8 @@ def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) ->
 
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
     message = batches.failure_message(err)
-    statuses = release_requests(ws, batch.batch_id, message)
-    batches.record(ws, batch, "batch_failed", {"error": message, "statuses": statuses})
+    fault = setup_fault(err)
+    statuses = release_requests(ws, batch.batch_id, message, count_attempt=fault is None)
+    batches.record(
+        ws, batch, "batch_failed", {"error": message, "statuses": statuses, **batches.attempt_counted(ws, fault)}
+    )

@@ -24,6 +24,7 @@ from prefect import flow, runtime
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.governance import batches, locks, promotion
 from unsir_pipeline.governance.batches import require_recordable
+from unsir_pipeline.governance.failures import setup_fault
 from unsir_pipeline.settings.runtime import was_interrupted
 from unsir_pipeline.settings.workspace import RunContext, Workspace, open_workspace
 from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
@@ -241,10 +242,12 @@ def _run(
         if not recorded_by_caller:  # as a failed batch releases its requests
             # A forget its user stopped with Ctrl-C was cancelled: its request ends failed,
             # not forgotten later by a batch nobody asked for. Any other failure (a
-            # SIGTERM from the system included) leaves it pending for the next batch.
+            # SIGTERM from the system included) leaves it pending for the next batch, its
+            # attempt counted as a batch's is: not when the setup failed.
             cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
             message = CANCELLED if cancelled else batches.failure_message(err)
-            requests.release_requests(ws, run_id, message, retry=not cancelled)
+            counted = cancelled or setup_fault(err) is None
+            requests.release_requests(ws, run_id, message, retry=not cancelled, count_attempt=counted)
         raise
     with registry.start_run(run_id=mlflow_run_id):
         registry.log_metrics(

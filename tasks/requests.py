@@ -46,11 +46,14 @@ def complete_requests(ws: Workspace, batch_id: str, version: int) -> list[str]:
 
 
 @task(name="release-requests", cache_policy=NO_CACHE)
-def release_requests(ws: Workspace, batch_id: str, error: str, *, retry: bool = True) -> dict[str, str]:
+def release_requests(
+    ws: Workspace, batch_id: str, error: str, *, retry: bool = True, count_attempt: bool = True
+) -> dict[str, str]:
     """Back to pending for the next batch, or failed after ``requests.max_attempts`` (at once
-    without ``retry``)."""
+    without ``retry``); without ``count_attempt`` (a setup fault) back to pending, the attempt
+    not counted."""
     max_attempts = ws.params.requests.max_attempts if retry else 1
-    released = stores.request_store(ws).release(batch_id, error, max_attempts)
+    released = stores.request_store(ws).release(batch_id, error, max_attempts, count_attempt=count_attempt)
     get_run_logger().warning("the run failed; requests back to %s", {r.id: r.status for r in released})
     return {r.id: r.status for r in released}
 

@@ -410,6 +410,9 @@ def test_two_batches_never_run_at_once(project, first_batch):
 
 
 def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_batch):
+    """A batch that fails on its setup (here data that fails validation) counted an attempt of
+    every request it held: after requests.max_attempts nights they all ended `failed`, never to
+    be queued again. The setup's faults now count none, however many nights it takes to fix."""
     from unsir_pipeline.adapters.validation import ValidationFailed
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
@@ -419,16 +422,27 @@ def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_
     original = manifest.read_bytes()
     manifest.write_bytes(original.replace(b",train,", b",holdout,", 3))  # an unknown split
     count = len(versions(project))
+    nights = ws.params.requests.max_attempts + 1
     try:
-        with pytest.raises(ValidationFailed):
-            deletion_batch(project_dir=str(project))
+        for _ in range(nights):
+            with pytest.raises(ValidationFailed):
+                deletion_batch(project_dir=str(project))
     finally:
         manifest.write_bytes(original)
     failed = stores.request_store(ws).get(request.id)
-    assert failed.status == "pending" and "ValidationFailed" in failed.error and failed.attempts == 1
+    assert failed.status == "pending" and "ValidationFailed" in failed.error and failed.attempts == 0
     assert len(versions(project)) == count
     evs = events(project, failed.batch_id)
-    assert evs == ["batch_started", "validation_failed", "batch_failed"]
+    assert evs == [
+        event
+        for night in range(nights)
+        for event in ("batch_resumed" if night else "batch_started", "validation_failed", "batch_failed")
+    ]
+    failures = [
+        r for r in stores.audit_log(ws).records(event="batch_failed") if r.payload["batch_id"] == failed.batch_id
+    ]
+    assert [r.payload["attempt_counted"] for r in failures] == [False] * nights
+    assert "the setup failed, not the run (the data failed validation)" in failures[0].payload["attempt_reason"]
     assert deletion_batch(project_dir=str(project))["status"] == "done"  # the next batch completes it
     assert stores.request_store(ws).get(request.id).status == "done"
 
@@ -479,10 +493,33 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
         deletion_batch(project_dir=str(project), overrides=down)
     assert time.monotonic() - started < 60  # not MLflow's default 7 retries x 120 s
     failed = stores.request_store(ws).get(request.id)
-    assert failed.status == "pending" and str(port) in failed.error
+    assert failed.status == "pending" and str(port) in failed.error and failed.attempts == 0  # not the run's fault
     assert "batch_failed" in events(project, failed.batch_id)
     assert deletion_batch(project_dir=str(project))["status"] == "done"
     assert stores.request_store(ws).get(request.id).status == "done"
+
+
+def test_a_run_that_fails_by_itself_uses_up_its_requests_attempts(prefect_harness, bootstrapped_project, tmp_path):
+    """requests.max_attempts still stops a request whose run fails whatever is tried (here its
+    training diverges): each such batch counts, and the last one ends it failed."""
+    from unsir.errors import TrainingDivergedError
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["4"], "ivan", "poison")
+    diverging = [*WEAK, "unlearn.impair={lr: 1.0e+30, epochs: 1, batch_size: 32}", "requests.max_attempts=2"]
+    for attempt, status in ((1, "pending"), (2, "failed")):
+        with pytest.raises(TrainingDivergedError):
+            deletion_batch(project_dir=str(project), overrides=diverging)
+        ended = stores.request_store(ws).get(request.id)
+        assert (ended.status, ended.attempts) == (status, attempt)
+    counted = [r.payload for r in stores.audit_log(ws).records(event="batch_failed")]
+    assert [(p["attempt_counted"], p["statuses"]) for p in counted] == [
+        (True, {request.id: "pending"}),
+        (True, {request.id: "failed"}),
+    ]
+    assert "the run itself failed or was stopped: one of requests.max_attempts=2" in counted[0]["attempt_reason"]
 
 
 # --- evidence that holds (issue 11) --------------------------------------------------------

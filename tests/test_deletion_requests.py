@@ -257,6 +257,20 @@ def test_release_retries_until_max_attempts_then_fails(store: RequestStore) -> N
     assert store.claim_pending("batch-3") == []
 
 
+def test_a_release_that_counts_no_attempt_keeps_the_request_pending_however_often(store: RequestStore) -> None:
+    """Every failed batch counted an attempt, its setup's fault or not: three nights on a
+    damaged file ended every request queued `failed`, and nothing queued them again."""
+    request = store.add([1], ["one"], "alice", "r")
+    for night in range(4):
+        store.claim_pending(f"batch-{night}")
+        (released,) = store.release(f"batch-{night}", "PreparedDataDamaged: ...", max_attempts=3, count_attempt=False)
+        assert (released.status, released.attempts, released.error) == ("pending", 0, "PreparedDataDamaged: ...")
+    forget = store.add([2], ["two"], "bob", "r", claimed_by="forget-1")  # a forget run's own, attempt 1
+    (released,) = store.release("forget-1", "RegistryError: ...", max_attempts=1, count_attempt=False)
+    assert (released.id, released.status, released.attempts) == (forget.id, "pending", 0)
+    assert store.get(request.id).attempts == 0
+
+
 def test_release_leaves_other_batches_alone(store: RequestStore) -> None:
     store.add([1], ["one"], "alice", "r")
     store.claim_pending("batch-1")
@@ -689,3 +703,33 @@ def test_two_requests_filed_at_once_are_each_checked_against_the_other(store: Re
         store.add([1], ["one"], "bob", "r", admit=leaves_a_class(1))
     first.join()
     assert [r.classes for r in store.list("pending")] == [(0,)]
+
+
+def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
+    """What decides whether a failed batch counts an attempt of its requests, and the exit code
+    of `unsir` (2 for bad input or configuration): one classification for both."""
+    from mlflow.exceptions import MlflowException
+
+    from unsir.checkpoint import CheckpointIntegrityError
+    from unsir.errors import TrainingDivergedError
+    from unsir_pipeline.adapters.data_versioning import DataVersioningError
+    from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, PreparedDataMissing
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
+    from unsir_pipeline.cli.commands import _is_user_error
+    from unsir_pipeline.governance.failures import is_bad_input, setup_fault
+    from unsir_pipeline.settings.config import ConfigError
+
+    bad_input = [PreparedDataDamaged("x"), PreparedDataMissing("x"), CheckpointIntegrityError("x"), ConfigError("x")]
+    environment = [
+        ValidationFailed(ValidationReport(success=False, failures=("split",), evaluated=1)),
+        RegistryError("cannot reach the MLflow registry"),
+        MlflowException("connection refused"),
+        StateError("file is not a database"),
+        DataVersioningError("dvc pull failed"),
+        OSError("disk I/O error"),
+    ]
+    run = [TrainingDivergedError("impair: inf"), RuntimeError("a crash inside the method"), KeyboardInterrupt()]
+    assert all(is_bad_input(err) and _is_user_error(err) and setup_fault(err) for err in bad_input)
+    assert all(setup_fault(err) and not _is_user_error(err) for err in environment)  # exit 1: a service down...
+    assert [setup_fault(err) for err in run] == [None, None, None]

@@ -330,7 +330,7 @@ class UsageError(ValueError):
 
 
 # SQLite's words for a state directory that is read-only or missing (a full disk is named by
-# cli/full_disk.py).
+# governance/full_disk.py).
 _STATE_ERRORS = (
     "unable to open database file",
     "disk I/O error",
@@ -433,7 +433,7 @@ def _failed(args, message: str, code: int) -> int:
 
 def _describe(err: Exception, project: Path | None = None) -> str:
     from unsir_pipeline.adapters.state_store import StateWriteRefused
-    from unsir_pipeline.cli.full_disk import describe_full_disk, full_disk_error, project_places
+    from unsir_pipeline.governance.full_disk import describe_full_disk, full_disk_error, project_places
     from unsir_pipeline.settings.runtime import describe_startup_failure
 
     startup = describe_startup_failure(err)
@@ -458,30 +458,9 @@ def _describe(err: Exception, project: Path | None = None) -> str:
 
 
 def _is_user_error(err: Exception) -> bool:
-    from unsir.errors import UnlearningInputError
-    from unsir_pipeline.adapters.state_store import StateFileDamaged, StateSchemaRefused, StateWriteRefused
-    from unsir_pipeline.cli.full_disk import full_disk_error
-    from unsir_pipeline.governance.audit import AuditKeyError
-    from unsir_pipeline.governance.deletion_requests import RequestError
-    from unsir_pipeline.settings.config import ConfigError
-    from unsir_pipeline.settings.runtime import RuntimeSettingError
+    from unsir_pipeline.governance.failures import is_bad_input
 
-    if full_disk_error(err) is not None:  # the disk to free is named; the command did not fail of itself
-        return True
-    return isinstance(
-        err,
-        (
-            AuditKeyError,
-            UnlearningInputError,
-            ConfigError,
-            RequestError,
-            UsageError,
-            RuntimeSettingError,
-            StateSchemaRefused,
-            StateWriteRefused,
-            StateFileDamaged,  # the MLflow registry's file too (RegistryFileDamaged)
-        ),
-    )
+    return isinstance(err, UsageError) or is_bad_input(err)
 
 
 def _progress(args):

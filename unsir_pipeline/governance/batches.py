@@ -281,6 +281,12 @@ class ClaimedBatch:
         return max(r.attempts for r in self.requests)
 
     @property
+    def claimed_at(self) -> str:
+        """When this claim was made: the claim stamps every request it takes at once. Tells one
+        claim from the next when a setup fault took back the attempt (the same ``attempt``)."""
+        return self.requests[0].updated_at
+
+    @property
     def classes(self) -> list[int]:
         return sorted({c for r in self.requests for c in r.classes})
 
@@ -430,7 +436,7 @@ def _resume_refused(ws: Workspace, run_key: str) -> bool:
     return changed is not None
 
 
-# Events that happen once per attempt (a resumed batch starts, and may fail, again); the others
+# Events that happen once per claim (a resumed batch starts, and may fail, again); the others
 # describe the run's result, which a resumed batch reproduces and must not record twice.
 PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validation_failed"}
 
@@ -442,9 +448,28 @@ def failure_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(line.strip() for line in str(err).splitlines() if line.strip())}"
 
 
+def attempt_counted(ws: Workspace, fault: str | None) -> dict:
+    """What a ``batch_failed`` record says of the attempt its requests just had: counted against
+    ``requests.max_attempts``, or not, the setup being at fault (``fault``, see
+    :func:`~unsir_pipeline.governance.failures.setup_fault`)."""
+    limit = ws.params.requests.max_attempts
+    if fault is None:
+        return {
+            "attempt_counted": True,
+            "attempt_reason": f"the run itself failed or was stopped: one of requests.max_attempts={limit}",
+        }
+    return {
+        "attempt_counted": False,
+        "attempt_reason": f"the setup failed, not the run ({fault}): fix it and the next batch tries again",
+    }
+
+
 def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, actor: str = SYSTEM_ACTOR) -> None:
     """One audit record of a batch's step, keyed so that a resumed batch does not repeat it."""
-    key = f"{batch.run_key}:{event}" + (f":attempt-{batch.attempt}" if event in PER_ATTEMPT_EVENTS else "")
+    # Keyed by the claim, not by the attempt count alone: a batch that failed on its setup took
+    # its attempt back, and the next one's records would otherwise be taken for its own.
+    per_claim = f":attempt-{batch.attempt}@{batch.claimed_at}" if event in PER_ATTEMPT_EVENTS else ""
+    key = f"{batch.run_key}:{event}{per_claim}"
     context = {"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt}
     _append_anchored(ws, event, {**context, **payload}, actor=actor, request_ids=batch.request_ids, key=key)
 

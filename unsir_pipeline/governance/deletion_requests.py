@@ -18,6 +18,7 @@ Lifecycle::
     pending --claim_pending-->                  running    (batch_id set, attempts + 1)
     running --mark_done-->                      done       (model_version set)
     running --release / release_stale-->        pending, or failed once attempts >= max_attempts
+    running --release(count_attempt=False)-->   pending    (the setup failed: attempts - 1)
     done    --return_to_pending-->              pending    (a reviewer rejected the version)
     pending or failed --withdraw-->             withdrawn  (taken back; never claimed again)
 
@@ -503,12 +504,21 @@ class RequestStore:
             {"status": "done", "model_version": model_version},
         )
 
-    def release(self, batch_id: str, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
+    def release(
+        self, batch_id: str, error: str, max_attempts: int, *, count_attempt: bool = True
+    ) -> builtins.list[DeletionRequest]:
         """The batch failed: its running requests go back to ``pending`` to be retried, or to
-        ``failed`` once they have been attempted ``max_attempts`` times; ``error`` is recorded."""
+        ``failed`` once they have been attempted ``max_attempts`` times; ``error`` is recorded.
+
+        Without ``count_attempt`` (the setup failed, not the run: a damaged file, a server down),
+        they go back to ``pending`` and the claim's attempt is taken back: only the run's own
+        failures use up a request's attempts."""
         _check_text("batch_id", batch_id)
         return self._release(
-            (_REQUESTS.c.status == "running") & (_REQUESTS.c.batch_id == batch_id), error, max_attempts
+            (_REQUESTS.c.status == "running") & (_REQUESTS.c.batch_id == batch_id),
+            error,
+            max_attempts,
+            count_attempt=count_attempt,
         )
 
     def release_stale(self, error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
@@ -520,10 +530,16 @@ class RequestStore:
         """
         return self._release(_REQUESTS.c.status == "running", error, max_attempts)
 
-    def _release(self, where: sa.ColumnElement[bool], error: str, max_attempts: int) -> builtins.list[DeletionRequest]:
+    def _release(
+        self, where: sa.ColumnElement[bool], error: str, max_attempts: int, *, count_attempt: bool = True
+    ) -> builtins.list[DeletionRequest]:
         _check_text("error", error)
         _check_positive_int("max_attempts", max_attempts)
-        status = sa.case((_REQUESTS.c.attempts >= max_attempts, "failed"), else_="pending")
+        attempts = _REQUESTS.c.attempts
+        if not count_attempt:  # every claim counted one (claim_pending, add(claimed_by=...))
+            uncounted = sa.case((attempts > 0, attempts - 1), else_=0)
+            return self._transition(where, {"status": "pending", "attempts": uncounted, "error": error})
+        status = sa.case((attempts >= max_attempts, "failed"), else_="pending")
         return self._transition(where, {"status": status, "error": error})
 
     def return_to_pending(self, model_version: int, error: str) -> builtins.list[DeletionRequest]:

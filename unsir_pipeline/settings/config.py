@@ -287,7 +287,9 @@ class RequestParams(Frozen):
 
     store: str = Field(default="state/requests.sqlite", description="SQLite file of deletion requests")
     audit_log: str = Field(default="state/audit.sqlite", description="SQLite file of the hash-chained audit trail")
-    max_attempts: int = Field(default=3, ge=1, description="a request failing this many batches becomes failed")
+    max_attempts: int = Field(
+        default=3, ge=1, description="a request whose run fails this many batches is failed (setup faults count none)"
+    )
     schedule: str = Field(
         default="0 2 * * *", description="cron schedule of `unsir batch serve` and of prefect.yaml's deployment"
     )
