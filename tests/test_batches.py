@@ -1366,3 +1366,60 @@ def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_pr
         ("dpo@corp", (twice.id,)),
         (stores.RECOVERY_ACTOR, (unrecorded.id,)),
     ]
+
+
+def test_a_failed_request_is_retried_once_its_cause_is_fixed(bootstrapped_project, tmp_path, capsys):
+    """A failed request could only be withdrawn: nothing queued it again once whoever runs the
+    pipeline had fixed what made its runs fail. `unsir request retry` does, on the record; any
+    request not failed is refused, named, and nothing changes."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    failed, unrecorded = (batches.file_request(ws, [c], "alice", "consent withdrawn") for c in "45")
+    store = stores.request_store(ws)
+    store.claim_pending("batch-1")
+    store.release("batch-1", "TrainingDivergedError: impair", max_attempts=1)
+    pending = batches.file_request(ws, ["6"], "alice", "consent withdrawn")
+    store.add([7], ["7"], "bob", "r", claimed_by="batch-2")
+    (done,) = store.mark_done("batch-2", 1)
+    cli = ["--project", str(project)]
+
+    assert main([*cli, "request", "retry", failed.id, pending.id, done.id, "--reason", "fixed", "--by", "x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: request {pending.id} is pending (queued: the next batch takes it); request {done.id} is done "
+        "(forgotten by version 1); only a failed request can be retried (nothing was changed)"
+    )
+    assert store.get(failed.id).status == "failed" and not stores.audit_log(ws).records(event="request_retried")
+
+    assert main([*cli, "request", "retry", failed.id, "--reason", "lowered the rate", "--by", "dpo@corp"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"request {failed.id} pending again: retried by dpo@corp: lowered the rate (failed after 1 attempts: "
+        "TrainingDivergedError: impair)"
+    )
+    again = store.get(failed.id)
+    assert (again.status, again.attempts) == ("pending", 0)
+    (record,) = stores.audit_log(ws).records(event="request_retried")
+    assert (record.actor, record.request_ids) == ("dpo@corp", (failed.id,))
+    assert (record.payload["reason"], record.payload["previous_attempts"], record.payload["previous_error"]) == (
+        "lowered the rate",
+        1,
+        "TrainingDivergedError: impair",
+    )
+    assert main([*cli, "request", "retry", failed.id, "--reason", "again", "--by", "dpo@corp"]) == 2  # pending now
+    capsys.readouterr()
+
+    # A retry stopped before its record (the store changed alone) is named by verify, and the
+    # next claim records it from the store before the request moves on.
+    store.retry([unrecorded.id], "bob", "restored the data")
+    assert f"request {unrecorded.id} is pending again (retried by bob: restored the data" in (
+        " ".join(batches.verify_trail(ws).warnings)
+    )
+    with locks.deletion_batch_lock(ws) as acquired:
+        assert acquired
+        batch = batches.claim_batch(ws)
+    assert batch is not None and set(batch.request_ids) == {failed.id, unrecorded.id, pending.id}
+    retries = stores.audit_log(ws).records(event="request_retried")
+    assert [(r.actor, r.request_ids) for r in retries] == [
+        ("dpo@corp", (failed.id,)),
+        (stores.RECOVERY_ACTOR, (unrecorded.id,)),
+    ]
+    assert retries[1].payload["retry"].startswith("retried by bob: restored the data (failed after 1 attempts")

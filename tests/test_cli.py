@@ -443,6 +443,11 @@ def _runs(project: Path) -> list:
         (["request", "withdraw", "req-000000000000", "--reason", "  "], "--reason must be a non-empty string"),
         (["request", "withdraw", "req-000000000000", "--reason", "a\tb"], "--reason contains control character U+0009"),
         (["request", "withdraw", "req-000000000000", "--reason", "x", "--by", ""], "--by must be a non-empty string"),
+        (
+            ["request", "retry", "req-000000000000", "--reason", "fixed"],
+            "no deletion request with id 'req-000000000000'",
+        ),
+        (["request", "retry", "req-000000000000", "--reason", "a\nb"], "--reason contains control character U+000A"),
     ],
 )
 def test_bad_input_exits_2_before_any_run_or_server(project, capsys, argv, named):

@@ -524,6 +524,48 @@ def test_withdraw_takes_a_pending_or_failed_request_out_of_the_queue(store: Requ
     assert [r.id for r in store.claim_pending("batch-2")] == [kept.id]  # never claimed
 
 
+def test_retry_queues_failed_requests_again_with_their_attempts_reset(store: RequestStore) -> None:
+    """A failed request could only be withdrawn: nothing queued it again once its cause was
+    fixed, so a deletion nobody took back was never carried out."""
+    first, second = store.add([1], ["one"], "alice", "r"), store.add([2], ["two"], "bob", "r")
+    store.claim_pending("batch-1")
+    store.release("batch-1", "TrainingDivergedError: impair", max_attempts=1)
+    kept = store.add([3], ["three"], "carol", "r")
+
+    retried = store.retry([second.id, first.id, second.id], "dpo@corp", "lowered the impair rate")
+
+    assert [(before.id, before.status, before.attempts) for before, _ in retried] == [
+        (second.id, "failed", 1),
+        (first.id, "failed", 1),
+    ]
+    (_, again), _ = retried
+    assert (again.status, again.attempts, again.batch_id) == ("pending", 0, "batch-1")  # its history stays
+    assert again.error == (
+        "retried by dpo@corp: lowered the impair rate (failed after 1 attempts: TrainingDivergedError: impair)"
+    )
+    assert [r.id for r in store.claim_pending("batch-2")] == [first.id, second.id, kept.id]
+
+
+def test_retry_refuses_any_request_not_failed_and_changes_nothing(store: RequestStore) -> None:
+    failed = store.add([2], ["two"], "alice", "r")
+    store.claim_pending("batch-1")
+    store.release("batch-1", "boom", max_attempts=1)
+    pending = store.add([1], ["one"], "alice", "r")
+    before = store.list()
+
+    with pytest.raises(RequestError) as refused:
+        store.retry([failed.id, pending.id], "bob", "fixed")
+    assert str(refused.value) == (
+        f"request {pending.id} is pending (queued: the next batch takes it); only a failed request can be "
+        "retried (nothing was changed)"
+    )
+    with pytest.raises(RequestError, match="no deletion request with id 'req-nope'"):
+        store.retry([failed.id, "req-nope"], "bob", "fixed")
+    with pytest.raises(RequestError, match="reason must be a non-empty string"):
+        store.retry([failed.id], "bob", "")
+    assert store.list() == before
+
+
 def _running(store: RequestStore) -> DeletionRequest:
     request = store.add([1], ["one"], "alice", "r")
     store.claim_pending("batch-1")  # a batch claimed it first

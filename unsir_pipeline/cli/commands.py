@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
             'unsir request add --classes 3 --requester alice --reason "consent withdrawn"',
             "unsir request list --status pending",
             'unsir request withdraw req-1a2b3c4d5e6f --reason "filed twice" --by alice',
+            'unsir request retry req-1a2b3c4d5e6f --reason "restored data/prepared" --by alice',
         ),
     ).add_subparsers(dest="request_command", required=True, metavar="SUBCOMMAND")
     p = request.add_parser(
@@ -200,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--by", default=None, help="who withdraws it (default: the current user)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = request.add_parser(
+        "retry",
+        help="queue failed requests again once the cause is fixed (recorded)",
+        epilog=_examples('unsir request retry req-1a2b3c4d5e6f --reason "restored data/prepared" --by alice --json'),
+    )
+    p.add_argument("id", nargs="+", help="ids of failed requests as `unsir request list --status failed` shows them")
+    p.add_argument(
+        "--reason", required=True, help='what was fixed (UTF-8 text, no control characters), e.g. "lr lowered"'
+    )
+    p.add_argument("--by", default=None, help="who retries them (default: the current user)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of the requests retried")
 
     batch = commands.add_parser(
         "batch", help="deletion batches", epilog=_examples("unsir batch run", "unsir batch serve")
@@ -915,6 +927,15 @@ def cmd_request(project: Path, args) -> int:
 
         request = batches.withdraw_request(ws, args.id, _who(args, args.reason), args.reason)
         print(json.dumps(request.to_dict()) if args.json else f"request {request.id} {request.error}")
+    elif args.request_command == "retry":
+        from unsir_pipeline.governance import batches
+
+        retried = batches.retry_requests(ws, args.id, _who(args, args.reason), args.reason)
+        print(
+            json.dumps([r.to_dict() for r in retried])
+            if args.json
+            else "\n".join(f"request {r.id} pending again: {r.error}" for r in retried)
+        )
     elif args.request_command == "list":
         _print_requests(stores.request_store(ws, read_only=True).list(args.status), args.json)
     else:

@@ -37,6 +37,7 @@ from unsir_pipeline.governance.audit import (
     head_mac,
 )
 from unsir_pipeline.governance.deletion_requests import (
+    RETRIED_BY,
     TEXT_LIMITS,
     DeletionRequest,
     RequestStore,
@@ -70,6 +71,8 @@ from unsir_pipeline.governance.stores import (
     intake_payload,
     intake_trail,
     request_store,
+    retry_key,
+    retry_payload,
     state_target,
     withdrawal_key,
     withdrawal_payload,
@@ -177,6 +180,32 @@ def withdraw_request(ws: Workspace, request_id: str, by: str, reason: str) -> De
         idempotency_key=withdrawal_key(request.id),
     )
     return request
+
+
+def retry_requests(ws: Workspace, request_ids: Sequence[str], by: str, reason: str) -> list[DeletionRequest]:
+    """Put failed requests back in the queue (:meth:`RequestStore.retry`) once the cause of their
+    failures is fixed: the next batch takes them, with ``requests.max_attempts`` tries again, and
+    the trail records who, when and why, with the attempts and error each had
+    (``request_retried``, one per request)."""
+    require_recordable(by, reason)
+    store, audit = intake_trail(ws)
+    require_trail_the_registry_anchored(ws, audit, what=f"a retry of {', '.join(request_ids)}")
+    retried = store.retry(request_ids, by, reason)
+    for before, request in retried:
+        audit.append(
+            "request_retried",
+            actor=by,
+            request_ids=[request.id],
+            payload={
+                **retry_payload(request),
+                "reason": reason,
+                "previous_attempts": before.attempts,
+                "previous_error": before.error,
+                **provenance(ws),
+            },
+            idempotency_key=retry_key(request),
+        )
+    return [request for _, request in retried]
 
 
 # What a forget run's own request gives as its reason (`request list`, the trail).
@@ -1163,6 +1192,14 @@ def _requests_against_trail(
                 "its `request withdraw` stopped between the store and the trail; the next request, forget, batch "
                 "or withdrawal records it"
             )
+        if (request.error or "").startswith(RETRIED_BY) and request.status == "pending":
+            key = retry_key(request)
+            if not any(r.event == "request_retried" and r.idempotency_key == key for r in mine):
+                warnings.append(
+                    f"request {request.id} is pending again ({request.error}), but no request_retried record says "
+                    "so yet: its `request retry` stopped between the store and the trail; the next request, forget, "
+                    "batch, withdrawal or retry records it"
+                )
     return problems, warnings
 
 

@@ -21,6 +21,7 @@ Lifecycle::
     running --release(count_attempt=False)-->   pending    (the setup failed: attempts - 1)
     done    --return_to_pending-->              pending    (a reviewer rejected the version)
     pending or failed --withdraw-->             withdrawn  (taken back; never claimed again)
+    failed  --retry-->                          pending    (the cause fixed: attempts 0 again)
 
 This module talks to nothing but the state database and imports nothing else from the pipeline,
 so the queue can be inspected from a notebook or a shell without Prefect or MLflow.
@@ -48,6 +49,8 @@ STATUSES = ("pending", "running", "done", "failed", "rejected", "withdrawn")
 # What may be withdrawn: a request taken in (not rejected) that no run holds (running) and none
 # carried out (done). A failed one is claimed no more, but stays an open deletion until withdrawn.
 WITHDRAWABLE = ("pending", "failed")
+# The start of a retried request's ``error`` until a batch claims it: who put it back and why.
+RETRIED_BY = "retried by "
 
 # Longest text each field may hold, in characters. A request is read by people (``request
 # list``, the evidence report) and travels in every audit record: a megabyte reason would run
@@ -582,6 +585,54 @@ class RequestStore:
                 .values(status="withdrawn", error=f"withdrawn by {by}: {reason}", updated_at=_now())
             )
             return self._select(conn, this)[0]
+
+    def retry(
+        self, request_ids: Sequence[str], by: str, reason: str
+    ) -> builtins.list[tuple[DeletionRequest, DeletionRequest]]:
+        """Put failed requests back in the queue once whoever runs the pipeline fixed what made
+        their runs fail: status ``pending``, ``attempts`` 0 (``requests.max_attempts`` tries
+        again), ``error`` = who and why, after the attempts and the error they had. ``batch_id``
+        keeps its history. Returns each request as it was and as it is now, in the order given.
+
+        All or nothing, in one transaction that locks the rows as a claim does: a request that is
+        not failed (or not known) is refused, naming its status, and nothing changes.
+        """
+        ids = builtins.list(dict.fromkeys(_check_text("request_id", i) for i in request_ids))
+        if not ids:
+            raise RequestError("no request id given; expected the ids of failed requests")
+        check_request_text("by", by, limit=TEXT_LIMITS["requester"])
+        check_request_text("reason", reason, limit=TEXT_LIMITS["reason"])
+        chosen = _REQUESTS.c.id.in_(ids)
+        with self.db.write() as conn:
+            rows = conn.execute(sa.select(*_COLUMNS).where(chosen).with_for_update()).mappings().all()
+            found = {row["id"]: _row_to_request(row) for row in rows}
+            unknown = next((i for i in ids if i not in found), None)
+            if unknown is not None:
+                raise self._unknown(unknown)
+            refused = [found[i] for i in ids if found[i].status != "failed"]
+            if refused:
+                raise RequestError(
+                    "; ".join(f"request {r.id} is {r.status}{_why_not_retryable(r)}" for r in refused)
+                    + "; only a failed request can be retried (nothing was changed)"
+                )
+            now = _now()
+            for request in found.values():
+                error = f"{RETRIED_BY}{by}: {reason} (failed after {request.attempts} attempts: {request.error})"
+                conn.execute(
+                    sa.update(_REQUESTS)
+                    .where(_REQUESTS.c.id == request.id)
+                    .values(status="pending", attempts=0, error=error, updated_at=now)
+                )
+            after = {r.id: r for r in self._select(conn, chosen)}
+        return [(found[i], after[i]) for i in ids]
+
+
+def _why_not_retryable(request: DeletionRequest) -> str:
+    if request.status == "pending":
+        return " (queued: the next batch takes it)"
+    if request.status == "withdrawn":
+        return f" ({request.error})"
+    return _why_not_withdrawable(request)
 
 
 def _why_not_withdrawable(request: DeletionRequest) -> str:

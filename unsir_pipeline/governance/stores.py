@@ -12,7 +12,7 @@ from pathlib import Path
 
 from unsir_pipeline.adapters.state_store import StateDatabase, StateError, head_revision
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
-from unsir_pipeline.governance.deletion_requests import DeletionRequest, RequestStore
+from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest, RequestStore
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -97,14 +97,16 @@ def migrate_state(ws: Workspace, *, dry_run: bool = False) -> list[SchemaMigrati
 
 
 def intake_trail(ws: Workspace) -> tuple[RequestStore, AuditLog]:
-    """The request store and the trail for a step that takes requests in, claims or withdraws
-    them (`request add`, a forget run, a batch, `request withdraw`), with the records a killed
-    `request add` or `request withdraw` left unwritten written first (:func:`record_missing_intake`,
-    :func:`record_missing_withdrawals`): before a request moves on, so that one whose intake
-    record is missing is still pending or rejected."""
+    """The request store and the trail for a step that takes requests in, claims, withdraws or
+    retries them (`request add`, a forget run, a batch, `request withdraw|retry`), with the
+    records a killed `request add`, `request withdraw` or `request retry` left unwritten written
+    first (:func:`record_missing_intake`, :func:`record_missing_withdrawals`,
+    :func:`record_missing_retries`): before a request moves on, so that one whose intake record is
+    missing is still pending or rejected, and one whose retry record is missing still says so."""
     store, log = request_store(ws), audit_log(ws)
     record_missing_intake(store, log)
     record_missing_withdrawals(store, log)
+    record_missing_retries(store, log)
     return store, log
 
 
@@ -154,7 +156,9 @@ def record_missing_intake(store: RequestStore, log: AuditLog) -> list[AuditRecor
             payload["refusal"] = request.error
         return intake_event(request), request.requester, payload
 
-    return _record_missing(log, candidates, ("request_received", "request_refused"), intake_key, record_of)
+    return _record_missing(
+        log, candidates, ("request_received", "request_refused"), lambda r: intake_key(r.id), record_of
+    )
 
 
 # What a recovered record is: its event, actor and payload.
@@ -165,10 +169,10 @@ def _record_missing(
     log: AuditLog,
     candidates: list[DeletionRequest],
     events: tuple[str, ...],
-    key_of: Callable[[str], str],
+    key_of: Callable[[DeletionRequest], str],
     record_of: Callable[[DeletionRequest], _Record],
 ) -> list[AuditRecord]:
-    """Append ``record_of(request)``, keyed ``key_of(request.id)``, for every candidate that no
+    """Append ``record_of(request)``, keyed ``key_of(request)``, for every candidate that no
     record of ``events`` names, and return what was appended (the recoveries of a command killed
     between its store write and its record). Every intake checks every request refused or
     withdrawn since the store began, so each candidate's record is looked up by its idempotency
@@ -177,7 +181,7 @@ def _record_missing(
     keyed, or not at all."""
     if not candidates:
         return []
-    keys = {request.id: key_of(request.id) for request in candidates}
+    keys = {request.id: key_of(request) for request in candidates}
     keyed = log.recorded_keys(list(keys.values()))
     unkeyed = [request for request in candidates if keys[request.id] not in keyed]
     if not unkeyed:
@@ -244,4 +248,43 @@ def record_missing_withdrawals(store: RequestStore, log: AuditLog) -> list[Audit
         }
         return "request_withdrawn", RECOVERY_ACTOR, payload
 
-    return _record_missing(log, store.list("withdrawn"), ("request_withdrawn",), withdrawal_key, record_of)
+    return _record_missing(
+        log, store.list("withdrawn"), ("request_withdrawn",), lambda r: withdrawal_key(r.id), record_of
+    )
+
+
+def retry_key(request: DeletionRequest) -> str:
+    """The idempotency key of a ``request_retried`` record: one per retry (a request may fail
+    and be retried again), named by the time the retry stamped on the request."""
+    return f"retry-{request.id}@{request.updated_at}"
+
+
+def retry_payload(request: DeletionRequest) -> dict:
+    """What a ``request_retried`` record says of the request (the retry adds who, why and the
+    attempts and error it had; its recovery, the store's text of them)."""
+    return {"requester": request.requester, "classes": list(request.classes), "class_names": list(request.class_names)}
+
+
+def record_missing_retries(store: RequestStore, log: AuditLog) -> list[AuditRecord]:
+    """Write the ``request_retried`` record of every retried request still pending that the trail
+    has none for, from the request as stored, and return those records.
+
+    `unsir request retry` updates the store, then records it: killed in between, the request is
+    pending with no record. Its ``error`` still says who retried it, why and what it had before
+    (:data:`~unsir_pipeline.governance.deletion_requests.RETRIED_BY`) until a batch claims it,
+    and every claim writes the missing records first (:func:`intake_trail`). Keyed by the
+    retry, as the retry's own record is: written once, whoever writes first. No fallback to
+    unkeyed records: an earlier retry of the same request has one of its own."""
+
+    def record_of(request: DeletionRequest) -> _Record:
+        payload = {
+            **retry_payload(request),
+            "retry": request.error,
+            "recorded_from": (
+                f"the request store (no request_retried record was on the trail; retried {request.updated_at})"
+            ),
+        }
+        return "request_retried", RECOVERY_ACTOR, payload
+
+    retried = [r for r in store.list("pending") if (r.error or "").startswith(RETRIED_BY)]
+    return _record_missing(log, retried, (), retry_key, record_of)
