@@ -454,7 +454,7 @@ def test_a_batch_whose_first_record_fails_releases_its_requests(project, tmp_pat
 
     copy = _copy_with_registry(project, tmp_path / "first-record")
     ws = ws_of(copy)
-    request = batches.file_request(ws, ["4"], "judy", "first record fails")
+    request = batches.file_request(ws, ["9"], "judy", "first record fails")  # 4: forgotten just before
     record = batches.record
 
     def failing(ws, batch, event, payload, **kwargs):
