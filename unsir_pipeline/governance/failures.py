@@ -24,8 +24,8 @@ def is_bad_input(err: BaseException) -> bool:
     from unsir_pipeline.adapters.state_store import StateFileDamaged, StateSchemaRefused, StateWriteRefused
     from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
-    from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.governance.full_disk import full_disk_error
+    from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.runtime import RuntimeSettingError
 
     if full_disk_error(err) is not None:  # the disk to free is named; the command did not fail of itself
