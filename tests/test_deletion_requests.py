@@ -762,9 +762,14 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
     from unsir_pipeline.governance.failures import is_bad_input, setup_fault
     from unsir_pipeline.settings.config import ConfigError
 
-    bad_input = [PreparedDataDamaged("x"), PreparedDataMissing("x"), CheckpointIntegrityError("x"), ConfigError("x")]
+    bad_input = [
+        PreparedDataDamaged("x"),
+        PreparedDataMissing("x"),
+        CheckpointIntegrityError("x"),
+        ConfigError("x"),
+        ValidationFailed(ValidationReport(success=False, failures=("split",), evaluated=1)),  # data to restore
+    ]
     environment = [
-        ValidationFailed(ValidationReport(success=False, failures=("split",), evaluated=1)),
         RegistryError("cannot reach the MLflow registry"),
         MlflowException("connection refused"),
         StateError("file is not a database"),

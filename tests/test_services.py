@@ -257,7 +257,8 @@ def test_mlflow_stopped_mid_batch_loses_no_request_and_another_checkout_finishes
     assert batch.returncode != 0, output[-3000:]
     assert "Retrying" in output  # the HTTP client retried before giving up
     after = stack.requests()[left_pending]  # what an operator sees
-    assert after["status"] == "pending" and after["attempts"] == 1 and after["error"], after
+    # A server down is the setup's fault, not the run's: the claim's attempt is taken back.
+    assert after["status"] == "pending" and after["attempts"] == 0 and after["error"], after
 
     restarted = stack.run_stack("up", "mlflow")
     assert restarted.returncode == 0, restarted.stderr

@@ -57,10 +57,11 @@ def setup_fault(err: BaseException) -> str | None:
     from unsir_pipeline.governance.audit import AuditError
     from unsir_pipeline.governance.locks import LockError
 
+    if isinstance(err, ValidationFailed):  # bad input too, but the more telling name
+        return "the data failed validation"
     if is_bad_input(err):
         return "bad input or configuration (a setting, the prepared data or the weights)"
     faults: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (ValidationFailed, "the data failed validation"),
         ((RegistryError, MlflowException), "the MLflow registry (down, damaged or refusing)"),
         (StateError, "the state database"),
         (DataVersioningError, "DVC (the data's versioning)"),
