@@ -240,8 +240,8 @@ def check_classifier_head(
     finally:
         for hook in hooks:
             hook.remove()
+    names = {m: name for name, m in model.named_modules()}
     if not ran or ran[-1] is not head:
-        names = {m: name for name, m in model.named_modules()}
         last = f"{names[ran[-1]]!r}" if ran else "none"
         raise UnlearningInputError(
             f"{type(model).__name__}'s classifier head is taken to be its last registered nn.Linear, "
@@ -249,7 +249,6 @@ def check_classifier_head(
             f"runs is {last}; define the head after every other layer in __init__"
         )
     if head.out_features != num_classes:
-        names = {m: name for name, m in model.named_modules()}
         raise UnlearningInputError(
             f"{type(model).__name__}'s classifier head is taken to be its last nn.Linear, {names[head]!r} "
             f"({head.in_features} -> {head.out_features}), but it has {head.out_features} outputs, not one per "

@@ -224,7 +224,7 @@ class StateDatabase:
                 with conn.begin():
                     yield conn
             except DBAPIError as err:
-                if self.is_sqlite and _no_space(err.orig):  # SQLite's own words name no file
+                if self.is_sqlite and sqlite_says_full(err.orig):  # SQLite's own words name no file
                     raise StateError(
                         f"cannot write to the state database {self.shown}: {_first_line(err)}{_no_space_hint(self)}"
                     ) from err
@@ -278,7 +278,7 @@ class StateDatabase:
 
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = _first_line(err)
-        if self.is_sqlite and _no_space(err.orig):
+        if self.is_sqlite and sqlite_says_full(err.orig):
             return StateError(f"cannot open the state database {self.shown}: {detail}{_no_space_hint(self)}")
         if self.is_sqlite and is_damaged_sqlite(err.orig):
             return self.damaged(detail)
@@ -429,7 +429,7 @@ class StateDatabase:
             raw.close()
 
 
-def _no_space(err: BaseException | None) -> bool:
+def sqlite_says_full(err: BaseException | None) -> bool:
     """Whether SQLite found no space on the disk: for a page (SQLITE_FULL, "database or disk is
     full"), or for the ``-shm`` index a WAL file is read through (SQLITE_IOERR_SHMSIZE, "disk I/O
     error"), which even a read needs once the last connection has removed it."""

@@ -805,8 +805,7 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> Rejection:
     registry = registry_for(ws)
     info = registry.get_version(version)
     tags = info.tags
-    recorded = {r.payload.get("model_version") for r in log.records(event="version_rejected")}
-    if tags.get("review_decision") == "rejected" and version not in recorded:
+    if tags.get("review_decision") == "rejected" and not _rejection_recorded(log, version):
         # A rejection stopped between tagging the version and its record: finish it as decided.
         by, reason = tags.get("reviewed_by", by), tags.get("review_reason", reason)
         recovered = {"recovered_from": "registry tags (the rejection stopped before recording it)"}
@@ -816,6 +815,10 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> Rejection:
         raise UnlearningInputError(refusal)
     registry.set_version_tags(version, {"review_decision": "rejected", "reviewed_by": by, "review_reason": reason})
     return Rejection(by, reason, _finish_rejection(ws, log, registry, info, by, reason, extra={}))
+
+
+def _rejection_recorded(log: AuditLog, version: int) -> bool:
+    return any(r.payload.get("model_version") == version for r in log.records(event="version_rejected"))
 
 
 def _why_not_rejectable(ws: Workspace, info: VersionInfo) -> str | None:

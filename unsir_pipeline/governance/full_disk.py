@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -23,10 +22,11 @@ _WORDS = ("database or disk is full", "no space left", "disk quota exceeded")
 
 
 def _says_full(err: BaseException) -> bool:
+    from unsir_pipeline.adapters.state_store import sqlite_says_full
+
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE):
+    if sqlite_says_full(err):
         return True
     first = (str(err).strip().splitlines() or [""])[0].lower()
     return any(word in first for word in _WORDS)
