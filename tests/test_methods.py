@@ -287,6 +287,39 @@ def test_a_model_without_a_linear_layer_is_told_what_runs_without_a_head():
     make_method("unsir", paper).unlearn(convolutional, task, device=CPU, generator=_seeded(0))
 
 
+class _HeadTiedToClassEmbedding(torch.nn.Module):
+    """A classifier whose head shares its weight with a class embedding (as label-conditioned or
+    prototype models tie them): row c of one is row c of the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.class_embedding = torch.nn.Embedding(10, 16)
+        self.head = torch.nn.Linear(16, 10)
+        self.head.weight = self.class_embedding.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_a_head_tied_to_another_layer_is_refused_before_any_compute():
+    """The head reset re-drew the forget class's row of the class embedding too (the same
+    Parameter), silently changing a layer the user never asked to unlearn. The paper's method,
+    which trains the tied weight through the model's own forward pass, still runs."""
+    task = _one_sample_per_retained_class()
+    model = _HeadTiedToClassEmbedding()
+    before = copy.deepcopy(model.state_dict())
+    recipe = unsir_config_for(model, retain_per_class=1)
+    with pytest.raises(
+        UnlearningInputError,
+        match=r"classifier head 'head' shares its weight with 'class_embedding.weight' .* untie it .* with_noise=True",
+    ):
+        make_method("unsir", recipe).unlearn(model, task, device=CPU, generator=_seeded(0))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    paper = unsir_config_for(model, retain_per_class=1, with_noise=True)
+    make_method("unsir", paper).unlearn(model, task, device=CPU, generator=_seeded(0))
+
+
 @pytest.mark.parametrize("name", ["unsir", "finetune"])
 def test_a_model_with_every_parameter_frozen_is_refused_before_any_compute(
     trained_digits_model, digits, digits_manifest, digits_splits, name

@@ -254,12 +254,41 @@ def check_classifier_head(
             f"({head.in_features} -> {head.out_features}), but it has {head.out_features} outputs, not one per "
             f"class ({num_classes}): the logits are made by something else; {HEAD_FREE_RECIPE}"
         )
+    _refuse_a_tied_head(model, head, names)
     return head
 
 
+def _refuse_a_tied_head(model: nn.Module, head: nn.Linear, names: dict[nn.Module, str]) -> None:
+    """A head whose weight or bias is the same Parameter as another module's (a class embedding,
+    a language model's tied input embedding) is refused, not handled: the other module reads the
+    same rows with a meaning of its own (a class's conditioning, a token), so re-drawing the
+    forget classes' rows would change it silently, and the head round, which refits the head on
+    features computed once, would train it without running it. Whether the tie may be broken is
+    the user's choice; the paper's method trains the tied weight through the forward pass."""
+    own = {id(p): name for name, p in head.named_parameters()}  # a parametrization's originals too
+    inside_head = set(head.modules())
+    for module_name, module in model.named_modules():
+        if module in inside_head:
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in own:
+                head_name, shared = names[head], own[id(parameter)]
+                other = f"{module_name}.{name}" if module_name else name
+                raise UnlearningInputError(
+                    f"{type(model).__name__}'s classifier head {head_name!r} shares its {shared} with {other!r} "
+                    f"(the same Parameter): the recipe's head reset would re-draw the forget classes' rows of "
+                    f"{other!r} too, and its head round refit them; untie it (model.{head_name}.{shared} = "
+                    f"nn.Parameter(model.{head_name}.{shared}.detach().clone())) if the two may differ, or "
+                    f"{WITHOUT_HEAD_STEPS}"
+                )
+
+
+# What runs on a model whose head the recipe can neither reset nor refit.
+WITHOUT_HEAD_STEPS = (
+    "run without the head reset and head round (unsir_config_for(..., with_noise=True), the paper's method, or "
+    "reset_forget_rows=False and head_round=None): UNSIR then touches no head"
+)
 # What a model whose logits do not come out of an nn.Linear head can still run.
 HEAD_FREE_RECIPE = (
-    "the recipe's head reset and head round need an nn.Linear head with one output per class; without them "
-    "(unsir_config_for(..., with_noise=True), the paper's method, or reset_forget_rows=False and "
-    "head_round=None) UNSIR touches no head"
+    f"the recipe's head reset and head round need an nn.Linear head with one output per class; {WITHOUT_HEAD_STEPS}"
 )
