@@ -1,4 +1,6 @@
+import contextlib
 import copy
+import re
 from dataclasses import replace
 
 import pytest
@@ -318,6 +320,35 @@ def test_a_head_tied_to_another_layer_is_refused_before_any_compute():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     paper = unsir_config_for(model, retain_per_class=1, with_noise=True)
     make_method("unsir", paper).unlearn(model, task, device=CPU, generator=_seeded(0))
+
+
+@pytest.mark.parametrize(
+    ("norm", "layer", "module"), [("weight_norm", 1, "'1' (Linear)"), ("spectral_norm", 3, "'3' (Linear)")]
+)
+def test_a_hook_based_weight_or_spectral_norm_is_refused_before_any_compute(norm, layer, module):
+    """torch's hook-based norms keep the weight they compute as a plain tensor: once a forward
+    pass recorded gradients, copying the model failed with torch's 'Only Tensors created
+    explicitly by the user (graph leaves) support the deepcopy protocol'; a head copied after an
+    evaluation failed in the reset with 'Inplace update to inference tensor outside InferenceMode',
+    and a write that went through would have been overwritten by the next forward pass."""
+    task = _one_sample_per_retained_class()
+    layers = [torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)]
+    with pytest.warns(FutureWarning) if norm == "weight_norm" else contextlib.nullcontext():
+        layers[layer] = getattr(torch.nn.utils, norm)(layers[layer])  # torch deprecates the hook-based weight_norm
+    model = torch.nn.Sequential(*layers)
+    if layer == 1:
+        model(task.retain_images).sum().backward()  # as the last training step leaves it
+    else:
+        with torch.no_grad():  # as an evaluation leaves it
+            model(task.retain_images)
+    with pytest.raises(
+        UnlearningInputError,
+        match=rf"Sequential's module {re.escape(module)} uses the hook-based torch.nn.utils.{norm}, .* expected "
+        rf"torch.nn.utils.parametrizations.{norm}: torch.nn.utils.remove_{norm}\(module\), then",
+    ):
+        make_method("unsir", unsir_config_for(model, retain_per_class=1)).unlearn(
+            model, task, device=CPU, generator=_seeded(0)
+        )
 
 
 @pytest.mark.parametrize("name", ["unsir", "finetune"])

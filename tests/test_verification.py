@@ -399,6 +399,11 @@ def test_resetting_the_forget_rows_of_a_parametrized_head_takes_effect(parametri
     assert not torch.allclose(before[[2, 7]], after[[2, 7]], atol=1e-3)
     if parametrization == "weight_norm":  # spectral_norm rescales every row by the new norm
         assert torch.allclose(before[[0, 1, 3, 4, 5, 6, 8, 9]], after[[0, 1, 3, 4, 5, 6, 8, 9]], atol=1e-6)
+        # The effective rows are re-drawn, not the direction or the norm alone: a plain head reset
+        # from the same generator gets the same rows.
+        plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        unsir_module.reset_head_rows(plain, (2, 7), generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(after[[2, 7]], plain[3].weight.detach()[[2, 7]], atol=1e-6)
 
 
 def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():

@@ -6,6 +6,7 @@ Unlearning works on any ``nn.Module`` classifier whose last learnable layer is a
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from unsir.configs import ARCHITECTURE_KWARGS, ARGUMENTS_FROM_DATA, check_architecture_kwargs
 from unsir.errors import UnlearningInputError
@@ -152,6 +155,30 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     if not linears:
         raise UnlearningInputError(f"{type(model).__name__} has no nn.Linear layer to read features from")
     return linears[-1]
+
+
+def working_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A deep copy of ``model`` on ``device`` to unlearn or fine-tune; ``model`` is left untouched.
+
+    torch's hook-based ``weight_norm`` and ``spectral_norm`` are refused first: they keep the
+    weight they compute as a plain tensor attribute, which deepcopy refuses once a forward pass
+    has recorded gradients (torch's "graph leaves" error), and which the next forward pass
+    overwrites, so the head reset cannot write it. Their parametrized versions have neither
+    problem; converting is two calls.
+    """
+    hook_based = {WeightNorm: "weight_norm", SpectralNorm: "spectral_norm"}
+    for name, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            norm = hook_based.get(type(hook))
+            if norm is not None:
+                where = f"module {name!r} ({type(module).__name__})" if name else "top module"
+                raise UnlearningInputError(
+                    f"{type(model).__name__}'s {where} uses the hook-based torch.nn.utils.{norm}, which cannot be "
+                    f"copied (unlearning works on a copy) once a forward pass has recorded gradients; expected "
+                    f"torch.nn.utils.parametrizations.{norm}: torch.nn.utils.remove_{norm}(module), then "
+                    f"torch.nn.utils.parametrizations.{norm}(module)"
+                )
+    return copy.deepcopy(model).to(device)
 
 
 @torch.inference_mode()

@@ -7,12 +7,11 @@ is the ratio of the two: near or above 1 is good forgetting.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from unsir.configs import OptimConfig
+from unsir.models import working_copy
 from unsir.training import iterate_batches, make_optimizer, predict_logits
 
 
@@ -31,7 +30,7 @@ def relearn_steps(
 ) -> int:
     """Optimiser steps of fine-tuning on forget-train data until forget-test accuracy reaches
     ``target_accuracy``; ``max_steps`` if it never does. ``model`` is left untouched."""
-    working = copy.deepcopy(model).to(device)
+    working = working_copy(model, device)
     optimizer = make_optimizer(config, working.parameters())
     x, y = forget_train_images.to(device), forget_train_labels.to(device)
 

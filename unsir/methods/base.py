@@ -7,7 +7,6 @@ module to this package (modules here are imported automatically).
 
 from __future__ import annotations
 
-import copy
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from torch import nn
 
 from unsir.classes import check_forget_classes
 from unsir.errors import UnlearningInputError
-from unsir.models import check_classifier
+from unsir.models import check_classifier, working_copy
 from unsir.training import resolve_device
 
 
@@ -162,7 +161,7 @@ def prepare(model: nn.Module, task: UnlearningTask, device: torch.device) -> nn.
             "model.requires_grad_(False) for inference); expected some to train: unfreeze the layers to unlearn "
             "with model.requires_grad_(True)"
         )
-    working = copy.deepcopy(model).to(device)
+    working = working_copy(model, device)
     images = {
         name: x
         for name, x in {
