@@ -106,14 +106,14 @@ def test_no_step_trains_on_a_forget_class_sample(
         trained_on.append(images.detach().cpu().flatten(1))
         return real_fit(model, images, labels, *args, **kwargs)
 
-    real_features = unsir_module.penultimate_features
+    real_features = unsir_module.head_features
 
     def recording_features(model, images, **kwargs):
         trained_on.append(images.detach().cpu().flatten(1))  # what the head round's features come from
         return real_features(model, images, **kwargs)
 
     monkeypatch.setattr(unsir_module, "fit", recording_fit)
-    monkeypatch.setattr(unsir_module, "penultimate_features", recording_features)
+    monkeypatch.setattr(unsir_module, "head_features", recording_features)
     config = replace(
         UNSIRConfig(),  # with the paper's noise
         reset_forget_rows=True,  # round 1 then forgets on accuracy, so a head round follows
@@ -226,6 +226,43 @@ def test_a_head_round_changes_the_head_alone(trained_digits_model, digits, digit
     after = model.state_dict()
     # BatchNorm's running statistics included: the features are read in eval() mode.
     assert {k for k in before if not torch.equal(before[k], after[k])} == {"classifier.weight", "classifier.bias"}
+
+
+class _TemperatureScaled(nn.Module):
+    """A calibrated classifier: its forward pass divides the head's logits by a temperature."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+        self.temperature = nn.Parameter(torch.tensor(temperature))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)) / self.temperature
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_a_head_round_trains_the_head_through_what_follows_it_in_the_forward_pass(temperature):
+    """The head round fitted the head alone on the features, so a temperature-scaled model's
+    head was fitted to logits the model never outputs (a temperature of 4 ignored): the head that
+    comes out must be the one fitted through the model's own forward pass, the rest frozen."""
+    torch.manual_seed(0)
+    model = _TemperatureScaled(temperature)
+    images = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(96) % 10
+    task = SimpleNamespace(retain_images=images, retain_labels=labels)
+    settings = OptimConfig(lr=0.1, epochs=3, batch_size=32)
+    expected = copy.deepcopy(model)
+    expected.body.requires_grad_(False)
+    expected.temperature.requires_grad_(False)
+    unsir_module.fit(expected, images, labels, settings, device=CPU, generator=torch.Generator().manual_seed(0))
+    before = copy.deepcopy(model.state_dict())
+    unsir_module.refit_head(model, task, settings, device=CPU, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.head.weight, expected.head.weight, atol=1e-6)
+    assert torch.allclose(model.head.bias, expected.head.bias, atol=1e-6)
+    after = model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"head.weight", "head.bias"}
+    assert all(p.requires_grad for p in model.parameters())  # the rest was frozen for the round only
 
 
 def _damaging(max_recovery_epochs: int) -> UNSIRConfig:

@@ -187,18 +187,34 @@ def penultimate_features(
 ) -> torch.Tensor:
     """Inputs of the classifier head, captured with a forward hook (any architecture), in
     batches of ``batch_size`` (default: ``unsir.training.inference_batch_size``)."""
+    return head_features(model, images, device=device, batch_size=batch_size)[0]
+
+
+@torch.inference_mode()
+def head_features(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int | None = None
+) -> tuple[torch.Tensor, bool]:
+    """:func:`penultimate_features`, and whether the model's output was its head's output on every
+    sample: False when its forward pass changes the logits after the head (a temperature, a
+    log_softmax, a logit adjustment), so that the head alone is not the model's classifier."""
     batch_size = batch_size or inference_batch_size(device)
     captured: list[torch.Tensor] = []
-    hook = classifier_head(model).register_forward_hook(
-        lambda _m, inputs, _out: captured.append(inputs[0].flatten(1).cpu())
-    )
+    head_outputs: list[torch.Tensor] = []
+
+    def capture(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        captured.append(inputs[0].flatten(1).cpu())
+        head_outputs.append(output)
+
+    hook = classifier_head(model).register_forward_hook(capture)
+    head_makes_the_output = True
     try:
         with in_eval_mode(model):
             for start in range(0, len(images), batch_size):
-                model(images[start : start + batch_size].to(device))
+                output = model(images[start : start + batch_size].to(device))
+                head_makes_the_output = head_makes_the_output and torch.equal(output, head_outputs.pop())
     finally:
         hook.remove()
-    return torch.cat(captured)
+    return torch.cat(captured), head_makes_the_output
 
 
 def check_classifier(

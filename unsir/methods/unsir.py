@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Self
 
 import torch
 from torch import nn
@@ -38,9 +39,9 @@ from unsir.methods.base import (
     register,
     timed,
 )
-from unsir.models import check_classifier_head, classifier_head, penultimate_features
+from unsir.models import check_classifier_head, classifier_head, head_features
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
-from unsir.training import fit, resolve_device
+from unsir.training import fit, in_eval_mode, resolve_device
 from unsir.verification import ForgettingCheck, check_forgetting
 
 
@@ -103,25 +104,67 @@ def refit_head(
     device: torch.device,
     generator: torch.Generator,
 ) -> nn.Module:
-    """Refit the classifier head alone on D_r_sub's penultimate features, the rest frozen.
+    """Refit the classifier head alone on D_r_sub, the rest frozen.
 
     The features are computed once, in eval() mode (as the model computes them when it is
     used), so the step costs less than one epoch over D_r_sub. The forget classes' rows
     are refitted as the last round left them: re-drawn again, they came back above the
     confidence bound more often than not (benchmarks/tuning/head_round.py).
+
+    A model whose forward pass changes the head's logits (a calibrated model's temperature)
+    would have its head fitted to logits it never outputs: its head is trained through the
+    model's own forward pass instead, every other parameter frozen and the model in eval() mode,
+    at the cost of one forward pass over D_r_sub per epoch.
     """
-    # A copy outside inference mode: the head's backward pass saves its input.
-    features = penultimate_features(model, task.retain_images, device=device).clone()
-    fit(
-        classifier_head(model),
-        features,
-        task.retain_labels,
-        settings,
-        device=device,
-        generator=generator,
-        description="head round",
-    )
+    head = classifier_head(model)
+    features, head_makes_the_output = head_features(model, task.retain_images, device=device)
+    if head_makes_the_output:
+        # A copy outside inference mode: the head's backward pass saves its input.
+        fit(
+            head,
+            features.clone(),
+            task.retain_labels,
+            settings,
+            device=device,
+            generator=generator,
+            description="head round",
+        )
+        return model
+    head_parameters = {id(p) for p in head.parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in head_parameters]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        with in_eval_mode(model):
+            fit(
+                _EvalModeForward(model),
+                task.retain_images,
+                task.retain_labels,
+                settings,
+                device=device,
+                generator=generator,
+                description="head round",
+            )
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
     return model
+
+
+class _EvalModeForward(nn.Module):
+    """``model``'s forward pass, ``model`` left in eval() mode whatever mode ``fit`` sets: the
+    head round trains the head alone, and BatchNorm's statistics and dropout stay as they were."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> Self:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 def failed_on_confidence_alone(record: dict[str, float], settings: VerificationConfig) -> bool:
