@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -406,3 +407,34 @@ def test_a_registry_path_that_cannot_be_opened_is_named_at_once(tmp_path: Path) 
     with pytest.raises(RegistryError, match=rf"cannot open the MLflow registry at {uri}: {tmp_path} is a directory"):
         ModelRegistry(uri, MODEL_NAME, "exp")
     assert time.monotonic() - started < 5
+
+
+def test_a_failed_registration_leaves_no_logged_model(store: dict, tmp_path: Path) -> None:
+    """The registry's database refused the new version after the model was logged (a full disk,
+    here a real SQLite trigger that fails the insert as one would): the logged model, its
+    checkpoint and all, used to stay in the experiment's models, READY, with no version, one
+    more at every retry."""
+    registry: ModelRegistry = store["registry"]
+    database = store["uri"].removeprefix("sqlite:///")
+    client = mlflow.MlflowClient(tracking_uri=store["uri"])
+    experiment_ids = [client.get_experiment_by_name("unlearning").experiment_id]
+    models_before = {m.model_id for m in client.search_logged_models(experiment_ids)}
+    versions_before = registry.list_versions()
+    checkpoints_before = sorted((store["root"] / "artifacts").rglob(WEIGHTS_FILE))
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_versions BEFORE INSERT ON model_versions "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    conn.close()
+    try:
+        with pytest.raises(RegistryError, match="registering .* as model .* failed"):
+            _register(store, _checkpoint(tmp_path / "refused", seed=7), "refused-key")
+    finally:
+        with sqlite3.connect(database) as conn:
+            conn.execute("DROP TRIGGER refuse_versions")
+        conn.close()
+    assert registry.list_versions() == versions_before
+    assert {m.model_id for m in client.search_logged_models(experiment_ids)} == models_before
+    # Its checkpoint is gone from the artifact store too.
+    assert sorted((store["root"] / "artifacts").rglob(WEIGHTS_FILE)) == checkpoints_before

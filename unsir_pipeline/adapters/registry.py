@@ -38,6 +38,7 @@ from mlflow.entities.model_registry.model_version_status import ModelVersionStat
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
@@ -323,6 +324,9 @@ class ModelRegistry:
                 pip_requirements=PIP_REQUIREMENTS,
                 metadata=serving_metadata(_card),
             )
+        except MlflowException as err:
+            raise RegistryError(f"logging {str(checkpoint_dir)!r} as a model failed: {err.message}") from err
+        try:
             self._ensure_registered_model()
             version = self._client.create_model_version(
                 name=self.model_name,
@@ -334,6 +338,7 @@ class ModelRegistry:
                 await_creation_for=int(_READY_TIMEOUT_S),
             )
         except MlflowException as err:
+            self._discard_unregistered(info.model_id, idempotency_key)
             raise RegistryError(
                 f"registering {str(checkpoint_dir)!r} as model {self.model_name!r} failed: {err.message}"
             ) from err
@@ -342,6 +347,35 @@ class ModelRegistry:
         if alias:
             self.set_alias(alias, number)
         return number
+
+    def _discard_unregistered(self, model_id: str, idempotency_key: str) -> None:
+        """Delete a logged model whose version could not be created, and its checkpoint.
+
+        Deleted rather than kept and tagged as failed: a model that no version points at is
+        nothing a user may load, yet the experiment's model list shows it as READY beside the
+        real ones, and every retry of the registration would leave one more checkpoint. The run
+        stays, ended FAILED by its caller, as the record of the attempt. The row is marked
+        deleted first and the files removed only then, so no listed model ever lacks its files;
+        where the database refuses that too (the same full disk), the model is named in the log.
+        """
+        try:
+            if self._version_with_key(idempotency_key) is not None:
+                return  # a server made the version, then its answer was lost: the model is its
+            artifact_location = self._client.get_logged_model(model_id).artifact_location
+            self._client.delete_logged_model(model_id)
+        except (MlflowException, RegistryError) as err:
+            _log.warning(
+                "logged model %s has no registered version and could not be deleted (%s); delete it from "
+                "experiment %r once the registry accepts writes",
+                model_id,
+                err,
+                self.experiment_name,
+            )
+            return
+        try:
+            get_artifact_repository(artifact_location).delete_artifacts()
+        except (MlflowException, OSError) as err:
+            _log.warning("the files of deleted model %s stay at %s (%s)", model_id, artifact_location, err)
 
     def _ensure_registered_model(self) -> None:
         try:
