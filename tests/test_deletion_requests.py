@@ -225,6 +225,66 @@ def test_a_failed_batch_leaves_its_requests_the_whole_reason_on_one_line() -> No
     assert message.endswith("class counts: count=6, split=val, label=0")
 
 
+def _full_database_error(tmp_path: Path) -> BaseException:
+    """The error SQLAlchemy raises when a session's pending rows meet a full SQLite file (as
+    MLflow's tracking store does): several lines, the statement and its parameters included."""
+    import sqlalchemy as sa
+    from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Tag(Base):
+        __tablename__ = "tags"
+        key = mapped_column(sa.String, primary_key=True)
+        value = mapped_column(sa.String)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+    @sa.event.listens_for(engine, "connect")
+    def no_room_left(conn, _record) -> None:  # the file may not grow: SQLite's "disk is full"
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+
+    with Session(engine) as session:
+        session.add_all(Tag(key=f"k{i}", value="v" * 500) for i in range(50))
+        try:
+            session.query(Tag).first()  # flushes the rows first
+        except sa.exc.OperationalError as err:
+            return err
+        finally:
+            engine.dispose()
+    raise AssertionError("the full database accepted the rows")
+
+
+def test_a_failed_batch_stores_a_short_readable_error_not_sqlalchemys_whole_text(tmp_path: Path) -> None:
+    """A batch that failed on a full MLflow database left its requests SQLAlchemy's text: a hint
+    about autoflush first, then the statement and 50 rows of parameters, 8 KB on one line of
+    `unsir request list`."""
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.governance.batches import failure_message
+
+    err = _full_database_error(tmp_path)
+    assert len(str(err)) > 2000 and "autoflush" in str(err)
+    assert failure_message(err) == "OperationalError: (sqlite3.OperationalError) database or disk is full"
+    # As the registry passes it on, after its own words.
+    wrapped = RegistryError(f"registering 'models/x' as model 'digits' failed: {err}")
+    assert failure_message(wrapped) == (
+        "RegistryError: registering 'models/x' as model 'digits' failed: "
+        "(sqlite3.OperationalError) database or disk is full"
+    )
+
+
+def test_a_long_failure_is_cut_saying_where_the_rest_is() -> None:
+    from unsir_pipeline.governance.batches import failure_message
+
+    message = failure_message(RuntimeError("the server answered: " + "x" * 5000))
+    assert message.startswith("RuntimeError: the server answered: xxx")
+    assert len(message) < 600
+    assert message.endswith("(cut at 500 characters: the whole error is in the flow run's log)")
+
+
 def test_mark_done_touches_only_that_batch_and_is_a_no_op_when_retried(
     store: RequestStore,
 ) -> None:

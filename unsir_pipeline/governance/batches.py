@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,18 @@ AUDIT_SEQ_TAG = "audit_seq"
 AUDIT_HASH_TAG = "audit_hash"
 # Records after which the batch anchors the head in the registry: the version exists by then.
 ANCHORED_EVENTS = {"model_registered", "gate_decision", "batch_finished"}
+# What a released request keeps of its error, at most: one row of `request list`, not the
+# several KB a database error can carry (the flow run's log keeps the whole text).
+FAILURE_MESSAGE_LIMIT = 500
+# The parts of SQLAlchemy's error text (which MLflow passes on as its own) that say nothing to
+# the user: the autoflush hint before the cause, and the statement, its parameters (every row
+# the session held) and the link to SQLAlchemy's docs after it.
+_SQLALCHEMY_NOISE = re.compile(
+    r"\(raised as a result of Query-invoked autoflush;[^)]*\)"
+    r"|\n\[SQL: .*?\(Background on this error at: [^)]*\)"
+    r"|\(Background on this error at: [^)]*\)",
+    re.DOTALL,
+)
 
 
 class RequestRefused(UnlearningInputError):
@@ -473,8 +486,14 @@ PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validat
 def failure_message(err: BaseException) -> str:
     """The error a released request keeps: one line (request list prints one row per request),
     but every line of the exception joined, since a validation failure's first line only counts
-    the failures and the lines after it name them."""
-    return f"{type(err).__name__}: {' '.join(line.strip() for line in str(err).splitlines() if line.strip())}"
+    the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
+    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is."""
+    text = _SQLALCHEMY_NOISE.sub("", str(err))
+    message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
+    if len(message) <= FAILURE_MESSAGE_LIMIT:
+        return message
+    cut = message[:FAILURE_MESSAGE_LIMIT].rstrip()
+    return f"{cut} ... (cut at {FAILURE_MESSAGE_LIMIT} characters: the whole error is in the flow run's log)"
 
 
 def attempt_counted(ws: Workspace, fault: str | None) -> dict:
