@@ -1164,7 +1164,12 @@ def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(ca
 
     from unsir_pipeline.cli.commands import _print_requests
 
-    common = {"class_names": ("3",), "requester": "alice", "created_at": "2026-11-29T10:00:00+00:00"}
+    common = {
+        "class_names": ("3",),
+        "requester": "alice",
+        "created_at": "2026-11-29T10:00:00+00:00",
+        "updated_at": "2026-11-30T02:00:00+00:00",
+    }
     _print_requests(
         [
             SimpleNamespace(id="r-done", status="done", model_version=4, error="MLflow unreachable", **common),
@@ -1174,7 +1179,7 @@ def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(ca
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("r-done") and lines[2].strip() == "an earlier attempt failed: MLflow unreachable"
-    assert lines[3].startswith("r-pending") and lines[4].strip() == "MLflow unreachable"
+    assert lines[3].startswith("r-pending") and lines[4].strip() == "at 2026-11-30T02:00:00+00:00: MLflow unreachable"
 
 
 def test_output_whose_reader_went_away_ends_quietly(project):

@@ -840,3 +840,49 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
     assert all(is_bad_input(err) and _is_user_error(err) and setup_fault(err) for err in bad_input)
     assert all(setup_fault(err) and not _is_user_error(err) for err in environment)  # exit 1: a service down...
     assert [setup_fault(err) for err in run] == [None, None, None]
+
+
+def test_a_request_pending_after_a_failed_batch_shows_why_and_when(tmp_path: Path, capsys) -> None:
+    """A batch that failed on bad input (here a model the head check refuses) releases its
+    requests to pending without counting an attempt, so the next night tries them again. `request
+    list` showed the error without when it happened (only when the request was filed), and a
+    request a batch holds again showed the earlier error bare, as if it were failing now."""
+    import shutil
+
+    import torch
+    from conftest import ROOT
+
+    from unsir.errors import UnlearningInputError
+    from unsir.models import check_classifier_head
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.governance.batches import failure_message
+    from unsir_pipeline.settings.workspace import Workspace
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    ws = Workspace.load(tmp_path)
+    store = stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    store.claim_pending("batch-1")
+    head_free = torch.nn.Sequential(torch.nn.Conv2d(1, 10, 8), torch.nn.Flatten())
+    with pytest.raises(UnlearningInputError) as refused:
+        check_classifier_head(head_free, torch.zeros(1, 1, 8, 8), 10, device=torch.device("cpu"))
+    error = failure_message(refused.value)
+    (released,) = store.release("batch-1", error, ws.params.requests.max_attempts, count_attempt=False)
+    assert (released.status, released.attempts) == ("pending", 0)
+
+    cli = ["--project", str(tmp_path), "request"]
+    assert main([*cli, "list"]) == 0
+    assert f"\n{'':<18}at {released.updated_at}: {error}\n" in capsys.readouterr().out
+    for argv in ([*cli, "list", "--json"], [*cli, "show", request.id, "--json"]):
+        assert main(argv) == 0
+        shown = json.loads(capsys.readouterr().out)
+        shown = shown[0] if isinstance(shown, list) else shown
+        assert (shown["status"], shown["error"], shown["updated_at"]) == ("pending", error, released.updated_at)
+    assert main([*cli, "show", request.id]) == 0
+    out = capsys.readouterr().out
+    assert f"error         {error}\n" in out and f"updated_at    {released.updated_at}\n" in out
+
+    store.claim_pending("batch-2")  # the next night's batch holds it
+    assert main([*cli, "list"]) == 0
+    assert f"an earlier attempt failed: {error}" in capsys.readouterr().out

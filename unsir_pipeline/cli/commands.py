@@ -893,8 +893,11 @@ def _print_requests(requests: list, as_json: bool) -> None:
             f"{r.requester:<16}{r.created_at}"
         )
         if r.error:
-            # A done request keeps the failure of an earlier attempt: say which it is.
-            print(f"{'':<18}{'an earlier attempt failed: ' if r.status == 'done' else ''}{r.error}")
+            # A request a batch holds or has done keeps an earlier attempt's failure: say so. Any
+            # other was given its error (a failed batch, a rejection, a retry, a withdrawal) by
+            # the change that stamped updated_at: say when, since a pending one is tried again.
+            known = "an earlier attempt failed: " if r.status in ("running", "done") else f"at {r.updated_at}: "
+            print(f"{'':<18}{known}{r.error}")
 
 
 def _requested_classes(args) -> list[str]:
