@@ -192,6 +192,43 @@ def test_a_large_bad_batch_is_refused_in_one_short_line(store: dict, tmp_path, m
     assert json.loads(answered.value.serialize_as_json())["message"] == message
 
 
+@pytest.fixture
+def scoring_client(store: dict, tmp_path, monkeypatch):
+    """An HTTP client of the app `unsir serve` runs for the registered version: MLflow's scoring
+    app behind the request check (``scoring_app.checked_app``), in-process."""
+    from starlette.testclient import TestClient
+
+    from unsir_pipeline.adapters.scoring_app import checked_app
+
+    return TestClient(checked_app(_served(store, tmp_path, monkeypatch)))
+
+
+def _answer(client, payload) -> tuple[int, str]:
+    response = client.post("/invocations", json=payload)
+    return response.status_code, response.json().get("message", "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"input": EXAMPLE.tolist()}, "unknown key(s) ['input'] in the request body (did you mean 'inputs'?)"),
+        ({"data": EXAMPLE.tolist()}, "unknown key(s) ['data']"),
+        ({"inputs": EXAMPLE.tolist(), "instances": EXAMPLE.tolist()}, "several input keys ['inputs', 'instances']"),
+    ],
+    ids=["input", "data", "two"],
+)
+def test_a_wrong_top_level_key_is_refused_naming_it_and_the_accepted_keys(scoring_client, payload, named) -> None:
+    """MLflow parses the body before the model runs: {"input": ...} reached the model as a dict
+    ('got dict input that is not an array of numbers'), {"data": ...} got MLflow's 'Received
+    dictionary with input fields: []' (the bad key filtered out) and a paragraph on MLflow 2.0."""
+    status, message = _answer(scoring_client, payload)
+    assert status == 400
+    assert message.startswith(named)
+    assert "exactly one of 'inputs', 'instances', 'dataframe_split', 'dataframe_records'" in message
+    assert "float32 images of shape (N, 1, 8, 8) in [0, 1]" in message
+    assert _answer(scoring_client, {"inputs": EXAMPLE.tolist()})[0] == 200
+
+
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
     normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
     registry: ModelRegistry = store["registry"]

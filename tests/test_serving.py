@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -232,6 +233,20 @@ def _post(port: int, images: np.ndarray) -> list[dict]:
         return json.loads(response.read())["predictions"]
 
 
+def _post_json(port: int, payload: dict) -> tuple[int, dict]:
+    """The status and JSON answer of the server to ``payload``, an error included."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def _next_event(process: subprocess.Popen, kind: str) -> dict:
     """The supervisor's next JSON event of ``kind`` (it prints one per line)."""
     for line in process.stdout:
@@ -300,6 +315,9 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         assert [a["class_name"] for a in answers] == [card.class_names[a["label"]] for a in answers]
         assert np.allclose([sum(a["probabilities"]) for a in answers], 1)
         assert (np.array([a["label"] for a in answers]) == labels_t.numpy()).mean() > 0.9  # raw pixels read right
+        # The server's check of the request body (scoring_app) answers before MLflow's parsing.
+        refused = _post_json(port, {"input": images[:2].tolist()})
+        assert refused[0] == 400 and "unknown key(s) ['input'] in the request body" in refused[1]["message"]
 
         # Version 2: the same weights whose card forgets class 3; the champion alias moves to it.
         forgetting = served_project / "state" / "v2-checkpoint"

@@ -1,13 +1,13 @@
 """``unsir serve``: MLflow's scoring server on 127.0.0.1 for the version an alias names, moved
 to the new version when the alias moves.
 
-A small supervisor: it resolves the alias, runs ``mlflow models serve`` for that version number
-(so what is served is always a known version), polls the alias every ``poll_s`` seconds, and
-when it points elsewhere stops the server and starts one for the new version on the same port
-(requests fail for the few seconds of the restart). The server runs with this environment's
-``bin`` first on PATH: ``mlflow models serve`` starts ``uvicorn`` by name, which is not found
-when the environment is not activated. It runs in a process group of its own, stopped as a
-whole (uvicorn's workers included) on exit, SIGINT or SIGTERM.
+A small supervisor: it resolves the alias, runs MLflow's scoring app for that version number
+under uvicorn (so what is served is always a known version), polls the alias every ``poll_s``
+seconds, and when it points elsewhere stops the server and starts one for the new version on the
+same port (requests fail for the few seconds of the restart). The app is MLflow's own, as
+``mlflow models serve --env-manager local`` runs it, behind a check of the request body
+(``scoring_app``). The server runs in a process group of its own, stopped as a whole (uvicorn's
+workers included) on exit, SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.adapters.scoring_app import MODEL_URI_VARIABLE
 from unsir_pipeline.settings.workspace import Workspace
 
 HOST = "127.0.0.1"
@@ -60,34 +60,21 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def server_environment(ws: Workspace) -> dict[str, str]:
-    """The scoring server's environment: this interpreter's bin first on PATH, the project's
-    registry, and the same thread count as the pipeline (runtime.configure_threads)."""
-    bin_dir = str(Path(sys.executable).parent)
+def server_environment(ws: Workspace, model_name: str, version: int) -> dict[str, str]:
+    """The scoring server's environment: the version to serve, the project's registry, and the
+    same thread count as the pipeline (runtime.configure_threads)."""
     return {
         **os.environ,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        MODEL_URI_VARIABLE: f"models:/{model_name}/{version}",
         "MLFLOW_TRACKING_URI": ws.tracking_uri,
         "MLFLOW_REGISTRY_URI": ws.tracking_uri,
     }
 
 
-def serve_command(model_name: str, version: int, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "--model-uri",
-        f"models:/{model_name}/{version}",
-        "--env-manager",
-        "local",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
+def serve_command(port: int) -> list[str]:
+    """uvicorn from this interpreter (found without the environment on PATH) with the app."""
+    factory = "unsir_pipeline.adapters.scoring_app:create_app"
+    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", HOST, "--port", str(port)]
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout_s: float) -> None:
@@ -96,7 +83,7 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float) -> None:
     url = f"http://{HOST}:{port}/ping"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServeError(f"`mlflow models serve` exited with code {process.returncode} before answering {url}")
+            raise ServeError(f"the scoring server exited with code {process.returncode} before answering {url}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -118,9 +105,9 @@ def _group_alive(pgid: int) -> bool:
 def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
     """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
 
-    ``mlflow models serve`` execs uvicorn in a child process that outlives it by the time of
-    a graceful shutdown: wait for the group, not only for the process we started, or the next
-    server finds the port still taken."""
+    uvicorn's workers can outlive the process we started by the time of a graceful shutdown:
+    wait for the group, not only for that process, or the next server finds the port still
+    taken."""
     pgid = process.pid  # start_new_session: the leader's pid is the group id
     try:
         os.killpg(pgid, signal.SIGTERM)
@@ -163,8 +150,8 @@ class Supervisor:
 
     def start(self, version: int) -> None:
         process = subprocess.Popen(
-            serve_command(self.model_name, version, self.port),
-            env=server_environment(self.ws),
+            serve_command(self.port),
+            env=server_environment(self.ws, self.model_name, version),
             # Its access log goes to stderr: stdout carries this command's own reports (--json).
             cwd=self.ws.root,
             start_new_session=True,
