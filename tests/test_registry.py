@@ -179,7 +179,7 @@ def test_a_large_bad_batch_is_refused_in_one_short_line(store: dict, tmp_path, m
     assert len(message) < 400 and "\n" not in message
     assert "images of shape (N, 1, 8, 8) in [0, 1]" in message or "do not normalise" in message
     if "not an array of numbers" in reason:
-        return  # the scoring server parses JSON into an array itself: it refuses ragged input in its own words
+        return  # the scoring server makes JSON an array itself: `unsir serve` refuses ragged lists before it
     # The same through MLflow's scoring server, which put the input's repr (kilobytes) before it
     # in the error it answers HTTP 400 with.
     from mlflow.exceptions import MlflowException
@@ -227,6 +227,43 @@ def test_a_wrong_top_level_key_is_refused_naming_it_and_the_accepted_keys(scorin
     assert "exactly one of 'inputs', 'instances', 'dataframe_split', 'dataframe_records'" in message
     assert "float32 images of shape (N, 1, 8, 8) in [0, 1]" in message
     assert _answer(scoring_client, {"inputs": EXAMPLE.tolist()})[0] == 200
+
+
+def _ragged(images: list, where: tuple[int, ...], value) -> list:
+    """``images`` with the element at ``where`` replaced by ``value``."""
+    images = json.loads(json.dumps(images))
+    parent = images
+    for index in where[:-1]:
+        parent = parent[index]
+    parent[where[-1]] = value
+    return images
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (
+            {"inputs": _ragged(EXAMPLE.tolist(), (1, 0, 3), [0.5] * 7)},
+            "inputs is ragged: inputs[1][0][3] is a list of 7 where inputs[0][0][0] is a list of 8",
+        ),
+        (
+            {"instances": _ragged(EXAMPLE.tolist(), (1, 0, 3, 2), [0.5, 0.5])},
+            "instances is ragged: instances[1][0][3][2] is a list of 2 where instances[0][0][0][0] is a single value",
+        ),
+        (
+            {"inputs": [[0.5] * 64, [0.5] * 60]},
+            "inputs is ragged: inputs[1] is a list of 60 where inputs[0] is a list of 64",
+        ),
+    ],
+    ids=["short-row", "too-deep", "flattened-rows"],
+)
+def test_a_ragged_batch_is_refused_naming_where_and_the_shape_expected(scoring_client, payload, named) -> None:
+    """MLflow makes the lists an array before the model runs and answered 'Invalid input.
+    setting an array element with a sequence. The requested array has an inhomogeneous shape
+    after 3 dimensions. The detected shape was (2, 1, 8) + inhomogeneous part.'"""
+    status, message = _answer(scoring_client, payload)
+    assert status == 400
+    assert message == f"{named}; expected float32 images of shape (N, 1, 8, 8) in [0, 1], every image of the same shape"
 
 
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:

@@ -55,6 +55,43 @@ def _key_problem(keys: list[str], expected: str) -> str | None:
     )
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return "an object" if isinstance(value, dict) else "a single value"
+
+
+def _ragged_at(batch: list, name: str) -> str | None:
+    """Where the nested lists of ``batch`` first stop having the shape of its first element, or
+    None. MLflow makes the batch an array before the model sees it, and refuses a ragged one
+    naming only numpy's 'inhomogeneous shape after 3 dimensions'."""
+    reference, element = [], batch[0] if batch else None
+    while isinstance(element, list):
+        reference.append(len(element))
+        element = element[0] if element else None
+
+    def mismatch(value: Any, at: tuple[int, ...]) -> tuple[tuple[int, ...], Any] | None:
+        depth = len(at) - 1
+        if depth == len(reference):  # where the first image has a pixel
+            return (at, value) if isinstance(value, list) else None
+        if not isinstance(value, list) or len(value) != reference[depth]:
+            return at, value
+        for index, item in enumerate(value):
+            if (found := mismatch(item, (*at, index))) is not None:
+                return found
+        return None
+
+    for index, image in enumerate(batch):
+        if (found := mismatch(image, (index,))) is not None:
+            at, value = found
+            first = batch
+            for _ in at:
+                first = first[0]
+            where, there = "".join(f"[{i}]" for i in at), "[0]" * len(at)
+            return f"{name} is ragged: {name}{where} is {_kind(value)} where {name}{there} is {_kind(first)}"
+    return None
+
+
 def request_problem(body: bytes, expected: str) -> str | None:
     """Why MLflow would answer this JSON body without naming its problem, or None to let it
     answer. A body that is not a JSON object is left to MLflow, whose answer says so."""
@@ -64,7 +101,13 @@ def request_problem(body: bytes, expected: str) -> str | None:
         return None
     if not isinstance(payload, dict):
         return None
-    return _key_problem(list(payload), expected)
+    if (problem := _key_problem(list(payload), expected)) is not None:
+        return problem
+    key = next(key for key in payload if key in INPUT_KEYS)
+    # A list of images; a data frame's rows or named columns are left to MLflow and the model.
+    batch = payload[key] if key in ("inputs", "instances") and isinstance(payload[key], list) else []
+    ragged = _ragged_at(batch, key)
+    return None if ragged is None else f"{ragged}; expected {expected}, every image of the same shape"
 
 
 class CheckedRequests:
