@@ -266,6 +266,24 @@ def test_a_ragged_batch_is_refused_naming_where_and_the_shape_expected(scoring_c
     assert message == f"{named}; expected float32 images of shape (N, 1, 8, 8) in [0, 1], every image of the same shape"
 
 
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"top_k": 3}, "unknown params ['top_k'] in the request body"),
+        (3, "params 3 in the request body"),
+    ],
+    ids=["unknown", "not-an-object"],
+)
+def test_params_the_model_does_not_take_are_refused_not_ignored(scoring_client, params, named) -> None:
+    """The model declares no params: MLflow dropped them with a warning in the server's log and
+    answered 200, so a client asking for top_k=3 got every probability and no word why."""
+    status, message = _answer(scoring_client, {"inputs": EXAMPLE.tolist(), "params": params})
+    assert status == 400
+    assert message == f"{named}; this model takes no params: send the body without 'params'"
+    for nothing in ({}, None):  # no params, as MLflow's protocol allows
+        assert _answer(scoring_client, {"inputs": EXAMPLE.tolist(), "params": nothing})[0] == 200
+
+
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
     normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
     registry: ModelRegistry = store["registry"]

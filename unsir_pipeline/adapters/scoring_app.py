@@ -14,6 +14,8 @@ import asyncio
 import difflib
 import json
 import os
+import reprlib
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -26,12 +28,24 @@ MODEL_URI_VARIABLE = "UNSIR_SERVE_MODEL_URI"
 INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
 
 
-def expected_input(model: PyFuncModel) -> str:
-    """The served model's input in words, from its MLmodel metadata (``serving_metadata``)."""
-    shape = (model.metadata.metadata or {}).get("input_shape")
-    if not shape:
-        return "the input its MLmodel metadata states"
-    return f"float32 images of shape (N, {', '.join(map(str, shape[1:]))}) in [0, 1]"
+@dataclass(frozen=True)
+class Accepted:
+    """What the served model takes: its input in words and the names of its params."""
+
+    input: str
+    params: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: PyFuncModel) -> Accepted:
+        """From the model's MLmodel metadata (``serving_metadata``) and its signature's params."""
+        shape = (model.metadata.metadata or {}).get("input_shape")
+        words = (
+            f"float32 images of shape (N, {', '.join(map(str, shape[1:]))}) in [0, 1]"
+            if shape
+            else "the input its MLmodel metadata states"
+        )
+        schema = model.metadata.get_params_schema()
+        return cls(words, tuple(param.name for param in schema.params) if schema else ())
 
 
 def _key_problem(keys: list[str], expected: str) -> str | None:
@@ -92,7 +106,24 @@ def _ragged_at(batch: list, name: str) -> str | None:
     return None
 
 
-def request_problem(body: bytes, expected: str) -> str | None:
+def _params_problem(params: Any, accepted: tuple[str, ...]) -> str | None:
+    """Why these params are not the model's, or None. MLflow drops params a model does not
+    declare with a warning in the server's log only, and answers as if none were sent."""
+    if params in (None, {}):
+        return None
+    takes = (
+        f"expected an object with some of {list(accepted)!r}"
+        if accepted
+        else "this model takes no params: send the body without 'params'"
+    )
+    if not isinstance(params, dict):
+        return f"params {reprlib.repr(params)} in the request body; {takes}"
+    if unknown := [name for name in params if name not in accepted]:
+        return f"unknown params {reprlib.repr(unknown)} in the request body; {takes}"
+    return None
+
+
+def request_problem(body: bytes, accepted: Accepted) -> str | None:
     """Why MLflow would answer this JSON body without naming its problem, or None to let it
     answer. A body that is not a JSON object is left to MLflow, whose answer says so."""
     try:
@@ -101,7 +132,11 @@ def request_problem(body: bytes, expected: str) -> str | None:
         return None
     if not isinstance(payload, dict):
         return None
-    if (problem := _key_problem(list(payload), expected)) is not None:
+    expected = accepted.input
+    problem = _key_problem(list(payload), expected) or _params_problem(
+        payload.get(scoring_server.SERVING_PARAMS_KEY), accepted.params
+    )
+    if problem is not None:
         return problem
     key = next(key for key in payload if key in INPUT_KEYS)
     # A list of images; a data frame's rows or named columns are left to MLflow and the model.
@@ -114,8 +149,8 @@ class CheckedRequests:
     """ASGI middleware: a JSON ``POST /invocations`` whose ``request_problem`` is not None is
     answered 400 with it; everything else goes to ``app`` unchanged."""
 
-    def __init__(self, app: Any, expected: str) -> None:
-        self.app, self.expected = app, expected
+    def __init__(self, app: Any, accepted: Accepted) -> None:
+        self.app, self.accepted = app, accepted
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/invocations"):
@@ -132,7 +167,7 @@ class CheckedRequests:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         # In a thread, as MLflow parses it: a large body must not stop the server answering /ping.
-        problem = await asyncio.to_thread(request_problem, body, self.expected)
+        problem = await asyncio.to_thread(request_problem, body, self.accepted)
         if problem is not None:
             error = MlflowException(problem, error_code=BAD_REQUEST)
             await send(
@@ -158,7 +193,7 @@ class CheckedRequests:
 
 def checked_app(model: PyFuncModel) -> CheckedRequests:
     """MLflow's scoring app for ``model`` behind the request check."""
-    return CheckedRequests(scoring_server.init(model), expected_input(model))
+    return CheckedRequests(scoring_server.init(model), Accepted.of(model))
 
 
 def create_app() -> CheckedRequests:
