@@ -32,6 +32,7 @@ from unsir.models import ModelSpec, build_model
 from unsir.splits import Normalization
 from unsir_pipeline.adapters.registry import (
     IDEMPOTENCY_TAG,
+    SERVING_MODEL_FILE,
     WEIGHTS_SHA256_TAG,
     ModelRegistry,
     RegistryError,
@@ -396,6 +397,18 @@ def _stored_weights(store: dict, version: int) -> Path:
     found = [p for p in (store["root"] / "artifacts").rglob(WEIGHTS_FILE) if model_id in p.parts]
     assert len(found) == 1, found
     return found[0]
+
+
+def test_a_version_registered_with_older_model_code_is_told_apart(store: dict, tmp_path: Path) -> None:
+    """A version serves the model code it was registered with (models from code): one
+    registered before the serving hints kept its older answers to bad input, and `unsir serve`
+    served it without a word."""
+    registry: ModelRegistry = store["registry"]
+    version = _register(store, store["checkpoint"], "older-model-code")
+    assert registry.model_code_is_current(version)
+    stored = _stored_weights(store, version).parents[2] / SERVING_MODEL_FILE.name
+    stored.write_text(stored.read_text().replace("def _conversion_hint(", "def _an_older_hint("))
+    assert not registry.model_code_is_current(version)
 
 
 def _register(store: dict, checkpoint: Path, key: str) -> int:

@@ -20,6 +20,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import json
 import logging
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -499,6 +500,20 @@ class ModelRegistry:
         return True
 
     # --- loading ------------------------------------------------------------------------
+
+    def model_code_is_current(self, version: int) -> bool:
+        """Whether ``version`` runs this checkout's model code (``SERVING_MODEL_FILE``). A version
+        keeps the code it was registered with (models from code): one registered earlier answers
+        bad input as that code did. Only that file is downloaded."""
+        uri = f"models:/{self.model_name}/{version}/{SERVING_MODEL_FILE.name}"
+        with tempfile.TemporaryDirectory() as tmp, self._global_uris():
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+                )
+            except MlflowException:  # logged another way, without that file: not this code either
+                return False
+            return Path(local).read_bytes() == SERVING_MODEL_FILE.read_bytes()
 
     def load_model(
         self,

@@ -1218,9 +1218,17 @@ def cmd_serve(project: Path, args) -> int:
     _require_model_ref(ws, alias, option="--alias")
     from unsir_pipeline.governance.promotion import deletions_undone_by, describe_undone
 
-    def brings_back(version: int) -> list[str]:  # the alias may have been moved around the gate
+    def concerns(version: int) -> list[str]:
+        # The alias may have been moved around the gate; and a version keeps its model code.
         undone = deletions_undone_by(supervisor.registry.list_versions(), version)
-        return [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
+        found = [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
+        if not supervisor.registry.model_code_is_current(version):
+            found.append(
+                f"version {version} runs the model code it was registered with, not this checkout's "
+                "(unsir_pipeline/adapters/serving_model.py): its refusals of bad images can say less than "
+                "docs/serving.md shows; the request body is checked the same for every version"
+            )
+        return found
 
     if args.port and not serving.port_is_free(args.port):
         raise UsageError(
@@ -1234,7 +1242,7 @@ def cmd_serve(project: Path, args) -> int:
         poll_s=args.poll,
         startup_s=args.startup_timeout,
         report=serving.printer(args.json),
-        concerns=brings_back,
+        concerns=concerns,
     )
     supervisor.follow()
     return 0
