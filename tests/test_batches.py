@@ -1019,6 +1019,35 @@ def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch
     assert "lost or replaced" not in capsys.readouterr().err
 
 
+def test_a_damaged_registry_file_is_refused_where_a_server_down_is_not(project, tmp_path, capsys):
+    """The trail's pre-check took a registry file overwritten with garbage for a server that was
+    down and went on: `request add` stored the request, and every batch then failed on it. A
+    damaged file is one to restore from a backup (exit 2); a server down still goes on."""
+    import socket
+
+    from unsir_pipeline.adapters.registry import RegistryFileDamaged
+
+    copy = _copy_with_registry(project, tmp_path / "damaged-registry")
+    ws = ws_of(copy)
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    batches.require_trail_the_registry_anchored(
+        ws_of(copy, f"registry.tracking_uri={down}", "registry.http_max_retries=0", "registry.http_timeout_s=2")
+    )  # nothing to compare with: not a refusal
+
+    db = copy / "state" / "mlflow" / "mlflow.db"
+    db.write_bytes(b"garbage" * 100)
+    before = stores.request_store(ws).list()
+    with pytest.raises(RegistryFileDamaged, match=re.escape(str(db))):
+        batches.require_trail_the_registry_anchored(ws)
+    assert main(["--project", str(copy), "request", "add", "5", "--by", "alice", "--reason", "r"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot open the MLflow registry at sqlite:///{db}: file is not a database"), last
+    assert last.endswith("(a damaged file: restore it from a backup)"), last
+    assert stores.request_store(ws).list() == before  # nothing filed
+
+
 def test_a_lost_registry_is_not_bootstrapped_again(project, first_batch, tmp_path, capsys):
     """The registry's database deleted: a new original would know every deleted class, and a
     forget from it would put them back in production. Refused before anything is built."""

@@ -24,6 +24,7 @@ from unsir_pipeline.adapters.registry import (
     WEIGHTS_SHA256_TAG,
     ModelRegistry,
     RegistryError,
+    RegistryFileDamaged,
     VersionInfo,
     existing_registry,
     registry_for,
@@ -355,11 +356,15 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
     registry anchored (deleted, cut or rewritten), or would refuse a new record (head anchor
     unreadable, behind the chain, or signed with a key this process lacks). Checked before a
     batch claims anything or computes, a forget starts, a request is stored or a version is
-    promoted or rejected; otherwise the change would be made and the command fail at its record."""
+    promoted or rejected; otherwise the change would be made and the command fail at its record.
+    A registry file that is damaged raises ``RegistryFileDamaged``; one whose server is down is
+    left to the command's first registry call."""
     audit = audit or audit_log(ws)
     try:
         tag = registry_for(ws).model_tags().get(AUDIT_HEAD_TAG)
         reachable = True
+    except RegistryFileDamaged:
+        raise  # a file to restore from a backup, not a server that is down: nothing can go on
     except RegistryError:
         # Unreachable: the batch fails at its first registry call, inside the flow's error
         # handling, which records the failure on its requests; nothing to compare with here
