@@ -649,6 +649,33 @@ def test_a_damaged_state_file_exits_2_naming_it(params_only, capsys, path, comma
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("path", ["state/audit.sqlite", "state/mlflow/mlflow.db"])
+def test_batch_run_refuses_a_damaged_trail_or_registry_file_before_prefect_starts(project, tmp_path, path):
+    """With requests pending, a damaged audit trail or registry file was found by the flow, once
+    Prefect's temporary server had started (half a minute); the registry's not even then, taken
+    for a server down. Both are refused now before the server starts, naming the file."""
+    from unsir_pipeline.governance import batches, stores
+
+    copy = clone_project(project, tmp_path / "damaged")
+    ws = Workspace.load(copy)
+    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    damaged = copy / path
+    damaged.write_bytes(b"garbage" * 100)
+    home = tmp_path / "prefect"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+    ran = subprocess.run(
+        [*CLI, "--project", str(copy), "batch", "run"], env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open the ") and str(damaged) in last, last
+    assert last.endswith("(a damaged file: restore it from a backup)"), last
+    assert not (home / "prefect.db").exists() and "temporary server" not in ran.stderr  # Prefect never started
+    assert stores.request_store(ws).get(pending.id).attempts == 0  # nor was the request claimed
+
+
+@pytest.mark.slow
 def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp_path, capsys):
     """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and
     every later batch failed on that request (nothing left to retain) while intake refused

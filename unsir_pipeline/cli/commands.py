@@ -970,6 +970,11 @@ def cmd_batch(project: Path, args) -> int:
         from unsir_pipeline.adapters.prepared_data import require_prepared_as_recorded
 
         require_prepared_as_recorded(ws)
+        # The trail check the flow makes first, made before Prefect's server starts (half a
+        # minute): a damaged trail or registry file is refused at once. A read-only copy is named
+        # as such before it, where the trail check would only say the trail cannot be written.
+        runtime.require_writable_prefect_home()
+        batches.require_trail_the_registry_anchored(ws)
         server_ready = runtime.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.

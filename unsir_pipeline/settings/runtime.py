@@ -229,7 +229,7 @@ def start_prefect_server_early() -> Callable[[], None]:
 
     if PREFECT_API_URL.value():
         return lambda: None
-    _require_writable_prefect_home()
+    require_writable_prefect_home()
     from prefect.server.api.server import SubprocessASGIServer
 
     failure: list[BaseException] = []
@@ -251,14 +251,17 @@ def start_prefect_server_early() -> Callable[[], None]:
     return wait
 
 
-def _require_writable_prefect_home() -> None:
+def require_writable_prefect_home() -> None:
     """Refuse a Prefect home this user cannot write, where the temporary server keeps its
     database (the project's state/prefect unless PREFECT_HOME says otherwise). On a read-only
     copy the server started anyway and the command ended once the flow ran, with hundreds of
     lines of the server's tracebacks and "500 Internal Server Error". Refuse one on a disk
-    nearly full too (``PREFECT_HOME_MIN_FREE``)."""
-    from prefect.settings import PREFECT_HOME
+    nearly full too (``PREFECT_HOME_MIN_FREE``). Nothing to check where PREFECT_API_URL names
+    a server: no temporary server is started then."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
+    if PREFECT_API_URL.value():
+        return
     home = PREFECT_HOME.value()
     try:
         home.mkdir(parents=True, exist_ok=True)
