@@ -477,6 +477,82 @@ def test_a_prefect_home_on_a_full_disk_is_refused_before_the_server_starts(proje
     assert f"0 B free for Prefect's home {home}" in error and "Starting temporary server" not in ran.stderr
 
 
+def _prefect_database_error(home: Path, problem: str) -> str:
+    database = home / "prefect.db"
+    return (
+        f"error: Prefect's run-history database {database} cannot be used: {problem}. It holds only Prefect's "
+        "records of past flow runs (the deletion requests, the audit trail and the model registry are kept "
+        "elsewhere and are untouched): move it aside, and Prefect makes a new one at the next start: "
+        f"`mv {database} {home / 'prefect-moved-aside.db'}`"
+    )
+
+
+def _forget_with_prefect_home(project: Path, home: Path, timeout_s: int = 20) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(timeout_s)}
+    command = [*CLI, "--project", str(project), "forget", "5", "--from", "original"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _sqlite_file(path: Path, *statements: str) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda db: db.write_bytes(b"garbage" * 100), "file is not a database"),
+        (
+            lambda db: _sqlite_file(
+                db,
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)",
+                "INSERT INTO alembic_version VALUES ('f00dfeedbeef')",
+            ),
+            "its schema is at revision f00dfeedbeef, which Prefect {version} does not know (a newer Prefect wrote it?)",
+        ),
+    ],
+    ids=["not-a-database", "unknown-revision"],
+)
+def test_a_prefect_database_its_server_cannot_open_is_named_before_it_starts(project, tmp_path, make, problem):
+    """Prefect's server exited at each start on its damaged database, Prefect started it again
+    until the start-up timeout, and the command blamed "a busy machine?"."""
+    import prefect
+
+    home = tmp_path / "prefect"
+    home.mkdir()
+    make(home / "prefect.db")
+    before = (home / "prefect.db").read_bytes()
+    ran = _forget_with_prefect_home(project, home)
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    expected = _prefect_database_error(home, problem.format(version=prefect.__version__))
+    assert ran.stderr.strip().splitlines() == [expected]
+    assert (home / "prefect.db").read_bytes() == before  # named, not repaired or replaced
+
+
+@pytest.mark.slow
+def test_a_half_migrated_prefect_database_is_named_not_blamed_on_a_busy_machine(project, tmp_path):
+    """A migration cut short (here: the first one's table made, no revision recorded) fails every
+    start of the server ("table flow already exists"; a full disk left "duplicate column name:
+    state_timestamp"); the command waited out the start-up timeout and said "a busy machine?"."""
+    home = tmp_path / "prefect"
+    home.mkdir()
+    _sqlite_file(home / "prefect.db", "CREATE TABLE flow (id CHAR(36) NOT NULL PRIMARY KEY)")
+    ran = _forget_with_prefect_home(project, home, timeout_s=5)
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    last = ran.stderr.strip().splitlines()[-1]
+    problem = "Prefect's server could not migrate it: (sqlite3.OperationalError) table flow already exists"
+    assert last == _prefect_database_error(home, problem), last
+    assert "busy machine" not in ran.stderr
+
+
 def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
     import socket
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 def is_bad_input(err: BaseException) -> bool:
     """Bad input or configuration, found before any work could go on: a class, a setting, an
     audit key, a state schema or a write the configuration refuses, damaged prepared data or
-    weights (``UnlearningInputError`` and its kinds), a damaged state file, a full disk. The
-    command line exits 2 on these."""
+    weights (``UnlearningInputError`` and its kinds), a damaged state file (Prefect's run history
+    too), a full disk. The command line exits 2 on these."""
     from unsir.errors import UnlearningInputError
     from unsir_pipeline.adapters.state_store import StateFileDamaged, StateSchemaRefused, StateWriteRefused
     from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.governance.full_disk import full_disk_error
     from unsir_pipeline.settings.config import ConfigError
-    from unsir_pipeline.settings.runtime import RuntimeSettingError
+    from unsir_pipeline.settings.runtime import PrefectDatabaseUnusable, RuntimeSettingError
 
     if full_disk_error(err) is not None:  # the disk to free is named; the command did not fail of itself
         return True
@@ -38,6 +38,7 @@ def is_bad_input(err: BaseException) -> bool:
             ConfigError,
             RequestError,
             RuntimeSettingError,
+            PrefectDatabaseUnusable,  # Prefect's own run history, to move aside
             StateSchemaRefused,
             StateWriteRefused,
             StateFileDamaged,  # the MLflow registry's file too (RegistryFileDamaged)

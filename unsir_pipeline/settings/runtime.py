@@ -8,7 +8,9 @@
 - Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
   (Prefect's own setting; Prefect's default is 20 s, ours 120 s). When it still does not start,
   :func:`describe_startup_failure` gives the one line that names the fix, and
-  :func:`start_prefect_server_early` starts it while the command imports its flow.
+  :func:`start_prefect_server_early` starts it while the command imports its flow. A run-history
+  database the server cannot open or migrate is named, with the command that moves it aside
+  (:class:`PrefectDatabaseUnusable`), rather than reported as a start-up timeout.
 - SIGTERM is turned into an orderly exit (exit code 143), so Prefect's temporary server, the
   MLflow run and child processes are stopped as they are for Ctrl-C; :func:`stop_prefect_server`
   stops the temporary server explicitly.
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -42,6 +47,13 @@ _PREFECT_TIMEOUT_MESSAGE = "Timed out while attempting to connect to ephemeral P
 
 class RuntimeSettingError(ValueError):
     """An environment variable read here holds a value that cannot be used; names it."""
+
+
+class PrefectDatabaseUnusable(Exception):
+    """Prefect's run-history database (its temporary server's SQLite file) is not a database, or
+    holds a schema the server cannot migrate (one left half-migrated by a full disk, or written
+    by another Prefect version). Only Prefect's records of past runs are in it: moving it aside
+    loses nothing of the project's, and the next start makes a new one."""
 
 
 def available_cpus() -> int:
@@ -230,6 +242,9 @@ def start_prefect_server_early() -> Callable[[], None]:
     if PREFECT_API_URL.value():
         return lambda: None
     require_writable_prefect_home()
+    database = _prefect_database()
+    if database is not None:
+        _require_readable_prefect_database(database)
     from prefect.server.api.server import SubprocessASGIServer
 
     failure: list[BaseException] = []
@@ -246,9 +261,105 @@ def start_prefect_server_early() -> Callable[[], None]:
     def wait() -> None:
         thread.join()
         if failure:
+            # The server exits when it cannot migrate its database, and Prefect starts it again
+            # until the time-out: the migration, made here, says why. The last server, perhaps
+            # still migrating on a busy machine, is stopped first, so the two cannot collide.
+            if database is not None and _PREFECT_TIMEOUT_MESSAGE in str(failure[0]):
+                stop_prefect_server()
+                _require_migratable_prefect_database(database)
             raise failure[0]
 
     return wait
+
+
+def _prefect_database() -> Path | None:
+    """The SQLite file the temporary server keeps its run history in (PREFECT_HOME/prefect.db
+    unless PREFECT_API_DATABASE_CONNECTION_URL says otherwise); None for another database."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PREFECT_API_DATABASE_CONNECTION_URL.value())
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _require_readable_prefect_database(database: Path) -> None:
+    """Before the server starts: refuse a file that is not a SQLite database, or whose schema
+    revision this Prefect does not know. Its server would exit at each start, and Prefect would
+    start it again until the time-out. A missing file is the server's to make."""
+    import sqlite3
+
+    from unsir_pipeline.adapters.state_store import is_damaged_sqlite
+
+    if not database.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(database)) as conn:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            recorded: set[str] = set()
+            if "alembic_version" in tables:  # none yet: nothing migrated, or the first migration cut short
+                recorded = {revision for (revision,) in conn.execute("SELECT version_num FROM alembic_version")}
+    except sqlite3.DatabaseError as err:
+        if is_damaged_sqlite(err):
+            raise PrefectDatabaseUnusable(_unusable(database, str(err))) from err
+        raise
+    unknown = sorted(recorded - _prefect_revisions())
+    if unknown:
+        import prefect
+
+        raise PrefectDatabaseUnusable(
+            _unusable(
+                database,
+                f"its schema is at revision {', '.join(unknown)}, which Prefect {prefect.__version__} does not know "
+                "(a newer Prefect wrote it?)",
+            )
+        )
+
+
+def _prefect_revisions() -> set[str]:
+    """Every revision of Prefect's SQLite schema, read from the migrations it ships (a fifth of
+    a second, without importing Prefect's server)."""
+    import prefect
+    from alembic.script import ScriptDirectory
+
+    migrations = Path(prefect.__file__).parent / "server" / "database" / "_migrations"
+    scripts = ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "sqlite")])
+    return {script.revision for script in scripts.walk_revisions()}
+
+
+def _require_migratable_prefect_database(database: Path) -> None:
+    """After the server did not start: migrate its database here, as the server does first, and
+    refuse it with the error the migration gives (none: the server was only slow). Not where the
+    server is told not to migrate at its start."""
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+    from prefect.settings import PREFECT_API_DATABASE_MIGRATE_ON_START
+
+    if not PREFECT_API_DATABASE_MIGRATE_ON_START.value():
+        return
+    try:
+        asyncio.run(provide_database_interface().create_db())
+    except Exception as err:  # whatever the migration raised is why the server could not start
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PrefectDatabaseUnusable(_unusable(database, f"Prefect's server could not migrate it: {first}")) from err
+
+
+def _unusable(database: Path, problem: str) -> str:
+    # Its -wal and -shm files go with it: a -wal left beside a new database would be read into it.
+    aside = database.with_name(f"{database.stem}-moved-aside{database.suffix}")
+    moves = [
+        f"mv {shlex.quote(str(path))} {shlex.quote(str(target))}"
+        for suffix in ("", "-wal", "-shm")
+        if (path := database.with_name(database.name + suffix)).exists()
+        for target in [aside.with_name(aside.name + suffix)]
+    ]
+    return (
+        f"Prefect's run-history database {database} cannot be used: {problem}. It holds only Prefect's records "
+        "of past flow runs (the deletion requests, the audit trail and the model registry are kept elsewhere and "
+        f"are untouched): move it aside, and Prefect makes a new one at the next start: `{' && '.join(moves)}`"
+    )
 
 
 def require_writable_prefect_home() -> None:
