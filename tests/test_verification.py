@@ -28,7 +28,7 @@ from unsir_pipeline.governance.promotion import (
     registered_choice,
     retrained_candidate,
 )
-from unsir_pipeline.settings.config import load_params
+from unsir_pipeline.settings.config import ConfigError, load_params
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -458,6 +458,10 @@ def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():
     head = load_params(ROOT / "params.yaml", ['unlearn.head_round={"lr": 0.01, "epochs": 5}'])
     assert head.unsir_config().head_round == OptimConfig(lr=0.01, epochs=5)
     assert params.unsir_config().head_round is not None and OFFICIAL.head_round is None
+    lower = load_params(ROOT / "params.yaml", ["unlearn.frozen_lower_layers=0.5"])
+    assert lower.unsir_config().frozen_lower_layers == 0.5 and params.unsir_config().frozen_lower_layers == 0.0
+    with pytest.raises(ConfigError, match=r"unlearn\.frozen_lower_layers: Input should be less than 1, got 1\.5"):
+        load_params(ROOT / "params.yaml", ["unlearn.frozen_lower_layers=1.5"])
 
 
 def _gate_ws():
@@ -701,3 +705,92 @@ def test_a_held_unsir_model_without_a_reference_asks_for_one_only_when_held():
     assert not choose_registration(_gate_ws(), passing, None, set()).reference_wanted  # nothing to replace
     off = SimpleNamespace(params=load_params(ROOT / "params.yaml", ["gates.fallback_to_retrained=false"]))
     assert not choose_registration(off, unsir, None, set()).reference_wanted
+
+
+def _conv_net(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    blocks = [
+        nn.Sequential(nn.Conv2d(c_in, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for c_in in (in_channels, 8, 8, 8)
+    ]
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def test_freezing_the_lower_layers_keeps_them_and_their_statistics_and_undoes_itself():
+    from unsir.models import lower_layers_frozen
+    from unsir.training import fit
+
+    model = _conv_net()
+    model[1][0].weight.requires_grad_(False)  # frozen by its user: stays frozen after the block
+    images, labels = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    before = copy.deepcopy(model.state_dict())
+    with lower_layers_frozen(model, images[:1], 0.5) as frozen:
+        # Half the four convolutions, with the BatchNorm and ReLU between them; the head trains.
+        assert frozen == [*model[0], *model[1]]
+        fit(
+            model,
+            images,
+            labels,
+            OptimConfig(lr=1e-2, epochs=2, batch_size=16),
+            device=CPU,
+            generator=torch.Generator().manual_seed(0),
+        )
+    after = model.state_dict()
+    for key in before:
+        unchanged = torch.equal(before[key], after[key])
+        assert unchanged == key.startswith(("0.", "1.")) or key.endswith("num_batches_tracked"), key
+    assert model[0][0].weight.requires_grad and not model[1][0].weight.requires_grad
+    assert all(not layer._forward_pre_hooks for layer in model.modules())
+
+
+def test_layers_are_frozen_in_the_order_the_forward_pass_calls_them():
+    from unsir.models import lower_layers_frozen
+
+    class Reversed(nn.Module):  # registered top to bottom, called bottom to top
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(8, 10)
+            self.top = nn.Conv2d(8, 8, 3, padding=1)
+            self.bottom = nn.Conv2d(1, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.top(self.bottom(x)).mean(dim=(2, 3)))
+
+    model = Reversed()
+    with lower_layers_frozen(model, torch.randn(1, 1, 8, 8), 0.5) as frozen:
+        assert frozen == [model.bottom]
+    with lower_layers_frozen(model, torch.randn(1, 1, 8, 8), 0.99) as frozen:
+        assert frozen == [model.bottom]  # the head always trains, and the layer just below it
+
+
+def test_unsir_with_frozen_lower_layers_leaves_them_as_the_original_learned_them(
+    trained_digits_model, digits, digits_manifest, digits_splits
+):
+    task = _task(digits, digits_manifest, digits_splits, (3,))
+    config = replace(unsir_config_for("small_cnn", retain_per_class=50), frozen_lower_layers=0.5)
+    result = make_method("unsir", config).unlearn(
+        trained_digits_model, task, device=CPU, generator=torch.Generator().manual_seed(0)
+    )
+    original, unlearned = trained_digits_model.state_dict(), result.model.state_dict()
+    convolutions = [name for name, m in trained_digits_model.named_modules() if isinstance(m, nn.Conv2d)]
+    lower = convolutions[0]  # the compact CNN's 2 convolutions and 2 linear layers: the first stays
+    changed = {key for key in original if not torch.equal(original[key], unlearned[key])}
+    assert changed and not any(key.startswith(f"{lower}.") for key in changed)
+    assert all(p.requires_grad for p in result.model.parameters())
+    assert result.verified is not None
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, float("nan")])
+def test_a_frozen_share_outside_zero_to_one_is_refused_naming_it(share):
+    with pytest.raises(UnlearningInputError, match=r"frozen_lower_layers must be in \[0, 1\)"):
+        UNSIRConfig(frozen_lower_layers=share)
+
+
+def test_a_parametrized_lower_layer_is_frozen_whole():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from unsir.models import lower_layers_frozen
+
+    model = _conv_net()
+    weight_norm(model[0][0])
+    with lower_layers_frozen(model, torch.randn(1, 1, 8, 8), 0.5) as frozen:
+        assert model[0][0] in frozen and not any(p.requires_grad for p in model[0][0].parameters())
+    assert all(p.requires_grad for p in model[0][0].parameters())

@@ -191,6 +191,16 @@ class UNSIRConfig:
     # is frozen) with these settings. A head round that verifies ends the run without the
     # polish; one that does not is followed by a full round. None: every round is a full one.
     head_round: OptimConfig | None = None
+    # The share of the weight layers, counted from the input in forward order, that every step
+    # leaves exactly as the original learned them (BatchNorm statistics too); the head always
+    # trains. 0: every layer trains (``unsir.models.lower_layers_frozen``).
+    frozen_lower_layers: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.frozen_lower_layers) and 0.0 <= self.frozen_lower_layers < 1.0):
+            raise ConfigValueError(
+                "frozen_lower_layers", "in [0, 1): a share of the weight layers", self.frozen_lower_layers
+            )
 
     def for_round(self, round_number: int) -> UNSIRConfig:
         """Round r's settings: every noise sample copied ``noise_copies * r`` times."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
@@ -155,6 +157,68 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     if not linears:
         raise UnlearningInputError(f"{type(model).__name__} has no nn.Linear layer to read features from")
     return linears[-1]
+
+
+def layers_in_forward_order(model: nn.Module, sample: torch.Tensor) -> list[nn.Module]:
+    """The layers of ``model`` (modules without children, and modules whose only children are a
+    parametrization of their weights) in the order one forward pass of ``sample`` first calls
+    them, in eval() mode; a layer the forward pass never calls is left out."""
+    layers = [m for m in model.modules() if next(m.children(), None) is None or parametrize.is_parametrized(m)]
+    inside_parametrizations = {
+        inner for m in layers if parametrize.is_parametrized(m) for inner in m.modules() if inner is not m
+    }
+    order: dict[nn.Module, None] = {}
+    handles = [
+        layer.register_forward_pre_hook(lambda module, _inputs: order.setdefault(module, None))
+        for layer in layers
+        if layer not in inside_parametrizations
+    ]
+    try:
+        with torch.inference_mode(), in_eval_mode(model):
+            model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(order)
+
+
+def _keep_in_eval_mode(module: nn.Module, _inputs: tuple[torch.Tensor, ...]) -> None:
+    # A pre-hook, so that the training loop's model.train() cannot undo it: a frozen BatchNorm
+    # normalises with the original's running statistics and never updates them.
+    module.training = False
+
+
+@contextmanager
+def lower_layers_frozen(model: nn.Module, sample: torch.Tensor, fraction: float) -> Iterator[list[nn.Module]]:
+    """For the block, the first ``fraction`` of ``model``'s weight layers (convolutions and linear
+    layers, in forward order; ``sample`` is one input to find it) stay exactly as they are, and so
+    does every layer the forward pass calls before the first one left to train: no gradient, and
+    BatchNorm statistics and dropout in eval() mode. The classifier head always trains. Yields the
+    frozen layers; on exit their ``requires_grad`` flags are as they were and the hooks are gone.
+
+    Why (``unsir.recipes``): on a deep network, impair and repair on D_r_sub's few hundred samples
+    move every layer, and the depthwise networks lost retain accuracy to it that no schedule or
+    rate brought back; the head reset that does the forgetting needs only the top."""
+    if fraction <= 0:
+        yield []
+        return
+    head = classifier_head(model)
+    order = layers_in_forward_order(model, sample)
+    weight_layers = [m for m in order if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m is not head]
+    first_trained = weight_layers[int(len(weight_layers) * fraction)] if weight_layers else head
+    cut = min(order.index(first_trained), order.index(head)) if head in order else order.index(first_trained)
+    frozen = order[:cut]
+    flags = [(p, p.requires_grad) for layer in frozen for p in layer.parameters()]
+    handles = [layer.register_forward_pre_hook(_keep_in_eval_mode) for layer in frozen]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield frozen
+    finally:
+        for handle in handles:
+            handle.remove()
+        for parameter, was in flags:
+            parameter.requires_grad_(was)
 
 
 def working_copy(model: nn.Module, device: torch.device) -> nn.Module:

@@ -39,7 +39,7 @@ from unsir.methods.base import (
     register,
     timed,
 )
-from unsir.models import check_classifier_head, classifier_head, head_features
+from unsir.models import check_classifier_head, classifier_head, head_features, lower_layers_frozen
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
 from unsir.training import fit, in_eval_mode, resolve_device
 from unsir.verification import ForgettingCheck, check_forgetting
@@ -199,9 +199,14 @@ class UNSIR(UnlearningMethod):
 
     def _unlearn(self, model, task: UnlearningTask, *, device, generator) -> UnlearningResult:
         working = prepare(model, task, device)
-        verify = task.validation_images is not None
         if self.config.reset_forget_rows or self.config.head_round is not None:
             check_classifier_head(working, task.retain_images, task.num_classes, device=device)
+        sample = task.retain_images[:1].to(device)
+        with lower_layers_frozen(working, sample, self.config.frozen_lower_layers):
+            return self._unlearn_working_copy(working, task, device=device, generator=generator)
+
+    def _unlearn_working_copy(self, working, task: UnlearningTask, *, device, generator) -> UnlearningResult:
+        verify = task.validation_images is not None
         # The parent's validation retain accuracy: what the recovery epochs aim back at.
         parent_retain_acc = self._validation_check(working, task, device=device).retain_acc if verify else None
         if self.config.reset_forget_rows:

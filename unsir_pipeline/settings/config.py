@@ -207,6 +207,13 @@ class UnlearnParams(Frozen):
     reset_forget_rows: bool | None = Field(
         default=None, description="re-draw the forget classes' head rows before round 1 (the measured recipe does)"
     )
+    frozen_lower_layers: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="the share of the weight layers, from the input, that every step leaves as the original "
+        "learned them (the measured recipe's choice per architecture family; 0: every layer trains)",
+    )
     # When forgetting counts as done on the validation split (unsir.verification).
     verification: VerificationConfig = VerificationConfig()
 
@@ -423,6 +430,9 @@ class Params(Frozen):
             reset_forget_rows=base.reset_forget_rows
             if unlearn.reset_forget_rows is None
             else unlearn.reset_forget_rows,
+            frozen_lower_layers=base.frozen_lower_layers
+            if unlearn.frozen_lower_layers is None
+            else unlearn.frozen_lower_layers,
             verification=unlearn.verification,
         )
         return self
