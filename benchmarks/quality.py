@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--also-without-recovery", action="store_true", help="also run the shipped recipe with no recovery epochs"
     )
     parser.add_argument("--max-retain-drop", type=float, default=None, help="verification.max_retain_drop")
+    parser.add_argument(
+        "--frozen-lower-layers", type=float, default=None, help="share of the weight layers left as the original's"
+    )
     parser.add_argument("--no-noise", action="store_true", help="skip the paper's method with its noise")
     parser.add_argument("--relearn", action="store_true", help="also measure relearn time (slower)")
     parser.add_argument(
@@ -252,6 +255,8 @@ def configured(config, args: argparse.Namespace):
         config = replace(config, verification=replace(config.verification, max_recovery_epochs=args.recovery_epochs))
     if args.max_retain_drop is not None:
         config = replace(config, verification=replace(config.verification, max_retain_drop=args.max_retain_drop))
+    if args.frozen_lower_layers is not None:
+        config = replace(config, frozen_lower_layers=args.frozen_lower_layers)
     return config
 
 
