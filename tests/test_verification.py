@@ -460,6 +460,7 @@ def test_params_yaml_runs_the_measured_recipe_and_explicit_settings_win():
     assert params.unsir_config().head_round is not None and OFFICIAL.head_round is None
     lower = load_params(ROOT / "params.yaml", ["unlearn.frozen_lower_layers=0.5"])
     assert lower.unsir_config().frozen_lower_layers == 0.5 and params.unsir_config().frozen_lower_layers == 0.0
+    assert lower.digest() != params.digest()  # and params that leave it out keep their digest (test_config)
     with pytest.raises(ConfigError, match=r"unlearn\.frozen_lower_layers: Input should be less than 1, got 1\.5"):
         load_params(ROOT / "params.yaml", ["unlearn.frozen_lower_layers=1.5"])
 

@@ -178,6 +178,10 @@ else:
     NoiseConfigChanges = changes_to(NoiseConfig)
 
 
+# UnlearnParams keys added after model versions were tagged with the params' digest.
+KEYS_ADDED_LATER = ("frozen_lower_layers",)
+
+
 class UnlearnParams(Frozen):
     forget_classes: list[str] = Field(
         min_length=1,
@@ -216,6 +220,13 @@ class UnlearnParams(Frozen):
     )
     # When forgetting counts as done on the validation split (unsir.verification).
     verification: VerificationConfig = VerificationConfig()
+
+    @model_serializer(mode="wrap")
+    def _newer_keys_only_when_given(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A key added after versions were tagged with the digest is dumped only when given, so
+        # params that leave it out keep the digest they had before it existed.
+        dumped = dump(self)
+        return {key: value for key, value in dumped.items() if key not in KEYS_ADDED_LATER or value is not None}
 
     @field_validator("forget_classes", mode="before")
     @classmethod
