@@ -543,3 +543,65 @@ def test_a_failed_registration_leaves_no_logged_model(store: dict, tmp_path: Pat
     assert {m.model_id for m in client.search_logged_models(experiment_ids)} == models_before
     # Its checkpoint is gone from the artifact store too.
     assert sorted((store["root"] / "artifacts").rglob(WEIGHTS_FILE)) == checkpoints_before
+
+
+def _logged_models(store: dict) -> set[str]:
+    client = mlflow.MlflowClient(tracking_uri=store["uri"])
+    experiment_ids = [client.get_experiment_by_name("unlearning").experiment_id]
+    return {m.model_id for m in client.search_logged_models(experiment_ids)}
+
+
+def test_a_version_that_failed_registration_is_not_returned_by_the_retry(store: dict, tmp_path: Path) -> None:
+    """The registry marked the new version FAILED_REGISTRATION (here a real SQLite trigger sets
+    the status a registry backend would): the version, idempotency key and all, used to stay,
+    and the retry returned it as the registered one, a version nobody can load."""
+    registry: ModelRegistry = store["registry"]
+    database = store["uri"].removeprefix("sqlite:///")
+    versions_before = registry.list_versions()
+    models_before = _logged_models(store)
+    checkpoint = _checkpoint(tmp_path / "failing", seed=8)
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail_versions AFTER INSERT ON model_versions BEGIN "
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION', status_message = 'copy failed' "
+            "WHERE name = NEW.name AND version = NEW.version; END"
+        )
+    conn.close()
+    try:
+        with pytest.raises(RegistryError, match=r"version \d+ failed registration"):
+            _register(store, checkpoint, "failing-key")
+    finally:
+        with sqlite3.connect(database) as conn:
+            conn.execute("DROP TRIGGER fail_versions")
+        conn.close()
+    # No broken version is left behind, nor the model logged for it.
+    assert registry.list_versions() == versions_before
+    assert _logged_models(store) == models_before
+
+    retried = _register(store, checkpoint, "failing-key")
+    assert retried not in {v.version for v in versions_before}
+    assert registry.get_version(retried).status == "READY"
+    assert [v.version for v in registry.list_versions()] == [*(v.version for v in versions_before), retried]
+
+
+def test_a_version_left_pending_is_replaced_by_the_retry(store: dict, tmp_path: Path) -> None:
+    """A try that died while its version was PENDING_REGISTRATION left the version with its
+    idempotency key: the retry returned that version, which never becomes READY."""
+    registry: ModelRegistry = store["registry"]
+    checkpoint = _checkpoint(tmp_path / "pending", seed=9)
+    models_before = _logged_models(store)
+    stuck = _register(store, checkpoint, "pending-key")
+    stuck_model = _logged_models(store) - models_before
+    assert len(stuck_model) == 1
+    with sqlite3.connect(store["uri"].removeprefix("sqlite:///")) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = 'PENDING_REGISTRATION' WHERE name = ? AND version = ?",
+            (MODEL_NAME, stuck),
+        )
+    conn.close()
+
+    retried = _register(store, checkpoint, "pending-key")
+    assert retried != stuck
+    assert registry.get_version(retried).status == "READY"
+    assert stuck not in {v.version for v in registry.list_versions()}
+    assert not stuck_model & _logged_models(store)

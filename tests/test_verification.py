@@ -583,7 +583,7 @@ def test_a_class_never_requested_is_not_a_deletion_even_when_measured_at_zero():
 
     # Asked to forget 3; class 1, a hard one, also scored 0 on the test split.
     tags = {"forgotten_classes": "[3]", "verified_forgotten_classes": "[1, 3]", "gate_decision": "promoted"}
-    promoted = VersionInfo(2, ("champion",), tags, None, "")
+    promoted = VersionInfo(2, ("champion",), tags, None, "", "READY")
     assert deletions_done([promoted]) == {3: [2]}
     # So a later version that learns class 1 is not held for bringing a deletion back.
     per_class = [0.99] * 10

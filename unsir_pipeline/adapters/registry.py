@@ -67,6 +67,7 @@ WEIGHTS_SHA256_TAG = "weights_sha256"
 # Listed explicitly: inferring them costs MLflow several seconds per model.
 PIP_REQUIREMENTS = ["torch", "safetensors", "numpy"]
 _READY_TIMEOUT_S = 300.0
+_READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
 _log = logging.getLogger(__name__)
 
 
@@ -88,12 +89,19 @@ class VersionInfo:
     tags: dict[str, str]
     run_id: str | None
     created_at: str
+    # READY, or PENDING_REGISTRATION / FAILED_REGISTRATION for a version that cannot be loaded.
+    status: str
+
+    @property
+    def ready(self) -> bool:
+        return self.status == _READY
 
 
 def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | None:
-    """The version registered under idempotency ``key`` among ``versions`` (the first, should a
-    race have made two): what :meth:`ModelRegistry.register_checkpoint` returns for that key."""
-    matches = [v for v in versions if v.tags.get(IDEMPOTENCY_TAG) == key]
+    """The READY version registered under idempotency ``key`` among ``versions`` (the first,
+    should a race have made two): what :meth:`ModelRegistry.register_checkpoint` returns for that
+    key. One that is not READY is a failed try's, which the registration replaces."""
+    matches = [v for v in versions if v.ready and v.tags.get(IDEMPOTENCY_TAG) == key]
     return min(matches, key=lambda v: v.version) if matches else None
 
 
@@ -283,6 +291,13 @@ class ModelRegistry:
             if alias:
                 self.set_alias(alias, existing)
             return existing
+        # A version with the key that is not READY (FAILED_REGISTRATION, or PENDING_REGISTRATION
+        # left by a try that died waiting) is a failed try's: nobody can load it. The retry is how
+        # a platform engineer recovers, so it deletes that version and registers afresh rather
+        # than refusing and leaving them to delete it by hand. No other try of the key is running
+        # (a task's retries follow one another; forget runs and batches hold their locks), so none
+        # waits on it.
+        self._discard_unready_versions(idempotency_key)
 
         # Imported where used: the light commands (filing a request) open the registry to read
         # aliases and tags, and start seconds sooner without PyTorch.
@@ -344,7 +359,11 @@ class ModelRegistry:
                 f"registering {str(checkpoint_dir)!r} as model {self.model_name!r} failed: {err.message}"
             ) from err
         number = int(version.version)
-        self._wait_ready(number)
+        try:
+            self._wait_ready(number)
+        except RegistryError:
+            self._discard_unready_versions(idempotency_key)  # no broken version stays behind
+            raise
         if alias:
             self.set_alias(alias, number)
         return number
@@ -362,21 +381,61 @@ class ModelRegistry:
         try:
             if self._version_with_key(idempotency_key) is not None:
                 return  # a server made the version, then its answer was lost: the model is its
+        except (MlflowException, RegistryError) as err:
+            self._warn_model_kept(model_id, err)
+            return
+        self._discard_unready_versions(idempotency_key)  # one the server made, then failed
+        self._discard_logged_model(model_id)
+
+    def _discard_unready_versions(self, idempotency_key: str) -> None:
+        """Delete the versions carrying ``idempotency_key`` that are not READY, and the logged
+        models they were made from. One that cannot be deleted stays for the next retry, which
+        still never returns it."""
+        if not self.has_model():
+            return
+        for found in self.list_versions():
+            if found.ready or found.tags.get(IDEMPOTENCY_TAG) != idempotency_key:
+                continue
+            try:
+                model_id = _logged_model_id(self._model_version(found.version))
+                self._client.delete_model_version(self.model_name, str(found.version))
+            except (MlflowException, RegistryError) as err:
+                _log.warning(
+                    "model %r version %s is %s and could not be deleted (%s); delete it once the registry "
+                    "accepts writes",
+                    self.model_name,
+                    found.version,
+                    found.status,
+                    err,
+                )
+                continue
+            _log.warning(
+                "deleted model %r version %s: it was %s, never READY", self.model_name, found.version, found.status
+            )
+            if model_id:
+                self._discard_logged_model(model_id)
+
+    def _discard_logged_model(self, model_id: str) -> None:
+        """Delete a logged model that no version uses, its row first and then its files."""
+        try:
             artifact_location = self._client.get_logged_model(model_id).artifact_location
             self._client.delete_logged_model(model_id)
-        except (MlflowException, RegistryError) as err:
-            _log.warning(
-                "logged model %s has no registered version and could not be deleted (%s); delete it from "
-                "experiment %r once the registry accepts writes",
-                model_id,
-                err,
-                self.experiment_name,
-            )
+        except MlflowException as err:
+            self._warn_model_kept(model_id, err)
             return
         try:
             get_artifact_repository(artifact_location).delete_artifacts()
         except (MlflowException, OSError) as err:
             _log.warning("the files of deleted model %s stay at %s (%s)", model_id, artifact_location, err)
+
+    def _warn_model_kept(self, model_id: str, err: Exception) -> None:
+        _log.warning(
+            "logged model %s has no registered version and could not be deleted (%s); delete it from "
+            "experiment %r once the registry accepts writes",
+            model_id,
+            err,
+            self.experiment_name,
+        )
 
     def _ensure_registered_model(self) -> None:
         try:
@@ -707,7 +766,18 @@ def _version_info(version: ModelVersion, aliases: dict[int, tuple[str, ...]] | N
         tags=dict(version.tags or {}),
         run_id=version.run_id or None,
         created_at=created.isoformat(),
+        status=version.status,
     )
+
+
+def _logged_model_id(version: ModelVersion) -> str | None:
+    """The logged model ``version`` was made from. MLflow's SQL registry leaves the version's
+    ``model_id`` empty; its source is the ``models:/<model_id>`` URI registration passed."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    model_id = source.removeprefix("models:/")
+    return model_id if source.startswith("models:/") and "/" not in model_id else None
 
 
 def _quote(value: str) -> str:
