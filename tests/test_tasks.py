@@ -341,6 +341,36 @@ def test_a_version_the_gate_held_needs_override_every_time_it_is_promoted(tmp_pa
     assert registry.resolve_alias("champion") == forgot_3
 
 
+def test_a_version_whose_registration_failed_is_not_promoted_even_with_override(tmp_path, bootstrapped_project):
+    """A version MLflow left FAILED_REGISTRATION has no gate decision, a problem --override
+    passes: `unsir promote N --override` made it champion, and serving went to a model that
+    never finished registering."""
+    import sqlite3
+
+    from unsir_pipeline.governance.promotion import PromotionRefused, promote_by_hand, promotion_under_way
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    original = registry.resolve_alias("champion")
+    failed = _register_candidate(project, "unit-failed-registration")
+    with sqlite3.connect(ws.registry_database) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION' WHERE name = ? AND version = ?",
+            (ws.params.registry.model_name, failed),
+        )
+    conn.close()
+    with pytest.raises(PromotionRefused) as refused:
+        promote_by_hand(ws, failed, "looks fine", "rev", override=True)
+    assert str(refused.value).startswith(
+        f"version {failed} is FAILED_REGISTRATION, not READY: there is no registered model to serve"
+    )
+    assert "unit-failed-registration" in str(refused.value)
+    assert registry.resolve_alias("champion") == original
+    assert promotion_under_way(registry) is None
+    assert "gate_decision" not in registry.get_version(failed).tags
+
+
 def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_path, bootstrapped_project):
     """`unsir audit show --request` stopped at the request's own version: "version 2 is not in
     production" when a later champion (forgetting 3 and 5) held the deletion, and the same words

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import ModelRegistry, VersionInfo, registry_for
+from unsir_pipeline.adapters.registry import IDEMPOTENCY_TAG, ModelRegistry, VersionInfo, registry_for
 from unsir_pipeline.governance.locks import promotion_lock
 from unsir_pipeline.governance.stores import audit_log, request_store
 from unsir_pipeline.settings.workspace import Workspace
@@ -624,6 +624,18 @@ def promotion_problems(ws: Workspace, version: int) -> list[str]:
     return problems
 
 
+def _require_ready(info: VersionInfo) -> None:
+    """Refuse a version whose registration failed or never finished, whatever --override says:
+    its files may be missing or partial, so it is not a model, and a rule to override is not
+    what stands in the way."""
+    if not info.ready:
+        raise PromotionRefused(
+            f"version {info.version} is {info.status}, not READY: there is no registered model to serve "
+            f"(registered by run key {info.tags.get(IDEMPOTENCY_TAG, '?')!r}); promote a READY version, or run "
+            "the forget or batch again to register one (`unsir models` lists the versions)"
+        )
+
+
 def promote_by_hand(
     ws: Workspace, version: int, reason: str, by: str, *, override: bool = False, promotion_id: str = ""
 ) -> list[str]:
@@ -635,6 +647,7 @@ def promote_by_hand(
         raise PromotionRefused("a promotion needs a reason (--reason TEXT)")
     with promotion_lock(ws):  # as apply_gate: no other decision between the checks and the alias
         _finish_interrupted_promotion(ws, registry_for(ws))
+        _require_ready(registry_for(ws).get_version(version))
         problems = promotion_problems(ws, version)
         if problems and not override:
             raise PromotionRefused("; ".join(problems) + "; promote it anyway only with --override and a reason")
