@@ -1305,9 +1305,30 @@ def test_models_shows_a_rejected_version_as_rejected():
     """A version a reviewer rejected read "held" in `unsir models` (the decision was in --json only)."""
     from unsir_pipeline.cli.commands import _gate_shown
 
-    assert _gate_shown({"gate": "held", "review_decision": "rejected"}) == "held (rejected)"
-    assert _gate_shown({"gate": "held", "review_decision": None}) == "held"
-    assert _gate_shown({"gate": None, "review_decision": None}) == "-"
+    assert _gate_shown({"gate": "held", "review_decision": "rejected", "status": "READY"}) == "held (rejected)"
+    assert _gate_shown({"gate": "held", "review_decision": None, "status": "READY"}) == "held"
+    assert _gate_shown({"gate": None, "review_decision": None, "status": "READY"}) == "-"
+
+
+def test_models_names_a_version_that_is_not_ready_and_a_champion_on_one():
+    """A version MLflow left FAILED_REGISTRATION was listed like any other ('-' for its gate),
+    and a champion alias moved onto one in MLflow went unremarked by `unsir models` and
+    `unsir audit verify`, while serving would load it."""
+    from unsir_pipeline.adapters.registry import VersionInfo
+    from unsir_pipeline.cli.commands import _gate_shown, summarize_versions
+    from unsir_pipeline.governance.promotion import champion_problems
+
+    failed = VersionInfo(2, ("champion",), {}, None, "", "FAILED_REGISTRATION")
+    ready = VersionInfo(1, (), {"gate_decision": "promoted", "gate_reasons": ""}, None, "", "READY")
+    listed = summarize_versions([ready, failed])
+    assert [v["status"] for v in listed] == ["READY", "FAILED_REGISTRATION"]
+    assert _gate_shown(listed[1]) == "FAILED_REGISTRATION"
+    assert _gate_shown(listed[0]) == "promoted"
+    problems, _ = champion_problems([ready, failed], "champion")
+    assert problems == [
+        "the champion is version 2, which is FAILED_REGISTRATION, not READY: there is no registered model to "
+        "serve (alias moved in MLflow?); move 'champion' to a READY version with `unsir promote VERSION --reason ...`"
+    ]
 
 
 def test_audit_verify_without_a_registry_database_checks_the_trail_and_creates_none(params_only, capsys):

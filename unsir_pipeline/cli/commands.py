@@ -785,6 +785,7 @@ def summarize_versions(listed, class_names: tuple[str, ...] | None = None) -> li
             "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
             "gate": v.tags.get("gate_decision"),
             "review_decision": v.tags.get("review_decision"),
+            "status": v.status,
             "tags": v.tags,
         }
         for v in listed
@@ -792,7 +793,10 @@ def summarize_versions(listed, class_names: tuple[str, ...] | None = None) -> li
 
 
 def _gate_shown(version: dict) -> str:
-    """The gate's decision, and a reviewer's rejection after it (a rejected version read "held")."""
+    """The gate's decision, and a reviewer's rejection after it (a rejected version read "held");
+    for a version whose registration failed or never finished, which no gate judged, its status."""
+    if version["status"] != "READY":
+        return version["status"]
     gate = version["gate"] or "-"
     return f"{gate} (rejected)" if version["review_decision"] == "rejected" else gate
 

@@ -255,11 +255,18 @@ def describe_undone(version: int, undone: dict[int, list[int]]) -> str:
 def champion_problems(versions: list[VersionInfo], alias: str) -> tuple[list[str], list[str]]:
     """Problems and warnings about the version ``alias`` names among ``versions`` (one
     listing of the registry). The gate and ``unsir promote`` never make a version champion that
-    brings a deleted class back; an alias moved around them (the MLflow UI, its API) can. A
+    brings a deleted class back, or one that is not READY; an alias moved around them (the MLflow
+    UI, its API) can. A
     champion promoted with ``--override`` was a recorded decision: a warning, not a problem."""
     champion = next((v for v in versions if alias in v.aliases), None)
     if champion is None:  # nothing in production (yet, or the alias was removed)
         return [], []
+    if not champion.ready:  # MLflow lets an alias name any version; serving would load this one
+        return [
+            f"the {alias} is version {champion.version}, which is {champion.status}, not READY: there is no "
+            f"registered model to serve (alias moved in MLflow?); move {alias!r} to a READY version with "
+            "`unsir promote VERSION --reason ...`"
+        ], []
     undone = deletions_undone_by(versions, champion.version)
     if not undone:
         return [], []
