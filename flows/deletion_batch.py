@@ -14,8 +14,6 @@ duplicate audit record is written.
 
 from __future__ import annotations
 
-import json
-
 from prefect import flow, get_run_logger
 
 from unsir_pipeline.adapters.registry import registry_for
@@ -24,10 +22,6 @@ from unsir_pipeline.flows.unlearn import unlearn
 from unsir_pipeline.governance import batches, locks
 from unsir_pipeline.governance.failures import setup_fault
 from unsir_pipeline.governance.promotion import (
-    DATA_DIGESTS_TAG,
-    FORGOTTEN_TAG,
-    PROMOTED_DECISIONS,
-    VERIFIED_TAG,
     finish_interrupted_promotion,
     resolve_parent,
 )
@@ -61,6 +55,8 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             # After the claim, so that a registry that cannot be reached fails the claimed
             # requests with its error on them (they go back to pending), as any later failure.
             finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
+            # Versions of killed batches this one does not resume: on the trail before it forgets more.
+            batches.record_interrupted_registrations(ws, batch)
             champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
             todo = sorted(set(batch.classes) - set(champion.deleted_classes))
             if not todo:  # an interrupted batch already got its version promoted
@@ -107,40 +103,9 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
     the version's registration and gate decision go on the record from the registry's own tags,
     so every promoted version has them. A no-op when the records exist (they are keyed by the
     batch's run key) or when the champion came from another batch."""
-    tags = registry_for(ws).get_version(version).tags
-    if tags.get("run_key") != batch.run_key:
-        return
-    links = {"mlflow_run_id": tags.get("mlflow_run_id"), "prefect_flow_run_id": tags.get("prefect_flow_run_id")}
-    batches.record(
-        ws,
-        batch,
-        "model_registered",
-        {
-            "model_version": version,
-            "parent_version": int(tags["parent_version"]) if tags.get("parent_version", "").isdigit() else None,
-            "forgotten_classes": json.loads(tags.get(FORGOTTEN_TAG, "[]")),
-            "verified_forgotten_classes": json.loads(tags.get(VERIFIED_TAG, "[]")),
-            "data_digests": json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
-            "method": tags.get("method", "unsir"),
-            **(
-                {"unsir_gate_reasons": json.loads(tags["unsir_gate_reasons"])} if tags.get("unsir_gate_reasons") else {}
-            ),
-            "recovered_from": "registry tags (the batch stopped before recording them)",
-            **links,
-        },
-    )
-    reasons = tags.get("gate_reasons", "")
-    batches.record(
-        ws,
-        batch,
-        "gate_decision",
-        {
-            "model_version": version,
-            "promoted": tags.get("gate_decision") in PROMOTED_DECISIONS,
-            "reasons": reasons.split("; ") if reasons else [],
-            "recovered_from": "registry tags (the batch stopped before recording them)",
-        },
-    )
+    info = registry_for(ws).get_version(version)
+    if info.tags.get("run_key") == batch.run_key:
+        batches.record_registration_from_tags(ws, info, batch.record_context, batch.request_ids)
 
 
 def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:

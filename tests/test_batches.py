@@ -781,6 +781,43 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     assert report.ok, (report.chain, report.problems)
 
 
+def test_batch_stopped_after_promotion_is_recorded_by_the_next_batch_that_does_not_resume_it(
+    prefect_harness, bootstrapped_project, tmp_path, monkeypatch
+):
+    """The same window, and a request filed before the next batch: that batch holds other
+    requests, so it starts afresh rather than resume, and forgets the new class from the
+    killed batch's champion. It records that champion's registration and gate decision first,
+    under the killed batch and its request: no version served without evidence on the trail."""
+    from unsir_pipeline.flows import deletion_batch as batch_flow
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    first = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
+    promotable = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after the promotion")
+
+    monkeypatch.setattr(batch_flow, "_record_success", stopped)
+    with pytest.raises(RuntimeError, match="stopped after the promotion"):
+        batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
+    monkeypatch.undo()
+    killed = stores.request_store(ws).get(first.id).batch_id
+    champion = registry_for(ws).resolve_alias("champion")
+    second = batches.file_request(ws, ["2"], "kim", "filed after the kill")
+
+    result = batch_flow.deletion_batch(project_dir=str(project), overrides=WEAK)
+    assert result["batch_id"] != killed and result["parent_version"] == champion  # afresh, from it
+    recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == champion]
+    assert [r.event for r in recorded] == ["model_registered", "gate_decision"]
+    assert all(r.payload["batch_id"] == killed and list(r.request_ids) == [first.id] for r in recorded)
+    assert all("recovered_from" in r.payload for r in recorded) and recorded[1].payload["promoted"] is True
+    assert {stores.request_store(ws).get(r.id).status for r in (first, second)} == {"done"}
+    report = batches.verify_trail(ws)
+    assert report.ok, (report.chain, report.problems)
+    assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
+
+
 def test_hand_edited_retain_subset_is_reported_not_redrawn(project, first_batch):
     from unsir_pipeline.adapters.prepared_data import load_prepared, write_retain_subset
     from unsir_pipeline.adapters.validation import ValidationFailed

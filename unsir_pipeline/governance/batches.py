@@ -48,15 +48,18 @@ from unsir_pipeline.governance.deletion_requests import (
     resolve_request,
 )
 from unsir_pipeline.governance.promotion import (
+    DATA_DIGESTS_TAG,
     FORGOTTEN_TAG,
     NEVER_JUDGED,
     PROMOTED_DECISIONS,
     PROMOTION_ID_TAG,
     PROMOTION_UNDER_WAY_TAG,
+    VERIFIED_TAG,
     ParentModel,
     awaiting_review,
     champion_problems,
     finish_interrupted_promotion,
+    never_judged,
     not_this_runs_model,
     promote_by_hand,
     promotion_record_key,
@@ -333,6 +336,11 @@ class ClaimedBatch:
     def classes(self) -> list[int]:
         return sorted({c for r in self.requests for c in r.classes})
 
+    @property
+    def record_context(self) -> dict:
+        """What each of its audit records says of the batch."""
+        return {"batch_id": self.batch_id, "run_key": self.run_key, "attempt": self.attempt}
+
     def names_of(self, classes: Sequence[int]) -> list[str]:
         """The class names the requests recorded for ``classes``: what the unlearn flow is
         given. An index written as text would be read as a class *name* first, and in an image
@@ -523,8 +531,71 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
     # its attempt back, and the next one's records would otherwise be taken for its own.
     per_claim = f":attempt-{batch.attempt}@{batch.claimed_at}" if event in PER_ATTEMPT_EVENTS else ""
     key = f"{batch.run_key}:{event}{per_claim}"
-    context = {"batch_id": batch.batch_id, "run_key": batch.run_key, "attempt": batch.attempt}
-    _append_anchored(ws, event, {**context, **payload}, actor=actor, request_ids=batch.request_ids, key=key)
+    _append_anchored(
+        ws, event, {**batch.record_context, **payload}, actor=actor, request_ids=batch.request_ids, key=key
+    )
+
+
+RECOVERED_FROM_TAGS = "registry tags (the batch stopped before recording them)"
+
+
+def record_registration_from_tags(ws: Workspace, version: VersionInfo, context: dict, request_ids: list[str]) -> None:
+    """The ``model_registered`` and ``gate_decision`` records of ``version``, whose batch
+    (``context``: its batch_id, run_key and attempt) was stopped after registering it, before
+    its trail said so, written from the registry's tags and marked ``recovered_from``. Keyed as
+    the batch's own records, so a no-op where they exist. A version the gate never judged gets
+    no ``gate_decision`` (it waits in review)."""
+    tags = version.tags
+    links = {"mlflow_run_id": tags.get("mlflow_run_id"), "prefect_flow_run_id": tags.get("prefect_flow_run_id")}
+    registered = {
+        "model_version": version.version,
+        "parent_version": int(tags["parent_version"]) if tags.get("parent_version", "").isdigit() else None,
+        "forgotten_classes": json.loads(tags.get(FORGOTTEN_TAG, "[]")),
+        "verified_forgotten_classes": json.loads(tags.get(VERIFIED_TAG, "[]")),
+        "data_digests": json.loads(tags.get(DATA_DIGESTS_TAG, "{}")),
+        "method": tags.get("method", "unsir"),
+        **({"unsir_gate_reasons": json.loads(tags["unsir_gate_reasons"])} if tags.get("unsir_gate_reasons") else {}),
+    }
+    records = [("model_registered", {**registered, **links})]
+    if not never_judged(tags):
+        reasons = tags.get("gate_reasons", "")
+        decision = {
+            "model_version": version.version,
+            "promoted": tags.get("gate_decision") in PROMOTED_DECISIONS,
+            "reasons": reasons.split("; ") if reasons else [],
+        }
+        records.append(("gate_decision", decision))
+    for event, payload in records:
+        _append_anchored(
+            ws,
+            event,
+            {**context, **payload, "recovered_from": RECOVERED_FROM_TAGS},
+            actor=SYSTEM_ACTOR,
+            request_ids=request_ids,
+            key=f"{context['run_key']}:{event}",
+        )
+
+
+def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch) -> list[int]:
+    """Put on the trail every version an earlier batch registered and was stopped before
+    recording (killed after its registration, or after its gate promoted it), when ``batch``
+    does not resume that batch (another request was filed meanwhile, or its resumption was
+    refused): a resumed batch reruns its steps and records them itself, but nothing else would,
+    and a champion would serve with no evidence on the trail. Each is recorded under the earlier
+    batch and its requests, as its claim record names them. Returns the versions recorded."""
+    records = audit_log(ws).records()
+    recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
+    claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
+    found = []
+    for version in registry_for(ws).list_versions():
+        run_key = version.tags.get("run_key")
+        claim = claims.get(run_key)
+        if version.version in recorded or claim is None or run_key == batch.run_key:
+            continue
+        context = {key: claim.payload.get(key) for key in batch.record_context}  # as the claim recorded it
+        record_registration_from_tags(ws, version, context, list(claim.request_ids))
+        found.append(version.version)
+    return found
 
 
 def record_forget(ws: Workspace, result: dict, *, actor: str, through: str = "gate_decision") -> str:
