@@ -595,6 +595,28 @@ def test_a_batch_on_a_read_only_copy_is_refused_before_prefect_starts(project, f
     assert _files(state) == before
 
 
+@pytest.mark.parametrize("filed_before", [True, False], ids=["requests-done", "nothing-ever-filed"])
+def test_an_empty_queue_on_a_read_only_copy_is_answered_without_writing(
+    bootstrapped_project, request, tmp_path, filed_before
+):
+    """`unsir batch run` on an auditor's read-only copy with nothing pending exited 1 ("cannot
+    use the project's state files"): with nothing ever filed, it created the request store and
+    the trail to read them, and the trail check it makes first took the chain's write lock.
+    Nothing pending is answered as on a writable copy, after the trail check, writing nothing."""
+    if filed_before:
+        request.getfixturevalue("first_batch")  # three requests, done
+    source = request.getfixturevalue("project") if filed_before else bootstrapped_project
+    copy = _copy_with_registry(source, tmp_path / "read-only-empty")
+    assert (copy / "state" / "requests.sqlite").exists() == filed_before
+    before = _files(copy)
+    command = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(copy), "batch", "run"]
+    ran = run_with_read_only([copy, *copy.rglob("*")], command)
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.splitlines()[-1] == "batch empty: nothing pending"
+    assert _files(copy) == before
+
+
 def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anchor(project, first_batch):
     _, result = first_batch
     ws = ws_of(project)

@@ -103,6 +103,14 @@ _WRITE_NEEDS = {
 }
 
 
+# What a write to a SQLite file this user may not write needs instead.
+_SQLITE_WRITE_NEEDS = (
+    "a SQLite file this user may write, in a directory it may write: this one is read-only here (its "
+    "permissions, or a read-only mount or copy); the commands that only read (`audit verify`, `request "
+    "list`) read it as it is"
+)
+
+
 _ENGINES: dict[tuple[str, bool, int], Engine] = {}
 
 
@@ -245,11 +253,7 @@ class StateDatabase:
         code = getattr(err.orig, "sqlite_errorcode", None)
         if code is None or code & 0xFF != sqlite3.SQLITE_READONLY:
             return None
-        return (
-            "a SQLite file this user may write, in a directory it may write: this one is read-only here (its "
-            "permissions, or a read-only mount or copy); the commands that only read (`audit verify`, `request "
-            "list`) read it as it is"
-        )
+        return _SQLITE_WRITE_NEEDS
 
     def serialise(self, conn: Connection, step: str) -> None:
         """Hold ``step`` (a key of ``_LOCK_KEYS``) for the rest of ``conn``'s write transaction:
@@ -275,6 +279,15 @@ class StateDatabase:
             raise self.unreachable(err) from err
         with conn:
             yield conn
+
+    @property
+    def writable(self) -> bool:
+        """Whether this user may write the SQLite file, and the directory SQLite keeps its -wal
+        and -shm (or makes the file) in: False on a read-only copy or mount. A database server
+        is taken as writable: only a write tells that its role may only SELECT."""
+        if self.path is None:
+            return True
+        return os.access(self.path.parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
 
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = _first_line(err)

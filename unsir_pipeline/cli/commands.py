@@ -960,12 +960,13 @@ def cmd_batch(project: Path, args) -> int:
 
     ws = _workspace(project, args)
     if args.batch_command == "run":
-        from unsir_pipeline.governance import batches
+        from unsir_pipeline.governance import batches, stores
 
         # An empty queue is answered without starting Prefect (seconds, not half a minute), after
         # the same trail check a batch makes first, so a nightly run still flags a tampered trail.
+        # On a read-only copy (an auditor's) the check reads the state as it is, writing nothing.
         if batches.nothing_to_claim(ws):
-            batches.require_trail_the_registry_anchored(ws)
+            batches.require_trail_the_registry_anchored(ws, read_only=stores.state_read_only(ws))
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0

@@ -71,6 +71,7 @@ from unsir_pipeline.governance.stores import (
     INTAKE_RECOVERABLE,
     audit_key,
     audit_log,
+    existing_audit_log,
     intake_event,
     intake_key,
     intake_payload,
@@ -354,22 +355,33 @@ def nothing_to_claim(ws: Workspace) -> bool:
     a stopped batch (those a batch recovers). Read without the lock, so a request filed a moment
     later simply waits for the next batch, as it would had the batch started a moment earlier.
     Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
-    copy reaches the check that it cannot be run there."""
+    copy reaches the check that it cannot be run there. Creates no store: none is an empty queue."""
+    if not RequestStore.exists(state_target(ws, ws.params.requests.store)):
+        return True
     store = request_store(ws, read_only=True)
     return not store.list("pending") and not store.list("running")
 
 
-def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = None, *, what: str = "a batch") -> None:
+def require_trail_the_registry_anchored(
+    ws: Workspace, audit: AuditLog | None = None, *, what: str = "a batch", read_only: bool = False
+) -> None:
     """Refuse (``AuditError``) to start ``what`` when the trail no longer holds the record the
     registry anchored (deleted, cut or rewritten), or would refuse a new record (head anchor
     unreadable, behind the chain, or signed with a key this process lacks). Checked before a
     batch claims anything or computes, a forget starts, a request is stored or a version is
     promoted or rejected; otherwise the change would be made and the command fail at its record.
     A registry file that is damaged raises ``RegistryFileDamaged``; one whose server is down is
-    left to the command's first registry call."""
-    audit = audit or audit_log(ws)
+    left to the command's first registry call.
+
+    ``read_only`` (an empty queue answered on a read-only copy): the trail and the registry are
+    read as they are, one never created is not created (none holds no record), and whether the
+    trail would take a record is not asked: nothing is recorded there."""
+    if read_only:
+        audit, registry = existing_audit_log(ws), existing_registry(ws)
+    else:
+        audit, registry = audit or audit_log(ws), registry_for(ws)
     try:
-        tag = registry_for(ws).model_tags().get(AUDIT_HEAD_TAG)
+        tag = registry.model_tags().get(AUDIT_HEAD_TAG) if registry is not None else None
         reachable = True
     except RegistryFileDamaged:
         raise  # a file to restore from a backup, not a server that is down: nothing can go on
@@ -378,11 +390,14 @@ def require_trail_the_registry_anchored(ws: Workspace, audit: AuditLog | None = 
         # handling, which records the failure on its requests; nothing to compare with here
         # (and no anchor read is not an anchor missing: the registry was not lost).
         tag, reachable = None, False
-    problem = _registry_anchor_problem(audit, tag, audit_key(ws))
+    if audit is None:
+        problem = f"the registry anchored the trail at {tag}, but there is no trail (deleted?)" if tag else None
+    else:
+        problem = _registry_anchor_problem(audit, tag, audit_key(ws))
     if problem is None and tag is None and reachable:
-        problem = _lost_registry_problem(ws, audit.records(event="model_registered"))
+        problem = _lost_registry_problem(ws, audit.records(event="model_registered") if audit else [])
     refused: type[AuditError] = AuditError
-    if problem is None:
+    if problem is None and audit is not None and not audit.db.read_only:
         try:
             audit.check_appendable()
         except AuditError as err:

@@ -40,18 +40,45 @@ def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
     request store that holds requests was deleted: refuse to start a fresh one over it (that
     would reset the evidence); verify_trail reports it."""
     target = state_target(ws, ws.params.requests.audit_log)
-    store_target = state_target(ws, ws.params.requests.store)
     exists = AuditLog.exists(target)
-    if not exists and RequestStore.exists(store_target):
-        store = RequestStore(store_target, read_only=read_only)
-        count = len(store.list())
-        if count:
-            raise AuditError(
-                f"the audit trail in {store.db.shown if isinstance(target, str) else target} does not exist, but the "
-                f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
-                "a new one (run `unsir audit verify`)"
-            )
+    if not exists:
+        _refuse_a_deleted_trail(ws, read_only=read_only)
     return AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
+
+
+def existing_audit_log(ws: Workspace) -> AuditLog | None:
+    """The audit trail opened read-only; None where none was ever started, which opening it
+    would create (a read-only copy taken before anything was filed). A deleted trail is refused
+    as by :func:`audit_log`."""
+    target = state_target(ws, ws.params.requests.audit_log)
+    if AuditLog.exists(target):
+        return AuditLog(target, key=audit_key(ws), read_only=True)
+    _refuse_a_deleted_trail(ws, read_only=True)
+    return None
+
+
+def _refuse_a_deleted_trail(ws: Workspace, *, read_only: bool) -> None:
+    """For a trail that does not exist: raise :class:`AuditError` when the request store holds
+    requests, whose records the trail held."""
+    target = state_target(ws, ws.params.requests.audit_log)
+    store_target = state_target(ws, ws.params.requests.store)
+    if not RequestStore.exists(store_target):
+        return
+    store = RequestStore(store_target, read_only=read_only)
+    count = len(store.list())
+    if count:
+        raise AuditError(
+            f"the audit trail in {store.db.shown if isinstance(target, str) else target} does not exist, but the "
+            f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
+            "a new one (run `unsir audit verify`)"
+        )
+
+
+def state_read_only(ws: Workspace) -> bool:
+    """Whether this user may not write the request store or the trail: SQLite files on an
+    auditor's read-only copy or mount (see :attr:`StateDatabase.writable`)."""
+    relatives = (ws.params.requests.store, ws.params.requests.audit_log)
+    return not all(StateDatabase(state_target(ws, relative)).writable for relative in relatives)
 
 
 @dataclass(frozen=True)
