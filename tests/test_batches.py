@@ -594,6 +594,16 @@ def test_a_batch_on_a_read_only_copy_is_refused_before_prefect_starts(project, f
     ]
     assert _files(state) == before
 
+    # PREFECT_API_URL naming a server: no Prefect home to refuse, and the trail check opening the
+    # trail for writing failed at the open (exit 1, "cannot use the project's state files").
+    served = ["env", "-u", "PREFECT_HOME", "PREFECT_API_URL=http://127.0.0.1:9/api", *command[5:]]
+    ran = run_with_read_only([copy, *copy.rglob("*")], [*served, "--project", str(copy), "batch", "run"])
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert ran.stderr.startswith(f"error: cannot write to the state database {state / 'audit.sqlite'}: "), ran.stderr
+    assert "expected a SQLite file this user may write" in ran.stderr
+    assert _files(state) == before
+
 
 @pytest.mark.parametrize("filed_before", [True, False], ids=["requests-done", "nothing-ever-filed"])
 def test_an_empty_queue_on_a_read_only_copy_is_answered_without_writing(

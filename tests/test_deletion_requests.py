@@ -537,6 +537,34 @@ def test_a_write_to_a_read_only_sqlite_state_exits_2_naming_the_file_and_changes
     assert store.get(request.id).status == "pending" and trail.records() == records
 
 
+def test_a_write_in_a_read_only_state_directory_exits_2_naming_the_file(tmp_path: Path) -> None:
+    """An auditor's read-only copy, its directory read-only too: SQLite cannot open a WAL file
+    for writing there, so `unsir request withdraw` (and `batch run` with requests pending, where
+    PREFECT_API_URL names a server) failed at the open, exit 1, with "cannot use the project's
+    state files ...: unable to open database file; expected a writable SQLite file". Now the write
+    is refused as on read-only files: exit 2, naming the file and what a write needs."""
+    from conftest import make_project, run_with_read_only
+
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    ws = Workspace.load(project)
+    store, trail = stores.intake_trail(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    stores.intake_trail(ws)
+    records = trail.records()
+    state = [ws.state_dir, *ws.state_dir.rglob("*")]
+
+    withdraw = ["request", "withdraw", request.id, "--reason", "asked twice", "--by", "bob"]
+    ran = run_with_read_only(state, [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), *withdraw])
+
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert ran.stderr.startswith("error: cannot write to the state database "), ran.stderr[-2000:]
+    assert "expected a SQLite file this user may write, in a directory it may write" in ran.stderr
+    assert store.get(request.id).status == "pending" and trail.records() == records
+
+
 def test_a_write_to_a_full_disk_exits_2_naming_the_state_file_and_the_free_space(tmp_path: Path) -> None:
     """`unsir request withdraw` with the state directory on a full disk: exit 1 with "cannot use
     the project's state files ...: cannot open the state database .../requests.sqlite: disk I/O

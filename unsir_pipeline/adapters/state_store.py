@@ -295,6 +295,12 @@ class StateDatabase:
             return StateError(f"cannot open the state database {self.shown}: {detail}{_no_space_hint(self)}")
         if self.is_sqlite and is_damaged_sqlite(err.orig):
             return self.damaged(detail)
+        if not self.read_only and not self.writable:
+            # A WAL file opened for writing in a directory this user may not write (a read-only
+            # copy) fails at the open ("unable to open database file"), before any write.
+            return StateWriteRefused(
+                f"cannot write to the state database {self.shown}: {detail}; expected {_SQLITE_WRITE_NEEDS}"
+            )
         expected = (
             f"a {'readable' if self.read_only else 'writable'} SQLite file"
             if self.is_sqlite
