@@ -221,7 +221,7 @@ def cli(ws, *args: str) -> Callable[[], object]:
 def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) -> dict[str, float]:
     from unsir_pipeline.governance import batches, stores
 
-    store = stores.request_store(ws, read_only=True)
+    store = stores.request_store(ws)
     pending_id = store.list("pending")[-1].id
     done_id = store.list("done")[-1].id
     report = ws.root / "reports" / "bench-evidence.html"
@@ -232,7 +232,7 @@ def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) ->
         "intake_trail": lambda: stores.intake_trail(ws),
         "request add": lambda: batches.file_request(ws, ["3"], "bench", "timed"),
         "request withdraw": lambda: batches.withdraw_request(ws, pending_id, "bench", "timed"),
-        "request list --status pending": lambda: stores.request_store(ws, read_only=True).list("pending"),
+        "request list --status pending": lambda: stores.existing_request_store(ws).list("pending"),
         "batch claim": lambda: batches.claim_batch(ws),
         "audit verify": lambda: batches.verify_trail(ws),
         "audit show --request": lambda: batches.request_history(ws, done_id),
@@ -277,7 +277,7 @@ def main() -> None:
             serial, batch = grow(ws, n, serial)
             last_batch = batch or last_batch
             assert last_batch is not None, "a size below one round leaves no batch to report on"
-            records = len(stores.audit_log(ws, read_only=True).records())
+            records = len(stores.audit_log(ws).records())
             print(f"N={n}: built ({records} audit records) in {time.perf_counter() - started:.1f} s", flush=True)
             saved = Path(tmp) / f"state-{n}"
             snapshot(ws, saved)

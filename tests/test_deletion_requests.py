@@ -505,7 +505,7 @@ def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path:
     with sqlite3.connect(target) as conn:
         conn.execute("UPDATE unsir_requests_schema SET version_num = 'requests_9999'")
     with pytest.raises(StateSchemaRefused, match="revision 'requests_9999', which this code does not know"):
-        stores.request_store(ws, read_only=True)
+        stores.existing_request_store(ws)
 
 
 def test_a_write_to_a_read_only_sqlite_state_exits_2_naming_the_file_and_changes_nothing(tmp_path: Path) -> None:
@@ -563,6 +563,46 @@ def test_a_write_in_a_read_only_state_directory_exits_2_naming_the_file(tmp_path
     assert ran.stderr.startswith("error: cannot write to the state database "), ran.stderr[-2000:]
     assert "expected a SQLite file this user may write, in a directory it may write" in ran.stderr
     assert store.get(request.id).status == "pending" and trail.records() == records
+
+
+def test_the_commands_that_only_read_create_no_store_on_a_read_only_copy(tmp_path: Path) -> None:
+    """A read-only copy taken before anything was filed (no requests.sqlite, no audit.sqlite):
+    `request list`, `request show`, `audit show` (with `--request` too) and `audit report` created
+    the store or the trail in order to read it, and exited 1 ("cannot use the project's state
+    files ...: unable to open database file"). Now the queue and the trail are read as empty, an
+    unknown request or batch is named (exit 2), and nothing is written."""
+    from conftest import make_project, run_with_read_only
+
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = make_project(tmp_path / "project")
+    state = Workspace.load(project).state_dir
+    state.mkdir(exist_ok=True)
+    commands = [
+        ["request", "list", "--json"],
+        ["audit", "show", "--json"],
+        ["request", "show", "req-0123456789ab"],
+        ["audit", "show", "--request", "req-0123456789ab"],
+        ["audit", "report", "batch-0123456789ab", "--out", str(tmp_path / "evidence.html")],
+    ]
+    code = (
+        "import json, sys\nfrom unsir_pipeline.cli import main\n"
+        "codes = [main(['--project', sys.argv[1], *argv]) for argv in json.loads(sys.argv[2])]\n"
+        "print(json.dumps(codes))\n"
+    )
+    read_only = [project, *project.rglob("*")]
+    ran = run_with_read_only(read_only, [sys.executable, "-c", code, str(project), json.dumps(commands)])
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    listed, shown, codes = ran.stdout.splitlines()
+    assert (json.loads(listed), json.loads(shown), json.loads(codes)) == ([], {"records": []}, [0, 0, 2, 2, 2])
+    errors = ran.stderr.splitlines()
+    assert errors[:2] == 2 * [
+        f"error: no deletion request with id 'req-0123456789ab': no request was ever filed (no request store "
+        f"{state / 'requests.sqlite'})"
+    ], errors
+    assert errors[2] == "error: no audit record mentions batch 'batch-0123456789ab'; known ids: []", errors
+    assert list(state.iterdir()) == [] and not (tmp_path / "evidence.html").exists()
 
 
 def test_a_write_to_a_full_disk_exits_2_naming_the_state_file_and_the_free_space(tmp_path: Path) -> None:

@@ -944,9 +944,10 @@ def cmd_request(project: Path, args) -> int:
             else "\n".join(f"request {r.id} pending again: {r.error}" for r in retried)
         )
     elif args.request_command == "list":
-        _print_requests(stores.request_store(ws, read_only=True).list(args.status), args.json)
+        store = stores.existing_request_store(ws)
+        _print_requests(store.list(args.status) if store is not None else [], args.json)
     else:
-        request = stores.request_store(ws, read_only=True).get(args.id)
+        (request,) = stores.stored_requests(ws, [args.id])
         print(
             json.dumps(request.to_dict())
             if args.json
@@ -1094,9 +1095,8 @@ def cmd_audit(project: Path, args) -> int:
         for problem in report.problems:
             print(f"error: audit evidence disagrees: {problem}", file=sys.stderr)
         return EXIT_FAILED
-    log = stores.audit_log(ws, read_only=args.audit_command != "sign-head")
     if args.audit_command == "sign-head":
-        result = log.sign_head()
+        result = stores.audit_log(ws).sign_head()
         _emit(
             args,
             {"signed": True, "records": result.records},
@@ -1112,7 +1112,8 @@ def cmd_audit(project: Path, args) -> int:
 
             history = request_history(ws, args.request)
         else:
-            history = {"records": [r.to_dict() for r in log.records()]}
+            log = stores.existing_audit_log(ws)
+            history = {"records": [r.to_dict() for r in log.records()] if log is not None else []}
         if args.json:
             print(json.dumps(history))
             return 0

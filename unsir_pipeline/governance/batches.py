@@ -72,6 +72,7 @@ from unsir_pipeline.governance.stores import (
     audit_key,
     audit_log,
     existing_audit_log,
+    existing_request_store,
     intake_event,
     intake_key,
     intake_payload,
@@ -80,6 +81,7 @@ from unsir_pipeline.governance.stores import (
     retry_key,
     retry_payload,
     state_target,
+    stored_requests,
     withdrawal_key,
     withdrawal_payload,
 )
@@ -356,10 +358,8 @@ def nothing_to_claim(ws: Workspace) -> bool:
     later simply waits for the next batch, as it would had the batch started a moment earlier.
     Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
     copy reaches the check that it cannot be run there. Creates no store: none is an empty queue."""
-    if not RequestStore.exists(state_target(ws, ws.params.requests.store)):
-        return True
-    store = request_store(ws, read_only=True)
-    return not store.list("pending") and not store.list("running")
+    store = existing_request_store(ws)
+    return store is None or (not store.list("pending") and not store.list("running"))
 
 
 def require_trail_the_registry_anchored(
@@ -1014,8 +1014,9 @@ def audit_path(ws: Workspace) -> Path:
 
 def request_history(ws: Workspace, request_id: str) -> dict:
     """A request from its arrival to the model version in production, from the audit trail."""
-    request = request_store(ws, read_only=True).get(request_id)
-    records = [r.to_dict() for r in audit_log(ws, read_only=True).records(request_id=request_id)]
+    (request,) = stored_requests(ws, [request_id])
+    log = existing_audit_log(ws)
+    records = [r.to_dict() for r in log.records(request_id=request_id)] if log is not None else []
     if request.status == "withdrawn":
         production = f"never to be forgotten: {request.error}"
     else:
@@ -1066,16 +1067,17 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
     """The HTML evidence report of one batch (see ``unsir_pipeline.governance.report``)."""
     from unsir_pipeline.governance.report import batch_report_html
 
-    log = audit_log(ws, read_only=True)
+    log = existing_audit_log(ws)
+    if log is None:  # no trail was ever started: nothing to report on
+        raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: []")
     chain, trail = log.verify_and_read()
     if isinstance(trail, AuditError):
         raise trail
     records = [r for r in trail if r.payload.get("batch_id") == batch_id]
     if not records:
         raise UnlearningInputError(f"no audit record mentions batch {batch_id!r}; known ids: {batch_ids_of(trail)}")
-    store = request_store(ws, read_only=True)
     ids = sorted({i for r in records for i in r.request_ids})
-    requests = store.get_many(ids)
+    requests = stored_requests(ws, ids) if ids else []
     registry = existing_registry(ws)
     has_model = registry is not None and registry.has_model()
     aliases = {v.version: list(v.aliases) for v in registry.list_versions()} if registry and has_model else {}
@@ -1159,7 +1161,6 @@ def verify_trail(ws: Workspace) -> TrailReport:
     problems: list[str] = []
     warnings: list[str] = []
     key = audit_key(ws)
-    store_target = state_target(ws, ws.params.requests.store)
     existed = AuditLog.exists(target)
     if not existed:
         where = target if isinstance(target, Path) else f"in {StateDatabase(target).shown}"
@@ -1179,7 +1180,8 @@ def verify_trail(ws: Workspace) -> TrailReport:
     if key is None:
         warnings.append(_unkeyed_warning(head_signed))
 
-    requests = RequestStore(store_target, read_only=True).list() if RequestStore.exists(store_target) else []
+    store = existing_request_store(ws)
+    requests = store.list() if store is not None else []
     request_problems, request_warnings = _requests_against_trail(requests, records, existed)
     problems += request_problems
     warnings += request_warnings

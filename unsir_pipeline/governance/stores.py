@@ -12,7 +12,7 @@ from pathlib import Path
 
 from unsir_pipeline.adapters.state_store import StateDatabase, StateError, head_revision
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
-from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest, RequestStore
+from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest, RequestError, RequestStore
 from unsir_pipeline.settings.workspace import Workspace
 
 
@@ -22,12 +22,29 @@ def state_target(ws: Workspace, relative: str) -> Path | str:
     return ws.params.state.database_url or ws.path(relative)
 
 
-def request_store(ws: Workspace, *, read_only: bool = False) -> RequestStore:
-    """The deletion requests. ``read_only`` (the commands that only read): a store that exists
-    is opened without writing, so a read-only copy of the state can be read; one never created
-    is created empty, as by any command."""
+def request_store(ws: Workspace) -> RequestStore:
+    """The deletion requests, for a command that may change them: created empty where none was."""
+    return RequestStore(state_target(ws, ws.params.requests.store))
+
+
+def existing_request_store(ws: Workspace) -> RequestStore | None:
+    """The deletion requests opened without writing, for the commands that only read, so a
+    read-only copy of the state can be read; None where none was ever created (nothing filed
+    yet), which opening it would create."""
     target = state_target(ws, ws.params.requests.store)
-    return RequestStore(target, read_only=read_only and RequestStore.exists(target))
+    return RequestStore(target, read_only=True) if RequestStore.exists(target) else None
+
+
+def stored_requests(ws: Workspace, request_ids: list[str]) -> list[DeletionRequest]:
+    """The requests with ``request_ids``, read without writing; :class:`RequestError` naming
+    the first unknown one, or that no request was ever filed."""
+    store = existing_request_store(ws)
+    if store is None:
+        shown = StateDatabase(state_target(ws, ws.params.requests.store)).shown
+        raise RequestError(
+            f"no deletion request with id {request_ids[0]!r}: no request was ever filed (no request store {shown})"
+        )
+    return store.get_many(request_ids)
 
 
 def audit_key(ws: Workspace) -> bytes | None:
@@ -35,38 +52,33 @@ def audit_key(ws: Workspace) -> bytes | None:
     return audit_key_from_env(forbidden_dirs=[ws.state_dir])
 
 
-def audit_log(ws: Workspace, *, read_only: bool = False) -> AuditLog:
-    """The audit trail (``read_only`` as for :func:`request_store`). A missing trail beside a
-    request store that holds requests was deleted: refuse to start a fresh one over it (that
-    would reset the evidence); verify_trail reports it."""
+def audit_log(ws: Workspace) -> AuditLog:
+    """The audit trail, for a command that records: created where none was. A missing trail
+    beside a request store that holds requests was deleted: refuse to start a fresh one over it
+    (that would reset the evidence); verify_trail reports it."""
     target = state_target(ws, ws.params.requests.audit_log)
-    exists = AuditLog.exists(target)
-    if not exists:
-        _refuse_a_deleted_trail(ws, read_only=read_only)
-    return AuditLog(target, key=audit_key(ws), read_only=read_only and exists)
+    if not AuditLog.exists(target):
+        _refuse_a_deleted_trail(ws, existing_request_store(ws))
+    return AuditLog(target, key=audit_key(ws))
 
 
 def existing_audit_log(ws: Workspace) -> AuditLog | None:
-    """The audit trail opened read-only; None where none was ever started, which opening it
-    would create (a read-only copy taken before anything was filed). A deleted trail is refused
-    as by :func:`audit_log`."""
+    """The audit trail opened read-only (as :func:`existing_request_store`); None where none
+    was ever started, which opening it would create. A deleted trail is refused as by
+    :func:`audit_log`."""
     target = state_target(ws, ws.params.requests.audit_log)
     if AuditLog.exists(target):
         return AuditLog(target, key=audit_key(ws), read_only=True)
-    _refuse_a_deleted_trail(ws, read_only=True)
+    _refuse_a_deleted_trail(ws, existing_request_store(ws))
     return None
 
 
-def _refuse_a_deleted_trail(ws: Workspace, *, read_only: bool) -> None:
-    """For a trail that does not exist: raise :class:`AuditError` when the request store holds
-    requests, whose records the trail held."""
-    target = state_target(ws, ws.params.requests.audit_log)
-    store_target = state_target(ws, ws.params.requests.store)
-    if not RequestStore.exists(store_target):
-        return
-    store = RequestStore(store_target, read_only=read_only)
-    count = len(store.list())
-    if count:
+def _refuse_a_deleted_trail(ws: Workspace, store: RequestStore | None) -> None:
+    """For a trail that does not exist: raise :class:`AuditError` when the request ``store``
+    holds requests, whose records the trail held."""
+    count = len(store.list()) if store is not None else 0
+    if store is not None and count:
+        target = state_target(ws, ws.params.requests.audit_log)
         raise AuditError(
             f"the audit trail in {store.db.shown if isinstance(target, str) else target} does not exist, but the "
             f"request store {store.db.shown} holds {count} request(s): the trail was deleted; refusing to start "
