@@ -339,11 +339,14 @@ def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
         assert held
 
 
-@pytest.mark.parametrize("key", ["data.split_seed", "data.retain_seed"])
+@pytest.mark.parametrize("key", ["data.split_seed", "data.retain_seed", "model.seed", "unlearn.seed"])
 @pytest.mark.parametrize(
     ("value", "message"), [("-1", "greater than or equal to 0"), ("4294967296", "less than or equal to 4294967295")]
 )
-def test_a_split_or_retain_seed_numpy_cannot_take_is_refused_at_load(key, value, message):
+def test_a_seed_numpy_cannot_take_is_refused_at_load(key, value, message):
+    """`--set unlearn.seed=99999999999999999999` loaded, and `unsir forget` started Prefect's server
+    and the flow, which failed in its unlearn task on torch's "Overflow when unpacking long long"
+    (exit 1); model.seed reached torch and NumPy (taken modulo 2**32) likewise."""
     with pytest.raises(ConfigError, match=f"{key}: Input should be {message}"):
         load_params(ROOT / "params.yaml", [f"{key}={value}"])
 

@@ -114,7 +114,9 @@ class DataParams(Frozen):
 class ModelParams(Frozen):
     arch: str = Field(description="a name in unsir.configs.ARCHITECTURE_NAMES")
     kwargs: dict = Field(default_factory=dict)
-    seed: int = 0
+    # Seeds NumPy and torch: torch fails on one past 2**64 only when training starts, after the
+    # data stages (or Prefect's server); the data seeds' range holds for both.
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     train: OptimConfig
 
     @field_validator("arch")
@@ -188,7 +190,7 @@ class UnlearnParams(Frozen):
         description="default for `dvc repro`; the CLI overrides it. Read as the CLI reads its arguments: a class "
         "name first, else an index",
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seeds torch, as model.seed does")
     recipe: Literal["measured", "measured_with_noise", "official"] = Field(
         default="measured",
         description="measured: derived from model.arch and data.retain_per_class, verified rounds without the "
