@@ -378,3 +378,56 @@ def test_the_schedule_is_checked_by_the_parser_prefect_schedules_with(schedule):
     except ConfigError:
         accepted = False
     assert accepted == prefect_accepts
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "registry.challenger_alias='x y'",
+            "registry.challenger_alias: Value error, alias 'x y' is not one MLflow takes; expected letters, digits, "
+            "'_' and '-' (e.g. challenger)",
+        ),
+        (
+            "registry.champion_alias=latest",
+            "registry.champion_alias: Value error, alias 'latest' is reserved by MLflow",
+        ),
+        ("registry.champion_alias=v2", "registry.champion_alias: Value error, alias 'v2' is reserved by MLflow"),
+        (
+            "registry.challenger_alias=champion",
+            "registry: Value error, champion_alias and challenger_alias are both 'champion'; expected two "
+            "different aliases (a new version is registered as the challenger)",
+        ),
+        (
+            "registry.champion_alias=original",
+            "registry.champion_alias: Value error, alias 'original' is the one bootstrap gives the first model",
+        ),
+        ("registry.model_name='a/b'", "registry.model_name: Value error, model name 'a/b' is not one MLflow takes"),
+    ],
+)
+def test_a_registry_name_mlflow_refuses_or_two_roles_sharing_an_alias_are_refused_at_load(override, message):
+    """`--set registry.challenger_alias='x y'` loaded; `unsir forget` trained, evaluated and registered
+    version 5 before MLflow refused to point the alias at it (exit 1). Champion and challenger as one
+    alias would make every new version, held or not, the champion."""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", [override])
+    assert str(refused.value).startswith(f"invalid params.yaml: {message}")
+
+
+@pytest.mark.parametrize("alias", ["challenger", "next-2", "näxt", "v", "v2x", "V10", "Latest", "a.b", "x" * 256])
+def test_an_alias_is_checked_as_mlflow_checks_it(alias):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+        mlflow_takes = True
+    except MlflowException:
+        mlflow_takes = False
+    try:
+        load_params(ROOT / "params.yaml", [f"registry.challenger_alias={alias}"])
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == mlflow_takes

@@ -617,7 +617,7 @@ def _require_what_bootstrap_registers(ws, ref: str) -> None:
     """``--from`` on a project with nothing registered: the bootstrap that ``forget`` starts
     with registers version 1 as the champion and ``original``; anything else is refused
     before it trains."""
-    from unsir_pipeline.cli.bootstrap import ORIGINAL_ALIAS
+    from unsir_pipeline.settings.config import ORIGINAL_ALIAS
 
     known = {"1", ws.params.registry.champion_alias, ORIGINAL_ALIAS}
     if ref not in known:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import typing
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
@@ -290,6 +291,14 @@ class GateParams(Frozen):
     )
 
 
+# The alias bootstrap gives the first model: `unsir forget --from original` starts from it.
+ORIGINAL_ALIAS = "original"
+# MLflow's rules (mlflow.utils.validation), which it applies only when a version is registered or
+# an alias set: after the training and evaluation of a bootstrap or a forget.
+_MLFLOW_ALIAS = re.compile(r"[\w-]{1,255}")
+_MLFLOW_RESERVED_ALIAS = re.compile(r"latest|[vV]\d+", re.IGNORECASE)
+
+
 class RegistryParams(Frozen):
     tracking_uri: str = Field(description="sqlite:///... (relative paths are under the project) or http(s)://server")
     model_name: str = Field(min_length=1)
@@ -300,6 +309,39 @@ class RegistryParams(Frozen):
     http_timeout_s: int = Field(default=30, gt=0, description="per request to an MLflow server")
     http_max_retries: int = Field(default=3, ge=0, description="retries on connection errors and 5xx, with backoff")
     http_backoff_factor: int = Field(default=1, ge=0, description="exponential backoff: factor * 2**retry seconds")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_mlflow_takes(cls, name: str) -> str:
+        if not name.strip() or "/" in name or ":" in name:
+            raise ValueError(f"model name {name!r} is not one MLflow takes; expected text without '/' or ':'")
+        return name
+
+    @field_validator("champion_alias", "challenger_alias")
+    @classmethod
+    def _alias_mlflow_takes(cls, alias: str) -> str:
+        if not _MLFLOW_ALIAS.fullmatch(alias):
+            raise ValueError(
+                f"alias {alias!r} is not one MLflow takes; expected letters, digits, '_' and '-' (e.g. challenger)"
+            )
+        if _MLFLOW_RESERVED_ALIAS.fullmatch(alias):
+            raise ValueError(f"alias {alias!r} is reserved by MLflow ('latest', and v<N> for version N)")
+        if alias == ORIGINAL_ALIAS:
+            raise ValueError(
+                f"alias {alias!r} is the one bootstrap gives the first model (`--from original`); expected another"
+            )
+        return alias
+
+    @model_validator(mode="after")
+    def _two_aliases(self) -> RegistryParams:
+        # One alias for both would make every version registered, held or not, the champion, and
+        # rejecting a held one would take the champion's alias away.
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError(
+                f"champion_alias and challenger_alias are both {self.champion_alias!r}; expected two different "
+                "aliases (a new version is registered as the challenger)"
+            )
+        return self
 
 
 class RequestParams(Frozen):
