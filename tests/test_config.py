@@ -275,6 +275,29 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    """A second `split_seed:` in data, or a second `gates:` section pasted at the end, loaded
+    silently with the last one winning: the first, the one a reader sees, was ignored."""
+    text = (ROOT / "params.yaml").read_text()
+    twice = tmp_path / "params.yaml"
+    twice.write_text(text.replace("  split_seed: 0\n", "  split_seed: 0\n  split_seed: 1\n", 1))
+    line = text.splitlines().index("  split_seed: 0") + 1
+    with pytest.raises(ConfigError) as refused:
+        load_params(twice)
+    assert str(refused.value) == (
+        f"{twice} is not valid YAML at line {line + 1}, column 3: duplicate key 'split_seed' (first at line {line})"
+    )
+    twice.write_text(text + "gates: {max_forget_acc: 0.5, max_retain_drop: 0.5}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'gates'"):
+        load_params(twice)
+    with pytest.raises(ConfigError, match=r"override 'gates=\{a: 1, a: 2\}': the value is not valid YAML \(duplicate"):
+        load_params(ROOT / "params.yaml", ["gates={a: 1, a: 2}"])
+    # A merge key's values may be overridden: that is what it is for.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(text.replace("  split_seed: 0\n", "  <<: {split_seed: 5}\n  split_seed: 0\n", 1))
+    assert load_params(merged).data.split_seed == 0
+
+
 # --- state.database_url: where requests and the audit trail live ---------------------------
 
 

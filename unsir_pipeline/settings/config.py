@@ -508,6 +508,30 @@ class Params(Frozen):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last,
+    so the first, the one a reader of params.yaml sees, would be ignored without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own error says so below
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first_line[key]})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds no Python objects
+
+
 def apply_override(raw: dict, override: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict, in place."""
     key, sep, value = override.partition("=")
@@ -528,7 +552,7 @@ def apply_override(raw: dict, override: str) -> None:
     if parts[-1] not in node and not _schema_has(parts):
         raise ConfigError(f"override {override!r}: unknown key {key!r}{_expected_keys(parts[:-1])}")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _load_yaml(value)
     except yaml.YAMLError as err:
         raise ConfigError(
             f"override {override!r}: the value is not valid YAML ({_yaml_problem(err)}); "
@@ -585,7 +609,7 @@ OPTIONAL_SECTIONS = ("state",)
 def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"parameters file {str(path)!r} not found") from None
     except UnicodeDecodeError as err:
