@@ -417,6 +417,8 @@ def _runs(project: Path) -> list:
         (["promote", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["reject", "7", "--reason", "x"], "model 'unsir-classifier' has no version 7; its versions are [1]"),
         (["serve", "--alias", "nosuch"], "--alias 'nosuch': model 'unsir-classifier' has no alias 'nosuch'"),
+        # It served the champion, as if --alias had not been given.
+        (["serve", "--alias", ""], "--alias '': expected an alias name such as champion"),
         (["serve", "--port", "70000"], "--port 70000: expected 0 (any free port) to 65535"),
         (["serve", "--poll", "nan"], "--poll nan: expected a positive number of seconds"),
         # Named alone: the refusal named both options, the valid one as if it were wrong too.

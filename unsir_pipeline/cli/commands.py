@@ -1218,12 +1218,14 @@ def cmd_serve(project: Path, args) -> int:
     from unsir_pipeline.adapters import serving
 
     ws = _workspace(project, args)
-    alias = args.alias or ws.params.registry.champion_alias
+    alias = ws.params.registry.champion_alias if args.alias is None else args.alias
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
     for option, seconds in (("--poll", args.poll), ("--startup-timeout", args.startup_timeout)):
         if not 0 < seconds < math.inf:  # nan fails it too
             raise UsageError(f"{option} {seconds}: expected a positive number of seconds")
+    if not alias.strip():  # an empty value is no request for the default
+        raise UsageError(f"--alias {alias!r}: expected an alias name such as champion")
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
     _require_model_ref(ws, alias, option="--alias")
