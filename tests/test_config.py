@@ -454,3 +454,48 @@ def test_an_alias_is_checked_as_mlflow_checks_it(alias):
     except ConfigError:
         accepted = False
     assert accepted == mlflow_takes
+
+
+def test_a_tracking_uri_mlflow_has_no_registry_for_is_refused_at_load():
+    """`--set registry.tracking_uri=ftp://x` loaded; the first command to open the registry failed
+    on MLflow's paragraph (exit 1, a failed pipeline), and `unsir forget` only after it began."""
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", ["registry.tracking_uri=ftp://host/x"])
+    assert str(refused.value).startswith(
+        "invalid params.yaml: registry.tracking_uri: Value error, 'ftp://host/x' is no URI MLflow keeps a model "
+        "registry at; expected sqlite:///path (relative to the project), http(s)://server, or another scheme "
+        "MLflow's registry takes: "
+    )
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:///state/mlflow/mlflow.db",
+        "http://127.0.0.1:5000",
+        "HTTPS://mlflow.example.com",
+        "postgresql+psycopg2://u:p@db/mlflow",
+        "mysql://u@db/m",
+        "file:///tmp/mlruns",
+        "mlruns",
+        "databricks",
+        "ftp://host/x",
+        "s3://bucket/mlruns",
+        "htp://typo:5000",
+    ],
+)
+def test_a_tracking_uri_is_checked_as_mlflow_picks_its_registry(uri):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+
+    try:
+        _get_store_registry().get_store_builder(uri)
+        mlflow_takes = True
+    except MlflowException:
+        mlflow_takes = False
+    try:
+        load_params(ROOT / "params.yaml", [f"registry.tracking_uri={uri}"])
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == mlflow_takes

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import typing
+import urllib.parse
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -297,6 +298,21 @@ ORIGINAL_ALIAS = "original"
 # an alias set: after the training and evaluation of a bootstrap or a forget.
 _MLFLOW_ALIAS = re.compile(r"[\w-]{1,255}")
 _MLFLOW_RESERVED_ALIAS = re.compile(r"latest|[vV]\d+", re.IGNORECASE)
+# The URI schemes MLflow keeps a model registry at ("": a local path); a database's may name
+# its driver (postgresql+psycopg2).
+MLFLOW_REGISTRY_SCHEMES = (
+    "sqlite",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "file",
+    "databricks",
+    "databricks-uc",
+    "uc",
+    "",
+)
 
 
 class RegistryParams(Frozen):
@@ -309,6 +325,20 @@ class RegistryParams(Frozen):
     http_timeout_s: int = Field(default=30, gt=0, description="per request to an MLflow server")
     http_max_retries: int = Field(default=3, ge=0, description="retries on connection errors and 5xx, with backoff")
     http_backoff_factor: int = Field(default=1, ge=0, description="exponential backoff: factor * 2**retry seconds")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _registry_mlflow_keeps(cls, uri: str) -> str:
+        scheme = urllib.parse.urlparse(uri).scheme.lower().partition("+")[0]
+        if len(scheme) == 1:  # a Windows drive letter: a local path
+            scheme = ""
+        if scheme not in MLFLOW_REGISTRY_SCHEMES:
+            others = ", ".join(scheme for scheme in MLFLOW_REGISTRY_SCHEMES if scheme)
+            raise ValueError(
+                f"{uri!r} is no URI MLflow keeps a model registry at; expected sqlite:///path (relative to the "
+                f"project), http(s)://server, or another scheme MLflow's registry takes: {others}, or a local path"
+            )
+        return uri
 
     @field_validator("model_name")
     @classmethod
