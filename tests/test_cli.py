@@ -567,6 +567,21 @@ def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
     assert err == [f"error: --port {port}: already in use on 127.0.0.1; choose another, or 0 for any free port"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "command"),
+    [("requests.store=state", ["request", "list"]), ("requests.audit_log=/", ["audit", "verify"])],
+)
+def test_a_state_file_setting_that_names_a_directory_exits_2_naming_it(params_only, capsys, setting, command):
+    """`--set requests.store=state` ended in "cannot open the state database .../state: disk I/O
+    error" and `requests.audit_log=/` in "PosixPath('/') has an empty name", both exit 1."""
+    (params_only / "state").mkdir()
+    assert main(["--project", str(params_only), "--set", setting, *command]) == 2
+    key, _, value = setting.partition("=")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {key} {value!r} is a directory ({Path(params_only, value)});")
+    assert err[-1].endswith("expected the path of a SQLite file, e.g. state/requests.sqlite")
+
+
 def test_request_withdraw_needs_a_reason(params_only, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--project", str(params_only), "request", "withdraw", "req-000000000000"])

@@ -13,13 +13,23 @@ from pathlib import Path
 from unsir_pipeline.adapters.state_store import StateDatabase, StateError, head_revision
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
 from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest, RequestError, RequestStore
+from unsir_pipeline.settings.config import ConfigError
 from unsir_pipeline.settings.workspace import Workspace
 
 
 def state_target(ws: Workspace, relative: str) -> Path | str:
     """Where a store lives: the shared database when ``state.database_url`` is set (requests and
     trail together), else its SQLite file under the project."""
-    return ws.params.state.database_url or ws.path(relative)
+    if ws.params.state.database_url:
+        return ws.params.state.database_url
+    path = ws.path(relative)
+    if path.is_dir():  # SQLite would say only "disk I/O error" or "unable to open database file"
+        keys = [f"requests.{key}" for key in ("store", "audit_log") if getattr(ws.params.requests, key) == relative]
+        raise ConfigError(
+            f"{' and '.join(keys) or 'a state file'} {relative!r} is a directory ({path}); expected the path of a "
+            "SQLite file, e.g. state/requests.sqlite"
+        )
+    return path
 
 
 def request_store(ws: Workspace) -> RequestStore:
