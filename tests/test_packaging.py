@@ -286,11 +286,18 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs() -> None:
     assert "make test" in [line.strip() for line in ci]
 
 
+@pytest.mark.parametrize("dvc_initialised", [True, False])
 @pytest.mark.parametrize("root", ["pictures", "params.yaml"])
-def test_bootstrap_refuses_a_data_root_that_is_no_directory_before_dvc_runs(tmp_path: Path, capsys, root) -> None:
+def test_bootstrap_refuses_a_data_root_that_is_no_directory_before_dvc_runs(
+    tmp_path: Path, capsys, root, dvc_initialised
+) -> None:
     """A mistyped data.root: `unsir bootstrap` (or a first `unsir forget`) initialised DVC and ran
-    `dvc repro prepare`, 20 s, to fail inside the stage with exit 1 (a pipeline failure)."""
+    `dvc repro prepare`, 20 s, to fail inside the stage with exit 1 (a pipeline failure). In a
+    project DVC was not yet initialised in (bootstrap does that), the check itself failed, exit 1:
+    "... is not a DVC project (no .dvc directory); call ensure_repo first"."""
     project = init_project(tmp_path / "unlearning").root
+    if not dvc_initialised:
+        shutil.rmtree(project / ".dvc")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(name="imagefolder", root=root)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

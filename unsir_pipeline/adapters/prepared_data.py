@@ -103,6 +103,8 @@ def recorded_prepared_path(ws: Workspace) -> str | None:
         relative = ws.prepared_dir.relative_to(ws.root).as_posix()
     except ValueError:  # data_dir outside the project: DVC does not track it there
         return None
+    if not (ws.root / ".dvc").is_dir():  # DVC not initialised yet (bootstrap does it): nothing recorded
+        return None
     return relative if relative in data_versioning.recorded_digests(ws.root) else None
 
 
