@@ -275,6 +275,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "got"),
+    [("", "nothing"), ("# all commented out\n", "nothing"), ("- data\n", "a list"), ("digits\n", "'digits'")],
+)
+def test_a_file_without_sections_says_what_it_holds(tmp_path, text, got):
+    """An empty params.yaml was refused as "must hold a mapping of sections, got NoneType"."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_params(path)
+    assert str(refused.value) == (
+        f"{path} holds {got}; expected a mapping with the keys data, model, unlearn, evaluation, gates, registry, "
+        "requests, state, paths, device (see docs/configuration.md)"
+    )
+
+
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     """A second `split_seed:` in data, or a second `gates:` section pasted at the end, loaded
     silently with the last one winning: the first, the one a reader sees, was ignored."""

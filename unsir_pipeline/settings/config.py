@@ -650,7 +650,11 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {_yaml_problem(err)}") from err
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+        got = "nothing" if raw is None else "a list" if isinstance(raw, list) else repr(raw)
+        raise ConfigError(
+            f"{path} holds {got}; expected a mapping with the keys {', '.join(Params.model_fields)} "
+            "(see docs/configuration.md)"
+        )
     # Precedence: a --set flag, then the environment, then the file. The environment says where
     # services live for a deployment; an explicit flag on one command says more than that.
     # (Prefect reads PREFECT_API_URL itself; MLflow's credentials stay in its own variables.)
