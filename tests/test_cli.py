@@ -582,6 +582,23 @@ def test_a_state_file_setting_that_names_a_directory_exits_2_naming_it(params_on
     assert err[-1].endswith("expected the path of a SQLite file, e.g. state/requests.sqlite")
 
 
+@pytest.mark.parametrize(
+    ("out", "named"),
+    [
+        # It wrote the report to reports/, as if --out had not been given.
+        ("", "--out '': expected a file or directory to write the report to"),
+        # Both ended in the operating system's words alone, exit 1: "[Errno 17] File exists: '...'".
+        ("params.yaml/report.html", "--out {project}/params.yaml/report.html: {project}/params.yaml is a file"),
+        ("params.yaml/", "--out {project}/params.yaml/: {project}/params.yaml is a file"),
+    ],
+)
+def test_an_audit_report_path_that_cannot_be_written_exits_2_before_the_trail_is_read(params_only, capsys, out, named):
+    out = f"{params_only}/{out}" if out else out
+    assert main(["--project", str(params_only), "audit", "report", "batch-1", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {named.format(project=params_only)}"), err
+
+
 def test_request_withdraw_needs_a_reason(params_only, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--project", str(params_only), "request", "withdraw", "req-000000000000"])

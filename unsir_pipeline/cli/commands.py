@@ -1129,11 +1129,16 @@ def cmd_audit(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import write_batch_report
 
     name = f"evidence-{args.batch_id}.html"
+    if args.out is not None and not args.out.strip():  # an empty value is no request for the default
+        raise UsageError(f"--out {args.out!r}: expected a file or directory to write the report to")
     out = Path(args.out) if args.out else ws.reports_dir / name
     # Like cp: a directory gets the report under its default name; so does one not made yet
     # that the trailing slash names as a directory (write_batch_report makes it).
     if out.is_dir() or (args.out or "").endswith(("/", os.sep)):
         out = out / name
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:  # mkdir would say only "[Errno 17] File exists", after the trail is read
+        raise UsageError(f"--out {args.out}: {blocking} is a file; expected a directory to write the report in")
     write_batch_report(ws, args.batch_id, out)
     _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
