@@ -773,6 +773,24 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     assert report.ok, (report.chain, report.problems)
 
 
+# Gate settings under which the gate promotes the version a test batch registers.
+PROMOTABLE = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]
+
+
+def run_batch_stopped_after_promotion(project, monkeypatch) -> None:
+    """Run a batch that stops in the window after its gate promoted its version, before the
+    trail recorded it (as a kill there would)."""
+    from unsir_pipeline.flows import deletion_batch as batch_flow
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after the promotion")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batch_flow, "_record_success", stopped)
+        with pytest.raises(RuntimeError, match="stopped after the promotion"):
+            batch_flow.deletion_batch(project_dir=str(project), overrides=PROMOTABLE)
+
+
 def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     prefect_harness, bootstrapped_project, tmp_path, monkeypatch
 ):
@@ -785,21 +803,13 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     ws = ws_of(project)
     request = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
     count = len(versions(project))
-    promotable = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]  # the gate must promote here
-
-    def stopped(*args, **kwargs):
-        raise RuntimeError("stopped after the promotion")
-
-    monkeypatch.setattr(batch_flow, "_record_success", stopped)
-    with pytest.raises(RuntimeError, match="stopped after the promotion"):
-        batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
-    monkeypatch.undo()
+    run_batch_stopped_after_promotion(project, monkeypatch)
     key = stores.request_store(ws).get(request.id).batch_id
     champion = registry_for(ws).resolve_alias("champion")
     assert len(versions(project)) == count + 1 and champion == max(versions(project))
     assert "model_registered" not in events(project, key)  # the gap this test is about
 
-    result = batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
+    result = batch_flow.deletion_batch(project_dir=str(project), overrides=PROMOTABLE)
     assert result["status"] == "done" and result["new_version"] == champion
     assert len(versions(project)) == count + 1
     recorded = events(project, key)
@@ -825,15 +835,7 @@ def test_batch_stopped_after_promotion_is_recorded_by_the_next_batch_that_does_n
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
     first = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
-    promotable = ["gates.max_mia_gap=1.0", "gates.max_retain_drop=1.0"]
-
-    def stopped(*args, **kwargs):
-        raise RuntimeError("stopped after the promotion")
-
-    monkeypatch.setattr(batch_flow, "_record_success", stopped)
-    with pytest.raises(RuntimeError, match="stopped after the promotion"):
-        batch_flow.deletion_batch(project_dir=str(project), overrides=promotable)
-    monkeypatch.undo()
+    run_batch_stopped_after_promotion(project, monkeypatch)
     killed = stores.request_store(ws).get(first.id).batch_id
     champion = registry_for(ws).resolve_alias("champion")
     second = batches.file_request(ws, ["2"], "kim", "filed after the kill")
