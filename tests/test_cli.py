@@ -841,6 +841,44 @@ def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_p
     assert len(_runs(copy)) == before
 
 
+def _set_status(ws: Workspace, version: int, status: str) -> None:
+    """What a registry backend sets when a version's registration fails or never finishes."""
+    import sqlite3
+
+    with sqlite3.connect(ws.registry_database) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = ? WHERE name = ? AND version = ?",
+            (status, ws.params.registry.model_name, version),
+        )
+    conn.close()
+
+
+@pytest.mark.slow
+def test_forget_from_a_version_that_is_not_ready_is_refused_before_any_run(project, tmp_path, capsys):
+    """MLflow downloads a version whatever its status: `unsir forget 1 --from N`, N left
+    FAILED_REGISTRATION, and `unsir forget 1` with the champion alias moved onto it in MLflow,
+    unlearned from whatever files the failed registration left."""
+    from unsir_pipeline.adapters.registry import registry_for
+
+    copy = clone_project(project, tmp_path / "failed")
+    ws = Workspace.load(copy)
+    failed = _register_held(ws, "failed-registration")
+    _set_status(ws, failed, "FAILED_REGISTRATION")
+    registry_for(ws).set_alias(ws.params.registry.champion_alias, failed)
+    before = len(_runs(copy))
+    capsys.readouterr()  # MLflow's lines registering it
+    for argv in (["forget", "1", "--from", str(failed)], ["forget", "1"]):
+        assert main(["--project", str(copy), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: model {ws.params.registry.model_name!r} version {failed} is FAILED_REGISTRATION, not READY: "
+            "its registration failed or never finished, so it has no model to load (registered by run key "
+            "'failed-registration'); choose a READY version (`unsir models` lists them; move an alias to one with "
+            "`unsir promote VERSION --reason ...`), or run the forget or batch that registered it again"
+        ], argv
+    assert len(_runs(copy)) == before
+
+
 @pytest.mark.slow
 def test_reject_takes_only_a_version_held_for_review(project, tmp_path, capsys):
     """`unsir reject 1` rejected the original model, never held for review, once another version

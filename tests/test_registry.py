@@ -605,3 +605,36 @@ def test_a_version_left_pending_is_replaced_by_the_retry(store: dict, tmp_path: 
     assert registry.get_version(retried).status == "READY"
     assert stuck not in {v.version for v in registry.list_versions()}
     assert not stuck_model & _logged_models(store)
+
+
+@pytest.mark.parametrize("status", ["FAILED_REGISTRATION", "PENDING_REGISTRATION"])
+def test_a_version_that_is_not_ready_is_not_loaded(store: dict, tmp_path: Path, status: str) -> None:
+    """MLflow downloads a version whatever its status: a forget from a champion (or --parent N)
+    that was FAILED_REGISTRATION or PENDING_REGISTRATION loaded whatever files it had, a model
+    that never finished registering. The refusal names the version, its status and the way out,
+    and comes before anything is downloaded."""
+    from unsir_pipeline.adapters.registry import VersionNotReady
+    from unsir_pipeline.governance.failures import is_bad_input
+
+    registry: ModelRegistry = store["registry"]
+    version = _register(store, _checkpoint(tmp_path / "unready", seed=10), f"unready-{status}")
+    with sqlite3.connect(store["uri"].removeprefix("sqlite:///")) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = ? WHERE name = ? AND version = ?", (status, MODEL_NAME, version)
+        )
+    conn.close()
+    registry.set_alias("unready", version)
+    try:
+        for ref in (version, str(version), "unready"):
+            with pytest.raises(VersionNotReady) as refused:
+                registry.load_model(ref, dest=tmp_path / "dl")
+            assert str(refused.value).startswith(
+                f"model {MODEL_NAME!r} version {version} is {status}, not READY: its registration "
+                "failed or never finished, so it has no model to load"
+            )
+            assert f"registered by run key 'unready-{status}'" in str(refused.value)
+            assert "`unsir promote VERSION --reason ...`" in str(refused.value)
+            assert is_bad_input(refused.value)  # `unsir` exits 2: the version named is the problem
+            assert not (tmp_path / "dl").exists() or not any((tmp_path / "dl").iterdir())
+    finally:
+        registry.delete_alias("unready")

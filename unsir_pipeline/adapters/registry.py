@@ -43,6 +43,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
+from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters.state_store import StateFileDamaged, is_damaged_sqlite
 
 if TYPE_CHECKING:
@@ -78,6 +79,12 @@ class RegistryError(Exception):
 class RegistryFileDamaged(RegistryError, StateFileDamaged):
     """A SQLite registry file that is not a database or whose pages are damaged: one of the
     project's state files, to restore from a backup, as a damaged request store is."""
+
+
+class VersionNotReady(RegistryError, UnlearningInputError):
+    """A version MLflow left FAILED_REGISTRATION or PENDING_REGISTRATION: its files may be
+    missing or partial, so it is no model to load or serve. Bad input (``unsir`` exits 2): the
+    version named, or the one an alias names, is to change; a retry of the run cannot help."""
 
 
 @dataclass(frozen=True)
@@ -495,6 +502,20 @@ class ModelRegistry:
     def get_version(self, version: int) -> VersionInfo:
         return _version_info(self._model_version(version))
 
+    def require_ready(self, version: int) -> VersionInfo:
+        """The version, if its registration finished (READY); else :class:`VersionNotReady`
+        naming its status and the way out. Checked before loading or serving it."""
+        info = self.get_version(version)
+        if not info.ready:
+            raise VersionNotReady(
+                f"model {self.model_name!r} version {version} is {info.status}, not READY: its registration "
+                f"failed or never finished, so it has no model to load (registered by run key "
+                f"{info.tags.get(IDEMPOTENCY_TAG, '?')!r}); choose a READY version (`unsir models` lists them; "
+                "move an alias to one with `unsir promote VERSION --reason ...`), or run the forget or batch "
+                "that registered it again"
+            )
+        return info
+
     def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
         self._model_version(version)  # fail with a clear message if it does not exist
         for key, value in tags.items():
@@ -595,7 +616,8 @@ class ModelRegistry:
 
         version = self._resolve_ref(ref)
         uri = f"models:/{self.model_name}/{version}"
-        expected_sha256 = self._model_version(version).tags.get(WEIGHTS_SHA256_TAG)
+        # MLflow downloads a version whatever its status: what a failed registration left.
+        expected_sha256 = self.require_ready(version).tags.get(WEIGHTS_SHA256_TAG)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         try:

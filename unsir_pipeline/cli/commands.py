@@ -564,9 +564,10 @@ def cmd_bootstrap(project: Path, args) -> int:
 
 def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     """Everything about a forget request that can be wrong, checked before Prefect starts or an
-    MLflow run opens: the parent (alias or version) exists, the prepared data is what dvc.lock
-    records, the classes exist in the data set and were not forgotten already, and a class
-    remains beside them and the pending deletion requests. Returns the parent's version number."""
+    MLflow run opens: the parent (alias or version) exists and is READY, the prepared data is
+    what dvc.lock records, the classes exist in the data set and were not forgotten already, and
+    a class remains beside them and the pending deletion requests. Returns the parent's version
+    number."""
     from unsir_pipeline.adapters.prepared_data import prepared_class_names, require_prepared_as_recorded
     from unsir_pipeline.adapters.registry import registry_for
     from unsir_pipeline.governance.batches import queued_classes
@@ -580,6 +581,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
 
     finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
     version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
+    registry_for(ws).require_ready(version)  # as loading it will, before a run opens
     require_prepared_as_recorded(ws)
     class_names = prepared_class_names(ws)
     parent_model = resolve_parent(registry_for(ws), str(version))
