@@ -351,3 +351,59 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         code = server.wait(timeout=60)
     assert code == 128 + signal.SIGTERM
     assert [pid for session in sessions for pid in _session_processes(session)] == []  # servers and workers too
+
+
+@pytest.mark.slow
+def test_unsir_serve_neither_starts_nor_switches_to_a_version_that_is_not_ready(tmp_path, bootstrapped_project):
+    """MLflow's scoring app loads a version whatever its status: `unsir serve` served a champion
+    alias moved in MLflow onto a version left FAILED_REGISTRATION, and switched to one when the
+    alias moved onto it while serving, taking a working model out of production."""
+    import sqlite3
+
+    from unsir_pipeline.adapters.registry import VersionNotReady, registry_for
+    from unsir_pipeline.adapters.serving import Supervisor, free_port, text_report
+    from unsir_pipeline.settings.workspace import Workspace
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = Workspace.load(project)
+    registry = registry_for(ws)
+    champion = ws.params.registry.champion_alias
+    served = registry.resolve_alias(champion)
+    with registry.start_run(run_name="failed-registration"):
+        failed = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=torch.rand(2, 1, 8, 8).numpy(),
+            tags={},
+            idempotency_key="failed-registration",
+        )
+    with sqlite3.connect(ws.registry_database) as conn:  # what a backend sets when the copy fails
+        conn.execute(
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION' WHERE name = ? AND version = ?",
+            (ws.params.registry.model_name, failed),
+        )
+    conn.close()
+    events: list[dict] = []
+
+    # Refused before any server starts (`unsir serve` exits 2: VersionNotReady is bad input).
+    registry.set_alias(champion, failed)
+    with pytest.raises(VersionNotReady, match=f"version {failed} is FAILED_REGISTRATION, not READY"):
+        Supervisor(ws, champion, free_port(), poll_s=0.2, startup_s=120, report=events.append).follow(iterations=0)
+    assert events == []
+
+    # Serving, the alias moves onto it: the served version stays, and the stream says so once.
+    registry.set_alias(champion, served)
+
+    def report(event: dict) -> None:
+        events.append(event)
+        if event["event"] == "serving":
+            registry.set_alias(champion, failed)
+
+    Supervisor(ws, champion, free_port(), poll_s=0.2, startup_s=120, report=report).follow(iterations=3)
+    assert [e["event"] for e in events] == ["serving", "not-switched", "stopped"]
+    assert events[0]["version"] == events[1]["version"] == events[2]["version"] == served
+    refused = events[1]
+    assert (refused["alias"], refused["to_version"]) == (champion, failed)
+    assert refused["reason"].startswith(
+        f"model {ws.params.registry.model_name!r} version {failed} is FAILED_REGISTRATION"
+    )
+    assert text_report(refused).endswith(f"; still serving version {served}")

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unsir_pipeline.adapters.registry import RegistryError, registry_for
+from unsir_pipeline.adapters.registry import RegistryError, VersionNotReady, registry_for
 from unsir_pipeline.adapters.scoring_app import MODEL_URI_VARIABLE
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -147,6 +147,8 @@ class Supervisor:
         self.registry = registry_for(ws)
         self.model_name = ws.params.registry.model_name
         self.served: Served | None = None
+        # The version the alias moved to that is not READY, reported once (None: none is).
+        self.refused: int | None = None
 
     def start(self, version: int) -> None:
         process = subprocess.Popen(
@@ -180,7 +182,9 @@ class Supervisor:
 
     def follow(self, iterations: int | None = None) -> None:
         """Serve, then poll the alias; ``iterations`` bounds the polls (None: until stopped)."""
-        self.start(self.registry.resolve_alias(self.alias))
+        first = self.registry.resolve_alias(self.alias)
+        self.registry.require_ready(first)  # MLflow's scoring app would load whatever it has
+        self.start(first)
         count = 0
         try:
             while iterations is None or count < iterations:
@@ -200,9 +204,25 @@ class Supervisor:
                     continue
                 try:
                     current = self.registry.resolve_alias(self.alias)
+                    if current != self.served.version:
+                        self.registry.require_ready(current)
+                except VersionNotReady as err:  # moved in MLflow: keep the served version, say so once
+                    if current != self.refused:
+                        self.refused = current
+                        self.report(
+                            {
+                                "event": "not-switched",
+                                "alias": self.alias,
+                                "version": self.served.version,
+                                "to_version": current,
+                                "reason": str(err),
+                            }
+                        )
+                    continue
                 except RegistryError as err:  # a registry hiccup or a deleted alias must not stop serving
                     self.report({"event": "warning", "reason": f"cannot resolve alias {self.alias!r}: {err}"})
                     continue
+                self.refused = None
                 if current != self.served.version:
                     self.report(
                         {
@@ -227,6 +247,11 @@ def text_report(event: dict) -> str:
     if kind == "alias-moved":
         return (
             f"alias {event['alias']!r} moved from version {event['from_version']} to {event['to_version']}: restarting"
+        )
+    if kind == "not-switched":
+        return (
+            f"alias {event['alias']!r} moved to version {event['to_version']}, which is not served: "
+            f"{event['reason']}; still serving version {event['version']}"
         )
     if kind == "stopped":
         return f"stopped serving version {event['version']}"
