@@ -62,6 +62,32 @@ def test_a_bootstrap_stopped_before_the_original_alias_is_finished_by_a_rerun(tm
     assert "original" in registry.get_version(1).aliases
 
 
+def test_a_bootstrap_whose_registration_failed_registers_afresh_when_rerun(tmp_path, bootstrapped_project):
+    """A first bootstrap whose version MLflow left FAILED_REGISTRATION, and which could not
+    delete it either, left that version as the model's only one, with no alias: a rerun said
+    "has versions but no 'champion' alias; choose one with `unsir promote`", which refuses a
+    version that is not READY. A version that is not READY counts as none: the rerun registers
+    the original afresh (deleting the failed try's version, which carries its key)."""
+    import sqlite3
+
+    ws = Workspace.load(clone_project(bootstrapped_project, tmp_path / "project"))
+    registry = registry_for(ws)
+    for alias in registry.get_version(1).aliases:  # a registration that fails sets no alias
+        registry.delete_alias(alias)
+    with sqlite3.connect(ws.registry_database) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION' WHERE name = ? AND version = 1",
+            (ws.params.registry.model_name,),
+        )
+    conn.close()
+
+    again = bootstrap(ws)
+    assert again.created and again.version != 1
+    assert [(v.version, v.status, v.aliases) for v in registry.list_versions()] == [
+        (again.version, "READY", ("champion", "original"))
+    ]
+
+
 def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
     """Not only `unsir forget`: a run started from Python or a Prefect deployment records its
     evidence, its version and the gate's decision, so no version goes unrecorded."""

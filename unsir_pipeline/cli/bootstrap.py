@@ -39,7 +39,10 @@ def bootstrap(
     # Opening a SQLite registry creates its database: a bootstrap refused below leaves none.
     registry = existing_registry(ws)
     champion = ws.params.registry.champion_alias
-    if registry is not None and registry.has_model():
+    # A version that is not READY is no model (a failed registration left it, and its deletion
+    # failed too), and `unsir promote` refuses it: with no READY version the original is
+    # registered afresh, which deletes a failed try's version (its idempotency key is this one's).
+    if registry is not None and registry.has_model() and any(v.ready for v in registry.list_versions()):
         try:
             version = registry.resolve_alias(champion)
         except RegistryError as err:
