@@ -627,6 +627,25 @@ def test_an_empty_queue_on_a_read_only_copy_is_answered_without_writing(
     assert _files(copy) == before
 
 
+def test_audit_report_on_a_read_only_copy_is_refused_before_the_trail_is_read(project, first_batch, tmp_path):
+    """`unsir audit report BATCH` on an auditor's read-only copy, writing to the default
+    reports/, read the trail, built the report and then failed at the write, exit 1, with
+    "cannot use the project's state files ...: Read-only file system: .../evidence-....html"."""
+    _, result = first_batch
+    copy = _copy_with_registry(project, tmp_path / "read-only-report")
+    before = _files(copy)
+    command = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(copy), "audit", "report"]
+    ran = run_with_read_only([copy, *copy.rglob("*")], [*command, result["batch_id"]])
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    out = copy / "reports" / f"evidence-{result['batch_id']}.html"
+    assert ran.stderr.splitlines() == [
+        f"error: cannot write the report to {out}: this user may not write {out.parent} (a read-only copy or mount?); "
+        "expected a writable place: choose one with --out PATH"
+    ]
+    assert _files(copy) == before
+
+
 def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anchor(project, first_batch):
     _, result = first_batch
     ws = ws_of(project)

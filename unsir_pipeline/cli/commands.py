@@ -1141,6 +1141,14 @@ def cmd_audit(project: Path, args) -> int:
     blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:  # mkdir would say only "[Errno 17] File exists", after the trail is read
         raise UsageError(f"--out {args.out}: {blocking} is a file; expected a directory to write the report in")
+    # The directory the report goes in, or the nearest one there to make it in. On a read-only
+    # copy (an auditor's) the write failed only after the trail was read and the report built.
+    writes_in = next(parent for parent in out.parents if parent.exists())
+    if not os.access(writes_in, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(
+            f"cannot write the report to {out}: this user may not write {out if out.exists() else writes_in} "
+            "(a read-only copy or mount?); expected a writable place: choose one with --out PATH"
+        )
     write_batch_report(ws, args.batch_id, out)
     _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
