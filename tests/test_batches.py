@@ -664,6 +664,40 @@ def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anch
     assert report.ok, (report.chain, report.problems)
 
 
+def test_audit_verify_passes_a_freshly_bootstrapped_project_with_no_trail_yet(bootstrapped_project, tmp_path, capsys):
+    """Right after `unsir bootstrap`, nothing filed, `unsir audit verify` said "the audit trail
+    ... does not exist" and exited 1: an auditor checking a fresh project saw a failure."""
+    copy = clone_project(bootstrapped_project, tmp_path / "fresh")
+    trail = copy / "state" / "audit.sqlite"
+    assert not trail.exists()
+
+    assert main(["--project", str(copy), "audit", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        f"nothing recorded yet: no audit trail {trail}, and the registry holds only the original that "
+        "`unsir bootstrap` registered"
+    )
+    assert main(["--project", str(copy), "audit", "verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["records"], report["trail_exists"], report["problems"]) == (True, 0, False, [])
+    assert not trail.exists()  # verify did not start a trail
+
+
+def test_audit_verify_reports_a_missing_trail_when_the_registry_holds_unlearned_versions(
+    project, first_batch, tmp_path, capsys
+):
+    """A missing trail passes only where nothing was ever recorded: with an unlearned version in
+    the registry (its anchor and the request store gone too), it stays a problem."""
+    copy = _copy_with_registry(project, tmp_path / "deleted-unanchored")
+    for path in copy.glob("state/*.sqlite*"):
+        if path.name.startswith(("audit.sqlite", "requests.sqlite")):
+            path.unlink()
+    registry_for(ws_of(copy)).delete_model_tag(batches.AUDIT_HEAD_TAG)
+
+    assert main(["--project", str(copy), "audit", "verify"]) == 1
+    assert f"the audit trail {copy / 'state' / 'audit.sqlite'} does not exist" in capsys.readouterr().err
+
+
 def test_audit_verify_reports_a_deleted_trail_instead_of_resetting_it(project, first_batch, tmp_path, capsys):
     copy = _copy_with_registry(project, tmp_path / "deleted")
     trail = copy / "state" / "audit.sqlite"

@@ -1058,6 +1058,7 @@ def cmd_audit(project: Path, args) -> int:
                     {
                         "ok": report.ok,
                         "records": report.records,
+                        "trail_exists": report.trail_exists,
                         "chain_ok": report.chain.ok,
                         "first_bad_seq": report.chain.first_bad_seq,
                         "chain_problem": report.chain.problem,
@@ -1074,6 +1075,15 @@ def cmd_audit(project: Path, args) -> int:
             return 0 if report.ok else EXIT_FAILED
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if report.ok and not report.trail_exists:
+            from unsir_pipeline.adapters.state_store import StateDatabase
+
+            trail = StateDatabase(stores.state_target(ws, ws.params.requests.audit_log)).shown
+            print(
+                f"nothing recorded yet: no audit trail {trail}, and the registry holds only the original that "
+                "`unsir bootstrap` registered"
+            )
+            return 0
         if report.ok:
             signed = ", head anchor signed" if report.chain.signed else ""
             agree = "request store and registry agree" if report.registry_checked else "request store agrees"

@@ -1120,6 +1120,8 @@ class TrailReport:
     warnings: tuple[str, ...]
     records: int
     registry_checked: bool  # False where no registry database exists to read
+    # False where no trail was ever started and nothing needed one (a freshly bootstrapped project).
+    trail_exists: bool
     # Whether the head anchor carries a signature, checked or not (chain.signed: verified with the key).
     head_signed: bool
 
@@ -1162,9 +1164,12 @@ def verify_trail(ws: Workspace) -> TrailReport:
     warnings: list[str] = []
     key = audit_key(ws)
     existed = AuditLog.exists(target)
+    # A missing trail is a problem unless the registry holds only the original (decided below).
+    missing_trail = None
     if not existed:
         where = target if isinstance(target, Path) else f"in {StateDatabase(target).shown}"
-        problems.append(f"the audit trail {where} does not exist")
+        missing_trail = f"the audit trail {where} does not exist"
+        problems.append(missing_trail)
         chain = VerifyResult(ok=True, records=0, first_bad_seq=None, problem=None)
         records: list[AuditRecord] = []
         log = None
@@ -1191,6 +1196,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
         if registry is not None and registry.has_model():
             versions = {v.version: v for v in registry.list_versions()}
             tag = registry.model_tags().get(AUDIT_HEAD_TAG)
+            if missing_trail and tag is None and all(v.tags.get("origin") == "bootstrap" for v in versions.values()):
+                # Nothing filed and only bootstrap's original registered: nothing was ever recorded.
+                problems.remove(missing_trail)
             if log is not None:
                 anchor_problem = _registry_anchor_problem(log, tag, key)
                 if anchor_problem:
@@ -1252,6 +1260,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
         warnings=tuple(warnings),
         records=len(records),
         registry_checked=registry is not None,
+        trail_exists=existed,
         head_signed=head_signed,
     )
 
