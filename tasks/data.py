@@ -21,6 +21,7 @@ from unsir_pipeline.adapters.validation import require_valid, validate_splits
 from unsir_pipeline.governance.deletion_requests import resolve_request
 from unsir_pipeline.governance.promotion import ParentModel, deletions_done, require_parents_data
 from unsir_pipeline.settings.workspace import RunContext, Workspace
+from unsir_pipeline.tasks.retries import IO_RETRIES
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def validate_data_splits(ctx: RunContext, requested: list[str], parent: ParentMo
     )
 
 
-@task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="version-data", cache_policy=NO_CACHE, **IO_RETRIES)
 def version_data(ws: Workspace, retain_subset: Path) -> dict[str, str]:
     """DVC-track the retain subset, push to the remote, and return the data digests used."""
     retain_md5 = data_versioning.track(ws.root, retain_subset)

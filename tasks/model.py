@@ -16,9 +16,10 @@ from unsir_pipeline.adapters.registry import RegistryError, registry_for, versio
 from unsir_pipeline.governance import promotion
 from unsir_pipeline.settings import runtime
 from unsir_pipeline.settings.workspace import RunContext
+from unsir_pipeline.tasks.retries import IO_RETRIES
 
 
-@task(name="open-tracking-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="open-tracking-run", cache_policy=NO_CACHE, **IO_RETRIES)
 def open_tracking_run(ctx: RunContext, requested: list[str]) -> str:
     """The MLflow run for this run key, created once: a retried or resumed run reuses it."""
     ws = ctx.ws
@@ -53,16 +54,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-@task(name="resolve-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="resolve-model-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def resolve_model_version(ctx: RunContext, ref: str) -> promotion.ParentModel:
     promotion.finish_interrupted_promotion(ctx.ws)  # the champion a killed promotion was moving
-    parent = promotion.resolve_parent(registry_for(ctx.ws), ref)
+    registry = registry_for(ctx.ws)
+    parent = promotion.resolve_parent(registry, ref)
+    registry.require_ready(parent.version)  # before the tracking run opens, not at the load
     promotion.require_unrejected_parent(parent)
     get_run_logger().info("%r is version %s (forgotten so far: %s)", ref, parent.version, parent.forgotten_classes)
     return parent
 
 
-@task(name="load-registered-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="load-registered-model", cache_policy=NO_CACHE, **IO_RETRIES)
 def load_registered_model(ctx: RunContext, version: int) -> Path:
     """Download the parent version and keep its checkpoint in the run directory."""
     model, card, _ = registry_for(ctx.ws).load_model(
@@ -73,7 +76,7 @@ def load_registered_model(ctx: RunContext, version: int) -> Path:
     return ctx.paths.parent
 
 
-@task(name="choose-registration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="choose-registration", cache_policy=NO_CACHE, **IO_RETRIES)
 def choose_registration(
     ctx: RunContext,
     parent_version: int,
@@ -111,7 +114,7 @@ def choose_registration(
     return choice
 
 
-@task(name="register-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="register-model-version", cache_policy=NO_CACHE, **IO_RETRIES)
 def register_model_version(
     ctx: RunContext,
     mlflow_run_id: str,
@@ -142,7 +145,7 @@ def register_model_version(
     return version
 
 
-@task(name="promotion-gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="promotion-gate", cache_policy=NO_CACHE, **IO_RETRIES)
 def promotion_gate(ctx: RunContext, version: int, candidate: promotion.GateInput) -> promotion.GateDecision:
     """Move ``champion`` to the new version only when every bound in params.yaml holds and no
     class that a promoted version forgot would come back."""

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from unsir_pipeline.governance import batches, stores
 from unsir_pipeline.governance.promotion import ParentModel
 from unsir_pipeline.settings.workspace import Workspace
+from unsir_pipeline.tasks.retries import IO_RETRIES
 
 
 @task(name="claim-pending-requests", cache_policy=NO_CACHE)
@@ -58,7 +59,7 @@ def release_requests(
     return {r.id: r.status for r in released}
 
 
-@task(name="record-on-audit-trail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="record-on-audit-trail", cache_policy=NO_CACHE, **IO_RETRIES)
 def record_on_audit_trail(ws: Workspace, result: dict, actor: str, through: str = "gate_decision") -> str:
     """Put a forget run outside a batch on the trail: its evidence, the version it registered
     and the gate's decision, as ``actor``; ``through="model_registered"`` stops before the

@@ -192,6 +192,18 @@ def clone_project(source: Path, dest: Path) -> Path:
     return dest
 
 
+def set_version_status(ws, version: int, status: str) -> None:
+    """What a registry backend sets when a version's registration fails or never finishes."""
+    import sqlite3
+
+    with sqlite3.connect(ws.registry_database) as conn:
+        conn.execute(
+            "UPDATE model_versions SET status = ? WHERE name = ? AND version = ?",
+            (status, ws.params.registry.model_name, version),
+        )
+    conn.close()
+
+
 def run_with_read_only(paths: list[Path], command: list[str]) -> subprocess.CompletedProcess[str]:
     """``command`` run with ``paths`` not writable to it, as on an auditor's read-only copy.
     Permissions stop no write of root's (CI's containers), so as root each path is mounted

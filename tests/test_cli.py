@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clone_project
+from conftest import ROOT, clone_project, set_version_status
 
 from unsir_pipeline.cli import build_parser, main
 from unsir_pipeline.cli import progress as progress_module
@@ -841,18 +841,6 @@ def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_p
     assert len(_runs(copy)) == before
 
 
-def _set_status(ws: Workspace, version: int, status: str) -> None:
-    """What a registry backend sets when a version's registration fails or never finishes."""
-    import sqlite3
-
-    with sqlite3.connect(ws.registry_database) as conn:
-        conn.execute(
-            "UPDATE model_versions SET status = ? WHERE name = ? AND version = ?",
-            (status, ws.params.registry.model_name, version),
-        )
-    conn.close()
-
-
 @pytest.mark.slow
 def test_forget_from_a_version_that_is_not_ready_is_refused_before_any_run(project, tmp_path, capsys):
     """MLflow downloads a version whatever its status: `unsir forget 1 --from N`, N left
@@ -863,7 +851,7 @@ def test_forget_from_a_version_that_is_not_ready_is_refused_before_any_run(proje
     copy = clone_project(project, tmp_path / "failed")
     ws = Workspace.load(copy)
     failed = _register_held(ws, "failed-registration")
-    _set_status(ws, failed, "FAILED_REGISTRATION")
+    set_version_status(ws, failed, "FAILED_REGISTRATION")
     registry_for(ws).set_alias(ws.params.registry.champion_alias, failed)
     before = len(_runs(copy))
     capsys.readouterr()  # MLflow's lines registering it

@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import clone_project
+from conftest import clone_project, set_version_status
 from prefect.logging import disable_run_logger
 
 from unsir.checkpoint import load_checkpoint, save_checkpoint
@@ -136,6 +136,28 @@ def test_a_manifest_that_is_not_what_dvc_recorded_fails_validation_naming_how_to
         "\ndata/prepared is not what dvc.lock records: restore it with `dvc pull --force data/prepared` "
         "(dvc.lock records it)"
     ), message
+
+
+# --- resolve-model-version: the parent, refused before the tracking run opens -----------------
+
+
+def test_a_parent_that_is_not_ready_is_refused_when_resolved_and_not_retried(prefect_harness, project, tmp_path):
+    """A batch on a champion MLflow left FAILED_REGISTRATION opened its tracking run, then was
+    refused only when the parent was loaded, and Prefect retried that refusal twice (~4 s): bad
+    input gets the same answer however often it is asked."""
+    from unsir_pipeline.adapters.registry import VersionNotReady
+
+    copy = clone_project(project, tmp_path / "unready")
+    ctx = _context(copy, "unit-unready")
+    champion = registry_for(ctx.ws).resolve_alias(ctx.ws.params.registry.champion_alias)
+    set_version_status(ctx.ws, champion, "FAILED_REGISTRATION")
+    runs: list[int] = []  # how often the task ran, as Prefect counts it when it gives up
+    resolve = model.resolve_model_version.with_options(on_failure=[lambda _, run, __: runs.append(run.run_count)])
+    state = resolve(ctx, ctx.ws.params.registry.champion_alias, return_state=True)
+    refused = state.result(raise_on_failure=False)
+    assert isinstance(refused, VersionNotReady)
+    assert f"version {champion} is FAILED_REGISTRATION, not READY" in str(refused)
+    assert runs == [1]
 
 
 # --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------
