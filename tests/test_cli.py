@@ -946,6 +946,23 @@ def test_request_add_takes_classes_and_by_as_forget_does(project, tmp_path, caps
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_request_add_of_a_blank_class_names_it_as_typed_and_stores_nothing(project, tmp_path, capsys, blank):
+    """`unsir request add ''` said "requested[0] must be a non-empty string", a field of the
+    store nobody typed; `unsir forget ''` names the class as typed and what a class is."""
+    from unsir_pipeline.governance import stores
+
+    copy = clone_project(project, tmp_path / "blank-class")
+    ws = Workspace.load(copy)
+    before = (stores.request_store(ws).list(), stores.audit_log(ws).records())
+    assert main(["--project", str(copy), "request", "add", "4", blank, "--by", "alice", "--reason", "r"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: unknown class {blank!r}; expected an index in [0, 9] or one of {[str(c) for c in range(10)]}"
+    ]
+    assert (stores.request_store(ws).list(), stores.audit_log(ws).records()) == before
+
+
+@pytest.mark.slow
 def test_models_keeps_wide_values_apart(project, tmp_path, capsys):
     """Nine forgotten classes and "promoted-by-override" are wider than their columns: they
     ran into the next one ("[0, 1, 2, 3, 4, 5, 6, 7, 8]retrain", "promoted-by-override2026-")."""

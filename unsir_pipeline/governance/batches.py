@@ -148,6 +148,9 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     store, audit = intake_trail(ws)
     require_trail_the_registry_anchored(ws, audit, what="a deletion request")
     names = prepared_class_names(ws)
+    # A blank class is a slip, not a request to refuse on the record: "unknown class ''", as
+    # `unsir forget ''` says, with nothing stored or recorded.
+    resolve_classes([c for c in requested if not c.strip()], names)
     finish_interrupted_promotion(ws)  # the champion the request is checked against
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
     classes: tuple[int, ...] = ()
