@@ -189,12 +189,30 @@ def _keep_in_eval_mode(module: nn.Module, _inputs: tuple[torch.Tensor, ...]) -> 
 
 
 @contextmanager
+def modules_frozen(modules: list[nn.Module]) -> Iterator[None]:
+    """For the block, ``modules`` stay exactly as they are whatever trains around them: their own
+    parameters (not their children's) take no gradient, and each runs in eval() mode however the
+    training loop sets the model's mode (BatchNorm statistics, dropout, a module's own ``if
+    self.training``). On exit the ``requires_grad`` flags are as they were and the hooks gone."""
+    flags = [(p, p.requires_grad) for module in modules for p in module.parameters(recurse=False)]
+    handles = [module.register_forward_pre_hook(_keep_in_eval_mode) for module in modules]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for parameter, was in flags:
+            parameter.requires_grad_(was)
+
+
+@contextmanager
 def lower_layers_frozen(model: nn.Module, sample: torch.Tensor, fraction: float) -> Iterator[list[nn.Module]]:
     """For the block, the first ``fraction`` of ``model``'s weight layers (convolutions and linear
     layers, in forward order; ``sample`` is one input to find it) stay exactly as they are, and so
-    does every layer the forward pass calls before the first one left to train: no gradient, and
-    BatchNorm statistics and dropout in eval() mode. The classifier head always trains. Yields the
-    frozen layers; on exit their ``requires_grad`` flags are as they were and the hooks are gone.
+    does every layer the forward pass calls before the first one left to train
+    (:func:`modules_frozen`). The classifier head always trains. Yields the frozen layers.
 
     Why (``unsir.recipes``): on a deep network, impair and repair on D_r_sub's few hundred samples
     move every layer, and the depthwise networks lost retain accuracy to it that no schedule or
@@ -208,17 +226,9 @@ def lower_layers_frozen(model: nn.Module, sample: torch.Tensor, fraction: float)
     first_trained = weight_layers[int(len(weight_layers) * fraction)] if weight_layers else head
     cut = min(order.index(first_trained), order.index(head)) if head in order else order.index(first_trained)
     frozen = order[:cut]
-    flags = [(p, p.requires_grad) for layer in frozen for p in layer.parameters()]
-    handles = [layer.register_forward_pre_hook(_keep_in_eval_mode) for layer in frozen]
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
+    # A parametrized layer's weights live in its parametrization's modules: frozen with it.
+    with modules_frozen([inner for layer in frozen for inner in layer.modules()]):
         yield frozen
-    finally:
-        for handle in handles:
-            handle.remove()
-        for parameter, was in flags:
-            parameter.requires_grad_(was)
 
 
 def working_copy(model: nn.Module, device: torch.device) -> nn.Module:

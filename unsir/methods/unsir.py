@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import Self
 
 import torch
 from torch import nn
@@ -39,9 +38,15 @@ from unsir.methods.base import (
     register,
     timed,
 )
-from unsir.models import check_classifier_head, classifier_head, head_features, lower_layers_frozen
+from unsir.models import (
+    check_classifier_head,
+    classifier_head,
+    head_features,
+    lower_layers_frozen,
+    modules_frozen,
+)
 from unsir.noise import build_impair_set, learn_error_maximizing_noise
-from unsir.training import fit, in_eval_mode, resolve_device
+from unsir.training import fit, resolve_device
 from unsir.verification import ForgettingCheck, check_forgetting
 
 
@@ -130,41 +135,18 @@ def refit_head(
             description="head round",
         )
         return model
-    head_parameters = {id(p) for p in head.parameters()}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in head_parameters]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        with in_eval_mode(model):
-            fit(
-                _EvalModeForward(model),
-                task.retain_images,
-                task.retain_labels,
-                settings,
-                device=device,
-                generator=generator,
-                description="head round",
-            )
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    inside_head = set(head.modules())
+    with modules_frozen([m for m in model.modules() if m not in inside_head]):
+        fit(
+            model,
+            task.retain_images,
+            task.retain_labels,
+            settings,
+            device=device,
+            generator=generator,
+            description="head round",
+        )
     return model
-
-
-class _EvalModeForward(nn.Module):
-    """``model``'s forward pass, ``model`` left in eval() mode whatever mode ``fit`` sets: the
-    head round trains the head alone, and BatchNorm's statistics and dropout stay as they were."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def train(self, mode: bool = True) -> Self:
-        self.training = mode
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def failed_on_confidence_alone(record: dict[str, float], settings: VerificationConfig) -> bool:
