@@ -227,18 +227,24 @@ def _one_sample_per_retained_class(dtype: torch.dtype = torch.float32) -> Unlear
     )
 
 
+def _refused_by_the_recipe_run_by_the_paper(build, refusal: str) -> None:
+    """The recipe (head reset, head round) refuses ``build()`` with ``refusal``; the paper's
+    method, which touches no head, runs on it."""
+    task = _one_sample_per_retained_class()
+    recipe = unsir_config_for("small_cnn", retain_per_class=1)
+    with pytest.raises(UnlearningInputError, match=refusal):
+        make_method("unsir", recipe).unlearn(build(), task, device=CPU, generator=_seeded(0))
+    paper = unsir_config_for("small_cnn", retain_per_class=1, with_noise=True)
+    make_method("unsir", paper).unlearn(build(), task, device=CPU, generator=_seeded(0))
+
+
 def test_a_head_defined_before_a_hidden_linear_is_refused_before_any_compute():
     """The head is found as the last nn.Linear a model registers: this model's hidden layer had
     its rows re-drawn and refitted in the head's place, and a trained one forgot nothing (forget
     accuracy 1.0 after 4 rounds). The paper's method, which touches no head, still runs."""
-    task = _one_sample_per_retained_class()
-    recipe = unsir_config_for("small_cnn", retain_per_class=1)
-    with pytest.raises(
-        UnlearningInputError, match=r"'body.1' \(64 -> 16\), but the last one its forward pass runs is 'head'"
-    ):
-        make_method("unsir", recipe).unlearn(_HeadDefinedFirst(), task, device=CPU, generator=_seeded(0))
-    paper = unsir_config_for("small_cnn", retain_per_class=1, with_noise=True)
-    make_method("unsir", paper).unlearn(_HeadDefinedFirst(), task, device=CPU, generator=_seeded(0))
+    _refused_by_the_recipe_run_by_the_paper(
+        _HeadDefinedFirst, r"'body.1' \(64 -> 16\), but the last one its forward pass runs is 'head'"
+    )
 
 
 class _PrototypeHead(torch.nn.Module):
@@ -256,14 +262,9 @@ class _PrototypeHead(torch.nn.Module):
 def test_a_model_whose_logits_come_from_no_linear_head_is_refused_before_any_compute():
     """Its hidden layer (64 -> 16) passed as the head: row 3, a hidden unit, was re-drawn, and a
     head round would have trained the hidden layer alone as a 16-class classifier, silently."""
-    task = _one_sample_per_retained_class()
-    recipe = unsir_config_for("small_cnn", retain_per_class=1)
-    with pytest.raises(
-        UnlearningInputError, match=r"'body.1' \(64 -> 16\), but it has 16 outputs, not one per class \(10\)"
-    ):
-        make_method("unsir", recipe).unlearn(_PrototypeHead(), task, device=CPU, generator=_seeded(0))
-    paper = unsir_config_for("small_cnn", retain_per_class=1, with_noise=True)
-    make_method("unsir", paper).unlearn(_PrototypeHead(), task, device=CPU, generator=_seeded(0))
+    _refused_by_the_recipe_run_by_the_paper(
+        _PrototypeHead, r"'body.1' \(64 -> 16\), but it has 16 outputs, not one per class \(10\)"
+    )
 
 
 def test_a_model_without_a_linear_layer_is_told_what_runs_without_a_head():
