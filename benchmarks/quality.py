@@ -390,10 +390,16 @@ def stored_references(report: dict | None, path: str, arch: str, run: dict) -> d
         for stored in stored_arch["runs"]:
             if (stored["seed"], stored["forget_classes"]) != (run["seed"], run["forget_classes"]):
                 continue
-            if stored["original"] != run["original"]:
+            # Measures added since the stored run are not in it; every measure both have must agree.
+            differing = {
+                key: (value, run["original"][key])
+                for key, value in stored["original"].items()
+                if key in run["original"] and run["original"][key] != value
+            }
+            if differing:
                 raise SystemExit(
                     f"{path}: the original of {arch} seed {run['seed']} measures differently here "
-                    f"({stored['original']['retain_acc']} stored, {run['original']['retain_acc']} now): retrain instead"
+                    f"(stored, now: {differing}): retrain instead"
                 )
             return {name: stored[name] for name in ("retrain", "retrain_again")}
     raise SystemExit(f"{path} has no run of {arch} seed {run['seed']} forget {run['forget_classes']}")
