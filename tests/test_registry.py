@@ -193,6 +193,21 @@ def test_a_large_bad_batch_is_refused_in_one_short_line(store: dict, tmp_path, m
     assert json.loads(answered.value.serialize_as_json())["message"] == message
 
 
+def test_the_in_process_client_imports_without_a_deprecation_warning() -> None:
+    """Starlette's TestClient warned on import ('Using `httpx` with `starlette.testclient` is
+    deprecated; install `httpx2` instead') in every run of the serving tests: the dev extra
+    declared httpx, which Starlette takes only when httpx2 is missing."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", "import starlette.testclient"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-500:]
+
+
 @pytest.fixture
 def scoring_client(store: dict, tmp_path, monkeypatch):
     """An HTTP client of the app `unsir serve` runs for the registered version: MLflow's scoring
