@@ -300,6 +300,52 @@ def test_params_the_model_does_not_take_are_refused_not_ignored(scoring_client, 
         assert _answer(scoring_client, {"inputs": EXAMPLE.tolist(), "params": nothing})[0] == 200
 
 
+def _sent(client, body: bytes | str, content_type: str | None) -> tuple[int, dict]:
+    """The status and the JSON answer to ``body`` sent with ``content_type`` (None: no header)."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = client.post("/invocations", content=body, headers=headers)
+    assert response.headers["content-type"] == "application/json", response.text[:300]
+    return response.status_code, response.json()
+
+
+EXPECTED_BODY = (
+    "expected Content-Type 'application/json', "
+    'with a body {"inputs": <float32 images of shape (N, 1, 8, 8) in [0, 1]>}'
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        (None, "no Content-Type header in the request"),
+        ("text/plain", "Content-Type 'text/plain', which this server does not read"),
+        ("application/xml", "Content-Type 'application/xml', which this server does not read"),
+        ("application/x-parquet", "Content-Type 'application/x-parquet', which this server does not read"),
+        ("APPLICATION/JSON", "Content-Type 'APPLICATION/JSON', which this server does not read"),
+        (
+            "application/x-www-form-urlencoded",
+            "Content-Type 'application/x-www-form-urlencoded' (curl -d sends it unless given "
+            "-H 'Content-Type: application/json'), which this server does not read",
+        ),
+        (
+            "application/json; charset=latin-1",
+            "Content-Type 'application/json; charset=latin-1': the server reads JSON in UTF-8, "
+            "with no parameter but charset=utf-8",
+        ),
+    ],
+    ids=["none", "text", "xml", "x-parquet", "upper-case", "curl-d", "latin-1"],
+)
+def test_a_content_type_the_server_does_not_read_is_refused_naming_it(scoring_client, content_type, named) -> None:
+    """MLflow answered 415 in plain text, not its error format, listing CSV and parquet (which this
+    model cannot take) among the types it reads, and a request with no Content-Type with HTTP 500
+    'Internal Server Error' (its parser split None)."""
+    status, answer = _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), content_type)
+    assert status == 415
+    assert answer["error_code"] == "BAD_REQUEST"
+    assert answer["message"] == f"{named}; {EXPECTED_BODY}"
+    assert _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), "application/json; charset=UTF-8")[0] == 200
+
+
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
     normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
     registry: ModelRegistry = store["registry"]

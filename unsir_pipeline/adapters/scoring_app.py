@@ -3,9 +3,10 @@
 request body that MLflow parses before the model's code runs.
 
 MLflow answers a body in a shape it does not expect in words that name neither the bad value nor
-what the model takes; this check answers it first, HTTP 400 in MLflow's own error format,
-naming both. Every other request reaches MLflow's app as it came. The check lives in the server,
-not in the model's code, so it holds for every version served, those registered before it too.
+what the model takes (a body without a Content-Type, with HTTP 500); this check answers it first,
+HTTP 400 (415 for the content type) in MLflow's own error format, naming both. Every other
+request reaches MLflow's app as it came. The check lives in the server, not in the model's code,
+so it holds for every version served, those registered before it too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import reprlib
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -123,6 +125,31 @@ def _params_problem(params: Any, accepted: tuple[str, ...]) -> str | None:
     return None
 
 
+def content_type_problem(content_type: str | None, accepted: Accepted) -> str | None:
+    """Why MLflow would not read a body of ``content_type`` as JSON, or None (it would: the
+    header parsed as its ``invocations`` parses it). MLflow answered another type 415 in plain
+    text, listing types this model cannot take, and a request without the header with HTTP 500."""
+    if content_type is None:
+        got = "no Content-Type header in the request"
+    else:
+        mime, *parameters = (part.strip() for part in content_type.split(";"))
+        pairs = dict(parameter.partition("=")[::2] for parameter in parameters)
+        if mime in (scoring_server.CONTENT_TYPE_CSV, scoring_server.CONTENT_TYPE_PARQUET):
+            return None  # left to MLflow and the model
+        if mime != scoring_server.CONTENT_TYPE_JSON:
+            curl = " (curl -d sends it unless given -H 'Content-Type: application/json')"
+            got = f"Content-Type {content_type!r}{curl if mime == 'application/x-www-form-urlencoded' else ''}"
+            got += ", which this server does not read"
+        elif pairs.keys() <= {"charset"} and pairs.get("charset", "utf-8").lower() == "utf-8":
+            return None
+        else:
+            got = f"Content-Type {content_type!r}: the server reads JSON in UTF-8, with no parameter but charset=utf-8"
+    return (
+        f"{got}; expected Content-Type {scoring_server.CONTENT_TYPE_JSON!r}, "
+        f'with a body {{"inputs": <{accepted.input}>}}'
+    )
+
+
 def request_problem(body: bytes, accepted: Accepted) -> str | None:
     """Why MLflow would answer this JSON body without naming its problem, or None to let it
     answer. A body that is not a JSON object is left to MLflow, whose answer says so."""
@@ -145,9 +172,17 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
     return None if ragged is None else f"{ragged}; expected {expected}, every image of the same shape"
 
 
+async def _refuse(send: Any, status: int, problem: str) -> None:
+    """Answer ``status`` with ``problem`` in MLflow's error format (its error_code BAD_REQUEST)."""
+    error = MlflowException(problem, error_code=BAD_REQUEST)
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": error.serialize_as_json().encode()})
+
+
 class CheckedRequests:
-    """ASGI middleware: a JSON ``POST /invocations`` whose ``request_problem`` is not None is
-    answered 400 with it; everything else goes to ``app`` unchanged."""
+    """ASGI middleware: a ``POST /invocations`` whose ``content_type_problem`` is not None is
+    answered 415 with it (as MLflow answers a type it does not read), a JSON one whose
+    ``request_problem`` is not None 400; everything else goes to ``app`` unchanged."""
 
     def __init__(self, app: Any, accepted: Accepted) -> None:
         self.app, self.accepted = app, accepted
@@ -155,8 +190,11 @@ class CheckedRequests:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/invocations"):
             return await self.app(scope, receive, send)
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-        if content_type.split(";")[0].strip() != scoring_server.CONTENT_TYPE_JSON:
+        header = dict(scope["headers"]).get(b"content-type")
+        content_type = None if header is None else header.decode("latin-1")
+        if (problem := content_type_problem(content_type, self.accepted)) is not None:
+            return await _refuse(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem)
+        if content_type is None or content_type.split(";")[0].strip() != scoring_server.CONTENT_TYPE_JSON:
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:
@@ -169,15 +207,7 @@ class CheckedRequests:
         # In a thread, as MLflow parses it: a large body must not stop the server answering /ping.
         problem = await asyncio.to_thread(request_problem, body, self.accepted)
         if problem is not None:
-            error = MlflowException(problem, error_code=BAD_REQUEST)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error.get_http_status_code(),
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            return await send({"type": "http.response.body", "body": error.serialize_as_json().encode()})
+            return await _refuse(send, HTTPStatus.BAD_REQUEST, problem)
 
         replayed = False
 
