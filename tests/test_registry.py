@@ -339,11 +339,95 @@ def test_a_content_type_the_server_does_not_read_is_refused_naming_it(scoring_cl
     """MLflow answered 415 in plain text, not its error format, listing CSV and parquet (which this
     model cannot take) among the types it reads, and a request with no Content-Type with HTTP 500
     'Internal Server Error' (its parser split None)."""
-    status, answer = _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), content_type)
+    body = json.dumps({"inputs": EXAMPLE.tolist()}) if content_type and "json" in content_type else "<images/>"
+    status, answer = _sent(scoring_client, body, content_type)
     assert status == 415
     assert answer["error_code"] == "BAD_REQUEST"
     assert answer["message"] == f"{named}; {EXPECTED_BODY}"
     assert _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), "application/json; charset=UTF-8")[0] == 200
+
+
+def _table(images: np.ndarray, columns: int = 64):
+    """Flattened images as a data frame of pixel columns, as a CSV or parquet client holds them."""
+    import pandas as pd
+
+    flat = images.reshape(len(images), -1)[:, :columns]
+    return pd.DataFrame(flat, columns=[f"pixel_{i}" for i in range(flat.shape[1])])
+
+
+def _parquet(frame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    return buffer.getvalue()
+
+
+TABLE_REFUSED = (
+    "a table, one flattened image per row, which this model does not take; " + EXPECTED_BODY + " (a table of "
+    'pixel columns in (C, H, W) order: {"inputs": table.to_numpy().reshape(-1, 1, 8, 8).tolist()})'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (_table(EXAMPLE).to_csv(index=False), "text/csv"),
+        (_table(EXAMPLE).to_csv(index=False, header=False), "text/csv"),
+        (_table(EXAMPLE, columns=63).to_csv(index=False), "text/csv"),
+        (_table(EXAMPLE).assign(pixel_5=[0.5, "dark"]).to_csv(index=False), "text/csv"),
+        (_table(EXAMPLE * np.nan).to_csv(index=False), "text/csv"),
+        (_table(EXAMPLE * 255).round().to_csv(index=False), "text/csv; charset=utf-8"),
+        ("", "text/csv"),
+        (",".join(_table(EXAMPLE).columns) + "\n", "text/csv"),
+        (_parquet(_table(EXAMPLE)), "application/vnd.apache.parquet"),
+        (b"PAR1 not a parquet file", "application/vnd.apache.parquet"),
+    ],
+    ids=[
+        "csv",
+        "no-header",
+        "63-columns",
+        "not-numbers",
+        "nan",
+        "8-bit",
+        "empty",
+        "header-only",
+        "parquet",
+        "bad-parquet",
+    ],
+)
+def test_a_csv_or_parquet_table_is_refused_naming_the_form_the_model_takes(scoring_client, body, content_type) -> None:
+    """MLflow reads CSV and parquet into a data frame: one flattened image per row, which the model
+    refused telling the client to send images.reshape(-1, 1, 8, 8), which no table can carry; a
+    CSV without a header lost its first image to the header ('got shape (1, 64)' for two), and an
+    empty or broken body got MLflow's 'Failed to parse input as a Pandas DataFrame' with its
+    stack trace."""
+    status, answer = _sent(scoring_client, body, content_type)
+    assert status == 415
+    assert answer["message"] == f"Content-Type {content_type!r}: {TABLE_REFUSED}"
+    assert "stack_trace" not in answer
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("text/csv", "Content-Type 'text/csv'"),
+        ("text/plain", "Content-Type 'text/plain'"),
+        ("APPLICATION/JSON", "Content-Type 'APPLICATION/JSON'"),
+        (
+            "application/x-www-form-urlencoded",
+            "Content-Type 'application/x-www-form-urlencoded' (curl -d sends it unless given "
+            "-H 'Content-Type: application/json')",
+        ),
+    ],
+    ids=["csv", "text", "upper-case", "curl-d"],
+)
+def test_json_sent_under_another_content_type_is_told_so(scoring_client, content_type, named) -> None:
+    """JSON sent as CSV reached the model as a table of the JSON's text ('got shape (0, 128)'),
+    and under another type got MLflow's list of the types it reads."""
+    status, answer = _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), content_type)
+    assert status == 415
+    assert answer["message"] == f"{named} on a JSON body (only the header is wrong); {EXPECTED_BODY}"
 
 
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:

@@ -32,22 +32,21 @@ INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
 
 @dataclass(frozen=True)
 class Accepted:
-    """What the served model takes: its input in words and the names of its params."""
+    """What the served model takes: its input in words, one image's shape ("C, H, W" where the
+    metadata states it) and the names of its params."""
 
     input: str
+    image: str
     params: tuple[str, ...]
 
     @classmethod
     def of(cls, model: PyFuncModel) -> Accepted:
         """From the model's MLmodel metadata (``serving_metadata``) and its signature's params."""
         shape = (model.metadata.metadata or {}).get("input_shape")
-        words = (
-            f"float32 images of shape (N, {', '.join(map(str, shape[1:]))}) in [0, 1]"
-            if shape
-            else "the input its MLmodel metadata states"
-        )
+        image = ", ".join(map(str, shape[1:])) if shape else "C, H, W"
+        words = f"float32 images of shape (N, {image}) in [0, 1]" if shape else "the input its MLmodel metadata states"
         schema = model.metadata.get_params_schema()
-        return cls(words, tuple(param.name for param in schema.params) if schema else ())
+        return cls(words, image, tuple(param.name for param in schema.params) if schema else ())
 
 
 def _key_problem(keys: list[str], expected: str) -> str | None:
@@ -125,29 +124,38 @@ def _params_problem(params: Any, accepted: tuple[str, ...]) -> str | None:
     return None
 
 
-def content_type_problem(content_type: str | None, accepted: Accepted) -> str | None:
-    """Why MLflow would not read a body of ``content_type`` as JSON, or None (it would: the
-    header parsed as its ``invocations`` parses it). MLflow answered another type 415 in plain
-    text, listing types this model cannot take, and a request without the header with HTTP 500."""
-    if content_type is None:
-        got = "no Content-Type header in the request"
-    else:
-        mime, *parameters = (part.strip() for part in content_type.split(";"))
-        pairs = dict(parameter.partition("=")[::2] for parameter in parameters)
-        if mime in (scoring_server.CONTENT_TYPE_CSV, scoring_server.CONTENT_TYPE_PARQUET):
-            return None  # left to MLflow and the model
-        if mime != scoring_server.CONTENT_TYPE_JSON:
-            curl = " (curl -d sends it unless given -H 'Content-Type: application/json')"
-            got = f"Content-Type {content_type!r}{curl if mime == 'application/x-www-form-urlencoded' else ''}"
-            got += ", which this server does not read"
-        elif pairs.keys() <= {"charset"} and pairs.get("charset", "utf-8").lower() == "utf-8":
-            return None
-        else:
-            got = f"Content-Type {content_type!r}: the server reads JSON in UTF-8, with no parameter but charset=utf-8"
-    return (
-        f"{got}; expected Content-Type {scoring_server.CONTENT_TYPE_JSON!r}, "
-        f'with a body {{"inputs": <{accepted.input}>}}'
+def content_type_problem(content_type: str | None, body: bytes, accepted: Accepted) -> str | None:
+    """Why this model cannot take ``body`` with ``content_type``, or None: MLflow reads it as
+    JSON (the header parsed as its ``invocations`` parses it). MLflow answered a type it does not
+    read 415 in plain text, and a request without the header with HTTP 500. A CSV or parquet body
+    it reads into a data frame, one flattened image per row, which the model refuses: no table
+    carries the images' shape."""
+    expected = (
+        f'expected Content-Type {scoring_server.CONTENT_TYPE_JSON!r}, with a body {{"inputs": <{accepted.input}>}}'
     )
+    if content_type is None:
+        return f"no Content-Type header in the request; {expected}"
+    mime, *parameters = (part.strip() for part in content_type.split(";"))
+    if mime == scoring_server.CONTENT_TYPE_JSON:
+        pairs = dict(parameter.partition("=")[::2] for parameter in parameters)
+        if pairs.keys() <= {"charset"} and pairs.get("charset", "utf-8").lower() == "utf-8":
+            return None
+        return (
+            f"Content-Type {content_type!r}: the server reads JSON in UTF-8, with no parameter but "
+            f"charset=utf-8; {expected}"
+        )
+    got = f"Content-Type {content_type!r}"
+    if mime == "application/x-www-form-urlencoded":
+        got += " (curl -d sends it unless given -H 'Content-Type: application/json')"
+    if body.lstrip()[:1] == b"{":  # a JSON object: what this server takes, under another header
+        return f"{got} on a JSON body (only the header is wrong); {expected}"
+    if mime in (scoring_server.CONTENT_TYPE_CSV, scoring_server.CONTENT_TYPE_PARQUET):
+        return (
+            f"{got}: a table, one flattened image per row, which this model does not take; {expected} "
+            f"(a table of pixel columns in (C, H, W) order: "
+            f'{{"inputs": table.to_numpy().reshape(-1, {accepted.image}).tolist()}})'
+        )
+    return f"{got}, which this server does not read; {expected}"
 
 
 def request_problem(body: bytes, accepted: Accepted) -> str | None:
@@ -181,7 +189,7 @@ async def _refuse(send: Any, status: int, problem: str) -> None:
 
 class CheckedRequests:
     """ASGI middleware: a ``POST /invocations`` whose ``content_type_problem`` is not None is
-    answered 415 with it (as MLflow answers a type it does not read), a JSON one whose
+    answered 415 with it (as MLflow answers a type it does not read), one whose
     ``request_problem`` is not None 400; everything else goes to ``app`` unchanged."""
 
     def __init__(self, app: Any, accepted: Accepted) -> None:
@@ -189,12 +197,6 @@ class CheckedRequests:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/invocations"):
-            return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"content-type")
-        content_type = None if header is None else header.decode("latin-1")
-        if (problem := content_type_problem(content_type, self.accepted)) is not None:
-            return await _refuse(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem)
-        if content_type is None or content_type.split(";")[0].strip() != scoring_server.CONTENT_TYPE_JSON:
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:
@@ -204,6 +206,10 @@ class CheckedRequests:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        header = dict(scope["headers"]).get(b"content-type")
+        content_type = None if header is None else header.decode("latin-1")
+        if (problem := content_type_problem(content_type, body, self.accepted)) is not None:
+            return await _refuse(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem)
         # In a thread, as MLflow parses it: a large body must not stop the server answering /ping.
         problem = await asyncio.to_thread(request_problem, body, self.accepted)
         if problem is not None:
