@@ -347,6 +347,42 @@ def test_a_content_type_the_server_does_not_read_is_refused_naming_it(scoring_cl
     assert _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), "application/json; charset=UTF-8")[0] == 200
 
 
+AS_INPUTS = 'as {"inputs": <float32 images of shape (N, 1, 8, 8) in [0, 1]>}'
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"", f"the request body is empty; expected a JSON object, {AS_INPUTS}"),
+        (
+            json.dumps({"inputs": EXAMPLE.tolist()})[:-40].encode(),
+            f"the request body is not JSON (Expecting ',' delimiter at line 1, column "
+            f"{len(json.dumps({'inputs': EXAMPLE.tolist()})) - 39}); expected a JSON object, {AS_INPUTS}",
+        ),
+        (
+            b'{"inputs": "\xff"}',
+            "the request body is not JSON ('utf-8' codec can't decode byte 0xff in position 12: invalid start "
+            f"byte); expected a JSON object, {AS_INPUTS}",
+        ),
+        (
+            json.dumps(EXAMPLE.tolist()).encode(),
+            f"the request body is a JSON list, not an object; expected a JSON object, {AS_INPUTS} "
+            "(a list of images goes under 'inputs')",
+        ),
+        (b'"images"', f"the request body is a JSON string, not an object; expected a JSON object, {AS_INPUTS}"),
+    ],
+    ids=["empty", "truncated", "not-utf-8", "bare-list", "string"],
+)
+def test_a_body_that_is_not_a_json_object_is_refused_naming_why_and_not_quoted(scoring_client, body, named) -> None:
+    """MLflow answered a body it could not parse with 'Invalid input. Ensure that input is a valid
+    JSON formatted string. Error: ...' followed by the whole body (kilobytes of pixels), and a
+    bare list of images with 'The input must be a JSON dictionary with exactly one of the input
+    fields {...}. Received a list.', neither saying what the model takes."""
+    status, answer = _sent(scoring_client, body, "application/json")
+    assert status == 400
+    assert answer["message"] == named
+
+
 def _table(images: np.ndarray, columns: int = 64):
     """Flattened images as a data frame of pixel columns, as a CSV or parquet client holds them."""
     import pandas as pd

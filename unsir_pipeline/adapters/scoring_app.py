@@ -160,14 +160,22 @@ def content_type_problem(content_type: str | None, body: bytes, accepted: Accept
 
 def request_problem(body: bytes, accepted: Accepted) -> str | None:
     """Why MLflow would answer this JSON body without naming its problem, or None to let it
-    answer. A body that is not a JSON object is left to MLflow, whose answer says so."""
+    answer. MLflow answers a body that is not JSON with the whole body quoted after its parser's
+    error, and one that is not an object without saying what the model takes."""
+    expected = accepted.input
+    as_inputs = f'expected a JSON object, as {{"inputs": <{expected}>}}'
+    if not body.strip():
+        return f"the request body is empty; {as_inputs}"
     try:
         payload: Any = json.loads(body)
-    except ValueError:
-        return None
+    except json.JSONDecodeError as err:
+        return f"the request body is not JSON ({err.msg} at line {err.lineno}, column {err.colno}); {as_inputs}"
+    except ValueError as err:  # bytes that are not UTF-8 (UnicodeDecodeError)
+        return f"the request body is not JSON ({err}); {as_inputs}"
     if not isinstance(payload, dict):
-        return None
-    expected = accepted.input
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(payload), "number")
+        hint = " (a list of images goes under 'inputs')" if isinstance(payload, list) else ""
+        return f"the request body is a JSON {kind}, not an object; {as_inputs}{hint}"
     problem = _key_problem(list(payload), expected) or _params_problem(
         payload.get(scoring_server.SERVING_PARAMS_KEY), accepted.params
     )
