@@ -383,6 +383,56 @@ def test_a_body_that_is_not_a_json_object_is_refused_naming_why_and_not_quoted(s
     assert answer["message"] == named
 
 
+def _with_pixel(value) -> list:
+    """EXAMPLE as lists, one pixel of its second image set to ``value``."""
+    return _ragged(EXAMPLE.tolist(), (1, 0, 2, 5), value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), None])
+def test_a_nan_infinite_or_null_pixel_is_refused_through_the_server_not_predicted(scoring_client, value) -> None:
+    """Python's json writes NaN and Infinity as such and MLflow's parser reads them, a null as NaN:
+    the model refuses them naming the image; a prediction for such an image is no answer."""
+    status, answer = _sent(scoring_client, json.dumps({"inputs": _with_pixel(value)}), "application/json")
+    assert (status, answer["message"]) == (
+        400,
+        "expected finite pixel values in [0, 1], got NaN, infinity or null in 1 image(s) of 2, at index [1]",
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "named"),
+    [
+        ((EXAMPLE * 255).round(), "whole numbers up to 255 are 8-bit pixels: divide them by 255"),
+        ((EXAMPLE * 16).round(), "whole numbers up to 16 look like scikit-learn's digits"),
+        ((EXAMPLE - 0.3) / 0.4, "do not normalise: the model applies its own mean and std"),
+    ],
+    ids=["8-bit", "sklearn-digits", "normalised"],
+)
+def test_pixels_outside_0_1_are_refused_through_the_server_naming_the_scale(scoring_client, images, named) -> None:
+    """A raw 0-255 image read as if in [0, 1] gets a confident wrong answer: the served champion
+    misread raw inputs once. The model refuses the batch naming its range and the likely scale."""
+    status, message = _answer(scoring_client, {"instances": images.tolist()})
+    assert status == 400
+    assert message.startswith("expected pixel values in [0, 1] as the data set gives them, got [")
+    assert named in message
+
+
+@pytest.mark.parametrize("key", ["dataframe_split", "dataframe_records"])
+def test_a_data_frame_in_json_is_refused_with_the_reshape(scoring_client, key) -> None:
+    """MLflow makes a data frame of these keys: one flattened image per row, which the model refuses
+    with the reshape that makes images (to send under 'inputs')."""
+    frame = _table(EXAMPLE)
+    payload = json.loads(
+        frame.to_json(orient="split", index=False) if key == "dataframe_split" else frame.to_json(orient="records")
+    )
+    status, message = _answer(scoring_client, {key: payload})
+    assert status == 400
+    assert message == (
+        "expected float32 images of shape (N, 1, 8, 8) in [0, 1], got shape (2, 64); one flattened image per row "
+        "(a data frame or CSV arrives so): send them as images.reshape(-1, 1, 8, 8)"
+    )
+
+
 def _table(images: np.ndarray, columns: int = 64):
     """Flattened images as a data frame of pixel columns, as a CSV or parquet client holds them."""
     import pandas as pd
