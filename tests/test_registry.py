@@ -383,6 +383,19 @@ def test_a_body_that_is_not_a_json_object_is_refused_naming_why_and_not_quoted(s
     assert answer["message"] == named
 
 
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_lists_nested_past_the_parsers_depth_are_refused_not_a_server_error(scoring_client, depth) -> None:
+    """The check's own JSON parser raised RecursionError on lists nested a few thousand deep: HTTP
+    500 'Internal Server Error' (at a depth under Python's limit, MLflow answered its parser's
+    RecursionError)."""
+    body = '{"inputs": ' + "[" * depth + "]" * depth + "}"
+    status, answer = _sent(scoring_client, body, "application/json")
+    assert (status, answer["message"]) == (
+        400,
+        f"the request body nests lists or objects too deep to parse; expected a JSON object, {AS_INPUTS}",
+    )
+
+
 def _with_pixel(value) -> list:
     """EXAMPLE as lists, one pixel of its second image set to ``value``."""
     return _ragged(EXAMPLE.tolist(), (1, 0, 2, 5), value)

@@ -172,6 +172,8 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
         return f"the request body is not JSON ({err.msg} at line {err.lineno}, column {err.colno}); {as_inputs}"
     except ValueError as err:  # bytes that are not UTF-8 (UnicodeDecodeError)
         return f"the request body is not JSON ({err}); {as_inputs}"
+    except RecursionError:  # lists nested about a thousand deep: an HTTP 500 if let through
+        return f"the request body nests lists or objects too deep to parse; {as_inputs}"
     if not isinstance(payload, dict):
         kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(payload), "number")
         hint = " (a list of images goes under 'inputs')" if isinstance(payload, list) else ""
