@@ -240,7 +240,7 @@ def test_a_wrong_top_level_key_is_refused_naming_it_and_the_accepted_keys(scorin
     status, message = _answer(scoring_client, payload)
     assert status == 400
     assert message.startswith(named)
-    assert "exactly one of 'inputs', 'instances', 'dataframe_split', 'dataframe_records'" in message
+    assert "expected a JSON object with exactly one of 'inputs', 'instances', as {" in message
     assert "float32 images of shape (N, 1, 8, 8) in [0, 1]" in message
     assert _answer(scoring_client, {"inputs": EXAMPLE.tolist()})[0] == 200
 
@@ -430,19 +430,25 @@ def test_pixels_outside_0_1_are_refused_through_the_server_naming_the_scale(scor
     assert named in message
 
 
-@pytest.mark.parametrize("key", ["dataframe_split", "dataframe_records"])
-def test_a_data_frame_in_json_is_refused_with_the_reshape(scoring_client, key) -> None:
-    """MLflow makes a data frame of these keys: one flattened image per row, which the model refuses
-    with the reshape that makes images (to send under 'inputs')."""
-    frame = _table(EXAMPLE)
-    payload = json.loads(
-        frame.to_json(orient="split", index=False) if key == "dataframe_split" else frame.to_json(orient="records")
-    )
-    status, message = _answer(scoring_client, {key: payload})
+@pytest.mark.parametrize(
+    ("key", "table"),
+    [
+        ("dataframe_split", lambda: json.loads(_table(EXAMPLE).to_json(orient="split", index=False))),
+        ("dataframe_records", lambda: json.loads(_table(EXAMPLE).to_json(orient="records"))),
+        ("dataframe_records", lambda: [{"image": image} for image in EXAMPLE.tolist()]),
+    ],
+    ids=["split", "records", "a-column-of-images"],
+)
+def test_a_data_frame_in_json_is_refused_naming_the_key_the_model_takes(scoring_client, key, table) -> None:
+    """MLflow makes a data frame of these keys, which the model refused: pixel columns as
+    flattened images ('send them as images.reshape(-1, 1, 8, 8)', not saying under which key,
+    while the key check listed both as accepted), a column of images as 'got DataFrame input that
+    is not an array of numbers'."""
+    status, message = _answer(scoring_client, {key: table()})
     assert status == 400
     assert message == (
-        "expected float32 images of shape (N, 1, 8, 8) in [0, 1], got shape (2, 64); one flattened image per row "
-        "(a data frame or CSV arrives so): send them as images.reshape(-1, 1, 8, 8)"
+        f"{key!r} sends a data frame, which this model does not take; expected a JSON object, {AS_INPUTS} "
+        '(a table of pixel columns in (C, H, W) order: {"inputs": table.to_numpy().reshape(-1, 1, 8, 8).tolist()})'
     )
 
 

@@ -28,6 +28,8 @@ from mlflow.pyfunc import PyFuncModel, scoring_server
 MODEL_URI_VARIABLE = "UNSIR_SERVE_MODEL_URI"
 # The top-level keys of MLflow's JSON scoring protocol, in the order the docs give them.
 INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
+# Those this model takes: MLflow makes a data frame of the others, and no table carries images.
+IMAGE_KEYS = ("inputs", "instances")
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,10 @@ def _key_problem(keys: list[str], expected: str) -> str | None:
     inputs = [key for key in keys if key in INPUT_KEYS]
     if not unknown and len(inputs) == 1:
         return None
-    accepted, hint = ", ".join(repr(key) for key in INPUT_KEYS), ""
+    accepted, hint = ", ".join(repr(key) for key in IMAGE_KEYS), ""
     if unknown:
         got = f"unknown key(s) {unknown!r}"
-        close = difflib.get_close_matches(unknown[0], INPUT_KEYS, n=1)
+        close = difflib.get_close_matches(unknown[0], IMAGE_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
     elif inputs:
         got = f"several input keys {inputs!r}"
@@ -124,6 +126,12 @@ def _params_problem(params: Any, accepted: tuple[str, ...]) -> str | None:
     return None
 
 
+def _from_table(accepted: Accepted) -> str:
+    """How a client holding a table of pixel columns makes the images this model takes."""
+    images = f"table.to_numpy().reshape(-1, {accepted.image}).tolist()"
+    return f'(a table of pixel columns in (C, H, W) order: {{"inputs": {images}}})'
+
+
 def content_type_problem(content_type: str | None, body: bytes, accepted: Accepted) -> str | None:
     """Why this model cannot take ``body`` with ``content_type``, or None: MLflow reads it as
     JSON (the header parsed as its ``invocations`` parses it). MLflow answered a type it does not
@@ -150,11 +158,8 @@ def content_type_problem(content_type: str | None, body: bytes, accepted: Accept
     if body.lstrip()[:1] == b"{":  # a JSON object: what this server takes, under another header
         return f"{got} on a JSON body (only the header is wrong); {expected}"
     if mime in (scoring_server.CONTENT_TYPE_CSV, scoring_server.CONTENT_TYPE_PARQUET):
-        return (
-            f"{got}: a table, one flattened image per row, which this model does not take; {expected} "
-            f"(a table of pixel columns in (C, H, W) order: "
-            f'{{"inputs": table.to_numpy().reshape(-1, {accepted.image}).tolist()}})'
-        )
+        table = "a table, one flattened image per row, which this model does not take"
+        return f"{got}: {table}; {expected} {_from_table(accepted)}"
     return f"{got}, which this server does not read; {expected}"
 
 
@@ -184,8 +189,9 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
     if problem is not None:
         return problem
     key = next(key for key in payload if key in INPUT_KEYS)
-    # A list of images; a data frame's rows or named columns are left to MLflow and the model.
-    batch = payload[key] if key in ("inputs", "instances") and isinstance(payload[key], list) else []
+    if key not in IMAGE_KEYS:
+        return f"{key!r} sends a data frame, which this model does not take; {as_inputs} {_from_table(accepted)}"
+    batch = payload[key] if isinstance(payload[key], list) else []
     ragged = _ragged_at(batch, key)
     return None if ragged is None else f"{ragged}; expected {expected}, every image of the same shape"
 
