@@ -118,8 +118,11 @@ def test_loaded_weights_equal_saved_weights(store: dict, tmp_path: Path) -> None
     assert torch.equal(by_number.classifier.weight, model.classifier.weight)
 
 
-def _served(store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.pyfunc.PyFuncModel:
-    """The registered version as MLflow loads it to serve it (``mlflow.pyfunc.load_model``)."""
+def _served(
+    store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int | None = None
+) -> mlflow.pyfunc.PyFuncModel:
+    """The registered version (default: the module's) as MLflow loads it to serve it
+    (``mlflow.pyfunc.load_model``)."""
     monkeypatch.chdir(tmp_path)  # MLflow's fallback store (./mlflow.db) must not land in the repo
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     # set_tracking_uri also exports the URI to the environment, where every later Workspace of
@@ -131,7 +134,7 @@ def _served(store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> mlf
     mlflow.set_tracking_uri(store["uri"])
     mlflow.set_registry_uri(store["uri"])
     try:
-        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{store['version']}")
+        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version or store['version']}")
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
@@ -410,6 +413,29 @@ def test_a_nan_infinite_or_null_pixel_is_refused_through_the_server_not_predicte
         400,
         "expected finite pixel values in [0, 1], got NaN, infinity or null in 1 image(s) of 2, at index [1]",
     )
+
+
+def test_a_nan_pixel_is_refused_for_a_version_whose_model_code_let_it_through(store, tmp_path, monkeypatch) -> None:
+    """A version runs the model code it was registered with: code from before the model's NaN
+    check answered a NaN pixel as a label (class 0, NaN probabilities), HTTP 200, and `unsir serve`
+    serves such a version. The server's check refuses it as the model does now."""
+    from starlette.testclient import TestClient
+
+    from unsir_pipeline.adapters.scoring_app import checked_app
+
+    version = _register(store, store["checkpoint"], "model-code-without-the-nan-check")
+    stored = _stored_weights(store, version).parents[2] / SERVING_MODEL_FILE.name
+    code = stored.read_text()
+    assert code.count("    if not finite.all():") == 1
+    stored.write_text(code.replace("    if not finite.all():", "    if False:  # as before the NaN check"))
+    client = TestClient(checked_app(_served(store, tmp_path, monkeypatch, version)))
+    assert _sent(client, json.dumps({"inputs": []}), "application/json") == (200, {"predictions": []})
+    for value in (float("nan"), float("inf"), None):
+        status, answer = _sent(client, json.dumps({"instances": _with_pixel(value)}), "application/json")
+        assert (status, answer.get("message")) == (
+            400,
+            "expected finite pixel values in [0, 1], got NaN, infinity or null in 1 image(s) of 2, at index [1]",
+        )
 
 
 @pytest.mark.parametrize(

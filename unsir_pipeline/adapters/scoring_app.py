@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import PyFuncModel, scoring_server
@@ -193,7 +194,29 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
         return f"{key!r} sends a data frame, which this model does not take; {as_inputs} {_from_table(accepted)}"
     batch = payload[key] if isinstance(payload[key], list) else []
     ragged = _ragged_at(batch, key)
-    return None if ragged is None else f"{ragged}; expected {expected}, every image of the same shape"
+    if ragged is not None:
+        return f"{ragged}; expected {expected}, every image of the same shape"
+    return _not_finite(batch)
+
+
+def _not_finite(batch: list) -> str | None:
+    """Which images of ``batch`` hold a NaN, an infinity or a null (MLflow reads null as NaN), in
+    the model's words, or None. A version registered before the model refused them answered such
+    an image with a label (class 0, NaN probabilities)."""
+    try:
+        pixels = np.asarray(batch, dtype=np.float32)
+    except (TypeError, ValueError):  # strings, objects: the model names them
+        return None
+    if pixels.size == 0:
+        return None
+    finite = np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1)
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite).tolist()
+    return (
+        f"expected finite pixel values in [0, 1], got NaN, infinity or null in {len(bad)} image(s) of "
+        f"{len(batch)}, at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
+    )
 
 
 async def _refuse(send: Any, status: int, problem: str) -> None:
