@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None or args.arch is not None:
         _edit_params(project, args.seed, args.arch)
     # Offline and quiet, state inside the temporary project: before Prefect or MLflow load.
+    from unsir_pipeline.adapters import orchestration
     from unsir_pipeline.settings import runtime
     from unsir_pipeline.settings.environment import configure
 
     configure(project)
     # As the CLI does: one torch thread, and a Prefect start-up timeout a busy machine can meet.
     runtime.configure_threads()
-    runtime.configure_prefect(quiet_console=False)
+    orchestration.configure_prefect(quiet_console=False)
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.flows.unlearn import unlearn
     from unsir_pipeline.governance.promotion import GateInput, gate_decision, retrained_candidate

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, clone_project, set_version_status
 
+from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli import build_parser, main
 from unsir_pipeline.cli import progress as progress_module
 from unsir_pipeline.settings import runtime
@@ -229,15 +230,15 @@ def test_bad_thread_setting_exits_2_naming_the_variable(params_only, monkeypatch
 
 def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
     code = (
-        "from unsir_pipeline.settings import runtime; runtime.configure_prefect(quiet_console=False); "
+        "from unsir_pipeline.adapters import orchestration; orchestration.configure_prefect(quiet_console=False); "
         "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())"
     )
-    env = {k: v for k, v in os.environ.items() if k != runtime.PREFECT_STARTUP_ENV}
+    env = {k: v for k, v in os.environ.items() if k != orchestration.PREFECT_STARTUP_ENV}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert default.stdout.strip() == str(runtime.DEFAULT_PREFECT_STARTUP_S)
+    assert default.stdout.strip() == str(orchestration.DEFAULT_PREFECT_STARTUP_S)
     chosen = subprocess.run(
         [sys.executable, "-c", code],
-        env={**env, runtime.PREFECT_STARTUP_ENV: "300"},
+        env={**env, orchestration.PREFECT_STARTUP_ENV: "300"},
         capture_output=True,
         text=True,
         check=True,
@@ -247,9 +248,9 @@ def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
 
 def test_startup_failure_is_one_line_naming_the_fix():
     err = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stderr: ...")
-    line = runtime.describe_startup_failure(err)
-    assert "\n" not in line and runtime.PREFECT_STARTUP_ENV in line and "PREFECT_API_URL" in line
-    assert runtime.describe_startup_failure(RuntimeError("something else")) is None
+    line = orchestration.describe_startup_failure(err)
+    assert "\n" not in line and orchestration.PREFECT_STARTUP_ENV in line and "PREFECT_API_URL" in line
+    assert orchestration.describe_startup_failure(RuntimeError("something else")) is None
 
 
 def test_state_that_cannot_be_written_is_named(tmp_path):
@@ -1081,10 +1082,10 @@ def test_a_sigterm_that_prefects_handler_takes_is_still_remembered(monkeypatch):
 
     monkeypatch.setattr(engine, "_prefect_sigterm_handler", engine._prefect_sigterm_handler)
     monkeypatch.setattr(runtime, "_terminated", False)
-    runtime.remember_stops_prefect_catches()
-    runtime.remember_stops_prefect_catches()  # idempotent: wrapped once
+    orchestration.remember_stops_prefect_catches()
+    orchestration.remember_stops_prefect_catches()  # idempotent: wrapped once
     handler = engine._prefect_sigterm_handler
-    assert handler is runtime._remembering_prefect_sigterm
+    assert handler is orchestration._remembering_prefect_sigterm
     with pytest.raises(TerminationSignal):  # Prefect's own behaviour is kept
         handler(signal.SIGTERM, None)
     assert runtime.was_terminated()
@@ -1116,9 +1117,9 @@ def test_prefects_console_keeps_a_failures_message_and_drops_its_traceback():
     assert consoles
     before = {h: h.formatter for h in consoles}
     try:
-        runtime.console_without_tracebacks()
+        orchestration.console_without_tracebacks()
         formatters = [h.formatter for h in consoles]
-        runtime.console_without_tracebacks()  # once is enough: not wrapped twice
+        orchestration.console_without_tracebacks()  # once is enough: not wrapped twice
         assert [h.formatter for h in consoles] == formatters
         try:
             raise ValueError("bad value 7")
@@ -1137,12 +1138,12 @@ def test_prefects_console_keeps_a_failures_message_and_drops_its_traceback():
 
 
 def test_prefect_startup_failure_names_the_fix_and_leaves_nothing(project):
-    child = _forget_process(project, **{runtime.PREFECT_STARTUP_ENV: "0"})
+    child = _forget_process(project, **{orchestration.PREFECT_STARTUP_ENV: "0"})
     _, err = child.communicate(timeout=300)
     assert child.returncode == 1, err[-2000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: Prefect's temporary server did not answer within 0s")
-    assert runtime.PREFECT_STARTUP_ENV in errors[0] and "PREFECT_API_URL" in errors[0]
+    assert orchestration.PREFECT_STARTUP_ENV in errors[0] and "PREFECT_API_URL" in errors[0]
     assert _session_processes(child.pid) == []
 
 

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unsir_pipeline.settings import runtime  # standard library only: light enough for every command
+# Both import only the standard library when they load: light enough for every command.
+from unsir_pipeline.adapters import orchestration
+from unsir_pipeline.settings import runtime
 
 if TYPE_CHECKING:
     from unsir_pipeline.settings.workspace import Workspace
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(word, file=sys.stderr)
         if owns_process:
             try:
-                runtime.stop_prefect_server()
+                orchestration.stop_prefect_server()
             except Exception as err:  # a clean-up that fails must not turn the stop into a failure
                 print(f"warning: stopping Prefect's temporary server: {_describe(err, project)}", file=sys.stderr)
         return code
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         configure(project)
         runtime.configure_threads()
         progress_shown = _progress(args).enabled  # a bad UNSIR_PROGRESS stops every command here
-        runtime.configure_prefect(quiet_console=getattr(args, "json", False) or progress_shown)
+        orchestration.configure_prefect(quiet_console=getattr(args, "json", False) or progress_shown)
         code = COMMANDS[args.command](project, args)
         # Prefect's engine may swallow the stop and let the command return as if nothing
         # happened; the stop still decides the exit.
@@ -446,9 +448,8 @@ def _failed(args, message: str, code: int) -> int:
 def _describe(err: Exception, project: Path | None = None) -> str:
     from unsir_pipeline.adapters.state_store import StateWriteRefused
     from unsir_pipeline.governance.full_disk import describe_full_disk, full_disk_error, project_places
-    from unsir_pipeline.settings.runtime import describe_startup_failure
 
-    startup = describe_startup_failure(err)
+    startup = orchestration.describe_startup_failure(err)
     if startup:
         return startup
     full = full_disk_error(err)
@@ -654,14 +655,14 @@ def cmd_forget(project: Path, args) -> int:
     if not registered:  # the classes and the data can be checked once the data is prepared
         check_forget_request(ws, args.classes, args.parent)
     progress.step("starting the unlearn flow (Prefect)")
-    server_ready = runtime.start_prefect_server_early()
+    server_ready = orchestration.start_prefect_server_early()
     from unsir_pipeline.flows.unlearn import unlearn  # and its tasks' imports, while it starts
 
     server_ready()
-    runtime.remember_stops_prefect_catches()
+    orchestration.remember_stops_prefect_catches()
 
     if not args.debug:
-        runtime.console_without_tracebacks()
+        orchestration.console_without_tracebacks()
 
     with flow_steps(progress):
         result = unlearn(
@@ -981,14 +982,14 @@ def cmd_batch(project: Path, args) -> int:
         # The trail check the flow makes first, made before Prefect's server starts (half a
         # minute): a damaged trail or registry file is refused at once. A read-only copy is named
         # as such before it, where the trail check would only say the trail cannot be written.
-        runtime.require_writable_prefect_home()
+        orchestration.require_writable_prefect_home()
         batches.require_trail_the_registry_anchored(ws)
-        server_ready = runtime.start_prefect_server_early()
+        server_ready = orchestration.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
-    runtime.remember_stops_prefect_catches()
+    orchestration.remember_stops_prefect_catches()
     if args.batch_command == "serve":
         if not os.environ.get("PREFECT_API_URL"):
             print(
@@ -1004,7 +1005,7 @@ def cmd_batch(project: Path, args) -> int:
         )
         return 0
     if not args.debug:
-        runtime.console_without_tracebacks()
+        orchestration.console_without_tracebacks()
     server_ready()  # `batch run`: `batch serve` returned above
     result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
     if args.json:

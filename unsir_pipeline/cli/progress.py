@@ -159,7 +159,7 @@ def relayed_stderr() -> Iterator[None]:
 class FlowStepHandler(logging.Handler):
     """Turns Prefect's "Finished in state ..." task-run records into one progress line per
     step of a flow (``forget: [4] version-data done in 0.9s``). Prefect's own console lines
-    are turned down while progress is on (see ``runtime.quiet_prefect_console``)."""
+    are turned down while progress is on (see ``orchestration.configure_prefect``)."""
 
     def __init__(self, progress: Progress) -> None:
         super().__init__(level=logging.INFO)

@@ -21,12 +21,13 @@ def is_bad_input(err: BaseException) -> bool:
     weights (``UnlearningInputError`` and its kinds), a damaged state file (Prefect's run history
     too), a full disk. The command line exits 2 on these."""
     from unsir.errors import UnlearningInputError
+    from unsir_pipeline.adapters.orchestration import PrefectDatabaseUnusable
     from unsir_pipeline.adapters.state_store import StateFileDamaged, StateSchemaRefused, StateWriteRefused
     from unsir_pipeline.governance.audit import AuditKeyError
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.governance.full_disk import full_disk_error
     from unsir_pipeline.settings.config import ConfigError
-    from unsir_pipeline.settings.runtime import PrefectDatabaseUnusable, RuntimeSettingError
+    from unsir_pipeline.settings.runtime import RuntimeSettingError
 
     if full_disk_error(err) is not None:  # the disk to free is named; the command did not fail of itself
         return True

@@ -5,55 +5,28 @@
   bootstrap's training run over 10 minutes instead of 2. Exported as ``OMP_NUM_THREADS``,
   ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` too, so NumPy's BLAS and DVC's stage
   processes get the same count.
-- Prefect's temporary (ephemeral) server: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
-  (Prefect's own setting; Prefect's default is 20 s, ours 120 s). When it still does not start,
-  :func:`describe_startup_failure` gives the one line that names the fix, and
-  :func:`start_prefect_server_early` starts it while the command imports its flow. A run-history
-  database the server cannot open or migrate is named, with the command that moves it aside
-  (:class:`PrefectDatabaseUnusable`), rather than reported as a start-up timeout.
 - SIGTERM is turned into an orderly exit (exit code 143), so Prefect's temporary server, the
-  MLflow run and child processes are stopped as they are for Ctrl-C; :func:`stop_prefect_server`
-  stops the temporary server explicitly.
+  MLflow run and child processes are stopped as they are for Ctrl-C; a stop that Prefect's
+  engine swallowed is still remembered here (:func:`was_terminated`, :func:`raise_if_stopped`).
 
-Everything here must run before torch or Prefect is imported: both read these variables then.
+Prefect's own settings, its temporary server and its database are
+:mod:`unsir_pipeline.adapters.orchestration`'s. Everything here must run before torch or Prefect
+is imported: both read these variables then; so this module imports only the standard library.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shlex
-import shutil
 import signal
 import sys
-import threading
-from collections.abc import Callable
-from contextlib import closing
-from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 THREADS_ENV = "UNSIR_TORCH_THREADS"
-PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-DEFAULT_PREFECT_STARTUP_S = 120
 EXIT_SIGTERM = 128 + signal.SIGTERM
-# Prefect's first start migrates its SQLite database (2.6 MB written) and a batch run adds a few
-# MB more. Cut short by a full disk, the migration stayed half-applied: every later start failed
-# ("duplicate column name: state_timestamp"), retried until the start-up timeout and reported as
-# "a busy machine?", even once space was freed. 64 MiB leaves ten runs' room.
-PREFECT_HOME_MIN_FREE = 64 * 2**20
-_PREFECT_TIMEOUT_MESSAGE = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
 class RuntimeSettingError(ValueError):
     """An environment variable read here holds a value that cannot be used; names it."""
-
-
-class PrefectDatabaseUnusable(Exception):
-    """Prefect's run-history database (its temporary server's SQLite file) is not a database, or
-    holds a schema the server cannot migrate (one left half-migrated by a full disk, or written
-    by another Prefect version). Only Prefect's records of past runs are in it: moving it aside
-    loses nothing of the project's, and the next start makes a new one."""
 
 
 def available_cpus() -> int:
@@ -91,59 +64,6 @@ def configure_threads() -> int:
     return threads
 
 
-def configure_prefect(*, quiet_console: bool) -> None:
-    """A start-up timeout for Prefect's temporary server that a busy machine can meet (an
-    operator's value wins), and, with ``quiet_console``, Prefect's INFO lines kept off the
-    console (``--json`` output and progress lines replace them)."""
-    raw = os.environ.get(PREFECT_STARTUP_ENV, "").strip()
-    if raw and not raw.isdigit():
-        raise RuntimeSettingError(f"{PREFECT_STARTUP_ENV}={raw!r}: expected a whole number of seconds, e.g. 300")
-    os.environ.setdefault(PREFECT_STARTUP_ENV, str(DEFAULT_PREFECT_STARTUP_S))
-    if quiet_console:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
-
-
-class _WithoutTraceback(logging.Formatter):
-    """Formats a copy of each record without its traceback, with the handler's own formatter.
-    The record itself is left whole: handlers after the console's still get the traceback."""
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        bare = logging.makeLogRecord(record.__dict__)
-        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
-        return self.inner.format(bare)
-
-
-def console_without_tracebacks() -> None:
-    """Prefect writes a failed task's and flow's traceback to the console, forty lines above the
-    one line the command prints naming the error. Its console handler keeps the messages and
-    drops the tracebacks (call after Prefect is imported; ``--debug`` skips it). Every other
-    handler, the one sending the run's logs to the Prefect server included, gets them whole."""
-    handlers = sys.modules.get("prefect.logging.handlers")
-    if handlers is None:
-        return
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, handlers.PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
-            handler.setFormatter(_WithoutTraceback(handler.formatter))
-
-
-def describe_startup_failure(err: BaseException) -> str | None:
-    """The one line naming the fix when Prefect's temporary server did not start; else None."""
-    if _PREFECT_TIMEOUT_MESSAGE not in str(err):
-        return None
-    timeout = os.environ.get(PREFECT_STARTUP_ENV, str(DEFAULT_PREFECT_STARTUP_S))
-    return (
-        f"Prefect's temporary server did not answer within {timeout}s (a busy machine?): raise "
-        f"{PREFECT_STARTUP_ENV} (e.g. =300), or start one with `prefect server start` and set "
-        "PREFECT_API_URL=http://127.0.0.1:4200/api"
-    )
-
-
 class Terminated(SystemExit):
     """Raised in the main thread on SIGTERM, so ``finally`` blocks and atexit handlers run."""
 
@@ -152,11 +72,17 @@ _terminated = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _terminated
-    _terminated = True
+    remember_terminated()
     # One orderly shutdown: a second SIGTERM during clean-up must not interrupt the clean-up.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(EXIT_SIGTERM)
+
+
+def remember_terminated() -> None:
+    """Note that SIGTERM arrived, whichever handler took it (ours, or Prefect's engine's during a
+    flow run: see ``orchestration.remember_stops_prefect_catches``)."""
+    global _terminated
+    _terminated = True
 
 
 def was_terminated() -> bool:
@@ -187,35 +113,6 @@ def was_interrupted() -> bool:
     return _interrupted
 
 
-def remember_stops_prefect_catches() -> None:
-    """While a flow runs, Prefect's engine puts its own SIGTERM handler in place of ours. It hands
-    the signal back to ours only when its ``TerminationSignal`` reaches the top of the flow; a
-    task that turns it into a crash of its own keeps it (seen: "Task run is not set", exit 1, and
-    :func:`raise_if_stopped` blind to the stop). Wrapping Prefect's handler remembers the stop
-    either way. Call before running a flow; idempotent."""
-    from prefect.utilities import engine
-
-    prefects = engine._prefect_sigterm_handler
-    if prefects is _remembering_prefect_sigterm:
-        return
-
-    global _prefects_sigterm_handler
-    _prefects_sigterm_handler = prefects
-    # Prefect installs and recognises its handler by this module attribute at each flow run.
-    engine._prefect_sigterm_handler = _remembering_prefect_sigterm
-
-
-_prefects_sigterm_handler: Callable[..., object] | None = None
-
-
-def _remembering_prefect_sigterm(sig_num: int, *args: object) -> NoReturn:  # Prefect's signature
-    global _terminated
-    _terminated = True
-    assert _prefects_sigterm_handler is not None  # set before this handler is installed
-    _prefects_sigterm_handler(sig_num, *args)  # raises Prefect's TerminationSignal
-    raise RuntimeError("Prefect's SIGTERM handler returned instead of raising")
-
-
 def raise_if_stopped() -> None:
     """Re-raise a stop that Prefect's engine swallowed, before anything changes the registry.
 
@@ -226,184 +123,3 @@ def raise_if_stopped() -> None:
         raise Terminated(EXIT_SIGTERM)
     if _interrupted:
         raise KeyboardInterrupt
-
-
-def start_prefect_server_early() -> Callable[[], None]:
-    """Start Prefect's temporary server now, in a thread, when no server is configured.
-
-    The server is a child process that spends its start-up importing Prefect's server and
-    migrating its database; meanwhile the command imports its flow and the flow's libraries
-    instead of doing so after. The call returned waits until the server answers and raises what
-    starting it raised (a time-out :func:`describe_startup_failure` names). Prefect's client then
-    finds the server already started: there is one per process. Call only once the command's
-    input has been checked, so that bad input still starts no server."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return lambda: None
-    require_writable_prefect_home()
-    database = _prefect_database()
-    if database is not None:
-        _require_readable_prefect_database(database)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    failure: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            SubprocessASGIServer().start()
-        except BaseException as err:  # re-raised in the command's thread by wait()
-            failure.append(err)
-
-    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failure:
-            # The server exits when it cannot migrate its database, and Prefect starts it again
-            # until the time-out: the migration, made here, says why. The last server, perhaps
-            # still migrating on a busy machine, is stopped first, so the two cannot collide.
-            if database is not None and _PREFECT_TIMEOUT_MESSAGE in str(failure[0]):
-                stop_prefect_server()
-                _require_migratable_prefect_database(database)
-            raise failure[0]
-
-    return wait
-
-
-def _prefect_database() -> Path | None:
-    """The SQLite file the temporary server keeps its run history in (PREFECT_HOME/prefect.db
-    unless PREFECT_API_DATABASE_CONNECTION_URL says otherwise); None for another database."""
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
-    from sqlalchemy.engine import make_url
-
-    url = make_url(PREFECT_API_DATABASE_CONNECTION_URL.value())
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
-
-def _require_readable_prefect_database(database: Path) -> None:
-    """Before the server starts: refuse a file that is not a SQLite database, or whose schema
-    revision this Prefect does not know. Its server would exit at each start, and Prefect would
-    start it again until the time-out. A missing file is the server's to make."""
-    import sqlite3
-
-    from unsir_pipeline.adapters.state_store import is_damaged_sqlite
-
-    if not database.is_file():
-        return
-    try:
-        with closing(sqlite3.connect(database)) as conn:
-            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            recorded: set[str] = set()
-            if "alembic_version" in tables:  # none yet: nothing migrated, or the first migration cut short
-                recorded = {revision for (revision,) in conn.execute("SELECT version_num FROM alembic_version")}
-    except sqlite3.DatabaseError as err:
-        if is_damaged_sqlite(err):
-            raise PrefectDatabaseUnusable(_unusable(database, str(err))) from err
-        raise
-    unknown = sorted(recorded - _prefect_revisions())
-    if unknown:
-        import prefect
-
-        raise PrefectDatabaseUnusable(
-            _unusable(
-                database,
-                f"its schema is at revision {', '.join(unknown)}, which Prefect {prefect.__version__} does not know "
-                "(a newer Prefect wrote it?)",
-            )
-        )
-
-
-def _prefect_revisions() -> set[str]:
-    """Every revision of Prefect's SQLite schema, read from the ``revision = "..."`` line of each
-    migration it ships: milliseconds, where alembic's own reading of the scripts (which imports
-    every one) cost over a second on each command start that finds a database."""
-    import re
-
-    import prefect
-
-    versions = Path(prefect.__file__).parent / "server" / "database" / "_migrations" / "versions" / "sqlite"
-    declared = re.compile(r"""^revision\s*(?::\s*str\s*)?=\s*["']([^"']+)["']""", re.MULTILINE)
-    return {match for script in versions.glob("*.py") for match in declared.findall(script.read_text())}
-
-
-def _require_migratable_prefect_database(database: Path) -> None:
-    """After the server did not start: migrate its database here, as the server does first, and
-    refuse it with the error the migration gives (none: the server was only slow). Not where the
-    server is told not to migrate at its start."""
-    import asyncio
-
-    from prefect.server.database import provide_database_interface
-    from prefect.settings import PREFECT_API_DATABASE_MIGRATE_ON_START
-
-    if not PREFECT_API_DATABASE_MIGRATE_ON_START.value():
-        return
-    try:
-        asyncio.run(provide_database_interface().create_db())
-    except Exception as err:  # whatever the migration raised is why the server could not start
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PrefectDatabaseUnusable(_unusable(database, f"Prefect's server could not migrate it: {first}")) from err
-
-
-def _unusable(database: Path, problem: str) -> str:
-    # Its -wal and -shm files go with it: a -wal left beside a new database would be read into it.
-    aside = database.with_name(f"{database.stem}-moved-aside{database.suffix}")
-    moves = [
-        f"mv {shlex.quote(str(path))} {shlex.quote(str(target))}"
-        for suffix in ("", "-wal", "-shm")
-        if (path := database.with_name(database.name + suffix)).exists()
-        for target in [aside.with_name(aside.name + suffix)]
-    ]
-    return (
-        f"Prefect's run-history database {database} cannot be used: {problem}. It holds only Prefect's records "
-        "of past flow runs (the deletion requests, the audit trail and the model registry are kept elsewhere and "
-        f"are untouched): move it aside, and Prefect makes a new one at the next start: `{' && '.join(moves)}`"
-    )
-
-
-def require_writable_prefect_home() -> None:
-    """Refuse a Prefect home this user cannot write, where the temporary server keeps its
-    database (the project's state/prefect unless PREFECT_HOME says otherwise). On a read-only
-    copy the server started anyway and the command ended once the flow ran, with hundreds of
-    lines of the server's tracebacks and "500 Internal Server Error". Refuse one on a disk
-    nearly full too (``PREFECT_HOME_MIN_FREE``). Nothing to check where PREFECT_API_URL names
-    a server: no temporary server is started then."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
-
-    if PREFECT_API_URL.value():
-        return
-    home = PREFECT_HOME.value()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        writable = os.access(home, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        raise RuntimeSettingError(
-            f"PREFECT_HOME={home}: Prefect's temporary server keeps its database there, and this user cannot "
-            "write it (a read-only copy or mount?); expected a directory this user may write, or PREFECT_API_URL "
-            "naming a Prefect server. The commands that only read (`audit verify`, `request list`) start no Prefect"
-        )
-    free = shutil.disk_usage(home).free
-    if free < PREFECT_HOME_MIN_FREE:
-        raise RuntimeSettingError(
-            f"PREFECT_HOME={home}: no space left for Prefect's temporary server's database ({free // 1024} KiB "
-            f"free on its disk; expected at least {PREFECT_HOME_MIN_FREE // 2**20} MiB): free space there, or set "
-            "PREFECT_API_URL to a Prefect server"
-        )
-
-
-def stop_prefect_server() -> None:
-    """Stop Prefect's temporary server if this process started one, now rather than at exit
-    (idempotent; on a normal exit Prefect's own atexit handler does it after its last logs)."""
-    module = sys.modules.get("prefect.server.api.server")
-    if module is None:
-        return
-    handlers = sys.modules.get("prefect.logging.handlers")
-    if handlers is not None:  # the crash records still queued for the server, sent first
-        handlers.APILogWorker.drain_all(timeout=5)
-    for server in list(module.SubprocessASGIServer._instances.values()):
-        server.stop()
