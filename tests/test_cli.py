@@ -556,6 +556,57 @@ def test_a_half_migrated_prefect_database_is_named_not_blamed_on_a_busy_machine(
     assert "busy machine" not in ran.stderr
 
 
+def _prefect_migration_cut_short_by_a_full_disk(database: Path) -> None:
+    """The database as a full disk left it in Prefect's migration 22b7cb02e593 (add
+    state_timestamp): Prefect's own migrations run up to the one before it, then that one, whose
+    new columns its backfill block commits before the revision row is written, stopped by a disk
+    full at that write."""
+    import asyncio
+    import sqlite3
+    from contextlib import closing
+
+    from prefect.server.database.alembic_commands import alembic_upgrade
+    from prefect.server.database.configurations import AioSqliteConfiguration
+    from prefect.server.database.dependencies import temporary_database_config
+    from prefect.utilities.asyncutils import run_sync_in_worker_thread
+    from sqlalchemy.exc import IntegrityError
+
+    def upgrade(revision: str) -> None:
+        with temporary_database_config(AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{database}")):
+            asyncio.run(run_sync_in_worker_thread(alembic_upgrade, revision=revision))
+
+    upgrade("e757138e954a")
+    _sqlite_file(
+        database,
+        "CREATE TRIGGER full_disk BEFORE UPDATE ON alembic_version "
+        "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
+    )
+    with pytest.raises(IntegrityError, match="database or disk is full"):
+        upgrade("22b7cb02e593")
+    _sqlite_file(database, "DROP TRIGGER full_disk")
+    with closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("e757138e954a",)]
+        assert "state_timestamp" in {column for _, column, *_ in conn.execute("PRAGMA table_info(flow_run)")}
+
+
+@pytest.mark.slow
+def test_a_prefect_database_a_full_disk_left_half_migrated_is_named_before_the_server_starts(project, tmp_path):
+    """Prefect's server failed at each start ("duplicate column name: state_timestamp"), Prefect
+    started it again until the start-up timeout (120 s by default), and only then was the
+    database named."""
+    home = tmp_path / "prefect"
+    home.mkdir()
+    _prefect_migration_cut_short_by_a_full_disk(home / "prefect.db")
+    before = (home / "prefect.db").read_bytes()
+    ran = _forget_with_prefect_home(project, home, timeout_s=20)
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    problem = "Prefect's server could not migrate it: (sqlite3.OperationalError) duplicate column name: state_timestamp"
+    # One line: no server's traceback, no "Stopping temporary server": none was started.
+    assert ran.stderr.strip().splitlines() == [_prefect_database_error(home, problem)], ran.stderr[-3000:]
+    assert (home / "prefect.db").read_bytes() == before  # named, not changed by a migration tried on it
+
+
 def test_serving_on_a_port_in_use_is_refused_in_one_line(project, capsys):
     import socket
 
