@@ -360,7 +360,7 @@ def test_requests_filed_on_one_machine_are_claimed_once_on_another(stack):
 def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from unsir_pipeline.governance import locks
+    from unsir_pipeline.adapters import orchestration
 
     server = {
         PREFECT_API_URL: stack.client["PREFECT_API_URL"],
@@ -369,20 +369,21 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
     # Something to claim, so `batch run` starts its flow (an empty queue is answered without one).
     filed = stack.unsir("request", "add", "--classes", "6", "--requester", "erin", "--reason", "queued", "--json")
     assert filed.returncode == 0, filed.stderr[-2000:]
-    with temporary_settings(updates=server), locks.global_lock("unsir-deletion-batch") as held:
+    with temporary_settings(updates=server), orchestration.global_lock("unsir-deletion-batch") as held:
         assert held
         skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view
         assert skipped.returncode == 0, skipped.stderr[-2000:]
         assert json.loads(skipped.stdout.splitlines()[-1])["status"] == "skipped"
-        with locks.global_lock("unsir-deletion-batch") as again:
+        with orchestration.global_lock("unsir-deletion-batch") as again:
             assert not again
-    with temporary_settings(updates=server), locks.global_lock("unsir-deletion-batch") as released:
+    with temporary_settings(updates=server), orchestration.global_lock("unsir-deletion-batch") as released:
         assert released
 
 
 def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, monkeypatch):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+    from unsir_pipeline.adapters import orchestration
     from unsir_pipeline.governance import locks
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -394,7 +395,7 @@ def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, m
     }
     name = f"unsir-promotion-{ws.params.registry.model_name}"
     with temporary_settings(updates=server):
-        with locks.global_lock(name) as held:  # another machine deciding
+        with orchestration.global_lock(name) as held:  # another machine deciding
             assert held
             started = time.monotonic()
             refused = pytest.raises(locks.PromotionLockError, match=f"held the lock '{name}' on the Prefect server")

@@ -12,6 +12,8 @@ only its decorators, its run context and its logging).
   nearly full disk, is refused before the server starts (:func:`require_writable_prefect_home`).
 - Its console (Prefect's INFO lines and its tracebacks kept off it) and its engine's SIGTERM
   handler, which must still leave the stop for :mod:`unsir_pipeline.settings.runtime` to see.
+- Its global concurrency limits, taken as locks that reach every machine using the same Prefect
+  server (:func:`global_lock`; which lock is needed when is ``governance.locks``'s to decide).
 
 Like :mod:`unsir_pipeline.settings.runtime`, this module imports only the standard library when
 it loads: the command line imports it at start-up, and :func:`configure_prefect` must set
@@ -21,6 +23,7 @@ imported inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,8 +31,8 @@ import shlex
 import shutil
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,6 +46,14 @@ DEFAULT_PREFECT_STARTUP_S = 120
 # "a busy machine?", even once space was freed. 64 MiB leaves ten runs' room.
 PREFECT_HOME_MIN_FREE = 64 * 2**20
 _PREFECT_TIMEOUT_MESSAGE = "Timed out while attempting to connect to ephemeral Prefect API server"
+# Seconds a held slot of a global concurrency limit survives without renewal (Prefect renews it
+# while its holder runs).
+LEASE_S = 300
+
+
+class GlobalLockRefused(RuntimeError):
+    """The Prefect server refused a slot of a global concurrency limit, for another reason than
+    another holder having it (that is ``global_lock`` yielding False)."""
 
 
 class PrefectDatabaseUnusable(Exception):
@@ -368,3 +379,53 @@ def stop_prefect_server() -> None:
         handlers.APILogWorker.drain_all(timeout=5)
     for server in list(module.SubprocessASGIServer._instances.values()):
         server.stop()
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect server this process talks to; None in ephemeral mode (no server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def ensure_limit(name: str) -> None:
+    """Create the global concurrency limit ``name`` with one slot, unless it exists (an
+    operator may have changed it; it is left as it is)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another batch created it a moment ago
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@contextmanager
+def global_lock(name: str, *, wait_s: float = 0) -> Iterator[bool]:
+    """One slot of the global concurrency limit ``name``: yields False when another holder kept
+    it for ``wait_s`` seconds (0: do not wait)."""
+    import httpx
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    ensure_limit(name)
+    waiting = {"max_retries": 0} if wait_s <= 0 else {"timeout_seconds": wait_s}
+    with ExitStack() as held:
+        # Only the acquisition is guarded: a timeout inside the holder's work is its own error.
+        try:
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, **waiting))
+        except TimeoutError:
+            yield False  # the wait ran out while another holder kept the slot
+            return
+        except ConcurrencySlotAcquisitionError as err:
+            cause = err.__cause__
+            if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+                yield False  # 423 Locked: the slot is taken, and we were not to wait
+                return
+            raise GlobalLockRefused(
+                f"cannot take the lock {name!r} on the Prefect server {prefect_api_url()}: {err}"
+            ) from err
+        yield True

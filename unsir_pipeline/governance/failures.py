@@ -53,6 +53,7 @@ def setup_fault(err: BaseException) -> str | None:
     from mlflow.exceptions import MlflowException
 
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
+    from unsir_pipeline.adapters.orchestration import GlobalLockRefused
     from unsir_pipeline.adapters.registry import RegistryError
     from unsir_pipeline.adapters.state_store import StateError
     from unsir_pipeline.adapters.validation import ValidationFailed
@@ -68,7 +69,7 @@ def setup_fault(err: BaseException) -> str | None:
         (StateError, "the state database"),
         (DataVersioningError, "DVC (the data's versioning)"),
         (AuditError, "the audit trail"),
-        (LockError, "a lock another run holds"),
+        ((LockError, GlobalLockRefused), "a lock another run holds"),
         (OSError, "a file, the disk or the network"),
     ]
     return next((what for kinds, what in faults if isinstance(err, kinds)), None)

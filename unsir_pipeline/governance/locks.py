@@ -19,29 +19,29 @@ With a shared state database (``state.database_url``) a promotion needs that ser
 batch does. A file lock does not reach a second machine that promotes in the same MLflow
 server: :func:`machine_local_promotion_lock` says so, and the commands that promote warn with it.
 
-This is the module that talks to Prefect's concurrency API; ``batches`` stays free of Prefect.
+Prefect's global concurrency limits are taken through :mod:`unsir_pipeline.adapters.orchestration`
+(``global_lock``); ``batches`` stays free of Prefect.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
+from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.settings.workspace import Workspace
 
-# Seconds a held slot survives without renewal (Prefect renews it while the batch runs).
-LEASE_S = 300
 # How long a promotion waits for another one's decision (a decision takes well under a second).
 PROMOTION_WAIT_S = 120
 
 
 class LockError(RuntimeError):
-    """A lock cannot be used: no Prefect server where one is needed, or the server refused."""
+    """A lock cannot be used: no Prefect server where one is needed (the server's refusal is
+    ``orchestration.GlobalLockRefused``)."""
 
 
 class BatchLockError(LockError):
@@ -56,13 +56,6 @@ class PromotionLockError(LockError):
     """The promotion lock was not free within its wait, or could not be used."""
 
 
-def prefect_api_url() -> str | None:
-    """The Prefect server this process talks to; None in ephemeral mode (no server)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
-
-
 @contextmanager
 def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
     """Yields True while this batch holds the lock, False at once when another batch holds it."""
@@ -70,12 +63,12 @@ def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
         with file_lock(ws.state_dir / "batch.lock") as acquired:
             yield acquired
         return
-    if prefect_api_url() is None:
+    if orchestration.prefect_api_url() is None:
         raise BatchLockError(
             "state.database_url is set (requests shared between machines), but no Prefect server is "
             "configured: the batch lock must be shared too; set PREFECT_API_URL (the stack's client.env does)"
         )
-    with global_lock(ws.params.state.batch_lock) as acquired:
+    with orchestration.global_lock(ws.params.state.batch_lock) as acquired:
         yield acquired
 
 
@@ -94,56 +87,16 @@ def forget_run_lock(ws: Workspace) -> Iterator[None]:
         yield
 
 
-def ensure_limit(name: str) -> None:
-    """Create the global concurrency limit ``name`` with one slot, unless it exists (an
-    operator may have changed it; it is left as it is)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another batch created it a moment ago
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-
-
-@contextmanager
-def global_lock(name: str, *, wait_s: float = 0) -> Iterator[bool]:
-    """One slot of the global concurrency limit ``name``: yields False when another holder kept
-    it for ``wait_s`` seconds (0: do not wait)."""
-    import httpx
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-    from prefect.concurrency.sync import concurrency
-
-    ensure_limit(name)
-    waiting = {"max_retries": 0} if wait_s <= 0 else {"timeout_seconds": wait_s}
-    with ExitStack() as held:
-        # Only the acquisition is guarded: a timeout inside the holder's work is its own error.
-        try:
-            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, **waiting))
-        except TimeoutError:
-            yield False  # the wait ran out while another holder kept the slot
-            return
-        except ConcurrencySlotAcquisitionError as err:
-            cause = err.__cause__
-            if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-                yield False  # 423 Locked: the slot is taken, and we were not to wait
-                return
-            raise LockError(f"cannot take the lock {name!r} on the Prefect server {prefect_api_url()}: {err}") from err
-        yield True
-
-
 @contextmanager
 def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
     """Held while one promotion decision reads the registry, decides and moves the alias; waits
     up to ``wait_s`` for another decision to finish."""
     # The environment first: a command that promotes by hand imports Prefect only when a server is set.
     model = ws.params.registry.model_name
-    if os.environ.get("PREFECT_API_URL") and prefect_api_url():
+    if os.environ.get("PREFECT_API_URL") and orchestration.prefect_api_url():
         name = f"unsir-promotion-{model}"
-        lock, where = global_lock(name, wait_s=wait_s), f"the lock {name!r} on the Prefect server {prefect_api_url()}"
+        lock = orchestration.global_lock(name, wait_s=wait_s)
+        where = f"the lock {name!r} on the Prefect server {orchestration.prefect_api_url()}"
     elif ws.params.state.database_url is not None:
         # Requests and the trail are shared between machines: so must this lock be, as the batch lock.
         raise PromotionLockError(
