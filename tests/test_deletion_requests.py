@@ -954,3 +954,49 @@ def test_a_request_pending_after_a_failed_batch_shows_why_and_when(tmp_path: Pat
     store.claim_pending("batch-2")  # the next night's batch holds it
     assert main([*cli, "list"]) == 0
     assert f"an earlier attempt failed: {error}" in capsys.readouterr().out
+
+
+def test_a_request_a_stopped_batch_left_running_says_so_and_what_releases_it(tmp_path: Path, capsys) -> None:
+    """A batch killed mid-run leaves its requests `running` until the next batch releases them.
+    `request list` and `request show` showed them as plain `running`, as if a batch were still
+    at work. No batch holds the batch lock any more: they say so, and that the next `unsir batch
+    run` puts them back in the queue; under a live batch (the lock held), plain `running`. Reading
+    makes no lock file."""
+    import shutil
+
+    from conftest import ROOT
+
+    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.governance import locks, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    ws = Workspace.load(tmp_path)
+    store = stores.request_store(ws)
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    store.claim_pending("batch-killed")  # what a killed batch leaves
+    cli = ["--project", str(tmp_path), "request"]
+    stopped = (
+        "no batch or forget run is running it now (batch-killed stopped before finishing); the next "
+        "`unsir batch run` puts it back in the queue"
+    )
+
+    assert main([*cli, "list"]) == 0
+    assert f"\n{'':<18}{stopped}\n" in capsys.readouterr().out
+    assert main([*cli, "show", request.id]) == 0
+    assert f"\n{'note':<14}{stopped}\n" in capsys.readouterr().out
+    for argv in ([*cli, "list", "--json"], [*cli, "show", request.id, "--json"]):
+        assert main(argv) == 0
+        shown = json.loads(capsys.readouterr().out)
+        shown = shown[0] if isinstance(shown, list) else shown
+        assert (shown["status"], shown["run_alive"]) == ("running", False)
+    assert not (ws.state_dir / "batch.lock").exists()  # asking made none
+
+    with locks.deletion_batch_lock(ws) as acquired:  # a live batch holds the queue
+        assert acquired
+        assert main([*cli, "list"]) == 0
+        assert "no batch or forget run" not in capsys.readouterr().out
+        assert main([*cli, "show", request.id, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["run_alive"] is True
+    assert main([*cli, "list"]) == 0  # the lock file there now, and free: stopped again
+    assert stopped in capsys.readouterr().out

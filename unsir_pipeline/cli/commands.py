@@ -886,9 +886,38 @@ def cmd_reject(project: Path, args) -> int:
     return 0
 
 
-def _print_requests(requests: list, as_json: bool) -> None:
+def _shown(request, run_alive: bool | None) -> dict:
+    """``request`` as --json shows it: a running one says whether its batch or forget run is
+    alive (``run_alive``: null where that cannot be told)."""
+    shown = request.to_dict()
+    if request.status == "running":
+        shown["run_alive"] = run_alive
+    return shown
+
+
+def _stopped_run_note(request, run_alive: bool | None) -> str | None:
+    """For a request left ``running`` by a batch or forget run that no longer runs: what happened
+    and what puts it back in the queue."""
+    if request.status != "running" or run_alive is not False:
+        return None
+    return (
+        f"no batch or forget run is running it now ({request.batch_id} stopped before finishing); the next "
+        "`unsir batch run` puts it back in the queue"
+    )
+
+
+def _run_alive(ws, requests: list) -> bool | None:
+    """Whether the batch lock is held now, asked only where a request is ``running``."""
+    if not any(r.status == "running" for r in requests):
+        return None
+    from unsir_pipeline.governance.locks import batch_lock_held
+
+    return batch_lock_held(ws)
+
+
+def _print_requests(requests: list, as_json: bool, run_alive: bool | None = None) -> None:
     if as_json:
-        print(json.dumps([r.to_dict() for r in requests]))
+        print(json.dumps([_shown(r, run_alive) for r in requests]))
         return
     if not requests:
         print("no requests")
@@ -899,6 +928,9 @@ def _print_requests(requests: list, as_json: bool) -> None:
             f"{r.id:<18}{r.status:<10}{','.join(r.class_names) or '-':<14}{r.model_version or '-':>8}  "
             f"{r.requester:<16}{r.created_at}"
         )
+        note = _stopped_run_note(r, run_alive)
+        if note:
+            print(f"{'':<18}{note}")
         if r.error:
             # A request a batch holds or has done keeps an earlier attempt's failure: say so. Any
             # other was given its error (a failed batch, a rejection, a retry, a withdrawal) by
@@ -948,13 +980,16 @@ def cmd_request(project: Path, args) -> int:
         )
     elif args.request_command == "list":
         store = stores.existing_request_store(ws)
-        _print_requests(store.list(args.status) if store is not None else [], args.json)
+        listed = store.list(args.status) if store is not None else []
+        _print_requests(listed, args.json, _run_alive(ws, listed))
     else:
         (request,) = stores.stored_requests(ws, [args.id])
+        run_alive = _run_alive(ws, [request])
+        note = _stopped_run_note(request, run_alive)
         print(
-            json.dumps(request.to_dict())
+            json.dumps(_shown(request, run_alive))
             if args.json
-            else "\n".join(f"{k:<14}{v}" for k, v in request.to_dict().items())
+            else "\n".join(f"{k:<14}{v}" for k, v in [*request.to_dict().items(), *([("note", note)] if note else [])])
         )
     return 0
 

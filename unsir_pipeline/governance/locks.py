@@ -37,6 +37,9 @@ from unsir_pipeline.settings.workspace import Workspace
 
 # How long a promotion waits for another one's decision (a decision takes well under a second).
 PROMOTION_WAIT_S = 120
+# How long a batch waits for the file batch lock: longer than a reader's probe holds it
+# (batch_lock_held), so a batch that starts during a `request list` is not turned away.
+BATCH_FILE_LOCK_WAIT_S = 1.0
 
 
 class LockError(RuntimeError):
@@ -60,7 +63,7 @@ class PromotionLockError(LockError):
 def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
     """Yields True while this batch holds the lock, False at once when another batch holds it."""
     if ws.params.state.database_url is None:
-        with file_lock(ws.state_dir / "batch.lock") as acquired:
+        with file_lock(ws.state_dir / "batch.lock", wait_s=BATCH_FILE_LOCK_WAIT_S) as acquired:
             yield acquired
         return
     if orchestration.prefect_api_url() is None:
@@ -70,6 +73,38 @@ def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
         )
     with orchestration.global_lock(ws.params.state.batch_lock) as acquired:
         yield acquired
+
+
+def batch_lock_held(ws: Workspace) -> bool | None:
+    """Whether a batch or a forget run holds the batch lock now, read without writing (the
+    commands that only read ask it of a request left ``running``); None where it cannot be told:
+    a shared state database with no Prefect server configured, or one that does not answer."""
+    if ws.params.state.database_url is None:
+        try:
+            with open(ws.state_dir / "batch.lock") as handle:  # for reading: creates nothing
+                try:
+                    # Shared, for an instant: a batch starting meanwhile waits BATCH_FILE_LOCK_WAIT_S.
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return False
+        except FileNotFoundError:
+            return False  # no batch or forget run ever took it
+    if prefect_api_url() is None:
+        return None
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(ws.params.state.batch_lock)
+    except ObjectNotFound:
+        return False  # created by the first batch: none ever ran
+    except (httpx.HTTPError, OSError):  # a server that does not answer: unknown; the listing goes on
+        return None
+    return limit.active_slots > 0
 
 
 @contextmanager
