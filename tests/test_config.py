@@ -378,6 +378,44 @@ def test_shared_state_without_a_prefect_server_refuses_the_batch_lock(tmp_path):
         assert held
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.seed=true", "an integer"),
+        ("model.train.epochs=true", "an integer"),
+        ("data.retain_per_class=yes", "an integer"),
+        ("unlearn.seed=false", "an integer"),
+        ("unlearn.noise_copies=on", "an integer"),
+        ("unlearn.impair.epochs=true", "an integer"),
+        ("unlearn.verification.max_rounds=true", "an integer"),
+        ("gates.max_retain_drop=true", "a number"),
+        ("model.train.lr=false", "a number"),
+        ("unlearn.frozen_lower_layers=false", "a number"),
+    ],
+)
+def test_a_boolean_where_a_number_is_expected_is_refused_naming_key_and_value(override, expected):
+    """Pydantic's lax mode read `seed: true` as 1 and `lr: false` as 0.0: a YAML slip (`on`, `yes`)
+    trained or unlearned with a number nobody wrote."""
+    key, _, value = override.partition("=")
+    with pytest.raises(ConfigError) as refused:
+        load_params(ROOT / "params.yaml", [override])
+    boolean = str(yaml.safe_load(value)).lower()
+    assert str(refused.value) == (
+        f"invalid params.yaml: {key}: expected {expected}, got the boolean {boolean} "
+        "(YAML reads true, false, yes, no, on and off as booleans)"
+    )
+
+
+def test_a_boolean_number_in_the_file_stops_the_command_with_exit_2(tmp_path, capsys):
+    from unsir_pipeline.cli.commands import main
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["seed"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--project", str(tmp_path), "request", "list"]) == 2
+    assert "model.seed: expected an integer, got the boolean true (YAML reads" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("key", ["data.split_seed", "data.retain_seed", "model.seed", "unlearn.seed"])
 @pytest.mark.parametrize(
     ("value", "message"), [("-1", "greater than or equal to 0"), ("4294967296", "less than or equal to 4294967295")]

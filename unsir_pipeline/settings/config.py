@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import types
 import typing
 import urllib.parse
 from dataclasses import fields, is_dataclass, replace
@@ -626,6 +627,41 @@ def _field_annotations(section: type | None) -> dict[str, Any]:
     return {}
 
 
+def _booleans_as_numbers(node: object, section: type | None, path: tuple[str, ...] = ()) -> list[str]:
+    """Every boolean given where a number is expected, as ``key.path: problem``: pydantic's lax
+    mode reads ``true`` as 1 and ``false`` as 0.0, so a YAML slip (``seed: on``) would run with a
+    number nobody wrote. Strict mode would also refuse what YAML reads as text (``lr: 1e-3``)."""
+    if not isinstance(node, dict):
+        return []
+    annotations = _field_annotations(section)
+    problems = []
+    for key, value in node.items():
+        annotation = annotations.get(key)
+        if annotation is None:  # an unknown key: validation names it
+            continue
+        if isinstance(value, bool):
+            expected = _number_expected(annotation)
+            if expected is not None:
+                problems.append(
+                    f"{'.'.join([*path, key])}: expected {expected}, got the boolean {str(value).lower()} "
+                    "(YAML reads true, false, yes, no, on and off as booleans)"
+                )
+        else:
+            problems += _booleans_as_numbers(value, _section_of(annotation), (*path, key))
+    return problems
+
+
+def _number_expected(annotation: Any) -> str | None:
+    """``"an integer"`` or ``"a number"`` where ``annotation`` takes numbers and no boolean."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # int | None
+    kinds = set(typing.get_args(annotation)) if union else {annotation}
+    if bool in kinds or Any in kinds:
+        return None
+    if float in kinds:
+        return "a number"
+    return "an integer" if int in kinds else None
+
+
 SERVICE_ENVIRONMENT = {
     "MLFLOW_TRACKING_URI": ("registry", "tracking_uri"),
     "UNSIR_DVC_REMOTE": ("paths", "dvc_remote"),
@@ -665,6 +701,9 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             raw[section][key] = os.environ[variable]
     for override in overrides:
         apply_override(raw, override)
+    booleans = _booleans_as_numbers(raw, Params)
+    if booleans:
+        raise ConfigError(f"invalid {path.name}: {'; '.join(booleans)}")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
