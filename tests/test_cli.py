@@ -1014,6 +1014,38 @@ def test_request_add_of_a_blank_class_names_it_as_typed_and_stores_nothing(proje
     assert (stores.request_store(ws).list(), stores.audit_log(ws).records()) == before
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "a\tb",
+            "class 'a\\tb' contains control character U+0009 at position 1; expected printable text on one line "
+            "(at most 100 characters)",
+        ),
+        (
+            "\u202eb",
+            "class '\\u202eb' contains control character U+202E at position 0; expected printable text on one line "
+            "(at most 100 characters)",
+        ),
+        ("7" * 101, f"class {'7' * 60!r}... (101 characters) has 101 characters; the limit is 100"),
+    ],
+)
+def test_request_add_names_a_bad_class_as_typed(params_only, capsys, entry, message):
+    """`unsir request add 4 'a<TAB>b'` said "requested[1] contains control character ...", a
+    field of the store nobody typed: the entry is named as the user typed it. Checked before
+    anything is opened (here no project was bootstrapped)."""
+    argv = ["--project", str(params_only), "request", "add", "4", entry, "--by", "alice", "--reason", "r"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not (params_only / "state").exists()
+
+
+def test_request_add_of_too_many_classes_says_how_many_were_given(params_only, capsys):
+    classes = [str(c) for c in range(65)]
+    assert main(["--project", str(params_only), "request", "add", *classes, "--by", "alice", "--reason", "r"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: 65 classes given; a request names at most 64"]
+
+
 @pytest.mark.slow
 def test_models_keeps_wide_values_apart(project, tmp_path, capsys):
     """Nine forgotten classes and "promoted-by-override" are wider than their columns: they

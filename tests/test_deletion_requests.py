@@ -844,8 +844,11 @@ def test_requested_entries_are_limited_too(store: RequestStore) -> None:
 
 def test_check_request_fields_runs_before_anything_is_stored() -> None:
     check_request_fields("alice", "", ["3"])
-    with pytest.raises(RequestError, match=r"requested\[0\] has 101 characters; the limit is 100"):
+    too_long = r"^class '3{60}'\.\.\. \(101 characters\) has 101 characters; the limit is 100$"
+    with pytest.raises(RequestError, match=too_long):
         check_request_fields("alice", "r", ["3" * 101])
+    with pytest.raises(RequestError, match=r"^class 3 must be a string, got int$"):  # named as given, not requested[1]
+        check_request_fields("alice", "r", ["3", 3])
 
 
 def test_two_requests_filed_at_once_are_each_checked_against_the_other(store: RequestStore) -> None:

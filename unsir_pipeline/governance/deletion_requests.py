@@ -140,56 +140,76 @@ def _preview(value: str | bytes) -> str:
     return f"{value[:_PREVIEW]!r}... ({len(value)} characters)"
 
 
-def _check_text(name: str, value: object, *, allow_empty: bool = False) -> str:
+def _refusal(name: str, shown: str, problem: str, *, typed: bool, then: str = "") -> RequestError:
+    """``name problem: value; then``, or, for an entry named by what was typed (``typed``: a
+    class of `request add`), ``name value problem; then``."""
+    if typed:
+        return RequestError(f"{name} {shown} {problem}{then}")
+    return RequestError(f"{name} {problem}: {shown}{then}")
+
+
+def _check_text(name: str, value: object, *, allow_empty: bool = False, typed: bool = False) -> str:
     if isinstance(value, bytes):
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise RequestError(
-                f"{name} is not valid UTF-8 (byte 0x{value[err.start]:02x} at position {err.start}): "
-                f"{_preview(value)}; expected text"
+            raise _refusal(
+                name,
+                _preview(value),
+                f"is not valid UTF-8 (byte 0x{value[err.start]:02x} at position {err.start})",
+                typed=typed,
+                then="; expected text",
             ) from None
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         expected = "a string" if allow_empty else "a non-empty string"
-        raise RequestError(
-            f"{name} must be {expected}, got {_preview(value) if isinstance(value, (str, bytes)) else repr(value)}"
-        )
+        shown = _preview(value) if isinstance(value, (str, bytes)) else repr(value)
+        if typed:
+            raise RequestError(f"{name} {shown} must be {expected}, got {type(value).__name__}")
+        raise RequestError(f"{name} must be {expected}, got {shown}")
     return value
 
 
-def check_request_text(name: str, value: object, *, limit: int, allow_empty: bool = False) -> str:
+def check_request_text(name: str, value: object, *, limit: int, allow_empty: bool = False, typed: bool = False) -> str:
     """Text a person typed into a request: a string of valid UTF-8, at most ``limit`` characters,
     with no control character (newline, tab, escape, NUL...) and no bidirectional override.
 
     The error names the field, the offending character and its position, the value (cut) and
-    the limit, so that whoever filed it can fix it.
+    the limit, so that whoever filed it can fix it. With ``typed``, the value names the entry
+    (``class 'a\\tb' contains ...``): one of several that the user typed, not a field.
     """
-    text = _check_text(name, value, allow_empty=allow_empty)
+    text = _check_text(name, value, allow_empty=allow_empty, typed=typed)
     # Python keeps undecodable bytes of argv or a file as lone surrogates (surrogateescape):
     # report them as what they were, bytes that are not UTF-8, not as a codec traceback later.
     for position, char in enumerate(text):
         if 0xDC80 <= ord(char) <= 0xDCFF:
-            raise RequestError(
-                f"{name} is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at position {position}): "
-                f"{_preview(text)}; expected text"
+            raise _refusal(
+                name,
+                _preview(text),
+                f"is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at position {position})",
+                typed=typed,
+                then="; expected text",
             )
         if 0xD800 <= ord(char) <= 0xDFFF:
-            raise RequestError(
-                f"{name} holds a lone surrogate U+{ord(char):04X} at position {position}: {_preview(text)}"
+            raise _refusal(
+                name, _preview(text), f"holds a lone surrogate U+{ord(char):04X} at position {position}", typed=typed
             )
     if len(text) > limit:
-        raise RequestError(f"{name} has {len(text)} characters; the limit is {limit}: {_preview(text)}")
+        raise _refusal(name, _preview(text), f"has {len(text)} characters; the limit is {limit}", typed=typed)
     for position, char in enumerate(text):
         if unicodedata.category(char) == "Cc" or char in _INVISIBLE_LAYOUT:
-            raise RequestError(
-                f"{name} contains control character U+{ord(char):04X} at position {position}: "
-                f"{_preview(text)}; expected printable text on one line (at most {limit} characters)"
+            raise _refusal(
+                name,
+                _preview(text),
+                f"contains control character U+{ord(char):04X} at position {position}",
+                typed=typed,
+                then=f"; expected printable text on one line (at most {limit} characters)",
             )
     return text
 
 
 def check_request_fields(requester: object, reason: object, requested: object = None) -> None:
-    """Every free-text field of a request, checked before anything is stored or recorded."""
+    """Every free-text field of a request, checked before anything is stored or recorded. Each
+    requested class is named as it was typed (``class 'a\\tb'``), not by its place in a field."""
     check_request_text("requester", requester, limit=TEXT_LIMITS["requester"])
     check_request_text("reason", reason, limit=TEXT_LIMITS["reason"], allow_empty=True)
     if requested is None:
@@ -199,10 +219,10 @@ def check_request_fields(requester: object, reason: object, requested: object = 
     # Any iterable, as before; each entry is checked below. A non-iterable raises TypeError.
     names: list[object] = list(requested)  # type: ignore[call-overload]
     if len(names) > MAX_REQUESTED:
-        raise RequestError(f"requested names {len(names)} classes; the limit is {MAX_REQUESTED}")
-    for i, entry in enumerate(names):
+        raise RequestError(f"{len(names)} classes given; a request names at most {MAX_REQUESTED}")
+    for entry in names:
         # A blank entry is text nothing can spoof: intake refuses it as an unknown class, as typed.
-        check_request_text(f"requested[{i}]", entry, limit=TEXT_LIMITS["requested"], allow_empty=True)
+        check_request_text("class", entry, limit=TEXT_LIMITS["requested"], allow_empty=True, typed=True)
 
 
 def _check_positive_int(name: str, value: object) -> int:
