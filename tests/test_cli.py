@@ -665,6 +665,27 @@ def test_forget_before_bootstrap_refuses_a_parent_bootstrap_will_not_register(pa
     assert not (params_only / "data").exists() and not (params_only / "models").exists()  # nothing built
 
 
+def test_audit_verify_before_bootstrap_says_there_is_nothing_to_verify(tmp_path, capsys):
+    """On a fresh `unsir init` project, nothing registered, `unsir audit verify` said "error:
+    audit evidence disagrees: the audit trail ... does not exist" and exited 1, as for a deleted
+    trail. It says there is nothing to verify yet and what to run, exit 0, and creates nothing."""
+    project = tmp_path / "project"
+    assert main(["init", str(project)]) == 0
+    capsys.readouterr()
+    state = sorted(p.relative_to(project) for p in (project / "state").rglob("*"))
+    assert main(["--project", str(project), "audit", "verify"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == (
+        f"nothing to verify yet: no model is registered and nothing recorded (no audit trail "
+        f"{project / 'state' / 'audit.sqlite'}); `unsir bootstrap` registers the original model"
+    )
+    assert "error" not in err
+    assert main(["--project", str(project), "audit", "verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["records"], report["trail_exists"], report["problems"]) == (True, 0, False, [])
+    assert sorted(p.relative_to(project) for p in (project / "state").rglob("*")) == state  # nothing created
+
+
 def test_init_refuses_an_empty_or_uncreatable_directory(tmp_path, capsys):
     assert main(["init", ""]) == 2  # Path("") would be the current directory
     assert "DIR '': expected a directory path" in capsys.readouterr().err

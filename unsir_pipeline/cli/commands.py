@@ -1118,6 +1118,9 @@ def cmd_audit(project: Path, args) -> int:
             print(
                 f"nothing recorded yet: no audit trail {trail}, and the registry holds only the original that "
                 "`unsir bootstrap` registered"
+                if report.registered
+                else f"nothing to verify yet: no model is registered and nothing recorded (no audit trail {trail}); "
+                "`unsir bootstrap` registers the original model"
             )
             return 0
         if report.ok:

@@ -1127,6 +1127,8 @@ class TrailReport:
     trail_exists: bool
     # Whether the head anchor carries a signature, checked or not (chain.signed: verified with the key).
     head_signed: bool
+    # Whether the registry holds the model (False before `unsir bootstrap`: nothing to verify yet).
+    registered: bool
 
     @property
     def ok(self) -> bool:
@@ -1195,8 +1197,10 @@ def verify_trail(ws: Workspace) -> TrailReport:
     warnings += request_warnings
 
     registry = existing_registry(ws)
+    registered = False
     try:
-        if registry is not None and registry.has_model():
+        registered = registry is not None and registry.has_model()
+        if registry is not None and registered:
             versions = {v.version: v for v in registry.list_versions()}
             tag = registry.model_tags().get(AUDIT_HEAD_TAG)
             if missing_trail and tag is None and all(v.tags.get("origin") == "bootstrap" for v in versions.values()):
@@ -1246,6 +1250,9 @@ def verify_trail(ws: Workspace) -> TrailReport:
             warnings += overridden
         else:
             lost = _lost_registry_problem(ws, records)
+            if missing_trail and not lost and not requests:
+                # Nothing registered and nothing filed (before `unsir bootstrap`): nothing was recorded.
+                problems.remove(missing_trail)
             if lost:
                 problems.append(lost)
             elif registry is None:
@@ -1265,6 +1272,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
         registry_checked=registry is not None,
         trail_exists=existed,
         head_signed=head_signed,
+        registered=registered,
     )
 
 
