@@ -57,7 +57,11 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
             # Versions of killed batches this one does not resume: on the trail before it forgets more.
             batches.record_interrupted_registrations(ws, batch)
-            champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
+            registry = registry_for(ws)
+            champion = resolve_parent(registry, ws.params.registry.champion_alias)
+            # As `unsir forget` checks its parent: an alias moved onto a version whose registration
+            # failed names no model, and no request is done by it (bad input: no attempt counted).
+            registry.require_ready(champion.version)
             todo = sorted(set(batch.classes) - set(champion.deleted_classes))
             if not todo:  # an interrupted batch already got its version promoted
                 version = champion.version

@@ -1576,3 +1576,36 @@ def test_a_failed_request_is_retried_once_its_cause_is_fixed(bootstrapped_projec
         (stores.RECOVERY_ACTOR, (unrecorded.id,)),
     ]
     assert retries[1].payload["retry"].startswith("retried by bob: restored the data (failed after 1 attempts")
+
+
+def test_a_batch_refuses_a_champion_that_is_not_ready_before_it_completes_anything(bootstrapped_project, tmp_path):
+    """The champion alias moved (in MLflow) onto a version left FAILED_REGISTRATION whose tags
+    say it forgot the requested class: the batch's first step took the champion without the READY
+    check `unsir forget` makes, found nothing left to forget, and marked the request done with
+    that version, which has no model. The batch fails on it as bad input: the request goes back
+    to pending, its attempt not counted, and no request names the failed version."""
+    import numpy as np
+    from conftest import set_version_status
+
+    from unsir_pipeline.adapters.registry import VersionNotReady
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+    from unsir_pipeline.governance.promotion import FORGOTTEN_TAG, VERIFIED_TAG
+
+    copy = clone_project(bootstrapped_project, tmp_path / "unready-champion")
+    ws = ws_of(copy)
+    request = batches.file_request(ws, ["3"], "alice", "consent withdrawn")
+    registry = registry_for(ws)
+    with registry.start_run(run_name="failed-registration"):
+        failed = registry.register_checkpoint(
+            ws.original_model_dir,
+            input_example=np.random.rand(2, 1, 8, 8).astype("float32"),
+            tags={FORGOTTEN_TAG: "[3]", VERIFIED_TAG: "[3]", "gate_decision": "promoted"},
+            idempotency_key="failed-registration",
+        )
+    set_version_status(ws, failed, "FAILED_REGISTRATION")
+    registry.set_alias(ws.params.registry.champion_alias, failed)
+
+    with pytest.raises(VersionNotReady, match=f"version {failed} is FAILED_REGISTRATION, not READY"):
+        deletion_batch(project_dir=str(copy))
+    after = stores.request_store(ws).get(request.id)
+    assert (after.status, after.attempts, after.model_version) == ("pending", 0, None)

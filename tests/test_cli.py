@@ -941,6 +941,35 @@ def test_forget_from_a_version_that_is_not_ready_is_refused_before_any_run(proje
 
 
 @pytest.mark.slow
+def test_bootstrap_names_a_champion_that_is_not_ready_and_the_fix(project, tmp_path, capsys):
+    """The champion alias moved onto a version whose registration failed, READY versions beside
+    it: `unsir bootstrap` answered "already bootstrapped: champion is version 2", exit 0, as if
+    the project had a model to serve and forget from."""
+    from unsir_pipeline.adapters.registry import registry_for
+
+    copy = clone_project(project, tmp_path / "unready-champion")
+    ws = Workspace.load(copy)
+    failed = _register_held(ws, "failed-registration")
+    set_version_status(ws, failed, "FAILED_REGISTRATION")
+    registry = registry_for(ws)
+    registry.set_alias(ws.params.registry.champion_alias, failed)
+    ready = [v.version for v in registry.list_versions() if v.ready]
+    capsys.readouterr()  # MLflow's lines registering it
+    assert main(["--project", str(copy), "bootstrap"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: already bootstrapped, but the 'champion' alias names version {failed}, which is FAILED_REGISTRATION, "
+        "not READY (its registration failed or never finished): there is no model to serve or forget from; move "
+        f"the alias to a READY version ({ready}; `unsir models` lists them) with `unsir promote VERSION --reason ...` "
+        "(with --override where it would bring back a forgotten class)"
+    ]
+    assert registry.resolve_alias(ws.params.registry.champion_alias) == failed  # nothing changed
+    assert main(["--project", str(copy), "promote", str(ready[-1]), "--reason", "its registration failed"]) == 0
+    capsys.readouterr()
+    assert main(["--project", str(copy), "bootstrap"]) == 0
+    assert capsys.readouterr().out.strip() == f"already bootstrapped: champion is version {ready[-1]}"
+
+
+@pytest.mark.slow
 def test_reject_takes_only_a_version_held_for_review(project, tmp_path, capsys):
     """`unsir reject 1` rejected the original model, never held for review, once another version
     was the champion: every later `unsir forget --from original` (the demo's) was then refused."""

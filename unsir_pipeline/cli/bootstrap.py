@@ -13,7 +13,13 @@ from unsir.splits import select
 from unsir_pipeline.adapters import data_versioning
 from unsir_pipeline.adapters.prepared_data import load_prepared, recorded_prepared_path
 from unsir_pipeline.adapters.provenance import git_commit
-from unsir_pipeline.adapters.registry import RegistryError, existing_registry, registry_for
+from unsir_pipeline.adapters.registry import (
+    RegistryError,
+    VersionInfo,
+    VersionNotReady,
+    existing_registry,
+    registry_for,
+)
 from unsir_pipeline.cli.progress import Progress, relay
 from unsir_pipeline.governance.batches import require_registry_not_lost
 from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
@@ -42,7 +48,8 @@ def bootstrap(
     # A version that is not READY is no model (a failed registration left it, and its deletion
     # failed too), and `unsir promote` refuses it: with no READY version the original is
     # registered afresh, which deletes a failed try's version (its idempotency key is this one's).
-    if registry is not None and registry.has_model() and any(v.ready for v in registry.list_versions()):
+    versions = registry.list_versions() if registry is not None and registry.has_model() else []
+    if registry is not None and any(v.ready for v in versions):
         try:
             version = registry.resolve_alias(champion)
         except RegistryError as err:
@@ -51,6 +58,7 @@ def bootstrap(
                 f"choose one with `unsir promote VERSION --reason ...`"
             ) from err
         _restore_original_alias(registry)
+        _require_ready_champion(champion, version, versions)
         return BootstrapResult(version, created=False)
 
     # An empty registry whose versions the audit trail records was lost: a new original would
@@ -104,6 +112,20 @@ def bootstrap(
     # The original model keeps an alias of its own: a demo or an audit can always start from it.
     registry.set_alias(ORIGINAL_ALIAS, version)
     return BootstrapResult(version, created=True, test_acc=train_report["test_acc"])
+
+
+def _require_ready_champion(alias: str, version: int, versions: list[VersionInfo]) -> None:
+    """A champion alias moved (in MLflow) onto a version whose registration failed names no
+    model: bootstrapped, but with nothing to serve or forget from. Registering an original
+    would not mend it; moving the alias to a READY version does."""
+    info = next(v for v in versions if v.version == version)
+    if not info.ready:
+        raise VersionNotReady(
+            f"already bootstrapped, but the {alias!r} alias names version {version}, which is {info.status}, not "
+            "READY (its registration failed or never finished): there is no model to serve or forget from; move "
+            f"the alias to a READY version ({[v.version for v in versions if v.ready]}; `unsir models` lists them) "
+            "with `unsir promote VERSION --reason ...` (with --override where it would bring back a forgotten class)"
+        )
 
 
 def _restore_original_alias(registry) -> None:
