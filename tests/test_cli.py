@@ -1090,6 +1090,22 @@ def test_request_add_names_a_bad_class_as_typed(params_only, capsys, entry, mess
     assert not (params_only / "state").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--by", "a\nb"], "--by contains control character U+000A at position 1: 'a\\nb'"),
+        (["--requester", " "], "--by must be a non-empty string, got ' '"),
+        (["--by", "alice", "--reason", "x\ty"], "--reason contains control character U+0009 at position 1: 'x\\ty'"),
+    ],
+)
+def test_request_add_names_its_options_as_typed(params_only, capsys, flags, message):
+    """`unsir request add 3 --by 'a<LF>b'` said "requester contains control character ...", the
+    store's field; every other command that records who and why says "--by" and "--reason"."""
+    argv = ["--project", str(params_only), "request", "add", "3", *flags]
+    assert main([*argv, *([] if "--reason" in flags else ["--reason", "r"])]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[0].startswith(f"error: {message}")
+
+
 def test_request_add_of_too_many_classes_says_how_many_were_given(params_only, capsys):
     classes = [str(c) for c in range(65)]
     assert main(["--project", str(params_only), "request", "add", *classes, "--by", "alice", "--reason", "r"]) == 2

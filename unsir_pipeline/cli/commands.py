@@ -957,7 +957,11 @@ def cmd_request(project: Path, args) -> int:
     ws = _workspace(project, args)
     if args.request_command == "add":
         from unsir_pipeline.governance import batches
+        from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
 
+        # Named as typed (--by, --reason), as every command that records who and why names them.
+        check_request_text("--by", args.requester, limit=TEXT_LIMITS["requester"])
+        check_request_text("--reason", args.reason, limit=TEXT_LIMITS["reason"], allow_empty=True)
         request = batches.file_request(ws, _requested_classes(args), args.requester, args.reason)
         print(
             json.dumps(request.to_dict())
