@@ -371,6 +371,9 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
     assert filed.returncode == 0, filed.stderr[-2000:]
     with temporary_settings(updates=server), orchestration.global_lock("unsir-deletion-batch") as held:
         assert held
+        # What `request list` reads for a request left running: held, without taking the slot.
+        assert orchestration.global_lock_held("unsir-deletion-batch") is True
+        assert orchestration.global_lock_held("a-limit-no-batch-created") is False
         skipped = stack.unsir("batch", "run", "--json")  # another process, another checkout's view
         assert skipped.returncode == 0, skipped.stderr[-2000:]
         assert json.loads(skipped.stdout.splitlines()[-1])["status"] == "skipped"
@@ -378,6 +381,8 @@ def test_a_second_batch_is_skipped_while_the_global_lock_is_held(stack):
             assert not again
     with temporary_settings(updates=server), orchestration.global_lock("unsir-deletion-batch") as released:
         assert released
+    with temporary_settings(updates=server):
+        assert orchestration.global_lock_held("unsir-deletion-batch") is False
 
 
 def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, monkeypatch):

@@ -403,6 +403,26 @@ def ensure_limit(name: str) -> None:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
+def global_lock_held(name: str) -> bool | None:
+    """Whether a holder has the global concurrency limit ``name``'s slot now, read without taking
+    it; False when the limit does not exist yet (no holder ever took it), None when no Prefect
+    server is configured or the configured one does not answer."""
+    if prefect_api_url() is None:
+        return None
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        return False
+    except (httpx.HTTPError, OSError):  # a server that does not answer: unknown; the caller goes on
+        return None
+    return limit.active_slots > 0
+
+
 @contextmanager
 def global_lock(name: str, *, wait_s: float = 0) -> Iterator[bool]:
     """One slot of the global concurrency limit ``name``: yields False when another holder kept

@@ -91,20 +91,7 @@ def batch_lock_held(ws: Workspace) -> bool | None:
                 return False
         except FileNotFoundError:
             return False  # no batch or forget run ever took it
-    if prefect_api_url() is None:
-        return None
-    import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name(ws.params.state.batch_lock)
-    except ObjectNotFound:
-        return False  # created by the first batch: none ever ran
-    except (httpx.HTTPError, OSError):  # a server that does not answer: unknown; the listing goes on
-        return None
-    return limit.active_slots > 0
+    return orchestration.global_lock_held(ws.params.state.batch_lock)
 
 
 @contextmanager
