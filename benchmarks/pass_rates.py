@@ -44,6 +44,8 @@ REPORTED = (
     "quality-tuning-shipped.json",
     "quality-heldout-blas1.json",
     "quality-unseen-seeds.json",
+    "quality-heldout-amd.json",
+    "quality-unseen-seeds89.json",
     "quality-mnist5k-final.json",
     "quality-mnist5k-seed4.json",
     "quality-deep.json",
