@@ -415,6 +415,31 @@ def test_a_nan_infinite_or_null_pixel_is_refused_through_the_server_not_predicte
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("inputs", "0.5", 'inputs[1][0][2][5] is the JSON string "0.5"'),
+        ("instances", True, "instances[1][0][2][5] is the JSON boolean true"),
+        ("inputs", False, "inputs[1][0][2][5] is the JSON boolean false"),
+        ("inputs", {"value": 0.5}, 'inputs[1][0][2][5] is the JSON object {"value": 0.5}'),
+        ("inputs", "x" * 100, 'inputs[1][0][2][5] is the JSON string "' + "x" * 30 + "..."),
+    ],
+    ids=["string", "true", "false", "object", "long-string"],
+)
+def test_a_pixel_that_is_not_a_json_number_is_refused_naming_it_and_where(scoring_client, key, value, named) -> None:
+    """The model's float32 conversion read a string "0.5" as 0.5 and true as 1.0: such a batch
+    was answered 200 with labels, as if the client had sent numbers."""
+    expected = ", not a number; expected float32 images of shape (N, 1, 8, 8) in [0, 1], every pixel a JSON number"
+    later = _with_pixel(value)
+    later[1][0][3][1] = "0.25"  # a second bad pixel after it: the first is the one named
+    for images in (_with_pixel(value), later):
+        status, answer = _sent(scoring_client, json.dumps({key: images}), "application/json")
+        assert (status, answer.get("error_code")) == (400, "BAD_REQUEST"), answer
+        assert answer["message"].startswith(named)
+        assert answer["message"].endswith(expected)
+    assert _sent(scoring_client, json.dumps({key: _with_pixel(1)}), "application/json")[0] == 200  # an int is one
+
+
 def test_a_nan_pixel_is_refused_for_a_version_whose_model_code_let_it_through(store, tmp_path, monkeypatch) -> None:
     """A version runs the model code it was registered with: code from before the model's NaN
     check answered a NaN pixel as a label (class 0, NaN probabilities), HTTP 200, and `unsir serve`
