@@ -859,6 +859,39 @@ def test_batch_run_refuses_a_damaged_trail_or_registry_file_before_prefect_start
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("status", ["FAILED_REGISTRATION", "PENDING_REGISTRATION"])
+def test_batch_run_refuses_a_champion_that_is_not_ready_before_prefect_starts(project, tmp_path, status):
+    """With requests pending and the champion alias on a version whose registration failed or
+    never finished, `batch run` was refused by the flow's first step, once Prefect's temporary
+    server had started (half a minute), after claiming the requests and putting the batch on the
+    trail; `unsir forget` is refused before Prefect starts. Now `batch run` is too, the same way."""
+    from unsir_pipeline.adapters.registry import VersionNotReady, registry_for
+    from unsir_pipeline.governance import batches, stores
+
+    copy = clone_project(project, tmp_path / "unready-champion")
+    ws = Workspace.load(copy)
+    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    unready = _register_held(ws, "unready-registration")
+    set_version_status(ws, unready, status)
+    registry = registry_for(ws)
+    registry.set_alias(ws.params.registry.champion_alias, unready)
+    with pytest.raises(VersionNotReady) as refused:
+        registry.require_ready(unready)
+    trail = len(stores.audit_log(ws).records())
+    home = tmp_path / "prefect"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+    ran = subprocess.run(
+        [*CLI, "--project", str(copy), "batch", "run"], env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert ran.stderr.strip().splitlines()[-1] == f"error: {refused.value}"
+    assert not (home / "prefect.db").exists()  # Prefect's server never started
+    assert stores.request_store(ws).get(pending.id).to_dict() == pending.to_dict()  # pending, never claimed
+    assert len(stores.audit_log(ws).records()) == trail  # no batch on the trail
+
+
+@pytest.mark.slow
 def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp_path, capsys):
     """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and
     every later batch failed on that request (nothing left to retain) while intake refused

@@ -998,6 +998,23 @@ def cmd_request(project: Path, args) -> int:
     return 0
 
 
+def _require_a_ready_champion(ws) -> None:
+    """`batch run` with requests to claim: the champion the batch forgets from is READY, checked
+    as `unsir forget` checks its parent, before Prefect's server starts (half a minute) and the
+    flow claims the requests; the flow checks it again, for a run without this command. A model
+    not registered, or without the alias, is left for the flow to name."""
+    from unsir_pipeline.adapters.registry import existing_registry
+    from unsir_pipeline.governance.promotion import finish_interrupted_promotion
+
+    registry = existing_registry(ws)
+    if registry is None or not registry.has_model():
+        return
+    finish_interrupted_promotion(ws)  # the champion a killed promotion was moving, as the flow does
+    alias = ws.params.registry.champion_alias
+    if any(alias in version.aliases for version in registry.list_versions()):
+        registry.require_ready(registry.resolve_alias(alias))
+
+
 def cmd_batch(project: Path, args) -> int:
     import os
 
@@ -1023,6 +1040,7 @@ def cmd_batch(project: Path, args) -> int:
         # as such before it, where the trail check would only say the trail cannot be written.
         orchestration.require_writable_prefect_home()
         batches.require_trail_the_registry_anchored(ws)
+        _require_a_ready_champion(ws)
         server_ready = orchestration.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.
