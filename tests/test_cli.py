@@ -472,12 +472,17 @@ def test_a_prefect_home_on_a_full_disk_is_refused_before_the_server_starts(proje
     home.mkdir()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "20"}
     cli = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project)]
-    ran = run_on_full_disk(home, [*cli, "forget", "5", "--from", "original"], env=env)
+    # What the home holds once the command ended, listed inside the command's mount namespace:
+    # the full disk and every write to it vanish with the command. A server started there leaves
+    # its prefect.db.
+    then_list = '"$@"; status=$?; echo "home holds:" $(ls -A "$PREFECT_HOME"); exit $status'
+    ran = run_on_full_disk(home, ["sh", "-c", then_list, "sh", *cli, "forget", "5", "--from", "original"], env=env)
 
     assert ran.returncode == 2, ran.stderr[-2000:]
     error = ran.stderr.strip().splitlines()[-1]
     assert f"error: no space left on a disk: PREFECT_HOME={home}: no space left for Prefect's" in error
-    assert f"0 B free for Prefect's home {home}" in error and "Starting temporary server" not in ran.stderr
+    assert f"0 B free for Prefect's home {home}" in error
+    assert ran.stdout.splitlines()[-1] == "home holds: .filler"  # the disk's filler only: no server started
 
 
 def _prefect_database_error(home: Path, problem: str) -> str:
