@@ -440,6 +440,18 @@ def test_a_pixel_that_is_not_a_json_number_is_refused_naming_it_and_where(scorin
     assert _sent(scoring_client, json.dumps({key: _with_pixel(1)}), "application/json")[0] == 200  # an int is one
 
 
+def test_a_whole_number_past_floats_range_is_refused_not_a_server_error(scoring_client) -> None:
+    """A JSON integer of 309 digits or more is no float: the server's NaN check, making the batch
+    float32, raised OverflowError ('int too large to convert to float'), HTTP 500."""
+    body = json.dumps({"inputs": _with_pixel(-424242)}).replace("-424242", "1" + "0" * 400)
+    status, answer = _sent(scoring_client, body, "application/json")
+    assert (status, answer["message"]) == (
+        400,
+        "expected finite pixel values in [0, 1], got a whole number too large for a float in 1 image(s) of 2, "
+        "at index [1]",
+    )
+
+
 def test_a_nan_pixel_is_refused_for_a_version_whose_model_code_let_it_through(store, tmp_path, monkeypatch) -> None:
     """A version runs the model code it was registered with: code from before the model's NaN
     check answered a NaN pixel as a label (class 0, NaN probabilities), HTTP 200, and `unsir serve`

@@ -246,7 +246,13 @@ def _not_finite(batch: list) -> str | None:
     an image with a label (class 0, NaN probabilities)."""
     try:
         pixels = np.asarray(batch, dtype=np.float32)
-    except (TypeError, ValueError):  # strings, objects: the model names them
+    except OverflowError:  # a JSON integer of 309 digits or more: it raised, an HTTP 500
+        bad = [index for index, image in enumerate(batch) if _too_large(image)]
+        return (
+            f"expected finite pixel values in [0, 1], got a whole number too large for a float in {len(bad)} "
+            f"image(s) of {len(batch)}, at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
+        )
+    except (TypeError, ValueError):  # none expected once _not_a_number passed: the model's to name
         return None
     if pixels.size == 0:
         return None
@@ -258,6 +264,15 @@ def _not_finite(batch: list) -> str | None:
         f"expected finite pixel values in [0, 1], got NaN, infinity or null in {len(bad)} image(s) of "
         f"{len(batch)}, at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
     )
+
+
+def _too_large(image: Any) -> bool:
+    """Whether ``image`` holds an integer too large for a float."""
+    try:
+        np.asarray(image, dtype=np.float32)
+    except OverflowError:
+        return True
+    return False
 
 
 async def _refuse(send: Any, status: int, problem: str) -> None:
