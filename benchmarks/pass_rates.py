@@ -48,6 +48,7 @@ REPORTED = (
     "quality-unseen-seeds89.json",
     "quality-mnist5k-final.json",
     "quality-mnist5k-seed4.json",
+    "quality-mnist5k-seed5.json",
     "quality-deep.json",
     "quality-allcnn-head-round.json",
     "quality-deep-seeds56.json",
