@@ -452,6 +452,14 @@ def test_a_whole_number_past_floats_range_is_refused_not_a_server_error(scoring_
     )
 
 
+def test_a_finite_pixel_past_float32s_range_is_named_out_of_range_not_nan(scoring_client) -> None:
+    """1e39 is a finite JSON number beyond float32's range: made float32 it read as infinity, and
+    the answer said 'got NaN, infinity or null' of a number the user wrote finite."""
+    status, answer = _sent(scoring_client, json.dumps({"inputs": _with_pixel(1e39)}), "application/json")
+    assert status == 400
+    assert "NaN" not in answer["message"] and "[0, 1]" in answer["message"], answer["message"]
+
+
 def test_a_nan_pixel_is_refused_for_a_version_whose_model_code_let_it_through(store, tmp_path, monkeypatch) -> None:
     """A version runs the model code it was registered with: code from before the model's NaN
     check answered a NaN pixel as a label (class 0, NaN probabilities), HTTP 200, and `unsir serve`

@@ -245,7 +245,8 @@ def _not_finite(batch: list) -> str | None:
     the model's words, or None. A version registered before the model refused them answered such
     an image with a label (class 0, NaN probabilities)."""
     try:
-        pixels = np.asarray(batch, dtype=np.float32)
+        # float64, as JSON's numbers parse: float32 would make a finite 1e39 infinity.
+        pixels = np.asarray(batch, dtype=np.float64)
     except OverflowError:  # a JSON integer of 309 digits or more: it raised, an HTTP 500
         bad = [index for index, image in enumerate(batch) if _too_large(image)]
         return (
@@ -258,7 +259,15 @@ def _not_finite(batch: list) -> str | None:
         return None
     finite = np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1)
     if finite.all():
-        return None
+        # The model makes them float32, where a finite 1e39 becomes infinity: named here as it is.
+        huge = (np.abs(pixels.reshape(len(pixels), -1)) > np.finfo(np.float32).max).any(axis=1)
+        if not huge.any():
+            return None
+        bad = np.flatnonzero(huge).tolist()
+        return (
+            f"expected finite pixel values in [0, 1], got values beyond float32's range (over 3.4e38) in "
+            f"{len(bad)} image(s) of {len(batch)}, at index {bad[:10]}" + (" ..." if len(bad) > 10 else "")
+        )
     bad = np.flatnonzero(~finite).tolist()
     return (
         f"expected finite pixel values in [0, 1], got NaN, infinity or null in {len(bad)} image(s) of "
@@ -269,7 +278,7 @@ def _not_finite(batch: list) -> str | None:
 def _too_large(image: Any) -> bool:
     """Whether ``image`` holds an integer too large for a float."""
     try:
-        np.asarray(image, dtype=np.float32)
+        np.asarray(image, dtype=np.float64)
     except OverflowError:
         return True
     return False
