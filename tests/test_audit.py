@@ -864,6 +864,8 @@ def test_the_evidence_reports_key_figures_hold_the_mia_baseline_and_relearn_step
         "mia": 0.02,
         "original_mia_forget_holdout": 0.76,
         "mia_forget_holdout": 0.13,
+        "original_mia_attack_power": 0.54,
+        "mia_attack_power": 0.53,
         "relearn_steps": 16.0,
     }
     per_class = [
@@ -874,9 +876,12 @@ def test_the_evidence_reports_key_figures_hold_the_mia_baseline_and_relearn_step
     )
     html = batch_report_html("batch-a", [record], [], VerifyResult(True, 1, None, None), {})
     assert '<td class="num">76.00%</td><td class="num" id="fig-3">13.00%</td>' in html
+    # How well the attack tells members from non-members at all (0.5: not), beside the MIA.
+    assert "membership attack&#x27;s balanced accuracy" in html or "membership attack's balanced accuracy" in html
+    assert '<td class="num">54.00%</td><td class="num" id="fig-4">53.00%</td>' in html
     assert (
         '<td>fine-tuning steps to relearn the forget classes</td><td class="num">—</td>'
-        '<td class="num" id="fig-4">16</td>' in html
+        '<td class="num" id="fig-5">16</td>' in html
     )
 
 

@@ -12,6 +12,7 @@ from unsir.errors import UnlearningInputError
 from unsir.measures import (
     EvaluationData,
     activation_distance,
+    attack_power,
     confusion_matrix,
     evaluate_model,
     forget_retain_accuracy,
@@ -59,6 +60,17 @@ def test_membership_inference_calls_confident_targets_members():
         members, labels, nonmembers, labels, _logits_with_entropy(20, True), labels[:20], feature="loss"
     )
     assert loss_based == 1.0
+
+
+def test_attack_power_is_one_when_members_stand_out_and_a_half_when_they_do_not():
+    labels = torch.zeros(200, dtype=torch.long)
+    members, outsiders = _logits_with_entropy(200, True), _logits_with_entropy(200, False)
+    assert attack_power(members, labels, outsiders, labels, _logits_with_entropy(50, False), labels[:50]) == 1.0
+    # Members, non-members and unseen samples drawn alike: no attack tells them apart.
+    generator = torch.Generator().manual_seed(0)
+    alike = [torch.randn(200, 4, generator=generator) for _ in range(3)]
+    power = attack_power(alike[0], labels, alike[1], labels, alike[2], labels)
+    assert 0.4 <= power <= 0.6, power
 
 
 def test_js_divergence_and_activation_distance_bounds():
@@ -165,6 +177,7 @@ def test_comparison_times_relearning_against_the_originals_forget_accuracy(train
     assert m["anamnesis"] == 1.0
     assert "original_relearn_steps" not in m
     assert 0.0 <= m["mia_nonmember_rate"] <= 1.0
+    assert 0.0 <= m["mia_attack_power"] <= 1.0 and 0.0 <= m["reference_mia_attack_power"] <= 1.0
     # The forget-class validation samples: the no-reference MIA baseline, with its sample counts.
     forget_val = int((data.val_labels == 3).sum())
     assert forget_val > 0 and m["mia_forget_holdout_samples"] == forget_val

@@ -531,6 +531,19 @@ def test_a_held_mia_says_which_way_it_missed_and_what_unseen_samples_read():
     assert ok and not any("member-like" in r for r in reasons)
 
 
+def test_a_held_mia_says_how_well_the_attack_tells_members_apart():
+    """On mnist5k the attack could not tell the retrained model's members from non-members and
+    its MIA ran 0.000 to 0.978 across classes: a reviewer of a held version sees that."""
+    per_class = [0.99] * 10
+    per_class[3] = 0.0
+    for mia, direction in ((0.0, "less"), (0.9, "more")):
+        held = _metrics(mia=mia, reference_mia=0.5, reference_mia_attack_power=0.514)
+        ok, reasons = gate_decision(_gate_ws(), _candidate(held, per_class), set())
+        (line,) = [r for r in reasons if "membership inference" in r]
+        assert not ok and f"; {direction} member-like than the retrained model" in line
+        assert line.endswith("; the attack's balanced accuracy on the retrained model: 0.51 (0.5: none)")
+
+
 def _without_reference(**changes):
     metrics = _metrics(**changes)
     del metrics["reference_mia"], metrics["reference_retain_acc"]

@@ -14,7 +14,7 @@ from unsir.configs import OptimConfig
 from unsir.errors import UnlearningInputError
 from unsir.measures.accuracy import forget_retain_accuracy, group_accuracy, per_class_accuracy
 from unsir.measures.distance import activation_distance, js_divergence, weight_distance, zrf_score
-from unsir.measures.membership import MIA_FEATURES, membership_inference
+from unsir.measures.membership import MIA_FEATURES, attack_power, membership_inference
 from unsir.measures.probe import linear_probe_forget_accuracy
 from unsir.measures.relearn import relearn_steps
 from unsir.models import check_classifier
@@ -25,6 +25,7 @@ __all__ = [
     "EvaluationData",
     "ModelEvaluation",
     "activation_distance",
+    "attack_power",
     "confusion_matrix",
     "evaluate_model",
     "forget_retain_accuracy",
@@ -160,6 +161,13 @@ def evaluate_model(
         r_va, f_va = data.mask(data.val_labels, False), data.mask(data.val_labels, True)
         val_logits = predict_logits(model, data.val_images, device=device)
         metrics["mia_nonmember_rate"] = membership_inference(
+            *mia_inputs[:4], val_logits[r_va], data.val_labels[r_va], feature=config.mia_feature
+        )
+        # How well the attack tells members from non-members at all: its balanced accuracy on
+        # the retain classes, members (train) against non-members it was not fit on (validation).
+        # Near 0.5 it cannot, and its verdict on the forget samples is noise (mnist5k: a model
+        # that scores alike on train and test read MIA 0.000 to 0.978 across classes).
+        metrics["mia_attack_power"] = attack_power(
             *mia_inputs[:4], val_logits[r_va], data.val_labels[r_va], feature=config.mia_feature
         )
         if bool(f_va.any()):

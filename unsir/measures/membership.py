@@ -70,6 +70,25 @@ def membership_inference(
     return float((target[:, 0] <= monotone_threshold(x[:, 0], y)).mean())
 
 
+def attack_power(
+    member_logits: torch.Tensor,
+    member_labels: torch.Tensor,
+    nonmember_logits: torch.Tensor,
+    nonmember_labels: torch.Tensor,
+    unseen_logits: torch.Tensor,
+    unseen_labels: torch.Tensor,
+    *,
+    feature: str = "entropy",
+) -> float:
+    """The attack's balanced accuracy: the share of its members it calls members, and of
+    non-members it was not fit on (``unseen``) it calls non-members, averaged. 0.5 is an attack
+    that cannot tell them apart, whose MIA score on the forget samples is then noise."""
+    fitted = (member_logits, member_labels, nonmember_logits, nonmember_labels)
+    members_called = membership_inference(*fitted, member_logits, member_labels, feature=feature)
+    unseen_called = membership_inference(*fitted, unseen_logits, unseen_labels, feature=feature)
+    return 0.5 * (members_called + 1.0 - unseen_called)
+
+
 def monotone_threshold(values: np.ndarray, is_member: np.ndarray) -> float:
     """The t maximising balanced accuracy of the rule "member iff value <= t"."""
     order = np.argsort(values, kind="stable")

@@ -717,6 +717,9 @@ def format_result(result: dict) -> str:
         # is forgotten, the line above should read like this one (the gate's baseline without
         # a retrained reference).
         *([row("  same on unseen (val) D_f", "mia_forget_holdout")] if "original_mia_forget_holdout" in m else []),
+        # Whether the attack tells members from non-members at all (0.5: not): the MIA lines
+        # above mean little where it does not.
+        *([row("  attack power (0.5 = none)", "mia_attack_power")] if "original_mia_attack_power" in m else []),
         *(
             [
                 f"{'relearn steps (anamnesis)':<28}{'':>10}{m['relearn_steps']:>10.0f}"

@@ -352,14 +352,22 @@ def mia_direction(m: dict[str, float], value: float) -> str:
     the unlearned model being less sure of them than retraining is (benchmarks/README.md)."""
     baseline = "the retrained model" if "reference_mia" in m else "unseen forget-class samples"
     if m["mia"] > value:
-        return f"; more member-like than {baseline}"
+        return f"; more member-like than {baseline}" + _attack_power(m)
     text = f"; less member-like than {baseline}"
     if "reference_mia" in m and "mia_forget_holdout" in m:
         text += (
             f" (its forget-train samples read {m['mia']:.4f}, unseen forget-class validation "
             f"samples {m['mia_forget_holdout']:.4f})"
         )
-    return text
+    return text + _attack_power(m)
+
+
+def _attack_power(m: dict[str, float]) -> str:
+    """How well the attack tells the retrained model's members from its non-members: near 0.5
+    it cannot, and its two MIA figures differ by chance (mnist5k, benchmarks/README.md)."""
+    if "reference_mia_attack_power" not in m:
+        return ""
+    return f"; the attack's balanced accuracy on the retrained model: {m['reference_mia_attack_power']:.2f} (0.5: none)"
 
 
 def gate_decision(ws: Workspace, candidate: GateInput, must_stay_forgotten: set[int]) -> tuple[bool, list[str]]:

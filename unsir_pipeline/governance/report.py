@@ -159,6 +159,15 @@ def batch_report_html(
                 m.get("reference_mia_forget_holdout"),
             )
         )
+    if "mia_attack_power" in m:
+        figures.append(
+            (
+                "membership attack's balanced accuracy on retain-class members and non-members (0.5: none)",
+                m.get("original_mia_attack_power"),
+                m.get("mia_attack_power"),
+                m.get("reference_mia_attack_power"),
+            )
+        )
     if "relearn_steps" in m:
         figures.append(
             (
