@@ -14,7 +14,7 @@ from unsir.configs import OptimConfig
 from unsir.errors import UnlearningInputError
 from unsir.measures.accuracy import forget_retain_accuracy, group_accuracy, per_class_accuracy
 from unsir.measures.distance import activation_distance, js_divergence, weight_distance, zrf_score
-from unsir.measures.membership import MIA_FEATURES, attack_power, membership_inference
+from unsir.measures.membership import MIA_FEATURES, MembershipAttack, attack_power, membership_inference
 from unsir.measures.probe import linear_probe_forget_accuracy
 from unsir.measures.relearn import relearn_steps
 from unsir.models import check_classifier
@@ -23,6 +23,7 @@ from unsir.training import predict_logits, resolve_device
 __all__ = [
     "EvaluationConfig",
     "EvaluationData",
+    "MembershipAttack",
     "ModelEvaluation",
     "activation_distance",
     "attack_power",
@@ -143,16 +144,18 @@ def evaluate_model(
         "retain_acc_train": retain_acc_train,
         "test_acc": float((test_pred == data.test_labels).float().mean()),
     }
-    mia_inputs = (
+    # Fitted once: retain-class members (train) against non-members (test), asked below of the
+    # forget-train samples and of validation samples it was not fit on.
+    attack = MembershipAttack(
         train_logits[r_tr],
         data.train_labels[r_tr],
         test_logits[r_te],
         data.test_labels[r_te],
-        train_logits[f_tr],
-        data.train_labels[f_tr],
+        feature=config.mia_feature,
     )
-    metrics["mia"] = membership_inference(*mia_inputs, feature=config.mia_feature)
-    metrics["mia_unconstrained"] = membership_inference(*mia_inputs, feature=config.mia_feature, unconstrained=True)
+    forget_train = (train_logits[f_tr], data.train_labels[f_tr])
+    metrics["mia"] = attack.share_called_members(*forget_train)
+    metrics["mia_unconstrained"] = attack.share_called_members(*forget_train, unconstrained=True)
     if data.val_images is not None and data.val_labels is not None:
         # The same attack on retain-class samples it was not fit on: the rate at which it calls
         # a true non-member a member. Kept for the record; it is no baseline for the forget
@@ -160,23 +163,17 @@ def evaluate_model(
         # on digits against a retrained model's 0.0-0.3 on the forget class).
         r_va, f_va = data.mask(data.val_labels, False), data.mask(data.val_labels, True)
         val_logits = predict_logits(model, data.val_images, device=device)
-        metrics["mia_nonmember_rate"] = membership_inference(
-            *mia_inputs[:4], val_logits[r_va], data.val_labels[r_va], feature=config.mia_feature
-        )
+        metrics["mia_nonmember_rate"] = attack.share_called_members(val_logits[r_va], data.val_labels[r_va])
         # How well the attack tells members from non-members at all: its balanced accuracy on
         # the retain classes, members (train) against non-members it was not fit on (validation).
         # Near 0.5 it cannot, and its verdict on the forget samples is noise (mnist5k: a model
         # that scores alike on train and test read MIA 0.000 to 0.978 across classes).
-        metrics["mia_attack_power"] = attack_power(
-            *mia_inputs[:4], val_logits[r_va], data.val_labels[r_va], feature=config.mia_feature
-        )
+        metrics["mia_attack_power"] = attack.power(val_logits[r_va], data.val_labels[r_va])
         if bool(f_va.any()):
             # The same attack on forget-class samples nobody trained on: what it says of the
             # forget class when membership leaves no trace. Forgotten, the forget-train samples
             # should read like these (the reference when there is no retrained model).
-            metrics["mia_forget_holdout"] = membership_inference(
-                *mia_inputs[:4], val_logits[f_va], data.val_labels[f_va], feature=config.mia_feature
-            )
+            metrics["mia_forget_holdout"] = attack.share_called_members(val_logits[f_va], data.val_labels[f_va])
             metrics["mia_forget_holdout_samples"] = float(f_va.sum())
             metrics["mia_forget_train_samples"] = float(f_tr.sum())
     forget_train_images = data.train_images[f_tr]

@@ -38,6 +38,55 @@ def sample_feature(logits: torch.Tensor, labels: torch.Tensor, feature: str) -> 
     return values.cpu().numpy().reshape(-1, 1)
 
 
+class MembershipAttack:
+    """The attack fitted once on members and non-members, to be asked of several sets of samples
+    (the forget-train set, held-out ones, the members themselves): the evaluation asks it five
+    questions, and each used to fit it afresh."""
+
+    def __init__(
+        self,
+        member_logits: torch.Tensor,
+        member_labels: torch.Tensor,
+        nonmember_logits: torch.Tensor,
+        nonmember_labels: torch.Tensor,
+        *,
+        feature: str = "entropy",
+    ) -> None:
+        if len(member_logits) == 0 or len(nonmember_logits) == 0:
+            raise UnlearningInputError(
+                f"membership inference needs members and non-members; got {len(member_logits)}, "
+                f"{len(nonmember_logits)} samples"
+            )
+        self.feature = feature
+        self._members = (member_logits, member_labels)
+        x = np.concatenate(
+            [
+                sample_feature(member_logits, member_labels, feature),
+                sample_feature(nonmember_logits, nonmember_labels, feature),
+            ]
+        )
+        y = np.concatenate([np.ones(len(member_logits)), np.zeros(len(nonmember_logits))])
+        self._regression = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
+        # The premise's rule, for a regression whose slope came out the wrong way (module docstring).
+        self._threshold = None if self._regression.coef_[0, 0] < 0 else monotone_threshold(x[:, 0], y)
+
+    def share_called_members(self, logits: torch.Tensor, labels: torch.Tensor, *, unconstrained: bool = False) -> float:
+        """Share of these samples the attack judges to be members."""
+        if len(logits) == 0:
+            raise UnlearningInputError("membership inference needs target samples; got 0")
+        target = sample_feature(logits, labels, self.feature)
+        if unconstrained or self._threshold is None:
+            return float(self._regression.predict(target).mean())
+        return float((target[:, 0] <= self._threshold).mean())
+
+    def power(self, unseen_logits: torch.Tensor, unseen_labels: torch.Tensor) -> float:
+        """The attack's balanced accuracy: the share of its members it calls members, and of
+        non-members it was not fit on (``unseen``) it calls non-members, averaged. 0.5 is an
+        attack that cannot tell them apart, whose MIA score on the forget samples is then noise."""
+        members_called = self.share_called_members(*self._members)
+        return 0.5 * (members_called + 1.0 - self.share_called_members(unseen_logits, unseen_labels))
+
+
 def membership_inference(
     member_logits: torch.Tensor,
     member_labels: torch.Tensor,
@@ -55,19 +104,8 @@ def membership_inference(
             f"membership inference needs members, non-members and targets; got "
             f"{len(member_logits)}, {len(nonmember_logits)}, {len(target_logits)} samples"
         )
-    x = np.concatenate(
-        [
-            sample_feature(member_logits, member_labels, feature),
-            sample_feature(nonmember_logits, nonmember_labels, feature),
-        ]
-    )
-    y = np.concatenate([np.ones(len(member_logits)), np.zeros(len(nonmember_logits))])
-    attack = LogisticRegression(class_weight="balanced", solver="lbfgs")
-    attack.fit(x, y)
-    target = sample_feature(target_logits, target_labels, feature)
-    if unconstrained or attack.coef_[0, 0] < 0:
-        return float(attack.predict(target).mean())
-    return float((target[:, 0] <= monotone_threshold(x[:, 0], y)).mean())
+    attack = MembershipAttack(member_logits, member_labels, nonmember_logits, nonmember_labels, feature=feature)
+    return attack.share_called_members(target_logits, target_labels, unconstrained=unconstrained)
 
 
 def attack_power(
@@ -80,13 +118,9 @@ def attack_power(
     *,
     feature: str = "entropy",
 ) -> float:
-    """The attack's balanced accuracy: the share of its members it calls members, and of
-    non-members it was not fit on (``unseen``) it calls non-members, averaged. 0.5 is an attack
-    that cannot tell them apart, whose MIA score on the forget samples is then noise."""
-    fitted = (member_logits, member_labels, nonmember_logits, nonmember_labels)
-    members_called = membership_inference(*fitted, member_logits, member_labels, feature=feature)
-    unseen_called = membership_inference(*fitted, unseen_logits, unseen_labels, feature=feature)
-    return 0.5 * (members_called + 1.0 - unseen_called)
+    """:meth:`MembershipAttack.power` of the attack fitted on these members and non-members."""
+    attack = MembershipAttack(member_logits, member_labels, nonmember_logits, nonmember_labels, feature=feature)
+    return attack.power(unseen_logits, unseen_labels)
 
 
 def monotone_threshold(values: np.ndarray, is_member: np.ndarray) -> float:
