@@ -1006,16 +1006,18 @@ def _require_a_ready_champion(ws) -> None:
     as `unsir forget` checks its parent, before Prefect's server starts (half a minute) and the
     flow claims the requests; the flow checks it again, for a run without this command. A model
     not registered, or without the alias, is left for the flow to name."""
-    from unsir_pipeline.adapters.registry import existing_registry
+    from unsir_pipeline.adapters.registry import RegistryError, existing_registry
     from unsir_pipeline.governance.promotion import finish_interrupted_promotion
 
     registry = existing_registry(ws)
     if registry is None or not registry.has_model():
         return
     finish_interrupted_promotion(ws)  # the champion a killed promotion was moving, as the flow does
-    alias = ws.params.registry.champion_alias
-    if any(alias in version.aliases for version in registry.list_versions()):
-        registry.require_ready(registry.resolve_alias(alias))
+    try:
+        champion = registry.resolve_alias(ws.params.registry.champion_alias)
+    except RegistryError:
+        return
+    registry.require_ready(champion)
 
 
 def cmd_batch(project: Path, args) -> int:
