@@ -119,6 +119,18 @@ def test_flattened_or_channelless_digits_are_refused_with_the_reshape(trained_di
         predict_rows(trained_digits_model, digits_card, flat[0])
 
 
+def test_one_digit_without_batch_or_channel_axis_is_refused_with_the_reshape(trained_digits_model, digits, digits_card):
+    """One 8x8 digit as scikit-learn gives it (digits.images[0] / 16, {"inputs": [[0.0, 0.31, ...], ...]}):
+    the refusal said only 'got shape (8, 8)', not what makes it fit."""
+    with pytest.raises(
+        ValueError,
+        match=re.escape("got shape (8, 8); one grayscale image without the batch and channel axes: send [[image]]")
+        + r".*"
+        + re.escape("(numpy: image[None, None])"),
+    ):
+        predict_rows(trained_digits_model, digits_card, digits.images[0, 0].numpy())
+
+
 def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):
     # (N, 8, 8, 1), as numpy and PIL keep images, is told apart from any other wrong shape.
     channels_last = digits.images[:4].permute(0, 2, 3, 1).numpy()

@@ -78,6 +78,9 @@ def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> 
         return f"; one flattened image per row (a data frame or CSV arrives so): send them as {reshaped}"
     if shape == (int(np.prod(expected)),):
         return f"; one flattened image: send it as image.reshape(1, {', '.join(map(str, expected))})"
+    if expected[0] == 1 and tuple(shape) == tuple(expected[1:]):
+        # One digit as scikit-learn gives it (digits.images[0]): a list of rows, nothing around it.
+        return "; one grayscale image without the batch and channel axes: send [[image]] (numpy: image[None, None])"
     if len(shape) == 3 and expected[0] == 1 and tuple(shape[1:]) == tuple(expected[1:]):
         return "; grayscale images without the channel axis: add it (numpy: images[:, None])"
     if len(shape) != 4:
