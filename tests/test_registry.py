@@ -440,6 +440,25 @@ def test_a_pixel_that_is_not_a_json_number_is_refused_naming_it_and_where(scorin
     assert _sent(scoring_client, json.dumps({key: _with_pixel(1)}), "application/json")[0] == 200  # an int is one
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        (None, "inputs is the JSON null, not a list of images"),
+        ("hello", 'inputs is the JSON string "hello", not a list of images'),
+        (0.5, "inputs is the JSON number 0.5, not a list of images"),
+        ({"image": [[0.5]]}, 'inputs is the JSON object {"image": [[0.5]]}, not a list of images'),
+    ],
+    ids=["null", "string", "number", "object"],
+)
+def test_a_value_under_inputs_that_is_not_a_list_is_refused_naming_it(scoring_client, value, named) -> None:
+    """MLflow made it an array for the model, which answered null and 0.5 with 'got shape ()', a
+    string with "got ndarray input ... could not convert string to float: np.str_('hello')", an
+    object with "float() argument must be a string or a real number, not 'dict'"."""
+    status, answer = _sent(scoring_client, json.dumps({"inputs": value}), "application/json")
+    assert (status, answer.get("error_code")) == (400, "BAD_REQUEST"), answer
+    assert answer["message"] == f"{named}; expected float32 images of shape (N, 1, 8, 8) in [0, 1], as [image, ...]"
+
+
 def test_a_whole_number_past_floats_range_is_refused_not_a_server_error(scoring_client) -> None:
     """A JSON integer of 309 digits or more is no float: the server's NaN check, making the batch
     float32, raised OverflowError ('int too large to convert to float'), HTTP 500."""

@@ -200,7 +200,9 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
     key = next(key for key in payload if key in INPUT_KEYS)
     if key not in IMAGE_KEYS:
         return f"{key!r} sends a data frame, which this model does not take; {as_inputs} {_from_table(accepted)}"
-    batch = payload[key] if isinstance(payload[key], list) else []
+    batch = payload[key]
+    if not isinstance(batch, list):  # MLflow made it a 0-d array: the model said 'got shape ()'
+        return f"{key} is the JSON {_json_text(batch)}, not a list of images; expected {expected}, as [image, ...]"
     ragged = _ragged_at(batch, key)
     if ragged is not None:
         return f"{ragged}; expected {expected}, every image of the same shape"
@@ -213,6 +215,15 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
 # What JSON's numbers parse to; null is NaN to MLflow, which _not_finite names.
 _NUMBERS = {int, float, type(None)}
 _JSON_TYPES = {str: "string", bool: "boolean", dict: "object"}
+
+
+def _json_text(value: Any) -> str:
+    """``value``'s JSON type and, but for null, the value itself, cut to 32 characters."""
+    if value is None:
+        return "null"
+    kind = _JSON_TYPES.get(type(value), "number")
+    text = json.dumps(value, ensure_ascii=False)
+    return f"{kind} {text if len(text) <= 32 else text[:31] + '...'}"
 
 
 def _not_a_number(batch: list, name: str) -> str | None:
@@ -235,9 +246,7 @@ def _not_a_number(batch: list, name: str) -> str | None:
     value: Any = batch
     for index in at:
         value = value[index]
-    text = json.dumps(value, ensure_ascii=False)
-    text = text if len(text) <= 32 else f"{text[:31]}..."
-    return f"{name}{''.join(f'[{i}]' for i in at)} is the JSON {_JSON_TYPES.get(type(value), 'value')} {text}"
+    return f"{name}{''.join(f'[{i}]' for i in at)} is the JSON {_json_text(value)}"
 
 
 def _not_finite(batch: list) -> str | None:
