@@ -419,3 +419,50 @@ def test_unsir_serve_neither_starts_nor_switches_to_a_version_that_is_not_ready(
         f"model {ws.params.registry.model_name!r} version {failed} is FAILED_REGISTRATION"
     )
     assert text_report(refused).endswith(f"; still serving version {served}")
+
+
+def _docs_block(language: str, containing: str) -> str:
+    """The fenced ``language`` block of docs/serving.md that contains ``containing``."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    blocks = [b for b in re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL) if containing in b]
+    assert len(blocks) == 1, f"{len(blocks)} {language} blocks in docs/serving.md contain {containing!r}"
+    return blocks[0]
+
+
+def test_the_curl_example_in_the_serving_docs_is_a_digit_the_model_reads(trained_digits_model, digits_card):
+    """Copied verbatim, the docs' curl body ('[[[[0.0, 0.31, ...], ... 8 rows ... ]]]') was no
+    JSON: the server answered 'the request body is not JSON (Expecting value at line 1, column 61)'."""
+    from unsir_pipeline.adapters.scoring_app import Accepted, request_problem
+
+    block = _docs_block("bash", "/invocations")
+    body = re.search(r"-d '(.*?)'", block, re.DOTALL)
+    assert body is not None, block
+    shown = re.search(r"# (\{\"predictions\".*)", block)
+    assert shown is not None, block
+    answer = json.loads(shown.group(1).replace(", ...", ""))
+    accepted = Accepted("float32 images of shape (N, 1, 8, 8) in [0, 1]", "1, 8, 8", ())
+    assert request_problem(body.group(1).encode(), accepted) is None
+    rows = predict_rows(trained_digits_model, digits_card, np.asarray(json.loads(body.group(1))["inputs"]))
+    expected = answer["predictions"][0]
+    assert (rows["label"].tolist(), rows["class_name"].tolist()) == ([expected["label"]], [expected["class_name"]])
+
+
+@pytest.mark.slow
+def test_the_python_example_in_the_serving_docs_runs_verbatim_in_a_project(tmp_path, bootstrapped_project):
+    """Run from a project's directory, the docs' `mlflow.pyfunc.load_model("models:/...@champion")`
+    asked MLflow's default store (./mlflow.db, which it created) and failed: 'Registered Model with
+    name=unsir-classifier not found'; its `images` were never defined."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _docs_block("python", "mlflow.pyfunc.load_model")],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = [line.split()[1] for line in result.stdout.strip().splitlines()[1:]]
+    assert labels == ["0", "1", "2", "3", "4"], result.stdout
+    assert not (project / "mlflow.db").exists()
