@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -457,6 +458,40 @@ def test_a_value_under_inputs_that_is_not_a_list_is_refused_naming_it(scoring_cl
     status, answer = _sent(scoring_client, json.dumps({"inputs": value}), "application/json")
     assert (status, answer.get("error_code")) == (400, "BAD_REQUEST"), answer
     assert answer["message"] == f"{named}; expected float32 images of shape (N, 1, 8, 8) in [0, 1], as [image, ...]"
+
+
+def test_the_server_says_which_version_answers_and_which_classes_it_forgot(store: dict, tmp_path, monkeypatch) -> None:
+    """Nothing the server answered named the version serving: GET /version gave MLflow's own
+    version ('3.17.2'), /metadata and /model 404, and an answer no version, though the alias moves
+    under `unsir serve` and a client cannot tell which model labelled its images."""
+    from starlette.testclient import TestClient
+
+    from unsir_pipeline.adapters.scoring_app import checked_app
+
+    with store["registry"].start_run("unlearn"):
+        version = store["registry"].register_checkpoint(
+            save_checkpoint(tmp_path / "forgot-3", build_model(SPEC), replace(CARD, forgotten_classes=(3,))),
+            input_example=EXAMPLE,
+            tags={"forgotten_classes": "3"},
+            idempotency_key="served-forgot-3",
+        )
+    uri = f"models:/{MODEL_NAME}/{version}"
+    client = TestClient(checked_app(_served(store, tmp_path, monkeypatch, version), uri))
+    described = client.get("/model")
+    assert described.status_code == 200, described.text
+    assert described.json() == {
+        "name": MODEL_NAME,
+        "version": version,
+        "model_uri": uri,
+        "class_names": [str(i) for i in range(10)],
+        "forgotten_classes": ["3"],
+        "forgotten_labels": [3],
+        "input": "float32 images of shape (N, 1, 8, 8) in [0, 1]",
+    }
+    answered = client.post("/invocations", json={"inputs": EXAMPLE.tolist()})
+    refused = client.post("/invocations", json={"input": EXAMPLE.tolist()})
+    assert (answered.status_code, refused.status_code) == (200, 400)
+    assert answered.headers["model-version"] == refused.headers["model-version"] == str(version)
 
 
 def test_a_whole_number_past_floats_range_is_refused_not_a_server_error(scoring_client) -> None:

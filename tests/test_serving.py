@@ -245,6 +245,12 @@ def _post(port: int, images: np.ndarray) -> list[dict]:
         return json.loads(response.read())["predictions"]
 
 
+def _described(port: int) -> dict:
+    """What the server says it serves (GET /model)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=60) as response:
+        return json.loads(response.read())
+
+
 def _post_json(port: int, payload: dict) -> tuple[int, dict]:
     """The status and JSON answer of the server to ``payload``, an error included."""
     request = urllib.request.Request(
@@ -323,6 +329,8 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         assert first["version"] == 1
         sessions.append(first["pid"])
         answers = _post(port, images)
+        described = _described(port)
+        assert (described["version"], described["forgotten_classes"]) == (1, [])
         assert [a["label"] for a in answers] == _own_labels(model, card, images).tolist()
         assert [a["class_name"] for a in answers] == [card.class_names[a["label"]] for a in answers]
         assert np.allclose([sum(a["probabilities"]) for a in answers], 1)
@@ -346,6 +354,8 @@ def test_unsir_serve_answers_like_the_checkpoint_and_follows_the_alias(served_pr
         sessions.append(second["pid"])
         assert _session_processes(first["pid"]) == []  # the old server was stopped, workers and all
         after = [a["label"] for a in _post(port, images)]
+        described = _described(port)
+        assert (described["version"], described["forgotten_classes"]) == (version, ["3"])
         assert 3 in [a["label"] for a in answers] and 3 not in after
         assert after == _own_labels(model, card.with_forgotten((3,)), images).tolist()
 

@@ -15,6 +15,7 @@ import asyncio
 import difflib
 import json
 import os
+import re
 import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,30 @@ class Accepted:
         words = f"float32 images of shape (N, {image}) in [0, 1]" if shape else "the input its MLmodel metadata states"
         schema = model.metadata.get_params_schema()
         return cls(words, image, tuple(param.name for param in schema.params) if schema else ())
+
+
+# What `unsir serve` answers at GET /model, and the header naming the version on every answer:
+# MLflow's own GET /version is MLflow's version, and nothing else it answers names the model.
+DESCRIBE_PATH = "/model"
+VERSION_HEADER = b"model-version"
+
+
+def describe(model: PyFuncModel, model_uri: str | None) -> dict[str, Any]:
+    """The served version (from ``model_uri``, ``models:/NAME/VERSION``), its classes and the
+    classes it forgot (never predicted), from its MLmodel metadata (``serving_metadata``)."""
+    metadata = model.metadata.metadata or {}
+    names = list(metadata.get("class_names") or [])
+    forgotten = [int(label) for label in metadata.get("forgotten_classes") or []]
+    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri or "")
+    return {
+        "name": match.group(1) if match else None,
+        "version": int(match.group(2)) if match else None,
+        "model_uri": model_uri,
+        "class_names": names,
+        "forgotten_classes": [names[label] if label < len(names) else str(label) for label in forgotten],
+        "forgotten_labels": forgotten,
+        "input": Accepted.of(model).input,
+    }
 
 
 def _key_problem(keys: list[str], expected: str) -> str | None:
@@ -293,23 +318,46 @@ def _too_large(image: Any) -> bool:
     return False
 
 
+async def _answer(send: Any, status: int, body: str) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
 async def _refuse(send: Any, status: int, problem: str) -> None:
     """Answer ``status`` with ``problem`` in MLflow's error format (its error_code BAD_REQUEST)."""
-    error = MlflowException(problem, error_code=BAD_REQUEST)
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": error.serialize_as_json().encode()})
+    await _answer(send, status, MlflowException(problem, error_code=BAD_REQUEST).serialize_as_json())
+
+
+def _with_header(send: Any, name: bytes, value: bytes) -> Any:
+    """``send`` adding the header ``name: value`` to the response's start."""
+
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+        await send(message)
+
+    return sending
 
 
 class CheckedRequests:
     """ASGI middleware: a ``POST /invocations`` whose ``content_type_problem`` is not None is
     answered 415 with it (as MLflow answers a type it does not read), one whose
-    ``request_problem`` is not None 400; everything else goes to ``app`` unchanged."""
+    ``request_problem`` is not None 400; ``GET /model`` is answered with ``description``; every
+    answer carries the served version in a ``model-version`` header (when known); everything else
+    goes to ``app`` unchanged."""
 
-    def __init__(self, app: Any, accepted: Accepted) -> None:
-        self.app, self.accepted = app, accepted
+    def __init__(self, app: Any, accepted: Accepted, description: dict[str, Any] | None = None) -> None:
+        self.app, self.accepted, self.description = app, accepted, description or {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/invocations"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        version = self.description.get("version")
+        if version is not None:
+            send = _with_header(send, VERSION_HEADER, str(version).encode())
+        if scope["method"] == "GET" and scope["path"] == DESCRIBE_PATH:
+            return await _answer(send, HTTPStatus.OK, json.dumps(self.description))
+        if not (scope["method"] == "POST" and scope["path"] == "/invocations"):
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:
@@ -340,11 +388,12 @@ class CheckedRequests:
         return await self.app(scope, replay, send)
 
 
-def checked_app(model: PyFuncModel) -> CheckedRequests:
-    """MLflow's scoring app for ``model`` behind the request check."""
-    return CheckedRequests(scoring_server.init(model), Accepted.of(model))
+def checked_app(model: PyFuncModel, model_uri: str | None = None) -> CheckedRequests:
+    """MLflow's scoring app for ``model`` (loaded from ``model_uri``) behind the request check."""
+    return CheckedRequests(scoring_server.init(model), Accepted.of(model), describe(model, model_uri))
 
 
 def create_app() -> CheckedRequests:
     """uvicorn's factory (``--factory``): the version ``UNSIR_SERVE_MODEL_URI`` names."""
-    return checked_app(scoring_server.load_model_with_mlflow_config(os.environ[MODEL_URI_VARIABLE]))
+    uri = os.environ[MODEL_URI_VARIABLE]
+    return checked_app(scoring_server.load_model_with_mlflow_config(uri), uri)
