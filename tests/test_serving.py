@@ -99,6 +99,27 @@ def test_scikit_learn_digits_pixels_are_refused_with_their_own_scale(trained_dig
         predict_rows(trained_digits_model, digits_card, raw)
 
 
+def test_scikit_learn_digits_divided_by_255_are_refused_not_answered(trained_digits_model, digits_card):
+    """load_digits' 0-16 pixels divided by 255, as 8-bit images are, fall in [0, 0.063]: the model
+    answered them, every one of 200 test digits as a 1 (11% accuracy), with no error."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[:200, None]
+    with pytest.raises(
+        ValueError,
+        match=re.escape("got [0.000, 0.063], every pixel a whole number up to 16 divided by 255")
+        + r".*"
+        + re.escape("divide scikit-learn's digits (0 to 16) by 16, not 255"),
+    ):
+        predict_rows(trained_digits_model, digits_card, (raw / 255).astype(np.float32))
+    # What the contract takes still passes: the same digits divided by 16, a blank image, and
+    # 8-bit pixels divided by 255 with one brighter than 16.
+    assert len(predict_rows(trained_digits_model, digits_card, (raw / 16).astype(np.float32))) == 200
+    assert len(predict_rows(trained_digits_model, digits_card, np.zeros((1, 1, 8, 8), np.float32))) == 1
+    eight_bit = (raw[:1] / 16 * 255).round() / 255
+    assert len(predict_rows(trained_digits_model, digits_card, eight_bit.astype(np.float32))) == 1
+
+
 def test_flattened_or_channelless_digits_are_refused_with_the_reshape(trained_digits_model, digits, digits_card):
     """scikit-learn's digits.data, a data frame or a CSV of 64 pixel columns is (N, 64), and its
     digits.images (N, 8, 8): the refusal said only 'got shape (4, 64)', not what makes them fit."""

@@ -103,6 +103,16 @@ def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> 
     return "".join(f"; {hint}" for hint in hints)
 
 
+def _digits_over_255(batch: np.ndarray) -> bool:
+    """Whether ``batch`` looks like scikit-learn's digits (whole numbers 0 to 16) divided by 255,
+    as 8-bit pixels are: inside [0, 1], answered with wrong labels (every digit a 1) and no error.
+    A batch of 8-bit images none of which is brighter than 16/255 is refused with it."""
+    if not batch.size or batch.max() <= 0 or batch.min() < 0 or batch.max() > 16 / 255 + 1e-6:
+        return False
+    levels = batch.astype(np.float64) * 255
+    return bool(np.abs(levels - np.round(levels)).max() < 1e-3)
+
+
 def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.DataFrame:
     """Label, class name and probabilities for raw images, forgotten classes masked out.
 
@@ -144,6 +154,12 @@ def predict_rows(model: nn.Module, card: ModelCard, images: np.ndarray) -> pd.Da
             hint = "do not normalise: the model applies its own mean and std"
         raise ServingInputError(
             f"expected pixel values in [0, 1] as the data set gives them, got [{low:.3f}, {high:.3f}]; {hint}"
+        )
+    if _digits_over_255(batch):
+        raise ServingInputError(
+            f"expected pixel values in [0, 1] as the data set gives them, got [{float(batch.min()):.3f}, "
+            f"{float(batch.max()):.3f}], every pixel a whole number up to 16 divided by 255: divide "
+            "scikit-learn's digits (0 to 16) by 16, not 255 (8-bit images this dark carry no digit either)"
         )
     x = card.normalization.apply(torch.from_numpy(batch))
     with torch.inference_mode():
