@@ -7,6 +7,7 @@ to what they found, so they do not depend on order.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -349,6 +350,32 @@ def test_a_content_type_the_server_does_not_read_is_refused_naming_it(scoring_cl
     assert answer["error_code"] == "BAD_REQUEST"
     assert answer["message"] == f"{named}; {EXPECTED_BODY}"
     assert _sent(scoring_client, json.dumps({"inputs": EXAMPLE.tolist()}), "application/json; charset=UTF-8")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("image/png", "Content-Type 'image/png': an image file, which this server does not read"),
+        (
+            "multipart/form-data; boundary=x",
+            "Content-Type 'multipart/form-data; boundary=x': a form upload (curl -F), which this server does not read",
+        ),
+    ],
+    ids=["png", "form-upload"],
+)
+def test_an_image_file_posted_as_such_is_told_how_to_send_its_pixels(scoring_client, content_type, named) -> None:
+    """A PNG posted as it is (curl --data-binary @digit.png, or curl -F) was told only the JSON
+    body the server takes, not how an image file becomes one."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray((EXAMPLE[0, 0] * 255).astype(np.uint8)).save(png, "PNG")
+    status, answer = _sent(scoring_client, png.getvalue(), content_type)
+    assert status == 415
+    assert answer["message"] == (
+        f"{named}; {EXPECTED_BODY} (an image file's pixels: numpy.asarray(PIL.Image.open(file)), "
+        "in (C, H, W) order, (1, 8, 8), divided by 255; docs/serving.md, 'Image files')"
+    )
 
 
 AS_INPUTS = 'as {"inputs": <float32 images of shape (N, 1, 8, 8) in [0, 1]>}'

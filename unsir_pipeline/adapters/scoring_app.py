@@ -194,6 +194,14 @@ def content_type_problem(content_type: str | None, body: bytes, accepted: Accept
     if mime in (scoring_server.CONTENT_TYPE_CSV, scoring_server.CONTENT_TYPE_PARQUET):
         table = "a table, one flattened image per row, which this model does not take"
         return f"{got}: {table}; {expected} {_from_table(accepted)}"
+    if mime.startswith("image/") or mime == "multipart/form-data":
+        # A PNG posted as it is, or uploaded as a form's file (curl -F): its pixels are what the model takes.
+        sent = "an image file" if mime.startswith("image/") else "a form upload (curl -F)"
+        pixels = (
+            f"(an image file's pixels: numpy.asarray(PIL.Image.open(file)), in (C, H, W) order, ({accepted.image}), "
+            "divided by 255; docs/serving.md, 'Image files')"
+        )
+        return f"{got}: {sent}, which this server does not read; {expected} {pixels}"
     return f"{got}, which this server does not read; {expected}"
 
 
