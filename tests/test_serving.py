@@ -152,6 +152,20 @@ def test_one_digit_without_batch_or_channel_axis_is_refused_with_the_reshape(tra
         predict_rows(trained_digits_model, digits_card, digits.images[0, 0].numpy())
 
 
+def test_a_batch_of_one_digit_without_the_channel_axis_is_told_so(trained_digits_model, digits, digits_card):
+    """digits.images[:1] / 16 is (1, 8, 8), a batch of one without the channel axis; the refusal
+    called it only 'one image without the batch axis', which a client that sent a batch of one does
+    not recognise (a batch of two is told 'grayscale images without the channel axis')."""
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "got shape (1, 8, 8); one image without the batch axis, or a batch of one grayscale image without "
+            "the channel axis: send [image] (numpy: image[None])"
+        ),
+    ):
+        predict_rows(trained_digits_model, digits_card, digits.images[:1, 0].numpy())
+
+
 def test_channels_last_images_are_refused_naming_the_order(trained_digits_model, digits, digits_card):
     # (N, 8, 8, 1), as numpy and PIL keep images, is told apart from any other wrong shape.
     channels_last = digits.images[:4].permute(0, 2, 3, 1).numpy()

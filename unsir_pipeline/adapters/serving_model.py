@@ -71,7 +71,9 @@ def _conversion_hint(shape: tuple[int, ...], expected: tuple[int, int, int]) -> 
     """What makes a batch of ``shape`` one of ``expected`` (C, H, W) images the way the data set's
     were read (image files converted to RGB, alpha dropped, resized with PIL), or ""."""
     if tuple(shape) == tuple(expected):
-        return "; one image without the batch axis: send [image] (numpy: image[None])"
+        # Grayscale, (1, H, W) is also a batch of one without the channel axis: [image] fits both.
+        either = ", or a batch of one grayscale image without the channel axis" if expected[0] == 1 else ""
+        return f"; one image without the batch axis{either}: send [image] (numpy: image[None])"
     reshaped = f"images.reshape(-1, {', '.join(map(str, expected))})"
     if len(shape) == 2 and shape[1] == int(np.prod(expected)):
         # scikit-learn's digits.data, or any data frame or CSV of pixel columns, arrives as such rows.
