@@ -120,6 +120,14 @@ def test_scikit_learn_digits_divided_by_255_are_refused_not_answered(trained_dig
     assert len(predict_rows(trained_digits_model, digits_card, eight_bit.astype(np.float32))) == 1
 
 
+def test_dark_images_of_a_model_that_does_not_read_8x8_digits_are_answered():
+    """The divided-by-255 refusal is about scikit-learn's digits: a colour model's batch of
+    dark 8-bit images (every pixel at most 16/255) is answered, not told to divide by 16."""
+    card = ModelCard(ModelSpec("small_cnn", 2, 3), Normalization.fit(torch.rand(4, 3, 32, 32)), ("a", "b"), (3, 32, 32))
+    dark = (np.arange(2 * 3 * 32 * 32).reshape(2, 3, 32, 32) % 17 / 255).astype(np.float32)
+    assert len(predict_rows(build_model(card.spec), card, dark)) == 2
+
+
 def test_flattened_or_channelless_digits_are_refused_with_the_reshape(trained_digits_model, digits, digits_card):
     """scikit-learn's digits.data, a data frame or a CSV of 64 pixel columns is (N, 64), and its
     digits.images (N, 8, 8): the refusal said only 'got shape (4, 64)', not what makes them fit."""
