@@ -246,6 +246,35 @@ def test_prefect_startup_timeout_is_raised_and_an_operator_value_wins():
     assert chosen.stdout.strip() == "300"
 
 
+def _prefect_home_with_a_server_profile(home: Path, api_url: str) -> dict[str, str]:
+    """The environment of a user who set their Prefect server with `prefect config set`: the URL in
+    the active profile of ``home``'s profiles.toml, none in the environment; a server that does not
+    answer is given up on at once."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "profiles.toml").write_text(f'active = "team"\n\n[profiles.team]\nPREFECT_API_URL = "{api_url}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH")}
+    return env | {"PREFECT_HOME": str(home), "PREFECT_CLIENT_MAX_RETRIES": "0"}
+
+
+def test_batch_serve_takes_the_prefect_server_from_the_users_profile(params_only, tmp_path):
+    """A user who set the server with `prefect config set PREFECT_API_URL=...` was refused, told to
+    set PREFECT_API_URL: only the environment was read. The server is read as Prefect reads it now,
+    so `batch serve` goes on to that server (here one that does not answer); without one the
+    refusal names the profiles file it read, and comes before the flow's imports."""
+    command = [*CLI, "--project", str(params_only), "batch", "serve"]
+    env = _prefect_home_with_a_server_profile(tmp_path / "prefect", "http://127.0.0.1:9/api")
+    served = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert "needs a Prefect server" not in served.stderr, served.stderr[-2000:]
+    assert served.returncode == 1, served.stderr[-2000:]  # the profile's server does not answer
+
+    empty = tmp_path / "no-profile"
+    refused = subprocess.run(command, env=env | {"PREFECT_HOME": str(empty)}, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "needs a Prefect server" in refused.stderr and f"the active profile of {empty / 'profiles.toml'}" in (
+        refused.stderr
+    )
+
+
 def test_startup_failure_is_one_line_naming_the_fix():
     err = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stderr: ...")
     line = orchestration.describe_startup_failure(err)

@@ -382,10 +382,20 @@ def stop_prefect_server() -> None:
 
 
 def prefect_api_url() -> str | None:
-    """The Prefect server this process talks to; None in ephemeral mode (no server)."""
+    """The Prefect server this process talks to, as Prefect reads it (the environment, else the
+    active profile of :func:`prefect_profiles_path`); None in ephemeral mode (no server)."""
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def prefect_profiles_path() -> Path:
+    """The profiles file Prefect reads its settings from (``prefect config set`` writes there):
+    PREFECT_HOME's profiles.toml unless PREFECT_PROFILES_PATH says otherwise. The command line's
+    PREFECT_HOME is the project's state/prefect unless the environment sets one."""
+    from prefect.settings import PREFECT_PROFILES_PATH
+
+    return Path(PREFECT_PROFILES_PATH.value())
 
 
 def ensure_limit(name: str) -> None:

@@ -1021,9 +1021,19 @@ def _require_a_ready_champion(ws) -> None:
 
 
 def cmd_batch(project: Path, args) -> int:
-    import os
-
     ws = _workspace(project, args)
+    # The server as Prefect reads it: the environment, else the active profile of PREFECT_HOME's
+    # profiles.toml (`prefect config set`). Refused before the flow's imports (seconds).
+    if args.batch_command == "serve" and orchestration.prefect_api_url() is None:
+        profiles = orchestration.prefect_profiles_path()
+        print(
+            "error: `unsir batch serve` needs a Prefect server (ephemeral mode cannot run schedules): run "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api in the environment, or in "
+            f"the active profile of {profiles} (`PREFECT_HOME={profiles.parent} prefect config set "
+            "PREFECT_API_URL=...`)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.batch_command == "run":
         from unsir_pipeline.governance import batches, stores
 
@@ -1053,13 +1063,6 @@ def cmd_batch(project: Path, args) -> int:
 
     orchestration.remember_stops_prefect_catches()
     if args.batch_command == "serve":
-        if not os.environ.get("PREFECT_API_URL"):
-            print(
-                "error: `unsir batch serve` needs a Prefect server: run `prefect server start` and set "
-                "PREFECT_API_URL=http://127.0.0.1:4200/api (ephemeral mode cannot run schedules)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
         deletion_batch.serve(
             name="deletion-batch",
             cron=ws.params.requests.schedule,
