@@ -1464,29 +1464,62 @@ def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_
     """Without a Prefect server the promotion lock is a file on this machine: two machines
     promoting in one MLflow server were not kept apart, and nothing said so; with a shared state
     database, a promotion is refused until one is set."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from unsir_pipeline.governance.locks import PromotionLockError, machine_local_promotion_lock, promotion_lock
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    shared = ["--set", "registry.tracking_uri=http://127.0.0.1:9", "--set", "registry.http_max_retries=0"]
-    code = main(["--project", str(params_only), *shared, "promote", "2", "--reason", "drill"])
-    err = capsys.readouterr().err
-    assert code != 0  # nothing listens there
-    warnings = [line for line in err.splitlines() if line.startswith("warning: the promotion lock is a file")]
-    assert len(warnings) == 1, err
-    assert "the registry http://127.0.0.1:9 may be shared" in warnings[0] and "set PREFECT_API_URL" in warnings[0]
+    # No server as Prefect reads it either (the session's test harness sets one in its settings).
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        shared = ["--set", "registry.tracking_uri=http://127.0.0.1:9", "--set", "registry.http_max_retries=0"]
+        code = main(["--project", str(params_only), *shared, "promote", "2", "--reason", "drill"])
+        err = capsys.readouterr().err
+        assert code != 0  # nothing listens there
+        warnings = [line for line in err.splitlines() if line.startswith("warning: the promotion lock is a file")]
+        assert len(warnings) == 1, err
+        assert "the registry http://127.0.0.1:9 may be shared" in warnings[0]
+        assert "set PREFECT_API_URL" in warnings[0]
 
-    assert machine_local_promotion_lock(Workspace.load(params_only)) is None  # SQLite under the project
+        assert machine_local_promotion_lock(Workspace.load(params_only)) is None  # SQLite under the project
 
-    # Requests and the trail shared between machines: a promotion needs the shared lock, as a batch does.
-    shared_state = Workspace.load(params_only, (f"state.database_url=sqlite:///{params_only}/shared.sqlite",))
-    assert machine_local_promotion_lock(shared_state) is None  # refused instead of warned about
-    with (
-        pytest.raises(PromotionLockError, match="state.database_url is set .* set PREFECT_API_URL"),
-        promotion_lock(shared_state),
-    ):
-        pass
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    assert machine_local_promotion_lock(Workspace.load(params_only, ("registry.tracking_uri=http://h:5000",))) is None
+        # Requests and the trail shared between machines: a promotion needs the shared lock, as a batch does.
+        shared_state = Workspace.load(params_only, (f"state.database_url=sqlite:///{params_only}/shared.sqlite",))
+        assert machine_local_promotion_lock(shared_state) is None  # refused instead of warned about
+        with (
+            pytest.raises(PromotionLockError, match="state.database_url is set .* set PREFECT_API_URL"),
+            promotion_lock(shared_state),
+        ):
+            pass
+    served = Workspace.load(params_only, ("registry.tracking_uri=http://h:5000",))
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):  # as Prefect reads it
+        assert machine_local_promotion_lock(served) is None
+
+
+def test_the_promotion_lock_is_taken_on_the_prefect_server_of_the_users_profile(params_only, tmp_path):
+    """With the server set by `prefect config set` (a profile) rather than the environment, the
+    promotion lock was a file on this machine, a promotion in a shared registry was warned to
+    "set PREFECT_API_URL", and one with a shared state database refused for want of a server.
+    The server is read as Prefect reads it now: the lock is sought there (here a server that
+    does not answer), and no warning says to set what is set."""
+    code = (
+        "import sys\n"
+        "from unsir_pipeline.governance.locks import machine_local_promotion_lock, promotion_lock\n"
+        "from unsir_pipeline.settings.workspace import Workspace\n"
+        "root = sys.argv[1]\n"
+        "print(machine_local_promotion_lock(Workspace.load(root, ('registry.tracking_uri=http://h:5000',))))\n"
+        "shared = Workspace.load(root, (f'state.database_url=sqlite:///{root}/shared.sqlite',))\n"
+        "try:\n"
+        "    with promotion_lock(shared):\n"
+        "        print('held')\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, err)\n"
+    )
+    env = _prefect_home_with_a_server_profile(tmp_path / "prefect", "http://127.0.0.1:9/api")
+    ran = subprocess.run([sys.executable, "-c", code, str(params_only)], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    warning, taken = ran.stdout.splitlines()[:2]
+    assert warning == "None"  # a server is set: the lock reaches every machine
+    assert "PromotionLockError" not in taken and "ConnectError" in taken, taken  # sought on the profile's server
 
 
 def _run_cli_importing_none_of(project: Path, modules: set[str], *argvs: list[str]) -> str:

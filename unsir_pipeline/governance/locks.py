@@ -26,7 +26,6 @@ Prefect's global concurrency limits are taken through :mod:`unsir_pipeline.adapt
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,12 +112,14 @@ def forget_run_lock(ws: Workspace) -> Iterator[None]:
 def promotion_lock(ws: Workspace, *, wait_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
     """Held while one promotion decision reads the registry, decides and moves the alias; waits
     up to ``wait_s`` for another decision to finish."""
-    # The environment first: a command that promotes by hand imports Prefect only when a server is set.
+    # The server as Prefect reads it (the environment or the active profile): reading only the
+    # environment took a server set with `prefect config set` for none, and the lock for a file.
     model = ws.params.registry.model_name
-    if os.environ.get("PREFECT_API_URL") and orchestration.prefect_api_url():
+    server = orchestration.prefect_api_url()
+    if server is not None:
         name = f"unsir-promotion-{model}"
         lock = orchestration.global_lock(name, wait_s=wait_s)
-        where = f"the lock {name!r} on the Prefect server {orchestration.prefect_api_url()}"
+        where = f"the lock {name!r} on the Prefect server {server}"
     elif ws.params.state.database_url is not None:
         # Requests and the trail are shared between machines: so must this lock be, as the batch lock.
         raise PromotionLockError(
@@ -140,13 +141,16 @@ def machine_local_promotion_lock(ws: Workspace) -> str | None:
     keep out a promotion on another machine that shares this project's registry; None when it
     does (a server is set) or when nothing is shared (SQLite files under the project). With a
     shared state database there is no such lock: :func:`promotion_lock` refuses to promote."""
-    if os.environ.get("PREFECT_API_URL") or ws.params.state.database_url:  # as promotion_lock decides
+    if ws.params.state.database_url:  # as promotion_lock decides
         return None
-    from unsir_pipeline.settings.database_url import redact
-
     uri = ws.tracking_uri
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         return None
+    # Prefect's settings (a second's import) only for a registry that may be shared.
+    if orchestration.prefect_api_url() is not None:
+        return None
+    from unsir_pipeline.settings.database_url import redact
+
     return (
         f"the promotion lock is a file on this machine ({ws.state_dir / 'promotion.lock'}), but "
         f"the registry {redact(uri)} may be shared with other machines: a promotion there at the same moment is not "
