@@ -275,6 +275,43 @@ def test_batch_serve_takes_the_prefect_server_from_the_users_profile(params_only
     )
 
 
+def test_a_fresh_project_on_a_terminal_gets_no_prefect_telemetry_notice(tmp_path):
+    """The first flow of a fresh project, run on a terminal, printed Prefect's "Prefect collects
+    anonymous usage data" notice above the flow's lines, and Prefect's client counted the install
+    (its SDK analytics, off only with DO_NOT_TRACK); the project promises no telemetry."""
+    import pty
+
+    from prefect._internal.analytics.ci_detection import CI_ENV_VARS  # a CI run turns it off itself
+
+    code = (
+        "import sys; from pathlib import Path; from unsir_pipeline.settings import environment\n"
+        "environment.configure(Path(sys.argv[1]))\n"
+        "import prefect\n"
+    )
+    dropped = {"PREFECT_HOME", "DO_NOT_TRACK", *CI_ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    leader, terminal = pty.openpty()  # the notice is shown on a terminal only
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], env=env, stdout=terminal, stderr=terminal, timeout=120
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert ran.returncode == 0, shown[-2000:]
+    assert b"anonymous usage data" not in shown, shown.decode(errors="replace")
+    assert not (tmp_path / "state" / "prefect" / ".sdk_telemetry").exists()  # no milestone kept either
+
+
 def test_startup_failure_is_one_line_naming_the_fix():
     err = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stderr: ...")
     line = orchestration.describe_startup_failure(err)

@@ -17,6 +17,9 @@ def configure(project_dir: Path, state_dir: str = "state") -> None:
     defaults = {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Prefect's client counts installs itself (its notice on a terminal says so) unless this
+        # is set; the server's setting above does not reach it. MLflow honours it too.
+        "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
