@@ -141,10 +141,18 @@ def test_a_manifest_that_is_not_what_dvc_recorded_fails_validation_naming_how_to
 # --- resolve-model-version: the parent, refused before the tracking run opens -----------------
 
 
-def test_a_parent_that_is_not_ready_is_refused_when_resolved_and_not_retried(prefect_harness, project, tmp_path):
+def test_a_parent_that_is_not_ready_is_refused_when_resolved_and_not_retried(
+    prefect_harness, project, tmp_path, recwarn
+):
     """A batch on a champion MLflow left FAILED_REGISTRATION opened its tracking run, then was
     refused only when the parent was loaded, and Prefect retried that refusal twice (~4 s): bad
-    input gets the same answer however often it is asked."""
+    input gets the same answer however often it is asked.
+
+    The task runs inside a flow, as in the pipeline: run alone, Prefect's engine logged its
+    "Finished in state Failed" line once the task's run context had closed, and warned (in
+    every test run's output) that a log was sent "without a flow run id"."""
+    from prefect import flow
+
     from unsir_pipeline.adapters.registry import VersionNotReady
 
     copy = clone_project(project, tmp_path / "unready")
@@ -153,11 +161,20 @@ def test_a_parent_that_is_not_ready_is_refused_when_resolved_and_not_retried(pre
     set_version_status(ctx.ws, champion, "FAILED_REGISTRATION")
     runs: list[int] = []  # how often the task ran, as Prefect counts it when it gives up
     resolve = model.resolve_model_version.with_options(on_failure=[lambda _, run, __: runs.append(run.run_count)])
-    state = resolve(ctx, ctx.ws.params.registry.champion_alias, return_state=True)
-    refused = state.result(raise_on_failure=False)
+    outcome: list[object] = []
+
+    @flow(name="resolve-an-unready-parent")
+    def resolve_once() -> None:
+        state = resolve(ctx, ctx.ws.params.registry.champion_alias, return_state=True)
+        outcome.append(state.result(raise_on_failure=False))
+
+    resolve_once()
+    (refused,) = outcome
     assert isinstance(refused, VersionNotReady)
     assert f"version {champion} is FAILED_REGISTRATION, not READY" in str(refused)
     assert runs == [1]
+    missing_flow = [str(w.message) for w in recwarn if "without a flow run id" in str(w.message)]
+    assert missing_flow == []
 
 
 # --- evaluate: parent and unlearned model side by side, as the run's evaluation.json -----------
