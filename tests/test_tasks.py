@@ -446,18 +446,23 @@ def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_pa
 
 
 def test_a_promotion_waits_for_the_lock_then_names_it(project):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from unsir_pipeline.governance.locks import PromotionLockError, file_lock, promotion_lock
 
     ws = Workspace.load(project)
-    with file_lock(ws.state_dir / "promotion.lock") as held:  # another process deciding
-        assert held
-        started = time.monotonic()
-        refused = pytest.raises(PromotionLockError, match=r"another promotion of 'unsir-classifier' held .*lock")
-        with refused, promotion_lock(ws, wait_s=0.3):
+    # Without a Prefect server (the session's test harness, once started, sets one in Prefect's
+    # settings, and the lock is then the server's), the promotion lock is this file.
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with file_lock(ws.state_dir / "promotion.lock") as held:  # another process deciding
+            assert held
+            started = time.monotonic()
+            refused = pytest.raises(PromotionLockError, match=r"another promotion of 'unsir-classifier' held .*lock")
+            with refused, promotion_lock(ws, wait_s=0.3):
+                pass
+            assert time.monotonic() - started >= 0.3
+        with promotion_lock(ws, wait_s=0.3):  # free again
             pass
-        assert time.monotonic() - started >= 0.3
-    with promotion_lock(ws, wait_s=0.3):  # free again
-        pass
 
 
 def test_a_run_resumed_with_other_parameters_or_data_is_not_judged_as_its_earlier_version(
