@@ -1003,3 +1003,42 @@ def test_a_request_a_stopped_batch_left_running_says_so_and_what_releases_it(tmp
         assert json.loads(capsys.readouterr().out)["run_alive"] is True
     assert main([*cli, "list"]) == 0  # the lock file there now, and free: stopped again
     assert stopped in capsys.readouterr().out
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_store_another_process_holds_locked_names_its_file_and_what_to_do(
+    store: RequestStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`unsir request add` while another process holds the request store's write lock (a
+    `sqlite3` shell left in a transaction, a backup tool): it said only "(sqlite3.OperationalError)
+    database is locked", naming no file and nothing to do."""
+    import subprocess
+
+    from unsir_pipeline.adapters import state_store
+
+    monkeypatch.setattr(state_store, "BUSY_TIMEOUT_MS", 300)  # SQLite's wait, shortened for the test
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(store.db.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StateError) as refused:
+            store.add([3], ["three"], "alice", "consent withdrawn")
+    finally:
+        holder.communicate("")
+    message = str(refused.value)
+    assert str(store.db.path) in message and "another process" in message, message
+    assert "run the command again" in message, message
+    assert store.list() == []  # nothing half-written; the lock gone, the same request is filed
+    assert [r.requester for r in [store.add([3], ["three"], "alice", "consent withdrawn")]] == ["alice"]

@@ -236,12 +236,24 @@ class StateDatabase:
                     raise StateError(
                         f"cannot write to the state database {self.shown}: {_first_line(err)}{_no_space_hint(self)}"
                     ) from err
+                if self.is_sqlite and is_locked_sqlite(err.orig):
+                    raise StateError(self.locked_message(err)) from err
                 needs = self._refused_write_needs(err)
                 if needs is None:
                     raise
                 raise StateWriteRefused(
                     f"cannot write to the state database {self.shown}: {_first_line(err)}; expected {needs}"
                 ) from err
+
+    def locked_message(self, err: DBAPIError) -> str:
+        """A write that waited out SQLite's busy timeout: another process holds the file's write
+        lock. SQLite's own words ("database is locked") name neither the file nor what to do."""
+        return (
+            f"cannot write to the state database {self.shown}: {_first_line(err)}: another process held its "
+            f"write lock for {BUSY_TIMEOUT_MS / 1000:g} s (a command still writing, or a program left in a "
+            f"transaction on it: `fuser {self.shown}` names it); nothing was written to it: run the command again "
+            "once that process has finished or been stopped"
+        )
 
     def _refused_write_needs(self, err: DBAPIError) -> str | None:
         """What a write needs that the database refused by its configuration, not by a fault;
@@ -458,6 +470,13 @@ def sqlite_says_full(err: BaseException | None) -> bool:
 
 def _no_space_hint(db: StateDatabase) -> str:
     return f" (no space left on the disk that holds {db.path.parent if db.path else db.shown})"
+
+
+def is_locked_sqlite(err: BaseException | None) -> bool:
+    """Whether SQLite gave up waiting for a lock another connection holds (SQLITE_BUSY, "database
+    is locked"; SQLITE_LOCKED is a conflict inside one connection, which no wait resolves)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def is_damaged_sqlite(err: BaseException | None) -> bool:
