@@ -118,7 +118,7 @@ def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) ->
 
 
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
-    message = batches.failure_message(err)
+    message = batches.failure_message(err, ws)
     fault = setup_fault(err)
     statuses = release_requests(ws, batch.batch_id, message, count_attempt=fault is None)
     batches.record(

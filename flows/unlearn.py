@@ -245,7 +245,7 @@ def _run(
             # SIGTERM from the system included) leaves it pending for the next batch, its
             # attempt counted as a batch's is: not when the setup failed.
             cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
-            message = CANCELLED if cancelled else batches.failure_message(err)
+            message = CANCELLED if cancelled else batches.failure_message(err, ws)
             counted = cancelled or setup_fault(err) is None
             requests.release_requests(ws, run_id, message, retry=not cancelled, count_attempt=counted)
         raise

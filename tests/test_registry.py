@@ -1040,3 +1040,76 @@ def test_a_version_that_is_not_ready_is_not_loaded(store: dict, tmp_path: Path, 
             assert not (tmp_path / "dl").exists() or not any((tmp_path / "dl").iterdir())
     finally:
         registry.delete_alias("unready")
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+_OPEN_REGISTRY = """
+import sys
+from unsir_pipeline.adapters.registry import ModelRegistry, RegistryError
+try:
+    ModelRegistry(sys.argv[1], sys.argv[2], "unlearning")
+except RegistryError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_a_registry_another_process_holds_locked_names_its_file_and_what_to_do(tmp_path: Path) -> None:
+    """`unsir request add`, `forget` or `batch run` while another process holds the SQLite
+    registry's write lock said "...: database is locked; expected a readable MLflow database" when
+    opening it (as if the file were damaged), and "(sqlite3.OperationalError) database is locked"
+    when the lock came mid-run (a request's note too), naming no file and nothing to do."""
+    import subprocess
+    import sys
+
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    from unsir_pipeline.adapters.registry import describe_locked_registry
+
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    registry = ModelRegistry(uri, MODEL_NAME, "unlearning", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.MlflowClient(uri, registry_uri=uri).create_registered_model(MODEL_NAME)
+    registry.set_model_tag("owner", "ops")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # Opened by a command of its own (this process keeps MLflow's store of the URI open).
+        at_open = subprocess.run(
+            [sys.executable, "-c", _OPEN_REGISTRY, uri, MODEL_NAME], capture_output=True, text=True, timeout=120
+        )
+        # Mid-run, MLflow's store raises SQLAlchemy's error as its own (mlflow.store.db.utils), after
+        # waiting 20 s; the same error from SQLite, waited for 0.1 s, wrapped as it does.
+        engine = sqlalchemy.create_engine(uri, connect_args={"timeout": 0.1})
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE registered_model_tags SET value = 'someone else'")
+        except sqlalchemy.exc.OperationalError as err:
+            try:
+                raise MlflowException(message=err) from err
+            except MlflowException as wrapped:
+                mid_run = wrapped
+        finally:
+            engine.dispose()
+    finally:
+        holder.communicate("")
+    assert at_open.returncode == 3, at_open.stderr[-2000:]
+    for message in (at_open.stdout, describe_locked_registry(mid_run, database)):
+        assert message is not None and str(database) in message and "another process" in message, message
+        assert "readable MLflow database" not in message and "run the command again" in message, message
+    assert describe_locked_registry(RuntimeError("database is locked"), database) is None  # not SQLite's own
+    assert registry.model_tags()["owner"] == "ops"  # the refused write changed nothing

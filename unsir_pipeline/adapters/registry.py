@@ -44,7 +44,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
 from unsir.errors import UnlearningInputError
-from unsir_pipeline.adapters.state_store import StateFileDamaged, is_damaged_sqlite
+from unsir_pipeline.adapters.state_store import StateFileDamaged, is_damaged_sqlite, is_locked_sqlite
 
 if TYPE_CHECKING:
     import torch
@@ -112,6 +112,35 @@ def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | Non
     return min(matches, key=lambda v: v.version) if matches else None
 
 
+def describe_locked_registry(err: BaseException, database: Path | None) -> str | None:
+    """What to tell of ``err`` when SQLite gave up waiting for the lock another process holds on
+    the registry's file ``database`` (MLflow's message names neither the file nor what to do);
+    None for any other error, or a registry on a server."""
+    cause: BaseException | None = err
+    seen = 0
+    while cause is not None and seen < 10:  # MLflow wraps SQLAlchemy's error, which wraps SQLite's
+        orig = getattr(cause, "orig", cause)
+        if isinstance(orig, sqlite3.Error) and is_locked_sqlite(orig):
+            break
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    else:
+        return None
+    if database is None:
+        return None
+    return (
+        f"the MLflow registry's file {database} is locked: another process held its write lock longer than MLflow "
+        f"waits (a command still writing, or a program left in a transaction on it: `fuser {database}` names "
+        "it); run the command again once that process has finished or been stopped"
+    )
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    database = sqlalchemy.engine.make_url(tracking_uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
 def _require_openable_sqlite(tracking_uri: str) -> None:
     """Raise :class:`RegistryError` at once when a SQLite registry's file cannot be opened (a
     directory, a read-only folder). MLflow retries opening a database ten times over 100 s,
@@ -170,6 +199,9 @@ class ModelRegistry:
             # A SQLite registry is opened (and its schema checked) here.
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except sqlalchemy.exc.DBAPIError as err:
+            locked = describe_locked_registry(err, _sqlite_file(tracking_uri))
+            if locked is not None:
+                raise RegistryError(f"cannot open the MLflow registry at {tracking_uri}: {locked}") from err
             if is_damaged_sqlite(err.orig):
                 raise RegistryFileDamaged(
                     f"cannot open the MLflow registry at {tracking_uri}: {err.orig}; expected a readable MLflow "

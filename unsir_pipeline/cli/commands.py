@@ -455,6 +455,9 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     full = full_disk_error(err)
     if full is not None:
         return describe_full_disk(full, project_places(project) if project is not None else [])
+    locked = _locked_registry(err, project)
+    if locked is not None:
+        return locked
     message = str(err).strip() or type(err).__name__
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
@@ -468,6 +471,22 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     # its output (the stage's own error) after the first line: keep them, they are the point.
     detailed = type(err).__name__ in ("ValidationFailed", "DataVersioningError")
     return first + ("".join(f"\n  {line}" for line in rest) if detailed else "")
+
+
+def _locked_registry(err: Exception, project: Path | None) -> str | None:
+    """The project's SQLite registry named, when another process held it locked (MLflow's
+    error says only "database is locked")."""
+    from unsir_pipeline.adapters.registry import describe_locked_registry
+    from unsir_pipeline.settings.config import ConfigError
+    from unsir_pipeline.settings.workspace import Workspace
+
+    if project is None or "database is locked" not in str(err):
+        return None
+    try:
+        database = Workspace.load(project).registry_database
+    except (ConfigError, OSError):  # the settings are not what failed here: keep the error as it is
+        return None
+    return describe_locked_registry(err, database)
 
 
 def _is_user_error(err: Exception) -> bool:

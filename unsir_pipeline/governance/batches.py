@@ -26,6 +26,7 @@ from unsir_pipeline.adapters.registry import (
     RegistryError,
     RegistryFileDamaged,
     VersionInfo,
+    describe_locked_registry,
     existing_registry,
     registry_for,
     version_with_key,
@@ -514,12 +515,14 @@ def _resume_refused(ws: Workspace, run_key: str) -> bool:
 PER_ATTEMPT_EVENTS = {"batch_started", "batch_resumed", "batch_failed", "validation_failed"}
 
 
-def failure_message(err: BaseException) -> str:
+def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
     """The error a released request keeps: one line (request list prints one row per request),
     but every line of the exception joined, since a validation failure's first line only counts
     the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
-    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is."""
-    text = _SQLALCHEMY_NOISE.sub("", str(err))
+    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
+    process held locked is named (with ``ws``), with what to do."""
+    locked = describe_locked_registry(err, ws.registry_database) if ws is not None else None
+    text = locked or _SQLALCHEMY_NOISE.sub("", str(err))
     message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
     if len(message) <= FAILURE_MESSAGE_LIMIT:
         return message
