@@ -1073,7 +1073,7 @@ def test_a_registry_another_process_holds_locked_names_its_file_and_what_to_do(t
     import sqlalchemy
     from mlflow.exceptions import MlflowException
 
-    from unsir_pipeline.adapters.registry import describe_locked_registry
+    from unsir_pipeline.adapters.registry import describe_registry_file_fault
 
     database = tmp_path / "mlflow.db"
     uri = f"sqlite:///{database}"
@@ -1108,8 +1108,35 @@ def test_a_registry_another_process_holds_locked_names_its_file_and_what_to_do(t
     finally:
         holder.communicate("")
     assert at_open.returncode == 3, at_open.stderr[-2000:]
-    for message in (at_open.stdout, describe_locked_registry(mid_run, database)):
+    for message in (at_open.stdout, describe_registry_file_fault(mid_run, database)):
         assert message is not None and str(database) in message and "another process" in message, message
         assert "readable MLflow database" not in message and "run the command again" in message, message
-    assert describe_locked_registry(RuntimeError("database is locked"), database) is None  # not SQLite's own
+    assert describe_registry_file_fault(RuntimeError("database is locked"), database) is None  # not SQLite's own
     assert registry.model_tags()["owner"] == "ops"  # the refused write changed nothing
+
+
+def test_a_registry_file_that_may_not_be_written_is_named_with_what_to_do(store: dict) -> None:
+    """A batch on a registry file made immutable (`chattr +i`) or read-only said "cannot use the
+    project's state files under DIR (...): (raised as a result of Query-invoked autoflush; consider
+    using a session.no_autoflush block ...)": SQLAlchemy's advice, and no file. The same error from
+    SQLite (a write on a read-only connection to the file), as MLflow's store raises it."""
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    from unsir_pipeline.adapters.registry import describe_registry_file_fault
+
+    database = store["root"] / "mlflow.db"
+    engine = sqlalchemy.create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    )
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError) as refused, engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE registered_model_tags SET value = 'someone else'")
+    finally:
+        engine.dispose()
+    with pytest.raises(MlflowException) as wrapped:
+        raise MlflowException(message=refused.value) from refused.value
+    message = describe_registry_file_fault(wrapped.value, database)
+    assert message is not None and str(database) in message and "may not be written" in message, message
+    assert "attempt to write a readonly database" in message and "autoflush" not in message, message
+    assert describe_registry_file_fault(wrapped.value, None) is None  # a registry on a server: MLflow's words

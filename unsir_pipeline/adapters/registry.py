@@ -112,26 +112,38 @@ def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | Non
     return min(matches, key=lambda v: v.version) if matches else None
 
 
-def describe_locked_registry(err: BaseException, database: Path | None) -> str | None:
-    """What to tell of ``err`` when SQLite gave up waiting for the lock another process holds on
-    the registry's file ``database`` (MLflow's message names neither the file nor what to do);
-    None for any other error, or a registry on a server."""
+def describe_registry_file_fault(err: BaseException, database: Path | None) -> str | None:
+    """What to tell of ``err`` when SQLite refused the registry's file ``database``: another
+    process held its lock longer than MLflow waits, or the file may not be written (MLflow's
+    message names neither the file nor what to do, and on a write made by a query's autoflush
+    starts with SQLAlchemy's advice instead); None for any other error, or a registry on a server."""
     cause: BaseException | None = err
     seen = 0
     while cause is not None and seen < 10:  # MLflow wraps SQLAlchemy's error, which wraps SQLite's
         orig = getattr(cause, "orig", cause)
-        if isinstance(orig, sqlite3.Error) and is_locked_sqlite(orig):
+        if isinstance(orig, sqlite3.Error) and (is_locked_sqlite(orig) or _is_read_only_sqlite(orig)):
             break
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     else:
         return None
     if database is None:
         return None
+    if _is_read_only_sqlite(orig):
+        return (
+            f"the MLflow registry's file {database} may not be written: {str(orig).strip()}; expected a file this "
+            "user may write, in a directory it may write (check its permissions, an immutable attribute "
+            "(`lsattr`), a read-only mount or copy); nothing was registered: run the command again once it is"
+        )
     return (
         f"the MLflow registry's file {database} is locked: another process held its write lock longer than MLflow "
         f"waits (a command still writing, or a program left in a transaction on it: `fuser {database}` names "
         "it); run the command again once that process has finished or been stopped"
     )
+
+
+def _is_read_only_sqlite(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_READONLY
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:
@@ -199,7 +211,7 @@ class ModelRegistry:
             # A SQLite registry is opened (and its schema checked) here.
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except sqlalchemy.exc.DBAPIError as err:
-            locked = describe_locked_registry(err, _sqlite_file(tracking_uri))
+            locked = describe_registry_file_fault(err, _sqlite_file(tracking_uri))
             if locked is not None:
                 raise RegistryError(f"cannot open the MLflow registry at {tracking_uri}: {locked}") from err
             if is_damaged_sqlite(err.orig):

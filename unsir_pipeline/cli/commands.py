@@ -455,9 +455,9 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     full = full_disk_error(err)
     if full is not None:
         return describe_full_disk(full, project_places(project) if project is not None else [])
-    locked = _locked_registry(err, project)
-    if locked is not None:
-        return locked
+    registry_fault = _registry_file_fault(err, project)
+    if registry_fault is not None:
+        return registry_fault
     message = str(err).strip() or type(err).__name__
     first = message.splitlines()[0]
     rest = message.splitlines()[1:]
@@ -473,20 +473,20 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     return first + ("".join(f"\n  {line}" for line in rest) if detailed else "")
 
 
-def _locked_registry(err: Exception, project: Path | None) -> str | None:
-    """The project's SQLite registry named, when another process held it locked (MLflow's
-    error says only "database is locked")."""
-    from unsir_pipeline.adapters.registry import describe_locked_registry
+def _registry_file_fault(err: Exception, project: Path | None) -> str | None:
+    """The project's SQLite registry named, when another process held it locked or it may not be
+    written (MLflow's error says only "database is locked" or "attempt to write a readonly database")."""
+    from unsir_pipeline.adapters.registry import describe_registry_file_fault
     from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.workspace import Workspace
 
-    if project is None or "database is locked" not in str(err):
+    if project is None or not any(words in str(err) for words in ("database is locked", "readonly database")):
         return None
     try:
         database = Workspace.load(project).registry_database
     except (ConfigError, OSError):  # the settings are not what failed here: keep the error as it is
         return None
-    return describe_locked_registry(err, database)
+    return describe_registry_file_fault(err, database)
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -26,7 +26,7 @@ from unsir_pipeline.adapters.registry import (
     RegistryError,
     RegistryFileDamaged,
     VersionInfo,
-    describe_locked_registry,
+    describe_registry_file_fault,
     existing_registry,
     registry_for,
     version_with_key,
@@ -520,9 +520,9 @@ def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
     but every line of the exception joined, since a validation failure's first line only counts
     the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
     :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
-    process held locked is named (with ``ws``), with what to do."""
-    locked = describe_locked_registry(err, ws.registry_database) if ws is not None else None
-    text = locked or _SQLALCHEMY_NOISE.sub("", str(err))
+    process held locked, or that may not be written, is named (with ``ws``), with what to do."""
+    registry_fault = describe_registry_file_fault(err, ws.registry_database) if ws is not None else None
+    text = registry_fault or _SQLALCHEMY_NOISE.sub("", str(err))
     message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
     if len(message) <= FAILURE_MESSAGE_LIMIT:
         return message
