@@ -1140,3 +1140,4 @@ def test_a_registry_file_that_may_not_be_written_is_named_with_what_to_do(store:
     assert message is not None and str(database) in message and "may not be written" in message, message
     assert "attempt to write a readonly database" in message and "autoflush" not in message, message
     assert describe_registry_file_fault(wrapped.value, None) is None  # a registry on a server: MLflow's words
+    assert describe_registry_file_fault(refused.value, database) is None  # not MLflow's: a state file's

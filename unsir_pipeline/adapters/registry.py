@@ -112,7 +112,7 @@ def version_with_key(versions: list[VersionInfo], key: str) -> VersionInfo | Non
     return min(matches, key=lambda v: v.version) if matches else None
 
 
-def describe_registry_file_fault(err: BaseException, database: Path | None) -> str | None:
+def describe_registry_file_fault(err: BaseException, database: Path | None, *, from_mlflow: bool = False) -> str | None:
     """What to tell of ``err`` when SQLite refused the registry's file ``database``: another
     process held its lock longer than MLflow waits, or the file may not be written (MLflow's
     message names neither the file nor what to do, and on a write made by a query's autoflush
@@ -120,13 +120,16 @@ def describe_registry_file_fault(err: BaseException, database: Path | None) -> s
     cause: BaseException | None = err
     seen = 0
     while cause is not None and seen < 10:  # MLflow wraps SQLAlchemy's error, which wraps SQLite's
+        # Only an error MLflow raised (or its client's, ``from_mlflow``) is the registry's: the
+        # state files' own are named by the state store.
+        from_mlflow = from_mlflow or isinstance(cause, MlflowException)
         orig = getattr(cause, "orig", cause)
         if isinstance(orig, sqlite3.Error) and (is_locked_sqlite(orig) or _is_read_only_sqlite(orig)):
             break
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     else:
         return None
-    if database is None:
+    if database is None or not from_mlflow:
         return None
     if _is_read_only_sqlite(orig):
         return (
@@ -211,7 +214,7 @@ class ModelRegistry:
             # A SQLite registry is opened (and its schema checked) here.
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except sqlalchemy.exc.DBAPIError as err:
-            locked = describe_registry_file_fault(err, _sqlite_file(tracking_uri))
+            locked = describe_registry_file_fault(err, _sqlite_file(tracking_uri), from_mlflow=True)
             if locked is not None:
                 raise RegistryError(f"cannot open the MLflow registry at {tracking_uri}: {locked}") from err
             if is_damaged_sqlite(err.orig):
