@@ -1042,3 +1042,29 @@ def test_a_store_another_process_holds_locked_names_its_file_and_what_to_do(
     assert "run the command again" in message, message
     assert store.list() == []  # nothing half-written; the lock gone, the same request is filed
     assert [r.requester for r in [store.add([3], ["three"], "alice", "consent withdrawn")]] == ["alice"]
+
+
+def test_a_store_locked_before_its_first_migration_names_its_file_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first command of a project (the store's tables made then) while another process holds
+    the file: it said "cannot open the state database ...: database is locked; expected a
+    writable SQLite file", as if the file were the fault."""
+    import subprocess
+
+    from unsir_pipeline.adapters import state_store
+
+    monkeypatch.setattr(state_store, "BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "requests.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StateError) as refused:
+            RequestStore(path)
+    finally:
+        holder.communicate("")
+    message = str(refused.value)
+    assert str(path) in message and "another process" in message and "expected a writable" not in message, message
+    assert RequestStore(path).list() == []  # the lock gone, the store is made

@@ -307,6 +307,8 @@ class StateDatabase:
             return StateError(f"cannot open the state database {self.shown}: {detail}{_no_space_hint(self)}")
         if self.is_sqlite and is_damaged_sqlite(err.orig):
             return self.damaged(detail)
+        if self.is_sqlite and is_locked_sqlite(err.orig):  # another process's lock, not the file's fault
+            return StateError(self.locked_message(err))
         if not self.read_only and not self.writable:
             # A WAL file opened for writing in a directory this user may not write (a read-only
             # copy) fails at the open ("unable to open database file"), before any write.
