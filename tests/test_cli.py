@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -273,6 +274,23 @@ def test_batch_serve_takes_the_prefect_server_from_the_users_profile(params_only
     assert "needs a Prefect server" in refused.stderr and f"the active profile of {empty / 'profiles.toml'}" in (
         refused.stderr
     )
+
+
+def test_a_prefect_server_that_does_not_answer_is_named(params_only, tmp_path):
+    """`batch serve` with a configured server that does not answer ended with "error: All
+    connection attempts failed": no URL, nothing to check."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_PROFILES_PATH"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": down, "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    served = subprocess.run(
+        [*CLI, "--project", str(params_only), "batch", "serve"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert served.returncode == 1, served.stderr[-2000:]
+    last = served.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach the Prefect server at {down} (PREFECT_API_URL): "), last
+    assert "`prefect server start`" in last and str(tmp_path / "prefect" / "profiles.toml") in last, last
 
 
 def test_a_fresh_project_on_a_terminal_gets_no_prefect_telemetry_notice(tmp_path):

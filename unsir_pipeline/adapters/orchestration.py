@@ -89,6 +89,39 @@ def describe_startup_failure(err: BaseException) -> str | None:
     )
 
 
+def describe_unreachable_server(err: BaseException) -> str | None:
+    """The one line naming the configured Prefect server and what to check when it did not
+    answer (httpx's "All connection attempts failed", anywhere in ``err``'s chain); else None."""
+    if "httpx" not in sys.modules:  # Prefect's client was never used: not its error
+        return None
+    import httpx
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, httpx.TransportError):
+            break
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    url = prefect_api_url()
+    if url is None or cause is None:
+        return None
+    try:
+        requested = str(cause.request.url)
+    except RuntimeError:  # an error raised before its request was set
+        requested = url
+    if not requested.startswith(url.rstrip("/")):
+        return None  # another server's (MLflow's is reached with requests, but be sure)
+    reason = str(cause).strip() or type(cause).__name__
+    return (
+        f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {reason}; check that it runs "
+        "(`prefect server start`) and answers there, or correct PREFECT_API_URL in the environment or in "
+        f"the active profile of {prefect_profiles_path()}"
+    )
+
+
 class _WithoutTraceback(logging.Formatter):
     """Formats a copy of each record without its traceback, with the handler's own formatter.
     The record itself is left whole: handlers after the console's still get the traceback."""

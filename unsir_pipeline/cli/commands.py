@@ -452,6 +452,9 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     startup = orchestration.describe_startup_failure(err)
     if startup:
         return startup
+    unreachable = orchestration.describe_unreachable_server(err)
+    if unreachable:
+        return unreachable
     full = full_disk_error(err)
     if full is not None:
         return describe_full_disk(full, project_places(project) if project is not None else [])
