@@ -465,6 +465,35 @@ def test_flow_steps_are_shown_as_they_finish(prefect_harness):
     assert steps == ["forget: [1] first-step done", "forget: [2] second-step done"]
 
 
+@pytest.mark.slow
+def test_a_subflow_start_is_shown(prefect_harness):
+    """The batch flow runs ``unlearn`` as a subflow; Prefect logs its start as "Beginning subflow
+    run", on the parent's logger, so the line must name the subflow, not the parent."""
+    from prefect import flow, task
+
+    @task(name="inner-step")
+    def inner() -> int:
+        return 1
+
+    @flow(name="inner-flow")
+    def child() -> int:
+        return inner()
+
+    @flow(name="outer-flow")
+    def parent() -> int:
+        return child()
+
+    shown = io.StringIO()
+    with progress_module.flow_steps(progress_module.Progress("batch", enabled=True, stream=shown)):
+        assert parent() == 1
+    lines = [line.split(" (")[0] for line in shown.getvalue().splitlines()]
+    assert lines == [
+        "batch: flow outer-flow started",
+        "batch: subflow inner-flow started",
+        "batch: [1] inner-step done",
+    ]
+
+
 # --- against a bootstrapped project -------------------------------------------------------------
 
 
@@ -1448,6 +1477,27 @@ def test_bootstrap_shows_its_steps_and_epochs(bootstrapped_project, tmp_path):
     assert "bootstrap: [2/4] dvc repro train: prepare digits and validate its splits" in shown.stderr
     assert "train original model: epoch 3/3" in shown.stderr  # relayed from DVC's stage process
     assert "bootstrap: [4/4] register the original model" in shown.stderr
+
+
+@pytest.mark.slow
+def test_batch_run_shows_its_steps_and_its_unlearn_subflow(bootstrapped_project, tmp_path):
+    """On a terminal `batch run` turned Prefect's INFO lines off for progress lines it never
+    printed: nothing showed for minutes, not even the start of its `unlearn` subflow."""
+    from unsir_pipeline.governance import batches
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    batches.file_request(Workspace.load(project), ["5"], "alice", "progress check")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"UNSIR_PROGRESS": "1", "PREFECT_HOME": str(tmp_path / "prefect")}  # as on a terminal
+    shown = subprocess.run(
+        [*CLI, "--project", str(project), "batch", "run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lines = [line.split(" (")[0] for line in shown.stderr.splitlines()]
+    assert "batch: flow deletion-batch started" in lines, shown.stderr[-3000:]
+    assert "batch: subflow unlearn started" in lines, shown.stderr[-3000:]
+    registered = [line for line in lines if re.fullmatch(r"batch: \[\d+\] register-model-version done", line)]
+    assert registered, shown.stderr[-3000:]
 
 
 @pytest.mark.slow

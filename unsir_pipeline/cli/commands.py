@@ -1093,8 +1093,14 @@ def cmd_batch(project: Path, args) -> int:
         return 0
     if not args.debug:
         orchestration.console_without_tracebacks()
+    from unsir_pipeline.cli.progress import flow_steps
+
+    progress = _progress(args)
+    progress.step("starting the deletion-batch flow (Prefect)")
     server_ready()  # `batch run`: `batch serve` returned above
-    result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
+    # On a terminal Prefect's INFO lines are off (configure_prefect): these lines replace them.
+    with flow_steps(progress):
+        result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
     if args.json:
         print(json.dumps(result, default=float))
     elif result["status"] == "done" and "metrics" in result:

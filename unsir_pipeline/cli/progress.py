@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -156,9 +157,14 @@ def relayed_stderr() -> Iterator[None]:
             sys.stderr = saved
 
 
+# Prefect's "Beginning subflow run 'peach-gopher' for flow 'unlearn'" (flow_engine.py).
+_SUBFLOW_START = re.compile(r"Beginning subflow run .* for flow '(?P<flow>[^']*)'$")
+
+
 class FlowStepHandler(logging.Handler):
     """Turns Prefect's "Finished in state ..." task-run records into one progress line per
-    step of a flow (``forget: [4] version-data done in 0.9s``). Prefect's own console lines
+    step of a flow (``forget: [4] version-data done in 0.9s``), and the start of each flow and
+    subflow (``batch: subflow unlearn started``) into one line too. Prefect's own console lines
     are turned down while progress is on (see ``orchestration.configure_prefect``)."""
 
     def __init__(self, progress: Progress) -> None:
@@ -173,6 +179,10 @@ class FlowStepHandler(logging.Handler):
         if name is None:
             if message.startswith("Beginning flow run"):
                 self.progress.step(f"flow {getattr(record, 'flow_name', '')!s} started")
+            elif started := _SUBFLOW_START.match(message):
+                # Logged on the parent's logger, whose flow_name is the parent's: the subflow's
+                # name is only in the message.
+                self.progress.step(f"subflow {started['flow']} started")
             return
         if message.startswith("Finished in state"):
             self.done += 1
