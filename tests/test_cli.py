@@ -293,6 +293,32 @@ def test_a_prefect_server_that_does_not_answer_is_named(params_only, tmp_path):
     assert "`prefect server start`" in last and str(tmp_path / "prefect" / "profiles.toml") in last, last
 
 
+def test_library_info_lines_stay_off_the_console_and_their_warnings_on(tmp_path):
+    """Every forget and batch printed Great Expectations' "Created temporary directory ..." (its
+    module sets its own logger to INFO, below the "great_expectations" level we set) and MLflow's
+    "INFO mlflow.pyfunc: Validating input example against model signature", with --json too."""
+    code = (
+        "import logging, sys; from pathlib import Path; from unsir_pipeline.settings import environment\n"
+        "environment.configure(Path(sys.argv[1]))\n"
+        "console = logging.StreamHandler(); console.setLevel(logging.INFO)\n"
+        "logging.getLogger().addHandler(console)  # an INFO console on the root logger, as Prefect's\n"
+        "import mlflow\n"
+        "from unsir_pipeline.adapters import validation\n"
+        "validation._batch_definition('library-chatter')  # makes GX's ephemeral context\n"
+        "logging.getLogger('mlflow.pyfunc').info('Validating input example against model signature')\n"
+        "logging.getLogger('mlflow.pyfunc').warning('an MLflow warning')\n"
+        "logging.getLogger('great_expectations.data_context.types.base').warning('a GX warning')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    ran = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "Created temporary directory" not in ran.stderr, ran.stderr
+    assert "Validating input example" not in ran.stderr, ran.stderr
+    assert "an MLflow warning" in ran.stderr and "a GX warning" in ran.stderr, ran.stderr
+
+
 def test_a_fresh_project_on_a_terminal_gets_no_prefect_telemetry_notice(tmp_path):
     """The first flow of a fresh project, run on a terminal, printed Prefect's "Prefect collects
     anonymous usage data" notice above the flow's lines, and Prefect's client counted the install
@@ -1498,6 +1524,25 @@ def test_batch_run_shows_its_steps_and_its_unlearn_subflow(bootstrapped_project,
     assert "batch: subflow unlearn started" in lines, shown.stderr[-3000:]
     registered = [line for line in lines if re.fullmatch(r"batch: \[\d+\] register-model-version done", line)]
     assert registered, shown.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_batch_run_output_carries_no_library_info_lines(bootstrapped_project, tmp_path):
+    """A piped `batch run` printed "INFO | great_expectations.data_context.types.base - Created
+    temporary directory ..." and "INFO mlflow.pyfunc: Validating input example ..." among its lines."""
+    from unsir_pipeline.governance import batches
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    batches.file_request(Workspace.load(project), ["5"], "alice", "library chatter check")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_LOGGING_LEVEL")}
+    env |= {"UNSIR_PROGRESS": "0", "PREFECT_HOME": str(tmp_path / "prefect")}  # piped: Prefect's INFO lines on
+    ran = subprocess.run(
+        [*CLI, "--project", str(project), "batch", "run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "Beginning subflow run" in ran.stderr  # Prefect's own lines are there
+    assert "Created temporary directory" not in ran.stderr, ran.stderr[-3000:]
+    assert "INFO mlflow" not in ran.stderr, ran.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -480,6 +480,9 @@ def _batch_definition(table: str) -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        # This module sets its own logger to INFO at import, under the level above: its
+        # "Created temporary directory ... for ephemeral docs site" reached every forget's output.
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         context.data_sources.add_pandas("unsir_frames")

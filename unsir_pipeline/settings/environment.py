@@ -23,6 +23,9 @@ def configure(project_dir: Path, state_dir: str = "state") -> None:
         "PREFECT_UI_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # MLflow's own stderr handler shows INFO ("Validating input example against model
+        # signature" on every registration), --json or not; its warnings and errors stay.
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
         "DVC_NO_ANALYTICS": "1",
         "GIT_PYTHON_REFRESH": "quiet",
     }
