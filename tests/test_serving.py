@@ -519,3 +519,33 @@ def test_the_python_example_in_the_serving_docs_runs_verbatim_in_a_project(tmp_p
     labels = [line.split()[1] for line in result.stdout.strip().splitlines()[1:]]
     assert labels == ["0", "1", "2", "3", "4"], result.stdout
     assert not (project / "mlflow.db").exists()
+
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEklEQVR4nGNgGAWjYBSMAggAAAQIAAFFmV4FAAAAAElFTkSuQmCC"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        ([_PNG], 'inputs[0] is the JSON string "iVBORw0KGgoAAAANSUhEUgAAAAgAAA... (a base64-encoded PNG file), '),
+        ([f"data:image/png;base64,{_PNG}"], 'inputs[0] is the JSON string "data:image/png;base64,iVBORw0K... (a '),
+        (_PNG, 'inputs is the JSON string "iVBORw0KGgoAAAANSUhEUgAAAAgAAA... (a base64-encoded PNG file), not a'),
+    ],
+    ids=["in-a-list", "data-url", "alone"],
+)
+def test_a_base64_encoded_image_file_under_inputs_is_told_to_send_its_pixels(inputs, named):
+    """A client sending a PNG file encoded in base64 (as image APIs take it) was told only
+    'inputs[0] is the JSON string "iVBORw0K...", not a number': nothing said the server reads
+    pixels, not files, nor how to get them from the file."""
+    from unsir_pipeline.adapters.scoring_app import Accepted, request_problem
+
+    accepted = Accepted("float32 images of shape (N, 1, 8, 8) in [0, 1]", "1, 8, 8", ())
+    problem = request_problem(json.dumps({"inputs": inputs}).encode(), accepted)
+    assert problem is not None and problem.startswith(named), problem
+    assert problem.endswith(
+        "(an image file's pixels: numpy.asarray(PIL.Image.open(file)), in (C, H, W) order, (1, 8, 8), "
+        "divided by 255; docs/serving.md, 'Image files')"
+    ), problem
+    # A string that is no encoded image is still named as before, with no such hint.
+    plain = request_problem(json.dumps({"inputs": [[[["0.5"] * 8] * 8]]}).encode(), accepted)
+    assert plain is not None and "base64" not in plain and "PIL" not in plain, plain

@@ -12,6 +12,8 @@ so it holds for every version served, those registered before it too.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import difflib
 import json
 import os
@@ -197,12 +199,49 @@ def content_type_problem(content_type: str | None, body: bytes, accepted: Accept
     if mime.startswith("image/") or mime == "multipart/form-data":
         # A PNG posted as it is, or uploaded as a form's file (curl -F): its pixels are what the model takes.
         sent = "an image file" if mime.startswith("image/") else "a form upload (curl -F)"
-        pixels = (
-            f"(an image file's pixels: numpy.asarray(PIL.Image.open(file)), in (C, H, W) order, ({accepted.image}), "
-            "divided by 255; docs/serving.md, 'Image files')"
-        )
-        return f"{got}: {sent}, which this server does not read; {expected} {pixels}"
+        return f"{got}: {sent}, which this server does not read; {expected} {_file_pixels(accepted)}"
     return f"{got}, which this server does not read; {expected}"
+
+
+def _file_pixels(accepted: Accepted) -> str:
+    """How to make an image file what this model takes (its pixels), in parentheses."""
+    return (
+        f"(an image file's pixels: numpy.asarray(PIL.Image.open(file)), in (C, H, W) order, ({accepted.image}), "
+        "divided by 255; docs/serving.md, 'Image files')"
+    )
+
+
+# The first bytes of the image files a client may encode in base64, as image APIs take them.
+_FILE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _encoded_image(value: Any) -> str | None:
+    """``value``'s file type when it is a string holding an image file in base64 (a ``data:``
+    URL included), or None. Such a string under ``inputs`` is a file, not pixels."""
+    if not isinstance(value, str):
+        return None
+    text = re.sub(r"^data:image/[\w.+-]*;base64,", "", value.strip())
+    try:
+        head = base64.b64decode(text[:24], validate=True)  # 18 bytes, without decoding the whole file
+    except (binascii.Error, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for signature, kind in _FILE_SIGNATURES.items() if head.startswith(signature)), None)
+
+
+def _as_file(value: Any, accepted: Accepted) -> tuple[str, str]:
+    """What to add after the value named and after the refusal when ``value`` is an encoded image."""
+    kind = _encoded_image(value)
+    return (f" (a base64-encoded {kind} file)", f" {_file_pixels(accepted)}") if kind else ("", "")
 
 
 def request_problem(body: bytes, accepted: Accepted) -> str | None:
@@ -235,13 +274,19 @@ def request_problem(body: bytes, accepted: Accepted) -> str | None:
         return f"{key!r} sends a data frame, which this model does not take; {as_inputs} {_from_table(accepted)}"
     batch = payload[key]
     if not isinstance(batch, list):  # MLflow made it a 0-d array: the model said 'got shape ()'
-        return f"{key} is the JSON {_json_text(batch)}, not a list of images; expected {expected}, as [image, ...]"
+        named, pixels = _as_file(batch, accepted)
+        return (
+            f"{key} is the JSON {_json_text(batch)}{named}, not a list of images; expected {expected}, "
+            f"as [image, ...]{pixels}"
+        )
     ragged = _ragged_at(batch, key)
     if ragged is not None:
         return f"{ragged}; expected {expected}, every image of the same shape"
     not_a_number = _not_a_number(batch, key)
     if not_a_number is not None:
-        return f"{not_a_number}, not a number; expected {expected}, every pixel a JSON number"
+        where, value = not_a_number
+        named, pixels = _as_file(value, accepted)
+        return f"{where}{named}, not a number; expected {expected}, every pixel a JSON number{pixels}"
     return _not_finite(batch)
 
 
@@ -259,8 +304,9 @@ def _json_text(value: Any) -> str:
     return f"{kind} {text if len(text) <= 32 else text[:31] + '...'}"
 
 
-def _not_a_number(batch: list, name: str) -> str | None:
-    """Which pixel of ``batch`` (not ragged) is first not a JSON number, with its place, or None.
+def _not_a_number(batch: list, name: str) -> tuple[str, Any] | None:
+    """Which pixel of ``batch`` (not ragged) is first not a JSON number, with its place, and its
+    value, or None.
     The model's float32 conversion read a string "0.5" as 0.5 and true as 1.0, and answered them."""
     shape = (len(batch), *_first_shape(batch))
 
@@ -279,7 +325,7 @@ def _not_a_number(batch: list, name: str) -> str | None:
     value: Any = batch
     for index in at:
         value = value[index]
-    return f"{name}{''.join(f'[{i}]' for i in at)} is the JSON {_json_text(value)}"
+    return f"{name}{''.join(f'[{i}]' for i in at)} is the JSON {_json_text(value)}", value
 
 
 def _not_finite(batch: list) -> str | None:
