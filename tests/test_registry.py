@@ -508,6 +508,7 @@ def test_the_server_says_which_version_answers_and_which_classes_it_forgot(store
     assert described.status_code == 200, described.text
     assert described.json() == {
         "name": MODEL_NAME,
+        "alias": None,
         "version": version,
         "model_uri": uri,
         "class_names": [str(i) for i in range(10)],

@@ -549,3 +549,27 @@ def test_a_base64_encoded_image_file_under_inputs_is_told_to_send_its_pixels(inp
     # A string that is no encoded image is still named as before, with no such hint.
     plain = request_problem(json.dumps({"inputs": [[[["0.5"] * 8] * 8]]}).encode(), accepted)
     assert plain is not None and "base64" not in plain and "PIL" not in plain, plain
+
+
+def test_get_model_names_the_alias_being_served(served_project):
+    """GET /model named the version but not the alias `unsir serve` follows: a client of a server
+    started with --alias challenger could not tell it from the champion's."""
+    from unsir_pipeline.adapters.serving import server_environment
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(served_project)
+    # The app `unsir serve` runs, in the environment it runs it with (a process of its own, as
+    # uvicorn's factory is): MLflow's registry URI is the process's own.
+    ask = (
+        "from starlette.testclient import TestClient; "
+        "from unsir_pipeline.adapters.scoring_app import create_app; "
+        "print(TestClient(create_app()).get('/model').text)"
+    )
+    for alias in ("champion", "original"):
+        env = server_environment(ws, ws.params.registry.model_name, 1, alias)
+        answer = subprocess.run(
+            [sys.executable, "-c", ask], env=env, cwd=served_project, capture_output=True, text=True, check=False
+        )
+        assert answer.returncode == 0, answer.stderr[-2000:]
+        described = json.loads(answer.stdout.strip().splitlines()[-1])
+        assert (described["alias"], described["version"]) == (alias, 1), described

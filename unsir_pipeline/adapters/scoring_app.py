@@ -30,8 +30,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import PyFuncModel, scoring_server
 
-# The model URI the server loads, set by ``unsir serve`` (uvicorn's factory takes no arguments).
+# The model URI the server loads, set by ``unsir serve`` (uvicorn's factory takes no arguments),
+# and the registry alias that named that version, which ``unsir serve`` follows.
 MODEL_URI_VARIABLE = "UNSIR_SERVE_MODEL_URI"
+ALIAS_VARIABLE = "UNSIR_SERVE_ALIAS"
 # The top-level keys of MLflow's JSON scoring protocol, in the order the docs give them.
 INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
 # Those this model takes: MLflow makes a data frame of the others, and no table carries images.
@@ -63,15 +65,17 @@ DESCRIBE_PATH = "/model"
 VERSION_HEADER = b"model-version"
 
 
-def describe(model: PyFuncModel, model_uri: str | None) -> dict[str, Any]:
-    """The served version (from ``model_uri``, ``models:/NAME/VERSION``), its classes and the
-    classes it forgot (never predicted), from its MLmodel metadata (``serving_metadata``)."""
+def describe(model: PyFuncModel, model_uri: str | None, alias: str | None = None) -> dict[str, Any]:
+    """The served version (from ``model_uri``, ``models:/NAME/VERSION``), the registry alias
+    that named it (None when served without one), its classes and the classes it forgot (never
+    predicted), from its MLmodel metadata (``serving_metadata``)."""
     metadata = model.metadata.metadata or {}
     names = list(metadata.get("class_names") or [])
     forgotten = [int(label) for label in metadata.get("forgotten_classes") or []]
     match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri or "")
     return {
         "name": match.group(1) if match else None,
+        "alias": alias,
         "version": int(match.group(2)) if match else None,
         "model_uri": model_uri,
         "class_names": names,
@@ -442,12 +446,14 @@ class CheckedRequests:
         return await self.app(scope, replay, send)
 
 
-def checked_app(model: PyFuncModel, model_uri: str | None = None) -> CheckedRequests:
-    """MLflow's scoring app for ``model`` (loaded from ``model_uri``) behind the request check."""
-    return CheckedRequests(scoring_server.init(model), Accepted.of(model), describe(model, model_uri))
+def checked_app(model: PyFuncModel, model_uri: str | None = None, alias: str | None = None) -> CheckedRequests:
+    """MLflow's scoring app for ``model`` (loaded from ``model_uri``, named by ``alias``) behind
+    the request check."""
+    return CheckedRequests(scoring_server.init(model), Accepted.of(model), describe(model, model_uri, alias))
 
 
 def create_app() -> CheckedRequests:
-    """uvicorn's factory (``--factory``): the version ``UNSIR_SERVE_MODEL_URI`` names."""
+    """uvicorn's factory (``--factory``): the version ``UNSIR_SERVE_MODEL_URI`` names, which
+    ``UNSIR_SERVE_ALIAS`` pointed at."""
     uri = os.environ[MODEL_URI_VARIABLE]
-    return checked_app(scoring_server.load_model_with_mlflow_config(uri), uri)
+    return checked_app(scoring_server.load_model_with_mlflow_config(uri), uri, os.environ.get(ALIAS_VARIABLE))

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from unsir_pipeline.adapters.registry import RegistryError, VersionNotReady, registry_for
-from unsir_pipeline.adapters.scoring_app import MODEL_URI_VARIABLE
+from unsir_pipeline.adapters.scoring_app import ALIAS_VARIABLE, MODEL_URI_VARIABLE
 from unsir_pipeline.settings.workspace import Workspace
 
 HOST = "127.0.0.1"
@@ -60,12 +60,14 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def server_environment(ws: Workspace, model_name: str, version: int) -> dict[str, str]:
-    """The scoring server's environment: the version to serve, the project's registry, and the
-    same thread count as the pipeline (runtime.configure_threads)."""
+def server_environment(ws: Workspace, model_name: str, version: int, alias: str) -> dict[str, str]:
+    """The scoring server's environment: the version to serve and the alias that named it (GET
+    /model says both), the project's registry, and the same thread count as the pipeline
+    (runtime.configure_threads)."""
     return {
         **os.environ,
         MODEL_URI_VARIABLE: f"models:/{model_name}/{version}",
+        ALIAS_VARIABLE: alias,
         "MLFLOW_TRACKING_URI": ws.tracking_uri,
         "MLFLOW_REGISTRY_URI": ws.tracking_uri,
     }
@@ -153,7 +155,7 @@ class Supervisor:
     def start(self, version: int) -> None:
         process = subprocess.Popen(
             serve_command(self.port),
-            env=server_environment(self.ws, self.model_name, version),
+            env=server_environment(self.ws, self.model_name, version, self.alias),
             # Its access log goes to stderr: stdout carries this command's own reports (--json).
             cwd=self.ws.root,
             start_new_session=True,
