@@ -349,6 +349,29 @@ def test_reordered_seqs_are_found(log: AuditLog) -> None:
     assert result.problem.startswith("record 3:")
 
 
+def test_reordered_records_are_named_with_the_place_each_was_written_at(log: AuditLog) -> None:
+    """Two records swapped were reported as 'content does not match its hash (edited, or moved
+    from another position?)' and 'prev_hash does not match': an auditor could not tell a
+    reordering from an edit, nor where each record belongs."""
+    _tamper(
+        log.path,
+        "UPDATE audit SET seq = -1 WHERE seq = 3",
+        "UPDATE audit SET seq = 3 WHERE seq = 4",
+        "UPDATE audit SET seq = 4 WHERE seq = -1",
+    )
+
+    result = log.verify()
+
+    problems = [(result.first_bad_seq, result.problem), *result.later_problems]
+    assert problems == [
+        (3, "record 3: content does not match its hash: it is record 4 as written, moved (records reordered)"),
+        (3, "record 3: prev_hash does not match record 2: it links to the record now at 4 (records reordered)"),
+        (4, "record 4: content does not match its hash: it is record 3 as written, moved (records reordered)"),
+        (4, "record 4: prev_hash does not match record 3: it links to the record now at 2 (records reordered)"),
+        (5, "record 5: prev_hash does not match record 4: it links to the record now at 3 (records reordered)"),
+    ]
+
+
 def test_reordered_and_rehashed_records_are_found_by_prev_hash(log: AuditLog) -> None:
     # A careful attacker swaps records 3 and 4 and re-hashes both under their new seqs; each
     # record is then self-consistent, and only the chain's links give it away.

@@ -178,6 +178,18 @@ def _record_hash(
     return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
 
 
+def _written_at(record: AuditRecord, seq_of: dict[str, int]) -> int | None:
+    """The place ``record`` (whose content does not hash as it stands) was written at, when it
+    hashes there intact, or None (edited). Only a record whose link names a stored record other
+    than the one before it is looked for: a record edited in place still links to that one."""
+    linked = 0 if record.prev_hash == GENESIS else seq_of.get(record.prev_hash)
+    if linked is None or linked + 1 == record.seq:
+        return None
+    body = (record.ts, record.event, record.actor, record.request_ids, record.payload, record.idempotency_key)
+    places = range(1, max(seq_of.values(), default=0) + 2)
+    return next((at for at in places if _record_hash(at, *body, record.prev_hash) == record.hash), None)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -649,6 +661,9 @@ class AuditLog:
         walked: list[AuditRecord] = []
         unreadable: AuditError | None = None
 
+        # Where each stored hash sits now: a record moved keeps its own hash and its link to the
+        # record written before it, which name the place it was written at.
+        seq_of = {str(row["hash"]): row["seq"] for row in rows}
         expected_seq, prev_hash = 1, GENESIS
         for row in rows:
             seq = row["seq"]
@@ -673,9 +688,13 @@ class AuditLog:
                 record.prev_hash,
             )
             if recomputed != record.hash:
-                problems.append(
-                    (seq, f"record {seq}: content does not match its hash (edited, or moved from another position?)")
+                written_at = _written_at(record, seq_of)
+                why = (
+                    f": it is record {written_at} as written, moved (records reordered)"
+                    if written_at is not None
+                    else " (edited, or moved from another position?)"
                 )
+                problems.append((seq, f"record {seq}: content does not match its hash{why}"))
             if seq != expected_seq:
                 if expected_seq == 1:
                     where = f"the log starts at record {seq}"
@@ -686,13 +705,13 @@ class AuditLog:
                 problems.append((expected_seq, f"{missing} {verb} missing: {where} (deleted?)"))
             elif record.prev_hash != prev_hash:  # after a gap the link is broken by the gap itself
                 previous = "the genesis hash" if seq == 1 else f"record {seq - 1}"
-                problems.append(
-                    (
-                        seq,
-                        f"record {seq}: prev_hash does not match {previous} (records deleted, "
-                        "inserted or reordered, or the one before edited and re-hashed?)",
-                    )
+                linked = seq_of.get(record.prev_hash)
+                why = (
+                    f": it links to the record now at {linked} (records reordered)"
+                    if linked is not None and linked != seq - 1
+                    else " (records deleted, inserted or reordered, or the one before edited and re-hashed?)"
                 )
+                problems.append((seq, f"record {seq}: prev_hash does not match {previous}{why}"))
             expected_seq, prev_hash = seq + 1, record.hash
 
         last_seq = rows[-1]["seq"] if rows else 0  # not the count: middle records may be missing
