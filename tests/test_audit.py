@@ -1122,3 +1122,47 @@ def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(
     assert [r.event for r in log.records(request_id=pending.id)] == ["request_received"]
     assert [r.event for r in log.records(request_id=refused.id)] == ["request_refused"]
     assert log.verify().ok and batches.verify_trail(ws).problems == ()
+
+
+def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by_field(tmp_path: Path) -> None:
+    """The requester, reason or classes of a request changed in the request store (sqlite3 on
+    state/requests.sqlite) passed `audit verify` ('request store and registry agree with it'), and
+    the evidence report showed the forged values as the batch's requests, though the intake record
+    on the hash chain holds what was filed."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    alice = store.add([3], ["3"], "alice@corp", "consent withdrawn (ticket 812)", requested=["3"])
+    bob = store.add([5], ["5"], "bob@corp", "product line retired", requested=["5"])
+    stores.intake_trail(ws)
+    seq = {r.request_ids[0]: r.seq for r in log.records(event="request_received")}
+    assert batches.verify_trail(ws).problems == ()
+
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "UPDATE requests SET requester = 'mallory@corp', reason = 'routine cleanup' WHERE id = ?", (alice.id,)
+        )
+        conn.execute(
+            """UPDATE requests SET classes = '[4]', class_names = '["4"]', requested = '["4"]' WHERE id = ?""",
+            (bob.id,),
+        )
+
+    report = batches.verify_trail(ws)
+    assert not report.ok
+    edited = [p for p in report.problems if "its request_received record" in p]
+    assert edited == [
+        f"request {alice.id}: the request store says requester 'mallory@corp', but its request_received record "
+        f"{seq[alice.id]} says 'alice@corp' (the store edited since?)",
+        f"request {alice.id}: the request store says reason 'routine cleanup', but its request_received record "
+        f"{seq[alice.id]} says 'consent withdrawn (ticket 812)' (the store edited since?)",
+        f"request {bob.id}: the request store says classes [4], but its request_received record {seq[bob.id]} "
+        "says [5] (the store edited since?)",
+        f"request {bob.id}: the request store says class_names ['4'], but its request_received record "
+        f"{seq[bob.id]} says ['5'] (the store edited since?)",
+        f"request {bob.id}: the request store says requested ['4'], but its request_received record {seq[bob.id]} "
+        "says ['5'] (the store edited since?)",
+    ], report.problems

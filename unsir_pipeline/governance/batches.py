@@ -1304,6 +1304,7 @@ def _requests_against_trail(
     for request in requests:
         mine = named.get(request.id, [])
         intake = intake_event(request)
+        problems += _store_against_intake(request, [r for r in mine if r.event == intake])
         if not any(r.event == intake for r in mine):
             if request.status in INTAKE_RECOVERABLE and not mine:
                 warnings.append(
@@ -1339,6 +1340,30 @@ def _requests_against_trail(
                     "batch, withdrawal or retry records it"
                 )
     return problems, warnings
+
+
+def _store_against_intake(request: DeletionRequest, intakes: list[AuditRecord]) -> list[str]:
+    """What the request store says of ``request`` that its intake record, on the hash chain, does
+    not: who filed it, why, which classes. The store has no chain of its own; edited after the
+    request was recorded, it would show the forged values (in `request show`, the evidence
+    report) with nothing failing. A field an older record does not carry is not compared."""
+    if not intakes:
+        return []
+    record = intakes[0]
+    stored: dict[str, object] = {
+        "requester": request.requester,
+        "reason": request.reason,
+        "classes": list(request.classes),
+        "class_names": list(request.class_names),
+        "requested": list(request.requested),
+    }
+    recorded = {"requester": record.actor, **record.payload}
+    return [
+        f"request {request.id}: the request store says {field} {value!r}, but its {record.event} record "
+        f"{record.seq} says {recorded[field]!r} (the store edited since?)"
+        for field, value in stored.items()
+        if field in recorded and recorded[field] != value
+    ]
 
 
 def _unrecorded_versions(
