@@ -1166,3 +1166,35 @@ def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by
         f"request {bob.id}: the request store says requested ['4'], but its request_received record {seq[bob.id]} "
         "says ['5'] (the store edited since?)",
     ], report.problems
+
+
+def test_an_intake_record_edited_on_the_trail_is_named_with_what_it_said_before(tmp_path: Path) -> None:
+    """A request_received record whose reason was changed with sqlite3: `audit verify` said only
+    'record 1: content does not match its hash', not which field changed nor what it said; the
+    request store still holds what was filed, and now names it, pointing at the record."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    alice = store.add([3], ["3"], "alice@corp", "consent withdrawn (ticket 812)", requested=["3"])
+    stores.intake_trail(ws)
+    (received,) = log.records(request_id=alice.id)
+    _tamper(
+        log.path,
+        "UPDATE audit SET payload = replace(payload, 'consent withdrawn (ticket 812)', 'routine cleanup') "
+        f"WHERE seq = {received.seq}",
+    )
+
+    report = batches.verify_trail(ws)
+    assert (
+        report.chain.problem
+        == f"record {received.seq}: content does not match its hash (edited, or moved from another position?)"
+    )
+    assert (
+        f"request {alice.id}: the request store says reason 'consent withdrawn (ticket 812)', but its request_received "
+        f"record {received.seq} says 'routine cleanup' (that record fails its hash: edited on the trail; the store "
+        "holds what was filed)"
+    ) in report.problems, report.problems

@@ -1195,7 +1195,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
 
     store = existing_request_store(ws)
     requests = store.list() if store is not None else []
-    request_problems, request_warnings = _requests_against_trail(requests, records, existed)
+    request_problems, request_warnings = _requests_against_trail(requests, records, existed, chain.bad_seqs)
     problems += request_problems
     warnings += request_warnings
 
@@ -1280,9 +1280,10 @@ def verify_trail(ws: Workspace) -> TrailReport:
 
 
 def _requests_against_trail(
-    requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool
+    requests: list[DeletionRequest], records: list[AuditRecord], trail_exists: bool, broken: frozenset[int]
 ) -> tuple[list[str], list[str]]:
-    """Problems and warnings of the request store read against the trail."""
+    """Problems and warnings of the request store read against the trail (``broken``: the
+    numbers of the records that failed the chain's check)."""
     problems: list[str] = []
     warnings: list[str] = []
     if requests and not records:
@@ -1304,7 +1305,7 @@ def _requests_against_trail(
     for request in requests:
         mine = named.get(request.id, [])
         intake = intake_event(request)
-        problems += _store_against_intake(request, [r for r in mine if r.event == intake])
+        problems += _store_against_intake(request, [r for r in mine if r.event == intake], broken)
         if not any(r.event == intake for r in mine):
             if request.status in INTAKE_RECOVERABLE and not mine:
                 warnings.append(
@@ -1342,14 +1343,21 @@ def _requests_against_trail(
     return problems, warnings
 
 
-def _store_against_intake(request: DeletionRequest, intakes: list[AuditRecord]) -> list[str]:
+def _store_against_intake(request: DeletionRequest, intakes: list[AuditRecord], broken: frozenset[int]) -> list[str]:
     """What the request store says of ``request`` that its intake record, on the hash chain, does
     not: who filed it, why, which classes. The store has no chain of its own; edited after the
     request was recorded, it would show the forged values (in `request show`, the evidence
-    report) with nothing failing. A field an older record does not carry is not compared."""
+    report) with nothing failing. A field an older record does not carry is not compared. Where
+    the record itself fails the chain's check (``broken``), it is the one edited, and the store
+    says what it held."""
     if not intakes:
         return []
     record = intakes[0]
+    edited = (
+        "that record fails its hash: edited on the trail; the store holds what was filed"
+        if record.seq in broken
+        else "the store edited since?"
+    )
     stored: dict[str, object] = {
         "requester": request.requester,
         "reason": request.reason,
@@ -1360,7 +1368,7 @@ def _store_against_intake(request: DeletionRequest, intakes: list[AuditRecord]) 
     recorded = {"requester": record.actor, **record.payload}
     return [
         f"request {request.id}: the request store says {field} {value!r}, but its {record.event} record "
-        f"{record.seq} says {recorded[field]!r} (the store edited since?)"
+        f"{record.seq} says {recorded[field]!r} ({edited})"
         for field, value in stored.items()
         if field in recorded and recorded[field] != value
     ]
