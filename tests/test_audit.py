@@ -6,6 +6,7 @@ append-only triggers first.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -1198,3 +1199,35 @@ def test_an_intake_record_edited_on_the_trail_is_named_with_what_it_said_before(
         f"record {received.seq} says 'routine cleanup' (that record fails its hash: edited on the trail; the store "
         "holds what was filed)"
     ) in report.problems, report.problems
+
+
+def test_the_evidence_reports_forget_figures_name_the_classes_they_cover() -> None:
+    """A forget of class 1 from a version that had forgotten 3, 5 and 8 measures every class
+    forgotten so far: the report's 'forget-class accuracy (test)' read 25.35% before, where the
+    per-class chart shows class 1 at 100%, and nothing said the figure covered 3, 5 and 8 too."""
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.report import batch_report_html
+
+    metrics = {"original_forget_acc": 0.2535, "forget_acc": 0.0, "original_mia": 0.30, "mia": 0.15}
+    forgotten = (1, 3, 5, 8)
+    per_class = [
+        {"class": f"digit-{c}", "before": 0.0 if c in (3, 5, 8) else 1.0, "after": 0.0 if c in forgotten else 1.0}
+        for c in range(10)
+    ]
+    payload = {"metrics": metrics, "per_class": per_class, "forget_classes": [1], "all_forgotten": list(forgotten)}
+    record = AuditRecord(1, "ts", "unlearning_metrics", "x", (), payload, None, "", "h")
+    html = batch_report_html("forget-a", [record], [], VerifyResult(True, 1, None, None), {})
+    assert (
+        "<td>forget-class accuracy (test): digit-1, digit-3, digit-5, digit-8 (every class forgotten so far; "
+        'asked this time: digit-1)</td><td class="num">25.35%</td>'
+    ) in html
+    assert (
+        "<td>membership inference on forget-train samples: digit-1, digit-3, digit-5, digit-8 (every class "
+        "forgotten so far; asked this time: digit-1)</td>"
+    ) in html
+    # A first deletion: the classes asked are all there is to say.
+    first = {**payload, "forget_classes": [3, 5], "all_forgotten": [3, 5]}
+    html = batch_report_html(
+        "batch-a", [dataclasses.replace(record, payload=first)], [], VerifyResult(True, 1, None, None), {}
+    )
+    assert '<td>forget-class accuracy (test): digit-3, digit-5</td><td class="num">25.35%</td>' in html

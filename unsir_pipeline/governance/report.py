@@ -39,6 +39,23 @@ def _figure(name: str, value: object) -> str:
     return _pct(value)
 
 
+def _forget_classes_covered(metrics_payload: dict) -> str:
+    """Which classes the forget-class figures measure, as a label's tail: every class forgotten
+    so far (evaluation counts the earlier deletions too), and which of them this run was asked
+    for when that is fewer. Empty when the record predates the class lists."""
+    names = [str(row.get("class")) for row in metrics_payload.get("per_class", [])]
+    covered, asked = metrics_payload.get("all_forgotten"), metrics_payload.get("forget_classes")
+    if not covered:
+        return ""
+
+    def named(labels: list[int]) -> str:
+        return ", ".join(names[c] if 0 <= c < len(names) else str(c) for c in labels)
+
+    if not asked or sorted(asked) == sorted(covered):
+        return f": {named(covered)}"
+    return f": {named(covered)} (every class forgotten so far; asked this time: {named(asked)})"
+
+
 def per_class_svg(
     per_class: list[dict], after_label: str = "after (unlearned)", retrained_label: str = "retrained from scratch"
 ) -> str:
@@ -133,9 +150,10 @@ def batch_report_html(
         f"<th>status now</th><th>version now</th></tr>{rows}</table>"
     )
     has_ref = "reference_mia" in m
+    covers = _forget_classes_covered(metrics_rec.payload if metrics_rec else {})
     figures = [
         (
-            "forget-class accuracy (test)",
+            f"forget-class accuracy (test){covers}",
             m.get("original_forget_acc"),
             m.get("forget_acc"),
             m.get("reference_forget_acc"),
@@ -146,7 +164,12 @@ def batch_report_html(
             m.get("retain_acc"),
             m.get("reference_retain_acc"),
         ),
-        ("membership inference on forget-train samples", m.get("original_mia"), m.get("mia"), m.get("reference_mia")),
+        (
+            f"membership inference on forget-train samples{covers}",
+            m.get("original_mia"),
+            m.get("mia"),
+            m.get("reference_mia"),
+        ),
     ]
     # What the gate compared the MIA with when no model was retrained, and the relearn time
     # (anamnesis): both on the record, and the reader's only evidence of either.
