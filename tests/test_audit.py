@@ -1231,3 +1231,29 @@ def test_the_evidence_reports_forget_figures_name_the_classes_they_cover() -> No
         "batch-a", [dataclasses.replace(record, payload=first)], [], VerifyResult(True, 1, None, None), {}
     )
     assert '<td>forget-class accuracy (test): digit-3, digit-5</td><td class="num">25.35%</td>' in html
+
+
+def test_the_evidence_report_warns_when_the_request_store_disagrees_with_the_intake_records(tmp_path: Path) -> None:
+    """A request's requester and reason changed in the store after intake: the report, 'generated
+    from the audit trail, whose hash chain is intact', listed the forged requester and reason as
+    the batch's request, with nothing to say the trail recorded otherwise."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    ws = Workspace.load(make_project(tmp_path / "project"))
+    log, store = stores.audit_log(ws), stores.request_store(ws)
+    alice = store.add([3], ["3"], "alice@corp", "consent withdrawn (ticket 812)", requested=["3"])
+    stores.intake_trail(ws)
+    store.claim_pending("batch-x")
+    log.append("batch_failed", actor="deletion-batch", request_ids=[alice.id], payload={"batch_id": "batch-x"})
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE requests SET requester = 'mallory@corp' WHERE id = ?", (alice.id,))
+
+    html = batches.write_batch_report(ws, "batch-x", tmp_path / "report.html").read_text()
+    assert (
+        '<p class="bad">The request store disagrees with the requests\' intake records on the trail: '
+        f"request {alice.id}: the request store says requester &#x27;mallory@corp&#x27;, but its request_received "
+        "record 1 says &#x27;alice@corp&#x27; (the store edited since?)</p>"
+    ) in html

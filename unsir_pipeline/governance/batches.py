@@ -1107,8 +1107,18 @@ def write_batch_report(ws: Workspace, batch_id: str, out: Path) -> Path:
         and isinstance(r.payload.get("model_version"), int)
         and r.payload.get("batch_id")
     }
+    disagreements = [
+        problem
+        for request in requests
+        for problem in _store_against_intake(
+            request,
+            [r for r in trail if r.event == intake_event(request) and request.id in r.request_ids],
+            chain.bad_seqs,
+        )
+    ]
     out.write_text(
-        batch_report_html(batch_id, records, requests, chain, aliases, reviews, evidence_ids), encoding="utf-8"
+        batch_report_html(batch_id, records, requests, chain, aliases, reviews, evidence_ids, disagreements),
+        encoding="utf-8",
     )
     return out
 

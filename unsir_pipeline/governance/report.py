@@ -110,11 +110,14 @@ def batch_report_html(
     current_aliases: dict[int, list[str]],
     reviews: Sequence[AuditRecord] = (),
     evidence_ids: dict[int, str] | None = None,
+    store_disagreements: Sequence[str] = (),
 ) -> str:
     """``records``: the batch's own; ``requests``: as the store holds them now; ``reviews``: the
     ``version_promoted``/``version_rejected`` records of the version the batch registered, which
     carry no batch id but decide what became of it (and of its requests); ``evidence_ids``: the
-    id whose report holds each version's evidence, for a batch that registered none."""
+    id whose report holds each version's evidence, for a batch that registered none;
+    ``store_disagreements``: where the store's requests differ from their intake records (the
+    store has no hash chain: the table shows what it holds, this says what the trail holds)."""
     by_event: dict[str, AuditRecord] = {}
     for rec in records:
         by_event[rec.event] = rec  # the latest of each kind
@@ -148,6 +151,13 @@ def batch_report_html(
         if direct and registered is not None and not requests
         else "<table><tr><th>request</th><th>requester</th><th>reason</th><th>classes</th><th>received</th>"
         f"<th>status now</th><th>version now</th></tr>{rows}</table>"
+    )
+    disagreements = (
+        '<p class="bad">The request store disagrees with the requests\' intake records on the trail: '
+        + _e("; ".join(store_disagreements))
+        + "</p>"
+        if store_disagreements
+        else ""
     )
     has_ref = "reference_mia" in m
     covers = _forget_classes_covered(metrics_rec.payload if metrics_rec else {})
@@ -293,7 +303,7 @@ def batch_report_html(
 <h1>Unlearning evidence report — batch <code>{_e(batch_id)}</code></h1>
 <p>Status: <b>{_e(status)}</b>. Generated {generated} from the audit trail, whose hash chain is {chain_line}.</p>
 <h2>Requests</h2>
-{requests_section}
+{requests_section}{disagreements}
 <h2>Accuracy per class, before and after</h2>
 {chart}
 <h2>Key figures</h2>
