@@ -1842,3 +1842,52 @@ def test_audit_verify_without_a_registry_database_checks_the_trail_and_creates_n
     err = capsys.readouterr().err
     assert "records versions [2] of sqlite:///state/mlflow/mlflow.db#" in err and "was lost or replaced" in err
     assert not registry.parent.exists()
+
+
+def test_audit_show_summarises_the_evidence_and_the_versions_each_record_holds(tmp_path, capsys):
+    """`unsir audit show` printed nothing after unlearning_metrics, validation_passed and
+    model_registered, and only model_version after version_promoted: the forget accuracy, the
+    membership inference against the retrained reference, the relearn steps, the validation
+    check, 'no forget-class sample read', the parent version and the champion replaced were on
+    the trail but only in --json."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import stores
+
+    project = make_project(tmp_path / "project")
+    log = stores.audit_log(Workspace.load(project))
+    metrics = {
+        "original_forget_acc": 0.9909,
+        "forget_acc": 0.0,
+        "reference_forget_acc": 0.0,
+        "mia": 0.0647,
+        "reference_mia": 0.1692,
+        "relearn_steps": 17.0,
+        "reference_relearn_steps": 25.0,
+    }
+    log.append("validation_passed", actor="deletion-batch", payload={"expectations_passed": 32})
+    log.append(
+        "unlearning_metrics",
+        actor="deletion-batch",
+        payload={"metrics": metrics, "verified": True, "verification_split": "val", "reads_forget_train": False},
+    )
+    log.append(
+        "model_registered",
+        actor="deletion-batch",
+        payload={"model_version": 2, "parent_version": 1, "method": "retrain"},
+    )
+    log.append(
+        "version_promoted",
+        actor="grace@corp",
+        payload={"model_version": 5, "previous_champion": 3, "override": True, "reason": "legal deadline"},
+    )
+
+    assert main(["--project", str(project), "audit", "show"]) == 0
+    lines = [line.split(None, 4)[-1] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        "expectations_passed=32",
+        "forget_acc=0.0000 (before 0.9909, retrained 0.0000), mia=0.0647 (retrained 0.1692), relearn_steps=17 "
+        "(retrained 25), verified on val=True, reads_forget_train=False",
+        "model_version=2, parent_version=1, method=retrain",
+        "model_version=5, previous_champion=3, override=True, reason=legal deadline",
+    ]

@@ -1280,8 +1280,47 @@ def cmd_state(project: Path, args) -> int:
 
 
 def _brief(payload: dict) -> str:
-    keys = ("model_version", "classes", "promoted", "error", "refusal", "reason", "withdrawal")
-    return ", ".join(f"{k}={payload[k]}" for k in keys if k in payload)
+    """One line of what a record holds: the evidence of a run (its figures beside the parent's
+    and the retrained reference's, the validation check, whether a forget-class sample was read)
+    and the versions it names (the parent, the champion it replaced), beside its decision."""
+    keys = (
+        "model_version",
+        "parent_version",
+        "method",
+        "previous_champion",
+        "override",
+        "classes",
+        "promoted",
+        "expectations_passed",
+        "error",
+        "refusal",
+        "reason",
+        "withdrawal",
+    )
+    parts = [f"{k}={payload[k]}" for k in keys if k in payload]
+    metrics = payload.get("metrics")
+    if isinstance(metrics, dict):
+        parts.append(_evidence_brief(metrics, payload))
+    return ", ".join(part for part in parts if part)
+
+
+def _evidence_brief(m: dict, payload: dict) -> str:
+    """An unlearning_metrics record's evidence in one line."""
+
+    def beside(name: str, digits: str, original: bool = False) -> str | None:
+        if name not in m:
+            return None
+        others = [("before", f"original_{name}")] if original else []
+        others.append(("retrained", f"reference_{name}"))
+        shown = [f"{label} {m[key]:{digits}}" for label, key in others if key in m]
+        return f"{name}={m[name]:{digits}}" + (f" ({', '.join(shown)})" if shown else "")
+
+    parts = [beside("forget_acc", ".4f", original=True), beside("mia", ".4f"), beside("relearn_steps", ".0f")]
+    if "verified" in payload:
+        parts.append(f"verified on {payload.get('verification_split', 'val')}={payload['verified']}")
+    if "reads_forget_train" in payload:
+        parts.append(f"reads_forget_train={payload['reads_forget_train']}")
+    return ", ".join(part for part in parts if part)
 
 
 def cmd_init(args) -> int:
