@@ -62,6 +62,7 @@ class UnlearnResult:
     # Of forget_classes, those nobody asked for this time: deletions that promoted versions made
     # and the parent still classifies (a run from the original, or from a version promoted back).
     forgotten_again: list[int] = field(default_factory=list)
+    previous_champion: int | None = None  # the champion the gate replaced, when it promoted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,6 +261,7 @@ def _run(
         registered,
         promoted=decision.promoted,
         gate_reasons=decision.reasons,
+        previous_champion=decision.previous_champion,
         no_fallback_because="" if decision.promoted else choice.no_fallback_because,
     ).to_dict()
     if not recorded_by_caller:

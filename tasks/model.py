@@ -154,4 +154,7 @@ def promotion_gate(ctx: RunContext, version: int, candidate: promotion.GateInput
     get_run_logger().info(
         "version %s %s: %s", version, "promoted to champion" if promoted else "NOT promoted", "; ".join(reasons)
     )
-    return promotion.GateDecision(promoted, reasons)
+    # The champion it replaced, tagged by the gate under its lock (read back: a retried task
+    # whose first attempt promoted finds it there).
+    tags = registry_for(ctx.ws).get_version(version).tags if promoted else {}
+    return promotion.GateDecision(promoted, reasons, promotion.previous_champion_of(tags))

@@ -1257,3 +1257,19 @@ def test_the_evidence_report_warns_when_the_request_store_disagrees_with_the_int
         f"request {alice.id}: the request store says requester &#x27;mallory@corp&#x27;, but its request_received "
         "record 1 says &#x27;alice@corp&#x27; (the store edited since?)</p>"
     ) in html
+
+
+def test_the_evidence_report_names_the_champion_a_gate_promotion_replaced() -> None:
+    """The report said 'Version 1 -> version 2' (the run's parent) and 'Promotion gate: promoted',
+    not which version was serving until the gate moved the alias."""
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.report import batch_report_html
+
+    registered = {"model_version": 4, "parent_version": 1, "forgotten_classes": [3]}
+    gate = {"model_version": 4, "promoted": True, "reasons": ["pass: x"], "previous_champion": 3}
+    records = [
+        AuditRecord(1, "ts", "model_registered", "x", (), registered, None, "", "h1"),
+        AuditRecord(2, "ts", "gate_decision", "x", (), gate, None, "h1", "h2"),
+    ]
+    html = batch_report_html("batch-a", records, [], VerifyResult(True, 2, None, None), {4: ["champion"]})
+    assert "promoted</b>, replacing champion version <b>3</b></p>" in html

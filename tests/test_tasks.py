@@ -541,3 +541,38 @@ def test_class_names_the_font_cannot_draw_show_as_their_index():
         warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)"
         per_class_accuracy_figure(names, [1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0]).savefig(io.BytesIO(), format="png")
         confusion_figure(names, [[1, 0, 0]] * 3, [[1, 0, 0]] * 3).savefig(io.BytesIO(), format="png")
+
+
+def test_a_gate_promotion_records_the_champion_it_replaced(tmp_path, bootstrapped_project):
+    """A hand promotion's version_promoted record names the champion it replaced; the gate's
+    gate_decision did not, so for a version the gate promoted the trail could not say which
+    version was serving before (parent_version is where the run started, not what was serving
+    when the gate moved the alias: `--from original`, or a promotion by hand meanwhile)."""
+    from unsir_pipeline.governance.batches import run_records
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    registry = registry_for(Workspace.load(project))
+    first, second = (_register_candidate(project, f"unit-replaced-{n}") for n in (1, 2))
+    registry.set_alias("champion", first)  # promoted by hand meanwhile: not the run's parent
+    registry.set_version_tags(second, {"verified_forgotten_classes": "[3]"})
+    with disable_run_logger():
+        passed = model.promotion_gate.fn(
+            _context(project, "unit-replaced"), second, _candidate([0.97] * 3 + [0.0] + [0.97] * 6, [3])
+        )
+    assert (passed.promoted, passed.previous_champion) == (True, first)
+    assert registry.get_version(second).tags["previous_champion"] == str(first)
+    result = {
+        **dict.fromkeys(("mlflow_run_id", "flow_run_id", "device"), "x"),
+        **dict.fromkeys(("data_digests", "metrics", "compute_s"), {}),
+        **dict.fromkeys(("forget_classes", "all_forgotten", "verified_forgotten_classes", "per_class", "rounds"), []),
+        "expectations_passed": 1,
+        "verified": True,
+        "reads_forget_train": False,
+        "parent_version": 1,
+        "new_version": second,
+        "promoted": True,
+        "gate_reasons": passed.reasons,
+        "previous_champion": passed.previous_champion,
+    }
+    decision = next(payload for event, payload in run_records(result) if event == "gate_decision")
+    assert decision["previous_champion"] == first

@@ -584,6 +584,11 @@ def record_registration_from_tags(ws: Workspace, version: VersionInfo, context: 
             "model_version": version.version,
             "promoted": tags.get("gate_decision") in PROMOTED_DECISIONS,
             "reasons": reasons.split("; ") if reasons else [],
+            **(
+                {"previous_champion": int(tags["previous_champion"])}
+                if tags.get("previous_champion", "").isdigit()
+                else {}
+            ),
         }
         records.append(("gate_decision", decision))
     for event, payload in records:
@@ -692,6 +697,7 @@ def run_records(result: dict) -> list[tuple[str, dict]]:
                 "model_version": version,
                 "promoted": result["promoted"],
                 "reasons": result["gate_reasons"],
+                **({"previous_champion": result["previous_champion"]} if result.get("previous_champion") else {}),
                 **({"no_fallback_because": result["no_fallback_because"]} if result.get("no_fallback_because") else {}),
             },
         ),

@@ -43,6 +43,8 @@ GATE_ACTOR = "promotion-gate"
 # Written by the gate beside ``gate_reasons`` (every reason, joined for people to read): the
 # reasons of the bounds that failed, a JSON list, for the code that decides on them.
 GATE_FAILED_BOUNDS_TAG = "gate_failed_bounds"
+# The champion a gate promotion replaced (version tag; the gate_decision record says it too).
+PREVIOUS_CHAMPION_TAG = "previous_champion"
 
 
 class PromotionRefused(UnlearningInputError):
@@ -312,10 +314,12 @@ def retrained_candidate(unsir: GateInput, per_class_retrained: list[float]) -> G
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Whether the gate promoted the version, with one reason per bound."""
+    """Whether the gate promoted the version, with one reason per bound, and the champion it
+    replaced (None: held, or no champion before)."""
 
     promoted: bool
     reasons: list[str]
+    previous_champion: int | None = None
 
 
 def mia_baseline(m: dict[str, float], max_gap: float) -> tuple[float, float, str] | None:
@@ -505,10 +509,27 @@ def apply_gate(ws: Workspace, version: int, candidate: GateInput) -> tuple[bool,
             GATE_FAILED_BOUNDS_TAG: json.dumps([r for r in reasons if r.startswith("FAIL: ")]),
         }
         if promoted:
+            # What was serving until now, on the version's lineage and the gate's record: the
+            # run's parent is where it started, and the champion may have moved since.
+            previous = _current_champion(ws, registry)
+            if previous is not None and previous != version:
+                decision[PREVIOUS_CHAMPION_TAG] = str(previous)
             _move_champion(ws, registry, version, decision, promotion_id=uuid.uuid4().hex)
         else:
             registry.set_version_tags(version, decision)
     return promoted, reasons
+
+
+def _current_champion(ws: Workspace, registry: ModelRegistry) -> int | None:
+    """The version the champion alias names now, or None where none does."""
+    alias = ws.params.registry.champion_alias
+    return registry.resolve_alias(alias) if any(alias in v.aliases for v in registry.list_versions()) else None
+
+
+def previous_champion_of(tags: dict[str, str]) -> int | None:
+    """The champion a version's gate promotion replaced, from its tags (None: none recorded)."""
+    value = tags.get(PREVIOUS_CHAMPION_TAG, "")
+    return int(value) if value.isdigit() else None
 
 
 def promotion_record_key(promotion_id: str) -> str:

@@ -250,7 +250,13 @@ def batch_report_html(
             "classes forgotten so far: "
             f"{_e(_named(p['forgotten_classes'], metrics_rec))}. Aliases now: <b>{_e(aliases)}</b>.</p>"
             f"<p>Promotion gate: <b class='{'ok' if gate and gate.payload.get('promoted') else 'bad'}'>"
-            f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b></p><ul>{reasons}</ul>"
+            f"{'promoted' if gate and gate.payload.get('promoted') else 'held for review'}</b>"
+            + (
+                f", replacing champion version <b>{_e(gate.payload['previous_champion'])}</b>"
+                if gate and gate.payload.get("promoted") and gate.payload.get("previous_champion")
+                else ""
+            )
+            + f"</p><ul>{reasons}</ul>"
             + "".join(_review_paragraph(rec) for rec in reviews)
             + _fallback_paragraph(p, gate.payload if gate else {})
             + "<table><tr><th>link</th><th>value</th></tr>"
