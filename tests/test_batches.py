@@ -1413,6 +1413,44 @@ def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovere
     assert [r.payload["via"] for r in received] == ["unsir forget"]
 
 
+def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
+    prefect_harness, bootstrapped_project, tmp_path
+):
+    """`unsir forget` killed after registering its version, before recording it (the gate never
+    ran): its version had no record on the trail for good, since the next batch recorded only a
+    killed batch's (batch_started names those). Now the forget's intake record names its run, and
+    the next batch records the version under the forget run and its request."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    with locks.forget_run_lock(ws):  # what the flow did before the kill
+        claimed = _claim_as_a_forget_run(ws, ["0"], "killed-forget")
+        version = _register_original_outside_the_flow(
+            ws,
+            "killed-forget",
+            {
+                "run_key": "killed-forget",
+                "parent_version": "1",
+                "forgotten_classes": "[0]",
+                "verified_forgotten_classes": "[0]",
+                "method": "unsir",
+            },
+        )
+    unrecorded = f"version {version} has no record on the trail"
+    assert any(w.startswith(unrecorded) for w in batches.verify_trail(ws).warnings)
+
+    result = deletion_batch(project_dir=str(project), overrides=WEAK)
+    assert result["status"] == "done" and result["new_version"] != version
+    recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == version]
+    assert [r.event for r in recorded] == ["model_registered"]  # its gate never ran: it waits in review
+    assert recorded[0].payload["batch_id"] == "forget-killed-forget" and list(recorded[0].request_ids) == [claimed.id]
+    assert recorded[0].payload["via"] == "unsir forget" and "recovered_from" in recorded[0].payload
+    report = batches.verify_trail(ws)
+    assert report.ok, report.problems
+    assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
+
+
 def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrapped_project, tmp_path):
     """The forget run's own request: released with the error when the run fails (pending, as a
     failed batch's), done with the version when it registers one (held here), named by its

@@ -271,7 +271,10 @@ def claim_forget(
         admit=_admission(requested, names, parent, "the parent model"),
         claimed_by=forget_id(run_key),
     )
-    _record_received(ws, audit, request, {"parent_version": parent.version, "via": "unsir forget"})
+    # Its run named on its intake record, as a batch's claim record names it: a run killed
+    # after registering its version, before recording it, is recorded by the next batch.
+    run = {"batch_id": forget_id(run_key), "run_key": run_key}
+    _record_received(ws, audit, request, {"parent_version": parent.version, "via": "unsir forget", **run})
     return request
 
 
@@ -560,12 +563,15 @@ def record(ws: Workspace, batch: ClaimedBatch, event: str, payload: dict, *, act
 RECOVERED_FROM_TAGS = "registry tags (the batch stopped before recording them)"
 
 
-def record_registration_from_tags(ws: Workspace, version: VersionInfo, context: dict, request_ids: list[str]) -> None:
+def record_registration_from_tags(
+    ws: Workspace, version: VersionInfo, context: dict, request_ids: list[str], *, key_prefix: str | None = None
+) -> None:
     """The ``model_registered`` and ``gate_decision`` records of ``version``, whose batch
     (``context``: its batch_id, run_key and attempt) was stopped after registering it, before
     its trail said so, written from the registry's tags and marked ``recovered_from``. Keyed as
-    the batch's own records, so a no-op where they exist. A version the gate never judged gets
-    no ``gate_decision`` (it waits in review)."""
+    the batch's own records (by ``key_prefix``, default its run key; a forget run's are keyed by
+    its id), so a no-op where they exist. A version the gate never judged gets no
+    ``gate_decision`` (it waits in review)."""
     tags = version.tags
     links = {"mlflow_run_id": tags.get("mlflow_run_id"), "prefect_flow_run_id": tags.get("prefect_flow_run_id")}
     registered = {
@@ -598,7 +604,7 @@ def record_registration_from_tags(ws: Workspace, version: VersionInfo, context: 
             {**context, **payload, "recovered_from": RECOVERED_FROM_TAGS},
             actor=SYSTEM_ACTOR,
             request_ids=request_ids,
-            key=f"{context['run_key']}:{event}",
+            key=f"{key_prefix or context['run_key']}:{event}",
         )
 
 
@@ -607,19 +613,32 @@ def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch) -> list
     recording (killed after its registration, or after its gate promoted it), when ``batch``
     does not resume that batch (another request was filed meanwhile, or its resumption was
     refused): a resumed batch reruns its steps and records them itself, but nothing else would,
-    and a champion would serve with no evidence on the trail. Each is recorded under the earlier
-    batch and its requests, as its claim record names them. Returns the versions recorded."""
+    and a champion would serve with no evidence on the trail. A forget run killed the same way
+    (``unsir forget``: it is never resumed) is recorded too. Each is recorded under the earlier
+    batch or forget run and its requests, as its claim record (a forget run's: its request's
+    intake record) names them. Returns the versions recorded."""
     records = audit_log(ws).records()
     recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
     claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
+    forgets = {
+        r.payload.get("run_key"): r
+        for r in records
+        if r.event == "request_received" and r.payload.get("via") == "unsir forget" and r.payload.get("run_key")
+    }
     found = []
     for version in registry_for(ws).list_versions():
         run_key = version.tags.get("run_key")
-        claim = claims.get(run_key)
-        if version.version in recorded or claim is None or run_key == batch.run_key:
+        if version.version in recorded or run_key is None or run_key == batch.run_key:
             continue
-        context = {key: claim.payload.get(key) for key in batch.record_context}  # as the claim recorded it
-        record_registration_from_tags(ws, version, context, list(claim.request_ids))
+        claim, forget = claims.get(run_key), forgets.get(run_key)
+        if claim is not None:
+            context = {key: claim.payload.get(key) for key in batch.record_context}  # as the claim recorded it
+            record_registration_from_tags(ws, version, context, list(claim.request_ids))
+        elif forget is not None:
+            context = {"batch_id": forget_id(run_key), "run_key": run_key, "via": "unsir forget"}  # as record_forget
+            record_registration_from_tags(ws, version, context, list(forget.request_ids), key_prefix=forget_id(run_key))
+        else:
+            continue
         found.append(version.version)
     return found
 
