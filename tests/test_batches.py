@@ -861,6 +861,11 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     champion = registry_for(ws).resolve_alias("champion")
     assert len(versions(project)) == count + 1 and champion == max(versions(project))
     assert "model_registered" not in events(project, key)  # the gap this test is about
+    # `audit verify` names the gap and what closes it (it said only that no record existed).
+    assert (
+        f"the champion, version {champion}, has no record on the trail: its batch {key} stopped after "
+        "registering it, before recording it; the next `unsir batch run` records it from the registry's tags"
+    ) in batches.verify_trail(ws).problems
 
     result = batch_flow.deletion_batch(project_dir=str(project), overrides=PROMOTABLE)
     assert result["status"] == "done" and result["new_version"] == champion

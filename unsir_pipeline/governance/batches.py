@@ -1417,12 +1417,29 @@ def _unrecorded_versions(
     registered has no deletion to record. A champion without a record is a problem: the model in
     production has no evidence on the record; any other such version, a warning."""
     recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
+    # The runs the trail saw start (a batch's claim, a forget's intake): a version one of them
+    # registered was stopped before its record, which the next batch writes from its tags.
+    started = {
+        r.payload["run_key"]: r.payload.get("batch_id")
+        for r in records
+        if r.payload.get("run_key")
+        and (r.event in ("batch_started", "batch_resumed") or r.payload.get("via") == "unsir forget")
+    }
     problems: list[str] = []
     warnings: list[str] = []
     for number, info in sorted(versions.items()):
         if number in recorded or AUDIT_SEQ_TAG in info.tags or info.tags.get("origin") == "bootstrap":
             continue
-        why = "no run recorded its registration (stopped before it did, or registered outside the pipeline)"
+        run_key = info.tags.get("run_key")
+        if run_key is not None and run_key in started:
+            run = str(started[run_key] or run_key)
+            whose = f"forget run {run}" if run.startswith(FORGET_PREFIX) else f"batch {run}"
+            why = (
+                f"its {whose} stopped after registering it, before recording it; the next `unsir batch run` "
+                "records it from the registry's tags"
+            )
+        else:
+            why = "no run recorded its registration (stopped before it did, or registered outside the pipeline)"
         if champion_alias in info.aliases:
             problems.append(f"the {champion_alias}, version {number}, has no record on the trail: {why}")
         else:
