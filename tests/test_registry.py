@@ -1116,6 +1116,53 @@ def test_a_registry_another_process_holds_locked_names_its_file_and_what_to_do(t
     assert registry.model_tags()["owner"] == "ops"  # the refused write changed nothing
 
 
+# A command as its user runs it (`unsir request add`), whose registry another process locks
+# once the command is past opening it: the lock is taken as the command first reads the champion.
+_LOCKED_MID_RUN = """
+import subprocess, sys
+from unsir_pipeline.adapters import registry
+hold, database, project = sys.argv[1:4]
+reads_the_champion = registry.ModelRegistry.resolve_alias
+holders = []
+def locked_first(self, *args, **kwargs):
+    holder = subprocess.Popen([sys.executable, "-c", hold, database], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder.stdout.readline()  # "locked"; it holds the lock until this process ends
+    holders.append(holder)
+    return reads_the_champion(self, *args, **kwargs)
+registry.ModelRegistry.resolve_alias = locked_first
+sys.argv = ["unsir", "--project", project, "request", "add", "3", "--by", "ops", "--reason", "test"]
+from unsir_pipeline.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_registry_locked_mid_run_prints_one_error_line_not_mlflows_traceback(
+    bootstrapped_project: Path, tmp_path: Path
+) -> None:
+    """A command whose registry another process locked mid-run printed about 200 lines of
+    MLflow's own log (mlflow.store.db.utils: the SQL statement and a traceback, per attempt)
+    above the one `error:` line that names the file and what to do. Now it prints that line
+    only (`--debug` keeps the traceback)."""
+    import subprocess
+    import sys
+
+    from conftest import clone_project
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    database = project / "state" / "mlflow" / "mlflow.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCKED_MID_RUN, _HOLD_WRITE_LOCK, str(database), str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[:3000]
+    assert lines[0].startswith(f"error: the MLflow registry's file {database} is locked"), lines[0]
+
+
 def test_a_registry_file_that_may_not_be_written_is_named_with_what_to_do(store: dict) -> None:
     """A batch on a registry file made immutable (`chattr +i`) or read-only said "cannot use the
     project's state files under DIR (...): (raised as a result of Query-invoked autoflush; consider

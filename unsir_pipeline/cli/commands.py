@@ -13,6 +13,7 @@ import argparse
 import functools
 import getpass
 import json
+import logging
 import math
 import os
 import sys
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if owns_process:
         runtime.handle_sigterm()
+    if not args.debug:
+        _quiet_mlflow_store_errors()
     try:
         configure(project)
         runtime.configure_threads()
@@ -434,6 +437,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         return _failed(args, _describe(err, project), EXIT_USAGE if _is_user_error(err) else EXIT_FAILED)
+
+
+# MLflow's SQL store logs every database error it raises (the SQL, then a traceback: about a
+# hundred lines an attempt) before raising it; the command names that error in its one line.
+_MLFLOW_STORE_LOGGER = "mlflow.store.db.utils"
+
+
+class _DropRaisedStoreErrors(logging.Filter):
+    """Drops the records of errors MLflow's SQL store logs and then raises (``--debug`` keeps
+    them); its other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.levelno >= logging.ERROR)
+
+
+def _quiet_mlflow_store_errors() -> None:
+    """Keep MLflow's log of a store error it raises (a registry locked mid-run) off the console,
+    where the command's one ``error:`` line names it. By the logger's name, so that MLflow need
+    not be imported (its loggers, made when it is, keep the filter); idempotent."""
+    store_logger = logging.getLogger(_MLFLOW_STORE_LOGGER)
+    if not any(isinstance(f, _DropRaisedStoreErrors) for f in store_logger.filters):
+        store_logger.addFilter(_DropRaisedStoreErrors())
 
 
 def _failed(args, message: str, code: int) -> int:
