@@ -1130,7 +1130,7 @@ def locked_first(self, *args, **kwargs):
     holders.append(holder)
     return reads_the_champion(self, *args, **kwargs)
 registry.ModelRegistry.resolve_alias = locked_first
-sys.argv = ["unsir", "--project", project, "request", "add", "3", "--by", "ops", "--reason", "test"]
+sys.argv = ["unsir", "--project", project, *sys.argv[4:], "request", "add", "3", "--by", "ops", "--reason", "test"]
 from unsir_pipeline.cli import main
 sys.exit(main())
 """
@@ -1161,6 +1161,41 @@ def test_a_registry_locked_mid_run_prints_one_error_line_not_mlflows_traceback(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr[:3000]
     assert lines[0].startswith(f"error: the MLflow registry's file {database} is locked"), lines[0]
+
+
+@pytest.mark.slow
+def test_a_registry_set_on_the_command_line_and_locked_mid_run_is_the_one_named(
+    bootstrapped_project: Path, tmp_path: Path
+) -> None:
+    """`--set registry.tracking_uri=...` to a registry locked mid-run: the error line named the
+    registry of params.yaml (and the environment), which nobody had locked, not the run's own."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import clone_project
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(project / "state" / "mlflow", elsewhere)
+    database = elsewhere / "mlflow.db"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOCKED_MID_RUN,
+            _HOLD_WRITE_LOCK,
+            str(database),
+            str(project),
+            "--set",
+            f"registry.tracking_uri=sqlite:///{database}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: the MLflow registry's file {database} is locked"), done.stderr[-3000:]
 
 
 def test_a_registry_file_that_may_not_be_written_is_named_with_what_to_do(store: dict) -> None:

@@ -396,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 orchestration.stop_prefect_server()
             except Exception as err:  # a clean-up that fails must not turn the stop into a failure
-                print(f"warning: stopping Prefect's temporary server: {_describe(err, project)}", file=sys.stderr)
+                print(
+                    f"warning: stopping Prefect's temporary server: {_describe(err, project, args.overrides)}",
+                    file=sys.stderr,
+                )
         return code
 
     if owns_process:
@@ -436,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             return stopped("interrupted", EXIT_INTERRUPTED)
         if args.debug:
             raise
-        return _failed(args, _describe(err, project), EXIT_USAGE if _is_user_error(err) else EXIT_FAILED)
+        return _failed(
+            args, _describe(err, project, args.overrides), EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
+        )
 
 
 # MLflow's SQL store logs every database error it raises (the SQL, then a traceback: about a
@@ -470,7 +475,8 @@ def _failed(args, message: str, code: int) -> int:
     return code
 
 
-def _describe(err: Exception, project: Path | None = None) -> str:
+def _describe(err: Exception, project: Path | None = None, overrides: list[str] | None = None) -> str:
+    """The command's one error line; ``overrides`` are its ``--set`` values (the registry it used)."""
     from unsir_pipeline.adapters.state_store import StateWriteRefused
     from unsir_pipeline.governance.full_disk import describe_full_disk, full_disk_error, project_places
 
@@ -483,7 +489,7 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     full = full_disk_error(err)
     if full is not None:
         return describe_full_disk(full, project_places(project) if project is not None else [])
-    registry_fault = _registry_file_fault(err, project)
+    registry_fault = _registry_file_fault(err, project, overrides or [])
     if registry_fault is not None:
         return registry_fault
     message = str(err).strip() or type(err).__name__
@@ -501,9 +507,10 @@ def _describe(err: Exception, project: Path | None = None) -> str:
     return first + ("".join(f"\n  {line}" for line in rest) if detailed else "")
 
 
-def _registry_file_fault(err: Exception, project: Path | None) -> str | None:
-    """The project's SQLite registry named, when another process held it locked or it may not be
-    written (MLflow's error says only "database is locked" or "attempt to write a readonly database")."""
+def _registry_file_fault(err: Exception, project: Path | None, overrides: list[str]) -> str | None:
+    """The run's SQLite registry (its ``--set`` values applied, as the command applied them) named,
+    when another process held it locked or it may not be written (MLflow's error says only
+    "database is locked" or "attempt to write a readonly database")."""
     from unsir_pipeline.adapters.registry import describe_registry_file_fault
     from unsir_pipeline.settings.config import ConfigError
     from unsir_pipeline.settings.workspace import Workspace
@@ -511,7 +518,7 @@ def _registry_file_fault(err: Exception, project: Path | None) -> str | None:
     if project is None or not any(words in str(err) for words in ("database is locked", "readonly database")):
         return None
     try:
-        database = Workspace.load(project).registry_database
+        database = Workspace.load(project, tuple(overrides)).registry_database
     except (ConfigError, OSError):  # the settings are not what failed here: keep the error as it is
         return None
     return describe_registry_file_fault(err, database)
