@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -790,6 +791,60 @@ registry.ModelRegistry._wait_ready = stall  # the version exists; the task has n
 from unsir_pipeline.cli import main
 sys.exit(main(["--project", sys.argv[1], "batch", "run"]))
 """
+
+
+def _temporary_servers_of(parent: int) -> list[int]:
+    """The Prefect temporary servers (uvicorn of prefect.server.api.server) process ``parent`` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if ppid == parent and b"prefect.server.api.server:create_app" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_batch_run_leaves_no_prefect_server_running(bootstrapped_project, tmp_path):
+    """`kill -9` of `unsir batch run` (or `unsir forget`) left the temporary Prefect server it had
+    started (python -m uvicorn ... prefect.server.api.server:create_app) serving for good: nothing
+    of the killed command ran to stop it. Now the server's own process sees its parent gone and
+    stops within seconds."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    batches.file_request(ws_of(project), ["4"], "erin", "consent withdrawn")  # something to run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(project / "state" / "prefect-killed")  # a temporary server of its own
+    child = subprocess.Popen(
+        [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    servers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and child.poll() is None and not servers:
+            servers = _temporary_servers_of(child.pid)
+            time.sleep(0.2)
+        assert servers, "the batch never started Prefect's temporary server"
+        time.sleep(2)  # past its start-up
+        os.kill(child.pid, signal.SIGKILL)  # the command only, as `kill -9 PID` does
+        child.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in servers):
+            time.sleep(0.2)
+        left = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+        assert not left, f"Prefect's temporary server {left} outlived the killed command"
+    finally:
+        for pid in servers:  # never leave one behind, whatever failed above
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
 
 
 def test_batch_killed_during_registration_leaves_one_version_and_one_record(project, first_batch, tmp_path):

@@ -29,14 +29,18 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from unsir_pipeline.settings.runtime import RuntimeSettingError, remember_terminated
+
+if TYPE_CHECKING:
+    from prefect.server.api.server import SubprocessASGIServer
 
 PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DEFAULT_PREFECT_STARTUP_S = 120
@@ -194,13 +198,12 @@ def start_prefect_server_early() -> Callable[[], None]:
     database = _prefect_database()
     if database is not None:
         _require_usable_prefect_database(database)
-    from prefect.server.api.server import SubprocessASGIServer
-
     failure: list[BaseException] = []
+    server = _server_that_outlives_no_one()
 
     def start() -> None:
         try:
-            SubprocessASGIServer().start()
+            server.start()
         except BaseException as err:  # re-raised in the command's thread by wait()
             failure.append(err)
 
@@ -219,6 +222,65 @@ def start_prefect_server_early() -> Callable[[], None]:
             raise failure[0]
 
     return wait
+
+
+def _server_that_outlives_no_one() -> SubprocessASGIServer:
+    """Prefect's temporary server for this process (the one instance its client finds, as
+    ``SubprocessASGIServer()``), started so that it ends when this process does, however it
+    ends: a SIGKILL runs no clean-up here, and the server it started served on for good. The
+    server's process watches for this one's death itself (:func:`_serve_while_parent_lives`),
+    which no thread of ours need outlive (a parent-death signal is tied to the starting thread,
+    which ends once the server answers)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class ParentWatchedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[bytes]:
+            # Prefect's own command (prefect.server.api.server), its uvicorn run by this module.
+            import prefect
+            from prefect.settings import get_current_settings
+
+            server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+            uvicorn = ["--app-dir", str(prefect.__module_path__.parent), "--factory"]
+            uvicorn += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
+            uvicorn += ["--log-level", "error", "--lifespan", "on"]
+            return subprocess.Popen(
+                [sys.executable, "-m", __name__, str(os.getpid()), *uvicorn],
+                env={
+                    **os.environ,
+                    **server_env,
+                    **get_current_settings().to_environment_variables(exclude_unset=True),
+                },
+            )
+
+    existing = SubprocessASGIServer._instances.get(None)
+    if existing is not None:  # already made (and perhaps started) in this process
+        return existing
+    return ParentWatchedServer()
+
+
+# How often the server's process looks for its parent, and how long it gives uvicorn to stop.
+_PARENT_POLL_S = 0.5
+_STOP_GRACE_S = 10.0
+
+
+def _serve_while_parent_lives(parent: int, uvicorn_args: list[str]) -> None:
+    """Run in the temporary server's own process: uvicorn with ``uvicorn_args``, stopped
+    (SIGTERM, then SIGKILL after a grace) once process ``parent`` is no longer its parent: it
+    died, and the server was handed to init or a subreaper."""
+    import runpy
+    import signal
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful shutdown
+        time.sleep(_STOP_GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    sys.argv = ["uvicorn", *uvicorn_args]
+    runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 
 
 def _prefect_database() -> Path | None:
@@ -492,3 +554,7 @@ def global_lock(name: str, *, wait_s: float = 0) -> Iterator[bool]:
                 f"cannot take the lock {name!r} on the Prefect server {prefect_api_url()}: {err}"
             ) from err
         yield True
+
+
+if __name__ == "__main__":  # the temporary server's process (see _server_that_outlives_no_one)
+    _serve_while_parent_lives(int(sys.argv[1]), sys.argv[2:])
