@@ -407,7 +407,9 @@ def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, m
             with refused, locks.promotion_lock(ws, wait_s=2):
                 pass
             assert time.monotonic() - started >= 2
-        with locks.promotion_lock(ws, wait_s=2):  # free again
+        # Free again. Its wait is only a busy machine's allowance: under load the server took over
+        # 2 s to hand back the slot just released (twice in one afternoon's suite runs).
+        with locks.promotion_lock(ws, wait_s=30):
             pass
 
 
