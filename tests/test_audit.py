@@ -1233,6 +1233,73 @@ def test_the_evidence_reports_forget_figures_name_the_classes_they_cover() -> No
     assert '<td>forget-class accuracy (test): digit-3, digit-5</td><td class="num">25.35%</td>' in html
 
 
+def test_a_record_that_registered_the_retrained_model_holds_its_figures_unprefixed() -> None:
+    """A run that registered the retrained model in UNSIR's place recorded UNSIR's unregistered
+    model's forget accuracy and MIA as its top-level `forget_acc` and `mia` (the registered
+    model's only under `reference_`): an auditor reading the record took them for the
+    registered model's. The evidence report reads the new record and an older one alike."""
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.batches import run_records
+    from unsir_pipeline.governance.report import batch_report_html
+
+    measured = {
+        "original_forget_acc": 0.99,
+        "forget_acc": 0.31,
+        "reference_forget_acc": 0.0,
+        "original_mia": 0.80,
+        "mia": 0.62,
+        "reference_mia": 0.17,
+    }
+    per_class = [{"class": f"digit-{c}", "before": 0.99, "after": 0.31 if c == 3 else 0.98} for c in range(10)]
+    result = {
+        "forget_classes": [3],
+        "all_forgotten": [3],
+        "metrics": measured,
+        "per_class": per_class,
+        "compute_s": {},
+        "device": "cpu",
+        "rounds": [],
+        "verified": False,
+        "reads_forget_train": False,
+        "mlflow_run_id": "r",
+        "flow_run_id": "f",
+        "new_version": 2,
+        "parent_version": 1,
+        "verified_forgotten_classes": [3],
+        "data_digests": {},
+        "expectations_passed": 1,
+        "promoted": True,
+        "gate_reasons": [],
+        "method": "retrain",
+    }
+    records = dict(run_records(result))
+    evidence = records["unlearning_metrics"]
+    assert evidence["method"] == "retrain"
+    assert evidence["metrics"] == {
+        "original_forget_acc": 0.99,
+        "forget_acc": 0.0,
+        "original_mia": 0.80,
+        "mia": 0.17,
+        "unsir_forget_acc": 0.31,
+        "unsir_mia": 0.62,
+    }
+    # A run that registered UNSIR's model records its measures as measured.
+    assert dict(run_records({**result, "method": "unsir"}))["unlearning_metrics"]["metrics"] == measured
+
+    def report(evidence: dict) -> str:
+        trail = [
+            AuditRecord(1, "ts", "unlearning_metrics", "x", (), evidence, None, "", "h"),
+            AuditRecord(2, "ts", "model_registered", "x", (), records["model_registered"], None, "", "h"),
+        ]
+        return batch_report_html("batch-a", trail, [], VerifyResult(True, 2, None, None), {})
+
+    html = report(evidence)
+    assert "<th>after UNSIR (not registered)</th><th>retrained from scratch (registered)</th>" in html
+    assert '<td class="num">99.00%</td><td class="num" id="fig-0">31.00%</td><td class="num">0.00%</td>' in html
+    older = {key: value for key, value in evidence.items() if key != "method"}
+    assert report({**older, "metrics": measured}) == html
+
+
 def test_the_evidence_report_warns_when_the_request_store_disagrees_with_the_intake_records(tmp_path: Path) -> None:
     """A request's requester and reason changed in the store after intake: the report, 'generated
     from the audit trail, whose hash chain is intact', listed the forged requester and reason as

@@ -1891,3 +1891,52 @@ def test_audit_show_summarises_the_evidence_and_the_versions_each_record_holds(t
         "model_version=2, parent_version=1, method=retrain",
         "model_version=5, previous_champion=3, override=True, reason=legal deadline",
     ]
+
+
+def test_audit_show_names_the_registered_retrained_models_figures_apart_from_unsirs(tmp_path, capsys):
+    """A run that registered the retrained model recorded UNSIR's unregistered model's figures as
+    forget_acc and mia, and `unsir audit show` printed them as the record's: 'forget_acc=0.3100'
+    for a version whose forget accuracy is 0."""
+    from conftest import make_project
+
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.governance.batches import run_records
+
+    project = make_project(tmp_path / "project")
+    log = stores.audit_log(Workspace.load(project))
+    result = {
+        "forget_classes": [3],
+        "all_forgotten": [3],
+        "metrics": {
+            "original_forget_acc": 0.99,
+            "forget_acc": 0.31,
+            "reference_forget_acc": 0.0,
+            "mia": 0.62,
+            "reference_mia": 0.17,
+        },
+        "per_class": [],
+        "compute_s": {},
+        "device": "cpu",
+        "rounds": [],
+        "verified": False,
+        "reads_forget_train": False,
+        "mlflow_run_id": "r",
+        "flow_run_id": "f",
+        "method": "retrain",
+        "new_version": 2,
+        "parent_version": 1,
+        "verified_forgotten_classes": [3],
+        "data_digests": {},
+        "expectations_passed": 1,
+        "promoted": True,
+        "gate_reasons": [],
+    }
+    log.append("unlearning_metrics", actor="deletion-batch", payload=dict(run_records(result))["unlearning_metrics"])
+
+    assert main(["--project", str(project), "audit", "show"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].split(None, 4)[-1]
+    assert line == (
+        "method=retrain, figures of the registered retrained model, forget_acc=0.0000 (before 0.9900, "
+        "UNSIR's, not registered 0.3100), mia=0.1700 (UNSIR's, not registered 0.6200), verified on val=False, "
+        "reads_forget_train=False"
+    ), line

@@ -428,6 +428,12 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     (registered,) = [r for r in records if r.event == "model_registered"]
     assert registered.payload["method"] == "retrain"
     assert registered.payload["unsir_gate_reasons"] == result["unsir_gate_reasons"]
+    # The evidence record's unprefixed figures are the registered (retrained) model's; UNSIR's under unsir_.
+    (evidence,) = [r for r in records if r.event == "unlearning_metrics"]
+    recorded, measured = evidence.payload["metrics"], result["metrics"]
+    assert evidence.payload["method"] == "retrain" and "reference_mia" not in recorded
+    assert (recorded["forget_acc"], recorded["mia"]) == (measured["reference_forget_acc"], measured["reference_mia"])
+    assert (recorded["unsir_forget_acc"], recorded["unsir_mia"]) == (measured["forget_acc"], measured["mia"])
     assert "registered: the retrained model (exact unlearning)" in format_result(result)
     from unsir_pipeline.governance import batches
 

@@ -1343,11 +1343,18 @@ def _evidence_brief(m: dict, payload: dict) -> str:
         if name not in m:
             return None
         others = [("before", f"original_{name}")] if original else []
-        others.append(("retrained", f"reference_{name}"))
+        # A record that registered the retrained model holds UNSIR's figures under unsir_.
+        others += [("UNSIR's, not registered", f"unsir_{name}"), ("retrained", f"reference_{name}")]
         shown = [f"{label} {m[key]:{digits}}" for label, key in others if key in m]
         return f"{name}={m[name]:{digits}}" + (f" ({', '.join(shown)})" if shown else "")
 
-    parts = [beside("forget_acc", ".4f", original=True), beside("mia", ".4f"), beside("relearn_steps", ".0f")]
+    exact = payload.get("method") == "retrain"
+    parts = [
+        "figures of the registered retrained model" if exact else None,
+        beside("forget_acc", ".4f", original=True),
+        beside("mia", ".4f"),
+        beside("relearn_steps", ".0f"),
+    ]
     if "verified" in payload:
         parts.append(f"verified on {payload.get('verification_split', 'val')}={payload['verified']}")
     if "reads_forget_train" in payload:

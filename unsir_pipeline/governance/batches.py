@@ -68,6 +68,7 @@ from unsir_pipeline.governance.promotion import (
     resolve_parent,
     verified_forgotten,
 )
+from unsir_pipeline.governance.report import recorded_metrics
 from unsir_pipeline.governance.stores import (
     INTAKE_RECOVERABLE,
     audit_key,
@@ -683,7 +684,10 @@ def run_records(result: dict) -> list[tuple[str, dict]]:
                 # Deletions made before and forgotten again by this run, nobody asking this time.
                 "forgotten_again": result.get("forgotten_again", []),
                 "all_forgotten": result["all_forgotten"],
-                "metrics": result["metrics"],
+                # Unprefixed: the registered model's figures; on a fallback to the retrained
+                # model, UNSIR's (not registered) under unsir_ (report.recorded_metrics).
+                "method": result.get("method", "unsir"),
+                "metrics": recorded_metrics(result["metrics"], result.get("method", "unsir")),
                 "per_class": result["per_class"],
                 "compute_s": result["compute_s"],
                 "device": result["device"],

@@ -124,7 +124,7 @@ def batch_report_html(
     metrics_rec = by_event.get("unlearning_metrics")
     registered = by_event.get("model_registered")
     gate = by_event.get("gate_decision")
-    m = metrics_rec.payload["metrics"] if metrics_rec else {}
+    m = measured_layout(metrics_rec.payload) if metrics_rec else {}
     version = registered.payload["model_version"] if registered else None
     # A forget run outside a batch (`unsir forget`) has no requests and ends with its decision.
     direct = registered is not None and registered.payload.get("via") == "unsir forget"
@@ -399,6 +399,35 @@ def describe_rounds(rounds: list[dict], verified: bool | None) -> str:
         + recovery
         + "; no forget-class training sample read"
     )
+
+
+def recorded_metrics(metrics: dict[str, float], method: str) -> dict[str, float]:
+    """The run's measures as its ``unlearning_metrics`` record holds them: unprefixed, the
+    registered model's. The flow measures UNSIR's model unprefixed and the retrained reference
+    under ``reference_``; when the reference was registered in UNSIR's place (``method``
+    ``retrain``), its figures take the unprefixed names and UNSIR's, not registered, go under
+    ``unsir_``, so nobody reading the record takes them for the registered model's."""
+    if method != "retrain":
+        return dict(metrics)
+    parents = {k: v for k, v in metrics.items() if k.startswith("original_")}
+    registered = {k.removeprefix("reference_"): v for k, v in metrics.items() if k.startswith("reference_")}
+    unsir = {f"unsir_{k}": v for k, v in metrics.items() if not k.startswith(("original_", "reference_"))}
+    return {**parents, **registered, **unsir}
+
+
+def measured_layout(payload: dict) -> dict[str, float]:
+    """An ``unlearning_metrics`` record's measures as the flow measured them: UNSIR's model
+    unprefixed, the retrained reference under ``reference_``, the parent under ``original_``.
+    Reads both layouts: a record that registered the retrained model (``method: retrain``)
+    holds its figures unprefixed and UNSIR's under ``unsir_``; an older record, or one that
+    registered UNSIR's model, is already in this layout."""
+    m = payload.get("metrics") or {}
+    if payload.get("method") != "retrain":
+        return dict(m)
+    parents = {k: v for k, v in m.items() if k.startswith("original_")}
+    unsir = {k.removeprefix("unsir_"): v for k, v in m.items() if k.startswith("unsir_")}
+    reference = {f"reference_{k}": v for k, v in m.items() if not k.startswith(("original_", "unsir_"))}
+    return {**parents, **unsir, **reference}
 
 
 def summary_markdown(forget_classes: list[int], metrics: dict[str, float]) -> str:
