@@ -86,6 +86,43 @@ def test_the_forget_summary_names_every_forgotten_class_by_name():
     )
 
 
+def test_the_forget_summary_names_the_classes_its_forget_figures_measure():
+    """A forget of class 1 from a version that had forgotten 3, 5 and 8 measures all four: the
+    table's 'forget accuracy' read 0.2535 before, beside class 1 at 1.000 in the per-class rows,
+    and nothing said the figure covered 3, 5 and 8 too (the evidence report names them)."""
+    from unsir_pipeline.cli.commands import format_result
+
+    metrics = {"original_forget_acc": 0.2535, "forget_acc": 0.0, "original_retain_acc": 0.9, "retain_acc": 0.9}
+    metrics |= {"original_mia": 0.3, "mia": 0.1}
+    per_class = [
+        {"class": f"digit-{c}", "before": 0.0 if c in (3, 5, 8) else 1.0, "after": 0.0, "forgotten": c in (1, 3, 5, 8)}
+        for c in range(10)
+    ]
+    result = {
+        "forget_class_names": ["digit-1"],
+        "forget_classes": [1],
+        "all_forgotten": [1, 3, 5, 8],
+        "parent_version": 4,
+        "new_version": 5,
+        "device": "cpu",
+        "per_class": per_class,
+        "metrics": metrics,
+        "promoted": True,
+        "gate_reasons": [],
+        "compute_s": {},
+        "task_s": {},
+        "mlflow_run_id": "r",
+    }
+    lines = format_result(result).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("test split"))
+    assert lines[header - 1] == (
+        "forget accuracy and membership inference (D_f) measure: digit-1, digit-3, digit-5, digit-8 "
+        "(every class forgotten so far; asked this time: digit-1)"
+    ), lines
+    first = format_result({**result, "forget_class_names": ["digit-3"], "forget_classes": [3], "all_forgotten": [3]})
+    assert "forget accuracy and membership inference (D_f) measure: digit-3" in first.splitlines()
+
+
 def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])

@@ -734,7 +734,7 @@ def cmd_forget(project: Path, args) -> int:
 
 
 def format_result(result: dict) -> str:
-    from unsir_pipeline.governance.report import describe_rounds
+    from unsir_pipeline.governance.report import describe_rounds, forget_classes_covered
 
     m = result["metrics"]
     # By name, as the classes were asked for: with image folders named "1", "10", "2", the
@@ -761,8 +761,11 @@ def format_result(result: dict) -> str:
         ref = f"{m['reference_' + key]:>11.4f}" if has_ref else ""
         return f"{label:<28}{m['original_' + key]:>10.4f}{m[key]:>10.4f}{ref}"
 
+    # The forget figures count every class forgotten so far, not only this run's: say which.
+    covers = forget_classes_covered(result)
     lines += [
         "",
+        *([f"forget accuracy and membership inference (D_f) measure{covers}"] if covers else []),
         header,
         row("forget accuracy", "forget_acc"),
         row("retain accuracy", "retain_acc"),

@@ -39,7 +39,7 @@ def _figure(name: str, value: object) -> str:
     return _pct(value)
 
 
-def _forget_classes_covered(metrics_payload: dict) -> str:
+def forget_classes_covered(metrics_payload: dict) -> str:
     """Which classes the forget-class figures measure, as a label's tail: every class forgotten
     so far (evaluation counts the earlier deletions too), and which of them this run was asked
     for when that is fewer. Empty when the record predates the class lists."""
@@ -160,7 +160,7 @@ def batch_report_html(
         else ""
     )
     has_ref = "reference_mia" in m
-    covers = _forget_classes_covered(metrics_rec.payload if metrics_rec else {})
+    covers = forget_classes_covered(metrics_rec.payload if metrics_rec else {})
     figures = [
         (
             f"forget-class accuracy (test){covers}",
