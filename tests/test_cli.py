@@ -123,6 +123,42 @@ def test_the_forget_summary_names_the_classes_its_forget_figures_measure():
     assert "forget accuracy and membership inference (D_f) measure: digit-3" in first.splitlines()
 
 
+def test_batch_run_names_the_evidence_report_of_its_batch():
+    """`unsir forget` ends with 'audit trail: `unsir audit report forget-...`'; `unsir batch run`
+    printed no such line, for a batch that registered a version or one whose classes the
+    champion had already forgotten."""
+    from unsir_pipeline.cli.commands import format_batch_result
+
+    metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
+    result = {
+        "status": "done",
+        "batch_id": "batch-7f3a",
+        "request_ids": ["r1", "r2"],
+        "forget_class_names": ["5"],
+        "forget_classes": [5],
+        "all_forgotten": [5],
+        "parent_version": 1,
+        "new_version": 2,
+        "device": "cpu",
+        "per_class": [{"class": str(c), "before": 1.0, "after": 1.0, "forgotten": c == 5} for c in range(10)],
+        "metrics": metrics,
+        "promoted": True,
+        "gate_reasons": [],
+        "compute_s": {},
+        "task_s": {},
+        "mlflow_run_id": "r",
+    }
+    lines = format_batch_result(result).splitlines()
+    assert lines[0] == "batch batch-7f3a: 2 request(s) done with version 2"
+    assert lines[-1] == "audit trail: `unsir audit report batch-7f3a`"
+    recovered = {"status": "done", "batch_id": "batch-7f3a", "new_version": 2, "request_ids": ["r1"], "promoted": True}
+    assert format_batch_result(recovered).splitlines() == [
+        "batch batch-7f3a: requests done; their classes were already forgotten by version 2",
+        "audit trail: `unsir audit report batch-7f3a`",
+    ]
+    assert format_batch_result({"status": "empty"}) == "batch empty: nothing pending"
+
+
 def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
@@ -1580,6 +1616,7 @@ def test_batch_run_output_carries_no_library_info_lines(bootstrapped_project, tm
     assert "Beginning subflow run" in ran.stderr  # Prefect's own lines are there
     assert "Created temporary directory" not in ran.stderr, ran.stderr[-3000:]
     assert "INFO mlflow" not in ran.stderr, ran.stderr[-3000:]
+    assert re.search(r"^audit trail: `unsir audit report batch-[0-9a-f]+`$", ran.stdout, re.M), ran.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -1136,22 +1136,26 @@ def cmd_batch(project: Path, args) -> int:
     # On a terminal Prefect's INFO lines are off (configure_prefect): these lines replace them.
     with flow_steps(progress):
         result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
-    if args.json:
-        print(json.dumps(result, default=float))
-    elif result["status"] == "done" and "metrics" in result:
-        print(
-            f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version "
-            f"{result['new_version']}\n"
-        )
-        print(format_result(result))
-    elif result["status"] == "done":
-        print(
-            f"batch {result['batch_id']}: requests done; their classes were already forgotten by version "
-            f"{result['new_version']}"
-        )
-    else:
-        print(f"batch {result['status']}: {result.get('reason', 'nothing pending')}")
+    print(json.dumps(result, default=float) if args.json else format_batch_result(result))
     return 0
+
+
+def format_batch_result(result: dict) -> str:
+    """What `unsir batch run` prints: the batch's requests and version, the run's table as
+    `unsir forget` prints it, and the command that writes the batch's evidence report."""
+    if result["status"] != "done":
+        return f"batch {result['status']}: {result.get('reason', 'nothing pending')}"
+    report = f"audit trail: `unsir audit report {result['batch_id']}`"
+    if "metrics" not in result:
+        return (
+            f"batch {result['batch_id']}: requests done; their classes were already forgotten by version "
+            f"{result['new_version']}\n{report}"
+        )
+    # The batch's records carry its id as batch_id, as a forget run's carry its audit_id.
+    return (
+        f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version "
+        f"{result['new_version']}\n\n" + format_result({**result, "audit_id": result["batch_id"]})
+    )
 
 
 def cmd_review(project: Path, args) -> int:
