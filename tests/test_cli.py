@@ -159,6 +159,34 @@ def test_batch_run_names_the_evidence_report_of_its_batch():
     assert format_batch_result({"status": "empty"}) == "batch empty: nothing pending"
 
 
+def test_models_keeps_its_columns_aligned_past_a_wide_forgotten_list():
+    """Nine forgotten classes in one version's row, one in another's: every column after
+    'forgotten' (method, gate, created) started at a different place in each row."""
+    from unsir_pipeline.cli.commands import format_versions
+
+    def version(number: int, forgotten: list[int], gate: str) -> dict:
+        return {
+            "version": number,
+            "aliases": ["champion"] if number == 3 else [],
+            "created_at": "2026-12-07T12:00:00",
+            "parent_version": str(number - 1) if number > 1 else None,
+            "forgotten_classes": forgotten,
+            "forgotten_class_names": [str(c) for c in forgotten],
+            "gate": gate,
+            "review_decision": None,
+            "status": "READY",
+            "tags": {"method": "retrain"} if number == 3 else {},
+        }
+
+    versions = [version(1, [], ""), version(2, [3], "held"), version(3, list(range(9)), "promoted-by-override")]
+    header, *rows = format_versions(versions)
+    # Where each column starts in the header, and where its value starts in each row.
+    created = {header.index("created"), *(row.index("2026-") for row in rows)}
+    method = {header.index("method"), rows[0].index(" - ", header.index("forgotten")) + 1, rows[2].index("retrain")}
+    gate = {header.index("gate"), rows[1].index("held"), rows[2].index("promoted-by-override")}
+    assert len(created) == len(method) == len(gate) == 1, "\n".join([header, *rows])
+
+
 def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])

@@ -864,6 +864,36 @@ def _gate_shown(version: dict) -> str:
     return f"{gate} (rejected)" if version["review_decision"] == "rejected" else gate
 
 
+def format_versions(versions: list[dict]) -> list[str]:
+    """`unsir models`'s table: a header and a row per version, each column as wide as its
+    widest value (nine forgotten classes, "promoted-by-override"), so the columns line up."""
+    header = ("version", "aliases", "parent", "forgotten", "method", "gate", "created")
+    rows = [
+        (
+            str(v["version"]),
+            ",".join(v["aliases"]) or "-",
+            str(v["parent_version"] or "-"),
+            str(v["forgotten_class_names"] or v["forgotten_classes"]),
+            v["tags"].get("method", "-"),
+            _gate_shown(v),
+            str(v["created_at"]),
+        )
+        for v in versions
+    ]
+    least = (7, 21, 6, 15, 8, 17, 0)  # as wide as this at the least, as before
+    widths = [max(least[i], *(len(cells[i]) for cells in (header, *rows))) for i in range(len(header))]
+    right = {0, 2}  # numbers: version and parent
+    gaps = ("  ", " ", "  ", " ", " ", " ", "")
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "".join(
+            (cell.rjust(width) if i in right else cell.ljust(width)) + gap
+            for i, (cell, width, gap) in enumerate(zip(cells, widths, gaps, strict=True))
+        ).rstrip()
+
+    return [line(header), *(line(cells) for cells in rows)]
+
+
 def cmd_models(project: Path, args) -> int:
     from unsir_pipeline.adapters.registry import existing_registry
     from unsir_pipeline.governance.promotion import champion_problems
@@ -877,16 +907,7 @@ def cmd_models(project: Path, args) -> int:
     elif not versions:
         print("no registered versions; run `unsir bootstrap`")
     else:
-        # A space after every column, so that a value wider than its column (nine forgotten
-        # classes, "promoted-by-override") still stands apart from the next one.
-        print(f"{'version':>7}  {'aliases':<21} {'parent':>6}  {'forgotten':<15} {'method':<8} {'gate':<17} created")
-        for v in versions:
-            print(
-                f"{v['version']:>7}  {','.join(v['aliases']) or '-':<21} {v['parent_version'] or '-':>6}  "
-                f"{str(v['forgotten_class_names'] or v['forgotten_classes']):<15} "
-                f"{v['tags'].get('method', '-'):<8} {_gate_shown(v):<17} "
-                f"{v['created_at']}"
-            )
+        print("\n".join(format_versions(versions)))
     # A champion that brings a deleted class back is said wherever versions are listed.
     problems, warnings = champion_problems(listed, ws.params.registry.champion_alias)
     for line in problems + warnings:
