@@ -9,7 +9,9 @@ Two batches never run at once (a file lock in the state directory; with a shared
 database, a Prefect global concurrency limit; a second batch ends at once). A batch killed at
 any point leaves its requests ``running``; the next batch releases them and, when it holds
 exactly the same requests, resumes under the same run key, so no second model version and no
-duplicate audit record is written.
+duplicate audit record is written. A version a killed run registered and no batch resumes (other
+requests, or none left to claim: its requests failed on release) is recorded by the next batch
+from the registry's tags, under the killed run and its requests.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             return {"status": "skipped", "reason": "another deletion batch is running"}
         batch = claim_pending_requests(ws)
         if batch is None:
-            return {"status": "empty"}
+            # A killed batch whose requests its release just failed (attempts used up) is resumed
+            # by no one: its version goes on the trail here, or nothing would put it there.
+            recorded = batches.record_interrupted_registrations(ws, None)
+            return {"status": "empty", "recorded_versions": recorded} if recorded else {"status": "empty"}
         try:  # from the first record on: whatever fails releases the claimed requests
             batches.record(
                 ws,

@@ -1707,3 +1707,42 @@ def test_a_batch_refuses_a_champion_that_is_not_ready_before_it_completes_anythi
         deletion_batch(project_dir=str(copy))
     after = stores.request_store(ws).get(request.id)
     assert (after.status, after.attempts, after.model_version) == ("pending", 0, None)
+
+
+def test_batch_killed_after_promotion_is_recorded_by_a_next_batch_with_nothing_to_claim(
+    prefect_harness, bootstrapped_project, tmp_path, monkeypatch
+):
+    """A batch killed after its gate promoted its version leaves its request ``running``; the
+    next batch releases it to ``failed`` (its attempts used up) and has nothing to claim. It
+    still records the killed batch's version, as `audit verify` says the next batch does."""
+    from unsir_pipeline.cli.commands import format_batch_result
+    from unsir_pipeline.flows import deletion_batch as batch_flow
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["7"], "lee", "killed after promotion")
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("killed after the promotion")
+
+    with monkeypatch.context() as patched:  # a kill: no success recorded, nothing released
+        patched.setattr(batch_flow, "_record_success", stopped)
+        patched.setattr(batch_flow, "_fail", lambda *args, **kwargs: None)
+        with pytest.raises(RuntimeError, match="killed after the promotion"):
+            batch_flow.deletion_batch(project_dir=str(project), overrides=PROMOTABLE)
+    killed = stores.request_store(ws).get(request.id)
+    assert killed.status == "running"
+    champion = registry_for(ws).resolve_alias("champion")
+    assert "model_registered" not in events(project, killed.batch_id)
+
+    result = batch_flow.deletion_batch(project_dir=str(project), overrides=["requests.max_attempts=1"])
+    assert result == {"status": "empty", "recorded_versions": [champion]}
+    assert stores.request_store(ws).get(request.id).status == "failed"
+    recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == champion]
+    assert [r.event for r in recorded] == ["model_registered", "gate_decision"]
+    assert all(r.payload["batch_id"] == killed.batch_id and list(r.request_ids) == [request.id] for r in recorded)
+    assert not [p for p in batches.verify_trail(ws).problems if "no record on the trail" in p]
+    assert format_batch_result(result) == (
+        f"batch empty: nothing pending; recorded version {champion}, which a stopped run registered "
+        "without recording it"
+    )

@@ -1165,7 +1165,12 @@ def format_batch_result(result: dict) -> str:
     """What `unsir batch run` prints: the batch's requests and version, the run's table as
     `unsir forget` prints it, and the command that writes the batch's evidence report."""
     if result["status"] != "done":
-        return f"batch {result['status']}: {result.get('reason', 'nothing pending')}"
+        line = f"batch {result['status']}: {result.get('reason', 'nothing pending')}"
+        if result.get("recorded_versions"):  # a killed run's, no batch resumes (flows/deletion_batch.py)
+            numbers = ", ".join(str(v) for v in result["recorded_versions"])
+            plural = "s" if len(result["recorded_versions"]) > 1 else ""
+            line += f"; recorded version{plural} {numbers}, which a stopped run registered without recording it"
+        return line
     report = f"audit trail: `unsir audit report {result['batch_id']}`"
     if "metrics" not in result:
         return (

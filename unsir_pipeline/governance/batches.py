@@ -322,6 +322,10 @@ def queued_classes(ws: Workspace) -> list[int]:
 # --- batches --------------------------------------------------------------------------------
 
 
+# What each audit record of a batch says of it (ClaimedBatch.record_context).
+BATCH_CONTEXT_KEYS = ("batch_id", "run_key", "attempt")
+
+
 @dataclass(frozen=True)
 class ClaimedBatch:
     batch_id: str
@@ -349,7 +353,7 @@ class ClaimedBatch:
 
     @property
     def record_context(self) -> dict:
-        """What each of its audit records says of the batch."""
+        """What each of its audit records says of the batch (:data:`BATCH_CONTEXT_KEYS`)."""
         return {"batch_id": self.batch_id, "run_key": self.run_key, "attempt": self.attempt}
 
     def names_of(self, classes: Sequence[int]) -> list[str]:
@@ -609,15 +613,20 @@ def record_registration_from_tags(
         )
 
 
-def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch) -> list[int]:
+def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch | None) -> list[int]:
     """Put on the trail every version an earlier batch registered and was stopped before
     recording (killed after its registration, or after its gate promoted it), when ``batch``
     does not resume that batch (another request was filed meanwhile, or its resumption was
-    refused): a resumed batch reruns its steps and records them itself, but nothing else would,
+    refused; or ``None``: a batch with nothing to claim, its killed batch's requests failed on
+    release): a resumed batch reruns its steps and records them itself, but nothing else would,
     and a champion would serve with no evidence on the trail. A forget run killed the same way
     (``unsir forget``: it is never resumed) is recorded too. Each is recorded under the earlier
     batch or forget run and its requests, as its claim record (a forget run's: its request's
     intake record) names them. Returns the versions recorded."""
+    registry = registry_for(ws)
+    if not registry.has_model():  # nothing registered yet: nothing to record
+        return []
+    resumed = batch.run_key if batch is not None else None
     records = audit_log(ws).records()
     recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
     claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
@@ -627,13 +636,13 @@ def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch) -> list
         if r.event == "request_received" and r.payload.get("via") == "unsir forget" and r.payload.get("run_key")
     }
     found = []
-    for version in registry_for(ws).list_versions():
+    for version in registry.list_versions():
         run_key = version.tags.get("run_key")
-        if version.version in recorded or run_key is None or run_key == batch.run_key:
+        if version.version in recorded or run_key is None or run_key == resumed:
             continue
         claim, forget = claims.get(run_key), forgets.get(run_key)
         if claim is not None:
-            context = {key: claim.payload.get(key) for key in batch.record_context}  # as the claim recorded it
+            context = {key: claim.payload.get(key) for key in BATCH_CONTEXT_KEYS}  # as the claim recorded it
             record_registration_from_tags(ws, version, context, list(claim.request_ids))
         elif forget is not None:
             context = {"batch_id": forget_id(run_key), "run_key": run_key, "via": "unsir forget"}  # as record_forget
