@@ -123,6 +123,42 @@ def test_the_forget_summary_names_the_classes_its_forget_figures_measure():
     assert "forget accuracy and membership inference (D_f) measure: digit-3" in first.splitlines()
 
 
+def test_the_forget_summary_marks_the_retrained_column_when_the_retrained_model_was_registered():
+    """The gate registered the retrained reference in place of UNSIR's model: both tables
+    labelled their columns 'after' and 'retrained' with nothing saying which model is the new
+    version. The registered column is marked, and only when it is the retrained one."""
+    from unsir_pipeline.cli.commands import format_result
+
+    keys = ("forget_acc", "retain_acc", "mia")
+    metrics = {f"{prefix}{key}": 0.5 for prefix in ("", "original_", "reference_") for key in keys}
+    per_class = [
+        {"class": f"digit-{c}", "before": 1.0, "after": 0.5, "retrained": 0.0 if c == 5 else 1.0, "forgotten": c == 5}
+        for c in range(10)
+    ]
+    result = {
+        "forget_class_names": ["digit-5"],
+        "forget_classes": [5],
+        "all_forgotten": [5],
+        "parent_version": 1,
+        "new_version": 2,
+        "device": "cpu",
+        "per_class": per_class,
+        "metrics": metrics,
+        "promoted": True,
+        "gate_reasons": [],
+        "unsir_gate_reasons": ["FAIL: round budget ran out"],
+        "method": "retrain",
+        "compute_s": {},
+        "task_s": {},
+        "mlflow_run_id": "r",
+    }
+    lines = format_result(result).splitlines()
+    assert f"{'class':<12}{'before':>10}{'after':>10}{'retrained*':>11}  * registered as version 2" in lines, lines
+    assert f"{'test split':<28}{'before':>10}{'after':>10}{'retrained*':>11}" in lines, lines
+    unsirs = format_result({**result, "method": "unsir"})
+    assert "*" not in unsirs and f"{'class':<12}{'before':>10}{'after':>10}{'retrained':>11}" in unsirs.splitlines()
+
+
 def test_batch_run_names_the_evidence_report_of_its_batch():
     """`unsir forget` ends with 'audit trail: `unsir audit report forget-...`'; `unsir batch run`
     printed no such line, for a batch that registered a version or one whose classes the

@@ -741,6 +741,9 @@ def format_result(result: dict) -> str:
     # index 1 is the class named "10".
     names = [entry["class"] for entry in result["per_class"]]
     all_forgotten = [names[c] for c in result["all_forgotten"]]
+    # "after" is UNSIR's model: when the gate registered the retrained one instead, its column says so.
+    exact = result.get("method") == "retrain" and "retrained" in result["per_class"][0]
+    retrained_label = "retrained*" if exact else "retrained"
     lines = [
         (
             f"forgot classes {result['forget_class_names']} (all forgotten so far: {all_forgotten}) "
@@ -748,14 +751,15 @@ def format_result(result: dict) -> str:
         ),
         "",
         f"{'class':<12}{'before':>10}{'after':>10}"
-        + (f"{'retrained':>11}" if "retrained" in result["per_class"][0] else ""),
+        + (f"{retrained_label:>11}" if "retrained" in result["per_class"][0] else "")
+        + (f"  * registered as version {result['new_version']}" if exact else ""),
     ]
     for entry in result["per_class"]:
         mark = "  (forgotten)" if entry["forgotten"] else ""
         retrained = f"{entry['retrained']:>11.3f}" if "retrained" in entry else ""
         lines.append(f"{entry['class']:<12}{entry['before']:>10.3f}{entry['after']:>10.3f}{retrained}{mark}")
     has_ref = "reference_forget_acc" in m
-    header = f"{'test split':<28}{'before':>10}{'after':>10}" + (f"{'retrained':>11}" if has_ref else "")
+    header = f"{'test split':<28}{'before':>10}{'after':>10}" + (f"{retrained_label:>11}" if has_ref else "")
 
     def row(label: str, key: str) -> str:
         ref = f"{m['reference_' + key]:>11.4f}" if has_ref else ""
