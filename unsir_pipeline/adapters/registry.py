@@ -44,7 +44,12 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 import unsir
 from unsir.errors import UnlearningInputError
-from unsir_pipeline.adapters.state_store import StateFileDamaged, is_damaged_sqlite, is_locked_sqlite
+from unsir_pipeline.adapters.state_store import (
+    StateFileDamaged,
+    is_damaged_sqlite,
+    is_locked_sqlite,
+    is_read_only_sqlite,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -124,14 +129,14 @@ def describe_registry_file_fault(err: BaseException, database: Path | None, *, f
         # state files' own are named by the state store.
         from_mlflow = from_mlflow or isinstance(cause, MlflowException)
         orig = getattr(cause, "orig", cause)
-        if isinstance(orig, sqlite3.Error) and (is_locked_sqlite(orig) or _is_read_only_sqlite(orig)):
+        if isinstance(orig, sqlite3.Error) and (is_locked_sqlite(orig) or is_read_only_sqlite(orig)):
             break
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     else:
         return None
     if database is None or not from_mlflow:
         return None
-    if _is_read_only_sqlite(orig):
+    if is_read_only_sqlite(orig):
         return (
             f"the MLflow registry's file {database} may not be written: {str(orig).strip()}; expected a file this "
             "user may write, in a directory it may write (check its permissions, an immutable attribute "
@@ -142,11 +147,6 @@ def describe_registry_file_fault(err: BaseException, database: Path | None, *, f
         f"waits (a command still writing, or a program left in a transaction on it: `fuser {database}` names "
         "it); run the command again once that process has finished or been stopped"
     )
-
-
-def _is_read_only_sqlite(err: sqlite3.Error) -> bool:
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_READONLY
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:

@@ -260,12 +260,7 @@ class StateDatabase:
         None for any other failure."""
         if not self.is_sqlite:
             return _WRITE_NEEDS.get(getattr(err.orig, "pgcode", None) or "")
-        # SQLITE_READONLY and its extended codes (the low byte is the primary code): a file, or
-        # its directory, this user may not write (permissions, a read-only mount or copy).
-        code = getattr(err.orig, "sqlite_errorcode", None)
-        if code is None or code & 0xFF != sqlite3.SQLITE_READONLY:
-            return None
-        return _SQLITE_WRITE_NEEDS
+        return _SQLITE_WRITE_NEEDS if is_read_only_sqlite(err.orig) else None
 
     def serialise(self, conn: Connection, step: str) -> None:
         """Hold ``step`` (a key of ``_LOCK_KEYS``) for the rest of ``conn``'s write transaction:
@@ -467,7 +462,7 @@ def sqlite_says_full(err: BaseException | None) -> bool:
     full"), or for the ``-shm`` index a WAL file is read through (SQLITE_IOERR_SHMSIZE, "disk I/O
     error"), which even a read needs once the last connection has removed it."""
     code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE)
+    return _sqlite_primary_code(err) == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
 
 
 def _no_space_hint(db: StateDatabase) -> str:
@@ -477,15 +472,26 @@ def _no_space_hint(db: StateDatabase) -> str:
 def is_locked_sqlite(err: BaseException | None) -> bool:
     """Whether SQLite gave up waiting for a lock another connection holds (SQLITE_BUSY, "database
     is locked"; SQLITE_LOCKED is a conflict inside one connection, which no wait resolves)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+    return _sqlite_primary_code(err) == sqlite3.SQLITE_BUSY
+
+
+def is_read_only_sqlite(err: BaseException | None) -> bool:
+    """Whether SQLite refused a write to a file, or its directory, this user may not write
+    (permissions, an immutable attribute, a read-only mount or copy): SQLITE_READONLY."""
+    return _sqlite_primary_code(err) == sqlite3.SQLITE_READONLY
 
 
 def is_damaged_sqlite(err: BaseException | None) -> bool:
     """Whether SQLite said the file is not a database or its pages are damaged (overwritten,
     truncated by a full disk or a bad copy): nothing here can repair it."""
+    return _sqlite_primary_code(err) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _sqlite_primary_code(err: BaseException | None) -> int | None:
+    """SQLite's primary result code of ``err`` (the low byte of its extended code), or None for
+    an error SQLite did not raise."""
     code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return None if code is None else code & 0xFF
 
 
 def _first_line(err: DBAPIError) -> str:
