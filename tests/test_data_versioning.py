@@ -358,3 +358,38 @@ def test_the_committed_lock_claims_only_what_reproduces(bootstrapped_project: Pa
     assert fresh["deps"] == committed["prepare"]["deps"], stale
     assert fresh["params"] == committed["prepare"]["params"], stale
     assert fresh["outs"] == committed["prepare"]["outs"]  # same inputs, same bytes
+
+
+def _spy_dvc(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Record the arguments of every DVC process the module starts (each still runs for real)."""
+    from unsir_pipeline.adapters import data_versioning
+
+    calls: list[tuple[str, ...]] = []
+    real = data_versioning._dvc
+
+    def spy(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return real(project_dir, *args)
+
+    monkeypatch.setattr(data_versioning, "_dvc", spy)
+    return calls
+
+
+def test_the_cache_directory_is_asked_of_dvc_once_per_configuration(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = project / "images"
+    images.mkdir()
+    (images / "a.bin").write_bytes(b"\x00\x01")
+    track(project, images)
+    calls = _spy_dvc(monkeypatch)
+    assert verify(project, ["images"]) == [] and verify(project, ["images"]) == []
+    assert calls.count(("cache", "dir")) <= 1  # a flow run verifies twice, then tracks and pushes
+
+    # A cache moved in the project's config is seen at once: the answer is not kept past it.
+    moved = tmp_path / "moved-cache"
+    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(moved)], cwd=project, check=True)
+    assert verify(project, ["images"]) == [
+        f"images: recorded md5 {recorded_digests(project)['images']}, "
+        "but its file listing is not in the local cache to compare with"
+    ]

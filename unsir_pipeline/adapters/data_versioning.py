@@ -6,7 +6,8 @@ the CLI is DVC's stable interface, each call is isolated in its own process, and
 error output can be quoted as is. A call costs about 0.3 s.
 
 Digests are read from ``dvc.lock`` and ``*.dvc`` files directly and recomputed here, so
-that checking data before a run (``verify``) needs no DVC process at all.
+that checking data before a run (``verify``) needs no DVC process, but one ``dvc cache dir``
+per process for a directory output.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _CHUNK = 1 << 20
 # Walking these would be slow or pointless; hidden directories (.git, .dvc, .venv) are
 # skipped as well.
 _SKIPPED_DIRS = {"__pycache__", "node_modules", "venv"}
+# `dvc cache dir` answers by (project, text of its .dvc/config and .dvc/config.local): a cache
+# moved in the project's config is asked again; one moved in the user's or system's config
+# while this process runs is not seen.
+_CACHE_DIRS: dict[tuple[Path, str, str], Path] = {}
 NO_REMOTE_HELP = (
     "set UNSIR_DVC_REMOTE (a shared directory or s3://bucket/path) and run `unsir bootstrap`, "
     "or `dvc remote add --local --default shared URL`"
@@ -425,8 +430,25 @@ def _verify_directory(project_dir: Path, relative: str, expected: str) -> list[s
 
 
 def _cache_dir(project_dir: Path) -> Path:
-    result = _dvc(project_dir, "cache", "dir")
-    return Path(result.stdout.strip())
+    """The project's cache directory, as ``dvc cache dir`` resolves it (every config level).
+
+    Asked once per project and configuration in a process: a forget run needs it four times
+    (two directory checks, the side store's setup and its push), each a DVC process.
+    """
+    key = (project_dir, _text(project_dir / ".dvc" / "config"), _text(project_dir / ".dvc" / "config.local"))
+    if key not in _CACHE_DIRS:
+        _CACHE_DIRS[key] = Path(_dvc(project_dir, "cache", "dir").stdout.strip())
+    return _CACHE_DIRS[key]
+
+
+def _text(path: Path) -> str:
+    """A file's text, empty when it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        raise DataVersioningError(f"cannot read DVC config {path}: {err}") from err
 
 
 def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str]:
