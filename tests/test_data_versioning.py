@@ -393,3 +393,14 @@ def test_the_cache_directory_is_asked_of_dvc_once_per_configuration(
         f"images: recorded md5 {recorded_digests(project)['images']}, "
         "but its file listing is not in the local cache to compare with"
     ]
+
+
+def test_a_changed_file_tracked_by_the_project_stays_in_the_project(project: Path) -> None:
+    data = project / "data" / "manifest.csv"
+    data.parent.mkdir()
+    data.write_text("sample_id,label\na,0\n")
+    track(project, data)  # `dvc add` writes data/.gitignore, so git now ignores the file itself
+    data.write_text("sample_id,label\na,1\n")
+    assert track(project, data) == _md5(data)
+    assert not (project / "data" / ".dvc").exists()  # no side store: the project would skip data/
+    assert recorded_digests(project) == {"data/manifest.csv": _md5(data)}

@@ -113,9 +113,9 @@ def repro(project_dir: Path, targets: Sequence[str] = (), *, force: bool = False
 def track(project_dir: Path, path: Path) -> str:
     """``dvc add`` a file (or directory) and return the md5 DVC recorded for it.
 
-    A path that git ignores (per-run data such as retain subsets, under ``data/retain/``) is
-    tracked by a side store: a DVC project without git rooted at the path's directory, sharing
-    this project's cache and remote. Its ``.dvc`` file then sits beside the path, git-ignored,
+    A path whose ``.dvc`` file git would ignore (per-run data such as retain subsets, under
+    ``data/retain/``) is tracked by a side store: a DVC project without git rooted at the
+    path's directory, sharing this project's cache and remote. Its ``.dvc`` file then sits beside the path, git-ignored,
     so a run leaves the git tree clean; ``push`` uploads it with the rest. Adding an unchanged
     file again changes nothing and returns the same digest.
     """
@@ -124,7 +124,10 @@ def track(project_dir: Path, path: Path) -> str:
     target = project_dir / relative
     if not target.exists():
         raise DataVersioningError(f"cannot track {relative}: no such file or directory in {project_dir}")
-    if _git_ignored(project_dir, relative):
+    # What DVC refuses is a .dvc file git ignores; the path itself is ignored after any add
+    # (DVC lists it in .gitignore), so asking about the path would move a project-tracked
+    # file into a side store the second time.
+    if _git_ignored(project_dir, f"{relative}.dvc"):
         store = target.parent
         _ensure_side_store(project_dir, store)
         _dvc(store, "add", "--quiet", target.name)
