@@ -404,3 +404,24 @@ def test_a_changed_file_tracked_by_the_project_stays_in_the_project(project: Pat
     assert track(project, data) == _md5(data)
     assert not (project / "data" / ".dvc").exists()  # no side store: the project would skip data/
     assert recorded_digests(project) == {"data/manifest.csv": _md5(data)}
+
+
+def test_an_unchanged_file_is_not_added_again(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / ".gitignore").write_text("/data/retain/\n")
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    digest = track(project, subset)
+    calls = _spy_dvc(monkeypatch)
+    subset.write_text("sample_id,label\na,0\n")  # a later forget of the same class writes the same bytes
+    assert track(project, subset) == digest
+    assert [call for call in calls if call[0] == "add"] == []
+
+    # What the skip relies on is checked: an object missing from the cache is added again...
+    cached = project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+    cached.unlink()
+    assert track(project, subset) == digest and cached.is_file()
+    # ...and so is a changed file.
+    subset.write_text("sample_id,label\na,1\n")
+    assert track(project, subset) == _md5(subset)
+    assert len([call for call in calls if call[0] == "add"]) == 2

@@ -116,8 +116,9 @@ def track(project_dir: Path, path: Path) -> str:
     A path whose ``.dvc`` file git would ignore (per-run data such as retain subsets, under
     ``data/retain/``) is tracked by a side store: a DVC project without git rooted at the
     path's directory, sharing this project's cache and remote. Its ``.dvc`` file then sits beside the path, git-ignored,
-    so a run leaves the git tree clean; ``push`` uploads it with the rest. Adding an unchanged
-    file again changes nothing and returns the same digest.
+    so a run leaves the git tree clean; ``push`` uploads it with the rest. A file whose
+    ``.dvc`` file already records its md5, with that object in the cache, is not added again
+    (no DVC process); the same digest is returned.
     """
     project_dir = _project(project_dir)
     relative = relative_path(project_dir, path)
@@ -130,13 +131,33 @@ def track(project_dir: Path, path: Path) -> str:
     if _git_ignored(project_dir, f"{relative}.dvc"):
         store = target.parent
         _ensure_side_store(project_dir, store)
-        _dvc(store, "add", "--quiet", target.name)
-    else:
+        if _unchanged(project_dir, target) is None:
+            _dvc(store, "add", "--quiet", target.name)
+    elif _unchanged(project_dir, target) is None:
         _dvc(project_dir, "add", "--quiet", relative)
     digest = recorded_digests(project_dir).get(relative)
     if digest is None:
         raise DataVersioningError(f"`dvc add {relative}` succeeded but no .dvc file records it")
     return digest
+
+
+def _unchanged(project_dir: Path, target: Path) -> str | None:
+    """The md5 that ``target``'s ``.dvc`` file records, when the file's bytes still have it and
+    the cache holds that object: then ``dvc add`` would change nothing. None otherwise (a
+    directory, an untracked or changed file, an object missing from the cache)."""
+    meta = target.with_name(f"{target.name}.dvc")
+    if not target.is_file() or not meta.is_file():
+        return None
+    content = _read_yaml(meta)
+    outs = content.get("outs") or []
+    if "wdir" in content or len(outs) != 1 or not isinstance(outs[0], dict):
+        return None
+    out = outs[0]
+    md5 = str(out.get("md5") or "")
+    if out.get("path") != target.name or out.get("hash") != "md5" or not md5 or file_md5(target) != md5:
+        return None
+    cached = _cache_dir(project_dir) / "files" / "md5" / md5[:2] / md5[2:]
+    return md5 if cached.is_file() else None
 
 
 def push(project_dir: Path) -> None:
