@@ -425,3 +425,34 @@ def test_an_unchanged_file_is_not_added_again(project: Path, monkeypatch: pytest
     subset.write_text("sample_id,label\na,1\n")
     assert track(project, subset) == _md5(subset)
     assert len([call for call in calls if call[0] == "add"]) == 2
+
+
+def test_push_skips_a_repository_whose_objects_the_remote_already_holds(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / ".gitignore").write_text("/data/retain/\n")
+    images = project / "images"
+    images.mkdir()
+    (images / "a.bin").write_bytes(b"\x00\x01")
+    (images / "b.bin").write_bytes(b"\x02")
+    listing = track(project, images)
+    push(project)
+    calls = _spy_dvc(monkeypatch)
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    digest = track(project, subset)
+    push(project)  # a forget run: only the side store has something new
+    assert [call for call in calls if call[0] == "push"] == [("push", "--quiet")]
+    remote = tmp_path / "remote" / "files" / "md5"
+    assert (remote / digest[:2] / digest[2:]).is_file()
+
+    push(project)  # nothing new anywhere: no DVC process
+    assert len([call for call in calls if call[0] == "push"]) == 1
+
+    # An object missing from the remote is uploaded again (a directory output is complete on a
+    # remote that holds its .dir listing, for DVC as here).
+    (remote / listing[:2] / listing[2:]).unlink()
+    push(project)
+    assert (remote / listing[:2] / listing[2:]).is_file()
+    assert len([call for call in calls if call[0] == "push"]) == 2

@@ -161,14 +161,48 @@ def _unchanged(project_dir: Path, target: Path) -> str | None:
 
 
 def push(project_dir: Path) -> None:
-    """Upload every tracked output in the cache, side stores' included, to the default remote."""
+    """Upload every tracked output in the cache, side stores' included, to the default remote.
+
+    A repository (the project, a side store) whose recorded objects a directory remote
+    already holds is not pushed: no DVC process for what would upload nothing.
+    """
     project_dir = _project(project_dir)
     if default_remote(project_dir) is None:
         raise DataVersioningError(f"cannot push from {project_dir}: no DVC remote configured; {NO_REMOTE_HELP}")
-    _dvc(project_dir, "push", "--quiet")
-    for store in _side_stores(project_dir):
+    stores = _side_stores(project_dir)
+    if not _on_remote(project_dir, project_dir, stores):
+        _dvc(project_dir, "push", "--quiet")
+    for store in stores:
         _sync_side_store(project_dir, store)
-        _dvc(store, "push", "--quiet")
+        if not _on_remote(project_dir, store, stores):
+            _dvc(store, "push", "--quiet")
+
+
+def _on_remote(project_dir: Path, repo: Path, stores: Sequence[Path]) -> bool:
+    """Whether the default remote, a directory, already holds every object that ``repo`` (the
+    project or one of its side stores) records: then ``dvc push`` there would upload nothing.
+
+    Checked by looking for each object's file in the remote directory; a remote behind a URL,
+    or an output recorded otherwise than by md5, answers False (push as always).
+    """
+    url = default_remote(project_dir)
+    if url is None or "://" in url:
+        return False
+    remote = Path(url) / "files" / "md5"
+    nested = [store for store in stores if store != repo and store.is_relative_to(repo)]
+    for meta in _metadata_files(repo):
+        if any(meta.is_relative_to(store) for store in nested):
+            continue  # pushed by its own store
+        for _, out in _outputs(meta):
+            if out.get("cache") is False or out.get("push") is False:
+                continue  # `dvc push` leaves it out as well
+            md5 = str(out.get("md5") or "")
+            if out.get("hash") != "md5" or not md5:
+                return False
+            # A directory output counts as there when its .dir listing is, as `dvc push` counts it.
+            if not (remote / md5[:2] / md5[2:]).is_file():
+                return False
+    return True
 
 
 def pull(project_dir: Path, targets: Sequence[str] = ()) -> None:
