@@ -456,3 +456,18 @@ def test_push_skips_a_repository_whose_objects_the_remote_already_holds(
     push(project)
     assert (remote / listing[:2] / listing[2:]).is_file()
     assert len([call for call in calls if call[0] == "push"]) == 2
+
+
+def test_a_new_side_store_is_set_up_quiet_by_one_dvc_process(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / ".gitignore").write_text("/data/retain/\n")
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    calls = _spy_dvc(monkeypatch)
+    track(project, subset)
+    assert [call[0] for call in calls if call[0] != "cache"] == ["init", "add"]
+    for key in ("core.analytics", "core.check_update"):  # offline and quiet, as the project is
+        shown = subprocess.run(
+            [sys.executable, "-m", "dvc", "config", key], cwd=subset.parent, capture_output=True, text=True
+        )
+        assert shown.stdout.strip() == "false"

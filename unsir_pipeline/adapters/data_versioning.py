@@ -358,16 +358,21 @@ def _ensure_side_store(project_dir: Path, store: Path) -> None:
     store.mkdir(parents=True, exist_ok=True)
     if not (store / ".dvc").is_dir():
         _dvc(store, "init", "--quiet", "--no-scm")
-    _quiet_config(store)
-    _sync_side_store(project_dir, store)
+    _sync_side_store(project_dir, store)  # switches analytics and the update check off as well
 
 
 def _sync_side_store(project_dir: Path, store: Path) -> None:
-    """Point a side store at the project's cache and current default remote (absolute paths)."""
-    wanted: dict[str, dict[str, str]] = {"cache": {"dir": str(_cache_dir(project_dir))}}
+    """Point a side store at the project's cache and current default remote (absolute paths),
+    with DVC's analytics and update check off."""
+    # The store's config.local is this module's alone: written here, not by `dvc config`
+    # (a process per key).
+    wanted: dict[str, dict[str, str]] = {
+        "core": {"analytics": "false", "check_update": "false"},
+        "cache": {"dir": str(_cache_dir(project_dir))},
+    }
     url, endpoint = default_remote(project_dir), _effective_remote(project_dir)[1]
     if url:
-        wanted["core"] = {"remote": REMOTE_NAME}
+        wanted["core"]["remote"] = REMOTE_NAME
         remote = {"url": url}
         if endpoint:
             remote["endpointurl"] = endpoint
