@@ -1473,6 +1473,25 @@ def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovere
     assert [r.payload["via"] for r in received] == ["unsir forget"]
 
 
+def _forget_killed_after_registering(ws: Workspace, run_key: str):
+    """What `unsir forget` leaves when killed after registering its version, before recording
+    it (its gate never ran): its request running, its version with no record on the trail."""
+    with locks.forget_run_lock(ws):
+        claimed = _claim_as_a_forget_run(ws, ["0"], run_key)
+        version = _register_original_outside_the_flow(
+            ws,
+            run_key,
+            {
+                "run_key": run_key,
+                "parent_version": "1",
+                "forgotten_classes": "[0]",
+                "verified_forgotten_classes": "[0]",
+                "method": "unsir",
+            },
+        )
+    return claimed, version
+
+
 def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
     prefect_harness, bootstrapped_project, tmp_path
 ):
@@ -1484,19 +1503,7 @@ def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    with locks.forget_run_lock(ws):  # what the flow did before the kill
-        claimed = _claim_as_a_forget_run(ws, ["0"], "killed-forget")
-        version = _register_original_outside_the_flow(
-            ws,
-            "killed-forget",
-            {
-                "run_key": "killed-forget",
-                "parent_version": "1",
-                "forgotten_classes": "[0]",
-                "verified_forgotten_classes": "[0]",
-                "method": "unsir",
-            },
-        )
+    claimed, version = _forget_killed_after_registering(ws, "killed-forget")
     unrecorded = f"version {version} has no record on the trail"
     assert any(w.startswith(unrecorded) for w in batches.verify_trail(ws).warnings)
 
@@ -1509,6 +1516,35 @@ def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
+
+
+def test_batch_run_with_nothing_to_claim_records_a_killed_forgets_version(
+    prefect_harness, bootstrapped_project, tmp_path, capsys
+):
+    """A killed `unsir forget`'s version, its request already failed (a batch released it, its
+    attempts used up, and stopped before recording the version): `audit verify` said the next
+    `unsir batch run` records it, but `batch run` answered "batch empty: nothing pending" without
+    starting the flow, for good. Now it runs the flow, which records it."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    claimed, version = _forget_killed_after_registering(ws, "killed-forget")
+    stores.request_store(ws).release_stale("the forget run stopped", max_attempts=1)
+    assert stores.request_store(ws).get(claimed.id).status == "failed"
+    promise = f"version {version} has no record on the trail: its forget run forget-killed-forget stopped"
+    assert any(
+        w.startswith(promise) and "the next `unsir batch run` records it" in w
+        for w in batches.verify_trail(ws).warnings
+    )
+
+    assert main(["--project", str(project), "batch", "run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"status": "empty", "recorded_versions": [version]}
+    recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == version]
+    assert [r.event for r in recorded] == ["model_registered"]  # its gate never ran: it waits in review
+    assert recorded[0].payload["batch_id"] == "forget-killed-forget" and list(recorded[0].request_ids) == [claimed.id]
+    report = batches.verify_trail(ws)
+    assert report.ok, report.problems
+    assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
+    assert batches.nothing_to_claim(ws)  # recorded: the next one is answered without a flow
 
 
 def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrapped_project, tmp_path):

@@ -365,13 +365,35 @@ class ClaimedBatch:
 
 
 def nothing_to_claim(ws: Workspace) -> bool:
-    """True when a batch would claim nothing: no request pending, and none left ``running`` by
-    a stopped batch (those a batch recovers). Read without the lock, so a request filed a moment
+    """True when a batch would do nothing: no request pending, none left ``running`` by a
+    stopped batch (those a batch recovers), and nothing a stopped run left in the registry for a
+    batch to finish (:func:`left_for_a_batch`). Read without the lock, so a request filed a moment
     later simply waits for the next batch, as it would had the batch started a moment earlier.
     Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
     copy reaches the check that it cannot be run there. Creates no store: none is an empty queue."""
     store = existing_request_store(ws)
-    return store is None or (not store.list("pending") and not store.list("running"))
+    if store is not None and (store.list("pending") or store.list("running")):
+        return False
+    return not left_for_a_batch(ws)
+
+
+def left_for_a_batch(ws: Workspace) -> bool:
+    """Whether a stopped command left the registry something that even a batch with nothing to
+    claim finishes: a version a killed batch or forget run registered and never recorded (its
+    requests failed since, so no batch resumes it). `audit verify` says the next batch run
+    records it; answering "nothing pending" without the flow did not. Read-only. A registry
+    that does not answer tells nothing (the trail check that follows decides whether to go
+    on); a damaged registry file is raised."""
+    registry = existing_registry(ws)
+    try:
+        if registry is None or not registry.has_model():
+            return False
+        audit = existing_audit_log(ws)
+        return audit is not None and bool(_interrupted_registrations(registry.list_versions(), audit.records(), None))
+    except RegistryFileDamaged:
+        raise
+    except RegistryError:
+        return False
 
 
 def require_trail_the_registry_anchored(
@@ -613,6 +635,45 @@ def record_registration_from_tags(
         )
 
 
+@dataclass(frozen=True)
+class InterruptedRegistration:
+    """A version an earlier run registered and was stopped before recording, and what its
+    records are written under: the run (``context``), its requests, and their key prefix."""
+
+    version: VersionInfo
+    context: dict
+    request_ids: list[str]
+    key_prefix: str | None = None
+
+
+def _interrupted_registrations(
+    versions: list[VersionInfo], records: list[AuditRecord], resumed: str | None
+) -> list[InterruptedRegistration]:
+    """The versions no ``model_registered`` record names whose run the trail saw start (a
+    batch's claim, a forget run's intake), but the run ``resumed`` (it records its own)."""
+    recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
+    claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
+    forgets = {
+        r.payload.get("run_key"): r
+        for r in records
+        if r.event == "request_received" and r.payload.get("via") == "unsir forget" and r.payload.get("run_key")
+    }
+    found = []
+    for version in versions:
+        run_key = version.tags.get("run_key")
+        if version.version in recorded or run_key is None or run_key == resumed:
+            continue
+        claim, forget = claims.get(run_key), forgets.get(run_key)
+        if claim is not None:
+            context = {key: claim.payload.get(key) for key in BATCH_CONTEXT_KEYS}  # as the claim recorded it
+            found.append(InterruptedRegistration(version, context, list(claim.request_ids)))
+        elif forget is not None:
+            run_id = forget_id(run_key)
+            context = {"batch_id": run_id, "run_key": run_key, "via": "unsir forget"}  # as record_forget
+            found.append(InterruptedRegistration(version, context, list(forget.request_ids), key_prefix=run_id))
+    return found
+
+
 def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch | None) -> list[int]:
     """Put on the trail every version an earlier batch registered and was stopped before
     recording (killed after its registration, or after its gate promoted it), when ``batch``
@@ -627,30 +688,12 @@ def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch | None) 
     if not registry.has_model():  # nothing registered yet: nothing to record
         return []
     resumed = batch.run_key if batch is not None else None
-    records = audit_log(ws).records()
-    recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
-    claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
-    forgets = {
-        r.payload.get("run_key"): r
-        for r in records
-        if r.event == "request_received" and r.payload.get("via") == "unsir forget" and r.payload.get("run_key")
-    }
-    found = []
-    for version in registry.list_versions():
-        run_key = version.tags.get("run_key")
-        if version.version in recorded or run_key is None or run_key == resumed:
-            continue
-        claim, forget = claims.get(run_key), forgets.get(run_key)
-        if claim is not None:
-            context = {key: claim.payload.get(key) for key in BATCH_CONTEXT_KEYS}  # as the claim recorded it
-            record_registration_from_tags(ws, version, context, list(claim.request_ids))
-        elif forget is not None:
-            context = {"batch_id": forget_id(run_key), "run_key": run_key, "via": "unsir forget"}  # as record_forget
-            record_registration_from_tags(ws, version, context, list(forget.request_ids), key_prefix=forget_id(run_key))
-        else:
-            continue
-        found.append(version.version)
-    return found
+    found = _interrupted_registrations(registry.list_versions(), audit_log(ws).records(), resumed)
+    for interrupted in found:
+        record_registration_from_tags(
+            ws, interrupted.version, interrupted.context, interrupted.request_ids, key_prefix=interrupted.key_prefix
+        )
+    return [interrupted.version.version for interrupted in found]
 
 
 def record_forget(ws: Workspace, result: dict, *, actor: str, through: str = "gate_decision") -> str:
