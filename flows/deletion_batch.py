@@ -11,7 +11,8 @@ any point leaves its requests ``running``; the next batch releases them and, whe
 exactly the same requests, resumes under the same run key, so no second model version and no
 duplicate audit record is written. A version a killed run registered and no batch resumes (other
 requests, or none left to claim: its requests failed on release) is recorded by the next batch
-from the registry's tags, under the killed run and its requests.
+from the registry's tags, under the killed run and its requests. A promotion killed before
+moving the champion is finished by the next batch, with requests to claim or none.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             return {"status": "skipped", "reason": "another deletion batch is running"}
         batch = claim_pending_requests(ws)
         if batch is None:
-            # A killed batch whose requests its release just failed (attempts used up) is resumed
-            # by no one: its version goes on the trail here, or nothing would put it there.
+            # Nothing to run, but what a stopped command left is finished, as a batch with
+            # requests does: a promotion killed before moving the champion (else the champion
+            # stays the old one until some other command reads it) and a killed batch's version
+            # (its requests just failed on release): resumed by no one, it goes on the trail here.
+            finish_interrupted_promotion(ws)
             recorded = batches.record_interrupted_registrations(ws, None)
             return {"status": "empty", "recorded_versions": recorded} if recorded else {"status": "empty"}
         try:  # from the first record on: whatever fails releases the claimed requests

@@ -1386,20 +1386,13 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
     assert not any(w.startswith(missing) for w in batches.verify_trail(ws).warnings)
 
 
-def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_command(
-    bootstrapped_project, tmp_path, monkeypatch
-):
-    """`unsir forget` killed between the gate's two writes: its version was tagged promoted,
-    the champion never moved. Every later run started from the old champion, which had not
-    forgotten the version's class, and its gate held it (the class must stay forgotten);
-    `audit verify` blamed an alias moved outside `unsir promote`. Now the next command that
-    reads the champion finishes the promotion, with one version_promoted record."""
+def _gate_killed_before_moving_the_champion(ws: Workspace) -> int:
+    """A version registered and recorded, then judged by a gate that passed it and was killed
+    between its two writes: the version tagged promoted, the champion (version 1) not moved.
+    Returns the version."""
     from unsir_pipeline.adapters.registry import ModelRegistry
     from unsir_pipeline.governance import promotion
 
-    project = clone_project(bootstrapped_project, tmp_path / "project")
-    ws = ws_of(project)
-    registry = registry_for(ws)
     version = _register_original_outside_the_flow(
         ws,
         "half-promoted",
@@ -1419,10 +1412,24 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     def killed(self, alias, to_version):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(ModelRegistry, "set_alias", killed)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.MonkeyPatch.context() as patched, pytest.raises(RuntimeError, match="killed"):
+        patched.setattr(ModelRegistry, "set_alias", killed)
         promotion.apply_gate(ws, version, passing)
-    monkeypatch.undo()
+    return version
+
+
+def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_command(bootstrapped_project, tmp_path):
+    """`unsir forget` killed between the gate's two writes: its version was tagged promoted,
+    the champion never moved. Every later run started from the old champion, which had not
+    forgotten the version's class, and its gate held it (the class must stay forgotten);
+    `audit verify` blamed an alias moved outside `unsir promote`. Now the next command that
+    reads the champion finishes the promotion, with one version_promoted record."""
+    from unsir_pipeline.governance import promotion
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    version = _gate_killed_before_moving_the_champion(ws)
     assert registry.get_version(version).tags["gate_decision"] == "promoted"
     assert registry.resolve_alias("champion") == 1  # half-done
     assert not batches.verify_trail(ws).ok
@@ -1436,6 +1443,36 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
     assert stores.request_store(ws).get(request.id).status == "pending"
+
+
+@pytest.mark.parametrize("via", ["flow", "batch-run"])
+def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
+    prefect_harness, bootstrapped_project, tmp_path, capsys, via
+):
+    """A gate killed between its two writes, and no request left: the deletion-batch flow (a
+    scheduled one) and `unsir batch run` ended "empty" and left the champion unmoved, though
+    `audit verify` said the next run finishes the promotion. Both finish it now."""
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    registry = registry_for(ws)
+    version = _gate_killed_before_moving_the_champion(ws)
+    assert registry.resolve_alias("champion") == 1  # half-done
+
+    if via == "flow":
+        result = deletion_batch(project_dir=str(project))
+    else:
+        assert main(["--project", str(project), "batch", "run", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result == {"status": "empty"}
+    assert registry.resolve_alias("champion") == version
+    (record,) = stores.audit_log(ws).records(event="version_promoted")
+    assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1
+    assert "recovered_from" in record.payload
+    report = batches.verify_trail(ws)
+    assert report.ok, report.problems
+    assert batches.nothing_to_claim(ws)  # finished: the next one is answered without a flow
 
 
 def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):

@@ -379,15 +379,18 @@ def nothing_to_claim(ws: Workspace) -> bool:
 
 def left_for_a_batch(ws: Workspace) -> bool:
     """Whether a stopped command left the registry something that even a batch with nothing to
-    claim finishes: a version a killed batch or forget run registered and never recorded (its
-    requests failed since, so no batch resumes it). `audit verify` says the next batch run
-    records it; answering "nothing pending" without the flow did not. Read-only. A registry
+    claim finishes: a promotion killed before moving the champion, or a version a killed batch
+    or forget run registered and never recorded (its requests failed since, so no batch resumes
+    it). `audit verify` says the next run finishes or records it; answering "nothing pending"
+    without the flow did neither. Read-only. A registry
     that does not answer tells nothing (the trail check that follows decides whether to go
     on); a damaged registry file is raised."""
     registry = existing_registry(ws)
     try:
         if registry is None or not registry.has_model():
             return False
+        if promotion_under_way(registry) is not None:
+            return True
         audit = existing_audit_log(ws)
         return audit is not None and bool(_interrupted_registrations(registry.list_versions(), audit.records(), None))
     except RegistryFileDamaged:
