@@ -262,3 +262,30 @@ def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
     with StateDatabase(target).write() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
+
+
+def flow_result(**changes) -> dict:
+    """What the unlearn flow returns for a run that forgot class 3 as version 2 (promoted),
+    with ``changes`` made: what :func:`~unsir_pipeline.governance.batches.run_records` reads."""
+    result = {
+        "forget_classes": [3],
+        "all_forgotten": [3],
+        "metrics": {},
+        "per_class": [],
+        "compute_s": {},
+        "device": "cpu",
+        "rounds": [],
+        "verified": False,
+        "reads_forget_train": False,
+        "mlflow_run_id": "r",
+        "flow_run_id": "f",
+        "new_version": 2,
+        "parent_version": 1,
+        "verified_forgotten_classes": [3],
+        "data_digests": {},
+        "expectations_passed": 1,
+        "promoted": True,
+        "gate_reasons": [],
+        "method": "unsir",
+    }
+    return {**result, **changes}

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import flow_result
 
 from unsir_pipeline.adapters.state_store import StateError, StateSchemaRefused, sqlite_read_only_uri
 from unsir_pipeline.governance.audit import (
@@ -336,21 +337,7 @@ def test_check_appendable_says_in_advance_what_append_would_refuse(log: AuditLog
         signed_log.check_appendable()
 
 
-def test_reordered_seqs_are_found(log: AuditLog) -> None:
-    _tamper(
-        log.path,
-        "UPDATE audit SET seq = -1 WHERE seq = 3",
-        "UPDATE audit SET seq = 3 WHERE seq = 4",
-        "UPDATE audit SET seq = 4 WHERE seq = -1",
-    )
-
-    result = log.verify()
-
-    assert (result.ok, result.first_bad_seq) == (False, 3)
-    assert result.problem.startswith("record 3:")
-
-
-def test_reordered_records_are_named_with_the_place_each_was_written_at(log: AuditLog) -> None:
+def test_reordered_records_are_found_and_named_with_the_place_each_was_written_at(log: AuditLog) -> None:
     """Two records swapped were reported as 'content does not match its hash (edited, or moved
     from another position?)' and 'prev_hash does not match': an auditor could not tell a
     reordering from an edit, nor where each record belongs."""
@@ -363,6 +350,8 @@ def test_reordered_records_are_named_with_the_place_each_was_written_at(log: Aud
 
     result = log.verify()
 
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert result.problem.startswith("record 3:")
     problems = [(result.first_bad_seq, result.problem), *result.later_problems]
     assert problems == [
         (3, "record 3: content does not match its hash: it is record 4 as written, moved (records reordered)"),
@@ -1251,27 +1240,7 @@ def test_a_record_that_registered_the_retrained_model_holds_its_figures_unprefix
         "reference_mia": 0.17,
     }
     per_class = [{"class": f"digit-{c}", "before": 0.99, "after": 0.31 if c == 3 else 0.98} for c in range(10)]
-    result = {
-        "forget_classes": [3],
-        "all_forgotten": [3],
-        "metrics": measured,
-        "per_class": per_class,
-        "compute_s": {},
-        "device": "cpu",
-        "rounds": [],
-        "verified": False,
-        "reads_forget_train": False,
-        "mlflow_run_id": "r",
-        "flow_run_id": "f",
-        "new_version": 2,
-        "parent_version": 1,
-        "verified_forgotten_classes": [3],
-        "data_digests": {},
-        "expectations_passed": 1,
-        "promoted": True,
-        "gate_reasons": [],
-        "method": "retrain",
-    }
+    result = flow_result(metrics=measured, per_class=per_class, method="retrain")
     records = dict(run_records(result))
     evidence = records["unlearning_metrics"]
     assert evidence["method"] == "retrain"
