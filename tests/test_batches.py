@@ -191,19 +191,23 @@ def _child_env(project: Path) -> dict[str, str]:
     }
 
 
-def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
-    from unsir_pipeline.flows.deletion_batch import deletion_batch
-
-    ws = ws_of(project)
-    request = batches.file_request(ws, ["6"], "grace", "kill test")
-    env = _child_env(project)
-    child = subprocess.Popen(
+def _start_batch_run(project: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`unsir batch run` in a child process of its own session (a test kills it), silent."""
+    return subprocess.Popen(
         [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    ws = ws_of(project)
+    request = batches.file_request(ws, ["6"], "grace", "kill test")
+    child = _start_batch_run(project, _child_env(project))
     runs = project / "state" / "runs"
     deadline = time.monotonic() + 180
     key = None
@@ -816,13 +820,7 @@ def test_a_killed_batch_run_leaves_no_prefect_server_running(bootstrapped_projec
     batches.file_request(ws_of(project), ["4"], "erin", "consent withdrawn")  # something to run
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(project / "state" / "prefect-killed")  # a temporary server of its own
-    child = subprocess.Popen(
-        [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(project), "batch", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    child = _start_batch_run(project, env)
     servers: list[int] = []
     try:
         deadline = time.monotonic() + 180
