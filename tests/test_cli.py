@@ -501,7 +501,7 @@ def test_startup_failure_is_one_line_naming_the_fix():
 
 
 def test_state_that_cannot_be_written_is_named(tmp_path):
-    from unsir_pipeline.cli.commands import _describe
+    from unsir_pipeline.cli.errors import _describe
 
     err = RuntimeError("(sqlite3.OperationalError) unable to open database file\n[SQL: ...]")
     line = _describe(err, tmp_path)
@@ -512,7 +512,7 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
 def test_a_full_disk_under_another_error_is_named_with_the_free_space(tmp_path):
     """MLflow ending a run on a full disk raised "(raised as a result of Query-invoked autoflush;
     ...)" with the cause on a later line: the command printed that first line, exit 1."""
-    from unsir_pipeline.cli.commands import _describe, _is_user_error
+    from unsir_pipeline.cli.errors import _describe, _is_user_error
 
     try:
         try:
@@ -529,7 +529,7 @@ def test_a_full_disk_under_another_error_is_named_with_the_free_space(tmp_path):
 
 def test_a_failed_dvc_stage_shows_the_stages_own_error(tmp_path):
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.cli.commands import _describe
+    from unsir_pipeline.cli.errors import _describe
 
     err = DataVersioningError(
         "`dvc repro --pull prepare` in /p exited with code 255:\nRunning stage 'prepare':\n"

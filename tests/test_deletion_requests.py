@@ -889,7 +889,7 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
     from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, PreparedDataMissing
     from unsir_pipeline.adapters.registry import RegistryError
     from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
-    from unsir_pipeline.cli.commands import _is_user_error
+    from unsir_pipeline.cli.errors import _is_user_error
     from unsir_pipeline.governance.failures import is_bad_input, setup_fault
     from unsir_pipeline.settings.config import ConfigError
 
