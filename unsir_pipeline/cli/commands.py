@@ -10,7 +10,6 @@ Heavy imports (Prefect, MLflow, torch) happen after argument parsing, so ``--hel
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import logging
 import math
@@ -22,6 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 # Both import only the standard library when they load: light enough for every command.
 from unsir_pipeline.adapters import orchestration
+from unsir_pipeline.cli.common import (
+    _class_names_if_prepared,
+    _emit,
+    _name_classes,
+    _progress,
+    _require_model_ref,
+    _warn_if_the_promotion_lock_is_local,
+    _who,
+    _workspace,
+)
 from unsir_pipeline.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -151,27 +160,6 @@ def _quiet_mlflow_store_errors() -> None:
         store_logger.addFilter(_DropRaisedStoreErrors())
 
 
-def _progress(args):
-    from unsir_pipeline.cli.progress import Progress, wanted
-
-    return Progress(args.command, wanted(quiet=getattr(args, "json", False)))
-
-
-def _emit(args, payload: dict, text: str) -> None:
-    """One JSON object with --json, else the text."""
-    print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
-
-
-def _who(args, reason: str | None = None) -> str:
-    """``--by`` (default: the user name) and ``--reason`` as the audit trail will hold them,
-    checked before anything starts, with the rules the governance layer applies again."""
-    from unsir_pipeline.governance.batches import require_recordable
-
-    by = args.by if args.by is not None else getpass.getuser()
-    require_recordable(by, reason, by_name="--by", reason_name="--reason")
-    return by
-
-
 def _require_version(ws, version: int) -> None:
     """Refuse a version number the registry does not have, naming the ones it has (exit 2)."""
     from unsir_pipeline.adapters.registry import registry_for
@@ -183,44 +171,6 @@ def _require_version(ws, version: int) -> None:
     known = [v.version for v in registry.list_versions()]
     if version not in known:
         raise UsageError(f"model {name!r} has no version {version}; its versions are {known}")
-
-
-def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
-    """The version an alias or version number names; exit 2 naming the ones that exist."""
-    from unsir_pipeline.adapters.registry import registry_for
-
-    if not ref.strip():
-        raise UsageError(f"{option} {ref!r}: expected a version number or an alias (e.g. original, champion)")
-    registry = registry_for(ws)
-    name = ws.params.registry.model_name
-    if not registry.has_model():
-        raise UsageError(f"{option} {ref}: model {name!r} is not registered yet (run `unsir bootstrap`)")
-    versions = registry.list_versions()
-    if ref.isascii() and ref.isdigit():  # "²" is a digit to str.isdigit, not a version
-        if int(ref) not in {v.version for v in versions}:
-            raise UsageError(
-                f"{option} {ref}: model {name!r} has no version {ref}; its versions are {[v.version for v in versions]}"
-            )
-        return int(ref)
-    aliases = {alias: v.version for v in versions for alias in v.aliases}
-    if ref not in aliases:
-        raise UsageError(f"{option} {ref!r}: model {name!r} has no alias {ref!r}; its aliases are {sorted(aliases)}")
-    return aliases[ref]
-
-
-def _workspace(project: Path, args):
-    from unsir_pipeline.settings.workspace import Workspace
-
-    return Workspace.load(project, tuple(args.overrides))
-
-
-def _warn_if_the_promotion_lock_is_local(ws) -> None:
-    """Once per command that may promote, before it does."""
-    from unsir_pipeline.governance.locks import machine_local_promotion_lock
-
-    warning = machine_local_promotion_lock(ws)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_bootstrap(project: Path, args) -> int:
@@ -433,28 +383,6 @@ def format_result(result: dict) -> str:
         *([f"audit trail: `unsir audit report {result['audit_id']}`"] if result.get("audit_id") else []),
     ]
     return "\n".join(lines)
-
-
-def _class_names_if_prepared(ws) -> tuple[str, ...] | None:
-    """The prepared data set's class names, or None where it is not on disk (a clone that has not
-    pulled it): listings then show class indices."""
-    from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, PreparedDataMissing, prepared_class_names
-
-    try:
-        return prepared_class_names(ws)
-    except (PreparedDataMissing, DataVersioningError):  # not prepared here, or no DVC project at all
-        return None
-    except PreparedDataDamaged as err:  # the listing still answers; the damage is not hidden
-        print(f"warning: {err}; classes are shown by index", file=sys.stderr)
-        return None
-
-
-def _name_classes(classes: list[int], class_names: tuple[str, ...] | None) -> list[str] | None:
-    """``classes`` by name ("cat"; an image folder's index 1 reads as its folder named "1"), or None."""
-    if class_names is None or not all(0 <= c < len(class_names) for c in classes):
-        return None
-    return [class_names[c] for c in classes]
 
 
 def summarize_versions(listed, class_names: tuple[str, ...] | None = None) -> list[dict]:
