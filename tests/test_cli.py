@@ -60,7 +60,7 @@ def test_every_option_has_help_and_every_command_examples():
 def test_the_forget_summary_names_every_forgotten_class_by_name():
     """Image folders named "1", "10", "2", "cat dog": the summary said "forgot classes ['cat dog']
     (all forgotten so far: [2, 3])", indices that read as the classes named "2" and "3"."""
-    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.cli.forget import format_result
 
     metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
     per_class = [{"class": name, "before": 1.0, "after": 1.0, "forgotten": False} for name in ("1", "10", "2")]
@@ -90,7 +90,7 @@ def test_the_forget_summary_names_the_classes_its_forget_figures_measure():
     """A forget of class 1 from a version that had forgotten 3, 5 and 8 measures all four: the
     table's 'forget accuracy' read 0.2535 before, beside class 1 at 1.000 in the per-class rows,
     and nothing said the figure covered 3, 5 and 8 too (the evidence report names them)."""
-    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.cli.forget import format_result
 
     metrics = {"original_forget_acc": 0.2535, "forget_acc": 0.0, "original_retain_acc": 0.9, "retain_acc": 0.9}
     metrics |= {"original_mia": 0.3, "mia": 0.1}
@@ -127,7 +127,7 @@ def test_the_forget_summary_marks_the_retrained_column_when_the_retrained_model_
     """The gate registered the retrained reference in place of UNSIR's model: both tables
     labelled their columns 'after' and 'retrained' with nothing saying which model is the new
     version. The registered column is marked, and only when it is the retrained one."""
-    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.cli.forget import format_result
 
     keys = ("forget_acc", "retain_acc", "mia")
     metrics = {f"{prefix}{key}": 0.5 for prefix in ("", "original_", "reference_") for key in keys}

@@ -107,7 +107,7 @@ def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
 
 
 def test_the_summary_shows_the_attack_on_unseen_forget_samples_beside_d_f(first_run):
-    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.cli.forget import format_result
 
     m = first_run["metrics"]
     lines = format_result(first_run).splitlines()
@@ -405,7 +405,7 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     and says so on its tags, in its result and on the audit trail. Without the reference in the
     evaluation, it is trained only then, and the run's evidence reads as if it had been."""
     from unsir.checkpoint import weights_sha256
-    from unsir_pipeline.cli.commands import format_result
+    from unsir_pipeline.cli.forget import format_result
     from unsir_pipeline.flows.unlearn import unlearn
     from unsir_pipeline.governance import stores
 
