@@ -198,7 +198,7 @@ def test_batch_run_names_the_evidence_report_of_its_batch():
 def test_models_keeps_its_columns_aligned_past_a_wide_forgotten_list():
     """Nine forgotten classes in one version's row, one in another's: every column after
     'forgotten' (method, gate, created) started at a different place in each row."""
-    from unsir_pipeline.cli.commands import format_versions
+    from unsir_pipeline.cli.models import format_versions
 
     def version(number: int, forgotten: list[int], gate: str) -> dict:
         return {
@@ -1921,7 +1921,7 @@ def test_output_whose_reader_went_away_ends_quietly(project):
 
 def test_models_shows_a_rejected_version_as_rejected():
     """A version a reviewer rejected read "held" in `unsir models` (the decision was in --json only)."""
-    from unsir_pipeline.cli.commands import _gate_shown
+    from unsir_pipeline.cli.models import _gate_shown
 
     assert _gate_shown({"gate": "held", "review_decision": "rejected", "status": "READY"}) == "held (rejected)"
     assert _gate_shown({"gate": "held", "review_decision": None, "status": "READY"}) == "held"
@@ -1933,7 +1933,7 @@ def test_models_names_a_version_that_is_not_ready_and_a_champion_on_one():
     and a champion alias moved onto one in MLflow went unremarked by `unsir models` and
     `unsir audit verify`, while serving would load it."""
     from unsir_pipeline.adapters.registry import VersionInfo
-    from unsir_pipeline.cli.commands import _gate_shown, summarize_versions
+    from unsir_pipeline.cli.models import _gate_shown, summarize_versions
     from unsir_pipeline.governance.promotion import champion_problems
 
     failed = VersionInfo(2, ("champion",), {}, None, "", "FAILED_REGISTRATION")
