@@ -451,7 +451,7 @@ def test_a_store_the_commands_that_only_read_cannot_open_exits_2_from_each_of_th
     the setup to fix, not a failure: all exit 2, with or without --json."""
     from conftest import downgrade_schema, make_project
 
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -483,7 +483,7 @@ def test_state_migrate_brings_the_stores_to_the_head_and_changes_nothing_else(tm
     from conftest import downgrade_schema, make_project
 
     from unsir_pipeline.adapters.state_store import StateDatabase
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -726,7 +726,7 @@ def test_bad_key_settings_exit_2_as_configuration(tmp_path: Path, monkeypatch, c
     UNSIR_TORCH_THREADS=0 is): the setting is to fix, nothing failed."""
     from conftest import make_project
 
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
 
     project = make_project(tmp_path / "project")
     for name, value in environ.items():
@@ -763,7 +763,7 @@ def test_request_add_without_the_key_on_a_signed_trail_exits_2_naming_the_variab
     failed", where a key setting to fix is exit 2 (docs/cli.md); nothing is stored or recorded."""
     from conftest import make_project
 
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -794,7 +794,7 @@ def test_verify_json_says_whether_the_anchor_is_signed_and_whether_its_signature
     whether the key verified its signature."""
     from conftest import make_project
 
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.settings.workspace import Workspace
 

@@ -407,7 +407,7 @@ def test_a_boolean_where_a_number_is_expected_is_refused_naming_key_and_value(ov
 
 
 def test_a_boolean_number_in_the_file_stops_the_command_with_exit_2(tmp_path, capsys):
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["seed"] = True

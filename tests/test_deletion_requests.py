@@ -484,7 +484,7 @@ def test_a_read_only_copy_from_before_withdrawn_is_listed_and_verified(tmp_path:
     from conftest import downgrade_schema, make_project
 
     from unsir_pipeline.adapters.state_store import StateDatabase
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -925,7 +925,7 @@ def test_a_request_pending_after_a_failed_batch_shows_why_and_when(tmp_path: Pat
 
     from unsir.errors import UnlearningInputError
     from unsir.models import check_classifier_head
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
     from unsir_pipeline.governance.batches import failure_message
     from unsir_pipeline.settings.workspace import Workspace
@@ -969,7 +969,7 @@ def test_a_request_a_stopped_batch_left_running_says_so_and_what_releases_it(tmp
 
     from conftest import ROOT
 
-    from unsir_pipeline.cli.commands import main
+    from unsir_pipeline.cli import main
     from unsir_pipeline.governance import locks, stores
     from unsir_pipeline.settings.workspace import Workspace
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from unsir_pipeline.cli.commands import main
+from unsir_pipeline.cli.entry_point import main
 
 sys.exit(main())

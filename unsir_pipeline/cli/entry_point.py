@@ -1,4 +1,5 @@
-"""The ``unsir`` command: bootstrap, forget, list, promote and serve models, run DVC stages.
+"""The ``unsir`` command (bootstrap, forget, list, promote and serve models, run DVC stages): its
+entry point, :func:`main`, which parses the arguments and runs the command's ``cmd_*`` function.
 
 Errors print one line naming what was wrong; ``--debug`` shows tracebacks. Exit codes: 0 done,
 1 the pipeline failed, 2 bad input or configuration. Bad input (a version, an alias, a class, a
@@ -9,30 +10,16 @@ Heavy imports (Prefect, MLflow, torch) happen after argument parsing, so ``--hel
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 # Both import only the standard library when they load: light enough for every command.
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli.audit import cmd_audit, cmd_state
-from unsir_pipeline.cli.common import (
-    _emit,
-    _progress,
-    _require_model_ref,
-    _workspace,
-)
-from unsir_pipeline.cli.deletion_requests import (
-    cmd_batch,
-    cmd_request,
-    cmd_review,
-)
+from unsir_pipeline.cli.common import _progress
+from unsir_pipeline.cli.deletion_requests import cmd_batch, cmd_request, cmd_review
 from unsir_pipeline.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -43,19 +30,12 @@ from unsir_pipeline.cli.errors import (
     _failed,
     _is_user_error,
 )
-from unsir_pipeline.cli.forget import (
-    cmd_forget,
-)
-from unsir_pipeline.cli.models import (
-    cmd_models,
-    cmd_promote,
-    cmd_reject,
-)
+from unsir_pipeline.cli.forget import cmd_forget
+from unsir_pipeline.cli.models import cmd_models, cmd_promote, cmd_reject
 from unsir_pipeline.cli.parser import build_parser
+from unsir_pipeline.cli.project import cmd_bootstrap, cmd_init, cmd_stage
+from unsir_pipeline.cli.serve import cmd_serve
 from unsir_pipeline.settings import runtime
-
-if TYPE_CHECKING:
-    from unsir_pipeline.settings.workspace import Workspace
 
 
 def _check_utf8(argv: list[str]) -> None:
@@ -168,120 +148,6 @@ def _quiet_mlflow_store_errors() -> None:
     store_logger = logging.getLogger(_MLFLOW_STORE_LOGGER)
     if not any(isinstance(f, _DropRaisedStoreErrors) for f in store_logger.filters):
         store_logger.addFilter(_DropRaisedStoreErrors())
-
-
-def cmd_bootstrap(project: Path, args) -> int:
-    from unsir_pipeline.cli.bootstrap import bootstrap
-
-    result = bootstrap(_workspace(project, args), progress=_progress(args))
-    if args.json:
-        print(json.dumps({"version": result.version, "created": result.created, "test_acc": result.test_acc}))
-    elif result.created:
-        print(
-            f"registered the original model as version {result.version} (champion), test accuracy {result.test_acc:.4f}"
-        )
-    else:
-        print(f"already bootstrapped: champion is version {result.version}")
-    return 0
-
-
-def cmd_init(args) -> int:
-    from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.cli.project_init import ProjectInitError, init_project
-    from unsir_pipeline.settings.config import ConfigError
-
-    try:
-        result = init_project(args.directory)
-    except (ProjectInitError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except DataVersioningError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "project": str(result.root),
-                    "written": list(result.written),
-                    "git_initialised": result.git_initialised,
-                    "dvc_remote": result.dvc_remote,
-                }
-            )
-        )
-        return 0
-    print(
-        f"created project {result.root}: {', '.join(result.written)}"
-        + (" (new git repository)" if result.git_initialised else "")
-    )
-    print(f"DVC remote: {result.dvc_remote} (set UNSIR_DVC_REMOTE for a shared one; docs/dvc.md)")
-    print(f"next: cd {result.root} && unsir bootstrap")
-    return 0
-
-
-def cmd_stage(project: Path, args) -> int:
-    from unsir_pipeline import stages
-    from unsir_pipeline.cli.progress import relayed_stderr, setting
-
-    ws = _workspace(project, args)
-    stage_by_name: dict[str, Callable[[Workspace], object]] = {
-        "prepare": stages.prepare_data,
-        # Its epochs unless progress is off: DVC runs it with stderr captured, not on a terminal.
-        "train": functools.partial(stages.train_original, progress=setting() is not False),
-        "unlearn": stages.unlearn_original,
-        "evaluate": stages.evaluate_unlearned,
-    }
-    with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
-        out = stage_by_name[args.name](ws)
-    _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
-    return 0
-
-
-def cmd_serve(project: Path, args) -> int:
-    from unsir_pipeline.adapters import serving
-
-    ws = _workspace(project, args)
-    alias = ws.params.registry.champion_alias if args.alias is None else args.alias
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
-    for option, seconds in (("--poll", args.poll), ("--startup-timeout", args.startup_timeout)):
-        if not 0 < seconds < math.inf:  # nan fails it too
-            raise UsageError(f"{option} {seconds}: expected a positive number of seconds")
-    if not alias.strip():  # an empty value is no request for the default
-        raise UsageError(f"--alias {alias!r}: expected an alias name such as champion")
-    if alias.isdigit():
-        raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
-    _require_model_ref(ws, alias, option="--alias")
-    from unsir_pipeline.governance.promotion import deletions_undone_by, describe_undone
-
-    def concerns(version: int) -> list[str]:
-        # The alias may have been moved around the gate; and a version keeps its model code.
-        undone = deletions_undone_by(supervisor.registry.list_versions(), version)
-        found = [f"serving {describe_undone(version, undone)}: it answers for deleted classes"] if undone else []
-        if not supervisor.registry.model_code_is_current(version):
-            found.append(
-                f"version {version} runs the model code it was registered with, not this checkout's "
-                "(unsir_pipeline/adapters/serving_model.py): its refusals of bad images can say less than "
-                "docs/serving.md shows; the request body is checked the same for every version"
-            )
-        return found
-
-    if args.port and not serving.port_is_free(args.port):
-        raise UsageError(
-            f"--port {args.port}: already in use on {serving.HOST}; choose another, or 0 for any free port"
-        )
-    port = args.port or serving.free_port()
-    supervisor = serving.Supervisor(
-        ws,
-        alias,
-        port,
-        poll_s=args.poll,
-        startup_s=args.startup_timeout,
-        report=serving.printer(args.json),
-        concerns=concerns,
-    )
-    supervisor.follow()
-    return 0
 
 
 COMMANDS = {
