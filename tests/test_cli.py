@@ -501,10 +501,10 @@ def test_startup_failure_is_one_line_naming_the_fix():
 
 
 def test_state_that_cannot_be_written_is_named(tmp_path):
-    from unsir_pipeline.cli.errors import _describe
+    from unsir_pipeline.cli.errors import describe_error
 
     err = RuntimeError("(sqlite3.OperationalError) unable to open database file\n[SQL: ...]")
-    line = _describe(err, tmp_path)
+    line = describe_error(err, tmp_path)
     assert "\n" not in line and str(tmp_path) in line and "unable to open database file" in line and "writable" in line
 
 
@@ -512,7 +512,7 @@ def test_state_that_cannot_be_written_is_named(tmp_path):
 def test_a_full_disk_under_another_error_is_named_with_the_free_space(tmp_path):
     """MLflow ending a run on a full disk raised "(raised as a result of Query-invoked autoflush;
     ...)" with the cause on a later line: the command printed that first line, exit 1."""
-    from unsir_pipeline.cli.errors import _describe, _is_user_error
+    from unsir_pipeline.cli.errors import describe_error, is_user_error
 
     try:
         try:
@@ -521,21 +521,21 @@ def test_a_full_disk_under_another_error_is_named_with_the_free_space(tmp_path):
         except OSError as err:
             raise RuntimeError("(raised as a result of Query-invoked autoflush; ...)\n(sqlite3...)") from err
     except RuntimeError as err:
-        line = _describe(err, tmp_path)
-        assert _is_user_error(err)
+        line = describe_error(err, tmp_path)
+        assert is_user_error(err)
     assert line.startswith("no space left on a disk: [Errno 28] No space left on device; ")
     assert f"free for the state directory {tmp_path / 'state'}" in line and "\n" not in line
 
 
 def test_a_failed_dvc_stage_shows_the_stages_own_error(tmp_path):
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.cli.errors import _describe
+    from unsir_pipeline.cli.errors import describe_error
 
     err = DataVersioningError(
         "`dvc repro --pull prepare` in /p exited with code 255:\nRunning stage 'prepare':\n"
         "error: class 'a' has 5 samples\nERROR: failed to reproduce 'prepare'"
     )
-    message = _describe(err, tmp_path)
+    message = describe_error(err, tmp_path)
     assert message.startswith("`dvc repro --pull prepare` in /p exited with code 255:")
     assert "error: class 'a' has 5 samples" in message
 

@@ -889,7 +889,7 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
     from unsir_pipeline.adapters.prepared_data import PreparedDataDamaged, PreparedDataMissing
     from unsir_pipeline.adapters.registry import RegistryError
     from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
-    from unsir_pipeline.cli.errors import _is_user_error
+    from unsir_pipeline.cli.errors import is_user_error
     from unsir_pipeline.governance.failures import is_bad_input, setup_fault
     from unsir_pipeline.settings.config import ConfigError
 
@@ -908,8 +908,8 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
         OSError("disk I/O error"),
     ]
     run = [TrainingDivergedError("impair: inf"), RuntimeError("a crash inside the method"), KeyboardInterrupt()]
-    assert all(is_bad_input(err) and _is_user_error(err) and setup_fault(err) for err in bad_input)
-    assert all(setup_fault(err) and not _is_user_error(err) for err in environment)  # exit 1: a service down...
+    assert all(is_bad_input(err) and is_user_error(err) and setup_fault(err) for err in bad_input)
+    assert all(setup_fault(err) and not is_user_error(err) for err in environment)  # exit 1: a service down...
     assert [setup_fault(err) for err in run] == [None, None, None]
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unsir_pipeline.cli.common import _emit, _workspace
+from unsir_pipeline.cli.common import emit, load_workspace
 from unsir_pipeline.cli.errors import EXIT_FAILED, UsageError
 
 
@@ -18,7 +18,7 @@ def cmd_audit(project: Path, args) -> int:
     # report also read the registry, so only they import ``batches`` (and with it MLflow).
     from unsir_pipeline.governance import stores
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
         from unsir_pipeline.governance.batches import verify_trail
 
@@ -83,7 +83,7 @@ def cmd_audit(project: Path, args) -> int:
         return EXIT_FAILED
     if args.audit_command == "sign-head":
         result = stores.audit_log(ws).sign_head()
-        _emit(
+        emit(
             args,
             {"signed": True, "records": result.records},
             f"head anchor of {result.records} records signed with the audit key",
@@ -134,14 +134,14 @@ def cmd_audit(project: Path, args) -> int:
             "(a read-only copy or mount?); expected a writable place: choose one with --out PATH"
         )
     write_batch_report(ws, args.batch_id, out)
-    _emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
+    emit(args, {"batch_id": args.batch_id, "report": str(out)}, f"wrote {out}")
     return 0
 
 
 def cmd_state(project: Path, args) -> int:
     from unsir_pipeline.governance.stores import migrate_state
 
-    migrations = migrate_state(_workspace(project, args), dry_run=args.dry_run)
+    migrations = migrate_state(load_workspace(project, args), dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "stores": [m.to_dict() for m in migrations]}))
         return 0

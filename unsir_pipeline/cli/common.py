@@ -12,18 +12,18 @@ from pathlib import Path
 from unsir_pipeline.cli.errors import UsageError
 
 
-def _progress(args):
+def progress_lines(args):
     from unsir_pipeline.cli.progress import Progress, wanted
 
     return Progress(args.command, wanted(quiet=getattr(args, "json", False)))
 
 
-def _emit(args, payload: dict, text: str) -> None:
+def emit(args, payload: dict, text: str) -> None:
     """One JSON object with --json, else the text."""
     print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
 
 
-def _who(args, reason: str | None = None) -> str:
+def acting_user(args, reason: str | None = None) -> str:
     """``--by`` (default: the user name) and ``--reason`` as the audit trail will hold them,
     checked before anything starts, with the rules the governance layer applies again."""
     from unsir_pipeline.governance.batches import require_recordable
@@ -33,7 +33,7 @@ def _who(args, reason: str | None = None) -> str:
     return by
 
 
-def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
+def require_model_ref(ws, ref: str, option: str = "--from") -> int:
     """The version an alias or version number names; exit 2 naming the ones that exist."""
     from unsir_pipeline.adapters.registry import registry_for
 
@@ -56,13 +56,13 @@ def _require_model_ref(ws, ref: str, option: str = "--from") -> int:
     return aliases[ref]
 
 
-def _workspace(project: Path, args):
+def load_workspace(project: Path, args):
     from unsir_pipeline.settings.workspace import Workspace
 
     return Workspace.load(project, tuple(args.overrides))
 
 
-def _warn_if_the_promotion_lock_is_local(ws) -> None:
+def warn_if_the_promotion_lock_is_local(ws) -> None:
     """Once per command that may promote, before it does."""
     from unsir_pipeline.governance.locks import machine_local_promotion_lock
 
@@ -71,7 +71,7 @@ def _warn_if_the_promotion_lock_is_local(ws) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _class_names_if_prepared(ws) -> tuple[str, ...] | None:
+def class_names_if_prepared(ws) -> tuple[str, ...] | None:
     """The prepared data set's class names, or None where it is not on disk (a clone that has not
     pulled it): listings then show class indices."""
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
@@ -86,7 +86,7 @@ def _class_names_if_prepared(ws) -> tuple[str, ...] | None:
         return None
 
 
-def _name_classes(classes: list[int], class_names: tuple[str, ...] | None) -> list[str] | None:
+def name_classes(classes: list[int], class_names: tuple[str, ...] | None) -> list[str] | None:
     """``classes`` by name ("cat"; an image folder's index 1 reads as its folder named "1"), or None."""
     if class_names is None or not all(0 <= c < len(class_names) for c in classes):
         return None

@@ -11,12 +11,12 @@ from pathlib import Path
 # Imports only the standard library when it loads: light enough for every command.
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli.common import (
-    _class_names_if_prepared,
-    _name_classes,
-    _progress,
-    _warn_if_the_promotion_lock_is_local,
-    _who,
-    _workspace,
+    acting_user,
+    class_names_if_prepared,
+    load_workspace,
+    name_classes,
+    progress_lines,
+    warn_if_the_promotion_lock_is_local,
 )
 from unsir_pipeline.cli.errors import EXIT_USAGE, UsageError
 from unsir_pipeline.cli.forget import format_result
@@ -90,7 +90,7 @@ def cmd_request(project: Path, args) -> int:
     # Listing and showing read the store alone; only filing needs the registry (MLflow).
     from unsir_pipeline.governance import stores
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     if args.request_command == "add":
         from unsir_pipeline.governance import batches
         from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
@@ -107,12 +107,12 @@ def cmd_request(project: Path, args) -> int:
     elif args.request_command == "withdraw":
         from unsir_pipeline.governance import batches
 
-        request = batches.withdraw_request(ws, args.id, _who(args, args.reason), args.reason)
+        request = batches.withdraw_request(ws, args.id, acting_user(args, args.reason), args.reason)
         print(json.dumps(request.to_dict()) if args.json else f"request {request.id} {request.error}")
     elif args.request_command == "retry":
         from unsir_pipeline.governance import batches
 
-        retried = batches.retry_requests(ws, args.id, _who(args, args.reason), args.reason)
+        retried = batches.retry_requests(ws, args.id, acting_user(args, args.reason), args.reason)
         print(
             json.dumps([r.to_dict() for r in retried])
             if args.json
@@ -154,7 +154,7 @@ def _require_a_ready_champion(ws) -> None:
 
 
 def cmd_batch(project: Path, args) -> int:
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     # The server as Prefect reads it: the environment, else the active profile of PREFECT_HOME's
     # profiles.toml (`prefect config set`). Refused before the flow's imports (seconds).
     if args.batch_command == "serve" and orchestration.prefect_api_url() is None:
@@ -178,7 +178,7 @@ def cmd_batch(project: Path, args) -> int:
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
-        _warn_if_the_promotion_lock_is_local(ws)
+        warn_if_the_promotion_lock_is_local(ws)
         ws.device()  # one this machine has, before the flow claims any request
         from unsir_pipeline.adapters.prepared_data import require_prepared_as_recorded
 
@@ -206,7 +206,7 @@ def cmd_batch(project: Path, args) -> int:
         orchestration.console_without_tracebacks()
     from unsir_pipeline.cli.progress import flow_steps
 
-    progress = _progress(args)
+    progress = progress_lines(args)
     progress.step("starting the deletion-batch flow (Prefect)")
     server_ready()  # `batch run`: `batch serve` returned above
     # On a terminal Prefect's INFO lines are off (configure_prefect): these lines replace them.
@@ -242,15 +242,15 @@ def format_batch_result(result: dict) -> str:
 def cmd_review(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import versions_awaiting_review
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     waiting = versions_awaiting_review(ws)
     if args.json:
         print(json.dumps(waiting))
     elif not waiting:
         print("no version is waiting for review")
     else:
-        class_names = _class_names_if_prepared(ws)
+        class_names = class_names_if_prepared(ws)
         for v in waiting:
-            forgotten = _name_classes(v["forgotten_classes"], class_names) or v["forgotten_classes"]
+            forgotten = name_classes(v["forgotten_classes"], class_names) or v["forgotten_classes"]
             print(f"version {v['version']} (forgotten {forgotten}): {v['gate_reasons']}")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 # Both import only the standard library when they load: light enough for every command.
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli.audit import cmd_audit, cmd_state
-from unsir_pipeline.cli.common import _progress
+from unsir_pipeline.cli.common import progress_lines
 from unsir_pipeline.cli.deletion_requests import cmd_batch, cmd_request, cmd_review
 from unsir_pipeline.cli.errors import (
     EXIT_BROKEN_PIPE,
@@ -26,9 +26,9 @@ from unsir_pipeline.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     UsageError,
-    _describe,
-    _failed,
-    _is_user_error,
+    describe_error,
+    fail_with,
+    is_user_error,
 )
 from unsir_pipeline.cli.forget import cmd_forget
 from unsir_pipeline.cli.models import cmd_models, cmd_promote, cmd_reject
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init(args)
     project = Path(args.project).resolve()
     if not (project / "params.yaml").is_file():
-        return _failed(
+        return fail_with(
             args, f"no params.yaml in {project}; run from the project directory or pass --project", EXIT_USAGE
         )
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 orchestration.stop_prefect_server()
             except Exception as err:  # a clean-up that fails must not turn the stop into a failure
                 print(
-                    f"warning: stopping Prefect's temporary server: {_describe(err, project, args.overrides)}",
+                    f"warning: stopping Prefect's temporary server: {describe_error(err, project, args.overrides)}",
                     file=sys.stderr,
                 )
         return code
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure(project)
         runtime.configure_threads()
-        progress_shown = _progress(args).enabled  # a bad UNSIR_PROGRESS stops every command here
+        progress_shown = progress_lines(args).enabled  # a bad UNSIR_PROGRESS stops every command here
         orchestration.configure_prefect(quiet_console=getattr(args, "json", False) or progress_shown)
         code = COMMANDS[args.command](project, args)
         # Prefect's engine may swallow the stop and let the command return as if nothing
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return stopped("interrupted", EXIT_INTERRUPTED)
         if args.debug:
             raise
-        return _failed(
-            args, _describe(err, project, args.overrides), EXIT_USAGE if _is_user_error(err) else EXIT_FAILED
+        return fail_with(
+            args, describe_error(err, project, args.overrides), EXIT_USAGE if is_user_error(err) else EXIT_FAILED
         )
 
 

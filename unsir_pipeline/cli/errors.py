@@ -1,6 +1,6 @@
 """How a command fails: its exit codes (docs/cli.md), and the one ``error:`` line naming what
 was wrong, for bad input found before any work started (:class:`UsageError`, exit 2) or any other
-error the command raised (:func:`_describe`; exit 2 for the user's errors, else 1)."""
+error the command raised (:func:`describe`; exit 2 for the user's errors, else 1)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _STATE_ERRORS = (
 )
 
 
-def _failed(args, message: str, code: int) -> int:
+def fail_with(args, message: str, code: int) -> int:
     """One line on stderr; with ``--json`` also one object on stdout, so that a script reading
     stdout gets a document whatever the outcome."""
     print(f"error: {message}", file=sys.stderr)
@@ -40,7 +40,7 @@ def _failed(args, message: str, code: int) -> int:
     return code
 
 
-def _describe(err: Exception, project: Path | None = None, overrides: list[str] | None = None) -> str:
+def describe_error(err: Exception, project: Path | None = None, overrides: list[str] | None = None) -> str:
     """The command's one error line; ``overrides`` are its ``--set`` values (the registry it used)."""
     from unsir_pipeline.adapters.state_store import StateWriteRefused
     from unsir_pipeline.governance.full_disk import describe_full_disk, full_disk_error, project_places
@@ -89,7 +89,7 @@ def _registry_file_fault(err: Exception, project: Path | None, overrides: list[s
     return describe_registry_file_fault(err, database)
 
 
-def _is_user_error(err: Exception) -> bool:
+def is_user_error(err: Exception) -> bool:
     from unsir_pipeline.governance.failures import is_bad_input
 
     return isinstance(err, UsageError) or is_bad_input(err)

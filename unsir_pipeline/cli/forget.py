@@ -9,11 +9,11 @@ from pathlib import Path
 # Imports only the standard library when it loads: light enough for every command.
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli.common import (
-    _progress,
-    _require_model_ref,
-    _warn_if_the_promotion_lock_is_local,
-    _who,
-    _workspace,
+    acting_user,
+    load_workspace,
+    progress_lines,
+    require_model_ref,
+    warn_if_the_promotion_lock_is_local,
 )
 from unsir_pipeline.cli.errors import UsageError
 
@@ -36,7 +36,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     )
 
     finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
-    version = _require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
+    version = require_model_ref(ws, ws.params.registry.champion_alias if parent is None else parent)
     registry_for(ws).require_ready(version)  # as loading it will, before a run opens
     require_prepared_as_recorded(ws)
     class_names = prepared_class_names(ws)
@@ -86,14 +86,14 @@ def _require_what_bootstrap_registers(ws, ref: str) -> None:
 
 
 def cmd_forget(project: Path, args) -> int:
-    ws = _workspace(project, args)
-    _warn_if_the_promotion_lock_is_local(ws)
+    ws = load_workspace(project, args)
+    warn_if_the_promotion_lock_is_local(ws)
     from unsir_pipeline.adapters.registry import existing_registry
     from unsir_pipeline.cli.bootstrap import bootstrap
     from unsir_pipeline.cli.progress import Progress, flow_steps
 
-    progress = _progress(args)
-    requested_by = _who(args)
+    progress = progress_lines(args)
+    requested_by = acting_user(args)
     ws.device()  # one this machine has
     registry = existing_registry(ws)  # no database made before the bootstrap checks its settings
     registered = registry is not None and registry.has_model()

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from unsir_pipeline.cli.common import (
-    _class_names_if_prepared,
-    _emit,
-    _name_classes,
-    _warn_if_the_promotion_lock_is_local,
-    _who,
-    _workspace,
+    acting_user,
+    class_names_if_prepared,
+    emit,
+    load_workspace,
+    name_classes,
+    warn_if_the_promotion_lock_is_local,
 )
 from unsir_pipeline.cli.errors import UsageError
 
@@ -43,7 +43,7 @@ def summarize_versions(listed, class_names: tuple[str, ...] | None = None) -> li
             "created_at": v.created_at,
             "parent_version": v.tags.get("parent_version"),
             "forgotten_classes": (forgotten := json.loads(v.tags.get(FORGOTTEN_TAG, "[]"))),
-            "forgotten_class_names": _name_classes(forgotten, class_names),
+            "forgotten_class_names": name_classes(forgotten, class_names),
             "verified_forgotten_classes": json.loads(v.tags.get(VERIFIED_TAG, "null") or "null"),
             "gate": v.tags.get("gate_decision"),
             "review_decision": v.tags.get("review_decision"),
@@ -97,10 +97,10 @@ def cmd_models(project: Path, args) -> int:
     from unsir_pipeline.adapters.registry import existing_registry
     from unsir_pipeline.governance.promotion import champion_problems
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     registry = existing_registry(ws)  # listing creates no registry database
     listed = registry.list_versions() if registry is not None else []
-    versions = summarize_versions(listed, _class_names_if_prepared(ws) if listed else None)
+    versions = summarize_versions(listed, class_names_if_prepared(ws) if listed else None)
     if args.json:
         print(json.dumps(versions))
     elif not versions:
@@ -117,15 +117,15 @@ def cmd_models(project: Path, args) -> int:
 def cmd_promote(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import promote
 
-    ws = _workspace(project, args)
-    _warn_if_the_promotion_lock_is_local(ws)
+    ws = load_workspace(project, args)
+    warn_if_the_promotion_lock_is_local(ws)
     _require_version(ws, args.version)
-    by = _who(args, args.reason)
+    by = acting_user(args, args.reason)
     overridden = promote(ws, args.version, by, args.reason, override=args.override)
     if not args.json:
         for problem in overridden:
             print(f"overridden: {problem}")
-    _emit(
+    emit(
         args,
         {
             "version": args.version,
@@ -142,12 +142,12 @@ def cmd_promote(project: Path, args) -> int:
 def cmd_reject(project: Path, args) -> int:
     from unsir_pipeline.governance.batches import reject
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     _require_version(ws, args.version)
-    by = _who(args, args.reason)
+    by = acting_user(args, args.reason)
     rejection = reject(ws, args.version, by, args.reason)
     returned = rejection.returned
-    _emit(
+    emit(
         args,
         {
             "version": args.version,

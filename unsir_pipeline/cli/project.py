@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unsir_pipeline.cli.common import _emit, _progress, _workspace
+from unsir_pipeline.cli.common import emit, load_workspace, progress_lines
 from unsir_pipeline.cli.errors import EXIT_FAILED, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def cmd_bootstrap(project: Path, args) -> int:
     from unsir_pipeline.cli.bootstrap import bootstrap
 
-    result = bootstrap(_workspace(project, args), progress=_progress(args))
+    result = bootstrap(load_workspace(project, args), progress=progress_lines(args))
     if args.json:
         print(json.dumps({"version": result.version, "created": result.created, "test_acc": result.test_acc}))
     elif result.created:
@@ -71,7 +71,7 @@ def cmd_stage(project: Path, args) -> int:
     from unsir_pipeline import stages
     from unsir_pipeline.cli.progress import relayed_stderr, setting
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     stage_by_name: dict[str, Callable[[Workspace], object]] = {
         "prepare": stages.prepare_data,
         # Its epochs unless progress is off: DVC runs it with stderr captured, not on a terminal.
@@ -81,5 +81,5 @@ def cmd_stage(project: Path, args) -> int:
     }
     with relayed_stderr():  # run by `dvc repro` under `unsir bootstrap`: epochs reach its terminal
         out = stage_by_name[args.name](ws)
-    _emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
+    emit(args, {"stage": args.name, "output": out if isinstance(out, dict) else str(out)}, f"stage {args.name}: {out}")
     return 0

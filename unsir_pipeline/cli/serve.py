@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from unsir_pipeline.cli.common import _require_model_ref, _workspace
+from unsir_pipeline.cli.common import load_workspace, require_model_ref
 from unsir_pipeline.cli.errors import UsageError
 
 
 def cmd_serve(project: Path, args) -> int:
     from unsir_pipeline.adapters import serving
 
-    ws = _workspace(project, args)
+    ws = load_workspace(project, args)
     alias = ws.params.registry.champion_alias if args.alias is None else args.alias
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
@@ -24,7 +24,7 @@ def cmd_serve(project: Path, args) -> int:
         raise UsageError(f"--alias {alias!r}: expected an alias name such as champion")
     if alias.isdigit():
         raise UsageError(f"--alias {alias}: expected an alias name such as champion, not a version number")
-    _require_model_ref(ws, alias, option="--alias")
+    require_model_ref(ws, alias, option="--alias")
     from unsir_pipeline.governance.promotion import deletions_undone_by, describe_undone
 
     def concerns(version: int) -> list[str]:
