@@ -688,6 +688,35 @@ def test_json_sent_under_another_content_type_is_told_so(scoring_client, content
     assert answer["message"] == f"{named} on a JSON body (only the header is wrong); {EXPECTED_BODY}"
 
 
+def test_registration_checks_the_requirements_by_name_without_mapping_every_installed_file(
+    store: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """MLflow checks a logged model's pip requirements against this environment; the first time
+    in a process it maps every installed distribution's files to modules first
+    (``packages_distributions``, 0.8 s of a forget run). The model's requirements are
+    distribution names, checked by name: no map is built, and MLflow's is left as it was."""
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # a fresh process's
+    scans: list[int] = []
+    scan = importlib_metadata.packages_distributions
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or scan())
+    registry: ModelRegistry = store["registry"]
+    with registry.start_run("requirements"):
+        version = registry.register_checkpoint(
+            _checkpoint(store["root"] / "requirements", seed=5),
+            input_example=EXAMPLE,
+            tags={},
+            idempotency_key="requirements-by-name",
+        )
+    assert scans == []
+    assert requirements_utils._MODULES_TO_PACKAGES is None
+    registry.load_model(version, dest=tmp_path)
+    (requirements,) = tmp_path.rglob("requirements.txt")
+    assert {line.split("==")[0] for line in requirements.read_text().split()} >= {"torch", "safetensors", "numpy"}
+
+
 def test_a_normalised_input_example_is_refused(store: dict, tmp_path: Path) -> None:
     normalised = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
     registry: ModelRegistry = store["registry"]

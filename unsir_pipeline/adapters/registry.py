@@ -383,17 +383,18 @@ class ModelRegistry:
         del model  # loaded above only to prove the checkpoint is intact before logging it
 
         try:
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(SERVING_MODEL_FILE),
-                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-                # Ship the core library with the model so serving needs only the pip packages.
-                code_paths=[str(Path(unsir.__file__).parent)],
-                signature=serving_signature(),
-                input_example=example,
-                pip_requirements=PIP_REQUIREMENTS,
-                metadata=serving_metadata(_card),
-            )
+            with _requirements_checked_by_name():
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(SERVING_MODEL_FILE),
+                    artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
+                    # Ship the core library with the model so serving needs only the pip packages.
+                    code_paths=[str(Path(unsir.__file__).parent)],
+                    signature=serving_signature(),
+                    input_example=example,
+                    pip_requirements=PIP_REQUIREMENTS,
+                    metadata=serving_metadata(_card),
+                )
         except MlflowException as err:
             raise RegistryError(f"logging {str(checkpoint_dir)!r} as a model failed: {err.message}") from err
         try:
@@ -790,6 +791,28 @@ def existing_registry(ws: Workspace) -> ModelRegistry | None:
     if database is not None and not database.exists():
         return None
     return registry_for(ws)
+
+
+@contextmanager
+def _requirements_checked_by_name() -> Iterator[None]:
+    """Log a model without MLflow mapping every installed file to its module first.
+
+    ``log_model`` checks the model's pip requirements against this environment and, the first
+    time in a process, builds a module-to-distribution map from every installed distribution's
+    file list (``importlib_metadata.packages_distributions``): 0.8 s of each forget run's
+    registration. ``PIP_REQUIREMENTS`` are distribution names, which the check looks up by name
+    without the map; the map stays empty for the call, then is as MLflow left it (its requirement
+    inference builds it when needed). An MLflow that holds the map elsewhere is left alone."""
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", ()) is not None:  # built already, or elsewhere
+        yield
+        return
+    requirements_utils._MODULES_TO_PACKAGES = {}  # type: ignore[assignment]  # annotated None: built lazily
+    try:
+        yield
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = None
 
 
 def serving_signature() -> ModelSignature:
