@@ -107,8 +107,8 @@ def add_accepted(ws, store, audit, serial: int):
 
 
 def add_refused(ws, store, audit, serial: int) -> None:
-    from unsir_pipeline.governance.batches import provenance
     from unsir_pipeline.governance.stores import intake_key
+    from unsir_pipeline.governance.trail import provenance
 
     refusal = "classes ['nine-and-a-half'] are not classes of the data set"
     request = store.add_rejected([], [], f"user-{serial}", "typo", refusal, requested=["nine-and-a-half"])
@@ -122,8 +122,8 @@ def add_refused(ws, store, audit, serial: int) -> None:
 
 
 def withdraw(ws, store, audit, request_id: str) -> None:
-    from unsir_pipeline.governance.batches import provenance
     from unsir_pipeline.governance.stores import withdrawal_key, withdrawal_payload
+    from unsir_pipeline.governance.trail import provenance
 
     request = store.withdraw(request_id, "ops", "filed twice")
     audit.append(
@@ -138,18 +138,14 @@ def withdraw(ws, store, audit, request_id: str) -> None:
 def run_batch(ws) -> str | None:
     """Claim the pending requests as a batch does, and end them as a batch whose classes the
     champion had forgotten already ends them."""
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import batches, stores, trail
 
     batch = batches.claim_batch(ws)
     if batch is None:
         return None
-    batches.record(
-        ws, batch, "batch_started", {"classes": batch.classes, "attempts": {r.id: 1 for r in batch.requests}}
-    )
+    trail.record(ws, batch, "batch_started", {"classes": batch.classes, "attempts": {r.id: 1 for r in batch.requests}})
     stores.request_store(ws).mark_done(batch.batch_id, 1)
-    batches.record(
-        ws, batch, "batch_finished", {"model_version": 1, "note": "classes already forgotten by the champion"}
-    )
+    trail.record(ws, batch, "batch_finished", {"model_version": 1, "note": "classes already forgotten by the champion"})
     return batch.batch_id
 
 

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
-from unsir_pipeline.governance import batches, locks
+from unsir_pipeline.governance import batches, locks, trail
 from unsir_pipeline.governance.failures import setup_fault
 from unsir_pipeline.governance.promotion import (
     finish_interrupted_promotion,
@@ -52,10 +52,10 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             # stays the old one until some other command reads it) and a killed batch's version
             # (its requests just failed on release): resumed by no one, it goes on the trail here.
             finish_interrupted_promotion(ws)
-            recorded = batches.record_interrupted_registrations(ws, None)
+            recorded = trail.record_interrupted_registrations(ws, None)
             return {"status": "empty", "recorded_versions": recorded} if recorded else {"status": "empty"}
         try:  # from the first record on: whatever fails releases the claimed requests
-            batches.record(
+            trail.record(
                 ws,
                 batch,
                 "batch_resumed" if batch.resumed else "batch_started",
@@ -65,7 +65,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             # requests with its error on them (they go back to pending), as any later failure.
             finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
             # Versions of killed batches this one does not resume: on the trail before it forgets more.
-            batches.record_interrupted_registrations(ws, batch)
+            trail.record_interrupted_registrations(ws, batch)
             registry = registry_for(ws)
             champion = resolve_parent(registry, ws.params.registry.champion_alias)
             # As `unsir forget` checks its parent: an alias moved onto a version whose registration
@@ -76,7 +76,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                 version = champion.version
                 _record_recovered_registration(ws, batch, version)
                 complete_requests(ws, batch.batch_id, version)
-                batches.record(
+                trail.record(
                     ws,
                     batch,
                     "batch_finished",
@@ -97,7 +97,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                 recorded_by_caller=True,  # under this batch and its requests, below
             )
         except ValidationFailed as err:
-            batches.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})
+            trail.record(ws, batch, "validation_failed", {"failures": list(err.report.failures)})
             _fail(ws, batch, err)
             raise
         except BaseException as err:
@@ -105,7 +105,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             raise
         _record_success(ws, batch, result)
         complete_requests(ws, batch.batch_id, result["new_version"])
-        batches.record(
+        trail.record(
             ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]}
         )
     return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
@@ -118,18 +118,18 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
     batch's run key) or when the champion came from another batch."""
     info = registry_for(ws).get_version(version)
     if info.tags.get("run_key") == batch.run_key:
-        batches.record_registration_from_tags(ws, info, batch.record_context, batch.request_ids)
+        trail.record_registration_from_tags(ws, info, batch.record_context, batch.request_ids)
 
 
 def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:
-    for event, payload in batches.run_records(result):
-        batches.record(ws, batch, event, payload)
+    for event, payload in trail.run_records(result):
+        trail.record(ws, batch, event, payload)
 
 
 def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
     message = batches.failure_message(err, ws)
     fault = setup_fault(err)
     statuses = release_requests(ws, batch.batch_id, message, count_attempt=fault is None)
-    batches.record(
+    trail.record(
         ws, batch, "batch_failed", {"error": message, "statuses": statuses, **batches.attempt_counted(ws, fault)}
     )

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from prefect import flow, runtime
 
 from unsir_pipeline.adapters.registry import registry_for
-from unsir_pipeline.governance import batches, locks, promotion
-from unsir_pipeline.governance.batches import require_recordable
+from unsir_pipeline.governance import batches, locks, promotion, trail
 from unsir_pipeline.governance.failures import setup_fault
+from unsir_pipeline.governance.trail import require_recordable
 from unsir_pipeline.settings.runtime import was_interrupted
 from unsir_pipeline.settings.workspace import RunContext, Workspace, open_workspace
 from unsir_pipeline.tasks import data, evaluation, model, requests, unlearning
@@ -149,7 +149,7 @@ def _run(
     parent_model = clock("resolve-model-version", model.resolve_model_version, ctx, parent_ref)
     mlflow_run_id = clock("open-tracking-run", model.open_tracking_run, ctx, forget_classes)
     registry = registry_for(ws)
-    run_id = batches.forget_id(ctx.run_key)
+    run_id = trail.forget_id(ctx.run_key)
     try:
         if not recorded_by_caller:
             # Its classes, as a running request of its own: a request filed while it runs

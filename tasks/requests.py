@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from unsir_pipeline.governance import batches, stores
+from unsir_pipeline.governance import batches, stores, trail
 from unsir_pipeline.governance.promotion import ParentModel
 from unsir_pipeline.settings.workspace import Workspace
 from unsir_pipeline.tasks.retries import IO_RETRIES
@@ -67,6 +67,6 @@ def record_on_audit_trail(ws: Workspace, result: dict, actor: str, through: str 
     run), so a retry adds nothing. Returns the id its records carry (what ``unsir audit
     report`` takes). Unlike the steps before it, it does not end early on a stop (SIGTERM,
     Ctrl-C): the version exists and may be champion by now, so its record is written first."""
-    audit_id = batches.record_forget(ws, result, actor=actor, through=through)
+    audit_id = trail.record_forget(ws, result, actor=actor, through=through)
     get_run_logger().info("on the audit trail as %s (by %s)", audit_id, actor)
     return audit_id

@@ -266,7 +266,7 @@ def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
 
 def flow_result(**changes) -> dict:
     """What the unlearn flow returns for a run that forgot class 3 as version 2 (promoted),
-    with ``changes`` made: what :func:`~unsir_pipeline.governance.batches.run_records` reads."""
+    with ``changes`` made: what :func:`~unsir_pipeline.governance.trail.run_records` reads."""
     result = {
         "forget_classes": [3],
         "all_forgotten": [3],

@@ -1228,8 +1228,8 @@ def test_a_record_that_registered_the_retrained_model_holds_its_figures_unprefix
     model's only under `reference_`): an auditor reading the record took them for the
     registered model's. The evidence report reads the new record and an older one alike."""
     from unsir_pipeline.governance.audit import AuditRecord
-    from unsir_pipeline.governance.batches import run_records
     from unsir_pipeline.governance.report import batch_report_html
+    from unsir_pipeline.governance.trail import run_records
 
     measured = {
         "original_forget_acc": 0.99,

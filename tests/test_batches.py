@@ -20,7 +20,7 @@ from conftest import clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches, locks, stores
+from unsir_pipeline.governance import batches, locks, stores, trail
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -244,7 +244,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     ws = ws_of(project)
     request = batches.file_request(ws, ["7"], "lee", "retry test")
     count = len(versions(project))
-    record = batches.record
+    record = trail.record
 
     def crash_at_the_gate_decision(ws, batch, event, payload, **kwargs):
         if event == "gate_decision":
@@ -254,7 +254,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     # WEAK: the version is held, so the retry cannot end early on a champion that already
     # forgot the class; it reruns the whole subflow.
     with monkeypatch.context() as patched:
-        patched.setattr(batches, "record", crash_at_the_gate_decision)
+        patched.setattr(trail, "record", crash_at_the_gate_decision)
         with pytest.raises(ConnectionError, match="the audit store went away"):
             deletion_batch(project_dir=str(project), overrides=WEAK)
     key = stores.request_store(ws).get(request.id).batch_id
@@ -287,7 +287,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
         first["batch_id"], first["run_key"], stores.request_store(ws).batch_requests(first["batch_id"]), resumed=True
     )
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
-        batches.record(ws, claimed, event, {"replayed": True})
+        trail.record(ws, claimed, event, {"replayed": True})
     assert len(stores.audit_log(ws).records()) == before
     report = batches.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
@@ -304,7 +304,7 @@ def test_audit_show_traces_a_request_to_production(project, first_batch, capsys)
 
 def test_tampering_with_any_record_is_detected_and_named(project, first_batch, tmp_path, capsys):
     ws = ws_of(project)
-    source = batches.audit_path(ws)
+    source = trail.audit_path(ws)
     assert main(["--project", str(project), "audit", "verify"]) == 0
     capsys.readouterr()
 
@@ -460,14 +460,14 @@ def test_a_batch_whose_first_record_fails_releases_its_requests(project, tmp_pat
     copy = _copy_with_registry(project, tmp_path / "first-record")
     ws = ws_of(copy)
     request = batches.file_request(ws, ["9"], "judy", "first record fails")  # 4: forgotten just before
-    record = batches.record
+    record = trail.record
 
     def failing(ws, batch, event, payload, **kwargs):
         if event == "batch_started":
             raise OSError("disk I/O error")
         return record(ws, batch, event, payload, **kwargs)
 
-    monkeypatch.setattr(batches, "record", failing)
+    monkeypatch.setattr(trail, "record", failing)
     with pytest.raises(OSError, match="disk I/O error"):
         deletion_batch(project_dir=str(copy))
     released = stores.request_store(ws).get(request.id)
@@ -660,8 +660,8 @@ def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anch
         r for r in stores.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"]
     )
     assert len(info.tags["weights_sha256"]) == 64 and record.payload["weights_sha256"] == info.tags["weights_sha256"]
-    assert (info.tags[batches.AUDIT_SEQ_TAG], info.tags[batches.AUDIT_HASH_TAG]) == (str(record.seq), record.hash)
-    anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
+    assert (info.tags[trail.AUDIT_SEQ_TAG], info.tags[trail.AUDIT_HASH_TAG]) == (str(record.seq), record.hash)
+    anchored = json.loads(registry.model_tags()[trail.AUDIT_HEAD_TAG])
     assert (
         anchored["records"] >= record.seq and stores.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
     )
@@ -697,7 +697,7 @@ def test_audit_verify_reports_a_missing_trail_when_the_registry_holds_unlearned_
     for path in copy.glob("state/*.sqlite*"):
         if path.name.startswith(("audit.sqlite", "requests.sqlite")):
             path.unlink()
-    registry_for(ws_of(copy)).delete_model_tag(batches.AUDIT_HEAD_TAG)
+    registry_for(ws_of(copy)).delete_model_tag(trail.AUDIT_HEAD_TAG)
 
     assert main(["--project", str(copy), "audit", "verify"]) == 1
     assert f"the audit trail {copy / 'state' / 'audit.sqlite'} does not exist" in capsys.readouterr().err
@@ -1040,8 +1040,8 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     copy = _copy_with_registry(project, tmp_path / "reset")
     ws = ws_of(copy)
     registry = registry_for(ws)
-    anchored = json.loads(registry.model_tags()[batches.AUDIT_HEAD_TAG])
-    registry.set_model_tag(batches.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
+    anchored = json.loads(registry.model_tags()[trail.AUDIT_HEAD_TAG])
+    registry.set_model_tag(trail.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
     refusal = rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"
     with pytest.raises(Exception, match=refusal):
         batches.claim_batch(ws)
@@ -1195,7 +1195,7 @@ def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch
         raise RegistryError(f"cannot reach the MLflow registry at {self.tracking_uri}: connection refused")
 
     monkeypatch.setattr(ModelRegistry, "model_tags", down)
-    batches.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
+    trail.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
     assert batches.nothing_to_claim(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 0
     assert "lost or replaced" not in capsys.readouterr().err
@@ -1214,7 +1214,7 @@ def test_a_damaged_registry_file_is_refused_where_a_server_down_is_not(project, 
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    batches.require_trail_the_registry_anchored(
+    trail.require_trail_the_registry_anchored(
         ws_of(copy, f"registry.tracking_uri={down}", "registry.http_max_retries=0", "registry.http_timeout_s=2")
     )  # nothing to compare with: not a refusal
 
@@ -1222,7 +1222,7 @@ def test_a_damaged_registry_file_is_refused_where_a_server_down_is_not(project, 
     db.write_bytes(b"garbage" * 100)
     before = stores.request_store(ws).list()
     with pytest.raises(RegistryFileDamaged, match=re.escape(str(db))):
-        batches.require_trail_the_registry_anchored(ws)
+        trail.require_trail_the_registry_anchored(ws)
     assert main(["--project", str(copy), "request", "add", "5", "--by", "alice", "--reason", "r"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot open the MLflow registry at sqlite:///{db}: file is not a database"), last
@@ -1364,7 +1364,7 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
         ws, "killed", {"run_key": "killed", "forgotten_classes": "[]", "verified_forgotten_classes": "[]"}
     )
     # What the flow records before its gate, then the gate's own writes; the run dies there.
-    batches._append_anchored(
+    trail._append_anchored(
         ws, "model_registered", {"model_version": version}, actor="ops", request_ids=[], key="forget-killed:reg"
     )
     registry.set_version_tags(version, {"gate_decision": "promoted", "gate_reasons": "pass: all"})
@@ -1373,7 +1373,7 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
     missing = f"version {version} was promoted by its gate (tag gate_decision), but no gate_decision record"
     report = batches.verify_trail(ws)
     assert report.ok and any(w.startswith(missing) for w in report.warnings), report.problems
-    batches._append_anchored(
+    trail._append_anchored(
         ws,
         "gate_decision",
         {"model_version": version, "promoted": True},
@@ -1396,7 +1396,7 @@ def _gate_killed_before_moving_the_champion(ws: Workspace) -> int:
         "half-promoted",
         {"run_key": "half-promoted", "forgotten_classes": "[5]", "verified_forgotten_classes": "[5]"},
     )
-    batches._append_anchored(  # what the flow records before its gate
+    trail._append_anchored(  # what the flow records before its gate
         ws, "model_registered", {"model_version": version}, actor="ops", request_ids=[], key="forget-half:reg"
     )
     passing = promotion.GateInput(

@@ -1975,7 +1975,7 @@ def test_audit_verify_without_a_registry_database_checks_the_trail_and_creates_n
     capsys.readouterr()
 
     # A trail that records a version registered there: the database was lost, not never made.
-    from unsir_pipeline.governance.batches import registry_name
+    from unsir_pipeline.governance.trail import registry_name
 
     payload = {"registry": registry_name(Workspace.load(params_only)), "model_version": 2}
     log.append("model_registered", actor="batch", payload=payload)
@@ -2041,7 +2041,7 @@ def test_audit_show_names_the_registered_retrained_models_figures_apart_from_uns
     from conftest import make_project
 
     from unsir_pipeline.governance import stores
-    from unsir_pipeline.governance.batches import run_records
+    from unsir_pipeline.governance.trail import run_records
 
     project = make_project(tmp_path / "project")
     log = stores.audit_log(Workspace.load(project))

@@ -548,7 +548,7 @@ def test_a_gate_promotion_records_the_champion_it_replaced(tmp_path, bootstrappe
     gate_decision did not, so for a version the gate promoted the trail could not say which
     version was serving before (parent_version is where the run started, not what was serving
     when the gate moved the alias: `--from original`, or a promotion by hand meanwhile)."""
-    from unsir_pipeline.governance.batches import run_records
+    from unsir_pipeline.governance.trail import run_records
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     registry = registry_for(Workspace.load(project))

@@ -21,8 +21,8 @@ from unsir_pipeline.adapters.registry import (
     registry_for,
 )
 from unsir_pipeline.cli.progress import Progress, relay
-from unsir_pipeline.governance.batches import require_registry_not_lost
 from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
+from unsir_pipeline.governance.trail import require_registry_not_lost
 from unsir_pipeline.settings.config import ORIGINAL_ALIAS, ConfigError
 from unsir_pipeline.settings.workspace import Workspace
 

@@ -26,7 +26,7 @@ def emit(args, payload: dict, text: str) -> None:
 def acting_user(args, reason: str | None = None) -> str:
     """``--by`` (default: the user name) and ``--reason`` as the audit trail will hold them,
     checked before anything starts, with the rules the governance layer applies again."""
-    from unsir_pipeline.governance.batches import require_recordable
+    from unsir_pipeline.governance.trail import require_recordable
 
     by = args.by if args.by is not None else getpass.getuser()
     require_recordable(by, reason, by_name="--by", reason_name="--reason")

@@ -168,13 +168,13 @@ def cmd_batch(project: Path, args) -> int:
         )
         return EXIT_USAGE
     if args.batch_command == "run":
-        from unsir_pipeline.governance import batches, stores
+        from unsir_pipeline.governance import batches, stores, trail
 
         # An empty queue is answered without starting Prefect (seconds, not half a minute), after
         # the same trail check a batch makes first, so a nightly run still flags a tampered trail.
         # On a read-only copy (an auditor's) the check reads the state as it is, writing nothing.
         if batches.nothing_to_claim(ws):
-            batches.require_trail_the_registry_anchored(ws, read_only=stores.state_read_only(ws))
+            trail.require_trail_the_registry_anchored(ws, read_only=stores.state_read_only(ws))
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
@@ -187,7 +187,7 @@ def cmd_batch(project: Path, args) -> int:
         # minute): a damaged trail or registry file is refused at once. A read-only copy is named
         # as such before it, where the trail check would only say the trail cannot be written.
         orchestration.require_writable_prefect_home()
-        batches.require_trail_the_registry_anchored(ws)
+        trail.require_trail_the_registry_anchored(ws)
         _require_a_ready_champion(ws)
         server_ready = orchestration.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while

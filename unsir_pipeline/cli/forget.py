@@ -52,7 +52,7 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     require_parents_data(ws, parent_model)
     # The run will be recorded on the trail: a trail the registry no longer recognises stops it
     # here, as it stops a batch, not after a version was registered and promoted.
-    from unsir_pipeline.governance.batches import require_trail_the_registry_anchored
+    from unsir_pipeline.governance.trail import require_trail_the_registry_anchored
 
     require_trail_the_registry_anchored(ws, what="a forget")
     return version
