@@ -187,11 +187,11 @@ def time_deletion_batch(project: Path) -> dict:
     import mlflow
     from prefect.client.orchestration import get_client
 
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import intake
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(project)
-    batches.file_request(ws, ["8"], "benchmark", "flow benchmark")
+    intake.file_request(ws, ["8"], "benchmark", "flow benchmark")
     t0 = time.perf_counter()
     if os.environ.get("PREFECT_API_URL"):
         from prefect.deployments import run_deployment

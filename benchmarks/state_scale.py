@@ -5,7 +5,7 @@ A temporary project on the default SQLite state: ``unsir init``, the digits data
 *untrained* model registered as champion and original (the state paths read its tags only). The
 history grows in rounds of 100 requests, written by the functions the commands use: each
 accepted request stored and recorded as ``unsir request add`` does (``RequestStore.add``, then
-``batches._record_received``), a refused one as its refusal is (``add_rejected``, then
+``intake._record_received``), a refused one as its refusal is (``add_rejected``, then
 ``request_refused``), a withdrawn one as ``unsir request withdraw`` records it; then a real
 ``claim_batch`` takes the round's pending requests, and they end as a batch whose classes the
 champion had forgotten already ends them (``batch_started``, ``mark_done``, ``batch_finished``,
@@ -98,11 +98,11 @@ def make_project(root: Path):
 
 
 def add_accepted(ws, store, audit, serial: int):
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import intake
 
     cls = serial % 9  # never class 9: a class always remains, however many wait
     request = store.add([cls], [str(cls)], f"user-{serial}", "consent withdrawn", requested=[str(cls)])
-    batches._record_received(ws, audit, request, {"champion_version": 1})
+    intake._record_received(ws, audit, request, {"champion_version": 1})
     return request
 
 
@@ -215,7 +215,7 @@ def cli(ws, *args: str) -> Callable[[], object]:
 
 
 def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) -> dict[str, float]:
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import batches, intake, stores
 
     store = stores.request_store(ws)
     pending_id = store.list("pending")[-1].id
@@ -226,8 +226,8 @@ def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) ->
         raise RuntimeError(f"the built trail does not verify: {check.chain.problem} {check.problems[:3]}")
     jobs: dict[str, Callable[[], object]] = {
         "intake_trail": lambda: stores.intake_trail(ws),
-        "request add": lambda: batches.file_request(ws, ["3"], "bench", "timed"),
-        "request withdraw": lambda: batches.withdraw_request(ws, pending_id, "bench", "timed"),
+        "request add": lambda: intake.file_request(ws, ["3"], "bench", "timed"),
+        "request withdraw": lambda: intake.withdraw_request(ws, pending_id, "bench", "timed"),
         "request list --status pending": lambda: stores.existing_request_store(ws).list("pending"),
         "batch claim": lambda: batches.claim_batch(ws),
         "audit verify": lambda: batches.verify_trail(ws),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from unsir_pipeline.governance import batches, stores, trail
+from unsir_pipeline.governance import batches, intake, stores, trail
 from unsir_pipeline.governance.promotion import ParentModel
 from unsir_pipeline.settings.workspace import Workspace
 from unsir_pipeline.tasks.retries import IO_RETRIES
@@ -31,8 +31,8 @@ def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
 
 @task(name="claim-forget-request", cache_policy=NO_CACHE)
 def claim_forget_request(ws: Workspace, requested: list[str], parent: ParentModel, requester: str, run_key: str) -> str:
-    """See :func:`~unsir_pipeline.governance.batches.claim_forget`; returns the run's id."""
-    request = batches.claim_forget(ws, requested, parent, requester, run_key)
+    """See :func:`~unsir_pipeline.governance.intake.claim_forget`; returns the run's id."""
+    request = intake.claim_forget(ws, requested, parent, requester, run_key)
     get_run_logger().info(
         "request %s (by %s) holds classes %s while this run lasts", request.id, requester, request.classes
     )

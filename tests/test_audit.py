@@ -1004,7 +1004,7 @@ def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tm
     bare "withdrawn", not that someone took it back, nor who or why."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import batches, intake, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -1014,10 +1014,10 @@ def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tm
     store.claim_pending("batch-failed")
     log.append("batch_failed", actor="deletion-batch", request_ids=[request.id], payload={"batch_id": "batch-failed"})
     store.release("batch-failed", "MLflow unreachable", max_attempts=1)
-    batches.withdraw_request(ws, request.id, "dpo@corp", "requester took it back")
+    intake.withdraw_request(ws, request.id, "dpo@corp", "requester took it back")
     # One whose `request add` was killed before its record: the withdrawal writes that first.
     unrecorded = store.add([4], ["4"], "bob", "filed twice")
-    batches.withdraw_request(ws, unrecorded.id, "bob", "filed twice")
+    intake.withdraw_request(ws, unrecorded.id, "bob", "filed twice")
 
     html = batches.write_batch_report(ws, "batch-failed", tmp_path / "report.html").read_text()
     assert "<td>withdrawn by dpo@corp: requester took it back</td>" in html
@@ -1032,7 +1032,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     the store, once, carrying the store's text verbatim (who may hold ": ", so it is not split)."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import batches, locks, stores
+    from unsir_pipeline.governance import batches, intake, locks, stores
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -1060,7 +1060,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     written = len(log.records())
     stores.intake_trail(ws)
     with pytest.raises(RequestError, match="withdrawn already"):
-        batches.withdraw_request(ws, request.id, "dpo", "again")
+        intake.withdraw_request(ws, request.id, "dpo", "again")
     assert len(log.records()) == written and log.verify().ok
 
 
@@ -1074,7 +1074,7 @@ def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(
     record at all is recorded."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import batches, intake, stores
     from unsir_pipeline.governance.audit import AuditLog
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -1084,7 +1084,7 @@ def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(
     refused = store.add_rejected([], [], "bob", "typo", "unknown class 'cat'", requested=["cat"])
     withdrawn = store.add([4], ["4"], "carol", "filed twice")
     stores.intake_trail(ws)  # their intake records, keyed as `request add` writes them
-    batches.withdraw_request(ws, withdrawn.id, "carol", "filed twice")
+    intake.withdraw_request(ws, withdrawn.id, "carol", "filed twice")
     written = len(log.records())
 
     reads: list[dict] = []

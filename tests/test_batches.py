@@ -20,7 +20,7 @@ from conftest import clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches, locks, stores, trail
+from unsir_pipeline.governance import batches, intake, locks, stores, trail
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -62,7 +62,7 @@ def first_batch(project):
     ws = ws_of(project)
     filed = []
     for classes, who in ((["3"], "alice"), (["8"], "bob <b>"), (["3"], "carol")):
-        filed.append(batches.file_request(ws, classes, who, "<script>alert('x')</script> consent withdrawn"))
+        filed.append(intake.file_request(ws, classes, who, "<script>alert('x')</script> consent withdrawn"))
         time.sleep(0.01)
     result = deletion_batch(project_dir=str(project), overrides=["evaluation.retrain_reference=true"])
     return filed, result
@@ -127,7 +127,7 @@ def test_batch_run_answers_an_empty_queue_without_starting_a_flow_but_recovers_a
     # A request left `running` by a stopped batch is the flow's to recover: the flow starts.
     copy = _copy_with_registry(project, tmp_path / "stopped")
     ws = ws_of(copy)
-    filed = batches.file_request(ws, ["5"], "erin", "consent withdrawn")
+    filed = intake.file_request(ws, ["5"], "erin", "consent withdrawn")
     stores.request_store(ws).claim_pending("batch-stopped0000")
     assert main(["--project", str(copy), "batch", "run", "--json"]) == 0
     assert len(started) == 1 and stores.request_store(ws).get(filed.id).status == "running"
@@ -135,12 +135,12 @@ def test_batch_run_answers_an_empty_queue_without_starting_a_flow_but_recovers_a
 
 def test_refused_requests_are_recorded(project, first_batch):
     ws = ws_of(project)
-    with pytest.raises(batches.RequestRefused, match="already forgotten"):
-        batches.file_request(ws, ["8"], "dave", "again")
-    with pytest.raises(batches.RequestRefused, match="unknown class 'cat'"):
-        batches.file_request(ws, ["cat"], "dave", "typo")
-    with pytest.raises(batches.RequestRefused, match="every one of the 10 classes"):
-        batches.file_request(ws, [str(c) for c in range(10) if c not in (3, 8)], "eve", "everything")
+    with pytest.raises(intake.RequestRefused, match="already forgotten"):
+        intake.file_request(ws, ["8"], "dave", "again")
+    with pytest.raises(intake.RequestRefused, match="unknown class 'cat'"):
+        intake.file_request(ws, ["cat"], "dave", "typo")
+    with pytest.raises(intake.RequestRefused, match="every one of the 10 classes"):
+        intake.file_request(ws, [str(c) for c in range(10) if c not in (3, 8)], "eve", "everything")
     rejected = stores.request_store(ws).list("rejected")
     assert [r.requester for r in rejected][-3:] == ["dave", "dave", "eve"]
     refused = stores.audit_log(ws).records(event="request_refused")
@@ -151,7 +151,7 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["1"], "frank", "gate test")
+    request = intake.file_request(ws, ["1"], "frank", "gate test")
     result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["promoted"] is False
     held = result["new_version"]
@@ -206,7 +206,7 @@ def test_batch_killed_midway_loses_nothing_and_resumes(project, first_batch):
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["6"], "grace", "kill test")
+    request = intake.file_request(ws, ["6"], "grace", "kill test")
     child = _start_batch_run(project, _child_env(project))
     runs = project / "state" / "runs"
     deadline = time.monotonic() + 180
@@ -242,7 +242,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["7"], "lee", "retry test")
+    request = intake.file_request(ws, ["7"], "lee", "retry test")
     count = len(versions(project))
     record = trail.record
 
@@ -404,7 +404,7 @@ def test_two_batches_never_run_at_once(project, first_batch):
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["2"], "heidi", "lock test")
+    request = intake.file_request(ws, ["2"], "heidi", "lock test")
     with locks.file_lock(ws.state_dir / "batch.lock") as held:  # another batch holds the lock
         assert held
         result = deletion_batch(project_dir=str(project))
@@ -422,7 +422,7 @@ def test_failed_batch_returns_requests_to_pending_with_the_error(project, first_
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["4"], "ivan", "failure test")
+    request = intake.file_request(ws, ["4"], "ivan", "failure test")
     manifest = project / "data" / "prepared" / "manifest.csv"
     original = manifest.read_bytes()
     manifest.write_bytes(original.replace(b",train,", b",holdout,", 3))  # an unknown split
@@ -459,7 +459,7 @@ def test_a_batch_whose_first_record_fails_releases_its_requests(project, tmp_pat
 
     copy = _copy_with_registry(project, tmp_path / "first-record")
     ws = ws_of(copy)
-    request = batches.file_request(ws, ["9"], "judy", "first record fails")  # 4: forgotten just before
+    request = intake.file_request(ws, ["9"], "judy", "first record fails")  # 4: forgotten just before
     record = trail.record
 
     def failing(ws, batch, event, payload, **kwargs):
@@ -486,7 +486,7 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ws = ws_of(project)
-    request = batches.file_request(ws, ["0"], "judy", "server down")
+    request = intake.file_request(ws, ["0"], "judy", "server down")
     down = [
         f"registry.tracking_uri=http://127.0.0.1:{port}",
         "registry.http_max_retries=2",
@@ -512,7 +512,7 @@ def test_a_run_that_fails_by_itself_uses_up_its_requests_attempts(prefect_harnes
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    request = batches.file_request(ws, ["4"], "ivan", "poison")
+    request = intake.file_request(ws, ["4"], "ivan", "poison")
     diverging = [*WEAK, "unlearn.impair={lr: 1.0e+30, epochs: 1, batch_size: 32}", "requests.max_attempts=2"]
     for attempt, status in ((1, "pending"), (2, "failed")):
         with pytest.raises(TrainingDivergedError):
@@ -715,7 +715,7 @@ def test_audit_verify_reports_a_deleted_trail_instead_of_resetting_it(project, f
     assert "the registry anchored the trail at" in err and "trail deleted?" in err
     assert not trail.exists()  # verify did not start a fresh trail
     with pytest.raises(Exception, match="the trail was deleted; refusing to start a new one"):
-        batches.file_request(ws_of(copy), ["5"], "mallory", "cover-up")
+        intake.file_request(ws_of(copy), ["5"], "mallory", "cover-up")
     assert not trail.exists()
 
 
@@ -817,7 +817,7 @@ def test_a_killed_batch_run_leaves_no_prefect_server_running(bootstrapped_projec
     of the killed command ran to stop it. Now the server's own process sees its parent gone and
     stops within seconds."""
     project = clone_project(bootstrapped_project, tmp_path / "project")
-    batches.file_request(ws_of(project), ["4"], "erin", "consent withdrawn")  # something to run
+    intake.file_request(ws_of(project), ["4"], "erin", "consent withdrawn")  # something to run
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(project / "state" / "prefect-killed")  # a temporary server of its own
     child = _start_batch_run(project, env)
@@ -849,7 +849,7 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     ws = ws_of(project)
-    request = batches.file_request(ws, ["5"], "kim", "kill during registration")
+    request = intake.file_request(ws, ["5"], "kim", "kill during registration")
     count = len(versions(project))
     marker = tmp_path / "registered"
     env = _child_env(project)
@@ -907,7 +907,7 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
 
     project = clone_project(bootstrapped_project, tmp_path / "project")  # a history of its own
     ws = ws_of(project)
-    request = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
+    request = intake.file_request(ws, ["7"], "lee", "stopped after promotion")
     count = len(versions(project))
     run_batch_stopped_after_promotion(project, monkeypatch)
     key = stores.request_store(ws).get(request.id).batch_id
@@ -945,11 +945,11 @@ def test_batch_stopped_after_promotion_is_recorded_by_the_next_batch_that_does_n
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    first = batches.file_request(ws, ["7"], "lee", "stopped after promotion")
+    first = intake.file_request(ws, ["7"], "lee", "stopped after promotion")
     run_batch_stopped_after_promotion(project, monkeypatch)
     killed = stores.request_store(ws).get(first.id).batch_id
     champion = registry_for(ws).resolve_alias("champion")
-    second = batches.file_request(ws, ["2"], "kim", "filed after the kill")
+    second = intake.file_request(ws, ["2"], "kim", "filed after the kill")
 
     result = batch_flow.deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["batch_id"] != killed and result["parent_version"] == champion  # afresh, from it
@@ -1014,7 +1014,7 @@ def test_request_text_that_could_spoof_a_line_is_refused_before_anything_is_reco
     ws = ws_of(project)
     before = (len(stores.request_store(ws).list()), len(stores.audit_log(ws).records()))
     with pytest.raises(RequestError, match=r"requester contains control character U\+000A at position 3"):
-        batches.file_request(ws, ["5"], "eve\nreq-000000000000  done", "r")
+        intake.file_request(ws, ["5"], "eve\nreq-000000000000  done", "r")
     assert (
         main(
             [
@@ -1138,7 +1138,7 @@ def test_a_trail_that_would_refuse_the_record_refuses_the_change_first(project, 
     registry, store = registry_for(ws), stores.request_store(ws)
     champion = registry.resolve_alias("champion")
     known = next(c for c in range(10) if c not in json.loads(registry.get_version(champion).tags["forgotten_classes"]))
-    pending = batches.file_request(ws, [str(known)], "bob", "filed before the anchor broke")
+    pending = intake.file_request(ws, [str(known)], "bob", "filed before the anchor broke")
     before = (versions(copy), store.list())
     stores.audit_log(ws).head_path.write_text("garbage")
     for argv in (
@@ -1267,7 +1267,7 @@ def test_a_batch_whose_unsir_model_is_held_completes_with_the_retrained_referenc
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    request = batches.file_request(ws, ["5"], "dana", "consent withdrawn")
+    request = intake.file_request(ws, ["5"], "dana", "consent withdrawn")
     overrides = ["evaluation.retrain_reference=true", *WEAK, "unlearn.verification.max_rounds=1"]
     result = deletion_batch(project_dir=str(project), overrides=overrides)
     assert result["status"] == "done" and result["verified"] is False  # UNSIR's round did not verify
@@ -1293,7 +1293,7 @@ def test_an_override_champion_that_did_not_forget_a_class_takes_new_requests_for
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    first = batches.file_request(ws, ["5"], "dana", "consent withdrawn")
+    first = intake.file_request(ws, ["5"], "dana", "consent withdrawn")
     held = deletion_batch(project_dir=str(project), overrides=[*WEAK, "unlearn.verification.max_rounds=1"])
     assert held["promoted"] is False and 5 not in held["verified_forgotten_classes"], held
     batches.promote(ws, held["new_version"], "ops", "urgent", override=True)
@@ -1303,7 +1303,7 @@ def test_an_override_champion_that_did_not_forget_a_class_takes_new_requests_for
     assert f"version {held['new_version']} is the champion (in production), but was NOT measured to have " in production
     assert "forgotten ['5'] (promoted-by-override by ops)" in production
 
-    again = batches.file_request(ws, ["5"], "erin", "consent withdrawn")
+    again = intake.file_request(ws, ["5"], "erin", "consent withdrawn")
     assert again.status == "pending"
     result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["parent_version"] == held["new_version"] and result["forget_classes"] == [5]
@@ -1432,9 +1432,9 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     assert registry.resolve_alias("champion") == 1  # half-done
     assert not batches.verify_trail(ws).ok
 
-    request = batches.file_request(ws, ["2"], "erin", "consent withdrawn")  # reads the champion
+    request = intake.file_request(ws, ["2"], "erin", "consent withdrawn")  # reads the champion
     assert registry.resolve_alias("champion") == version
-    batches.file_request(ws, ["4"], "erin", "another")  # nothing left to finish
+    intake.file_request(ws, ["4"], "erin", "another")  # nothing left to finish
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1
     assert record.actor == promotion.GATE_ACTOR and "recovered_from" in record.payload
@@ -1478,7 +1478,7 @@ def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
     from unsir_pipeline.governance.promotion import resolve_parent
 
     champion = resolve_parent(registry_for(ws), ws.params.registry.champion_alias)
-    return batches.claim_forget(ws, classes, champion, "dora", run_key)
+    return intake.claim_forget(ws, classes, champion, "dora", run_key)
 
 
 def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovered(bootstrapped_project, tmp_path):
@@ -1491,11 +1491,11 @@ def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovere
     with locks.forget_run_lock(ws):
         claimed = _claim_as_a_forget_run(ws, ["0"], "killed-run")
         assert claimed.status == "running" and claimed.batch_id == "forget-killed-run"
-        with pytest.raises(batches.RequestRefused, match=rf"{claimed.id} \(running in unsir forget, by dora"):
-            batches.file_request(ws, [str(c) for c in range(1, 10)], "erin", "the rest")
+        with pytest.raises(intake.RequestRefused, match=rf"{claimed.id} \(running in unsir forget, by dora"):
+            intake.file_request(ws, [str(c) for c in range(1, 10)], "erin", "the rest")
         with pytest.raises(locks.DeletionRunning, match="another forget run is running"), locks.forget_run_lock(ws):
             pass
-        assert batches.file_request(ws, ["1"], "erin", "one more").status == "pending"
+        assert intake.file_request(ws, ["1"], "erin", "one more").status == "pending"
     # The run was killed here: its lock is gone, its request still running.
     with locks.deletion_batch_lock(ws) as acquired:
         assert acquired
@@ -1645,7 +1645,7 @@ def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_pr
     batch claimed first is refused, unchanged."""
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    twice, kept, unrecorded = (batches.file_request(ws, ["4"], "alice", "consent withdrawn") for _ in range(3))
+    twice, kept, unrecorded = (intake.file_request(ws, ["4"], "alice", "consent withdrawn") for _ in range(3))
     cli = ["--project", str(project)]
 
     assert main([*cli, "request", "withdraw", twice.id, "--reason", "filed twice", "--by", "dpo@corp"]) == 0
@@ -1696,11 +1696,11 @@ def test_a_failed_request_is_retried_once_its_cause_is_fixed(bootstrapped_projec
     request not failed is refused, named, and nothing changes."""
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    failed, unrecorded = (batches.file_request(ws, [c], "alice", "consent withdrawn") for c in "45")
+    failed, unrecorded = (intake.file_request(ws, [c], "alice", "consent withdrawn") for c in "45")
     store = stores.request_store(ws)
     store.claim_pending("batch-1")
     store.release("batch-1", "TrainingDivergedError: impair", max_attempts=1)
-    pending = batches.file_request(ws, ["6"], "alice", "consent withdrawn")
+    pending = intake.file_request(ws, ["6"], "alice", "consent withdrawn")
     store.add([7], ["7"], "bob", "r", claimed_by="batch-2")
     (done,) = store.mark_done("batch-2", 1)
     cli = ["--project", str(project)]
@@ -1762,7 +1762,7 @@ def test_a_batch_refuses_a_champion_that_is_not_ready_before_it_completes_anythi
 
     copy = clone_project(bootstrapped_project, tmp_path / "unready-champion")
     ws = ws_of(copy)
-    request = batches.file_request(ws, ["3"], "alice", "consent withdrawn")
+    request = intake.file_request(ws, ["3"], "alice", "consent withdrawn")
     registry = registry_for(ws)
     with registry.start_run(run_name="failed-registration"):
         failed = registry.register_checkpoint(
@@ -1791,7 +1791,7 @@ def test_batch_killed_after_promotion_is_recorded_by_a_next_batch_with_nothing_t
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = ws_of(project)
-    request = batches.file_request(ws, ["7"], "lee", "killed after promotion")
+    request = intake.file_request(ws, ["7"], "lee", "killed after promotion")
 
     def stopped(*args, **kwargs):
         raise RuntimeError("killed after the promotion")

@@ -1070,11 +1070,11 @@ def test_a_damaged_manifest_is_refused_before_prefect_starts_naming_the_dvc_comm
     """A split manifest edited or cut short failed `forget` and `batch run` in the flow's
     validation, after Prefect's start (half a minute), with exit 1 and no word of how to get the
     data back. Both now compare data/prepared with dvc.lock first (a second)."""
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import intake, stores
 
     copy = clone_project(project, tmp_path / "damaged")
     ws = Workspace.load(copy)
-    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    pending = intake.file_request(ws, ["5"], "alice", "a batch has work to do")
     manifest = copy / "data" / "prepared" / "manifest.csv"
     damage(manifest)
     before = len(_runs(copy))
@@ -1118,11 +1118,11 @@ def test_batch_run_refuses_a_damaged_trail_or_registry_file_before_prefect_start
     """With requests pending, a damaged audit trail or registry file was found by the flow, once
     Prefect's temporary server had started (half a minute); the registry's not even then, taken
     for a server down. Both are refused now before the server starts, naming the file."""
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import intake, stores
 
     copy = clone_project(project, tmp_path / "damaged")
     ws = Workspace.load(copy)
-    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    pending = intake.file_request(ws, ["5"], "alice", "a batch has work to do")
     damaged = copy / path
     damaged.write_bytes(b"garbage" * 100)
     home = tmp_path / "prefect"
@@ -1147,11 +1147,11 @@ def test_batch_run_refuses_a_champion_that_is_not_ready_before_prefect_starts(pr
     server had started (half a minute), after claiming the requests and putting the batch on the
     trail; `unsir forget` is refused before Prefect starts. Now `batch run` is too, the same way."""
     from unsir_pipeline.adapters.registry import VersionNotReady, registry_for
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import intake, stores
 
     copy = clone_project(project, tmp_path / "unready-champion")
     ws = Workspace.load(copy)
-    pending = batches.file_request(ws, ["5"], "alice", "a batch has work to do")
+    pending = intake.file_request(ws, ["5"], "alice", "a batch has work to do")
     unready = _register_held(ws, "unready-registration")
     set_version_status(ws, unready, status)
     registry = registry_for(ws)
@@ -1177,11 +1177,11 @@ def test_forget_counts_the_pending_requests_before_leaving_no_class(project, tmp
     """A direct forget ignored the queue: with a request for 1-9 pending, `forget 0` ran, and
     every later batch failed on that request (nothing left to retain) while intake refused
     every new request, until the request had used up its attempts."""
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import intake, stores
 
     copy = clone_project(project, tmp_path / "queued")
     ws = Workspace.load(copy)
-    batches.file_request(ws, [str(c) for c in range(1, 10)], "alice", "all but one")
+    intake.file_request(ws, [str(c) for c in range(1, 10)], "alice", "all but one")
     before = len(_runs(copy))
     assert main(["--project", str(copy), "forget", "0"]) == 2
     err = capsys.readouterr().err
@@ -1646,10 +1646,10 @@ def test_bootstrap_shows_its_steps_and_epochs(bootstrapped_project, tmp_path):
 def test_batch_run_shows_its_steps_and_its_unlearn_subflow(bootstrapped_project, tmp_path):
     """On a terminal `batch run` turned Prefect's INFO lines off for progress lines it never
     printed: nothing showed for minutes, not even the start of its `unlearn` subflow."""
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import intake
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
-    batches.file_request(Workspace.load(project), ["5"], "alice", "progress check")
+    intake.file_request(Workspace.load(project), ["5"], "alice", "progress check")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"UNSIR_PROGRESS": "1", "PREFECT_HOME": str(tmp_path / "prefect")}  # as on a terminal
     shown = subprocess.run(
@@ -1667,10 +1667,10 @@ def test_batch_run_shows_its_steps_and_its_unlearn_subflow(bootstrapped_project,
 def test_batch_run_output_carries_no_library_info_lines(bootstrapped_project, tmp_path):
     """A piped `batch run` printed "INFO | great_expectations.data_context.types.base - Created
     temporary directory ..." and "INFO mlflow.pyfunc: Validating input example ..." among its lines."""
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import intake
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
-    batches.file_request(Workspace.load(project), ["5"], "alice", "library chatter check")
+    intake.file_request(Workspace.load(project), ["5"], "alice", "library chatter check")
     # Not what earlier in-process commands of this worker left in os.environ (the console levels
     # a progress run turns down): a user's shell has none of them.
     left_by_earlier_commands = ("PREFECT_API_URL", "MLFLOW_LOGGING_LEVEL", "PREFECT_LOGGING_")
@@ -1864,7 +1864,7 @@ def test_commands_that_read_the_registry_start_without_torch(project, tmp_path):
     Prefect, Great Expectations or DVC. They imported PyTorch and scikit-learn through
     ``governance.batches`` (prepared_data's top-level imports) until `request add`'s fix moved
     them: `audit verify` of 8912 records took 11.8 s and 894 MiB, against 5.9 s and 251 MiB."""
-    from unsir_pipeline.governance.batches import file_request
+    from unsir_pipeline.governance.intake import file_request
 
     copy = clone_project(project, tmp_path / "registry-readers")
     file_request(Workspace.load(copy), ["4"], "alice", "a trail to verify")

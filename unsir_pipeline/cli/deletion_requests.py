@@ -92,27 +92,27 @@ def cmd_request(project: Path, args) -> int:
 
     ws = load_workspace(project, args)
     if args.request_command == "add":
-        from unsir_pipeline.governance import batches
+        from unsir_pipeline.governance import intake
         from unsir_pipeline.governance.deletion_requests import TEXT_LIMITS, check_request_text
 
         # Named as typed (--by, --reason), as every command that records who and why names them.
         check_request_text("--by", args.requester, limit=TEXT_LIMITS["requester"])
         check_request_text("--reason", args.reason, limit=TEXT_LIMITS["reason"], allow_empty=True)
-        request = batches.file_request(ws, _requested_classes(args), args.requester, args.reason)
+        request = intake.file_request(ws, _requested_classes(args), args.requester, args.reason)
         print(
             json.dumps(request.to_dict())
             if args.json
             else f"request {request.id} pending: forget {list(request.class_names)}"
         )
     elif args.request_command == "withdraw":
-        from unsir_pipeline.governance import batches
+        from unsir_pipeline.governance import intake
 
-        request = batches.withdraw_request(ws, args.id, acting_user(args, args.reason), args.reason)
+        request = intake.withdraw_request(ws, args.id, acting_user(args, args.reason), args.reason)
         print(json.dumps(request.to_dict()) if args.json else f"request {request.id} {request.error}")
     elif args.request_command == "retry":
-        from unsir_pipeline.governance import batches
+        from unsir_pipeline.governance import intake
 
-        retried = batches.retry_requests(ws, args.id, acting_user(args, args.reason), args.reason)
+        retried = intake.retry_requests(ws, args.id, acting_user(args, args.reason), args.reason)
         print(
             json.dumps([r.to_dict() for r in retried])
             if args.json

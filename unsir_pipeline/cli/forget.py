@@ -26,8 +26,8 @@ def check_forget_request(ws, classes: list[str], parent: str | None) -> int:
     number."""
     from unsir_pipeline.adapters.prepared_data import prepared_class_names, require_prepared_as_recorded
     from unsir_pipeline.adapters.registry import registry_for
-    from unsir_pipeline.governance.batches import queued_classes
     from unsir_pipeline.governance.deletion_requests import resolve_request
+    from unsir_pipeline.governance.intake import queued_classes
     from unsir_pipeline.governance.promotion import (
         finish_interrupted_promotion,
         require_parents_data,
@@ -63,8 +63,8 @@ def _check_classes_of_the_data(ws, classes: list[str]) -> None:
     has just prepared, before it trains the original (minutes for a CIFAR model) for a forget a
     class unknown, or every class, would refuse anyway."""
     from unsir_pipeline.adapters.prepared_data import prepared_class_names
-    from unsir_pipeline.governance.batches import queued_classes
     from unsir_pipeline.governance.deletion_requests import resolve_request
+    from unsir_pipeline.governance.intake import queued_classes
 
     resolve_request(
         list(classes), prepared_class_names(ws), forgotten=[], forgotten_by="the original", pending=queued_classes(ws)
