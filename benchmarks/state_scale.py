@@ -138,9 +138,9 @@ def withdraw(ws, store, audit, request_id: str) -> None:
 def run_batch(ws) -> str | None:
     """Claim the pending requests as a batch does, and end them as a batch whose classes the
     champion had forgotten already ends them."""
-    from unsir_pipeline.governance import batches, stores, trail
+    from unsir_pipeline.governance import claims, stores, trail
 
-    batch = batches.claim_batch(ws)
+    batch = claims.claim_batch(ws)
     if batch is None:
         return None
     trail.record(ws, batch, "batch_started", {"classes": batch.classes, "attempts": {r.id: 1 for r in batch.requests}})
@@ -215,7 +215,7 @@ def cli(ws, *args: str) -> Callable[[], object]:
 
 
 def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) -> dict[str, float]:
-    from unsir_pipeline.governance import batches, intake, stores
+    from unsir_pipeline.governance import batches, claims, intake, stores
 
     store = stores.request_store(ws)
     pending_id = store.list("pending")[-1].id
@@ -229,7 +229,7 @@ def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) ->
         "request add": lambda: intake.file_request(ws, ["3"], "bench", "timed"),
         "request withdraw": lambda: intake.withdraw_request(ws, pending_id, "bench", "timed"),
         "request list --status pending": lambda: stores.existing_request_store(ws).list("pending"),
-        "batch claim": lambda: batches.claim_batch(ws),
+        "batch claim": lambda: claims.claim_batch(ws),
         "audit verify": lambda: batches.verify_trail(ws),
         "audit show --request": lambda: batches.request_history(ws, done_id),
         "audit report": lambda: batches.write_batch_report(ws, last_batch, report),

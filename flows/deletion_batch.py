@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
-from unsir_pipeline.governance import batches, locks, trail
+from unsir_pipeline.governance import claims, locks, trail
 from unsir_pipeline.governance.failures import setup_fault
 from unsir_pipeline.governance.promotion import (
     finish_interrupted_promotion,
@@ -111,7 +111,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
     return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
 
 
-def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, version: int) -> None:
+def _record_recovered_registration(ws: Workspace, batch: claims.ClaimedBatch, version: int) -> None:
     """A batch stopped after its version was registered and promoted, before the trail said so:
     the version's registration and gate decision go on the record from the registry's own tags,
     so every promoted version has them. A no-op when the records exist (they are keyed by the
@@ -121,15 +121,15 @@ def _record_recovered_registration(ws: Workspace, batch: batches.ClaimedBatch, v
         trail.record_registration_from_tags(ws, info, batch.record_context, batch.request_ids)
 
 
-def _record_success(ws: Workspace, batch: batches.ClaimedBatch, result: dict) -> None:
+def _record_success(ws: Workspace, batch: claims.ClaimedBatch, result: dict) -> None:
     for event, payload in trail.run_records(result):
         trail.record(ws, batch, event, payload)
 
 
-def _fail(ws: Workspace, batch: batches.ClaimedBatch, err: BaseException) -> None:
-    message = batches.failure_message(err, ws)
+def _fail(ws: Workspace, batch: claims.ClaimedBatch, err: BaseException) -> None:
+    message = claims.failure_message(err, ws)
     fault = setup_fault(err)
     statuses = release_requests(ws, batch.batch_id, message, count_attempt=fault is None)
     trail.record(
-        ws, batch, "batch_failed", {"error": message, "statuses": statuses, **batches.attempt_counted(ws, fault)}
+        ws, batch, "batch_failed", {"error": message, "statuses": statuses, **claims.attempt_counted(ws, fault)}
     )

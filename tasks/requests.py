@@ -7,15 +7,15 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from unsir_pipeline.governance import batches, intake, stores, trail
+from unsir_pipeline.governance import claims, intake, stores, trail
 from unsir_pipeline.governance.promotion import ParentModel
 from unsir_pipeline.settings.workspace import Workspace
 from unsir_pipeline.tasks.retries import IO_RETRIES
 
 
 @task(name="claim-pending-requests", cache_policy=NO_CACHE)
-def claim_pending_requests(ws: Workspace) -> batches.ClaimedBatch | None:
-    batch = batches.claim_batch(ws)
+def claim_pending_requests(ws: Workspace) -> claims.ClaimedBatch | None:
+    batch = claims.claim_batch(ws)
     if batch is None:
         get_run_logger().info("no pending deletion request")
     else:

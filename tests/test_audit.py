@@ -1032,7 +1032,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     the store, once, carrying the store's text verbatim (who may hold ": ", so it is not split)."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import batches, intake, locks, stores
+    from unsir_pipeline.governance import batches, claims, intake, locks, stores
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -1047,7 +1047,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     assert report.ok, report.problems
     assert sum("its `request withdraw` stopped between the store and the trail" in w for w in report.warnings) == 1
     with locks.deletion_batch_lock(ws) as acquired:  # a batch's claim: nothing pending, the record written
-        assert acquired and batches.claim_batch(ws) is None
+        assert acquired and claims.claim_batch(ws) is None
     (withdrawn,) = log.records(event="request_withdrawn")
     assert (withdrawn.actor, withdrawn.request_ids) == (stores.RECOVERY_ACTOR, (request.id,))
     assert withdrawn.payload["withdrawal"] == "withdrawn by dpo: legal: filed twice: see ticket 7"

@@ -20,7 +20,7 @@ from conftest import clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches, intake, locks, stores, trail
+from unsir_pipeline.governance import batches, claims, intake, locks, stores, trail
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -283,7 +283,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     # Replaying the recording of a finished batch adds nothing either.
     _, first = first_batch
     before = len(stores.audit_log(ws).records())
-    claimed = batches.ClaimedBatch(
+    claimed = claims.ClaimedBatch(
         first["batch_id"], first["run_key"], stores.request_store(ws).batch_requests(first["batch_id"]), resumed=True
     )
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
@@ -1044,9 +1044,9 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     registry.set_model_tag(trail.AUDIT_HEAD_TAG, json.dumps({"records": anchored["records"], "hash": "f" * 64}))
     refusal = rf"refusing to start a batch: the registry anchored record {anchored['records']} with hash ffffffffffff"
     with pytest.raises(Exception, match=refusal):
-        batches.claim_batch(ws)
+        claims.claim_batch(ws)
     # With nothing pending, `batch run` answers without a flow, after the same check.
-    assert batches.nothing_to_claim(ws)
+    assert claims.nothing_to_claim(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 1
     assert re.search(refusal, capsys.readouterr().err)
     # A direct forget is recorded on the trail too: refused before its flow starts.
@@ -1196,7 +1196,7 @@ def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch
 
     monkeypatch.setattr(ModelRegistry, "model_tags", down)
     trail.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
-    assert batches.nothing_to_claim(ws)
+    assert claims.nothing_to_claim(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 0
     assert "lost or replaced" not in capsys.readouterr().err
 
@@ -1470,7 +1470,7 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     assert "recovered_from" in record.payload
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
-    assert batches.nothing_to_claim(ws)  # finished: the next one is answered without a flow
+    assert claims.nothing_to_claim(ws)  # finished: the next one is answered without a flow
 
 
 def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
@@ -1499,7 +1499,7 @@ def test_a_running_forget_counts_at_intake_and_a_killed_ones_request_is_recovere
     # The run was killed here: its lock is gone, its request still running.
     with locks.deletion_batch_lock(ws) as acquired:
         assert acquired
-        batch = batches.claim_batch(ws)
+        batch = claims.claim_batch(ws)
     assert batch is not None and claimed.id in batch.request_ids
     assert not batch.resumed and batch.batch_id != claimed.batch_id  # a batch does not resume a forget run
     recovered = stores.audit_log(ws).records(event="batch_recovered")[-1]
@@ -1579,7 +1579,7 @@ def test_batch_run_with_nothing_to_claim_records_a_killed_forgets_version(
     report = batches.verify_trail(ws)
     assert report.ok, report.problems
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
-    assert batches.nothing_to_claim(ws)  # recorded: the next one is answered without a flow
+    assert claims.nothing_to_claim(ws)  # recorded: the next one is answered without a flow
 
 
 def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrapped_project, tmp_path):
@@ -1635,7 +1635,7 @@ def test_a_forget_its_user_stopped_with_ctrl_c_is_not_left_for_a_batch(
         unlearn_flow.unlearn(forget_classes=["4"], project_dir=str(project), overrides=WEAK, requested_by="dora")
     (stopped,) = stores.request_store(ws).list()
     assert (stopped.status, stopped.classes, stopped.error) == ("failed", (4,), unlearn_flow.CANCELLED)
-    assert batches.claim_batch(ws) is None  # nothing left for a batch
+    assert claims.claim_batch(ws) is None  # nothing left for a batch
 
 
 def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_project, tmp_path, capsys):
@@ -1674,7 +1674,7 @@ def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_pr
 
     with locks.deletion_batch_lock(ws) as acquired:
         assert acquired
-        batch = batches.claim_batch(ws)
+        batch = claims.claim_batch(ws)
     assert batch is not None and batch.request_ids == [kept.id]  # the withdrawn ones stay out
     assert main([*cli, "request", "withdraw", kept.id, "--reason", "too late", "--by", "alice"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
@@ -1737,7 +1737,7 @@ def test_a_failed_request_is_retried_once_its_cause_is_fixed(bootstrapped_projec
     )
     with locks.deletion_batch_lock(ws) as acquired:
         assert acquired
-        batch = batches.claim_batch(ws)
+        batch = claims.claim_batch(ws)
     assert batch is not None and set(batch.request_ids) == {failed.id, unrecorded.id, pending.id}
     retries = stores.audit_log(ws).records(event="request_retried")
     assert [(r.actor, r.request_ids) for r in retries] == [

@@ -472,7 +472,7 @@ def test_a_run_resumed_with_other_parameters_or_data_is_not_judged_as_its_earlie
     (a user fixing the setting that made it fail), resumed under the same key, would measure a
     model made with the new parameters while registration returned the old version."""
     from unsir_pipeline.adapters.registry import RegistryError
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import claims
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = Workspace.load(project)
@@ -483,13 +483,13 @@ def test_a_run_resumed_with_other_parameters_or_data_is_not_judged_as_its_earlie
         stopped,
         {"parent_version": str(original), "params_digest": ws.params.digest(), "data_digests": '{"data/x": "a"}'},
     )
-    assert not batches._resume_refused(ws, "batch-stopped")
+    assert not claims._resume_refused(ws, "batch-stopped")
     choose = model.choose_registration.fn
     with disable_run_logger(), pytest.raises(RegistryError, match="the data's DVC digests differ"):
         choose(_context(project, "batch-stopped"), original, {"data/x": "b"}, _candidate([0.0] * 10, [3]), None)
 
     registry.set_version_tags(stopped, {"params_digest": "0123456789abcdef"})  # made with other settings
-    assert batches._resume_refused(ws, "batch-stopped")
+    assert claims._resume_refused(ws, "batch-stopped")
     with disable_run_logger(), pytest.raises(RegistryError, match="parameters digest 0123456789abcdef then"):
         choose(_context(project, "batch-stopped"), original, {"data/x": "a"}, _candidate([0.0] * 10, [3]), None)
 
@@ -500,7 +500,7 @@ def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_ver
     while registration returned version 2: the gate promoted version 2, which still knew the
     class version 3 forgot. Now the batch starts afresh and the flow refuses the mismatch."""
     from unsir_pipeline.adapters.registry import RegistryError
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import claims
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = Workspace.load(project)
@@ -508,12 +508,12 @@ def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_ver
     original = registry.resolve_alias("champion")
     stopped = _register_candidate(project, "batch-stopped")
     registry.set_version_tags(stopped, {"parent_version": str(original)})  # never judged
-    assert not batches._resume_refused(ws, "batch-stopped")  # the champion has not moved: resume
+    assert not claims._resume_refused(ws, "batch-stopped")  # the champion has not moved: resume
 
     moved = _register_candidate(project, "forget-elsewhere")
     registry.set_version_tags(moved, {"parent_version": str(original), "gate_decision": "promoted"})
     registry.set_alias("champion", moved)
-    assert batches._resume_refused(ws, "batch-stopped")
+    assert claims._resume_refused(ws, "batch-stopped")
     with (
         disable_run_logger(),
         pytest.raises(
@@ -524,7 +524,7 @@ def test_a_run_resumed_after_the_champion_moved_is_not_judged_as_its_earlier_ver
         model.choose_registration.fn(_context(project, "batch-stopped"), moved, {}, _candidate([0.0] * 10, [3]), None)
 
     registry.set_version_tags(stopped, {"gate_decision": "promoted"})  # promoted, then superseded
-    assert not batches._resume_refused(ws, "batch-stopped")  # resumed: its records are recovered
+    assert not claims._resume_refused(ws, "batch-stopped")  # resumed: its records are recovered
 
 
 def test_class_names_the_font_cannot_draw_show_as_their_index():

@@ -37,7 +37,7 @@ from unsir_pipeline.governance.stores import audit_key, audit_log, existing_audi
 from unsir_pipeline.settings.workspace import Workspace
 
 if TYPE_CHECKING:  # a batch's records take its claim, whose module imports this one
-    from unsir_pipeline.governance.batches import ClaimedBatch
+    from unsir_pipeline.governance.claims import ClaimedBatch
 
 
 SYSTEM_ACTOR = "deletion-batch"

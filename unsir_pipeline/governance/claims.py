@@ -1,0 +1,213 @@
+"""A scheduled batch claiming the queue: requests a killed batch left are released, every pending
+one is claimed together, an interrupted batch is resumed under its key; and what a failed
+attempt leaves on its requests (the error, whether the attempt counted). Nothing here imports
+Prefect: the ``deletion-batch`` flow calls these functions around the ``unlearn`` flow.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from unsir_pipeline.adapters.registry import (
+    RegistryError,
+    RegistryFileDamaged,
+    describe_registry_file_fault,
+    existing_registry,
+    registry_for,
+    version_with_key,
+)
+from unsir_pipeline.governance.deletion_requests import DeletionRequest
+from unsir_pipeline.governance.intake import held_by_forget
+from unsir_pipeline.governance.promotion import PROMOTED_DECISIONS, not_this_runs_model, promotion_under_way
+from unsir_pipeline.governance.stores import existing_audit_log, existing_request_store, intake_trail
+from unsir_pipeline.governance.trail import (
+    SYSTEM_ACTOR,
+    _interrupted_registrations,
+    provenance,
+    require_trail_the_registry_anchored,
+)
+from unsir_pipeline.settings.workspace import Workspace
+
+# What a released request keeps of its error, at most: one row of `request list`, not the
+# several KB a database error can carry (the flow run's log keeps the whole text).
+FAILURE_MESSAGE_LIMIT = 500
+
+
+# The parts of SQLAlchemy's error text (which MLflow passes on as its own) that say nothing to
+# the user: the autoflush hint before the cause, and the statement, its parameters (every row
+# the session held) and the link to SQLAlchemy's docs after it.
+_SQLALCHEMY_NOISE = re.compile(
+    r"\(raised as a result of Query-invoked autoflush;[^)]*\)"
+    r"|\n\[SQL: .*?\(Background on this error at: [^)]*\)"
+    r"|\(Background on this error at: [^)]*\)",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: str
+    run_key: str
+    requests: list[DeletionRequest]
+    resumed: bool
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [r.id for r in self.requests]
+
+    @property
+    def attempt(self) -> int:
+        return max(r.attempts for r in self.requests)
+
+    @property
+    def claimed_at(self) -> str:
+        """When this claim was made: the claim stamps every request it takes at once. Tells one
+        claim from the next when a setup fault took back the attempt (the same ``attempt``)."""
+        return self.requests[0].updated_at
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted({c for r in self.requests for c in r.classes})
+
+    @property
+    def record_context(self) -> dict:
+        """What each of its audit records says of the batch (:data:`BATCH_CONTEXT_KEYS`)."""
+        return {"batch_id": self.batch_id, "run_key": self.run_key, "attempt": self.attempt}
+
+    def names_of(self, classes: Sequence[int]) -> list[str]:
+        """The class names the requests recorded for ``classes``: what the unlearn flow is
+        given. An index written as text would be read as a class *name* first, and in an image
+        folder whose classes are "1", "2", "3" the text "1" names index 0, not index 1."""
+        recorded = {c: name for r in self.requests for c, name in zip(r.classes, r.class_names, strict=True)}
+        return [recorded[c] for c in classes]
+
+
+def nothing_to_claim(ws: Workspace) -> bool:
+    """True when a batch would do nothing: no request pending, none left ``running`` by a
+    stopped batch (those a batch recovers), and nothing a stopped run left in the registry for a
+    batch to finish (:func:`left_for_a_batch`). Read without the lock, so a request filed a moment
+    later simply waits for the next batch, as it would had the batch started a moment earlier.
+    Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
+    copy reaches the check that it cannot be run there. Creates no store: none is an empty queue."""
+    store = existing_request_store(ws)
+    if store is not None and (store.list("pending") or store.list("running")):
+        return False
+    return not left_for_a_batch(ws)
+
+
+def left_for_a_batch(ws: Workspace) -> bool:
+    """Whether a stopped command left the registry something that even a batch with nothing to
+    claim finishes: a promotion killed before moving the champion, or a version a killed batch
+    or forget run registered and never recorded (its requests failed since, so no batch resumes
+    it). `audit verify` says the next run finishes or records it; answering "nothing pending"
+    without the flow did neither. Read-only. A registry
+    that does not answer tells nothing (the trail check that follows decides whether to go
+    on); a damaged registry file is raised."""
+    registry = existing_registry(ws)
+    try:
+        if registry is None or not registry.has_model():
+            return False
+        if promotion_under_way(registry) is not None:
+            return True
+        audit = existing_audit_log(ws)
+        return audit is not None and bool(_interrupted_registrations(registry.list_versions(), audit.records(), None))
+    except RegistryFileDamaged:
+        raise
+    except RegistryError:
+        return False
+
+
+def claim_batch(ws: Workspace) -> ClaimedBatch | None:
+    """Recover requests of a killed batch, then claim every pending request (call holding the
+    lock). A batch that repeats an interrupted one — the same requests, whose version was not
+    rejected — reuses its key, so its run resumes instead of registering a second version."""
+    store, audit = intake_trail(ws)
+    require_trail_the_registry_anchored(ws, audit)
+    stale = store.release_stale(
+        "the batch or forget run holding this request stopped before finishing", ws.params.requests.max_attempts
+    )
+    if stale:
+        audit.append(
+            "batch_recovered",
+            actor=SYSTEM_ACTOR,
+            request_ids=[r.id for r in stale],
+            payload={
+                "interrupted_batches": sorted({r.batch_id for r in stale if r.batch_id}),
+                "statuses": {r.id: r.status for r in stale},
+                **provenance(ws),
+            },
+        )
+    pending = store.list("pending")
+    if not pending:
+        return None
+    prior = {r.batch_id for r in pending}
+    batch_id = f"batch-{uuid.uuid4().hex[:12]}"
+    # A killed forget run's request is not resumed: its registration, if any, is under its own run key.
+    resumable = len(prior) == 1 and None not in prior and not held_by_forget(pending[0])
+    if resumable:
+        (candidate,) = prior
+        assert candidate is not None  # `None not in prior`
+        earlier = {r.id for r in store.batch_requests(candidate)}
+        resumable = earlier == {r.id for r in pending} and not _resume_refused(ws, candidate)
+        if resumable:
+            batch_id = candidate
+    claimed = store.claim_pending(batch_id)
+    # A request filed between the listing and the claim changes the set: then start afresh.
+    same_set = {r.id for r in claimed} == {r.id for r in pending}
+    run_key = batch_id if same_set else f"{batch_id}-{uuid.uuid4().hex[:6]}"
+    return ClaimedBatch(batch_id, run_key, claimed, resumed=resumable and same_set)
+
+
+def _resume_refused(ws: Workspace, run_key: str) -> bool:
+    """Whether the interrupted batch ``run_key`` must start afresh rather than resume: a reviewer
+    rejected its version, or its version was never promoted and was registered from a parent
+    that is no longer the champion (another run moved it since) or with other parameters (see
+    :func:`~unsir_pipeline.governance.promotion.not_this_runs_model`)."""
+    registry = registry_for(ws)
+    if not registry.has_model():
+        return False
+    versions = registry.list_versions()
+    if any(v.tags.get("run_key") == run_key and v.tags.get("review_decision") == "rejected" for v in versions):
+        return True
+    registered = version_with_key(versions, run_key)
+    if registered is None or registered.tags.get("gate_decision") in PROMOTED_DECISIONS:
+        return False
+    champion = next((v for v in versions if ws.params.registry.champion_alias in v.aliases), None)
+    if champion is None:
+        return True
+    changed = not_this_runs_model(registered.tags, parent_version=champion.version, params_digest=ws.params.digest())
+    return changed is not None
+
+
+def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
+    """The error a released request keeps: one line (request list prints one row per request),
+    but every line of the exception joined, since a validation failure's first line only counts
+    the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
+    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
+    process held locked, or that may not be written, is named (with ``ws``), with what to do."""
+    registry_fault = describe_registry_file_fault(err, ws.registry_database) if ws is not None else None
+    text = registry_fault or _SQLALCHEMY_NOISE.sub("", str(err))
+    message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
+    if len(message) <= FAILURE_MESSAGE_LIMIT:
+        return message
+    cut = message[:FAILURE_MESSAGE_LIMIT].rstrip()
+    return f"{cut} ... (cut at {FAILURE_MESSAGE_LIMIT} characters: the whole error is in the flow run's log)"
+
+
+def attempt_counted(ws: Workspace, fault: str | None) -> dict:
+    """What a ``batch_failed`` record says of the attempt its requests just had: counted against
+    ``requests.max_attempts``, or not, the setup being at fault (``fault``, see
+    :func:`~unsir_pipeline.governance.failures.setup_fault`)."""
+    limit = ws.params.requests.max_attempts
+    if fault is None:
+        return {
+            "attempt_counted": True,
+            "attempt_reason": f"the run itself failed or was stopped: one of requests.max_attempts={limit}",
+        }
+    return {
+        "attempt_counted": False,
+        "attempt_reason": f"the setup failed, not the run ({fault}): fix it and the next batch tries again",
+    }
