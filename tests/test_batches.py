@@ -20,7 +20,7 @@ from conftest import clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import batches, claims, intake, locks, stores, trail
+from unsir_pipeline.governance import batches, claims, decisions, intake, locks, stores, trail
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -160,13 +160,13 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     assert "<p id='no-fallback'>No fallback to the retrained model: no retrained reference was trained" in html
     champion = registry_for(ws).resolve_alias("champion")
     assert champion != held
-    assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [held]
+    assert [v["version"] for v in decisions.versions_awaiting_review(ws)] == [held]
 
     assert main(["--project", str(project), "reject", str(held), "--by", "reviewer", "--reason", "MIA too high"]) == 0
     assert stores.request_store(ws).get(request.id).status == "pending"
     tags = registry_for(ws).get_version(held).tags
     assert tags["review_decision"] == "rejected" and tags["reviewed_by"] == "reviewer"
-    assert batches.versions_awaiting_review(ws) == []
+    assert decisions.versions_awaiting_review(ws) == []
     rejected = stores.audit_log(ws).records(event="version_rejected")[-1]
     assert rejected.payload["model_version"] == held and request.id in rejected.request_ids
 
@@ -1122,9 +1122,9 @@ def test_a_decision_the_trail_would_refuse_changes_nothing(project, first_batch)
     registry = registry_for(ws)
     champion, tags = registry.resolve_alias("champion"), registry.get_version(result["new_version"]).tags
     with pytest.raises(RequestError, match="by must be a non-empty string"):
-        batches.promote(ws, 1, "   ", "rollback", override=True)
+        decisions.promote(ws, 1, "   ", "rollback", override=True)
     with pytest.raises(RequestError, match="reason contains control character U\\+000A"):
-        batches.reject(ws, result["new_version"], "reviewer", "x\ny")
+        decisions.reject(ws, result["new_version"], "reviewer", "x\ny")
     assert registry.resolve_alias("champion") == champion
     assert registry.get_version(result["new_version"]).tags == tags
 
@@ -1274,7 +1274,7 @@ def test_a_batch_whose_unsir_model_is_held_completes_with_the_retrained_referenc
     assert result["method"] == "retrain" and result["promoted"] is True
     done = stores.request_store(ws).get(request.id)
     assert done.status == "done" and done.model_version == result["new_version"]
-    assert batches.versions_awaiting_review(ws) == []
+    assert decisions.versions_awaiting_review(ws) == []
     (registered,) = [
         r for r in stores.audit_log(ws).records(event="model_registered") if r.payload["batch_id"] == result["batch_id"]
     ]
@@ -1296,7 +1296,7 @@ def test_an_override_champion_that_did_not_forget_a_class_takes_new_requests_for
     first = intake.file_request(ws, ["5"], "dana", "consent withdrawn")
     held = deletion_batch(project_dir=str(project), overrides=[*WEAK, "unlearn.verification.max_rounds=1"])
     assert held["promoted"] is False and 5 not in held["verified_forgotten_classes"], held
-    batches.promote(ws, held["new_version"], "ops", "urgent", override=True)
+    decisions.promote(ws, held["new_version"], "ops", "urgent", override=True)
 
     assert main(["--project", str(project), "audit", "show", "--request", first.id, "--json"]) == 0
     production = json.loads(capsys.readouterr().out)["production"]
@@ -1335,7 +1335,7 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
 
     monkeypatch.setattr(AuditLog, "append", killed_at_the_record)
     with pytest.raises(RuntimeError, match="killed"):
-        batches.promote(ws, version, "ops", "urgent", override=True)
+        decisions.promote(ws, version, "ops", "urgent", override=True)
     monkeypatch.undo()
     assert registry.resolve_alias("champion") == version  # the alias moved, the record is missing
     unrecorded = (
@@ -1349,7 +1349,7 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
     assert "recovered_from" in record.payload
     assert not any(p.startswith(unrecorded) for p in batches.verify_trail(ws).problems)
     with pytest.raises(UnlearningInputError, match="already the 'champion'"):
-        batches.promote(ws, version, "ops", "a third time")
+        decisions.promote(ws, version, "ops", "a third time")
     assert len(stores.audit_log(ws).records(event="version_promoted")) == 1
 
 

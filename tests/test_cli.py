@@ -1210,12 +1210,12 @@ def _register_held(ws: Workspace, key: str) -> int:
 def test_forget_from_a_rejected_version_is_refused_before_any_run(project, tmp_path, capsys):
     """`unsir forget 9 --from 8`, 8 rejected in review, ran and promoted a child of the rejected
     weights: the reviewer's decision was bypassed by a gate that passed."""
-    from unsir_pipeline.governance import batches
+    from unsir_pipeline.governance import decisions
 
     copy = clone_project(project, tmp_path / "rejected")
     ws = Workspace.load(copy)
     held = _register_held(ws, "held")
-    batches.reject(ws, held, "rev", "leaks membership")
+    decisions.reject(ws, held, "rev", "leaks membership")
     before = len(_runs(copy))
     capsys.readouterr()  # MLflow's lines registering it
     assert main(["--project", str(copy), "forget", "1", "--from", str(held)]) == 2

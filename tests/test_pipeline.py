@@ -286,7 +286,7 @@ def test_a_run_stopped_before_its_gate_leaves_a_recorded_version_for_review(
     the champion: a run stopped in between leaves a version on the trail, waiting in review,
     and never a champion that no record registered."""
     from unsir_pipeline.flows.unlearn import unlearn
-    from unsir_pipeline.governance import batches, stores
+    from unsir_pipeline.governance import decisions, stores
     from unsir_pipeline.tasks import model as model_tasks
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
@@ -304,7 +304,7 @@ def test_a_run_stopped_before_its_gate_leaves_a_recorded_version_for_review(
     version = records[2].payload["model_version"]
     assert registry_for(ws).get_version(version).tags["audit_seq"] == str(records[2].seq)
     assert registry_for(ws).resolve_alias("champion") == 1
-    assert [v["version"] for v in batches.versions_awaiting_review(ws)] == [version]
+    assert [v["version"] for v in decisions.versions_awaiting_review(ws)] == [version]
     assert main(["--project", str(project), "audit", "verify"]) == 0
 
 

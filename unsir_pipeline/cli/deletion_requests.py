@@ -240,7 +240,7 @@ def format_batch_result(result: dict) -> str:
 
 
 def cmd_review(project: Path, args) -> int:
-    from unsir_pipeline.governance.batches import versions_awaiting_review
+    from unsir_pipeline.governance.decisions import versions_awaiting_review
 
     ws = load_workspace(project, args)
     waiting = versions_awaiting_review(ws)

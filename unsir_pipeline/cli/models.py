@@ -115,7 +115,7 @@ def cmd_models(project: Path, args) -> int:
 
 
 def cmd_promote(project: Path, args) -> int:
-    from unsir_pipeline.governance.batches import promote
+    from unsir_pipeline.governance.decisions import promote
 
     ws = load_workspace(project, args)
     warn_if_the_promotion_lock_is_local(ws)
@@ -140,7 +140,7 @@ def cmd_promote(project: Path, args) -> int:
 
 
 def cmd_reject(project: Path, args) -> int:
-    from unsir_pipeline.governance.batches import reject
+    from unsir_pipeline.governance.decisions import reject
 
     ws = load_workspace(project, args)
     _require_version(ws, args.version)
