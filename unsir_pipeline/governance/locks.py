@@ -20,7 +20,7 @@ batch does. A file lock does not reach a second machine that promotes in the sam
 server: :func:`machine_local_promotion_lock` says so, and the commands that promote warn with it.
 
 Prefect's global concurrency limits are taken through :mod:`unsir_pipeline.adapters.orchestration`
-(``global_lock``); ``batches`` stays free of Prefect.
+(``global_lock``); ``claims`` and ``trail`` stay free of Prefect.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Where the governance state lives: the deletion-request store and the audit trail, in the
 shared state database when ``state.database_url`` is set, else in SQLite files under the
 project. Opening them needs neither MLflow nor torch, so `unsir request list` and
-`unsir audit show` start without either (``batches`` holds the work that needs the registry).
+`unsir audit show` start without either (``intake``, ``claims``, ``trail``, ``decisions`` and
+``trail_review`` hold the work that needs the registry).
 """
 
 from __future__ import annotations

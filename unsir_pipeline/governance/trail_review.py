@@ -1,9 +1,6 @@
-"""Deletion requests and scheduled batches: intake, the batch lock, claiming, resuming, review.
-
-Requests pile up in the request store; a batch claims every pending request and forgets their
-classes together in one unlearning run. Every step leaves a record in the audit trail. Nothing
-here imports Prefect: the ``deletion-batch`` flow calls these functions around the ``unlearn``
-flow.
+"""An auditor's reading of the audit trail: a request's history up to the model in production,
+one batch's evidence report, and the trail verified against the request store and the registry
+(``unsir audit show``, ``unsir audit report``, ``unsir audit verify``).
 """
 
 from __future__ import annotations
