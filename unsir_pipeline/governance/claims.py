@@ -25,7 +25,7 @@ from unsir_pipeline.governance.promotion import PROMOTED_DECISIONS, not_this_run
 from unsir_pipeline.governance.stores import existing_audit_log, existing_request_store, intake_trail
 from unsir_pipeline.governance.trail import (
     SYSTEM_ACTOR,
-    _interrupted_registrations,
+    interrupted_registrations,
     provenance,
     require_trail_the_registry_anchored,
 )
@@ -113,7 +113,7 @@ def left_for_a_batch(ws: Workspace) -> bool:
         if promotion_under_way(registry) is not None:
             return True
         audit = existing_audit_log(ws)
-        return audit is not None and bool(_interrupted_registrations(registry.list_versions(), audit.records(), None))
+        return audit is not None and bool(interrupted_registrations(registry.list_versions(), audit.records(), None))
     except RegistryFileDamaged:
         raise
     except RegistryError:

@@ -65,7 +65,7 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     previous = registry.resolve_alias(ws.params.registry.champion_alias) if registry.has_model() else None
     if previous == version:
         tags = registry.get_version(version).tags
-        if _unrecorded_promotion({r.idempotency_key for r in log.records(event="version_promoted")}, tags):
+        if unrecorded_promotion({r.idempotency_key for r in log.records(event="version_promoted")}, tags):
             # A promotion stopped between moving the alias and its record: record it now, as
             # its tags say it was decided (who, why, what was overridden).
             overridden = [tags["overridden_problems"]] if tags.get("overridden_problems") else []
@@ -124,7 +124,7 @@ def _record_promotion(
     )
 
 
-def _unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) -> bool:
+def unrecorded_promotion(recorded_keys: set[str | None], tags: dict[str, str]) -> bool:
     """A version promoted by hand whose ``version_promoted`` record is not on the trail (whose
     records' idempotency keys are ``recorded_keys``): the promotion stopped after moving the
     alias (older promotions carry no id and are not judged)."""

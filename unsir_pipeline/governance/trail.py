@@ -120,9 +120,9 @@ def require_trail_the_registry_anchored(
     if audit is None:
         problem = f"the registry anchored the trail at {tag}, but there is no trail (deleted?)" if tag else None
     else:
-        problem = _registry_anchor_problem(audit, tag, audit_key(ws))
+        problem = registry_anchor_problem(audit, tag, audit_key(ws))
     if problem is None and tag is None and reachable:
-        problem = _lost_registry_problem(ws, audit.records(event="model_registered") if audit else [])
+        problem = lost_registry_problem(ws, audit.records(event="model_registered") if audit else [])
     refused: type[AuditError] = AuditError
     if problem is None and audit is not None and not audit.db.read_only:
         try:
@@ -142,7 +142,7 @@ def require_registry_not_lost(ws: Workspace) -> None:
     target = state_target(ws, ws.params.requests.audit_log)
     if not AuditLog.exists(target):  # a first bootstrap: nothing recorded, nothing created here
         return
-    problem = _lost_registry_problem(ws, AuditLog(target, key=audit_key(ws)).records(event="model_registered"))
+    problem = lost_registry_problem(ws, AuditLog(target, key=audit_key(ws)).records(event="model_registered"))
     if problem:
         raise AuditError(
             f"refusing to bootstrap: {problem}. Restore the registry (e.g. state/mlflow/ from a backup); "
@@ -150,7 +150,7 @@ def require_registry_not_lost(ws: Workspace) -> None:
         )
 
 
-def _lost_registry_problem(ws: Workspace, records: list[AuditRecord]) -> str | None:
+def lost_registry_problem(ws: Workspace, records: list[AuditRecord]) -> str | None:
     """For a registry that holds no anchor: ``records`` register versions in it. Every recorded
     registration anchors the trail there, so the registry was lost or replaced."""
     name = registry_name(ws)
@@ -246,7 +246,7 @@ class InterruptedRegistration:
     key_prefix: str | None = None
 
 
-def _interrupted_registrations(
+def interrupted_registrations(
     versions: list[VersionInfo], records: list[AuditRecord], resumed: str | None
 ) -> list[InterruptedRegistration]:
     """The versions no ``model_registered`` record names whose run the trail saw start (a
@@ -288,7 +288,7 @@ def record_interrupted_registrations(ws: Workspace, batch: ClaimedBatch | None) 
     if not registry.has_model():  # nothing registered yet: nothing to record
         return []
     resumed = batch.run_key if batch is not None else None
-    found = _interrupted_registrations(registry.list_versions(), audit_log(ws).records(), resumed)
+    found = interrupted_registrations(registry.list_versions(), audit_log(ws).records(), resumed)
     for interrupted in found:
         record_registration_from_tags(
             ws, interrupted.version, interrupted.context, interrupted.request_ids, key_prefix=interrupted.key_prefix
@@ -420,7 +420,7 @@ def anchor_in_registry(
     if head is None:
         raise AuditError(f"the audit trail {log.path} has no head anchor; run `unsir audit verify`")
     tag = registry.model_tags().get(AUDIT_HEAD_TAG)
-    problem = _registry_anchor_problem(log, tag, audit_key(ws))
+    problem = registry_anchor_problem(log, tag, audit_key(ws))
     if problem:
         raise AuditError(f"refusing to re-anchor the audit trail in the registry: {problem}")
     records, head_hash = head
@@ -436,7 +436,7 @@ def anchor_in_registry(
     return records, head_hash
 
 
-def _registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) -> str | None:
+def registry_anchor_problem(log: AuditLog, tag: str | None, key: bytes | None) -> str | None:
     """Whether the trail still holds the record the registry's anchor names, with its hash."""
     if tag is None:
         return None

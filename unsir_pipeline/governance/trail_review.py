@@ -12,7 +12,7 @@ from unsir.errors import UnlearningInputError
 from unsir_pipeline.adapters.registry import WEIGHTS_SHA256_TAG, RegistryError, VersionInfo, existing_registry
 from unsir_pipeline.adapters.state_store import StateDatabase
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, VerifyResult
-from unsir_pipeline.governance.decisions import _unrecorded_promotion
+from unsir_pipeline.governance.decisions import unrecorded_promotion
 from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest
 from unsir_pipeline.governance.promotion import (
     PROMOTION_UNDER_WAY_TAG,
@@ -35,8 +35,8 @@ from unsir_pipeline.governance.trail import (
     AUDIT_HEAD_TAG,
     AUDIT_SEQ_TAG,
     FORGET_PREFIX,
-    _lost_registry_problem,
-    _registry_anchor_problem,
+    lost_registry_problem,
+    registry_anchor_problem,
 )
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -246,13 +246,13 @@ def verify_trail(ws: Workspace) -> TrailReport:
                 # Nothing filed and only bootstrap's original registered: nothing was ever recorded.
                 problems.remove(missing_trail)
             if log is not None:
-                anchor_problem = _registry_anchor_problem(log, tag, key)
+                anchor_problem = registry_anchor_problem(log, tag, key)
                 if anchor_problem:
                     problems.append(anchor_problem)
             elif tag is not None:
                 problems.append(f"the registry anchored the trail at {tag}, but the trail file is gone (deleted?)")
             if tag is None:
-                lost = _lost_registry_problem(ws, records)
+                lost = lost_registry_problem(ws, records)
                 if lost:
                     problems.append(lost)
                 else:
@@ -265,7 +265,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             warnings += unrecorded_warnings
             recorded_keys = {r.idempotency_key for r in records}  # read once, not per version
             for number, info in sorted(versions.items()):
-                if not _unrecorded_promotion(recorded_keys, info.tags):
+                if not unrecorded_promotion(recorded_keys, info.tags):
                     continue
                 # As for a version without a record: a problem while it is in production.
                 unrecorded = (
@@ -288,7 +288,7 @@ def verify_trail(ws: Workspace) -> TrailReport:
             problems += undone
             warnings += overridden
         else:
-            lost = _lost_registry_problem(ws, records)
+            lost = lost_registry_problem(ws, records)
             if missing_trail and not lost and not requests:
                 # Nothing registered and nothing filed (before `unsir bootstrap`): nothing was recorded.
                 problems.remove(missing_trail)
