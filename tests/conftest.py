@@ -266,13 +266,16 @@ def downgrade_schema(target: Path | str, store: str, revision: str) -> None:
 
 def flow_result(**changes) -> dict:
     """What the unlearn flow returns for a run that forgot class 3 as version 2 (promoted),
-    with ``changes`` made: what :func:`~unsir_pipeline.governance.trail.run_records` reads."""
+    with ``changes`` made: what :func:`~unsir_pipeline.governance.trail.run_records` reads and
+    the CLI's summary (:func:`~unsir_pipeline.cli.forget.format_result`) prints."""
     result = {
         "forget_classes": [3],
+        "forget_class_names": ["3"],
         "all_forgotten": [3],
         "metrics": {},
         "per_class": [],
         "compute_s": {},
+        "task_s": {},
         "device": "cpu",
         "rounds": [],
         "verified": False,

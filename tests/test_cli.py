@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clone_project, set_version_status
+from conftest import ROOT, clone_project, flow_result, set_version_status
 
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli import build_parser, main
@@ -65,20 +65,14 @@ def test_the_forget_summary_names_every_forgotten_class_by_name():
     metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
     per_class = [{"class": name, "before": 1.0, "after": 1.0, "forgotten": False} for name in ("1", "10", "2")]
     per_class.append({"class": "cat dog", "before": 1.0, "after": 0.0, "forgotten": True})
-    result = {
-        "forget_class_names": ["cat dog"],
-        "all_forgotten": [1, 3],
-        "parent_version": 2,
-        "new_version": 3,
-        "device": "cpu",
-        "per_class": per_class,
-        "metrics": metrics,
-        "promoted": True,
-        "gate_reasons": [],
-        "compute_s": {},
-        "task_s": {},
-        "mlflow_run_id": "r",
-    }
+    result = flow_result(
+        forget_class_names=["cat dog"],
+        all_forgotten=[1, 3],
+        parent_version=2,
+        new_version=3,
+        per_class=per_class,
+        metrics=metrics,
+    )
     assert (
         format_result(result)
         .splitlines()[0]
@@ -98,21 +92,15 @@ def test_the_forget_summary_names_the_classes_its_forget_figures_measure():
         {"class": f"digit-{c}", "before": 0.0 if c in (3, 5, 8) else 1.0, "after": 0.0, "forgotten": c in (1, 3, 5, 8)}
         for c in range(10)
     ]
-    result = {
-        "forget_class_names": ["digit-1"],
-        "forget_classes": [1],
-        "all_forgotten": [1, 3, 5, 8],
-        "parent_version": 4,
-        "new_version": 5,
-        "device": "cpu",
-        "per_class": per_class,
-        "metrics": metrics,
-        "promoted": True,
-        "gate_reasons": [],
-        "compute_s": {},
-        "task_s": {},
-        "mlflow_run_id": "r",
-    }
+    result = flow_result(
+        forget_class_names=["digit-1"],
+        forget_classes=[1],
+        all_forgotten=[1, 3, 5, 8],
+        parent_version=4,
+        new_version=5,
+        per_class=per_class,
+        metrics=metrics,
+    )
     lines = format_result(result).splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("test split"))
     assert lines[header - 1] == (
@@ -135,23 +123,15 @@ def test_the_forget_summary_marks_the_retrained_column_when_the_retrained_model_
         {"class": f"digit-{c}", "before": 1.0, "after": 0.5, "retrained": 0.0 if c == 5 else 1.0, "forgotten": c == 5}
         for c in range(10)
     ]
-    result = {
-        "forget_class_names": ["digit-5"],
-        "forget_classes": [5],
-        "all_forgotten": [5],
-        "parent_version": 1,
-        "new_version": 2,
-        "device": "cpu",
-        "per_class": per_class,
-        "metrics": metrics,
-        "promoted": True,
-        "gate_reasons": [],
-        "unsir_gate_reasons": ["FAIL: round budget ran out"],
-        "method": "retrain",
-        "compute_s": {},
-        "task_s": {},
-        "mlflow_run_id": "r",
-    }
+    result = flow_result(
+        forget_class_names=["digit-5"],
+        forget_classes=[5],
+        all_forgotten=[5],
+        per_class=per_class,
+        metrics=metrics,
+        unsir_gate_reasons=["FAIL: round budget ran out"],
+        method="retrain",
+    )
     lines = format_result(result).splitlines()
     assert f"{'class':<12}{'before':>10}{'after':>10}{'retrained*':>11}  * registered as version 2" in lines, lines
     assert f"{'test split':<28}{'before':>10}{'after':>10}{'retrained*':>11}" in lines, lines
@@ -166,23 +146,15 @@ def test_batch_run_names_the_evidence_report_of_its_batch():
     from unsir_pipeline.cli.deletion_requests import format_batch_result
 
     metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
+    per_class = [{"class": str(c), "before": 1.0, "after": 1.0, "forgotten": c == 5} for c in range(10)]
+    # As the deletion-batch flow returns it: its batch, then the unlearn flow's result.
     result = {
         "status": "done",
         "batch_id": "batch-7f3a",
         "request_ids": ["r1", "r2"],
-        "forget_class_names": ["5"],
-        "forget_classes": [5],
-        "all_forgotten": [5],
-        "parent_version": 1,
-        "new_version": 2,
-        "device": "cpu",
-        "per_class": [{"class": str(c), "before": 1.0, "after": 1.0, "forgotten": c == 5} for c in range(10)],
-        "metrics": metrics,
-        "promoted": True,
-        "gate_reasons": [],
-        "compute_s": {},
-        "task_s": {},
-        "mlflow_run_id": "r",
+        **flow_result(
+            forget_class_names=["5"], forget_classes=[5], all_forgotten=[5], per_class=per_class, metrics=metrics
+        ),
     }
     lines = format_batch_result(result).splitlines()
     assert lines[0] == "batch batch-7f3a: 2 request(s) done with version 2"
@@ -2045,33 +2017,14 @@ def test_audit_show_names_the_registered_retrained_models_figures_apart_from_uns
 
     project = make_project(tmp_path / "project")
     log = stores.audit_log(Workspace.load(project))
-    result = {
-        "forget_classes": [3],
-        "all_forgotten": [3],
-        "metrics": {
-            "original_forget_acc": 0.99,
-            "forget_acc": 0.31,
-            "reference_forget_acc": 0.0,
-            "mia": 0.62,
-            "reference_mia": 0.17,
-        },
-        "per_class": [],
-        "compute_s": {},
-        "device": "cpu",
-        "rounds": [],
-        "verified": False,
-        "reads_forget_train": False,
-        "mlflow_run_id": "r",
-        "flow_run_id": "f",
-        "method": "retrain",
-        "new_version": 2,
-        "parent_version": 1,
-        "verified_forgotten_classes": [3],
-        "data_digests": {},
-        "expectations_passed": 1,
-        "promoted": True,
-        "gate_reasons": [],
+    metrics = {
+        "original_forget_acc": 0.99,
+        "forget_acc": 0.31,
+        "reference_forget_acc": 0.0,
+        "mia": 0.62,
+        "reference_mia": 0.17,
     }
+    result = flow_result(metrics=metrics, method="retrain")
     log.append("unlearning_metrics", actor="deletion-batch", payload=dict(run_records(result))["unlearning_metrics"])
 
     assert main(["--project", str(project), "audit", "show"]) == 0
