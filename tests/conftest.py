@@ -80,6 +80,10 @@ def trained_digits_model(digits_splits):
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every test that runs a flow."""
+    # Prefect's console handler writes to the sys.stderr of the moment `prefect` first loads:
+    # loaded by a test with capsys, it wrote to that test's closed buffer ever after, and the
+    # next flow run, in another test, failed with "maximum recursion depth exceeded".
+    import prefect.main  # noqa: F401
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
