@@ -1443,13 +1443,14 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     assert stores.request_store(ws).get(request.id).status == "pending"
 
 
-@pytest.mark.parametrize("via", ["flow", "batch-run"])
+@pytest.mark.parametrize("via", ["flow", "batch-run", "batch-run --json"])
 def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     prefect_harness, bootstrapped_project, tmp_path, capsys, via
 ):
     """A gate killed between its two writes, and no request left: the deletion-batch flow (a
     scheduled one) and `unsir batch run` ended "empty" and left the champion unmoved, though
-    `audit verify` said the next run finishes the promotion. Both finish it now."""
+    `audit verify` said the next run finishes the promotion. Both finish it now, and `batch run`
+    says so: it printed only "batch empty: nothing pending" for a run that moved the champion."""
     from unsir_pipeline.flows.deletion_batch import deletion_batch
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
@@ -1459,11 +1460,17 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     assert registry.resolve_alias("champion") == 1  # half-done
 
     if via == "flow":
-        result = deletion_batch(project_dir=str(project))
+        assert deletion_batch(project_dir=str(project)) == {"status": "empty"}
+    elif via == "batch-run":
+        assert main(["--project", str(project), "batch", "run"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"batch empty: nothing pending; finished promoting version {version}, which a stopped run left "
+            "promoted but not yet champion"
+        )
     else:
         assert main(["--project", str(project), "batch", "run", "--json"]) == 0
         result = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert result == {"status": "empty"}
+        assert result == {"status": "empty", "finished_promotion": version}
     assert registry.resolve_alias("champion") == version
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1

@@ -165,6 +165,11 @@ def test_batch_run_names_the_evidence_report_of_its_batch():
         "audit trail: `unsir audit report batch-7f3a`",
     ]
     assert format_batch_result({"status": "empty"}) == "batch empty: nothing pending"
+    # What `batch run` finished before the flow, however the batch ended.
+    assert format_batch_result({**recovered, "finished_promotion": 1}).splitlines()[0] == (
+        "batch batch-7f3a: requests done; their classes were already forgotten by version 2; finished promoting "
+        "version 1, which a stopped run left promoted but not yet champion"
+    )
 
 
 def test_models_keeps_its_columns_aligned_past_a_wide_forgotten_list():

@@ -134,23 +134,25 @@ def cmd_request(project: Path, args) -> int:
     return 0
 
 
-def _require_a_ready_champion(ws) -> None:
+def _require_a_ready_champion(ws) -> int | None:
     """`batch run` with requests to claim: the champion the batch forgets from is READY, checked
     as `unsir forget` checks its parent, before Prefect's server starts (half a minute) and the
     flow claims the requests; the flow checks it again, for a run without this command. A model
-    not registered, or without the alias, is left for the flow to name."""
+    not registered, or without the alias, is left for the flow to name. Returns the version made
+    champion by finishing a killed promotion first (the flow then finds none to say so), or None."""
     from unsir_pipeline.adapters.registry import RegistryError, existing_registry
     from unsir_pipeline.governance.promotion import finish_interrupted_promotion
 
     registry = existing_registry(ws)
     if registry is None or not registry.has_model():
-        return
-    finish_interrupted_promotion(ws)  # the champion a killed promotion was moving, as the flow does
+        return None
+    finished = finish_interrupted_promotion(ws)  # the champion a killed promotion was moving, as the flow does
     try:
         champion = registry.resolve_alias(ws.params.registry.champion_alias)
     except RegistryError:
-        return
+        return finished
     registry.require_ready(champion)
+    return finished
 
 
 def cmd_batch(project: Path, args) -> int:
@@ -188,7 +190,7 @@ def cmd_batch(project: Path, args) -> int:
         # as such before it, where the trail check would only say the trail cannot be written.
         orchestration.require_writable_prefect_home()
         trail.require_trail_the_registry_anchored(ws)
-        _require_a_ready_champion(ws)
+        finished_promotion = _require_a_ready_champion(ws)
         server_ready = orchestration.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while
     # Prefect's temporary server starts.
@@ -212,6 +214,8 @@ def cmd_batch(project: Path, args) -> int:
     # On a terminal Prefect's INFO lines are off (configure_prefect): these lines replace them.
     with flow_steps(progress):
         result = deletion_batch(project_dir=str(project), overrides=list(args.overrides))
+    if finished_promotion is not None:  # finished here, before the flow: said as the flow's recorded versions are
+        result["finished_promotion"] = finished_promotion
     print(json.dumps(result, default=float) if args.json else format_batch_result(result))
     return 0
 
@@ -219,8 +223,14 @@ def cmd_batch(project: Path, args) -> int:
 def format_batch_result(result: dict) -> str:
     """What `unsir batch run` prints: the batch's requests and version, the run's table as
     `unsir forget` prints it, and the command that writes the batch's evidence report."""
+    finished = (
+        f"; finished promoting version {result['finished_promotion']}, which a stopped run left promoted "
+        "but not yet champion"
+        if result.get("finished_promotion") is not None
+        else ""
+    )
     if result["status"] != "done":
-        line = f"batch {result['status']}: {result.get('reason', 'nothing pending')}"
+        line = f"batch {result['status']}: {result.get('reason', 'nothing pending')}{finished}"
         if result.get("recorded_versions"):  # a killed run's, no batch resumes (flows/deletion_batch.py)
             numbers = ", ".join(str(v) for v in result["recorded_versions"])
             plural = "s" if len(result["recorded_versions"]) > 1 else ""
@@ -230,12 +240,12 @@ def format_batch_result(result: dict) -> str:
     if "metrics" not in result:
         return (
             f"batch {result['batch_id']}: requests done; their classes were already forgotten by version "
-            f"{result['new_version']}\n{report}"
+            f"{result['new_version']}{finished}\n{report}"
         )
     # The batch's records carry its id as batch_id, as a forget run's carry its audit_id.
     return (
         f"batch {result['batch_id']}: {len(result['request_ids'])} request(s) done with version "
-        f"{result['new_version']}\n\n" + format_result({**result, "audit_id": result["batch_id"]})
+        f"{result['new_version']}{finished}\n\n" + format_result({**result, "audit_id": result["batch_id"]})
     )
 
 
