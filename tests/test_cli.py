@@ -2039,3 +2039,15 @@ def test_audit_show_names_the_registered_retrained_models_figures_apart_from_uns
         "UNSIR's, not registered 0.3100), mia=0.1700 (UNSIR's, not registered 0.6200), verified on val=False, "
         "reads_forget_train=False"
     ), line
+
+
+def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(params_only, capsys):
+    """Whether a stopped run left a promotion or a version for the batch to finish is the
+    registry's to say: a server that does not answer is named (exit 1), not read as "nothing
+    left" and answered "batch empty" (which also waited through the retries twice)."""
+    uri = "http://127.0.0.1:9"  # the discard port: connection refused
+    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    assert main(["--project", str(params_only), *overrides, "batch", "run"]) == 1
+    captured = capsys.readouterr()
+    assert "batch empty" not in captured.out
+    assert f"cannot reach the MLflow registry at {uri}" in captured.err

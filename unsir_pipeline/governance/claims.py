@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unsir_pipeline.adapters.registry import (
-    RegistryError,
-    RegistryFileDamaged,
     describe_registry_file_fault,
     existing_registry,
     registry_for,
@@ -103,21 +101,16 @@ def left_for_a_batch(ws: Workspace) -> bool:
     claim finishes: a promotion killed before moving the champion, or a version a killed batch
     or forget run registered and never recorded (its requests failed since, so no batch resumes
     it). `audit verify` says the next run finishes or records it; answering "nothing pending"
-    without the flow did neither. Read-only. A registry
-    that does not answer tells nothing (the trail check that follows decides whether to go
-    on); a damaged registry file is raised."""
+    without the flow did neither. Read-only. A registry that does not answer raises
+    ``RegistryError`` naming it: read as "nothing left", a batch answered "empty" over a server
+    that was down, and waited through its retries a second time in the trail check."""
     registry = existing_registry(ws)
-    try:
-        if registry is None or not registry.has_model():
-            return False
-        if promotion_under_way(registry) is not None:
-            return True
-        audit = existing_audit_log(ws)
-        return audit is not None and bool(interrupted_registrations(registry.list_versions(), audit.records(), None))
-    except RegistryFileDamaged:
-        raise
-    except RegistryError:
+    if registry is None or not registry.has_model():
         return False
+    if promotion_under_way(registry) is not None:
+        return True
+    audit = existing_audit_log(ws)
+    return audit is not None and bool(interrupted_registrations(registry.list_versions(), audit.records(), None))
 
 
 def claim_batch(ws: Workspace) -> ClaimedBatch | None:
