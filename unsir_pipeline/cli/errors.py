@@ -1,6 +1,6 @@
 """How a command fails: its exit codes (docs/cli.md), and the one ``error:`` line naming what
 was wrong, for bad input found before any work started (:class:`UsageError`, exit 2) or any other
-error the command raised (:func:`describe`; exit 2 for the user's errors, else 1)."""
+error the command raised (:func:`describe_error`; exit 2 for the user's errors, else 1)."""
 
 from __future__ import annotations
 
