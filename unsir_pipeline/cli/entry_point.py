@@ -1,5 +1,6 @@
-"""The ``unsir`` command (bootstrap, forget, list, promote and serve models, run DVC stages): its
-entry point, :func:`main`, which parses the arguments and runs the command's ``cmd_*`` function.
+"""The ``unsir`` command's entry point, :func:`main`, which parses the arguments and runs the
+command's ``cmd_*`` function (every command: init, bootstrap, stage, forget, models, promote,
+reject, request, batch, review, audit, state, serve; one module per group, see ``cli/__init__``).
 
 Errors print one line naming what was wrong; ``--debug`` shows tracebacks. Exit codes: 0 done,
 1 the pipeline failed, 2 bad input or configuration. Bad input (a version, an alias, a class, a
