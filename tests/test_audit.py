@@ -1309,3 +1309,37 @@ def test_the_evidence_report_names_the_champion_a_gate_promotion_replaced() -> N
     ]
     html = batch_report_html("batch-a", records, [], VerifyResult(True, 2, None, None), {4: ["champion"]})
     assert "promoted</b>, replacing champion version <b>3</b></p>" in html
+
+
+def test_a_version_whose_registration_failed_is_not_taken_for_an_interrupted_registration():
+    """A run killed while MLflow registered its version can leave it PENDING_REGISTRATION or
+    FAILED_REGISTRATION, with the run's tags: no model (a retry registers a fresh one under the
+    same key), so recording it as ``model_registered`` from its tags would be false evidence, and
+    a batch with nothing pending would start a flow for it."""
+    from unsir_pipeline.adapters.registry import VersionInfo
+    from unsir_pipeline.governance.audit import AuditRecord
+    from unsir_pipeline.governance.trail import interrupted_registrations
+
+    intake = AuditRecord(
+        seq=1, ts="t", event="request_received", actor="alice", request_ids=("req-1",),
+        payload={"via": "unsir forget", "run_key": "killed", "batch_id": "forget-killed"},
+        idempotency_key=None, prev_hash="", hash="h",
+    )  # fmt: skip
+
+    def version(number: int, status: str) -> VersionInfo:
+        return VersionInfo(number, (), {"run_key": "killed"}, None, "t", status)
+
+    found = interrupted_registrations(
+        [version(2, "FAILED_REGISTRATION"), version(3, "PENDING_REGISTRATION"), version(4, "READY")], [intake], None
+    )
+    assert [f.version.version for f in found] == [4]
+    # `audit verify` does not promise that the next batch records the failed ones.
+    from unsir_pipeline.governance.trail_review import _unrecorded_versions
+
+    versions = {v: version(v, s) for v, s in [(2, "FAILED_REGISTRATION"), (4, "READY")]}
+    _, warnings = _unrecorded_versions(versions, [intake], "champion")
+    failed = "its registration never completed (it is FAILED_REGISTRATION): it holds no model"
+    assert warnings[0] == f"version 2 has no record on the trail: {failed}"
+    assert (
+        warnings[1].startswith("version 4 has no record on the trail: its forget run") and "records it" in warnings[1]
+    )

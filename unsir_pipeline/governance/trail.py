@@ -249,8 +249,10 @@ class InterruptedRegistration:
 def interrupted_registrations(
     versions: list[VersionInfo], records: list[AuditRecord], resumed: str | None
 ) -> list[InterruptedRegistration]:
-    """The versions no ``model_registered`` record names whose run the trail saw start (a
-    batch's claim, a forget run's intake), but the run ``resumed`` (it records its own)."""
+    """The READY versions no ``model_registered`` record names whose run the trail saw start (a
+    batch's claim, a forget run's intake), but the run ``resumed`` (it records its own). One
+    left PENDING_ or FAILED_REGISTRATION by a killed run is no model: a retry registers a fresh
+    one under the same key, so it is not recorded as registered."""
     recorded = {r.payload.get("model_version") for r in records if r.event == "model_registered"}
     claims = {r.payload.get("run_key"): r for r in records if r.event in ("batch_started", "batch_resumed")}
     forgets = {
@@ -261,7 +263,7 @@ def interrupted_registrations(
     found = []
     for version in versions:
         run_key = version.tags.get("run_key")
-        if version.version in recorded or run_key is None or run_key == resumed:
+        if version.version in recorded or run_key is None or run_key == resumed or not version.ready:
             continue
         claim, forget = claims.get(run_key), forgets.get(run_key)
         if claim is not None:

@@ -432,7 +432,9 @@ def _unrecorded_versions(
         if number in recorded or AUDIT_SEQ_TAG in info.tags or info.tags.get("origin") == "bootstrap":
             continue
         run_key = info.tags.get("run_key")
-        if run_key is not None and run_key in started:
+        if not info.ready:  # a killed registration: no model, and no batch records it
+            why = f"its registration never completed (it is {info.status}): it holds no model"
+        elif run_key is not None and run_key in started:
             run = str(started[run_key] or run_key)
             whose = f"forget run {run}" if run.startswith(FORGET_PREFIX) else f"batch {run}"
             why = (
