@@ -51,9 +51,9 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             # requests does: a promotion killed before moving the champion (else the champion
             # stays the old one until some other command reads it) and a killed batch's version
             # (its requests just failed on release): resumed by no one, it goes on the trail here.
-            finish_interrupted_promotion(ws)
+            finished = _finished(finish_interrupted_promotion(ws))
             recorded = trail.record_interrupted_registrations(ws, None)
-            return {"status": "empty", "recorded_versions": recorded} if recorded else {"status": "empty"}
+            return {"status": "empty", **finished, **({"recorded_versions": recorded} if recorded else {})}
         try:  # from the first record on: whatever fails releases the claimed requests
             trail.record(
                 ws,
@@ -63,7 +63,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
             )
             # After the claim, so that a registry that cannot be reached fails the claimed
             # requests with its error on them (they go back to pending), as any later failure.
-            finish_interrupted_promotion(ws)  # the champion a killed promotion was moving
+            finished = _finished(finish_interrupted_promotion(ws))  # the champion a killed promotion was moving
             # Versions of killed batches this one does not resume: on the trail before it forgets more.
             trail.record_interrupted_registrations(ws, batch)
             registry = registry_for(ws)
@@ -88,6 +88,7 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                     "new_version": version,
                     "request_ids": batch.request_ids,
                     "promoted": True,
+                    **finished,
                 }
             result = unlearn(
                 forget_classes=batch.names_of(todo),
@@ -108,7 +109,13 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
         trail.record(
             ws, batch, "batch_finished", {"model_version": result["new_version"], "promoted": result["promoted"]}
         )
-    return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result}
+    return {"status": "done", "batch_id": batch.batch_id, "request_ids": batch.request_ids, **result, **finished}
+
+
+def _finished(version: int | None) -> dict:
+    """A promotion a stopped run left half-done and this batch finished, in its result under the
+    key `unsir batch run` prints (a scheduled run's result says so too); nothing when none was."""
+    return {} if version is None else {"finished_promotion": version}
 
 
 def _record_recovered_registration(ws: Workspace, batch: claims.ClaimedBatch, version: int) -> None:

@@ -1460,7 +1460,8 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     assert registry.resolve_alias("champion") == 1  # half-done
 
     if via == "flow":
-        assert deletion_batch(project_dir=str(project)) == {"status": "empty"}
+        # A scheduled run's result says so, under the key `batch run --json` prints.
+        assert deletion_batch(project_dir=str(project)) == {"status": "empty", "finished_promotion": version}
     elif via == "batch-run":
         assert main(["--project", str(project), "batch", "run"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == (
