@@ -2051,3 +2051,36 @@ def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(pa
     captured = capsys.readouterr()
     assert "batch empty" not in captured.out
     assert f"cannot reach the MLflow registry at {uri}" in captured.err
+
+
+@pytest.mark.slow
+def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_once(
+    project, tmp_path, monkeypatch, capsys
+):
+    """With requests pending and the MLflow server down, `batch run` waited through the
+    registry's retries twice for one answer: the trail check read the server as "left to the
+    command's first registry call", and the champion check then asked it again (26 s with the
+    default retries, each wait 7-8 s). Now the trail check names it, and nothing else asks; the
+    requests stay pending, unclaimed, for the next batch."""
+    import mlflow.utils.rest_utils as rest_utils
+
+    from unsir_pipeline.governance import intake, stores
+
+    copy = clone_project(project, tmp_path / "server-down")
+    ws = Workspace.load(copy)
+    request = intake.file_request(ws, ["3"], "alice", "consent withdrawn")
+    uri = "http://127.0.0.1:9"  # the discard port: connection refused
+    asked: list[str] = []
+    real_request = rest_utils.http_request
+
+    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
+        asked.append(endpoint)
+        return real_request(host_creds, endpoint, method, *args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", counted)
+    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    assert main(["--project", str(copy), *overrides, "batch", "run"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot reach the MLflow registry at {uri}" in err
+    assert len(asked) == 1, asked
+    assert [(r.id, r.status, r.attempts) for r in stores.request_store(ws).list()] == [(request.id, "pending", 0)]

@@ -188,8 +188,10 @@ def cmd_batch(project: Path, args) -> int:
         # The trail check the flow makes first, made before Prefect's server starts (half a
         # minute): a damaged trail or registry file is refused at once. A read-only copy is named
         # as such before it, where the trail check would only say the trail cannot be written.
+        # A server that does not answer is named here: the champion check below would wait
+        # through the registry's retries a second time to say the same.
         orchestration.require_writable_prefect_home()
-        trail.require_trail_the_registry_anchored(ws)
+        trail.require_trail_the_registry_anchored(ws, unreachable_raises=True)
         finished_promotion = _require_a_ready_champion(ws)
         server_ready = orchestration.start_prefect_server_early()
     # `batch run`: the flow and its tasks' imports (Great Expectations: seconds) load while

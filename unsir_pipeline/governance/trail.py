@@ -90,7 +90,12 @@ BATCH_CONTEXT_KEYS = ("batch_id", "run_key", "attempt")
 
 
 def require_trail_the_registry_anchored(
-    ws: Workspace, audit: AuditLog | None = None, *, what: str = "a batch", read_only: bool = False
+    ws: Workspace,
+    audit: AuditLog | None = None,
+    *,
+    what: str = "a batch",
+    read_only: bool = False,
+    unreachable_raises: bool = False,
 ) -> None:
     """Refuse (``AuditError``) to start ``what`` when the trail no longer holds the record the
     registry anchored (deleted, cut or rewritten), or would refuse a new record (head anchor
@@ -98,7 +103,9 @@ def require_trail_the_registry_anchored(
     batch claims anything or computes, a forget starts, a request is stored or a version is
     promoted or rejected; otherwise the change would be made and the command fail at its record.
     A registry file that is damaged raises ``RegistryFileDamaged``; one whose server is down is
-    left to the command's first registry call.
+    left to the command's first registry call, unless ``unreachable_raises`` (a caller that
+    would only ask the same server again, before anything is claimed: `unsir batch run`), when
+    its ``RegistryError`` is raised here, after one wait through the retries rather than two.
 
     ``read_only`` (an empty queue answered on a read-only copy): the trail and the registry are
     read as they are, one never created is not created (none holds no record), and whether the
@@ -113,6 +120,8 @@ def require_trail_the_registry_anchored(
     except RegistryFileDamaged:
         raise  # a file to restore from a backup, not a server that is down: nothing can go on
     except RegistryError:
+        if unreachable_raises:
+            raise
         # Unreachable: the batch fails at its first registry call, inside the flow's error
         # handling, which records the failure on its requests; nothing to compare with here
         # (and no anchor read is not an anchor missing: the registry was not lost).
