@@ -1196,9 +1196,11 @@ def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch
 
     monkeypatch.setattr(ModelRegistry, "model_tags", down)
     trail.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
-    assert claims.nothing_to_claim(ws)
-    assert main(["--project", str(copy), "batch", "run"]) == 0
-    assert "lost or replaced" not in capsys.readouterr().err
+    with pytest.raises(RegistryError, match="cannot reach"):  # whether anything is left is the registry's to say
+        claims.nothing_to_claim(ws)
+    assert main(["--project", str(copy), "batch", "run"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the MLflow registry" in err and "lost or replaced" not in err
 
 
 def test_a_damaged_registry_file_is_refused_where_a_server_down_is_not(project, tmp_path, capsys):
