@@ -1046,7 +1046,7 @@ def test_a_batch_refuses_to_start_over_a_trail_the_registry_does_not_recognise(p
     with pytest.raises(Exception, match=refusal):
         claims.claim_batch(ws)
     # With nothing pending, `batch run` answers without a flow, after the same check.
-    assert claims.nothing_to_claim(ws)
+    assert claims.nothing_for_a_batch(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 1
     assert re.search(refusal, capsys.readouterr().err)
     # A direct forget is recorded on the trail too: refused before its flow starts.
@@ -1197,7 +1197,7 @@ def test_a_registry_that_does_not_answer_is_not_called_lost(project, first_batch
     monkeypatch.setattr(ModelRegistry, "model_tags", down)
     trail.require_trail_the_registry_anchored(ws)  # nothing to compare with: not a refusal
     with pytest.raises(RegistryError, match="cannot reach"):  # whether anything is left is the registry's to say
-        claims.nothing_to_claim(ws)
+        claims.nothing_for_a_batch(ws)
     assert main(["--project", str(copy), "batch", "run"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the MLflow registry" in err and "lost or replaced" not in err
@@ -1480,7 +1480,7 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     assert "recovered_from" in record.payload
     report = trail_review.verify_trail(ws)
     assert report.ok, report.problems
-    assert claims.nothing_to_claim(ws)  # finished: the next one is answered without a flow
+    assert claims.nothing_for_a_batch(ws)  # finished: the next one is answered without a flow
 
 
 def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
@@ -1589,7 +1589,7 @@ def test_batch_run_with_nothing_to_claim_records_a_killed_forgets_version(
     report = trail_review.verify_trail(ws)
     assert report.ok, report.problems
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
-    assert claims.nothing_to_claim(ws)  # recorded: the next one is answered without a flow
+    assert claims.nothing_for_a_batch(ws)  # recorded: the next one is answered without a flow
 
 
 def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrapped_project, tmp_path):

@@ -175,7 +175,7 @@ def cmd_batch(project: Path, args) -> int:
         # An empty queue is answered without starting Prefect (seconds, not half a minute), after
         # the same trail check a batch makes first, so a nightly run still flags a tampered trail.
         # On a read-only copy (an auditor's) the check reads the state as it is, writing nothing.
-        if claims.nothing_to_claim(ws):
+        if claims.nothing_for_a_batch(ws):
             trail.require_trail_the_registry_anchored(ws, read_only=stores.state_read_only(ws))
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")

@@ -83,7 +83,7 @@ class ClaimedBatch:
         return [recorded[c] for c in classes]
 
 
-def nothing_to_claim(ws: Workspace) -> bool:
+def nothing_for_a_batch(ws: Workspace) -> bool:
     """True when a batch would do nothing: no request pending, none left ``running`` by a
     stopped batch (those a batch recovers), and nothing a stopped run left in the registry for a
     batch to finish (:func:`left_for_a_batch`). Read without the lock, so a request filed a moment
