@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from prefect import flow, runtime
 
 from unsir_pipeline.adapters.registry import registry_for
-from unsir_pipeline.governance import claims, locks, promotion, trail
-from unsir_pipeline.governance.failures import setup_fault
+from unsir_pipeline.governance import locks, promotion, trail
+from unsir_pipeline.governance.failures import failure_message, setup_fault
 from unsir_pipeline.governance.trail import require_recordable
 from unsir_pipeline.settings.runtime import was_interrupted
 from unsir_pipeline.settings.workspace import RunContext, Workspace, open_workspace
@@ -246,7 +246,7 @@ def _run(
             # SIGTERM from the system included) leaves it pending for the next batch, its
             # attempt counted as a batch's is: not when the setup failed.
             cancelled = isinstance(err, KeyboardInterrupt) or was_interrupted()
-            message = CANCELLED if cancelled else claims.failure_message(err, ws)
+            message = CANCELLED if cancelled else failure_message(err, ws)
             counted = cancelled or setup_fault(err) is None
             requests.release_requests(ws, run_id, message, retry=not cancelled, count_attempt=counted)
         raise

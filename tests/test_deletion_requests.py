@@ -216,7 +216,7 @@ def test_a_batch_names_its_classes_so_the_flow_resolves_the_requested_ones(store
 
 def test_a_failed_batch_leaves_its_requests_the_whole_reason_on_one_line() -> None:
     from unsir_pipeline.adapters.validation import ValidationFailed, ValidationReport
-    from unsir_pipeline.governance.claims import failure_message
+    from unsir_pipeline.governance.failures import failure_message
 
     report = ValidationReport(success=False, failures=("class counts: count=6, split=val, label=0",), evaluated=32)
     message = failure_message(ValidationFailed(report))
@@ -263,7 +263,7 @@ def test_a_failed_batch_stores_a_short_readable_error_not_sqlalchemys_whole_text
     about autoflush first, then the statement and 50 rows of parameters, 8 KB on one line of
     `unsir request list`."""
     from unsir_pipeline.adapters.registry import RegistryError
-    from unsir_pipeline.governance.claims import failure_message
+    from unsir_pipeline.governance.failures import failure_message
 
     err = _full_database_error(tmp_path)
     assert len(str(err)) > 2000 and "autoflush" in str(err)
@@ -277,7 +277,7 @@ def test_a_failed_batch_stores_a_short_readable_error_not_sqlalchemys_whole_text
 
 
 def test_a_long_failure_is_cut_saying_where_the_rest_is() -> None:
-    from unsir_pipeline.governance.claims import failure_message
+    from unsir_pipeline.governance.failures import failure_message
 
     message = failure_message(RuntimeError("the server answered: " + "x" * 5000))
     assert message.startswith("RuntimeError: the server answered: xxx")
@@ -927,7 +927,7 @@ def test_a_request_pending_after_a_failed_batch_shows_why_and_when(tmp_path: Pat
     from unsir.models import check_classifier_head
     from unsir_pipeline.cli import main
     from unsir_pipeline.governance import stores
-    from unsir_pipeline.governance.claims import failure_message
+    from unsir_pipeline.governance.failures import failure_message
     from unsir_pipeline.settings.workspace import Workspace
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")

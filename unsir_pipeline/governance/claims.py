@@ -1,23 +1,27 @@
 """A scheduled batch claiming the queue: requests a killed batch left are released, every pending
-one is claimed together, an interrupted batch is resumed under its key; and what a failed
-attempt leaves on its requests (the error, whether the attempt counted). Nothing here imports
-Prefect: the ``deletion-batch`` flow calls these functions around the ``unlearn`` flow.
+one is claimed together, an interrupted batch is resumed under its key. What a failed attempt
+leaves on its requests (the error, whether the attempt counted) is
+:mod:`unsir_pipeline.governance.failures`'s. Nothing here imports Prefect: the
+``deletion-batch`` flow calls these functions around the ``unlearn`` flow.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unsir_pipeline.adapters.registry import (
-    describe_registry_file_fault,
     existing_registry,
     registry_for,
     version_with_key,
 )
 from unsir_pipeline.governance.deletion_requests import DeletionRequest
+
+# Moved to failures (they describe any run's failure); flows/deletion_batch.py still calls them
+# as claims.*, until it imports them from there.
+from unsir_pipeline.governance.failures import attempt_counted as attempt_counted
+from unsir_pipeline.governance.failures import failure_message as failure_message
 from unsir_pipeline.governance.intake import held_by_forget
 from unsir_pipeline.governance.promotion import PROMOTED_DECISIONS, not_this_runs_model, promotion_under_way
 from unsir_pipeline.governance.stores import existing_audit_log, existing_request_store, intake_trail
@@ -28,21 +32,6 @@ from unsir_pipeline.governance.trail import (
     require_trail_the_registry_anchored,
 )
 from unsir_pipeline.settings.workspace import Workspace
-
-# What a released request keeps of its error, at most: one row of `request list`, not the
-# several KB a database error can carry (the flow run's log keeps the whole text).
-FAILURE_MESSAGE_LIMIT = 500
-
-
-# The parts of SQLAlchemy's error text (which MLflow passes on as its own) that say nothing to
-# the user: the autoflush hint before the cause, and the statement, its parameters (every row
-# the session held) and the link to SQLAlchemy's docs after it.
-_SQLALCHEMY_NOISE = re.compile(
-    r"\(raised as a result of Query-invoked autoflush;[^)]*\)"
-    r"|\n\[SQL: .*?\(Background on this error at: [^)]*\)"
-    r"|\(Background on this error at: [^)]*\)",
-    re.DOTALL,
-)
 
 
 @dataclass(frozen=True)
@@ -173,34 +162,3 @@ def _resume_refused(ws: Workspace, run_key: str) -> bool:
         return True
     changed = not_this_runs_model(registered.tags, parent_version=champion.version, params_digest=ws.params.digest())
     return changed is not None
-
-
-def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
-    """The error a released request keeps: one line (request list prints one row per request),
-    but every line of the exception joined, since a validation failure's first line only counts
-    the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
-    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
-    process held locked, or that may not be written, is named (with ``ws``), with what to do."""
-    registry_fault = describe_registry_file_fault(err, ws.registry_database) if ws is not None else None
-    text = registry_fault or _SQLALCHEMY_NOISE.sub("", str(err))
-    message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
-    if len(message) <= FAILURE_MESSAGE_LIMIT:
-        return message
-    cut = message[:FAILURE_MESSAGE_LIMIT].rstrip()
-    return f"{cut} ... (cut at {FAILURE_MESSAGE_LIMIT} characters: the whole error is in the flow run's log)"
-
-
-def attempt_counted(ws: Workspace, fault: str | None) -> dict:
-    """What a ``batch_failed`` record says of the attempt its requests just had: counted against
-    ``requests.max_attempts``, or not, the setup being at fault (``fault``, see
-    :func:`~unsir_pipeline.governance.failures.setup_fault`)."""
-    limit = ws.params.requests.max_attempts
-    if fault is None:
-        return {
-            "attempt_counted": True,
-            "attempt_reason": f"the run itself failed or was stopped: one of requests.max_attempts={limit}",
-        }
-    return {
-        "attempt_counted": False,
-        "attempt_reason": f"the setup failed, not the run ({fault}): fix it and the next batch tries again",
-    }

@@ -8,11 +8,35 @@ None). That limit stops a request whose unlearning run fails whatever is tried (
 diverges, a crash inside the method) from being retried for ever; a damaged file or a server that
 is down would otherwise use up every attempt of every request queued, and end them ``failed``.
 
+What a failed run leaves on its requests, a forget run's or a batch's: the error in one line
+(:func:`failure_message`) and whether the attempt counted (:func:`attempt_counted`).
+
 Imports are made inside the functions: the command line asks on its error path, where a failing
 import must not hide the error being described.
 """
 
 from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unsir_pipeline.settings.workspace import Workspace
+
+# What a released request keeps of its error, at most: one row of `request list`, not the
+# several KB a database error can carry (the flow run's log keeps the whole text).
+FAILURE_MESSAGE_LIMIT = 500
+
+
+# The parts of SQLAlchemy's error text (which MLflow passes on as its own) that say nothing to
+# the user: the autoflush hint before the cause, and the statement, its parameters (every row
+# the session held) and the link to SQLAlchemy's docs after it.
+_SQLALCHEMY_NOISE = re.compile(
+    r"\(raised as a result of Query-invoked autoflush;[^)]*\)"
+    r"|\n\[SQL: .*?\(Background on this error at: [^)]*\)"
+    r"|\(Background on this error at: [^)]*\)",
+    re.DOTALL,
+)
 
 
 def is_bad_input(err: BaseException) -> bool:
@@ -73,3 +97,36 @@ def setup_fault(err: BaseException) -> str | None:
         (OSError, "a file, the disk or the network"),
     ]
     return next((what for kinds, what in faults if isinstance(err, kinds)), None)
+
+
+def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
+    """The error a released request keeps: one line (request list prints one row per request),
+    but every line of the exception joined, since a validation failure's first line only counts
+    the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
+    :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
+    process held locked, or that may not be written, is named (with ``ws``), with what to do."""
+    from unsir_pipeline.adapters.registry import describe_registry_file_fault
+
+    registry_fault = describe_registry_file_fault(err, ws.registry_database) if ws is not None else None
+    text = registry_fault or _SQLALCHEMY_NOISE.sub("", str(err))
+    message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
+    if len(message) <= FAILURE_MESSAGE_LIMIT:
+        return message
+    cut = message[:FAILURE_MESSAGE_LIMIT].rstrip()
+    return f"{cut} ... (cut at {FAILURE_MESSAGE_LIMIT} characters: the whole error is in the flow run's log)"
+
+
+def attempt_counted(ws: Workspace, fault: str | None) -> dict:
+    """What a ``batch_failed`` record says of the attempt its requests just had: counted against
+    ``requests.max_attempts``, or not, the setup being at fault (``fault``, see
+    :func:`setup_fault`)."""
+    limit = ws.params.requests.max_attempts
+    if fault is None:
+        return {
+            "attempt_counted": True,
+            "attempt_reason": f"the run itself failed or was stopped: one of requests.max_attempts={limit}",
+        }
+    return {
+        "attempt_counted": False,
+        "attempt_reason": f"the setup failed, not the run ({fault}): fix it and the next batch tries again",
+    }
