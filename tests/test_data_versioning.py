@@ -471,3 +471,27 @@ def test_a_new_side_store_is_set_up_quiet_by_one_dvc_process(project: Path, monk
             [sys.executable, "-m", "dvc", "config", key], cwd=subset.parent, capture_output=True, text=True
         )
         assert shown.stdout.strip() == "false"
+
+
+@pytest.mark.parametrize("folder", [".assets", "venv"])
+def test_push_uploads_what_a_dvc_file_in_a_hidden_or_tool_folder_records(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    # DVC walks every folder git does not ignore (all but .git, .hg, .dvc): a .dvc file in a
+    # hidden or tool folder is pushed by `dvc push`, so it must not be passed over when push
+    # decides whether the remote already holds everything.
+    logo = project / folder / "logo.bin"
+    logo.parent.mkdir()
+    logo.write_bytes(b"\x00")
+    dvc = [sys.executable, "-m", "dvc", "add", "--quiet", f"{folder}/logo.bin"]
+    subprocess.run(dvc, cwd=project, check=True)
+    push(project)
+    calls = _spy_dvc(monkeypatch)
+    push(project)  # nothing new: no DVC process, the folder walked or not
+    assert [call for call in calls if call[0] == "push"] == []
+
+    logo.write_bytes(b"\x01")
+    subprocess.run(dvc, cwd=project, check=True)
+    push(project)
+    digest = _md5(logo)
+    assert (tmp_path / "remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()

@@ -172,15 +172,15 @@ def push(project_dir: Path) -> None:
     if default_remote(project_dir) is None:
         raise DataVersioningError(f"cannot push from {project_dir}: no DVC remote configured; {NO_REMOTE_HELP}")
     stores = _side_stores(project_dir)
-    if not _on_remote(project_dir, project_dir, stores):
+    if not _on_remote(project_dir, project_dir):
         _dvc(project_dir, "push", "--quiet")
     for store in stores:
         _sync_side_store(project_dir, store)
-        if not _on_remote(project_dir, store, stores):
+        if not _on_remote(project_dir, store):
             _dvc(store, "push", "--quiet")
 
 
-def _on_remote(project_dir: Path, repo: Path, stores: Sequence[Path]) -> bool:
+def _on_remote(project_dir: Path, repo: Path) -> bool:
     """Whether the default remote, a directory, already holds every object that ``repo`` (the
     project or one of its side stores) records: then ``dvc push`` there would upload nothing.
 
@@ -191,10 +191,7 @@ def _on_remote(project_dir: Path, repo: Path, stores: Sequence[Path]) -> bool:
     if url is None or "://" in url:
         return False
     remote = Path(url) / "files" / "md5"
-    nested = [store for store in stores if store != repo and store.is_relative_to(repo)]
-    for meta in _metadata_files(repo):
-        if any(meta.is_relative_to(store) for store in nested):
-            continue  # pushed by its own store
+    for meta in _pushed_metadata_files(repo):
         for _, out in _outputs(meta):
             if out.get("cache") is False or out.get("push") is False:
                 continue  # `dvc push` leaves it out as well
@@ -439,6 +436,45 @@ def _metadata_files(project_dir: Path) -> Iterator[Path]:
         for name in sorted(files):
             if name == "dvc.lock" or name.endswith(".dvc"):
                 yield Path(root) / name
+
+
+def _pushed_metadata_files(repo: Path) -> Iterator[Path]:
+    """Every ``dvc.lock`` and ``*.dvc`` file in the folders ``dvc push`` walks in ``repo``: all
+    but .git, .hg and .dvc, nested DVC projects (side stores push their own) and, in a
+    git-backed project, what git ignores. Hidden and tool folders are walked (unlike
+    :func:`_metadata_files`): a ``.dvc`` file there is pushed too. ``.dvcignore`` is not read;
+    walking more only checks more objects, and a missing one means push as always."""
+    ignored = _git_ignored_dirs(repo)
+    for root, dirs, files in os.walk(repo):
+        here = Path(root)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d not in {".git", ".hg", ".dvc"} and not (here / d / ".dvc").is_dir() and here / d not in ignored
+        )
+        for name in sorted(files):
+            if name == "dvc.lock" or name.endswith(".dvc"):
+                yield here / name
+
+
+def _git_ignored_dirs(repo: Path) -> set[Path]:
+    """The folders git ignores in ``repo``, asked of git once; none where DVC runs without git
+    (``no_scm``, as side stores do) or git does not answer."""
+    if _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "").lower() == "true":
+        return set()
+    try:
+        result = subprocess.run(
+            ["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return set()
+    if result.returncode != 0:
+        return set()
+    return {repo / entry for entry in result.stdout.split("\0") if entry.endswith("/")}
 
 
 def _outputs(meta: Path) -> Iterator[tuple[Path, dict]]:
