@@ -23,7 +23,7 @@ from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.adapters.validation import ValidationFailed
 from unsir_pipeline.flows.unlearn import unlearn
 from unsir_pipeline.governance import claims, locks, trail
-from unsir_pipeline.governance.failures import setup_fault
+from unsir_pipeline.governance.failures import attempt_counted, failure_message, setup_fault
 from unsir_pipeline.governance.promotion import (
     finish_interrupted_promotion,
     resolve_parent,
@@ -134,9 +134,7 @@ def _record_success(ws: Workspace, batch: claims.ClaimedBatch, result: dict) -> 
 
 
 def _fail(ws: Workspace, batch: claims.ClaimedBatch, err: BaseException) -> None:
-    message = claims.failure_message(err, ws)
+    message = failure_message(err, ws)
     fault = setup_fault(err)
     statuses = release_requests(ws, batch.batch_id, message, count_attempt=fault is None)
-    trail.record(
-        ws, batch, "batch_failed", {"error": message, "statuses": statuses, **claims.attempt_counted(ws, fault)}
-    )
+    trail.record(ws, batch, "batch_failed", {"error": message, "statuses": statuses, **attempt_counted(ws, fault)})

@@ -17,11 +17,6 @@ from unsir_pipeline.adapters.registry import (
     version_with_key,
 )
 from unsir_pipeline.governance.deletion_requests import DeletionRequest
-
-# Moved to failures (they describe any run's failure); flows/deletion_batch.py still calls them
-# as claims.*, until it imports them from there.
-from unsir_pipeline.governance.failures import attempt_counted as attempt_counted
-from unsir_pipeline.governance.failures import failure_message as failure_message
 from unsir_pipeline.governance.intake import held_by_forget
 from unsir_pipeline.governance.promotion import PROMOTED_DECISIONS, not_this_runs_model, promotion_under_way
 from unsir_pipeline.governance.stores import existing_audit_log, existing_request_store, intake_trail
