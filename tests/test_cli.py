@@ -2084,3 +2084,37 @@ def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_on
     assert f"error: cannot reach the MLflow registry at {uri}" in err
     assert len(asked) == 1, asked
     assert [(r.id, r.status, r.attempts) for r in stores.request_store(ws).list()] == [(request.id, "pending", 0)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["promote", "1", "--by", "alice", "--reason", "roll back"],
+        ["reject", "1", "--by", "alice", "--reason", "held"],
+        ["request", "add", "--classes", "3", "--by", "alice", "--reason", "consent withdrawn"],
+    ],
+    ids=["promote", "reject", "request-add"],
+)
+def test_commands_that_need_the_registry_ask_one_that_does_not_answer_once(
+    command, project, tmp_path, monkeypatch, capsys
+):
+    """A server that does not answer costs one wait through the registry's retries, not two.
+    `request add` read the champion right after the trail check, which left such a server to
+    "the command's first registry call", and so waited twice; now the trail check names it.
+    `promote` and `reject` ask once already (the version is looked up first): kept so."""
+    import mlflow.utils.rest_utils as rest_utils
+
+    copy = clone_project(project, tmp_path / "server-down")
+    uri = "http://127.0.0.1:9"  # the discard port: connection refused
+    asked: list[str] = []
+    real_request = rest_utils.http_request
+
+    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
+        asked.append(endpoint)
+        return real_request(host_creds, endpoint, method, *args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", counted)
+    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    assert main(["--project", str(copy), *overrides, *command]) == 1
+    assert f"cannot reach the MLflow registry at {uri}" in capsys.readouterr().err
+    assert len(asked) == 1, asked

@@ -54,7 +54,8 @@ def file_request(ws: Workspace, requested: list[str], requester: str, reason: st
     # recorded, not even as a refusal.
     check_request_fields(requester, reason, requested)
     store, audit = intake_trail(ws)
-    require_trail_the_registry_anchored(ws, audit, what="a deletion request")
+    # The champion is read next: a server that does not answer is named here, in one wait.
+    require_trail_the_registry_anchored(ws, audit, what="a deletion request", unreachable_raises=True)
     names = prepared_class_names(ws)
     # A blank class is a slip, not a request to refuse on the record: "unknown class ''", as
     # `unsir forget ''` says, with nothing stored or recorded.

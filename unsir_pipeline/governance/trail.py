@@ -104,8 +104,9 @@ def require_trail_the_registry_anchored(
     promoted or rejected; otherwise the change would be made and the command fail at its record.
     A registry file that is damaged raises ``RegistryFileDamaged``; one whose server is down is
     left to the command's first registry call, unless ``unreachable_raises`` (a caller that
-    would only ask the same server again, before anything is claimed: `unsir batch run`), when
-    its ``RegistryError`` is raised here, after one wait through the retries rather than two.
+    would only ask the same server again, before anything is claimed or stored: `unsir batch
+    run`, a deletion request), when its ``RegistryError`` is raised here, after one wait through
+    the retries rather than two.
 
     ``read_only`` (an empty queue answered on a read-only copy): the trail and the registry are
     read as they are, one never created is not created (none holds no record), and whether the
