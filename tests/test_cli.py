@@ -2053,6 +2053,23 @@ def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(pa
     assert f"cannot reach the MLflow registry at {uri}" in captured.err
 
 
+def _a_registry_that_does_not_answer(monkeypatch) -> tuple[str, list[str], list[str]]:
+    """The discard port as the registry (connection refused, no retries): its URI, the `--set`
+    overrides naming it, and the list every real MLflow HTTP request is counted into."""
+    import mlflow.utils.rest_utils as rest_utils
+
+    uri = "http://127.0.0.1:9"
+    asked: list[str] = []
+    real_request = rest_utils.http_request
+
+    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
+        asked.append(endpoint)
+        return real_request(host_creds, endpoint, method, *args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", counted)
+    return uri, ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"], asked
+
+
 @pytest.mark.slow
 def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_once(
     project, tmp_path, monkeypatch, capsys
@@ -2062,23 +2079,12 @@ def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_on
     command's first registry call", and the champion check then asked it again (26 s with the
     default retries, each wait 7-8 s). Now the trail check names it, and nothing else asks; the
     requests stay pending, unclaimed, for the next batch."""
-    import mlflow.utils.rest_utils as rest_utils
-
     from unsir_pipeline.governance import intake, stores
 
     copy = clone_project(project, tmp_path / "server-down")
     ws = Workspace.load(copy)
     request = intake.file_request(ws, ["3"], "alice", "consent withdrawn")
-    uri = "http://127.0.0.1:9"  # the discard port: connection refused
-    asked: list[str] = []
-    real_request = rest_utils.http_request
-
-    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
-        asked.append(endpoint)
-        return real_request(host_creds, endpoint, method, *args, **kwargs)
-
-    monkeypatch.setattr(rest_utils, "http_request", counted)
-    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    uri, overrides, asked = _a_registry_that_does_not_answer(monkeypatch)
     assert main(["--project", str(copy), *overrides, "batch", "run"]) == 1
     err = capsys.readouterr().err
     assert f"error: cannot reach the MLflow registry at {uri}" in err
@@ -2102,19 +2108,8 @@ def test_commands_that_need_the_registry_ask_one_that_does_not_answer_once(
     `request add` read the champion right after the trail check, which left such a server to
     "the command's first registry call", and so waited twice; now the trail check names it.
     `promote` and `reject` ask once already (the version is looked up first): kept so."""
-    import mlflow.utils.rest_utils as rest_utils
-
     copy = clone_project(project, tmp_path / "server-down")
-    uri = "http://127.0.0.1:9"  # the discard port: connection refused
-    asked: list[str] = []
-    real_request = rest_utils.http_request
-
-    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
-        asked.append(endpoint)
-        return real_request(host_creds, endpoint, method, *args, **kwargs)
-
-    monkeypatch.setattr(rest_utils, "http_request", counted)
-    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    uri, overrides, asked = _a_registry_that_does_not_answer(monkeypatch)
     assert main(["--project", str(copy), *overrides, *command]) == 1
     assert f"cannot reach the MLflow registry at {uri}" in capsys.readouterr().err
     assert len(asked) == 1, asked
