@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench bench-unseen bench-tuning bench-gpu bench-throughput bench-flow bench-flow-services services-up services-down services-status lint clean-state
 
+# Whole GiB a new virtual environment needs (torch with its CUDA libraries: about 7), and the
+# test suite's temporary projects under TMPDIR; checked first, so a full disk stops at once.
+VENV_GIB ?= 8
+TEST_GIB ?= 3
+
 $(STAMP): pyproject.toml
+	test -x $(BIN)/python || infra/require-free-space.sh $(VENV) $(VENV_GIB) "a new virtual environment"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch/torchvision are pinned in pyproject.toml; pip resolves them like any other dependency.
@@ -25,6 +31,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
+	infra/require-free-space.sh "$${TMPDIR:-/tmp}" $(TEST_GIB) "the test suite"
 	infra/system-packages.sh postgresql chromium
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 

@@ -340,3 +340,31 @@ def test_bootstrap_reads_an_image_folder_again_after_its_images_change(tmp_path:
     write_images(30)  # 4 or 5
     assert bootstrap(Workspace.load(project)).created
     assert len((project / "data" / "prepared" / "manifest.csv").read_text().splitlines()) == 1 + 60
+
+
+def _require_free_space(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "infra" / "require-free-space.sh"), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_nearly_full_disk_stops_the_build_at_once_with_the_figures(tmp_path: Path) -> None:
+    not_yet_made = tmp_path / "venv" / "inner"
+    assert _require_free_space(str(not_yet_made), "0", "a new virtual environment").returncode == 0
+
+    refused = _require_free_space(str(not_yet_made), "1000000", "a new virtual environment")
+    assert refused.returncode == 1
+    assert f"GiB free on the disk holding {not_yet_made}" in refused.stderr
+    assert "a new virtual environment needs about 1000000 GiB" in refused.stderr
+
+    bad = _require_free_space(str(tmp_path), "8GiB", "x")
+    assert bad.returncode == 2 and "'8GiB'" in bad.stderr
+
+
+def test_make_checks_the_disk_before_installing_and_before_testing() -> None:
+    recipe_lines = [line.strip() for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("\t")]
+    first_check = next(i for i, line in enumerate(recipe_lines) if "require-free-space.sh $(VENV)" in line)
+    assert first_check < next(i for i, line in enumerate(recipe_lines) if "-m venv" in line)
+    test_check = next(i for i, line in enumerate(recipe_lines) if 'require-free-space.sh "$${TMPDIR' in line)
+    assert test_check < next(i for i, line in enumerate(recipe_lines) if line.startswith("$(BIN)/pytest"))
+
