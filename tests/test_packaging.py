@@ -368,3 +368,21 @@ def test_make_checks_the_disk_before_installing_and_before_testing() -> None:
     test_check = next(i for i, line in enumerate(recipe_lines) if 'require-free-space.sh "$${TMPDIR' in line)
     assert test_check < next(i for i, line in enumerate(recipe_lines) if line.startswith("$(BIN)/pytest"))
 
+
+@pytest.mark.parametrize("name", ["prefect", "mlflow", "dvc", "great-expectations", "ruff"])
+def test_the_driven_systems_are_capped_at_a_minor_the_suite_runs_on(name: str) -> None:
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    declared = PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["dev"]
+    (requirement,) = [Requirement(spec) for spec in declared if Requirement(spec).name == name]
+    installed = Version(version(name))
+    assert installed in requirement.specifier, f"{name} {installed} is outside {requirement.specifier}"
+    caps = [Version(clause.version) for clause in requirement.specifier if clause.operator == "<"]
+    assert caps, f"{name}: {requirement.specifier} has no upper bound"
+    (cap,) = caps
+    assert cap.minor > 0 or len(cap.release) > 1, f"{name}: capped at a major ({cap}), which admits untested minors"
+    beyond_next_minor = cap > Version(f"{installed.major}.{installed.minor + 2}")
+    assert not beyond_next_minor, f"{name}: {cap} is beyond the minor after {installed}"
