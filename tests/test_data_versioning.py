@@ -495,3 +495,41 @@ def test_push_uploads_what_a_dvc_file_in_a_hidden_or_tool_folder_records(
     push(project)
     digest = _md5(logo)
     assert (tmp_path / "remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+
+
+def _dvc_listed(project: Path) -> dict[str, str]:
+    """What DVC itself says the project tracks: {path: md5} from `dvc ls -R --dvc-only`."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "ls", "-R", "--dvc-only", "--json", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {entry["path"]: entry["md5"] for entry in json.loads(listed.stdout)}
+
+
+def test_a_file_in_a_hidden_folder_is_recorded_as_dvc_records_it(project: Path) -> None:
+    # DVC reads .dvc files in every folder git does not ignore, hidden ones included (all but
+    # .git, .hg and .dvc); a folder git ignores it passes over.
+    (project / ".gitignore").write_text("/.cache/\n")
+    logo = project / ".assets" / "logo.bin"
+    logo.parent.mkdir()
+    logo.write_bytes(b"\x00")
+    assert track(project, logo) == _md5(logo)
+    stale = project / ".cache" / "old.bin.dvc"  # a .dvc file git ignores: DVC never reads it
+    stale.parent.mkdir()
+    shutil.copy(project / ".assets" / "logo.bin.dvc", stale)
+    assert recorded_digests(project) == _dvc_listed(project) == {".assets/logo.bin": _md5(logo)}
+    assert verify(project, [".assets/logo.bin"]) == []
+
+
+def test_a_run_file_in_a_hidden_ignored_folder_is_tracked_and_pushed(project: Path, tmp_path: Path) -> None:
+    (project / ".gitignore").write_text("/.runs/\n")
+    subset = project / ".runs" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    digest = track(project, subset)  # a side store in .runs/retain/
+    assert digest == _md5(subset) and recorded_digests(project) == {".runs/retain/retain-forget3.csv": digest}
+    push(project)
+    assert (tmp_path / "remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()

@@ -31,9 +31,11 @@ import yaml
 REMOTE_NAME = "shared"
 _STDERR_TAIL_LINES = 20
 _CHUNK = 1 << 20
-# Walking these would be slow or pointless; hidden directories (.git, .dvc, .venv) are
-# skipped as well.
-_SKIPPED_DIRS = {"__pycache__", "node_modules", "venv"}
+# Folders DVC never reads (its own, and version control's); a Python virtual environment
+# (a folder holding pyvenv.cfg) and these tool folders are passed over too, as holding no data
+# (walking a virtual environment costs about 0.5 s).
+_DVC_SKIPPED_DIRS = {".git", ".hg", ".dvc"}
+_TOOL_DIRS = {"__pycache__", "node_modules"}
 # `dvc cache dir` answers by (project, text of its .dvc/config and .dvc/config.local): a cache
 # moved in the project's config is asked again; one moved in the user's or system's config
 # while this process runs is not seen.
@@ -191,7 +193,7 @@ def _on_remote(project_dir: Path, repo: Path) -> bool:
     if url is None or "://" in url:
         return False
     remote = Path(url) / "files" / "md5"
-    for meta in _pushed_metadata_files(repo):
+    for meta in _metadata_files(repo):
         for _, out in _outputs(meta):
             if out.get("cache") is False or out.get("push") is False:
                 continue  # `dvc push` leaves it out as well
@@ -247,14 +249,17 @@ def _read_yaml(path: Path) -> dict:
 
 
 def recorded_digests(project_dir: Path) -> dict[str, str]:
-    """md5 of every output recorded in ``dvc.lock`` files and ``*.dvc`` files.
+    """md5 of every output recorded in the ``dvc.lock`` and ``*.dvc`` files that DVC reads in
+    the project and in its side stores (hidden folders included; what git ignores, outside a
+    side store, is not read, as DVC does not).
 
     Keys are POSIX paths relative to ``project_dir``; a directory output's digest ends in
     ``.dir``, as DVC writes it.
     """
     project_dir = _project(project_dir)
     digests: dict[str, str] = {}
-    for meta in _metadata_files(project_dir):
+    metadata = (meta for repo in (project_dir, *_side_stores(project_dir)) for meta in _metadata_files(repo))
+    for meta in metadata:
         for base, out in _outputs(meta):
             md5 = out.get("md5")
             if not md5 or "path" not in out:
@@ -387,13 +392,20 @@ def _sync_side_store(project_dir: Path, store: Path) -> None:
 
 
 def _side_stores(project_dir: Path) -> list[Path]:
-    """Every side store (a directory holding its own ``.dvc``) below the project."""
+    """Every side store (a directory holding its own ``.dvc``) below the project, hidden and
+    git-ignored folders included: that is where per-run data lives."""
     stores = []
     for root, dirs, _ in os.walk(project_dir):
-        if ".dvc" in dirs and Path(root) != project_dir:
-            stores.append(Path(root))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        here = Path(root)
+        if ".dvc" in dirs and here != project_dir:
+            stores.append(here)
+        dirs[:] = sorted(d for d in dirs if not _never_walked(here / d))
     return stores
+
+
+def _never_walked(folder: Path) -> bool:
+    """Whether ``folder`` is one that DVC never reads, or a tool's that holds no data."""
+    return folder.name in _DVC_SKIPPED_DIRS or folder.name in _TOOL_DIRS or (folder / "pyvenv.cfg").is_file()
 
 
 def _absolute_remote(project_dir: Path, url: str) -> str:
@@ -429,37 +441,27 @@ def relative_path(project_dir: Path, path: str | Path) -> str:
         raise DataVersioningError(f"{str(path)!r} is outside the DVC project {project_dir}") from None
 
 
-def _metadata_files(project_dir: Path) -> Iterator[Path]:
-    """Every ``dvc.lock`` and ``*.dvc`` file, skipping hidden and tool directories."""
-    for root, dirs, files in os.walk(project_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-        for name in sorted(files):
-            if name == "dvc.lock" or name.endswith(".dvc"):
-                yield Path(root) / name
-
-
-def _pushed_metadata_files(repo: Path) -> Iterator[Path]:
-    """Every ``dvc.lock`` and ``*.dvc`` file in the folders ``dvc push`` walks in ``repo``: all
-    but .git, .hg and .dvc, nested DVC projects (side stores push their own) and, in a
-    git-backed project, what git ignores. Hidden and tool folders are walked (unlike
-    :func:`_metadata_files`): a ``.dvc`` file there is pushed too. ``.dvcignore`` is not read;
-    walking more only checks more objects, and a missing one means push as always."""
+def _metadata_files(repo: Path) -> Iterator[Path]:
+    """Every ``dvc.lock`` and ``*.dvc`` file that DVC reads in ``repo`` (the project or a side
+    store): in every folder but .git, .hg and .dvc, hidden ones included, except nested DVC
+    projects (side stores, read on their own) and, in a git-backed project, what git ignores.
+    ``.dvcignore`` is not read; virtual environments and tool folders are passed over."""
     ignored = _git_ignored_dirs(repo)
     for root, dirs, files in os.walk(repo):
         here = Path(root)
         dirs[:] = sorted(
             d
             for d in dirs
-            if d not in {".git", ".hg", ".dvc"} and not (here / d / ".dvc").is_dir() and here / d not in ignored
+            if not _never_walked(here / d) and not (here / d / ".dvc").is_dir() and here / d not in ignored
         )
         for name in sorted(files):
-            if name == "dvc.lock" or name.endswith(".dvc"):
+            if (name == "dvc.lock" or name.endswith(".dvc")) and here / name not in ignored:
                 yield here / name
 
 
 def _git_ignored_dirs(repo: Path) -> set[Path]:
-    """The folders git ignores in ``repo``, asked of git once; none where DVC runs without git
-    (``no_scm``, as side stores do) or git does not answer."""
+    """The folders and files git ignores in ``repo`` (those that exist), asked of git once; none
+    where DVC runs without git (``no_scm``, as side stores do) or git does not answer."""
     if _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "").lower() == "true":
         return set()
     try:
@@ -474,7 +476,7 @@ def _git_ignored_dirs(repo: Path) -> set[Path]:
         return set()
     if result.returncode != 0:
         return set()
-    return {repo / entry for entry in result.stdout.split("\0") if entry.endswith("/")}
+    return {repo / entry.rstrip("/") for entry in result.stdout.split("\0") if entry}
 
 
 def _outputs(meta: Path) -> Iterator[tuple[Path, dict]]:
