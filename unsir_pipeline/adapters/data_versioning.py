@@ -132,7 +132,8 @@ def track(project_dir: Path, path: Path) -> str:
     # What DVC refuses is a .dvc file git ignores; the path itself is ignored after any add
     # (DVC lists it in .gitignore), so asking about the path would move a project-tracked
     # file into a side store the second time.
-    if _git_ignored(project_dir, f"{relative}.dvc"):
+    meta = target.with_name(f"{target.name}.dvc")
+    if meta in _git_ignored(project_dir, [meta]):
         store = target.parent
         _ensure_side_store(project_dir, store)
         if _unchanged(project_dir, target) is None:
@@ -337,22 +338,6 @@ def _quiet_config(project_dir: Path) -> None:
         _dvc(project_dir, "config", "core.check_update", "false")
 
 
-def _git_ignored(project_dir: Path, relative: str) -> bool:
-    """Whether git ignores ``relative`` (False outside a git repository)."""
-    try:
-        result = subprocess.run(
-            ["git", "check-ignore", "--quiet", "--", relative],
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return False  # no git: DVC runs without SCM and ignores nothing
-    # 0: ignored; 1: not ignored; 128: not a git repository (or another git error).
-    return result.returncode == 0
-
-
 def _ensure_side_store(project_dir: Path, store: Path) -> None:
     """A git-less DVC project at ``store`` that shares ``project_dir``'s cache and remote.
 
@@ -445,38 +430,50 @@ def _metadata_files(repo: Path) -> Iterator[Path]:
     """Every ``dvc.lock`` and ``*.dvc`` file that DVC reads in ``repo`` (the project or a side
     store): in every folder but .git, .hg and .dvc, hidden ones included, except nested DVC
     projects (side stores, read on their own) and, in a git-backed project, what git ignores.
-    ``.dvcignore`` is not read; virtual environments and tool folders are passed over."""
-    ignored = _git_ignored_dirs(repo)
-    for root, dirs, files in os.walk(repo):
-        here = Path(root)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not _never_walked(here / d) and not (here / d / ".dvc").is_dir() and here / d not in ignored
-        )
-        for name in sorted(files):
-            if (name == "dvc.lock" or name.endswith(".dvc")) and here / name not in ignored:
-                yield here / name
+    ``.dvcignore`` is not read; virtual environments and tool folders are passed over.
+
+    Walked a level at a time, so that git is asked once a level what it ignores there and
+    what it ignores is never entered."""
+    level = [repo]
+    while level:
+        folders: list[Path] = []
+        files: list[Path] = []
+        for folder in level:
+            for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    if not _never_walked(path) and not (path / ".dvc").is_dir():
+                        folders.append(path)
+                elif entry.name == "dvc.lock" or entry.name.endswith(".dvc"):
+                    files.append(path)
+        ignored = _git_ignored(repo, [*folders, *files])
+        yield from (path for path in files if path not in ignored)
+        level = [path for path in folders if path not in ignored]
 
 
-def _git_ignored_dirs(repo: Path) -> set[Path]:
-    """The folders and files git ignores in ``repo`` (those that exist), asked of git once; none
-    where DVC runs without git (``no_scm``, as side stores do) or git does not answer."""
-    if _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "").lower() == "true":
+def _git_ignored(repo: Path, paths: Sequence[Path]) -> set[Path]:
+    """Which of ``paths`` (inside ``repo``, existing or not) git ignores, asked of git once;
+    none where DVC runs without git (``no_scm``, as side stores do: then it refuses nothing)
+    or git does not answer (not a git repository, no git)."""
+    if not paths or _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "").lower() == "true":
         return set()
+    # A trailing slash lets a folder-only pattern (`/data/retain/`) match, as DVC asks.
+    asked = {path.relative_to(repo).as_posix() + ("/" if path.is_dir() else ""): path for path in paths}
     try:
         result = subprocess.run(
-            ["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"],
+            ["git", "check-ignore", "-z", "--stdin"],
             cwd=repo,
+            input="\0".join(asked) + "\0",
             capture_output=True,
             text=True,
             check=False,
         )
     except OSError:
         return set()
+    # 0: some ignored; 1: none ignored; 128: not a git repository (or another git error).
     if result.returncode != 0:
         return set()
-    return {repo / entry.rstrip("/") for entry in result.stdout.split("\0") if entry}
+    return {asked[name] for name in result.stdout.split("\0") if name in asked}
 
 
 def _outputs(meta: Path) -> Iterator[tuple[Path, dict]]:
