@@ -5,6 +5,7 @@ thread and Prefect settings, progress on a terminal only, and no server left aft
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -405,6 +407,86 @@ def test_a_prefect_server_that_does_not_answer_is_named(params_only, tmp_path):
     last = served.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach the Prefect server at {down} (PREFECT_API_URL): "), last
     assert "`prefect server start`" in last and str(tmp_path / "prefect" / "profiles.toml") in last, last
+
+
+@contextlib.contextmanager
+def _a_server_answering(status: int) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 that answers every request with ``status`` and a JSON
+    body, as a Prefect server refusing a client does; yields its API URL."""
+    import http.server
+    import threading
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"detail": "refused by the test server"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args) -> None:  # keep the test's output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_prefect_server_that_refuses_the_client_is_named(params_only, tmp_path):
+    """`batch serve` against a configured server that answered 401 ended with Prefect's own text
+    ("Client error '401 Unauthorized' for url '...' - Response: ... - For more information check:
+    https://developer.mozilla.org/..."): nothing said which setting to check. Now one line names
+    the server, the status and the credentials to check, exit 1 as for a server that does not
+    answer."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_PROFILES_PATH", "PREFECT_API_AUTH_STRING")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    with _a_server_answering(401) as url:
+        served = subprocess.run(
+            [*CLI, "--project", str(params_only), "batch", "serve"],
+            env=env | {"PREFECT_API_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert served.returncode == 1, served.stderr[-2000:]
+    lines = served.stderr.strip().splitlines()
+    assert len(lines) == 1, served.stderr[-2000:]
+    assert lines[0].startswith(f"error: the Prefect server at {url} (PREFECT_API_URL) answered 401 Unauthorized"), lines
+    assert "PREFECT_API_AUTH_STRING" in lines[0] and "developer.mozilla.org" not in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("status", "named", "to_check"),
+    [
+        (403, "403 Forbidden", "PREFECT_API_AUTH_STRING"),
+        (404, "404 Not Found", "ends in /api"),
+        (500, "500 Internal Server Error", "the server's logs"),
+    ],
+)
+def test_each_refusal_of_the_prefect_server_names_what_to_check(status, named, to_check, tmp_path):
+    """Prefect's own client (taking the lock a promotion or a batch takes) against a real server
+    answering ``status``: the command's error line names the server, the status and what to
+    check, in one line; the exit code is a failure's (1), not bad input's."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from unsir_pipeline.cli.errors import describe_error, is_user_error
+
+    with _a_server_answering(status) as url, temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        with pytest.raises(Exception) as raised:
+            orchestration.ensure_limit("unsir-promotion-test")
+        line = describe_error(raised.value, tmp_path)
+    assert line.startswith(f"the Prefect server at {url} (PREFECT_API_URL) answered {named} to "), line
+    assert to_check in line and "\n" not in line, line
+    assert not is_user_error(raised.value)
 
 
 def test_library_info_lines_stay_off_the_console_and_their_warnings_on(tmp_path):

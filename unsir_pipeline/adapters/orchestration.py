@@ -100,10 +100,62 @@ def describe_unreachable_server(err: BaseException) -> str | None:
         return None
     import httpx
 
+    found = _prefect_server_error(err, httpx.TransportError)
+    if found is None:
+        return None
+    url, cause = found
+    reason = str(cause).strip() or type(cause).__name__
+    return (
+        f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {reason}; check that it runs "
+        "(`prefect server start`) and answers there, or correct PREFECT_API_URL in the environment or in "
+        f"the active profile of {prefect_profiles_path()}"
+    )
+
+
+def describe_server_refusal(err: BaseException) -> str | None:
+    """The one line naming the configured Prefect server, the HTTP status it answered and what to
+    check, when it refused a request (401, 403, 404, 500...: Prefect passes on httpx's text, a
+    status line and a link to MDN's page on the status, anywhere in ``err``'s chain); else None."""
+    if "httpx" not in sys.modules:  # Prefect's client was never used: not its error
+        return None
+    import httpx
+
+    found = _prefect_server_error(err, httpx.HTTPStatusError)
+    if found is None:
+        return None
+    url, cause = found
+    assert isinstance(cause, httpx.HTTPStatusError)  # as _prefect_server_error looked for
+    status, request = cause.response.status_code, cause.request
+    answered = f"{status} {cause.response.reason_phrase}".strip()
+    profile = f"in the environment or in the active profile of {prefect_profiles_path()}"
+    if status in (401, 403):
+        check = (
+            "check the credentials the client sends (PREFECT_API_AUTH_STRING, user:password, for a server started "
+            f"with PREFECT_SERVER_API_AUTH_STRING; PREFECT_API_KEY for Prefect Cloud) {profile}"
+        )
+    elif status == 404:
+        check = (
+            "check that PREFECT_API_URL names the server's API (it ends in /api, e.g. http://127.0.0.1:4200/api) "
+            f"and that the server is a Prefect 3 server; correct it {profile}"
+        )
+    elif status >= 500:
+        check = "the server failed to answer: check the server's logs (and its database), then run the command again"
+    else:
+        check = (
+            "check that the server runs a Prefect version this client speaks to "
+            f"(the client is Prefect {_prefect_version()}) and the server's logs"
+        )
+    asked = f"{request.method} {request.url.path}"
+    return f"the Prefect server at {url} (PREFECT_API_URL) answered {answered} to {asked}; {check}"
+
+
+def _prefect_server_error(err: BaseException, kind: type[BaseException]) -> tuple[str, BaseException] | None:
+    """The configured server's URL and the first ``kind`` of httpx error in ``err``'s chain, when
+    that error's request went to the configured server; else None."""
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, httpx.TransportError):
+        if isinstance(cause, kind):
             break
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
@@ -113,17 +165,18 @@ def describe_unreachable_server(err: BaseException) -> str | None:
     if url is None or cause is None:
         return None
     try:
-        requested = str(cause.request.url)
+        requested = str(cause.request.url)  # type: ignore[attr-defined]  # httpx's errors carry it
     except RuntimeError:  # an error raised before its request was set
         requested = url
     if not requested.startswith(url.rstrip("/")):
         return None  # another server's (MLflow's is reached with requests, but be sure)
-    reason = str(cause).strip() or type(cause).__name__
-    return (
-        f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {reason}; check that it runs "
-        "(`prefect server start`) and answers there, or correct PREFECT_API_URL in the environment or in "
-        f"the active profile of {prefect_profiles_path()}"
-    )
+    return url, cause
+
+
+def _prefect_version() -> str:
+    import prefect
+
+    return str(prefect.__version__)
 
 
 class _WithoutTraceback(logging.Formatter):

@@ -48,9 +48,9 @@ def describe_error(err: Exception, project: Path | None = None, overrides: list[
     startup = orchestration.describe_startup_failure(err)
     if startup:
         return startup
-    unreachable = orchestration.describe_unreachable_server(err)
-    if unreachable:
-        return unreachable
+    prefect_server = orchestration.describe_unreachable_server(err) or orchestration.describe_server_refusal(err)
+    if prefect_server:
+        return prefect_server
     full = full_disk_error(err)
     if full is not None:
         return describe_full_disk(full, project_places(project) if project is not None else [])
