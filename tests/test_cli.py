@@ -1845,6 +1845,88 @@ def test_a_promotion_with_a_shared_registry_but_a_machine_local_lock_warns_once_
         assert machine_local_promotion_lock(served) is None
 
 
+@pytest.mark.slow
+def test_a_promotion_without_a_prefect_server_does_not_import_prefect(project, tmp_path):
+    """`unsir promote` runs no flow, but asked Prefect's settings whether a server was set for
+    its lock: a second of imports (all of Prefect) on every promotion. Where nothing Prefect
+    reads can name a server, the lock is the file, and Prefect is never imported."""
+    copy = clone_project(project, tmp_path / "no-server")
+    version = _register_held(Workspace.load(copy), "held")
+    code = (
+        "import sys\n"
+        "from unsir_pipeline.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    dropped = ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "PREFECT_HOME")
+    env = {k: v for k, v in os.environ.items() if k.upper() not in dropped}
+    promote = ["--project", str(copy), "promote", str(version), "--by", "rev", "--reason", "by hand", "--override"]
+    ran = subprocess.run(
+        [sys.executable, "-c", code, *promote], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert f"version {version} is now 'champion'" in ran.stdout
+    assert ran.stderr.strip().splitlines()[-1] == "[]", ran.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("files", "variables", "skipped"),
+    [
+        ({}, {}, True),
+        ({}, {"prefect_api_url": "http://127.0.0.1:4200/api"}, False),  # any case, as Prefect reads it
+        ({"home/profiles.toml": 'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://h:1/api"\n'}, {}, False),
+        # Another profile names a server, the active one none: no server, and no Prefect needed to say so.
+        ({"home/profiles.toml": 'active = "a"\n[profiles.a]\n[profiles.b]\nPREFECT_API_URL = "h:1"\n'}, {}, True),
+        ({}, {"PREFECT_PROFILE": "local"}, False),  # the shipped profiles' "local" names 127.0.0.1:4200
+        ({"work/prefect.toml": '[api]\nurl = "http://h:2/api"\n'}, {}, False),
+        ({"work/pyproject.toml": '[tool.prefect.api]\nurl = "http://h:3/api"\n'}, {}, False),
+        ({"work/pyproject.toml": '[project]\nname = "x"\n'}, {}, True),
+        ({"work/.env": "PREFECT_API_URL=http://h:4/api\n"}, {}, False),
+        ({"other/profiles.toml": 'active = "o"\n[profiles.o]\nPREFECT_API_URL = "http://h:5/api"\n'}, {}, False),
+    ],
+    ids=[
+        "none",
+        "env",
+        "profile",
+        "other-profile",
+        "named-profile",
+        "prefect-toml",
+        "pyproject",
+        "pyproject-other",
+        "dotenv",
+        "profiles-path",
+    ],
+)
+def test_the_prefect_server_read_without_prefect_is_the_one_prefect_reads(files, variables, skipped, tmp_path):
+    """prefect_api_url answers without importing Prefect only where no source Prefect reads its
+    settings from can name a server; wherever one does, the answer is Prefect's own."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    code = (
+        "import json, sys\n"
+        "from unsir_pipeline.adapters import orchestration\n"
+        "ours = orchestration.prefect_api_url()\n"
+        "skipped = 'prefect' not in sys.modules\n"
+        "from prefect.settings import PREFECT_API_URL\n"
+        "print(json.dumps([ours, skipped, PREFECT_API_URL.value()]))\n"
+    )
+    dropped = ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "PREFECT_HOME")
+    env = {k: v for k, v in os.environ.items() if k.upper() not in dropped and "TEST_MODE" not in k.upper()}
+    env |= {"PREFECT_HOME": str(tmp_path / "home"), **variables}
+    if "other/profiles.toml" in files:
+        env["PREFECT_PROFILES_PATH"] = str(tmp_path / "other" / "profiles.toml")
+    ran = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path / "work", env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    ours, was_skipped, prefects = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert ours == prefects
+    assert was_skipped == skipped
+
+
 def test_the_promotion_lock_is_taken_on_the_prefect_server_of_the_users_profile(params_only, tmp_path):
     """With the server set by `prefect config set` (a profile) rather than the environment, the
     promotion lock was a file on this machine, a promotion in a shared registry was warned to

@@ -531,10 +531,69 @@ def stop_prefect_server() -> None:
 
 def prefect_api_url() -> str | None:
     """The Prefect server this process talks to, as Prefect reads it (the environment, else the
-    active profile of :func:`prefect_profiles_path`); None in ephemeral mode (no server)."""
+    active profile of :func:`prefect_profiles_path`); None in ephemeral mode (no server).
+
+    Prefect's settings cost a second to import (they import all of Prefect): where none of the
+    places Prefect reads them from can name a server (:func:`_no_prefect_server_can_be_set`),
+    the commands that run no flow (`promote`, `reject`, `request list`) answer None without them."""
+    if "prefect.settings" not in sys.modules and _no_prefect_server_can_be_set():
+        return None
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def _no_prefect_server_can_be_set() -> bool:
+    """True only when none of the sources Prefect reads its settings from can set its API URL:
+    the environment, a ``.env``, ``prefect.toml`` or ``pyproject.toml`` ([tool.prefect]) in the
+    working directory, the active profile of PREFECT_HOME's profiles.toml (or
+    PREFECT_PROFILES_PATH's), else the default profile Prefect ships. Read with the standard
+    library, as Prefect 3 reads them (``prefect.settings.sources``); anything this does not read
+    for certain says False, and Prefect itself is asked."""
+    import tomllib
+
+    names = {name.upper() for name in os.environ}  # Prefect reads its variables in any case
+    if names & {"PREFECT_API_URL", "PREFECT_PROFILE"}:
+        return False
+    cwd = Path.cwd()
+    if (cwd / "prefect.toml").exists():
+        return False
+    try:
+        if (cwd / ".env").exists() and "PREFECT_" in (cwd / ".env").read_text(errors="replace").upper():
+            return False
+        pyproject = cwd / "pyproject.toml"
+        if pyproject.exists() and "prefect" in tomllib.loads(pyproject.read_text()).get("tool", {}):
+            return False
+        home = os.environ.get("PREFECT_HOME")
+        profiles = os.environ.get("PREFECT_PROFILES_PATH") or (home and str(Path(home) / "profiles.toml"))
+        if not profiles:  # Prefect's own default home: not read here
+            return False
+        if Path(profiles).exists():
+            data = tomllib.loads(Path(profiles).read_text())
+            active = data.get("profiles", {}).get(data.get("active"))
+            if active is not None:
+                return not _names_a_server(active)
+        return not _names_a_server(_shipped_default_profile())
+    except (OSError, ValueError, AttributeError):  # unreadable or not TOML as expected: Prefect decides
+        return False
+
+
+def _names_a_server(profile: object) -> bool:
+    return not isinstance(profile, dict) or any(str(key).upper() == "PREFECT_API_URL" for key in profile)
+
+
+def _shipped_default_profile() -> object:
+    """The active profile of the profiles file Prefect ships (its "ephemeral"), found without
+    importing Prefect."""
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.find_spec("prefect")
+    locations = spec.submodule_search_locations if spec else None
+    if not locations:
+        return None  # not a dict: taken as naming a server, so Prefect is asked
+    data = tomllib.loads((Path(locations[0]) / "settings" / "profiles.toml").read_text())
+    return data.get("profiles", {}).get(data.get("active", "ephemeral"))
 
 
 def prefect_profiles_path() -> Path:
