@@ -62,7 +62,10 @@ def deletion_batch(project_dir: str = ".", overrides: list[str] | None = None) -
                 {"classes": batch.classes, "attempts": {r.id: r.attempts for r in batch.requests}},
             )
             # After the claim, so that a registry that cannot be reached fails the claimed
-            # requests with its error on them (they go back to pending), as any later failure.
+            # requests with its error on them (they go back to pending), as any later failure;
+            # one the claim found down fails them now, without waiting for it a second time.
+            if batch.registry_unreachable is not None:
+                raise batch.registry_unreachable
             finished = _finished(finish_interrupted_promotion(ws))  # the champion a killed promotion was moving
             # Versions of killed batches this one does not resume: on the trail before it forgets more.
             trail.record_interrupted_registrations(ws, batch)

@@ -196,6 +196,24 @@ def clone_project(source: Path, dest: Path) -> Path:
     return dest
 
 
+def a_registry_that_does_not_answer(monkeypatch) -> tuple[str, list[str], list[str]]:
+    """The discard port as the registry (connection refused, no retries): its URI, the `--set`
+    overrides naming it (a flow takes every second item), and the list every real MLflow HTTP
+    request is counted into."""
+    import mlflow.utils.rest_utils as rest_utils
+
+    uri = "http://127.0.0.1:9"
+    asked: list[str] = []
+    real_request = rest_utils.http_request
+
+    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
+        asked.append(endpoint)
+        return real_request(host_creds, endpoint, method, *args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", counted)
+    return uri, ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"], asked
+
+
 def set_version_status(ws, version: int, status: str) -> None:
     """What a registry backend sets when a version's registration fails or never finishes."""
     import sqlite3

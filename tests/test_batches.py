@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clone_project, run_with_read_only
+from conftest import a_registry_that_does_not_answer, clone_project, run_with_read_only
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
@@ -502,6 +502,36 @@ def test_unreachable_mlflow_server_fails_the_batch_cleanly(project, first_batch)
     assert "batch_failed" in events(project, failed.batch_id)
     assert deletion_batch(project_dir=str(project))["status"] == "done"
     assert stores.request_store(ws).get(request.id).status == "done"
+
+
+def test_a_scheduled_batch_asks_a_registry_that_does_not_answer_once(
+    prefect_harness, bootstrapped_project, tmp_path, monkeypatch
+):
+    """The scheduled flow's claim read a server that did not answer as "left to the first
+    registry call" and the flow's next call waited through the retries again: twice the wait
+    before the error. Now the claim's own wait is the only one: with requests, they are
+    released with the error naming the registry (pending, the attempt not counted); with
+    none, the flow fails naming it, not waiting again to finish a promotion."""
+    from unsir_pipeline.adapters.registry import RegistryError
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    copy = clone_project(bootstrapped_project, tmp_path / "server-down")
+    ws = ws_of(copy)
+    request = intake.file_request(ws, ["3"], "alice", "consent withdrawn")
+    uri, flags, asked = a_registry_that_does_not_answer(monkeypatch)
+    named = re.escape(f"cannot reach the MLflow registry at {uri}")
+    with pytest.raises(RegistryError, match=named):
+        deletion_batch(project_dir=str(copy), overrides=flags[1::2])
+    assert len(asked) == 1, asked
+    released = stores.request_store(ws).get(request.id)
+    assert (released.status, released.attempts) == ("pending", 0) and f"at {uri}" in released.error
+    assert events(copy, released.batch_id) == ["batch_started", "batch_failed"]
+
+    stores.request_store(ws).withdraw(request.id, "alice", "drill over")
+    asked.clear()
+    with pytest.raises(RegistryError, match=named):
+        deletion_batch(project_dir=str(copy), overrides=flags[1::2])
+    assert len(asked) == 1, asked
 
 
 def test_a_run_that_fails_by_itself_uses_up_its_requests_attempts(prefect_harness, bootstrapped_project, tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clone_project, flow_result, set_version_status
+from conftest import ROOT, a_registry_that_does_not_answer, clone_project, flow_result, set_version_status
 
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli import build_parser, main
@@ -2217,23 +2217,6 @@ def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(pa
     assert f"cannot reach the MLflow registry at {uri}" in captured.err
 
 
-def _a_registry_that_does_not_answer(monkeypatch) -> tuple[str, list[str], list[str]]:
-    """The discard port as the registry (connection refused, no retries): its URI, the `--set`
-    overrides naming it, and the list every real MLflow HTTP request is counted into."""
-    import mlflow.utils.rest_utils as rest_utils
-
-    uri = "http://127.0.0.1:9"
-    asked: list[str] = []
-    real_request = rest_utils.http_request
-
-    def counted(host_creds, endpoint, method, *args, **kwargs):  # the real request, counted
-        asked.append(endpoint)
-        return real_request(host_creds, endpoint, method, *args, **kwargs)
-
-    monkeypatch.setattr(rest_utils, "http_request", counted)
-    return uri, ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"], asked
-
-
 @pytest.mark.slow
 def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_once(
     project, tmp_path, monkeypatch, capsys
@@ -2248,7 +2231,7 @@ def test_batch_run_with_requests_pending_asks_a_registry_that_does_not_answer_on
     copy = clone_project(project, tmp_path / "server-down")
     ws = Workspace.load(copy)
     request = intake.file_request(ws, ["3"], "alice", "consent withdrawn")
-    uri, overrides, asked = _a_registry_that_does_not_answer(monkeypatch)
+    uri, overrides, asked = a_registry_that_does_not_answer(monkeypatch)
     assert main(["--project", str(copy), *overrides, "batch", "run"]) == 1
     err = capsys.readouterr().err
     assert f"error: cannot reach the MLflow registry at {uri}" in err
@@ -2273,7 +2256,7 @@ def test_commands_that_need_the_registry_ask_one_that_does_not_answer_once(
     "the command's first registry call", and so waited twice; now the trail check names it.
     `promote` and `reject` ask once already (the version is looked up first): kept so."""
     copy = clone_project(project, tmp_path / "server-down")
-    uri, overrides, asked = _a_registry_that_does_not_answer(monkeypatch)
+    uri, overrides, asked = a_registry_that_does_not_answer(monkeypatch)
     assert main(["--project", str(copy), *overrides, *command]) == 1
     assert f"cannot reach the MLflow registry at {uri}" in capsys.readouterr().err
     assert len(asked) == 1, asked

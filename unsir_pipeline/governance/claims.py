@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unsir_pipeline.adapters.registry import (
+    RegistryError,
     existing_registry,
     registry_for,
     version_with_key,
@@ -35,6 +36,9 @@ class ClaimedBatch:
     run_key: str
     requests: list[DeletionRequest]
     resumed: bool
+    # The registry's server did not answer the claim's trail check: the batch raises this at
+    # once, in the flow's error handling, rather than wait through the retries a second time.
+    registry_unreachable: RegistryError | None = field(default=None, compare=False)
 
     @property
     def request_ids(self) -> list[str]:
@@ -100,9 +104,15 @@ def left_for_a_batch(ws: Workspace) -> bool:
 def claim_batch(ws: Workspace) -> ClaimedBatch | None:
     """Recover requests of a killed batch, then claim every pending request (call holding the
     lock). A batch that repeats an interrupted one — the same requests, whose version was not
-    rejected — reuses its key, so its run resumes instead of registering a second version."""
+    rejected — reuses its key, so its run resumes instead of registering a second version.
+
+    A registry whose server does not answer is asked once: with requests to claim, they are
+    claimed all the same, so that the batch's failure leaves its error on them (the batch
+    raises :attr:`ClaimedBatch.registry_unreachable`); with none, its ``RegistryError`` is
+    raised here. Whether an interrupted batch's resumption is refused is the registry's to say:
+    unasked, the claim keeps the interrupted batch's id, and the next batch decides."""
     store, audit = intake_trail(ws)
-    require_trail_the_registry_anchored(ws, audit)
+    unreachable = require_trail_the_registry_anchored(ws, audit)
     stale = store.release_stale(
         "the batch or forget run holding this request stopped before finishing", ws.params.requests.max_attempts
     )
@@ -119,6 +129,8 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
         )
     pending = store.list("pending")
     if not pending:
+        if unreachable is not None:  # no request to leave it on: what the batch would ask next
+            raise unreachable
         return None
     prior = {r.batch_id for r in pending}
     batch_id = f"batch-{uuid.uuid4().hex[:12]}"
@@ -128,14 +140,16 @@ def claim_batch(ws: Workspace) -> ClaimedBatch | None:
         (candidate,) = prior
         assert candidate is not None  # `None not in prior`
         earlier = {r.id for r in store.batch_requests(candidate)}
-        resumable = earlier == {r.id for r in pending} and not _resume_refused(ws, candidate)
+        resumable = earlier == {r.id for r in pending} and (
+            unreachable is not None or not _resume_refused(ws, candidate)
+        )
         if resumable:
             batch_id = candidate
     claimed = store.claim_pending(batch_id)
     # A request filed between the listing and the claim changes the set: then start afresh.
     same_set = {r.id for r in claimed} == {r.id for r in pending}
     run_key = batch_id if same_set else f"{batch_id}-{uuid.uuid4().hex[:6]}"
-    return ClaimedBatch(batch_id, run_key, claimed, resumed=resumable and same_set)
+    return ClaimedBatch(batch_id, run_key, claimed, resumed=resumable and same_set, registry_unreachable=unreachable)
 
 
 def _resume_refused(ws: Workspace, run_key: str) -> bool:

@@ -96,7 +96,7 @@ def require_trail_the_registry_anchored(
     what: str = "a batch",
     read_only: bool = False,
     unreachable_raises: bool = False,
-) -> None:
+) -> RegistryError | None:
     """Refuse (``AuditError``) to start ``what`` when the trail no longer holds the record the
     registry anchored (deleted, cut or rewritten), or would refuse a new record (head anchor
     unreadable, behind the chain, or signed with a key this process lacks). Checked before a
@@ -106,7 +106,9 @@ def require_trail_the_registry_anchored(
     left to the command's first registry call, unless ``unreachable_raises`` (a caller that
     would only ask the same server again, before anything is claimed or stored: `unsir batch
     run`, a deletion request), when its ``RegistryError`` is raised here, after one wait through
-    the retries rather than two.
+    the retries rather than two. Otherwise that error is returned (None when the server
+    answered): a caller that goes on first (a batch's claim, to leave the error on its
+    requests) raises it at its next registry call instead of making that call wait again.
 
     ``read_only`` (an empty queue answered on a read-only copy): the trail and the registry are
     read as they are, one never created is not created (none holds no record), and whether the
@@ -115,23 +117,23 @@ def require_trail_the_registry_anchored(
         audit, registry = existing_audit_log(ws), existing_registry(ws)
     else:
         audit, registry = audit or audit_log(ws), registry_for(ws)
+    unreachable: RegistryError | None = None
     try:
         tag = registry.model_tags().get(AUDIT_HEAD_TAG) if registry is not None else None
-        reachable = True
     except RegistryFileDamaged:
         raise  # a file to restore from a backup, not a server that is down: nothing can go on
-    except RegistryError:
+    except RegistryError as err:
         if unreachable_raises:
             raise
-        # Unreachable: the batch fails at its first registry call, inside the flow's error
-        # handling, which records the failure on its requests; nothing to compare with here
-        # (and no anchor read is not an anchor missing: the registry was not lost).
-        tag, reachable = None, False
+        # Unreachable: the caller raises it where it would call the registry next, inside the
+        # flow's error handling, which records the failure on its requests; nothing to compare
+        # with here (and no anchor read is not an anchor missing: the registry was not lost).
+        tag, unreachable = None, err
     if audit is None:
         problem = f"the registry anchored the trail at {tag}, but there is no trail (deleted?)" if tag else None
     else:
         problem = registry_anchor_problem(audit, tag, audit_key(ws))
-    if problem is None and tag is None and reachable:
+    if problem is None and tag is None and unreachable is None:
         problem = lost_registry_problem(ws, audit.records(event="model_registered") if audit else [])
     refused: type[AuditError] = AuditError
     if problem is None and audit is not None and not audit.db.read_only:
@@ -142,6 +144,7 @@ def require_trail_the_registry_anchored(
             refused = type(err)  # an AuditKeyError stays a setting to fix (exit 2)
     if problem:
         raise refused(f"refusing to start {what}: {problem}; run `unsir audit verify`")
+    return unreachable
 
 
 def require_registry_not_lost(ws: Workspace) -> None:
