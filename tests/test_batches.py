@@ -1513,6 +1513,27 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     assert claims.nothing_for_a_batch(ws)  # finished: the next one is answered without a flow
 
 
+def test_batch_run_finishing_only_a_killed_promotion_needs_no_compute(
+    prefect_harness, bootstrapped_project, tmp_path, capsys
+):
+    """A killed promotion and nothing to claim: finishing it needs only the registry and the
+    trail, but `batch run` resolved the device, required the prepared data and started Prefect's
+    temporary server (half a minute) first. Now a device this machine lacks and prepared data
+    deleted do not stop it; the promotion is finished and said as before."""
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    version = _gate_killed_before_moving_the_champion(ws)
+    shutil.rmtree(ws.prepared_dir)
+    absent = ["--set", "device=cuda:99"]
+    assert main(["--project", str(project), *absent, "batch", "run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"status": "empty", "finished_promotion": version}
+    assert registry_for(ws).resolve_alias("champion") == version
+    (record,) = stores.audit_log(ws).records(event="version_promoted")
+    assert record.payload["model_version"] == version and "recovered_from" in record.payload
+    assert trail_review.verify_trail(ws).ok
+    assert claims.nothing_for_a_batch(ws)
+
+
 def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
     """What the unlearn flow does first outside a batch: its classes, as a running request."""
     from unsir_pipeline.governance.promotion import resolve_parent

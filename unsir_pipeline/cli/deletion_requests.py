@@ -155,6 +155,19 @@ def _require_a_ready_champion(ws) -> int | None:
     return finished
 
 
+def _finish_a_killed_promotion_only(ws, as_json: bool) -> int:
+    """`batch run` when all a batch would do is finish a promotion killed before moving the
+    champion: the flow's trail check, then the promotion; printed as the flow's result."""
+    from unsir_pipeline.governance import trail
+    from unsir_pipeline.governance.promotion import finish_interrupted_promotion
+
+    trail.require_trail_the_registry_anchored(ws, unreachable_raises=True)
+    finished = finish_interrupted_promotion(ws)
+    result: dict = {"status": "empty", **({"finished_promotion": finished} if finished is not None else {})}
+    print(json.dumps(result) if as_json else format_batch_result(result))
+    return 0
+
+
 def cmd_batch(project: Path, args) -> int:
     ws = load_workspace(project, args)
     # The server as Prefect reads it: the environment, else the active profile of PREFECT_HOME's
@@ -175,12 +188,17 @@ def cmd_batch(project: Path, args) -> int:
         # An empty queue is answered without starting Prefect (seconds, not half a minute), after
         # the same trail check a batch makes first, so a nightly run still flags a tampered trail.
         # On a read-only copy (an auditor's) the check reads the state as it is, writing nothing.
-        if claims.nothing_for_a_batch(ws):
+        work = claims.work_for_a_batch(ws)
+        if work == claims.NOTHING:
             trail.require_trail_the_registry_anchored(ws, read_only=stores.state_read_only(ws))
             result: dict = {"status": "empty"}
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
         warn_if_the_promotion_lock_is_local(ws)
+        if work == claims.PROMOTION_ONLY:
+            # A killed promotion and nothing else: finished with the registry and the trail, as
+            # the flow would, without the device, the prepared data or Prefect (half a minute).
+            return _finish_a_killed_promotion_only(ws, args.json)
         ws.device()  # one this machine has, before the flow claims any request
         from unsir_pipeline.adapters.prepared_data import require_prepared_as_recorded
 

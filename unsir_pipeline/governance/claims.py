@@ -71,34 +71,42 @@ class ClaimedBatch:
         return [recorded[c] for c in classes]
 
 
-def nothing_for_a_batch(ws: Workspace) -> bool:
-    """True when a batch would do nothing: no request pending, none left ``running`` by a
-    stopped batch (those a batch recovers), and nothing a stopped run left in the registry for a
-    batch to finish (:func:`left_for_a_batch`). Read without the lock, so a request filed a moment
-    later simply waits for the next batch, as it would had the batch started a moment earlier.
-    Read-only, so an empty queue is answered on a read-only copy too, and a full one on such a
-    copy reaches the check that it cannot be run there. Creates no store: none is an empty queue."""
-    store = existing_request_store(ws)
-    if store is not None and (store.list("pending") or store.list("running")):
-        return False
-    return not left_for_a_batch(ws)
+# What a batch has to do (:func:`work_for_a_batch`): nothing; only finish a killed promotion
+# (the registry and the trail); or run the flow (requests to claim, a killed run's version to record).
+NOTHING, PROMOTION_ONLY, FLOW = "nothing", "promotion-only", "flow"
 
 
-def left_for_a_batch(ws: Workspace) -> bool:
-    """Whether a stopped command left the registry something that even a batch with nothing to
-    claim finishes: a promotion killed before moving the champion, or a version a killed batch
-    or forget run registered and never recorded (its requests failed since, so no batch resumes
-    it). `audit verify` says the next run finishes or records it; answering "nothing pending"
-    without the flow did neither. Read-only. A registry that does not answer raises
+def work_for_a_batch(ws: Workspace) -> str:
+    """What a batch would do, and so what `unsir batch run` sets up for it: :data:`FLOW` when a
+    request is pending or left ``running`` by a stopped batch (those a batch recovers), or a
+    version a killed batch or forget run registered and never recorded (its requests failed
+    since, so no batch resumes it: the flow records it under the batch lock); else
+    :data:`PROMOTION_ONLY` when a promotion was killed before moving the champion (finishing it
+    needs only the registry and the trail: no device, prepared data or Prefect); else
+    :data:`NOTHING`. `audit verify` says the next run finishes or records what a stopped command
+    left; answering "nothing pending" without doing so did neither.
+
+    Read without the lock, so a request filed a moment later simply waits for the next batch, as
+    it would had the batch started a moment earlier. Read-only, so an empty queue is answered on
+    a read-only copy too, and a full one on such a copy reaches the check that it cannot be run
+    there. Creates no store: none is an empty queue. A registry that does not answer raises
     ``RegistryError`` naming it: read as "nothing left", a batch answered "empty" over a server
     that was down, and waited through its retries a second time in the trail check."""
+    store = existing_request_store(ws)
+    if store is not None and (store.list("pending") or store.list("running")):
+        return FLOW
     registry = existing_registry(ws)
     if registry is None or not registry.has_model():
-        return False
-    if promotion_under_way(registry) is not None:
-        return True
+        return NOTHING
     audit = existing_audit_log(ws)
-    return audit is not None and bool(interrupted_registrations(registry.list_versions(), audit.records(), None))
+    if audit is not None and interrupted_registrations(registry.list_versions(), audit.records(), None):
+        return FLOW
+    return PROMOTION_ONLY if promotion_under_way(registry) is not None else NOTHING
+
+
+def nothing_for_a_batch(ws: Workspace) -> bool:
+    """True when a batch would do nothing (:func:`work_for_a_batch`)."""
+    return work_for_a_batch(ws) == NOTHING
 
 
 def claim_batch(ws: Workspace) -> ClaimedBatch | None:
