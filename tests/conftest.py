@@ -26,6 +26,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# DVC's user and system config levels, empty ones of the suite's: a remote or cache that this
+# machine's `dvc config --global` sets would otherwise change what every DVC test sees.
+if "DVC_GLOBAL_CONFIG_DIR" not in os.environ:
+    _dvc_config = tempfile.mkdtemp(prefix="unsir-dvc-config-")
+    os.environ["DVC_GLOBAL_CONFIG_DIR"] = os.path.join(_dvc_config, "global")
+    os.environ["DVC_SYSTEM_CONFIG_DIR"] = os.path.join(_dvc_config, "system")
+    atexit.register(shutil.rmtree, _dvc_config, ignore_errors=True)
 os.environ.setdefault("UNSIR_PROGRESS", "0")
 # One torch thread in every thread of this process, set before torch starts its OpenMP pool:
 # the CLI's runtime.configure_threads() run in-process would otherwise change the count for the

@@ -275,6 +275,53 @@ def test_push_without_a_remote_names_the_fix(tmp_path: Path) -> None:
         push(root)
 
 
+def _dvc_cli(directory: Path, *args: str) -> str:
+    """Run DVC's own command line in ``directory`` (as a user would) and return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=directory, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture()
+def user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(global, system) DVC config folders of their own, as DVC_GLOBAL_CONFIG_DIR and
+    DVC_SYSTEM_CONFIG_DIR name them for DVC and this module alike."""
+    folders = tmp_path / "user-config", tmp_path / "system-config"
+    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(folders[0]))
+    monkeypatch.setenv("DVC_SYSTEM_CONFIG_DIR", str(folders[1]))
+    return folders
+
+
+def test_a_remote_in_the_users_config_is_pushed_to(tmp_path: Path, user_config: tuple[Path, Path]) -> None:
+    # `dvc remote add --global -d`: every project of this user pushes there, none names it.
+    root = _git_init(tmp_path / "repo")
+    _dvc_cli(root, "init", "--quiet")
+    _dvc_cli(root, "remote", "add", "--global", "--default", "team", "../team-remote")  # kept relative
+    team = (user_config[0] / ".." / "team-remote").resolve()  # relative to the config's own folder
+    assert default_remote(root) == str(team)
+
+    (root / ".gitignore").write_text("/data/retain/\n")
+    images = root / "images.bin"
+    images.write_bytes(b"\x00")
+    subset = root / "data" / "retain" / "retain-forget3.csv"  # a side store's, as a forget writes
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    digests = [track(root, images), track(root, subset)]
+    push(root)  # DVC's push (the project's and the side store's) lands where default_remote says
+    assert all((team / "files" / "md5" / d[:2] / d[2:]).is_file() for d in digests)
+
+    # DVC's order: system < global < project < local; a level may name a remote another defines.
+    system = tmp_path / "system-remote"
+    (user_config[1]).mkdir()
+    (user_config[1] / "config").write_text(f"[core]\n    remote = site\n['remote \"site\"']\n    url = {system}\n")
+    assert default_remote(root) == str(team)  # the user's config wins over the system's
+    _dvc_cli(root, "remote", "default", "--project", "site")
+    assert default_remote(root) == str(system)
+    _dvc_cli(root, "remote", "default", "--local", "team")
+    assert default_remote(root) == str(team)
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path: Path) -> None:
     from conftest import make_project

@@ -18,11 +18,13 @@ import configparser
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import platformdirs
 import yaml
 
 # The remote lives in .dvc/config.local (git-ignored), never in the committed .dvc/config:
@@ -94,10 +96,9 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
 
 
 def default_remote(project_dir: Path) -> str | None:
-    """The URL (or absolute directory) ``dvc push`` would upload to, as configured now."""
-    project_dir = _project(project_dir)
-    url = _effective_remote(project_dir)[0]
-    return _absolute_remote(project_dir, url) if url else None
+    """The URL (or absolute directory) ``dvc push`` would upload to, as configured now at any
+    of DVC's levels (the system's, the user's, the project's, this clone's)."""
+    return _effective_remote(_project(project_dir))[0]
 
 
 def repro(project_dir: Path, targets: Sequence[str] = (), *, force: bool = False) -> None:
@@ -393,13 +394,6 @@ def _never_walked(folder: Path) -> bool:
     return folder.name in _DVC_SKIPPED_DIRS or folder.name in _TOOL_DIRS or (folder / "pyvenv.cfg").is_file()
 
 
-def _absolute_remote(project_dir: Path, url: str) -> str:
-    """A remote as stored in ``.dvc/config*`` (relative directories are relative to ``.dvc/``)."""
-    if "://" in url or Path(url).is_absolute():
-        return url
-    return str((project_dir / ".dvc" / url).resolve())
-
-
 def _project(project_dir: Path) -> Path:
     project_dir = Path(project_dir).resolve()
     if not (project_dir / ".dvc").is_dir():
@@ -566,12 +560,53 @@ def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str]:
 
 
 def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
-    """(url, endpointurl) of the default remote, config.local winning over config."""
+    """(url, endpointurl) of the default remote as DVC merges its config; a directory absolute."""
+    return _configured_remote(_config(project_dir))
+
+
+def _config(project_dir: Path) -> dict[str, dict[str, str]]:
+    """The project's DVC config as DVC merges it, each level over the one before: the system's,
+    the user's (``dvc config --global``), the project's ``.dvc/config``, this clone's
+    ``.dvc/config.local``. Relative paths (a remote's url, ``cache.dir``) are made absolute
+    against the folder of the file that holds them, ``~`` expanded, as DVC reads them."""
+    levels = (
+        Path(os.environ.get("DVC_SYSTEM_CONFIG_DIR") or platformdirs.site_config_dir("dvc", "iterative")) / "config",
+        Path(os.environ.get("DVC_GLOBAL_CONFIG_DIR") or platformdirs.user_config_dir("dvc", "iterative")) / "config",
+        project_dir / ".dvc" / "config",
+        project_dir / ".dvc" / "config.local",
+    )
     merged: dict[str, dict[str, str]] = {}
-    for name in ("config", "config.local"):
-        for section, values in _read_config(project_dir / ".dvc" / name).items():
-            merged.setdefault(section, {}).update(values)
-    return _configured_remote(merged)
+    for path in levels:
+        for section, values in _read_config(path).items():
+            paths = _PATH_KEYS.get(section.split(" ")[0], ())
+            resolved = {key: _resolved(path.parent, value) if key in paths else value for key, value in values.items()}
+            merged.setdefault(section, {}).update(resolved)
+    return merged
+
+
+# The keys whose values DVC reads as paths relative to their config file (its Config._map_dirs).
+_PATH_KEYS = {
+    "cache": ("dir",),
+    "remote": (
+        "url",
+        "gdrive_user_credentials_file",
+        "gdrive_service_account_json_file_path",
+        "credentialpath",
+        "configpath",
+        "keyfile",
+        "cert_path",
+        "key_path",
+    ),
+}
+
+
+def _resolved(config_dir: Path, value: str) -> str:
+    """A path from a config file in ``config_dir`` as DVC reads it (its Config._resolve): a URL
+    as is; ``~`` expanded; a relative path joined to ``config_dir``, normalised, links kept."""
+    if re.match(r"\w+://", value):
+        return value
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else os.path.abspath(config_dir / value)
 
 
 def _configured_remote(config: dict[str, dict[str, str]]) -> tuple[str | None, str | None]:
