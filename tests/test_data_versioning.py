@@ -442,6 +442,37 @@ def test_the_cache_directory_is_asked_of_dvc_once_per_configuration(
     ]
 
 
+def test_the_cache_directory_is_read_from_the_config_as_dvc_cache_dir_answers(
+    tmp_path: Path, user_config: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unsir_pipeline.adapters.data_versioning import _cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # for a `~` path
+    root = _git_init(tmp_path / "repo")
+    _dvc_cli(root, "init", "--quiet")
+    settings = [
+        (),  # DVC's default, .dvc/cache
+        ("--global", "../user-cache"),  # relative to the user's config folder
+        ("--global", "~/dvc-cache"),
+        ("--project", "/srv/../srv/team-cache"),  # an absolute path, kept as written
+        ("--local", "clone-cache"),  # relative to where it is set from, stored relative to .dvc/
+    ]
+    for setting in settings:
+        if setting:
+            _dvc_cli(root, "cache", "dir", *setting)
+        with monkeypatch.context() as spied:
+            calls = _spy_dvc(spied)
+            assert str(_cache_dir(root)) == _dvc_cli(root, "cache", "dir"), setting
+        assert calls == [], setting  # read from the config files: no DVC process
+
+    # A remote as the cache (cache.local, which DVC still honours): DVC is asked, once.
+    _dvc_cli(root, "remote", "add", "--local", "store", str(tmp_path / "store"))
+    _dvc_cli(root, "config", "--local", "cache.local", "store")
+    calls = _spy_dvc(monkeypatch)
+    assert _cache_dir(root) == _cache_dir(root) == Path(_dvc_cli(root, "cache", "dir"))
+    assert calls == [("cache", "dir")]
+
+
 def test_a_changed_file_tracked_by_the_project_stays_in_the_project(project: Path) -> None:
     data = project / "data" / "manifest.csv"
     data.parent.mkdir()
@@ -512,7 +543,7 @@ def test_a_new_side_store_is_set_up_quiet_by_one_dvc_process(project: Path, monk
     subset.write_text("sample_id,label\na,0\n")
     calls = _spy_dvc(monkeypatch)
     track(project, subset)
-    assert [call[0] for call in calls if call[0] != "cache"] == ["init", "add"]
+    assert [call[0] for call in calls] == ["init", "add"]
     for key in ("core.analytics", "core.check_update"):  # offline and quiet, as the project is
         shown = subprocess.run(
             [sys.executable, "-m", "dvc", "config", key], cwd=subset.parent, capture_output=True, text=True

@@ -5,11 +5,11 @@ from this interpreter, so the venv's DVC is the one used) rather than its Python
 the CLI is DVC's stable interface, each call is isolated in its own process, and its
 error output can be quoted as is. A call costs 0.3-1.3 s (a Python process importing DVC), so
 the module starts none where the files already answer: an unchanged file is not added again, a
-remote directory that holds every object is not pushed to, the cache directory is asked once.
+remote directory that holds every object is not pushed to, the cache directory is read from
+DVC's config files.
 
 Digests are read from ``dvc.lock`` and ``*.dvc`` files directly and recomputed here, so
-that checking data before a run (``verify``) needs no DVC process, but one ``dvc cache dir``
-per process for a directory output.
+that checking data before a run (``verify``) needs no DVC process.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ _CHUNK = 1 << 20
 # (walking a virtual environment costs about 0.5 s).
 _DVC_SKIPPED_DIRS = {".git", ".hg", ".dvc"}
 _TOOL_DIRS = {"__pycache__", "node_modules"}
-# `dvc cache dir` answers by (project, text of its .dvc/config and .dvc/config.local): a cache
-# moved in the project's config is asked again; one moved in the user's or system's config
-# while this process runs is not seen.
-_CACHE_DIRS: dict[tuple[Path, str, str], Path] = {}
+# `dvc cache dir` answers, where a remote is the cache (cache.local), by (project, text of each
+# config file): a cache moved at any level is asked again.
+_CACHE_DIRS: dict[tuple[Path | str, ...], Path] = {}
 NO_REMOTE_HELP = (
     "set UNSIR_DVC_REMOTE (a shared directory or s3://bucket/path) and run `unsir bootstrap`, "
     "or `dvc remote add --local --default shared URL`"
@@ -524,12 +523,17 @@ def _verify_directory(project_dir: Path, relative: str, expected: str) -> list[s
 
 
 def _cache_dir(project_dir: Path) -> Path:
-    """The project's cache directory, as ``dvc cache dir`` resolves it (every config level).
+    """The project's cache directory, as ``dvc cache dir`` answers: ``cache.dir`` from DVC's
+    merged config, else ``.dvc/cache``. Read from the config files, no DVC process: a forget
+    run needs it four times (two directory checks, the side store's setup and its push).
 
-    Asked once per project and configuration in a process: a forget run needs it four times
-    (two directory checks, the side store's setup and its push), each a DVC process.
+    Where a remote is the cache (the deprecated ``cache.local``), DVC is asked, once per
+    project and configuration in a process.
     """
-    key = (project_dir, _text(project_dir / ".dvc" / "config"), _text(project_dir / ".dvc" / "config.local"))
+    cache = _config(project_dir).get("cache", {})
+    if "local" not in cache:
+        return Path(cache.get("dir") or project_dir / ".dvc" / "cache")
+    key: tuple[Path | str, ...] = (project_dir, *(_text(path) for path in _config_files(project_dir)))
     if key not in _CACHE_DIRS:
         _CACHE_DIRS[key] = Path(_dvc(project_dir, "cache", "dir").stdout.strip())
     return _CACHE_DIRS[key]
@@ -569,19 +573,23 @@ def _config(project_dir: Path) -> dict[str, dict[str, str]]:
     the user's (``dvc config --global``), the project's ``.dvc/config``, this clone's
     ``.dvc/config.local``. Relative paths (a remote's url, ``cache.dir``) are made absolute
     against the folder of the file that holds them, ``~`` expanded, as DVC reads them."""
-    levels = (
-        Path(os.environ.get("DVC_SYSTEM_CONFIG_DIR") or platformdirs.site_config_dir("dvc", "iterative")) / "config",
-        Path(os.environ.get("DVC_GLOBAL_CONFIG_DIR") or platformdirs.user_config_dir("dvc", "iterative")) / "config",
-        project_dir / ".dvc" / "config",
-        project_dir / ".dvc" / "config.local",
-    )
     merged: dict[str, dict[str, str]] = {}
-    for path in levels:
+    for path in _config_files(project_dir):
         for section, values in _read_config(path).items():
             paths = _PATH_KEYS.get(section.split(" ")[0], ())
             resolved = {key: _resolved(path.parent, value) if key in paths else value for key, value in values.items()}
             merged.setdefault(section, {}).update(resolved)
     return merged
+
+
+def _config_files(project_dir: Path) -> tuple[Path, ...]:
+    """DVC's config files for the project, lowest level first, where DVC looks for them."""
+    return (
+        Path(os.environ.get("DVC_SYSTEM_CONFIG_DIR") or platformdirs.site_config_dir("dvc", "iterative")) / "config",
+        Path(os.environ.get("DVC_GLOBAL_CONFIG_DIR") or platformdirs.user_config_dir("dvc", "iterative")) / "config",
+        project_dir / ".dvc" / "config",
+        project_dir / ".dvc" / "config.local",
+    )
 
 
 # The keys whose values DVC reads as paths relative to their config file (its Config._map_dirs).
