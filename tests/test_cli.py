@@ -489,6 +489,36 @@ def test_each_refusal_of_the_prefect_server_names_what_to_check(status, named, t
     assert not is_user_error(raised.value)
 
 
+@pytest.mark.parametrize(("status", "named"), [(401, "401 Unauthorized"), (503, "503 Service Unavailable")])
+def test_a_listing_says_the_prefect_server_refused_to_tell_whether_a_batch_runs(status, named, params_only, capsys):
+    """With a shared state database, `request list` and `request show` ask the Prefect server
+    whether a batch holds the lock of a request left `running`. A server that refused the
+    credentials (or failed) was taken for one that cannot tell: plain `running`, and a null
+    run_alive, with nothing saying that the server refused or why. The listing still answers
+    (unknown is fair there); it names the refusal in one line under the request."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from unsir_pipeline.cli import main
+    from unsir_pipeline.governance import stores
+    from unsir_pipeline.settings.workspace import Workspace
+
+    shared = ["--set", f"state.database_url=sqlite:///{params_only}/shared.sqlite"]
+    store = stores.request_store(Workspace.load(params_only, (shared[1],)))
+    request = store.add([3], ["3"], "alice", "consent withdrawn")
+    store.claim_pending("batch-elsewhere")  # a batch on another machine, or one killed there
+    cli = ["--project", str(params_only), *shared, "request"]
+    with _a_server_answering(status) as url, temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        assert main([*cli, "list"]) == 0
+        listed = capsys.readouterr().out
+        assert main([*cli, "show", request.id, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+    refusal = f"the Prefect server at {url} (PREFECT_API_URL) answered {named} to GET /api/v2/concurrency_limits/"
+    notes = [line.strip() for line in listed.splitlines() if "whether a batch or forget run" in line]
+    assert len(notes) == 1 and notes[0].startswith("whether a batch or forget run is running it is unknown: "), listed
+    assert refusal in notes[0] and "no batch or forget run is running it now" not in listed, listed
+    assert shown["run_alive"] is None and refusal in shown["run_alive_unknown"], shown
+
+
 def test_library_info_lines_stay_off_the_console_and_their_warnings_on(tmp_path):
     """Every forget and batch printed Great Expectations' "Created temporary directory ..." (its
     module sets its own logger to INFO, below the "great_expectations" level we set) and MLflow's

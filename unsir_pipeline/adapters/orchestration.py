@@ -60,6 +60,12 @@ class GlobalLockRefused(RuntimeError):
     another holder having it (that is ``global_lock`` yielding False)."""
 
 
+class GlobalLockUnreadable(RuntimeError):
+    """The configured Prefect server refused (401, 403, 500...) or did not answer the read of a
+    global concurrency limit; the message is the one line naming the server and what to check
+    (:func:`describe_server_refusal`, :func:`describe_unreachable_server`)."""
+
+
 class PrefectDatabaseUnusable(Exception):
     """Prefect's run-history database (its temporary server's SQLite file) is not a database, or
     holds a schema the server cannot migrate (one left half-migrated by a full disk, or written
@@ -623,7 +629,9 @@ def ensure_limit(name: str) -> None:
 def global_lock_held(name: str) -> bool | None:
     """Whether a holder has the global concurrency limit ``name``'s slot now, read without taking
     it; False when the limit does not exist yet (no holder ever took it), None when no Prefect
-    server is configured or the configured one does not answer."""
+    server is configured. Raises :class:`GlobalLockUnreadable` when the configured server refuses
+    or does not answer: a reader may go on without the answer, but says why it has none (a server
+    refusing the credentials is not one that cannot tell)."""
     if prefect_api_url() is None:
         return None
     import httpx
@@ -635,8 +643,11 @@ def global_lock_held(name: str) -> bool | None:
             limit = client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
         return False
-    except (httpx.HTTPError, OSError):  # a server that does not answer: unknown; the caller goes on
-        return None
+    except (httpx.HTTPError, OSError) as err:
+        why = describe_server_refusal(err) or describe_unreachable_server(err)
+        raise GlobalLockUnreadable(
+            why or f"cannot read the lock {name!r} on the Prefect server {prefect_api_url()}: {err}"
+        ) from err
     return limit.active_slots > 0
 
 

@@ -22,18 +22,24 @@ from unsir_pipeline.cli.errors import EXIT_USAGE, UsageError
 from unsir_pipeline.cli.forget import format_result
 
 
-def _shown(request, run_alive: bool | None) -> dict:
+def _shown(request, run_alive: bool | None, unknown_why: str | None = None) -> dict:
     """``request`` as --json shows it: a running one says whether its batch or forget run is
-    alive (``run_alive``: null where that cannot be told)."""
+    alive (``run_alive``: null where that cannot be told, and ``run_alive_unknown`` saying why
+    where the Prefect server refused or did not answer)."""
     shown = request.to_dict()
     if request.status == "running":
         shown["run_alive"] = run_alive
+        if unknown_why is not None:
+            shown["run_alive_unknown"] = unknown_why
     return shown
 
 
-def _stopped_run_note(request, run_alive: bool | None) -> str | None:
+def _stopped_run_note(request, run_alive: bool | None, unknown_why: str | None = None) -> str | None:
     """For a request left ``running`` by a batch or forget run that no longer runs: what happened
-    and what puts it back in the queue."""
+    and what puts it back in the queue; where the Prefect server that would tell refused or did
+    not answer, that it is unknown, and why."""
+    if request.status == "running" and unknown_why is not None:
+        return f"whether a batch or forget run is running it is unknown: {unknown_why}"
     if request.status != "running" or run_alive is not False:
         return None
     return (
@@ -42,18 +48,25 @@ def _stopped_run_note(request, run_alive: bool | None) -> str | None:
     )
 
 
-def _run_alive(ws, requests: list) -> bool | None:
-    """Whether the batch lock is held now, asked only where a request is ``running``."""
+def _run_alive(ws, requests: list) -> tuple[bool | None, str | None]:
+    """Whether the batch lock is held now, asked only where a request is ``running``; with a
+    shared state database, why that is unknown where the Prefect server refused or did not
+    answer (a listing still answers, saying so: nothing it shows needs the server)."""
     if not any(r.status == "running" for r in requests):
-        return None
+        return None, None
     from unsir_pipeline.governance.locks import batch_lock_held
 
-    return batch_lock_held(ws)
+    try:
+        return batch_lock_held(ws), None
+    except orchestration.GlobalLockUnreadable as err:
+        return None, str(err)
 
 
-def _print_requests(requests: list, as_json: bool, run_alive: bool | None = None) -> None:
+def _print_requests(
+    requests: list, as_json: bool, run_alive: bool | None = None, unknown_why: str | None = None
+) -> None:
     if as_json:
-        print(json.dumps([_shown(r, run_alive) for r in requests]))
+        print(json.dumps([_shown(r, run_alive, unknown_why) for r in requests]))
         return
     if not requests:
         print("no requests")
@@ -64,7 +77,7 @@ def _print_requests(requests: list, as_json: bool, run_alive: bool | None = None
             f"{r.id:<18}{r.status:<10}{','.join(r.class_names) or '-':<14}{r.model_version or '-':>8}  "
             f"{r.requester:<16}{r.created_at}"
         )
-        note = _stopped_run_note(r, run_alive)
+        note = _stopped_run_note(r, run_alive, unknown_why)
         if note:
             print(f"{'':<18}{note}")
         if r.error:
@@ -121,13 +134,13 @@ def cmd_request(project: Path, args) -> int:
     elif args.request_command == "list":
         store = stores.existing_request_store(ws)
         listed = store.list(args.status) if store is not None else []
-        _print_requests(listed, args.json, _run_alive(ws, listed))
+        _print_requests(listed, args.json, *_run_alive(ws, listed))
     else:
         (request,) = stores.stored_requests(ws, [args.id])
-        run_alive = _run_alive(ws, [request])
-        note = _stopped_run_note(request, run_alive)
+        run_alive, unknown_why = _run_alive(ws, [request])
+        note = _stopped_run_note(request, run_alive, unknown_why)
         print(
-            json.dumps(_shown(request, run_alive))
+            json.dumps(_shown(request, run_alive, unknown_why))
             if args.json
             else "\n".join(f"{k:<14}{v}" for k, v in [*request.to_dict().items(), *([("note", note)] if note else [])])
         )

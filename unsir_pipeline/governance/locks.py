@@ -77,7 +77,9 @@ def deletion_batch_lock(ws: Workspace) -> Iterator[bool]:
 def batch_lock_held(ws: Workspace) -> bool | None:
     """Whether a batch or a forget run holds the batch lock now, read without writing (the
     commands that only read ask it of a request left ``running``); None where it cannot be told:
-    a shared state database with no Prefect server configured, or one that does not answer."""
+    a shared state database with no Prefect server configured. Raises
+    ``orchestration.GlobalLockUnreadable`` (its message the one line saying why) when that server
+    refuses or does not answer."""
     if ws.params.state.database_url is None:
         try:
             with open(ws.state_dir / "batch.lock") as handle:  # for reading: creates nothing
