@@ -534,6 +534,98 @@ def test_a_scheduled_batch_asks_a_registry_that_does_not_answer_once(
     assert len(asked) == 1, asked
 
 
+@contextlib.contextmanager
+def _prefect_server_that_stops_answering(upstream: str, status: int):
+    """A real HTTP server on 127.0.0.1 in front of the Prefect server ``upstream``: it passes
+    every request on until the second flow run is created (the batch's unlearn subflow, after
+    the claim), and from that one on answers ``status`` to all, as a server whose credentials
+    were rotated or that began to fail mid-batch. Yields its API URL."""
+    import http.server
+    import threading
+
+    import httpx
+
+    refusing = threading.Event()
+    created = []
+    client = httpx.Client(timeout=60)
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            path = self.path.removeprefix("/api")
+            if self.command == "POST" and path.rstrip("/") == "/flow_runs":
+                created.append(path)
+                if len(created) == 2:
+                    refusing.set()
+            if refusing.is_set():
+                status_, content, kind = status, b'{"detail": "refused by the test server"}', "application/json"
+            else:
+                forwarded = client.request(
+                    self.command,
+                    upstream.rstrip("/") + path,
+                    content=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                )
+                status_, content = forwarded.status_code, forwarded.content
+                kind = forwarded.headers.get("Content-Type", "application/json")
+            self.send_response(status_)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        client.close()
+    assert refusing.is_set(), created  # the batch got as far as its subflow
+
+
+@pytest.mark.parametrize(("status", "named"), [(401, "401 Unauthorized"), (503, "503 Service Unavailable")])
+def test_a_prefect_server_that_refuses_mid_batch_counts_no_attempt_and_names_itself(
+    status, named, prefect_harness, bootstrapped_project, tmp_path
+):
+    """A batch run (by `unsir batch run` or on its schedule) whose Prefect server refused it
+    after the claim (credentials rotated, a server failing): the requests did nothing wrong,
+    yet the attempt was counted against requests.max_attempts, and their error was httpx's
+    text ("Client error '401 Unauthorized' for url ... For more information check:
+    https://developer.mozilla.org/..."). They go back to pending, no attempt counted, with the
+    one line naming the server, the status and what to check."""
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from unsir_pipeline.flows.deletion_batch import deletion_batch
+
+    project = clone_project(bootstrapped_project, tmp_path / "project")
+    ws = ws_of(project)
+    request = intake.file_request(ws, ["5"], "mia", "server refuses mid-batch")
+    upstream = PREFECT_API_URL.value()
+    with (
+        _prefect_server_that_stops_answering(upstream, status) as url,
+        temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}),
+        pytest.raises(PrefectHTTPStatusError, match=str(status)),
+    ):
+        deletion_batch(project_dir=str(project), overrides=[*WEAK, "requests.max_attempts=1"])
+    released = stores.request_store(ws).get(request.id)
+    refusal = f"the Prefect server at {url} (PREFECT_API_URL) answered {named} to POST /api/flow_runs/"
+    assert (released.status, released.attempts) == ("pending", 0), (released.status, released.error)
+    assert refusal in released.error and "developer.mozilla.org" not in released.error, released.error
+    (failed,) = [r.payload for r in stores.audit_log(ws).records(event="batch_failed")]
+    assert failed["attempt_counted"] is False and "the Prefect server" in failed["attempt_reason"], failed
+
+
 def test_a_run_that_fails_by_itself_uses_up_its_requests_attempts(prefect_harness, bootstrapped_project, tmp_path):
     """requests.max_attempts still stops a request whose run fails whatever is tried (here its
     training diverges): each such batch counts, and the last one ends it failed."""

@@ -913,6 +913,28 @@ def test_a_setup_fault_is_told_from_a_failure_of_the_run() -> None:
     assert [setup_fault(err) for err in run] == [None, None, None]
 
 
+def test_a_prefect_server_that_stops_answering_is_a_setup_fault_named_in_one_line() -> None:
+    """Prefect's client meeting a configured server that no longer answers (httpx's ConnectError,
+    no OSError) was taken for a failure of the run: a batch counted an attempt of its requests
+    and kept httpx's bare "All connection attempts failed"."""
+    import socket
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from unsir_pipeline.governance.failures import failure_message, setup_fault
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        with pytest.raises(Exception) as raised, get_client(sync_client=True) as client:  # noqa: B017
+            client.read_global_concurrency_limit_by_name("unsir-deletion-batch")
+        fault, message = setup_fault(raised.value), failure_message(raised.value)
+    assert fault == "the Prefect server (not answering)", (fault, raised.value)
+    assert f"cannot reach the Prefect server at {url} (PREFECT_API_URL)" in message and "\n" not in message
+
+
 def test_a_request_pending_after_a_failed_batch_shows_why_and_when(tmp_path: Path, capsys) -> None:
     """A batch that failed on bad input (here a model the head check refuses) releases its
     requests to pending without counting an attempt, so the next night tries them again. `request

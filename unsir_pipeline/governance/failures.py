@@ -77,7 +77,11 @@ def setup_fault(err: BaseException) -> str | None:
     from mlflow.exceptions import MlflowException
 
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.adapters.orchestration import GlobalLockRefused
+    from unsir_pipeline.adapters.orchestration import (
+        GlobalLockRefused,
+        describe_server_refusal,
+        describe_unreachable_server,
+    )
     from unsir_pipeline.adapters.registry import RegistryError
     from unsir_pipeline.adapters.state_store import StateError
     from unsir_pipeline.adapters.validation import ValidationFailed
@@ -88,6 +92,12 @@ def setup_fault(err: BaseException) -> str | None:
         return "the data failed validation"
     if is_bad_input(err):
         return "bad input or configuration (a setting, the prepared data or the weights)"
+    # httpx's errors are no OSError: a Prefect server that refused the run mid-way (401, 403, 5xx)
+    # or stopped answering counted an attempt of requests that did nothing wrong.
+    if describe_server_refusal(err) is not None:
+        return "the Prefect server (refusing the run)"
+    if describe_unreachable_server(err) is not None:
+        return "the Prefect server (not answering)"
     faults: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
         ((RegistryError, MlflowException), "the MLflow registry (down, damaged or refusing)"),
         (StateError, "the state database"),
@@ -104,11 +114,15 @@ def failure_message(err: BaseException, ws: Workspace | None = None) -> str:
     but every line of the exception joined, since a validation failure's first line only counts
     the failures and the lines after it name them; without SQLAlchemy's framing, and cut at
     :data:`FAILURE_MESSAGE_LIMIT` characters saying where the rest is. A registry file another
-    process held locked, or that may not be written, is named (with ``ws``), with what to do."""
+    process held locked, or that may not be written, is named (with ``ws``), with what to do; so is
+    a Prefect server that refused or did not answer (its URL, the status and what to check), where
+    httpx's text ended in a link to MDN's page on the status."""
+    from unsir_pipeline.adapters.orchestration import describe_server_refusal, describe_unreachable_server
     from unsir_pipeline.adapters.registry import describe_registry_file_fault
 
     registry_fault = describe_registry_file_fault(err, ws.registry_database) if ws is not None else None
-    text = registry_fault or _SQLALCHEMY_NOISE.sub("", str(err))
+    prefect_fault = describe_server_refusal(err) or describe_unreachable_server(err)
+    text = registry_fault or prefect_fault or _SQLALCHEMY_NOISE.sub("", str(err))
     message = f"{type(err).__name__}: {' '.join(line.strip() for line in text.splitlines() if line.strip())}"
     if len(message) <= FAILURE_MESSAGE_LIMIT:
         return message
