@@ -1626,6 +1626,34 @@ def test_batch_run_finishing_only_a_killed_promotion_needs_no_compute(
     assert claims.nothing_for_a_batch(ws)
 
 
+def test_batch_run_finishing_a_killed_promotion_on_a_read_only_copy_is_refused_writing_nothing(
+    bootstrapped_project, tmp_path
+):
+    """An auditor's read-only copy holding a promotion killed before moving the champion:
+    `unsir batch run` would have to move the champion and record it, which such a copy cannot.
+    It is refused in one line naming the read-only copy and the commands that only read, exit 2
+    as the other read-only refusals, and nothing in the copy changes."""
+    source = clone_project(bootstrapped_project, tmp_path / "project")
+    _gate_killed_before_moving_the_champion(ws_of(source))
+    copy = _copy_with_registry(source, tmp_path / "read-only-promotion")
+    assert claims.work_for_a_batch(ws_of(copy)) == claims.PROMOTION_ONLY
+    before = _files(copy)
+    command = [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(copy), "batch", "run"]
+    ran = run_with_read_only([copy, *copy.rglob("*")], command)
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    state = copy / "state"
+    # No request was ever filed: the request store would be made in state/.
+    files = f"{state}, {state / 'audit.sqlite'}, {state / 'mlflow' / 'mlflow.db'}"
+    assert ran.stderr.splitlines() == [
+        "error: `unsir batch run` would finish a promotion stopped before it moved the champion, which writes the "
+        f"registry and the audit trail, and this user cannot write {files} (a read-only copy or mount?): run it where "
+        "the project's state may be written; the commands that only read (`audit verify`, `request list`) read this "
+        "copy as it is"
+    ]
+    assert _files(copy) == before
+
+
 def _claim_as_a_forget_run(ws: Workspace, classes: list[str], run_key: str):
     """What the unlearn flow does first outside a batch: its classes, as a running request."""
     from unsir_pipeline.governance.promotion import resolve_parent
