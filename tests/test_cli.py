@@ -2235,16 +2235,17 @@ def test_audit_show_names_the_registered_retrained_models_figures_apart_from_uns
     ), line
 
 
-def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(params_only, capsys):
+def test_batch_run_with_nothing_pending_names_a_registry_that_does_not_answer(params_only, monkeypatch, capsys):
     """Whether a stopped run left a promotion or a version for the batch to finish is the
-    registry's to say: a server that does not answer is named (exit 1), not read as "nothing
-    left" and answered "batch empty" (which also waited through the retries twice)."""
-    uri = "http://127.0.0.1:9"  # the discard port: connection refused
-    overrides = ["--set", f"registry.tracking_uri={uri}", "--set", "registry.http_max_retries=0"]
+    registry's to say: a server that does not answer is named (exit 1), after one wait through
+    its retries, not read as "nothing left" and answered "batch empty" (which also waited
+    through the retries twice)."""
+    uri, overrides, asked = a_registry_that_does_not_answer(monkeypatch)
     assert main(["--project", str(params_only), *overrides, "batch", "run"]) == 1
     captured = capsys.readouterr()
     assert "batch empty" not in captured.out
-    assert f"cannot reach the MLflow registry at {uri}" in captured.err
+    assert captured.err.splitlines()[-1].startswith(f"error: cannot reach the MLflow registry at {uri}")
+    assert len(asked) == 1, asked
 
 
 @pytest.mark.slow
