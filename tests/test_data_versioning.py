@@ -322,6 +322,35 @@ def test_a_remote_in_the_users_config_is_pushed_to(tmp_path: Path, user_config: 
     assert default_remote(root) == str(team)
 
 
+def test_a_hand_written_config_is_read_as_dvc_reads_it(tmp_path: Path, user_config: tuple[Path, Path]) -> None:
+    # DVC reads its config with ConfigObj: quotes and inline comments are not part of a value,
+    # section and key names are lowercased, a named section may be spaced; core.remote is
+    # lowercased by DVC's schema, so it names `[remote "TEAM"]` whatever its case.
+    root = _git_init(tmp_path / "repo")
+    _dvc_cli(root, "init", "--quiet")
+    team, cache = tmp_path / "team-remote", tmp_path / "team-cache"
+    (root / ".dvc" / "config").write_text(
+        "[Core]\n"
+        '    Remote = "Team"  # the shared store\n'
+        "    analytics = false\n"
+        '[remote   "TEAM"]\n'
+        f'    URL = "{team}"\n'
+        "[cache]\n"
+        f"    dir = '{cache}'\n"
+    )
+    assert _dvc_cli(root, "config", "remote.team.url") == str(team)  # what DVC reads
+    assert default_remote(root) == str(team)
+    from unsir_pipeline.adapters.data_versioning import _cache_dir
+
+    assert str(_cache_dir(root)) == _dvc_cli(root, "cache", "dir") == str(cache)
+
+    images = root / "images.bin"
+    images.write_bytes(b"\x00")
+    digest = track(root, images)
+    push(root)  # lands where DVC pushes, as default_remote says
+    assert (team / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path: Path) -> None:
     from conftest import make_project

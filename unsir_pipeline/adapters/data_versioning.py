@@ -14,7 +14,6 @@ that checking data before a run (``verify``) needs no DVC process.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import os
@@ -23,9 +22,11 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import yaml
+from configobj import ConfigObj, ConfigObjError
 
 # The remote lives in .dvc/config.local (git-ignored), never in the committed .dvc/config:
 # where a team keeps its data (a shared directory, an object store) is a fact about a
@@ -41,6 +42,11 @@ _TOOL_DIRS = {"__pycache__", "node_modules"}
 # `dvc cache dir` answers, where a remote is the cache (cache.local), by (project, text of each
 # config file): a cache moved at any level is asked again.
 _CACHE_DIRS: dict[tuple[Path | str, ...], Path] = {}
+# A DVC config as DVC parses it (its Config.load_file): {section: {key: value}}, names lowercased,
+# named sections gathered by kind ({"remote": {name: {key: value}}}); a value is a string, or a
+# list where ConfigObj reads an unquoted comma.
+_Config = dict[str, dict[str, Any]]
+_NAMED_SECTION = re.compile(r'^\s*(remote|machine|db)\s*"(.*)"\s*$')
 NO_REMOTE_HELP = (
     "set UNSIR_DVC_REMOTE (a shared directory or s3://bucket/path) and run `unsir bootstrap`, "
     "or `dvc remote add --local --default shared URL`"
@@ -333,7 +339,7 @@ def _dvc(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _quiet_config(project_dir: Path) -> None:
     core = _read_config(project_dir / ".dvc" / "config").get("core", {})
-    if core.get("analytics") != "false" or core.get("check_update") != "false":
+    if not all(str(core.get(key, "")).lower() == "false" for key in ("analytics", "check_update")):
         _dvc(project_dir, "config", "core.analytics", "false")
         _dvc(project_dir, "config", "core.check_update", "false")
 
@@ -355,7 +361,7 @@ def _sync_side_store(project_dir: Path, store: Path) -> None:
     with DVC's analytics and update check off."""
     # The store's config.local is this module's alone: written here, not by `dvc config`
     # (a process per key).
-    wanted: dict[str, dict[str, str]] = {
+    wanted: _Config = {
         "core": {"analytics": "false", "check_update": "false"},
         "cache": {"dir": str(_cache_dir(project_dir))},
     }
@@ -365,15 +371,14 @@ def _sync_side_store(project_dir: Path, store: Path) -> None:
         remote = {"url": url}
         if endpoint:
             remote["endpointurl"] = endpoint
-        wanted[f'remote "{REMOTE_NAME}"'] = remote
+        wanted["remote"] = {REMOTE_NAME: remote}
     path = store / ".dvc" / "config.local"
     if _read_config(path) == wanted:
         return
-    parser = configparser.ConfigParser(interpolation=None)
-    for section, values in wanted.items():
-        parser[f"'{section}'" if '"' in section else section] = values  # DVC's quoting
-    with path.open("w") as handle:
-        parser.write(handle)
+    # Written by ConfigObj, as DVC writes its config: a value is quoted where it must be.
+    packed = {key: values for key, values in wanted.items() if key != "remote"}
+    packed.update({f'remote "{name}"': values for name, values in wanted.get("remote", {}).items()})
+    path.write_text("\n".join(ConfigObj(packed).write()) + "\n")
 
 
 def _side_stores(project_dir: Path) -> list[Path]:
@@ -448,7 +453,8 @@ def _git_ignored(repo: Path, paths: Sequence[Path]) -> set[Path]:
     """Which of ``paths`` (inside ``repo``, existing or not) git ignores, asked of git once;
     none where DVC runs without git (``no_scm``, as side stores do: then it refuses nothing)
     or git does not answer (not a git repository, no git)."""
-    if not paths or _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "").lower() == "true":
+    no_scm = _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "")
+    if not paths or str(no_scm).lower() == "true":
         return set()
     # A trailing slash lets a folder-only pattern (`/data/retain/`) match, as DVC asks.
     asked = {path.relative_to(repo).as_posix() + ("/" if path.is_dir() else ""): path for path in paths}
@@ -568,18 +574,31 @@ def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
     return _configured_remote(_config(project_dir))
 
 
-def _config(project_dir: Path) -> dict[str, dict[str, str]]:
+def _config(project_dir: Path) -> _Config:
     """The project's DVC config as DVC merges it, each level over the one before: the system's,
     the user's (``dvc config --global``), the project's ``.dvc/config``, this clone's
     ``.dvc/config.local``. Relative paths (a remote's url, ``cache.dir``) are made absolute
     against the folder of the file that holds them, ``~`` expanded, as DVC reads them."""
-    merged: dict[str, dict[str, str]] = {}
+    merged: _Config = {}
     for path in _config_files(project_dir):
-        for section, values in _read_config(path).items():
-            paths = _PATH_KEYS.get(section.split(" ")[0], ())
-            resolved = {key: _resolved(path.parent, value) if key in paths else value for key, value in values.items()}
-            merged.setdefault(section, {}).update(resolved)
+        config = _read_config(path)
+        cache = config.get("cache", {})
+        if "dir" in cache:
+            cache["dir"] = _resolved(path, "cache.dir", cache["dir"])
+        for name, remote in config.get("remote", {}).items():
+            for key in _REMOTE_PATH_KEYS & remote.keys():
+                remote[key] = _resolved(path, f"remote.{name}.{key}", remote[key])
+        _merge(merged, config)
     return merged
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge ``update`` into ``into`` key by key, nested mappings too (DVC's config merge)."""
+    for key, value in update.items():
+        if isinstance(into.get(key), dict) and isinstance(value, dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _config_files(project_dir: Path) -> tuple[Path, ...]:
@@ -592,45 +611,67 @@ def _config_files(project_dir: Path) -> tuple[Path, ...]:
     )
 
 
-# The keys whose values DVC reads as paths relative to their config file (its Config._map_dirs).
-_PATH_KEYS = {
-    "cache": ("dir",),
-    "remote": (
-        "url",
-        "gdrive_user_credentials_file",
-        "gdrive_service_account_json_file_path",
-        "credentialpath",
-        "configpath",
-        "keyfile",
-        "cert_path",
-        "key_path",
-    ),
+# The keys of a remote whose values DVC reads as paths relative to their config file (its
+# Config._map_dirs), as it reads cache.dir.
+_REMOTE_PATH_KEYS = {
+    "url",
+    "gdrive_user_credentials_file",
+    "gdrive_service_account_json_file_path",
+    "credentialpath",
+    "configpath",
+    "keyfile",
+    "cert_path",
+    "key_path",
 }
 
 
-def _resolved(config_dir: Path, value: str) -> str:
-    """A path from a config file in ``config_dir`` as DVC reads it (its Config._resolve): a URL
-    as is; ``~`` expanded; a relative path joined to ``config_dir``, normalised, links kept."""
+def _resolved(config_file: Path, key: str, value: object) -> str:
+    """A path that ``config_file`` sets as DVC reads it (its Config._resolve): a URL as is; ``~``
+    expanded; a relative path joined to the file's folder, normalised, links kept."""
+    if not isinstance(value, str):
+        # ConfigObj reads `a, b` as a list, which DVC cannot use as a path either.
+        raise DataVersioningError(
+            f"DVC config {config_file}: {key} is {value!r}, expected one path; quote a value that holds a comma"
+        )
     if re.match(r"\w+://", value):
         return value
     expanded = os.path.expanduser(value)
-    return expanded if os.path.isabs(expanded) else os.path.abspath(config_dir / value)
+    return expanded if os.path.isabs(expanded) else os.path.abspath(config_file.parent / value)
 
 
-def _configured_remote(config: dict[str, dict[str, str]]) -> tuple[str | None, str | None]:
+def _configured_remote(config: _Config) -> tuple[str | None, str | None]:
     """(url, endpointurl) of the default remote that ``config`` names, or (None, None)."""
     name = config.get("core", {}).get("remote")
     if not name:
         return None, None
-    section = config.get(f'remote "{name}"', {})
+    section = config.get("remote", {}).get(str(name).lower(), {})  # DVC's schema lowercases the name
     return section.get("url"), section.get("endpointurl")
 
 
-def _read_config(path: Path) -> dict[str, dict[str, str]]:
-    """A DVC config file as {section: {key: value}}; section names unquoted (``remote "x"``)."""
-    parser = configparser.ConfigParser(interpolation=None)
+def _read_config(path: Path) -> _Config:
+    """A DVC config file as DVC reads it (ConfigObj, then its Config.load_file): a value without
+    its quotes or an inline comment; section and key names lowercased; a named section
+    (``remote "x"``, in DVC's outer single quotes or not, spaced or not) under its kind
+    (``{"remote": {"x": {...}}}``). Empty when the file does not exist."""
     try:
-        parser.read_string(path.read_text()) if path.is_file() else None
-    except (OSError, configparser.Error) as err:
+        with path.open(encoding="utf-8") as handle:
+            parsed = ConfigObj(handle).dict()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, ConfigObjError) as err:
         raise DataVersioningError(f"cannot read DVC config {path}: {err}") from err
-    return {section.strip("'"): dict(parser[section]) for section in parser.sections()}
+    config: _Config = {}
+    for section, values in _lowered(parsed).items():
+        if not isinstance(values, dict):
+            continue  # a key outside any section, which DVC's schema refuses
+        named = _NAMED_SECTION.match(section)
+        if named:
+            config.setdefault(named[1], {})[named[2]] = values
+        else:
+            config[section] = values
+    return config
+
+
+def _lowered(values: dict[str, Any]) -> dict[str, Any]:
+    """Every key lowercased, nested ones too, as DVC reads a config file."""
+    return {key.lower(): _lowered(value) if isinstance(value, dict) else value for key, value in values.items()}
