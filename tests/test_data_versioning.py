@@ -351,6 +351,33 @@ def test_a_hand_written_config_is_read_as_dvc_reads_it(tmp_path: Path, user_conf
     assert (team / "files" / "md5" / digest[:2] / digest[2:]).is_file()
 
 
+def test_a_side_store_gets_every_setting_of_the_default_remote(project: Path) -> None:
+    # Credentials, a profile, a region: whatever the remote needs to accept a push from the side
+    # store, set at any level; a relative path resolved as DVC reads it, a secret kept intact.
+    _dvc_cli(project, "remote", "add", "--project", "team", "s3://bucket/data")
+    _dvc_cli(project, "remote", "modify", "--project", "team", "region", "eu-west-1")
+    _dvc_cli(project, "remote", "modify", "--project", "team", "credentialpath", "creds/aws")
+    _dvc_cli(project, "remote", "modify", "--local", "team", "profile", "ci")
+    _dvc_cli(project, "remote", "modify", "--local", "team", "secret_access_key", "a#b, c")
+    _dvc_cli(project, "remote", "default", "--local", "team")
+    (project / ".gitignore").write_text("/data/retain/\n")
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    track(project, subset)  # sets up the side store in data/retain/
+
+    listed = dict(line.split("=", 1) for line in _dvc_cli(subset.parent, "config", "-l").splitlines())
+    remote = {key.split(".", 2)[2]: value for key, value in listed.items() if key.startswith("remote.shared.")}
+    assert listed["core.remote"] == "shared"
+    assert remote == {
+        "url": "s3://bucket/data",
+        "region": "eu-west-1",
+        "credentialpath": str(project / "creds" / "aws"),  # relative to where it was set from
+        "profile": "ci",
+        "secret_access_key": "a#b, c",
+    }
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_the_real_stage_without_an_activated_environment(tmp_path: Path) -> None:
     from conftest import make_project

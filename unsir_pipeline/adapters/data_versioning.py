@@ -92,7 +92,8 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
     project_dir = _project(project_dir)
     url, stored = _remote_url(project_dir, remote)
     local = _read_config(project_dir / ".dvc" / "config.local")
-    if _configured_remote(local) == (stored, endpoint):
+    section = _configured_remote(local)
+    if (section.get("url"), section.get("endpointurl")) == (stored, endpoint):
         return
     # --force replaces the whole section (a stale endpointurl included): idempotent.
     _dvc(project_dir, "remote", "add", "--local", "--default", "--force", REMOTE_NAME, url)
@@ -103,7 +104,7 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
 def default_remote(project_dir: Path) -> str | None:
     """The URL (or absolute directory) ``dvc push`` would upload to, as configured now at any
     of DVC's levels (the system's, the user's, the project's, this clone's)."""
-    return _effective_remote(_project(project_dir))[0]
+    return _configured_remote(_config(_project(project_dir))).get("url")
 
 
 def repro(project_dir: Path, targets: Sequence[str] = (), *, force: bool = False) -> None:
@@ -358,19 +359,19 @@ def _ensure_side_store(project_dir: Path, store: Path) -> None:
 
 def _sync_side_store(project_dir: Path, store: Path) -> None:
     """Point a side store at the project's cache and current default remote (absolute paths),
-    with DVC's analytics and update check off."""
+    with DVC's analytics and update check off.
+
+    The remote's whole section is copied, as DVC merges it from every level: what a push needs
+    besides the URL (credentials, a profile, a region, an endpoint) reaches the store's push."""
     # The store's config.local is this module's alone: written here, not by `dvc config`
     # (a process per key).
     wanted: _Config = {
         "core": {"analytics": "false", "check_update": "false"},
         "cache": {"dir": str(_cache_dir(project_dir))},
     }
-    url, endpoint = default_remote(project_dir), _effective_remote(project_dir)[1]
-    if url:
+    remote = _configured_remote(_config(project_dir))
+    if remote.get("url"):
         wanted["core"]["remote"] = REMOTE_NAME
-        remote = {"url": url}
-        if endpoint:
-            remote["endpointurl"] = endpoint
         wanted["remote"] = {REMOTE_NAME: remote}
     path = store / ".dvc" / "config.local"
     if _read_config(path) == wanted:
@@ -569,11 +570,6 @@ def _remote_url(project_dir: Path, remote: str | Path) -> tuple[str, str]:
     return str(directory), str(directory)
 
 
-def _effective_remote(project_dir: Path) -> tuple[str | None, str | None]:
-    """(url, endpointurl) of the default remote as DVC merges its config; a directory absolute."""
-    return _configured_remote(_config(project_dir))
-
-
 def _config(project_dir: Path) -> _Config:
     """The project's DVC config as DVC merges it, each level over the one before: the system's,
     the user's (``dvc config --global``), the project's ``.dvc/config``, this clone's
@@ -639,13 +635,13 @@ def _resolved(config_file: Path, key: str, value: object) -> str:
     return expanded if os.path.isabs(expanded) else os.path.abspath(config_file.parent / value)
 
 
-def _configured_remote(config: _Config) -> tuple[str | None, str | None]:
-    """(url, endpointurl) of the default remote that ``config`` names, or (None, None)."""
+def _configured_remote(config: _Config) -> dict[str, Any]:
+    """The section (url, endpointurl, credentials...) of the default remote that ``config``
+    names; empty when it names none."""
     name = config.get("core", {}).get("remote")
     if not name:
-        return None, None
-    section = config.get("remote", {}).get(str(name).lower(), {})  # DVC's schema lowercases the name
-    return section.get("url"), section.get("endpointurl")
+        return {}
+    return dict(config.get("remote", {}).get(str(name).lower(), {}))  # DVC's schema lowercases the name
 
 
 def _read_config(path: Path) -> _Config:
