@@ -667,3 +667,16 @@ def test_a_run_file_in_a_hidden_ignored_folder_is_tracked_and_pushed(project: Pa
     assert digest == _md5(subset) and recorded_digests(project) == {".runs/retain/retain-forget3.csv": digest}
     push(project)
     assert (tmp_path / "remote" / "files" / "md5" / digest[:2] / digest[2:]).is_file()
+
+
+def test_no_scm_set_in_the_clones_config_is_honoured(project: Path) -> None:
+    # `dvc config --local core.no_scm true` (or --global): DVC runs without git, so it reads the
+    # .dvc files git ignores and refuses none; a run file is then the project's, no side store.
+    _dvc_cli(project, "config", "--local", "core.no_scm", "True")
+    (project / ".gitignore").write_text("/data/retain/\n")
+    subset = project / "data" / "retain" / "retain-forget3.csv"
+    subset.parent.mkdir(parents=True)
+    subset.write_text("sample_id,label\na,0\n")
+    digest = track(project, subset)
+    assert not (subset.parent / ".dvc").exists()
+    assert recorded_digests(project) == _dvc_listed(project) == {"data/retain/retain-forget3.csv": digest}

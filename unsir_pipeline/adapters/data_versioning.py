@@ -452,10 +452,10 @@ def _metadata_files(repo: Path) -> Iterator[Path]:
 
 def _git_ignored(repo: Path, paths: Sequence[Path]) -> set[Path]:
     """Which of ``paths`` (inside ``repo``, existing or not) git ignores, asked of git once;
-    none where DVC runs without git (``no_scm``, as side stores do: then it refuses nothing)
+    none where DVC runs without git (``no_scm`` at any config level, as side stores set it: then
+    it refuses nothing)
     or git does not answer (not a git repository, no git)."""
-    no_scm = _read_config(repo / ".dvc" / "config").get("core", {}).get("no_scm", "")
-    if not paths or str(no_scm).lower() == "true":
+    if not paths or str(_config(repo).get("core", {}).get("no_scm", "")).lower() == "true":
         return set()
     # A trailing slash lets a folder-only pattern (`/data/retain/`) match, as DVC asks.
     asked = {path.relative_to(repo).as_posix() + ("/" if path.is_dir() else ""): path for path in paths}
