@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before Prefect or MLflow is imported anywhere: keep their state out of $HOME and offline.
@@ -106,6 +110,43 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class AnsweringEveryVerb(http.server.BaseHTTPRequestHandler):
+    """A request handler whose :meth:`answer` serves every verb, silent in the test's output."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self) -> None:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self.answer()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def reply(self, status: int, content: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server_on_loopback(handler: type[AnsweringEveryVerb]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 (a free port) serving ``handler`` in a thread, as a
+    Prefect server would be reached; yields its API URL (ending in /api)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def run_stack(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import a_registry_that_does_not_answer, clone_project, run_with_read_only
+from conftest import (
+    AnsweringEveryVerb,
+    a_registry_that_does_not_answer,
+    clone_project,
+    http_server_on_loopback,
+    run_with_read_only,
+)
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
@@ -540,7 +546,6 @@ def _prefect_server_that_stops_answering(upstream: str, status: int):
     every request on until the second flow run is created (the batch's unlearn subflow, after
     the claim), and from that one on answers ``status`` to all, as a server whose credentials
     were rotated or that began to fail mid-batch. Yields its API URL."""
-    import http.server
     import threading
 
     import httpx
@@ -549,9 +554,7 @@ def _prefect_server_that_stops_answering(upstream: str, status: int):
     created = []
     client = httpx.Client(timeout=60)
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Proxy(AnsweringEveryVerb):
         def answer(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = self.path.removeprefix("/api")
@@ -570,26 +573,10 @@ def _prefect_server_that_stops_answering(upstream: str, status: int):
                 )
                 status_, content = forwarded.status_code, forwarded.content
                 kind = forwarded.headers.get("Content-Type", "application/json")
-            self.send_response(status_)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
+            self.reply(status_, content, kind)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-        client.close()
+    with http_server_on_loopback(Proxy) as url, client:
+        yield url
     assert refusing.is_set(), created  # the batch got as far as its subflow
 
 

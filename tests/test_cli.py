@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, a_registry_that_does_not_answer, clone_project, flow_result, set_version_status
+from conftest import (
+    ROOT,
+    AnsweringEveryVerb,
+    a_registry_that_does_not_answer,
+    clone_project,
+    flow_result,
+    http_server_on_loopback,
+    set_version_status,
+)
 
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli import build_parser, main
@@ -413,32 +421,14 @@ def test_a_prefect_server_that_does_not_answer_is_named(params_only, tmp_path):
 def _a_server_answering(status: int) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 that answers every request with ``status`` and a JSON
     body, as a Prefect server refusing a client does; yields its API URL."""
-    import http.server
-    import threading
 
-    class Refusing(http.server.BaseHTTPRequestHandler):
+    class Refusing(AnsweringEveryVerb):
         def answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"detail": "refused by the test server"}'
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(status, b'{"detail": "refused by the test server"}')
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
-
-        def log_message(self, *args) -> None:  # keep the test's output clean
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server_on_loopback(Refusing) as url:
+        yield url
 
 
 def test_a_prefect_server_that_refuses_the_client_is_named(params_only, tmp_path):

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from unsir_pipeline.settings.runtime import RuntimeSettingError, remember_terminated
 
@@ -102,11 +102,7 @@ def describe_startup_failure(err: BaseException) -> str | None:
 def describe_unreachable_server(err: BaseException) -> str | None:
     """The one line naming the configured Prefect server and what to check when it did not
     answer (httpx's "All connection attempts failed", anywhere in ``err``'s chain); else None."""
-    if "httpx" not in sys.modules:  # Prefect's client was never used: not its error
-        return None
-    import httpx
-
-    found = _prefect_server_error(err, httpx.TransportError)
+    found = _prefect_server_error(err, "TransportError")
     if found is None:
         return None
     url, cause = found
@@ -122,14 +118,12 @@ def describe_server_refusal(err: BaseException) -> str | None:
     """The one line naming the configured Prefect server, the HTTP status it answered and what to
     check, when it refused a request (401, 403, 404, 500...: Prefect passes on httpx's text, a
     status line and a link to MDN's page on the status, anywhere in ``err``'s chain); else None."""
-    if "httpx" not in sys.modules:  # Prefect's client was never used: not its error
-        return None
-    import httpx
-
-    found = _prefect_server_error(err, httpx.HTTPStatusError)
+    found = _prefect_server_error(err, "HTTPStatusError")
     if found is None:
         return None
     url, cause = found
+    import httpx
+
     assert isinstance(cause, httpx.HTTPStatusError)  # as _prefect_server_error looked for
     status, request = cause.response.status_code, cause.request
     answered = f"{status} {cause.response.reason_phrase}".strip()
@@ -155,9 +149,16 @@ def describe_server_refusal(err: BaseException) -> str | None:
     return f"the Prefect server at {url} (PREFECT_API_URL) answered {answered} to {asked}; {check}"
 
 
-def _prefect_server_error(err: BaseException, kind: type[BaseException]) -> tuple[str, BaseException] | None:
-    """The configured server's URL and the first ``kind`` of httpx error in ``err``'s chain, when
-    that error's request went to the configured server; else None."""
+def _prefect_server_error(
+    err: BaseException, httpx_error: Literal["TransportError", "HTTPStatusError"]
+) -> tuple[str, BaseException] | None:
+    """The configured server's URL and the first httpx error of the class named ``httpx_error``
+    in ``err``'s chain, when that error's request went to the configured server; else None."""
+    if "httpx" not in sys.modules:  # Prefect's client was never used: not its error
+        return None
+    import httpx
+
+    kind: type[BaseException] = getattr(httpx, httpx_error)
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
