@@ -1890,6 +1890,50 @@ def test_a_promotion_without_a_prefect_server_does_not_import_prefect(project, t
     assert ran.stderr.strip().splitlines()[-1] == "[]", ran.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "would"),
+    [
+        (
+            ["promote", "--override"],
+            "move the 'champion' to version {v}, which writes the registry and the audit trail",
+        ),
+        (["reject"], "reject version {v}, which writes the registry, the request store and the audit trail"),
+    ],
+    ids=["promote", "reject"],
+)
+def test_a_decision_with_read_only_state_files_is_refused_before_the_registry_changes(project, tmp_path, argv, would):
+    """`chmod a-w state/*.sqlite` (or a copy whose request store and trail are read-only, its
+    registry not): `unsir promote V` moved the champion to V, `unsir reject V` tagged V rejected,
+    then both failed writing the trail ("cannot write to the state database .../audit.sqlite"),
+    exit 2, leaving a decision in the registry with no record. Now they are refused, as `batch
+    run` is on such a copy, before anything is written: one line naming the files, exit 2."""
+    from conftest import run_with_read_only
+
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance import intake, stores
+
+    copy = clone_project(project, tmp_path / "project")
+    ws = Workspace.load(copy)
+    intake.file_request(ws, ["3"], "alice", "consent withdrawn")  # the store and the trail exist
+    version = _register_held(ws, "held")
+    registry, records = registry_for(ws), stores.audit_log(ws).records()
+    before = [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
+    files = [copy / "state" / "requests.sqlite", copy / "state" / "audit.sqlite"]
+    command, *options = argv
+    decide = [command, str(version), *options, "--by", "rev", "--reason", "drill"]
+    ran = run_with_read_only(files, [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(copy), *decide])
+
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert ran.stderr.splitlines() == [
+        f"error: `unsir {command}` would {would.format(v=version)}, and this user cannot write {files[0]}, "
+        f"{files[1]} (a read-only copy or mount?): run it where the project's state may be written; the commands "
+        "that only read (`audit verify`, `request list`) read this copy as it is"
+    ]
+    assert [(v.version, v.aliases, v.tags) for v in registry.list_versions()] == before
+    assert stores.audit_log(ws).records() == records
+
+
 @pytest.mark.parametrize(
     ("files", "variables", "skipped"),
     [

@@ -16,6 +16,7 @@ from unsir_pipeline.cli.common import (
     load_workspace,
     name_classes,
     progress_lines,
+    refuse_writing_read_only_state,
     warn_if_the_promotion_lock_is_local,
 )
 from unsir_pipeline.cli.errors import EXIT_USAGE, UsageError
@@ -168,29 +169,6 @@ def _require_a_ready_champion(ws) -> int | None:
     return finished
 
 
-def _refuse_finishing_a_promotion_read_only(ws) -> None:
-    """On an auditor's read-only copy, finishing a killed promotion (a record in the trail, the
-    champion moved in the registry) cannot be done: refuse (``StateWriteRefused``, exit 2) before
-    anything is opened for writing. It failed at the promotion lock, exit 1, saying only "cannot
-    use the project's state files ... Read-only file system"."""
-    from unsir_pipeline.adapters.state_store import StateDatabase, StateWriteRefused
-    from unsir_pipeline.governance.stores import state_target
-
-    files = [state_target(ws, ws.params.requests.store), state_target(ws, ws.params.requests.audit_log)]
-    if ws.registry_database is not None:
-        files.append(ws.registry_database)
-    # A file not yet created (no request ever filed) is named by the directory it would be made in.
-    unwritable = [db.path for db in map(StateDatabase, files) if db.path is not None and not db.writable]
-    read_only = list(dict.fromkeys(str(path if path.exists() else path.parent) for path in unwritable))
-    if read_only:
-        raise StateWriteRefused(
-            "`unsir batch run` would finish a promotion stopped before it moved the champion, which writes the "
-            f"registry and the audit trail, and this user cannot write {', '.join(read_only)} (a read-only copy "
-            "or mount?): run it where the project's state may be written; the commands that only read "
-            "(`audit verify`, `request list`) read this copy as it is"
-        )
-
-
 def _finish_a_killed_promotion_only(ws, as_json: bool) -> int:
     """`batch run` when all a batch would do is finish a promotion killed before moving the
     champion: the flow's trail check, then the promotion; printed as the flow's result."""
@@ -231,7 +209,12 @@ def cmd_batch(project: Path, args) -> int:
             print(json.dumps(result) if args.json else "batch empty: nothing pending")
             return 0
         if work == claims.PROMOTION_ONLY:
-            _refuse_finishing_a_promotion_read_only(ws)  # before the lock's warning: one line
+            # Before the lock's warning: one line.
+            refuse_writing_read_only_state(
+                ws,
+                "`unsir batch run` would finish a promotion stopped before it moved the champion, which writes "
+                "the registry and the audit trail",
+            )
         warn_if_the_promotion_lock_is_local(ws)
         if work == claims.PROMOTION_ONLY:
             # A killed promotion and nothing else: finished with the registry and the trail, as

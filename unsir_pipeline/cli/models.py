@@ -13,6 +13,7 @@ from unsir_pipeline.cli.common import (
     emit,
     load_workspace,
     name_classes,
+    refuse_writing_read_only_state,
     warn_if_the_promotion_lock_is_local,
 )
 from unsir_pipeline.cli.errors import UsageError
@@ -118,9 +119,14 @@ def cmd_promote(project: Path, args) -> int:
     from unsir_pipeline.governance.decisions import promote
 
     ws = load_workspace(project, args)
-    warn_if_the_promotion_lock_is_local(ws)
     _require_version(ws, args.version)
     by = acting_user(args, args.reason)
+    refuse_writing_read_only_state(  # before the lock's warning: one line
+        ws,
+        f"`unsir promote` would move the {ws.params.registry.champion_alias!r} to version {args.version}, which "
+        "writes the registry and the audit trail",
+    )
+    warn_if_the_promotion_lock_is_local(ws)
     overridden = promote(ws, args.version, by, args.reason, override=args.override)
     if not args.json:
         for problem in overridden:
@@ -145,6 +151,11 @@ def cmd_reject(project: Path, args) -> int:
     ws = load_workspace(project, args)
     _require_version(ws, args.version)
     by = acting_user(args, args.reason)
+    refuse_writing_read_only_state(
+        ws,
+        f"`unsir reject` would reject version {args.version}, which writes the registry, the request store and the "
+        "audit trail",
+    )
     rejection = reject(ws, args.version, by, args.reason)
     returned = rejection.returned
     emit(
