@@ -680,3 +680,43 @@ def test_no_scm_set_in_the_clones_config_is_honoured(project: Path) -> None:
     digest = track(project, subset)
     assert not (subset.parent / ".dvc").exists()
     assert recorded_digests(project) == _dvc_listed(project) == {"data/retain/retain-forget3.csv": digest}
+
+
+def test_changing_the_remote_keeps_the_users_other_settings_of_it(project: Path, tmp_path: Path) -> None:
+    # A profile or credentials set on `shared` (`dvc remote modify --local shared profile ci`)
+    # belong to the user; a new bucket or endpoint changes only url and endpointurl. A remote of
+    # another kind (a directory after S3) takes none of them: DVC would refuse its config.
+    use_remote(project, "s3://unsir-dvc/store", endpoint="http://127.0.0.1:9000")
+    _dvc_cli(project, "remote", "modify", "--local", "shared", "profile", "ci")
+    _dvc_cli(project, "remote", "modify", "--local", "shared", "credentialpath", "/etc/unsir/aws")
+    _dvc_cli(project, "remote", "add", "--local", "team", "s3://team/data")
+    _dvc_cli(project, "remote", "default", "--local", "team")  # another default, chosen by hand
+
+    def listed() -> dict[str, str]:
+        return dict(line.split("=", 1) for line in _dvc_cli(project, "config", "-l").splitlines())
+
+    kept = {"remote.shared.profile": "ci", "remote.shared.credentialpath": "/etc/unsir/aws"}
+    use_remote(project, "s3://unsir-dvc/other", endpoint="http://minio:9000")
+    assert (
+        listed().items()
+        >= {
+            "core.remote": "shared",
+            "remote.shared.url": "s3://unsir-dvc/other",
+            "remote.shared.endpointurl": "http://minio:9000",
+            "remote.team.url": "s3://team/data",
+            **kept,
+        }.items()
+    )
+    use_remote(project, "s3://unsir-dvc/other")
+    config = listed()
+    assert config.items() >= {"core.remote": "shared", "remote.shared.url": "s3://unsir-dvc/other", **kept}.items()
+    assert "remote.shared.endpointurl" not in config  # no endpoint asked for: AWS's own
+
+    use_remote(project, "state/remote")
+    config = listed()
+    assert {key for key in config if key.startswith("remote.shared.")} == {"remote.shared.url"}
+    assert "url = ../state/remote" in (project / ".dvc" / "config.local").read_text()  # as DVC stores it
+    assert default_remote(project) == str((project / "state" / "remote").resolve())
+    use_remote(project, "state/other")  # the same kind: the url alone is changed
+    assert "url = ../state/other" in (project / ".dvc" / "config.local").read_text()
+    assert default_remote(project) == str((project / "state" / "other").resolve())

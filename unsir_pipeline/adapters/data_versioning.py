@@ -88,6 +88,11 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
     committed. A relative directory is taken from the project and stored relative to
     ``.dvc/``, as DVC does. ``endpoint`` is an S3-compatible endpoint URL (MinIO). Calls DVC
     only when the configuration differs, so every run can call this cheaply.
+
+    A remote of the same kind (another bucket, another endpoint) keeps the user's other
+    settings of ``shared`` (a profile, credentials): only url and endpointurl change. A remote
+    of another kind (a directory after S3) replaces the section, whose settings DVC would
+    refuse for it.
     """
     project_dir = _project(project_dir)
     url, stored = _remote_url(project_dir, remote)
@@ -95,10 +100,26 @@ def use_remote(project_dir: Path, remote: str | Path, endpoint: str | None = Non
     section = _configured_remote(local)
     if (section.get("url"), section.get("endpointurl")) == (stored, endpoint):
         return
-    # --force replaces the whole section (a stale endpointurl included): idempotent.
-    _dvc(project_dir, "remote", "add", "--local", "--default", "--force", REMOTE_NAME, url)
-    if endpoint:
+    section = local.get("remote", {}).get(REMOTE_NAME, {})
+    if not section.get("url") or _scheme(str(section["url"])) != _scheme(stored):
+        # --force replaces the whole section (a stale endpointurl included): idempotent.
+        _dvc(project_dir, "remote", "add", "--local", "--default", "--force", REMOTE_NAME, url)
+        if endpoint:
+            _dvc(project_dir, "remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+        return
+    if section["url"] != stored:
+        _dvc(project_dir, "remote", "modify", "--local", REMOTE_NAME, "url", url)
+    if endpoint and section.get("endpointurl") != endpoint:
         _dvc(project_dir, "remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+    elif not endpoint and "endpointurl" in section:
+        _dvc(project_dir, "remote", "modify", "--local", "--unset", REMOTE_NAME, "endpointurl")
+    if str(local.get("core", {}).get("remote", "")).lower() != REMOTE_NAME:
+        _dvc(project_dir, "remote", "default", "--local", REMOTE_NAME)
+
+
+def _scheme(url: str) -> str:
+    """The kind of remote a URL names (``s3``, ``gs``...); empty for a directory."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
 def default_remote(project_dir: Path) -> str | None:
