@@ -215,13 +215,13 @@ def cli(ws, *args: str) -> Callable[[], object]:
 
 
 def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) -> dict[str, float]:
-    from unsir_pipeline.governance import claims, intake, stores, trail_review
+    from unsir_pipeline.governance import auditor, claims, intake, stores
 
     store = stores.request_store(ws)
     pending_id = store.list("pending")[-1].id
     done_id = store.list("done")[-1].id
     report = ws.root / "reports" / "bench-evidence.html"
-    check = trail_review.verify_trail(ws)
+    check = auditor.verify_trail(ws)
     if not check.ok:
         raise RuntimeError(f"the built trail does not verify: {check.chain.problem} {check.problems[:3]}")
     jobs: dict[str, Callable[[], object]] = {
@@ -230,9 +230,9 @@ def measure(ws, saved: Path, repeats: int, cli_repeats: int, last_batch: str) ->
         "request withdraw": lambda: intake.withdraw_request(ws, pending_id, "bench", "timed"),
         "request list --status pending": lambda: stores.existing_request_store(ws).list("pending"),
         "batch claim": lambda: claims.claim_batch(ws),
-        "audit verify": lambda: trail_review.verify_trail(ws),
-        "audit show --request": lambda: trail_review.request_history(ws, done_id),
-        "audit report": lambda: trail_review.write_batch_report(ws, last_batch, report),
+        "audit verify": lambda: auditor.verify_trail(ws),
+        "audit show --request": lambda: auditor.request_history(ws, done_id),
+        "audit report": lambda: auditor.write_batch_report(ws, last_batch, report),
     }
     figures = {f"{name} (in-process)": timed(ws, saved, repeats, job) for name, job in jobs.items()}
     commands = {

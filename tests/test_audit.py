@@ -740,7 +740,7 @@ def test_verify_without_the_key_says_a_signed_anchor_is_signed_but_unchecked(tmp
     signed", about an anchor that is, while `request add` refused it as signed."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -748,7 +748,7 @@ def test_verify_without_the_key_says_a_signed_anchor_is_signed_but_unchecked(tmp
     stores.audit_log(ws).append("request_received", actor="alice", payload={"classes": [3]})
     monkeypatch.delenv("UNSIR_AUDIT_KEY")
 
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.warnings[0].startswith(
         "the head anchor is signed, but this process has no audit key to check the signature (set "
         "UNSIR_AUDIT_KEY or UNSIR_AUDIT_KEY_FILE)"
@@ -830,7 +830,7 @@ def test_the_evidence_report_says_what_became_of_the_batchs_version_and_requests
     review" and showed the request "done" with the later version as if this batch had done it."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -857,7 +857,7 @@ def test_the_evidence_report_says_what_became_of_the_batchs_version_and_requests
     store.claim_pending("batch-second")
     store.mark_done("batch-second", 3)
 
-    html = trail_review.write_batch_report(ws, "batch-first", tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, "batch-first", tmp_path / "report.html").read_text()
     assert "version 2 <b>rejected</b> by <b>bob</b>: MIA miss; its requests went back to pending" in html
     assert "<td>done (in batch <code>batch-second</code>)</td><td>3</td>" in html
     assert "<th>status now</th><th>version now</th>" in html
@@ -931,7 +931,7 @@ def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_ver
     version was registered by this batch", beside a request done with version 2."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -948,7 +948,7 @@ def test_the_evidence_report_of_a_batch_its_champion_had_done_points_to_that_ver
             event, actor="deletion-batch", request_ids=[request.id], payload={"batch_id": "batch-late", **payload}
         )
 
-    html = trail_review.write_batch_report(ws, "batch-late", tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, "batch-late", tmp_path / "report.html").read_text()
     assert (
         "its requests were completed with version <b>2</b> (classes already forgotten by the champion). "
         "That version's evidence: <code>unsir audit report forget-run-1</code>" in html
@@ -963,7 +963,7 @@ def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next
     one, not a killed one) finds it there."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -975,12 +975,12 @@ def test_a_request_stored_without_its_intake_record_is_recorded_once_at_the_next
     request = store.add([3], ["3"], "alice", "consent withdrawn", requested=["3"])
     refused = store.add_rejected([], [], "bob", "typo", "unknown class 'cat'", requested=["cat"])
 
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert sum("stopped between storing and recording it" in w for w in report.warnings) == 2
     for _ in range(2):  # the next intake or claim completes it; later ones write nothing more
         _, log = stores.intake_trail(ws)
-    assert not any("stopped between" in w for w in trail_review.verify_trail(ws).warnings)
+    assert not any("stopped between" in w for w in auditor.verify_trail(ws).warnings)
     (received,) = log.records(request_id=request.id)
     assert received.event == "request_received" and received.actor == "alice"
     assert received.payload["classes"] == [3] and received.payload["requested"] == ["3"]
@@ -1004,7 +1004,7 @@ def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tm
     bare "withdrawn", not that someone took it back, nor who or why."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import intake, stores, trail_review
+    from unsir_pipeline.governance import auditor, intake, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -1019,9 +1019,9 @@ def test_the_evidence_report_says_who_withdrew_a_request_of_the_batch_and_why(tm
     unrecorded = store.add([4], ["4"], "bob", "filed twice")
     intake.withdraw_request(ws, unrecorded.id, "bob", "filed twice")
 
-    html = trail_review.write_batch_report(ws, "batch-failed", tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, "batch-failed", tmp_path / "report.html").read_text()
     assert "<td>withdrawn by dpo@corp: requester took it back</td>" in html
-    assert trail_review.verify_trail(ws).problems == ()
+    assert auditor.verify_trail(ws).problems == ()
     assert [r.event for r in log.records(request_id=unrecorded.id)] == ["request_received", "request_withdrawn"]
 
 
@@ -1032,7 +1032,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     the store, once, carrying the store's text verbatim (who may hold ": ", so it is not split)."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import claims, intake, locks, stores, trail_review
+    from unsir_pipeline.governance import auditor, claims, intake, locks, stores
     from unsir_pipeline.governance.deletion_requests import RequestError
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -1043,7 +1043,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     # What withdraw_request writes first; the process dies before its second write.
     store.withdraw(request.id, "dpo: legal", "filed twice: see ticket 7")
 
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert sum("its `request withdraw` stopped between the store and the trail" in w for w in report.warnings) == 1
     with locks.deletion_batch_lock(ws) as acquired:  # a batch's claim: nothing pending, the record written
@@ -1053,7 +1053,7 @@ def test_a_withdrawal_stopped_before_its_record_is_recorded_once_at_the_next_cla
     assert withdrawn.payload["withdrawal"] == "withdrawn by dpo: legal: filed twice: see ticket 7"
     assert (withdrawn.payload["requester"], withdrawn.payload["classes"]) == ("alice", [3])
     assert "recorded_from" in withdrawn.payload
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.problems == () and not any("stopped between" in w for w in report.warnings)
 
     # Later intakes, and running the withdrawal again (refused, the request unchanged), write nothing more.
@@ -1074,7 +1074,7 @@ def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(
     record at all is recorded."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import intake, stores, trail_review
+    from unsir_pipeline.governance import auditor, intake, stores
     from unsir_pipeline.governance.audit import AuditLog
     from unsir_pipeline.settings.workspace import Workspace
 
@@ -1111,7 +1111,7 @@ def test_an_intake_reads_no_trail_record_when_each_request_has_its_keyed_record(
     assert [r.event for r in log.records(request_id=killed.id)] == ["request_received"]
     assert [r.event for r in log.records(request_id=pending.id)] == ["request_received"]
     assert [r.event for r in log.records(request_id=refused.id)] == ["request_refused"]
-    assert log.verify().ok and trail_review.verify_trail(ws).problems == ()
+    assert log.verify().ok and auditor.verify_trail(ws).problems == ()
 
 
 def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by_field(tmp_path: Path) -> None:
@@ -1121,7 +1121,7 @@ def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by
     on the hash chain holds what was filed."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -1130,7 +1130,7 @@ def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by
     bob = store.add([5], ["5"], "bob@corp", "product line retired", requested=["5"])
     stores.intake_trail(ws)
     seq = {r.request_ids[0]: r.seq for r in log.records(event="request_received")}
-    assert trail_review.verify_trail(ws).problems == ()
+    assert auditor.verify_trail(ws).problems == ()
 
     with sqlite3.connect(store.path) as conn:
         conn.execute(
@@ -1141,7 +1141,7 @@ def test_a_request_edited_in_the_store_after_its_intake_record_is_named_field_by
             (bob.id,),
         )
 
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert not report.ok
     edited = [p for p in report.problems if "its request_received record" in p]
     assert edited == [
@@ -1164,7 +1164,7 @@ def test_an_intake_record_edited_on_the_trail_is_named_with_what_it_said_before(
     request store still holds what was filed, and now names it, pointing at the record."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -1178,7 +1178,7 @@ def test_an_intake_record_edited_on_the_trail_is_named_with_what_it_said_before(
         f"WHERE seq = {received.seq}",
     )
 
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert (
         report.chain.problem
         == f"record {received.seq}: content does not match its hash (edited, or moved from another position?)"
@@ -1275,7 +1275,7 @@ def test_the_evidence_report_warns_when_the_request_store_disagrees_with_the_int
     the batch's request, with nothing to say the trail recorded otherwise."""
     from conftest import make_project
 
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
     from unsir_pipeline.settings.workspace import Workspace
 
     ws = Workspace.load(make_project(tmp_path / "project"))
@@ -1287,7 +1287,7 @@ def test_the_evidence_report_warns_when_the_request_store_disagrees_with_the_int
     with sqlite3.connect(store.path) as conn:
         conn.execute("UPDATE requests SET requester = 'mallory@corp' WHERE id = ?", (alice.id,))
 
-    html = trail_review.write_batch_report(ws, "batch-x", tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, "batch-x", tmp_path / "report.html").read_text()
     assert (
         '<p class="bad">The request store disagrees with the requests\' intake records on the trail: '
         f"request {alice.id}: the request store says requester &#x27;mallory@corp&#x27;, but its request_received "
@@ -1334,7 +1334,7 @@ def test_a_version_whose_registration_failed_is_not_taken_for_an_interrupted_reg
     )
     assert [f.version.version for f in found] == [4]
     # `audit verify` does not promise that the next batch records the failed ones.
-    from unsir_pipeline.governance.trail_review import _unrecorded_versions
+    from unsir_pipeline.governance.auditor import _unrecorded_versions
 
     versions = {v: version(v, s) for v, s in [(2, "FAILED_REGISTRATION"), (4, "READY")]}
     _, warnings = _unrecorded_versions(versions, [intake], "champion")

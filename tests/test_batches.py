@@ -26,7 +26,7 @@ from conftest import (
 
 from unsir_pipeline.adapters.registry import registry_for
 from unsir_pipeline.cli import main
-from unsir_pipeline.governance import claims, decisions, intake, locks, stores, trail, trail_review
+from unsir_pipeline.governance import auditor, claims, decisions, intake, locks, stores, trail
 from unsir_pipeline.governance.audit import AuditLog
 from unsir_pipeline.settings.workspace import Workspace
 
@@ -162,7 +162,7 @@ def test_failed_gate_waits_for_review_and_rejection_returns_requests(project, fi
     assert result["promoted"] is False
     held = result["new_version"]
     # The reviewer reads why no retrained model took its place (this project trains none).
-    html = trail_review.write_batch_report(ws, result["batch_id"], tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, result["batch_id"], tmp_path / "report.html").read_text()
     assert "<p id='no-fallback'>No fallback to the retrained model: no retrained reference was trained" in html
     champion = registry_for(ws).resolve_alias("champion")
     assert champion != held
@@ -295,7 +295,7 @@ def test_retried_batch_writes_no_duplicate_records_or_versions(project, first_ba
     for event in ("validation_passed", "model_registered", "gate_decision", "batch_finished"):
         trail.record(ws, claimed, event, {"replayed": True})
     assert len(stores.audit_log(ws).records()) == before
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
 
@@ -361,7 +361,7 @@ def test_audit_report_into_a_directory_not_made_yet_writes_the_default_name_ther
 
 def test_evidence_report_renders_in_headless_chromium(project, first_batch, tmp_path):
     _, result = first_batch
-    out = trail_review.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")
+    out = auditor.write_batch_report(ws_of(project), result["batch_id"], tmp_path / "report.html")
     html = out.read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html  # request text is escaped
     rounds = len(result["rounds"])
@@ -774,7 +774,7 @@ def test_registered_version_and_its_record_carry_the_weights_digest_and_the_anch
     assert (
         anchored["records"] >= record.seq and stores.audit_log(ws).record_hash(anchored["records"]) == anchored["hash"]
     )
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
 
@@ -984,7 +984,7 @@ def test_batch_killed_during_registration_leaves_one_version_and_one_record(proj
     assert len(versions(project)) == count + 1
     assert events(project, key).count("model_registered") == 1
     assert stores.request_store(ws).get(request.id).status == "done"
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
 
@@ -1027,7 +1027,7 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     assert (
         f"the champion, version {champion}, has no record on the trail: its batch {key} stopped after "
         "registering it, before recording it; the next `unsir batch run` records it from the registry's tags"
-    ) in trail_review.verify_trail(ws).problems
+    ) in auditor.verify_trail(ws).problems
 
     result = batch_flow.deletion_batch(project_dir=str(project), overrides=PROMOTABLE)
     assert result["status"] == "done" and result["new_version"] == champion
@@ -1039,7 +1039,7 @@ def test_batch_stopped_after_promotion_records_its_version_when_resumed(
     assert all(r.payload["model_version"] == champion and "recovered_from" in r.payload for r in registered)
     assert [r for r in registered if r.event == "gate_decision"][0].payload["promoted"] is True
     assert stores.request_store(ws).get(request.id).status == "done"
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
 
 
@@ -1067,7 +1067,7 @@ def test_batch_stopped_after_promotion_is_recorded_by_the_next_batch_that_does_n
     assert all(r.payload["batch_id"] == killed and list(r.request_ids) == [first.id] for r in recorded)
     assert all("recovered_from" in r.payload for r in recorded) and recorded[1].payload["promoted"] is True
     assert {stores.request_store(ws).get(r.id).status for r in (first, second)} == {"done"}
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, (report.chain, report.problems)
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
 
@@ -1452,13 +1452,13 @@ def test_a_promotion_stopped_before_its_record_is_named_and_recorded_when_repeat
     unrecorded = (
         f"version {version} was promoted by hand (promoted-by-override, by ops: urgent), but no version_promoted"
     )
-    assert any(p.startswith(unrecorded) for p in trail_review.verify_trail(ws).problems)
+    assert any(p.startswith(unrecorded) for p in auditor.verify_trail(ws).problems)
 
     assert main(["--project", str(project), "promote", str(version), "--by", "ops", "--reason", "again"]) == 0
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.actor == "ops" and record.payload["reason"] == "urgent" and record.payload["override"] is True
     assert "recovered_from" in record.payload
-    assert not any(p.startswith(unrecorded) for p in trail_review.verify_trail(ws).problems)
+    assert not any(p.startswith(unrecorded) for p in auditor.verify_trail(ws).problems)
     with pytest.raises(UnlearningInputError, match="already the 'champion'"):
         decisions.promote(ws, version, "ops", "a third time")
     assert len(stores.audit_log(ws).records(event="version_promoted")) == 1
@@ -1482,7 +1482,7 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
     registry.set_alias("champion", version)
 
     missing = f"version {version} was promoted by its gate (tag gate_decision), but no gate_decision record"
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok and any(w.startswith(missing) for w in report.warnings), report.problems
     trail._append_anchored(
         ws,
@@ -1492,7 +1492,7 @@ def test_a_gate_decision_missing_from_the_trail_is_named_by_verify(bootstrapped_
         request_ids=[],
         key="forget-killed:gate",
     )
-    assert not any(w.startswith(missing) for w in trail_review.verify_trail(ws).warnings)
+    assert not any(w.startswith(missing) for w in auditor.verify_trail(ws).warnings)
 
 
 def _gate_killed_before_moving_the_champion(ws: Workspace) -> int:
@@ -1541,7 +1541,7 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     version = _gate_killed_before_moving_the_champion(ws)
     assert registry.get_version(version).tags["gate_decision"] == "promoted"
     assert registry.resolve_alias("champion") == 1  # half-done
-    assert not trail_review.verify_trail(ws).ok
+    assert not auditor.verify_trail(ws).ok
 
     request = intake.file_request(ws, ["2"], "erin", "consent withdrawn")  # reads the champion
     assert registry.resolve_alias("champion") == version
@@ -1549,7 +1549,7 @@ def test_a_gate_killed_before_moving_the_champion_is_finished_by_the_next_comman
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1
     assert record.actor == promotion.GATE_ACTOR and "recovered_from" in record.payload
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert stores.request_store(ws).get(request.id).status == "pending"
 
@@ -1587,7 +1587,7 @@ def test_a_batch_with_nothing_to_claim_finishes_a_promotion_killed_midway(
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.payload["model_version"] == version and record.payload["previous_champion"] == 1
     assert "recovered_from" in record.payload
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert claims.nothing_for_a_batch(ws)  # finished: the next one is answered without a flow
 
@@ -1609,7 +1609,7 @@ def test_batch_run_finishing_only_a_killed_promotion_needs_no_compute(
     assert registry_for(ws).resolve_alias("champion") == version
     (record,) = stores.audit_log(ws).records(event="version_promoted")
     assert record.payload["model_version"] == version and "recovered_from" in record.payload
-    assert trail_review.verify_trail(ws).ok
+    assert auditor.verify_trail(ws).ok
     assert claims.nothing_for_a_batch(ws)
 
 
@@ -1708,7 +1708,7 @@ def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
     ws = ws_of(project)
     claimed, version = _forget_killed_after_registering(ws, "killed-forget")
     unrecorded = f"version {version} has no record on the trail"
-    assert any(w.startswith(unrecorded) for w in trail_review.verify_trail(ws).warnings)
+    assert any(w.startswith(unrecorded) for w in auditor.verify_trail(ws).warnings)
 
     result = deletion_batch(project_dir=str(project), overrides=WEAK)
     assert result["status"] == "done" and result["new_version"] != version
@@ -1716,7 +1716,7 @@ def test_a_forget_killed_after_registering_is_recorded_by_the_next_batch(
     assert [r.event for r in recorded] == ["model_registered"]  # its gate never ran: it waits in review
     assert recorded[0].payload["batch_id"] == "forget-killed-forget" and list(recorded[0].request_ids) == [claimed.id]
     assert recorded[0].payload["via"] == "unsir forget" and "recovered_from" in recorded[0].payload
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
 
@@ -1736,7 +1736,7 @@ def test_batch_run_with_nothing_to_claim_records_a_killed_forgets_version(
     promise = f"version {version} has no record on the trail: its forget run forget-killed-forget stopped"
     assert any(
         w.startswith(promise) and "the next `unsir batch run` records it" in w
-        for w in trail_review.verify_trail(ws).warnings
+        for w in auditor.verify_trail(ws).warnings
     )
 
     assert main(["--project", str(project), "batch", "run", "--json"]) == 0
@@ -1744,7 +1744,7 @@ def test_batch_run_with_nothing_to_claim_records_a_killed_forgets_version(
     recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == version]
     assert [r.event for r in recorded] == ["model_registered"]  # its gate never ran: it waits in review
     assert recorded[0].payload["batch_id"] == "forget-killed-forget" and list(recorded[0].request_ids) == [claimed.id]
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert report.ok, report.problems
     assert not [w for w in report.warnings if "no record on the trail" in w], report.warnings
     assert claims.nothing_for_a_batch(ws)  # recorded: the next one is answered without a flow
@@ -1777,7 +1777,7 @@ def test_a_forget_runs_request_ends_as_its_run_does(prefect_harness, bootstrappe
     assert done[0].batch_id == result["audit_id"]
     registered = stores.audit_log(ws).records(event="model_registered")[-1]
     assert list(registered.request_ids) == [done[0].id]
-    assert trail_review.verify_trail(ws).problems == ()
+    assert auditor.verify_trail(ws).problems == ()
 
 
 @pytest.mark.slow
@@ -1837,7 +1837,7 @@ def test_a_withdrawn_request_is_recorded_shown_and_never_claimed(bootstrapped_pr
     # A withdrawal that stopped before its record (the store changed alone) is named by verify.
     stores.request_store(ws).withdraw(unrecorded.id, "bob", "changed my mind")
     assert f"request {unrecorded.id} is withdrawn (withdrawn by bob: changed my mind), but no request_withdrawn" in (
-        " ".join(trail_review.verify_trail(ws).warnings)
+        " ".join(auditor.verify_trail(ws).warnings)
     )
 
     with locks.deletion_batch_lock(ws) as acquired:
@@ -1901,7 +1901,7 @@ def test_a_failed_request_is_retried_once_its_cause_is_fixed(bootstrapped_projec
     # next claim records it from the store before the request moves on.
     store.retry([unrecorded.id], "bob", "restored the data")
     assert f"request {unrecorded.id} is pending again (retried by bob: restored the data" in (
-        " ".join(trail_review.verify_trail(ws).warnings)
+        " ".join(auditor.verify_trail(ws).warnings)
     )
     with locks.deletion_batch_lock(ws) as acquired:
         assert acquired
@@ -1980,7 +1980,7 @@ def test_batch_killed_after_promotion_is_recorded_by_a_next_batch_with_nothing_t
     recorded = [r for r in stores.audit_log(ws).records() if r.payload.get("model_version") == champion]
     assert [r.event for r in recorded] == ["model_registered", "gate_decision"]
     assert all(r.payload["batch_id"] == killed.batch_id and list(r.request_ids) == [request.id] for r in recorded)
-    assert not [p for p in trail_review.verify_trail(ws).problems if "no record on the trail" in p]
+    assert not [p for p in auditor.verify_trail(ws).problems if "no record on the trail" in p]
     assert format_batch_result(result) == (
         f"batch empty: nothing pending; recorded version {champion}, which a stopped run registered "
         "without recording it"

@@ -91,7 +91,7 @@ def test_a_bootstrap_whose_registration_failed_registers_afresh_when_rerun(tmp_p
 def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
     """Not only `unsir forget`: a run started from Python or a Prefect deployment records its
     evidence, its version and the gate's decision, so no version goes unrecorded."""
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
 
     ws = Workspace.load(project)
     # The request's intake record first: it names the run, so that a run killed after
@@ -102,7 +102,7 @@ def test_a_flow_run_from_python_puts_itself_on_the_trail(project, first_run):
     assert [r.event for r in records] == events
     assert records[2].payload["model_version"] == first_run["new_version"]
     assert {r.actor for r in records} == {getpass.getuser()}
-    report = trail_review.verify_trail(ws)
+    report = auditor.verify_trail(ws)
     assert not [line for line in report.problems + report.warnings if f"version {first_run['new_version']} " in line]
 
 
@@ -440,9 +440,9 @@ def test_a_held_unsir_model_gives_way_to_the_retrained_reference(tmp_path, boots
     assert (recorded["forget_acc"], recorded["mia"]) == (measured["reference_forget_acc"], measured["reference_mia"])
     assert (recorded["unsir_forget_acc"], recorded["unsir_mia"]) == (measured["forget_acc"], measured["mia"])
     assert "registered: the retrained model (exact unlearning)" in format_result(result)
-    from unsir_pipeline.governance import trail_review
+    from unsir_pipeline.governance import auditor
 
-    html = trail_review.write_batch_report(ws, result["audit_id"], tmp_path / "report.html").read_text()
+    html = auditor.write_batch_report(ws, result["audit_id"], tmp_path / "report.html").read_text()
     assert "<p id='method'><b>The registered version is the model retrained from scratch" in html
     assert "round budget ran out" in html.split("id='method'")[1]
     chart = html.split('id="per-class-chart"')[1].split("</svg>")[0]  # the registered model is drawn, and named

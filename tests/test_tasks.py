@@ -414,7 +414,7 @@ def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_pa
     """`unsir audit show --request` stopped at the request's own version: "version 2 is not in
     production" when a later champion (forgetting 3 and 5) held the deletion, and the same words
     when the original, which knows class 3, was promoted back with --override."""
-    from unsir_pipeline.governance import stores, trail_review
+    from unsir_pipeline.governance import auditor, stores
 
     project = clone_project(bootstrapped_project, tmp_path / "project")
     ws = Workspace.load(project)
@@ -431,16 +431,15 @@ def test_a_done_request_is_traced_to_the_champion_that_holds_its_deletion(tmp_pa
 
     registry.set_alias("champion", forgot_3)
     assert (
-        trail_review.request_history(ws, request.id)["production"]
-        == f"version {forgot_3} is the champion (in production)"
+        auditor.request_history(ws, request.id)["production"] == f"version {forgot_3} is the champion (in production)"
     )
     registry.set_alias("champion", forgot_3_5)
     mine = f"version {forgot_3} is not in production (aliases: none)"
-    assert trail_review.request_history(ws, request.id)["production"] == (
+    assert auditor.request_history(ws, request.id)["production"] == (
         f"{mine}; the champion, version {forgot_3_5}, was measured to have forgotten ['3'] too"
     )
     registry.set_alias("champion", original)
-    assert trail_review.request_history(ws, request.id)["production"] == (
+    assert auditor.request_history(ws, request.id)["production"] == (
         f"{mine}; the champion, version {original}, was NOT measured to have forgotten ['3']: "
         "the deletion is not in effect in production"
     )

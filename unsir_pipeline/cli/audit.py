@@ -15,12 +15,12 @@ from unsir_pipeline.cli.errors import EXIT_FAILED, UsageError
 
 def cmd_audit(project: Path, args) -> int:
     # Showing and signing read the trail alone; verifying, a request's history and the evidence
-    # report also read the registry, so only they import ``trail_review`` (and with it MLflow).
+    # report also read the registry, so only they import ``auditor`` (and with it MLflow).
     from unsir_pipeline.governance import stores
 
     ws = load_workspace(project, args)
     if args.audit_command == "verify":  # before audit_log(), which would refuse a deleted trail
-        from unsir_pipeline.governance.trail_review import verify_trail
+        from unsir_pipeline.governance.auditor import verify_trail
 
         report = verify_trail(ws)
         if args.json:
@@ -94,7 +94,7 @@ def cmd_audit(project: Path, args) -> int:
         if args.request is not None and not args.request.strip():
             raise UsageError(f"--request {args.request!r}: expected a request id (see `unsir request list`)")
         if args.request:
-            from unsir_pipeline.governance.trail_review import request_history
+            from unsir_pipeline.governance.auditor import request_history
 
             history = request_history(ws, args.request)
         else:
@@ -112,7 +112,7 @@ def cmd_audit(project: Path, args) -> int:
         for rec in history["records"]:
             print(f"{rec['seq']:>5}  {rec['ts']}  {rec['event']:<20}{rec['actor']:<16}{_brief(rec['payload'])}")
         return 0
-    from unsir_pipeline.governance.trail_review import write_batch_report
+    from unsir_pipeline.governance.auditor import write_batch_report
 
     name = f"evidence-{args.batch_id}.html"
     if args.out is not None and not args.out.strip():  # an empty value is no request for the default

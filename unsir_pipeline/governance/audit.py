@@ -31,7 +31,7 @@ the project's state (:func:`audit_key_from_env`), the anchor also carries
 same canonical JSON), so a rewritten chain can no longer be re-anchored without the key. With a
 key, an unsigned or wrongly signed anchor is a verification failure and blocks appends. The
 anchor cannot show that *both* files were deleted; the pipeline cross-checks the trail against
-the request store and the registry for that (``unsir_pipeline.governance.trail_review.verify_trail``). See
+the request store and the registry for that (``unsir_pipeline.governance.auditor.verify_trail``). See
 ``docs/audit.md`` for the threat model. This module talks to nothing but the state database, the
 anchor file and the key's source, and imports nothing else from the pipeline.
 """

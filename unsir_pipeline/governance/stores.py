@@ -2,7 +2,7 @@
 shared state database when ``state.database_url`` is set, else in SQLite files under the
 project. Opening them needs neither MLflow nor torch, so `unsir request list` and
 `unsir audit show` start without either (``intake``, ``claims``, ``trail``, ``decisions`` and
-``trail_review`` hold the work that needs the registry).
+``auditor`` hold the work that needs the registry).
 """
 
 from __future__ import annotations
