@@ -62,7 +62,7 @@ def make_project(root: Path):
     from unsir_pipeline.adapters.prepared_data import load_prepared
     from unsir_pipeline.adapters.provenance import git_commit
     from unsir_pipeline.adapters.registry import registry_for
-    from unsir_pipeline.cli.project_init import init_project
+    from unsir_pipeline.cli.project_templates import init_project
     from unsir_pipeline.governance.promotion import DATA_DIGESTS_TAG, FORGOTTEN_TAG
     from unsir_pipeline.settings.workspace import Workspace
     from unsir_pipeline.stages import prepare_data

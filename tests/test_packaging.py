@@ -19,7 +19,7 @@ from packaging.specifiers import SpecifierSet
 
 from unsir_pipeline.adapters.data_versioning import default_remote
 from unsir_pipeline.cli import main
-from unsir_pipeline.cli.project_init import TEMPLATES, ProjectInitError, init_project
+from unsir_pipeline.cli.project_templates import TEMPLATES, ProjectInitError, init_project
 from unsir_pipeline.settings.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@
 one module per group of commands: ``forget``; ``models`` (models, promote, reject);
 ``deletion_requests`` (request, batch, review); ``audit`` (audit, state); ``project`` (init,
 bootstrap, stage); ``serve``. ``errors`` holds the exit codes and the one ``error:`` line, ``common``
-what the commands share. The work behind them: ``bootstrap`` (the first run), ``project_init``
+what the commands share. The work behind them: ``bootstrap`` (the first run), ``project_templates``
 (``unsir init``) and ``progress`` (progress lines)."""
 
 from unsir_pipeline.cli.entry_point import main

@@ -35,7 +35,7 @@ def cmd_bootstrap(project: Path, args) -> int:
 
 def cmd_init(args) -> int:
     from unsir_pipeline.adapters.data_versioning import DataVersioningError
-    from unsir_pipeline.cli.project_init import ProjectInitError, init_project
+    from unsir_pipeline.cli.project_templates import ProjectInitError, init_project
     from unsir_pipeline.settings.config import ConfigError
 
     try:
