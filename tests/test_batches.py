@@ -1954,7 +1954,7 @@ def test_batch_killed_after_promotion_is_recorded_by_a_next_batch_with_nothing_t
     """A batch killed after its gate promoted its version leaves its request ``running``; the
     next batch releases it to ``failed`` (its attempts used up) and has nothing to claim. It
     still records the killed batch's version, as `audit verify` says the next batch does."""
-    from unsir_pipeline.cli.deletion_requests import format_batch_result
+    from unsir_pipeline.cli.requests_and_batches import format_batch_result
     from unsir_pipeline.flows import deletion_batch as batch_flow
 
     project = clone_project(bootstrapped_project, tmp_path / "project")

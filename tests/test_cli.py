@@ -153,7 +153,7 @@ def test_batch_run_names_the_evidence_report_of_its_batch():
     """`unsir forget` ends with 'audit trail: `unsir audit report forget-...`'; `unsir batch run`
     printed no such line, for a batch that registered a version or one whose classes the
     champion had already forgotten."""
-    from unsir_pipeline.cli.deletion_requests import format_batch_result
+    from unsir_pipeline.cli.requests_and_batches import format_batch_result
 
     metrics = {f"{prefix}{key}": 0.0 for prefix in ("", "original_") for key in ("forget_acc", "retain_acc", "mia")}
     per_class = [{"class": str(c), "before": 1.0, "after": 1.0, "forgotten": c == 5} for c in range(10)]
@@ -2088,7 +2088,7 @@ def test_commands_that_read_the_registry_start_without_torch(project, tmp_path):
 def test_request_list_says_when_a_shown_failure_belongs_to_an_earlier_attempt(capsys):
     from types import SimpleNamespace
 
-    from unsir_pipeline.cli.deletion_requests import _print_requests
+    from unsir_pipeline.cli.requests_and_batches import _print_requests
 
     common = {
         "class_names": ("3",),

@@ -20,7 +20,6 @@ from pathlib import Path
 from unsir_pipeline.adapters import orchestration
 from unsir_pipeline.cli.audit import cmd_audit, cmd_state
 from unsir_pipeline.cli.common import progress_lines
-from unsir_pipeline.cli.deletion_requests import cmd_batch, cmd_request, cmd_review
 from unsir_pipeline.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -35,6 +34,7 @@ from unsir_pipeline.cli.forget import cmd_forget
 from unsir_pipeline.cli.models import cmd_models, cmd_promote, cmd_reject
 from unsir_pipeline.cli.parser import build_parser
 from unsir_pipeline.cli.project import cmd_bootstrap, cmd_init, cmd_stage
+from unsir_pipeline.cli.requests_and_batches import cmd_batch, cmd_request, cmd_review
 from unsir_pipeline.cli.serve import cmd_serve
 from unsir_pipeline.settings import runtime
 
