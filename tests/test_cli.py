@@ -1934,6 +1934,63 @@ def test_a_decision_with_read_only_state_files_is_refused_before_the_registry_ch
     assert stores.audit_log(ws).records() == records
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("decide", "would"),
+    [
+        (
+            "promote(ws, {v}, 'rev', 'drill', override=True)",
+            "a promotion of version {v} to the 'champion' writes the registry and the audit trail",
+        ),
+        (
+            "reject(ws, {v}, 'rev', 'drill')",
+            "a rejection of version {v} writes the registry, the request store and the audit trail",
+        ),
+    ],
+    ids=["promote", "reject"],
+)
+def test_a_library_decision_with_read_only_state_files_is_refused_before_the_registry_changes(
+    project, tmp_path, decide, would
+):
+    """A Python caller of `decisions.promote` / `decisions.reject` (the library, not the CLI) on a
+    copy whose request store and trail are read-only, its registry not: the champion moved to V
+    (V was tagged rejected), then the trail's write failed, leaving a decision with no record.
+    Now refused before the registry is written, naming the files."""
+    from conftest import run_with_read_only
+
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance import intake, stores
+
+    copy = clone_project(project, tmp_path / "project")
+    ws = Workspace.load(copy)
+    intake.file_request(ws, ["3"], "alice", "consent withdrawn")  # the store and the trail exist
+    version = _register_held(ws, "held")
+    registry, records = registry_for(ws), stores.audit_log(ws).records()
+    before = [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
+    files = [copy / "state" / "requests.sqlite", copy / "state" / "audit.sqlite"]
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from unsir_pipeline.adapters.state_store import StateWriteRefused\n"
+        "from unsir_pipeline.governance.decisions import promote, reject\n"
+        "from unsir_pipeline.settings.workspace import Workspace\n"
+        "ws = Workspace.load(Path(sys.argv[1]))\n"
+        "try:\n"
+        f"    {decide.format(v=version)}\n"
+        "except StateWriteRefused as err:\n"
+        "    sys.exit(f'refused: {err}')\n"
+    )
+    ran = run_with_read_only(files, [sys.executable, "-c", script, str(copy)])
+
+    assert ran.returncode == 1, ran.stderr[-3000:]
+    assert ran.stderr.splitlines() == [
+        f"refused: {would.format(v=version)}, and this user cannot write {files[0]}, {files[1]} (a read-only copy "
+        "or mount?): run it where the project's state may be written"
+    ]
+    assert [(v.version, v.aliases, v.tags) for v in registry.list_versions()] == before
+    assert stores.audit_log(ws).records() == records
+
+
 @pytest.mark.parametrize(
     ("files", "variables", "skipped"),
     [

@@ -74,24 +74,16 @@ def warn_if_the_promotion_lock_is_local(ws) -> None:
 def refuse_writing_read_only_state(ws, would: str) -> None:
     """Refuse (``StateWriteRefused``, exit 2) a command that ``would`` write the request store,
     the trail and a SQLite registry, where this user may not write one of them (an auditor's
-    read-only copy or mount, `chmod a-w state/*.sqlite`): before anything is written, as a write
-    refused half-way left a decision in the registry with no record on the trail. Here, not in
-    the governance layer, since the refusal says which commands to run instead."""
-    from unsir_pipeline.adapters.state_store import StateDatabase, StateWriteRefused
-    from unsir_pipeline.governance.stores import state_target
+    read-only copy or mount, `chmod a-w state/*.sqlite`): before anything is written. The
+    governance functions refuse so too; here the refusal also says which commands to run instead."""
+    from unsir_pipeline.governance.stores import require_writable_state
 
-    files = [state_target(ws, ws.params.requests.store), state_target(ws, ws.params.requests.audit_log)]
-    if ws.registry_database is not None:
-        files.append(ws.registry_database)
-    # A file not yet created (no request ever filed) is named by the directory it would be made in.
-    unwritable = [db.path for db in map(StateDatabase, files) if db.path is not None and not db.writable]
-    read_only = list(dict.fromkeys(str(path if path.exists() else path.parent) for path in unwritable))
-    if read_only:
-        raise StateWriteRefused(
-            f"{would}, and this user cannot write {', '.join(read_only)} (a read-only copy or mount?): run it where "
-            "the project's state may be written; the commands that only read (`audit verify`, `request list`) read "
-            "this copy as it is"
-        )
+    require_writable_state(
+        ws,
+        would,
+        instead="run it where the project's state may be written; the commands that only read (`audit verify`, "
+        "`request list`) read this copy as it is",
+    )
 
 
 def class_names_if_prepared(ws) -> tuple[str, ...] | None:

@@ -21,7 +21,7 @@ from unsir_pipeline.governance.promotion import (
     promote_by_hand,
     promotion_record_key,
 )
-from unsir_pipeline.governance.stores import audit_log, request_store
+from unsir_pipeline.governance.stores import audit_log, request_store, require_writable_state
 from unsir_pipeline.governance.trail import (
     anchor_in_registry,
     provenance,
@@ -58,6 +58,11 @@ def promote(ws: Workspace, version: int, by: str, reason: str, *, override: bool
     version forgot, unless ``override``: then the overridden problems go on the record.
     """
     require_recordable(by, reason)
+    require_writable_state(
+        ws,
+        f"a promotion of version {version} to the {ws.params.registry.champion_alias!r} writes the registry and the "
+        "audit trail",
+    )
     log = audit_log(ws)
     require_trail_the_registry_anchored(ws, log, what=f"a promotion of version {version}")
     finish_interrupted_promotion(ws)
@@ -150,6 +155,9 @@ def reject(ws: Workspace, version: int, by: str, reason: str) -> Rejection:
     completed go back to pending for the next batch. Any other version is refused before
     anything changes, naming its state; a rejection stopped before its record is finished."""
     require_recordable(by, reason)
+    require_writable_state(
+        ws, f"a rejection of version {version} writes the registry, the request store and the audit trail"
+    )
     log = audit_log(ws)
     require_trail_the_registry_anchored(ws, log, what=f"a rejection of version {version}")
     finish_interrupted_promotion(ws)  # a version about to become champion cannot be rejected

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unsir_pipeline.adapters.state_store import StateDatabase, StateError, head_revision
+from unsir_pipeline.adapters.state_store import StateDatabase, StateError, StateWriteRefused, head_revision
 from unsir_pipeline.governance.audit import AuditError, AuditLog, AuditRecord, audit_key_from_env
 from unsir_pipeline.governance.deletion_requests import RETRIED_BY, DeletionRequest, RequestError, RequestStore
 from unsir_pipeline.settings.config import ConfigError
@@ -97,11 +97,35 @@ def _refuse_a_deleted_trail(ws: Workspace, store: RequestStore | None) -> None:
         )
 
 
+def unwritable_state(ws: Workspace, *, with_registry: bool = False) -> list[str]:
+    """The state this user may not write: the request store's and the trail's SQLite files (and,
+    ``with_registry``, a SQLite registry's), on an auditor's read-only copy or mount or after
+    `chmod a-w state/*.sqlite` (see :attr:`StateDatabase.writable`); a file not yet created is
+    named by the directory it would be made in. The one place that says whether the state may
+    be written."""
+    files = [state_target(ws, ws.params.requests.store), state_target(ws, ws.params.requests.audit_log)]
+    if with_registry and ws.registry_database is not None:
+        files.append(ws.registry_database)
+    unwritable = [db.path for db in map(StateDatabase, files) if db.path is not None and not db.writable]
+    return list(dict.fromkeys(str(path if path.exists() else path.parent) for path in unwritable))
+
+
 def state_read_only(ws: Workspace) -> bool:
-    """Whether this user may not write the request store or the trail: SQLite files on an
-    auditor's read-only copy or mount (see :attr:`StateDatabase.writable`)."""
-    relatives = (ws.params.requests.store, ws.params.requests.audit_log)
-    return not all(StateDatabase(state_target(ws, relative)).writable for relative in relatives)
+    """Whether this user may not write the request store or the trail."""
+    return bool(unwritable_state(ws))
+
+
+def require_writable_state(
+    ws: Workspace, would: str, *, instead: str = "run it where the project's state may be written"
+) -> None:
+    """Refuse (:class:`StateWriteRefused`) a step that ``would`` write the registry, the request
+    store and the trail where this user may not write one of them, before anything is written: a
+    write refused half-way left a decision in the registry with no record on the trail."""
+    read_only = unwritable_state(ws, with_registry=True)
+    if read_only:
+        raise StateWriteRefused(
+            f"{would}, and this user cannot write {', '.join(read_only)} (a read-only copy or mount?): {instead}"
+        )
 
 
 @dataclass(frozen=True)
