@@ -575,7 +575,7 @@ def _prefect_server_that_stops_answering(upstream: str, status: int):
                 kind = forwarded.headers.get("Content-Type", "application/json")
             self.reply(status_, content, kind)
 
-    with http_server_on_loopback(Proxy) as url, client:
+    with client, http_server_on_loopback(Proxy) as url:  # the server stops before its client closes
         yield url
     assert refusing.is_set(), created  # the batch got as far as its subflow
 
