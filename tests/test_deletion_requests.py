@@ -1090,3 +1090,11 @@ def test_a_store_locked_before_its_first_migration_names_its_file_and_what_to_do
     message = str(refused.value)
     assert str(path) in message and "another process" in message and "expected a writable" not in message, message
     assert RequestStore(path).list() == []  # the lock gone, the store is made
+
+
+def test_a_state_file_in_a_folder_not_yet_made_counts_as_writable(tmp_path: Path) -> None:
+    """A fresh clone has no state/ folder until the first write makes it: read as read-only, it
+    refused `unsir promote` as "a read-only copy or mount"."""
+    from unsir_pipeline.adapters.state_store import StateDatabase
+
+    assert StateDatabase(tmp_path / "state" / "nested" / "requests.sqlite").writable

@@ -294,7 +294,10 @@ class StateDatabase:
         is taken as writable: only a write tells that its role may only SELECT."""
         if self.path is None:
             return True
-        return os.access(self.path.parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # not made yet: the first write makes it in the nearest one that is
+        return os.access(folder, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
 
     def unreachable(self, err: DBAPIError) -> StateError:
         detail = _first_line(err)

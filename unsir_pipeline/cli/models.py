@@ -119,14 +119,15 @@ def cmd_promote(project: Path, args) -> int:
     from unsir_pipeline.governance.decisions import promote
 
     ws = load_workspace(project, args)
-    _require_version(ws, args.version)
     by = acting_user(args, args.reason)
     refuse_writing_read_only_state(  # before the lock's warning: one line
         ws,
         f"`unsir promote` would move the {ws.params.registry.champion_alias!r} to version {args.version}, which "
         "writes the registry and the audit trail",
     )
+    # Before the registry is asked: the lock is local whether or not the registry answers.
     warn_if_the_promotion_lock_is_local(ws)
+    _require_version(ws, args.version)
     overridden = promote(ws, args.version, by, args.reason, override=args.override)
     if not args.json:
         for problem in overridden:
