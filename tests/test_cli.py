@@ -1890,6 +1890,27 @@ def test_a_promotion_without_a_prefect_server_does_not_import_prefect(project, t
     assert ran.stderr.strip().splitlines()[-1] == "[]", ran.stderr[-2000:]
 
 
+def _a_held_version_beside_read_only_state(project: Path, tmp_path: Path):
+    """A copy of ``project`` with a request filed (so the store and the trail exist) and a held
+    version; returns the copy, that version, the two state files to mount read-only, and a check
+    that neither the registry nor the trail changed since."""
+    from unsir_pipeline.adapters.registry import registry_for
+    from unsir_pipeline.governance import intake, stores
+
+    copy = clone_project(project, tmp_path / "project")
+    ws = Workspace.load(copy)
+    intake.file_request(ws, ["3"], "alice", "consent withdrawn")
+    version = _register_held(ws, "held")
+    registry, records = registry_for(ws), stores.audit_log(ws).records()
+
+    def registry_state() -> list:
+        return [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
+
+    before = registry_state()
+    files = [copy / "state" / "requests.sqlite", copy / "state" / "audit.sqlite"]
+    return copy, version, files, lambda: registry_state() == before and stores.audit_log(ws).records() == records
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "would"),
@@ -1910,16 +1931,7 @@ def test_a_decision_with_read_only_state_files_is_refused_before_the_registry_ch
     run` is on such a copy, before anything is written: one line naming the files, exit 2."""
     from conftest import run_with_read_only
 
-    from unsir_pipeline.adapters.registry import registry_for
-    from unsir_pipeline.governance import intake, stores
-
-    copy = clone_project(project, tmp_path / "project")
-    ws = Workspace.load(copy)
-    intake.file_request(ws, ["3"], "alice", "consent withdrawn")  # the store and the trail exist
-    version = _register_held(ws, "held")
-    registry, records = registry_for(ws), stores.audit_log(ws).records()
-    before = [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
-    files = [copy / "state" / "requests.sqlite", copy / "state" / "audit.sqlite"]
+    copy, version, files, unchanged = _a_held_version_beside_read_only_state(project, tmp_path)
     command, *options = argv
     decide = [command, str(version), *options, "--by", "rev", "--reason", "drill"]
     ran = run_with_read_only(files, [sys.executable, "-m", "unsir_pipeline.cli", "--project", str(copy), *decide])
@@ -1930,8 +1942,7 @@ def test_a_decision_with_read_only_state_files_is_refused_before_the_registry_ch
         f"{files[1]} (a read-only copy or mount?): run it where the project's state may be written; the commands "
         "that only read (`audit verify`, `request list`) read this copy as it is"
     ]
-    assert [(v.version, v.aliases, v.tags) for v in registry.list_versions()] == before
-    assert stores.audit_log(ws).records() == records
+    assert unchanged()
 
 
 @pytest.mark.slow
@@ -1958,16 +1969,7 @@ def test_a_library_decision_with_read_only_state_files_is_refused_before_the_reg
     Now refused before the registry is written, naming the files."""
     from conftest import run_with_read_only
 
-    from unsir_pipeline.adapters.registry import registry_for
-    from unsir_pipeline.governance import intake, stores
-
-    copy = clone_project(project, tmp_path / "project")
-    ws = Workspace.load(copy)
-    intake.file_request(ws, ["3"], "alice", "consent withdrawn")  # the store and the trail exist
-    version = _register_held(ws, "held")
-    registry, records = registry_for(ws), stores.audit_log(ws).records()
-    before = [(v.version, v.aliases, v.tags) for v in registry.list_versions()]
-    files = [copy / "state" / "requests.sqlite", copy / "state" / "audit.sqlite"]
+    copy, version, files, unchanged = _a_held_version_beside_read_only_state(project, tmp_path)
     script = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -1987,8 +1989,7 @@ def test_a_library_decision_with_read_only_state_files_is_refused_before_the_reg
         f"refused: {would.format(v=version)}, and this user cannot write {files[0]}, {files[1]} (a read-only copy "
         "or mount?): run it where the project's state may be written"
     ]
-    assert [(v.version, v.aliases, v.tags) for v in registry.list_versions()] == before
-    assert stores.audit_log(ws).records() == records
+    assert unchanged()
 
 
 @pytest.mark.parametrize(
